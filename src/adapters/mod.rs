@@ -1,0 +1,7 @@
+//! The outside world: SQLite, files, locks, processes, HTTP. Adapters return `core`
+//! types and make no pipeline decisions.
+
+pub mod artefacts;
+pub mod db;
+pub mod lock;
+pub mod process;

@@ -1,0 +1,83 @@
+//! The command line: global flags, one variant per subcommand, and dispatch.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::commands::{config_check, init, status, task};
+use crate::config::Overrides;
+use crate::context::Context;
+use crate::exit::ExitStatus;
+
+/// The deterministic control plane of a self-hosted AI delivery pipeline.
+///
+/// Each subcommand does one pass and exits: 0 done (or nothing to do), 1 a check or
+/// verdict said no, 2 usage, configuration or internal error, 75 skipped because
+/// another copy of the same pass holds its lock.
+#[derive(Debug, Parser)]
+#[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// SQLite database file [env: ORCH_DB; default: ./orch.db]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// YAML pipeline file [env: ORCH_CONFIG; default: ./orch.yaml when it exists]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for locks, the merge lease and post-deploy sentinels [env: ORCH_STATE_DIR; default: ./state]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Returns the configuration overrides the flags carry.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            db: self.db.clone(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
+/// One variant per subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Init(init::InitArgs),
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
+    Status(status::StatusArgs),
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+}
+
+/// Runs the chosen subcommand.
+///
+/// # Errors
+/// Whatever the subcommand returns; `main` prints it and exits 2.
+pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
+    match command {
+        Command::Init(args) => init::run(args, ctx),
+        Command::Config(cmd) => config_check::run(cmd, ctx),
+        Command::Status(args) => status::run(args, ctx),
+        Command::Task(cmd) => task::run(cmd, ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,103 @@
+//! `orch config check`: validate and print the effective configuration.
+
+use anyhow::Result;
+
+use crate::config::{display_path, AGENT_PLACEHOLDERS};
+use crate::context::Context;
+use crate::core::stage::Agent;
+use crate::exit::ExitStatus;
+
+/// Inspect the configuration
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the settings and pipeline file and print the effective configuration
+    ///
+    /// Secrets are shown as <redacted>. Each setting shows where its value came from
+    /// (default, file, env or flag). Exit codes: 0 valid, 2 invalid (the error names the
+    /// key and the expected form).
+    Check(ConfigCheckArgs),
+}
+
+/// Flags of `config check`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigCheckArgs {
+    /// Print the effective configuration as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `config check`. Loading already validated everything; this prints it.
+///
+/// # Errors
+/// Never in practice; printing JSON cannot fail on these types.
+pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
+    let ConfigCommand::Check(args) = cmd;
+    let cfg = &ctx.config;
+    let missing_agents: Vec<&str> = Agent::ALL
+        .iter()
+        .filter(|a| cfg.pipeline.agent_argv(**a).is_none())
+        .map(|a| a.as_str())
+        .collect();
+    if args.json {
+        let out = serde_json::json!({
+            "valid": true,
+            "pipeline_file": cfg.pipeline.path.as_ref().map(|p| p.display().to_string()),
+            "settings": cfg.resolved,
+            "pipeline": cfg.pipeline,
+            "staging_checks": cfg.pipeline.staging_checks.len(),
+            "agents_missing": missing_agents,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitStatus::Success);
+    }
+    println!("configuration is valid");
+    println!(
+        "pipeline file: {}",
+        display_path(cfg.pipeline.path.as_deref())
+    );
+    println!();
+    println!("settings:");
+    let width = cfg.resolved.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &cfg.resolved {
+        let value = if r.value.is_empty() {
+            "(unset)".to_string()
+        } else {
+            r.value.clone()
+        };
+        println!("  {:width$}  {value}  [{}]", r.name, r.source.label());
+    }
+    println!();
+    match &cfg.pipeline.plane_workspace {
+        Some(ws) => println!("plane workspace: {ws}"),
+        None => println!("plane workspace: (none)"),
+    }
+    println!("projects: {}", cfg.pipeline.projects.len());
+    for p in &cfg.pipeline.projects {
+        let role = if p.self_hosting {
+            " (self-hosting)"
+        } else {
+            ""
+        };
+        println!(
+            "  {}{role}: plane {} repo {} branch {}",
+            p.name, p.plane_project_id, p.repo, p.default_branch
+        );
+    }
+    println!("agents:");
+    for a in Agent::ALL {
+        match cfg.pipeline.agent_argv(a) {
+            Some(argv) => println!("  {a}: {}", argv.join(" ")),
+            None => println!("  {a}: (not configured: its jobs fail until it is)"),
+        }
+    }
+    println!(
+        "  (placeholders: {})",
+        AGENT_PLACEHOLDERS
+            .iter()
+            .map(|p| format!("{{{p}}}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("staging checks: {}", cfg.pipeline.staging_checks.len());
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,59 @@
+//! `orch init`: create or upgrade the database and the state directory.
+
+use anyhow::{Context as _, Result};
+
+use crate::adapters::db::{Db, SCHEMA_VERSION};
+use crate::context::Context;
+use crate::exit::ExitStatus;
+
+/// Create or upgrade the database and the state directory
+///
+/// Safe to run any number of times: an up-to-date database is left as it is. A database
+/// written by a newer orch is refused (exit 2). Exit codes: 0 done, 2 error.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `init`.
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or the state directory created.
+pub fn run(args: &InitArgs, ctx: &Context) -> Result<ExitStatus> {
+    let settings = &ctx.config.settings;
+    let mut db = Db::open_unmigrated(&settings.db)?;
+    let migration = db.migrate()?;
+    for dir in [settings.state_dir.clone(), settings.state_dir.join("locks")] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let what = if migration.from == migration.to {
+        format!("already at schema version {SCHEMA_VERSION}")
+    } else if migration.from == 0 {
+        format!("created at schema version {}", migration.to)
+    } else {
+        format!(
+            "upgraded from schema version {} to {}",
+            migration.from, migration.to
+        )
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "db": settings.db.display().to_string(),
+            "state_dir": settings.state_dir.display().to_string(),
+            "schema_from": migration.from,
+            "schema_version": migration.to,
+        });
+        println!("{out}");
+    } else {
+        println!("database {}: {what}", settings.db.display());
+        println!("state dir {}: ready", settings.state_dir.display());
+    }
+    log::info!(
+        "init: schema_from={} schema_to={}",
+        migration.from,
+        migration.to
+    );
+    Ok(ExitStatus::Success)
+}

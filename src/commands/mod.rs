@@ -1,0 +1,6 @@
+//! One module per subcommand: load, decide in `core`, act through `adapters`, report.
+
+pub mod config_check;
+pub mod init;
+pub mod status;
+pub mod task;

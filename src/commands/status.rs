@@ -1,0 +1,463 @@
+//! `orch status`: the queue at a glance, for people (text), scripts (`--json`) and
+//! scrapers (`--prometheus FILE`, node_exporter's textfile format, written atomically).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::adapters::artefacts::write_atomic;
+use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::process::{liveness, Liveness};
+use crate::clock::{format_unix, human_duration};
+use crate::context::Context;
+use crate::core::job::JobStatus;
+use crate::core::stage::Stage;
+use crate::exit::ExitStatus;
+
+/// How many running jobs and escalated tasks the report lists one by one.
+const LIST_LIMIT: usize = 20;
+
+/// Show the queue: jobs, running jobs, tasks by stage, escalations, last passes
+///
+/// Reads only. Exit codes: 0 shown, 2 the database could not be read.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the node_exporter textfile format to FILE (atomically: write, then rename)
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
+}
+
+/// One running job as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunningJob {
+    /// Job id.
+    pub id: i64,
+    /// Task id.
+    pub task_id: i64,
+    /// Task key.
+    pub key: String,
+    /// Agent.
+    pub agent: String,
+    /// Stage.
+    pub stage: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// Agent pid, once stamped.
+    pub pid: Option<i64>,
+    /// Seconds since it started.
+    pub age_s: i64,
+    /// `alive`, `dead`, `reused`, or `no-pid`.
+    pub liveness: String,
+}
+
+/// One escalated task as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EscalatedTask {
+    /// Task id.
+    pub id: i64,
+    /// Task key.
+    pub key: String,
+    /// Project.
+    pub project: String,
+    /// Stage it is parked at.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
+/// One subcommand's last pass as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PassView {
+    /// The subcommand.
+    pub command: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Unix seconds, for scrapers.
+    pub started_at_unix: i64,
+    /// Seconds before the report.
+    pub age_s: i64,
+    /// Duration.
+    pub duration_ms: i64,
+    /// `ok`, `no` or `error`.
+    pub outcome: String,
+    /// Its counts.
+    pub counts: BTreeMap<String, serde_json::Value>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StatusReport {
+    /// When it was made (RFC 3339).
+    pub generated_at: String,
+    /// The report time in unix seconds.
+    pub generated_at_unix: i64,
+    /// The database schema version.
+    pub schema_version: i64,
+    /// Jobs by status.
+    pub jobs: BTreeMap<String, i64>,
+    /// Running jobs, oldest first (at most 20; `running_total` counts all).
+    pub running: Vec<RunningJob>,
+    /// All running jobs.
+    pub running_total: i64,
+    /// Tasks by stage.
+    pub tasks: BTreeMap<String, i64>,
+    /// Escalated tasks (at most 20; `escalated_total` counts all).
+    pub escalated: Vec<EscalatedTask>,
+    /// All escalated tasks.
+    pub escalated_total: i64,
+    /// Each subcommand's last pass.
+    pub passes: Vec<PassView>,
+}
+
+/// Runs `status`.
+///
+/// # Errors
+/// When the database cannot be read or the Prometheus file written.
+pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
+    let db = ctx.open_db()?;
+    let report = gather(&db, ctx.now_secs())?;
+    if let Some(path) = &args.prometheus {
+        write_atomic(path, render_prometheus(&report).as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// Reads everything the report shows.
+///
+/// # Errors
+/// On SQL errors.
+pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
+    let jobs = db.job_counts()?;
+    let running_total = jobs.get(&JobStatus::Running).copied().unwrap_or(0);
+    let running = db
+        .running_jobs(LIST_LIMIT)?
+        .into_iter()
+        .map(|(j, key)| RunningJob {
+            id: j.id,
+            task_id: j.task_id,
+            key,
+            agent: j.agent.to_string(),
+            stage: j.stage.to_string(),
+            attempt: j.attempt,
+            pid: j.pid,
+            age_s: j.started_at.map(|s| now - s).unwrap_or(0),
+            liveness: match j.pid {
+                Some(pid) => liveness(pid, j.pid_start_time).as_str().to_string(),
+                None => "no-pid".to_string(),
+            },
+        })
+        .collect();
+    let escalated_total: i64 = db.conn().query_row(
+        "SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    let escalated = db
+        .escalated_tasks(LIST_LIMIT)?
+        .into_iter()
+        .map(|t| EscalatedTask {
+            id: t.id,
+            key: t.key,
+            project: t.project,
+            stage: t.stage.to_string(),
+            reason: t.escalation_reason.unwrap_or_default(),
+            since: t.escalated_at.map(format_unix).unwrap_or_default(),
+        })
+        .collect();
+    let passes = db
+        .passes()?
+        .into_iter()
+        .map(|p| pass_view(p, now))
+        .collect();
+    Ok(StatusReport {
+        generated_at: format_unix(now),
+        generated_at_unix: now,
+        schema_version: db.schema_version()?,
+        jobs: jobs.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+        running,
+        running_total,
+        tasks: db
+            .task_counts()?
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect(),
+        escalated,
+        escalated_total,
+        passes,
+    })
+}
+
+fn pass_view(p: PassRecord, now: i64) -> PassView {
+    PassView {
+        started_at: format_unix(p.started_at),
+        started_at_unix: p.started_at,
+        age_s: now - p.started_at,
+        command: p.command,
+        duration_ms: p.duration_ms,
+        outcome: p.outcome,
+        counts: p.counts,
+    }
+}
+
+fn counts_line<'a>(names: impl Iterator<Item = &'a str>, counts: &BTreeMap<String, i64>) -> String {
+    names
+        .map(|n| format!("{n} {}", counts.get(n).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders the report for people.
+pub fn render_text(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "orch status at {} (schema {})",
+        r.generated_at, r.schema_version
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "jobs: {}",
+        counts_line(JobStatus::ALL.iter().map(|s| s.as_str()), &r.jobs)
+    );
+    if r.running.is_empty() {
+        let _ = writeln!(out, "running: none");
+    } else {
+        let _ = writeln!(out, "running ({}, oldest first):", r.running_total);
+        for j in &r.running {
+            let pid = j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  job {} {} {} ({}) attempt {} pid {pid} {} age {}",
+                j.id,
+                j.key,
+                j.agent,
+                j.stage,
+                j.attempt,
+                j.liveness,
+                human_duration(j.age_s)
+            );
+        }
+        if r.running_total > r.running.len() as i64 {
+            let _ = writeln!(
+                out,
+                "  ... and {} more",
+                r.running_total - r.running.len() as i64
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "tasks: {}",
+        counts_line(Stage::ALL.iter().map(|s| s.as_str()), &r.tasks)
+    );
+    if r.escalated.is_empty() {
+        let _ = writeln!(out, "escalated: none");
+    } else {
+        let _ = writeln!(out, "escalated ({}):", r.escalated_total);
+        for t in &r.escalated {
+            let _ = writeln!(
+                out,
+                "  {} ({}) at {} since {}: {}",
+                t.key, t.project, t.stage, t.since, t.reason
+            );
+        }
+    }
+    if r.passes.is_empty() {
+        let _ = writeln!(out, "last passes: none yet");
+    } else {
+        let _ = writeln!(out, "last passes:");
+        let width = r.passes.iter().map(|p| p.command.len()).max().unwrap_or(0);
+        for p in &r.passes {
+            let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:width$}  {} ({} ago)  {}  {} ms  {}",
+                p.command,
+                p.started_at,
+                human_duration(p.age_s),
+                p.outcome,
+                p.duration_ms,
+                counts.join(" ")
+            );
+        }
+    }
+    out
+}
+
+/// Renders the node_exporter textfile format.
+pub fn render_prometheus(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "orch_jobs",
+        "Jobs by status.",
+        JobStatus::ALL
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{status=\"{s}\"}}"),
+                    r.jobs.get(s.as_str()).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_tasks",
+        "Tasks by stage.",
+        Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{stage=\"{s}\"}}"),
+                    r.tasks.get(s.as_str()).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_tasks_escalated",
+        "Tasks parked for a human.",
+        vec![(String::new(), r.escalated_total.to_string())],
+    );
+    let not_alive = r
+        .running
+        .iter()
+        .filter(|j| j.liveness != Liveness::Alive.as_str())
+        .count();
+    family(
+        "orch_running_jobs_not_alive",
+        "Listed running jobs whose process is dead, reused or not yet stamped.",
+        vec![(String::new(), not_alive.to_string())],
+    );
+    family(
+        "orch_running_job_oldest_age_seconds",
+        "Age of the oldest running job.",
+        vec![(
+            String::new(),
+            r.running.first().map(|j| j.age_s).unwrap_or(0).to_string(),
+        )],
+    );
+    let per_pass = |f: &dyn Fn(&PassView) -> String| {
+        r.passes
+            .iter()
+            .map(|p| (format!("{{command=\"{}\"}}", p.command), f(p)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "orch_pass_last_run_timestamp_seconds",
+        "When each subcommand's last pass started.",
+        per_pass(&|p| p.started_at_unix.to_string()),
+    );
+    family(
+        "orch_pass_duration_seconds",
+        "How long each subcommand's last pass took.",
+        per_pass(&|p| format!("{:.3}", p.duration_ms as f64 / 1000.0)),
+    );
+    family(
+        "orch_pass_ok",
+        "1 when each subcommand's last pass did not fail.",
+        per_pass(&|p| u8::from(p.outcome != "error").to_string()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            generated_at: "2026-11-25T03:00:00Z".into(),
+            generated_at_unix: 1_795_575_600,
+            schema_version: 2,
+            jobs: [("queued", 2), ("running", 1), ("failed", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            running: vec![RunningJob {
+                id: 3,
+                task_id: 1,
+                key: "ORCH-1".into(),
+                agent: "developer".into(),
+                stage: "development".into(),
+                attempt: 2,
+                pid: Some(4242),
+                age_s: 300,
+                liveness: "dead".into(),
+            }],
+            running_total: 1,
+            tasks: [("development", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            escalated: vec![],
+            escalated_total: 0,
+            passes: vec![PassView {
+                command: "reap".into(),
+                started_at: "2026-11-25T02:59:00Z".into(),
+                started_at_unix: 1_795_575_540,
+                age_s: 60,
+                duration_ms: 12,
+                outcome: "ok".into(),
+                counts: [("flipped".to_string(), serde_json::json!(1))]
+                    .into_iter()
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn text_lists_every_status_and_stage_with_zeros() {
+        insta::assert_snapshot!(render_text(&report()), @r"
+        orch status at 2026-11-25T03:00:00Z (schema 2)
+
+        jobs: queued 2, running 1, succeeded 0, failed 1, cancelled 0
+        running (1, oldest first):
+          job 3 ORCH-1 developer (development) attempt 2 pid 4242 dead age 5m00s
+        tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
+        escalated: none
+        last passes:
+          reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
+        ");
+    }
+
+    #[test]
+    fn prometheus_text_is_well_formed() {
+        let text = render_prometheus(&report());
+        for line in text.lines() {
+            if line.starts_with('#') {
+                assert!(
+                    line.starts_with("# HELP orch_") || line.starts_with("# TYPE orch_"),
+                    "{line}"
+                );
+                continue;
+            }
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("orch_"), "{line}");
+            value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+        }
+        assert!(text.contains("orch_jobs{status=\"cancelled\"} 0\n"));
+        assert!(text.contains("orch_running_jobs_not_alive 1\n"));
+        assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
+    }
+}

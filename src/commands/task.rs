@@ -1,0 +1,406 @@
+//! `orch task add|list|show|move`: tasks for the person at the terminal and for scripts.
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::clock::format_unix;
+use crate::context::Context;
+use crate::core::branch::branch_name;
+use crate::core::stage::{self, Actor, Stage};
+use crate::core::task::{Job, NewTask, StageEvent, Task};
+use crate::exit::ExitStatus;
+use crate::flow;
+
+/// Add, list, show and move tasks
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Start a task by hand: the same path as a Plane start delivery, without Plane
+    ///
+    /// Creates the task once per work item and enqueues its analyst job once. Exit codes:
+    /// 0 started (or already there), 2 unknown project or bad value.
+    Add(AddArgs),
+    /// List tasks, oldest first
+    List(ListArgs),
+    /// Show one task with its stage events and jobs
+    Show(ShowArgs),
+    /// Move a task along the pipeline table without evaluating gates (recorded as operator)
+    ///
+    /// The move has every effect of the transition: the next stage's job is enqueued.
+    /// Exit codes: 0 moved, 1 the table does not allow the move, 2 error.
+    Move(MoveArgs),
+}
+
+/// Flags of `task add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Project name from the pipeline file
+    #[arg(long)]
+    pub project: String,
+    /// Plane work item id
+    #[arg(long)]
+    pub work_item: String,
+    /// Task key [default: <PROJECT IDENTIFIER>-<first 8 characters of the work item id>]
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Title (used for the branch name)
+    #[arg(long, default_value = "")]
+    pub title: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `task list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only tasks at this stage
+    #[arg(long, value_parser = parse_stage)]
+    pub stage: Option<Stage>,
+    /// At most this many
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `task show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Task id, key (ORCH-65) or Plane work item id
+    pub task: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `task move`.
+#[derive(Debug, clap::Args)]
+pub struct MoveArgs {
+    /// Task id, key or Plane work item id
+    pub task: String,
+    /// The stage to move to
+    #[arg(long, value_parser = parse_stage)]
+    pub to: Stage,
+    /// Why (recorded in the stage event)
+    #[arg(long)]
+    pub reason: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    s.parse()
+}
+
+/// Runs a `task` subcommand.
+///
+/// # Errors
+/// When the database cannot be used or a value is bad.
+pub fn run(cmd: &TaskCommand, ctx: &Context) -> Result<ExitStatus> {
+    match cmd {
+        TaskCommand::Add(a) => add(a, ctx),
+        TaskCommand::List(a) => list(a, ctx),
+        TaskCommand::Show(a) => show(a, ctx),
+        TaskCommand::Move(a) => move_task(a, ctx),
+    }
+}
+
+fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
+    let project = ctx
+        .config
+        .pipeline
+        .project(&args.project)
+        .with_context(|| {
+            let known: Vec<&str> = ctx
+                .config
+                .pipeline
+                .projects
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            format!(
+                "unknown project {:?}; the pipeline file has: {}",
+                args.project,
+                if known.is_empty() {
+                    "(none)".into()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+    let work_item = args.work_item.trim();
+    if work_item.is_empty() || work_item.len() > 100 || work_item.chars().any(|c| c.is_control()) {
+        bail!("--work-item must be a Plane work item id (1 to 100 printable characters)");
+    }
+    let key = match &args.key {
+        Some(k) => k.trim().to_string(),
+        None => {
+            let ident = project
+                .plane_identifier
+                .clone()
+                .unwrap_or_else(|| project.name.to_ascii_uppercase());
+            let short: String = work_item
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(8)
+                .collect();
+            format!("{ident}-{short}")
+        }
+    };
+    crate::adapters::artefacts::task_dir(&ctx.config.settings.artefacts_dir, &key)
+        .context("--key is not usable")?;
+    let new = NewTask {
+        project: project.name.clone(),
+        work_item_id: work_item.to_string(),
+        key: key.clone(),
+        title: args.title.clone(),
+        repo: project.repo.clone(),
+        branch: branch_name(&key, &args.title),
+    };
+    let mut db = ctx.open_db()?;
+    let started = flow::start_task(
+        ctx,
+        &mut db,
+        &new,
+        Actor::Operator,
+        "started by hand (task add)",
+    )?;
+    let task = db.task(started.task_id)?.expect("just started");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "task": task_json(&task),
+                "created": started.created,
+                "enqueued_job": started.enqueued_job,
+            }))?
+        );
+    } else if started.created {
+        println!(
+            "task {} ({}) created at analysis, branch {}{}",
+            task.key,
+            task.id,
+            task.branch,
+            started
+                .enqueued_job
+                .map(|j| format!(", analyst job {j} queued"))
+                .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "task {} ({}) already exists at {}; nothing changed",
+            task.key, task.id, task.stage
+        );
+    }
+    log::info!(
+        "task add: {} created={} job={:?}",
+        task.key,
+        started.created,
+        started.enqueued_job
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// Returns the stable JSON shape of a task.
+pub fn task_json(t: &Task) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id,
+        "key": t.key,
+        "project": t.project,
+        "work_item_id": t.work_item_id,
+        "title": t.title,
+        "repo": t.repo,
+        "branch": t.branch,
+        "pr_number": t.pr_number,
+        "stage": t.stage,
+        "stage_entered_at": format_unix(t.stage_entered_at),
+        "validated_revision": t.validated_revision,
+        "developer_retries": t.developer_retries,
+        "escalated": t.escalated_at.is_some(),
+        "escalation_reason": t.escalation_reason,
+        "created_at": format_unix(t.created_at),
+        "updated_at": format_unix(t.updated_at),
+    })
+}
+
+/// Returns the stable JSON shape of a job.
+pub fn job_json(j: &Job) -> serde_json::Value {
+    serde_json::json!({
+        "id": j.id,
+        "task_id": j.task_id,
+        "agent": j.agent,
+        "stage": j.stage,
+        "status": j.status,
+        "attempt": j.attempt,
+        "pid": j.pid,
+        "exit_code": j.exit_code,
+        "reap_reason": j.reap_reason,
+        "rescue_count": j.rescue_count,
+        "enqueued_at": format_unix(j.enqueued_at),
+        "started_at": j.started_at.map(format_unix),
+        "finished_at": j.finished_at.map(format_unix),
+        "log_path": j.log_path,
+    })
+}
+
+fn event_json(e: &StageEvent) -> serde_json::Value {
+    serde_json::json!({
+        "from": e.from_stage,
+        "to": e.to_stage,
+        "reason": e.reason,
+        "actor": e.actor,
+        "at": format_unix(e.at),
+    })
+}
+
+fn list(args: &ListArgs, ctx: &Context) -> Result<ExitStatus> {
+    let db = ctx.open_db()?;
+    let tasks = db.list_tasks(args.stage, args.limit)?;
+    if args.json {
+        let out: Vec<_> = tasks.iter().map(task_json).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitStatus::Success);
+    }
+    if tasks.is_empty() {
+        println!(
+            "no tasks{}",
+            args.stage.map(|s| format!(" at {s}")).unwrap_or_default()
+        );
+    }
+    for t in &tasks {
+        let esc = if t.escalated_at.is_some() {
+            "  ESCALATED"
+        } else {
+            ""
+        };
+        println!(
+            "{:>5}  {:<12} {:<14} {:<10} {}{esc}",
+            t.id,
+            t.key,
+            t.stage.as_str(),
+            t.project,
+            t.title
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn find(ctx: &Context, reference: &str) -> Result<(crate::adapters::db::Db, Task)> {
+    let db = ctx.open_db()?;
+    let task = db.find_task(reference)?.with_context(|| {
+        format!("no task {reference:?} (give an id, a key such as ORCH-65, or a work item id)")
+    })?;
+    Ok((db, task))
+}
+
+fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
+    let (db, t) = find(ctx, &args.task)?;
+    let events = db.stage_events(t.id)?;
+    let jobs = db.task_jobs(t.id)?;
+    if args.json {
+        let mut out = task_json(&t);
+        out["events"] = events.iter().map(event_json).collect();
+        out["jobs"] = jobs.iter().map(job_json).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitStatus::Success);
+    }
+    println!("task {} ({}) {}", t.key, t.id, t.title);
+    println!(
+        "  project {}  repo {}  branch {}",
+        t.project, t.repo, t.branch
+    );
+    println!(
+        "  stage {} since {}",
+        t.stage,
+        format_unix(t.stage_entered_at)
+    );
+    println!(
+        "  PR {}  validated revision {}",
+        t.pr_number
+            .map(|n| format!("#{n}"))
+            .unwrap_or_else(|| "-".into()),
+        t.validated_revision.as_deref().unwrap_or("-")
+    );
+    println!("  developer retries {}", t.developer_retries);
+    if let Some(at) = t.escalated_at {
+        println!(
+            "  ESCALATED since {}: {}",
+            format_unix(at),
+            t.escalation_reason.as_deref().unwrap_or("")
+        );
+    }
+    println!("stage events:");
+    for e in &events {
+        let from = e
+            .from_stage
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "(new)".into());
+        println!(
+            "  {}  {from} -> {}  by {}: {}",
+            format_unix(e.at),
+            e.to_stage,
+            e.actor,
+            e.reason
+        );
+    }
+    println!("jobs:");
+    if jobs.is_empty() {
+        println!("  none");
+    }
+    for j in &jobs {
+        let exit = j
+            .exit_code
+            .map(|c| format!(" exit {c}"))
+            .unwrap_or_default();
+        let reap = j
+            .reap_reason
+            .as_deref()
+            .map(|r| format!(" reaped: {r}"))
+            .unwrap_or_default();
+        println!(
+            "  job {} {} ({}) attempt {} {}{exit}{reap}",
+            j.id, j.agent, j.stage, j.attempt, j.status
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn move_task(args: &MoveArgs, ctx: &Context) -> Result<ExitStatus> {
+    let reason = args.reason.trim();
+    if reason.is_empty() {
+        bail!("--reason must say why (it is recorded in the stage event)");
+    }
+    let (mut db, t) = find(ctx, &args.task)?;
+    if stage::transition(t.stage, args.to).is_none() {
+        let allowed: Vec<&str> = stage::transitions_from(t.stage)
+            .map(|e| e.to.as_str())
+            .collect();
+        let allowed = if allowed.is_empty() {
+            "none (terminal)".to_string()
+        } else {
+            allowed.join(", ")
+        };
+        eprintln!(
+            "task {} is at {}; the pipeline table does not allow {} -> {} (allowed: {allowed})",
+            t.key, t.stage, t.stage, args.to
+        );
+        return Ok(ExitStatus::No);
+    }
+    let moved = flow::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&moved)?);
+    } else {
+        println!(
+            "task {} moved {} -> {}{}",
+            t.key,
+            moved.from,
+            moved.to,
+            moved
+                .enqueued_job
+                .map(|j| format!("; job {j} queued"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitStatus::Success)
+}

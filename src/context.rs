@@ -1,0 +1,145 @@
+//! What every command gets: the validated configuration, the clock, and the pass
+//! lifecycle (lock, open the database, run, record, summarise).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use jiff::Timestamp;
+
+use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::lock::{LockError, LockFile, LockGuard};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::exit::ExitStatus;
+
+/// The validated configuration and the clock, built once by `main`.
+pub struct Context {
+    /// Settings and the pipeline file.
+    pub config: Config,
+    /// The clock; read once per pass.
+    pub clock: Box<dyn Clock>,
+}
+
+/// The counts a pass reports, in the order its summary line prints them.
+pub type Counts = Vec<(&'static str, i64)>;
+
+/// How a pass ended.
+#[derive(Debug)]
+pub struct PassOutcome {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Its counts, for the summary line and `status`.
+    pub counts: Counts,
+}
+
+impl PassOutcome {
+    /// A pass that did its work.
+    pub fn ok(counts: Counts) -> PassOutcome {
+        PassOutcome {
+            status: ExitStatus::Success,
+            counts,
+        }
+    }
+}
+
+impl Context {
+    /// Returns the current time as read once by the caller.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Returns the current time in unix seconds.
+    pub fn now_secs(&self) -> i64 {
+        self.clock.now().as_second()
+    }
+
+    /// Opens (and migrates) the database.
+    ///
+    /// # Errors
+    /// When it cannot be opened or migrated.
+    pub fn open_db(&self) -> Result<Db> {
+        Db::open(&self.config.settings.db)
+    }
+
+    /// Returns the path of a pass's lock file.
+    pub fn lock_path(&self, pass: &str) -> PathBuf {
+        self.config
+            .settings
+            .state_dir
+            .join("locks")
+            .join(format!("{pass}.lock"))
+    }
+
+    /// Takes a pass's lock without waiting.
+    ///
+    /// # Errors
+    /// [`LockError::Busy`] when another copy holds it.
+    pub fn lock_pass(&self, pass: &str) -> Result<LockGuard, LockError> {
+        LockFile::try_acquire(&self.lock_path(pass))
+    }
+
+    /// Runs one pass of `name` under its lock: exit 75 at once when another copy holds
+    /// the lock; otherwise opens the database, runs `body`, records the pass for `status`
+    /// (unless `dry_run`) and logs one summary line.
+    ///
+    /// # Errors
+    /// Whatever `body` returns; the pass is recorded as `error` first.
+    pub fn run_pass(
+        &self,
+        name: &str,
+        dry_run: bool,
+        body: impl FnOnce(&mut Db, &LockGuard) -> Result<PassOutcome>,
+    ) -> Result<ExitStatus> {
+        let guard = match self.lock_pass(name) {
+            Ok(g) => g,
+            Err(LockError::Busy(path)) => {
+                log::warn!(
+                    "{name}: skipped: another {name} pass holds {}",
+                    path.display()
+                );
+                return Ok(ExitStatus::Busy);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut db = self.open_db()?;
+        let started_at = self.now_secs();
+        let clock = Instant::now();
+        let result = body(&mut db, &guard);
+        let duration_ms = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (outcome, counts) = match &result {
+            Ok(o) if o.status == ExitStatus::No => ("no", o.counts.clone()),
+            Ok(o) => ("ok", o.counts.clone()),
+            Err(_) => ("error", Vec::new()),
+        };
+        if !dry_run {
+            let record = PassRecord {
+                command: name.to_string(),
+                started_at,
+                duration_ms,
+                outcome: outcome.to_string(),
+                counts: counts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                    .collect(),
+            };
+            if let Err(e) = db.record_pass(&record) {
+                log::warn!("{name}: could not record the pass for status: {e:#}");
+            }
+        }
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let dry = if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        };
+        match &result {
+            Ok(_) => log::info!(
+                "{name}: {} duration_ms={duration_ms}{dry}",
+                summary.join(" ")
+            ),
+            Err(e) => log::error!("{name}: pass failed after {duration_ms} ms: {e:#}"),
+        }
+        result.map(|o| o.status)
+    }
+}

@@ -1,0 +1,110 @@
+//! Job statuses and the facts about a job that decisions read. No I/O here.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The life of a job: `queued` → `running` → one terminal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for `dispatch`.
+    Queued,
+    /// Claimed by `dispatch`; its supervisor runs the agent.
+    Running,
+    /// The agent exited 0.
+    Succeeded,
+    /// The agent exited non-zero, died, or was reaped.
+    Failed,
+    /// An operator cancelled it, or its task moved on.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in life order.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// Returns the stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Returns whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// Returns the terminal status for an agent's exit code.
+    pub fn from_exit_code(code: i32) -> JobStatus {
+        if code == 0 {
+            JobStatus::Succeeded
+        } else {
+            JobStatus::Failed
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown job status {s:?}; expected one of {}",
+                    JobStatus::ALL.map(JobStatus::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// How a stage's latest job ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct JobOutcome {
+    /// Its status.
+    pub status: JobStatus,
+    /// Its attempt number (1 for the first run).
+    pub attempt: u32,
+    /// The agent's exit code, when known.
+    pub exit_code: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_terminality() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>().unwrap(), s);
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+        assert!(!JobStatus::Queued.is_terminal());
+        assert!(!JobStatus::Running.is_terminal());
+        assert!(JobStatus::Cancelled.is_terminal());
+        assert_eq!(JobStatus::from_exit_code(0), JobStatus::Succeeded);
+        assert_eq!(JobStatus::from_exit_code(137), JobStatus::Failed);
+    }
+}

@@ -1,0 +1,10 @@
+//! The pipeline's domain: types and decisions with no I/O, no clock reads and no
+//! environment. Code here never touches `rusqlite`, `reqwest`, `std::fs`,
+//! `std::process`, `std::env` or the system time.
+
+pub mod artefact;
+pub mod branch;
+pub mod gate;
+pub mod job;
+pub mod stage;
+pub mod task;

@@ -1,0 +1,116 @@
+//! Tasks (one per Plane work item), their stage events, and jobs as stored. Plain data.
+
+use crate::core::job::JobStatus;
+use crate::core::stage::{Agent, Stage};
+
+/// One task: a Plane work item going through the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Task {
+    /// Row id.
+    pub id: i64,
+    /// Project name from the pipeline file.
+    pub project: String,
+    /// The Plane work item id (UUID).
+    pub work_item_id: String,
+    /// The sequence key, e.g. `ORCH-65`.
+    pub key: String,
+    /// The work item title when the task was created.
+    pub title: String,
+    /// Gitea `owner/name`.
+    pub repo: String,
+    /// The task branch.
+    pub branch: String,
+    /// The PR number, once seen.
+    pub pr_number: Option<i64>,
+    /// The current stage.
+    pub stage: Stage,
+    /// When it entered the stage (unix seconds).
+    pub stage_entered_at: i64,
+    /// The revision staging validated, which the merge pins.
+    pub validated_revision: Option<String>,
+    /// Developer rollbacks so far.
+    pub developer_retries: u32,
+    /// When the task was escalated to a human, if it is.
+    pub escalated_at: Option<i64>,
+    /// Why it was escalated.
+    pub escalation_reason: Option<String>,
+    /// Created (unix seconds).
+    pub created_at: i64,
+    /// Last changed (unix seconds).
+    pub updated_at: i64,
+}
+
+/// What is needed to create a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// Project name.
+    pub project: String,
+    /// Plane work item id.
+    pub work_item_id: String,
+    /// Sequence key.
+    pub key: String,
+    /// Title.
+    pub title: String,
+    /// Gitea `owner/name`.
+    pub repo: String,
+    /// Task branch.
+    pub branch: String,
+}
+
+/// One recorded transition. Never updated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StageEvent {
+    /// Row id.
+    pub id: i64,
+    /// The task.
+    pub task_id: i64,
+    /// Where it was (`None` for creation).
+    pub from_stage: Option<Stage>,
+    /// Where it went.
+    pub to_stage: Stage,
+    /// Why.
+    pub reason: String,
+    /// Who moved it.
+    pub actor: String,
+    /// When (unix seconds).
+    pub at: i64,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Job {
+    /// Row id.
+    pub id: i64,
+    /// The task.
+    pub task_id: i64,
+    /// The agent.
+    pub agent: Agent,
+    /// The stage it works for.
+    pub stage: Stage,
+    /// Its status.
+    pub status: JobStatus,
+    /// 1 for the first run; a re-run is a new attempt of the same job.
+    pub attempt: u32,
+    /// The agent's pid, stamped right after spawn.
+    pub pid: Option<i64>,
+    /// The agent process's start time (`/proc/<pid>/stat` field 22), to tell pid reuse.
+    pub pid_start_time: Option<i64>,
+    /// The supervisor's pid.
+    pub supervisor_pid: Option<i64>,
+    /// The agent's exit code, when known.
+    pub exit_code: Option<i32>,
+    /// Enqueued (unix seconds).
+    pub enqueued_at: i64,
+    /// Started (unix seconds).
+    pub started_at: Option<i64>,
+    /// Finished (unix seconds).
+    pub finished_at: Option<i64>,
+    /// Why the reaper flipped it (`exit-code`, `dead-pid`, `max-running`).
+    pub reap_reason: Option<String>,
+    /// Consecutive reaper passes that found its process dead.
+    pub dead_ticks: u32,
+    /// How many times the reaper rescued it.
+    pub rescue_count: u32,
+    /// The job's log file.
+    pub log_path: Option<String>,
+}

@@ -1,0 +1,16 @@
+//! `orch`: the deterministic control plane of a self-hosted AI software-delivery pipeline.
+//!
+//! One binary of single-pass subcommands. `core` holds the pipeline model and every
+//! decision, with no I/O; `adapters` hold SQLite, files, locks, processes and HTTP;
+//! `commands` load, decide in `core`, act through `adapters` and report. See
+//! `docs/architecture.md`.
+
+pub mod adapters;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod core;
+pub mod exit;
+pub mod flow;

@@ -1,0 +1,387 @@
+//! `init`, `config check`, `status` and `task` through the real binary.
+
+use crate::common::{TestEnv, NOW_UNIX};
+
+#[test]
+fn init_twice_is_safe_and_reports_what_it_did() {
+    let env = TestEnv::new();
+    let first = env.run(&["init"]).expect(0);
+    assert!(
+        first.stdout.contains("created at schema version"),
+        "{}",
+        first.stdout
+    );
+    let second = env.run(&["init"]).expect(0);
+    assert!(
+        second.stdout.contains("already at schema version"),
+        "{}",
+        second.stdout
+    );
+    assert!(env.path("state/locks").is_dir());
+}
+
+#[test]
+fn a_fresh_checkout_runs_with_no_file_at_all() {
+    let env = TestEnv::new();
+    let mut cmd = env.command(&["status", "--json"]);
+    cmd.env_remove("ORCH_DB")
+        .env_remove("ORCH_STATE_DIR")
+        .env_remove("ORCH_CONFIG");
+    std::fs::remove_file(env.path("orch.yaml")).unwrap();
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path("orch.db").exists(), "defaults to ./orch.db");
+}
+
+#[test]
+fn a_database_from_a_newer_orch_is_refused() {
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    env.db().pragma_update(None, "user_version", 999).unwrap();
+    let run = env.run(&["status"]).expect(2);
+    assert!(run.stderr.contains("newer orch"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("ORCH_MAX_CONCURRENCY", "zero", "ORCH_MAX_CONCURRENCY"),
+        ("ORCH_REAPER_NOPE", "1", "ORCH_REAPER_NOPE"),
+        ("ORCH_HTTP_TIMEOUT_S", "-1", "ORCH_HTTP_TIMEOUT_S"),
+        ("ORCH_PLANE_URL", "plane.example.com", "ORCH_PLANE_URL"),
+        ("ORCH_NOW", "now", "ORCH_NOW"),
+    ];
+    for (key, value, named) in cases {
+        let mut env = TestEnv::new();
+        env.set(key, value);
+        let run = env.run(&["config", "check"]).expect(2);
+        assert!(run.stderr.contains(named), "{key}={value}: {}", run.stderr);
+        assert!(!env.db_path().exists(), "no side effect before validation");
+    }
+    let env = TestEnv::with_pipeline("plane: { workspace: acme }\nprojects:\n  - name: x\n    plane_project_id: nope\n    repo: a/b\n");
+    let run = env.run(&["status"]).expect(2);
+    assert!(
+        run.stderr.contains("projects[0].plane_project_id"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.db_path().exists());
+}
+
+#[test]
+fn config_check_redacts_secrets_and_shows_sources() {
+    let mut env = TestEnv::new();
+    env.set("ORCH_GITEA_TOKEN", "s3cr3t-token")
+        .set("ORCH_MAX_CONCURRENCY", "4");
+    let run = env.run(&["config", "check"]).expect(0);
+    assert!(!run.stdout.contains("s3cr3t-token") && !run.stderr.contains("s3cr3t-token"));
+    assert!(run.stdout.contains("<redacted>"));
+    assert!(run
+        .stdout
+        .lines()
+        .any(|l| l.contains("ORCH_MAX_CONCURRENCY") && l.contains("4") && l.contains("[env]")));
+    let json = env.run(&["config", "check", "--json"]).expect(0).json();
+    assert_eq!(json["valid"], true);
+    assert_eq!(json["pipeline"]["projects"][0]["name"], "orch");
+    let db_flag = env
+        .run(&["--db", "other.db", "config", "check", "--json"])
+        .expect(0)
+        .json();
+    let db = db_flag["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ORCH_DB")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (db["value"].as_str(), db["source"].as_str()),
+        (Some("other.db"), Some("flag"))
+    );
+}
+
+#[test]
+fn the_example_pipeline_file_parses() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/orch.example.yaml")).unwrap();
+    let env = TestEnv::with_pipeline(&text);
+    let json = env.run(&["config", "check", "--json"]).expect(0).json();
+    assert!(json["pipeline"]["projects"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn task_add_show_move_and_list() {
+    let env = TestEnv::new();
+    let add = env
+        .run(&[
+            "task",
+            "add",
+            "--project",
+            "orch",
+            "--work-item",
+            "wi-1",
+            "--key",
+            "ORCH-1",
+            "--title",
+            "Fix login",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(add["created"], true);
+    assert_eq!(add["task"]["branch"], "orch-1-fix-login");
+    assert_eq!(add["task"]["stage"], "analysis");
+    let again = env
+        .run(&[
+            "task",
+            "add",
+            "--project",
+            "orch",
+            "--work-item",
+            "wi-1",
+            "--key",
+            "ORCH-1",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(again["created"], false);
+    assert_eq!(again["enqueued_job"], serde_json::Value::Null);
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs"),
+        1,
+        "analyst job enqueued once"
+    );
+
+    // A move the table forbids is refused with exit 1 and writes nothing.
+    let refused = env
+        .run(&[
+            "task", "move", "ORCH-1", "--to", "deploy", "--reason", "skip",
+        ])
+        .expect(1);
+    assert!(
+        refused.stderr.contains("does not allow analysis -> deploy"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(env.count("SELECT count(*) FROM stage_events"), 1);
+
+    let moved = env
+        .run(&[
+            "task",
+            "move",
+            "orch-1",
+            "--to",
+            "development",
+            "--reason",
+            "approved by hand",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(moved["to"], "development");
+    assert!(moved["enqueued_job"].is_i64());
+
+    let show = env
+        .run(&["task", "show", "ORCH-1", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(show["stage"], "development");
+    let events = show["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["actor"], "operator");
+    assert_eq!(events[1]["reason"], "approved by hand");
+    let jobs = show["jobs"].as_array().unwrap();
+    assert_eq!(jobs[0]["agent"], "analyst");
+    assert_eq!(
+        jobs[0]["status"], "cancelled",
+        "the queued analyst job is dropped by the move"
+    );
+    assert_eq!(jobs[1]["agent"], "developer");
+    for field in [
+        "id",
+        "task_id",
+        "agent",
+        "status",
+        "attempt",
+        "pid",
+        "exit_code",
+        "reap_reason",
+        "stage",
+    ] {
+        assert!(jobs[1].get(field).is_some(), "job field {field}");
+    }
+
+    let list = env
+        .run(&["task", "list", "--stage", "development", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["key"], "ORCH-1");
+    assert_eq!(list[0]["project"], "orch");
+    env.run(&["task", "list", "--stage", "nowhere"]).expect(2);
+    env.run(&["task", "show", "ORCH-404"]).expect(2);
+    env.run(&["task", "add", "--project", "nope", "--work-item", "x"])
+        .expect(2);
+    env.run(&[
+        "task",
+        "add",
+        "--project",
+        "orch",
+        "--work-item",
+        "x",
+        "--key",
+        "../etc",
+    ])
+    .expect(2);
+    env.run(&["task", "move", "ORCH-1", "--to", "review", "--reason", " "])
+        .expect(2);
+}
+
+#[test]
+fn status_text_json_and_prometheus() {
+    let env = TestEnv::new();
+    env.run(&[
+        "task",
+        "add",
+        "--project",
+        "orch",
+        "--work-item",
+        "wi-1",
+        "--key",
+        "ORCH-1",
+    ])
+    .expect(0);
+    env.run(&[
+        "task",
+        "add",
+        "--project",
+        "shop",
+        "--work-item",
+        "wi-2",
+        "--key",
+        "SHOP-1",
+    ])
+    .expect(0);
+    env.run(&[
+        "task",
+        "move",
+        "SHOP-1",
+        "--to",
+        "cancelled",
+        "--reason",
+        "dropped",
+    ])
+    .expect(0);
+    env.db()
+        .execute(
+            "UPDATE jobs SET status = 'running', started_at = ?1, pid = 2147483646 WHERE id = 1",
+            [NOW_UNIX - 90],
+        )
+        .unwrap();
+    let text = env
+        .run(&["status", "--prometheus", "metrics/orch.prom"])
+        .expect(0);
+    insta::assert_snapshot!(text.stdout, @r"
+    orch status at 2026-11-25T03:00:00Z (schema 2)
+
+    jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
+    running (1, oldest first):
+      job 1 ORCH-1 analyst (analysis) attempt 1 pid 2147483646 dead age 1m30s
+    tasks: analysis 1, development 0, review 0, deploy-staging 0, deploy 0, done 0, cancelled 1
+    escalated: none
+    last passes: none yet
+    ");
+    let prom = std::fs::read_to_string(env.path("metrics/orch.prom")).unwrap();
+    insta::assert_snapshot!(prom, @r#"
+    # HELP orch_jobs Jobs by status.
+    # TYPE orch_jobs gauge
+    orch_jobs{status="queued"} 0
+    orch_jobs{status="running"} 1
+    orch_jobs{status="succeeded"} 0
+    orch_jobs{status="failed"} 0
+    orch_jobs{status="cancelled"} 1
+    # HELP orch_tasks Tasks by stage.
+    # TYPE orch_tasks gauge
+    orch_tasks{stage="analysis"} 1
+    orch_tasks{stage="development"} 0
+    orch_tasks{stage="review"} 0
+    orch_tasks{stage="deploy-staging"} 0
+    orch_tasks{stage="deploy"} 0
+    orch_tasks{stage="done"} 0
+    orch_tasks{stage="cancelled"} 1
+    # HELP orch_tasks_escalated Tasks parked for a human.
+    # TYPE orch_tasks_escalated gauge
+    orch_tasks_escalated 0
+    # HELP orch_running_jobs_not_alive Listed running jobs whose process is dead, reused or not yet stamped.
+    # TYPE orch_running_jobs_not_alive gauge
+    orch_running_jobs_not_alive 1
+    # HELP orch_running_job_oldest_age_seconds Age of the oldest running job.
+    # TYPE orch_running_job_oldest_age_seconds gauge
+    orch_running_job_oldest_age_seconds 90
+    # HELP orch_pass_last_run_timestamp_seconds When each subcommand's last pass started.
+    # TYPE orch_pass_last_run_timestamp_seconds gauge
+    # HELP orch_pass_duration_seconds How long each subcommand's last pass took.
+    # TYPE orch_pass_duration_seconds gauge
+    # HELP orch_pass_ok 1 when each subcommand's last pass did not fail.
+    # TYPE orch_pass_ok gauge
+    "#);
+    let json = env.run(&["status", "--json"]).expect(0).json();
+    insta::assert_json_snapshot!(json, @r#"
+    {
+      "escalated": [],
+      "escalated_total": 0,
+      "generated_at": "2026-11-25T03:00:00Z",
+      "generated_at_unix": 1795575600,
+      "jobs": {
+        "cancelled": 1,
+        "failed": 0,
+        "queued": 0,
+        "running": 1,
+        "succeeded": 0
+      },
+      "passes": [],
+      "running": [
+        {
+          "age_s": 90,
+          "agent": "analyst",
+          "attempt": 1,
+          "id": 1,
+          "key": "ORCH-1",
+          "liveness": "dead",
+          "pid": 2147483646,
+          "stage": "analysis",
+          "task_id": 1
+        }
+      ],
+      "running_total": 1,
+      "schema_version": 2,
+      "tasks": {
+        "analysis": 1,
+        "cancelled": 1,
+        "deploy": 0,
+        "deploy-staging": 0,
+        "development": 0,
+        "done": 0,
+        "review": 0
+      }
+    }
+    "#);
+    let leftovers: Vec<_> = std::fs::read_dir(env.path("metrics"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = TestEnv::new();
+    env.run(&["no-such-command"]).expect(2);
+    env.run(&["status", "--bogus"]).expect(2);
+}

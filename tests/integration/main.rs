@@ -1,0 +1,7 @@
+//! Integration tests: the real `orch` binary against a real SQLite file, real locks,
+//! real processes and loopback stand-ins. One test binary, one module per area.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod foundation;
