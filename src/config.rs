@@ -982,7 +982,11 @@ pub fn env_example() -> String {
     out.push_str("\n# YAML pipeline file (projects, agents, staging checks); empty: ./orch.yaml when it exists\nORCH_CONFIG=\n");
     for s in SETTINGS {
         out.push('\n');
-        out.push_str(&format!("# {}{}\n", s.help, if s.secret { " (secret)" } else { "" }));
+        out.push_str(&format!(
+            "# {}{}\n",
+            s.help,
+            if s.secret { " (secret)" } else { "" }
+        ));
         let comment = if s.name == "ORCH_NOW" { "#" } else { "" };
         out.push_str(&format!("{comment}{}={}\n", s.name, s.default));
     }

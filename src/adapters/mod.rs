@@ -3,5 +3,7 @@
 
 pub mod artefacts;
 pub mod db;
+pub mod http;
+pub mod lease;
 pub mod lock;
 pub mod process;
