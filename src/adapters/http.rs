@@ -76,7 +76,12 @@ pub fn classify_status(
     body: &str,
 ) -> HttpError {
     let excerpt: String = body.chars().take(200).collect();
-    let message = format!("{what}: HTTP {status}: {}", excerpt.trim());
+    let excerpt = excerpt.trim();
+    let message = if excerpt.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}: {excerpt}")
+    };
     match status {
         429 => HttpError::RateLimited {
             retry_after: retry_after.and_then(parse_retry_after),
