@@ -140,7 +140,7 @@ mod tests {
             classify_status(429, Some("7"), "x", ""),
             HttpError::RateLimited {
                 retry_after: Some(Duration::from_secs(7)),
-                message: "x: HTTP 429:".into()
+                message: "x: HTTP 429".into()
             }
         );
         assert!(matches!(
