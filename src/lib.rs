@@ -14,3 +14,5 @@ pub mod context;
 pub mod core;
 pub mod exit;
 pub mod flow;
+#[cfg(feature = "test-helpers")]
+pub mod standin;
