@@ -429,6 +429,8 @@ settings! {
     log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
     now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
+    /// Read deadline of one webhook request.
+    webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.

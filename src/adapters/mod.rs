@@ -3,7 +3,9 @@
 
 pub mod artefacts;
 pub mod db;
+pub mod db_deliveries;
 pub mod http;
+pub mod http_request;
 pub mod lease;
 pub mod lock;
 pub mod process;
