@@ -424,7 +424,7 @@ mod tests {
             checks: vec![],
         };
         assert!(matches!(
-            decide(Stage::Review, &rb, None, 2, &LIMITS),
+            decide(Stage::DeployStaging, &rb, None, 2, &LIMITS),
             Action::Rollback {
                 escalate: false,
                 ..
