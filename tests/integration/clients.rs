@@ -1230,3 +1230,118 @@ fn gitea_client_classifies_every_failure() {
     assert!(retryable(&e).contains("timed out"), "{e}");
     assert_eq!(g.count(Some("POST"), REPO, "branches"), 1);
 }
+
+// ---------------------------------------------------------------- seeds and helpers
+
+/// Runs `orch-standin KIND SEED`, reads its `KIND URL` line and returns the child.
+fn standin_from_seed(kind: &str, seed: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seed.yaml");
+    std::fs::write(&path, seed).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orch-standin"))
+        .args([kind, path.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn orch-standin");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix(&format!("{kind} "))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+#[test]
+fn orch_standin_serves_seeded_models_until_stdin_closes() {
+    let (mut plane, url) = standin_from_seed(
+        "plane",
+        &format!(
+            "workspace: acme\nprojects:\n  - id: {PROJECT}\n    states:\n      - {{ id: {STARTED}, name: In Progress, group: started }}\n    work_items:\n      - {{ id: {ITEM}, sequence_id: 42, name: Fix, state: In Progress }}\n"
+        ),
+    );
+    let c = PlaneClient::from_config(&config(&[
+        ("ORCH_PLANE_URL", &url),
+        ("ORCH_PLANE_API_KEY", DEFAULT_API_KEY),
+    ]))
+    .unwrap();
+    let item = c.get_work_item(PROJECT, ITEM).unwrap();
+    assert_eq!(item.state.unwrap().name, "In Progress");
+    drop(plane.stdin.take());
+    assert!(plane.wait().unwrap().success());
+
+    let (mut gitea, url) = standin_from_seed(
+        "gitea",
+        "version: \"1.24\"\nrepos:\n  - name: acme/shop\n    pulls: [{ number: 3, head: task/SHOP-1, merged: true }]\n    statuses: [{ sha: main, context: ci/test, state: warning }]\n",
+    );
+    let c = GiteaClient::from_config(&config(&[
+        ("ORCH_GITEA_URL", &url),
+        ("ORCH_GITEA_TOKEN", DEFAULT_TOKEN),
+    ]))
+    .unwrap();
+    assert!(c.get_pull("acme/shop", 3).unwrap().merged);
+    assert_eq!(
+        c.combined_status("acme/shop", "main").unwrap().state,
+        CiState::Warning,
+        "legacy combines to the worst state"
+    );
+    let a = c
+        .merge("acme/shop", 3, &MergeRequest::merge_pinned("", None))
+        .unwrap();
+    assert_eq!((a.status, a.message.as_deref()), (405, Some("")));
+    drop(gitea.stdin.take());
+    assert!(gitea.wait().unwrap().success());
+}
+
+#[test]
+fn orch_standin_refuses_a_bad_seed_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, seed) in [
+        ("gitea", "repos: [{ name: acme/x, bogus: 1 }]\n"),
+        ("plane", "projects: []\n"),
+        ("gitea", "version: \"9.9\"\n"),
+    ] {
+        let path = dir.path().join("seed.yaml");
+        std::fs::write(&path, seed).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch-standin"))
+            .args([kind, path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{kind} {seed}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{kind} seed")), "{err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch-standin"))
+        .args(["plane", "/nonexistent/seed.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn shape_diff_reports_missing_extra_and_nested_keys() {
+    let mut d = Vec::new();
+    shape_diff(
+        &serde_json::json!({"a": 1, "b": {"c": 1}, "l": [{"x": 1}], "n": null}),
+        &serde_json::json!({"a": 1, "b": {"d": 1}, "l": [{"y": 1}], "n": {"z": 1}, "e": 2}),
+        "",
+        &mut d,
+    );
+    d.sort();
+    assert_eq!(
+        d,
+        [
+            "extra .b.d",
+            "extra .e",
+            "extra .l[].y",
+            "missing .b.c",
+            "missing .l[].x"
+        ]
+    );
+}
