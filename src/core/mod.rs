@@ -7,4 +7,6 @@ pub mod branch;
 pub mod gate;
 pub mod job;
 pub mod stage;
+pub mod staging;
+pub mod staging_report;
 pub mod task;
