@@ -44,6 +44,7 @@ pub fn http_probe(
     }
     let resp = req.send().map_err(|e| classify(&e))?;
     let status = resp.status().as_u16();
+    let shown = redact_url(resp.url());
     let mut bytes = Vec::new();
     resp.take(MAX_CAPTURE)
         .read_to_end(&mut bytes)
@@ -51,9 +52,9 @@ pub fn http_probe(
             if e.kind() == std::io::ErrorKind::TimedOut
                 || e.to_string().to_ascii_lowercase().contains("timed out")
             {
-                ProbeError::Timeout(format!("reading the answer of {url}: {e}"))
+                ProbeError::Timeout(format!("reading the answer of {shown}: {e}"))
             } else {
-                ProbeError::Transport(format!("reading the answer of {url}: {e}"))
+                ProbeError::Transport(format!("reading the answer of {shown}: {e}"))
             }
         })?;
     Ok(HttpAnswer {

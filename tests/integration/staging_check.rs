@@ -78,13 +78,17 @@ fn http_checks_pass_fail_time_out_and_get_refused() {
     - {{ id: H3, name: broken, kind: http, url: "{u}/broken" }}
     - {{ id: H4, name: html, kind: http, url: "{u}/html", expect_json: {{ field: checks.db, equals: ok }} }}
     - {{ id: H5, name: hang, kind: http, url: "{u}/hang", timeout_s: 1 }}
-    - {{ id: H6, name: refused, kind: http, url: "{refused}" }}
+    - {{ id: H6, name: refused, kind: http, url: "{refused}?token=s3cret" }}
     - {{ id: H7, name: degraded, kind: http, url: "{u}/degraded", expect_json: {{ field: checks.db, equals: ok }} }}
     - {{ id: H8, name: maintenance is expected, kind: http, method: HEAD, url: "{u}/broken", expect_status: 503 }}
 "#,
         refused = refused_url()
     ));
     let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        !run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"),
+        "query strings are never printed"
+    );
     assert!(
         line(&run, "H1").contains("REAL           PASS"),
         "{}",
