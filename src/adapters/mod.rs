@@ -2,6 +2,7 @@
 //! types and make no pipeline decisions.
 
 pub mod artefacts;
+pub mod checks;
 pub mod db;
 pub mod gitea;
 pub mod http;

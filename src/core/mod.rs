@@ -8,4 +8,6 @@ pub mod gate;
 pub mod job;
 pub mod reconcile;
 pub mod stage;
+pub mod staging;
+pub mod staging_report;
 pub mod task;

@@ -6,3 +6,4 @@ mod common;
 
 mod clients;
 mod foundation;
+mod staging_check;
