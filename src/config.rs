@@ -429,6 +429,14 @@ settings! {
     log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
     now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
+    /// Staging checks whose failure may be waived as sandbox infrastructure.
+    staging_infra_allowlist: Csv = "ORCH_STAGING_INFRA_ALLOWLIST", "C9a,C9b", false, "staging-check ids classed SANDBOX_INFRA (every other id is REAL), comma-separated";
+    /// Whether allowlisted staging failures are waived.
+    staging_infra_tolerance_enabled: bool = "ORCH_STAGING_INFRA_TOLERANCE_ENABLED", "true", false, "staging-check waives failures of allowlisted SANDBOX_INFRA checks (false: any failure fails)";
+    /// Whether staging's image revision is checked.
+    image_freshness_enabled: bool = "ORCH_IMAGE_FRESHNESS_ENABLED", "true", false, "staging-check's image-freshness checks compare staging's revision with the expected one";
+    /// Repos image freshness applies to.
+    image_freshness_repos: Csv = "ORCH_IMAGE_FRESHNESS_REPOS", "", false, "project names or Gitea owner/name that image freshness applies to; empty: the self-hosting repo only";
     /// Read deadline of one webhook request.
     webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
 }
@@ -901,12 +909,16 @@ fn parse_pipeline(
             check_placeholders(arg).map_err(|m| ConfigError::new(key.clone(), m))?;
         }
     }
+    let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let staging_checks = raw.staging.map(|s| s.checks).unwrap_or_default();
+    crate::core::staging::parse_checks(&staging_checks, &names)
+        .map_err(|e| ConfigError::new(e.key, e.message))?;
     Ok(Pipeline {
         path: None,
         plane_workspace,
         projects,
         agents: raw.agents,
-        staging_checks: raw.staging.map(|s| s.checks).unwrap_or_default(),
+        staging_checks,
     })
 }
 

@@ -2,10 +2,14 @@
 //! types and make no pipeline decisions.
 
 pub mod artefacts;
+pub mod checks;
 pub mod db;
 pub mod db_deliveries;
+pub mod gitea;
 pub mod http;
 pub mod http_request;
 pub mod lease;
 pub mod lock;
+pub mod plane;
 pub mod process;
+mod rest;

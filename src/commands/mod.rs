@@ -2,5 +2,6 @@
 
 pub mod config_check;
 pub mod init;
+pub mod staging_check;
 pub mod status;
 pub mod task;

@@ -7,5 +7,8 @@ pub mod branch;
 pub mod gate;
 pub mod intake;
 pub mod job;
+pub mod reconcile;
 pub mod stage;
+pub mod staging;
+pub mod staging_report;
 pub mod task;

@@ -4,4 +4,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod clients;
 mod foundation;
+mod staging_check;

@@ -1,0 +1,329 @@
+//! Runs `staging-check`'s probes: HTTP requests and commands, each with a hard deadline,
+//! all at once in threads so one hanging check cannot stall the rest.
+//!
+//! Probes return observations (`core::staging::HttpAnswer`, `CommandEnd`) or a
+//! `ProbeError`; judging them is `core::staging`'s job. A command runs without a shell
+//! in its own process group, and the whole group is killed when its deadline passes.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::adapters::http::{client_with, redact_url};
+use crate::core::staging::{CommandEnd, HttpAnswer, ProbeError};
+
+/// The most of a body or an output stream kept for judging (1 MiB).
+pub const MAX_CAPTURE: u64 = 1024 * 1024;
+
+/// Extra time a probe gets past its own deadline to report before it is abandoned.
+/// Probes enforce their deadline themselves; this only catches one that cannot.
+pub const REPORT_GRACE: Duration = Duration::from_secs(3);
+
+/// Sends one HTTP request with `timeout` as its whole deadline and reads the answer.
+///
+/// # Errors
+/// [`ProbeError`]: timeout, connection failure, transport failure, or a request that
+/// cannot even be built.
+pub fn http_probe(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<HttpAnswer, ProbeError> {
+    let client = client_with(connect_timeout.min(timeout), timeout)
+        .map_err(|e| ProbeError::CouldNotRun(format!("building the HTTP client: {e:#}")))?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|e| ProbeError::CouldNotRun(format!("method {method:?}: {e}")))?;
+    let mut req = client.request(method, url);
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let resp = req.send().map_err(|e| classify(&e))?;
+    let status = resp.status().as_u16();
+    let shown = redact_url(resp.url());
+    let mut bytes = Vec::new();
+    resp.take(MAX_CAPTURE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut
+                || e.to_string().to_ascii_lowercase().contains("timed out")
+            {
+                ProbeError::Timeout(format!("reading the answer of {shown}: {e}"))
+            } else {
+                ProbeError::Transport(format!("reading the answer of {shown}: {e}"))
+            }
+        })?;
+    Ok(HttpAnswer {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+fn classify(e: &reqwest::Error) -> ProbeError {
+    let url = e.url().map(redact_url).unwrap_or_default();
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let msg = format!("{url}: {cause}");
+    if e.is_timeout() {
+        ProbeError::Timeout(msg)
+    } else if e.is_connect() {
+        ProbeError::Connect(msg)
+    } else if e.is_builder() {
+        ProbeError::CouldNotRun(msg)
+    } else {
+        ProbeError::Transport(msg)
+    }
+}
+
+/// Runs `argv` (no shell, stdin closed) in its own process group and waits at most
+/// `timeout`; past it the whole group is killed and the probe reports a timeout.
+///
+/// # Errors
+/// [`ProbeError::CouldNotRun`] when it cannot be started, [`ProbeError::Timeout`]
+/// when it was killed at its deadline.
+pub fn command_probe(argv: &[String], timeout: Duration) -> Result<CommandEnd, ProbeError> {
+    let started = Instant::now();
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| ProbeError::CouldNotRun("empty argv".into()))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| ProbeError::CouldNotRun(format!("{program}: {e}")))?;
+    let pid = child.id();
+    let stdout = capture(child.stdout.take());
+    let stderr = capture(child.stderr.take());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(timeout) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            kill_group(pid);
+            return Err(ProbeError::CouldNotRun(format!(
+                "waiting for {program}: {e}"
+            )));
+        }
+        Err(_) => {
+            // The child is not reaped yet (its waiter has not returned), so its pid
+            // and process group still name it: killing the group cannot hit a stranger.
+            kill_group(pid);
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            return Err(ProbeError::Timeout(format!(
+                "{program} killed after {}s",
+                timeout.as_secs()
+            )));
+        }
+    };
+    // Output pipes close when every process of the group has exited; a leftover
+    // background process is killed rather than waited for past the deadline.
+    let remaining = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(200));
+    let stdout = collect(&stdout, remaining, pid);
+    let stderr = collect(&stderr, Duration::from_millis(200), pid);
+    Ok(CommandEnd {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}
+
+fn capture(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
+    if let Some(pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut limited = pipe.take(MAX_CAPTURE);
+            let _ = limited.read_to_end(&mut buf);
+            // Drain the rest so the writer never blocks on a full pipe.
+            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+            let _ = tx.send(buf);
+        });
+    } else {
+        let _ = tx.send(Vec::new());
+    }
+    rx
+}
+
+fn collect(rx: &Receiver<Vec<u8>>, wait: Duration, pgid: u32) -> String {
+    let bytes = match rx.recv_timeout(wait) {
+        Ok(b) => b,
+        Err(_) => {
+            kill_group(pgid);
+            rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+        }
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn kill_group(pgid: u32) {
+    let Some(pid) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill) {
+        log::debug!("staging-check: killing process group {pgid}: {e}");
+    }
+}
+
+/// One unit of work with its own deadline.
+pub struct Deadlined<T> {
+    /// How long it may take (its probe's own timeout).
+    pub deadline: Duration,
+    /// The work.
+    pub run: Box<dyn FnOnce() -> T + Send>,
+}
+
+/// Why a unit produced no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overrun {
+    /// It did not report within its deadline plus [`REPORT_GRACE`]; it was abandoned.
+    Deadline,
+    /// It panicked.
+    Panicked,
+}
+
+/// Runs every unit at once, each in its own thread, and returns their results in
+/// order with the time each took. A unit that does not report within its deadline
+/// (plus [`REPORT_GRACE`]) is abandoned, so the call returns after the longest
+/// deadline at most, whatever the units do.
+pub fn run_all<T: Send + 'static>(units: Vec<Deadlined<T>>) -> Vec<(Result<T, Overrun>, Duration)> {
+    let started = Instant::now();
+    let (tx, rx) = channel::<(usize, Result<T, Overrun>, Duration)>();
+    let mut limits = Vec::with_capacity(units.len());
+    for (i, unit) in units.into_iter().enumerate() {
+        limits.push(unit.deadline + REPORT_GRACE);
+        let tx = tx.clone();
+        let run = unit.run;
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let value = catch_unwind(AssertUnwindSafe(run)).map_err(|_| Overrun::Panicked);
+            let _ = tx.send((i, value, t.elapsed()));
+        });
+    }
+    drop(tx);
+    let mut results: Vec<Option<(Result<T, Overrun>, Duration)>> =
+        (0..limits.len()).map(|_| None).collect();
+    loop {
+        let pending: Vec<usize> = (0..limits.len())
+            .filter(|i| results[*i].is_none())
+            .collect();
+        let Some(next) = pending.iter().map(|i| limits[*i]).min() else {
+            break;
+        };
+        match rx.recv_timeout(next.saturating_sub(started.elapsed())) {
+            Ok((i, value, took)) => results[i] = Some((value, took)),
+            Err(RecvTimeoutError::Timeout) => {
+                let now = started.elapsed();
+                for i in pending {
+                    if limits[i] <= now {
+                        results[i] = Some((Err(Overrun::Deadline), now));
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                for i in pending {
+                    results[i] = Some((Err(Overrun::Panicked), started.elapsed()));
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every unit has a result when the loop ends"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_command_reports_its_exit_and_output() {
+        let end = command_probe(
+            &argv(&["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(end.code, Some(3));
+        assert_eq!(end.stdout, "out\n");
+        assert_eq!(end.stderr, "err\n");
+    }
+
+    #[test]
+    fn a_hanging_command_is_killed_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        // The grandchild writes its pid, then both wait forever.
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let e =
+            command_probe(&argv(&["/bin/sh", "-c", &script]), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, ProbeError::Timeout(_)), "{e:?}");
+        let pid: i64 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SIGKILL is delivered before kill() returns; the grandchild is reaped by init,
+        // so wait for its /proc entry to go (a failsafe bound, not a timing).
+        let gone = (0..200).any(|_| {
+            let alive = crate::adapters::process::start_time(pid).is_some();
+            if alive {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            !alive
+        });
+        assert!(gone, "grandchild {pid} survived the group kill");
+    }
+
+    #[test]
+    fn a_missing_program_could_not_run() {
+        let e = command_probe(&argv(&["/nonexistent/prog"]), Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, ProbeError::CouldNotRun(_)), "{e:?}");
+    }
+
+    #[test]
+    fn run_all_abandons_a_unit_past_its_deadline_and_keeps_the_others() {
+        let (_hold, block) = channel::<()>();
+        let units: Vec<Deadlined<u32>> = vec![
+            Deadlined {
+                deadline: Duration::ZERO,
+                run: Box::new(move || {
+                    // Blocks until the test ends: a probe that ignores its deadline.
+                    let _ = block.recv();
+                    0
+                }),
+            },
+            Deadlined {
+                deadline: Duration::from_secs(30),
+                run: Box::new(|| 7),
+            },
+            Deadlined {
+                deadline: Duration::from_secs(30),
+                run: Box::new(|| panic!("probe bug")),
+            },
+        ];
+        let results = run_all(units);
+        assert_eq!(results[0].0, Err(Overrun::Deadline));
+        assert_eq!(results[1].0, Ok(7));
+        assert_eq!(results[2].0, Err(Overrun::Panicked));
+    }
+}

@@ -1,0 +1,343 @@
+//! `orch staging-check`: runs the pipeline file's staging checks at once, each with its
+//! own deadline, classifies and judges them (`core::staging`), prints the verdict, and
+//! writes the report the `deploy-staging → deploy` gate reads.
+//!
+//! Never a false green: an internal error (database, report write) turns the verdict
+//! FAILED (exit 1); only usage and configuration errors exit 2. No pass lock: CI and
+//! agents may run it concurrently, and the report is written atomically.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::adapters::artefacts::{task_dir, write_atomic};
+use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
+use crate::context::Context;
+use crate::core::artefact::STAGING_REPORT_FILE;
+use crate::core::staging::{
+    classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_checks,
+    parse_revision, revision_from_command, revision_from_http, verdict, CheckDef, CheckKind,
+    CheckResult, Outcome, Policy, RevisionSource, VerdictStatus,
+};
+use crate::core::staging_report::{CheckLine, StagingRun};
+use crate::core::task::Task;
+use crate::exit::ExitStatus;
+
+/// Smoke-check a staging install and print a verdict
+///
+/// Runs every check of the pipeline file's `staging.checks` at once, each with its own
+/// deadline. A check is SANDBOX_INFRA only when its id is in
+/// ORCH_STAGING_INFRA_ALLOWLIST (default C9a,C9b); every other id is REAL. Prints a line
+/// per check, `INFRA-WAIVED: <ids>` when allowlisted failures were waived, and
+/// `VERDICT: SUCCESS|FAILED` last. Exit codes: 0 SUCCESS; 1 FAILED (a REAL failure, an
+/// unwaived infra failure, no checks configured, a check that could not run, or any
+/// internal error); 2 usage or configuration error.
+#[derive(Debug, clap::Args)]
+pub struct StagingCheckArgs {
+    /// Print the result as JSON (the same facts as the text, plus exit_code)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Fail on any failure, allowlisted infra checks included (tolerance off for this
+    /// run, whatever ORCH_STAGING_INFRA_TOLERANCE_ENABLED says)
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Also write the Markdown report (frontmatter staging_status, waived,
+    /// checked_revision, checked_at) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Write the report into this task's artefacts (10-staging-report.md) and record
+    /// the validated revision on the task (id, key or work item id)
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+
+    /// The revision staging must run, for image-freshness checks
+    #[arg(long, value_name = "SHA", env = "EXPECTED_REVISION")]
+    pub expected_revision: Option<String>,
+}
+
+/// The message of a webhook-roundtrip check in this build.
+pub const ROUNDTRIP_NOT_IMPLEMENTED: &str = "webhook-roundtrip is not implemented in this build \
+     (it needs the Plane and Gitea clients and webhook-handle); the check counts as FAILED";
+
+/// Runs `staging-check`.
+///
+/// # Errors
+/// Only usage and configuration errors (exit 2): a bad `--expected-revision`, an
+/// unknown `--task`. Everything else ends in a verdict.
+pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
+    let started = Instant::now();
+    let settings = &ctx.config.settings;
+    let pipeline = &ctx.config.pipeline;
+    let names: Vec<&str> = pipeline.projects.iter().map(|p| p.name.as_str()).collect();
+    let checks = parse_checks(&pipeline.staging_checks, &names)
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let expected = match args.expected_revision.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            parse_revision(text)
+                .map_err(|m| anyhow::anyhow!("--expected-revision / EXPECTED_REVISION: {m}"))?,
+        ),
+    };
+    let now = ctx.now();
+    let mut internal: Vec<String> = Vec::new();
+
+    // The task, when asked for: an unknown one is a usage error; a database that cannot
+    // be read is an internal error (the verdict becomes FAILED, nothing is skipped).
+    let mut db = None;
+    let mut task: Option<Task> = None;
+    if let Some(reference) = &args.task {
+        match ctx.open_db() {
+            Ok(d) => {
+                match d.find_task(reference) {
+                    Ok(Some(t)) => task = Some(t),
+                    Ok(None) => {
+                        bail!("--task: no task {reference:?} (give an id, key or work item id)")
+                    }
+                    Err(e) => internal.push(format!("reading task {reference}: {e:#}")),
+                }
+                db = Some(d);
+            }
+            Err(e) => internal.push(format!("opening the database: {e:#}")),
+        }
+    }
+    let report_path = match &task {
+        Some(t) => match task_dir(&settings.artefacts_dir, &t.key) {
+            Ok(dir) => Some(dir.join(STAGING_REPORT_FILE)),
+            Err(e) => {
+                internal.push(format!("{e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
+
+    // Decide what each check does before running anything.
+    let default_project = task
+        .as_ref()
+        .and_then(|t| pipeline.project(&t.project))
+        .or_else(|| pipeline.projects.iter().find(|p| p.self_hosting));
+    let connect = settings
+        .http_connect_timeout_s
+        .0
+        .max(Duration::from_secs(1));
+    let mut units: Vec<Deadlined<(Outcome, Option<String>)>> = Vec::new();
+    let mut fixed: Vec<Option<Outcome>> = Vec::new();
+    for c in &checks {
+        match plan(c, expected.clone(), connect, |name| {
+            let project = name
+                .and_then(|n| pipeline.project(n))
+                .or(default_project)
+                .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
+            freshness_applies(
+                settings.image_freshness_enabled,
+                &settings.image_freshness_repos.0,
+                project,
+            )
+        }) {
+            Planned::Fixed(o) => fixed.push(Some(o)),
+            Planned::Run(unit) => {
+                fixed.push(None);
+                units.push(unit);
+            }
+        }
+    }
+    let mut ran = run_all(units).into_iter();
+
+    let policy = Policy {
+        allowlist: settings.staging_infra_allowlist.0.clone(),
+        tolerance: settings.staging_infra_tolerance_enabled,
+        strict: args.strict,
+    };
+    let mut lines: Vec<CheckLine> = Vec::new();
+    let mut checked_revision: Option<String> = None;
+    for (c, pre) in checks.iter().zip(fixed) {
+        let (outcome, duration) = match pre {
+            Some(o) => (o, Duration::ZERO),
+            None => {
+                let (result, took) = ran.next().expect("one result per planned unit");
+                match result {
+                    Ok((o, rev)) => {
+                        if checked_revision.is_none() {
+                            checked_revision = rev;
+                        }
+                        (o, took)
+                    }
+                    Err(Overrun::Deadline) => (
+                        Outcome::Error(format!(
+                            "did not finish within its {}s deadline",
+                            c.timeout.as_secs()
+                        )),
+                        took,
+                    ),
+                    Err(Overrun::Panicked) => (
+                        Outcome::Error("internal error: the probe panicked".into()),
+                        took,
+                    ),
+                }
+            }
+        };
+        log::debug!("staging-check: {} {}: {:?}", c.id, c.kind.as_str(), outcome);
+        lines.push(CheckLine {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            kind: c.kind.as_str().into(),
+            category: classify(&c.id, &policy.allowlist),
+            outcome,
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            waived: false,
+        });
+    }
+
+    let decide = |internal: &[String], lines: &mut Vec<CheckLine>| {
+        let results: Vec<CheckResult> = lines
+            .iter()
+            .map(|l| CheckResult {
+                id: l.id.clone(),
+                outcome: l.outcome.clone(),
+            })
+            .collect();
+        let v = verdict(&results, &policy, internal);
+        for l in lines.iter_mut() {
+            l.waived = v.waived.contains(&l.id);
+        }
+        v
+    };
+    let mut run = StagingRun {
+        verdict: decide(&internal, &mut lines),
+        checks: lines,
+        checked_revision,
+        expected_revision: expected,
+        checked_at: jiff::Timestamp::from_second(now.as_second())
+            .unwrap_or(now)
+            .to_string(),
+        strict: args.strict,
+        tolerance: settings.staging_infra_tolerance_enabled,
+        task: task.as_ref().map(|t| t.key.clone()),
+    };
+
+    let known_errors = internal.len();
+    // Act: reports first, then the validated revision. Any failure turns the verdict
+    // FAILED and the reports already written are rewritten to say so.
+    let targets: Vec<PathBuf> = args.report.iter().cloned().chain(report_path).collect();
+    let mut written: Vec<&PathBuf> = Vec::new();
+    for path in &targets {
+        match write_atomic(path, run.render_report().as_bytes()) {
+            Ok(()) => written.push(path),
+            Err(e) => {
+                internal.push(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    if internal.is_empty() && run.verdict.status == VerdictStatus::Success {
+        if let (Some(t), Some(d), Some(rev)) = (&task, &db, &run.checked_revision) {
+            match d.set_validated_revision(t.id, rev, now.as_second()) {
+                Ok(()) => log::info!("staging-check: task {} validated revision {rev}", t.key),
+                Err(e) => internal.push(format!("recording the validated revision: {e:#}")),
+            }
+        }
+    }
+    if internal.len() > known_errors {
+        run.verdict = decide(&internal, &mut run.checks);
+        for path in written {
+            if let Err(e) = write_atomic(path, run.render_report().as_bytes()) {
+                log::error!(
+                    "staging-check: could not rewrite {} as FAILED: {e:#}",
+                    path.display()
+                );
+            }
+        }
+    }
+    for e in &internal {
+        log::error!("staging-check: internal error: {e}");
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run.render_json())?);
+    } else {
+        print!("{}", run.render_text());
+    }
+    let count = |f: &dyn Fn(&CheckLine) -> bool| run.checks.iter().filter(|l| f(l)).count();
+    log::info!(
+        "staging-check: checks={} passed={} failed={} waived={} skipped={} verdict={} duration_ms={}",
+        run.checks.len(),
+        count(&|l| matches!(l.outcome, Outcome::Pass(_))),
+        count(&|l| l.outcome.is_failure()),
+        run.verdict.waived.len(),
+        count(&|l| matches!(l.outcome, Outcome::Skip(_))),
+        run.verdict.status.as_str(),
+        started.elapsed().as_millis()
+    );
+    Ok(match run.verdict.status {
+        VerdictStatus::Success => ExitStatus::Success,
+        VerdictStatus::Failed => ExitStatus::No,
+    })
+}
+
+enum Planned {
+    /// Known without running anything.
+    Fixed(Outcome),
+    /// A probe to run with its deadline; it yields the outcome and any revision read.
+    Run(Deadlined<(Outcome, Option<String>)>),
+}
+
+fn plan(
+    c: &CheckDef,
+    expected: Option<String>,
+    connect: Duration,
+    applies: impl Fn(Option<&str>) -> bool,
+) -> Planned {
+    let timeout = c.timeout;
+    let unit = |run: Box<dyn FnOnce() -> (Outcome, Option<String>) + Send>| {
+        Planned::Run(Deadlined {
+            deadline: timeout,
+            run,
+        })
+    };
+    match &c.kind {
+        CheckKind::Http(h) => {
+            let h = h.clone();
+            unit(Box::new(move || {
+                let answer = http_probe(&h.method, &h.url, h.body.as_deref(), connect, timeout);
+                (judge_http(&h, &answer), None)
+            }))
+        }
+        CheckKind::Command(cmd) => {
+            let cmd = cmd.clone();
+            unit(Box::new(move || {
+                (
+                    judge_command(&cmd, &command_probe(&cmd.argv, timeout)),
+                    None,
+                )
+            }))
+        }
+        CheckKind::ImageFreshness(f) => {
+            if !applies(f.project.as_deref()) {
+                return Planned::Fixed(Outcome::Skip(
+                    "image freshness does not apply (ORCH_IMAGE_FRESHNESS_ENABLED / ORCH_IMAGE_FRESHNESS_REPOS)".into(),
+                ));
+            }
+            let source = f.source.clone();
+            unit(Box::new(move || {
+                let running = match &source {
+                    RevisionSource::Url { url, json_field } => revision_from_http(
+                        json_field.as_deref(),
+                        &http_probe("GET", url, None, connect, timeout),
+                    ),
+                    RevisionSource::Argv { argv } => {
+                        revision_from_command(&command_probe(argv, timeout))
+                    }
+                };
+                let outcome = judge_freshness(expected.as_deref(), &running);
+                (outcome, running.ok())
+            }))
+        }
+        CheckKind::WebhookRoundtrip(_) => {
+            Planned::Fixed(Outcome::Error(ROUNDTRIP_NOT_IMPLEMENTED.into()))
+        }
+    }
+}

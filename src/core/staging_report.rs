@@ -1,0 +1,336 @@
+//! What one `staging-check` run found, and its three renderings: the text lines CI
+//! logs show, the JSON for scripts, and the Markdown report (`10-staging-report.md`)
+//! whose YAML frontmatter the `deploy-staging → deploy` gate reads back through
+//! `core::artefact::parse_staging_report`. Pure: no I/O, the time is passed in.
+
+use std::fmt::Write as _;
+
+use crate::core::staging::{one_line, Category, Outcome, Verdict, VerdictStatus};
+
+/// One check's line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckLine {
+    /// The check id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its kind (`http`, `command`, ...).
+    pub kind: String,
+    /// REAL or SANDBOX_INFRA.
+    pub category: Category,
+    /// How it ended (`result` + `reason`).
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// Whether its failure was waived.
+    pub waived: bool,
+}
+
+impl CheckLine {
+    /// Returns `PASS`, `FAIL` or `SKIP` (a check that could not run is a `FAIL`).
+    pub fn result_word(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Pass(_) => "PASS",
+            Outcome::Skip(_) => "SKIP",
+            Outcome::Fail(_) | Outcome::Error(_) => "FAIL",
+        }
+    }
+
+    fn reason_text(&self) -> String {
+        let r = one_line(self.outcome.reason(), 300);
+        match self.outcome {
+            Outcome::Error(_) if !r.starts_with("could not run") => format!("could not run: {r}"),
+            _ => r,
+        }
+    }
+}
+
+/// Everything one run found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StagingRun {
+    /// `SUCCESS` or `FAILED` with waived ids, counted failures and reasons.
+    pub verdict: Verdict,
+    /// One entry per configured check, in file order.
+    pub checks: Vec<CheckLine>,
+    /// The revision staging reported (from an image-freshness check), when read.
+    pub checked_revision: Option<String>,
+    /// The revision staging had to run, when given.
+    pub expected_revision: Option<String>,
+    /// When the run happened (RFC 3339).
+    pub checked_at: String,
+    /// Whether `--strict` was given.
+    pub strict: bool,
+    /// `ORCH_STAGING_INFRA_TOLERANCE_ENABLED`.
+    pub tolerance: bool,
+    /// The task the report belongs to (`--task`), by key.
+    pub task: Option<String>,
+}
+
+impl StagingRun {
+    /// Returns the exit code the verdict maps to (0 SUCCESS, 1 FAILED).
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict.status {
+            VerdictStatus::Success => 0,
+            VerdictStatus::Failed => 1,
+        }
+    }
+
+    /// Renders the text output: a line per check, `REASON:` lines when FAILED,
+    /// `INFRA-WAIVED:` when some were waived, and `VERDICT:` last.
+    pub fn render_text(&self) -> String {
+        let idw = self.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "{:idw$}  {:13}  {}  {:>7}  {}",
+                c.id,
+                c.category.as_str(),
+                c.result_word(),
+                format!("{}ms", c.duration_ms),
+                c.reason_text()
+            );
+        }
+        if self.verdict.status == VerdictStatus::Failed {
+            for r in &self.verdict.reasons {
+                let _ = writeln!(out, "REASON: {}", one_line(r, 300));
+            }
+        }
+        if !self.verdict.waived.is_empty() {
+            let _ = writeln!(out, "INFRA-WAIVED: {}", self.verdict.waived.join(","));
+        }
+        let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
+        out
+    }
+
+    /// Renders the JSON output (the same facts as the text, plus `exit_code`).
+    pub fn render_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("the run serialises");
+        v["exit_code"] = serde_json::Value::from(self.exit_code());
+        v
+    }
+
+    /// Renders `10-staging-report.md`: YAML frontmatter (`staging_status`, `waived`,
+    /// `checked_revision`, `checked_at`, ...) and a Markdown table of the checks.
+    pub fn render_report(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Front<'a> {
+            staging_status: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            checked_revision: Option<&'a str>,
+            waived: &'a [String],
+            checked_at: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expected_revision: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            task: Option<&'a str>,
+            strict: bool,
+            infra_tolerance: bool,
+        }
+        let front = Front {
+            staging_status: self.verdict.status.as_str(),
+            checked_revision: self.checked_revision.as_deref(),
+            waived: &self.verdict.waived,
+            checked_at: &self.checked_at,
+            expected_revision: self.expected_revision.as_deref(),
+            task: self.task.as_deref(),
+            strict: self.strict,
+            infra_tolerance: self.tolerance,
+        };
+        let yaml = serde_yaml::to_string(&front).expect("the frontmatter serialises");
+        let mut out = format!("---\n{yaml}---\n# Staging report\n\n");
+        out.push_str("Written by `orch staging-check`.\n\n");
+        out.push_str("| id | name | category | result | duration | reason |\n");
+        out.push_str("|---|---|---|---|---|---|\n");
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} ms | {} |",
+                cell(&c.id),
+                cell(&c.name),
+                c.category.as_str(),
+                c.result_word(),
+                c.duration_ms,
+                cell(&c.reason_text())
+            );
+        }
+        out.push('\n');
+        if self.verdict.status == VerdictStatus::Failed {
+            for r in &self.verdict.reasons {
+                let _ = writeln!(out, "- {}", cell(r));
+            }
+            out.push('\n');
+        }
+        if !self.verdict.waived.is_empty() {
+            let _ = writeln!(out, "INFRA-WAIVED: {}\n", self.verdict.waived.join(","));
+        }
+        let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
+        out
+    }
+}
+
+fn cell(text: &str) -> String {
+    one_line(text, 300).replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::artefact::{parse_staging_report, StagingStatus};
+    use crate::core::gate::{evaluate, GateDecision, GateInputs, PrFacts};
+    use crate::core::stage::Stage;
+    use crate::core::staging::{verdict, CheckResult, Policy};
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn run(outcomes: &[(&str, Category, Outcome)], revision: Option<&str>) -> StagingRun {
+        let policy = Policy {
+            allowlist: vec!["C9a".into(), "C9b".into()],
+            tolerance: true,
+            strict: false,
+        };
+        let results: Vec<CheckResult> = outcomes
+            .iter()
+            .map(|(id, _, o)| CheckResult {
+                id: (*id).into(),
+                outcome: o.clone(),
+            })
+            .collect();
+        let v = verdict(&results, &policy, &[]);
+        StagingRun {
+            checks: outcomes
+                .iter()
+                .map(|(id, cat, o)| CheckLine {
+                    id: (*id).into(),
+                    name: format!("check | {id}"),
+                    kind: "http".into(),
+                    category: *cat,
+                    outcome: o.clone(),
+                    duration_ms: 5,
+                    waived: v.waived.iter().any(|w| w == id),
+                })
+                .collect(),
+            verdict: v,
+            checked_revision: revision.map(str::to_string),
+            expected_revision: revision.map(str::to_string),
+            checked_at: "2026-11-25T03:00:00Z".into(),
+            strict: false,
+            tolerance: true,
+            task: Some("ORCH-1".into()),
+        }
+    }
+
+    #[test]
+    fn text_lists_each_check_waivers_and_the_verdict_last() {
+        let r = run(
+            &[
+                ("C1", Category::Real, Outcome::Pass("HTTP 200".into())),
+                (
+                    "C9a",
+                    Category::SandboxInfra,
+                    Outcome::Fail("could not connect:\nrefused".into()),
+                ),
+            ],
+            None,
+        );
+        let text = r.render_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0], "C1   REAL           PASS      5ms  HTTP 200");
+        assert_eq!(
+            lines[1],
+            "C9a  SANDBOX_INFRA  FAIL      5ms  could not connect: refused"
+        );
+        assert_eq!(lines[2], "INFRA-WAIVED: C9a");
+        assert_eq!(lines[3], "VERDICT: SUCCESS");
+        assert_eq!(r.exit_code(), 0);
+        let j = r.render_json();
+        assert_eq!(j["verdict"]["status"], "SUCCESS");
+        assert_eq!(j["checks"][1]["category"], "SANDBOX_INFRA");
+        assert_eq!(j["checks"][1]["result"], "fail");
+        assert_eq!(j["checks"][1]["waived"], true);
+        assert_eq!(j["exit_code"], 0);
+    }
+
+    #[test]
+    fn failed_text_says_why() {
+        let r = run(
+            &[("C1", Category::Real, Outcome::Error("no such file".into()))],
+            None,
+        );
+        let text = r.render_text();
+        assert!(
+            text.contains("FAIL      5ms  could not run: no such file"),
+            "{text}"
+        );
+        assert!(text.contains("REASON: C1 could not be run"), "{text}");
+        assert!(text.ends_with("VERDICT: FAILED\n"), "{text}");
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn the_report_reads_back_and_the_gate_reads_it() {
+        let good = run(
+            &[
+                ("C1", Category::Real, Outcome::Pass("HTTP 200".into())),
+                (
+                    "C9b",
+                    Category::SandboxInfra,
+                    Outcome::Fail("x: y | z".into()),
+                ),
+            ],
+            Some(SHA),
+        );
+        let text = good.render_report();
+        let parsed = parse_staging_report(Some(&text)).unwrap();
+        assert_eq!(parsed.status, StagingStatus::Success);
+        assert_eq!(parsed.checked_revision.as_deref(), Some(SHA));
+        assert_eq!(parsed.waived, vec!["C9b"]);
+        assert!(text.contains("x: y \\| z"), "{text}");
+
+        let mut inputs = GateInputs::empty();
+        inputs.staging = Ok(parsed);
+        inputs.freshness_applies = true;
+        inputs.pr = Ok(Some(PrFacts {
+            number: 3,
+            open: true,
+            merged: false,
+            mergeable: Some(true),
+            head_sha: SHA.into(),
+        }));
+        let d = evaluate(Stage::DeployStaging, &inputs);
+        assert!(
+            matches!(
+                d,
+                GateDecision::Advance {
+                    to: Stage::Deploy,
+                    ..
+                }
+            ),
+            "fresh SUCCESS report advances: {d:?}"
+        );
+
+        let bad = run(
+            &[("C1", Category::Real, Outcome::Fail("HTTP 503".into()))],
+            None,
+        );
+        let parsed = parse_staging_report(Some(&bad.render_report())).unwrap();
+        assert_eq!(parsed.status, StagingStatus::Failed);
+        assert!(parsed.waived.is_empty());
+        assert_eq!(parsed.checked_revision, None);
+        let mut inputs = GateInputs::empty();
+        inputs.staging = Ok(parsed);
+        let d = evaluate(Stage::DeployStaging, &inputs);
+        assert!(
+            matches!(
+                d,
+                GateDecision::Rollback {
+                    to: Stage::Development,
+                    ..
+                }
+            ),
+            "FAILED report rolls back: {d:?}"
+        );
+    }
+}
