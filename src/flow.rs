@@ -4,9 +4,10 @@
 //! A move goes through [`Db::move_task`] (the table, the event, the next job) and then
 //! does what lives outside the database (arming post-deploy on `deploy → done`).
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{Created, Db, Moved};
+use crate::adapters::gitea::{BranchOutcome, GiteaClient};
 use crate::context::Context;
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
@@ -43,6 +44,32 @@ pub fn move_task(
     Ok(moved)
 }
 
+/// What starting a task did about its Gitea branch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BranchStep {
+    /// Created now from the default branch (201).
+    Created,
+    /// It existed already (409): success.
+    Existed,
+    /// Not asked for: the start was already complete.
+    NotNeeded,
+    /// Gitea is not configured (`ORCH_GITEA_URL` unset): no branch was created.
+    Skipped,
+}
+
+impl BranchStep {
+    /// Returns how the step reads in outcome lines.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            BranchStep::Created => "created",
+            BranchStep::Existed => "already existed",
+            BranchStep::NotNeeded => "not requested",
+            BranchStep::Skipped => "not created (gitea not configured)",
+        }
+    }
+}
+
 /// What starting a task did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Started {
@@ -50,18 +77,28 @@ pub struct Started {
     pub task_id: i64,
     /// Whether the task was created now (false: it existed).
     pub created: bool,
+    /// What happened to its branch.
+    pub branch: BranchStep,
     /// The analyst job, when enqueued now.
     pub enqueued_job: Option<i64>,
 }
 
-/// Starts a task: creates it once per work item and enqueues the analyst job once.
+/// Starts a task: creates it once per work item, creates its branch on Gitea from
+/// `default_branch` (an existing branch is success), and enqueues the analyst job once.
+///
+/// The steps run in that order and each is idempotent, so a start that failed half-way
+/// (Gitea down) is finished by running it again: the task is found, the branch request
+/// is repeated, and the job is enqueued only when no analyst job ever existed. A task
+/// that is past analysis, or whose analyst job exists, is left as it is.
 ///
 /// # Errors
-/// When a write fails or the key belongs to another work item.
+/// When a write fails, the key belongs to another work item, or Gitea refuses or cannot
+/// be reached (then no job is enqueued; running again finishes the start).
 pub fn start_task(
     ctx: &Context,
     db: &mut Db,
     new: &NewTask,
+    default_branch: &str,
     actor: Actor,
     reason: &str,
 ) -> Result<Started> {
@@ -76,7 +113,13 @@ pub fn start_task(
         .task_jobs(task.id)?
         .iter()
         .any(|j| j.agent == Agent::Analyst);
-    let enqueued_job = if task.stage == Stage::Analysis && !has_analyst_job {
+    let unfinished = task.stage == Stage::Analysis && !has_analyst_job;
+    let branch = if unfinished {
+        ensure_branch(ctx, &task, default_branch)?
+    } else {
+        BranchStep::NotNeeded
+    };
+    let enqueued_job = if unfinished {
         match db.enqueue_job(task.id, Agent::Analyst, Stage::Analysis, now)? {
             Created::New(id) => Some(id),
             Created::Existing(_) => None,
@@ -87,6 +130,35 @@ pub fn start_task(
     Ok(Started {
         task_id: task.id,
         created: matches!(created, Created::New(_)),
+        branch,
         enqueued_job,
     })
+}
+
+/// Creates the task's branch on Gitea from the default branch; 409 is success.
+fn ensure_branch(ctx: &Context, task: &Task, default_branch: &str) -> Result<BranchStep> {
+    if ctx.config.settings.gitea_url.is_none() {
+        log::warn!(
+            "task {}: gitea is not configured (ORCH_GITEA_URL): branch {} not created",
+            task.key,
+            task.branch
+        );
+        return Ok(BranchStep::Skipped);
+    }
+    let gitea = GiteaClient::from_config(&ctx.config)?;
+    let step = match gitea
+        .create_branch(&task.repo, &task.branch, default_branch)
+        .with_context(|| format!("creating branch {} of task {}", task.branch, task.key))?
+    {
+        BranchOutcome::Created => BranchStep::Created,
+        BranchOutcome::AlreadyExists => BranchStep::Existed,
+    };
+    log::info!(
+        "task {}: branch {} {} in {} (from {default_branch})",
+        task.key,
+        task.branch,
+        step.describe(),
+        task.repo
+    );
+    Ok(step)
 }

@@ -290,6 +290,44 @@ impl Db {
     }
 }
 
+/// Reads every cached Plane state, as `(plane project id, state)`, from the database
+/// at `path` opened read-only (for `config check`, which changes nothing). Empty when
+/// the file or the table does not exist yet.
+///
+/// # Errors
+/// When the file exists but cannot be read as an `orch` database.
+pub fn read_cached_states(path: &std::path::Path) -> Result<Vec<(String, PlaneState)>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'plane_states'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT project, state_id, name, state_group FROM plane_states ORDER BY project, name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            PlaneState {
+                id: r.get(1)?,
+                name: r.get(2)?,
+                group: r.get(3)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

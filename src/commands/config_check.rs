@@ -1,9 +1,10 @@
 //! `orch config check`: validate and print the effective configuration.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::config::{display_path, AGENT_PLACEHOLDERS};
 use crate::context::Context;
+use crate::core::intake;
 use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
 
@@ -13,8 +14,9 @@ pub enum ConfigCommand {
     /// Validate the settings and pipeline file and print the effective configuration
     ///
     /// Secrets are shown as `<redacted>`. Each setting shows where its value came from
-    /// (default, file, env or flag). Exit codes: 0 valid, 2 invalid (the error names the
-    /// key and the expected form).
+    /// (default, file, env or flag). Plane states already cached in the database are
+    /// checked against each project's states: one matching two meanings is an error.
+    /// Exit codes: 0 valid, 2 invalid (the error names the key and the expected form).
     Check(ConfigCheckArgs),
 }
 
@@ -33,6 +35,7 @@ pub struct ConfigCheckArgs {
 pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
     let ConfigCommand::Check(args) = cmd;
     let cfg = &ctx.config;
+    let ambiguous = ambiguous_states(ctx)?;
     let missing_agents: Vec<&str> = Agent::ALL
         .iter()
         .filter(|a| cfg.pipeline.agent_argv(**a).is_none())
@@ -46,9 +49,20 @@ pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
             "pipeline": cfg.pipeline,
             "staging_checks": cfg.pipeline.staging_checks.len(),
             "agents_missing": missing_agents,
+            "ambiguous_states": ambiguous,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitStatus::Success);
+        return Ok(if ambiguous.is_empty() {
+            ExitStatus::Success
+        } else {
+            ExitStatus::Error
+        });
+    }
+    if !ambiguous.is_empty() {
+        for a in &ambiguous {
+            eprintln!("error: {a}");
+        }
+        return Ok(ExitStatus::Error);
     }
     println!("configuration is valid");
     println!(
@@ -100,4 +114,32 @@ pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
     );
     println!("staging checks: {}", cfg.pipeline.staging_checks.len());
     Ok(ExitStatus::Success)
+}
+
+/// Returns one line per cached Plane state that matches two meanings of its project
+/// (`projects[].states`): a name match wins over a group match, so this is two names
+/// or, with no name match, two groups. Only the states already in the database's cache
+/// (filled by webhook-handle and reconcile) can be checked.
+fn ambiguous_states(ctx: &Context) -> Result<Vec<String>> {
+    let cached = crate::adapters::db_deliveries::read_cached_states(&ctx.config.settings.db)
+        .context("reading the plane state cache")?;
+    let mut out = Vec::new();
+    for p in &ctx.config.pipeline.projects {
+        let states: Vec<_> = cached
+            .iter()
+            .filter(|(pid, _)| pid.eq_ignore_ascii_case(&p.plane_project_id))
+            .map(|(_, s)| s.clone())
+            .collect();
+        for (s, both) in intake::ambiguous_states(&p.states, &states) {
+            let names: Vec<&str> = both.iter().map(|m| m.as_str()).collect();
+            out.push(format!(
+                "projects[{}].states: plane state {:?} (group {}) matches {}; a state may carry one meaning",
+                p.name,
+                s.name,
+                s.group,
+                names.join(" and ")
+            ));
+        }
+    }
+    Ok(out)
 }

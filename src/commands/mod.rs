@@ -5,3 +5,4 @@ pub mod init;
 pub mod staging_check;
 pub mod status;
 pub mod task;
+pub mod webhook_handle;

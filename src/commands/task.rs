@@ -15,7 +15,9 @@ use crate::flow;
 pub enum TaskCommand {
     /// Start a task by hand: the same path as a Plane start delivery, without Plane
     ///
-    /// Creates the task once per work item and enqueues its analyst job once. Exit codes:
+    /// Creates the task once per work item, its branch on Gitea from the project's default
+    /// branch (skipped with a warning when ORCH_GITEA_URL is unset), and enqueues its
+    /// analyst job once. Exit codes:
     /// 0 started (or already there), 2 unknown project or bad value.
     Add(AddArgs),
     /// List tasks, oldest first
@@ -163,6 +165,7 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
         ctx,
         &mut db,
         &new,
+        &project.default_branch,
         Actor::Operator,
         "started by hand (task add)",
     )?;
@@ -173,15 +176,17 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "task": task_json(&task),
                 "created": started.created,
+                "branch": started.branch,
                 "enqueued_job": started.enqueued_job,
             }))?
         );
     } else if started.created {
         println!(
-            "task {} ({}) created at analysis, branch {}{}",
+            "task {} ({}) created at analysis, branch {} {}{}",
             task.key,
             task.id,
             task.branch,
+            started.branch.describe(),
             started
                 .enqueued_job
                 .map(|j| format!(", analyst job {j} queued"))

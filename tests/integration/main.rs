@@ -7,3 +7,4 @@ mod common;
 mod clients;
 mod foundation;
 mod staging_check;
+mod webhook;
