@@ -1,0 +1,164 @@
+//! `orch webhook-handle --stdio`, whole process, with the Gitea stand-in on loopback.
+//!
+//! Run: `cargo bench --bench webhook`. Prints (1) the median and p99 wall time and the
+//! peak resident memory of one delivery that starts a task (task, Gitea branch, analyst
+//! job; goal: median under 10 ms), and (2) 1,000 deliveries pushed by 8 concurrent
+//! senders: throughput, p99, and a check that none was lost or doubled.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use orch::core::intake::sign;
+use orch::standin::gitea::GiteaStandin;
+
+const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "bench-token";
+const PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
+const PIPELINE: &str = "plane: { workspace: acme }
+projects:
+  - name: orch
+    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
+    plane_identifier: ORCH
+    repo: acme/orch
+";
+
+/// A signed HTTP request starting work item `n`.
+fn request(n: u32) -> Vec<u8> {
+    let body = format!(
+        r##"{{"event": "issue", "action": "updated", "webhook_id": "w", "workspace_id": "ws", "data": {{"id": "00000000-0000-4000-8000-{n:012}", "name": "Bench item {n}", "sequence_id": {n}, "project": "{PROJECT}", "state": {{"id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "name": "In Progress", "color": "#F59E0B", "group": "started"}}}}, "activity": {{"field": "state_id", "new_value": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "old_value": null}}}}"##
+    );
+    let mut req = format!(
+        "POST /webhooks/plane HTTP/1.1\r\nHost: orch\r\nContent-Type: application/json\r\nX-Plane-Delivery: bench-{n}\r\nX-Plane-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+        sign(SECRET, body.as_bytes()),
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    req
+}
+
+fn command(dir: &Path, gitea: &str) -> Command {
+    let mut c = common::orch();
+    c.args(["webhook-handle", "--stdio"])
+        .env_clear()
+        .env("ORCH_DB", dir.join("orch.db"))
+        .env("ORCH_STATE_DIR", dir.join("state"))
+        .env("ORCH_CONFIG", dir.join("orch.yaml"))
+        .env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .env("ORCH_GITEA_URL", gitea)
+        .env("ORCH_GITEA_TOKEN", TOKEN)
+        .env("ORCH_LOG", "warn");
+    c
+}
+
+fn setup() -> (tempfile::TempDir, GiteaStandin) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("orch.yaml"), PIPELINE).unwrap();
+    let gitea = GiteaStandin::start(TOKEN);
+    gitea.add_repo("acme/orch", "main");
+    let mut c = common::orch();
+    c.args(["init"])
+        .env("ORCH_DB", dir.path().join("orch.db"))
+        .env("ORCH_STATE_DIR", dir.path().join("state"))
+        .env("ORCH_CONFIG", dir.path().join("orch.yaml"));
+    assert!(c.output().unwrap().status.success());
+    (dir, gitea)
+}
+
+fn count(dir: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(dir.join("orch.db")).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn main() {
+    // 1. One delivery that starts a task, whole process.
+    let (dir, gitea) = setup();
+    let next = AtomicU32::new(1);
+    let reqs = dir.path().join("reqs");
+    std::fs::create_dir_all(&reqs).unwrap();
+    let runs = 200;
+    let single = common::measure(runs, || {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        let file = reqs.join(format!("{n}.http"));
+        std::fs::write(&file, request(n)).unwrap();
+        let mut c = command(dir.path(), gitea.url());
+        c.stdin(std::fs::File::open(&file).unwrap());
+        c
+    });
+    let started = count(
+        dir.path(),
+        "SELECT count(*) FROM deliveries WHERE outcome = 'started'",
+    );
+    assert_eq!(
+        started,
+        i64::from(runs as u32 + 1),
+        "every delivery started its task"
+    );
+    println!("webhook-handle --stdio, one delivery starting a task: {single}");
+
+    // 2. 1,000 deliveries from 8 concurrent senders.
+    let (dir, gitea) = setup();
+    let senders = 8u32;
+    let per = 125u32;
+    let t0 = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..senders)
+            .map(|k| {
+                let dir = dir.path().to_path_buf();
+                let url = gitea.url().to_string();
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    for i in 0..per {
+                        let n = 10_000 + k * per + i;
+                        let start = Instant::now();
+                        let mut child = command(&dir, &url)
+                            .stdin(Stdio::piped())
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                            .unwrap();
+                        child.stdin.take().unwrap().write_all(&request(n)).unwrap();
+                        let out = child.wait_with_output().unwrap();
+                        lat.push(start.elapsed());
+                        assert!(
+                            out.status.success() && out.stdout.starts_with(b"HTTP/1.1 200"),
+                            "delivery {n}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let total = t0.elapsed();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let n = i64::from(senders * per);
+    let stored = count(dir.path(), "SELECT count(*) FROM deliveries");
+    let tasks = count(dir.path(), "SELECT count(*) FROM tasks");
+    let jobs = count(dir.path(), "SELECT count(*) FROM jobs");
+    let branches = gitea.count(Some("POST"), "acme/orch", "branches") as i64;
+    println!(
+        "webhook-handle --stdio, {n} deliveries from {senders} concurrent senders: {:.0} deliveries/s, median={:.2}ms p99={:.2}ms max={:.2}ms; stored={stored} tasks={tasks} jobs={jobs} branch_requests={branches}",
+        n as f64 / total.as_secs_f64(),
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+    );
+    assert_eq!(
+        (stored, tasks, jobs, branches),
+        (n, n, n, n),
+        "none lost, none doubled"
+    );
+}
