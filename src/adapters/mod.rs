@@ -3,7 +3,12 @@
 
 pub mod artefacts;
 pub mod db;
+pub mod db_notify;
 pub mod http;
 pub mod lease;
 pub mod lock;
+pub mod probe;
 pub mod process;
+pub mod rollback;
+pub mod sentinel;
+pub mod telegram;

@@ -9,7 +9,10 @@ use orch::standin::server::Server;
 type Starter = fn(Option<&str>) -> Server;
 
 /// Every stand-in the walkthrough can start, by name.
-const STANDINS: &[(&str, Starter)] = &[];
+const STANDINS: &[(&str, Starter)] = &[
+    ("prod", orch::standin::prod::start_standin),
+    ("telegram", orch::standin::telegram::start_standin),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -2,5 +2,6 @@
 
 pub mod config_check;
 pub mod init;
+pub mod post_deploy_tick;
 pub mod status;
 pub mod task;
