@@ -369,11 +369,6 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         .filter(|j| j.liveness != Liveness::Alive.as_str())
         .count();
     family(
-        "orch_post_deploy_windows_armed",
-        "Armed post-deploy windows.",
-        vec![(String::new(), r.post_deploy.len().to_string())],
-    );
-    family(
         "orch_running_jobs_not_alive",
         "Listed running jobs whose process is dead, reused or not yet stamped.",
         vec![(String::new(), not_alive.to_string())],
