@@ -84,11 +84,11 @@ fn handle(state: &Mutex<State>, r: &Recorded) -> Reply {
             _ => Reply::empty(404),
         };
     }
-    let (status, reply) = match (r.method.as_str(), r.path.as_str()) {
+    let reply = match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/health") => {
             let code = s.health;
             let body = if code < 300 { "ok\n" } else { "unhealthy\n" };
-            (code, Reply::raw(code, "text/plain", body))
+            return Reply::raw(code, "text/plain", body);
         }
         ("GET", "/metrics") => {
             let mut page = String::from(
@@ -102,9 +102,9 @@ fn handle(state: &Mutex<State>, r: &Recorded) -> Reply {
             }
             return Reply::raw(200, "text/plain; version=0.0.4", page);
         }
-        _ => (404, Reply::empty(404)),
+        _ => Reply::empty(404),
     };
-    *s.counts.entry(status).or_default() += 1;
+    *s.counts.entry(reply.status).or_default() += 1;
     reply
 }
 
@@ -133,8 +133,9 @@ mod tests {
         assert_eq!(post("/_control/health?status=abc").status(), 400);
         assert_eq!(post("/_control/traffic?code=500&count=8").status(), 200);
         prod.add_traffic(200, 10);
+        assert_eq!(get("/nope").status(), 404);
         let page = get("/metrics").text().unwrap();
         let counters = parse_counters(&page, "http_requests_total").unwrap();
-        assert_eq!((counters.total, counters.errors_5xx), (20.0, 9.0), "{page}");
+        assert_eq!((counters.total, counters.errors_5xx), (19.0, 8.0), "{page}");
     }
 }

@@ -314,7 +314,7 @@ fn a_5xx_ratio_above_the_threshold_rolls_back() {
     prod.add_traffic(200, 1000);
     assert_eq!(tick_json(&mut env, 60)[0]["decision"], "CONTINUE");
     // 5 of 100 new requests: exactly 5%, not above the threshold.
-    prod.add_traffic(200, 94);
+    prod.add_traffic(200, 95);
     prod.add_traffic(500, 5);
     let r = tick_json(&mut env, 120);
     assert_eq!(r[0]["decision"], "CONTINUE", "{r}");
