@@ -580,3 +580,28 @@ fn a_second_tick_while_one_runs_exits_75() {
     fs2::FileExt::unlock(&file).unwrap();
     env.run(&["post-deploy-tick"]).expect(0);
 }
+
+#[test]
+fn a_refused_telegram_delivery_is_recorded_once_without_the_token() {
+    let tg = telegram::start(telegram::TOKEN);
+    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
+    env.set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
+        .set("ORCH_TELEGRAM_API_URL", tg.url())
+        .set("ORCH_TELEGRAM_BOT_TOKEN", "999:wrong-secret-token")
+        .set("ORCH_TELEGRAM_CHAT_ID", "4242");
+    deploy_to_done(&env, "orch", ORCH_ITEM, "ORCH-9");
+    for secs in [60, 120] {
+        let run = tick_at(&mut env, secs, &["--json"]).expect(0);
+        assert!(!run.stderr.contains("wrong-secret-token"), "{}", run.stderr);
+        assert!(!run.stdout.contains("wrong-secret-token"), "{}", run.stdout);
+    }
+    assert_eq!(tg.count(Some("POST"), "/bot"), 1, "not retried every tick");
+    let (sent, error): (Option<i64>, Option<String>) = env
+        .db()
+        .query_row("SELECT sent_at, error FROM notifications", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(sent, None);
+    assert!(error.unwrap().contains("HTTP 401"));
+}
