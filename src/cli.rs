@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config_check, init, staging_check, status, task};
+use crate::commands::{config_check, init, post_deploy_tick, staging_check, status, task};
 use crate::config::Overrides;
 use crate::context::Context;
 use crate::exit::ExitStatus;
@@ -56,6 +56,7 @@ pub enum Command {
     #[command(subcommand)]
     Task(task::TaskCommand),
     StagingCheck(staging_check::StagingCheckArgs),
+    PostDeployTick(post_deploy_tick::PostDeployTickArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -69,6 +70,7 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),
+        Command::PostDeployTick(args) => post_deploy_tick::run(args, ctx),
     }
 }
 

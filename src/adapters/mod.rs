@@ -4,10 +4,15 @@
 pub mod artefacts;
 pub mod checks;
 pub mod db;
+pub mod db_notify;
 pub mod gitea;
 pub mod http;
 pub mod lease;
 pub mod lock;
 pub mod plane;
+pub mod probe;
 pub mod process;
 mod rest;
+pub mod rollback;
+pub mod sentinel;
+pub mod telegram;

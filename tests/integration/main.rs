@@ -6,4 +6,5 @@ mod common;
 
 mod clients;
 mod foundation;
+mod post_deploy;
 mod staging_check;
