@@ -429,6 +429,12 @@ settings! {
     log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
     now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
+    /// How long merge-guard re-reads a PR whose `mergeable` Gitea is still computing.
+    merge_guard_mergeable_wait_s: Seconds = "ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30", false, "merge-guard re-reads a PR whose mergeable Gitea is still computing for up to this long, then reports it";
+    /// How long merge-guard --merge waits for the merge lease.
+    merge_lease_wait_s: Seconds = "ORCH_MERGE_LEASE_WAIT_S", "120", false, "merge-guard --merge waits this long for the merge lease, then reports ERROR without merging";
+    /// How long a merge lease may be held before it counts as stale.
+    merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.
@@ -614,6 +620,16 @@ impl Pipeline {
     }
 }
 
+/// The names `run-job` sets in an agent's environment. They describe the job, they are
+/// not settings: an agent's own `orch` calls (`orch merge-guard --task "$ORCH_TASK_ID"`)
+/// must not fail on them as unknown settings.
+pub const JOB_CONTEXT_ENV: &[&str] = &[
+    "ORCH_TASK_ID",
+    "ORCH_TASK_KEY",
+    "ORCH_JOB_ID",
+    "ORCH_TASK_ARTEFACTS",
+];
+
 /// The placeholders an agent argv template may use.
 pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
 
@@ -666,7 +682,7 @@ impl Config {
         let mut layers = Layers {
             env: env
                 .iter()
-                .filter(|(k, _)| k.starts_with("ORCH_"))
+                .filter(|(k, _)| k.starts_with("ORCH_") && !JOB_CONTEXT_ENV.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             ..Layers::default()

@@ -6,5 +6,6 @@ pub mod artefact;
 pub mod branch;
 pub mod gate;
 pub mod job;
+pub mod merge;
 pub mod stage;
 pub mod task;
