@@ -160,7 +160,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
-/// Parses a job row selected with [`JOB_COLUMNS`].
+/// Parses a job row selected with `JOB_COLUMNS`.
 pub fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let agent: String = row.get(2)?;
     Ok(Job {

@@ -12,7 +12,7 @@ use crate::exit::ExitStatus;
 pub enum ConfigCommand {
     /// Validate the settings and pipeline file and print the effective configuration
     ///
-    /// Secrets are shown as <redacted>. Each setting shows where its value came from
+    /// Secrets are shown as `<redacted>`. Each setting shows where its value came from
     /// (default, file, env or flag). Exit codes: 0 valid, 2 invalid (the error names the
     /// key and the expected form).
     Check(ConfigCheckArgs),

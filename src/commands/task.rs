@@ -38,7 +38,7 @@ pub struct AddArgs {
     /// Plane work item id
     #[arg(long)]
     pub work_item: String,
-    /// Task key [default: <PROJECT IDENTIFIER>-<first 8 characters of the work item id>]
+    /// Task key [default: the project identifier, a dash, the first 8 characters of the work item id]
     #[arg(long)]
     pub key: Option<String>,
     /// Title (used for the branch name)

@@ -7,5 +7,6 @@ pub mod branch;
 pub mod gate;
 pub mod job;
 pub mod merge;
+pub mod reconcile;
 pub mod stage;
 pub mod task;
