@@ -3,7 +3,10 @@
 
 pub mod artefacts;
 pub mod db;
+pub mod gitea;
 pub mod http;
 pub mod lease;
 pub mod lock;
+pub mod plane;
 pub mod process;
+mod rest;

@@ -2,4 +2,6 @@
 //! (feature `test-helpers` only; never in a release build). Each speaks the documented
 //! shapes of `shared/reference/` and can be scripted to fail.
 
+pub mod gitea;
+pub mod plane;
 pub mod server;

@@ -4,5 +4,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod clients;
 mod foundation;
 mod merge_guard;

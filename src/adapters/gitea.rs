@@ -1,0 +1,489 @@
+//! The Gitea (and Forgejo) REST API client: pull requests, branches, commit status,
+//! compare and merge, as `shared/reference/gitea.md` describes them.
+//!
+//! Every call goes to `ORCH_GITEA_URL` + `/api/v1` with `Authorization: token <T>`
+//! (the one form every version accepts). Answers are parsed leniently into typed
+//! values; a non-JSON or wrong-shaped body is [`HttpError::Fatal`]. Reads are retried
+//! once on a retryable failure; writes never. [`GiteaClient::merge`] returns the raw
+//! answer without interpreting it: the merge guard owns that decision table.
+
+use reqwest::blocking::Client;
+use serde::Deserialize;
+use url::Url;
+
+use crate::adapters::http::{self, HttpError};
+use crate::adapters::rest::{self, Answer};
+use crate::config::{Config, ConfigError, Secret};
+use crate::core::gate::{CiState, PrFacts};
+
+/// The page size of list calls (Gitea's default `MAX_RESPONSE_ITEMS`).
+pub const PAGE_LIMIT: usize = 50;
+
+/// The most pages a listing follows before it gives up.
+const MAX_PAGES: usize = 1000;
+
+/// One side of a pull request (`head` or `base`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct PrRef {
+    /// The branch name (`refs/pull/N/head` once a head branch is deleted).
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+    /// The live tip of that branch.
+    pub sha: String,
+}
+
+/// A pull request, with the fields the pipeline reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct PullRequest {
+    /// The index used in URLs.
+    pub number: u64,
+    /// `open` or `closed` (a merged PR is `closed`).
+    pub state: String,
+    /// The authoritative merged flag.
+    #[serde(default)]
+    pub merged: bool,
+    /// Gitea's `mergeable` (stale while the conflict check runs); `None` when absent.
+    #[serde(default)]
+    pub mergeable: Option<bool>,
+    /// When it was merged.
+    #[serde(default)]
+    pub merged_at: Option<String>,
+    /// The merge commit, once merged.
+    #[serde(default)]
+    pub merge_commit_sha: Option<String>,
+    /// The head branch and its tip.
+    pub head: PrRef,
+    /// The base branch and its tip.
+    pub base: PrRef,
+    /// WIP/draft (Gitea 1.22+ and Forgejo; `false` when absent).
+    #[serde(default)]
+    pub draft: bool,
+    /// The title.
+    #[serde(default)]
+    pub title: String,
+}
+
+impl PullRequest {
+    /// Returns whether the PR is open.
+    pub fn is_open(&self) -> bool {
+        self.state == "open"
+    }
+
+    /// Returns the facts the quality gates read.
+    pub fn facts(&self) -> PrFacts {
+        PrFacts {
+            number: self.number,
+            open: self.is_open(),
+            merged: self.merged,
+            mergeable: self.mergeable,
+            head_sha: self.head.sha.clone(),
+        }
+    }
+}
+
+/// One page of open pull requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPage {
+    /// The PRs of this page.
+    pub pulls: Vec<PullRequest>,
+    /// Whether another page should be read.
+    pub more: bool,
+}
+
+/// What creating a branch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchOutcome {
+    /// 201: created.
+    Created,
+    /// 409: a branch (or a conflicting name) already exists; success for callers.
+    AlreadyExists,
+}
+
+/// The combined CI status of a ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CombinedStatus {
+    /// The combined state (`""` from Gitea is [`CiState::None`]).
+    pub state: CiState,
+    /// The commit it is about (empty on old Gitea when nothing was reported).
+    pub sha: String,
+    /// The number of contexts in the answer.
+    pub total_count: u64,
+}
+
+#[derive(Deserialize)]
+struct RawCombined {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    sha: Option<String>,
+    #[serde(default)]
+    total_count: u64,
+}
+
+#[derive(Deserialize)]
+struct RawCompare {
+    total_commits: u64,
+}
+
+/// The merge request body: style, the head the pipeline validated, no branch deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    /// `Do`: `merge`, `rebase`, `squash`, ...
+    pub style: String,
+    /// The expected PR head SHA (Gitea answers 409 `head out of date` if it moved).
+    pub head_commit_id: String,
+    /// Sent explicitly (Gitea 1.25+ uses the repo default when it is omitted).
+    pub delete_branch_after_merge: bool,
+    /// The merge commit title; `None` lets Gitea choose.
+    pub title: Option<String>,
+}
+
+impl MergeRequest {
+    /// A plain merge commit pinned to `head_commit_id`, keeping the head branch.
+    pub fn merge_pinned(head_commit_id: &str, title: Option<String>) -> MergeRequest {
+        MergeRequest {
+            style: "merge".into(),
+            head_commit_id: head_commit_id.into(),
+            delete_branch_after_merge: false,
+            title,
+        }
+    }
+
+    /// Returns the JSON body in the swagger spellings every version accepts.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "Do": self.style,
+            "head_commit_id": self.head_commit_id,
+            "delete_branch_after_merge": self.delete_branch_after_merge,
+            "force_merge": false,
+            "merge_when_checks_succeed": false,
+        });
+        if let Some(t) = &self.title {
+            body["MergeTitleField"] = serde_json::Value::String(t.clone());
+        }
+        body
+    }
+}
+
+/// The raw answer to a merge call, uninterpreted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeAnswer {
+    /// The HTTP status (200 merged; 404/405/409/423/... see gitea.md §4.3).
+    pub status: u16,
+    /// The body's `message`, when the body is the standard error object.
+    pub message: Option<String>,
+    /// The body as received (at most 2000 chars; the 409 conflict body has no message).
+    pub body: String,
+    /// `Retry-After`, when sent.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+#[derive(Deserialize)]
+struct MessageOnly {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// A Gitea API client.
+#[derive(Debug, Clone)]
+pub struct GiteaClient {
+    http: Client,
+    /// `ORCH_GITEA_URL` + `/api/v1`.
+    base: Url,
+    token: Secret,
+}
+
+impl GiteaClient {
+    /// Builds the client from `ORCH_GITEA_URL`, `ORCH_GITEA_TOKEN` and the timeouts.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the missing setting, or the HTTP client's construction
+    /// error.
+    pub fn from_config(config: &Config) -> anyhow::Result<GiteaClient> {
+        let s = &config.settings;
+        let url = s
+            .gitea_url
+            .clone()
+            .ok_or_else(|| ConfigError::new("ORCH_GITEA_URL", "required to call Gitea"))?;
+        let token = s
+            .gitea_token
+            .clone()
+            .ok_or_else(|| ConfigError::new("ORCH_GITEA_TOKEN", "required to call Gitea"))?;
+        Ok(GiteaClient::new(http::client(s)?, &url, token))
+    }
+
+    /// Builds the client from its parts.
+    pub fn new(http: Client, gitea_url: &Url, token: Secret) -> GiteaClient {
+        GiteaClient {
+            http,
+            base: rest::url(gitea_url, &["api", "v1"], false),
+            token,
+        }
+    }
+
+    fn repo_url(&self, repo: &str, rest_of_path: &[&str]) -> Result<Url, HttpError> {
+        let Some((owner, name)) = repo.split_once('/') else {
+            return Err(HttpError::Fatal(format!(
+                "gitea: repository {repo:?} is not owner/name"
+            )));
+        };
+        let mut segs = vec!["repos", owner, name];
+        segs.extend_from_slice(rest_of_path);
+        Ok(rest::url(&self.base, &segs, false))
+    }
+
+    fn auth(&self) -> String {
+        format!("token {}", self.token.expose())
+    }
+
+    fn get(
+        &self,
+        url: &Url,
+        query: &[(&str, &str)],
+        ok: &[u16],
+        what: &str,
+    ) -> Result<Answer, HttpError> {
+        rest::get(
+            &self.http,
+            |c| {
+                c.get(url.clone())
+                    .query(query)
+                    .header("Authorization", self.auth())
+                    .header("Accept", "application/json")
+            },
+            ok,
+            what,
+        )
+    }
+
+    /// Returns one pull request.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class (404 is fatal); a wrong-shaped answer is fatal.
+    pub fn get_pull(&self, repo: &str, number: u64) -> Result<PullRequest, HttpError> {
+        let what = format!("gitea get pull {repo}#{number}");
+        let n = number.to_string();
+        let url = self.repo_url(repo, &["pulls", &n])?;
+        self.get(&url, &[], &[200], &what)?.parse(&what)
+    }
+
+    /// Returns page `page` (1-based) of the open pull requests (`limit=50`); `more` is
+    /// false on a short page or once `X-Total-Count` is reached.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a wrong-shaped answer is fatal.
+    pub fn list_open_pulls_page(&self, repo: &str, page: usize) -> Result<PullPage, HttpError> {
+        let what = format!("gitea list open pulls of {repo} page {page}");
+        let url = self.repo_url(repo, &["pulls"])?;
+        let (page_s, limit_s) = (page.to_string(), PAGE_LIMIT.to_string());
+        let query = [
+            ("state", "open"),
+            ("limit", limit_s.as_str()),
+            ("page", page_s.as_str()),
+        ];
+        let answer = self.get(&url, &query, &[200], &what)?;
+        let pulls: Vec<PullRequest> = answer.parse(&what)?;
+        let total: Option<usize> = answer
+            .header("x-total-count")
+            .and_then(|v| v.trim().parse().ok());
+        let seen = (page.max(1) - 1) * PAGE_LIMIT + pulls.len();
+        let more = match total {
+            // The server may clamp `limit` below ours: trust the total when it is sent.
+            Some(total) => !pulls.is_empty() && seen < total,
+            None => pulls.len() >= PAGE_LIMIT,
+        };
+        Ok(PullPage { pulls, more })
+    }
+
+    /// Returns every open pull request, page by page.
+    ///
+    /// # Errors
+    /// As [`GiteaClient::list_open_pulls_page`].
+    pub fn list_open_pulls(&self, repo: &str) -> Result<Vec<PullRequest>, HttpError> {
+        let mut all = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let p = self.list_open_pulls_page(repo, page)?;
+            all.extend(p.pulls);
+            if !p.more {
+                return Ok(all);
+            }
+        }
+        Err(HttpError::Fatal(format!(
+            "gitea list open pulls of {repo}: more than {MAX_PAGES} pages"
+        )))
+    }
+
+    /// Returns the open pull request whose head branch is `branch`, reading pages only
+    /// until it is found.
+    ///
+    /// # Errors
+    /// As [`GiteaClient::list_open_pulls_page`].
+    pub fn find_open_pull_by_head(
+        &self,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Option<PullRequest>, HttpError> {
+        for page in 1..=MAX_PAGES {
+            let p = self.list_open_pulls_page(repo, page)?;
+            let more = p.more;
+            if let Some(pr) = p.pulls.into_iter().find(|pr| pr.head.ref_name == branch) {
+                return Ok(Some(pr));
+            }
+            if !more {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates `new_branch` from `old_ref` (a branch, tag or SHA). 409 is
+    /// [`BranchOutcome::AlreadyExists`]. Never retried.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class: 404 (old branch missing), 422 (bad name), 423
+    /// (archived) are fatal; 500 (e.g. an unknown `old_ref_name`) is retryable.
+    pub fn create_branch(
+        &self,
+        repo: &str,
+        new_branch: &str,
+        old_ref: &str,
+    ) -> Result<BranchOutcome, HttpError> {
+        let what = format!("gitea create branch {new_branch} in {repo}");
+        let url = self.repo_url(repo, &["branches"])?;
+        let req = self
+            .http
+            .post(url)
+            .header("Authorization", self.auth())
+            .json(&serde_json::json!({
+                "new_branch_name": new_branch,
+                "old_ref_name": old_ref,
+            }));
+        let answer = rest::send(req, &what)?.expect(&[201, 409], &what)?;
+        Ok(if answer.status == 201 {
+            BranchOutcome::Created
+        } else {
+            BranchOutcome::AlreadyExists
+        })
+    }
+
+    /// Returns the combined CI status of `git_ref` (prefer a SHA; branch names with
+    /// `/` are sent encoded as one segment).
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class (an unknown ref is a fatal 404 on Gitea 1.24+).
+    pub fn combined_status(&self, repo: &str, git_ref: &str) -> Result<CombinedStatus, HttpError> {
+        let what = format!("gitea combined status of {git_ref} in {repo}");
+        let url = self.repo_url(repo, &["commits", git_ref, "status"])?;
+        let raw: RawCombined = self.get(&url, &[], &[200], &what)?.parse(&what)?;
+        Ok(CombinedStatus {
+            state: CiState::from_gitea(raw.state.as_deref().unwrap_or("")),
+            sha: raw.sha.unwrap_or_default(),
+            total_count: raw.total_count,
+        })
+    }
+
+    /// Returns how many commits `head` has that `base` lacks (`compare/base...head`).
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a wrong-shaped answer is fatal.
+    pub fn compare_total_commits(
+        &self,
+        repo: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<u64, HttpError> {
+        let what = format!("gitea compare {base}...{head} in {repo}");
+        // The route takes the rest of the path, so `/` in branch names stays literal.
+        let spec = format!("{base}...{head}");
+        let mut segs = vec!["compare"];
+        segs.extend(spec.split('/'));
+        let url = self.repo_url(repo, &segs)?;
+        let query = [("files", "false"), ("verification", "false")];
+        let raw: RawCompare = self.get(&url, &query, &[200], &what)?.parse(&what)?;
+        Ok(raw.total_commits)
+    }
+
+    /// Returns whether the PR is merged (`GET .../pulls/N/merge`: 204 yes, 404 no or no
+    /// such PR).
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for any other answer.
+    pub fn is_merged(&self, repo: &str, number: u64) -> Result<bool, HttpError> {
+        let what = format!("gitea is-merged {repo}#{number}");
+        let n = number.to_string();
+        let url = self.repo_url(repo, &["pulls", &n, "merge"])?;
+        Ok(self.get(&url, &[], &[204, 404], &what)?.status == 204)
+    }
+
+    /// Asks Gitea to merge the PR and returns its raw answer, whatever the status.
+    /// Never retried. `Err` only when there was no answer (connect failure, timeout, a
+    /// lost answer: the merge may or may not have happened) or `repo` is malformed.
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] for transport failures.
+    pub fn merge(
+        &self,
+        repo: &str,
+        number: u64,
+        request: &MergeRequest,
+    ) -> Result<MergeAnswer, HttpError> {
+        let what = format!("gitea merge {repo}#{number}");
+        let n = number.to_string();
+        let url = self.repo_url(repo, &["pulls", &n, "merge"])?;
+        let req = self
+            .http
+            .post(url)
+            .header("Authorization", self.auth())
+            .json(&request.body());
+        let answer = rest::send(req, &what)?;
+        let message = serde_json::from_str::<MessageOnly>(&answer.body)
+            .ok()
+            .and_then(|m| m.message);
+        Ok(MergeAnswer {
+            status: answer.status,
+            message,
+            retry_after: answer
+                .header("retry-after")
+                .and_then(http::parse_retry_after),
+            body: answer.body.chars().take(2000).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_body_uses_the_swagger_spellings() {
+        let b = MergeRequest::merge_pinned("abc", Some("Merge #7".into())).body();
+        assert_eq!(b["Do"], "merge");
+        assert_eq!(b["head_commit_id"], "abc");
+        assert_eq!(b["delete_branch_after_merge"], false);
+        assert_eq!(b["MergeTitleField"], "Merge #7");
+        let b = MergeRequest::merge_pinned("abc", None).body();
+        assert!(b.get("MergeTitleField").is_none());
+    }
+
+    #[test]
+    fn pulls_parse_leniently_and_give_gate_facts() {
+        let pr: PullRequest = serde_json::from_value(serde_json::json!({
+            "number": 7, "state": "open", "merged": false, "mergeable": null,
+            "head": {"ref": "task/ENG-1", "sha": "h", "label": "x"},
+            "base": {"ref": "main", "sha": "b"}, "extra": {"a": 1}
+        }))
+        .unwrap();
+        assert_eq!(pr.mergeable, None);
+        assert_eq!(
+            pr.facts(),
+            PrFacts {
+                number: 7,
+                open: true,
+                merged: false,
+                mergeable: None,
+                head_sha: "h".into()
+            }
+        );
+        assert!(serde_json::from_value::<PullRequest>(serde_json::json!({"number": 7})).is_err());
+    }
+}

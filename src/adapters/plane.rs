@@ -1,0 +1,415 @@
+//! The Plane REST API v1 client: states, work items, state updates and comments, as
+//! `shared/reference/plane.md` §3-§5 describe them (CE and Cloud).
+//!
+//! Every call goes to `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}/...` with the
+//! trailing slash Plane's routes need, authenticated by `X-API-Key`. Answers are parsed
+//! leniently (unknown fields ignored) into small typed values; a non-JSON or
+//! wrong-shaped body is [`HttpError::Fatal`]. Reads are retried once on a retryable
+//! failure, writes never; a 429 is returned as [`HttpError::RateLimited`] with
+//! `Retry-After` for the caller to honour. This module makes no pipeline decisions.
+
+use reqwest::blocking::Client;
+use serde::Deserialize;
+use url::Url;
+
+use crate::adapters::http::{self, HttpError};
+use crate::adapters::rest::{self, Answer};
+use crate::config::{Config, ConfigError, Secret};
+
+/// The page size every list call asks for (works on CE and Cloud, see plane.md §4.2).
+pub const PER_PAGE: u32 = 100;
+
+/// The most pages a full listing follows before it gives up (a cursor loop guard).
+const MAX_PAGES: usize = 1000;
+
+/// A Plane state (`StateSerializer`, or the `{id, name, color, group}` expansion).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct PlaneState {
+    /// The state id (UUID).
+    pub id: String,
+    /// The state's display name (user-editable).
+    pub name: String,
+    /// The state group: backlog, unstarted, started, completed, cancelled, triage.
+    pub group: String,
+}
+
+/// A work item, with its state id and, when `expand=state` was asked, the state itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkItem {
+    /// The work item id (UUID).
+    pub id: String,
+    /// Its title.
+    pub name: String,
+    /// The number in `PROJ-42`.
+    pub sequence_id: u64,
+    /// The project id (UUID).
+    pub project: String,
+    /// The state id; `None` only when the item has no state.
+    pub state_id: Option<String>,
+    /// The expanded state, when the answer carried it.
+    pub state: Option<PlaneState>,
+}
+
+#[derive(Deserialize)]
+struct RawWorkItem {
+    id: String,
+    name: String,
+    sequence_id: u64,
+    project: String,
+    #[serde(default)]
+    state: Option<serde_json::Value>,
+}
+
+impl TryFrom<RawWorkItem> for WorkItem {
+    type Error = String;
+
+    fn try_from(raw: RawWorkItem) -> Result<WorkItem, String> {
+        let (state_id, state) = match raw.state {
+            None | Some(serde_json::Value::Null) => (None, None),
+            Some(serde_json::Value::String(id)) => (Some(id), None),
+            Some(v @ serde_json::Value::Object(_)) => {
+                let s: PlaneState = serde_json::from_value(v)
+                    .map_err(|e| format!("work item {}: state: {e}", raw.id))?;
+                (Some(s.id.clone()), Some(s))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "work item {}: state is neither an id nor an object: {other}",
+                    raw.id
+                ))
+            }
+        };
+        Ok(WorkItem {
+            id: raw.id,
+            name: raw.name,
+            sequence_id: raw.sequence_id,
+            project: raw.project,
+            state_id,
+            state,
+        })
+    }
+}
+
+/// One page of work items and what the caller needs to go on (or stop early).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItemPage {
+    /// The items of this page.
+    pub items: Vec<WorkItem>,
+    /// The cursor of the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+    /// `X-RateLimit-Remaining` of this answer, when Plane sent it.
+    pub rate_limit_remaining: Option<u32>,
+}
+
+/// A comment to post; `external_source` + `external_id` make posting idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewComment {
+    /// The comment as HTML.
+    pub comment_html: String,
+    /// Who made it, e.g. `orch`.
+    pub external_source: String,
+    /// A key derived from our own event, e.g. `ENG-42:analysis:1`.
+    pub external_id: String,
+}
+
+/// What posting a comment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommentOutcome {
+    /// 201: the comment was created with this id.
+    Created {
+        /// The new comment's id.
+        id: String,
+    },
+    /// 409: a comment with this external source and id already exists (success).
+    AlreadyExists {
+        /// The existing comment's id, when Plane said.
+        id: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    results: Vec<T>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+    #[serde(default)]
+    next_page_results: bool,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// A Plane API v1 client for one workspace.
+#[derive(Debug, Clone)]
+pub struct PlaneClient {
+    http: Client,
+    /// `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}`.
+    base: Url,
+    api_key: Secret,
+}
+
+impl PlaneClient {
+    /// Builds the client from `ORCH_PLANE_URL`, `ORCH_PLANE_API_KEY`, the pipeline's
+    /// `plane.workspace` and the HTTP timeouts.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first missing setting, or the HTTP client's
+    /// construction error.
+    pub fn from_config(config: &Config) -> anyhow::Result<PlaneClient> {
+        let s = &config.settings;
+        let url = s
+            .plane_url
+            .clone()
+            .ok_or_else(|| ConfigError::new("ORCH_PLANE_URL", "required to call Plane"))?;
+        let key = s
+            .plane_api_key
+            .clone()
+            .ok_or_else(|| ConfigError::new("ORCH_PLANE_API_KEY", "required to call Plane"))?;
+        let workspace = config.pipeline.plane_workspace.clone().ok_or_else(|| {
+            ConfigError::new(
+                "plane.workspace",
+                "required to call Plane (the workspace slug)",
+            )
+        })?;
+        Ok(PlaneClient::new(http::client(s)?, &url, key, &workspace))
+    }
+
+    /// Builds the client from its parts.
+    pub fn new(http: Client, plane_url: &Url, api_key: Secret, workspace: &str) -> PlaneClient {
+        PlaneClient {
+            http,
+            base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
+            api_key,
+        }
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        rest::url(&self.base, segments, true)
+    }
+
+    fn get(&self, url: &Url, query: &[(&str, &str)], what: &str) -> Result<Answer, HttpError> {
+        rest::get(
+            &self.http,
+            |c| {
+                c.get(url.clone())
+                    .query(query)
+                    .header("X-API-Key", self.api_key.expose())
+                    .header("Accept", "application/json")
+            },
+            &[200],
+            what,
+        )
+    }
+
+    /// Lists every state of a project (following the pages), in Plane's order.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a wrong-shaped answer or a cursor loop is fatal.
+    pub fn list_states(&self, project_id: &str) -> Result<Vec<PlaneState>, HttpError> {
+        let what = format!("plane list states of project {project_id}");
+        let url = self.url(&["projects", project_id, "states"]);
+        let per_page = PER_PAGE.to_string();
+        let mut states = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query = vec![("per_page", per_page.as_str())];
+            if let Some(c) = &cursor {
+                query.push(("cursor", c.as_str()));
+            }
+            let page: Envelope<PlaneState> = self.get(&url, &query, &what)?.parse(&what)?;
+            states.extend(page.results);
+            match next(
+                cursor.as_deref(),
+                page.next_page_results,
+                page.next_cursor,
+                &what,
+            )? {
+                Some(c) => cursor = Some(c),
+                None => return Ok(states),
+            }
+        }
+        Err(HttpError::Fatal(format!(
+            "{what}: more than {MAX_PAGES} pages"
+        )))
+    }
+
+    /// Returns one work item with its state expanded.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class (404 is fatal); a wrong-shaped answer is fatal.
+    pub fn get_work_item(&self, project_id: &str, id: &str) -> Result<WorkItem, HttpError> {
+        let what = format!("plane get work item {id}");
+        let url = self.url(&["projects", project_id, "work-items", id]);
+        let raw: RawWorkItem = self
+            .get(&url, &[("expand", "state")], &what)?
+            .parse(&what)?;
+        WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
+    }
+
+    /// Returns one page of a project's work items (`per_page=100`, `expand=state`),
+    /// starting at `cursor` (`None` for the first page).
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a wrong-shaped answer is fatal.
+    pub fn list_work_items_page(
+        &self,
+        project_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<WorkItemPage, HttpError> {
+        let what = format!("plane list work items of project {project_id}");
+        let url = self.url(&["projects", project_id, "work-items"]);
+        let per_page = PER_PAGE.to_string();
+        let mut query = vec![("per_page", per_page.as_str()), ("expand", "state")];
+        if let Some(c) = cursor {
+            query.push(("cursor", c));
+        }
+        let answer = self.get(&url, &query, &what)?;
+        let page: Envelope<RawWorkItem> = answer.parse(&what)?;
+        let items = page
+            .results
+            .into_iter()
+            .map(WorkItem::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| HttpError::Fatal(format!("{what}: {e}")))?;
+        Ok(WorkItemPage {
+            items,
+            next_cursor: next(cursor, page.next_page_results, page.next_cursor, &what)?,
+            rate_limit_remaining: answer
+                .header("x-ratelimit-remaining")
+                .and_then(|v| v.trim().parse().ok()),
+        })
+    }
+
+    /// Moves a work item to `state_id` (`PATCH {"state": id}`); returns the item as
+    /// Plane answered it (state not expanded). Never retried.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class (a state of another project is a fatal 400).
+    pub fn set_state(
+        &self,
+        project_id: &str,
+        work_item_id: &str,
+        state_id: &str,
+    ) -> Result<WorkItem, HttpError> {
+        let what = format!("plane set state of work item {work_item_id}");
+        let url = self.url(&["projects", project_id, "work-items", work_item_id]);
+        let req = self
+            .http
+            .patch(url)
+            .header("X-API-Key", self.api_key.expose())
+            .json(&serde_json::json!({ "state": state_id }));
+        let raw: RawWorkItem = rest::send(req, &what)?
+            .expect(&[200], &what)?
+            .parse(&what)?;
+        WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
+    }
+
+    /// Posts a comment; a 409 (same external source and id already posted) counts as
+    /// success. Never retried: after a lost answer, posting again is safe because of
+    /// the 409.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a wrong-shaped 201 answer is fatal.
+    pub fn create_comment(
+        &self,
+        project_id: &str,
+        work_item_id: &str,
+        comment: &NewComment,
+    ) -> Result<CommentOutcome, HttpError> {
+        let what = format!("plane comment on work item {work_item_id}");
+        let url = self.url(&[
+            "projects",
+            project_id,
+            "work-items",
+            work_item_id,
+            "comments",
+        ]);
+        let body = serde_json::json!({
+            "comment_html": comment.comment_html,
+            "access": "INTERNAL",
+            "external_source": comment.external_source,
+            "external_id": comment.external_id,
+        });
+        let req = self
+            .http
+            .post(url)
+            .header("X-API-Key", self.api_key.expose())
+            .json(&body);
+        let answer = rest::send(req, &what)?.expect(&[201, 409], &what)?;
+        if answer.status == 409 {
+            let id = answer.parse::<IdOnly>(&what).ok().and_then(|i| i.id);
+            return Ok(CommentOutcome::AlreadyExists { id });
+        }
+        let id: IdOnly = answer.parse(&what)?;
+        match id.id {
+            Some(id) => Ok(CommentOutcome::Created { id }),
+            None => Err(HttpError::Fatal(format!("{what}: created but no id"))),
+        }
+    }
+}
+
+/// Returns the next cursor to follow, refusing a cursor that does not move.
+fn next(
+    current: Option<&str>,
+    more: bool,
+    next_cursor: Option<String>,
+    what: &str,
+) -> Result<Option<String>, HttpError> {
+    if !more {
+        return Ok(None);
+    }
+    match next_cursor {
+        Some(c) if !c.is_empty() && Some(c.as_str()) != current => Ok(Some(c)),
+        Some(c) => Err(HttpError::Fatal(format!(
+            "{what}: next_page_results without a new cursor ({c:?})"
+        ))),
+        None => Err(HttpError::Fatal(format!(
+            "{what}: next_page_results without next_cursor"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(state: serde_json::Value) -> Result<WorkItem, String> {
+        let raw: RawWorkItem = serde_json::from_value(serde_json::json!({
+            "id": "i", "name": "n", "sequence_id": 4, "project": "p", "state": state,
+            "unknown_field": [1, 2]
+        }))
+        .unwrap();
+        WorkItem::try_from(raw)
+    }
+
+    #[test]
+    fn work_item_state_comes_as_id_object_or_null() {
+        let a = item(serde_json::json!("s1")).unwrap();
+        assert_eq!((a.state_id.as_deref(), a.state), (Some("s1"), None));
+        let b = item(
+            serde_json::json!({"id": "s2", "name": "Done", "color": "#fff", "group": "completed"}),
+        )
+        .unwrap();
+        assert_eq!(b.state_id.as_deref(), Some("s2"));
+        assert_eq!(b.state.unwrap().group, "completed");
+        let c = item(serde_json::Value::Null).unwrap();
+        assert_eq!((c.state_id, c.state), (None, None));
+        assert!(item(serde_json::json!(7)).is_err());
+        assert!(item(serde_json::json!({"id": "s"})).is_err());
+    }
+
+    #[test]
+    fn cursors_must_move() {
+        assert_eq!(next(None, false, Some("1:1:0".into()), "x"), Ok(None));
+        assert_eq!(
+            next(None, true, Some("100:1:0".into()), "x"),
+            Ok(Some("100:1:0".into()))
+        );
+        assert!(next(Some("100:1:0"), true, Some("100:1:0".into()), "x").is_err());
+        assert!(next(None, true, None, "x").is_err());
+        assert!(next(None, true, Some(String::new()), "x").is_err());
+    }
+}

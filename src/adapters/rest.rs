@@ -1,0 +1,135 @@
+//! The request plumbing the Plane and Gitea clients share: URL building with encoded
+//! path segments, sending with failure classification, one retry for reads, and
+//! lenient JSON parsing that turns a wrong-shaped answer into [`HttpError::Fatal`].
+//!
+//! Policy lives here so both clients behave alike: a GET is retried once when the
+//! failure is [`HttpError::Retryable`] (timeout, connect error, 5xx); a write (POST,
+//! PATCH) is never retried here, because a lost answer may hide a write that happened.
+//! A 429 is never retried here either: the caller decides whether to wait `Retry-After`.
+
+use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::header::HeaderMap;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::adapters::http::{classify, classify_status, HttpError};
+
+/// An HTTP answer read in full.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body as text (lossy UTF-8).
+    pub body: String,
+}
+
+impl Answer {
+    /// Returns a header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Turns a status outside `ok` into its [`HttpError`] class.
+    pub fn expect(self, ok: &[u16], what: &str) -> Result<Answer, HttpError> {
+        if ok.contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(self.error(what))
+        }
+    }
+
+    /// Classifies this answer as a failure of `what`.
+    pub fn error(&self, what: &str) -> HttpError {
+        classify_status(self.status, self.header("retry-after"), what, &self.body)
+    }
+
+    /// Parses the body as `T`; a non-JSON or wrong-shaped body is fatal, never a panic.
+    pub fn parse<T: DeserializeOwned>(&self, what: &str) -> Result<T, HttpError> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            let excerpt: String = self.body.chars().take(120).collect();
+            HttpError::Fatal(format!(
+                "{what}: unexpected answer (HTTP {}): {e}: {}",
+                self.status,
+                excerpt.trim()
+            ))
+        })
+    }
+}
+
+/// Builds `base` + the path segments (each percent-encoded, `/` included), with a
+/// trailing slash when `trailing_slash` is set.
+pub(crate) fn url(base: &Url, segments: &[&str], trailing_slash: bool) -> Url {
+    let mut u = base.clone();
+    {
+        let mut path = u
+            .path_segments_mut()
+            .expect("http(s) base URLs can have path segments");
+        path.pop_if_empty();
+        for s in segments {
+            path.push(s);
+        }
+        if trailing_slash {
+            path.push("");
+        }
+    }
+    u
+}
+
+/// Sends one request and reads the whole answer; transport failures (no answer, a
+/// timeout while reading the body) are [`HttpError::Retryable`].
+pub(crate) fn send(req: RequestBuilder, what: &str) -> Result<Answer, HttpError> {
+    let resp = req.send().map_err(|e| named(&classify(&e), what))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().map_err(|e| named(&classify(&e), what))?;
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// Sends a GET built by `build`, expecting one of `ok`; retries once when the first
+/// attempt fails with a [`HttpError::Retryable`] class.
+pub(crate) fn get(
+    client: &Client,
+    build: impl Fn(&Client) -> RequestBuilder,
+    ok: &[u16],
+    what: &str,
+) -> Result<Answer, HttpError> {
+    let attempt = || send(build(client), what).and_then(|a| a.expect(ok, what));
+    match attempt() {
+        Err(HttpError::Retryable(first)) => {
+            log::debug!("{what}: retrying once after: {first}");
+            attempt()
+        }
+        other => other,
+    }
+}
+
+/// Prefixes a transport error's message with the call it belongs to.
+fn named(err: &HttpError, what: &str) -> HttpError {
+    match err {
+        HttpError::Retryable(m) => HttpError::Retryable(format!("{what}: {m}")),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded_and_the_slash_kept_when_asked() {
+        let base = Url::parse("http://127.0.0.1:9/plane/").unwrap();
+        let u = url(&base, &["api", "v1", "a/b", "x y"], true);
+        assert_eq!(u.as_str(), "http://127.0.0.1:9/plane/api/v1/a%2Fb/x%20y/");
+        let base = Url::parse("http://127.0.0.1:9").unwrap();
+        assert_eq!(
+            url(&base, &["api", "v1"], false).as_str(),
+            "http://127.0.0.1:9/api/v1"
+        );
+    }
+}

@@ -1,0 +1,1333 @@
+//! A loopback stand-in of Gitea's REST API (`/api/v1`), built on [`Server`]: an
+//! in-memory set of repositories with branches, pull requests and commit statuses,
+//! seeded by code or by a YAML/JSON seed file, answering in the shapes of
+//! `shared/reference/samples/gitea/`.
+//!
+//! What it models (gitea.md): `Authorization: token|Bearer` auth (bad token → 401 with
+//! the version's body; anonymous → 404 on a private repo, 401 `token is required` on a
+//! write to a public one), GET pull, open-PR lists with `X-Total-Count`/`Link`, branch
+//! creation (201/404/409/422/423/500), combined status per version, compare, is-merged
+//! (204/404), status creation, and merge following §4: the check order, the 1.25+ /
+//! legacy / ≤1.16 answers for an already merged PR, 404 for closed unmerged, 405 for
+//! WIP / not mergeable / style not allowed / not allowed, 409 `head out of date`, 423
+//! archived, 422 without `Do`. A successful merge really changes the model (merged,
+//! closed, `merge_commit_sha`, base tip moves). Test failures are scripted on the
+//! [`Server`]; [`GiteaStandin::merge_calls`] counts merge attempts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::standin::server::{Recorded, Reply, Server};
+
+/// The token a stand-in accepts unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "gitea-standin-token";
+
+/// Which Gitea answers the stand-in gives where versions differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum GiteaVersion {
+    /// Gitea 1.25+ / main: `not found` bodies, "The PR is already merged".
+    #[serde(rename = "1.25")]
+    Current,
+    /// Gitea 1.17-1.24 and Forgejo: localised 404 text, empty already-merged message,
+    /// worst-state combined status, all-empty status object for unknown refs.
+    #[serde(rename = "1.24")]
+    Legacy,
+    /// Gitea ≤ 1.16: merging a merged PR answers 404 (closed check first).
+    #[serde(rename = "1.16")]
+    V1_16,
+}
+
+#[derive(Debug, Clone)]
+struct Pull {
+    number: u64,
+    id: u64,
+    title: String,
+    head_ref: String,
+    /// The head tip when the head branch no longer exists.
+    head_sha: String,
+    base_ref: String,
+    open: bool,
+    merged: bool,
+    mergeable: bool,
+    draft: bool,
+    merged_at: Option<String>,
+    merge_commit_sha: Option<String>,
+    closed_at: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    id: u64,
+    sha: String,
+    state: String,
+    context: String,
+    description: String,
+    target_url: String,
+}
+
+#[derive(Debug, Clone)]
+struct Repo {
+    id: u64,
+    full_name: String,
+    default_branch: String,
+    archived: bool,
+    private: bool,
+    can_merge: bool,
+    allowed_styles: Vec<String>,
+    branches: BTreeMap<String, String>,
+    pulls: BTreeMap<u64, Pull>,
+    statuses: Vec<Status>,
+    /// Explicit `compare base...head` answers, by (base, head).
+    ahead: BTreeMap<(String, String), u64>,
+}
+
+impl Repo {
+    fn head_sha(&self, p: &Pull) -> String {
+        self.branches
+            .get(&p.head_ref)
+            .cloned()
+            .unwrap_or_else(|| p.head_sha.clone())
+    }
+
+    fn resolve(&self, r: &str) -> Option<String> {
+        if let Some(sha) = self.branches.get(r) {
+            return Some(sha.clone());
+        }
+        let known = self.branches.values().any(|s| s == r)
+            || self.statuses.iter().any(|s| s.sha == r)
+            || self
+                .pulls
+                .values()
+                .any(|p| p.head_sha == r || p.merge_commit_sha.as_deref() == Some(r));
+        known.then(|| r.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct Model {
+    url: String,
+    token: String,
+    version: GiteaVersion,
+    repos: BTreeMap<String, Repo>,
+    seq: u64,
+}
+
+impl Model {
+    fn swagger(&self) -> String {
+        format!("{}/api/swagger", self.url)
+    }
+
+    fn error(&self, status: u16, message: &str) -> Reply {
+        Reply::json(status, &json!({"message": message, "url": self.swagger()}))
+    }
+
+    fn not_found(&self) -> Reply {
+        match self.version {
+            GiteaVersion::Current => Reply::json(
+                404,
+                &json!({"errors": null, "message": "not found", "url": self.swagger()}),
+            ),
+            _ => Reply::json(
+                404,
+                &json!({"errors": [], "message": "The target couldn't be found.", "url": self.swagger()}),
+            ),
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+/// Returns a deterministic 40-hex SHA for `text` (merge commits, seeded tips).
+pub fn fake_sha(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))[..40].to_string()
+}
+
+/// A pull request to seed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSeed {
+    /// The index.
+    pub number: u64,
+    /// The title (a `WIP:` prefix makes it a draft).
+    #[serde(default = "default_title")]
+    pub title: String,
+    /// The head branch (created at `head_sha` when missing).
+    pub head: String,
+    /// The head tip (default: the branch's tip, or a SHA derived from the name).
+    #[serde(default)]
+    pub head_sha: Option<String>,
+    /// The base branch (default: the repo's default branch).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Gitea's `mergeable` (default true).
+    #[serde(default = "yes")]
+    pub mergeable: bool,
+    /// Already merged (default false).
+    #[serde(default)]
+    pub merged: bool,
+    /// Closed without merge (default false).
+    #[serde(default)]
+    pub closed: bool,
+}
+
+fn default_title() -> String {
+    "Work item".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PullSeed {
+    /// An open, mergeable PR from `head` into the default branch.
+    pub fn open(number: u64, head: &str) -> PullSeed {
+        PullSeed {
+            number,
+            title: format!("Task branch {head}"),
+            head: head.into(),
+            head_sha: None,
+            base: None,
+            mergeable: true,
+            merged: false,
+            closed: false,
+        }
+    }
+
+    /// Sets the head tip.
+    pub fn head_sha(mut self, sha: &str) -> PullSeed {
+        self.head_sha = Some(sha.into());
+        self
+    }
+
+    /// Sets `mergeable`.
+    pub fn mergeable(mut self, m: bool) -> PullSeed {
+        self.mergeable = m;
+        self
+    }
+
+    /// Marks it merged.
+    pub fn merged(mut self) -> PullSeed {
+        self.merged = true;
+        self
+    }
+
+    /// Marks it closed without merge.
+    pub fn closed(mut self) -> PullSeed {
+        self.closed = true;
+        self
+    }
+
+    /// Sets the title.
+    pub fn title(mut self, t: &str) -> PullSeed {
+        self.title = t.into();
+        self
+    }
+}
+
+/// A snapshot of a PR in the model, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSnapshot {
+    /// `open` or `closed`.
+    pub state: String,
+    /// Merged flag.
+    pub merged: bool,
+    /// Merge commit, once merged.
+    pub merge_commit_sha: Option<String>,
+    /// Head tip.
+    pub head_sha: String,
+}
+
+/// A running Gitea stand-in; stops when dropped.
+pub struct GiteaStandin {
+    server: Server,
+    model: Arc<Mutex<Model>>,
+}
+
+impl GiteaStandin {
+    /// Starts an empty Gitea 1.25+ accepting `token`.
+    pub fn start(token: &str) -> GiteaStandin {
+        let model = Arc::new(Mutex::new(Model {
+            url: String::new(),
+            token: token.into(),
+            version: GiteaVersion::Current,
+            repos: BTreeMap::new(),
+            seq: 100,
+        }));
+        let m = model.clone();
+        let server = Server::start(Arc::new(move |r: &Recorded| {
+            handle(&mut m.lock().expect("gitea model lock"), r)
+        }));
+        model.lock().expect("gitea model lock").url = server.url().to_string();
+        GiteaStandin { server, model }
+    }
+
+    /// Returns the base URL (`ORCH_GITEA_URL`).
+    pub fn url(&self) -> &str {
+        self.server.url()
+    }
+
+    /// Returns the underlying server (scripting, recorded requests).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Gives up the model handle and returns the server (the model lives on in it).
+    pub fn into_server(self) -> Server {
+        self.server
+    }
+
+    fn model(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().expect("gitea model lock")
+    }
+
+    fn with_repo<T>(&self, repo: &str, f: impl FnOnce(&mut Repo) -> T) -> T {
+        let mut m = self.model();
+        let r = m
+            .repos
+            .get_mut(repo)
+            .unwrap_or_else(|| panic!("add_repo({repo:?}) first"));
+        f(r)
+    }
+
+    /// Switches the answers that differ between versions.
+    pub fn set_version(&self, v: GiteaVersion) {
+        self.model().version = v;
+    }
+
+    /// Adds a private repository `owner/name` whose default branch points at a SHA
+    /// derived from its name.
+    pub fn add_repo(&self, repo: &str, default_branch: &str) -> &Self {
+        let mut m = self.model();
+        let id = m.next_id();
+        let mut branches = BTreeMap::new();
+        branches.insert(
+            default_branch.to_string(),
+            fake_sha(&format!("{repo}:{default_branch}")),
+        );
+        m.repos.insert(
+            repo.to_string(),
+            Repo {
+                id,
+                full_name: repo.into(),
+                default_branch: default_branch.into(),
+                archived: false,
+                private: true,
+                can_merge: true,
+                allowed_styles: [
+                    "merge",
+                    "rebase",
+                    "rebase-merge",
+                    "squash",
+                    "fast-forward-only",
+                ]
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
+                branches,
+                pulls: BTreeMap::new(),
+                statuses: Vec::new(),
+                ahead: BTreeMap::new(),
+            },
+        );
+        self
+    }
+
+    /// Sets (or creates) a branch tip: a push.
+    pub fn push(&self, repo: &str, branch: &str, sha: &str) -> &Self {
+        self.with_repo(repo, |r| {
+            r.branches.insert(branch.into(), sha.into());
+        });
+        self
+    }
+
+    /// Returns a branch's tip.
+    pub fn branch(&self, repo: &str, branch: &str) -> Option<String> {
+        self.model()
+            .repos
+            .get(repo)
+            .and_then(|r| r.branches.get(branch).cloned())
+    }
+
+    /// Adds a pull request.
+    pub fn add_pull(&self, repo: &str, seed: &PullSeed) -> &Self {
+        let id = self.model().next_id();
+        self.with_repo(repo, |r| {
+            let base = seed
+                .base
+                .clone()
+                .unwrap_or_else(|| r.default_branch.clone());
+            let head_sha = seed
+                .head_sha
+                .clone()
+                .or_else(|| r.branches.get(&seed.head).cloned())
+                .unwrap_or_else(|| fake_sha(&format!("{}:{}", r.full_name, seed.head)));
+            r.branches
+                .entry(base.clone())
+                .or_insert_with(|| fake_sha(&base));
+            if !seed.merged {
+                r.branches.insert(seed.head.clone(), head_sha.clone());
+            }
+            let merge_sha = seed
+                .merged
+                .then(|| fake_sha(&format!("merge:{}:{}", r.full_name, seed.number)));
+            r.pulls.insert(
+                seed.number,
+                Pull {
+                    number: seed.number,
+                    id,
+                    title: seed.title.clone(),
+                    head_ref: seed.head.clone(),
+                    head_sha,
+                    base_ref: base,
+                    open: !(seed.merged || seed.closed),
+                    merged: seed.merged,
+                    mergeable: seed.mergeable,
+                    draft: is_wip(&seed.title),
+                    merged_at: seed.merged.then(|| "2026-01-21T10:10:00Z".to_string()),
+                    merge_commit_sha: merge_sha,
+                    closed_at: (seed.merged || seed.closed)
+                        .then(|| "2026-01-21T10:10:00Z".to_string()),
+                },
+            );
+        });
+        self
+    }
+
+    /// Sets a PR's `mergeable` (false: merge answers 405 "Please try again later").
+    pub fn set_mergeable(&self, repo: &str, number: u64, mergeable: bool) {
+        self.with_repo(repo, |r| {
+            if let Some(p) = r.pulls.get_mut(&number) {
+                p.mergeable = mergeable;
+            }
+        });
+    }
+
+    /// Archives (or unarchives) a repository.
+    pub fn set_archived(&self, repo: &str, archived: bool) {
+        self.with_repo(repo, |r| r.archived = archived);
+    }
+
+    /// Makes a repository public (anonymous reads allowed) or private.
+    pub fn set_public(&self, repo: &str, public: bool) {
+        self.with_repo(repo, |r| r.private = !public);
+    }
+
+    /// Sets whether the token's user may merge (false: 405 not allowed).
+    pub fn set_can_merge(&self, repo: &str, can: bool) {
+        self.with_repo(repo, |r| r.can_merge = can);
+    }
+
+    /// Sets the merge styles the repository allows.
+    pub fn set_allowed_styles(&self, repo: &str, styles: &[&str]) {
+        self.with_repo(repo, |r| {
+            r.allowed_styles = styles.iter().map(|s| (*s).to_string()).collect();
+        });
+    }
+
+    /// Posts a commit status (as CI would) on `sha`.
+    pub fn add_status(&self, repo: &str, sha: &str, context: &str, state: &str) -> &Self {
+        let id = self.model().next_id();
+        self.with_repo(repo, |r| {
+            r.statuses.push(Status {
+                id,
+                sha: sha.into(),
+                state: state.into(),
+                context: context.into(),
+                description: format!("{context} {state}"),
+                target_url: format!("https://ci.example.com/{}/{id}", r.full_name),
+            });
+        });
+        self
+    }
+
+    /// Sets what `compare/{base}...{head}` answers for `total_commits`.
+    pub fn set_ahead(&self, repo: &str, base: &str, head: &str, commits: u64) {
+        self.with_repo(repo, |r| {
+            r.ahead.insert((base.into(), head.into()), commits);
+        });
+    }
+
+    /// Returns a PR's current state in the model.
+    pub fn pull(&self, repo: &str, number: u64) -> Option<PullSnapshot> {
+        let m = self.model();
+        let r = m.repos.get(repo)?;
+        let p = r.pulls.get(&number)?;
+        Some(PullSnapshot {
+            state: if p.open { "open" } else { "closed" }.into(),
+            merged: p.merged,
+            merge_commit_sha: p.merge_commit_sha.clone(),
+            head_sha: r.head_sha(p),
+        })
+    }
+
+    /// Counts `POST .../pulls/{number}/merge` requests received for this PR.
+    pub fn merge_calls(&self, repo: &str, number: u64) -> usize {
+        let path = format!("/api/v1/repos/{repo}/pulls/{number}/merge");
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == path)
+            .count()
+    }
+
+    /// Counts requests with this method (any when `None`) whose path, after
+    /// `/api/v1/repos/{repo}/`, starts with `route` (e.g. `pulls`).
+    pub fn count(&self, method: Option<&str>, repo: &str, route: &str) -> usize {
+        self.server
+            .count(method, &format!("/api/v1/repos/{repo}/{route}"))
+    }
+
+    /// Starts a stand-in from a seed (see [`GiteaSeed`]).
+    pub fn from_seed(seed: &GiteaSeed) -> GiteaStandin {
+        let g = GiteaStandin::start(seed.token.as_deref().unwrap_or(DEFAULT_TOKEN));
+        if let Some(v) = seed.version {
+            g.set_version(v);
+        }
+        for r in &seed.repos {
+            g.add_repo(&r.name, &r.default_branch);
+            for (b, sha) in &r.branches {
+                g.push(&r.name, b, sha);
+            }
+            for p in &r.pulls {
+                g.add_pull(&r.name, p);
+            }
+            for s in &r.statuses {
+                let sha = g.branch(&r.name, &s.sha).unwrap_or_else(|| s.sha.clone());
+                g.add_status(&r.name, &sha, &s.context, &s.state);
+            }
+            g.set_archived(&r.name, r.archived);
+            g.set_public(&r.name, r.public);
+        }
+        g
+    }
+}
+
+/// The seed file of `orch-standin gitea SEED` (YAML or JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GiteaSeed {
+    /// The accepted token (default [`DEFAULT_TOKEN`]).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `"1.25"` (default), `"1.24"` (legacy bodies) or `"1.16"`.
+    #[serde(default)]
+    pub version: Option<GiteaVersion>,
+    /// The repositories.
+    #[serde(default)]
+    pub repos: Vec<RepoSeed>,
+}
+
+/// A repository in a seed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSeed {
+    /// `owner/name`.
+    pub name: String,
+    /// The default branch (default `main`).
+    #[serde(default = "main_branch")]
+    pub default_branch: String,
+    /// Branch tips by name.
+    #[serde(default)]
+    pub branches: BTreeMap<String, String>,
+    /// Pull requests.
+    #[serde(default)]
+    pub pulls: Vec<PullSeed>,
+    /// Commit statuses.
+    #[serde(default)]
+    pub statuses: Vec<StatusSeed>,
+    /// Archived (default false).
+    #[serde(default)]
+    pub archived: bool,
+    /// Public (default false: private).
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn main_branch() -> String {
+    "main".into()
+}
+
+/// A commit status in a seed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSeed {
+    /// A SHA or a branch name (resolved to its tip).
+    pub sha: String,
+    /// The CI context, e.g. `ci/test`.
+    pub context: String,
+    /// pending, success, error, failure, warning, skipped.
+    pub state: String,
+}
+
+fn is_wip(title: &str) -> bool {
+    let t = title.to_ascii_uppercase();
+    ["WIP:", "[WIP]"].iter().any(|p| t.starts_with(p))
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn decode(seg: &str) -> String {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+enum Auth {
+    Anonymous,
+    Valid,
+    Invalid,
+}
+
+fn auth(m: &Model, r: &Recorded) -> Auth {
+    let Some(h) = r.header("authorization") else {
+        return Auth::Anonymous;
+    };
+    let (scheme, token) = h.trim().split_once(' ').unwrap_or((h, ""));
+    // Up to 1.24 (and Forgejo) the word `token` is case-sensitive; `Bearer` never is.
+    let scheme_ok = match m.version {
+        GiteaVersion::Current => {
+            scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")
+        }
+        _ => scheme == "token" || scheme.eq_ignore_ascii_case("bearer"),
+    };
+    if scheme_ok && token.trim() == m.token {
+        Auth::Valid
+    } else {
+        Auth::Invalid
+    }
+}
+
+fn handle(m: &mut Model, r: &Recorded) -> Reply {
+    let auth = auth(m, r);
+    if matches!(auth, Auth::Invalid) {
+        let msg = match m.version {
+            GiteaVersion::Current => "invalid username, password or token",
+            _ => "user does not exist [uid: 0, name: ]",
+        };
+        return m.error(401, msg);
+    }
+    let Some(rest) = r.path.strip_prefix("/api/v1/repos/") else {
+        return m.not_found();
+    };
+    let segs: Vec<String> = rest.split('/').map(decode).collect();
+    if segs.len() < 3 {
+        return m.not_found();
+    }
+    let repo = format!("{}/{}", segs[0], segs[1]);
+    let Some(rp) = m.repos.get(&repo) else {
+        return m.not_found();
+    };
+    let anonymous = matches!(auth, Auth::Anonymous);
+    if anonymous && rp.private {
+        return m.not_found();
+    }
+    if anonymous && r.method != "GET" {
+        return m.error(401, "token is required");
+    }
+    let tail: Vec<&str> = segs[2..].iter().map(String::as_str).collect();
+    match (r.method.as_str(), tail.as_slice()) {
+        ("GET", ["pulls"]) => list_pulls(m, &repo, r),
+        ("GET", ["pulls", n]) => with_pull(m, &repo, n, |m, repo, p| {
+            Reply::json(200, &pull_json(m, repo, p))
+        }),
+        ("GET", ["pulls", n, "merge"]) => match n
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| m.repos[&repo].pulls.get(&n).map(|p| p.merged))
+        {
+            Some(true) => Reply::empty(204),
+            _ => m.not_found(),
+        },
+        ("POST", ["pulls", n, "merge"]) => merge(m, &repo, n, r),
+        ("POST", ["branches"]) => create_branch(m, &repo, r),
+        ("GET", ["branches", b @ ..]) => {
+            let name = b.join("/");
+            match m.repos[&repo].branches.get(&name) {
+                Some(sha) => Reply::json(200, &branch_json(m, &repo, &name, sha)),
+                None => m.not_found(),
+            }
+        }
+        ("GET", ["commits", git_ref, "status"]) => combined_status(m, &repo, git_ref),
+        ("POST", ["statuses", sha]) => create_status(m, &repo, sha, r),
+        ("GET", ["compare", spec @ ..]) => compare(m, &repo, &spec.join("/"), r),
+        _ => m.not_found(),
+    }
+}
+
+fn with_pull(
+    m: &mut Model,
+    repo: &str,
+    n: &str,
+    f: impl FnOnce(&Model, &Repo, &Pull) -> Reply,
+) -> Reply {
+    let Ok(n) = n.parse::<u64>() else {
+        return m.not_found();
+    };
+    let rp = &m.repos[repo];
+    match rp.pulls.get(&n) {
+        Some(p) => f(m, rp, p),
+        None => m.not_found(),
+    }
+}
+
+fn user_json(m: &Model, id: u64, login: &str, name: &str) -> Value {
+    json!({
+        "id": id,
+        "login": login,
+        "login_name": "",
+        "source_id": 0,
+        "full_name": name,
+        "email": format!("{login}@noreply.git.example.com"),
+        "avatar_url": format!("{}/avatars/{id:032}", m.url),
+        "html_url": format!("{}/{login}", m.url),
+        "language": "",
+        "is_admin": false,
+        "last_login": "0001-01-01T00:00:00Z",
+        "created": "2025-03-01T09:00:00Z",
+        "restricted": false,
+        "active": false,
+        "prohibit_login": false,
+        "location": "",
+        "website": "",
+        "description": "",
+        "visibility": "public",
+        "followers_count": 0,
+        "following_count": 0,
+        "starred_repos_count": 0,
+        "username": login,
+    })
+}
+
+fn repo_json(m: &Model, r: &Repo) -> Value {
+    let (owner, name) = r.full_name.split_once('/').unwrap_or(("", &r.full_name));
+    let web = format!("{}/{}", m.url, r.full_name);
+    let api = format!("{}/api/v1/repos/{}", m.url, r.full_name);
+    let first = json!({
+        "id": r.id,
+        "owner": user_json(m, 2, owner, owner),
+        "name": name,
+        "full_name": r.full_name,
+        "description": "",
+        "empty": false,
+        "private": r.private,
+        "fork": false,
+        "template": false,
+        "mirror": false,
+        "size": 2048,
+        "language": "",
+        "languages_url": format!("{api}/languages"),
+        "html_url": web,
+        "url": api,
+        "link": "",
+        "ssh_url": format!("git@127.0.0.1:{}.git", r.full_name),
+        "clone_url": format!("{web}.git"),
+        "original_url": "",
+        "website": "",
+        "stars_count": 0,
+        "forks_count": 0,
+        "watchers_count": 1,
+        "open_issues_count": 0,
+        "open_pr_counter": r.pulls.values().filter(|p| p.open).count(),
+        "release_counter": 0,
+        "default_branch": r.default_branch,
+    });
+    let rest = json!({
+        "archived": r.archived,
+        "created_at": "2025-03-01T09:05:00Z",
+        "updated_at": "2026-01-20T08:00:00Z",
+        "archived_at": "1970-01-01T00:00:00Z",
+        "permissions": {"admin": false, "push": true, "pull": true},
+        "has_code": true,
+        "has_issues": true,
+        "internal_tracker": {
+            "enable_time_tracker": true,
+            "allow_only_contributors_to_track_time": true,
+            "enable_issue_dependencies": true
+        },
+        "has_wiki": false,
+        "has_pull_requests": true,
+        "has_projects": false,
+        "projects_mode": "all",
+        "has_releases": true,
+        "has_packages": false,
+        "has_actions": true,
+        "ignore_whitespace_conflicts": false,
+        "allow_merge_commits": r.allowed_styles.iter().any(|s| s == "merge"),
+        "allow_rebase": r.allowed_styles.iter().any(|s| s == "rebase"),
+        "allow_rebase_explicit": r.allowed_styles.iter().any(|s| s == "rebase-merge"),
+        "allow_squash_merge": r.allowed_styles.iter().any(|s| s == "squash"),
+        "allow_fast_forward_only_merge": r.allowed_styles.iter().any(|s| s == "fast-forward-only"),
+        "allow_rebase_update": true,
+        "allow_manual_merge": false,
+        "autodetect_manual_merge": false,
+        "default_delete_branch_after_merge": false,
+        "default_merge_style": "merge",
+        "default_allow_maintainer_edit": false,
+        "avatar_url": "",
+        "internal": false,
+        "mirror_interval": "",
+        "object_format_name": "sha1",
+        "mirror_updated": "0001-01-01T00:00:00Z",
+        "topics": [],
+        "licenses": [],
+    });
+    let (Value::Object(mut a), Value::Object(b)) = (first, rest) else {
+        unreachable!("both halves are JSON objects")
+    };
+    a.extend(b);
+    Value::Object(a)
+}
+
+fn pull_json(m: &Model, r: &Repo, p: &Pull) -> Value {
+    let web = format!("{}/{}/pulls/{}", m.url, r.full_name, p.number);
+    let head_exists = r.branches.contains_key(&p.head_ref);
+    let head_ref = if head_exists {
+        p.head_ref.clone()
+    } else {
+        format!("refs/pull/{}/head", p.number)
+    };
+    let base_sha = r.branches.get(&p.base_ref).cloned().unwrap_or_default();
+    let repo = repo_json(m, r);
+    json!({
+        "id": p.id,
+        "url": web,
+        "number": p.number,
+        "user": user_json(m, 5, "merge-bot", "Merge Bot"),
+        "title": p.title,
+        "body": "",
+        "labels": [],
+        "milestone": null,
+        "assignee": null,
+        "assignees": [],
+        "requested_reviewers": [],
+        "requested_reviewers_teams": [],
+        "state": if p.open { "open" } else { "closed" },
+        "draft": p.draft,
+        "is_locked": false,
+        "comments": 0,
+        "additions": 1,
+        "deletions": 0,
+        "changed_files": 1,
+        "html_url": web,
+        "diff_url": format!("{web}.diff"),
+        "patch_url": format!("{web}.patch"),
+        // Gitea reports false for WIP PRs whatever the conflict check says.
+        "mergeable": p.mergeable && !p.draft,
+        "merged": p.merged,
+        "merged_at": p.merged_at,
+        "merge_commit_sha": p.merge_commit_sha,
+        "merged_by": if p.merged { user_json(m, 5, "merge-bot", "Merge Bot") } else { Value::Null },
+        "allow_maintainer_edit": false,
+        "base": {
+            "label": p.base_ref,
+            "ref": p.base_ref,
+            "sha": base_sha,
+            "repo_id": r.id,
+            "repo": repo.clone(),
+        },
+        "head": {
+            "label": p.head_ref,
+            "ref": head_ref,
+            "sha": r.head_sha(p),
+            "repo_id": r.id,
+            "repo": repo,
+        },
+        "merge_base": base_sha,
+        "due_date": null,
+        "created_at": "2026-01-20T08:00:00Z",
+        "updated_at": "2026-01-21T09:58:10Z",
+        "closed_at": p.closed_at,
+        "pin_order": 0,
+    })
+}
+
+fn list_pulls(m: &Model, repo: &str, r: &Recorded) -> Reply {
+    let state = r.param("state").unwrap_or_else(|| "open".into());
+    // limit <= 0 → DEFAULT_PAGING_NUM (30); above MAX_RESPONSE_ITEMS (50) → 50.
+    let limit = match r.param("limit").and_then(|l| l.parse::<i64>().ok()) {
+        Some(l) if l > 0 => usize::try_from(l.min(50)).unwrap_or(50),
+        _ => 30,
+    };
+    let page = r
+        .param("page")
+        .and_then(|p| p.parse::<i64>().ok())
+        .map_or(1, |p| usize::try_from(p.max(1)).unwrap_or(1));
+    let rp = &m.repos[repo];
+    // Newest first, like Gitea's default sort.
+    let all: Vec<&Pull> = rp
+        .pulls
+        .values()
+        .rev()
+        .filter(|p| match state.as_str() {
+            "closed" => !p.open,
+            "all" => true,
+            _ => p.open,
+        })
+        .collect();
+    let total = all.len();
+    let start = ((page - 1) * limit).min(total);
+    let end = (start + limit).min(total);
+    let body: Vec<Value> = all[start..end]
+        .iter()
+        .map(|p| pull_json(m, rp, p))
+        .collect();
+    let pages = total.div_ceil(limit).max(1);
+    let link = |p: usize, rel: &str| {
+        format!(
+            "<{}/api/v1/repos/{repo}/pulls?limit={limit}&page={p}&state={state}>; rel=\"{rel}\"",
+            m.url
+        )
+    };
+    let mut links = Vec::new();
+    if page < pages {
+        links.push(link(page + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link(1, "first"));
+        links.push(link(page - 1, "prev"));
+    }
+    let mut reply = Reply::json(200, &Value::Array(body))
+        .with_header("X-Total-Count", &total.to_string())
+        .with_header("Access-Control-Expose-Headers", "Link, X-Total-Count");
+    if !links.is_empty() {
+        reply = reply.with_header("Link", &links.join(","));
+    }
+    reply
+}
+
+fn branch_json(m: &Model, repo: &str, name: &str, sha: &str) -> Value {
+    let person =
+        json!({"name": "Merge Bot", "email": "merge-bot@example.com", "username": "merge-bot"});
+    json!({
+        "name": name,
+        "commit": {
+            "id": sha,
+            "message": "Seeded commit\n",
+            "url": format!("{}/{repo}/commit/{sha}", m.url),
+            "author": person.clone(),
+            "committer": person,
+            "verification": null,
+            "timestamp": "2026-01-21T09:40:00Z",
+            "added": null,
+            "removed": null,
+            "modified": null,
+        },
+        "protected": false,
+        "required_approvals": 0,
+        "enable_status_check": false,
+        "status_check_contexts": [],
+        "user_can_push": true,
+        "user_can_merge": true,
+        "effective_branch_protection_name": "",
+    })
+}
+
+fn valid_branch_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 100
+        && !n.starts_with(['-', '/'])
+        && !n.ends_with(['/', '.'])
+        && !n.ends_with(".lock")
+        && !n.contains("..")
+        && !n.contains("//")
+        && !n.contains("@{")
+        && !n.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+}
+
+fn create_branch(m: &mut Model, repo: &str, r: &Recorded) -> Reply {
+    if m.repos[repo].archived {
+        return m.error(423, &format!("{repo} is archived"));
+    }
+    let Some(body) = r.json().filter(Value::is_object) else {
+        return m.error(422, "[BranchName]: Required");
+    };
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let Some(new) = text("new_branch_name") else {
+        return m.error(422, "[BranchName]: Required");
+    };
+    if !valid_branch_name(&new) {
+        return m.error(422, "[BranchName]: GitRefName");
+    }
+    let rp = &m.repos[repo];
+    let from = match (text("old_ref_name"), text("old_branch_name")) {
+        (Some(old_ref), _) if !old_ref.is_empty() => match rp.resolve(&old_ref) {
+            Some(sha) => sha,
+            // Any lookup error of old_ref_name is an internal error (gitea.md §5).
+            None => return m.error(500, ""),
+        },
+        (_, Some(old)) if !old.is_empty() => match rp.branches.get(&old) {
+            Some(sha) => sha.clone(),
+            None => return m.error(404, "The old branch does not exist"),
+        },
+        _ => rp.branches[&rp.default_branch].clone(),
+    };
+    if rp.branches.contains_key(&new) {
+        return m.error(409, "The branch already exists.");
+    }
+    let conflict = rp
+        .branches
+        .keys()
+        .any(|b| b.starts_with(&format!("{new}/")) || new.starts_with(&format!("{b}/")));
+    if conflict {
+        return m.error(409, "The branch with the same name already exists.");
+    }
+    let reply = Reply::json(201, &branch_json(m, repo, &new, &from));
+    m.repos
+        .get_mut(repo)
+        .expect("checked above")
+        .branches
+        .insert(new, from);
+    reply
+}
+
+fn status_json(m: &Model, repo: &str, s: &Status) -> Value {
+    json!({
+        "id": s.id,
+        "status": s.state,
+        "target_url": s.target_url,
+        "description": s.description,
+        "url": format!("{}/api/v1/repos/{repo}/statuses/{}", m.url, s.sha),
+        "context": s.context,
+        "creator": user_json(m, 5, "merge-bot", "Merge Bot"),
+        "created_at": "2026-01-21T10:04:00Z",
+        "updated_at": "2026-01-21T10:04:00Z",
+    })
+}
+
+fn combined_status(m: &Model, repo: &str, git_ref: &str) -> Reply {
+    let rp = &m.repos[repo];
+    let sha = rp.resolve(git_ref);
+    let legacy_empty = json!({
+        "state": "", "sha": "", "total_count": 0, "statuses": null,
+        "repository": null, "commit_url": "", "url": ""
+    });
+    let Some(sha) = sha else {
+        return match m.version {
+            GiteaVersion::Current => m.not_found(),
+            _ => Reply::json(200, &legacy_empty),
+        };
+    };
+    // Latest status per context.
+    let mut latest: BTreeMap<&str, &Status> = BTreeMap::new();
+    for s in rp.statuses.iter().filter(|s| s.sha == sha) {
+        latest.insert(s.context.as_str(), s);
+    }
+    let mut statuses: Vec<&Status> = latest.into_values().collect();
+    statuses.sort_by_key(|s| std::cmp::Reverse(s.id));
+    if statuses.is_empty() && m.version != GiteaVersion::Current {
+        return Reply::json(200, &legacy_empty);
+    }
+    let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
+    let state = combine(m.version, &states);
+    let api = format!("{}/api/v1/repos/{repo}/commits/{sha}", m.url);
+    Reply::json(
+        200,
+        &json!({
+            "state": state,
+            "sha": sha,
+            "total_count": statuses.len(),
+            "statuses": if statuses.is_empty() { Value::Null } else {
+                Value::Array(statuses.iter().map(|s| status_json(m, repo, s)).collect())
+            },
+            "repository": repo_json(m, rp),
+            "commit_url": api,
+            "url": format!("{api}/status"),
+        }),
+    )
+}
+
+/// Combines the latest state of each context as the version does (gitea.md §6).
+fn combine(version: GiteaVersion, states: &[&str]) -> String {
+    if states.is_empty() {
+        return String::new();
+    }
+    match version {
+        GiteaVersion::Current => {
+            if states.iter().any(|s| *s == "error" || *s == "failure") {
+                "failure".into()
+            } else if states
+                .iter()
+                .all(|s| matches!(*s, "success" | "warning" | "skipped"))
+            {
+                "success".into()
+            } else {
+                "pending".into()
+            }
+        }
+        _ => {
+            let rank = |s: &str| match s {
+                "error" => 0,
+                "failure" => 1,
+                "warning" => 2,
+                "pending" => 3,
+                _ => 4,
+            };
+            let worst = states.iter().min_by_key(|s| rank(s)).copied().unwrap_or("");
+            if worst == "error" {
+                "failure".into()
+            } else {
+                worst.into()
+            }
+        }
+    }
+}
+
+fn create_status(m: &mut Model, repo: &str, sha: &str, r: &Recorded) -> Reply {
+    let Some(body) = r.json().filter(Value::is_object) else {
+        return m.error(422, "[State]: Required");
+    };
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let state = text("state");
+    if ![
+        "pending", "success", "error", "failure", "warning", "skipped",
+    ]
+    .contains(&state.as_str())
+    {
+        return m.error(422, "[State]: In");
+    }
+    let id = m.next_id();
+    let s = Status {
+        id,
+        sha: sha.into(),
+        state,
+        context: text("context"),
+        description: text("description"),
+        target_url: text("target_url"),
+    };
+    let reply = Reply::json(201, &status_json(m, repo, &s));
+    m.repos
+        .get_mut(repo)
+        .expect("checked above")
+        .statuses
+        .push(s);
+    reply
+}
+
+fn compare(m: &Model, repo: &str, spec: &str, r: &Recorded) -> Reply {
+    let Some((base, head)) = spec.split_once("...").or_else(|| spec.split_once("..")) else {
+        return m.not_found();
+    };
+    let rp = &m.repos[repo];
+    let (Some(base_sha), Some(head_sha)) = (rp.resolve(base), rp.resolve(head)) else {
+        return m.not_found();
+    };
+    let merged_in = rp
+        .pulls
+        .values()
+        .any(|p| p.merged && p.head_ref == head && p.base_ref == base);
+    let n = rp
+        .ahead
+        .get(&(base.to_string(), head.to_string()))
+        .copied()
+        .unwrap_or(u64::from(base_sha != head_sha && !merged_in));
+    let files = r.param("files").as_deref() != Some("false");
+    let commits: Vec<Value> = (0..n)
+        .map(|i| {
+            let sha = if i + 1 == n {
+                head_sha.clone()
+            } else {
+                fake_sha(&format!("{head_sha}~{}", n - 1 - i))
+            };
+            commit_json(m, repo, &sha, &base_sha, files)
+        })
+        .collect();
+    Reply::json(200, &json!({"total_commits": n, "commits": commits}))
+}
+
+fn commit_json(m: &Model, repo: &str, sha: &str, parent: &str, files: bool) -> Value {
+    let api = format!("{}/api/v1/repos/{repo}/git/commits", m.url);
+    let person = json!({"name": "Merge Bot", "email": "merge-bot@example.com", "date": "2026-01-21T09:50:00Z"});
+    json!({
+        "url": format!("{api}/{sha}"),
+        "sha": sha,
+        "created": "2026-01-21T09:50:00Z",
+        "html_url": format!("{}/{repo}/commit/{sha}", m.url),
+        "commit": {
+            "url": format!("{api}/{sha}"),
+            "author": person.clone(),
+            "committer": person,
+            "message": "Work\n",
+            "tree": {"url": format!("{}/api/v1/repos/{repo}/git/trees/{sha}", m.url), "sha": sha, "created": "2026-01-21T09:50:00Z"},
+            "verification": {"verified": false, "reason": "gpg.error.not_signed_commit", "signature": "", "signer": null, "payload": ""},
+        },
+        "author": user_json(m, 5, "merge-bot", "Merge Bot"),
+        "committer": user_json(m, 5, "merge-bot", "Merge Bot"),
+        "parents": [{"url": format!("{api}/{parent}"), "sha": parent, "created": "0001-01-01T00:00:00Z"}],
+        "files": if files { json!([{"filename": "src/lib.rs", "status": "modified"}]) } else { Value::Null },
+        "stats": {"total": 1, "additions": 1, "deletions": 0},
+    })
+}
+
+/// Reads a merge form field the way Go's decoder does for untagged fields
+/// (case-insensitive key).
+fn field<'a>(body: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).or_else(|| {
+        body.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+fn merge(m: &mut Model, repo: &str, n: &str, r: &Recorded) -> Reply {
+    // Route middleware: archived → 423, then the form binding → 422.
+    if m.repos[repo].archived {
+        let msg = match m.version {
+            GiteaVersion::Current => format!("{repo} is archived"),
+            _ => format!("<Repository {}:{repo}> is archived", m.repos[repo].id),
+        };
+        return m.error(423, &msg);
+    }
+    let Some(Value::Object(body)) = r.json() else {
+        return m.error(422, "[Do]: Required");
+    };
+    let style = match field(&body, "Do").and_then(Value::as_str) {
+        None | Some("") => return m.error(422, "[Do]: Required"),
+        Some(s) => s.to_string(),
+    };
+    let known = [
+        "merge",
+        "rebase",
+        "rebase-merge",
+        "squash",
+        "fast-forward-only",
+        "manually-merged",
+    ];
+    if !known.contains(&style.as_str()) {
+        return m.error(422, "[Do]: In");
+    }
+    let Some(number) = n.parse::<u64>().ok() else {
+        return m.not_found();
+    };
+    let Some(p) = m.repos[repo].pulls.get(&number).cloned() else {
+        return Reply::json(
+            404,
+            &json!({
+                "errors": [format!("pull request does not exist [id: 0, issue_id: 0, head_repo_id: 0, base_repo_id: {}, head_branch: , base_branch: ]", m.repos[repo].id)],
+                "message": "GetPullRequestByIndex",
+                "url": m.swagger(),
+            }),
+        );
+    };
+    // CheckPullMergeable: merged → closed → permission → WIP → status (gitea.md §4.2).
+    if p.merged {
+        return match m.version {
+            GiteaVersion::Current => m.error(405, "The PR is already merged"),
+            GiteaVersion::Legacy => m.error(405, ""),
+            GiteaVersion::V1_16 => m.not_found(),
+        };
+    }
+    if !p.open {
+        return m.not_found();
+    }
+    let rp = &m.repos[repo];
+    if !rp.can_merge {
+        return m.error(405, "User not allowed to merge PR");
+    }
+    if p.draft {
+        return m.error(405, "Work in progress PRs cannot be merged");
+    }
+    if !p.mergeable {
+        return m.error(405, "Please try again later");
+    }
+    if !rp.allowed_styles.contains(&style) {
+        return m.error(
+            405,
+            &format!("{style} is not allowed an allowed merge style for this repository"),
+        );
+    }
+    let head_sha = rp.head_sha(&p);
+    let expected = field(&body, "head_commit_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !expected.is_empty() && expected != head_sha {
+        return m.error(409, "head out of date");
+    }
+    let delete_branch = body
+        .get("delete_branch_after_merge")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let merge_sha = fake_sha(&format!("merge:{repo}:{number}:{head_sha}"));
+    let now = now_rfc3339();
+    let rp = m.repos.get_mut(repo).expect("checked above");
+    let pull = rp.pulls.get_mut(&number).expect("checked above");
+    pull.merged = true;
+    pull.open = false;
+    pull.merged_at = Some(now.clone());
+    pull.closed_at = Some(now);
+    pull.merge_commit_sha = Some(merge_sha.clone());
+    pull.head_sha.clone_from(&head_sha);
+    let base = pull.base_ref.clone();
+    let head = pull.head_ref.clone();
+    rp.branches.insert(base, merge_sha);
+    if delete_branch {
+        rp.branches.remove(&head);
+    }
+    Reply::empty(200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_state_follows_the_version() {
+        let cur = GiteaVersion::Current;
+        let old = GiteaVersion::Legacy;
+        assert_eq!(combine(cur, &[]), "");
+        assert_eq!(combine(cur, &["success", "warning", "skipped"]), "success");
+        assert_eq!(combine(cur, &["success", "pending"]), "pending");
+        assert_eq!(combine(cur, &["error", "pending"]), "failure");
+        assert_eq!(combine(old, &["success", "warning"]), "warning");
+        assert_eq!(combine(old, &["error", "success"]), "failure");
+        assert_eq!(combine(old, &["pending", "success"]), "pending");
+    }
+
+    #[test]
+    fn branch_names_follow_git_rules() {
+        for good in ["task/ENG-42", "a", "feature/x.y"] {
+            assert!(valid_branch_name(good), "{good}");
+        }
+        for bad in ["", "a b", "a..b", "-a", "a/", "a.lock", "a:b", "x~1"] {
+            assert!(!valid_branch_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_keeps_bad_escapes() {
+        assert_eq!(decode("task%2FENG-1"), "task/ENG-1");
+        assert_eq!(decode("a%zz"), "a%zz");
+        assert_eq!(decode("%4"), "%4");
+    }
+}
