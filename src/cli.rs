@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config_check, init, status, task};
+use crate::commands::{config_check, init, merge_guard, status, task};
 use crate::config::Overrides;
 use crate::context::Context;
 use crate::exit::ExitStatus;
@@ -55,6 +55,7 @@ pub enum Command {
     Status(status::StatusArgs),
     #[command(subcommand)]
     Task(task::TaskCommand),
+    MergeGuard(merge_guard::MergeGuardArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -67,6 +68,7 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::Config(cmd) => config_check::run(cmd, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
+        Command::MergeGuard(args) => merge_guard::run(args, ctx),
     }
 }
 

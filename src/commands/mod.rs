@@ -2,5 +2,6 @@
 
 pub mod config_check;
 pub mod init;
+pub mod merge_guard;
 pub mod status;
 pub mod task;
