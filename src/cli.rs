@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config_check, init, post_deploy_tick, staging_check, status, task};
+use crate::commands::{
+    config_check, init, merge_guard, post_deploy_tick, staging_check, status, task,
+};
 use crate::config::Overrides;
 use crate::context::Context;
 use crate::exit::ExitStatus;
@@ -57,6 +59,7 @@ pub enum Command {
     Task(task::TaskCommand),
     StagingCheck(staging_check::StagingCheckArgs),
     PostDeployTick(post_deploy_tick::PostDeployTickArgs),
+    MergeGuard(merge_guard::MergeGuardArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -71,6 +74,7 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),
         Command::PostDeployTick(args) => post_deploy_tick::run(args, ctx),
+        Command::MergeGuard(args) => merge_guard::run(args, ctx),
     }
 }
 

@@ -457,6 +457,12 @@ settings! {
     post_deploy_rollback_timeout_s: Seconds = "ORCH_POST_DEPLOY_ROLLBACK_TIMEOUT_S", "300", false, "how long a rollback command may run before its process group is killed, in seconds";
     /// The request counter read from metrics_url.
     post_deploy_requests_metric: Option<String> = "ORCH_POST_DEPLOY_REQUESTS_METRIC", "http_requests_total", false, "Prometheus counter of requests (labels code or status) read from a project's metrics_url";
+    /// How long merge-guard re-reads a PR whose `mergeable` Gitea is still computing.
+    merge_guard_mergeable_wait_s: Seconds = "ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30", false, "merge-guard re-reads a PR whose mergeable Gitea is still computing for up to this long, then reports it";
+    /// How long merge-guard --merge waits for the merge lease.
+    merge_lease_wait_s: Seconds = "ORCH_MERGE_LEASE_WAIT_S", "120", false, "merge-guard --merge waits this long for the merge lease, then reports ERROR without merging";
+    /// How long a merge lease may be held before it counts as stale.
+    merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.
@@ -642,6 +648,16 @@ impl Pipeline {
     }
 }
 
+/// The names `run-job` sets in an agent's environment. They describe the job, they are
+/// not settings: an agent's own `orch` calls (`orch merge-guard --task "$ORCH_TASK_ID"`)
+/// must not fail on them as unknown settings.
+pub const JOB_CONTEXT_ENV: &[&str] = &[
+    "ORCH_TASK_ID",
+    "ORCH_TASK_KEY",
+    "ORCH_JOB_ID",
+    "ORCH_TASK_ARTEFACTS",
+];
+
 /// The placeholders an agent argv template may use.
 pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
 
@@ -694,7 +710,7 @@ impl Config {
         let mut layers = Layers {
             env: env
                 .iter()
-                .filter(|(k, _)| k.starts_with("ORCH_"))
+                .filter(|(k, _)| k.starts_with("ORCH_") && !JOB_CONTEXT_ENV.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             ..Layers::default()

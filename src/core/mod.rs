@@ -6,6 +6,7 @@ pub mod artefact;
 pub mod branch;
 pub mod gate;
 pub mod job;
+pub mod merge;
 pub mod post_deploy;
 pub mod reconcile;
 pub mod stage;
