@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config_check, init, staging_check, status, task, webhook_handle};
+use crate::commands::{
+    config_check, init, merge_guard, post_deploy_tick, staging_check, status, task, webhook_handle,
+};
 use crate::config::Overrides;
 use crate::context::Context;
 use crate::exit::ExitStatus;
@@ -56,6 +58,8 @@ pub enum Command {
     #[command(subcommand)]
     Task(task::TaskCommand),
     StagingCheck(staging_check::StagingCheckArgs),
+    PostDeployTick(post_deploy_tick::PostDeployTickArgs),
+    MergeGuard(merge_guard::MergeGuardArgs),
     WebhookHandle(webhook_handle::WebhookHandleArgs),
 }
 
@@ -70,6 +74,8 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),
+        Command::PostDeployTick(args) => post_deploy_tick::run(args, ctx),
+        Command::MergeGuard(args) => merge_guard::run(args, ctx),
         Command::WebhookHandle(args) => webhook_handle::run(args, ctx),
     }
 }

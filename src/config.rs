@@ -437,6 +437,32 @@ settings! {
     image_freshness_enabled: bool = "ORCH_IMAGE_FRESHNESS_ENABLED", "true", false, "staging-check's image-freshness checks compare staging's revision with the expected one";
     /// Repos image freshness applies to.
     image_freshness_repos: Csv = "ORCH_IMAGE_FRESHNESS_REPOS", "", false, "project names or Gitea owner/name that image freshness applies to; empty: the self-hosting repo only";
+    /// Post-deploy kill switch.
+    post_deploy_enabled: bool = "ORCH_POST_DEPLOY_ENABLED", "true", false, "post-deploy watch on deploy -> done (false: never arm, ticks only close open windows)";
+    /// Post-deploy repos.
+    post_deploy_repos: Csv = "ORCH_POST_DEPLOY_REPOS", "", false, "projects (name or Gitea owner/name) watched after deploy; empty: the self-hosting repo only";
+    /// Post-deploy window length.
+    post_deploy_window_s: Seconds = "ORCH_POST_DEPLOY_WINDOW_S", "900", false, "how long production is watched after deploy -> done, in seconds";
+    /// Post-deploy tick interval.
+    post_deploy_interval_s: Seconds = "ORCH_POST_DEPLOY_INTERVAL_S", "60", false, "the post-deploy timer's interval in seconds; a window is sampled at most every half interval";
+    /// Consecutive health failures that mean DEGRADED.
+    post_deploy_fail_threshold: Count = "ORCH_POST_DEPLOY_FAIL_THRESHOLD", "3", false, "consecutive failed health probes that mean DEGRADED (a success resets the streak)";
+    /// 5xx ratio above which the window is DEGRADED.
+    post_deploy_5xx_threshold: Ratio = "ORCH_POST_DEPLOY_5XX_THRESHOLD", "0.05", false, "window 5xx ratio above which production is DEGRADED (0 to 1)";
+    /// Samples below which a window is INCONCLUSIVE.
+    post_deploy_min_samples: Count = "ORCH_POST_DEPLOY_MIN_SAMPLES", "3", false, "samples a window needs to be called HEALTHY rather than INCONCLUSIVE";
+    /// Probe timeout.
+    post_deploy_probe_timeout_s: Seconds = "ORCH_POST_DEPLOY_PROBE_TIMEOUT_S", "5", false, "timeout of each post-deploy health or metrics probe, in seconds";
+    /// Rollback timeout.
+    post_deploy_rollback_timeout_s: Seconds = "ORCH_POST_DEPLOY_ROLLBACK_TIMEOUT_S", "300", false, "how long a rollback command may run before its process group is killed, in seconds";
+    /// The request counter read from metrics_url.
+    post_deploy_requests_metric: Option<String> = "ORCH_POST_DEPLOY_REQUESTS_METRIC", "http_requests_total", false, "Prometheus counter of requests (labels code or status) read from a project's metrics_url";
+    /// How long merge-guard re-reads a PR whose `mergeable` Gitea is still computing.
+    merge_guard_mergeable_wait_s: Seconds = "ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30", false, "merge-guard re-reads a PR whose mergeable Gitea is still computing for up to this long, then reports it";
+    /// How long merge-guard --merge waits for the merge lease.
+    merge_lease_wait_s: Seconds = "ORCH_MERGE_LEASE_WAIT_S", "120", false, "merge-guard --merge waits this long for the merge lease, then reports ERROR without merging";
+    /// How long a merge lease may be held before it counts as stale.
+    merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
     /// Read deadline of one webhook request.
     webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
 }
@@ -624,6 +650,16 @@ impl Pipeline {
     }
 }
 
+/// The names `run-job` sets in an agent's environment. They describe the job, they are
+/// not settings: an agent's own `orch` calls (`orch merge-guard --task "$ORCH_TASK_ID"`)
+/// must not fail on them as unknown settings.
+pub const JOB_CONTEXT_ENV: &[&str] = &[
+    "ORCH_TASK_ID",
+    "ORCH_TASK_KEY",
+    "ORCH_JOB_ID",
+    "ORCH_TASK_ARTEFACTS",
+];
+
 /// The placeholders an agent argv template may use.
 pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
 
@@ -676,7 +712,7 @@ impl Config {
         let mut layers = Layers {
             env: env
                 .iter()
-                .filter(|(k, _)| k.starts_with("ORCH_"))
+                .filter(|(k, _)| k.starts_with("ORCH_") && !JOB_CONTEXT_ENV.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             ..Layers::default()

@@ -36,10 +36,7 @@ pub fn move_task(
             .unwrap_or_default()
     );
     if moved.arms_post_deploy {
-        log::info!(
-            "task {}: post-deploy arming is not available in this build",
-            task.key
-        );
+        crate::commands::post_deploy_tick::arm_after_deploy(ctx, task);
     }
     Ok(moved)
 }

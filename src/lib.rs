@@ -14,5 +14,6 @@ pub mod context;
 pub mod core;
 pub mod exit;
 pub mod flow;
+pub mod notify;
 #[cfg(feature = "test-helpers")]
 pub mod standin;

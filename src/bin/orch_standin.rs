@@ -11,7 +11,12 @@ use orch::standin::server::Server;
 type Starter = fn(Option<&str>) -> Server;
 
 /// Every stand-in the walkthrough can start, by name.
-const STANDINS: &[(&str, Starter)] = &[("plane", start_plane), ("gitea", start_gitea)];
+const STANDINS: &[(&str, Starter)] = &[
+    ("plane", start_plane),
+    ("gitea", start_gitea),
+    ("prod", orch::standin::prod::start_standin),
+    ("telegram", orch::standin::telegram::start_standin),
+];
 
 /// Reads a YAML (or JSON) seed file, or exits 2 naming the file and the problem.
 fn read_seed<T: serde::de::DeserializeOwned>(kind: &str, path: Option<&str>, empty: &str) -> T {

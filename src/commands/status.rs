@@ -115,6 +115,8 @@ pub struct StatusReport {
     pub escalated_total: i64,
     /// Each subcommand's last pass.
     pub passes: Vec<PassView>,
+    /// Armed post-deploy windows, soonest end first.
+    pub post_deploy: Vec<crate::commands::post_deploy_tick::WindowView>,
 }
 
 /// Runs `status`.
@@ -123,7 +125,11 @@ pub struct StatusReport {
 /// When the database cannot be read or the Prometheus file written.
 pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
-    let report = gather(&db, ctx.now_secs())?;
+    let mut report = gather(&db, ctx.now_secs())?;
+    report.post_deploy = crate::commands::post_deploy_tick::armed_windows(
+        &ctx.config.settings.state_dir,
+        report.generated_at_unix,
+    );
     if let Some(path) = &args.prometheus {
         write_atomic(path, render_prometheus(&report).as_bytes())?;
     }
@@ -197,6 +203,7 @@ pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         escalated,
         escalated_total,
         passes,
+        post_deploy: Vec::new(),
     })
 }
 
@@ -273,6 +280,23 @@ pub fn render_text(r: &StatusReport) -> String {
                 out,
                 "  {} ({}) at {} since {}: {}",
                 t.key, t.project, t.stage, t.since, t.reason
+            );
+        }
+    }
+    if r.post_deploy.is_empty() {
+        let _ = writeln!(out, "post-deploy: none armed");
+    } else {
+        let _ = writeln!(out, "post-deploy ({} armed):", r.post_deploy.len());
+        for w in &r.post_deploy {
+            let _ = writeln!(
+                out,
+                "  {} ({}) until {} ({} left), {} samples, latest {}",
+                w.key,
+                w.repo,
+                w.ends_at,
+                human_duration(w.time_left_s),
+                w.samples,
+                w.last_classification.as_deref().unwrap_or("not probed yet")
             );
         }
     }
@@ -423,6 +447,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             }],
+            post_deploy: vec![],
         }
     }
 
@@ -436,6 +461,7 @@ mod tests {
           job 3 ORCH-1 developer (development) attempt 2 pid 4242 dead age 5m00s
         tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
         escalated: none
+        post-deploy: none armed
         last passes:
           reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
         ");

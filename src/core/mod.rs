@@ -7,6 +7,8 @@ pub mod branch;
 pub mod gate;
 pub mod intake;
 pub mod job;
+pub mod merge;
+pub mod post_deploy;
 pub mod reconcile;
 pub mod stage;
 pub mod staging;

@@ -4,4 +4,6 @@
 
 pub mod gitea;
 pub mod plane;
+pub mod prod;
 pub mod server;
+pub mod telegram;

@@ -6,5 +6,7 @@ mod common;
 
 mod clients;
 mod foundation;
+mod merge_guard;
+mod post_deploy;
 mod staging_check;
 mod webhook;

@@ -1,0 +1,730 @@
+//! `orch post-deploy-tick`: one pass over every armed post-deploy window. Probe,
+//! classify and decide (in `core::post_deploy`), act (rollback, alert, reopen, close),
+//! log to the task's `16-post-deploy-log.md`. Also the arming on `deploy → done`
+//! ([`arm_after_deploy`], called by `flow::move_task`) and the windows `status` lists.
+//!
+//! Crash safety: the window file records "rollback started" before the command runs and
+//! "rollback done" after; a window found with a started rollback is finished (alert,
+//! reopen, close) without running the command again.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::adapters::artefacts::{task_dir, write_atomic};
+use crate::adapters::db::Db;
+use crate::adapters::sentinel::{self, ActionState, WindowState};
+use crate::adapters::{http, probe, rollback};
+use crate::clock::{format_unix, human_duration};
+use crate::context::{Context, PassOutcome};
+use crate::core::artefact::POST_DEPLOY_LOG_FILE;
+use crate::core::post_deploy::{
+    applicability, classify, decide, final_verdict, is_due, render_log, Applicability,
+    Classification, Decision, Sample, Thresholds, TickRecord,
+};
+use crate::core::stage::{Actor, Stage};
+use crate::core::task::Task;
+use crate::exit::ExitStatus;
+use crate::flow;
+use crate::notify::{self, Announced};
+
+/// The pass name (lock file, `passes` row).
+const PASS: &str = "post-deploy-tick";
+/// Most windows one pass handles (bounded pass; the rest wait for the next tick).
+const MAX_WINDOWS: usize = 200;
+/// Most samples kept per window (a window of 900 s at 60 s holds 15).
+const MAX_SAMPLES: usize = 2000;
+
+/// Watch production after deploy: probe, classify, roll back or alert, close windows
+///
+/// Run by `orch-post-deploy-tick.timer` every `ORCH_POST_DEPLOY_INTERVAL_S`. For each
+/// armed window: probe the project's `health_url` and `metrics_url`, classify the
+/// window (HEALTHY, DEGRADED, INCONCLUSIVE), and on DEGRADED run the project's
+/// `rollback` once per window, alert and reopen the task to development (the
+/// self-hosting repo only alerts). Windows past their end close with a verdict in
+/// `16-post-deploy-log.md`. Exit codes: 0 pass done, 1 `--arm` refused, 2 error (some
+/// window could not be handled), 75 another tick holds the lock.
+#[derive(Debug, clap::Args)]
+pub struct PostDeployTickArgs {
+    /// Probe and classify, print what would be done, change nothing
+    #[arg(long, conflicts_with = "arm")]
+    pub dry_run: bool,
+
+    /// Arm a window by hand for --task (ignores ORCH_POST_DEPLOY_REPOS, not the kill switch)
+    #[arg(long, requires = "task")]
+    pub arm: bool,
+
+    /// The task to arm (id or key); only with --arm
+    #[arg(long, value_name = "ID", requires = "arm")]
+    pub task: Option<String>,
+
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What arming did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum Armed {
+    /// A new window.
+    Armed {
+        /// Ends at (unix seconds).
+        ends_at: i64,
+    },
+    /// A window was already open; left as it is.
+    AlreadyArmed {
+        /// Ends at (unix seconds).
+        ends_at: i64,
+    },
+    /// Not watched.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One window's result in a pass (stdout, `--json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WindowReport {
+    /// Task id.
+    pub task_id: i64,
+    /// Task key.
+    pub key: String,
+    /// Project.
+    pub project: String,
+    /// Repo.
+    pub repo: String,
+    /// Classification this tick (`-` when not probed).
+    pub classification: String,
+    /// Decision this tick (`SKIP` when not due).
+    pub decision: String,
+    /// What acting did.
+    pub action: String,
+    /// The evidence line.
+    pub evidence: String,
+    /// Seconds left in the window (0 once over).
+    pub time_left_s: i64,
+}
+
+/// One armed window as `status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WindowView {
+    /// Task id.
+    pub task_id: i64,
+    /// Task key.
+    pub key: String,
+    /// Project.
+    pub project: String,
+    /// Repo.
+    pub repo: String,
+    /// Armed at (RFC 3339).
+    pub armed_at: String,
+    /// Ends at (RFC 3339).
+    pub ends_at: String,
+    /// Seconds left.
+    pub time_left_s: i64,
+    /// Samples taken.
+    pub samples: usize,
+    /// The latest classification, once probed.
+    pub last_classification: Option<String>,
+}
+
+fn thresholds(ctx: &Context) -> Thresholds {
+    let s = &ctx.config.settings;
+    Thresholds {
+        fail_streak: s.post_deploy_fail_threshold.0,
+        max_5xx_ratio: s.post_deploy_5xx_threshold.0,
+        min_samples: s.post_deploy_min_samples.0,
+    }
+}
+
+/// Arms a window for `task` at `now`, unless one is open; `check_repos` applies
+/// `ORCH_POST_DEPLOY_REPOS` (arming on deploy → done) or not (an operator's `--arm`).
+///
+/// # Errors
+/// When the window cannot be written.
+pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
+    let s = &ctx.config.settings;
+    let project = ctx.config.pipeline.project(&task.project);
+    let facts = project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
+    let own = [task.project.clone()];
+    let repos: &[String] = if check_repos {
+        &s.post_deploy_repos.0
+    } else {
+        &own
+    };
+    if let Applicability::Skipped(reason) = applicability(s.post_deploy_enabled, repos, facts) {
+        return Ok(Armed::Skipped { reason });
+    }
+    let dir = sentinel::window_dir(&s.state_dir, &task.repo, &task.work_item_id)?;
+    if let Some(w) = sentinel::load(&dir)? {
+        if w.is_open() {
+            return Ok(Armed::AlreadyArmed { ends_at: w.ends_at });
+        }
+    }
+    let now = ctx.now_secs();
+    let w = WindowState {
+        task_id: task.id,
+        task_key: task.key.clone(),
+        project: task.project.clone(),
+        repo: task.repo.clone(),
+        work_item: task.work_item_id.clone(),
+        armed_at: now,
+        ends_at: now.saturating_add(s.post_deploy_window_s.secs()),
+        armed_by: armed_by.to_string(),
+        samples: vec![],
+        ticks: vec![],
+        last_classification: None,
+        ever_degraded: false,
+        last_evidence: None,
+        action: ActionState::None,
+        reopened: false,
+        closed_at: None,
+        verdict: None,
+    };
+    sentinel::save(&dir, &w)?;
+    write_log(ctx, &w);
+    Ok(Armed::Armed { ends_at: w.ends_at })
+}
+
+/// Arms post-deploy after `task` moved deploy → done; logs the outcome. A failure to
+/// arm is logged as an error and does not undo the move (it is already committed).
+pub fn arm_after_deploy(ctx: &Context, task: &Task) {
+    match arm(ctx, task, "deploy -> done", true) {
+        Ok(Armed::Armed { ends_at }) => log::info!(
+            "task {}: post-deploy armed until {}",
+            task.key,
+            format_unix(ends_at)
+        ),
+        Ok(Armed::AlreadyArmed { ends_at }) => log::info!(
+            "task {}: post-deploy already armed until {}",
+            task.key,
+            format_unix(ends_at)
+        ),
+        Ok(Armed::Skipped { reason }) => {
+            log::info!("task {}: post-deploy not armed: {reason}", task.key);
+        }
+        Err(e) => log::error!("task {}: post-deploy arming failed: {e:#}", task.key),
+    }
+}
+
+/// Returns the open windows for `status`, soonest end first.
+pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
+    let mut out: Vec<WindowView> = sentinel::list(state_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, w)| w.ok())
+        .filter(WindowState::is_open)
+        .map(|w| WindowView {
+            task_id: w.task_id,
+            key: w.task_key,
+            project: w.project,
+            repo: w.repo,
+            armed_at: format_unix(w.armed_at),
+            ends_at: format_unix(w.ends_at),
+            time_left_s: (w.ends_at - now).max(0),
+            samples: w.samples.len(),
+            last_classification: w.last_classification,
+        })
+        .collect();
+    out.sort_by_key(|w| (w.time_left_s, w.task_id));
+    out
+}
+
+/// Runs `post-deploy-tick`.
+///
+/// # Errors
+/// When the pass cannot run at all (database, state dir).
+pub fn run(args: &PostDeployTickArgs, ctx: &Context) -> Result<ExitStatus> {
+    if args.arm {
+        return arm_by_hand(args, ctx);
+    }
+    let mut reports = Vec::new();
+    let status = ctx.run_pass(PASS, args.dry_run, |db, _guard| {
+        tick(ctx, db, args.dry_run, &mut reports)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            println!(
+                "{} {} {} {} ({} left): {} [{}]",
+                r.key,
+                r.repo,
+                r.classification,
+                r.decision,
+                human_duration(r.time_left_s),
+                r.action,
+                r.evidence
+            );
+        }
+    }
+    Ok(status)
+}
+
+fn arm_by_hand(args: &PostDeployTickArgs, ctx: &Context) -> Result<ExitStatus> {
+    let reference = args.task.as_deref().unwrap_or_default();
+    let db = ctx.open_db()?;
+    let Some(task) = db.find_task(reference)? else {
+        eprintln!("error: no task {reference:?}");
+        return Ok(ExitStatus::Error);
+    };
+    let armed = if task.stage == Stage::Done {
+        arm(ctx, &task, "operator", false)?
+    } else {
+        Armed::Skipped {
+            reason: format!("task is at {}, not done", task.stage),
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&armed)?);
+    } else {
+        match &armed {
+            Armed::Armed { ends_at } => {
+                println!("{} armed until {}", task.key, format_unix(*ends_at));
+            }
+            Armed::AlreadyArmed { ends_at } => {
+                println!("{} already armed until {}", task.key, format_unix(*ends_at));
+            }
+            Armed::Skipped { reason } => println!("{} not armed: {reason}", task.key),
+        }
+    }
+    Ok(match armed {
+        Armed::Skipped { .. } => ExitStatus::No,
+        _ => ExitStatus::Success,
+    })
+}
+
+/// The counters of one pass.
+#[derive(Debug, Default)]
+struct Tally {
+    windows: i64,
+    probed: i64,
+    degraded: i64,
+    rollbacks: i64,
+    alerts: i64,
+    closed: i64,
+    skipped: i64,
+    errors: i64,
+}
+
+fn tick(
+    ctx: &Context,
+    db: &mut Db,
+    dry_run: bool,
+    reports: &mut Vec<WindowReport>,
+) -> Result<PassOutcome> {
+    let s = &ctx.config.settings;
+    let now = ctx.now_secs();
+    let client = http::client_with(
+        s.post_deploy_probe_timeout_s.0,
+        s.post_deploy_probe_timeout_s.0,
+    )?;
+    let mut tally = Tally::default();
+    let found = sentinel::list(&s.state_dir)?;
+    let open = found
+        .into_iter()
+        .filter(|(_, w)| w.as_ref().map_or(true, WindowState::is_open));
+    for (dir, window) in open.take(MAX_WINDOWS) {
+        tally.windows += 1;
+        let w = match window {
+            Ok(w) => w,
+            Err(e) => {
+                tally.errors += 1;
+                log::error!("post-deploy window {} unreadable: {e:#}", dir.display());
+                continue;
+            }
+        };
+        let key = w.task_key.clone();
+        match one_window(ctx, db, &client, &dir, w, now, dry_run, &mut tally) {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                tally.errors += 1;
+                log::error!("post-deploy window of {key} failed: {e:#}");
+            }
+        }
+    }
+    let counts = vec![
+        ("windows", tally.windows),
+        ("probed", tally.probed),
+        ("degraded", tally.degraded),
+        ("rollbacks", tally.rollbacks),
+        ("alerts", tally.alerts),
+        ("closed", tally.closed),
+        ("skipped", tally.skipped),
+        ("errors", tally.errors),
+    ];
+    Ok(PassOutcome {
+        status: if tally.errors > 0 {
+            ExitStatus::Error
+        } else {
+            ExitStatus::Success
+        },
+        counts,
+    })
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed down once"
+)]
+fn one_window(
+    ctx: &Context,
+    db: &mut Db,
+    client: &reqwest::blocking::Client,
+    dir: &Path,
+    mut w: WindowState,
+    now: i64,
+    dry_run: bool,
+    tally: &mut Tally,
+) -> Result<WindowReport> {
+    let s = &ctx.config.settings;
+    let t = thresholds(ctx);
+    let report =
+        |w: &WindowState, classification: &str, decision: &str, action: &str| WindowReport {
+            task_id: w.task_id,
+            key: w.task_key.clone(),
+            project: w.project.clone(),
+            repo: w.repo.clone(),
+            classification: classification.to_string(),
+            decision: decision.to_string(),
+            action: action.to_string(),
+            evidence: w.last_evidence.clone().unwrap_or_default(),
+            time_left_s: (w.ends_at - now).max(0),
+        };
+    // A rollback that started (and maybe ended) in an earlier pass: finish the window
+    // without running it again.
+    if w.action != ActionState::None {
+        if dry_run {
+            return Ok(report(
+                &w,
+                "DEGRADED",
+                "ROLLBACK",
+                "would finish the recorded rollback",
+            ));
+        }
+        let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
+        return Ok(report(&w, "DEGRADED", "ROLLBACK", &action));
+    }
+    if now >= w.ends_at || !s.post_deploy_enabled {
+        if now < w.ends_at {
+            tally.skipped += 1;
+            return Ok(report(&w, "-", "SKIP", "ORCH_POST_DEPLOY_ENABLED is off"));
+        }
+        let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
+        let action = format!("window closed: {verdict}");
+        if !dry_run {
+            close(ctx, dir, &mut w, now, verdict, "-", &action)?;
+            tally.closed += 1;
+        }
+        return Ok(report(&w, verdict.as_str(), "CLOSE", &action));
+    }
+    if !is_due(
+        w.samples.last().map(|x| x.at),
+        now,
+        s.post_deploy_interval_s.secs(),
+    ) {
+        tally.skipped += 1;
+        let last = w.last_classification.clone().unwrap_or_else(|| "-".into());
+        return Ok(report(
+            &w,
+            &last,
+            "SKIP",
+            "sampled less than half an interval ago",
+        ));
+    }
+    let Some(project) = ctx.config.pipeline.project(&w.project).cloned() else {
+        anyhow::bail!("project {} is no longer in the pipeline file", w.project);
+    };
+    let metric = s
+        .post_deploy_requests_metric
+        .clone()
+        .unwrap_or_else(|| "http_requests_total".into());
+    let sample = probe::probe(client, &project, &metric, now);
+    tally.probed += 1;
+    let summary = sample_summary(&sample);
+    w.samples.push(sample);
+    if w.samples.len() > MAX_SAMPLES {
+        w.samples.remove(0);
+    }
+    let assessment = classify(&w.samples, &t);
+    let c = assessment.classification;
+    let decision = decide(
+        c,
+        project.self_hosting,
+        project.rollback.is_some(),
+        now,
+        w.ends_at,
+    );
+    log::info!(
+        "post-deploy {} ({}): {} -> {decision}: {}",
+        w.task_key,
+        w.repo,
+        c,
+        assessment.evidence
+    );
+    w.last_evidence = Some(assessment.evidence.clone());
+    if dry_run {
+        return Ok(report(
+            &w,
+            c.as_str(),
+            decision.as_str(),
+            "dry run: nothing done",
+        ));
+    }
+    w.last_classification = Some(c.as_str().to_string());
+    if c == Classification::Degraded {
+        w.ever_degraded = true;
+        tally.degraded += 1;
+    }
+    match decision {
+        Decision::Continue => {
+            push_tick(&mut w, now, &summary, c.as_str(), "CONTINUE", "-");
+            sentinel::save(dir, &w)?;
+            write_log(ctx, &w);
+            Ok(report(&w, c.as_str(), "CONTINUE", "-"))
+        }
+        Decision::AlertOnly => {
+            let why = if project.self_hosting {
+                "self-hosting repo: alert only, never restarted by a tick"
+            } else {
+                "no rollback command configured: alert only"
+            };
+            let message = format!(
+                "post-deploy: {} ({}) production DEGRADED: {}. {why}.",
+                w.task_key, w.repo, assessment.evidence
+            );
+            let announced = notify::announce(
+                ctx,
+                db,
+                &format!("post-deploy:{}:{}:degraded", w.task_id, w.armed_at),
+                "post-deploy-degraded",
+                Some(w.task_id),
+                &message,
+            )?;
+            if announced != Announced::AlreadyAnnounced {
+                tally.alerts += 1;
+            }
+            let action = format!("alert {}", announced_word(&announced));
+            push_tick(&mut w, now, &summary, c.as_str(), "ALERT_ONLY", &action);
+            sentinel::save(dir, &w)?;
+            write_log(ctx, &w);
+            Ok(report(&w, c.as_str(), "ALERT_ONLY", &action))
+        }
+        Decision::Rollback => {
+            let argv = project.rollback.clone().unwrap_or_default();
+            w.ticks.push(TickRecord {
+                at: format_unix(now),
+                samples: summary,
+                classification: c.as_str().into(),
+                decision: "ROLLBACK".into(),
+                action: format!("rollback started: {}", argv.join(" ")),
+            });
+            // "Started" is on disk before the command runs: a crash from here on never
+            // runs it again.
+            w.action = ActionState::Started { at: now };
+            sentinel::save(dir, &w)?;
+            let output = rollback_output(dir, &w);
+            log::info!(
+                "post-deploy {}: running rollback {}",
+                w.task_key,
+                argv.join(" ")
+            );
+            let env = [
+                ("ORCH_TASK_ID", w.task_id.to_string()),
+                ("ORCH_TASK_KEY", w.task_key.clone()),
+                ("ORCH_POST_DEPLOY_REPO", w.repo.clone()),
+            ];
+            let end = rollback::run(&argv, &env, &output, s.post_deploy_rollback_timeout_s.0)?;
+            tally.rollbacks += 1;
+            w.action = ActionState::Done {
+                started_at: now,
+                ended_at: ctx.now_secs(),
+                result: end.describe(),
+                ok: end.is_ok(),
+            };
+            sentinel::save(dir, &w)?;
+            let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
+            Ok(report(&w, c.as_str(), "ROLLBACK", &action))
+        }
+        Decision::Close => {
+            let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
+            let action = format!("window closed: {verdict}");
+            close(ctx, dir, &mut w, now, verdict, &summary, &action)?;
+            tally.closed += 1;
+            Ok(report(&w, c.as_str(), "CLOSE", &action))
+        }
+    }
+}
+
+/// After the rollback (or a crash during it): alert, reopen, close DEGRADED. Every step
+/// is idempotent (the alert is deduplicated, the reopen guarded by the stage, the close
+/// by `closed_at`), so repeating this after a crash is safe.
+fn finish_rollback(
+    ctx: &Context,
+    db: &mut Db,
+    dir: &Path,
+    w: &mut WindowState,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<String> {
+    if let ActionState::Started { at } = w.action {
+        log::warn!(
+            "post-deploy {}: a rollback started at {} has no recorded end (the tick died); not running it again",
+            w.task_key,
+            format_unix(at)
+        );
+        w.action = ActionState::Done {
+            started_at: at,
+            ended_at: now,
+            result:
+                "interrupted: the tick ended before the rollback's end was recorded; not run again"
+                    .into(),
+            ok: false,
+        };
+        sentinel::save(dir, w)?;
+    }
+    let ActionState::Done { result, ok, .. } = w.action.clone() else {
+        unreachable!("the action is done here");
+    };
+    let evidence = w.last_evidence.clone().unwrap_or_else(|| "DEGRADED".into());
+    let outcome = if ok {
+        format!("rolled back ({result})")
+    } else {
+        format!("rollback FAILED ({result}); production needs a human")
+    };
+    let message = format!(
+        "post-deploy: {} ({}) production DEGRADED: {evidence}. {outcome}; the task goes back to development. Output: {}",
+        w.task_key,
+        w.repo,
+        rollback_output(dir, w).display()
+    );
+    let announced = notify::announce(
+        ctx,
+        db,
+        &format!("post-deploy:{}:{}:rollback", w.task_id, w.armed_at),
+        "post-deploy-rollback",
+        Some(w.task_id),
+        &message,
+    )?;
+    if announced != Announced::AlreadyAnnounced {
+        tally.alerts += 1;
+    }
+    let mut reopen = "task already reopened".to_string();
+    if !w.reopened {
+        reopen = match db.task(w.task_id)? {
+            Some(task) if task.stage == Stage::Done => {
+                let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
+                flow::move_task(
+                    ctx,
+                    db,
+                    &task,
+                    Stage::Development,
+                    &reason,
+                    Actor::PostDeploy,
+                )?;
+                "task reopened to development".into()
+            }
+            Some(task) => format!("task left at {} (not done)", task.stage),
+            None => "task not found".into(),
+        };
+        w.reopened = true;
+        sentinel::save(dir, w)?;
+    }
+    let action = format!("{outcome}; alert {}; {reopen}", announced_word(&announced));
+    close(ctx, dir, w, now, Classification::Degraded, "-", &action)?;
+    tally.closed += 1;
+    Ok(action)
+}
+
+fn close(
+    ctx: &Context,
+    dir: &Path,
+    w: &mut WindowState,
+    now: i64,
+    verdict: Classification,
+    summary: &str,
+    action: &str,
+) -> Result<()> {
+    push_tick(w, now, summary, verdict.as_str(), "CLOSE", action);
+    w.closed_at = Some(now);
+    w.verdict = Some(verdict.as_str().to_string());
+    sentinel::save(dir, w)?;
+    write_log(ctx, w);
+    log::info!(
+        "post-deploy {}: window closed with verdict {verdict}",
+        w.task_key
+    );
+    Ok(())
+}
+
+fn push_tick(
+    w: &mut WindowState,
+    now: i64,
+    samples: &str,
+    classification: &str,
+    decision: &str,
+    action: &str,
+) {
+    w.ticks.push(TickRecord {
+        at: format_unix(now),
+        samples: samples.to_string(),
+        classification: classification.to_string(),
+        decision: decision.to_string(),
+        action: action.to_string(),
+    });
+    if w.ticks.len() > MAX_SAMPLES {
+        w.ticks.remove(0);
+    }
+}
+
+fn rollback_output(dir: &Path, w: &WindowState) -> PathBuf {
+    dir.join(format!("rollback-{}.out", w.armed_at))
+}
+
+fn announced_word(a: &Announced) -> String {
+    match a {
+        Announced::Sent => "sent".into(),
+        Announced::Recorded => "recorded".into(),
+        Announced::Failed(e) => format!("failed ({e})"),
+        Announced::AlreadyAnnounced => "already sent".into(),
+    }
+}
+
+fn sample_summary(s: &Sample) -> String {
+    let health = match s.health_ok {
+        None => "health n/a".to_string(),
+        Some(_) => format!("health {}", s.health_detail),
+    };
+    let metrics = match (&s.counters, s.metrics_detail.is_empty()) {
+        (Some(c), _) => format!("requests {} (5xx {})", c.total, c.errors_5xx),
+        (None, false) => s.metrics_detail.clone(),
+        (None, true) => "metrics n/a".to_string(),
+    };
+    format!("{health}; {metrics}")
+}
+
+/// Writes the task's `16-post-deploy-log.md`; a failure is logged (the window state
+/// holds the same lines and the next write catches up).
+fn write_log(ctx: &Context, w: &WindowState) {
+    let verdict = w.verdict.as_deref().and_then(|v| match v {
+        "HEALTHY" => Some(Classification::Healthy.verdict()),
+        "DEGRADED" => Some(Classification::Degraded.verdict()),
+        "INCONCLUSIVE" => Some(Classification::Inconclusive.verdict()),
+        _ => None,
+    });
+    let text = render_log(
+        &w.task_key,
+        &format_unix(w.armed_at),
+        &format_unix(w.ends_at),
+        verdict,
+        &w.ticks,
+    );
+    let result = task_dir(&ctx.config.settings.artefacts_dir, &w.task_key)
+        .and_then(|d| write_atomic(&d.join(POST_DEPLOY_LOG_FILE), text.as_bytes()))
+        .with_context(|| format!("writing {POST_DEPLOY_LOG_FILE} of {}", w.task_key));
+    if let Err(e) = result {
+        log::warn!("{e:#}");
+    }
+}
