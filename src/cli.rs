@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{config_check, init, status, task};
+use crate::commands::{config_check, dispatch, init, job, reap, run_job, status, task};
 use crate::config::Overrides;
 use crate::context::Context;
 use crate::exit::ExitStatus;
@@ -55,6 +55,11 @@ pub enum Command {
     Status(status::StatusArgs),
     #[command(subcommand)]
     Task(task::TaskCommand),
+    Dispatch(dispatch::DispatchArgs),
+    RunJob(run_job::RunJobArgs),
+    Reap(reap::ReapArgs),
+    #[command(subcommand)]
+    Job(job::JobCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -67,6 +72,10 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::Config(cmd) => config_check::run(cmd, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
+        Command::Dispatch(args) => dispatch::run(args, ctx),
+        Command::RunJob(args) => run_job::run(args, ctx),
+        Command::Reap(args) => reap::run(args, ctx),
+        Command::Job(cmd) => job::run(cmd, ctx),
     }
 }
 

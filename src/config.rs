@@ -429,6 +429,18 @@ settings! {
     log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
     now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
+    /// Whether `reap` runs at all.
+    reaper_enabled: bool = "ORCH_REAPER_ENABLED", "true", false, "reap rescues jobs left running by dead processes (false: the pass writes nothing and says so)";
+    /// How often the reap timer fires (documentation for the unit; the pass reads it for status).
+    reaper_interval_s: Seconds = "ORCH_REAPER_INTERVAL_S", "60", false, "seconds between reap passes (the orch-reap.timer interval; dead-tick streaks count passes)";
+    /// Consecutive dead passes before a job is flipped.
+    reaper_dead_ticks: Count = "ORCH_REAPER_DEAD_TICKS", "3", false, "consecutive reap passes a job's process must be seen dead before it is flipped to failed";
+    /// Backstop: the longest a job may run.
+    reaper_max_running_s: Seconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
+    /// Grace between TERM and KILL.
+    reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
+    /// Whether `reap` reclaims a stale merge lease.
+    lease_reclaim_enabled: bool = "ORCH_LEASE_RECLAIM_ENABLED", "true", false, "reap deletes the merge lease when its holder is dead or its TTL has passed";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.

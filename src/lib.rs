@@ -14,3 +14,4 @@ pub mod context;
 pub mod core;
 pub mod exit;
 pub mod flow;
+pub mod gather;

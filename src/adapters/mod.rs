@@ -3,7 +3,9 @@
 
 pub mod artefacts;
 pub mod db;
+pub mod db_jobs;
 pub mod http;
 pub mod lease;
 pub mod lock;
 pub mod process;
+pub mod spawn;

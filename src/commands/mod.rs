@@ -1,6 +1,10 @@
 //! One module per subcommand: load, decide in `core`, act through `adapters`, report.
 
 pub mod config_check;
+pub mod dispatch;
 pub mod init;
+pub mod job;
+pub mod reap;
+pub mod run_job;
 pub mod status;
 pub mod task;

@@ -4,7 +4,9 @@
 
 pub mod artefact;
 pub mod branch;
+pub mod dispatch;
 pub mod gate;
 pub mod job;
+pub mod reap;
 pub mod stage;
 pub mod task;
