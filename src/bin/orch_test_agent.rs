@@ -37,19 +37,25 @@ fn main() {
         // Registering a handler replaces TERM's default action (exit): it is ignored.
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]).expect("signals")
     });
-    println!("args {}", args.join(" "));
+    // Output errors are ignored: a test may stop reading once it saw `ready`.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "args {}", args.join(" "));
     for k in [
         "ORCH_TASK_ID",
         "ORCH_TASK_KEY",
         "ORCH_JOB_ID",
         "ORCH_TASK_ARTEFACTS",
     ] {
-        println!("{k}={}", std::env::var(k).unwrap_or_default());
+        let _ = writeln!(out, "{k}={}", std::env::var(k).unwrap_or_default());
     }
     let mut ready = format!("ready {}", std::process::id());
     if fork {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-        cmd.arg("--hold-forever").stdin(Stdio::null());
+        // Its output goes nowhere: only this process announces `ready`.
+        cmd.arg("--hold-forever")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if ignore_term {
             cmd.arg("--ignore-term");
         }
@@ -66,9 +72,11 @@ fn main() {
                 .expect("open ready fifo");
             writeln!(f, "{ready}").expect("write ready");
         }
-        None => println!("{ready}"),
+        None => {
+            let _ = writeln!(out, "{ready}");
+        }
     }
-    let _ = std::io::stdout().flush();
+    let _ = out.flush();
     if hold {
         let mut sink = Vec::new();
         let _ = std::io::stdin().read_to_end(&mut sink);

@@ -295,6 +295,7 @@ fn status_text_json_and_prometheus() {
       job 1 ORCH-1 analyst (analysis) attempt 1 pid 2147483646 dead age 1m30s
     tasks: analysis 1, development 0, review 0, deploy-staging 0, deploy 0, done 0, cancelled 1
     escalated: none
+    merge lease: free
     last passes: none yet
     ");
     let prom = std::fs::read_to_string(env.path("metrics/orch.prom")).unwrap();
@@ -345,6 +346,7 @@ fn status_text_json_and_prometheus() {
         "running": 1,
         "succeeded": 0
       },
+      "lease": null,
       "passes": [],
       "running": [
         {
