@@ -341,3 +341,28 @@ fn reclaim_lease(ctx: &Context, now: i64, dry_run: bool, t: &mut Tally) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_confirms_matches_and_rereads_everything_else() {
+        let me = i64::from(std::process::id());
+        let start = start_time(me).expect("own /proc entry");
+        let snap = ProcView::snapshot();
+        assert_eq!(snap.liveness(me, Some(start)), Liveness::Alive);
+        assert_eq!(snap.liveness(me, Some(start + 1)), Liveness::Reused);
+        // A process started after the snapshot is read directly, never judged dead.
+        let mut late = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(late.id());
+        let late_start = start_time(pid);
+        assert_eq!(snap.liveness(pid, late_start), Liveness::Alive);
+        late.kill().unwrap();
+        late.wait().unwrap();
+        assert_eq!(snap.liveness(pid, late_start), Liveness::Dead);
+    }
+}
