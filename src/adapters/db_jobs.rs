@@ -17,6 +17,10 @@ use crate::core::job::JobStatus;
 use crate::core::reap::Tier;
 use crate::core::task::Job;
 
+/// One running job as paged: its key `(enqueued_at, id)` and the parsed row (or why it
+/// could not be parsed).
+pub type RunningRow = ((i64, i64), Result<Job, String>);
+
 impl Db {
     /// Returns the oldest `per_project` queued jobs of every project.
     ///
@@ -212,27 +216,27 @@ impl Db {
         }
     }
 
-    /// Returns up to `limit` running jobs with an id above `after`, by id (keyset paging).
+    /// Returns up to `limit` running jobs after the key `after` (`(enqueued_at, id)`), in
+    /// that order: keyset paging along the `jobs_by_status` index, so a pass over n
+    /// running jobs reads each index entry once, whatever the page size.
     ///
     /// A row that cannot be parsed comes back as `Err` with its id, so the reaper logs it
-    /// and goes on.
+    /// and goes on. Pass `(i64::MIN, i64::MIN)` for the first page.
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn running_page(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, Result<Job, String>)>> {
+    pub fn running_page(&self, after: (i64, i64), limit: usize) -> Result<Vec<RunningRow>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND id > ?1 ORDER BY id LIMIT ?2"
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE status = 'running' AND (enqueued_at, id) > (?1, ?2)
+             ORDER BY enqueued_at, id LIMIT ?3"
         ))?;
-        let mut rows = stmt.query(params![after, limit])?;
+        let mut rows = stmt.query(params![after.0, after.1, limit])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            out.push((id, job_from_row(row).map_err(|e| e.to_string())));
+            let key: (i64, i64) = (row.get(10)?, row.get(0)?);
+            out.push((key, job_from_row(row).map_err(|e| e.to_string())));
         }
         Ok(out)
     }

@@ -163,6 +163,21 @@ pub fn group_alive(pgid: i64) -> bool {
         .any(|stat| stat_group(&stat) == Some(pgid))
 }
 
+/// Returns the start time of every live (non-zombie) process, by pid: one walk of
+/// `/proc`, so a pass over many jobs reads each process once instead of once per row.
+pub fn start_times() -> std::collections::HashMap<i64, i64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return std::collections::HashMap::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: i64 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            Some((pid, crate::adapters::process::parse_stat(&stat)?))
+        })
+        .collect()
+}
+
 /// Parses the process group of a `/proc/<pid>/stat` line; `None` for zombies.
 pub fn stat_group(stat: &str) -> Option<i64> {
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -16,7 +16,7 @@ use crate::adapters::db::Db;
 use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::process::{liveness, start_time, Liveness};
-use crate::adapters::spawn::{terminate_group, Terminated};
+use crate::adapters::spawn::{start_times, terminate_group, Terminated};
 use crate::context::{Context, PassOutcome};
 use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
 use crate::core::task::Job;
@@ -24,6 +24,9 @@ use crate::exit::ExitStatus;
 
 /// Running jobs read per query.
 const PAGE: usize = 1000;
+/// With more running jobs than this in the first page, the pass walks `/proc` once
+/// instead of reading one `/proc/<pid>/stat` per job.
+const SNAPSHOT_ABOVE: usize = 64;
 
 /// Rescue jobs left running by dead processes, and reclaim a stale merge lease
 ///
@@ -80,16 +83,28 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     };
     let grace = s.reaper_kill_grace_s.0;
     let mut t = Tally::default();
-    let mut after = 0;
+    let mut after = (i64::MIN, i64::MIN);
+    let mut procs: Option<ProcView> = None;
     loop {
         let page = db.running_page(after, PAGE)?;
+        // Few jobs: read each pid directly; many: walk /proc once for the whole pass.
+        let procs = procs.get_or_insert_with(|| {
+            if page.len() > SNAPSHOT_ABOVE {
+                ProcView::snapshot()
+            } else {
+                ProcView::direct()
+            }
+        });
         let Some((last, _)) = page.last() else { break };
         after = *last;
-        for (id, row) in page {
+        for ((_, id), row) in page {
             t.scanned += 1;
             match row {
                 Ok(job) => {
-                    if let Err(e) = reap_one(db, &job, now, &settings, grace, dry_run, &mut t) {
+                    let observed = observe_with(&job, procs);
+                    if let Err(e) =
+                        reap_one(db, &job, observed, now, &settings, grace, dry_run, &mut t)
+                    {
                         t.bad_rows += 1;
                         log::error!("reap: job {id} skipped: {e:#}");
                     }
@@ -122,10 +137,47 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     ]))
 }
 
-/// Observes a running job's processes.
+/// A pass's view of `/proc`: a snapshot of live processes' start times when the pass has
+/// many jobs. The snapshot only ever confirms a match; anything else (a pid missing from
+/// it, or a different start time) is read again directly, so a process started after the
+/// snapshot is never judged dead from it.
+#[derive(Debug, Default)]
+pub struct ProcView {
+    snapshot: Option<std::collections::HashMap<i64, i64>>,
+}
+
+impl ProcView {
+    /// Reads `/proc` directly for every question.
+    pub fn direct() -> ProcView {
+        ProcView::default()
+    }
+
+    /// Takes one snapshot of `/proc` to answer from.
+    pub fn snapshot() -> ProcView {
+        ProcView {
+            snapshot: Some(start_times()),
+        }
+    }
+
+    fn liveness(&self, pid: i64, stamp: Option<i64>) -> Liveness {
+        if let (Some(snap), Some(stamp)) = (&self.snapshot, stamp) {
+            if snap.get(&pid) == Some(&stamp) {
+                return Liveness::Alive;
+            }
+        }
+        liveness(pid, stamp)
+    }
+}
+
+/// Observes a running job's processes, reading `/proc` directly.
 pub fn observe(job: &Job) -> Observed {
+    observe_with(job, &ProcView::direct())
+}
+
+/// Observes a running job's processes through a pass's view of `/proc`.
+pub fn observe_with(job: &Job, procs: &ProcView) -> Observed {
     match job.pid {
-        Some(pid) => match liveness(pid, job.pid_start_time) {
+        Some(pid) => match procs.liveness(pid, job.pid_start_time) {
             Liveness::Alive => Observed::Alive,
             Liveness::Dead => Observed::Dead,
             Liveness::Reused => Observed::Reused,
@@ -138,16 +190,20 @@ pub fn observe(job: &Job) -> Observed {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed down once"
+)]
 fn reap_one(
     db: &Db,
     job: &Job,
+    observed: Observed,
     now: i64,
     settings: &ReapSettings,
     grace: Duration,
     dry_run: bool,
     t: &mut Tally,
 ) -> Result<()> {
-    let observed = observe(job);
     let facts = RunningFacts {
         exit_code: job.exit_code,
         started_at: job.started_at,
@@ -284,4 +340,29 @@ fn reclaim_lease(ctx: &Context, now: i64, dry_run: bool, t: &mut Tally) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_confirms_matches_and_rereads_everything_else() {
+        let me = i64::from(std::process::id());
+        let start = start_time(me).expect("own /proc entry");
+        let snap = ProcView::snapshot();
+        assert_eq!(snap.liveness(me, Some(start)), Liveness::Alive);
+        assert_eq!(snap.liveness(me, Some(start + 1)), Liveness::Reused);
+        // A process started after the snapshot is read directly, never judged dead.
+        let mut late = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(late.id());
+        let late_start = start_time(pid);
+        assert_eq!(snap.liveness(pid, late_start), Liveness::Alive);
+        late.kill().unwrap();
+        late.wait().unwrap();
+        assert_eq!(snap.liveness(pid, late_start), Liveness::Dead);
+    }
 }

@@ -32,7 +32,7 @@ pub const EXIT_NOT_STARTED: i32 = 127;
 
 /// Supervise one claimed job: run its agent, record how it ended, then evaluate the gate
 ///
-/// Started by `dispatch` (directly, or as orch-job@<id>.service). Exit codes: 0 the
+/// Started by `dispatch` (directly, or as `orch-job@<id>.service`). Exit codes: 0 the
 /// agent succeeded, 1 the agent failed or could not be started (the job is `failed`),
 /// 2 the job is not running, belongs to another supervisor, or the database failed.
 #[derive(Debug, clap::Args)]
