@@ -14,7 +14,7 @@ pub mod context;
 pub mod core;
 pub mod exit;
 pub mod flow;
-#[cfg(feature = "test-helpers")]
 pub mod gather;
 pub mod notify;
+#[cfg(feature = "test-helpers")]
 pub mod standin;
