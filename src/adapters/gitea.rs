@@ -366,6 +366,33 @@ impl GiteaClient {
         })
     }
 
+    /// Returns whether `branch` exists (`GET .../branches/{branch}`: 200 yes, 404 no).
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for any other answer (401, 403, 5xx, ...).
+    pub fn branch_exists(&self, repo: &str, branch: &str) -> Result<bool, HttpError> {
+        let what = format!("gitea get branch {branch} in {repo}");
+        let mut segs = vec!["branches"];
+        segs.extend(branch.split('/'));
+        let url = self.repo_url(repo, &segs)?;
+        Ok(self.get(&url, &[], &[200, 404], &what)?.status == 200)
+    }
+
+    /// Deletes `branch` (`DELETE .../branches/{branch}`): `true` when it was deleted
+    /// (204), `false` when it was not there (404). Never retried.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for any other answer (403 default or protected
+    /// branch, 423 archived, 5xx, no answer).
+    pub fn delete_branch(&self, repo: &str, branch: &str) -> Result<bool, HttpError> {
+        let what = format!("gitea delete branch {branch} in {repo}");
+        let mut segs = vec!["branches"];
+        segs.extend(branch.split('/'));
+        let url = self.repo_url(repo, &segs)?;
+        let req = self.http.delete(url).header("Authorization", self.auth());
+        Ok(rest::send(req, &what)?.expect(&[204, 404], &what)?.status == 204)
+    }
+
     /// Returns the combined CI status of `git_ref` (prefer a SHA; branch names with
     /// `/` are sent encoded as one segment).
     ///

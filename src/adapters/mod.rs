@@ -17,6 +17,7 @@ pub mod probe;
 pub mod process;
 mod rest;
 pub mod rollback;
+pub mod roundtrip;
 pub mod sentinel;
 pub mod spawn;
 pub mod telegram;

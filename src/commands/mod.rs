@@ -9,6 +9,7 @@ pub mod post_deploy_tick;
 pub mod reap;
 pub mod run_job;
 pub mod staging_check;
+pub mod staging_roundtrip;
 pub mod status;
 pub mod task;
 pub mod webhook_handle;

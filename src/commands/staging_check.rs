@@ -7,18 +7,20 @@
 //! agents may run it concurrently, and the report is written atomically.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::adapters::artefacts::{task_dir, write_atomic};
 use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
+use crate::commands::staging_roundtrip::{RoundtripEnv, Trip};
 use crate::context::Context;
 use crate::core::artefact::STAGING_REPORT_FILE;
 use crate::core::staging::{
     classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_checks,
     parse_revision, revision_from_command, revision_from_http, verdict, CheckDef, CheckKind,
-    CheckResult, Outcome, Policy, RevisionSource, VerdictStatus,
+    CheckResult, Outcome, Policy, RevisionSource, RoundtripTarget, VerdictStatus,
 };
 use crate::core::staging_report::{CheckLine, StagingRun};
 use crate::core::task::Task;
@@ -59,10 +61,6 @@ pub struct StagingCheckArgs {
     pub expected_revision: Option<String>,
 }
 
-/// The message of a webhook-roundtrip check in this build.
-pub const ROUNDTRIP_NOT_IMPLEMENTED: &str = "webhook-roundtrip is not implemented in this build \
-     (it needs the Plane and Gitea clients and webhook-handle); the check counts as FAILED";
-
 /// Runs `staging-check`.
 ///
 /// # Errors
@@ -81,6 +79,26 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
             parse_revision(text)
                 .map_err(|m| anyhow::anyhow!("--expected-revision / EXPECTED_REVISION: {m}"))?,
         ),
+    };
+    // Round trips need Plane, the webhook secret and (to wait for a branch) Gitea:
+    // missing settings are configuration errors, reported before anything runs.
+    let roundtrips: Vec<_> = checks
+        .iter()
+        .filter_map(|c| match &c.kind {
+            CheckKind::WebhookRoundtrip(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let roundtrip_env = if roundtrips.is_empty() {
+        None
+    } else {
+        let needs_gitea = roundtrips
+            .iter()
+            .any(|r| r.wait_for == RoundtripTarget::Branch);
+        Some(Arc::new(
+            RoundtripEnv::from_config(&ctx.config, needs_gitea)
+                .map_err(|e| e.context("webhook-roundtrip checks"))?,
+        ))
     };
     let now = ctx.now();
     let mut internal: Vec<String> = Vec::new();
@@ -126,8 +144,33 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         .max(Duration::from_secs(1));
     let mut units: Vec<Deadlined<(Outcome, Option<String>)>> = Vec::new();
     let mut fixed: Vec<Option<Outcome>> = Vec::new();
+    // One round trip (one synthetic delivery) per project, endpoint and state; the
+    // index of each check's trip, to append its clean-up note afterwards.
+    let mut trips: Vec<Arc<Trip>> = Vec::new();
+    let mut trip_of: Vec<Option<usize>> = Vec::new();
     for c in &checks {
-        match plan(c, expected.clone(), connect, |name| {
+        let trip = match (&c.kind, &roundtrip_env) {
+            (CheckKind::WebhookRoundtrip(r), Some(env)) => {
+                let i = match trips.iter().position(|t| t.serves(r)) {
+                    Some(i) => i,
+                    None => {
+                        let project = pipeline
+                            .project(&r.project)
+                            .expect("parse_checks validated the project")
+                            .clone();
+                        trips.push(Arc::new(Trip::new(env.clone(), project, r)));
+                        trips.len() - 1
+                    }
+                };
+                trip_of.push(Some(i));
+                Some(trips[i].clone())
+            }
+            _ => {
+                trip_of.push(None);
+                None
+            }
+        };
+        match plan(c, expected.clone(), connect, trip, |name| {
             let project = name
                 .and_then(|n| pipeline.project(n))
                 .or(default_project)
@@ -190,6 +233,20 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             waived: false,
         });
+    }
+
+    // Clean up after the round trips (every unit has ended or been abandoned) and say
+    // what was done or left in each of their checks' reasons.
+    for (i, trip) in trips.iter().enumerate() {
+        if let Some(note) = trip.cleanup() {
+            for (line, _) in lines
+                .iter_mut()
+                .zip(&trip_of)
+                .filter(|(_, t)| **t == Some(i))
+            {
+                append_reason(&mut line.outcome, &note);
+            }
+        }
     }
 
     let decide = |internal: &[String], lines: &mut Vec<CheckLine>| {
@@ -285,10 +342,20 @@ enum Planned {
     Run(Deadlined<(Outcome, Option<String>)>),
 }
 
+fn append_reason(outcome: &mut Outcome, note: &str) {
+    match outcome {
+        Outcome::Pass(r) | Outcome::Fail(r) | Outcome::Skip(r) | Outcome::Error(r) => {
+            r.push_str("; ");
+            r.push_str(note);
+        }
+    }
+}
+
 fn plan(
     c: &CheckDef,
     expected: Option<String>,
     connect: Duration,
+    trip: Option<Arc<Trip>>,
     applies: impl Fn(Option<&str>) -> bool,
 ) -> Planned {
     let timeout = c.timeout;
@@ -336,8 +403,10 @@ fn plan(
                 (outcome, running.ok())
             }))
         }
-        CheckKind::WebhookRoundtrip(_) => {
-            Planned::Fixed(Outcome::Error(ROUNDTRIP_NOT_IMPLEMENTED.into()))
+        CheckKind::WebhookRoundtrip(r) => {
+            let trip = trip.expect("every webhook-roundtrip check has its trip");
+            let r = r.clone();
+            unit(Box::new(move || (trip.check(&r, timeout), None)))
         }
     }
 }

@@ -159,9 +159,10 @@ pub struct RoundtripCheck {
     /// The Plane state name meaning *in progress* (resolved to an id at run time;
     /// default: the project's first state in group `started`).
     pub in_progress_state: Option<String>,
-    /// A command printing staging's `orch status --json` (C9b).
+    /// A command printing staging's `orch task show {work_item} --json` (C9b);
+    /// `{work_item}` and `{key}` are filled in.
     pub status_command: Option<Vec<String>>,
-    /// Staging's database file (C9b), read-only.
+    /// Staging's database file (C9b), opened read-only.
     pub status_db: Option<String>,
 }
 
@@ -452,7 +453,7 @@ fn parse_check(
             {
                 return Err(err(
                     "status_command",
-                    "wait_for: analyst-job needs exactly one of status_command (argv printing staging's `orch status --json`) or status_db".into(),
+                    "wait_for: analyst-job needs exactly one of status_command (argv printing staging's `orch task show {work_item} --json`) or status_db".into(),
                 ));
             }
             CheckDef {

@@ -673,11 +673,33 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
                 None => m.not_found(),
             }
         }
+        ("DELETE", ["branches", b @ ..]) => delete_branch(m, &repo, &b.join("/")),
         ("GET", ["commits", git_ref, "status"]) => combined_status(m, &repo, git_ref),
         ("POST", ["statuses", sha]) => create_status(m, &repo, sha, r),
         ("GET", ["compare", spec @ ..]) => compare(m, &repo, &spec.join("/"), r),
         _ => m.not_found(),
     }
+}
+
+/// `DELETE .../branches/{branch}`: 204 deleted; 404 no such branch; 403 the default
+/// branch; 423 archived (Gitea's `DeleteBranch` handler).
+fn delete_branch(m: &mut Model, repo: &str, name: &str) -> Reply {
+    let rp = &m.repos[repo];
+    if rp.archived {
+        return m.error(423, &format!("{repo} is archived"));
+    }
+    if !rp.branches.contains_key(name) {
+        return m.not_found();
+    }
+    if rp.default_branch == name {
+        return m.error(403, "can not delete default branch");
+    }
+    m.repos
+        .get_mut(repo)
+        .expect("checked above")
+        .branches
+        .remove(name);
+    Reply::empty(204)
 }
 
 fn with_pull(

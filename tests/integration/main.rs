@@ -10,4 +10,5 @@ mod jobs;
 mod merge_guard;
 mod post_deploy;
 mod staging_check;
+mod staging_roundtrip;
 mod webhook;

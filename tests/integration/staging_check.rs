@@ -248,26 +248,6 @@ fn no_checks_is_failed_not_green() {
 }
 
 #[test]
-fn webhook_roundtrip_is_an_honest_failure_in_this_build() {
-    let env = env_with_checks(
-        r#"    - { id: C9a, name: sandbox branch, kind: webhook-roundtrip, project: sandbox, webhook_url: "http://127.0.0.1:9/hook", wait_for: branch }
-    - { id: K1, name: ok, kind: command, argv: [/bin/true] }
-"#,
-    );
-    let run = env.run(&["staging-check"]).expect(1);
-    assert!(
-        line(&run, "C9a").contains("not implemented in this build"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        !run.stdout.contains("INFRA-WAIVED"),
-        "a check that could not run is never waived"
-    );
-    assert_eq!(last_line(&run), "VERDICT: FAILED");
-}
-
-#[test]
 fn bad_check_definitions_exit_2_naming_the_field() {
     let cases = [
         ("    - { id: C1, name: h, kind: http }\n", "staging.checks[0].url"),
