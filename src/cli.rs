@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config_check, init, merge_guard, post_deploy_tick, staging_check, status, task, webhook_handle,
+    config_check, init, merge_guard, post_deploy_tick, reconcile, staging_check, status, task,
+    webhook_handle,
 };
 use crate::config::Overrides;
 use crate::context::Context;
@@ -61,6 +62,7 @@ pub enum Command {
     PostDeployTick(post_deploy_tick::PostDeployTickArgs),
     MergeGuard(merge_guard::MergeGuardArgs),
     WebhookHandle(webhook_handle::WebhookHandleArgs),
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -77,6 +79,7 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::PostDeployTick(args) => post_deploy_tick::run(args, ctx),
         Command::MergeGuard(args) => merge_guard::run(args, ctx),
         Command::WebhookHandle(args) => webhook_handle::run(args, ctx),
+        Command::Reconcile(args) => reconcile::run(args, ctx),
     }
 }
 

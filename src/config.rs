@@ -465,6 +465,16 @@ settings! {
     merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
     /// Read deadline of one webhook request.
     webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
+    /// How long reconcile leaves a task alone after it entered its stage.
+    reconcile_grace_s: Seconds = "ORCH_RECONCILE_GRACE_S", "300", false, "reconcile leaves a task alone for this long after it entered its stage, in seconds";
+    /// Whether reconcile skips work items in a blocked or needs-input state.
+    reconcile_skip_blocked_enabled: bool = "ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "true", false, "reconcile skips tasks whose Plane work item is in a blocked state (or whose state it cannot tell)";
+    /// Tasks one reconcile pass evaluates at most.
+    reconcile_max_tasks: Count = "ORCH_RECONCILE_MAX_TASKS", "500", false, "tasks one reconcile pass evaluates gates for at most; the rest wait for the next pass";
+    /// Plane requests left in the window below which reconcile stops listing.
+    reconcile_rate_limit_floor: Count = "ORCH_RECONCILE_RATE_LIMIT_FLOOR", "10", false, "reconcile stops calling Plane when X-RateLimit-Remaining drops below this; the next pass goes on";
+    /// Whether reconcile replays pending deliveries and Plane states.
+    reconcile_replay_enabled: bool = "ORCH_RECONCILE_REPLAY_ENABLED", "true", false, "reconcile replays pending webhook deliveries and work items whose Plane state the task does not reflect";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.

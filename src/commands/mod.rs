@@ -4,6 +4,7 @@ pub mod config_check;
 pub mod init;
 pub mod merge_guard;
 pub mod post_deploy_tick;
+pub mod reconcile;
 pub mod staging_check;
 pub mod status;
 pub mod task;

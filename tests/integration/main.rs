@@ -8,5 +8,6 @@ mod clients;
 mod foundation;
 mod merge_guard;
 mod post_deploy;
+mod reconcile;
 mod staging_check;
 mod webhook;
