@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config_check, init, merge_guard, post_deploy_tick, reconcile, staging_check, status, task,
-    webhook_handle,
+    config_check, dispatch, init, job, merge_guard, post_deploy_tick, reap, reconcile, run_job,
+    staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::context::Context;
@@ -62,6 +62,11 @@ pub enum Command {
     PostDeployTick(post_deploy_tick::PostDeployTickArgs),
     MergeGuard(merge_guard::MergeGuardArgs),
     WebhookHandle(webhook_handle::WebhookHandleArgs),
+    Dispatch(dispatch::DispatchArgs),
+    RunJob(run_job::RunJobArgs),
+    Reap(reap::ReapArgs),
+    #[command(subcommand)]
+    Job(job::JobCommand),
     Reconcile(reconcile::ReconcileArgs),
 }
 
@@ -79,6 +84,10 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::PostDeployTick(args) => post_deploy_tick::run(args, ctx),
         Command::MergeGuard(args) => merge_guard::run(args, ctx),
         Command::WebhookHandle(args) => webhook_handle::run(args, ctx),
+        Command::Dispatch(args) => dispatch::run(args, ctx),
+        Command::RunJob(args) => run_job::run(args, ctx),
+        Command::Reap(args) => reap::run(args, ctx),
+        Command::Job(cmd) => job::run(cmd, ctx),
         Command::Reconcile(args) => reconcile::run(args, ctx),
     }
 }

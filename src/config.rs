@@ -465,6 +465,18 @@ settings! {
     merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
     /// Read deadline of one webhook request.
     webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
+    /// Whether `reap` runs at all.
+    reaper_enabled: bool = "ORCH_REAPER_ENABLED", "true", false, "reap rescues jobs left running by dead processes (false: the pass writes nothing and says so)";
+    /// How often the reap timer fires (documentation for the unit; the pass reads it for status).
+    reaper_interval_s: Seconds = "ORCH_REAPER_INTERVAL_S", "60", false, "seconds between reap passes (the orch-reap.timer interval; dead-tick streaks count passes)";
+    /// Consecutive dead passes before a job is flipped.
+    reaper_dead_ticks: Count = "ORCH_REAPER_DEAD_TICKS", "3", false, "consecutive reap passes a job's process must be seen dead before it is flipped to failed";
+    /// Backstop: the longest a job may run.
+    reaper_max_running_s: Seconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
+    /// Grace between TERM and KILL.
+    reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
+    /// Whether `reap` reclaims a stale merge lease.
+    lease_reclaim_enabled: bool = "ORCH_LEASE_RECLAIM_ENABLED", "true", false, "reap deletes the merge lease when its holder is dead or its TTL has passed";
     /// How long reconcile leaves a task alone after it entered its stage.
     reconcile_grace_s: Seconds = "ORCH_RECONCILE_GRACE_S", "300", false, "reconcile leaves a task alone for this long after it entered its stage, in seconds";
     /// Whether reconcile skips work items in a blocked or needs-input state.

@@ -15,6 +15,7 @@ pub mod core;
 pub mod exit;
 pub mod flow;
 pub mod forge;
+pub mod gather;
 pub mod notify;
 #[cfg(feature = "test-helpers")]
 pub mod standin;

@@ -128,7 +128,8 @@ const TASK_COLUMNS: &str =
      stage_entered_at, validated_revision, developer_retries, escalated_at, escalation_reason, \
      created_at, updated_at";
 
-const JOB_COLUMNS: &str = "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
+pub(crate) const JOB_COLUMNS: &str =
+    "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
      supervisor_pid, exit_code, enqueued_at, started_at, finished_at, reap_reason, dead_ticks, \
      rescue_count, log_path";
 

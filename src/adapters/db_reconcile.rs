@@ -1,5 +1,5 @@
 //! The SQL reconcile needs beyond the shared task and job queries: the live jobs of
-//! every task in one query, the guarded re-run of an ended job, parking an escalated
+//! every task in one query, parking an escalated
 //! task's queued jobs, and what the escalation sweep reads.
 
 use std::collections::HashMap;
@@ -35,35 +35,6 @@ impl Db {
             out.entry(r.get(0)?).or_insert((r.get(1)?, status));
         }
         Ok(out)
-    }
-
-    /// Re-queues an ended job as its next attempt; `None` when it is not ended any more
-    /// (another pass re-ran it, or it is live) or another job of its stage is live.
-    ///
-    /// # Errors
-    /// On SQL errors.
-    pub fn rerun_ended_job(&self, id: i64, now: i64) -> Result<Option<u32>> {
-        let res = self.conn().execute(
-            "UPDATE jobs SET status = 'queued', attempt = attempt + 1, enqueued_at = ?2,
-                    started_at = NULL, finished_at = NULL, pid = NULL, pid_start_time = NULL,
-                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0
-             WHERE id = ?1 AND status IN ('succeeded','failed','cancelled')",
-            params![id, now],
-        );
-        match res {
-            Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(self.conn().query_row(
-                "SELECT attempt FROM jobs WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )?)),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Cancels a task's queued jobs (an escalated task parks: no agent runs for it).
@@ -147,17 +118,13 @@ mod tests {
             .unwrap()
             .id();
         assert_eq!(db.live_jobs_by_task().unwrap()[&t], (j, JobStatus::Queued));
-        assert_eq!(
-            db.rerun_ended_job(j, 2).unwrap(),
-            None,
-            "queued is not ended"
-        );
+        assert_eq!(db.rerun_job(j, 2).unwrap(), None, "queued is not ended");
         db.conn()
             .execute("UPDATE jobs SET status='failed' WHERE id=?1", [j])
             .unwrap();
         assert!(db.live_jobs_by_task().unwrap().is_empty());
-        assert_eq!(db.rerun_ended_job(j, 2).unwrap(), Some(2));
-        assert_eq!(db.rerun_ended_job(j, 3).unwrap(), None, "already re-run");
+        assert_eq!(db.rerun_job(j, 2).unwrap(), Some(2));
+        assert_eq!(db.rerun_job(j, 3).unwrap(), None, "already re-run");
         assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 1);
         assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 0);
         assert_eq!(db.last_event_actor(t).unwrap().as_deref(), Some("operator"));

@@ -1,10 +1,14 @@
 //! One module per subcommand: load, decide in `core`, act through `adapters`, report.
 
 pub mod config_check;
+pub mod dispatch;
 pub mod init;
+pub mod job;
 pub mod merge_guard;
 pub mod post_deploy_tick;
+pub mod reap;
 pub mod reconcile;
+pub mod run_job;
 pub mod staging_check;
 pub mod status;
 pub mod task;

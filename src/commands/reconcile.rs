@@ -19,15 +19,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::adapters::artefacts;
 use crate::adapters::db::{Db, MoveError};
 use crate::adapters::db_reconcile::ESCALATION_KIND;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{NewComment, PlaneClient};
 use crate::config::Project;
 use crate::context::{Context, Counts, PassOutcome};
-use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
-use crate::core::gate::{self, GateInputs, Need};
+use crate::core::gate::{self, GateInputs};
 use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::reconcile::{
@@ -930,65 +928,8 @@ impl Pass<'_> {
         Verdict::Act { action }
     }
 
-    /// Reads the facts `gate::needs(stage)` lists: artefacts, the stage's job, and the
-    /// forge facts through [`Forge`]. Records a newly found PR number.
     fn gate_inputs(&mut self, db: &Db, t: &Task) -> GateInputs {
-        let mut inputs = GateInputs::empty();
-        let root = &self.ctx.config.settings.artefacts_dir;
-        let read = |file: &str| -> Result<Option<String>, ArtefactError> {
-            artefacts::read(root, &t.key, file).map_err(|e| ArtefactError::BadYaml {
-                file: file.into(),
-                message: format!("{e:#}"),
-            })
-        };
-        let needs = gate::needs(t.stage);
-        for need in &needs {
-            match need {
-                Need::Job => {
-                    inputs.last_job =
-                        db.latest_stage_job(t.id, t.stage)
-                            .ok()
-                            .flatten()
-                            .map(|j| JobOutcome {
-                                status: j.status,
-                                attempt: j.attempt,
-                                exit_code: j.exit_code,
-                            });
-                }
-                Need::Review => {
-                    inputs.review = read(artefact::REVIEW_FILE)
-                        .and_then(|x| artefact::parse_status::<ReviewVerdict>(x.as_deref()));
-                }
-                Need::Staging => {
-                    inputs.staging = read(artefact::STAGING_REPORT_FILE)
-                        .and_then(|x| artefact::parse_staging_report(x.as_deref()));
-                }
-                Need::Deploy => {
-                    inputs.deploy = read(artefact::DEPLOY_REPORT_FILE)
-                        .and_then(|x| artefact::parse_status::<DeployStatus>(x.as_deref()));
-                }
-                Need::Pr | Need::Ci => {}
-            }
-        }
-        let forge = self.forge.facts(t, t.stage, &needs);
-        inputs.pr = forge.pr;
-        inputs.ci = forge.ci;
-        if let (Some(n), false) = (forge.new_pr_number, self.dry_run) {
-            if let Err(e) = db.set_pr_number(t.id, i64::try_from(n).unwrap_or(i64::MAX), self.now) {
-                log::warn!("task {}: recording PR #{n}: {e:#}", t.key);
-            } else {
-                log::info!("task {}: PR #{n} found for branch {}", t.key, t.branch);
-            }
-        }
-        let s = &self.ctx.config.settings;
-        let project = self.ctx.config.pipeline.project(&t.project);
-        inputs.freshness_applies = crate::core::staging::freshness_applies(
-            s.image_freshness_enabled,
-            &s.image_freshness_repos.0,
-            project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),
-        );
-        inputs.validated_revision = t.validated_revision.clone();
-        inputs
+        crate::gather::gate_inputs_with(self.ctx, db, t, &mut self.forge, !self.dry_run)
     }
 
     /// Acts on a decision; returns a note when acting failed or lost a race.
@@ -1024,7 +965,7 @@ impl Pass<'_> {
                 }
                 Ok(None)
             }
-            Action::Rerun { job_id, .. } => match db.rerun_ended_job(*job_id, self.now)? {
+            Action::Rerun { job_id, .. } => match db.rerun_job(*job_id, self.now)? {
                 Some(attempt) => {
                     self.report.c.rerun += 1;
                     log::info!(

@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use crate::adapters::artefacts::write_atomic;
 use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::process::{liveness, Liveness};
 use crate::clock::{format_unix, human_duration};
 use crate::context::Context;
@@ -117,6 +118,53 @@ pub struct StatusReport {
     pub passes: Vec<PassView>,
     /// Armed post-deploy windows, soonest end first.
     pub post_deploy: Vec<crate::commands::post_deploy_tick::WindowView>,
+    /// The merge lease holder, when a lease file exists.
+    pub lease: Option<LeaseView>,
+}
+
+/// The merge lease as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LeaseView {
+    /// `held`, `holder-dead`, `expired` (the next reap reclaims it) or `malformed`.
+    pub state: String,
+    /// The holding job, if any.
+    pub job_id: Option<i64>,
+    /// The holder's pid.
+    pub pid: Option<i64>,
+    /// Seconds since it was taken.
+    pub age_s: Option<i64>,
+    /// Its TTL in seconds.
+    pub ttl_s: Option<i64>,
+    /// Why the file is malformed.
+    pub detail: Option<String>,
+}
+
+/// Reads the merge lease of `state_dir` for the report (without its lock: a snapshot).
+pub fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>> {
+    Ok(match MergeLease::new(state_dir).read()? {
+        LeaseFile::Free => None,
+        LeaseFile::Malformed(why) => Some(LeaseView {
+            state: "malformed".into(),
+            job_id: None,
+            pid: None,
+            age_s: None,
+            ttl_s: None,
+            detail: Some(why),
+        }),
+        LeaseFile::Held(l) => Some(LeaseView {
+            state: match l.judge(now) {
+                LeaseState::Held => "held",
+                LeaseState::HolderDead => "holder-dead",
+                LeaseState::Expired => "expired",
+            }
+            .into(),
+            job_id: l.job_id,
+            pid: Some(l.pid),
+            age_s: Some(now - l.acquired_at),
+            ttl_s: Some(l.ttl_s),
+            detail: None,
+        }),
+    })
 }
 
 /// Runs `status`.
@@ -130,6 +178,7 @@ pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
         &ctx.config.settings.state_dir,
         report.generated_at_unix,
     );
+    report.lease = lease_view(&ctx.config.settings.state_dir, report.generated_at_unix)?;
     if let Some(path) = &args.prometheus {
         write_atomic(path, render_prometheus(&report).as_bytes())?;
     }
@@ -204,6 +253,7 @@ pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         escalated_total,
         passes,
         post_deploy: Vec::new(),
+        lease: None,
     })
 }
 
@@ -297,6 +347,29 @@ pub fn render_text(r: &StatusReport) -> String {
                 human_duration(w.time_left_s),
                 w.samples,
                 w.last_classification.as_deref().unwrap_or("not probed yet")
+            );
+        }
+    }
+    match &r.lease {
+        None => {
+            let _ = writeln!(out, "merge lease: free");
+        }
+        Some(l) if l.state == "malformed" => {
+            let _ = writeln!(
+                out,
+                "merge lease: MALFORMED (left for an operator): {}",
+                l.detail.as_deref().unwrap_or("")
+            );
+        }
+        Some(l) => {
+            let _ = writeln!(
+                out,
+                "merge lease: {} by job {} pid {} for {} (ttl {}s)",
+                l.state,
+                l.job_id.map_or("-".into(), |j| j.to_string()),
+                l.pid.unwrap_or(0),
+                human_duration(l.age_s.unwrap_or(0)),
+                l.ttl_s.unwrap_or(0)
             );
         }
     }
@@ -448,6 +521,7 @@ mod tests {
                     .collect(),
             }],
             post_deploy: vec![],
+            lease: None,
         }
     }
 
@@ -462,6 +536,7 @@ mod tests {
         tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
         escalated: none
         post-deploy: none armed
+        merge lease: free
         last passes:
           reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
         ");

@@ -4,11 +4,13 @@
 
 pub mod artefact;
 pub mod branch;
+pub mod dispatch;
 pub mod gate;
 pub mod intake;
 pub mod job;
 pub mod merge;
 pub mod post_deploy;
+pub mod reap;
 pub mod reconcile;
 pub mod stage;
 pub mod staging;

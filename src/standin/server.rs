@@ -190,7 +190,7 @@ impl Server {
             .count()
     }
 
-    /// Waits for the next request (a failsafe deadline, not a timing).
+    /// Waits for the next request to have been answered (a failsafe deadline, not a timing).
     pub fn next_request(&self, deadline: Duration) -> Option<Recorded> {
         self.events
             .lock()
@@ -278,7 +278,6 @@ fn serve(
             body,
         };
         requests.lock().expect("requests lock").push(rec.clone());
-        let _ = events.send(rec.clone());
         let scripted = {
             let mut scripts = scripts.lock().expect("scripts lock");
             let pos = scripts.iter().position(|s| {
@@ -308,6 +307,7 @@ fn serve(
             let mut w = req.into_writer();
             let _ = w.flush();
             std::mem::forget(w);
+            let _ = events.send(rec);
             continue;
         }
         let mut response =
@@ -318,6 +318,9 @@ fn serve(
             }
         }
         let _ = req.respond(response);
+        // Announced once answered, so a test that reacts to a request (changes the
+        // model) never races the answer to that same request.
+        let _ = events.send(rec);
     }
 }
 

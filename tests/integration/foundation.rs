@@ -296,6 +296,7 @@ fn status_text_json_and_prometheus() {
     tasks: analysis 1, development 0, review 0, deploy-staging 0, deploy 0, done 0, cancelled 1
     escalated: none
     post-deploy: none armed
+    merge lease: free
     last passes: none yet
     ");
     let prom = std::fs::read_to_string(env.path("metrics/orch.prom")).unwrap();
@@ -346,6 +347,7 @@ fn status_text_json_and_prometheus() {
         "running": 1,
         "succeeded": 0
       },
+      "lease": null,
       "passes": [],
       "post_deploy": [],
       "running": [

@@ -6,6 +6,7 @@ mod common;
 
 mod clients;
 mod foundation;
+mod jobs;
 mod merge_guard;
 mod post_deploy;
 mod reconcile;

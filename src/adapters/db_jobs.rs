@@ -1,0 +1,338 @@
+//! The job SQL of `dispatch`, `run-job`, `reap` and `job`: claims, stamps and flips.
+//!
+//! Every write to a job is guarded in its `WHERE` clause by the status (and, once a job
+//! runs, the attempt) its caller judged, so two passes that race, with or without the
+//! pass locks, change a job at most once, and a job re-run since (a new attempt) is never
+//! changed by a pass that judged the old one. Each method reports whether its row was
+//! written (`false`: another pass won the race). No decisions here.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use rusqlite::{params, OptionalExtension};
+
+use crate::adapters::db::{job_from_row, Db, JOB_COLUMNS};
+use crate::core::dispatch::Queued;
+use crate::core::job::JobStatus;
+use crate::core::reap::Tier;
+use crate::core::task::Job;
+
+impl Db {
+    /// Returns the oldest `per_project` queued jobs of every project.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn queued_heads(&self, per_project: u32) -> Result<Vec<Queued>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT id, project, enqueued_at FROM (
+                 SELECT j.id, t.project, j.enqueued_at,
+                        row_number() OVER (PARTITION BY t.project ORDER BY j.enqueued_at, j.id) AS n
+                 FROM jobs j JOIN tasks t ON t.id = j.task_id
+                 WHERE j.status = 'queued')
+             WHERE n <= ?1 ORDER BY enqueued_at, id",
+        )?;
+        let rows = stmt.query_map([per_project], |r| {
+            Ok(Queued {
+                id: r.get(0)?,
+                project: r.get(1)?,
+                enqueued_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Counts running jobs per project.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn running_by_project(&self) -> Result<BTreeMap<String, u32>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT t.project, count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+             WHERE j.status = 'running' GROUP BY t.project",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?)
+    }
+
+    /// Claims a queued job for running: one statement, guarded by `status='queued'` and by
+    /// the running count staying under `limit`, so racing passes never start a job twice
+    /// nor exceed the limit. Clears what a previous attempt left.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn claim_job(&self, id: i64, now: i64, limit: u32) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
+                    pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
+                    reap_reason = NULL, dead_ticks = 0
+             WHERE id = ?1 AND status = 'queued'
+               AND (SELECT count(*) FROM jobs WHERE status = 'running') < ?3",
+            params![id, now, limit],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the supervisor of a running attempt and its log file; `false` when the job
+    /// is not running at this attempt or another supervisor already took it.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn stamp_supervisor(
+        &self,
+        id: i64,
+        attempt: u32,
+        supervisor_pid: i64,
+        log_path: &str,
+    ) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET supervisor_pid = ?3, log_path = ?4
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+               AND supervisor_pid IS NULL AND pid IS NULL",
+            params![id, attempt, supervisor_pid, log_path],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Stamps the agent's pid and process start time right after the spawn.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn stamp_pid(&self, id: i64, attempt: u32, pid: i64, start: Option<i64>) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET pid = ?3, pid_start_time = ?4, dead_ticks = 0
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, pid, start],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the agent's exit code (before the flip, so a supervisor that dies in
+    /// between leaves the reaper a known exit code).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn record_exit_code(&self, id: i64, attempt: u32, code: i32) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET exit_code = ?3 WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, code],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The supervisor's terminal flip, guarded by `status='running'` and the attempt.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn finish_job(&self, id: i64, attempt: u32, status: JobStatus, now: i64) -> Result<bool> {
+        debug_assert!(status.is_terminal());
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = ?3, finished_at = ?4
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, status.as_str(), now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The reaper's terminal flip: guarded by `status='running'` and the attempt judged;
+    /// records the tier as the reason and counts the rescue.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn reap_flip(
+        &self,
+        id: i64,
+        attempt: u32,
+        status: JobStatus,
+        tier: Tier,
+        now: i64,
+    ) -> Result<bool> {
+        debug_assert!(status.is_terminal());
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = ?3, finished_at = ?4, reap_reason = ?5,
+                    rescue_count = rescue_count + 1
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, status.as_str(), now, tier.as_str()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Moves a running attempt's dead-tick streak from `from` to `to` (compare and set).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn set_dead_ticks(&self, id: i64, attempt: u32, from: u32, to: u32) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET dead_ticks = ?4
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running' AND dead_ticks = ?3",
+            params![id, attempt, from, to],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Flips a job to `cancelled` if it is still `expected` at `attempt`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn cancel_job(&self, id: i64, expected: JobStatus, attempt: u32, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?4
+             WHERE id = ?1 AND status = ?2 AND attempt = ?3",
+            params![id, expected.as_str(), attempt, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Re-queues an ended job as its next attempt (reconcile re-drives a stage this way);
+    /// returns the new attempt, or `None` when the job has not ended or another live job
+    /// of its task and stage exists.
+    ///
+    /// # Errors
+    /// On SQL errors other than the one-live-job constraint.
+    pub fn rerun_job(&self, id: i64, now: i64) -> Result<Option<u32>> {
+        let res = self.conn().execute(
+            "UPDATE jobs SET status = 'queued', attempt = attempt + 1, enqueued_at = ?2,
+                    started_at = NULL, finished_at = NULL, pid = NULL, pid_start_time = NULL,
+                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0
+             WHERE id = ?1 AND status IN ('succeeded','failed','cancelled')",
+            params![id, now],
+        );
+        match res {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(self.conn().query_row(
+                "SELECT attempt FROM jobs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?)),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns up to `limit` running jobs with an id above `after`, by id (keyset paging).
+    ///
+    /// A row that cannot be parsed comes back as `Err` with its id, so the reaper logs it
+    /// and goes on.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn running_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Result<Job, String>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query(params![after, limit])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            out.push((id, job_from_row(row).map_err(|e| e.to_string())));
+        }
+        Ok(out)
+    }
+
+    /// Returns the log path of a job, if recorded.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn job_log_path(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT log_path FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::db::Created;
+    use crate::core::stage::{Actor, Agent, Stage};
+    use crate::core::task::NewTask;
+
+    fn db_with_job() -> (tempfile::TempDir, Db, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("orch.db")).unwrap();
+        let t = db
+            .create_task(
+                &NewTask {
+                    project: "orch".into(),
+                    work_item_id: "w1".into(),
+                    key: "ORCH-1".into(),
+                    title: "t".into(),
+                    repo: "acme/orch".into(),
+                    branch: "orch-1".into(),
+                },
+                Actor::Operator,
+                "t",
+                1,
+            )
+            .unwrap()
+            .id();
+        let j = db
+            .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+            .unwrap();
+        let Created::New(j) = j else { panic!() };
+        (dir, db, j)
+    }
+
+    #[test]
+    fn a_new_attempt_is_not_flipped_by_a_pass_that_judged_the_old_one() {
+        let (_d, db, j) = db_with_job();
+        assert!(db.claim_job(j, 10, 1).unwrap());
+        assert!(!db.claim_job(j, 10, 1).unwrap(), "claimed once");
+        let judged = db.job(j).unwrap().unwrap();
+        assert_eq!(judged.attempt, 1);
+        // Meanwhile the job ends and is re-run as attempt 2, claimed again.
+        assert!(db.finish_job(j, 1, JobStatus::Failed, 11).unwrap());
+        assert_eq!(db.rerun_job(j, 12).unwrap(), Some(2));
+        assert!(db.claim_job(j, 13, 1).unwrap());
+        // The pass that judged attempt 1 loses every write.
+        assert!(!db
+            .reap_flip(j, judged.attempt, JobStatus::Failed, Tier::DeadPid, 14)
+            .unwrap());
+        assert!(!db.set_dead_ticks(j, judged.attempt, 0, 1).unwrap());
+        assert!(!db.record_exit_code(j, judged.attempt, 1).unwrap());
+        let now = db.job(j).unwrap().unwrap();
+        assert_eq!(
+            (now.status, now.attempt, now.rescue_count),
+            (JobStatus::Running, 2, 0)
+        );
+        // The pass judging attempt 2 flips it once.
+        assert!(db
+            .reap_flip(j, 2, JobStatus::Failed, Tier::DeadPid, 15)
+            .unwrap());
+        assert!(!db
+            .reap_flip(j, 2, JobStatus::Failed, Tier::DeadPid, 15)
+            .unwrap());
+        let now = db.job(j).unwrap().unwrap();
+        assert_eq!(now.rescue_count, 1);
+        assert_eq!(now.reap_reason.as_deref(), Some("dead-pid"));
+    }
+
+    #[test]
+    fn claims_respect_the_limit_and_rerun_needs_an_ended_job() {
+        let (_d, db, j) = db_with_job();
+        assert!(!db.claim_job(j, 10, 0).unwrap(), "limit 0 starts nothing");
+        assert_eq!(db.rerun_job(j, 10).unwrap(), None, "queued is not ended");
+        assert!(db.claim_job(j, 10, 1).unwrap());
+        assert_eq!(db.rerun_job(j, 10).unwrap(), None, "running is not ended");
+        assert!(db.stamp_supervisor(j, 1, 42, "/x.log").unwrap());
+        assert!(
+            !db.stamp_supervisor(j, 1, 43, "/x.log").unwrap(),
+            "one supervisor"
+        );
+        assert!(db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
+        assert!(!db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
+        assert_eq!(db.job_log_path(j).unwrap().as_deref(), Some("/x.log"));
+    }
+}

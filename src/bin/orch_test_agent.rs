@@ -1,0 +1,90 @@
+//! A stand-in agent for tests, benches and the walkthrough (test-helpers only).
+//!
+//! `orch-test-agent [--ready-fifo PATH] [--fork] [--hold | --hold-forever]
+//! [--ignore-term] [--exit N] [ARGS...]`
+//!
+//! Announces `ready <pid> [<grandchild pid>]` (on the FIFO when given, so a test can
+//! wait on it as an event, else on stdout), optionally after starting a grandchild in
+//! its own process group (`--fork`); then blocks on stdin until EOF (`--hold`) or until
+//! killed (`--hold-forever`), and exits with `--exit N` (default 0). `--ignore-term`
+//! makes it (and its grandchild) survive SIGTERM, so only KILL stops it. It also prints
+//! the `ORCH_*` job environment and its arguments, so tests can check them in the log.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut fifo = None;
+    let mut fork = false;
+    let mut hold = false;
+    let mut forever = false;
+    let mut ignore_term = false;
+    let mut code = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ready-fifo" => fifo = it.next().cloned(),
+            "--fork" => fork = true,
+            "--hold" => hold = true,
+            "--hold-forever" => forever = true,
+            "--ignore-term" => ignore_term = true,
+            "--exit" => code = it.next().and_then(|c| c.parse().ok()).unwrap_or(2),
+            _ => {}
+        }
+    }
+    let _signals = ignore_term.then(|| {
+        // Registering a handler replaces TERM's default action (exit): it is ignored.
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]).expect("signals")
+    });
+    // Output errors are ignored: a test may stop reading once it saw `ready`.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "args {}", args.join(" "));
+    for k in [
+        "ORCH_TASK_ID",
+        "ORCH_TASK_KEY",
+        "ORCH_JOB_ID",
+        "ORCH_TASK_ARTEFACTS",
+    ] {
+        let _ = writeln!(out, "{k}={}", std::env::var(k).unwrap_or_default());
+    }
+    let mut ready = format!("ready {}", std::process::id());
+    if fork {
+        let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+        // Its output goes nowhere: only this process announces `ready`.
+        cmd.arg("--hold-forever")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if ignore_term {
+            cmd.arg("--ignore-term");
+        }
+        let child = cmd.spawn().expect("start grandchild");
+        ready.push_str(&format!(" {}", child.id()));
+        // Left running on purpose: it belongs to this process group.
+        std::mem::forget(child);
+    }
+    match &fifo {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open ready fifo");
+            writeln!(f, "{ready}").expect("write ready");
+        }
+        None => {
+            let _ = writeln!(out, "{ready}");
+        }
+    }
+    let _ = out.flush();
+    if hold {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    }
+    if forever {
+        loop {
+            std::thread::park();
+        }
+    }
+    std::process::exit(code);
+}

@@ -1,0 +1,158 @@
+//! `orch dispatch`: starts queued jobs while fewer than `ORCH_MAX_CONCURRENCY` run.
+//!
+//! Loads the oldest queued jobs per project and the running counts, lets
+//! `core::dispatch::pick` choose (oldest first, fair across projects), claims each with
+//! one guarded UPDATE, then launches `orch run-job <id>` with `ORCH_JOB_LAUNCHER`. A
+//! launch that fails flips the claimed job to `failed` so it never sits `running` with
+//! nothing behind it.
+
+use std::ffi::OsString;
+
+use anyhow::{Context as _, Result};
+
+use crate::adapters::db::Db;
+use crate::adapters::spawn;
+use crate::config::JobLauncher;
+use crate::context::{Context, PassOutcome};
+use crate::core::dispatch::pick;
+use crate::core::job::JobStatus;
+use crate::exit::ExitStatus;
+
+/// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
+///
+/// Run by orch-dispatch.timer. Each job runs under `orch run-job <id>`, launched as
+/// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
+/// orch-job@<id>.service`). Exit codes: 0 done (or nothing to start), 2 error, 75
+/// another dispatch pass holds the lock.
+#[derive(Debug, clap::Args)]
+pub struct DispatchArgs {
+    /// Say which jobs would start and why the others wait; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs one `dispatch` pass.
+///
+/// # Errors
+/// When the database cannot be read or written.
+pub fn run(args: &DispatchArgs, ctx: &Context) -> Result<ExitStatus> {
+    ctx.run_pass("dispatch", args.dry_run, |db, _guard| {
+        pass(ctx, db, args.dry_run)
+    })
+}
+
+/// One dispatch pass over an open database (the caller holds the pass lock).
+///
+/// # Errors
+/// When the database cannot be read or written.
+pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
+    let now = ctx.now_secs();
+    let limit = ctx.config.settings.max_concurrency.0;
+    let running = db.running_by_project()?;
+    let running_total: u32 = running.values().sum();
+    let free = limit.saturating_sub(running_total);
+    // Only the oldest `free` jobs of each project can be picked this pass.
+    let queued = if free == 0 {
+        Vec::new()
+    } else {
+        db.queued_heads(free)?
+    };
+    let queued_total: i64 = db.conn().query_row(
+        "SELECT count(*) FROM jobs WHERE status = 'queued'",
+        [],
+        |r| r.get(0),
+    )?;
+    let picked = pick(&queued, &running, limit);
+    if dry_run {
+        println!(
+            "dispatch: {running_total} running, limit {limit}, {queued_total} queued: would start {}",
+            picked.len()
+        );
+        for q in &queued {
+            if picked.contains(&q.id) {
+                println!("  job {} ({}): would start", q.id, q.project);
+            } else {
+                println!(
+                    "  job {} ({}): waits: no free slot (limit {limit}, fair share across projects)",
+                    q.id, q.project
+                );
+            }
+        }
+        if queued_total > queued.len() as i64 {
+            println!(
+                "  {} more queued jobs wait: no free slot",
+                queued_total - queued.len() as i64
+            );
+        }
+        return Ok(PassOutcome::ok(vec![
+            ("queued", queued_total),
+            ("running", i64::from(running_total)),
+            ("started", 0),
+            ("would_start", picked.len() as i64),
+        ]));
+    }
+    let mut started = 0i64;
+    let mut lost = 0i64;
+    let mut failed = 0i64;
+    for id in picked {
+        if !db.claim_job(id, now, limit)? {
+            lost += 1;
+            log::info!("dispatch: job {id} not claimed: another pass took it or no slot left");
+            continue;
+        }
+        match launch(ctx, id) {
+            Ok(how) => {
+                started += 1;
+                log::info!("dispatch: started job {id} ({how})");
+            }
+            Err(e) => {
+                failed += 1;
+                log::error!("dispatch: could not launch job {id}: {e:#}");
+                let attempt = db.job(id)?.map(|j| j.attempt).unwrap_or(1);
+                db.finish_job(id, attempt, JobStatus::Failed, now)?;
+            }
+        }
+    }
+    Ok(PassOutcome::ok(vec![
+        ("queued", queued_total),
+        ("running", i64::from(running_total) + started),
+        ("started", started),
+        ("lost_race", lost),
+        ("launch_failed", failed),
+    ]))
+}
+
+/// Returns the path of a job's log file under the state dir.
+pub fn job_log_path(ctx: &Context, id: i64) -> std::path::PathBuf {
+    ctx.config
+        .settings
+        .state_dir
+        .join("jobs")
+        .join(format!("{id}.log"))
+}
+
+fn launch(ctx: &Context, id: i64) -> Result<String> {
+    let s = &ctx.config.settings;
+    match s.job_launcher {
+        JobLauncher::Direct => {
+            let exe = std::env::current_exe().context("locating the orch binary")?;
+            // The supervisor reads the same database, state dir and pipeline file.
+            let mut env: Vec<(String, OsString)> = vec![
+                ("ORCH_DB".into(), s.db.clone().into_os_string()),
+                (
+                    "ORCH_STATE_DIR".into(),
+                    s.state_dir.clone().into_os_string(),
+                ),
+            ];
+            if let Some(p) = &ctx.config.pipeline.path {
+                env.push(("ORCH_CONFIG".into(), p.clone().into_os_string()));
+            }
+            let pid = spawn::launch_direct(&exe, id, &job_log_path(ctx, id), &env)?;
+            Ok(format!("direct, supervisor pid {pid}"))
+        }
+        JobLauncher::Systemd => {
+            spawn::launch_systemd(id, std::env::var_os("PATH").as_deref())?;
+            Ok(format!("systemd, orch-job@{id}.service"))
+        }
+    }
+}

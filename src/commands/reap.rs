@@ -1,0 +1,287 @@
+//! `orch reap`: rescues jobs left `running` by a dead process, and reclaims a stale merge
+//! lease.
+//!
+//! Pages through running jobs by id, observes each one's processes in `/proc` (the agent
+//! pid with its stamped start time, or, before the pid is stamped, the supervisor), lets
+//! `core::reap::judge` decide, and acts: store or reset the dead-tick streak, or flip the
+//! job with the guarded UPDATE (terminating its process group first on the backstop). A
+//! flip never moves a task; reconcile re-drives the stage through its gate. One bad row is
+//! logged and skipped.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::adapters::db::Db;
+use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
+use crate::adapters::lock::LockError;
+use crate::adapters::process::{liveness, start_time, Liveness};
+use crate::adapters::spawn::{terminate_group, Terminated};
+use crate::context::{Context, PassOutcome};
+use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
+use crate::core::task::Job;
+use crate::exit::ExitStatus;
+
+/// Running jobs read per query.
+const PAGE: usize = 1000;
+
+/// Rescue jobs left running by dead processes, and reclaim a stale merge lease
+///
+/// Run by orch-reap.timer every ORCH_REAPER_INTERVAL_S. Tiers: a recorded exit code;
+/// a dead (or reused) pid for ORCH_REAPER_DEAD_TICKS consecutive passes; running past
+/// ORCH_REAPER_MAX_RUNNING_S (the process group is terminated first). Exit codes: 0
+/// done, 2 error, 75 another reap pass holds the lock.
+#[derive(Debug, clap::Args)]
+pub struct ReapArgs {
+    /// Say what would be flipped or reclaimed and why each job is left; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs one `reap` pass.
+///
+/// # Errors
+/// When the database cannot be read.
+pub fn run(args: &ReapArgs, ctx: &Context) -> Result<ExitStatus> {
+    if !ctx.config.settings.reaper_enabled {
+        log::info!("reap: disabled by ORCH_REAPER_ENABLED=false; nothing read or written");
+        return Ok(ExitStatus::Success);
+    }
+    ctx.run_pass("reap", args.dry_run, |db, _guard| {
+        pass(ctx, db, args.dry_run)
+    })
+}
+
+/// What a pass counted.
+#[derive(Debug, Default)]
+struct Tally {
+    scanned: i64,
+    alive: i64,
+    streak: i64,
+    reset: i64,
+    flips: [i64; 3],
+    lost: i64,
+    bad_rows: i64,
+    leases_reclaimed: i64,
+    lease_malformed: i64,
+}
+
+/// One reap pass over an open database (the caller holds the pass lock; the guarded
+/// UPDATEs keep it correct even when it does not).
+///
+/// # Errors
+/// When the database cannot be read.
+pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
+    let s = &ctx.config.settings;
+    let now = ctx.now_secs();
+    let settings = ReapSettings {
+        dead_ticks: s.reaper_dead_ticks.0,
+        max_running_s: s.reaper_max_running_s.secs(),
+    };
+    let grace = s.reaper_kill_grace_s.0;
+    let mut t = Tally::default();
+    let mut after = 0;
+    loop {
+        let page = db.running_page(after, PAGE)?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (id, row) in page {
+            t.scanned += 1;
+            match row {
+                Ok(job) => {
+                    if let Err(e) = reap_one(db, &job, now, &settings, grace, dry_run, &mut t) {
+                        t.bad_rows += 1;
+                        log::error!("reap: job {id} skipped: {e:#}");
+                    }
+                }
+                Err(e) => {
+                    t.bad_rows += 1;
+                    log::error!("reap: job {id} skipped: unreadable row: {e}");
+                }
+            }
+        }
+    }
+    if s.lease_reclaim_enabled {
+        reclaim_lease(ctx, now, dry_run, &mut t)?;
+    } else {
+        log::info!("reap: lease reclaim disabled by ORCH_LEASE_RECLAIM_ENABLED=false");
+    }
+    Ok(PassOutcome::ok(vec![
+        ("scanned", t.scanned),
+        ("alive", t.alive),
+        ("dead_streak", t.streak),
+        ("streak_reset", t.reset),
+        ("flipped", t.flips.iter().sum()),
+        ("flipped_exit_code", t.flips[0]),
+        ("flipped_max_running", t.flips[1]),
+        ("flipped_dead_pid", t.flips[2]),
+        ("lost_race", t.lost),
+        ("bad_rows", t.bad_rows),
+        ("leases_reclaimed", t.leases_reclaimed),
+        ("lease_malformed", t.lease_malformed),
+    ]))
+}
+
+/// Observes a running job's processes.
+pub fn observe(job: &Job) -> Observed {
+    match job.pid {
+        Some(pid) => match liveness(pid, job.pid_start_time) {
+            Liveness::Alive => Observed::Alive,
+            Liveness::Dead => Observed::Dead,
+            Liveness::Reused => Observed::Reused,
+        },
+        // Claimed, pid not stamped yet: the supervisor may be about to spawn.
+        None => match job.supervisor_pid {
+            Some(s) if start_time(s).is_some() => Observed::Alive,
+            _ => Observed::NoPid,
+        },
+    }
+}
+
+fn reap_one(
+    db: &Db,
+    job: &Job,
+    now: i64,
+    settings: &ReapSettings,
+    grace: Duration,
+    dry_run: bool,
+    t: &mut Tally,
+) -> Result<()> {
+    let observed = observe(job);
+    let facts = RunningFacts {
+        exit_code: job.exit_code,
+        started_at: job.started_at,
+        dead_ticks: job.dead_ticks,
+    };
+    let action = judge(&facts, observed, now, settings);
+    if dry_run {
+        println!("{}", explain(job, observed, &action, settings));
+        return Ok(());
+    }
+    match action {
+        ReapAction::Leave => t.alive += 1,
+        ReapAction::ResetStreak => {
+            t.alive += 1;
+            if db.set_dead_ticks(job.id, job.attempt, job.dead_ticks, 0)? {
+                t.reset += 1;
+                log::info!("reap: job {} alive again; dead streak reset", job.id);
+            }
+        }
+        ReapAction::Streak { ticks } => {
+            if db.set_dead_ticks(job.id, job.attempt, job.dead_ticks, ticks)? {
+                t.streak += 1;
+                log::info!(
+                    "reap: job {} process {} (pass {ticks} of {})",
+                    job.id,
+                    observed.as_str(),
+                    settings.dead_ticks
+                );
+            } else {
+                t.lost += 1;
+            }
+        }
+        ReapAction::Flip {
+            status,
+            tier,
+            kill,
+            why,
+        } => {
+            if kill {
+                let pgid = job.pid.or(job.supervisor_pid).unwrap_or(0);
+                let how = terminate_group(pgid, grace);
+                log::info!(
+                    "reap: job {} process group {pgid} terminated: {how:?}",
+                    job.id
+                );
+                if how == Terminated::Survived {
+                    log::warn!("reap: job {} process group {pgid} survived KILL", job.id);
+                }
+            }
+            if db.reap_flip(job.id, job.attempt, status, tier, now)? {
+                let i = Tier::ALL
+                    .iter()
+                    .position(|x| *x == tier)
+                    .expect("known tier");
+                t.flips[i] += 1;
+                log::info!(
+                    "reap: flipped job {} attempt {} to {status} ({tier}): {why}",
+                    job.id,
+                    job.attempt
+                );
+            } else {
+                t.lost += 1;
+                log::info!(
+                    "reap: job {} changed since it was judged; left as it is",
+                    job.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn explain(job: &Job, observed: Observed, action: &ReapAction, s: &ReapSettings) -> String {
+    let what = match action {
+        ReapAction::Leave => format!("skip: process {}, within the limit", observed.as_str()),
+        ReapAction::ResetStreak => "would reset its dead streak: process alive again".into(),
+        ReapAction::Streak { ticks } => format!(
+            "skip for now: process {} (pass {ticks} of {})",
+            observed.as_str(),
+            s.dead_ticks
+        ),
+        ReapAction::Flip {
+            status,
+            tier,
+            kill,
+            why,
+        } => format!(
+            "would {}flip to {status} ({tier}): {why}",
+            if *kill {
+                "terminate its process group and "
+            } else {
+                ""
+            }
+        ),
+    };
+    format!("job {} attempt {}: {what}", job.id, job.attempt)
+}
+
+fn reclaim_lease(ctx: &Context, now: i64, dry_run: bool, t: &mut Tally) -> Result<()> {
+    let lease = MergeLease::new(&ctx.config.settings.state_dir);
+    let guard = match lease.lock() {
+        Ok(g) => g,
+        Err(LockError::Busy(_)) => {
+            log::info!("reap: merge lease is being changed by its holder; left for the next pass");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match lease.read()? {
+        LeaseFile::Free => {}
+        LeaseFile::Malformed(why) => {
+            t.lease_malformed += 1;
+            log::warn!("reap: merge lease file is malformed; left for an operator: {why}");
+        }
+        LeaseFile::Held(l) => {
+            let state = l.judge(now);
+            let holder = format!(
+                "job {} pid {}",
+                l.job_id.map_or("-".into(), |j| j.to_string()),
+                l.pid
+            );
+            match state {
+                LeaseState::Held => log::debug!("reap: merge lease held by {holder}"),
+                LeaseState::HolderDead | LeaseState::Expired if dry_run => {
+                    println!("merge lease of {holder}: would reclaim ({state:?})");
+                }
+                LeaseState::HolderDead | LeaseState::Expired => {
+                    if lease.remove(&guard)? {
+                        t.leases_reclaimed += 1;
+                        log::info!("reap: reclaimed the merge lease of {holder}: {state:?}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

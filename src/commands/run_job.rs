@@ -1,0 +1,226 @@
+//! `orch run-job <id>`: the job supervisor that `dispatch` starts.
+//!
+//! Takes the claimed job (one supervisor per attempt), runs the agent's argv from the
+//! pipeline file (no shell) in its own process group with the job's environment, stamps
+//! pid and start time right after the spawn, streams output to the job's log file, waits,
+//! records the exit code, flips the job (guarded by `status='running'` and the attempt),
+//! then evaluates the stage's gate. The exit code never moves the task: the gate does.
+//! TERM or INT to the supervisor is passed on to the agent's process group.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::adapters::artefacts;
+use crate::adapters::db::Db;
+use crate::adapters::process::start_time;
+use crate::adapters::spawn::{self, exit_code_of};
+use crate::commands::dispatch::job_log_path;
+use crate::context::Context;
+use crate::core::job::JobStatus;
+use crate::core::stage::Actor;
+use crate::core::task::{Job, Task};
+use crate::exit::ExitStatus;
+use crate::gather::{apply_gate, GateOutcome};
+
+/// Exit code recorded when the agent command cannot be started (the shell's "command
+/// not found").
+pub const EXIT_NOT_STARTED: i32 = 127;
+
+/// Supervise one claimed job: run its agent, record how it ended, then evaluate the gate
+///
+/// Started by `dispatch` (directly, or as orch-job@<id>.service). Exit codes: 0 the
+/// agent succeeded, 1 the agent failed or could not be started (the job is `failed`),
+/// 2 the job is not running, belongs to another supervisor, or the database failed.
+#[derive(Debug, clap::Args)]
+pub struct RunJobArgs {
+    /// The job id
+    pub id: i64,
+}
+
+/// Runs the supervisor.
+///
+/// # Errors
+/// When the job cannot be taken or the database fails.
+pub fn run(args: &RunJobArgs, ctx: &Context) -> Result<ExitStatus> {
+    let mut db = ctx.open_db()?;
+    let job = db
+        .job(args.id)?
+        .with_context(|| format!("no job with id {}", args.id))?;
+    if job.status != JobStatus::Running {
+        bail!(
+            "job {} is {}, not running: dispatch claims a job before run-job supervises it",
+            job.id,
+            job.status
+        );
+    }
+    let task = db.task(job.task_id)?.with_context(|| {
+        format!(
+            "job {} names task {}, which does not exist",
+            job.id, job.task_id
+        )
+    })?;
+    let log_path = job_log_path(ctx, job.id);
+    let me = i64::from(std::process::id());
+    if !db.stamp_supervisor(job.id, job.attempt, me, &log_path.display().to_string())? {
+        bail!(
+            "job {} attempt {} already has a supervisor (or moved on); not running it twice",
+            job.id,
+            job.attempt
+        );
+    }
+    let code = supervise(ctx, &db, &job, &task, &log_path)?;
+    let status = JobStatus::from_exit_code(code);
+    let now = ctx.now_secs();
+    if db.finish_job(job.id, job.attempt, status, now)? {
+        log::info!(
+            "run-job: job {} ({} {}) {status} with exit code {code}",
+            job.id,
+            task.key,
+            job.agent
+        );
+    } else {
+        log::warn!(
+            "run-job: job {} was no longer running at attempt {} (cancelled or reaped); left as it is",
+            job.id,
+            job.attempt
+        );
+    }
+    // The gate decides what the stage does next, only while the task is at the job's stage.
+    match db.task(task.id)? {
+        Some(t) if t.stage == job.stage => gate(ctx, &mut db, &t),
+        Some(t) => log::info!(
+            "run-job: task {} moved on to {}; no gate to evaluate for {}",
+            t.key,
+            t.stage,
+            job.stage
+        ),
+        None => {}
+    }
+    Ok(if status == JobStatus::Succeeded {
+        ExitStatus::Success
+    } else {
+        ExitStatus::No
+    })
+}
+
+fn gate(ctx: &Context, db: &mut Db, task: &Task) {
+    match apply_gate(ctx, db, task, Actor::RunJob) {
+        Ok(GateOutcome::Advanced(m) | GateOutcome::RolledBack(m)) => {
+            log::info!(
+                "run-job: gate moved task {} {} -> {}",
+                task.key,
+                m.from,
+                m.to
+            );
+        }
+        Ok(other) => log::debug!("run-job: gate for task {}: {other:?}", task.key),
+        // Reconcile re-evaluates later; the job's own outcome is already recorded.
+        Err(e) => log::warn!("run-job: gate for task {} not applied: {e:#}", task.key),
+    }
+}
+
+/// Runs the agent and returns its exit code (or [`EXIT_NOT_STARTED`]).
+fn supervise(ctx: &Context, db: &Db, job: &Job, task: &Task, log_path: &Path) -> Result<i32> {
+    let mut log = spawn::open_log(log_path)?;
+    let _ = writeln!(
+        log,
+        "== orch run-job {} attempt {} ({} for {})",
+        job.id, job.attempt, job.agent, task.key
+    );
+    let art_dir =
+        match artefacts::task_dir(&ctx.config.settings.artefacts_dir, &task.key).and_then(|d| {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("creating artefact folder {}", d.display()))?;
+            Ok(d)
+        }) {
+            Ok(d) => d,
+            Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
+        };
+    let argv = match ctx.config.pipeline.agent_argv(job.agent) {
+        Some(template) => render_argv(template, job, task, &art_dir),
+        None => {
+            return not_started(
+                db,
+                job,
+                &mut log,
+                &format!(
+                    "no agent command for {} in the pipeline file (agents.{})",
+                    job.agent, job.agent
+                ),
+            )
+        }
+    };
+    let env = vec![
+        ("ORCH_TASK_ID", task.id.to_string()),
+        ("ORCH_TASK_KEY", task.key.clone()),
+        ("ORCH_JOB_ID", job.id.to_string()),
+        ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
+    ];
+    // Handlers go in before the spawn so a TERM in between is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let handle = signals.handle();
+    let mut child = match spawn::spawn_agent(&argv, &env, &log) {
+        Ok(c) => c,
+        Err(e) => {
+            handle.close();
+            return not_started(db, job, &mut log, &format!("{e:#}"));
+        }
+    };
+    let pid = i64::from(child.id());
+    if !db.stamp_pid(job.id, job.attempt, pid, start_time(pid))? {
+        log::warn!(
+            "run-job: job {} moved on before its pid was stamped",
+            job.id
+        );
+    }
+    log::info!(
+        "run-job: job {} agent {} started, pid {pid}",
+        job.id,
+        job.agent
+    );
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let signal = if sig == SIGINT {
+                rustix::process::Signal::Int
+            } else {
+                rustix::process::Signal::Term
+            };
+            log::warn!("run-job: passing signal {sig} on to the agent's process group {pid}");
+            spawn::signal_group(pid, signal);
+        }
+    });
+    let status = child.wait().context("waiting for the agent")?;
+    handle.close();
+    let _ = forwarder.join();
+    let code = exit_code_of(status);
+    let _ = writeln!(log, "== agent exited with code {code}");
+    // Recorded before the flip: a supervisor that dies in between leaves a known exit code.
+    db.record_exit_code(job.id, job.attempt, code)?;
+    Ok(code)
+}
+
+fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result<i32> {
+    log::error!("run-job: job {} could not start its agent: {why}", job.id);
+    let _ = writeln!(log, "== agent not started: {why}");
+    db.record_exit_code(job.id, job.attempt, EXIT_NOT_STARTED)?;
+    Ok(EXIT_NOT_STARTED)
+}
+
+/// Fills an agent argv template's placeholders.
+pub fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
+    let art = artefacts.display().to_string();
+    template
+        .iter()
+        .map(|a| {
+            a.replace("{task}", &task.key)
+                .replace("{job}", &job.id.to_string())
+                .replace("{branch}", &task.branch)
+                .replace("{repo}", &task.repo)
+                .replace("{artefacts}", &art)
+        })
+        .collect()
+}

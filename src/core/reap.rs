@@ -1,0 +1,283 @@
+//! The reaper's decision: what to do with one `running` job, as a pure function of the
+//! job's stored facts, what `/proc` says about its processes, the time and the settings.
+//!
+//! Three tiers (SPEC §4 "reap"), checked in this order:
+//! 1. **exit code**: the supervisor recorded one but died before the flip: flip now, to
+//!    the status the exit code gives;
+//! 2. **backstop**: running longer than the limit: terminate the process group, then
+//!    flip to `failed` (also when the process is already gone: the limit is the limit);
+//! 3. **dead pid**: no live process for `dead_ticks` consecutive passes (the streak is
+//!    stored; seeing the process alive resets it): flip to `failed`.
+//!
+//! No I/O here: the command observes liveness and acts on the [`ReapAction`].
+
+use std::fmt;
+
+use crate::core::job::JobStatus;
+
+/// Which tier flipped a job; stored as the job's `reap_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// The supervisor recorded an exit code and died before flipping.
+    ExitCode,
+    /// The process was dead for the configured number of passes.
+    DeadPid,
+    /// The job ran past `ORCH_REAPER_MAX_RUNNING_S`.
+    MaxRunning,
+}
+
+impl Tier {
+    /// Every tier, in decision order.
+    pub const ALL: [Tier; 3] = [Tier::ExitCode, Tier::MaxRunning, Tier::DeadPid];
+
+    /// Returns the stable name stored as `reap_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::ExitCode => "exit-code",
+            Tier::DeadPid => "dead-pid",
+            Tier::MaxRunning => "max-running",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `/proc` says about a running job's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The stamped agent pid runs with the stamped start time, or (no pid stamped yet)
+    /// its supervisor runs.
+    Alive,
+    /// The stamped pid is gone.
+    Dead,
+    /// The stamped pid now belongs to another process (start time differs).
+    Reused,
+    /// No pid was ever stamped and no supervisor runs.
+    NoPid,
+}
+
+impl Observed {
+    /// Returns whether the job's process counts as gone.
+    pub fn is_dead(self) -> bool {
+        !matches!(self, Observed::Alive)
+    }
+
+    /// Returns the word logs and `--dry-run` print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Observed::Alive => "alive",
+            Observed::Dead => "dead",
+            Observed::Reused => "reused",
+            Observed::NoPid => "no-pid",
+        }
+    }
+}
+
+/// The facts about one running job the decision reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningFacts {
+    /// The exit code the supervisor recorded, if any.
+    pub exit_code: Option<i32>,
+    /// When the job was claimed (unix seconds); `None` reads as "now".
+    pub started_at: Option<i64>,
+    /// The stored dead-tick streak.
+    pub dead_ticks: u32,
+}
+
+/// The reaper's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReapSettings {
+    /// `ORCH_REAPER_DEAD_TICKS`: passes a process must be seen dead before the flip.
+    pub dead_ticks: u32,
+    /// `ORCH_REAPER_MAX_RUNNING_S`.
+    pub max_running_s: i64,
+}
+
+/// What to do with one running job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReapAction {
+    /// Nothing: the job is alive and within its limit (and has no streak to reset).
+    Leave,
+    /// The process is alive again: reset the stored streak to 0.
+    ResetStreak,
+    /// The process is dead, not yet long enough: store the streak `ticks`.
+    Streak {
+        /// The new streak.
+        ticks: u32,
+    },
+    /// Flip the job to `status` (terminating its process group first when `kill`).
+    Flip {
+        /// The terminal status.
+        status: JobStatus,
+        /// The tier, stored as the reason.
+        tier: Tier,
+        /// Whether the process group must be terminated before the flip.
+        kill: bool,
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// Decides what to do with one running job.
+pub fn judge(
+    job: &RunningFacts,
+    observed: Observed,
+    now: i64,
+    settings: &ReapSettings,
+) -> ReapAction {
+    if let Some(code) = job.exit_code {
+        return ReapAction::Flip {
+            status: JobStatus::from_exit_code(code),
+            tier: Tier::ExitCode,
+            kill: false,
+            why: format!("supervisor recorded exit code {code} but never flipped the job"),
+        };
+    }
+    let age = now - job.started_at.unwrap_or(now);
+    if age >= settings.max_running_s {
+        return ReapAction::Flip {
+            status: JobStatus::Failed,
+            tier: Tier::MaxRunning,
+            kill: !observed.is_dead(),
+            why: format!(
+                "running {age}s, limit {}s (process {})",
+                settings.max_running_s,
+                observed.as_str()
+            ),
+        };
+    }
+    if !observed.is_dead() {
+        return if job.dead_ticks > 0 {
+            ReapAction::ResetStreak
+        } else {
+            ReapAction::Leave
+        };
+    }
+    let ticks = job.dead_ticks.saturating_add(1);
+    if ticks >= settings.dead_ticks.max(1) {
+        ReapAction::Flip {
+            status: JobStatus::Failed,
+            tier: Tier::DeadPid,
+            kill: false,
+            why: format!(
+                "process {} for {ticks} consecutive passes",
+                observed.as_str()
+            ),
+        }
+    } else {
+        ReapAction::Streak { ticks }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: ReapSettings = ReapSettings {
+        dead_ticks: 3,
+        max_running_s: 100,
+    };
+
+    fn facts(exit_code: Option<i32>, started_at: i64, dead_ticks: u32) -> RunningFacts {
+        RunningFacts {
+            exit_code,
+            started_at: Some(started_at),
+            dead_ticks,
+        }
+    }
+
+    fn flip(action: &ReapAction) -> Option<(JobStatus, Tier, bool)> {
+        match action {
+            ReapAction::Flip {
+                status, tier, kill, ..
+            } => Some((*status, *tier, *kill)),
+            _ => None,
+        }
+    }
+
+    /// (exit code, started at, stored streak, observed, now, expected).
+    type Case<T> = (Option<i32>, i64, u32, Observed, i64, T);
+
+    #[test]
+    fn tiers_in_order_with_their_boundaries() {
+        use JobStatus::{Failed, Succeeded};
+        use Observed::{Alive, Dead, NoPid, Reused};
+        // (exit code, started, streak, observed, now, expected)
+        let cases: &[Case<ReapAction>] = &[
+            (None, 0, 0, Alive, 50, ReapAction::Leave),
+            (None, 0, 2, Alive, 50, ReapAction::ResetStreak),
+            (None, 0, 0, Dead, 50, ReapAction::Streak { ticks: 1 }),
+            (None, 0, 1, Reused, 50, ReapAction::Streak { ticks: 2 }),
+            (None, 0, 1, NoPid, 99, ReapAction::Streak { ticks: 2 }),
+        ];
+        for (code, started, ticks, obs, now, want) in cases {
+            assert_eq!(
+                &judge(&facts(*code, *started, *ticks), *obs, *now, &S),
+                want,
+                "{code:?} {started} {ticks} {obs:?} {now}"
+            );
+        }
+        let flips: &[Case<(JobStatus, Tier, bool)>] = &[
+            // Tier 1 wins over everything, and its status follows the code.
+            (
+                Some(0),
+                0,
+                0,
+                Alive,
+                500,
+                (Succeeded, Tier::ExitCode, false),
+            ),
+            (Some(3), 0, 0, Dead, 1, (Failed, Tier::ExitCode, false)),
+            // Backstop at exactly the limit; kills only what lives.
+            (None, 0, 0, Alive, 100, (Failed, Tier::MaxRunning, true)),
+            (None, 0, 2, Dead, 100, (Failed, Tier::MaxRunning, false)),
+            // Dead pid on the third consecutive dead pass.
+            (None, 0, 2, Dead, 99, (Failed, Tier::DeadPid, false)),
+            (None, 0, 2, Reused, 99, (Failed, Tier::DeadPid, false)),
+            (None, 0, 2, NoPid, 99, (Failed, Tier::DeadPid, false)),
+            (None, 0, 7, Dead, 99, (Failed, Tier::DeadPid, false)),
+        ];
+        for (code, started, ticks, obs, now, want) in flips {
+            let got = judge(&facts(*code, *started, *ticks), *obs, *now, &S);
+            assert_eq!(
+                flip(&got),
+                Some(*want),
+                "{code:?} {started} {ticks} {obs:?} {now}"
+            );
+        }
+        // Just under the limit an alive job is left alone.
+        assert_eq!(judge(&facts(None, 0, 0), Alive, 99, &S), ReapAction::Leave);
+    }
+
+    #[test]
+    fn one_tick_flips_on_the_first_dead_pass_and_unknown_start_is_now() {
+        let one = ReapSettings {
+            dead_ticks: 1,
+            max_running_s: 100,
+        };
+        let got = judge(&facts(None, 0, 0), Observed::Dead, 1, &one);
+        assert_eq!(flip(&got).map(|f| f.1), Some(Tier::DeadPid));
+        let no_start = RunningFacts {
+            exit_code: None,
+            started_at: None,
+            dead_ticks: 0,
+        };
+        assert_eq!(
+            judge(&no_start, Observed::Alive, i64::MAX, &S),
+            ReapAction::Leave
+        );
+    }
+
+    #[test]
+    fn tier_names_are_stable() {
+        assert_eq!(
+            Tier::ALL.map(Tier::as_str),
+            ["exit-code", "max-running", "dead-pid"]
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Gathering the facts a stage's gate reads, and applying the gate's decision: the one
+//! path by which a finished job (through `run-job`) or a re-drive moves a task.
+//!
+//! Artefacts are read with the `core::artefact` parsers; the stage's latest job comes
+//! from the database; forge facts (the PR, its CI state, merged-or-contained) come from
+//! Gitea through [`crate::forge::Forge`] (without `ORCH_GITEA_URL` they are unknown and
+//! the gates that need them wait: nothing advances without evidence). Only what
+//! `gate::needs(stage)` lists is read.
+
+use anyhow::Result;
+
+use crate::adapters::artefacts;
+use crate::adapters::db::{Db, Moved};
+use crate::context::Context;
+use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
+use crate::core::gate::{self, GateDecision, GateInputs, Need};
+use crate::core::job::JobOutcome;
+use crate::core::stage::Actor;
+use crate::core::task::Task;
+use crate::flow;
+use crate::forge::Forge;
+
+/// Why forge facts are unknown without Gitea (the gates that need them wait).
+pub const GITEA_NOT_CONFIGURED: &str = crate::forge::GITEA_NOT_CONFIGURED;
+
+/// Reads what `task`'s current stage's gate needs, with a Gitea client of its own.
+///
+/// Unknown facts stay errors (their checks say `Unknown`); this never fails the caller.
+pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
+    let mut forge = match Forge::from_config(&ctx.config) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("task {}: gitea client: {e:#}", task.key);
+            Forge::new(None)
+        }
+    };
+    gate_inputs_with(ctx, db, task, &mut forge, true)
+}
+
+/// Reads what `task`'s current stage's gate needs through `forge` (a pass shares one,
+/// so each repo's open pulls are listed once). A PR seen for the first time has its
+/// number recorded on the task when `record` (not in dry runs).
+pub fn gate_inputs_with(
+    ctx: &Context,
+    db: &Db,
+    task: &Task,
+    forge: &mut Forge,
+    record: bool,
+) -> GateInputs {
+    let mut inputs = GateInputs::empty();
+    let root = &ctx.config.settings.artefacts_dir;
+    let read = |file: &str| -> Result<Option<String>, ArtefactError> {
+        artefacts::read(root, &task.key, file).map_err(|e| ArtefactError::BadYaml {
+            file: file.into(),
+            message: format!("{e:#}"),
+        })
+    };
+    for need in gate::needs(task.stage) {
+        match need {
+            Need::Job => {
+                inputs.last_job = match db.latest_stage_job(task.id, task.stage) {
+                    Ok(j) => j.map(|j| JobOutcome {
+                        status: j.status,
+                        attempt: j.attempt,
+                        exit_code: j.exit_code,
+                    }),
+                    Err(e) => {
+                        log::warn!("task {}: reading its latest job: {e:#}", task.key);
+                        None
+                    }
+                };
+            }
+            Need::Pr | Need::Ci => {}
+            Need::Review => {
+                inputs.review = read(artefact::REVIEW_FILE)
+                    .and_then(|t| artefact::parse_status::<ReviewVerdict>(t.as_deref()));
+            }
+            Need::Staging => {
+                inputs.staging = read(artefact::STAGING_REPORT_FILE)
+                    .and_then(|t| artefact::parse_staging_report(t.as_deref()));
+            }
+            Need::Deploy => {
+                inputs.deploy = read(artefact::DEPLOY_REPORT_FILE)
+                    .and_then(|t| artefact::parse_status::<DeployStatus>(t.as_deref()));
+            }
+        }
+    }
+    let needs = gate::needs(task.stage);
+    let facts = forge.facts(task, task.stage, &needs);
+    inputs.pr = facts.pr;
+    inputs.ci = facts.ci;
+    if let (Some(n), true) = (facts.new_pr_number, record) {
+        match db.set_pr_number(
+            task.id,
+            i64::try_from(n).unwrap_or(i64::MAX),
+            ctx.now_secs(),
+        ) {
+            Ok(()) => log::info!(
+                "task {}: PR #{n} found for branch {}",
+                task.key,
+                task.branch
+            ),
+            Err(e) => log::warn!("task {}: recording PR #{n}: {e:#}", task.key),
+        }
+    }
+    let s = &ctx.config.settings;
+    let project = ctx.config.pipeline.project(&task.project);
+    inputs.freshness_applies = crate::core::staging::freshness_applies(
+        s.image_freshness_enabled,
+        &s.image_freshness_repos.0,
+        project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),
+    );
+    inputs.validated_revision = task.validated_revision.clone();
+    inputs
+}
+
+/// What applying a gate did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum GateOutcome {
+    /// The task moved forward.
+    Advanced(Moved),
+    /// The task rolled back.
+    RolledBack(Moved),
+    /// The gate held; the blockers say why.
+    Waiting {
+        /// The checks that did not pass.
+        blockers: String,
+    },
+    /// The stage has no automatic gate (analysis, done, cancelled).
+    NoGate,
+    /// The task is escalated to a human: nothing re-drives it.
+    Escalated,
+}
+
+/// Evaluates `task`'s current stage's gate and acts on it: advance or roll back through
+/// [`flow::move_task`], or wait. An escalated task is left alone. Escalation on too many
+/// developer retries is reconcile's decision, not made here.
+///
+/// # Errors
+/// When the move fails (another pass moved the task meanwhile, or a write failed).
+pub fn apply_gate(ctx: &Context, db: &mut Db, task: &Task, actor: Actor) -> Result<GateOutcome> {
+    if task.escalated_at.is_some() {
+        return Ok(GateOutcome::Escalated);
+    }
+    let inputs = gate_inputs(ctx, db, task);
+    let decision = gate::evaluate(task.stage, &inputs);
+    match &decision {
+        GateDecision::NoGate => Ok(GateOutcome::NoGate),
+        GateDecision::Wait { .. } => {
+            let blockers = decision.blockers();
+            log::info!("task {} waits at {}: {blockers}", task.key, task.stage);
+            Ok(GateOutcome::Waiting { blockers })
+        }
+        GateDecision::Advance { to, .. } => {
+            let moved = flow::move_task(ctx, db, task, *to, "gate passed", actor)?;
+            Ok(GateOutcome::Advanced(moved))
+        }
+        GateDecision::Rollback { to, because, .. } => {
+            let moved = flow::move_task(ctx, db, task, *to, because, actor)?;
+            Ok(GateOutcome::RolledBack(moved))
+        }
+    }
+}

@@ -1,0 +1,854 @@
+//! `dispatch`, `run-job`, `reap` and `job` with real processes, real SQLite and real
+//! locks. Time is stepped with `ORCH_NOW`; tests wait on events (a line on a pipe or a
+//! FIFO, `wait()`, a pidfd), never on sleeps.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rusqlite::params;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+
+use orch::adapters::lock::LockFile;
+use orch::adapters::process::start_time;
+use orch::clock::FixedClock;
+use orch::config::{Config, Overrides};
+use orch::context::Context;
+
+use crate::common::{TestEnv, NOW_UNIX};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
+
+/// A pipeline whose agents are the test agent with every placeholder, plus `extra` args.
+fn pipeline(extra: &str) -> String {
+    let argv = format!(
+        "[{AGENT}, {extra} \"{{task}}\", \"{{job}}\", \"{{branch}}\", \"{{repo}}\", \"{{artefacts}}\"]"
+    );
+    format!(
+        r#"
+plane: {{ workspace: acme }}
+projects:
+  - name: orch
+    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
+    plane_identifier: ORCH
+    repo: acme/orch
+  - name: shop
+    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
+    plane_identifier: SHOP
+    repo: acme/shop
+agents:
+  analyst: {argv}
+  developer: {argv}
+  reviewer: {argv}
+  deployer: {argv}
+"#
+    )
+}
+
+/// Inserts `n` tasks of `project` at `stage`, each with one job of `status`; returns the
+/// job ids.
+fn seed(env: &TestEnv, project: &str, n: usize, stage: &str, status: &str) -> Vec<i64> {
+    env.run(&["init"]).expect(0);
+    let agent = match stage {
+        "analysis" => "analyst",
+        "development" => "developer",
+        "review" => "reviewer",
+        _ => "deployer",
+    };
+    let mut c = env.db();
+    let tx = c.transaction().unwrap();
+    let base: i64 = tx
+        .query_row("SELECT coalesce(max(id), 0) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n as i64 {
+        let k = base + i + 1;
+        tx.execute(
+            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                                stage_entered_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 't', 'acme/orch', ?4, ?5, 0, 0, 0)",
+            params![
+                project,
+                format!("wi-{k}"),
+                format!("ORCH-{k}"),
+                format!("orch-{k}"),
+                stage
+            ],
+        )
+        .unwrap();
+        let task = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
+            params![
+                task,
+                agent,
+                stage,
+                status,
+                NOW_UNIX - 100 + k,
+                (status == "running").then_some(NOW_UNIX - 60)
+            ],
+        )
+        .unwrap();
+        ids.push(tx.last_insert_rowid());
+    }
+    tx.commit().unwrap();
+    ids
+}
+
+fn stamp(env: &TestEnv, job: i64, pid: i64, start: Option<i64>) {
+    env.db()
+        .execute(
+            "UPDATE jobs SET pid = ?2, pid_start_time = ?3 WHERE id = ?1",
+            params![job, pid, start],
+        )
+        .unwrap();
+}
+
+fn job_row(env: &TestEnv, job: i64) -> (String, Option<String>, i64, i64, Option<i64>) {
+    env.db()
+        .query_row(
+            "SELECT status, reap_reason, rescue_count, dead_ticks, exit_code FROM jobs WHERE id = ?1",
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+}
+
+/// A pid that was just alive and is now gone (its start time cannot match anything).
+fn dead_pid() -> i64 {
+    let mut c = Command::new("/bin/true").spawn().unwrap();
+    let pid = i64::from(c.id());
+    c.wait().unwrap();
+    pid
+}
+
+/// Kills a test agent's whole process group when a test ends, passed or failed, so no
+/// grandchild outlives the test.
+struct GroupGuard(i64);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(p) = Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::Kill);
+        }
+    }
+}
+
+/// Starts the test agent as our child in its own process group and waits for `ready`.
+fn agent(args: &[&str]) -> (Child, Vec<i64>, GroupGuard) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(AGENT)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("ready "))
+        .expect("agent says ready");
+    let pids: Vec<i64> = ready
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let guard = GroupGuard(pids[0]);
+    (child, pids, guard)
+}
+
+/// Waits until a process that is not our child exits (pidfd), with a failsafe deadline.
+fn wait_exit(pid: i64, within: Duration) -> bool {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+        return true; // already gone
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    poll(&mut fds, within.as_millis() as i32).unwrap_or(0) > 0
+}
+
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+fn read_fifo_line(path: &Path) -> String {
+    let mut s = String::new();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+fn at(secs_after_now: i64) -> String {
+    jiff::Timestamp::from_second(NOW_UNIX + secs_after_now)
+        .unwrap()
+        .to_string()
+}
+
+fn context(env: &TestEnv) -> Context {
+    let vars: BTreeMap<String, String> = env.env.clone();
+    let config = Config::load(&vars, &Overrides::default()).expect("config");
+    let now = config.settings.now.0.expect("tests pin ORCH_NOW");
+    Context {
+        config,
+        clock: Box::new(FixedClock(now)),
+    }
+}
+
+#[test]
+fn a_sigkilled_agent_is_flipped_only_after_the_configured_passes() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    let (mut child, pids, _guard) = agent(&["--hold"]);
+    let pid = pids[0];
+    stamp(&env, job, pid, start_time(pid));
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, job).0, "running", "alive: left alone");
+    assert_eq!(job_row(&env, job).3, 0);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for pass in 1..=2 {
+        env.run(&["reap"]).expect(0);
+        let row = job_row(&env, job);
+        assert_eq!(
+            (row.0.as_str(), row.3),
+            ("running", pass),
+            "not before 3 passes"
+        );
+    }
+    let out = env.run(&["reap"]).expect(0);
+    assert!(out.stderr.contains("flipped_dead_pid=1"), "{}", out.stderr);
+    let row = job_row(&env, job);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref(), row.2),
+        ("failed", Some("dead-pid"), 1)
+    );
+    // A flip never moves the task.
+    assert_eq!(
+        env.count("SELECT count(*) FROM tasks WHERE stage = 'development'"),
+        1
+    );
+}
+
+#[test]
+fn a_process_seen_alive_again_resets_the_streak() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    let (mut child, pids, _guard) = agent(&["--hold"]);
+    env.db()
+        .execute("UPDATE jobs SET dead_ticks = 2 WHERE id = ?1", [job])
+        .unwrap();
+    stamp(&env, job, pids[0], start_time(pids[0]));
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, job).3, 0);
+    drop(child.stdin.take());
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_recorded_exit_code_is_flipped_on_the_next_pass() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let jobs = seed(&env, "orch", 2, "development", "running");
+    // The supervisor recorded the code and was killed before the flip.
+    for (job, code) in jobs.iter().zip([0, 4]) {
+        stamp(&env, *job, dead_pid(), Some(1));
+        env.db()
+            .execute(
+                "UPDATE jobs SET exit_code = ?2, supervisor_pid = ?3 WHERE id = ?1",
+                params![job, code, dead_pid()],
+            )
+            .unwrap();
+    }
+    env.run(&["reap"]).expect(0);
+    let a = job_row(&env, jobs[0]);
+    let b = job_row(&env, jobs[1]);
+    assert_eq!(
+        (a.0.as_str(), a.1.as_deref(), a.2),
+        ("succeeded", Some("exit-code"), 1)
+    );
+    assert_eq!(
+        (b.0.as_str(), b.1.as_deref(), b.4),
+        ("failed", Some("exit-code"), Some(4))
+    );
+}
+
+#[test]
+fn a_reused_pid_counts_as_dead() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1");
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    // This test process is alive and unrelated: stamp it with a wrong start time.
+    let me = i64::from(std::process::id());
+    stamp(&env, job, me, Some(start_time(me).unwrap() + 1));
+    env.run(&["reap"]).expect(0);
+    let row = job_row(&env, job);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("failed", Some("dead-pid"))
+    );
+    assert!(
+        start_time(me).is_some(),
+        "the unrelated process was not touched"
+    );
+}
+
+#[test]
+fn the_backstop_terminates_the_whole_group_then_flips() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_MAX_RUNNING_S", "600")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    let jobs = seed(&env, "orch", 2, "development", "running");
+    // One dies on TERM; the other ignores TERM (and so does its grandchild): KILL after grace.
+    let (mut polite, p, _g1) = agent(&["--fork", "--hold"]);
+    let (mut stubborn, s, _g2) = agent(&["--fork", "--hold", "--ignore-term"]);
+    stamp(&env, jobs[0], p[0], start_time(p[0]));
+    stamp(&env, jobs[1], s[0], start_time(s[0]));
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, jobs[0]).0, "running", "within the limit");
+    env.set("ORCH_NOW", &at(600));
+    let out = env.run(&["reap"]).expect(0);
+    assert!(
+        out.stderr.contains("flipped_max_running=2"),
+        "{}",
+        out.stderr
+    );
+    for (job, (child, pids)) in jobs.iter().zip([(&mut polite, &p), (&mut stubborn, &s)]) {
+        let row = job_row(&env, *job);
+        assert_eq!(
+            (row.0.as_str(), row.1.as_deref()),
+            ("failed", Some("max-running"))
+        );
+        let st = child.wait().unwrap();
+        assert!(
+            st.code().is_none(),
+            "job {job} killed by a signal: {st:?}\n{}",
+            out.stderr
+        );
+        assert_eq!(start_time(pids[1]), None, "grandchild {} is gone", pids[1]);
+    }
+}
+
+#[test]
+fn eight_reap_passes_at_once_flip_each_dead_job_exactly_once() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1");
+    let jobs = seed(&env, "orch", 1000, "development", "running");
+    let dead = dead_pid();
+    env.db()
+        .execute("UPDATE jobs SET pid = ?1, pid_start_time = 1", [dead])
+        .unwrap();
+    let children: Vec<Child> = (0..8)
+        .map(|_| {
+            env.command(&["reap"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap().code().unwrap())
+        .collect();
+    assert!(codes.iter().all(|c| *c == 0 || *c == 75), "{codes:?}");
+    assert!(codes.contains(&0), "{codes:?}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'failed' AND rescue_count = 1"),
+        jobs.len() as i64
+    );
+}
+
+#[test]
+fn the_guarded_update_holds_with_the_flock_bypassed() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1");
+    let jobs = seed(&env, "orch", 1000, "development", "running");
+    let dead = dead_pid();
+    env.db()
+        .execute("UPDATE jobs SET pid = ?1, pid_start_time = 1", [dead])
+        .unwrap();
+    let db_path = env.db_path();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let flipped: i64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let ctx = context(&env);
+                let path = db_path.clone();
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    let mut db = orch::adapters::db::Db::open(&path).unwrap();
+                    barrier.wait();
+                    let out =
+                        orch::commands::reap::pass(&ctx, &mut db, false).expect("no pass errors");
+                    out.counts
+                        .iter()
+                        .find(|(k, _)| *k == "flipped")
+                        .map(|(_, v)| *v)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(
+        flipped,
+        jobs.len() as i64,
+        "each job flipped by exactly one pass"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'failed' AND rescue_count = 1"),
+        jobs.len() as i64
+    );
+}
+
+/// A fake `systemctl` that records its argv, one line per call, and exits `code`.
+fn fake_systemctl(env: &mut TestEnv, code: i32) -> PathBuf {
+    let bin = env.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = env.path("systemctl.calls");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> {}\n[ {code} -eq 0 ] || echo 'Failed to start unit: Unit orch-job@x.service not found.' >&2\nexit {code}\n",
+        calls.display()
+    );
+    let path = bin.join("systemctl");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("PATH", &format!("{}:/usr/bin:/bin", bin.display()))
+        .set("ORCH_JOB_LAUNCHER", "systemd");
+    calls
+}
+
+#[test]
+fn two_dispatch_passes_never_double_start_or_exceed_the_limit() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_MAX_CONCURRENCY", "3");
+    let calls = fake_systemctl(&mut env, 0);
+    seed(&env, "orch", 6, "development", "queued");
+    seed(&env, "shop", 2, "development", "queued");
+    // Through the binary (the flock), twice at once.
+    let kids: Vec<Child> = (0..2)
+        .map(|_| {
+            env.command(&["dispatch"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut k in kids {
+        let code = k.wait().unwrap().code().unwrap();
+        assert!(code == 0 || code == 75, "{code}");
+    }
+    let lines = std::fs::read_to_string(&calls).unwrap();
+    let mut started: Vec<&str> = lines.lines().collect();
+    assert_eq!(started.len(), 3, "{lines}");
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started.len(), 3, "no job started twice: {lines}");
+    assert!(started
+        .iter()
+        .all(|l| l.starts_with("start orch-job@") && l.ends_with(".service")));
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'running'"),
+        3
+    );
+    // Fair: the quiet project got a slot although its jobs are younger.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+             WHERE j.status = 'running' AND t.project = 'shop'"
+        ),
+        1
+    );
+    // With the flock bypassed: eight passes racing in this process still claim only the
+    // two free slots. (Their launches use this process's PATH, where systemctl may be
+    // missing, so a claimed job is `running` or, launch failed, `failed`: never twice.)
+    env.set("ORCH_MAX_CONCURRENCY", "5");
+    let db_path = env.db_path();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let claimed: i64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let ctx = context(&env);
+                let path = db_path.clone();
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    let mut db = orch::adapters::db::Db::open(&path).unwrap();
+                    barrier.wait();
+                    let out = orch::commands::dispatch::pass(&ctx, &mut db, false).unwrap();
+                    out.counts
+                        .iter()
+                        .filter(|(k, _)| *k == "started" || *k == "launch_failed")
+                        .map(|(_, v)| *v)
+                        .sum::<i64>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(claimed, 2, "only the free slots were claimed");
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status IN ('running', 'failed')"),
+        5
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'queued'"),
+        3
+    );
+}
+
+#[test]
+fn the_systemd_launcher_failing_or_missing_fails_the_job_with_the_reason() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    let calls = fake_systemctl(&mut env, 5);
+    let job = seed(&env, "orch", 1, "development", "queued")[0];
+    let out = env.run(&["dispatch"]).expect(0);
+    assert!(
+        out.stderr.contains("Unit orch-job@x.service not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("exited with 5"), "{}", out.stderr);
+    assert!(out.stderr.contains("launch_failed=1"), "{}", out.stderr);
+    assert_eq!(job_row(&env, job).0, "failed");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        format!("start orch-job@{job}.service\n")
+    );
+    // No systemctl at all.
+    let empty = env.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    env.set("PATH", &empty.display().to_string());
+    let job = seed(&env, "orch", 1, "development", "queued")[0];
+    let out = env.run(&["dispatch"]).expect(0);
+    assert!(
+        out.stderr.contains("systemctl is not on PATH"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(job_row(&env, job).0, "failed");
+}
+
+#[test]
+fn direct_dispatch_runs_the_agent_under_a_detached_supervisor() {
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    mkfifo(&fifo);
+    let env = TestEnv::with_pipeline(&pipeline(&format!("--ready-fifo, {},", fifo.display())));
+    let job = seed(&env, "orch", 1, "analysis", "queued")[0];
+    env.run(&["dispatch"]).expect(0);
+    let ready = read_fifo_line(&fifo);
+    assert!(ready.starts_with("ready "), "{ready}");
+    let supervisor: i64 = env
+        .db()
+        .query_row(
+            "SELECT supervisor_pid FROM jobs WHERE id = ?1",
+            [job],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        wait_exit(supervisor, Duration::from_secs(30)),
+        "supervisor ends"
+    );
+    let row = job_row(&env, job);
+    assert_eq!((row.0.as_str(), row.4), ("succeeded", Some(0)));
+    let log = std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap();
+    assert!(log.contains(&format!("ORCH_JOB_ID={job}")), "{log}");
+    assert!(log.contains("args --ready-fifo"), "{log}");
+    assert!(log.contains("ORCH-1 "), "{log}");
+}
+
+#[test]
+fn run_job_records_the_exit_code_and_lets_the_gate_decide() {
+    let env = TestEnv::with_pipeline(&pipeline("--exit, \"3\","));
+    let job = seed(&env, "orch", 1, "review", "running")[0];
+    env.artefact(
+        "ORCH-1",
+        "05-review.md",
+        "---\nreview_verdict: APPROVE\n---\n",
+    );
+    let out = env.run(&["run-job", &job.to_string()]).expect(1);
+    let row = job_row(&env, job);
+    assert_eq!((row.0.as_str(), row.4, row.1), ("failed", Some(3), None));
+    // The exit code did not hold the task: the approved review advanced it.
+    assert_eq!(
+        env.count("SELECT count(*) FROM tasks WHERE stage = 'deploy-staging'"),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM stage_events WHERE actor = 'run-job'"),
+        1
+    );
+    let log = std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap();
+    let art = env.path("artefacts/ORCH-1").display().to_string();
+    assert!(
+        log.contains(&format!(
+            "args --exit 3 ORCH-1 {job} orch-1 acme/orch {art}"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("ORCH_TASK_KEY=ORCH-1"), "{log}");
+    assert!(log.contains(&format!("ORCH_TASK_ARTEFACTS={art}")), "{log}");
+    // A second supervisor for the same attempt is refused.
+    let again = env.run(&["run-job", &job.to_string()]).expect(2);
+    assert!(again.stderr.contains("not running"), "{}", again.stderr);
+}
+
+#[test]
+fn a_development_job_waits_for_the_forge_facts() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    let out = env.run(&["run-job", &job.to_string()]).expect(0);
+    assert!(
+        out.stderr.contains("gitea is not configured"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM tasks WHERE stage = 'development'"),
+        1
+    );
+}
+
+#[test]
+fn a_missing_agent_command_is_a_failed_job_not_a_crash() {
+    let env = TestEnv::with_pipeline(&pipeline("").replace(AGENT, "/nonexistent/agent"));
+    let job = seed(&env, "orch", 1, "analysis", "running")[0];
+    let out = env.run(&["run-job", &job.to_string()]).expect(1);
+    assert!(out.stderr.contains("/nonexistent/agent"), "{}", out.stderr);
+    let row = job_row(&env, job);
+    assert_eq!((row.0.as_str(), row.4), ("failed", Some(127)));
+    let log = std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap();
+    assert!(log.contains("agent not started"), "{log}");
+}
+
+#[test]
+fn term_to_the_supervisor_reaches_the_agent_group() {
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    mkfifo(&fifo);
+    let env = TestEnv::with_pipeline(&pipeline(&format!(
+        "--ready-fifo, {}, --fork, --hold-forever,",
+        fifo.display()
+    )));
+    let job = seed(&env, "orch", 1, "analysis", "running")[0];
+    let mut sup = env
+        .command(&["run-job", &job.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = read_fifo_line(&fifo);
+    let pids: Vec<i64> = ready
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let _guard = GroupGuard(pids[0]);
+    rustix::process::kill_process(
+        Pid::from_raw(sup.id() as i32).unwrap(),
+        rustix::process::Signal::Term,
+    )
+    .unwrap();
+    assert_eq!(sup.wait().unwrap().code(), Some(1));
+    let row = job_row(&env, job);
+    assert_eq!((row.0.as_str(), row.4), ("failed", Some(143)));
+    assert!(
+        wait_exit(pids[1], Duration::from_secs(10)),
+        "grandchild ends too"
+    );
+}
+
+fn write_lease(env: &TestEnv, body: &str) -> PathBuf {
+    let path = env.path("state/merge-lease.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn lease_json(pid: i64, start: Option<i64>, acquired_at: i64, ttl: i64) -> String {
+    serde_json::json!({
+        "job_id": 7, "task": "ORCH-1", "pid": pid, "pid_start_time": start,
+        "acquired_at": acquired_at, "ttl_s": ttl
+    })
+    .to_string()
+}
+
+#[test]
+fn stale_leases_are_reclaimed_live_ones_kept_malformed_ones_reported() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    env.run(&["init"]).expect(0);
+    let me = i64::from(std::process::id());
+    let mine = start_time(me);
+    let cases = [
+        (
+            "dead holder",
+            lease_json(dead_pid(), Some(1), NOW_UNIX, 3600),
+            false,
+        ),
+        (
+            "expired",
+            lease_json(me, mine, NOW_UNIX - 4000, 3600),
+            false,
+        ),
+        (
+            "live within ttl",
+            lease_json(me, mine, NOW_UNIX - 10, 3600),
+            true,
+        ),
+        ("malformed", "{\"pid\": ".to_string(), true),
+    ];
+    for (name, body, kept) in cases {
+        let path = write_lease(&env, &body);
+        let out = env.run(&["reap"]).expect(0);
+        assert_eq!(path.exists(), kept, "{name}: {}", out.stderr);
+        if name == "malformed" {
+            assert!(out.stderr.contains("malformed"), "{}", out.stderr);
+            assert!(out.stderr.contains("lease_malformed=1"), "{}", out.stderr);
+        }
+        let status = env.run(&["status", "--json"]).expect(0).json();
+        if kept && name != "malformed" {
+            assert_eq!(status["lease"]["pid"], me, "{status}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn switches_off_write_nothing_and_say_so() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_ENABLED", "false")
+        .set("ORCH_REAPER_DEAD_TICKS", "1");
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    stamp(&env, job, dead_pid(), Some(1));
+    let lease = write_lease(&env, &lease_json(dead_pid(), Some(1), 0, 1));
+    let out = env.run(&["reap"]).expect(0);
+    assert!(
+        out.stderr.contains("disabled by ORCH_REAPER_ENABLED=false"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(job_row(&env, job).0, "running");
+    assert_eq!(env.count("SELECT count(*) FROM passes"), 0);
+    assert!(lease.exists());
+    env.set("ORCH_REAPER_ENABLED", "true")
+        .set("ORCH_LEASE_RECLAIM_ENABLED", "false");
+    let out = env.run(&["reap"]).expect(0);
+    assert!(
+        out.stderr.contains("lease reclaim disabled"),
+        "{}",
+        out.stderr
+    );
+    assert!(lease.exists(), "lease untouched");
+    assert_eq!(job_row(&env, job).0, "failed", "jobs are still reaped");
+}
+
+#[test]
+fn dry_runs_explain_and_change_nothing() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1");
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    stamp(&env, job, dead_pid(), Some(1));
+    seed(&env, "orch", 2, "analysis", "queued");
+    let out = env.run(&["reap", "--dry-run"]).expect(0);
+    assert!(
+        out.stdout.contains("would flip to failed (dead-pid)"),
+        "{}",
+        out.stdout
+    );
+    env.set("ORCH_MAX_CONCURRENCY", "2");
+    let out = env.run(&["dispatch", "--dry-run"]).expect(0);
+    assert!(out.stdout.contains("would start 1"), "{}", out.stdout);
+    assert!(out.stdout.contains(": would start"), "{}", out.stdout);
+    assert!(out.stdout.contains("wait: no free slot"), "{}", out.stdout);
+    assert_eq!(job_row(&env, job).0, "running");
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'queued'"),
+        2
+    );
+    assert_eq!(env.count("SELECT count(*) FROM passes"), 0);
+}
+
+#[test]
+fn a_held_lock_makes_reap_and_dispatch_exit_75() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    for pass in ["reap", "dispatch"] {
+        let guard = LockFile::try_acquire(&env.path(&format!("state/locks/{pass}.lock"))).unwrap();
+        let out = env.run(&[pass]).expect(75);
+        assert!(out.stderr.contains("skipped"), "{}", out.stderr);
+        drop(guard);
+        env.run(&[pass]).expect(0);
+    }
+}
+
+#[test]
+fn job_list_enqueue_and_cancel() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let queued = seed(&env, "orch", 1, "analysis", "queued")[0];
+    let running = seed(&env, "orch", 1, "development", "running")[0];
+    let (mut child, pids, _guard) = agent(&["--fork", "--hold"]);
+    stamp(&env, running, pids[0], start_time(pids[0]));
+    let list = env.run(&["job", "list", "--json"]).expect(0).json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    for key in [
+        "id",
+        "task_id",
+        "agent",
+        "status",
+        "attempt",
+        "pid",
+        "exit_code",
+        "reap_reason",
+        "stage",
+    ] {
+        assert!(list[0].get(key).is_some(), "{key}");
+    }
+    let e = env
+        .run(&[
+            "job", "enqueue", "--task", "ORCH-1", "--agent", "analyst", "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (e["id"].as_i64(), e["created"].as_bool()),
+        (Some(queued), Some(false))
+    );
+    let bad = env
+        .run(&["job", "enqueue", "--task", "ORCH-1", "--agent", "developer"])
+        .expect(2);
+    assert!(
+        bad.stderr.contains("whose agent is analyst"),
+        "{}",
+        bad.stderr
+    );
+    env.run(&["job", "enqueue", "--task", "ORCH-1", "--agent", "poet"])
+        .expect(2);
+    env.run(&["job", "cancel", &queued.to_string()]).expect(0);
+    env.run(&["job", "cancel", &queued.to_string()]).expect(1);
+    let c = env
+        .run(&["job", "cancel", &running.to_string(), "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(c["status"], "cancelled");
+    assert!(
+        child.wait().unwrap().code().is_none(),
+        "the agent was signalled"
+    );
+    assert_eq!(start_time(pids[1]), None, "its grandchild too");
+    env.run(&["job", "cancel", "999"]).expect(2);
+    let f = env.run(&["job", "list", "--status", "cancelled"]).expect(0);
+    assert_eq!(f.stdout.lines().count(), 2, "{}", f.stdout);
+}
