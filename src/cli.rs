@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config_check, dispatch, init, job, merge_guard, post_deploy_tick, reap, run_job, staging_check,
-    status, task, webhook_handle,
+    config_check, dispatch, init, job, merge_guard, post_deploy_tick, reap, reconcile, run_job,
+    staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::context::Context;
@@ -67,6 +67,7 @@ pub enum Command {
     Reap(reap::ReapArgs),
     #[command(subcommand)]
     Job(job::JobCommand),
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -87,6 +88,7 @@ pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
         Command::RunJob(args) => run_job::run(args, ctx),
         Command::Reap(args) => reap::run(args, ctx),
         Command::Job(cmd) => job::run(cmd, ctx),
+        Command::Reconcile(args) => reconcile::run(args, ctx),
     }
 }
 

@@ -477,6 +477,16 @@ settings! {
     reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
     /// Whether `reap` reclaims a stale merge lease.
     lease_reclaim_enabled: bool = "ORCH_LEASE_RECLAIM_ENABLED", "true", false, "reap deletes the merge lease when its holder is dead or its TTL has passed";
+    /// How long reconcile leaves a task alone after it entered its stage.
+    reconcile_grace_s: Seconds = "ORCH_RECONCILE_GRACE_S", "300", false, "reconcile leaves a task alone for this long after it entered its stage, in seconds";
+    /// Whether reconcile skips work items in a blocked or needs-input state.
+    reconcile_skip_blocked_enabled: bool = "ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "true", false, "reconcile skips tasks whose Plane work item is in a blocked state (or whose state it cannot tell)";
+    /// Tasks one reconcile pass evaluates at most.
+    reconcile_max_tasks: Count = "ORCH_RECONCILE_MAX_TASKS", "500", false, "tasks one reconcile pass evaluates gates for at most; the rest wait for the next pass";
+    /// Plane requests left in the window below which reconcile stops listing.
+    reconcile_rate_limit_floor: Count = "ORCH_RECONCILE_RATE_LIMIT_FLOOR", "10", false, "reconcile stops calling Plane when X-RateLimit-Remaining drops below this; the next pass goes on";
+    /// Whether reconcile replays pending deliveries and Plane states.
+    reconcile_replay_enabled: bool = "ORCH_RECONCILE_REPLAY_ENABLED", "true", false, "reconcile replays pending webhook deliveries and work items whose Plane state the task does not reflect";
 }
 
 /// A state matcher: Plane state names and/or groups that carry one meaning.

@@ -2,10 +2,10 @@
 //! path by which a finished job (through `run-job`) or a re-drive moves a task.
 //!
 //! Artefacts are read with the `core::artefact` parsers; the stage's latest job comes
-//! from the database. Forge facts (the PR and its CI state) need the Gitea client, which
-//! is not wired in yet: they are gathered as `Err("gitea client not configured")`, so the
-//! gates that need them wait (fail-safe: nothing advances without evidence) until the
-//! lead wires Gitea in here.
+//! from the database; forge facts (the PR, its CI state, merged-or-contained) come from
+//! Gitea through [`crate::forge::Forge`] (without `ORCH_GITEA_URL` they are unknown and
+//! the gates that need them wait: nothing advances without evidence). Only what
+//! `gate::needs(stage)` lists is read.
 
 use anyhow::Result;
 
@@ -18,14 +18,35 @@ use crate::core::job::JobOutcome;
 use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::flow;
+use crate::forge::Forge;
 
-/// Why forge facts are unknown in this build (the gates that need them wait).
-pub const GITEA_NOT_CONFIGURED: &str = "gitea client not configured";
+/// Why forge facts are unknown without Gitea (the gates that need them wait).
+pub const GITEA_NOT_CONFIGURED: &str = crate::forge::GITEA_NOT_CONFIGURED;
 
-/// Reads what `task`'s current stage's gate needs.
+/// Reads what `task`'s current stage's gate needs, with a Gitea client of its own.
 ///
 /// Unknown facts stay errors (their checks say `Unknown`); this never fails the caller.
 pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
+    let mut forge = match Forge::from_config(&ctx.config) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("task {}: gitea client: {e:#}", task.key);
+            Forge::new(None)
+        }
+    };
+    gate_inputs_with(ctx, db, task, &mut forge, true)
+}
+
+/// Reads what `task`'s current stage's gate needs through `forge` (a pass shares one,
+/// so each repo's open pulls are listed once). A PR seen for the first time has its
+/// number recorded on the task when `record` (not in dry runs).
+pub fn gate_inputs_with(
+    ctx: &Context,
+    db: &Db,
+    task: &Task,
+    forge: &mut Forge,
+    record: bool,
+) -> GateInputs {
     let mut inputs = GateInputs::empty();
     let root = &ctx.config.settings.artefacts_dir;
     let read = |file: &str| -> Result<Option<String>, ArtefactError> {
@@ -49,9 +70,7 @@ pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
                     }
                 };
             }
-            // The Gitea client is wired in by the forge work; until then these wait.
-            Need::Pr => inputs.pr = Err(GITEA_NOT_CONFIGURED.into()),
-            Need::Ci => inputs.ci = Err(GITEA_NOT_CONFIGURED.into()),
+            Need::Pr | Need::Ci => {}
             Need::Review => {
                 inputs.review = read(artefact::REVIEW_FILE)
                     .and_then(|t| artefact::parse_status::<ReviewVerdict>(t.as_deref()));
@@ -66,6 +85,31 @@ pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
             }
         }
     }
+    let needs = gate::needs(task.stage);
+    let facts = forge.facts(task, task.stage, &needs);
+    inputs.pr = facts.pr;
+    inputs.ci = facts.ci;
+    if let (Some(n), true) = (facts.new_pr_number, record) {
+        match db.set_pr_number(
+            task.id,
+            i64::try_from(n).unwrap_or(i64::MAX),
+            ctx.now_secs(),
+        ) {
+            Ok(()) => log::info!(
+                "task {}: PR #{n} found for branch {}",
+                task.key,
+                task.branch
+            ),
+            Err(e) => log::warn!("task {}: recording PR #{n}: {e:#}", task.key),
+        }
+    }
+    let s = &ctx.config.settings;
+    let project = ctx.config.pipeline.project(&task.project);
+    inputs.freshness_applies = crate::core::staging::freshness_applies(
+        s.image_freshness_enabled,
+        &s.image_freshness_repos.0,
+        project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),
+    );
     inputs.validated_revision = task.validated_revision.clone();
     inputs
 }

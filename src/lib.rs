@@ -14,6 +14,7 @@ pub mod context;
 pub mod core;
 pub mod exit;
 pub mod flow;
+pub mod forge;
 pub mod gather;
 pub mod notify;
 #[cfg(feature = "test-helpers")]

@@ -7,6 +7,7 @@ pub mod job;
 pub mod merge_guard;
 pub mod post_deploy_tick;
 pub mod reap;
+pub mod reconcile;
 pub mod run_job;
 pub mod staging_check;
 pub mod staging_roundtrip;

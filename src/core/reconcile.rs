@@ -2,7 +2,9 @@
 //! what to do with a gate's answer (advance, roll back, re-run the stage's job, escalate
 //! or wait). Pure: the command gathers the facts and acts on the answer.
 
+use crate::config::StateMeanings;
 use crate::core::gate::GateDecision;
+use crate::core::intake::{meaning_of, Meaning};
 use crate::core::job::JobOutcome;
 use crate::core::stage::{transition, Stage};
 
@@ -219,6 +221,99 @@ pub fn decide(
     }
 }
 
+/// What a pass learned about one work item from the project's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// Seen, with its state's name and group.
+    Seen {
+        /// The state's name.
+        name: String,
+        /// The state's group.
+        group: String,
+    },
+    /// Seen, but its state id is neither expanded nor cached nor known to the States API.
+    UnknownState(String),
+    /// Not on any page read: `complete` when every page was read.
+    NotSeen {
+        /// Whether the listing reached its last page.
+        complete: bool,
+    },
+    /// The listing failed (Plane 5xx, timeout, refusal, malformed answer).
+    Failed(String),
+}
+
+/// Tells the blocked guard what the listed work item's state means. A state matching
+/// two meanings, an unknown state, an item the complete listing does not show, and a
+/// failed or unfinished listing are all "could not tell" (skip, never advance).
+pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> PlaneState {
+    match listed {
+        Listed::Seen { name, group } => match meaning_of(meanings, name, group) {
+            Ok(Some(Meaning::Blocked)) => PlaneState::Blocked(name.clone()),
+            Ok(_) => PlaneState::Clear(name.clone()),
+            Err(_) => PlaneState::Unknown(format!("state {name:?} matches two meanings")),
+        },
+        Listed::UnknownState(id) => PlaneState::Unknown(format!("unknown state id {id}")),
+        Listed::NotSeen { complete: true } => {
+            PlaneState::Unknown("the work item is not in its project's listing".into())
+        }
+        Listed::NotSeen { complete: false } => PlaneState::Unknown(
+            "the project's listing stopped early (rate limit); next pass".into(),
+        ),
+        Listed::Failed(why) => PlaneState::Unknown(why.clone()),
+    }
+}
+
+/// Whether listing must stop before the next page: Plane said fewer than `floor`
+/// requests are left in its window. An absent header does not stop (Plane sends it on
+/// every allowed answer; other servers may not).
+pub fn below_floor(remaining: Option<u32>, floor: u32) -> bool {
+    remaining.is_some_and(|r| r < floor)
+}
+
+/// The idempotency key of one escalation: the Plane comment's `external_id` and the
+/// notification's dedupe key. Derived from the task and the moment it was escalated,
+/// so a re-announcement after a crash reuses it and a later, new escalation does not.
+pub fn escalation_key(task_id: i64, escalated_at: i64) -> String {
+    format!("orch-escalation-{task_id}-{escalated_at}")
+}
+
+/// Whether a task at the developer retry limit, not escalated, should be escalated now:
+/// only when no person moved it since (a webhook or operator move clears an escalation
+/// and the task is then theirs), i.e. its last stage event is by the pipeline itself.
+pub fn needs_retry_escalation(
+    developer_retries: u32,
+    escalated: bool,
+    last_event_actor: Option<&str>,
+    limits: &Limits,
+) -> bool {
+    developer_retries >= limits.max_developer_retries
+        && !escalated
+        && !matches!(last_event_actor, Some("webhook" | "operator"))
+}
+
+/// What the pass does with one task, as `--dry-run` and `--json` report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// A guard leaves it alone.
+    Skip {
+        /// The guard.
+        #[serde(flatten)]
+        skip: Skip,
+    },
+    /// The gate was evaluated: what follows.
+    Act {
+        /// The action.
+        #[serde(flatten)]
+        action: Action,
+    },
+    /// Not reached this pass (the per-pass cap, or the pass stopped early).
+    Deferred {
+        /// Why.
+        because: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +525,82 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn listed_states_for_the_blocked_guard() {
+        let mut m = StateMeanings::default();
+        m.blocked.names = vec!["Blocked".into(), "Needs Input".into()];
+        m.approved.names = vec!["Approved".into()];
+        let seen = |n: &str, g: &str| Listed::Seen {
+            name: n.into(),
+            group: g.into(),
+        };
+        assert_eq!(
+            plane_state_of(&m, &seen("needs input", "started")),
+            PlaneState::Blocked("needs input".into())
+        );
+        assert_eq!(
+            plane_state_of(&m, &seen("In Review", "started")),
+            PlaneState::Clear("In Review".into())
+        );
+        for l in [
+            Listed::UnknownState("s9".into()),
+            Listed::NotSeen { complete: true },
+            Listed::NotSeen { complete: false },
+            Listed::Failed("HTTP 500".into()),
+        ] {
+            assert!(
+                matches!(plane_state_of(&m, &l), PlaneState::Unknown(_)),
+                "{l:?}"
+            );
+        }
+        // A state with two meanings at one level is doubt, not clear.
+        m.approved.names.push("Blocked".into());
+        assert!(matches!(
+            plane_state_of(&m, &seen("Blocked", "started")),
+            PlaneState::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn rate_floor() {
+        assert!(!below_floor(None, 10));
+        assert!(!below_floor(Some(10), 10));
+        assert!(below_floor(Some(9), 10));
+        assert!(below_floor(Some(0), 1));
+        assert!(!below_floor(Some(0), 0));
+    }
+
+    #[test]
+    fn escalation_keys_and_retry_escalation() {
+        assert_eq!(escalation_key(7, 100), "orch-escalation-7-100");
+        assert_ne!(escalation_key(7, 100), escalation_key(7, 101));
+        let l = LIMITS;
+        assert!(needs_retry_escalation(3, false, Some("reconcile"), &l));
+        assert!(needs_retry_escalation(4, false, Some("run-job"), &l));
+        assert!(needs_retry_escalation(3, false, None, &l));
+        assert!(!needs_retry_escalation(2, false, Some("run-job"), &l));
+        assert!(!needs_retry_escalation(3, true, Some("run-job"), &l));
+        assert!(!needs_retry_escalation(3, false, Some("webhook"), &l));
+        assert!(!needs_retry_escalation(3, false, Some("operator"), &l));
+    }
+
+    #[test]
+    fn verdicts_serialise_flat() {
+        let v = Verdict::Skip {
+            skip: Skip::Escalated("x".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&v).unwrap(),
+            serde_json::json!({"verdict": "skip", "guard": "escalated", "detail": "x"})
+        );
+        let v = Verdict::Act {
+            action: Action::Advance { to: Stage::Review },
+        };
+        assert_eq!(
+            serde_json::to_value(&v).unwrap(),
+            serde_json::json!({"verdict": "act", "action": "advance", "to": "review"})
+        );
     }
 }

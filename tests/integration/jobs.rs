@@ -497,14 +497,19 @@ fn two_dispatch_passes_never_double_start_or_exceed_the_limit() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    assert_eq!(claimed, 2, "only the free slots were claimed");
+    // Launches fail here (no systemd), and a failed launch flips its job to `failed`,
+    // which frees its slot for another racing pass: so at least the two free slots are
+    // claimed, every claim takes a distinct queued job, and the limit is never exceeded.
+    assert!(claimed >= 2, "the free slots were claimed: {claimed}");
+    assert!(env.count("SELECT count(*) FROM jobs WHERE status = 'running'") <= 5);
     assert_eq!(
         env.count("SELECT count(*) FROM jobs WHERE status IN ('running', 'failed')"),
-        5
+        3 + claimed,
+        "each claim took a distinct job"
     );
     assert_eq!(
         env.count("SELECT count(*) FROM jobs WHERE status = 'queued'"),
-        3
+        5 - claimed
     );
 }
 
@@ -614,7 +619,7 @@ fn a_development_job_waits_for_the_forge_facts() {
     let job = seed(&env, "orch", 1, "development", "running")[0];
     let out = env.run(&["run-job", &job.to_string()]).expect(0);
     assert!(
-        out.stderr.contains("gitea client not configured"),
+        out.stderr.contains("gitea is not configured"),
         "{}",
         out.stderr
     );

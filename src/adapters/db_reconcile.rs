@@ -1,0 +1,142 @@
+//! The SQL reconcile needs beyond the shared task and job queries: the live jobs of
+//! every task in one query, parking an escalated
+//! task's queued jobs, and what the escalation sweep reads.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use rusqlite::{params, OptionalExtension};
+
+use crate::adapters::db::Db;
+use crate::core::job::JobStatus;
+
+/// The notification kind of an escalation.
+pub const ESCALATION_KIND: &str = "escalation";
+
+impl Db {
+    /// Returns the queued or running job of every task that has one (task id → job id
+    /// and status), in one query.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn live_jobs_by_task(&self) -> Result<HashMap<i64, (i64, JobStatus)>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT task_id, id, status FROM jobs WHERE status IN ('queued','running') ORDER BY id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let status: String = r.get(2)?;
+            let status = if status == "running" {
+                JobStatus::Running
+            } else {
+                JobStatus::Queued
+            };
+            out.entry(r.get(0)?).or_insert((r.get(1)?, status));
+        }
+        Ok(out)
+    }
+
+    /// Cancels a task's queued jobs (an escalated task parks: no agent runs for it).
+    /// Running jobs are left to finish. Returns how many were cancelled.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn cancel_queued_jobs(&self, task_id: i64, now: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?2
+             WHERE task_id = ?1 AND status = 'queued'",
+            params![task_id, now],
+        )?)
+    }
+
+    /// Returns the actor of a task's latest stage event.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn last_event_actor(&self, task_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT actor FROM stage_events WHERE task_id = ?1 ORDER BY id DESC LIMIT 1",
+                [task_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Returns whether an escalation of the task was announced at or after `since`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn escalation_announced(&self, task_id: i64, since: i64) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM notifications WHERE task_id = ?1 AND kind = ?2 AND created_at >= ?3 LIMIT 1",
+                params![task_id, ESCALATION_KIND, since],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stage::{Actor, Agent, Stage};
+    use crate::core::task::NewTask;
+
+    fn db_with_task() -> (tempfile::TempDir, Db, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let id = db
+            .create_task(
+                &NewTask {
+                    project: "p".into(),
+                    work_item_id: "w".into(),
+                    key: "P-1".into(),
+                    title: "t".into(),
+                    repo: "a/b".into(),
+                    branch: "task/p-1".into(),
+                },
+                Actor::Operator,
+                "test",
+                1,
+            )
+            .unwrap()
+            .id();
+        (dir, db, id)
+    }
+
+    #[test]
+    fn rerun_only_an_ended_job_and_only_once_live() {
+        let (_d, mut db, t) = db_with_task();
+        let j = db
+            .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+            .unwrap()
+            .id();
+        assert_eq!(db.live_jobs_by_task().unwrap()[&t], (j, JobStatus::Queued));
+        assert_eq!(db.rerun_job(j, 2).unwrap(), None, "queued is not ended");
+        db.conn()
+            .execute("UPDATE jobs SET status='failed' WHERE id=?1", [j])
+            .unwrap();
+        assert!(db.live_jobs_by_task().unwrap().is_empty());
+        assert_eq!(db.rerun_job(j, 2).unwrap(), Some(2));
+        assert_eq!(db.rerun_job(j, 3).unwrap(), None, "already re-run");
+        assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 1);
+        assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 0);
+        assert_eq!(db.last_event_actor(t).unwrap().as_deref(), Some("operator"));
+    }
+
+    #[test]
+    fn escalation_announcements_since() {
+        let (_d, db, t) = db_with_task();
+        assert!(!db.escalation_announced(t, 10).unwrap());
+        db.insert_notification("k", ESCALATION_KIND, Some(t), "m", 10)
+            .unwrap();
+        assert!(db.escalation_announced(t, 10).unwrap());
+        assert!(!db.escalation_announced(t, 11).unwrap());
+    }
+}

@@ -1,0 +1,1022 @@
+//! `orch reconcile`: the level-triggered re-drive of work stuck by a lost event, and the
+//! guard that leaves escalated work alone (SPEC §3, §4 "reconcile").
+//!
+//! One pass, under its lock: replay pending deliveries; list each project's work items
+//! from Plane in pages (never one request per task; stop early on a low
+//! `X-RateLimit-Remaining`, end cleanly on 429); replay work items whose start /
+//! approved / rejected / cancel state the task does not reflect; finish or make
+//! escalations (one Plane comment, one notification); then, for every task, apply the
+//! guards in SPEC order (`core::reconcile::local_guards`, then the blocked guard on the
+//! listed state), evaluate the stage's gate on the facts it needs, and act on
+//! `core::reconcile::decide`: advance, roll back, re-run the stage's job, escalate or
+//! wait. A skip writes nothing and sends nothing. `--dry-run` reports all of it and
+//! changes nothing.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::adapters::db::{Db, MoveError};
+use crate::adapters::db_reconcile::ESCALATION_KIND;
+use crate::adapters::http::HttpError;
+use crate::adapters::plane::{NewComment, PlaneClient};
+use crate::config::Project;
+use crate::context::{Context, Counts, PassOutcome};
+use crate::core::gate::{self, GateInputs};
+use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
+use crate::core::job::{JobOutcome, JobStatus};
+use crate::core::reconcile::{
+    self, blocked_guard, decide, local_guards, plane_state_of, Action, Limits, Listed, TaskFacts,
+    Verdict,
+};
+use crate::core::stage::{Actor, Agent, Stage};
+use crate::core::task::{NewTask, Task};
+use crate::exit::ExitStatus;
+use crate::flow;
+use crate::forge::Forge;
+
+/// Re-drive tasks stuck by a lost event; leave escalated and blocked ones alone
+///
+/// Run by orch-reconcile.timer. Replays pending webhook deliveries and work items whose
+/// Plane state the task does not reflect, then evaluates the gate of every task that
+/// no guard skips (analysis, no gate, live job, grace, escalated, blocked in Plane) and
+/// advances, rolls back, re-runs the stage's job or escalates it. Plane is listed per
+/// project in pages; a 429 ends the pass cleanly. Exit codes: 0 done (also when it
+/// stopped early: the next pass goes on), 2 configuration or database error, 75
+/// another reconcile pass holds the lock.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// List every task with what the pass would do or which guard skips it; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One task's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskLine {
+    /// The task id.
+    pub id: i64,
+    /// Its key.
+    pub key: String,
+    /// Its project.
+    pub project: String,
+    /// Its stage when judged.
+    pub stage: Stage,
+    /// What the pass did (or would do) with it.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// What acting did, when it failed or lost a race.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One replay in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayLine {
+    /// `delivery` or `work-item`.
+    pub source: &'static str,
+    /// The delivery row id or the work item id.
+    pub id: String,
+    /// What it did (or would do).
+    pub detail: String,
+}
+
+/// The pass's report.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Why the pass stopped before finishing its work, if it did.
+    pub stopped_early: Option<String>,
+    /// Every task scanned.
+    pub tasks: Vec<TaskLine>,
+    /// Replays.
+    pub replays: Vec<ReplayLine>,
+    /// Escalations made or finished this pass (task keys).
+    pub escalations: Vec<String>,
+    #[serde(skip)]
+    c: Tally,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Tally {
+    scanned: i64,
+    skipped: i64,
+    advanced: i64,
+    rolled_back: i64,
+    rerun: i64,
+    escalated: i64,
+    waiting: i64,
+    deferred: i64,
+    replayed: i64,
+    errors: i64,
+    plane_requests: i64,
+    gitea_requests: i64,
+}
+
+impl Report {
+    fn counts(&self) -> Counts {
+        let c = &self.c;
+        vec![
+            ("scanned", c.scanned),
+            ("skipped", c.skipped),
+            ("advanced", c.advanced),
+            ("rolled_back", c.rolled_back),
+            ("rerun", c.rerun),
+            ("escalated", c.escalated),
+            ("waiting", c.waiting),
+            ("deferred", c.deferred),
+            ("replayed", c.replayed),
+            ("errors", c.errors),
+            ("plane_requests", c.plane_requests),
+            ("gitea_requests", c.gitea_requests),
+            ("requests", c.plane_requests + c.gitea_requests),
+            ("stopped_early", i64::from(self.stopped_early.is_some())),
+        ]
+    }
+}
+
+/// Runs `reconcile`.
+///
+/// # Errors
+/// Configuration that cannot build a client, or a database that cannot be read.
+pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
+    ctx.run_pass("reconcile", args.dry_run, |db, _guard| {
+        let report = pass(ctx, db, args.dry_run)?;
+        if args.json {
+            let mut v = serde_json::to_value(&report)?;
+            v["counts"] = serde_json::Value::Object(
+                report
+                    .counts()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n.into()))
+                    .collect(),
+            );
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", render(&report));
+        }
+        if let Some(why) = &report.stopped_early {
+            log::warn!("reconcile: stopped early: {why}");
+        }
+        Ok(PassOutcome::ok(report.counts()))
+    })
+}
+
+fn render(r: &Report) -> String {
+    let mut out = String::new();
+    for l in &r.replays {
+        let _ = writeln!(out, "replay {} {}: {}", l.source, l.id, l.detail);
+    }
+    for t in &r.tasks {
+        // A real pass prints what it changed; a dry run prints every task.
+        let show = r.dry_run
+            || matches!(
+                &t.verdict,
+                Verdict::Act { action } if !matches!(action, Action::Wait { .. })
+            )
+            || t.note.is_some();
+        if !show {
+            continue;
+        }
+        let what = match &t.verdict {
+            Verdict::Skip { skip } => {
+                let detail = match skip {
+                    reconcile::Skip::Analysis => "a human decides in Plane".to_string(),
+                    reconcile::Skip::NoGate(d)
+                    | reconcile::Skip::JobLive(d)
+                    | reconcile::Skip::Grace(d)
+                    | reconcile::Skip::Escalated(d)
+                    | reconcile::Skip::Blocked(d) => d.clone(),
+                };
+                format!("skip ({}): {detail}", skip.guard())
+            }
+            Verdict::Act { action } => describe(action),
+            Verdict::Deferred { because } => format!("deferred: {because}"),
+        };
+        let note = t
+            .note
+            .as_ref()
+            .map(|n| format!(" [{n}]"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "{} {}: {what}{note}", t.key, t.stage);
+    }
+    for k in &r.escalations {
+        let _ = writeln!(out, "escalated {k}");
+    }
+    if let Some(why) = &r.stopped_early {
+        let _ = writeln!(out, "stopped early: {why}");
+    }
+    out
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Advance { to } => format!("advance -> {to}"),
+        Action::Rollback {
+            to,
+            because,
+            escalate,
+        } => format!(
+            "roll back -> {to} ({because}){}",
+            if *escalate { ", then escalate" } else { "" }
+        ),
+        Action::Rerun {
+            job_id,
+            attempt,
+            because,
+        } => format!("re-run job {job_id} as attempt {attempt} ({because})"),
+        Action::Escalate { reason } => format!("escalate: {reason}"),
+        Action::Wait { because } => format!("wait: {because}"),
+    }
+}
+
+/// What listing a project gave.
+#[derive(Default)]
+struct ProjectListing {
+    /// Work item id → what was seen.
+    items: HashMap<String, Listed>,
+    /// Work items seen, with their resolved state, for replay.
+    resolved: Vec<(crate::adapters::plane::WorkItem, CachedState)>,
+    complete: bool,
+    failed: Option<String>,
+}
+
+/// The pass's shared state.
+struct Pass<'a> {
+    ctx: &'a Context,
+    dry_run: bool,
+    now: i64,
+    limits: Limits,
+    plane: Option<PlaneClient>,
+    forge: Forge,
+    report: Report,
+    /// Set on a 429: no more Plane calls, no more actions.
+    rate_limited: bool,
+}
+
+fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
+    let s = &ctx.config.settings;
+    let plane = if s.plane_url.is_some() {
+        Some(PlaneClient::from_config(&ctx.config)?)
+    } else {
+        None
+    };
+    let mut p = Pass {
+        ctx,
+        dry_run,
+        now: ctx.now_secs(),
+        limits: Limits {
+            grace_s: s.reconcile_grace_s.secs(),
+            max_developer_retries: s.max_developer_retries.0,
+            job_max_attempts: s.job_max_attempts.0,
+        },
+        plane,
+        forge: Forge::from_config(&ctx.config)?,
+        report: Report {
+            dry_run,
+            ..Report::default()
+        },
+        rate_limited: false,
+    };
+    let replay = s.reconcile_replay_enabled;
+    let cap = usize::try_from(s.reconcile_max_tasks.0).unwrap_or(usize::MAX);
+
+    if replay {
+        p.replay_deliveries(db, cap)?;
+    }
+
+    // Which projects must be listed: all when replaying; otherwise only those with a task
+    // that passes the local guards and needs the blocked check. An escalated task alone
+    // costs no request at all.
+    let tasks = db.list_tasks(None, usize::MAX)?;
+    let live = db.live_jobs_by_task()?;
+    let mut to_list: Vec<&Project> = Vec::new();
+    for project in &ctx.config.pipeline.projects {
+        let needed = replay
+            || (s.reconcile_skip_blocked_enabled
+                && tasks.iter().any(|t| {
+                    t.project == project.name
+                        && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+                }));
+        if needed {
+            to_list.push(project);
+        }
+    }
+    let mut listings: HashMap<String, ProjectListing> = HashMap::new();
+    for project in to_list {
+        let l = p.list_project(db, project)?;
+        listings.insert(project.name.clone(), l);
+    }
+
+    let mut tasks = tasks;
+    let mut live = live;
+    if replay && !p.rate_limited && p.replay_work_items(db, &tasks, &listings, cap)? {
+        tasks = db.list_tasks(None, usize::MAX)?;
+        live = db.live_jobs_by_task()?;
+    }
+    if !p.rate_limited {
+        p.escalation_sweep(db, &tasks)?;
+        // The sweep may have escalated tasks: judge the fresh rows.
+        if !p.report.escalations.is_empty() {
+            tasks = db.list_tasks(None, usize::MAX)?;
+            live = db.live_jobs_by_task()?;
+        }
+    }
+    p.judge_tasks(db, &tasks, &live, &listings, cap)?;
+    p.report.c.gitea_requests = p.forge.requests;
+    Ok(p.report)
+}
+
+fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
+    TaskFacts {
+        stage: t.stage,
+        stage_entered_at: t.stage_entered_at,
+        live_job: live.get(&t.id).map(|(id, s)| (*id, s.as_str())),
+        developer_retries: t.developer_retries,
+        escalated: t.escalated_at.is_some(),
+    }
+}
+
+impl Pass<'_> {
+    fn replay_deliveries(&mut self, db: &mut Db, cap: usize) -> Result<()> {
+        for row in db.pending_deliveries(cap)? {
+            let id = row.id.to_string();
+            if self.dry_run {
+                self.report.replays.push(ReplayLine {
+                    source: "delivery",
+                    id,
+                    detail: "pending: would be processed again".into(),
+                });
+                continue;
+            }
+            match crate::commands::webhook_handle::process_delivery(self.ctx, db, row.id) {
+                Ok(o) => {
+                    self.report.c.replayed += 1;
+                    log::info!(
+                        "replayed delivery {}: {} {}",
+                        row.id,
+                        o.kind.as_str(),
+                        o.detail
+                    );
+                    self.report.replays.push(ReplayLine {
+                        source: "delivery",
+                        id,
+                        detail: format!("{}: {}", o.kind.as_str(), o.detail),
+                    });
+                }
+                Err(e) => {
+                    self.report.c.errors += 1;
+                    log::warn!(
+                        "replaying delivery {} failed (stays pending): {e:#}",
+                        row.id
+                    );
+                    self.report.replays.push(ReplayLine {
+                        source: "delivery",
+                        id,
+                        detail: format!("failed, stays pending: {e:#}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists one project's work items page by page, resolving each state.
+    fn list_project(&mut self, db: &mut Db, project: &Project) -> Result<ProjectListing> {
+        let mut l = ProjectListing::default();
+        let Some(plane) = self.plane.clone() else {
+            l.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
+            return Ok(l);
+        };
+        if self.rate_limited || self.report.stopped_early.is_some() {
+            return Ok(l);
+        }
+        let pid = &project.plane_project_id;
+        let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
+        let mut cursor: Option<String> = None;
+        let mut states_refreshed = false;
+        loop {
+            self.report.c.plane_requests += 1;
+            let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
+                Ok(page) => page,
+                Err(HttpError::RateLimited { retry_after, .. }) => {
+                    self.rate_limit(retry_after);
+                    return Ok(l);
+                }
+                Err(e) => {
+                    log::warn!("project {}: listing work items failed: {e}", project.name);
+                    l.failed = Some(format!("listing the project's work items failed: {e}"));
+                    return Ok(l);
+                }
+            };
+            for item in page.items {
+                let state = match &item.state {
+                    Some(s) => Some(CachedState {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        group: s.group.clone(),
+                    }),
+                    None => match &item.state_id {
+                        None => None,
+                        Some(id) => {
+                            let mut found = db.plane_state(pid, id)?;
+                            if found.is_none() && !states_refreshed {
+                                states_refreshed = true;
+                                found = self.refresh_states(db, &plane, project, id)?;
+                            }
+                            found
+                        }
+                    },
+                };
+                match state {
+                    Some(st) => {
+                        l.items.insert(
+                            item.id.clone(),
+                            Listed::Seen {
+                                name: st.name.clone(),
+                                group: st.group.clone(),
+                            },
+                        );
+                        l.resolved.push((item, st));
+                    }
+                    None => {
+                        let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
+                        l.items.insert(item.id.clone(), Listed::UnknownState(id));
+                    }
+                }
+            }
+            let Some(next) = page.next_cursor else {
+                l.complete = true;
+                return Ok(l);
+            };
+            if reconcile::below_floor(page.rate_limit_remaining, floor) {
+                self.report.stopped_early = Some(format!(
+                    "plane X-RateLimit-Remaining {} is below ORCH_RECONCILE_RATE_LIMIT_FLOOR {floor}",
+                    page.rate_limit_remaining.unwrap_or(0)
+                ));
+                return Ok(l);
+            }
+            cursor = Some(next);
+        }
+    }
+
+    fn rate_limit(&mut self, retry_after: Option<std::time::Duration>) {
+        self.rate_limited = true;
+        self.report.stopped_early = Some(format!(
+            "plane answered 429 (rate limited{}); the next pass goes on",
+            retry_after
+                .map(|d| format!(", retry after {}s", d.as_secs()))
+                .unwrap_or_default()
+        ));
+    }
+
+    /// Refreshes a project's state cache from the States API once per pass.
+    fn refresh_states(
+        &mut self,
+        db: &mut Db,
+        plane: &PlaneClient,
+        project: &Project,
+        wanted: &str,
+    ) -> Result<Option<CachedState>> {
+        self.report.c.plane_requests += 1;
+        match plane.list_states(&project.plane_project_id) {
+            Ok(states) => {
+                let states: Vec<CachedState> = states
+                    .into_iter()
+                    .map(|s| CachedState {
+                        id: s.id,
+                        name: s.name,
+                        group: s.group,
+                    })
+                    .collect();
+                let found = states.iter().find(|s| s.id == wanted).cloned();
+                if !self.dry_run {
+                    db.replace_plane_states(&project.plane_project_id, &states, self.now)?;
+                }
+                Ok(found)
+            }
+            Err(HttpError::RateLimited { retry_after, .. }) => {
+                self.rate_limit(retry_after);
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!("project {}: refreshing states failed: {e}", project.name);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Acts on work items whose meaning the task does not reflect, as their webhook
+    /// would have. Returns whether anything changed.
+    fn replay_work_items(
+        &mut self,
+        db: &mut Db,
+        tasks: &[Task],
+        listings: &HashMap<String, ProjectListing>,
+        cap: usize,
+    ) -> Result<bool> {
+        let by_item: HashMap<&str, &Task> =
+            tasks.iter().map(|t| (t.work_item_id.as_str(), t)).collect();
+        let mut changed = false;
+        let mut done = 0usize;
+        for project in &self.ctx.config.pipeline.projects {
+            let Some(l) = listings.get(&project.name) else {
+                continue;
+            };
+            for (item, state) in &l.resolved {
+                let meaning = match intake::meaning_of(&project.states, &state.name, &state.group) {
+                    Ok(Some(m)) if m != Meaning::Blocked => m,
+                    _ => continue,
+                };
+                let task = by_item.get(item.id.as_str()).copied();
+                if task.is_some_and(|t| t.stage == Stage::Cancelled || t.stage == Stage::Done) {
+                    continue;
+                }
+                let facts = match task {
+                    Some(t) if t.stage == Stage::Analysis => {
+                        let jobs = db.task_jobs(t.id)?;
+                        let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+                        Some(intake::TaskFacts {
+                            key: t.key.clone(),
+                            stage: t.stage,
+                            has_analyst_job: analyst().next().is_some(),
+                            has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
+                        })
+                    }
+                    Some(t) => Some(intake::TaskFacts {
+                        key: t.key.clone(),
+                        stage: t.stage,
+                        has_analyst_job: true,
+                        has_live_analyst_job: false,
+                    }),
+                    None => None,
+                };
+                let decision = intake::decide(Some(meaning), &state.name, false, facts.as_ref());
+                let reason = format!(
+                    "replayed: work item is in {:?} in Plane (its webhook was lost)",
+                    state.name
+                );
+                let detail = match decision {
+                    Decision::NoAction(_) => continue,
+                    // A rejection is an event, not a level: the state stays "rejected"
+                    // while the analyst redoes the work, so re-queueing on every pass
+                    // would loop. It is replayed from its stored delivery only.
+                    Decision::RequeueAnalysis => continue,
+                    _ if done >= cap => {
+                        self.report.stopped_early.get_or_insert_with(|| {
+                            format!("replayed ORCH_RECONCILE_MAX_TASKS={cap} work items")
+                        });
+                        return Ok(changed);
+                    }
+                    Decision::Start if self.dry_run => "would start the task".to_string(),
+                    Decision::Move { from, to } if self.dry_run => {
+                        format!("would move the task {from} -> {to}")
+                    }
+                    Decision::Start => {
+                        done += 1;
+                        match self.replay_start(db, project, item, &reason) {
+                            Ok(d) => {
+                                changed = true;
+                                self.report.c.replayed += 1;
+                                d
+                            }
+                            Err(e) => {
+                                self.report.c.errors += 1;
+                                log::warn!("replaying the start of {} failed: {e:#}", item.id);
+                                format!("start failed: {e:#}")
+                            }
+                        }
+                    }
+                    Decision::Move { from, to } => {
+                        done += 1;
+                        let t = task.expect("moves are decided for existing tasks");
+                        match flow::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
+                            Ok(_) => {
+                                changed = true;
+                                self.report.c.replayed += 1;
+                                format!("task {} {from} -> {to}", t.key)
+                            }
+                            Err(e) => {
+                                self.report.c.errors += 1;
+                                log::warn!("replaying the move of {} failed: {e:#}", t.key);
+                                format!("move failed: {e:#}")
+                            }
+                        }
+                    }
+                };
+                self.report.replays.push(ReplayLine {
+                    source: "work-item",
+                    id: item.id.clone(),
+                    detail,
+                });
+            }
+        }
+        Ok(changed)
+    }
+
+    fn replay_start(
+        &mut self,
+        db: &mut Db,
+        project: &Project,
+        item: &crate::adapters::plane::WorkItem,
+        reason: &str,
+    ) -> Result<String> {
+        let identifier = project
+            .plane_identifier
+            .clone()
+            .unwrap_or_else(|| project.name.to_ascii_uppercase());
+        let seq = i64::try_from(item.sequence_id).ok();
+        let key = intake::task_key(&identifier, seq, &item.id);
+        let new = NewTask {
+            project: project.name.clone(),
+            work_item_id: item.id.clone(),
+            key: key.clone(),
+            title: item.name.clone(),
+            repo: project.repo.clone(),
+            branch: crate::core::branch::branch_name(&key, &item.name),
+        };
+        let started = flow::start_task(
+            self.ctx,
+            db,
+            &new,
+            &project.default_branch,
+            Actor::Reconcile,
+            reason,
+        )?;
+        if !matches!(
+            started.branch,
+            flow::BranchStep::NotNeeded | flow::BranchStep::Skipped
+        ) {
+            self.forge.requests += 1;
+        }
+        Ok(format!(
+            "task {key} {}, branch {}, {}",
+            if started.created {
+                "created"
+            } else {
+                "already existed"
+            },
+            started.branch.describe(),
+            started
+                .enqueued_job
+                .map_or("analyst job already there".to_string(), |j| format!(
+                    "analyst job {j} queued"
+                ))
+        ))
+    }
+
+    /// Finishes escalations whose announcement is missing (a crash, Plane down) and
+    /// escalates tasks that reached the developer retry limit through another path.
+    fn escalation_sweep(&mut self, db: &mut Db, tasks: &[Task]) -> Result<()> {
+        for t in tasks {
+            if self.rate_limited {
+                return Ok(());
+            }
+            if matches!(t.stage, Stage::Cancelled | Stage::Done) {
+                continue;
+            }
+            if let Some(at) = t.escalated_at {
+                if !db.escalation_announced(t.id, at)? {
+                    let reason = t.escalation_reason.clone().unwrap_or_default();
+                    self.announce_escalation(db, t, at, &reason)?;
+                }
+                continue;
+            }
+            if t.developer_retries >= self.limits.max_developer_retries {
+                let actor = db.last_event_actor(t.id)?;
+                if reconcile::needs_retry_escalation(
+                    t.developer_retries,
+                    false,
+                    actor.as_deref(),
+                    &self.limits,
+                ) {
+                    let reason = format!(
+                        "developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES {}",
+                        t.developer_retries, self.limits.max_developer_retries
+                    );
+                    self.escalate(db, t, &reason)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks the task for a human (once) and announces it.
+    fn escalate(&mut self, db: &mut Db, t: &Task, reason: &str) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        if db.escalate(t.id, reason, self.now)? {
+            let cancelled = db.cancel_queued_jobs(t.id, self.now)?;
+            log::warn!(
+                "task {} escalated at {}: {reason}{}",
+                t.key,
+                t.stage,
+                if cancelled > 0 {
+                    format!(" ({cancelled} queued job(s) cancelled)")
+                } else {
+                    String::new()
+                }
+            );
+            self.report.c.escalated += 1;
+            self.announce_escalation(db, t, self.now, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Posts the one Plane comment (idempotent through its external id), then records
+    /// and sends the one notification. The notification row is written last, so a pass
+    /// that could not comment leaves the announcement for the next pass to finish.
+    fn announce_escalation(&mut self, db: &mut Db, t: &Task, at: i64, reason: &str) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let key = reconcile::escalation_key(t.id, at);
+        let project = self.ctx.config.pipeline.project(&t.project);
+        if let (Some(plane), Some(project)) = (self.plane.clone(), project) {
+            let comment = NewComment {
+                comment_html: format!(
+                    "<p><strong>orch escalated {}</strong> at stage <code>{}</code>: {}. \
+                     Nothing re-drives it until a person moves it in Plane.</p>",
+                    html_escape(&t.key),
+                    t.stage,
+                    html_escape(reason)
+                ),
+                external_source: "orch".into(),
+                external_id: key.clone(),
+            };
+            self.report.c.plane_requests += 1;
+            match plane.create_comment(&project.plane_project_id, &t.work_item_id, &comment) {
+                Ok(_) => {}
+                Err(HttpError::RateLimited { retry_after, .. }) => {
+                    self.rate_limit(retry_after);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.report.c.errors += 1;
+                    log::warn!(
+                        "task {}: escalation comment failed (next pass tries again): {e}",
+                        t.key
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let message = format!(
+            "orch: task {} escalated at {}: {reason}. Nothing re-drives it until a person moves it in Plane.",
+            t.key, t.stage
+        );
+        crate::notify::announce(self.ctx, db, &key, ESCALATION_KIND, Some(t.id), &message)?;
+        self.report.escalations.push(t.key.clone());
+        Ok(())
+    }
+
+    fn judge_tasks(
+        &mut self,
+        db: &mut Db,
+        tasks: &[Task],
+        live: &HashMap<i64, (i64, JobStatus)>,
+        listings: &HashMap<String, ProjectListing>,
+        cap: usize,
+    ) -> Result<()> {
+        let skip_blocked = self.ctx.config.settings.reconcile_skip_blocked_enabled;
+        let cursor_path = self.cursor_path();
+        let cursor = read_cursor(&cursor_path);
+        // Fairness under the cap: start after the last task the previous capped pass
+        // reached, then wrap around.
+        let mut order: Vec<&Task> = tasks.iter().collect();
+        order.sort_by_key(|t| (t.id <= cursor, t.id));
+        let mut handled = 0usize;
+        let mut last_handled: Option<i64> = None;
+        let mut capped = false;
+        let mut lines = Vec::with_capacity(order.len());
+        for t in order {
+            self.report.c.scanned += 1;
+            let verdict = if let Some(skip) =
+                local_guards(&facts_of(t, live), self.now, &self.limits)
+            {
+                Verdict::Skip { skip }
+            } else if self.rate_limited {
+                Verdict::Deferred {
+                    because: "plane rate limited this pass".into(),
+                }
+            } else if handled >= cap {
+                capped = true;
+                Verdict::Deferred {
+                    because: format!("the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached"),
+                }
+            } else {
+                let listed = if skip_blocked {
+                    Some(match listings.get(&t.project) {
+                        None => Listed::Failed("the task's project is not in the pipeline".into()),
+                        Some(l) => match (&l.failed, l.items.get(&t.work_item_id)) {
+                            (_, Some(seen)) => seen.clone(),
+                            (Some(why), None) => Listed::Failed(why.clone()),
+                            (None, None) => Listed::NotSeen {
+                                complete: l.complete,
+                            },
+                        },
+                    })
+                } else {
+                    None
+                };
+                let project = self.ctx.config.pipeline.project(&t.project);
+                match (&listed, project) {
+                    (Some(Listed::NotSeen { complete: false }), _) => Verdict::Deferred {
+                        because: "the project's listing stopped early".into(),
+                    },
+                    (Some(listed), Some(project)) => {
+                        match blocked_guard(&plane_state_of(&project.states, listed)) {
+                            Some(skip) => Verdict::Skip { skip },
+                            None => {
+                                handled += 1;
+                                last_handled = Some(t.id);
+                                self.evaluate(db, t)
+                            }
+                        }
+                    }
+                    (Some(listed), None) => Verdict::Skip {
+                        skip: blocked_guard(&reconcile::PlaneState::Unknown(format!("{listed:?}")))
+                            .expect("unknown always skips"),
+                    },
+                    (None, _) => {
+                        handled += 1;
+                        last_handled = Some(t.id);
+                        self.evaluate(db, t)
+                    }
+                }
+            };
+            let note = match &verdict {
+                Verdict::Act { action } if !self.dry_run => self.act(db, t, action),
+                _ => None,
+            };
+            match &verdict {
+                Verdict::Skip { .. } => self.report.c.skipped += 1,
+                Verdict::Deferred { .. } => self.report.c.deferred += 1,
+                Verdict::Act {
+                    action: Action::Wait { .. },
+                } => self.report.c.waiting += 1,
+                Verdict::Act { .. } => {}
+            }
+            lines.push(TaskLine {
+                id: t.id,
+                key: t.key.clone(),
+                project: t.project.clone(),
+                stage: t.stage,
+                verdict,
+                note,
+            });
+        }
+        lines.sort_by_key(|l| l.id);
+        self.report.tasks = lines;
+        if capped {
+            self.report.stopped_early.get_or_insert_with(|| {
+                format!("the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached; the next pass goes on")
+            });
+        }
+        if !self.dry_run {
+            match (capped, last_handled) {
+                (true, Some(id)) => {
+                    if let Err(e) = write_cursor(&cursor_path, id) {
+                        log::warn!("could not keep the reconcile cursor: {e:#}");
+                    }
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&cursor_path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cursor_path(&self) -> PathBuf {
+        self.ctx.config.settings.state_dir.join("reconcile.cursor")
+    }
+
+    /// Gathers what the stage's gate needs and decides.
+    fn evaluate(&mut self, db: &mut Db, t: &Task) -> Verdict {
+        let inputs = self.gate_inputs(db, t);
+        let decision = gate::evaluate(t.stage, &inputs);
+        let last = match db.latest_stage_job(t.id, t.stage) {
+            Ok(j) => j.map(|j| {
+                (
+                    j.id,
+                    JobOutcome {
+                        status: j.status,
+                        attempt: j.attempt,
+                        exit_code: j.exit_code,
+                    },
+                )
+            }),
+            Err(e) => {
+                log::warn!("task {}: reading its latest job: {e:#}", t.key);
+                return Verdict::Act {
+                    action: Action::Wait {
+                        because: format!("could not read the stage's job: {e:#}"),
+                    },
+                };
+            }
+        };
+        let action = decide(t.stage, &decision, last, t.developer_retries, &self.limits);
+        Verdict::Act { action }
+    }
+
+    fn gate_inputs(&mut self, db: &Db, t: &Task) -> GateInputs {
+        crate::gather::gate_inputs_with(self.ctx, db, t, &mut self.forge, !self.dry_run)
+    }
+
+    /// Acts on a decision; returns a note when acting failed or lost a race.
+    fn act(&mut self, db: &mut Db, t: &Task, action: &Action) -> Option<String> {
+        let result: Result<Option<String>> = (|| match action {
+            Action::Wait { .. } => Ok(None),
+            Action::Advance { to } => {
+                flow::move_task(
+                    self.ctx,
+                    db,
+                    t,
+                    *to,
+                    "gate passed (reconcile)",
+                    Actor::Reconcile,
+                )?;
+                self.report.c.advanced += 1;
+                Ok(None)
+            }
+            Action::Rollback {
+                to,
+                because,
+                escalate,
+            } => {
+                let moved = flow::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?;
+                self.report.c.rolled_back += 1;
+                if *escalate {
+                    let fresh = db.task(t.id)?.expect("the task was just moved");
+                    let reason = format!(
+                        "developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES {} (last: {because})",
+                        moved.developer_retries, self.limits.max_developer_retries
+                    );
+                    self.escalate(db, &fresh, &reason)?;
+                }
+                Ok(None)
+            }
+            Action::Rerun { job_id, .. } => match db.rerun_job(*job_id, self.now)? {
+                Some(attempt) => {
+                    self.report.c.rerun += 1;
+                    log::info!(
+                        "task {}: job {job_id} re-queued as attempt {attempt}",
+                        t.key
+                    );
+                    Ok(None)
+                }
+                None => Ok(Some(format!(
+                    "job {job_id} was re-run or is live meanwhile"
+                ))),
+            },
+            Action::Escalate { reason } => {
+                self.escalate(db, t, reason)?;
+                Ok(None)
+            }
+        })();
+        match result {
+            Ok(note) => note,
+            Err(e) => {
+                if let Some(MoveError::Stale { actual, .. }) = e.downcast_ref::<MoveError>() {
+                    return Some(format!("moved to {actual} meanwhile: left alone"));
+                }
+                self.report.c.errors += 1;
+                log::warn!("task {}: acting failed: {e:#}", t.key);
+                Some(format!("failed: {e:#}"))
+            }
+        }
+    }
+}
+
+fn read_cursor(path: &std::path::Path) -> i64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_cursor(path: &std::path::Path, id: i64) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

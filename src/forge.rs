@@ -1,0 +1,191 @@
+//! Forge facts for the quality gates: the task's pull request and the CI state of its
+//! head, read from Gitea (SPEC §3, `shared/reference/gitea.md` §2, §6, §7).
+//!
+//! - The PR: found the first time by listing the repo's open pulls (cached once per
+//!   repo per pass) and matching `head.ref == task.branch`; its number is then recorded
+//!   on the task, and afterwards the PR is read by number, so a merged (closed) PR is
+//!   still found. A PR read by number whose head is not the task's branch any more
+//!   (`refs/pull/N/head` after the branch was deleted) is still that PR.
+//! - CI: Gitea's combined status of the PR head SHA (`""`, no CI reported, is not
+//!   success; the gate waits on it).
+//! - Deploy → done: a PR whose head is already contained in its base
+//!   (`compare base...head` has 0 commits) counts as merged, as in merge-guard.
+//!
+//! Only what `gate::needs(stage)` lists is fetched. Errors become the fact's `Err`, so
+//! the checks that read it say `Unknown` and the gate waits; nothing here fails a pass.
+
+use std::collections::HashMap;
+
+use crate::adapters::gitea::{GiteaClient, PullRequest};
+use crate::adapters::http::HttpError;
+use crate::core::gate::{CiState, Fact, Need, PrFacts};
+use crate::core::stage::Stage;
+use crate::core::task::Task;
+
+/// Why forge facts are unknown when Gitea is not configured.
+pub const GITEA_NOT_CONFIGURED: &str = "gitea is not configured (ORCH_GITEA_URL)";
+
+/// A Gitea client with a per-pass cache of each repo's open pulls and a request count.
+pub struct Forge {
+    client: Option<GiteaClient>,
+    open_pulls: HashMap<String, Result<Vec<PullRequest>, String>>,
+    /// Gitea calls made (a listing counts one per page read).
+    pub requests: i64,
+}
+
+/// What the forge told about one task.
+#[derive(Debug, Clone)]
+pub struct ForgeFacts {
+    /// The task's PR (`Ok(None)`: none found).
+    pub pr: Fact<Option<PrFacts>>,
+    /// The combined CI state of the PR head.
+    pub ci: Fact<CiState>,
+    /// A PR number seen for the first time (to record on the task).
+    pub new_pr_number: Option<u64>,
+}
+
+impl Forge {
+    /// Builds the forge from the configuration; without `ORCH_GITEA_URL` every fact is
+    /// unknown. A half configuration (URL without token) is an error.
+    ///
+    /// # Errors
+    /// When the client cannot be built from a partial configuration.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Forge> {
+        let client = if config.settings.gitea_url.is_some() {
+            Some(GiteaClient::from_config(config)?)
+        } else {
+            None
+        };
+        Ok(Forge::new(client))
+    }
+
+    /// Builds the forge around a client (or none).
+    pub fn new(client: Option<GiteaClient>) -> Forge {
+        Forge {
+            client,
+            open_pulls: HashMap::new(),
+            requests: 0,
+        }
+    }
+
+    /// Reads the facts `needs` lists for `task` at `stage`.
+    pub fn facts(&mut self, task: &Task, stage: Stage, needs: &[Need]) -> ForgeFacts {
+        let mut out = ForgeFacts {
+            pr: Err("not gathered".into()),
+            ci: Err("not gathered".into()),
+            new_pr_number: None,
+        };
+        let wants_pr = needs.contains(&Need::Pr) || needs.contains(&Need::Ci);
+        if !wants_pr {
+            return out;
+        }
+        if self.client.is_none() {
+            out.pr = Err(GITEA_NOT_CONFIGURED.into());
+            out.ci = Err(GITEA_NOT_CONFIGURED.into());
+            return out;
+        }
+        let pr = match self.pull(task) {
+            Ok((pr, new)) => {
+                out.new_pr_number = new;
+                pr
+            }
+            Err(e) => {
+                out.ci = Err(e.clone());
+                out.pr = Err(e);
+                return out;
+            }
+        };
+        let Some(pr) = pr else {
+            out.pr = Ok(None);
+            out.ci = Err("no pull request".into());
+            return out;
+        };
+        let mut facts = pr.facts();
+        if stage == Stage::Deploy && !facts.merged {
+            match self.contained_in_base(task, &pr) {
+                Ok(true) => facts.merged = true,
+                Ok(false) => {}
+                Err(e) => {
+                    out.pr = Err(e);
+                    return out;
+                }
+            }
+        }
+        if needs.contains(&Need::Ci) {
+            out.ci = self.ci(task, &facts.head_sha);
+        }
+        out.pr = Ok(Some(facts));
+        out
+    }
+
+    fn client(&self) -> &GiteaClient {
+        self.client.as_ref().expect("checked by the caller")
+    }
+
+    /// Finds the task's PR: by its recorded number, else in the repo's open pulls.
+    fn pull(&mut self, task: &Task) -> Result<(Option<PullRequest>, Option<u64>), String> {
+        if let Some(n) = task.pr_number.and_then(|n| u64::try_from(n).ok()) {
+            self.requests += 1;
+            return match self.client().get_pull(&task.repo, n) {
+                Ok(pr) => Ok((Some(pr), None)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let listed = self.open_pulls(&task.repo)?;
+        let found = listed
+            .iter()
+            .find(|pr| pr.head.ref_name == task.branch)
+            .cloned();
+        let new = found.as_ref().map(|pr| pr.number);
+        Ok((found, new))
+    }
+
+    /// The repo's open pulls, listed once per pass.
+    fn open_pulls(&mut self, repo: &str) -> Result<&Vec<PullRequest>, String> {
+        if !self.open_pulls.contains_key(repo) {
+            let client = self.client.as_ref().expect("checked by the caller");
+            let mut all = Vec::new();
+            let mut result = Ok(());
+            for page in 1..=1000 {
+                self.requests += 1;
+                match client.list_open_pulls_page(repo, page) {
+                    Ok(p) => {
+                        all.extend(p.pulls);
+                        if !p.more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let entry = result.map(|()| all);
+            self.open_pulls.insert(repo.to_string(), entry);
+        }
+        match self.open_pulls.get(repo).expect("just inserted") {
+            Ok(v) => Ok(v),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {
+        self.requests += 1;
+        self.client()
+            .compare_total_commits(&task.repo, &pr.base.ref_name, &pr.head.sha)
+            .map(|n| n == 0)
+            .map_err(|e: HttpError| e.to_string())
+    }
+
+    fn ci(&mut self, task: &Task, sha: &str) -> Fact<CiState> {
+        if sha.is_empty() {
+            return Err("the PR has no head commit".into());
+        }
+        self.requests += 1;
+        self.client()
+            .combined_status(&task.repo, sha)
+            .map(|c| c.state)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,643 @@
+//! `orch reconcile`: the real binary against a real SQLite file and the loopback Plane,
+//! Gitea and Telegram stand-ins. Tasks and jobs are seeded with SQL (the state a lost
+//! event leaves behind); a job "ends" by the test flipping its row, as run-job would.
+
+use orch::standin::gitea::{GiteaStandin, PullSeed};
+use orch::standin::plane::PlaneStandin;
+use orch::standin::server::{Reply, Server};
+use orch::standin::telegram;
+use serde_json::{json, Value};
+
+use crate::common::{Run, TestEnv, NOW_UNIX};
+
+const TOKEN: &str = "gitea-test-token";
+const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
+const P1: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
+const P2: &str = "1c2d3e4f-0000-4000-8000-000000000002";
+const P3: &str = "3e4f5a6b-0000-4000-8000-000000000003";
+const IN_PROGRESS: &str = "5a000000-0000-4000-8000-000000000001";
+const APPROVED: &str = "5a000000-0000-4000-8000-000000000002";
+const BLOCKED: &str = "5a000000-0000-4000-8000-000000000003";
+const BACKLOG: &str = "5a000000-0000-4000-8000-000000000004";
+
+const PIPELINE: &str = r#"
+plane: { workspace: acme }
+projects:
+  - name: orch
+    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
+    plane_identifier: ORCH
+    repo: acme/orch
+    states:
+      approved: { names: [Approved] }
+      blocked: { names: [Blocked, Needs Input] }
+  - name: shop
+    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
+    plane_identifier: SHOP
+    repo: acme/shop
+    states:
+      blocked: { names: [Blocked] }
+  - name: web
+    plane_project_id: 3e4f5a6b-0000-4000-8000-000000000003
+    plane_identifier: WEB
+    repo: acme/web
+    states:
+      blocked: { names: [Blocked] }
+agents:
+  analyst: [/bin/true, "{task}"]
+  developer: [/bin/true, "{task}"]
+  reviewer: [/bin/true, "{task}"]
+  deployer: [/bin/true, "{task}"]
+"#;
+
+struct World {
+    env: TestEnv,
+    gitea: GiteaStandin,
+    plane: PlaneStandin,
+    tg: Server,
+}
+
+fn world() -> World {
+    let mut env = TestEnv::with_pipeline(PIPELINE);
+    let gitea = GiteaStandin::start(TOKEN);
+    for repo in ["acme/orch", "acme/shop", "acme/web"] {
+        gitea.add_repo(repo, "main");
+    }
+    let plane = PlaneStandin::start("acme", API_KEY);
+    let states = [
+        (IN_PROGRESS, "In Progress", "started"),
+        (APPROVED, "Approved", "unstarted"),
+        (BLOCKED, "Blocked", "started"),
+        (BACKLOG, "Backlog", "backlog"),
+    ];
+    for p in [P1, P2, P3] {
+        plane.add_project(p, &states);
+    }
+    let tg = telegram::start(telegram::TOKEN);
+    env.set("ORCH_GITEA_URL", gitea.url())
+        .set("ORCH_GITEA_TOKEN", TOKEN)
+        .set("ORCH_PLANE_URL", plane.url())
+        .set("ORCH_PLANE_API_KEY", API_KEY)
+        .set("ORCH_TELEGRAM_API_URL", tg.url())
+        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
+        .set("ORCH_TELEGRAM_CHAT_ID", "4242")
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
+        .set("ORCH_RECONCILE_GRACE_S", "0");
+    env.run(&["init"]).expect(0);
+    World {
+        env,
+        gitea,
+        plane,
+        tg,
+    }
+}
+
+impl World {
+    /// Seeds a task; returns its id.
+    fn task(&self, project: &str, n: u64, stage: &str, entered: i64, retries: u32) -> i64 {
+        let (name, ident, pid) = match project {
+            "orch" => ("orch", "ORCH", P1),
+            "shop" => ("shop", "SHOP", P2),
+            _ => ("web", "WEB", P3),
+        };
+        let key = format!("{ident}-{n}");
+        let db = self.env.db();
+        db.execute(
+            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                 stage_entered_at, developer_retries, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, ?8, ?7, ?7)",
+            rusqlite::params![
+                name,
+                item_id(pid, n),
+                key,
+                format!("acme/{name}"),
+                format!("task/{}", key.to_lowercase()),
+                stage,
+                entered,
+                retries
+            ],
+        )
+        .unwrap();
+        let id = db.last_insert_rowid();
+        db.execute(
+            "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
+             VALUES (?1, NULL, ?2, 'seeded', 'run-job', ?3)",
+            rusqlite::params![id, stage, entered],
+        )
+        .unwrap();
+        id
+    }
+
+    /// Seeds a job of a task.
+    fn job(&self, task: i64, agent: &str, stage: &str, status: &str, attempt: u32) -> i64 {
+        let db = self.env.db();
+        db.execute(
+            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, exit_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+            rusqlite::params![task, agent, stage, status, attempt],
+        )
+        .unwrap();
+        db.last_insert_rowid()
+    }
+
+    /// Ends every queued job of a task successfully (what run-job does).
+    fn finish_jobs(&self, task: i64) {
+        self.env
+            .db()
+            .execute(
+                "UPDATE jobs SET status='succeeded', exit_code=0, finished_at=1 WHERE task_id=?1 AND status IN ('queued','running')",
+                [task],
+            )
+            .unwrap();
+    }
+
+    fn item(&self, pid: &str, n: u64, state: &str) {
+        self.plane
+            .add_work_item(pid, &item_id(pid, n), n, "Work", Some(state));
+    }
+
+    fn reconcile(&self, args: &[&str]) -> Run {
+        let mut a = vec!["reconcile"];
+        a.extend_from_slice(args);
+        self.env.run(&a).expect(0)
+    }
+
+    fn json(&self) -> Value {
+        self.reconcile(&["--json"]).json()
+    }
+
+    fn stage(&self, task: i64) -> String {
+        self.env
+            .db()
+            .query_row("SELECT stage FROM tasks WHERE id=?1", [task], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Everything a pass could write, except the pass record itself.
+    fn snapshot(&self) -> String {
+        let db = self.env.db();
+        let mut out = String::new();
+        for sql in [
+            "SELECT id, stage, stage_entered_at, developer_retries, escalated_at, pr_number, updated_at FROM tasks ORDER BY id",
+            "SELECT id, task_id, stage, status, attempt FROM jobs ORDER BY id",
+            "SELECT id, to_stage FROM stage_events ORDER BY id",
+            "SELECT id, dedupe_key FROM notifications ORDER BY id",
+            "SELECT id, outcome FROM deliveries ORDER BY id",
+            "SELECT project, state_id FROM plane_states ORDER BY 1, 2",
+        ] {
+            let mut stmt = db.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let mut line = Vec::new();
+                    for i in 0..n {
+                        let v: rusqlite::types::Value = r.get(i)?;
+                        line.push(format!("{v:?}"));
+                    }
+                    Ok(line.join(","))
+                })
+                .unwrap();
+            for row in rows {
+                out.push_str(&row.unwrap());
+                out.push('\n');
+            }
+            out.push_str("--\n");
+        }
+        out
+    }
+
+    fn plane_requests(&self) -> usize {
+        self.plane.server().requests().len()
+    }
+
+    fn gitea_requests(&self) -> usize {
+        self.gitea.server().requests().len()
+    }
+}
+
+fn item_id(pid: &str, n: u64) -> String {
+    format!("{}-0000-4000-8000-{:012}", &pid[..8], n)
+}
+
+fn review(verdict: &str) -> String {
+    format!("---\nreview_verdict: {verdict}\n---\n\n# Review\n")
+}
+
+fn verdict_of(report: &Value, key: &str) -> Value {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == key)
+        .unwrap_or_else(|| panic!("{key} not in {report:#}"))
+        .clone()
+}
+
+#[test]
+fn the_bounce_escalates_once_and_then_nothing_moves() {
+    let w = world();
+    let t = w.task("orch", 1, "development", NOW_UNIX - 1_000, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.job(t, "developer", "development", "succeeded", 1);
+    w.gitea
+        .add_pull("acme/orch", &PullSeed::open(7, "task/orch-1"));
+    let head = w.gitea.pull("acme/orch", 7).unwrap().head_sha;
+    w.gitea.add_status("acme/orch", &head, "ci/test", "success");
+
+    for round in 1..=3u32 {
+        let r = w.json();
+        assert_eq!(r["counts"]["advanced"], 1, "round {round}: {r:#}");
+        assert_eq!(w.stage(t), "review", "round {round}");
+        // The PR number is recorded the first time it is seen.
+        assert_eq!(w.env.count("SELECT pr_number FROM tasks"), 7);
+        w.finish_jobs(t);
+        w.env
+            .artefact("ORCH-1", "05-review.md", &review("REQUEST_CHANGES"));
+        let r = w.json();
+        assert_eq!(r["counts"]["rolled_back"], 1, "round {round}: {r:#}");
+        assert_eq!(w.stage(t), "development");
+        assert_eq!(
+            w.env.count("SELECT developer_retries FROM tasks"),
+            i64::from(round)
+        );
+        if round < 3 {
+            assert_eq!(
+                w.env
+                    .count("SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL"),
+                0
+            );
+            w.finish_jobs(t);
+        }
+    }
+    // The third rollback escalated: parked (its queued developer job cancelled),
+    // one comment, one notification.
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL"),
+        1
+    );
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM stage_events WHERE reason LIKE 'check_review_requests_changes%'"
+        ),
+        3
+    );
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM jobs WHERE status IN ('queued','running')"),
+        0
+    );
+    let comments = w.plane.comments(P1, &item_id(P1, 1));
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0]
+        .0
+        .as_deref()
+        .unwrap()
+        .starts_with("orch-escalation-"));
+    assert_eq!(w.env.count("SELECT count(*) FROM notifications"), 1);
+    assert_eq!(telegram::messages(&w.tg).len(), 1);
+
+    // Any number of further passes write nothing and send nothing.
+    let before = w.snapshot();
+    let gitea_before = w.gitea_requests();
+    for _ in 0..4 {
+        let r = w.json();
+        assert_eq!(verdict_of(&r, "ORCH-1")["guard"], "escalated", "{r:#}");
+    }
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.gitea_requests(), gitea_before);
+    assert_eq!(w.plane.comments(P1, &item_id(P1, 1)).len(), 1);
+    assert_eq!(w.plane.count(Some("POST"), ""), 1);
+    assert_eq!(telegram::messages(&w.tg).len(), 1);
+    // status shows the escalation and the last pass's counts.
+    let s = w.env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(s["escalated_total"], 1, "{s:#}");
+}
+
+#[test]
+fn each_guard_alone_writes_nothing_and_calls_only_what_it_may() {
+    // (name, stage, entered, retries, job, escalated, plane state, allowed plane requests)
+    type Case = (
+        &'static str,
+        &'static str,
+        i64,
+        u32,
+        Option<&'static str>,
+        bool,
+        &'static str,
+        usize,
+    );
+    let cases: [Case; 6] = [
+        ("analysis", "analysis", 0, 0, None, false, IN_PROGRESS, 0),
+        ("no-gate", "done", 0, 0, None, false, IN_PROGRESS, 0),
+        (
+            "job-live",
+            "review",
+            0,
+            0,
+            Some("running"),
+            false,
+            IN_PROGRESS,
+            0,
+        ),
+        (
+            "grace",
+            "review",
+            NOW_UNIX - 10,
+            0,
+            None,
+            false,
+            IN_PROGRESS,
+            0,
+        ),
+        ("escalated", "review", 0, 3, None, true, IN_PROGRESS, 0),
+        ("blocked", "review", 0, 0, None, false, BLOCKED, 1),
+    ];
+    for (guard, stage, entered, retries, job, escalated, state, plane_allowed) in cases {
+        let mut w = world();
+        w.env
+            .set("ORCH_RECONCILE_REPLAY_ENABLED", "false")
+            .set("ORCH_RECONCILE_GRACE_S", "300");
+        let t = w.task("orch", 1, stage, entered, retries);
+        w.item(P1, 1, state);
+        // A verdict that would advance if the guard did not hold.
+        w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+        if let Some(status) = job {
+            w.job(t, "reviewer", stage, status, 1);
+        }
+        if escalated {
+            let db = w.env.db();
+            db.execute(
+                "UPDATE tasks SET escalated_at = 5, escalation_reason = 'limit' WHERE id = ?1",
+                [t],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO notifications (dedupe_key, kind, task_id, message, created_at) VALUES ('k', 'escalation', ?1, 'm', 5)",
+                [t],
+            )
+            .unwrap();
+        }
+        let before = w.snapshot();
+        let r = w.json();
+        assert_eq!(verdict_of(&r, "ORCH-1")["guard"], guard, "{guard}: {r:#}");
+        assert_eq!(r["counts"]["skipped"], 1, "{guard}");
+        assert_eq!(w.snapshot(), before, "{guard}: a skip writes nothing");
+        assert_eq!(w.plane_requests(), plane_allowed, "{guard}: plane requests");
+        assert_eq!(w.gitea_requests(), 0, "{guard}: gitea requests");
+        assert!(
+            telegram::messages(&w.tg).is_empty(),
+            "{guard}: nothing sent"
+        );
+    }
+}
+
+#[test]
+fn plane_failures_and_unknown_states_skip_and_never_advance() {
+    for case in ["500", "timeout", "unknown-state"] {
+        let mut w = world();
+        w.env.set("ORCH_HTTP_TIMEOUT_S", "1");
+        let t = w.task("orch", 1, "review", 0, 0);
+        w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+        let list = format!("/api/v1/workspaces/acme/projects/{P1}/work-items/");
+        match case {
+            "500" => {
+                w.item(P1, 1, IN_PROGRESS);
+                w.plane.server().script(
+                    Some("GET"),
+                    &list,
+                    Reply::json(500, &json!({"error": "boom"})),
+                    2,
+                );
+            }
+            "timeout" => {
+                w.item(P1, 1, IN_PROGRESS);
+                w.plane.server().script(
+                    Some("GET"),
+                    &list,
+                    Reply::json(200, &json!({"results": []}))
+                        .delayed(std::time::Duration::from_secs(3)),
+                    2,
+                );
+            }
+            _ => w.item(P1, 1, "5a000000-0000-4000-8000-00000000dead"),
+        }
+        let before = w.snapshot();
+        let r = w.json();
+        let v = verdict_of(&r, "ORCH-1");
+        assert_eq!(v["guard"], "blocked", "{case}: {r:#}");
+        assert_eq!(w.stage(t), "review", "{case}: never advanced");
+        if case != "unknown-state" {
+            assert_eq!(w.snapshot(), before, "{case}: nothing written");
+        }
+        assert_eq!(
+            w.env
+                .count("SELECT count(*) FROM stage_events WHERE actor='reconcile'"),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_lost_start_webhook_is_replayed_once() {
+    let w = world();
+    w.item(P2, 5, IN_PROGRESS);
+    w.reconcile(&[]);
+    assert_eq!(
+        w.env.count("SELECT count(*) FROM tasks WHERE key='SHOP-5'"),
+        1
+    );
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM jobs WHERE agent='analyst' AND status='queued'"),
+        1
+    );
+    assert_eq!(w.gitea.count(Some("POST"), "acme/shop", "branches"), 1);
+    let branch: String = w
+        .env
+        .db()
+        .query_row("SELECT branch FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert!(w.gitea.branch("acme/shop", &branch).is_some(), "{branch}");
+    let before = w.snapshot();
+    let r = w.json();
+    assert_eq!(r["counts"]["replayed"], 0, "{r:#}");
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.gitea.count(Some("POST"), "acme/shop", "branches"), 1);
+}
+
+#[test]
+fn a_lost_approval_advances_once() {
+    let w = world();
+    let t = w.task("orch", 3, "analysis", 0, 0);
+    w.job(t, "analyst", "analysis", "succeeded", 1);
+    w.item(P1, 3, APPROVED);
+    let r = w.json();
+    assert_eq!(r["counts"]["replayed"], 1, "{r:#}");
+    assert_eq!(w.stage(t), "development");
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM jobs WHERE agent='developer' AND status='queued'"),
+        1
+    );
+    let before = w.snapshot();
+    w.reconcile(&[]);
+    w.reconcile(&[]);
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM stage_events WHERE to_stage='development'"),
+        1
+    );
+}
+
+#[test]
+fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
+    let mut w = world();
+    w.env.set("ORCH_RECONCILE_MAX_TASKS", "5000");
+    {
+        let db = w.env.db();
+        db.execute_batch("BEGIN").unwrap();
+        for n in 1..=1000u64 {
+            let (name, ident, pid) = match n % 3 {
+                0 => ("orch", "ORCH", P1),
+                1 => ("shop", "SHOP", P2),
+                _ => ("web", "WEB", P3),
+            };
+            db.execute(
+                "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                     stage_entered_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'Work', ?4, ?5, 'review', 0, 0, 0)",
+                rusqlite::params![
+                    name,
+                    item_id(pid, n),
+                    format!("{ident}-{n}"),
+                    format!("acme/{name}"),
+                    format!("task/{ident}-{n}")
+                ],
+            )
+            .unwrap();
+            w.plane
+                .add_work_item(pid, &item_id(pid, n), n, "Work", Some(IN_PROGRESS));
+            if n % 2 == 0 {
+                w.env
+                    .artefact(&format!("{ident}-{n}"), "05-review.md", &review("APPROVE"));
+            }
+        }
+        db.execute_batch("COMMIT").unwrap();
+    }
+    // 334 + 333 + 333 items: 4 pages of 100 per project, whatever the task count.
+    w.plane.set_rate_limit(1000, false);
+    let before = w.plane_requests();
+    let r = w.reconcile(&["--dry-run", "--json"]).json();
+    assert_eq!(w.plane_requests() - before, 12, "{}", r["counts"]);
+    assert_eq!(r["counts"]["scanned"], 1000);
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 1000);
+    assert_eq!(
+        w.env.count("SELECT count(*) FROM stage_events"),
+        0,
+        "dry run"
+    );
+
+    // A budget that runs out mid-listing: 429 ends the pass cleanly (exit 0).
+    // (Plane's answer when throttled, on the second project's first page.)
+    w.plane.server().script(
+        Some("GET"),
+        &format!("/api/v1/workspaces/acme/projects/{P2}/work-items/"),
+        Reply::json(
+            429,
+            &json!({"error_code": 5900, "error_message": "RATE_LIMIT_EXCEEDED"}),
+        )
+        .with_header("Retry-After", "42"),
+        1,
+    );
+    let run = w.reconcile(&["--json"]);
+    let r = run.json();
+    assert!(
+        r["stopped_early"].as_str().unwrap().contains("429"),
+        "{}",
+        r["stopped_early"]
+    );
+    assert!(run.stderr.contains("stopped early"), "{}", run.stderr);
+    assert_eq!(r["counts"]["advanced"], 0);
+    assert!(r["stopped_early"].as_str().unwrap().contains("42s"));
+    assert_eq!(
+        w.plane_requests() - before,
+        12 + 5,
+        "four pages, then the 429"
+    );
+    assert_eq!(r["counts"]["deferred"], 1000);
+
+    // The next pass (a fresh window) finishes the work.
+    w.plane.set_rate_limit(1000, false);
+    let r = w.json();
+    assert_eq!(r["stopped_early"], Value::Null, "{}", r["counts"]);
+    assert_eq!(r["counts"]["advanced"], 500);
+    assert_eq!(r["counts"]["plane_requests"], 12);
+
+    // A low X-RateLimit-Remaining stops listing early and says so.
+    w.env.set("ORCH_RECONCILE_RATE_LIMIT_FLOOR", "995");
+    w.plane.set_rate_limit(1000, false);
+    let r = w.json();
+    assert!(
+        r["stopped_early"]
+            .as_str()
+            .unwrap()
+            .contains("X-RateLimit-Remaining"),
+        "{}",
+        r["stopped_early"]
+    );
+    assert!(r["counts"]["deferred"].as_i64().unwrap() > 0);
+}
+
+#[test]
+fn dry_run_lists_every_task_and_changes_nothing() {
+    let w = world();
+    let a = w.task("orch", 1, "review", 0, 0);
+    w.task("orch", 2, "analysis", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.item(P1, 2, APPROVED);
+    w.item(P1, 9, IN_PROGRESS);
+    w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+    let before = w.snapshot();
+    let run = w.reconcile(&["--dry-run"]);
+    assert!(
+        run.stdout
+            .contains("ORCH-1 review: advance -> deploy-staging"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("ORCH-2 analysis: skip (analysis)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("would move the task analysis -> development"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("would start the task"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("dry run: nothing changed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(w.stage(a), "review");
+    assert_eq!(w.env.count("SELECT count(*) FROM passes"), 0);
+}
+
+#[test]
+fn a_second_pass_while_one_holds_the_lock_exits_75() {
+    let w = world();
+    let lock = w.env.path("state/locks/reconcile.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&lock).unwrap();
+    fs2::FileExt::lock_exclusive(&f).unwrap();
+    w.env.run(&["reconcile"]).expect(75);
+}
