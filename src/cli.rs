@@ -52,22 +52,24 @@ impl Cli {
 /// One variant per subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Init(init::InitArgs),
-    #[command(subcommand)]
-    Config(config_check::ConfigCommand),
-    Status(status::StatusArgs),
-    #[command(subcommand)]
-    Task(task::TaskCommand),
-    StagingCheck(staging_check::StagingCheckArgs),
-    PostDeployTick(post_deploy_tick::PostDeployTickArgs),
-    MergeGuard(merge_guard::MergeGuardArgs),
+    // The pipeline's passes, in the order work flows through them.
     WebhookHandle(webhook_handle::WebhookHandleArgs),
     Dispatch(dispatch::DispatchArgs),
     RunJob(run_job::RunJobArgs),
     Reap(reap::ReapArgs),
+    Reconcile(reconcile::ReconcileArgs),
+    StagingCheck(staging_check::StagingCheckArgs),
+    MergeGuard(merge_guard::MergeGuardArgs),
+    PostDeployTick(post_deploy_tick::PostDeployTickArgs),
+    // For the operator.
+    Status(status::StatusArgs),
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     #[command(subcommand)]
     Job(job::JobCommand),
-    Reconcile(reconcile::ReconcileArgs),
+    Init(init::InitArgs),
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
 }
 
 /// Runs the chosen subcommand.

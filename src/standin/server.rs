@@ -144,7 +144,13 @@ impl Server {
     /// # Panics
     /// When no loopback port can be bound (the test cannot run at all).
     pub fn start(handler: Arc<Handler>) -> Server {
-        let inner = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        // Answers leave in more than one write (headers, then body). With Nagle on, the
+        // second write waits for the client's delayed ACK: 40 ms per request on a body
+        // of a few KiB. Accepted sockets inherit TCP_NODELAY from the listener on Linux.
+        rustix::net::sockopt::set_tcp_nodelay(&listener, true).expect("TCP_NODELAY");
+        let inner =
+            Arc::new(tiny_http::Server::from_listener(listener, None).expect("serve 127.0.0.1"));
         let port = inner.server_addr().to_ip().expect("an IP listener").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let scripts: Arc<Mutex<Vec<Script>>> = Arc::new(Mutex::new(Vec::new()));
