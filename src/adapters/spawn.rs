@@ -2,7 +2,7 @@
 //! `orch run-job <id>`, the agent spawn of `run-job`, and terminating a process group
 //! (TERM, a grace period, then KILL).
 //!
-//! Processes start in their own process group (`process_group(0)`: the group id is the
+//! Agents start in their own process group (`process_group(0)`: the group id is the
 //! child's pid), so one signal to the group reaches the agent and everything it forked.
 //! A group counts as gone when no non-zombie process in `/proc` belongs to it. No
 //! decisions here; no shell anywhere.
@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use rustix::process::{kill_process_group, Pid, Signal};
+
+/// Detaches the calling process into a session (and process group) of its own, so a
+/// closing terminal or a signal to dispatch's group never reaches a job. Under systemd
+/// the unit's process already leads its session; the refusal is harmless there.
+pub fn detach_session() {
+    if let Err(e) = rustix::process::setsid() {
+        log::debug!("setsid: {e} (already a session or group leader)");
+    }
+}
 
 /// How often a terminate call looks whether the group is gone.
 const POLL: Duration = Duration::from_millis(20);
@@ -58,7 +67,8 @@ pub fn launch_direct(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        .process_group(0)
+        // No process_group here: run-job calls setsid() first thing, which a group
+        // leader may not, so the supervisor gets its own session (and group).
         .spawn()
         .with_context(|| format!("starting {} run-job {job_id}", exe.display()))?;
     // Not waited for on purpose: the supervisor is re-parented when dispatch exits.

@@ -20,6 +20,7 @@ fn main() {
     let mut hold = false;
     let mut forever = false;
     let mut ignore_term = false;
+    let mut report_session = false;
     let mut code = 0;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -29,6 +30,7 @@ fn main() {
             "--hold" => hold = true,
             "--hold-forever" => forever = true,
             "--ignore-term" => ignore_term = true,
+            "--report-session" => report_session = true,
             "--exit" => code = it.next().and_then(|c| c.parse().ok()).unwrap_or(2),
             _ => {}
         }
@@ -63,6 +65,15 @@ fn main() {
         ready.push_str(&format!(" {}", child.id()));
         // Left running on purpose: it belongs to this process group.
         std::mem::forget(child);
+    }
+    if report_session {
+        // Field 6 of /proc/self/stat: the session id (after the ')' that ends field 2).
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let sid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .unwrap_or("?");
+        ready.push_str(&format!(" sid={sid}"));
     }
     match &fifo {
         Some(path) => {

@@ -46,6 +46,7 @@ pub struct RunJobArgs {
 /// # Errors
 /// When the job cannot be taken or the database fails.
 pub fn run(args: &RunJobArgs, ctx: &Context) -> Result<ExitStatus> {
+    crate::adapters::spawn::detach_session();
     let mut db = ctx.open_db()?;
     let job = db
         .job(args.id)?

@@ -550,7 +550,10 @@ fn direct_dispatch_runs_the_agent_under_a_detached_supervisor() {
     let fifo_dir = tempfile::tempdir().unwrap();
     let fifo = fifo_dir.path().join("ready");
     mkfifo(&fifo);
-    let env = TestEnv::with_pipeline(&pipeline(&format!("--ready-fifo, {},", fifo.display())));
+    let env = TestEnv::with_pipeline(&pipeline(&format!(
+        "--ready-fifo, {}, --report-session,",
+        fifo.display()
+    )));
     let job = seed(&env, "orch", 1, "analysis", "queued")[0];
     env.run(&["dispatch"]).expect(0);
     let ready = read_fifo_line(&fifo);
@@ -563,6 +566,11 @@ fn direct_dispatch_runs_the_agent_under_a_detached_supervisor() {
             |r| r.get(0),
         )
         .unwrap();
+    // The supervisor leads a session of its own (a detached child): the agent runs in it.
+    assert!(
+        ready.trim_end().ends_with(&format!(" sid={supervisor}")),
+        "agent session should be the supervisor's ({supervisor}): {ready}"
+    );
     assert!(
         wait_exit(supervisor, Duration::from_secs(30)),
         "supervisor ends"
