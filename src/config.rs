@@ -136,6 +136,31 @@ impl SettingValue for Seconds {
     }
 }
 
+/// A duration in whole seconds that must be at least 1 (timeouts, windows, TTLs and
+/// limits, where 0 would time out every call, expire every lease at once or reap every
+/// running job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PositiveSeconds(pub Duration);
+
+impl PositiveSeconds {
+    /// Returns the duration in whole seconds.
+    pub fn secs(self) -> i64 {
+        i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+impl SettingValue for PositiveSeconds {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match Seconds::parse_setting(text) {
+            Ok(Seconds(d)) if d.as_secs() >= 1 => Ok(PositiveSeconds(d)),
+            _ => Err("expected a whole number of seconds, at least 1 (at most ten years)".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.as_secs().to_string()
+    }
+}
+
 /// A ratio between 0 and 1 inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Ratio(pub f64);
@@ -422,9 +447,9 @@ settings! {
     /// Attempts per job before escalation.
     job_max_attempts: Count = "ORCH_JOB_MAX_ATTEMPTS", "3", false, "attempts of one stage's job before the task is escalated";
     /// Connect timeout of every remote call.
-    http_connect_timeout_s: Seconds = "ORCH_HTTP_CONNECT_TIMEOUT_S", "5", false, "connect timeout of every Plane, Gitea and Telegram call, in seconds";
+    http_connect_timeout_s: PositiveSeconds = "ORCH_HTTP_CONNECT_TIMEOUT_S", "5", false, "connect timeout of every Plane, Gitea and Telegram call, in seconds";
     /// Whole-request timeout of every remote call.
-    http_timeout_s: Seconds = "ORCH_HTTP_TIMEOUT_S", "20", false, "whole-request timeout of every Plane, Gitea and Telegram call, in seconds";
+    http_timeout_s: PositiveSeconds = "ORCH_HTTP_TIMEOUT_S", "20", false, "whole-request timeout of every Plane, Gitea and Telegram call, in seconds";
     /// Log filter.
     log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
@@ -442,9 +467,9 @@ settings! {
     /// Post-deploy repos.
     post_deploy_repos: Csv = "ORCH_POST_DEPLOY_REPOS", "", false, "projects (name or Gitea owner/name) watched after deploy; empty: the self-hosting repo only";
     /// Post-deploy window length.
-    post_deploy_window_s: Seconds = "ORCH_POST_DEPLOY_WINDOW_S", "900", false, "how long production is watched after deploy -> done, in seconds";
+    post_deploy_window_s: PositiveSeconds = "ORCH_POST_DEPLOY_WINDOW_S", "900", false, "how long production is watched after deploy -> done, in seconds";
     /// Post-deploy tick interval.
-    post_deploy_interval_s: Seconds = "ORCH_POST_DEPLOY_INTERVAL_S", "60", false, "the post-deploy timer's interval in seconds; a window is sampled at most every half interval";
+    post_deploy_interval_s: PositiveSeconds = "ORCH_POST_DEPLOY_INTERVAL_S", "60", false, "the post-deploy timer's interval in seconds; a window is sampled at most every half interval";
     /// Consecutive health failures that mean DEGRADED.
     post_deploy_fail_threshold: Count = "ORCH_POST_DEPLOY_FAIL_THRESHOLD", "3", false, "consecutive failed health probes that mean DEGRADED (a success resets the streak)";
     /// 5xx ratio above which the window is DEGRADED.
@@ -452,9 +477,9 @@ settings! {
     /// Samples below which a window is INCONCLUSIVE.
     post_deploy_min_samples: Count = "ORCH_POST_DEPLOY_MIN_SAMPLES", "3", false, "samples a window needs to be called HEALTHY rather than INCONCLUSIVE";
     /// Probe timeout.
-    post_deploy_probe_timeout_s: Seconds = "ORCH_POST_DEPLOY_PROBE_TIMEOUT_S", "5", false, "timeout of each post-deploy health or metrics probe, in seconds";
+    post_deploy_probe_timeout_s: PositiveSeconds = "ORCH_POST_DEPLOY_PROBE_TIMEOUT_S", "5", false, "timeout of each post-deploy health or metrics probe, in seconds";
     /// Rollback timeout.
-    post_deploy_rollback_timeout_s: Seconds = "ORCH_POST_DEPLOY_ROLLBACK_TIMEOUT_S", "300", false, "how long a rollback command may run before its process group is killed, in seconds";
+    post_deploy_rollback_timeout_s: PositiveSeconds = "ORCH_POST_DEPLOY_ROLLBACK_TIMEOUT_S", "300", false, "how long a rollback command may run before its process group is killed, in seconds";
     /// The request counter read from metrics_url.
     post_deploy_requests_metric: Option<String> = "ORCH_POST_DEPLOY_REQUESTS_METRIC", "http_requests_total", false, "Prometheus counter of requests (labels code or status) read from a project's metrics_url";
     /// How long merge-guard re-reads a PR whose `mergeable` Gitea is still computing.
@@ -462,17 +487,17 @@ settings! {
     /// How long merge-guard --merge waits for the merge lease.
     merge_lease_wait_s: Seconds = "ORCH_MERGE_LEASE_WAIT_S", "120", false, "merge-guard --merge waits this long for the merge lease, then reports ERROR without merging";
     /// How long a merge lease may be held before it counts as stale.
-    merge_lease_ttl_s: Seconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
+    merge_lease_ttl_s: PositiveSeconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
     /// Read deadline of one webhook request.
-    webhook_read_timeout_s: Seconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
+    webhook_read_timeout_s: PositiveSeconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
     /// Whether `reap` runs at all.
     reaper_enabled: bool = "ORCH_REAPER_ENABLED", "true", false, "reap rescues jobs left running by dead processes (false: the pass writes nothing and says so)";
     /// How often the reap timer fires (documentation for the unit; the pass reads it for status).
-    reaper_interval_s: Seconds = "ORCH_REAPER_INTERVAL_S", "60", false, "seconds between reap passes (the orch-reap.timer interval; dead-tick streaks count passes)";
+    reaper_interval_s: PositiveSeconds = "ORCH_REAPER_INTERVAL_S", "60", false, "seconds between reap passes (the orch-reap.timer interval; dead-tick streaks count passes)";
     /// Consecutive dead passes before a job is flipped.
     reaper_dead_ticks: Count = "ORCH_REAPER_DEAD_TICKS", "3", false, "consecutive reap passes a job's process must be seen dead before it is flipped to failed";
     /// Backstop: the longest a job may run.
-    reaper_max_running_s: Seconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
+    reaper_max_running_s: PositiveSeconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
     /// Grace between TERM and KILL.
     reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
     /// Whether `reap` reclaims a stale merge lease.
@@ -1142,6 +1167,10 @@ agents:
             ("ORCH_MAX_CONCURRENCY", "-1"),
             ("ORCH_HTTP_TIMEOUT_S", "-5"),
             ("ORCH_HTTP_TIMEOUT_S", "1.5"),
+            ("ORCH_HTTP_TIMEOUT_S", "0"),
+            ("ORCH_REAPER_MAX_RUNNING_S", "0"),
+            ("ORCH_MERGE_LEASE_TTL_S", "0"),
+            ("ORCH_WEBHOOK_READ_TIMEOUT_S", "0"),
             ("ORCH_PLANE_URL", "not a url"),
             ("ORCH_PLANE_URL", "ftp://plane"),
             ("ORCH_GITEA_URL", "http://"),

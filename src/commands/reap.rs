@@ -208,6 +208,7 @@ fn reap_one(
         exit_code: job.exit_code,
         started_at: job.started_at,
         dead_ticks: job.dead_ticks,
+        supervisor_alive: job.supervisor_pid.is_some_and(|s| start_time(s).is_some()),
     };
     let action = judge(&facts, observed, now, settings);
     if dry_run {

@@ -3,11 +3,12 @@
 //!
 //! Three tiers (SPEC §4 "reap"), checked in this order:
 //! 1. **exit code**: the supervisor recorded one but died before the flip: flip now, to
-//!    the status the exit code gives;
-//! 2. **backstop**: running longer than the limit: terminate the process group, then
-//!    flip to `failed` (also when the process is already gone: the limit is the limit);
-//! 3. **dead pid**: no live process for `dead_ticks` consecutive passes (the streak is
-//!    stored; seeing the process alive resets it): flip to `failed`.
+//!    the status the exit code gives (a live supervisor is left to flip it itself);
+//! 2. **dead pid**: no live process for `dead_ticks` consecutive passes (the streak is
+//!    stored; seeing the process alive resets it): terminate what is left of its group,
+//!    flip to `failed`;
+//! 3. **backstop**: alive and running longer than the limit: terminate the process
+//!    group, then flip to `failed`.
 //!
 //! No I/O here: the command observes liveness and acts on the [`ReapAction`].
 
@@ -87,6 +88,8 @@ pub struct RunningFacts {
     pub started_at: Option<i64>,
     /// The stored dead-tick streak.
     pub dead_ticks: u32,
+    /// Whether the job's supervisor (`run-job`) process still runs.
+    pub supervisor_alive: bool,
 }
 
 /// The reaper's settings.
@@ -123,14 +126,23 @@ pub enum ReapAction {
     },
 }
 
-/// Decides what to do with one running job.
+/// Decides what to do with one running job, tiers in SPEC order:
+/// 1. a recorded exit code whose supervisor died before the flip (a live supervisor is
+///    about to flip it itself, unless it has outlived the backstop);
+/// 2. a dead, reused or never-stamped process for `dead_ticks` consecutive passes (its
+///    leftover group members are terminated when the pid was ours);
+/// 3. the backstop: alive past `max_running_s`, its whole group terminated.
 pub fn judge(
     job: &RunningFacts,
     observed: Observed,
     now: i64,
     settings: &ReapSettings,
 ) -> ReapAction {
+    let age = now - job.started_at.unwrap_or(now);
     if let Some(code) = job.exit_code {
+        if job.supervisor_alive && age < settings.max_running_s {
+            return ReapAction::Leave;
+        }
         return ReapAction::Flip {
             status: JobStatus::from_exit_code(code),
             tier: Tier::ExitCode,
@@ -138,12 +150,29 @@ pub fn judge(
             why: format!("supervisor recorded exit code {code} but never flipped the job"),
         };
     }
-    let age = now - job.started_at.unwrap_or(now);
+    if observed.is_dead() {
+        let ticks = job.dead_ticks.saturating_add(1);
+        return if ticks >= settings.dead_ticks.max(1) {
+            ReapAction::Flip {
+                status: JobStatus::Failed,
+                tier: Tier::DeadPid,
+                // The leader is gone, but children it forked may still run in its group.
+                // A reused pid is someone else's: never signalled.
+                kill: observed == Observed::Dead,
+                why: format!(
+                    "process {} for {ticks} consecutive passes",
+                    observed.as_str()
+                ),
+            }
+        } else {
+            ReapAction::Streak { ticks }
+        };
+    }
     if age >= settings.max_running_s {
         return ReapAction::Flip {
             status: JobStatus::Failed,
             tier: Tier::MaxRunning,
-            kill: !observed.is_dead(),
+            kill: true,
             why: format!(
                 "running {age}s, limit {}s (process {})",
                 settings.max_running_s,
@@ -151,26 +180,10 @@ pub fn judge(
             ),
         };
     }
-    if !observed.is_dead() {
-        return if job.dead_ticks > 0 {
-            ReapAction::ResetStreak
-        } else {
-            ReapAction::Leave
-        };
-    }
-    let ticks = job.dead_ticks.saturating_add(1);
-    if ticks >= settings.dead_ticks.max(1) {
-        ReapAction::Flip {
-            status: JobStatus::Failed,
-            tier: Tier::DeadPid,
-            kill: false,
-            why: format!(
-                "process {} for {ticks} consecutive passes",
-                observed.as_str()
-            ),
-        }
+    if job.dead_ticks > 0 {
+        ReapAction::ResetStreak
     } else {
-        ReapAction::Streak { ticks }
+        ReapAction::Leave
     }
 }
 
@@ -188,6 +201,7 @@ mod tests {
             exit_code,
             started_at: Some(started_at),
             dead_ticks,
+            supervisor_alive: false,
         }
     }
 
@@ -223,7 +237,7 @@ mod tests {
             );
         }
         let flips: &[Case<(JobStatus, Tier, bool)>] = &[
-            // Tier 1 wins over everything, and its status follows the code.
+            // Tier 1 (supervisor dead) wins over everything; its status follows the code.
             (
                 Some(0),
                 0,
@@ -233,14 +247,16 @@ mod tests {
                 (Succeeded, Tier::ExitCode, false),
             ),
             (Some(3), 0, 0, Dead, 1, (Failed, Tier::ExitCode, false)),
-            // Backstop at exactly the limit; kills only what lives.
+            // Backstop at exactly the limit for a live process: its group is killed.
             (None, 0, 0, Alive, 100, (Failed, Tier::MaxRunning, true)),
-            (None, 0, 2, Dead, 100, (Failed, Tier::MaxRunning, false)),
+            // A dead process past the limit is a dead pid (tier 2 before tier 3), still
+            // debounced, and its leftover group is terminated.
+            (None, 0, 2, Dead, 100, (Failed, Tier::DeadPid, true)),
             // Dead pid on the third consecutive dead pass.
-            (None, 0, 2, Dead, 99, (Failed, Tier::DeadPid, false)),
+            (None, 0, 2, Dead, 99, (Failed, Tier::DeadPid, true)),
             (None, 0, 2, Reused, 99, (Failed, Tier::DeadPid, false)),
             (None, 0, 2, NoPid, 99, (Failed, Tier::DeadPid, false)),
-            (None, 0, 7, Dead, 99, (Failed, Tier::DeadPid, false)),
+            (None, 0, 7, Dead, 99, (Failed, Tier::DeadPid, true)),
         ];
         for (code, started, ticks, obs, now, want) in flips {
             let got = judge(&facts(*code, *started, *ticks), *obs, *now, &S);
@@ -252,6 +268,25 @@ mod tests {
         }
         // Just under the limit an alive job is left alone.
         assert_eq!(judge(&facts(None, 0, 0), Alive, 99, &S), ReapAction::Leave);
+        // A dead process past the limit is debounced like any dead pid.
+        assert_eq!(
+            judge(&facts(None, 0, 0), Dead, 500, &S),
+            ReapAction::Streak { ticks: 1 }
+        );
+    }
+
+    #[test]
+    fn a_recorded_exit_code_with_a_live_supervisor_is_left_to_the_supervisor() {
+        let live = RunningFacts {
+            supervisor_alive: true,
+            ..facts(Some(0), 0, 0)
+        };
+        assert_eq!(judge(&live, Observed::Dead, 99, &S), ReapAction::Leave);
+        // ...unless the supervisor outlived the backstop (hung after recording).
+        assert_eq!(
+            flip(&judge(&live, Observed::Dead, 100, &S)).map(|f| f.1),
+            Some(Tier::ExitCode)
+        );
     }
 
     #[test]
@@ -266,6 +301,7 @@ mod tests {
             exit_code: None,
             started_at: None,
             dead_ticks: 0,
+            supervisor_alive: false,
         };
         assert_eq!(
             judge(&no_start, Observed::Alive, i64::MAX, &S),

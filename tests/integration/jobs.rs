@@ -242,6 +242,38 @@ fn a_sigkilled_agent_is_flipped_only_after_the_configured_passes() {
 }
 
 #[test]
+fn a_dead_leader_is_flipped_as_dead_pid_and_its_leftover_group_terminated() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    // The agent forks a grandchild into its group, then the agent alone is SIGKILLed.
+    let (mut child, pids, _guard) = agent(&["--fork", "--hold"]);
+    stamp(&env, job, pids[0], start_time(pids[0]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        start_time(pids[1]).is_some(),
+        "the grandchild outlives its parent"
+    );
+    // Long past the backstop: still the dead-pid tier (tier 2 before tier 3).
+    env.set("ORCH_NOW", &at(100_000));
+    let out = env.run(&["reap"]).expect(0);
+    let row = job_row(&env, job);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("failed", Some("dead-pid")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        wait_exit(pids[1], Duration::from_secs(30)),
+        "grandchild {} terminated with its group",
+        pids[1]
+    );
+}
+
+#[test]
 fn a_process_seen_alive_again_resets_the_streak() {
     let env = TestEnv::with_pipeline(&pipeline(""));
     let job = seed(&env, "orch", 1, "development", "running")[0];
@@ -778,7 +810,7 @@ fn dry_runs_explain_and_change_nothing() {
     seed(&env, "orch", 2, "analysis", "queued");
     let out = env.run(&["reap", "--dry-run"]).expect(0);
     assert!(
-        out.stdout.contains("would flip to failed (dead-pid)"),
+        out.stdout.contains("flip to failed (dead-pid)"),
         "{}",
         out.stdout
     );
