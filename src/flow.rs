@@ -24,7 +24,22 @@ pub fn move_task(
     reason: &str,
     actor: Actor,
 ) -> Result<Moved> {
-    let moved = db.move_task(task.id, task.stage, to, reason, actor, ctx.now_secs())?;
+    let moved = db.move_task_limited(
+        task.id,
+        task.stage,
+        to,
+        reason,
+        actor,
+        ctx.now_secs(),
+        Some(ctx.config.settings.max_developer_retries.0),
+    )?;
+    if moved.escalated {
+        log::warn!(
+            "task {} escalated: developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES; no developer job queued",
+            task.key,
+            moved.developer_retries
+        );
+    }
     log::info!(
         "task {} moved {} -> {} by {actor}: {reason}{}",
         task.key,

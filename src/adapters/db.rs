@@ -106,6 +106,8 @@ pub struct Moved {
     pub arms_post_deploy: bool,
     /// The developer retry count after the move.
     pub developer_retries: u32,
+    /// Whether the move reached the developer retry limit and parked the task.
+    pub escalated: bool,
 }
 
 /// One pass's record for `status`.
@@ -475,6 +477,30 @@ impl Db {
         actor: Actor,
         now: i64,
     ) -> Result<Moved> {
+        self.move_task_limited(task_id, from, to, reason, actor, now, None)
+    }
+
+    /// [`Db::move_task`] with the developer retry limit applied in the same transaction:
+    /// a review rollback that brings the count to `retry_limit` parks the task (sets its
+    /// escalation) and enqueues no developer job, so no agent runs past the limit, even
+    /// when `dispatch` runs before reconcile announces the escalation.
+    ///
+    /// # Errors
+    /// As [`Db::move_task`].
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one move's facts, kept flat like move_task"
+    )]
+    pub fn move_task_limited(
+        &mut self,
+        task_id: i64,
+        from: Stage,
+        to: Stage,
+        reason: &str,
+        actor: Actor,
+        now: i64,
+        retry_limit: Option<u32>,
+    ) -> Result<Moved> {
         let edge = stage::transition(from, to).ok_or(MoveError::NotAllowed { from, to })?;
         let tx = self
             .conn
@@ -529,15 +555,31 @@ impl Db {
              WHERE task_id = ?1 AND status = 'queued' AND stage <> ?2",
             params![task_id, to.as_str(), now],
         )?;
-        let enqueued_job = match to.agent() {
-            Some(agent) => enqueue_in(&tx, task_id, agent, to, now)?,
-            None => None,
-        };
         let developer_retries: u32 = tx.query_row(
             "SELECT developer_retries FROM tasks WHERE id = ?1",
             [task_id],
             |r| r.get(0),
         )?;
+        let escalated =
+            edge.counts_developer_retry && retry_limit.is_some_and(|max| developer_retries >= max);
+        if escalated {
+            tx.execute(
+                "UPDATE tasks SET escalated_at = ?2, escalation_reason = ?3
+                 WHERE id = ?1 AND escalated_at IS NULL",
+                params![
+                    task_id,
+                    now,
+                    format!(
+                        "developer retries {developer_retries} reached ORCH_MAX_DEVELOPER_RETRIES {}",
+                        retry_limit.unwrap_or(0)
+                    )
+                ],
+            )?;
+        }
+        let enqueued_job = match to.agent() {
+            Some(agent) if !escalated => enqueue_in(&tx, task_id, agent, to, now)?,
+            _ => None,
+        };
         tx.commit()?;
         Ok(Moved {
             task_id,
@@ -547,6 +589,7 @@ impl Db {
             cancelled_jobs,
             arms_post_deploy: edge.arms_post_deploy,
             developer_retries,
+            escalated,
         })
     }
 
@@ -1055,6 +1098,61 @@ mod tests {
         let mut clash = new_task(2);
         clash.key = "ORCH-1".into();
         assert!(db.create_task(&clash, Actor::Operator, "t", 1).is_err());
+    }
+
+    #[test]
+    fn the_rollback_that_reaches_the_retry_limit_parks_the_task_without_a_job() {
+        let (_d, mut db) = db();
+        let id = db
+            .create_task(&new_task(1), Actor::Operator, "test", 1)
+            .unwrap()
+            .id();
+        db.move_task(
+            id,
+            Stage::Analysis,
+            Stage::Development,
+            "ok",
+            Actor::Webhook,
+            2,
+        )
+        .unwrap();
+        for round in 1..=2u32 {
+            db.move_task(
+                id,
+                Stage::Development,
+                Stage::Review,
+                "ok",
+                Actor::Reconcile,
+                3,
+            )
+            .unwrap();
+            let m = db
+                .move_task_limited(
+                    id,
+                    Stage::Review,
+                    Stage::Development,
+                    "rc",
+                    Actor::Reconcile,
+                    4,
+                    Some(2),
+                )
+                .unwrap();
+            assert_eq!(m.escalated, round == 2, "round {round}");
+            assert_eq!(m.enqueued_job.is_some(), round < 2, "round {round}");
+        }
+        let t = db.task(id).unwrap().unwrap();
+        assert_eq!(t.escalated_at, Some(4));
+        assert!(t
+            .escalation_reason
+            .unwrap()
+            .contains("reached ORCH_MAX_DEVELOPER_RETRIES 2"));
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM jobs WHERE status IN ('queued','running')"
+            ),
+            0
+        );
     }
 
     #[test]

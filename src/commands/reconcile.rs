@@ -955,7 +955,15 @@ impl Pass<'_> {
             } => {
                 let moved = flow::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?;
                 self.report.c.rolled_back += 1;
-                if *escalate {
+                if moved.escalated {
+                    // The move itself parked the task (no developer job was queued):
+                    // announce it now, once.
+                    let fresh = db.task(t.id)?.expect("the task was just moved");
+                    let at = fresh.escalated_at.unwrap_or(self.now);
+                    let reason = fresh.escalation_reason.clone().unwrap_or_default();
+                    self.report.c.escalated += 1;
+                    self.announce_escalation(db, &fresh, at, &reason)?;
+                } else if *escalate {
                     let fresh = db.task(t.id)?.expect("the task was just moved");
                     let reason = format!(
                         "developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES {} (last: {because})",
