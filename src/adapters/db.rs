@@ -22,6 +22,7 @@ use crate::core::task::{Job, NewTask, StageEvent, Task};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_pipeline.sql"),
     include_str!("migrations/0002_intake_and_passes.sql"),
+    include_str!("migrations/0003_supervisor_start_time.sql"),
 ];
 
 /// The schema version this build writes.
@@ -133,7 +134,7 @@ const TASK_COLUMNS: &str =
 pub(crate) const JOB_COLUMNS: &str =
     "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
      supervisor_pid, exit_code, enqueued_at, started_at, finished_at, reap_reason, dead_ticks, \
-     rescue_count, log_path";
+     rescue_count, log_path, supervisor_start_time";
 
 fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
@@ -190,6 +191,7 @@ pub fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         dead_ticks: row.get(14)?,
         rescue_count: row.get(15)?,
         log_path: row.get(16)?,
+        supervisor_start_time: row.get(17)?,
     })
 }
 
@@ -761,7 +763,7 @@ impl Db {
             "SELECT {cols}, t.key FROM jobs j JOIN tasks t ON t.id = j.task_id
              WHERE j.status = 'running' ORDER BY j.started_at, j.id LIMIT ?1"
         ))?;
-        let rows = stmt.query_map([limit], |r| Ok((job_from_row(r)?, r.get::<_, String>(17)?)))?;
+        let rows = stmt.query_map([limit], |r| Ok((job_from_row(r)?, r.get::<_, String>(18)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

@@ -88,11 +88,12 @@ impl Db {
         supervisor_pid: i64,
         log_path: &str,
     ) -> Result<bool> {
+        let start = crate::adapters::process::start_time(supervisor_pid);
         let n = self.conn().execute(
-            "UPDATE jobs SET supervisor_pid = ?3, log_path = ?4
+            "UPDATE jobs SET supervisor_pid = ?3, log_path = ?4, supervisor_start_time = ?5
              WHERE id = ?1 AND attempt = ?2 AND status = 'running'
                AND supervisor_pid IS NULL AND pid IS NULL",
-            params![id, attempt, supervisor_pid, log_path],
+            params![id, attempt, supervisor_pid, log_path, start],
         )?;
         Ok(n == 1)
     }

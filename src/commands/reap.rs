@@ -15,7 +15,7 @@ use anyhow::Result;
 use crate::adapters::db::Db;
 use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
-use crate::adapters::process::{liveness, start_time, Liveness};
+use crate::adapters::process::{liveness, Liveness};
 use crate::adapters::spawn::{start_times, terminate_group, Terminated};
 use crate::context::{Context, PassOutcome};
 use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
@@ -169,6 +169,13 @@ impl ProcView {
     }
 }
 
+/// Whether the job's supervisor still runs: its pid alive with the start time stamped
+/// when it took the job (a row from before the stamp existed falls back to the pid).
+pub fn supervisor_alive(job: &Job) -> bool {
+    job.supervisor_pid
+        .is_some_and(|s| liveness(s, job.supervisor_start_time) == Liveness::Alive)
+}
+
 /// Observes a running job's processes, reading `/proc` directly.
 pub fn observe(job: &Job) -> Observed {
     observe_with(job, &ProcView::direct())
@@ -183,10 +190,8 @@ pub fn observe_with(job: &Job, procs: &ProcView) -> Observed {
             Liveness::Reused => Observed::Reused,
         },
         // Claimed, pid not stamped yet: the supervisor may be about to spawn.
-        None => match job.supervisor_pid {
-            Some(s) if start_time(s).is_some() => Observed::Alive,
-            _ => Observed::NoPid,
-        },
+        None if supervisor_alive(job) => Observed::Alive,
+        None => Observed::NoPid,
     }
 }
 
@@ -208,7 +213,7 @@ fn reap_one(
         exit_code: job.exit_code,
         started_at: job.started_at,
         dead_ticks: job.dead_ticks,
-        supervisor_alive: job.supervisor_pid.is_some_and(|s| start_time(s).is_some()),
+        supervisor_alive: supervisor_alive(job),
     };
     let action = judge(&facts, observed, now, settings);
     if dry_run {
@@ -346,6 +351,7 @@ fn reclaim_lease(ctx: &Context, now: i64, dry_run: bool, t: &mut Tally) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::process::start_time;
 
     #[test]
     fn the_snapshot_confirms_matches_and_rereads_everything_else() {

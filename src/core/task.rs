@@ -113,4 +113,6 @@ pub struct Job {
     pub rescue_count: u32,
     /// The job's log file.
     pub log_path: Option<String>,
+    /// The supervisor's process start time, to tell pid reuse.
+    pub supervisor_start_time: Option<i64>,
 }

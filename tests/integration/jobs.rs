@@ -336,6 +336,34 @@ fn a_reused_pid_counts_as_dead() {
 }
 
 #[test]
+fn a_reused_supervisor_pid_is_neither_alive_nor_signalled() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_REAPER_DEAD_TICKS", "1")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    // Claimed, no agent pid yet; the supervisor pid now belongs to this (unrelated, live)
+    // test process, stamped with another start time. Past the backstop, too.
+    let me = i64::from(std::process::id());
+    env.db()
+        .execute(
+            "UPDATE jobs SET supervisor_pid = ?2, supervisor_start_time = ?3 WHERE id = ?1",
+            rusqlite::params![job, me, start_time(me).unwrap() + 1],
+        )
+        .unwrap();
+    env.set("ORCH_NOW", &at(100_000));
+    env.run(&["reap"]).expect(0);
+    let row = job_row(&env, job);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("failed", Some("dead-pid"))
+    );
+    assert!(
+        start_time(me).is_some(),
+        "the unrelated process was not touched"
+    );
+}
+
+#[test]
 fn the_backstop_terminates_the_whole_group_then_flips() {
     let mut env = TestEnv::with_pipeline(&pipeline(""));
     env.set("ORCH_REAPER_MAX_RUNNING_S", "600")
