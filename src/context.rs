@@ -109,6 +109,7 @@ impl Context {
         let duration_ms = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (outcome, counts) = match &result {
             Ok(o) if o.status == ExitStatus::No => ("no", o.counts.clone()),
+            Ok(o) if o.status == ExitStatus::Error => ("error", o.counts.clone()),
             Ok(o) => ("ok", o.counts.clone()),
             Err(_) => ("error", Vec::new()),
         };
@@ -141,5 +142,49 @@ impl Context {
             Err(e) => log::error!("{name}: pass failed after {duration_ms} ms: {e:#}"),
         }
         result.map(|o| o.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::config::{Config, Layers};
+
+    fn ctx(dir: &std::path::Path) -> Context {
+        let mut layers = Layers::default();
+        layers
+            .env
+            .insert("ORCH_DB".into(), dir.join("orch.db").display().to_string());
+        layers.env.insert(
+            "ORCH_STATE_DIR".into(),
+            dir.join("state").display().to_string(),
+        );
+        Context {
+            config: Config::from_parts(None, None, layers).unwrap(),
+            clock: Box::new(FixedClock(jiff::Timestamp::from_second(1_000).unwrap())),
+        }
+    }
+
+    #[test]
+    fn a_pass_that_exits_2_is_recorded_as_error_and_a_busy_lock_is_75() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path());
+        let status = ctx
+            .run_pass("tick", false, |_, _| {
+                Ok(PassOutcome {
+                    status: ExitStatus::Error,
+                    counts: vec![("errors", 1)],
+                })
+            })
+            .unwrap();
+        assert_eq!(status, ExitStatus::Error);
+        let passes = ctx.open_db().unwrap().passes().unwrap();
+        assert_eq!(passes[0].outcome, "error");
+        let _held = ctx.lock_pass("tick").unwrap();
+        let busy = ctx
+            .run_pass("tick", false, |_, _| Ok(PassOutcome::ok(vec![])))
+            .unwrap();
+        assert_eq!(busy, ExitStatus::Busy);
     }
 }

@@ -279,14 +279,24 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let known_errors = internal.len();
     // Act: reports first, then the validated revision. Any failure turns the verdict
     // FAILED and the reports already written are rewritten to say so.
-    let targets: Vec<PathBuf> = args.report.iter().cloned().chain(report_path).collect();
+    // The task's report first (the gate reads it), and every target tried: a report that
+    // cannot be written is removed rather than left to say an older verdict.
+    let targets: Vec<PathBuf> = report_path
+        .iter()
+        .cloned()
+        .chain(args.report.iter().cloned())
+        .collect();
     let mut written: Vec<&PathBuf> = Vec::new();
     for path in &targets {
         match write_atomic(path, run.render_report().as_bytes()) {
             Ok(()) => written.push(path),
             Err(e) => {
                 internal.push(format!("{e:#}"));
-                break;
+                match std::fs::remove_file(path) {
+                    Ok(()) => log::warn!("staging-check: removed the older {}", path.display()),
+                    Err(r) if r.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(r) => internal.push(format!("removing the older {}: {r}", path.display())),
+                }
             }
         }
     }

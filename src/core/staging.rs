@@ -1121,6 +1121,7 @@ mod tests {
             ("empty list, strict",                 vec![],                        true,  true,  false, F, vec![], 1),
             ("empty list, tolerance off",          vec![],                        false, false, false, F, vec![], 1),
             ("everything skipped",                 vec![skip("F1")],              true,  false, false, F, vec![], 1),
+            ("only waived failures (SPEC: SUCCESS)", vec![fail("C9a"), fail("C9b")], true, false, false, S, vec!["C9a", "C9b"], 0),
             ("skip beside a pass",                 vec![skip("F1"), pass("C1")],  true,  false, false, S, vec![], 0),
             ("internal error, all pass",           vec![pass("C1")],              true,  false, true,  F, vec![], 1),
             ("internal error, infra fail",         vec![pass("C1"), fail("C9a")], true,  false, true,  F, vec![], 1),

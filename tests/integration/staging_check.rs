@@ -456,3 +456,30 @@ fn an_unwritable_report_turns_a_green_run_failed() {
     );
     assert_eq!(last_line(&run), "VERDICT: FAILED");
 }
+
+#[test]
+fn an_older_task_report_never_outlives_a_failed_run() {
+    // A green run writes the task's report; then a run whose extra --report target is
+    // unwritable must not leave that older SUCCESS for the gate.
+    let env = env_with_checks("    - { id: K1, name: ok, kind: command, argv: [/bin/true] }\n");
+    add_task(&env);
+    env.run(&["staging-check", "--task", "ORCH-7"]).expect(0);
+    let task_report = env.path("artefacts/ORCH-7/10-staging-report.md");
+    assert!(std::fs::read_to_string(&task_report)
+        .unwrap()
+        .contains("staging_status: SUCCESS"));
+    std::fs::write(env.path("blocker"), "a file, not a folder").unwrap();
+    let bad = env.path("blocker/report.md");
+    let run = env
+        .run(&[
+            "staging-check",
+            "--task",
+            "ORCH-7",
+            "--report",
+            bad.to_str().unwrap(),
+        ])
+        .expect(1);
+    assert_eq!(last_line(&run), "VERDICT: FAILED");
+    let text = std::fs::read_to_string(&task_report).unwrap();
+    assert!(text.contains("staging_status: FAILED"), "{text}");
+}
