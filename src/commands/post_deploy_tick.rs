@@ -211,8 +211,26 @@ pub fn arm_after_deploy(ctx: &Context, task: &Task) {
 
 /// Returns the open windows for `status`, soonest end first.
 pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
-    let mut out: Vec<WindowView> = sentinel::list(state_dir)
-        .unwrap_or_default()
+    let found = match sentinel::list(state_dir) {
+        Ok(found) => found,
+        Err(e) => vec![(state_dir.to_path_buf(), Err(e))],
+    };
+    // A window that cannot be read is shown, not hidden: every tick fails on it too.
+    let unreadable = found.iter().filter_map(|(path, w)| {
+        w.as_ref().err().map(|e| WindowView {
+            task_id: 0,
+            key: path.display().to_string(),
+            project: String::new(),
+            repo: String::new(),
+            armed_at: String::new(),
+            ends_at: String::new(),
+            time_left_s: 0,
+            samples: 0,
+            last_classification: Some(format!("UNREADABLE: {e:#}")),
+        })
+    });
+    let unreadable: Vec<WindowView> = unreadable.collect();
+    let mut out: Vec<WindowView> = found
         .into_iter()
         .filter_map(|(_, w)| w.ok())
         .filter(WindowState::is_open)
@@ -229,6 +247,7 @@ pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
         })
         .collect();
     out.sort_by_key(|w| (w.time_left_s, w.task_id));
+    out.extend(unreadable);
     out
 }
 

@@ -605,3 +605,33 @@ fn a_refused_telegram_delivery_is_recorded_once_without_the_token() {
     assert_eq!(sent, None);
     assert!(error.unwrap().contains("HTTP 401"));
 }
+
+#[test]
+fn an_unreadable_window_is_shown_by_status_and_fails_the_tick() {
+    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
+    deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-8");
+    env.run(&["post-deploy-tick", "--arm", "--task", "SHOP-8"])
+        .expect(0);
+    let dir = window_dirs(&env)[0].clone();
+    std::fs::write(dir.join("window.json"), "{ not json").unwrap();
+    let status = env.run(&["status", "--json"]).expect(0).json();
+    let windows = status["post_deploy"].as_array().unwrap();
+    assert_eq!(windows.len(), 1, "{status}");
+    assert!(
+        windows[0]["last_classification"]
+            .as_str()
+            .unwrap()
+            .starts_with("UNREADABLE"),
+        "{status}"
+    );
+    tick_at(&mut env, 60, &[]);
+    let status = env.run(&["status", "--json"]).expect(0).json();
+    let pass = status["passes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["command"] == "post-deploy-tick")
+        .unwrap()
+        .clone();
+    assert_eq!(pass["outcome"], "error", "{pass}");
+}
