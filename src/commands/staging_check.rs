@@ -249,6 +249,25 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         }
     }
 
+    // A task whose repo image freshness applies to needs a checked revision: without one
+    // the deploy-staging gate could never pass, while CI would read this run as green.
+    if let Some(t) = &task {
+        let project = pipeline
+            .project(&t.project)
+            .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
+        let applies = freshness_applies(
+            settings.image_freshness_enabled,
+            &settings.image_freshness_repos.0,
+            project,
+        );
+        if applies && checked_revision.is_none() {
+            internal.push(format!(
+                "image freshness applies to {} but no image-freshness check reported the revision staging runs",
+                t.project
+            ));
+        }
+    }
+
     let decide = |internal: &[String], lines: &mut Vec<CheckLine>| {
         let results: Vec<CheckResult> = lines
             .iter()

@@ -461,8 +461,18 @@ fn an_unwritable_report_turns_a_green_run_failed() {
 fn an_older_task_report_never_outlives_a_failed_run() {
     // A green run writes the task's report; then a run whose extra --report target is
     // unwritable must not leave that older SUCCESS for the gate.
-    let env = env_with_checks("    - { id: K1, name: ok, kind: command, argv: [/bin/true] }\n");
+    let mut env = env_with_checks("    - { id: K1, name: ok, kind: command, argv: [/bin/true] }\n");
     add_task(&env);
+    // ORCH-7's project is the self-hosting one, where image freshness applies by default:
+    // without a freshness check the gate could never pass, so the run is not green.
+    let run = env.run(&["staging-check", "--task", "ORCH-7"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("no image-freshness check reported the revision"),
+        "{}",
+        run.stdout
+    );
+    env.set("ORCH_IMAGE_FRESHNESS_ENABLED", "false");
     env.run(&["staging-check", "--task", "ORCH-7"]).expect(0);
     let task_report = env.path("artefacts/ORCH-7/10-staging-report.md");
     assert!(std::fs::read_to_string(&task_report)
