@@ -282,15 +282,9 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // SIGKILL is delivered before kill() returns; the grandchild is reaped by init,
-        // so wait for its /proc entry to go (a failsafe bound, not a timing).
-        let gone = (0..200).any(|_| {
-            let alive = crate::adapters::process::start_time(pid).is_some();
-            if alive {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            !alive
-        });
+        // The grandchild is not our child: wait for its exit on a pidfd (the deadline is
+        // a failsafe, not a timing).
+        let gone = crate::adapters::process::wait_exit(pid, Duration::from_secs(10));
         assert!(gone, "grandchild {pid} survived the group kill");
     }
 

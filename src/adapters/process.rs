@@ -52,6 +52,23 @@ pub fn parse_stat(stat: &str) -> Option<i64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Waits until `pid` has exited, for at most `within`, on an event (a pidfd becomes
+/// readable when the process ends; it works for processes that are not our children).
+/// Returns `true` when it is gone (or was gone already), `false` at the deadline.
+pub fn wait_exit(pid: i64, within: std::time::Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return true;
+    };
+    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+        return true; // no such process
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let millis = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
+    poll(&mut fds, millis).unwrap_or(0) > 0
+}
+
 /// Judges a stamped pid.
 pub fn liveness(pid: i64, stamped_start: Option<i64>) -> Liveness {
     match (start_time(pid), stamped_start) {
@@ -74,6 +91,28 @@ mod tests {
         assert_eq!(parse_stat(zombie), None);
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn wait_exit_returns_on_the_exit_event_and_false_at_the_deadline() {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("cat").stdin(Stdio::piped()).spawn().unwrap();
+        let pid = i64::from(child.id());
+        assert!(
+            !wait_exit(pid, std::time::Duration::from_millis(20)),
+            "cat waits on stdin"
+        );
+        drop(child.stdin.take());
+        assert!(
+            wait_exit(pid, std::time::Duration::from_secs(10)),
+            "exits on EOF"
+        );
+        child.wait().unwrap();
+        assert!(
+            wait_exit(pid, std::time::Duration::ZERO),
+            "a reaped pid is gone"
+        );
+        assert!(wait_exit(-1, std::time::Duration::ZERO));
     }
 
     #[test]

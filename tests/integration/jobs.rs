@@ -9,11 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rusqlite::params;
-use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use rustix::process::Pid;
 
 use orch::adapters::lock::LockFile;
-use orch::adapters::process::start_time;
+use orch::adapters::process::{start_time, wait_exit};
 use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
 use orch::context::Context;
@@ -162,18 +161,6 @@ fn agent(args: &[&str]) -> (Child, Vec<i64>, GroupGuard) {
         .collect();
     let guard = GroupGuard(pids[0]);
     (child, pids, guard)
-}
-
-/// Waits until a process that is not our child exits (pidfd), with a failsafe deadline.
-fn wait_exit(pid: i64, within: Duration) -> bool {
-    let Some(p) = Pid::from_raw(pid as i32) else {
-        return true;
-    };
-    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
-        return true; // already gone
-    };
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    poll(&mut fds, within.as_millis() as i32).unwrap_or(0) > 0
 }
 
 fn mkfifo(path: &Path) {
