@@ -65,6 +65,12 @@ pub fn http_probe(
 
 fn classify(e: &reqwest::Error) -> ProbeError {
     let url = e.url().map(redact_url).unwrap_or_default();
+    probe_error(e, &url)
+}
+
+/// Classifies a transport error of a probe to `url` (already stripped of secrets):
+/// timeout, connection refused, could not run, or another transport failure.
+pub(crate) fn probe_error(e: &reqwest::Error, url: &str) -> ProbeError {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -22,16 +22,9 @@ pub const PER_PAGE: u32 = 100;
 /// The most pages a full listing follows before it gives up (a cursor loop guard).
 const MAX_PAGES: usize = 1000;
 
-/// A Plane state (`StateSerializer`, or the `{id, name, color, group}` expansion).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct PlaneState {
-    /// The state id (UUID).
-    pub id: String,
-    /// The state's display name (user-editable).
-    pub name: String,
-    /// The state group: backlog, unstarted, started, completed, cancelled, triage.
-    pub group: String,
-}
+/// A Plane state (`StateSerializer`, or the `{id, name, color, group}` expansion): the
+/// core's own type, deserialised directly.
+pub use crate::core::intake::PlaneState;
 
 /// A work item, with its state id and, when `expand=state` was asked, the state itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -60,22 +60,7 @@ pub fn post_delivery(
         .header("X-Plane-Signature", signature)
         .body(body.to_vec())
         .send()
-        .map_err(|e| {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            let msg = format!("{shown}: {cause}");
-            if e.is_timeout() {
-                ProbeError::Timeout(msg)
-            } else if e.is_connect() {
-                ProbeError::Connect(msg)
-            } else if e.is_builder() {
-                ProbeError::CouldNotRun(msg)
-            } else {
-                ProbeError::Transport(msg)
-            }
-        })?;
+        .map_err(|e| crate::adapters::checks::probe_error(&e, &shown))?;
     let status = resp.status().as_u16();
     let mut bytes = Vec::new();
     resp.take(64 * 1024)

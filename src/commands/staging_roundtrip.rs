@@ -194,21 +194,12 @@ impl Trip {
             .env
             .plane(call)
             .map_err(|e| could_not(format!("building the Plane client: {e:#}")))?;
-        let states: Vec<PlaneState> = plane
-            .list_states(&p.plane_project_id)
-            .map_err(|e| {
-                could_not(format!(
-                    "reading the states of project {} from Plane: {e}",
-                    p.name
-                ))
-            })?
-            .into_iter()
-            .map(|s| PlaneState {
-                id: s.id,
-                name: s.name,
-                group: s.group,
-            })
-            .collect();
+        let states: Vec<PlaneState> = plane.list_states(&p.plane_project_id).map_err(|e| {
+            could_not(format!(
+                "reading the states of project {} from Plane: {e}",
+                p.name
+            ))
+        })?;
         let state = in_progress_state(
             &p.name,
             &p.states,

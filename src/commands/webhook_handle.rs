@@ -590,14 +590,7 @@ fn resolve_state(
         .context("state id not cached: the States API is needed")?;
     let states: Vec<PlaneState> = plane
         .list_states(pid)
-        .with_context(|| format!("refreshing the states of project {}", project.name))?
-        .into_iter()
-        .map(|s| PlaneState {
-            id: s.id,
-            name: s.name,
-            group: s.group,
-        })
-        .collect();
+        .with_context(|| format!("refreshing the states of project {}", project.name))?;
     log::info!(
         "project {}: cached {} plane states",
         project.name,

@@ -179,8 +179,8 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// A Plane state as the pipeline needs it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A Plane state as the pipeline needs it (unknown keys of Plane's answer are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlaneState {
     /// The state id (UUID).
     pub id: String,
