@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_pipeline.sql"),
     include_str!("migrations/0002_intake_and_passes.sql"),
     include_str!("migrations/0003_supervisor_start_time.sql"),
+    include_str!("migrations/0004_rounds.sql"),
 ];
 
 /// The schema version this build writes.
@@ -129,7 +130,7 @@ pub struct PassRecord {
 const TASK_COLUMNS: &str =
     "id, project, work_item_id, key, title, repo, branch, pr_number, stage, \
      stage_entered_at, validated_revision, developer_retries, escalated_at, escalation_reason, \
-     created_at, updated_at";
+     created_at, updated_at, round, branch_ready_at";
 
 pub(crate) const JOB_COLUMNS: &str =
     "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
@@ -161,6 +162,8 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         escalation_reason: row.get(13)?,
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
+        round: row.get(16)?,
+        branch_ready_at: row.get(17)?,
     })
 }
 

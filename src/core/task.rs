@@ -38,6 +38,12 @@ pub struct Task {
     pub created_at: i64,
     /// Last changed (unix seconds).
     pub updated_at: i64,
+    /// The task's round: 1 at creation, one more for every move back to development
+    /// after its PR was merged (a reopen).
+    pub round: u32,
+    /// When this round's branch was confirmed on Gitea; `None` while reconcile must
+    /// still create it.
+    pub branch_ready_at: Option<i64>,
 }
 
 /// What is needed to create a task.

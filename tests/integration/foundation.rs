@@ -288,7 +288,7 @@ fn status_text_json_and_prometheus() {
         .run(&["status", "--prometheus", "metrics/orch.prom"])
         .expect(0);
     insta::assert_snapshot!(text.stdout, @r"
-    orch status at 2026-11-25T03:00:00Z (schema 3)
+    orch status at 2026-11-25T03:00:00Z (schema 4)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -364,7 +364,7 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 3,
+      "schema_version": 4,
       "tasks": {
         "analysis": 1,
         "cancelled": 1,
