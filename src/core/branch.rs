@@ -1,7 +1,8 @@
 //! Task branch names: derived from the work item key and title, always a valid git ref.
 //!
 //! The rules are git's `check-ref-format` for a branch name plus Gitea's 100-character
-//! limit on `new_branch_name`. No I/O here.
+//! limit on `new_branch_name`. A later round whose old branch still exists gets
+//! [`round_branch_name`]. No I/O here.
 
 /// The longest branch name Gitea accepts when creating a branch.
 pub const MAX_BRANCH_LEN: usize = 100;
@@ -26,6 +27,35 @@ pub fn branch_name(key: &str, title: &str) -> String {
     } else {
         format!("{key_slug}-{title_slug}")
     }
+}
+
+/// What separates a task's first-round branch name from a round number in
+/// [`round_branch_name`]. [`branch_name`] never writes two dashes in a row, so a name
+/// holding the marker is always a round name and its first-round part is unambiguous.
+pub const ROUND_MARKER: &str = "--r";
+
+/// Returns the branch name of round `round` (2 or more) for a task whose branch is
+/// `branch` (its first-round name or any later round's): the first-round name, then
+/// [`ROUND_MARKER`] and the round: `orch-65-fix-the-login-page--r2`.
+///
+/// It is used when a new round starts while the old branch still exists (its merge did
+/// not delete it); when the merge deleted it, the round reuses the same name. The
+/// first-round part is everything before the first `--`, cut (on a character boundary,
+/// trailing `-`, `.` and `/` dropped) so the whole name fits in [`MAX_BRANCH_LEN`].
+/// Giving it its own output returns that output, so repeating the branch step of one
+/// round never stacks suffixes; and for a name [`branch_name`] derived, the result always
+/// passes [`check_ref_name`].
+pub fn round_branch_name(branch: &str, round: u32) -> String {
+    let base = branch.find("--").map_or(branch, |i| &branch[..i]);
+    let suffix = format!("{ROUND_MARKER}{round}");
+    let room = MAX_BRANCH_LEN - suffix.len();
+    let mut cut = base.len().min(room);
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let base = base[..cut].trim_end_matches(['-', '.', '/']);
+    let base = if base.is_empty() { "task" } else { base };
+    format!("{base}{suffix}")
 }
 
 fn slug(text: &str, max: usize) -> String {
@@ -134,6 +164,65 @@ mod tests {
         for k in ["", "..", "/", "@{", &"K".repeat(300)] {
             let b = branch_name(k, "title");
             assert_eq!(check_ref_name(&b), Ok(()), "{k:?} gave {b:?}");
+        }
+    }
+
+    #[test]
+    fn round_names_append_the_round_to_the_first_round_name() {
+        let b = "orch-65-fix-the-login-page";
+        assert_eq!(round_branch_name(b, 2), "orch-65-fix-the-login-page--r2");
+        // From a later round's name: the first-round part is kept, not stacked.
+        assert_eq!(
+            round_branch_name("orch-65-fix-the-login-page--r2", 3),
+            "orch-65-fix-the-login-page--r3"
+        );
+        // Its own output gives the same name (a repeated branch step of one round).
+        let r2 = round_branch_name(b, 2);
+        assert_eq!(round_branch_name(&r2, 2), r2);
+        // A title that ends like a round suffix is still a first-round name.
+        let tricky = branch_name("ORCH-5", "support r2");
+        assert_eq!(tricky, "orch-5-support-r2");
+        assert_eq!(round_branch_name(&tricky, 2), "orch-5-support-r2--r2");
+        assert_ne!(round_branch_name(&tricky, 2), tricky);
+    }
+
+    #[test]
+    fn round_names_are_valid_refs_for_every_derived_name_and_round() {
+        let long = "x".repeat(500);
+        let titles = [
+            "",
+            "a/b/c",
+            "..",
+            "x.lock",
+            "café ünïcödé",
+            &long,
+            "-",
+            "~^:?*[",
+        ];
+        for t in titles {
+            for k in ["ORCH-65", "", &"K".repeat(300)] {
+                let first = branch_name(k, t);
+                assert!(!first.contains("--"), "{first}");
+                for round in [2, 3, 10, 99_999, u32::MAX] {
+                    let r = round_branch_name(&first, round);
+                    assert_eq!(check_ref_name(&r), Ok(()), "{k:?} {t:?} {round} gave {r:?}");
+                    assert!(r.ends_with(&format!("--r{round}")), "{r}");
+                    assert_ne!(r, first);
+                    assert_eq!(round_branch_name(&r, round), r, "stable");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn round_names_of_odd_stored_names_still_fit() {
+        // Names not written by branch_name (an older row, a hand edit): still bounded,
+        // never empty, never ending in a separator before the marker.
+        for odd in ["", "--", "-", "a-", "a.", "a/", "é".repeat(80).as_str()] {
+            let r = round_branch_name(odd, 7);
+            assert!(r.len() <= MAX_BRANCH_LEN, "{r}");
+            assert!(r.ends_with("--r7"), "{r}");
+            assert_eq!(check_ref_name(&r), Ok(()), "{odd:?} gave {r:?}");
         }
     }
 

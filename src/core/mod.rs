@@ -12,6 +12,7 @@ pub mod merge;
 pub mod post_deploy;
 pub mod reap;
 pub mod reconcile;
+pub mod round;
 pub mod roundtrip;
 pub mod stage;
 pub mod staging;
