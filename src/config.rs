@@ -465,7 +465,7 @@ settings! {
     /// Post-deploy kill switch.
     post_deploy_enabled: bool = "ORCH_POST_DEPLOY_ENABLED", "true", false, "post-deploy watch on deploy -> done (false: never arm, ticks only close open windows)";
     /// Post-deploy repos.
-    post_deploy_repos: Csv = "ORCH_POST_DEPLOY_REPOS", "", false, "projects (name or Gitea owner/name) watched after deploy; empty: the self-hosting repo only";
+    post_deploy_repos: Csv = "ORCH_POST_DEPLOY_REPOS", "", false, "projects (name or Gitea owner/name) watched after deploy; empty: every project with a health_url";
     /// Post-deploy window length.
     post_deploy_window_s: PositiveSeconds = "ORCH_POST_DEPLOY_WINDOW_S", "900", false, "how long production is watched after deploy -> done, in seconds";
     /// Post-deploy tick interval.

@@ -20,7 +20,7 @@ use crate::context::{Context, PassOutcome};
 use crate::core::artefact::POST_DEPLOY_LOG_FILE;
 use crate::core::post_deploy::{
     applicability, classify, decide, final_verdict, is_due, render_log, Applicability,
-    Classification, Decision, Sample, Thresholds, TickRecord,
+    Classification, Decision, Sample, Thresholds, TickRecord, WatchedProject,
 };
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::Task;
@@ -147,7 +147,11 @@ fn thresholds(ctx: &Context) -> Thresholds {
 pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
     let s = &ctx.config.settings;
     let project = ctx.config.pipeline.project(&task.project);
-    let facts = project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
+    let facts = project.map(|p| WatchedProject {
+        name: &p.name,
+        repo: &p.repo,
+        has_health_url: p.health_url.is_some(),
+    });
     let own = [task.project.clone()];
     let repos: &[String] = if check_repos {
         &s.post_deploy_repos.0

@@ -19,28 +19,46 @@ pub enum Applicability {
     Skipped(String),
 }
 
+/// The facts about a project that decide whether post-deploy watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchedProject<'a> {
+    /// The project's name in the pipeline file.
+    pub name: &'a str,
+    /// Its Gitea `owner/name`.
+    pub repo: &'a str,
+    /// Whether it has a `health_url` to probe.
+    pub has_health_url: bool,
+}
+
 /// Decides whether post-deploy watches a project.
 ///
 /// `repos` is `ORCH_POST_DEPLOY_REPOS`: project names or Gitea `owner/name`, either form;
-/// empty means the self-hosting repo only. `project` is `None` when the task's project
-/// is not in the pipeline file.
+/// empty means every project with a `health_url` (the self-hosting one included: its
+/// windows only ever alert, see [`decide`]), so a default install watches, rolls back and
+/// reopens what it can probe. A listed project is watched as listed. `project` is `None`
+/// when the task's project is not in the pipeline file.
 pub fn applicability(
     enabled: bool,
     repos: &[String],
-    project: Option<(&str, &str, bool)>,
+    project: Option<WatchedProject<'_>>,
 ) -> Applicability {
     if !enabled {
         return Applicability::Skipped("ORCH_POST_DEPLOY_ENABLED is off".into());
     }
-    let Some((name, repo, self_hosting)) = project else {
+    let Some(WatchedProject {
+        name,
+        repo,
+        has_health_url,
+    }) = project
+    else {
         return Applicability::Skipped("the project is not in the pipeline file".into());
     };
     if repos.is_empty() {
-        return if self_hosting {
+        return if has_health_url {
             Applicability::Applies
         } else {
             Applicability::Skipped(format!(
-                "ORCH_POST_DEPLOY_REPOS is empty (self-hosting repo only) and {name} is not self-hosting"
+                "ORCH_POST_DEPLOY_REPOS is empty (every project with a health_url) and {name} has no health_url"
             ))
         };
     }
@@ -603,13 +621,23 @@ mod tests {
     #[test]
     fn applicability_table() {
         let csv = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let shop = Some(("shop", "acme/shop", false));
-        let orch = Some(("orch", "acme/orch", true));
+        let project = |name, repo, has_health_url| {
+            Some(WatchedProject {
+                name,
+                repo,
+                has_health_url,
+            })
+        };
+        let shop = project("shop", "acme/shop", true);
+        let orch = project("orch", "acme/orch", true);
+        let blind = project("blog", "acme/blog", false);
+        // The default (empty list): every project with a health_url, self-hosting or not.
         assert_eq!(applicability(true, &[], orch), Applicability::Applies);
-        assert!(matches!(
-            applicability(true, &[], shop),
-            Applicability::Skipped(_)
-        ));
+        assert_eq!(applicability(true, &[], shop), Applicability::Applies);
+        match applicability(true, &[], blind) {
+            Applicability::Skipped(why) => assert!(why.contains("no health_url"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             applicability(false, &[], orch),
             Applicability::Skipped(_)
@@ -630,6 +658,11 @@ mod tests {
             applicability(true, &csv(&["shop"]), orch),
             Applicability::Skipped(_)
         ));
+        // A listed project is watched as listed.
+        assert_eq!(
+            applicability(true, &csv(&["blog"]), blind),
+            Applicability::Applies
+        );
         assert!(matches!(
             applicability(true, &csv(&["shop"]), None),
             Applicability::Skipped(_)

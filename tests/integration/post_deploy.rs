@@ -12,8 +12,10 @@ use crate::common::{Run, TestEnv, NOW_UNIX};
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
+const BLOG_ITEM: &str = "9e8d7c6b-0000-4000-8000-0000000000cc";
 
-/// A pipeline with production URLs and a rollback argv (YAML flow list) per project.
+/// A pipeline with production URLs and a rollback argv (YAML flow list) per project,
+/// and a project (`blog`) with no production URL at all.
 fn pipeline(health: &str, metrics: Option<&str>, rollback: &str) -> String {
     let metrics = metrics
         .map(|m| format!("    metrics_url: {m}\n"))
@@ -35,6 +37,11 @@ projects:
     repo: acme/shop
     health_url: {health}
 {metrics}    rollback: {rollback}
+  - name: blog
+    plane_project_id: 9e8d7c6b-0000-4000-8000-000000000003
+    plane_identifier: BLOG
+    repo: acme/blog
+    rollback: {rollback}
 agents:
   analyst: [/bin/true, "{{task}}"]
 "#
@@ -421,8 +428,11 @@ fn too_few_samples_close_inconclusive() {
 fn arming_follows_the_switch_and_the_repo_list() {
     let cases: &[(Option<&str>, &str, &str, bool)] = &[
         // (ORCH_POST_DEPLOY_ENABLED, ORCH_POST_DEPLOY_REPOS, project, armed)
+        // The default (empty list): every project with a health_url.
         (None, "", "orch", true),
-        (None, "", "shop", false),
+        (None, "", "shop", true),
+        (None, "", "blog", false),
+        (None, "blog", "blog", true),
         (Some("false"), "", "orch", false),
         (Some("false"), "shop", "shop", false),
         (None, "shop", "shop", true),
@@ -437,10 +447,10 @@ fn arming_follows_the_switch_and_the_repo_list() {
             env.set("ORCH_POST_DEPLOY_ENABLED", e);
         }
         env.set("ORCH_POST_DEPLOY_REPOS", repos);
-        let item = if *project == "orch" {
-            ORCH_ITEM
-        } else {
-            SHOP_ITEM
+        let item = match *project {
+            "orch" => ORCH_ITEM,
+            "blog" => BLOG_ITEM,
+            _ => SHOP_ITEM,
         };
         deploy_to_done(&env, project, item, "K-1");
         assert_eq!(
@@ -467,11 +477,9 @@ fn arming_follows_the_switch_and_the_repo_list() {
 #[test]
 fn arming_by_hand_and_twice_is_harmless() {
     let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
+    env.set("ORCH_POST_DEPLOY_REPOS", "orch");
     deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-8");
-    assert!(
-        window_dirs(&env).is_empty(),
-        "shop is not in the empty list"
-    );
+    assert!(window_dirs(&env).is_empty(), "shop is not in the list");
     let run = env
         .run(&["post-deploy-tick", "--arm", "--task", "SHOP-8"])
         .expect(0);
