@@ -1,18 +1,27 @@
 //! Pipeline moves with every effect they have, shared by the commands that move tasks
 //! (webhook, reconcile, run-job, post-deploy, the operator's `task move`).
 //!
-//! A move goes through [`Db::move_task`] (the table, the event, the next job) and then
-//! does what lives outside the database (arming post-deploy on `deploy → done`).
+//! A move goes through [`Db::move_task`] (the table, the event, the next job, and a new
+//! round when the move follows a merge) and then does what lives outside the database
+//! (arming post-deploy on `deploy → done`, the new round's branch after a reopen).
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::adapters::db::{Created, Db, Moved};
 use crate::adapters::gitea::{BranchOutcome, GiteaClient};
 use crate::context::Context;
+use crate::core::branch::round_branch_name;
+use crate::core::gate::{Fact, Need};
+use crate::core::round::{self, RoundChange};
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
+use crate::forge::Forge;
 
 /// Moves `task` to `to` with every effect of the transition.
+///
+/// A move that needs to know whether the task's PR was merged (`deploy → development`,
+/// see [`round::reopen`]) reads it from Gitea here; a caller that already gathered it
+/// (the deploy gate) uses [`move_task_with`].
 ///
 /// # Errors
 /// When the table refuses the move, the task moved meanwhile, or a write fails.
@@ -24,6 +33,36 @@ pub fn move_task(
     reason: &str,
     actor: Actor,
 ) -> Result<Moved> {
+    let merged = if round::needs_merge_evidence(task.stage, to) {
+        merge_evidence(ctx, task)
+    } else {
+        Err("not needed for this move".into())
+    };
+    move_task_with(ctx, db, task, to, reason, actor, &merged)
+}
+
+/// [`move_task`] with the merge evidence the caller gathered: whether the task's PR is
+/// merged or its head contained in the base (`Err`: could not tell). It decides the
+/// round with [`round::reopen`]; a move that starts a new round does so in the move's
+/// own transaction, then makes the round's branch ([`ensure_branch`]), leaving it to
+/// reconcile when Gitea fails or is not configured.
+///
+/// # Errors
+/// When the table refuses the move, the task moved meanwhile, or a write fails (a
+/// branch that could not be made is not an error: the move stands).
+pub fn move_task_with(
+    ctx: &Context,
+    db: &mut Db,
+    task: &Task,
+    to: Stage,
+    reason: &str,
+    actor: Actor,
+    merged: &Fact<bool>,
+) -> Result<Moved> {
+    let change = round::reopen(task.stage, to, merged);
+    if let RoundChange::KeepUnsure { why } = &change {
+        log::warn!("task {}: {} -> {to}: {why}", task.key, task.stage);
+    }
     let moved = db.move_task_limited(
         task.id,
         task.stage,
@@ -32,6 +71,7 @@ pub fn move_task(
         actor,
         ctx.now_secs(),
         Some(ctx.config.settings.max_developer_retries.0),
+        change.is_new(),
     )?;
     if moved.escalated {
         log::warn!(
@@ -53,7 +93,52 @@ pub fn move_task(
     if moved.arms_post_deploy {
         crate::commands::post_deploy_tick::arm_after_deploy(ctx, task);
     }
+    if let (RoundChange::New { because }, true) = (&change, moved.new_round) {
+        log::info!(
+            "task {}: round {} starts ({because}): no PR, no validated revision",
+            task.key,
+            moved.round
+        );
+        start_round_branch(ctx, db, task.id);
+    }
     Ok(moved)
+}
+
+/// Reads whether `task`'s PR is merged (or its head contained in its base), as the
+/// deploy gate reads it; `Err` when it cannot be told (Gitea down or not configured).
+fn merge_evidence(ctx: &Context, task: &Task) -> Fact<bool> {
+    let mut forge = Forge::from_config(&ctx.config).map_err(|e| format!("{e:#}"))?;
+    let facts = forge.facts(task, Stage::Deploy, &[Need::Pr]);
+    round::merged(&facts.pr)
+}
+
+/// Makes the branch of the round a reopen just started; a failure is logged and left
+/// for reconcile (`branch_ready_at` stays NULL).
+fn start_round_branch(ctx: &Context, db: &Db, task_id: i64) {
+    let task = match db.task(task_id) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("task {task_id}: reading it for its new round's branch: {e:#}");
+            return;
+        }
+    };
+    let Some(project) = ctx.config.pipeline.project(&task.project) else {
+        log::warn!(
+            "task {}: project {} is not in the pipeline file: round {} branch not made",
+            task.key,
+            task.project,
+            task.round
+        );
+        return;
+    };
+    if let Err(e) = ensure_branch(ctx, db, &task, &project.default_branch) {
+        log::warn!(
+            "task {}: round {} branch not made yet ({e:#}); reconcile completes it",
+            task.key,
+            task.round
+        );
+    }
 }
 
 /// What starting a task did about its Gitea branch.
@@ -68,6 +153,9 @@ pub enum BranchStep {
     NotNeeded,
     /// Gitea is not configured (`ORCH_GITEA_URL` unset): no branch was created.
     Skipped,
+    /// A new round's branch, created under the round's own name
+    /// ([`round_branch_name`]) because the old branch still exists.
+    Renamed(String),
 }
 
 impl BranchStep {
@@ -78,6 +166,7 @@ impl BranchStep {
             BranchStep::Existed => "already existed",
             BranchStep::NotNeeded => "not requested",
             BranchStep::Skipped => "not created (gitea not configured)",
+            BranchStep::Renamed(_) => "created under the round's new name",
         }
     }
 }
@@ -127,7 +216,7 @@ pub fn start_task(
         .any(|j| j.agent == Agent::Analyst);
     let unfinished = task.stage == Stage::Analysis && !has_analyst_job;
     let branch = if unfinished {
-        ensure_branch(ctx, &task, default_branch)?
+        ensure_branch(ctx, db, &task, default_branch)?
     } else {
         BranchStep::NotNeeded
     };
@@ -148,7 +237,18 @@ pub fn start_task(
 }
 
 /// Creates the task's branch on Gitea from the default branch; 409 is success.
-fn ensure_branch(ctx: &Context, task: &Task, default_branch: &str) -> Result<BranchStep> {
+///
+/// From round 2 on (a reopen), the round's branch is made by [`ensure_round_branch`],
+/// which records the name it takes and `branch_ready_at`.
+///
+/// # Errors
+/// When Gitea refuses or cannot be reached, or a write fails.
+pub fn ensure_branch(
+    ctx: &Context,
+    db: &Db,
+    task: &Task,
+    default_branch: &str,
+) -> Result<BranchStep> {
     if ctx.config.settings.gitea_url.is_none() {
         log::warn!(
             "task {}: gitea is not configured (ORCH_GITEA_URL): branch {} not created",
@@ -158,6 +258,9 @@ fn ensure_branch(ctx: &Context, task: &Task, default_branch: &str) -> Result<Bra
         return Ok(BranchStep::Skipped);
     }
     let gitea = GiteaClient::from_config(&ctx.config)?;
+    if task.round > 1 {
+        return ensure_round_branch(ctx, db, &gitea, task, default_branch);
+    }
     let step = match gitea
         .create_branch(&task.repo, &task.branch, default_branch)
         .with_context(|| format!("creating branch {} of task {}", task.branch, task.key))?
@@ -169,6 +272,86 @@ fn ensure_branch(ctx: &Context, task: &Task, default_branch: &str) -> Result<Bra
         "task {}: branch {} {} in {} (from {default_branch})",
         task.key,
         task.branch,
+        step.describe(),
+        task.repo
+    );
+    Ok(step)
+}
+
+/// Makes the branch of a task's round 2 or later from the current default branch and
+/// records it; does nothing when the round's branch is already confirmed.
+///
+/// The round first tries the branch's current name: 201 means the old branch was gone
+/// (the merge deleted it), and the round reuses the name. 409 means it still exists
+/// (with the merged work on it): the round takes [`round_branch_name`] instead, recorded
+/// on the task before it is created, so a repeat after a crash finds the chosen name and
+/// takes 409 for it as success. `branch_ready_at` is set once Gitea confirmed.
+///
+/// # Errors
+/// When Gitea refuses or cannot be reached (the branch stays unconfirmed for the next
+/// try), a write fails, or another pass changed the task's round or branch meanwhile.
+fn ensure_round_branch(
+    ctx: &Context,
+    db: &Db,
+    gitea: &GiteaClient,
+    task: &Task,
+    default_branch: &str,
+) -> Result<BranchStep> {
+    if task.branch_ready_at.is_some() {
+        return Ok(BranchStep::NotNeeded);
+    }
+    let now = ctx.now_secs();
+    let create = |name: &str| {
+        gitea
+            .create_branch(&task.repo, name, default_branch)
+            .with_context(|| {
+                format!(
+                    "creating branch {name} of task {} (round {})",
+                    task.key, task.round
+                )
+            })
+    };
+    let round_name = round_branch_name(&task.branch, task.round);
+    let mut name = task.branch.clone();
+    if name != round_name {
+        if create(&name)? == BranchOutcome::Created {
+            db.set_branch_ready(task.id, task.round, &name, now)?;
+            log::info!(
+                "task {}: round {} branch {name} created again in {} from {default_branch} (the old one was deleted)",
+                task.key,
+                task.round,
+                task.repo
+            );
+            return Ok(BranchStep::Created);
+        }
+        if !db.set_round_branch(task.id, task.round, &name, &round_name, now)? {
+            bail!(
+                "task {} changed meanwhile (round {} branch {name} is no longer unconfirmed)",
+                task.key,
+                task.round
+            );
+        }
+        log::info!(
+            "task {}: branch {name} still exists in {}: round {} takes {round_name}",
+            task.key,
+            task.repo,
+            task.round
+        );
+        name = round_name;
+    }
+    let outcome = create(&name)?;
+    db.set_branch_ready(task.id, task.round, &name, now)?;
+    let step = if name != task.branch {
+        BranchStep::Renamed(name.clone())
+    } else if outcome == BranchOutcome::Created {
+        BranchStep::Created
+    } else {
+        BranchStep::Existed
+    };
+    log::info!(
+        "task {}: round {} branch {name} {} in {} (from {default_branch})",
+        task.key,
+        task.round,
         step.describe(),
         task.repo
     );

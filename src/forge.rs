@@ -3,9 +3,13 @@
 //!
 //! - The PR: found the first time by listing the repo's open pulls (cached once per
 //!   repo per pass) and matching `head.ref == task.branch`; its number is then recorded
-//!   on the task, and afterwards the PR is read by number, so a merged (closed) PR is
-//!   still found. A PR read by number whose head is not the task's branch any more
-//!   (`refs/pull/N/head` after the branch was deleted) is still that PR.
+//!   on the task, and afterwards the PR is read by number. A recorded PR that is closed
+//!   (merged or not) is not the task's current PR at `development`, `review` or
+//!   `deploy-staging` (`core::round::recorded_pr_is_current`): the open PR of the branch
+//!   is looked for instead, and its number replaces the recorded one. At `deploy` the
+//!   recorded PR stays current when merged (that is how `deploy → done` passes). A PR
+//!   read by number whose head is not the task's branch any more (`refs/pull/N/head`
+//!   after the branch was deleted) is still that PR.
 //! - CI: Gitea's combined status of the PR head SHA (`""`, no CI reported, is not
 //!   success; the gate waits on it).
 //! - Deploy → done: a PR whose head is already contained in its base
@@ -19,6 +23,7 @@ use std::collections::HashMap;
 use crate::adapters::gitea::{GiteaClient, PullRequest};
 use crate::adapters::http::HttpError;
 use crate::core::gate::{CiState, Fact, Need, PrFacts};
+use crate::core::round::recorded_pr_is_current;
 use crate::core::stage::Stage;
 use crate::core::task::Task;
 
@@ -40,7 +45,8 @@ pub struct ForgeFacts {
     pub pr: Fact<Option<PrFacts>>,
     /// The combined CI state of the PR head.
     pub ci: Fact<CiState>,
-    /// A PR number seen for the first time (to record on the task).
+    /// A PR number to record on the task: seen for the first time, or the open PR that
+    /// replaces a recorded one that is closed.
     pub new_pr_number: Option<u64>,
 }
 
@@ -84,7 +90,7 @@ impl Forge {
             out.ci = Err(GITEA_NOT_CONFIGURED.into());
             return out;
         }
-        let pr = match self.pull(task) {
+        let pr = match self.pull(task, stage) {
             Ok((pr, new)) => {
                 out.new_pr_number = new;
                 pr
@@ -122,14 +128,23 @@ impl Forge {
         self.client.as_ref().expect("checked by the caller")
     }
 
-    /// Finds the task's PR: by its recorded number, else in the repo's open pulls.
-    fn pull(&mut self, task: &Task) -> Result<(Option<PullRequest>, Option<u64>), String> {
+    /// Finds the task's PR at `stage`: by its recorded number while that PR is current,
+    /// else in the repo's open pulls.
+    fn pull(
+        &mut self,
+        task: &Task,
+        stage: Stage,
+    ) -> Result<(Option<PullRequest>, Option<u64>), String> {
         if let Some(n) = task.pr_number.and_then(|n| u64::try_from(n).ok()) {
             self.requests += 1;
-            return match self.client().get_pull(&task.repo, n) {
-                Ok(pr) => Ok((Some(pr), None)),
-                Err(e) => Err(e.to_string()),
-            };
+            let pr = self
+                .client()
+                .get_pull(&task.repo, n)
+                .map_err(|e| e.to_string())?;
+            if recorded_pr_is_current(stage, pr.is_open()) {
+                return Ok((Some(pr), None));
+            }
+            // Closed or merged: never the current PR here; the branch's open PR is.
         }
         let listed = self.open_pulls(&task.repo)?;
         let found = listed

@@ -38,8 +38,9 @@ pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
 }
 
 /// Reads what `task`'s current stage's gate needs through `forge` (a pass shares one,
-/// so each repo's open pulls are listed once). A PR seen for the first time has its
-/// number recorded on the task when `record` (not in dry runs).
+/// so each repo's open pulls are listed once). A PR seen for the first time, or the open
+/// PR that replaces a recorded closed one, has its number recorded on the task when
+/// `record` (not in dry runs).
 pub fn gate_inputs_with(
     ctx: &Context,
     db: &Db,
@@ -96,9 +97,12 @@ pub fn gate_inputs_with(
             ctx.now_secs(),
         ) {
             Ok(()) => log::info!(
-                "task {}: PR #{n} found for branch {}",
+                "task {}: PR #{n} found for branch {}{}",
                 task.key,
-                task.branch
+                task.branch,
+                task.pr_number
+                    .map(|old| format!(" (replaces #{old}, which is closed)"))
+                    .unwrap_or_default()
             ),
             Err(e) => log::warn!("task {}: recording PR #{n}: {e:#}", task.key),
         }
@@ -157,7 +161,9 @@ pub fn apply_gate(ctx: &Context, db: &mut Db, task: &Task, actor: Actor) -> Resu
             Ok(GateOutcome::Advanced(moved))
         }
         GateDecision::Rollback { to, because, .. } => {
-            let moved = flow::move_task(ctx, db, task, *to, because, actor)?;
+            // The deploy gate's PR fact says whether the rollback follows a merge.
+            let merged = crate::core::round::merged(&inputs.pr);
+            let moved = flow::move_task_with(ctx, db, task, *to, because, actor, &merged)?;
             Ok(GateOutcome::RolledBack(moved))
         }
     }

@@ -110,6 +110,10 @@ pub struct Moved {
     pub developer_retries: u32,
     /// Whether the move reached the developer retry limit and parked the task.
     pub escalated: bool,
+    /// The task's round after the move.
+    pub round: u32,
+    /// Whether the move started that round (a reopen after a merge).
+    pub new_round: bool,
 }
 
 /// One pass's record for `status`.
@@ -482,13 +486,18 @@ impl Db {
         actor: Actor,
         now: i64,
     ) -> Result<Moved> {
-        self.move_task_limited(task_id, from, to, reason, actor, now, None)
+        self.move_task_limited(task_id, from, to, reason, actor, now, None, false)
     }
 
     /// [`Db::move_task`] with the developer retry limit applied in the same transaction:
     /// a review rollback that brings the count to `retry_limit` parks the task (sets its
     /// escalation) and enqueues no developer job, so no agent runs past the limit, even
     /// when `dispatch` runs before reconcile announces the escalation.
+    ///
+    /// With `new_round` (the caller decided with `core::round::reopen` that the move
+    /// follows a merge) the same transaction starts the task's next round: `round` + 1,
+    /// no PR number, no validated revision, `branch_ready_at` cleared (the round's branch
+    /// is still to be made), and the event's reason ends with `(reopened: round N)`.
     ///
     /// # Errors
     /// As [`Db::move_task`].
@@ -505,6 +514,7 @@ impl Db {
         actor: Actor,
         now: i64,
         retry_limit: Option<u32>,
+        new_round: bool,
     ) -> Result<Moved> {
         let edge = stage::transition(from, to).ok_or(MoveError::NotAllowed { from, to })?;
         let tx = self
@@ -543,6 +553,22 @@ impl Db {
                 from.as_str()
             ],
         )?;
+        if new_round {
+            tx.execute(
+                "UPDATE tasks SET round = round + 1, pr_number = NULL, validated_revision = NULL,
+                        branch_ready_at = NULL
+                 WHERE id = ?1",
+                [task_id],
+            )?;
+        }
+        let round: u32 = tx.query_row("SELECT round FROM tasks WHERE id = ?1", [task_id], |r| {
+            r.get(0)
+        })?;
+        let reason = if new_round {
+            format!("{reason} (reopened: round {round})")
+        } else {
+            reason.to_string()
+        };
         tx.execute(
             "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -595,6 +621,8 @@ impl Db {
             arms_post_deploy: edge.arms_post_deploy,
             developer_retries,
             escalated,
+            round,
+            new_round,
         })
     }
 
@@ -1140,6 +1168,7 @@ mod tests {
                     Actor::Reconcile,
                     4,
                     Some(2),
+                    false,
                 )
                 .unwrap();
             assert_eq!(m.escalated, round == 2, "round {round}");
@@ -1158,6 +1187,89 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn a_reopen_starts_the_next_round_in_the_same_move() {
+        let (_d, mut db) = db();
+        let id = db
+            .create_task(&new_task(1), Actor::Operator, "test", 1)
+            .unwrap()
+            .id();
+        for (from, to) in [
+            (Stage::Analysis, Stage::Development),
+            (Stage::Development, Stage::Review),
+            (Stage::Review, Stage::DeployStaging),
+            (Stage::DeployStaging, Stage::Deploy),
+            (Stage::Deploy, Stage::Done),
+        ] {
+            db.move_task(id, from, to, "t", Actor::Reconcile, 2)
+                .unwrap();
+        }
+        db.set_pr_number(id, 1, 2).unwrap();
+        db.set_validated_revision(id, "abc", 2).unwrap();
+        db.conn()
+            .execute("UPDATE tasks SET branch_ready_at = 2 WHERE id = ?1", [id])
+            .unwrap();
+        let m = db
+            .move_task_limited(
+                id,
+                Stage::Done,
+                Stage::Development,
+                "degraded",
+                Actor::PostDeploy,
+                5,
+                Some(3),
+                true,
+            )
+            .unwrap();
+        assert_eq!((m.round, m.new_round), (2, true));
+        assert!(m.enqueued_job.is_some());
+        let t = db.task(id).unwrap().unwrap();
+        assert_eq!(t.round, 2);
+        assert_eq!(t.pr_number, None);
+        assert_eq!(t.validated_revision, None);
+        assert_eq!(t.branch_ready_at, None);
+        let last = db.stage_events(id).unwrap().pop().unwrap();
+        assert_eq!(last.reason, "degraded (reopened: round 2)");
+        // A move that keeps the round leaves the PR and the revision alone.
+        db.move_task(
+            id,
+            Stage::Development,
+            Stage::Review,
+            "t",
+            Actor::Reconcile,
+            6,
+        )
+        .unwrap();
+        db.set_pr_number(id, 2, 6).unwrap();
+        let m = db
+            .move_task(
+                id,
+                Stage::Review,
+                Stage::Development,
+                "rc",
+                Actor::Reconcile,
+                7,
+            )
+            .unwrap();
+        assert_eq!((m.round, m.new_round), (2, false));
+        let t = db.task(id).unwrap().unwrap();
+        assert_eq!((t.round, t.pr_number), (2, Some(2)));
+        // A refused move starts nothing.
+        assert!(db
+            .move_task_limited(
+                id,
+                Stage::Review,
+                Stage::Development,
+                "x",
+                Actor::Reconcile,
+                8,
+                None,
+                true
+            )
+            .is_err());
+        assert_eq!(db.task(id).unwrap().unwrap().round, 2);
     }
 
     #[test]

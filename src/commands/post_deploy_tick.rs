@@ -639,7 +639,7 @@ fn finish_rollback(
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
-                flow::move_task(
+                let moved = flow::move_task(
                     ctx,
                     db,
                     &task,
@@ -647,7 +647,7 @@ fn finish_rollback(
                     &reason,
                     Actor::PostDeploy,
                 )?;
-                "task reopened to development".into()
+                format!("task reopened to development (round {})", moved.round)
             }
             Some(task) => format!("task left at {} (not done)", task.stage),
             None => "task not found".into(),

@@ -10,6 +10,7 @@ mod jobs;
 mod merge_guard;
 mod post_deploy;
 mod reconcile;
+mod rounds;
 mod staging_check;
 mod staging_roundtrip;
 mod webhook;
