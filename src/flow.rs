@@ -238,7 +238,7 @@ pub fn start_task(
 
 /// Creates the task's branch on Gitea from the default branch; 409 is success.
 ///
-/// From round 2 on (a reopen), the round's branch is made by [`ensure_round_branch`],
+/// From round 2 on (a reopen), the round's branch is made by `ensure_round_branch` (below),
 /// which records the name it takes and `branch_ready_at`.
 ///
 /// # Errors
