@@ -599,3 +599,117 @@ fn a_closed_or_merged_recorded_pr_is_replaced_by_the_open_pr_of_the_branch() {
     let r = w.round(&key);
     assert_eq!((r.stage.as_str(), r.pr, r.round), ("done", Some(7), 1));
 }
+
+#[test]
+fn a_round_branch_an_interrupted_step_already_made_is_taken_as_this_rounds() {
+    let w = world();
+    // The old branch survived the merge, and an earlier try of this round's branch step
+    // created the round name before it died: 409 on both is success, no third name.
+    let branch = "shop-40-checkout";
+    w.gitea.push(REPO, branch, &fake_sha("round 1 work"));
+    w.gitea.push(REPO, "shop-40-checkout--r2", &w.main_sha());
+    w.gitea.add_pull(REPO, &PullSeed::open(40, branch).merged());
+    let (id, key) = w.seed(&Seed {
+        n: 40,
+        stage: "done",
+        branch,
+        pr: Some(40),
+    });
+    let run = w
+        .env
+        .run(&[
+            "task",
+            "move",
+            &key,
+            "--to",
+            "development",
+            "--reason",
+            "bad",
+        ])
+        .expect(0);
+    let r = w.round(&key);
+    assert_eq!(
+        (r.round, r.branch.as_str(), r.branch_ready_at),
+        (2, "shop-40-checkout--r2", Some(NOW_UNIX)),
+        "{}",
+        run.stderr
+    );
+    let (_, _, actor, reason) = w.last_event(id);
+    assert_eq!(actor, "operator");
+    assert_eq!(reason, "bad (reopened: round 2)");
+    assert_eq!(
+        w.gitea.count(Some("POST"), REPO, "branches"),
+        2,
+        "one try per name"
+    );
+}
+
+#[test]
+fn gitea_refusals_never_half_reopen() {
+    let w = world();
+    // The recorded PR is unknown to Gitea (404): whether it was merged cannot be told,
+    // so the deploy rollback keeps the round and says why.
+    let (_, key) = w.seed(&Seed {
+        n: 50,
+        stage: "deploy",
+        branch: "shop-50-checkout",
+        pr: Some(99),
+    });
+    let run = w
+        .env
+        .run(&[
+            "task",
+            "move",
+            &key,
+            "--to",
+            "development",
+            "--reason",
+            "redo",
+        ])
+        .expect(0);
+    assert!(
+        run.stderr
+            .contains("could not tell whether the PR was merged"),
+        "{}",
+        run.stderr
+    );
+    let r = w.round(&key);
+    assert_eq!(
+        (r.stage.as_str(), r.round, r.pr, r.validated.as_deref()),
+        ("development", 1, Some(99), Some("validated-sha"))
+    );
+    // Gitea refuses the new round's branch (the repository is gone: 404): the reopen
+    // stands, the branch is left unconfirmed, nothing is renamed.
+    let (id, key) = w.seed(&Seed {
+        n: 51,
+        stage: "done",
+        branch: "shop-51-checkout",
+        pr: Some(51),
+    });
+    w.env
+        .db()
+        .execute("UPDATE tasks SET repo = 'acme/gone' WHERE id = ?1", [id])
+        .unwrap();
+    let run = w
+        .env
+        .run(&[
+            "task",
+            "move",
+            &key,
+            "--to",
+            "development",
+            "--reason",
+            "bad",
+        ])
+        .expect(0);
+    assert!(
+        run.stderr.contains("reconcile completes it"),
+        "{}",
+        run.stderr
+    );
+    let r = w.round(&key);
+    assert_eq!(
+        (r.round, r.branch.as_str(), r.pr, r.branch_ready_at),
+        (2, "shop-51-checkout", None, None)
+    );
+}
