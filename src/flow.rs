@@ -315,7 +315,7 @@ fn ensure_round_branch(
     let mut name = task.branch.clone();
     if name != round_name {
         if create(&name)? == BranchOutcome::Created {
-            db.set_branch_ready(task.id, task.round, &name, now)?;
+            db.set_branch_ready(task, now)?;
             log::info!(
                 "task {}: round {} branch {name} created again in {} from {default_branch} (the old one was deleted)",
                 task.key,
@@ -340,7 +340,11 @@ fn ensure_round_branch(
         name = round_name;
     }
     let outcome = create(&name)?;
-    db.set_branch_ready(task.id, task.round, &name, now)?;
+    let renamed = Task {
+        branch: name.clone(),
+        ..task.clone()
+    };
+    db.set_branch_ready(&renamed, now)?;
     let step = if name != task.branch {
         BranchStep::Renamed(name.clone())
     } else if outcome == BranchOutcome::Created {

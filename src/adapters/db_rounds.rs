@@ -6,25 +6,20 @@ use anyhow::Result;
 use rusqlite::params;
 
 use crate::adapters::db::Db;
+use crate::core::task::Task;
 
 impl Db {
-    /// Records that round `round`'s branch `branch` is confirmed on Gitea (created, or
-    /// found as this round's); `false` when the task moved on to another round or
-    /// branch meanwhile, or was already confirmed.
+    /// Records that the task's branch is on Gitea (created, or found as this round's),
+    /// for the round and branch name `task` carries; `false` when the task moved on to
+    /// another round or branch meanwhile, or it was already recorded.
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn set_branch_ready(
-        &self,
-        task_id: i64,
-        round: u32,
-        branch: &str,
-        now: i64,
-    ) -> Result<bool> {
+    pub fn set_branch_ready(&self, task: &Task, now: i64) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE tasks SET branch_ready_at = ?4, updated_at = ?4
-             WHERE id = ?1 AND round = ?2 AND branch = ?3 AND branch_ready_at IS NULL",
-            params![task_id, round, branch, now],
+             WHERE id = ?1 AND branch = ?2 AND round = ?3 AND branch_ready_at IS NULL",
+            params![task.id, task.branch, task.round, now],
         )?;
         Ok(n == 1)
     }
@@ -56,7 +51,7 @@ impl Db {
 mod tests {
     use crate::adapters::db::Db;
     use crate::core::stage::Actor;
-    use crate::core::task::NewTask;
+    use crate::core::task::{NewTask, Task};
 
     #[test]
     fn round_branch_writes_are_guarded_by_round_name_and_readiness() {
@@ -87,19 +82,19 @@ mod tests {
         assert!(db
             .set_round_branch(id, 2, "shop-1-t", "shop-1-t--r2", 5)
             .unwrap());
-        assert!(
-            !db.set_branch_ready(id, 2, "shop-1-t", 6).unwrap(),
-            "old name"
-        );
-        assert!(
-            !db.set_branch_ready(id, 1, "shop-1-t--r2", 6).unwrap(),
-            "old round"
-        );
-        assert!(db.set_branch_ready(id, 2, "shop-1-t--r2", 6).unwrap());
-        assert!(
-            !db.set_branch_ready(id, 2, "shop-1-t--r2", 7).unwrap(),
-            "once"
-        );
+        let t = db.task(id).unwrap().unwrap();
+        let stale = Task {
+            branch: "shop-1-t".into(),
+            ..t.clone()
+        };
+        assert!(!db.set_branch_ready(&stale, 6).unwrap(), "old name");
+        let old_round = Task {
+            round: 1,
+            ..t.clone()
+        };
+        assert!(!db.set_branch_ready(&old_round, 6).unwrap(), "old round");
+        assert!(db.set_branch_ready(&t, 6).unwrap());
+        assert!(!db.set_branch_ready(&t, 7).unwrap(), "once");
         // A confirmed branch is not renamed any more.
         assert!(!db
             .set_round_branch(id, 2, "shop-1-t--r2", "y--r2", 8)
