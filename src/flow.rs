@@ -132,13 +132,16 @@ fn start_round_branch(ctx: &Context, db: &Db, task_id: i64) {
         );
         return;
     };
-    if let Err(e) = ensure_branch(ctx, db, &task, &project.default_branch) {
-        log::warn!(
-            "task {}: round {} branch not made yet ({e:#}); reconcile completes it",
-            task.key,
-            task.round
-        );
-    }
+    let left = match ensure_branch(ctx, db, &task, &project.default_branch) {
+        Ok(BranchStep::Skipped) => "gitea not configured: ORCH_GITEA_URL is unset".to_string(),
+        Ok(_) => return,
+        Err(e) => format!("{e:#}"),
+    };
+    log::warn!(
+        "task {}: round {} branch not made yet ({left}); reconcile completes it",
+        task.key,
+        task.round
+    );
 }
 
 /// What starting a task did about its Gitea branch.

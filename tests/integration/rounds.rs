@@ -366,7 +366,8 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_leaves_the_branch_to_rec
         ])
         .expect(0);
     assert!(
-        run.stderr.contains("gitea is not configured"),
+        run.stderr.contains("ORCH_GITEA_URL is unset")
+            && run.stderr.contains("reconcile completes it"),
         "{}",
         run.stderr
     );
