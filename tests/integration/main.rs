@@ -9,6 +9,7 @@ mod foundation;
 mod jobs;
 mod merge_guard;
 mod post_deploy;
+mod prompts;
 mod reconcile;
 mod staging_check;
 mod staging_roundtrip;
