@@ -222,6 +222,8 @@ pub fn task_json(t: &Task) -> serde_json::Value {
         "stage_entered_at": format_unix(t.stage_entered_at),
         "validated_revision": t.validated_revision,
         "developer_retries": t.developer_retries,
+        "round": t.round,
+        "branch_ready": t.branch_ready_at.is_some(),
         "escalated": t.escalated_at.is_some(),
         "escalation_reason": t.escalation_reason,
         "created_at": format_unix(t.created_at),
@@ -327,7 +329,16 @@ fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
             .unwrap_or_else(|| "-".into()),
         t.validated_revision.as_deref().unwrap_or("-")
     );
-    println!("  developer retries {}", t.developer_retries);
+    println!(
+        "  round {}  branch {}  developer retries {}",
+        t.round,
+        if t.branch_ready_at.is_some() {
+            "ready"
+        } else {
+            "not yet on Gitea (reconcile creates it)"
+        },
+        t.developer_retries
+    );
     if let Some(at) = t.escalated_at {
         println!(
             "  ESCALATED since {}: {}",
