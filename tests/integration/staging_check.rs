@@ -760,10 +760,36 @@ fn without_gitea_or_a_pr_a_task_never_gets_a_green_run() {
     assert_eq!(validated(&env), None);
     assert!(task_report(&env).contains("staging_status: FAILED"));
 
-    // Gitea up, but no PR for the task's branch.
+    // Gitea answering, but not with pull requests: garbage, then a refused token.
     let g = GiteaStandin::start(DEFAULT_TOKEN);
     g.add_repo(SHOP_REPO, "main");
     let mut env = shop_env(g.url(), s.url());
+    let pulls = "/api/v1/repos/acme/shop/pulls";
+    g.server().script(
+        Some("GET"),
+        pulls,
+        Reply::raw(200, "text/html", "<html>maintenance</html>"),
+        2,
+    );
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
+        "{}",
+        run.stdout
+    );
+    env.set("ORCH_GITEA_TOKEN", "wrong-token");
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(validated(&env), None);
+    env.set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN);
+
+    // Gitea up, but no PR for the task's branch.
     let run = env.run(&["staging-check"]).expect(1);
     assert!(
         run.stdout
@@ -817,6 +843,22 @@ fn orch_task_id_bad_forms() {
     // --task wins over the environment.
     env.run(&["staging-check", "--task", "SHOP-1"]).expect(0);
     assert_eq!(validated(&env).as_deref(), Some(HEAD));
+    // Not text: a usage error.
+    let out = env
+        .command(&["staging-check"])
+        .env(
+            "ORCH_TASK_ID",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff1"),
+        )
+        .output()
+        .unwrap();
+    let run: Run = out.into();
+    let run = run.expect(2);
+    assert!(
+        run.stderr.contains("ORCH_TASK_ID: not valid text"),
+        "{}",
+        run.stderr
+    );
     // Empty is unset: a plain run, no task, nothing written for one.
     env.set("ORCH_TASK_ID", " ");
     std::fs::remove_file(env.path("artefacts/SHOP-1/10-staging-report.md")).unwrap();
