@@ -454,6 +454,24 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
             }
         }
     }
+    // A FAILED run for a task leaves it no validated revision: what staging runs now was
+    // not validated, so nothing older may be merged on its word.
+    if run.verdict.status == VerdictStatus::Failed {
+        if let (Some(t), Some(d)) = (&task, &db) {
+            match d.clear_validated_revision(t.id, now.as_second()) {
+                Ok(true) => log::warn!(
+                    "staging-check: task {} no longer has a validated revision (was {}): this run failed",
+                    t.key,
+                    t.validated_revision.as_deref().unwrap_or("?")
+                ),
+                Ok(false) => {}
+                Err(e) => log::error!(
+                    "staging-check: clearing task {}'s validated revision: {e:#}",
+                    t.key
+                ),
+            }
+        }
+    }
     for e in &internal {
         log::error!("staging-check: internal error: {e}");
     }

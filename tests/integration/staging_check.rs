@@ -695,6 +695,13 @@ fn a_head_that_moves_during_the_check_is_refused_and_nothing_is_recorded() {
         Reply::raw(200, "text/plain", "ok")
     }));
     let env = shop_env(g.url(), s.url());
+    // An earlier run validated the head; this one, failing, must not leave that behind.
+    env.db()
+        .execute(
+            "UPDATE tasks SET validated_revision = ?1 WHERE key = 'SHOP-1'",
+            [HEAD],
+        )
+        .unwrap();
     let child = env
         .command(&["staging-check", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -896,11 +903,9 @@ fn an_image_freshness_pin_expects_the_pr_head_by_default() {
     assert_eq!(j["pr_number"], 3);
     let text = std::fs::read_to_string(env.path("artefacts/ORCH-7/10-staging-report.md")).unwrap();
     assert!(text.contains("pin: image-freshness\n"), "{text}");
-    // A new head pushed after staging was deployed: staging is stale, nothing recorded.
+    // A new head pushed after staging was deployed: staging is stale, and the revision
+    // validated before is forgotten.
     g.push("acme/orch", &branch, OLD_SHA);
-    env.db()
-        .execute("UPDATE tasks SET validated_revision = NULL", [])
-        .unwrap();
     let run = env.run(&["staging-check"]).expect(1);
     assert!(line(&run, "F1").contains("stale image"), "{}", run.stdout);
     let validated: Option<String> = env
