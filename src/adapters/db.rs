@@ -622,6 +622,20 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets the task's validated revision (a staging check of it just failed); returns
+    /// whether there was one.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clear_validated_revision(&self, task_id: i64, now: i64) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE tasks SET validated_revision = NULL, updated_at = ?2
+             WHERE id = ?1 AND validated_revision IS NOT NULL",
+            params![task_id, now],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Marks a task escalated (parked for a human); `false` when it already was.
     ///
     /// # Errors
