@@ -344,8 +344,10 @@ fn act_and_report(
     print: bool,
 ) -> Result<ExitStatus> {
     let mut db = ctx.open_db()?;
+    crate::crash::point("delivery-stored");
     match process_delivery(ctx, &mut db, id) {
         Ok(outcome) => {
+            crate::crash::point("delivery-done");
             if print {
                 println!("delivery {id} {outcome}");
             }
@@ -386,6 +388,7 @@ pub fn process_delivery(ctx: &Context, db: &mut Db, delivery_row_id: i64) -> Res
     db.count_delivery_attempt(row.id)?;
     match act(ctx, db, &row.body) {
         Ok(outcome) => {
+            crate::crash::point("delivery-acted");
             let now = ctx.now_secs();
             if db.finish_delivery(row.id, outcome.kind.as_str(), &outcome.detail, now)? {
                 Ok(outcome)
