@@ -173,6 +173,15 @@ impl World {
     fn count(&self, sql: &str) -> i64 {
         self.env.count(sql)
     }
+
+    /// (tasks, jobs, stage events): what acting on a delivery writes.
+    fn effects(&self) -> (i64, i64, i64) {
+        (
+            self.count("SELECT count(*) FROM tasks"),
+            self.count("SELECT count(*) FROM jobs"),
+            self.count("SELECT count(*) FROM stage_events"),
+        )
+    }
 }
 
 #[track_caller]
@@ -200,8 +209,18 @@ fn killed_at_each_point_then_reconciled(kind: Kind) {
         // Plane lists the work item in the state the delivery announced.
         w.plane
             .add_work_item(PROJECT, ITEM, 7, "Work item 7", Some(kind.state().0));
+        let before = w.effects();
         let out = w.send(kind, Some(point));
         assert_killed(&out, &what);
+        if *point == "delivery-acted" {
+            // Killed inside the transaction: none of the delivery's effects survive.
+            assert_eq!(w.effects(), before, "{what}: rolled back");
+            assert_eq!(
+                w.count("SELECT count(*) FROM deliveries WHERE outcome = 'pending'"),
+                1,
+                "{what}: still pending"
+            );
+        }
         // The analyst a rejection queued (if it was committed) runs before reconcile.
         w.analyst_ran();
         for pass in 1..=2 {
