@@ -5,6 +5,7 @@
 mod common;
 
 mod clients;
+mod crash;
 mod foundation;
 mod jobs;
 mod merge_guard;
