@@ -12,4 +12,5 @@ mod post_deploy;
 mod reconcile;
 mod staging_check;
 mod staging_roundtrip;
+mod the_loop;
 mod webhook;
