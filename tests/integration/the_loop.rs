@@ -546,6 +546,9 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
         log.join("\n")
     );
     assert_eq!(w.prod.health(), 200, "the previous release is healthy");
+    // The timers go on: a reconcile pass (which also completes a round's branch if the
+    // reopen could not make it) before the next dispatch.
+    w.reconcile_after_grace();
     let task = w.task();
     assert_eq!(task["stage"], "development", "reopened by the rollback");
     // Part B: a new round, with no PR, no pin and a branch from the current main.
