@@ -552,7 +552,14 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
     let task = w.task();
     assert_eq!(task["stage"], "development", "reopened by the rollback");
     // Part B: a new round, with no PR, no pin and a branch from the current main.
-    assert_eq!(task["round"], 2, "round 2 (part B): {task:#}");
+    assert_eq!(
+        w.env.count(&format!(
+            "SELECT round FROM tasks WHERE key = '{}'",
+            w.key()
+        )),
+        2,
+        "round 2 (part B): {task:#}"
+    );
     assert!(
         task["pr_number"].is_null(),
         "no recorded PR (part B): {task:#}"
@@ -661,4 +668,127 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     assert_eq!(w.gitea.all_merge_calls(ORCH.repo), 1, "one merge call");
     assert_eq!(w.jobs().len(), 5, "each stage's job once: {:#?}", w.jobs());
     w.assert_no_human_but_the_approval();
+}
+
+/// Runs one stub agent role for task 1 as run-job would (its job env, the world's env).
+fn stub(w: &mut World, role: &str, job: u32) -> Run {
+    let now = jiff::Timestamp::from_second(NOW_UNIX + w.clock)
+        .unwrap()
+        .to_string();
+    w.env.set("ORCH_NOW", &now);
+    let mut agent = std::process::Command::new(AGENT);
+    agent
+        .arg(role)
+        .env_clear()
+        .env("HOME", w.env.path(""))
+        .envs(&w.env.env)
+        .env("ORCH_TASK_ID", "1")
+        .env("ORCH_TASK_KEY", w.key())
+        .env("ORCH_JOB_ID", job.to_string())
+        .env(
+            "ORCH_TASK_ARTEFACTS",
+            w.env.path(&format!("artefacts/{}", w.key())),
+        )
+        .current_dir(w.env.path(""));
+    agent.output().expect("run orch-stub-agent").into()
+}
+
+#[test]
+fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
+    let mut w = world(&SHOP);
+    let key = w.key();
+    w.run(&[
+        "task",
+        "add",
+        "--project",
+        "shop",
+        "--work-item",
+        SHOP.item,
+        "--key",
+        &key,
+        "--title",
+        SHOP.title,
+    ])
+    .expect(0);
+    let branch = w.task()["branch"].as_str().unwrap().to_string();
+    let start = w
+        .gitea
+        .branch(SHOP.repo, &branch)
+        .expect("task add made the branch");
+
+    // The developer, re-driven: each run commits anew; only the first opens a PR.
+    stub(&mut w, "developer", 1).expect(0);
+    let first = w.gitea.branch(SHOP.repo, &branch).unwrap();
+    assert_ne!(first, start, "the developer committed to the task's branch");
+    assert_eq!(w.gitea.pulls_for(SHOP.repo, &branch), vec![1]);
+    let pr = w.gitea.pull(SHOP.repo, 1).unwrap();
+    assert_eq!(
+        (pr.state.as_str(), pr.head_sha.as_str()),
+        ("open", first.as_str())
+    );
+    let again = stub(&mut w, "developer", 2).expect(0);
+    assert!(
+        again.stdout.contains("PR #1 is already open"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        w.gitea.pulls_for(SHOP.repo, &branch),
+        vec![1],
+        "no second PR"
+    );
+    assert_ne!(
+        w.gitea.branch(SHOP.repo, &branch).unwrap(),
+        first,
+        "a second commit"
+    );
+    assert!(w
+        .gitea
+        .file(SHOP.repo, &branch, &format!("changes/{key}-job-2.md"))
+        .is_some());
+    assert!(
+        !w.env.path(&format!("artefacts/{key}")).exists(),
+        "the developer writes no artefact"
+    );
+
+    // Analyst and reviewer write their artefact and nothing else.
+    stub(&mut w, "analyst", 3).expect(0);
+    stub(&mut w, "reviewer", 4).expect(0);
+    let read =
+        |f: &str| std::fs::read_to_string(w.env.path(&format!("artefacts/{key}/{f}"))).unwrap();
+    assert!(read("01-analysis.md").starts_with("---\nanalysis_status: APPROVED\n---\n"));
+    assert!(read("05-review.md").starts_with("---\nreview_verdict: APPROVE\n---\n"));
+
+    // The deployer outside its stages does nothing at all.
+    let out = stub(&mut w, "deployer", 5).expect(0);
+    assert!(out.stdout.contains("not mine"), "{}", out.stdout);
+    assert_eq!(w.staging.server.requests().len(), 0);
+    assert_eq!(w.prod.server.requests().len(), 0);
+
+    // At deploy with no validated revision, merge-guard answers ERROR (exit 2): the
+    // deployer stops with a non-zero exit, writes no report and deploys nothing.
+    for stage in ["development", "review", "deploy-staging", "deploy"] {
+        w.run(&["task", "move", &key, "--to", stage, "--reason", "stub test"])
+            .expect(0);
+    }
+    let out = stub(&mut w, "deployer", 6);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("MERGE-GUARD: ERROR"), "{}", out.stdout);
+    assert!(!w
+        .env
+        .path(&format!("artefacts/{key}/12-deploy-report.md"))
+        .exists());
+    assert_eq!(
+        w.gitea.all_merge_calls(SHOP.repo),
+        0,
+        "the deployer never merges itself"
+    );
+    assert_eq!(w.prod.server.requests().len(), 0, "nothing deployed");
+
+    // Bad usage is exit 2.
+    let bad = std::process::Command::new(AGENT)
+        .arg("merger")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }
