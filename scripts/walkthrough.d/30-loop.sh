@@ -53,10 +53,13 @@ run_job() {
   echo "--- job $job's log (what the agent did, then the gate):"
   grep -v '^\$ orch task show\|^(exit 0)$\|^{\|^ \|^}' "$ORCH_STATE_DIR/jobs/$job.log" | sed 's/^/    /' || true
 }
+# task_field KEY FIELD: a top-level string field of `orch task show KEY --json` (pretty
+# printed, so a top-level key is the one indented by two spaces; no python start-up).
+task_field() { orch task show "$1" --json | sed -n "s/^  \"$2\": \"\(.*\)\",\{0,1\}\$/\1/p"; }
 # expect_stage KEY STAGE: the loop goes on only if the pipeline moved the task there.
 expect_stage() {
   local got
-  got=$(orch task show "$1" | sed -n 's/^  stage \([^ ]*\) since.*/\1/p')
+  got=$(task_field "$1" stage)
   if [ "$got" != "$2" ]; then
     echo "THE LOOP STOPPED: $1 is at $got, expected $2"
     orch task show "$1"
@@ -67,7 +70,7 @@ expect_stage() {
 # open_pr KEY REPO: sets pr_number and pr_head from the open PR of the task's branch.
 open_pr() {
   local branch
-  branch=$(orch task show "$1" | sed -n 's/^  project .* branch \(.*\)$/\1/p')
+  branch=$(task_field "$1" branch)
   read -r pr_number pr_head < <(gitea_get "repos/$2/pulls?state=open" |
     json "' '.join(next(([str(p['number']), p['head']['sha']] for p in j if p['head']['ref'] == '$branch'), ['-', '-']))")
   echo "=> PR #$pr_number is open for $branch at $pr_head"

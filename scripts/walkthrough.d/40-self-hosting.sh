@@ -27,8 +27,7 @@ show orch reconcile
 expect_stage ORCH-42 development
 
 round ORCH-42 acme/orch 1
-echo "=> the revision staging ran, the pin and the merge:"
-orch task show ORCH-42 | grep 'validated revision'
+echo "=> ORCH-42's validated revision (what staging ran, what the merge pinned): $(task_field ORCH-42 validated_revision)"
 
 step "production degrades: DEGRADED, but for the self-hosting repo ALERT_ONLY (no rollback)"
 post "$url_orch_prod/_control/health?status=503"
