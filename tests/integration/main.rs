@@ -14,4 +14,5 @@ mod prompts;
 mod reconcile;
 mod staging_check;
 mod staging_roundtrip;
+mod the_loop;
 mod webhook;
