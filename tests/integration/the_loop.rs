@@ -527,7 +527,7 @@ fn round_one_events() -> Vec<(String, String, String)> {
 }
 
 #[test]
-#[ignore = "needs parts A/B/C of issue 11"]
+#[ignore = "needs part B of issue 11 (rounds)"]
 fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
     let mut w = world(&SHOP);
     w.start_and_approve();
@@ -614,7 +614,6 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
 }
 
 #[test]
-#[ignore = "needs parts A/B/C of issue 11"]
 fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     let mut w = world(&ORCH);
     w.start_and_approve();
