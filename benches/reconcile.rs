@@ -93,8 +93,9 @@ fn main() {
         let pr = (stage == "development").then_some(n);
         db.execute(
             "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number, stage,
-                 stage_entered_at, developer_retries, escalated_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, 0, ?8, ?9, 0, 0)",
+                 stage_entered_at, developer_retries, escalated_at, created_at, updated_at,
+                 branch_ready_at)
+             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, 0, ?8, ?9, 0, 0, 0)",
             rusqlite::params![
                 name,
                 item,

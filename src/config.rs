@@ -759,7 +759,11 @@ impl Config {
         let mut layers = Layers {
             env: env
                 .iter()
-                .filter(|(k, _)| k.starts_with("ORCH_") && !JOB_CONTEXT_ENV.contains(&k.as_str()))
+                .filter(|(k, _)| {
+                    k.starts_with("ORCH_")
+                        && !JOB_CONTEXT_ENV.contains(&k.as_str())
+                        && *k != crate::crash::ENV
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             ..Layers::default()

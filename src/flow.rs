@@ -1,19 +1,24 @@
 //! Pipeline moves with every effect they have, shared by the commands that move tasks
 //! (webhook, reconcile, run-job, post-deploy, the operator's `task move`).
 //!
-//! A move goes through [`Db::move_task`] (the table, the event, the next job, and a new
-//! round when the move follows a merge) and then does what lives outside the database
-//! (arming post-deploy on `deploy → done`, the new round's branch after a reopen).
+//! A move goes through [`Db::move_task`] (the table, the event, the next job) and then
+//! does what lives outside the database (arming post-deploy on `deploy → done`). A start
+//! writes the task and its analyst job in one transaction, then runs the branch step
+//! ([`ensure_branch`]), which `reconcile` repeats for any live task still lacking its
+//! branch. Remote calls never run inside a write transaction.
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::adapters::db::{Created, Db, Moved};
+use crate::adapters::db::{Db, Moved};
+use crate::adapters::db_deliveries::Recorder;
+use crate::adapters::db_start::TaskStart;
 use crate::adapters::gitea::{BranchOutcome, GiteaClient};
+use crate::adapters::http::HttpError;
 use crate::context::Context;
 use crate::core::branch::round_branch_name;
 use crate::core::gate::{Fact, Need};
 use crate::core::round::{self, RoundChange};
-use crate::core::stage::{Actor, Agent, Stage};
+use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::forge::Forge;
 
@@ -33,12 +38,8 @@ pub fn move_task(
     reason: &str,
     actor: Actor,
 ) -> Result<Moved> {
-    let merged = if round::needs_merge_evidence(task.stage, to) {
-        merge_evidence(ctx, task)
-    } else {
-        Err("not needed for this move".into())
-    };
-    move_task_with(ctx, db, task, to, reason, actor, &merged)
+    let merged = merge_evidence_for(ctx, task, to);
+    move_task_full(ctx, db, task, to, reason, actor, &merged, None)
 }
 
 /// [`move_task`] with the merge evidence the caller gathered: whether the task's PR is
@@ -59,11 +60,46 @@ pub fn move_task_with(
     actor: Actor,
     merged: &Fact<bool>,
 ) -> Result<Moved> {
+    move_task_full(ctx, db, task, to, reason, actor, merged, None)
+}
+
+/// [`move_task`] that also records a webhook delivery's outcome in the move's
+/// transaction, so the move, its next job and the outcome are committed together.
+///
+/// # Errors
+/// As [`move_task`], and when the delivery got its outcome meanwhile (nothing moved).
+pub fn move_task_recorded(
+    ctx: &Context,
+    db: &mut Db,
+    task: &Task,
+    to: Stage,
+    reason: &str,
+    actor: Actor,
+    record: Option<&Recorder<'_, Moved>>,
+) -> Result<Moved> {
+    let merged = merge_evidence_for(ctx, task, to);
+    move_task_full(ctx, db, task, to, reason, actor, &merged, record)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one move's facts, kept flat like Db::move_task_recorded"
+)]
+fn move_task_full(
+    ctx: &Context,
+    db: &mut Db,
+    task: &Task,
+    to: Stage,
+    reason: &str,
+    actor: Actor,
+    merged: &Fact<bool>,
+    record: Option<&Recorder<'_, Moved>>,
+) -> Result<Moved> {
     let change = round::reopen(task.stage, to, merged);
     if let RoundChange::KeepUnsure { why } = &change {
         log::warn!("task {}: {} -> {to}: {why}", task.key, task.stage);
     }
-    let moved = db.move_task_limited(
+    let moved = db.move_task_recorded(
         task.id,
         task.stage,
         to,
@@ -72,6 +108,7 @@ pub fn move_task_with(
         ctx.now_secs(),
         Some(ctx.config.settings.max_developer_retries.0),
         change.is_new(),
+        record,
     )?;
     if moved.escalated {
         log::warn!(
@@ -104,16 +141,19 @@ pub fn move_task_with(
     Ok(moved)
 }
 
-/// Reads whether `task`'s PR is merged (or its head contained in its base), as the
-/// deploy gate reads it; `Err` when it cannot be told (Gitea down or not configured).
-fn merge_evidence(ctx: &Context, task: &Task) -> Fact<bool> {
+/// The merge evidence the move of `task` to `to` needs: read from Gitea for
+/// `deploy → development`, not needed (and not read) for any other move.
+fn merge_evidence_for(ctx: &Context, task: &Task, to: Stage) -> Fact<bool> {
+    if !round::needs_merge_evidence(task.stage, to) {
+        return Err("not needed for this move".into());
+    }
     let mut forge = Forge::from_config(&ctx.config).map_err(|e| format!("{e:#}"))?;
     let facts = forge.facts(task, Stage::Deploy, &[Need::Pr]);
     round::merged(&facts.pr)
 }
 
-/// Makes the branch of the round a reopen just started; a failure is logged and left
-/// for reconcile (`branch_ready_at` stays NULL).
+/// Makes the branch of the round a reopen just started; a branch left undone is
+/// logged and left for reconcile (`branch_ready_at` stays NULL).
 fn start_round_branch(ctx: &Context, db: &Db, task_id: i64) {
     let task = match db.task(task_id) {
         Ok(Some(t)) => t,
@@ -123,39 +163,34 @@ fn start_round_branch(ctx: &Context, db: &Db, task_id: i64) {
             return;
         }
     };
-    let Some(project) = ctx.config.pipeline.project(&task.project) else {
+    let step = match ensure_branch(ctx, db, &task) {
+        Ok(step) => step,
+        Err(e) => BranchStep::Failed(format!("{e:#}")),
+    };
+    if let Some(why) = step.left_because() {
         log::warn!(
-            "task {}: project {} is not in the pipeline file: round {} branch not made",
+            "task {}: round {} branch not made yet ({why}); reconcile completes it",
             task.key,
-            task.project,
             task.round
         );
-        return;
-    };
-    let left = match ensure_branch(ctx, db, &task, &project.default_branch) {
-        Ok(BranchStep::Skipped) => "gitea not configured: ORCH_GITEA_URL is unset".to_string(),
-        Ok(_) => return,
-        Err(e) => format!("{e:#}"),
-    };
-    log::warn!(
-        "task {}: round {} branch not made yet ({left}); reconcile completes it",
-        task.key,
-        task.round
-    );
+    }
 }
 
-/// What starting a task did about its Gitea branch.
+/// What the branch step did about the task's Gitea branch.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(tag = "step", content = "reason", rename_all = "kebab-case")]
 pub enum BranchStep {
     /// Created now from the default branch (201).
     Created,
     /// It existed already (409): success.
     Existed,
-    /// Not asked for: the start was already complete.
-    NotNeeded,
-    /// Gitea is not configured (`ORCH_GITEA_URL` unset): no branch was created.
-    Skipped,
+    /// Already confirmed on Gitea earlier (`branch_ready_at` set): nothing asked.
+    Ready,
+    /// Gitea is not configured (`ORCH_GITEA_URL` unset): nothing asked; `reconcile`
+    /// creates it once Gitea is configured.
+    NotConfigured,
+    /// Asking Gitea failed (unreachable, 5xx, refused): `reconcile` tries again.
+    Failed(String),
     /// A new round's branch, created under the round's own name
     /// ([`round_branch_name`]) because the old branch still exists.
     Renamed(String),
@@ -163,14 +198,44 @@ pub enum BranchStep {
 
 impl BranchStep {
     /// Returns how the step reads in outcome lines.
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            BranchStep::Created => "created",
-            BranchStep::Existed => "already existed",
-            BranchStep::NotNeeded => "not requested",
-            BranchStep::Skipped => "not created (gitea not configured)",
-            BranchStep::Renamed(_) => "created under the round's new name",
+            BranchStep::Created => "created".into(),
+            BranchStep::Existed => "already existed".into(),
+            BranchStep::Ready => "already there".into(),
+            BranchStep::Renamed(name) => format!("created as {name} (the old branch still exists)"),
+            BranchStep::NotConfigured | BranchStep::Failed(_) => format!(
+                "left for reconcile ({})",
+                self.left_because().unwrap_or_default()
+            ),
         }
+    }
+
+    /// Returns whether the branch still lacks and is left for `reconcile`.
+    pub fn is_left(&self) -> bool {
+        self.left_because().is_some()
+    }
+
+    /// Returns why the branch is left for `reconcile`, when it is.
+    pub fn left_because(&self) -> Option<String> {
+        match self {
+            BranchStep::NotConfigured => {
+                Some("gitea not configured: ORCH_GITEA_URL is unset".into())
+            }
+            BranchStep::Failed(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Returns whether the step sent a request to Gitea.
+    pub fn asked_gitea(&self) -> bool {
+        matches!(
+            self,
+            BranchStep::Created
+                | BranchStep::Existed
+                | BranchStep::Failed(_)
+                | BranchStep::Renamed(_)
+        )
     }
 }
 
@@ -181,96 +246,106 @@ pub struct Started {
     pub task_id: i64,
     /// Whether the task was created now (false: it existed).
     pub created: bool,
-    /// What happened to its branch.
-    pub branch: BranchStep,
     /// The analyst job, when enqueued now.
     pub enqueued_job: Option<i64>,
+    /// The branch step.
+    pub branch: BranchStep,
 }
 
-/// Starts a task: creates it once per work item, creates its branch on Gitea from
-/// `default_branch` (an existing branch is success), and enqueues the analyst job once.
+/// Starts a task: one transaction creates it once per work item and enqueues its
+/// analyst job once (and records `record`'s delivery outcome with them); then the
+/// branch step ([`ensure_branch`]) creates its Gitea branch.
 ///
-/// The steps run in that order and each is idempotent, so a start that failed half-way
-/// (Gitea down) is finished by running it again: the task is found, the branch request
-/// is repeated, and the job is enqueued only when no analyst job ever existed. A task
-/// that is past analysis, or whose analyst job exists, is left as it is.
+/// The branch is a separate, idempotent step because it is a remote call, which never
+/// runs inside a write transaction: when Gitea is down or not configured the task and
+/// its job are stored all the same, the step says why the branch is left (see
+/// [`BranchStep::is_left`]), and the next `reconcile` pass creates it. Running a
+/// start again creates nothing twice: the task is found, the analyst job is queued only
+/// when none ever existed, and a branch already confirmed is not asked for again.
 ///
 /// # Errors
-/// When a write fails, the key belongs to another work item, or Gitea refuses or cannot
-/// be reached (then no job is enqueued; running again finishes the start).
+/// When a write fails, the key belongs to another work item, or the delivery got its
+/// outcome meanwhile (nothing is written then). Never because of Gitea.
 pub fn start_task(
     ctx: &Context,
     db: &mut Db,
     new: &NewTask,
-    default_branch: &str,
     actor: Actor,
     reason: &str,
+    record: Option<&Recorder<'_, TaskStart>>,
 ) -> Result<Started> {
-    let now = ctx.now_secs();
-    let created = db.create_task(new, actor, reason, now)?;
+    let start = db.start_task(new, actor, reason, ctx.now_secs(), record)?;
+    crate::crash::point("task-stored");
     let task = db
-        .task(created.id())?
+        .task(start.task_id)?
         .expect("the task was just created or found");
-    // The analyst job runs once per task: enqueued when the task is at analysis and no
-    // analyst job ever existed (also after a crash between creating and enqueueing).
-    let has_analyst_job = db
-        .task_jobs(task.id)?
-        .iter()
-        .any(|j| j.agent == Agent::Analyst);
-    let unfinished = task.stage == Stage::Analysis && !has_analyst_job;
-    let branch = if unfinished {
-        ensure_branch(ctx, db, &task, default_branch)?
-    } else {
-        BranchStep::NotNeeded
+    let branch = match ensure_branch(ctx, db, &task) {
+        Ok(step) => step,
+        Err(e) => BranchStep::Failed(format!("{e:#}")),
     };
-    let enqueued_job = if unfinished {
-        match db.enqueue_job(task.id, Agent::Analyst, Stage::Analysis, now)? {
-            Created::New(id) => Some(id),
-            Created::Existing(_) => None,
-        }
-    } else {
-        None
-    };
+    if branch.is_left() {
+        log::warn!(
+            "task {}: branch {} {}",
+            task.key,
+            task.branch,
+            branch.describe()
+        );
+    }
     Ok(Started {
         task_id: task.id,
-        created: matches!(created, Created::New(_)),
+        created: start.created,
+        enqueued_job: start.enqueued_job,
         branch,
-        enqueued_job,
     })
 }
 
-/// Creates the task's branch on Gitea from the default branch; 409 is success.
+/// The branch step: creates the task's branch on Gitea from its project's default
+/// branch (409, already there, is success) and records it (`tasks.branch_ready_at`).
 ///
-/// From round 2 on (a reopen), the round's branch is made by `ensure_round_branch` (below),
-/// which records the name it takes and `branch_ready_at`.
+/// Idempotent, and cheap once done: a task whose branch is confirmed asks nothing.
+/// Used by every start and by `reconcile` for live tasks that still lack their branch.
 ///
 /// # Errors
-/// When Gitea refuses or cannot be reached, or a write fails.
-pub fn ensure_branch(
-    ctx: &Context,
-    db: &Db,
-    task: &Task,
-    default_branch: &str,
-) -> Result<BranchStep> {
-    if ctx.config.settings.gitea_url.is_none() {
-        log::warn!(
-            "task {}: gitea is not configured (ORCH_GITEA_URL): branch {} not created",
-            task.key,
-            task.branch
-        );
-        return Ok(BranchStep::Skipped);
+/// When Gitea refuses or cannot be reached, the task's project is not in the pipeline
+/// file, or the record cannot be written. `branch_ready_at` stays NULL then.
+pub fn ensure_branch(ctx: &Context, db: &Db, task: &Task) -> Result<BranchStep> {
+    if task.branch_ready_at.is_some() {
+        return Ok(BranchStep::Ready);
     }
+    if ctx.config.settings.gitea_url.is_none() {
+        return Ok(BranchStep::NotConfigured);
+    }
+    let project = ctx
+        .config
+        .pipeline
+        .project(&task.project)
+        .with_context(|| {
+            format!(
+                "task {}: project {} is not in the pipeline file (its default branch is unknown)",
+                task.key, task.project
+            )
+        })?;
+    let default_branch = &project.default_branch;
     let gitea = GiteaClient::from_config(&ctx.config)?;
     if task.round > 1 {
         return ensure_round_branch(ctx, db, &gitea, task, default_branch);
     }
-    let step = match gitea
+    let answer = gitea
         .create_branch(&task.repo, &task.branch, default_branch)
-        .with_context(|| format!("creating branch {} of task {}", task.branch, task.key))?
-    {
+        .map_err(|e| {
+            let class = match &e {
+                HttpError::Retryable(_) => "gitea unreachable",
+                HttpError::RateLimited { .. } => "gitea rate limited",
+                HttpError::Fatal(_) => "gitea refused",
+            };
+            anyhow::Error::from(e).context(class)
+        })?;
+    let step = match answer {
         BranchOutcome::Created => BranchStep::Created,
         BranchOutcome::AlreadyExists => BranchStep::Existed,
     };
+    crate::crash::point("branch-created");
+    db.set_branch_ready(task, ctx.now_secs())?;
     log::info!(
         "task {}: branch {} {} in {} (from {default_branch})",
         task.key,
@@ -282,7 +357,7 @@ pub fn ensure_branch(
 }
 
 /// Makes the branch of a task's round 2 or later from the current default branch and
-/// records it; does nothing when the round's branch is already confirmed.
+/// records it (the caller, [`ensure_branch`], skips a round whose branch is confirmed).
 ///
 /// The round first tries the branch's current name: 201 means the old branch was gone
 /// (the merge deleted it), and the round reuses the name. 409 means it still exists
@@ -300,9 +375,6 @@ fn ensure_round_branch(
     task: &Task,
     default_branch: &str,
 ) -> Result<BranchStep> {
-    if task.branch_ready_at.is_some() {
-        return Ok(BranchStep::NotNeeded);
-    }
     let now = ctx.now_secs();
     let create = |name: &str| {
         gitea
@@ -355,11 +427,14 @@ fn ensure_round_branch(
     } else {
         BranchStep::Existed
     };
+    let what = match &step {
+        BranchStep::Renamed(_) => step.describe(),
+        _ => format!("{name} {}", step.describe()),
+    };
     log::info!(
-        "task {}: round {} branch {name} {} in {} (from {default_branch})",
+        "task {}: round {} branch {what} in {} (from {default_branch})",
         task.key,
         task.round,
-        step.describe(),
         task.repo
     );
     Ok(step)

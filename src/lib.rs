@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod core;
+pub mod crash;
 pub mod exit;
 pub mod flow;
 pub mod forge;

@@ -18,6 +18,11 @@ fn main() -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    // Crash tests only (docs/webhook.md, "Crash points"); unset in production.
+    if let Err(e) = orch::crash::arm(env.get(orch::crash::ENV).map(String::as_str)) {
+        eprintln!("error: {e}");
+        return ExitStatus::Error.into();
+    }
     let config = match Config::load(&env, &cli.overrides()) {
         Ok(c) => c,
         Err(e) => {

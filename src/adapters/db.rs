@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use crate::adapters::db_deliveries::Recorder;
 use crate::core::job::JobStatus;
 use crate::core::stage::{self, Actor, Agent, Stage};
 use crate::core::task::{Job, NewTask, StageEvent, Task};
@@ -331,48 +332,9 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(id) = tx
-            .query_row(
-                "SELECT id FROM tasks WHERE work_item_id = ?1",
-                [&t.work_item_id],
-                |r| r.get(0),
-            )
-            .optional()?
-        {
-            return Ok(Created::Existing(id));
-        }
-        let clash: Option<String> = tx
-            .query_row(
-                "SELECT work_item_id FROM tasks WHERE key = ?1",
-                [&t.key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(other) = clash {
-            bail!("task key {} already belongs to work item {other}", t.key);
-        }
-        tx.execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                                stage_entered_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'analysis', ?7, ?7, ?7)",
-            params![
-                t.project,
-                t.work_item_id,
-                t.key,
-                t.title,
-                t.repo,
-                t.branch,
-                now
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
-             VALUES (?1, NULL, 'analysis', ?2, ?3, ?4)",
-            params![id, reason, actor.as_str(), now],
-        )?;
+        let created = create_in(&tx, t, actor, reason, now)?;
         tx.commit()?;
-        Ok(Created::New(id))
+        Ok(created)
     }
 
     /// Returns the task with this id.
@@ -516,6 +478,42 @@ impl Db {
         retry_limit: Option<u32>,
         new_round: bool,
     ) -> Result<Moved> {
+        self.move_task_recorded(
+            task_id,
+            from,
+            to,
+            reason,
+            actor,
+            now,
+            retry_limit,
+            new_round,
+            None,
+        )
+    }
+
+    /// [`Db::move_task_limited`] that also records a webhook delivery's outcome in the
+    /// move's transaction (`record`), so the move, its job and the outcome are committed
+    /// together or not at all.
+    ///
+    /// # Errors
+    /// As [`Db::move_task`]; [`AlreadyRecorded`](crate::adapters::db_deliveries::AlreadyRecorded)
+    /// when the delivery got its outcome meanwhile (nothing is written then).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one move's facts, kept flat like move_task"
+    )]
+    pub fn move_task_recorded(
+        &mut self,
+        task_id: i64,
+        from: Stage,
+        to: Stage,
+        reason: &str,
+        actor: Actor,
+        now: i64,
+        retry_limit: Option<u32>,
+        new_round: bool,
+        record: Option<&Recorder<'_, Moved>>,
+    ) -> Result<Moved> {
         let edge = stage::transition(from, to).ok_or(MoveError::NotAllowed { from, to })?;
         let tx = self
             .conn
@@ -611,8 +609,7 @@ impl Db {
             Some(agent) if !escalated => enqueue_in(&tx, task_id, agent, to, now)?,
             _ => None,
         };
-        tx.commit()?;
-        Ok(Moved {
+        let moved = Moved {
             task_id,
             from,
             to,
@@ -623,7 +620,12 @@ impl Db {
             escalated,
             round,
             new_round,
-        })
+        };
+        if let Some(r) = record {
+            r.record_in(&tx, &moved)?;
+        }
+        tx.commit()?;
+        Ok(moved)
     }
 
     /// Records the task's PR number the first time it is seen.
@@ -650,6 +652,20 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets the task's validated revision (a staging check of it just failed); returns
+    /// whether there was one.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clear_validated_revision(&self, task_id: i64, now: i64) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE tasks SET validated_revision = NULL, updated_at = ?2
+             WHERE id = ?1 AND validated_revision IS NOT NULL",
+            params![task_id, now],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Marks a task escalated (parked for a human); `false` when it already was.
     ///
     /// # Errors
@@ -674,6 +690,24 @@ impl Db {
         stage: Stage,
         now: i64,
     ) -> Result<Created> {
+        self.enqueue_job_recorded(task_id, agent, stage, now, None)
+    }
+
+    /// [`Db::enqueue_job`] that also records a webhook delivery's outcome in the same
+    /// transaction (`record`): the job and the outcome are committed together or not at
+    /// all.
+    ///
+    /// # Errors
+    /// On SQL errors; [`AlreadyRecorded`](crate::adapters::db_deliveries::AlreadyRecorded)
+    /// when the delivery got its outcome meanwhile (nothing is written then).
+    pub fn enqueue_job_recorded(
+        &mut self,
+        task_id: i64,
+        agent: Agent,
+        stage: Stage,
+        now: i64,
+        record: Option<&Recorder<'_, Created>>,
+    ) -> Result<Created> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -685,6 +719,9 @@ impl Db {
                 |r| r.get(0),
             )?),
         };
+        if let Some(r) = record {
+            r.record_in(&tx, &out)?;
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -855,8 +892,59 @@ impl Db {
     }
 }
 
+/// Creates a task at `analysis` with its creation event unless the work item has one.
+pub(crate) fn create_in(
+    tx: &rusqlite::Transaction<'_>,
+    t: &NewTask,
+    actor: Actor,
+    reason: &str,
+    now: i64,
+) -> Result<Created> {
+    if let Some(id) = tx
+        .query_row(
+            "SELECT id FROM tasks WHERE work_item_id = ?1",
+            [&t.work_item_id],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(Created::Existing(id));
+    }
+    let clash: Option<String> = tx
+        .query_row(
+            "SELECT work_item_id FROM tasks WHERE key = ?1",
+            [&t.key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(other) = clash {
+        bail!("task key {} already belongs to work item {other}", t.key);
+    }
+    tx.execute(
+        "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                            stage_entered_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'analysis', ?7, ?7, ?7)",
+        params![
+            t.project,
+            t.work_item_id,
+            t.key,
+            t.title,
+            t.repo,
+            t.branch,
+            now
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
+         VALUES (?1, NULL, 'analysis', ?2, ?3, ?4)",
+        params![id, reason, actor.as_str(), now],
+    )?;
+    Ok(Created::New(id))
+}
+
 /// Inserts a queued job unless one is live for the task and stage.
-fn enqueue_in(
+pub(crate) fn enqueue_in(
     tx: &rusqlite::Transaction<'_>,
     task_id: i64,
     agent: Agent,

@@ -15,31 +15,52 @@ use crate::adapters::db::{job_from_row, Db, JOB_COLUMNS};
 use crate::core::dispatch::Queued;
 use crate::core::job::JobStatus;
 use crate::core::reap::Tier;
+use crate::core::stage::Stage;
 use crate::core::task::Job;
 
 /// One running job as paged: its key `(enqueued_at, id)` and the parsed row (or why it
 /// could not be parsed).
 pub type RunningRow = ((i64, i64), Result<Job, String>);
 
+/// The stage whose jobs use the one staging environment.
+const STAGING_STAGE: Stage = Stage::DeployStaging;
+
+/// A running `deploy-staging` job: who holds the staging environment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StagingHolder {
+    /// The job.
+    pub job_id: i64,
+    /// Its task.
+    pub task_id: i64,
+    /// The task's key.
+    pub key: String,
+    /// When the job started (unix seconds), once claimed.
+    pub started_at: Option<i64>,
+}
+
 impl Db {
-    /// Returns the oldest `per_project` queued jobs of every project.
+    /// Returns the oldest `per_project` queued jobs of every project, counted apart for
+    /// `deploy-staging` jobs and the others (so jobs waiting for staging never crowd out
+    /// the ones that could start).
     ///
     /// # Errors
     /// On SQL errors.
     pub fn queued_heads(&self, per_project: u32) -> Result<Vec<Queued>> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT id, project, enqueued_at FROM (
-                 SELECT j.id, t.project, j.enqueued_at,
-                        row_number() OVER (PARTITION BY t.project ORDER BY j.enqueued_at, j.id) AS n
+            "SELECT id, project, enqueued_at, uses_staging FROM (
+                 SELECT j.id, t.project, j.enqueued_at, j.stage = ?2 AS uses_staging,
+                        row_number() OVER (PARTITION BY t.project, j.stage = ?2
+                                           ORDER BY j.enqueued_at, j.id) AS n
                  FROM jobs j JOIN tasks t ON t.id = j.task_id
                  WHERE j.status = 'queued')
              WHERE n <= ?1 ORDER BY enqueued_at, id",
         )?;
-        let rows = stmt.query_map([per_project], |r| {
+        let rows = stmt.query_map(params![per_project, STAGING_STAGE.as_str()], |r| {
             Ok(Queued {
                 id: r.get(0)?,
                 project: r.get(1)?,
                 enqueued_at: r.get(2)?,
+                uses_staging: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -58,9 +79,32 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?)
     }
 
-    /// Claims a queued job for running: one statement, guarded by `status='queued'` and by
-    /// the running count staying under `limit`, so racing passes never start a job twice
-    /// nor exceed the limit. Clears what a previous attempt left.
+    /// Returns the running `deploy-staging` jobs (the holders of the staging
+    /// environment; one at most unless rows were written by hand), oldest first.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn staging_holders(&self) -> Result<Vec<StagingHolder>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT j.id, j.task_id, t.key, j.started_at FROM jobs j JOIN tasks t ON t.id = j.task_id
+             WHERE j.status = 'running' AND j.stage = ?1 ORDER BY j.started_at, j.id LIMIT 20",
+        )?;
+        let rows = stmt.query_map([STAGING_STAGE.as_str()], |r| {
+            Ok(StagingHolder {
+                job_id: r.get(0)?,
+                task_id: r.get(1)?,
+                key: r.get(2)?,
+                started_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Claims a queued job for running: one statement, guarded by `status='queued'`, by
+    /// the running count staying under `limit`, and, for a `deploy-staging` job, by no
+    /// other `deploy-staging` job running (staging is one shared environment). So racing
+    /// passes never start a job twice, never exceed the limit, and never put two jobs on
+    /// staging, whatever each pass decided. Clears what a previous attempt left.
     ///
     /// # Errors
     /// On SQL errors.
@@ -70,8 +114,10 @@ impl Db {
                     pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
                     reap_reason = NULL, dead_ticks = 0
              WHERE id = ?1 AND status = 'queued'
-               AND (SELECT count(*) FROM jobs WHERE status = 'running') < ?3",
-            params![id, now, limit],
+               AND (SELECT count(*) FROM jobs WHERE status = 'running') < ?3
+               AND (stage <> ?4 OR NOT EXISTS
+                      (SELECT 1 FROM jobs WHERE status = 'running' AND stage = ?4))",
+            params![id, now, limit, STAGING_STAGE.as_str()],
         )?;
         Ok(n == 1)
     }
@@ -339,5 +385,91 @@ mod tests {
         assert!(db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
         assert!(!db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
         assert_eq!(db.job_log_path(j).unwrap().as_deref(), Some("/x.log"));
+    }
+
+    /// Two tasks in `deploy-staging`, each with a queued deployer job; returns the path
+    /// and the two job ids.
+    fn two_staging_jobs() -> (tempfile::TempDir, std::path::PathBuf, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let mut db = Db::open(&path).unwrap();
+        let mut jobs = Vec::new();
+        for (i, project) in ["orch", "shop"].iter().enumerate() {
+            let t = db
+                .create_task(
+                    &NewTask {
+                        project: (*project).into(),
+                        work_item_id: format!("w{i}"),
+                        key: format!("T-{i}"),
+                        title: "t".into(),
+                        repo: format!("acme/{project}"),
+                        branch: format!("t-{i}"),
+                    },
+                    Actor::Operator,
+                    "t",
+                    1,
+                )
+                .unwrap()
+                .id();
+            let Created::New(j) = db
+                .enqueue_job(t, Agent::Deployer, Stage::DeployStaging, 1)
+                .unwrap()
+            else {
+                panic!()
+            };
+            jobs.push(j);
+        }
+        (dir, path, jobs)
+    }
+
+    #[test]
+    fn the_claim_guard_keeps_staging_to_one_job_across_connections() {
+        let (_d, path, jobs) = two_staging_jobs();
+        // Two passes on their own connections, each sure it may start "its" job under a
+        // limit of 5: the SQL guard lets one through.
+        let a = Db::open(&path).unwrap();
+        let b = Db::open(&path).unwrap();
+        assert!(a.claim_job(jobs[0], 10, 5).unwrap());
+        assert!(!b.claim_job(jobs[1], 10, 5).unwrap(), "staging is held");
+        let holders = b.staging_holders().unwrap();
+        assert_eq!(holders.len(), 1);
+        assert_eq!(
+            (holders[0].job_id, holders[0].key.as_str()),
+            (jobs[0], "T-0")
+        );
+        // Once the holder ended, the other claims staging.
+        assert!(a.finish_job(jobs[0], 1, JobStatus::Succeeded, 11).unwrap());
+        assert!(b.staging_holders().unwrap().is_empty());
+        assert!(b.claim_job(jobs[1], 12, 5).unwrap());
+        // queued_heads marks the staging jobs.
+        let (_d, path, jobs) = two_staging_jobs();
+        let heads = Db::open(&path).unwrap().queued_heads(1).unwrap();
+        assert_eq!(heads.iter().map(|q| q.id).collect::<Vec<_>>(), jobs);
+        assert!(heads.iter().all(|q| q.uses_staging));
+    }
+
+    #[test]
+    fn racing_claims_never_put_two_jobs_on_staging() {
+        for _ in 0..20 {
+            let (_d, path, jobs) = two_staging_jobs();
+            let barrier = std::sync::Barrier::new(2);
+            let won: Vec<bool> = std::thread::scope(|s| {
+                let handles: Vec<_> = jobs
+                    .iter()
+                    .map(|&j| {
+                        let (path, barrier) = (&path, &barrier);
+                        s.spawn(move || {
+                            let db = Db::open(path).unwrap();
+                            barrier.wait();
+                            db.claim_job(j, 10, 5).unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.staging_holders().unwrap().len(), 1);
+        }
     }
 }

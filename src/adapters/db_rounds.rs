@@ -1,29 +1,14 @@
-//! The SQL of a round's branch step: recording the name a new round's branch takes and
-//! when Gitea confirmed it. Every write is guarded by the round it was judged for, so a
-//! step that raced a newer round (or another pass) changes nothing.
+//! The SQL of a round's branch step: recording the name a new round's branch takes
+//! (when Gitea confirmed it is `Db::set_branch_ready`, in `db_start`). Every write is
+//! guarded by the round it was judged for, so a step that raced a newer round (or
+//! another pass) changes nothing.
 
 use anyhow::Result;
 use rusqlite::params;
 
 use crate::adapters::db::Db;
-use crate::core::task::Task;
 
 impl Db {
-    /// Records that the task's branch is on Gitea (created, or found as this round's),
-    /// for the round and branch name `task` carries; `false` when the task moved on to
-    /// another round or branch meanwhile, or it was already recorded.
-    ///
-    /// # Errors
-    /// On SQL errors.
-    pub fn set_branch_ready(&self, task: &Task, now: i64) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE tasks SET branch_ready_at = ?4, updated_at = ?4
-             WHERE id = ?1 AND branch = ?2 AND round = ?3 AND branch_ready_at IS NULL",
-            params![task.id, task.branch, task.round, now],
-        )?;
-        Ok(n == 1)
-    }
-
     /// Renames round `round`'s branch from `old` to `new` before it is created (the old
     /// branch still exists on Gitea); `false` when the task is not at that round and
     /// name with its branch unconfirmed any more.

@@ -43,7 +43,7 @@ fn start_plane(seed: Option<&str>) -> Server {
 /// Gitea: `token`, `version` ("1.25", "1.24", "1.16"), `repos[]` with `name`,
 /// `default_branch`, `branches {name: sha}`, `pulls[] {number, head, head_sha, base,
 /// mergeable, merged, closed, title}`, `statuses[] {sha, context, state}`, `archived`,
-/// `public`.
+/// `public`, `delete_branch_after_merge`.
 fn start_gitea(seed: Option<&str>) -> Server {
     let seed: GiteaSeed = read_seed("gitea", seed, "repos: []\n");
     GiteaStandin::from_seed(&seed).into_server()

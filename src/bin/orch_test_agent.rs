@@ -9,12 +9,28 @@
 //! killed (`--hold-forever`), and exits with `--exit N` (default 0). `--ignore-term`
 //! makes it (and its grandchild) survive SIGTERM, so only KILL stops it. It also prints
 //! the `ORCH_*` job environment and its arguments, so tests can check them in the log.
+//!
+//! `orch-test-agent --wait-pid PID` only waits, on a pidfd, until process PID (not a
+//! child: a detached `run-job` supervisor) has exited, then exits 0; 1 if it still runs
+//! after 120 s. Scripts use it to wait for a job as an event, where `tail --pid` polls
+//! once a second.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, pid] = args.as_slice() {
+        if flag == "--wait-pid" {
+            let Ok(pid) = pid.parse::<i64>() else {
+                eprintln!("--wait-pid needs a process id, not {pid:?}");
+                std::process::exit(2);
+            };
+            let ended =
+                orch::adapters::process::wait_exit(pid, std::time::Duration::from_secs(120));
+            std::process::exit(if ended { 0 } else { 1 });
+        }
+    }
     let mut fifo = None;
     let mut fork = false;
     let mut hold = false;

@@ -1,10 +1,10 @@
 //! `orch dispatch`: starts queued jobs while fewer than `ORCH_MAX_CONCURRENCY` run.
 //!
-//! Loads the oldest queued jobs per project and the running counts, lets
-//! `core::dispatch::pick` choose (oldest first, fair across projects), claims each with
-//! one guarded UPDATE, then launches `orch run-job <id>` with `ORCH_JOB_LAUNCHER`. A
-//! launch that fails flips the claimed job to `failed` so it never sits `running` with
-//! nothing behind it.
+//! Loads the oldest queued jobs per project, the running counts and who holds staging,
+//! lets `core::dispatch::plan` choose (oldest first, fair across projects, one
+//! `deploy-staging` job at a time), claims each with one guarded UPDATE, then launches
+//! `orch run-job <id>` with `ORCH_JOB_LAUNCHER`. A launch that fails flips the claimed job
+//! to `failed` so it never sits `running` with nothing behind it.
 
 use std::ffi::OsString;
 
@@ -14,13 +14,14 @@ use crate::adapters::db::Db;
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
 use crate::context::{Context, PassOutcome};
-use crate::core::dispatch::pick;
+use crate::core::dispatch::{plan, Wait};
 use crate::core::job::JobStatus;
 use crate::exit::ExitStatus;
 
 /// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
 ///
-/// Run by orch-dispatch.timer. Each job runs under `orch run-job <id>`, launched as
+/// Run by orch-dispatch.timer. One deploy-staging job runs at a time (staging is one
+/// shared environment), whatever the limit. Each job runs under `orch run-job <id>`, launched as
 /// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
 /// orch-job@<id>.service`). Exit codes: 0 done (or nothing to start), 2 error, 75
 /// another dispatch pass holds the lock.
@@ -62,21 +63,49 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
         [],
         |r| r.get(0),
     )?;
-    let picked = pick(&queued, &running, limit);
+    let holders = db.staging_holders()?;
+    let holder = holders.first().map(|h| h.job_id);
+    let decided = plan(&queued, &running, limit, holder);
+    let picked = decided.start;
+    let staging_waits = decided
+        .waits
+        .iter()
+        .filter(|(_, w)| *w != Wait::NoSlot)
+        .count() as i64;
     if dry_run {
         println!(
             "dispatch: {running_total} running, limit {limit}, {queued_total} queued: would start {}",
             picked.len()
         );
-        for q in &queued {
-            if picked.contains(&q.id) {
-                println!("  job {} ({}): would start", q.id, q.project);
-            } else {
-                println!(
-                    "  job {} ({}): waits: no free slot (limit {limit}, fair share across projects)",
-                    q.id, q.project
-                );
-            }
+        match holders.first() {
+            Some(h) => println!("  staging: held by job {} ({})", h.job_id, h.key),
+            None => println!("  staging: free"),
+        }
+        let project = |id: i64| {
+            queued
+                .iter()
+                .find(|q| q.id == id)
+                .map_or("?", |q| q.project.as_str())
+        };
+        for id in &picked {
+            println!("  job {id} ({}): would start", project(*id));
+        }
+        for (id, wait) in &decided.waits {
+            let why = match wait {
+                Wait::NoSlot => format!("no free slot (limit {limit}, fair share across projects)"),
+                Wait::StagingHeld { by_job } => format!(
+                    "staging is held by deploy-staging job {by_job}{} (one deploy-staging job at a time)",
+                    holders
+                        .iter()
+                        .find(|h| h.job_id == *by_job)
+                        .map(|h| format!(" of {}", h.key))
+                        .unwrap_or_default()
+                ),
+                Wait::StagingTaken { by_job } => format!(
+                    "staging goes to deploy-staging job {by_job}, started first (one deploy-staging job at a time)"
+                ),
+            };
+            println!("  job {id} ({}): waits: {why}", project(*id));
         }
         if queued_total > queued.len() as i64 {
             println!(
@@ -89,6 +118,7 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
             ("running", i64::from(running_total)),
             ("started", 0),
             ("would_start", picked.len() as i64),
+            ("staging_waits", staging_waits),
         ]));
     }
     let mut started = 0i64;
@@ -97,7 +127,9 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     for id in picked {
         if !db.claim_job(id, now, limit)? {
             lost += 1;
-            log::info!("dispatch: job {id} not claimed: another pass took it or no slot left");
+            log::info!(
+                "dispatch: job {id} not claimed: another pass took it, no slot left, or staging was taken"
+            );
             continue;
         }
         match launch(ctx, id) {
@@ -119,6 +151,7 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
         ("started", started),
         ("lost_race", lost),
         ("launch_failed", failed),
+        ("staging_waits", staging_waits),
     ]))
 }
 

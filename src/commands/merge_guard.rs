@@ -237,7 +237,12 @@ fn resolve(
             .validated_revision
             .clone()
             .filter(|r| !r.trim().is_empty())
-            .map_or(Pin::Missing, Pin::Validated),
+            .map_or_else(
+                || Pin::Missing {
+                    task: task.key.clone(),
+                },
+                Pin::Validated,
+            ),
         label: task.key.clone(),
     })
 }
@@ -371,7 +376,7 @@ fn pin_text(pin: &Pin) -> String {
     match pin {
         Pin::Validated(r) => format!("validated {}", short(r)),
         Pin::AsRead => "head as read".into(),
-        Pin::Missing => "none (no validated revision)".into(),
+        Pin::Missing { .. } => "none (no validated revision)".into(),
     }
 }
 

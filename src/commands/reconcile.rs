@@ -87,6 +87,19 @@ pub struct ReplayLine {
     pub detail: String,
 }
 
+/// One task of the branch step in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BranchLine {
+    /// The task id.
+    pub id: i64,
+    /// Its key.
+    pub key: String,
+    /// The branch.
+    pub branch: String,
+    /// What was done (or would be), or why it is left.
+    pub detail: String,
+}
+
 /// The pass's report.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -98,6 +111,8 @@ pub struct Report {
     pub tasks: Vec<TaskLine>,
     /// Replays.
     pub replays: Vec<ReplayLine>,
+    /// The branch step: tasks whose branch was not confirmed on Gitea.
+    pub branches: Vec<BranchLine>,
     /// Escalations made or finished this pass (task keys).
     pub escalations: Vec<String>,
     #[serde(skip)]
@@ -115,6 +130,8 @@ struct Tally {
     waiting: i64,
     deferred: i64,
     replayed: i64,
+    branches: i64,
+    branches_left: i64,
     errors: i64,
     plane_requests: i64,
     gitea_requests: i64,
@@ -133,6 +150,8 @@ impl Report {
             ("waiting", c.waiting),
             ("deferred", c.deferred),
             ("replayed", c.replayed),
+            ("branches", c.branches),
+            ("branches_left", c.branches_left),
             ("errors", c.errors),
             ("plane_requests", c.plane_requests),
             ("gitea_requests", c.gitea_requests),
@@ -171,6 +190,9 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
 
 fn render(r: &Report) -> String {
     let mut out = String::new();
+    for l in &r.branches {
+        let _ = writeln!(out, "branch {} {}: {}", l.key, l.branch, l.detail);
+    }
     for l in &r.replays {
         let _ = writeln!(out, "replay {} {}: {}", l.source, l.id, l.detail);
     }
@@ -288,6 +310,9 @@ fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
     let replay = s.reconcile_replay_enabled;
     let cap = usize::try_from(s.reconcile_max_tasks.0).unwrap_or(usize::MAX);
 
+    // First the branches earlier starts left (Gitea down or not configured then); the
+    // starts this pass replays run their own branch step.
+    p.complete_branches(db, cap)?;
     if replay {
         p.replay_deliveries(db, cap)?;
     }
@@ -345,6 +370,91 @@ fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
 }
 
 impl Pass<'_> {
+    /// The branch step for live tasks whose branch is not confirmed on Gitea, at most
+    /// `cap` per pass, oldest first ([`flow::ensure_branch`]: 409 counts as created).
+    fn complete_branches(&mut self, db: &mut Db, cap: usize) -> Result<()> {
+        let lacking = db.tasks_without_branch(cap)?;
+        let beyond_cap = db.count_tasks_without_branch()? - lacking.len() as i64;
+        self.report.c.branches_left += beyond_cap;
+        if beyond_cap > 0 {
+            self.report.stopped_early.get_or_insert_with(|| {
+                format!(
+                    "{beyond_cap} more task(s) lack their branch beyond ORCH_RECONCILE_MAX_TASKS={cap}; the next pass goes on"
+                )
+            });
+        }
+        let mut unreachable: Option<String> = None;
+        let mut not_configured = 0;
+        for t in lacking {
+            let line = |detail: String| BranchLine {
+                id: t.id,
+                key: t.key.clone(),
+                branch: t.branch.clone(),
+                detail,
+            };
+            let plan = reconcile::branch_plan(t.stage, unreachable.as_deref());
+            let detail = match plan {
+                reconcile::BranchPlan::NotNeeded => continue,
+                reconcile::BranchPlan::Wait(why) => {
+                    self.report.c.branches_left += 1;
+                    why
+                }
+                reconcile::BranchPlan::Create if self.ctx.config.settings.gitea_url.is_none() => {
+                    self.report.c.branches_left += 1;
+                    not_configured += 1;
+                    "left: gitea is not configured (ORCH_GITEA_URL is unset)".into()
+                }
+                reconcile::BranchPlan::Create if self.dry_run => {
+                    self.report.c.branches_left += 1;
+                    let from = self
+                        .ctx
+                        .config
+                        .pipeline
+                        .project(&t.project)
+                        .map_or("(project not in the pipeline file)", |p| {
+                            p.default_branch.as_str()
+                        });
+                    format!(
+                        "would create it in {} from {from} (its start left it)",
+                        t.repo
+                    )
+                }
+                reconcile::BranchPlan::Create => match flow::ensure_branch(self.ctx, db, &t) {
+                    Ok(step) if step.is_left() => {
+                        self.report.c.branches_left += 1;
+                        step.describe()
+                    }
+                    Ok(step) => {
+                        self.forge.requests += i64::from(step.asked_gitea());
+                        self.report.c.branches += 1;
+                        step.describe()
+                    }
+                    Err(e) => {
+                        self.forge.requests += 1;
+                        self.report.c.branches_left += 1;
+                        self.report.c.errors += 1;
+                        if matches!(e.downcast_ref::<HttpError>(), Some(HttpError::Retryable(_))) {
+                            unreachable = Some(format!("{e:#}"));
+                        }
+                        log::warn!(
+                            "task {}: branch {} still missing (next pass tries again): {e:#}",
+                            t.key,
+                            t.branch
+                        );
+                        format!("failed, next pass tries again: {e:#}")
+                    }
+                },
+            };
+            self.report.branches.push(line(detail));
+        }
+        if not_configured > 0 {
+            log::warn!(
+                "{not_configured} task(s) lack their branch: gitea is not configured (ORCH_GITEA_URL); reconcile creates them once it is"
+            );
+        }
+        Ok(())
+    }
+
     fn replay_deliveries(&mut self, db: &mut Db, cap: usize) -> Result<()> {
         for row in db.pending_deliveries(cap)? {
             let id = row.id.to_string();
@@ -642,33 +752,23 @@ impl Pass<'_> {
             repo: project.repo.clone(),
             branch: crate::core::branch::branch_name(&key, &item.name),
         };
-        let started = flow::start_task(
-            self.ctx,
-            db,
-            &new,
-            &project.default_branch,
-            Actor::Reconcile,
-            reason,
-        )?;
-        if !matches!(
-            started.branch,
-            flow::BranchStep::NotNeeded | flow::BranchStep::Skipped
-        ) {
+        let started = flow::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
+        if started.branch.asked_gitea() {
             self.forge.requests += 1;
         }
         Ok(format!(
-            "task {key} {}, branch {}, {}",
+            "task {key} {}, {}, branch {}",
             if started.created {
                 "created"
             } else {
                 "already existed"
             },
-            started.branch.describe(),
             started
                 .enqueued_job
                 .map_or("analyst job already there".to_string(), |j| format!(
                     "analyst job {j} queued"
-                ))
+                )),
+            started.branch.describe()
         ))
     }
 

@@ -2,21 +2,34 @@
 //! own deadline, classifies and judges them (`core::staging`), prints the verdict, and
 //! writes the report the `deploy-staging → deploy` gate reads.
 //!
-//! Never a false green: an internal error (database, report write) turns the verdict
-//! FAILED (exit 1); only usage and configuration errors exit 2. No pass lock: CI and
-//! agents may run it concurrently, and the report is written atomically.
+//! With a task (`--task`, else `ORCH_TASK_ID`, which `run-job` gives every agent) it
+//! writes the task's `10-staging-report.md` and, on SUCCESS, records the revision it
+//! validated on the task: the pin `merge-guard` merges (`core::pin`). Where image
+//! freshness applies that is the revision an image-freshness check read from staging
+//! (expected, by default, to be the PR head); elsewhere it is the PR head read from
+//! Gitea when the check starts and read again when the checks end.
+//!
+//! Never a false green: an internal error (database, report write, Gitea, a PR head that
+//! moved) turns the verdict FAILED (exit 1) and records nothing; only usage and
+//! configuration errors exit 2. No pass lock: CI and agents may run it concurrently, and
+//! the report is written atomically.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::adapters::artefacts::{task_dir, write_atomic};
 use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
+use crate::adapters::db::Db;
+use crate::adapters::gitea::GiteaClient;
 use crate::commands::staging_roundtrip::{RoundtripEnv, Trip};
 use crate::context::Context;
 use crate::core::artefact::STAGING_REPORT_FILE;
+use crate::core::gate::Need;
+use crate::core::pin::{expected_is_head, head_at_end, head_at_start, PinKind, PrHead};
+use crate::core::stage::Stage;
 use crate::core::staging::{
     classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_checks,
     parse_revision, revision_from_command, revision_from_http, verdict, CheckDef, CheckKind,
@@ -25,6 +38,7 @@ use crate::core::staging::{
 use crate::core::staging_report::{CheckLine, StagingRun};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
+use crate::forge::Forge;
 
 /// Smoke-check a staging install and print a verdict
 ///
@@ -35,6 +49,11 @@ use crate::exit::ExitStatus;
 /// `VERDICT: SUCCESS|FAILED` last. Exit codes: 0 SUCCESS; 1 FAILED (a REAL failure, an
 /// unwaived infra failure, no checks configured, a check that could not run, or any
 /// internal error); 2 usage or configuration error.
+///
+/// With a task (--task, else ORCH_TASK_ID) it writes the task's 10-staging-report.md
+/// and, on SUCCESS, records the revision it validated (the pin merge-guard merges): the
+/// image-freshness check's revision where image freshness applies, else the PR head read
+/// from Gitea before and after the checks (FAILED if it moved).
 #[derive(Debug, clap::Args)]
 pub struct StagingCheckArgs {
     /// Print the result as JSON (the same facts as the text, plus exit_code)
@@ -52,11 +71,13 @@ pub struct StagingCheckArgs {
     pub report: Option<PathBuf>,
 
     /// Write the report into this task's artefacts (10-staging-report.md) and record
-    /// the validated revision on the task (id, key or work item id)
+    /// the validated revision on the task (id, key or work item id) [default:
+    /// ORCH_TASK_ID, set for agents by run-job]
     #[arg(long, value_name = "ID")]
     pub task: Option<String>,
 
-    /// The revision staging must run, for image-freshness checks
+    /// The revision staging must run, for image-freshness checks [default with a task:
+    /// its PR head, read from Gitea]
     #[arg(long, value_name = "SHA", env = "EXPECTED_REVISION")]
     pub expected_revision: Option<String>,
 }
@@ -65,7 +86,8 @@ pub struct StagingCheckArgs {
 ///
 /// # Errors
 /// Only usage and configuration errors (exit 2): a bad `--expected-revision`, an
-/// unknown `--task`. Everything else ends in a verdict.
+/// unknown `--task` or `ORCH_TASK_ID`, Gitea not configured when a task's PR head must
+/// be read. Everything else ends in a verdict.
 pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let settings = &ctx.config.settings;
@@ -73,7 +95,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let names: Vec<&str> = pipeline.projects.iter().map(|p| p.name.as_str()).collect();
     let checks = parse_checks(&pipeline.staging_checks, &names)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let expected = match args.expected_revision.as_deref().map(str::trim) {
+    let mut expected = match args.expected_revision.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(
             parse_revision(text)
@@ -103,17 +125,18 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let now = ctx.now();
     let mut internal: Vec<String> = Vec::new();
 
-    // The task, when asked for: an unknown one is a usage error; a database that cannot
-    // be read is an internal error (the verdict becomes FAILED, nothing is skipped).
+    // The task, when asked for (--task, else ORCH_TASK_ID): an unknown one is a usage
+    // error; a database that cannot be read is an internal error (the verdict becomes
+    // FAILED, nothing is skipped).
     let mut db = None;
     let mut task: Option<Task> = None;
-    if let Some(reference) = &args.task {
+    if let Some((reference, source)) = task_reference(args)? {
         match ctx.open_db() {
             Ok(d) => {
-                match d.find_task(reference) {
+                match d.find_task(&reference) {
                     Ok(Some(t)) => task = Some(t),
                     Ok(None) => {
-                        bail!("--task: no task {reference:?} (give an id, key or work item id)")
+                        bail!("{source}: no task {reference:?} (give an id, key or work item id)")
                     }
                     Err(e) => internal.push(format!("reading task {reference}: {e:#}")),
                 }
@@ -132,6 +155,80 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         },
         None => None,
     };
+
+    // The pin: which kind the task's repo gets, and its PR head when it is needed (for a
+    // pr-head pin, or as the expected revision of an image-freshness pin).
+    let kind = match &task {
+        Some(t) => {
+            let project = pipeline
+                .project(&t.project)
+                .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
+            PinKind::for_repo(freshness_applies(
+                settings.image_freshness_enabled,
+                &settings.image_freshness_repos.0,
+                project,
+            ))
+        }
+        // Without a task only an image-freshness check can report a revision.
+        None => PinKind::ImageFreshness,
+    };
+    let needs_head = kind == PinKind::PrHead || expected.is_none();
+    let gitea = match &task {
+        Some(t) if needs_head => match GiteaClient::from_config(&ctx.config) {
+            Ok(g) => Some(g),
+            // A pr-head pin cannot be made without Gitea: a configuration error.
+            Err(e) if kind == PinKind::PrHead => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "staging-check reads task {}'s PR head from Gitea (the revision it pins)",
+                        t.key
+                    )
+                })
+            }
+            // An image-freshness pin only loses its default expected revision: the
+            // freshness check then fails for want of one, as it says.
+            Err(e) => {
+                log::warn!(
+                    "staging-check: no default expected revision for task {} (its PR head): {e:#}",
+                    t.key
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut head: Option<(GiteaClient, PrHead)> = None;
+    if let (Some(t), Some(gitea)) = (&task, gitea) {
+        match read_head(&gitea, t, db.as_ref(), now.as_second()) {
+            Ok(h) => {
+                log::info!(
+                    "staging-check: task {} pin {kind}: PR #{} head {} when the check starts",
+                    t.key,
+                    h.number,
+                    h.sha
+                );
+                match kind {
+                    PinKind::ImageFreshness => {
+                        if expected.is_none() {
+                            log::info!(
+                                "staging-check: expected revision defaults to PR #{}'s head {}",
+                                h.number,
+                                h.sha
+                            );
+                            expected = Some(h.sha.clone());
+                        }
+                    }
+                    PinKind::PrHead => {
+                        if let Err(e) = expected_is_head(expected.as_deref(), &h) {
+                            internal.push(e);
+                        }
+                    }
+                }
+                head = Some((gitea, h));
+            }
+            Err(e) => internal.push(e),
+        }
+    }
 
     // Decide what each check does before running anything.
     let default_project = task
@@ -252,19 +349,31 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     // A task whose repo image freshness applies to needs a checked revision: without one
     // the deploy-staging gate could never pass, while CI would read this run as green.
     if let Some(t) = &task {
-        let project = pipeline
-            .project(&t.project)
-            .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
-        let applies = freshness_applies(
-            settings.image_freshness_enabled,
-            &settings.image_freshness_repos.0,
-            project,
-        );
-        if applies && checked_revision.is_none() {
+        if kind == PinKind::ImageFreshness && checked_revision.is_none() {
             internal.push(format!(
                 "image freshness applies to {} but no image-freshness check reported the revision staging runs",
                 t.project
             ));
+        }
+    }
+    // A PR head read at the start is read again now: the pin holds only if it did not move
+    // while the checks ran. A pr-head pin is that head; nothing else is.
+    if kind == PinKind::PrHead {
+        checked_revision = None;
+    }
+    if let Some((gitea, h)) = &head {
+        let task_repo = task.as_ref().map_or("", |t| t.repo.as_str());
+        let again = gitea
+            .get_pull(task_repo, h.number)
+            .map(|p| p.facts())
+            .map_err(|e| e.to_string());
+        match head_at_end(h, &again) {
+            Ok(()) => {
+                if kind == PinKind::PrHead {
+                    checked_revision = Some(h.sha.clone());
+                }
+            }
+            Err(e) => internal.push(e),
         }
     }
 
@@ -285,6 +394,8 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let mut run = StagingRun {
         verdict: decide(&internal, &mut lines),
         checks: lines,
+        pin: checked_revision.as_ref().map(|_| kind),
+        pr_number: head.as_ref().map(|(_, h)| h.number),
         checked_revision,
         expected_revision: expected,
         checked_at: jiff::Timestamp::from_second(now.as_second())
@@ -300,11 +411,13 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     // FAILED and the reports already written are rewritten to say so.
     // The task's report first (the gate reads it), and every target tried: a report that
     // cannot be written is removed rather than left to say an older verdict.
-    let targets: Vec<PathBuf> = report_path
-        .iter()
-        .cloned()
-        .chain(args.report.iter().cloned())
-        .collect();
+    let mut targets: Vec<PathBuf> = report_path.iter().cloned().collect();
+    if let Some(extra) = &args.report {
+        // A deployer may name the task's own report (`$ORCH_TASK_ARTEFACTS/...`): once.
+        if !report_path.as_ref().is_some_and(|p| same_file(p, extra)) {
+            targets.push(extra.clone());
+        }
+    }
     let mut written: Vec<&PathBuf> = Vec::new();
     for path in &targets {
         match write_atomic(path, run.render_report().as_bytes()) {
@@ -322,7 +435,10 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     if internal.is_empty() && run.verdict.status == VerdictStatus::Success {
         if let (Some(t), Some(d), Some(rev)) = (&task, &db, &run.checked_revision) {
             match d.set_validated_revision(t.id, rev, now.as_second()) {
-                Ok(()) => log::info!("staging-check: task {} validated revision {rev}", t.key),
+                Ok(()) => log::info!(
+                    "staging-check: task {} validated revision {rev} (pin {kind})",
+                    t.key
+                ),
                 Err(e) => internal.push(format!("recording the validated revision: {e:#}")),
             }
         }
@@ -335,6 +451,24 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
                     "staging-check: could not rewrite {} as FAILED: {e:#}",
                     path.display()
                 );
+            }
+        }
+    }
+    // A FAILED run for a task leaves it no validated revision: what staging runs now was
+    // not validated, so nothing older may be merged on its word.
+    if run.verdict.status == VerdictStatus::Failed {
+        if let (Some(t), Some(d)) = (&task, &db) {
+            match d.clear_validated_revision(t.id, now.as_second()) {
+                Ok(true) => log::warn!(
+                    "staging-check: task {} no longer has a validated revision (was {}): this run failed",
+                    t.key,
+                    t.validated_revision.as_deref().unwrap_or("?")
+                ),
+                Ok(false) => {}
+                Err(e) => log::error!(
+                    "staging-check: clearing task {}'s validated revision: {e:#}",
+                    t.key
+                ),
             }
         }
     }
@@ -362,6 +496,63 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         VerdictStatus::Success => ExitStatus::Success,
         VerdictStatus::Failed => ExitStatus::No,
     })
+}
+
+/// Returns the task asked for and where it came from: `--task`, else `ORCH_TASK_ID`
+/// (set by `run-job` for agents; empty counts as unset).
+fn task_reference(args: &StagingCheckArgs) -> Result<Option<(String, &'static str)>> {
+    if let Some(t) = &args.task {
+        return Ok(Some((t.clone(), "--task")));
+    }
+    match std::env::var("ORCH_TASK_ID") {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Ok(Some((v.trim().to_string(), "ORCH_TASK_ID"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("ORCH_TASK_ID: not valid text"),
+    }
+}
+
+/// Reads the task's PR head through the forge (its recorded PR, else the open PR of its
+/// branch, whose number is then recorded) and judges it.
+fn read_head(
+    gitea: &GiteaClient,
+    task: &Task,
+    db: Option<&Db>,
+    now: i64,
+) -> Result<PrHead, String> {
+    let mut forge = Forge::new(Some(gitea.clone()));
+    let facts = forge.facts(task, Stage::DeployStaging, &[Need::Pr]);
+    let head = head_at_start(&facts.pr, &task.key, &task.branch)?;
+    if let (Some(n), Some(db)) = (facts.new_pr_number, db) {
+        let number = i64::try_from(n).unwrap_or(i64::MAX);
+        match db.set_pr_number(task.id, number, now) {
+            Ok(()) => log::info!(
+                "staging-check: recorded PR #{n} on task {} (head branch {})",
+                task.key,
+                task.branch
+            ),
+            Err(e) => log::warn!(
+                "staging-check: recording PR #{n} on task {}: {e:#}",
+                task.key
+            ),
+        }
+    }
+    Ok(head)
+}
+
+/// Returns whether two paths name the same file (the second may not exist yet).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let canon = |p: &std::path::Path| -> Option<PathBuf> {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+    };
+    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
 enum Planned {

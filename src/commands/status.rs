@@ -120,6 +120,30 @@ pub struct StatusReport {
     pub post_deploy: Vec<crate::commands::post_deploy_tick::WindowView>,
     /// The merge lease holder, when a lease file exists.
     pub lease: Option<LeaseView>,
+    /// Who holds the staging environment (the running `deploy-staging` job), if anyone.
+    pub staging: StagingView,
+}
+
+/// The staging environment as shown: free, or held by the running `deploy-staging` job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StagingView {
+    /// `free` or `held`.
+    pub state: String,
+    /// The running `deploy-staging` jobs (one at most, unless rows were written by hand).
+    pub holders: Vec<StagingHolderView>,
+}
+
+/// One holder of the staging environment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StagingHolderView {
+    /// The job id.
+    pub job_id: i64,
+    /// The task id.
+    pub task_id: i64,
+    /// The task key.
+    pub key: String,
+    /// Seconds since the job started.
+    pub age_s: i64,
 }
 
 /// The merge lease as shown.
@@ -237,6 +261,20 @@ pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         .into_iter()
         .map(|p| pass_view(p, now))
         .collect();
+    let holders: Vec<StagingHolderView> = db
+        .staging_holders()?
+        .into_iter()
+        .map(|h| StagingHolderView {
+            job_id: h.job_id,
+            task_id: h.task_id,
+            key: h.key,
+            age_s: h.started_at.map(|s| now - s).unwrap_or(0),
+        })
+        .collect();
+    let staging = StagingView {
+        state: if holders.is_empty() { "free" } else { "held" }.into(),
+        holders,
+    };
     Ok(StatusReport {
         generated_at: format_unix(now),
         generated_at_unix: now,
@@ -254,6 +292,7 @@ pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         passes,
         post_deploy: Vec::new(),
         lease: None,
+        staging,
     })
 }
 
@@ -373,6 +412,24 @@ pub fn render_text(r: &StatusReport) -> String {
             );
         }
     }
+    if r.staging.holders.is_empty() {
+        let _ = writeln!(out, "staging: free");
+    } else {
+        let held: Vec<String> = r
+            .staging
+            .holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "job {} ({}) for {}",
+                    h.job_id,
+                    h.key,
+                    human_duration(h.age_s)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "staging: held by {}", held.join(", "));
+    }
     if r.passes.is_empty() {
         let _ = writeln!(out, "last passes: none yet");
     } else {
@@ -454,6 +511,14 @@ pub fn render_prometheus(r: &StatusReport) -> String {
             r.running.first().map(|j| j.age_s).unwrap_or(0).to_string(),
         )],
     );
+    family(
+        "orch_staging_held",
+        "1 while a deploy-staging job holds the staging environment.",
+        vec![(
+            String::new(),
+            u8::from(!r.staging.holders.is_empty()).to_string(),
+        )],
+    );
     let per_pass = |f: &dyn Fn(&PassView) -> String| {
         r.passes
             .iter()
@@ -522,6 +587,15 @@ mod tests {
             }],
             post_deploy: vec![],
             lease: None,
+            staging: StagingView {
+                state: "held".into(),
+                holders: vec![StagingHolderView {
+                    job_id: 4,
+                    task_id: 2,
+                    key: "SHOP-1".into(),
+                    age_s: 90,
+                }],
+            },
         }
     }
 
@@ -537,6 +611,7 @@ mod tests {
         escalated: none
         post-deploy: none armed
         merge lease: free
+        staging: held by job 4 (SHOP-1) for 1m30s
         last passes:
           reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
         ");
@@ -559,6 +634,7 @@ mod tests {
         }
         assert!(text.contains("orch_jobs{status=\"cancelled\"} 0\n"));
         assert!(text.contains("orch_running_jobs_not_alive 1\n"));
+        assert!(text.contains("orch_staging_held 1\n"));
         assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
     }
 }

@@ -15,10 +15,13 @@ use crate::flow;
 pub enum TaskCommand {
     /// Start a task by hand: the same path as a Plane start delivery, without Plane
     ///
-    /// Creates the task once per work item, its branch on Gitea from the project's default
-    /// branch (skipped with a warning when ORCH_GITEA_URL is unset), and enqueues its
-    /// analyst job once. Exit codes:
-    /// 0 started (or already there), 2 unknown project or bad value.
+    /// Stores the task once per work item with its analyst job (queued once), then
+    /// creates its branch on Gitea from the project's default branch. When Gitea is
+    /// down or ORCH_GITEA_URL is unset the branch is left for the next reconcile pass
+    /// and a `left for reconcile: branch ...` line (JSON: left_for_reconcile) says so.
+    /// Running it again finishes what is left. Exit codes: 0 the task and its job are
+    /// stored (or already were), whatever was left for reconcile; 2 unknown project,
+    /// bad value or database error (nothing stored).
     Add(AddArgs),
     /// List tasks, oldest first
     List(ListArgs),
@@ -165,11 +168,18 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
         ctx,
         &mut db,
         &new,
-        &project.default_branch,
         Actor::Operator,
         "started by hand (task add)",
+        None,
     )?;
     let task = db.task(started.task_id)?.expect("just started");
+    // What this run could not do and the next reconcile pass completes.
+    let left: Vec<String> = started
+        .branch
+        .left_because()
+        .map(|why| format!("branch {} ({why})", task.branch))
+        .into_iter()
+        .collect();
     if args.json {
         println!(
             "{}",
@@ -178,31 +188,40 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
                 "created": started.created,
                 "branch": started.branch,
                 "enqueued_job": started.enqueued_job,
+                "left_for_reconcile": left,
             }))?
         );
-    } else if started.created {
-        println!(
-            "task {} ({}) created at analysis, branch {} {}{}",
-            task.key,
-            task.id,
-            task.branch,
-            started.branch.describe(),
-            started
-                .enqueued_job
-                .map(|j| format!(", analyst job {j} queued"))
-                .unwrap_or_default()
-        );
     } else {
-        println!(
-            "task {} ({}) already exists at {}; nothing changed",
-            task.key, task.id, task.stage
-        );
+        let job = started
+            .enqueued_job
+            .map(|j| format!(", analyst job {j} queued"))
+            .unwrap_or_default();
+        let branch = if started.branch.is_left() {
+            String::new()
+        } else {
+            format!(", branch {} {}", task.branch, started.branch.describe())
+        };
+        if started.created {
+            println!(
+                "task {} ({}) created at analysis{job}{branch}",
+                task.key, task.id
+            );
+        } else {
+            println!(
+                "task {} ({}) already exists at {}{job}{branch}",
+                task.key, task.id, task.stage
+            );
+        }
+        for l in &left {
+            println!("left for reconcile: {l}");
+        }
     }
     log::info!(
-        "task add: {} created={} job={:?}",
+        "task add: {} created={} job={:?} branch={}",
         task.key,
         started.created,
-        started.enqueued_job
+        started.enqueued_job,
+        started.branch.describe()
     );
     Ok(ExitStatus::Success)
 }
@@ -217,11 +236,13 @@ pub fn task_json(t: &Task) -> serde_json::Value {
         "title": t.title,
         "repo": t.repo,
         "branch": t.branch,
+        "branch_ready": t.branch_ready_at.is_some(),
         "pr_number": t.pr_number,
         "stage": t.stage,
         "stage_entered_at": format_unix(t.stage_entered_at),
         "validated_revision": t.validated_revision,
         "developer_retries": t.developer_retries,
+        "round": t.round,
         "escalated": t.escalated_at.is_some(),
         "escalation_reason": t.escalation_reason,
         "created_at": format_unix(t.created_at),
@@ -311,8 +332,13 @@ fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     }
     println!("task {} ({}) {}", t.key, t.id, t.title);
+    let on_gitea = match t.branch_ready_at {
+        Some(_) => "",
+        None if matches!(t.stage, Stage::Done | Stage::Cancelled) => "",
+        None => " (not on gitea yet: reconcile creates it)",
+    };
     println!(
-        "  project {}  repo {}  branch {}",
+        "  project {}  repo {}  branch {}{on_gitea}",
         t.project, t.repo, t.branch
     );
     println!(
@@ -327,7 +353,10 @@ fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
             .unwrap_or_else(|| "-".into()),
         t.validated_revision.as_deref().unwrap_or("-")
     );
-    println!("  developer retries {}", t.developer_retries);
+    println!(
+        "  round {}  developer retries {}",
+        t.round, t.developer_retries
+    );
     if let Some(at) = t.escalated_at {
         println!(
             "  ESCALATED since {}: {}",

@@ -13,8 +13,9 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use crate::adapters::db::{Db, MoveError};
-use crate::adapters::db_deliveries::{NewDelivery, Stored, PENDING};
+use crate::adapters::db::{Created, Db, MoveError, Moved};
+use crate::adapters::db_deliveries::{AlreadyRecorded, NewDelivery, Recorder, Stored, PENDING};
+use crate::adapters::db_start::TaskStart;
 use crate::adapters::http_request::{self, Head, Rejection, MAX_BODY};
 use crate::adapters::plane::PlaneClient;
 use crate::config::Project;
@@ -23,7 +24,7 @@ use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
 };
 use crate::core::stage::{Actor, Agent, Stage};
-use crate::core::task::NewTask;
+use crate::core::task::{NewTask, Task};
 use crate::exit::ExitStatus;
 use crate::flow;
 
@@ -344,8 +345,10 @@ fn act_and_report(
     print: bool,
 ) -> Result<ExitStatus> {
     let mut db = ctx.open_db()?;
+    crate::crash::point("delivery-stored");
     match process_delivery(ctx, &mut db, id) {
         Ok(outcome) => {
+            crate::crash::point("delivery-done");
             if print {
                 println!("delivery {id} {outcome}");
             }
@@ -368,14 +371,19 @@ fn act_and_report(
 /// Acts on a stored delivery and records its outcome; what `reconcile` calls to replay
 /// pending deliveries.
 ///
-/// Idempotent: a delivery that already has an outcome is not acted on again (its
-/// recorded outcome is returned), and every action finds its own earlier effects (the
-/// task exists, the branch answers 409, the analyst job exists), so running it twice
-/// creates nothing twice. Counts an attempt each time it acts.
+/// Exactly once: a delivery's effects in the database and its outcome are committed in
+/// one transaction (the move and its next job, the re-queued analyst job, the task and
+/// its analyst job, or just the outcome when there is nothing to do), so a crash leaves
+/// either nothing (the replay does it all) or everything (the replay finds the outcome
+/// and returns it). Two processes acting on the same delivery at once cannot both
+/// commit: the second finds the outcome recorded inside its transaction and rolls back.
+/// A start's branch is the step after the commit (a remote call never runs inside a
+/// write transaction); when Gitea is down it is left for `reconcile`. Counts an attempt
+/// each time it acts.
 ///
 /// # Errors
-/// When acting fails (Plane or Gitea unreachable, refusing, or timing out; a write
-/// failing): the delivery stays `pending` with the error recorded.
+/// When acting fails (Plane unreachable while resolving the state, a write failing):
+/// the delivery stays `pending` with the error recorded, and nothing of it was written.
 pub fn process_delivery(ctx: &Context, db: &mut Db, delivery_row_id: i64) -> Result<Outcome> {
     let row = db
         .delivery(delivery_row_id)?
@@ -384,16 +392,13 @@ pub fn process_delivery(ctx: &Context, db: &mut Db, delivery_row_id: i64) -> Res
         return Ok(recorded(&row.outcome, row.detail.as_deref()));
     }
     db.count_delivery_attempt(row.id)?;
-    match act(ctx, db, &row.body) {
-        Ok(outcome) => {
-            let now = ctx.now_secs();
-            if db.finish_delivery(row.id, outcome.kind.as_str(), &outcome.detail, now)? {
-                Ok(outcome)
-            } else {
-                // Another process (the receiver or reconcile) recorded it first.
-                let row = db.delivery(row.id)?.expect("rows are never deleted");
-                Ok(recorded(&row.outcome, row.detail.as_deref()))
-            }
+    match act(ctx, db, row.id, &row.body) {
+        Ok(outcome) => Ok(outcome),
+        Err(e) if e.downcast_ref::<AlreadyRecorded>().is_some() => {
+            // Another process (the receiver or reconcile) recorded it first; all this
+            // one wrote was rolled back with the outcome.
+            let row = db.delivery(row.id)?.expect("rows are never deleted");
+            Ok(recorded(&row.outcome, row.detail.as_deref()))
         }
         Err(e) => {
             if let Err(e2) = db.fail_delivery(row.id, &format!("{e:#}")) {
@@ -411,43 +416,158 @@ fn recorded(outcome: &str, detail: Option<&str>) -> Outcome {
     )
 }
 
-/// Resolves and acts on one stored body.
-fn act(ctx: &Context, db: &mut Db, body: &[u8]) -> Result<Outcome> {
+/// What a delivery asks for, once its state is resolved.
+enum Plan<'a> {
+    /// Nothing: the outcome says why.
+    Nothing(Outcome),
+    /// Start the work item's task.
+    Start {
+        project: &'a Project,
+        change: StateChange,
+        reason: String,
+    },
+    /// Move the task.
+    Move {
+        task: Task,
+        from: Stage,
+        to: Stage,
+        reason: String,
+    },
+    /// Queue the analyst again (the analysis was rejected).
+    RequeueAnalysis { task: Task },
+}
+
+/// Acts on one stored body and records the outcome of delivery `id` with its effects.
+fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
+    let now = ctx.now_secs();
+    match plan(ctx, db, body)? {
+        Plan::Nothing(outcome) => {
+            db.record_outcome(id, &outcome, now)?;
+            Ok(outcome)
+        }
+        Plan::Start {
+            project,
+            change,
+            reason,
+        } => start(ctx, db, id, project, &change, &reason),
+        Plan::Move {
+            task,
+            from,
+            to,
+            reason,
+        } => {
+            let describe = |m: &Moved| moved_outcome(&task, from, to, m);
+            let record = Recorder {
+                delivery: id,
+                now,
+                describe: &describe,
+            };
+            match flow::move_task_recorded(
+                ctx,
+                db,
+                &task,
+                to,
+                &reason,
+                Actor::Webhook,
+                Some(&record),
+            ) {
+                Ok(moved) => Ok(describe(&moved)),
+                Err(e) => match e.downcast_ref::<MoveError>() {
+                    Some(MoveError::Stale { actual, .. }) => {
+                        let outcome = Outcome::no_action(format!(
+                            "task {} moved to {actual} meanwhile",
+                            task.key
+                        ));
+                        db.record_outcome(id, &outcome, now)?;
+                        Ok(outcome)
+                    }
+                    _ => Err(e),
+                },
+            }
+        }
+        Plan::RequeueAnalysis { task } => {
+            let describe = |job: &Created| match job {
+                Created::New(j) => Outcome::new(
+                    OutcomeKind::Rejected,
+                    format!(
+                        "task {} stays at analysis, analyst job {j} queued again",
+                        task.key
+                    ),
+                ),
+                Created::Existing(j) => Outcome::no_action(format!(
+                    "task {} already has an analyst job queued or running (job {j})",
+                    task.key
+                )),
+            };
+            let record = Recorder {
+                delivery: id,
+                now,
+                describe: &describe,
+            };
+            let job = db.enqueue_job_recorded(
+                task.id,
+                Agent::Analyst,
+                Stage::Analysis,
+                now,
+                Some(&record),
+            )?;
+            if let Created::New(j) = job {
+                log::info!(
+                    "task {}: analysis rejected in Plane: analyst job {j} queued again",
+                    task.key
+                );
+            }
+            Ok(describe(&job))
+        }
+    }
+}
+
+fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> Outcome {
+    let kind = if to == Stage::Cancelled {
+        OutcomeKind::Cancelled
+    } else {
+        OutcomeKind::Approved
+    };
+    let job = moved
+        .enqueued_job
+        .map(|j| format!(", {} job {j} queued", to.agent().map_or("", Agent::as_str)))
+        .unwrap_or_default();
+    Outcome::new(kind, format!("task {} {from} -> {to}{job}", task.key))
+}
+
+/// Resolves a stored body to what it asks for. Writes only the state cache.
+fn plan<'a>(ctx: &'a Context, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
+    let nothing = |why: String| Ok(Plan::Nothing(Outcome::no_action(why)));
     let envelope = match intake::parse_envelope(body) {
         Ok(e) => e,
-        Err(r) => {
-            return Ok(Outcome::no_action(format!(
-                "stored body is not a delivery: {}",
-                r.reason
-            )))
-        }
+        Err(r) => return nothing(format!("stored body is not a delivery: {}", r.reason)),
     };
     let change = match intake::classify(&envelope) {
-        Intake::Ignore(reason) => return Ok(Outcome::no_action(reason)),
+        Intake::Ignore(reason) => return nothing(reason),
         Intake::StateChange(c) => c,
     };
     let Some(project) = ctx.config.pipeline.project_by_plane_id(&change.project_id) else {
-        return Ok(Outcome::no_action(format!(
+        return nothing(format!(
             "project {} is not in the pipeline",
             change.project_id
-        )));
+        ));
     };
     let Some(state) = resolve_state(ctx, db, project, &change)? else {
-        return Ok(Outcome::no_action(format!(
+        return nothing(format!(
             "state {} is not a state of project {} (not even after refreshing from Plane)",
             change.new_state_id, project.name
-        )));
+        ));
     };
     let meaning = match intake::meaning_of(&project.states, &state.name, &state.group) {
         Ok(m) => m,
         Err(both) => {
             let names: Vec<&str> = both.iter().map(|m| m.as_str()).collect();
-            return Ok(Outcome::no_action(format!(
+            return nothing(format!(
                 "state {:?} of project {} matches {} (fix projects[].states; config check reports it)",
                 state.name,
                 project.name,
                 names.join(" and ")
-            )));
+            ));
         }
     };
     let task = db.task_by_work_item(&change.work_item_id)?;
@@ -466,61 +586,31 @@ fn act(ctx: &Context, db: &mut Db, body: &[u8]) -> Result<Outcome> {
     };
     let decision = intake::decide(meaning, &state.name, change.legacy, facts.as_ref());
     let reason = format!("work item moved to {:?} in Plane", state.name);
-    match decision {
-        Decision::NoAction(why) => Ok(Outcome::no_action(why)),
-        Decision::Start => start(ctx, db, project, &change, &reason),
-        Decision::Move { from, to } => {
-            let task = task.expect("moves are decided for existing tasks");
-            match flow::move_task(ctx, db, &task, to, &reason, Actor::Webhook) {
-                Ok(moved) => {
-                    let kind = if to == Stage::Cancelled {
-                        OutcomeKind::Cancelled
-                    } else {
-                        OutcomeKind::Approved
-                    };
-                    let job = moved
-                        .enqueued_job
-                        .map(|j| {
-                            format!(", {} job {j} queued", to.agent().map_or("", Agent::as_str))
-                        })
-                        .unwrap_or_default();
-                    Ok(Outcome::new(
-                        kind,
-                        format!("task {} {from} -> {to}{job}", task.key),
-                    ))
-                }
-                Err(e) => match e.downcast_ref::<MoveError>() {
-                    Some(MoveError::Stale { actual, .. }) => Ok(Outcome::no_action(format!(
-                        "task {} moved to {actual} meanwhile",
-                        task.key
-                    ))),
-                    _ => Err(e),
-                },
-            }
-        }
-        Decision::RequeueAnalysis => {
-            let task = task.expect("requeues are decided for existing tasks");
-            let job = db.enqueue_job(task.id, Agent::Analyst, Stage::Analysis, ctx.now_secs())?;
-            log::info!(
-                "task {}: analysis rejected in Plane: analyst job {} queued again",
-                task.key,
-                job.id()
-            );
-            Ok(Outcome::new(
-                OutcomeKind::Rejected,
-                format!(
-                    "task {} stays at analysis, analyst job {} queued again",
-                    task.key,
-                    job.id()
-                ),
-            ))
-        }
-    }
+    Ok(match decision {
+        Decision::NoAction(why) => Plan::Nothing(Outcome::no_action(why)),
+        Decision::Start => Plan::Start {
+            project,
+            change,
+            reason,
+        },
+        Decision::Move { from, to } => Plan::Move {
+            task: task.expect("moves are decided for existing tasks"),
+            from,
+            to,
+            reason,
+        },
+        Decision::RequeueAnalysis => Plan::RequeueAnalysis {
+            task: task.expect("requeues are decided for existing tasks"),
+        },
+    })
 }
 
+/// Starts the work item's task: the task, its analyst job and the delivery's outcome in
+/// one transaction, then the branch step.
 fn start(
     ctx: &Context,
     db: &mut Db,
+    id: i64,
     project: &Project,
     change: &StateChange,
     reason: &str,
@@ -538,32 +628,44 @@ fn start(
         repo: project.repo.clone(),
         branch: crate::core::branch::branch_name(&key, &change.title),
     };
-    let started = flow::start_task(
-        ctx,
-        db,
-        &new,
-        &project.default_branch,
-        Actor::Webhook,
-        reason,
-    )?;
+    let describe = |s: &TaskStart| {
+        Outcome::new(
+            OutcomeKind::Started,
+            format!(
+                "task {key} {}, {}",
+                if s.created {
+                    "created"
+                } else {
+                    "already existed"
+                },
+                s.enqueued_job
+                    .map_or("analyst job already there".to_string(), |j| format!(
+                        "analyst job {j} queued"
+                    ))
+            ),
+        )
+    };
+    let record = Recorder {
+        delivery: id,
+        now: ctx.now_secs(),
+        describe: &describe,
+    };
+    let started = flow::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
     let task = db.task(started.task_id)?.expect("just started");
+    // The recorded outcome is what the transaction did; the branch step came after it
+    // and is added to the line this command prints and logs.
+    let recorded = describe(&TaskStart {
+        task_id: started.task_id,
+        created: started.created,
+        enqueued_job: started.enqueued_job,
+    });
     Ok(Outcome::new(
-        OutcomeKind::Started,
+        recorded.kind,
         format!(
-            "task {} {}, branch {} {}, {}",
-            task.key,
-            if started.created {
-                "created"
-            } else {
-                "already existed"
-            },
+            "{}, branch {} {}",
+            recorded.detail,
             task.branch,
-            started.branch.describe(),
-            started
-                .enqueued_job
-                .map_or("analyst job already there".to_string(), |j| format!(
-                    "analyst job {j} queued"
-                ))
+            started.branch.describe()
         ),
     ))
 }

@@ -1,9 +1,17 @@
 //! Which queued jobs a `dispatch` pass starts: as many as free slots allow under
-//! `ORCH_MAX_CONCURRENCY`, oldest first, fair across projects.
+//! `ORCH_MAX_CONCURRENCY`, oldest first, fair across projects, and never two jobs on the
+//! one staging environment at once.
 //!
 //! Fair means one busy project cannot starve another: each next slot goes to the project
 //! with the fewest jobs running (counting those picked this pass), ties broken by whose
-//! oldest queued job is older. Within a project jobs start oldest first. No I/O here.
+//! oldest startable job is older. Within a project jobs start oldest first.
+//!
+//! Staging is one shared resource (SPEC §3, "the pin"): the pipeline file has one staging
+//! environment, and a `deploy-staging` job deploys to it and checks it. So at most one
+//! `deploy-staging` job runs at a time, whatever the limit says: while one runs, queued
+//! ones wait (and say for which job); a pass starts at most one. Jobs of other stages are
+//! not held up by a waiting `deploy-staging` job. No I/O here; the claim's SQL guard
+//! (`Db::claim_job`) holds the same rule against racing passes.
 
 use std::collections::BTreeMap;
 
@@ -16,13 +24,47 @@ pub struct Queued {
     pub project: String,
     /// When it was enqueued (unix seconds).
     pub enqueued_at: i64,
+    /// Whether it is a `deploy-staging` job (it needs the staging environment).
+    pub uses_staging: bool,
 }
 
-/// Returns the ids to start, in start order.
+/// Why a queued job does not start this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum Wait {
+    /// Every slot under the limit is taken (or went to another project's turn).
+    NoSlot,
+    /// The staging environment is held by this running `deploy-staging` job.
+    StagingHeld {
+        /// The job holding staging.
+        by_job: i64,
+    },
+    /// The staging environment goes to this job, started by this same pass.
+    StagingTaken {
+        /// The job picked to take staging.
+        by_job: i64,
+    },
+}
+
+/// What a pass does with the queued jobs it looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// The ids to start, in start order.
+    pub start: Vec<i64>,
+    /// Every other queued job looked at, oldest first, and why it waits.
+    pub waits: Vec<(i64, Wait)>,
+}
+
+/// Decides which queued jobs start.
 ///
 /// `queued` may come in any order; `running` counts running jobs per project; `limit` is
-/// `ORCH_MAX_CONCURRENCY`.
-pub fn pick(queued: &[Queued], running: &BTreeMap<String, u32>, limit: u32) -> Vec<i64> {
+/// `ORCH_MAX_CONCURRENCY`; `staging_holder` is the running `deploy-staging` job, if any.
+pub fn plan(
+    queued: &[Queued],
+    running: &BTreeMap<String, u32>,
+    limit: u32,
+    staging_holder: Option<i64>,
+) -> Plan {
     let total_running: u32 = running.values().sum();
     let mut free = limit.saturating_sub(total_running);
     // Per project, its queue oldest first.
@@ -32,29 +74,48 @@ pub fn pick(queued: &[Queued], running: &BTreeMap<String, u32>, limit: u32) -> V
     }
     for v in queues.values_mut() {
         v.sort_by_key(|q| (q.enqueued_at, q.id));
-        v.reverse(); // pop() takes the oldest
     }
     let mut load: BTreeMap<&str, u32> = queues
         .keys()
         .map(|p| (*p, running.get(*p).copied().unwrap_or(0)))
         .collect();
-    let mut out = Vec::new();
+    let mut staging = staging_holder.map(|by_job| Wait::StagingHeld { by_job });
+    let mut out = Plan::default();
     while free > 0 {
+        // Each project's oldest job that may start now.
         let next = queues
             .iter()
-            .filter_map(|(p, v)| v.last().map(|head| (*p, head)))
-            .min_by_key(|(p, head)| (load[p], head.enqueued_at, head.id));
-        let Some((project, _)) = next else { break };
-        let job = queues
+            .filter_map(|(p, v)| {
+                v.iter()
+                    .position(|q| !q.uses_staging || staging.is_none())
+                    .map(|i| (*p, i, v[i]))
+            })
+            .min_by_key(|(p, _, head)| (load[p], head.enqueued_at, head.id));
+        let Some((project, index, job)) = next else {
+            break;
+        };
+        queues
             .get_mut(project)
-            .and_then(Vec::pop)
-            .expect("the chosen project has a head");
-        out.push(job.id);
+            .expect("the chosen project has a queue")
+            .remove(index);
+        out.start.push(job.id);
+        if job.uses_staging {
+            staging = Some(Wait::StagingTaken { by_job: job.id });
+        }
         *load
             .get_mut(project)
             .expect("every queued project has a load") += 1;
         free -= 1;
     }
+    let mut rest: Vec<&Queued> = queues.into_values().flatten().collect();
+    rest.sort_by_key(|q| (q.enqueued_at, q.id));
+    out.waits = rest
+        .into_iter()
+        .map(|q| match staging {
+            Some(w) if q.uses_staging => (q.id, w),
+            _ => (q.id, Wait::NoSlot),
+        })
+        .collect();
     out
 }
 
@@ -67,6 +128,14 @@ mod tests {
             id,
             project: project.into(),
             enqueued_at: at,
+            uses_staging: false,
+        }
+    }
+
+    fn s(id: i64, project: &str, at: i64) -> Queued {
+        Queued {
+            uses_staging: true,
+            ..q(id, project, at)
         }
     }
 
@@ -97,17 +166,57 @@ mod tests {
             (&all, &[("orch", 1)], 2, &[9]),
         ];
         for (queued, run, limit, want) in cases {
-            assert_eq!(
-                pick(queued, &running(run), *limit),
-                want.to_vec(),
-                "{run:?} {limit}"
-            );
+            let p = plan(queued, &running(run), *limit, None);
+            assert_eq!(p.start, want.to_vec(), "{run:?} {limit}");
+            assert_eq!(p.start.len() + p.waits.len(), queued.len());
+            assert!(p.waits.iter().all(|(_, w)| *w == Wait::NoSlot));
         }
     }
 
     #[test]
     fn order_of_input_does_not_matter_and_ties_break_on_id() {
         let a = vec![q(3, "b", 5), q(2, "a", 5), q(1, "a", 5)];
-        assert_eq!(pick(&a, &BTreeMap::new(), 3), vec![1, 3, 2]);
+        assert_eq!(plan(&a, &BTreeMap::new(), 3, None).start, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn one_deploy_staging_job_at_a_time_whatever_the_limit() {
+        let two = [s(1, "orch", 1), s(2, "shop", 2)];
+        // Free staging, room for both: only the older starts; the other waits for it.
+        let p = plan(&two, &BTreeMap::new(), 5, None);
+        assert_eq!(p.start, vec![1]);
+        assert_eq!(p.waits, vec![(2, Wait::StagingTaken { by_job: 1 })]);
+        // Staging held by a running job: neither starts, both name the holder.
+        let p = plan(&two, &running(&[("orch", 1)]), 5, Some(7));
+        assert!(p.start.is_empty());
+        assert_eq!(
+            p.waits,
+            vec![
+                (1, Wait::StagingHeld { by_job: 7 }),
+                (2, Wait::StagingHeld { by_job: 7 })
+            ]
+        );
+        // No slot and staging free: the limit is the reason.
+        let p = plan(&two, &running(&[("orch", 1)]), 1, None);
+        assert!(p.start.is_empty());
+        assert_eq!(p.waits, vec![(1, Wait::NoSlot), (2, Wait::NoSlot)]);
+    }
+
+    #[test]
+    fn a_waiting_deploy_staging_job_holds_up_nothing_else() {
+        // orch's oldest job waits for staging; its younger developer job and shop's job
+        // start in its place.
+        let queued = [s(1, "orch", 1), q(2, "orch", 2), q(3, "shop", 3)];
+        let p = plan(&queued, &running(&[("shop", 1)]), 2, Some(9));
+        assert_eq!(p.start, vec![2]);
+        assert_eq!(
+            p.waits,
+            vec![(1, Wait::StagingHeld { by_job: 9 }), (3, Wait::NoSlot)]
+        );
+        let p = plan(&queued, &BTreeMap::new(), 3, Some(9));
+        assert_eq!(p.start, vec![2, 3]);
+        // Staging free: the oldest goes first, as always.
+        let p = plan(&queued, &BTreeMap::new(), 3, None);
+        assert_eq!(p.start, vec![1, 3, 2]);
     }
 }

@@ -6,6 +6,14 @@
 //! when its rollback check passes, advances when all its checks pass, and otherwise
 //! waits. A job's exit code is never an input: only whether the job has ended.
 //! No I/O here: commands gather [`GateInputs`] through adapters.
+//!
+//! `deploy-staging → deploy` requires, for every repo, whether or not image freshness
+//! applies to it: `staging_status: SUCCESS`; the revision pinned (`check_revision_pinned`:
+//! the report's `checked_revision` and the task's validated revision are both the PR's
+//! current head; a SUCCESS report without `checked_revision` fails naming the fix, `orch
+//! staging-check --task ID`); and the branch mergeable. `staging-check` pins the image
+//! freshness check's revision where freshness applies and the PR head everywhere else
+//! (`core::pin`), so a default install's ordinary repo ships.
 
 use crate::core::artefact::{
     ArtefactError, DeployStatus, ReviewVerdict, StagingReport, StagingStatus,
@@ -148,8 +156,8 @@ pub enum CheckId {
     StagingSucceeded,
     /// `staging_status: FAILED` (a rollback check).
     StagingFailed,
-    /// Staging ran the PR's current head.
-    ImageFresh,
+    /// Staging validated the PR's current head, and the task records it (the pin).
+    RevisionPinned,
     /// Gitea says the branch is mergeable.
     BranchMergeable,
     /// `deploy_status: SUCCESS`.
@@ -218,10 +226,10 @@ pub const QG_CHECKS: &[CheckSpec] = &[
         eval: staging_failed,
     },
     CheckSpec {
-        id: CheckId::ImageFresh,
-        name: "check_image_fresh",
+        id: CheckId::RevisionPinned,
+        name: "check_revision_pinned",
         needs: &[Need::Staging, Need::Pr],
-        eval: image_fresh,
+        eval: revision_pinned,
     },
     CheckSpec {
         id: CheckId::BranchMergeable,
@@ -290,7 +298,7 @@ pub const GATES: &[GateSpec] = &[
         advance_to: Stage::Deploy,
         checks: &[
             CheckId::StagingSucceeded,
-            CheckId::ImageFresh,
+            CheckId::RevisionPinned,
             CheckId::BranchMergeable,
         ],
         rollback_when: Some(CheckId::StagingFailed),
@@ -517,26 +525,52 @@ fn staging_failed(i: &GateInputs) -> CheckResult {
     }
 }
 
-fn image_fresh(i: &GateInputs) -> CheckResult {
-    if !i.freshness_applies {
-        return CheckResult::Pass;
-    }
+/// The pin, for every repo: the report's `checked_revision` is the PR's current head,
+/// and so is the validated revision recorded on the task (what `merge-guard` will pin
+/// the merge to). Where image freshness applies, `checked_revision` is what staging
+/// said it runs; elsewhere it is the PR head `staging-check` validated. Either way a
+/// report without one, or one for an older head, cannot let the task go to production.
+fn revision_pinned(i: &GateInputs) -> CheckResult {
     let report = match &i.staging {
         Ok(r) => r,
         Err(e) => return artefact_fail(e),
     };
     let Some(checked) = report.checked_revision.as_deref() else {
-        return CheckResult::Fail("the staging report has no checked_revision".into());
+        return CheckResult::Fail(
+            "the staging report has no checked_revision, so no revision is pinned: deploy the \
+             PR head to staging and run `orch staging-check --task <task id or key>` (an agent \
+             may rely on ORCH_TASK_ID instead of --task)"
+                .into(),
+        );
+    };
+    let kind = if i.freshness_applies {
+        "the image staging runs"
+    } else {
+        "the PR head staging-check validated"
     };
     with_pr(i, |pr| {
-        if revisions_match(checked, &pr.head_sha) {
-            CheckResult::Pass
-        } else {
-            CheckResult::Fail(format!(
-                "staging checked {} but the PR head is {}",
+        if !revisions_match(checked, &pr.head_sha) {
+            return CheckResult::Fail(format!(
+                "staging checked {} ({kind}) but the PR head is now {}: deploy the new head to \
+                 staging and run `orch staging-check` again",
                 short(checked),
                 short(&pr.head_sha)
-            ))
+            ));
+        }
+        match i.validated_revision.as_deref() {
+            Some(v) if revisions_match(v, &pr.head_sha) => CheckResult::Pass,
+            Some(v) => CheckResult::Fail(format!(
+                "the task's validated revision is {} but the PR head is {}: run `orch \
+                 staging-check --task <task id or key>` again",
+                short(v),
+                short(&pr.head_sha)
+            )),
+            None => CheckResult::Fail(
+                "the task has no validated revision (the staging report was not written by \
+                 `orch staging-check` for this task): run `orch staging-check --task <task id \
+                 or key>`"
+                    .into(),
+            ),
         }
     })
 }
@@ -790,12 +824,30 @@ mod tests {
     #[test]
     fn deploy_staging_gate_table() {
         use StagingStatus::*;
-        let cases: Vec<(&str, StagingFact, PrFact, bool, &str)> = vec![
+        type Case = (
+            &'static str,
+            StagingFact,
+            PrFact,
+            bool,
+            Option<&'static str>,
+            &'static str,
+        );
+        const OLD: &str = "deadbeefdeadbeef";
+        let cases: Vec<Case> = vec![
             (
-                "green",
+                "green, image-freshness pin",
                 staging(Success, Some(SHA)),
                 pr(true, false, Some(true)),
                 true,
+                Some(SHA),
+                "advance",
+            ),
+            (
+                "green, pr-head pin (a default install's ordinary repo)",
+                staging(Success, Some(SHA)),
+                pr(true, false, Some(true)),
+                false,
+                Some(SHA),
                 "advance",
             ),
             (
@@ -803,6 +855,7 @@ mod tests {
                 staging(Success, Some(&SHA[..12])),
                 pr(true, false, Some(true)),
                 true,
+                Some(&SHA[..7]),
                 "advance",
             ),
             (
@@ -810,27 +863,55 @@ mod tests {
                 staging(Failed, Some(SHA)),
                 pr(true, false, Some(true)),
                 true,
+                None,
                 "rollback",
             ),
             (
                 "stale image",
-                staging(Success, Some("deadbeefdeadbeef")),
+                staging(Success, Some(OLD)),
                 pr(true, false, Some(true)),
                 true,
+                Some(OLD),
                 "wait-fail",
             ),
             (
-                "stale but freshness off",
-                staging(Success, Some("deadbeefdeadbeef")),
+                "pr-head pin of an older head",
+                staging(Success, Some(OLD)),
                 pr(true, false, Some(true)),
                 false,
-                "advance",
+                Some(OLD),
+                "wait-fail",
             ),
             (
-                "no revision",
+                "no revision, freshness applies",
                 staging(Success, None),
                 pr(true, false, Some(true)),
                 true,
+                Some(SHA),
+                "wait-fail",
+            ),
+            (
+                "no revision, ordinary repo",
+                staging(Success, None),
+                pr(true, false, Some(true)),
+                false,
+                None,
+                "wait-fail",
+            ),
+            (
+                "report pinned but the task records nothing",
+                staging(Success, Some(SHA)),
+                pr(true, false, Some(true)),
+                false,
+                None,
+                "wait-fail",
+            ),
+            (
+                "the task records an older revision",
+                staging(Success, Some(SHA)),
+                pr(true, false, Some(true)),
+                false,
+                Some(OLD),
                 "wait-fail",
             ),
             (
@@ -838,6 +919,7 @@ mod tests {
                 staging(Success, Some(SHA)),
                 pr(true, false, Some(false)),
                 true,
+                Some(SHA),
                 "wait-unknown",
             ),
             (
@@ -845,6 +927,15 @@ mod tests {
                 staging(Success, Some(SHA)),
                 pr(true, false, None),
                 true,
+                Some(SHA),
+                "wait-unknown",
+            ),
+            (
+                "gitea down",
+                staging(Success, Some(SHA)),
+                Err("connection refused".into()),
+                false,
+                Some(SHA),
                 "wait-unknown",
             ),
             (
@@ -852,6 +943,7 @@ mod tests {
                 staging(Success, Some(SHA)),
                 pr(false, true, Some(false)),
                 true,
+                Some(SHA),
                 "advance",
             ),
             (
@@ -861,14 +953,16 @@ mod tests {
                 }),
                 pr(true, false, Some(true)),
                 true,
+                Some(SHA),
                 "wait-fail",
             ),
         ];
-        for (name, st, p, fresh, want) in cases {
+        for (name, st, p, fresh, validated, want) in cases {
             let inputs = GateInputs {
                 staging: st,
                 pr: p,
                 freshness_applies: fresh,
+                validated_revision: validated.map(str::to_string),
                 ..GateInputs::empty()
             };
             assert_eq!(
@@ -877,6 +971,23 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn an_unpinned_report_names_the_fix() {
+        let inputs = GateInputs {
+            staging: staging(StagingStatus::Success, None),
+            pr: pr(true, false, Some(true)),
+            ..GateInputs::empty()
+        };
+        let d = evaluate(Stage::DeployStaging, &inputs);
+        let blockers = d.blockers();
+        assert!(
+            blockers
+                .starts_with("check_revision_pinned: the staging report has no checked_revision"),
+            "{blockers}"
+        );
+        assert!(blockers.contains("orch staging-check --task"), "{blockers}");
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub enum Pin {
     /// No task: the head as read (`--repo/--pr`), pinned at merge time.
     AsRead,
     /// A task with no validated revision: nothing to pin a merge to.
-    Missing,
+    Missing {
+        /// The task's key, for the message saying what to run.
+        task: String,
+    },
 }
 
 /// What `compare/{base}...{head}` said.
@@ -208,10 +211,12 @@ pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> Ve
         Pin::Validated(rev) if !revisions_match(&pr.head_sha, rev) => {
             return Verdict::Blocked(head_moved(pr, rev));
         }
-        Pin::Missing => {
+        Pin::Missing { task } => {
             return Verdict::Error(format!(
-                "the task has no validated revision to pin PR #{}'s merge to (staging has not \
-                 recorded one): not merging head {}",
+                "task {task} has no validated revision to pin PR #{}'s merge to (staging has \
+                 not recorded one): not merging head {}; deploy that head to staging and run \
+                 `orch staging-check --task {task}` (it records the revision), then run the \
+                 guard again",
                 pr.number,
                 short(&pr.head_sha)
             ));
@@ -539,7 +544,9 @@ mod tests {
             (
                 "merged needs no validated revision",
                 merged(),
-                Pin::Missing,
+                Pin::Missing {
+                    task: "SHOP-1".into(),
+                },
                 Compare::NotAsked,
                 false,
                 "ALREADY_MERGED",
@@ -579,7 +586,9 @@ mod tests {
             (
                 "no validated revision",
                 open(Some(true)),
-                Pin::Missing,
+                Pin::Missing {
+                    task: "SHOP-1".into(),
+                },
                 Compare::Ahead(1),
                 false,
                 "ERROR",

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod intake;
 pub mod job;
 pub mod merge;
+pub mod pin;
 pub mod post_deploy;
 pub mod reap;
 pub mod reconcile;

@@ -291,6 +291,30 @@ pub fn needs_retry_escalation(
         && !matches!(last_event_actor, Some("webhook" | "operator"))
 }
 
+/// What the branch step does with a task whose branch is not confirmed on Gitea.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchPlan {
+    /// Done or cancelled: no branch is needed any more.
+    NotNeeded,
+    /// Ask Gitea for it (an existing branch counts as created).
+    Create,
+    /// Leave it for the next pass, and why.
+    Wait(String),
+}
+
+/// Decides the branch step for a task that lacks its branch. Once Gitea could not be
+/// reached this pass (timeout, refused connection, 5xx), the rest wait for the next
+/// pass rather than each costing a timeout.
+pub fn branch_plan(stage: Stage, gitea_unreachable: Option<&str>) -> BranchPlan {
+    if matches!(stage, Stage::Done | Stage::Cancelled) {
+        return BranchPlan::NotNeeded;
+    }
+    match gitea_unreachable {
+        Some(why) => BranchPlan::Wait(format!("gitea unreachable earlier this pass: {why}")),
+        None => BranchPlan::Create,
+    }
+}
+
 /// What the pass does with one task, as `--dry-run` and `--json` report it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
@@ -584,6 +608,22 @@ mod tests {
         assert!(!needs_retry_escalation(3, true, Some("run-job"), &l));
         assert!(!needs_retry_escalation(3, false, Some("webhook"), &l));
         assert!(!needs_retry_escalation(3, false, Some("operator"), &l));
+    }
+
+    #[test]
+    fn the_branch_step_skips_finished_tasks_and_waits_after_gitea_failed() {
+        for stage in Stage::ALL {
+            let finished = matches!(stage, Stage::Done | Stage::Cancelled);
+            let plan = branch_plan(stage, None);
+            assert_eq!(plan == BranchPlan::NotNeeded, finished, "{stage}");
+            assert_eq!(plan == BranchPlan::Create, !finished, "{stage}");
+            let later = branch_plan(stage, Some("connection refused"));
+            assert_eq!(matches!(later, BranchPlan::Wait(_)), !finished, "{stage}");
+        }
+        assert_eq!(
+            branch_plan(Stage::Analysis, Some("timeout")),
+            BranchPlan::Wait("gitea unreachable earlier this pass: timeout".into())
+        );
     }
 
     #[test]

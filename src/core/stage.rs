@@ -246,7 +246,7 @@ pub const STAGE_TRANSITIONS: &[Transition] = &[
         Stage::DeployStaging,
         Stage::Deploy,
         MoveKind::Advance,
-        "staging_status: SUCCESS, image fresh, branch mergeable",
+        "staging_status: SUCCESS, revision pinned at the PR head, branch mergeable",
     ),
     edge(
         Stage::DeployStaging,

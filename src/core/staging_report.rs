@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::core::pin::PinKind;
 use crate::core::staging::{one_line, Category, Outcome, Verdict, VerdictStatus};
 
 /// One check's line.
@@ -53,8 +54,13 @@ pub struct StagingRun {
     pub verdict: Verdict,
     /// One entry per configured check, in file order.
     pub checks: Vec<CheckLine>,
-    /// The revision staging reported (from an image-freshness check), when read.
+    /// The revision the run validated: what an image-freshness check read from staging,
+    /// or the task's PR head (see `pin`).
     pub checked_revision: Option<String>,
+    /// Which kind of revision `checked_revision` is (`image-freshness` or `pr-head`).
+    pub pin: Option<PinKind>,
+    /// The task's PR whose head was read, when it was.
+    pub pr_number: Option<u64>,
     /// The revision staging had to run, when given.
     pub expected_revision: Option<String>,
     /// When the run happened (RFC 3339).
@@ -100,8 +106,21 @@ impl StagingRun {
         if !self.verdict.waived.is_empty() {
             let _ = writeln!(out, "INFRA-WAIVED: {}", self.verdict.waived.join(","));
         }
+        if let Some(line) = self.pin_line() {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
         out
+    }
+
+    /// Returns `PIN: <kind> <revision> [(PR #N)]` when the run checked a revision.
+    fn pin_line(&self) -> Option<String> {
+        let (rev, kind) = (self.checked_revision.as_deref()?, self.pin?);
+        let pr = self
+            .pr_number
+            .map(|n| format!(" (PR #{n})"))
+            .unwrap_or_default();
+        Some(format!("PIN: {kind} {rev}{pr}"))
     }
 
     /// Renders the JSON output (the same facts as the text, plus `exit_code`).
@@ -119,6 +138,10 @@ impl StagingRun {
             staging_status: &'static str,
             #[serde(skip_serializing_if = "Option::is_none")]
             checked_revision: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pin: Option<PinKind>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pr_number: Option<u64>,
             waived: &'a [String],
             checked_at: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +154,8 @@ impl StagingRun {
         let front = Front {
             staging_status: self.verdict.status.as_str(),
             checked_revision: self.checked_revision.as_deref(),
+            pin: self.checked_revision.as_ref().and(self.pin),
+            pr_number: self.pr_number,
             waived: &self.verdict.waived,
             checked_at: &self.checked_at,
             expected_revision: self.expected_revision.as_deref(),
@@ -164,6 +189,9 @@ impl StagingRun {
         }
         if !self.verdict.waived.is_empty() {
             let _ = writeln!(out, "INFRA-WAIVED: {}\n", self.verdict.waived.join(","));
+        }
+        if let Some(line) = self.pin_line() {
+            let _ = writeln!(out, "{line}\n");
         }
         let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
         out
@@ -213,6 +241,8 @@ mod tests {
                 .collect(),
             verdict: v,
             checked_revision: revision.map(str::to_string),
+            pin: revision.map(|_| PinKind::PrHead),
+            pr_number: revision.map(|_| 3),
             expected_revision: revision.map(str::to_string),
             checked_at: "2026-11-25T03:00:00Z".into(),
             strict: false,
@@ -288,10 +318,25 @@ mod tests {
         assert_eq!(parsed.checked_revision.as_deref(), Some(SHA));
         assert_eq!(parsed.waived, vec!["C9b"]);
         assert!(text.contains("x: y \\| z"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "checked_revision: {SHA}\npin: pr-head\npr_number: 3\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            good.render_text()
+                .ends_with(&format!("PIN: pr-head {SHA} (PR #3)\nVERDICT: SUCCESS\n")),
+            "{}",
+            good.render_text()
+        );
+        assert_eq!(good.render_json()["pin"], "pr-head");
+        assert_eq!(good.render_json()["pr_number"], 3);
 
         let mut inputs = GateInputs::empty();
         inputs.staging = Ok(parsed);
         inputs.freshness_applies = true;
+        inputs.validated_revision = Some(SHA.into());
         inputs.pr = Ok(Some(PrFacts {
             number: 3,
             open: true,

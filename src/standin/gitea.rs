@@ -83,6 +83,11 @@ struct Repo {
     statuses: Vec<Status>,
     /// Explicit `compare base...head` answers, by (base, head).
     ahead: BTreeMap<(String, String), u64>,
+    /// The repository's "delete branch after merge" default (a merge body without
+    /// `delete_branch_after_merge` follows it on 1.25+).
+    delete_branch_after_merge: bool,
+    /// Files committed through the contents API, by (branch, path).
+    files: BTreeMap<(String, String), Vec<u8>>,
 }
 
 impl Repo {
@@ -334,6 +339,8 @@ impl GiteaStandin {
                 pulls: BTreeMap::new(),
                 statuses: Vec::new(),
                 ahead: BTreeMap::new(),
+                delete_branch_after_merge: false,
+                files: BTreeMap::new(),
             },
         );
         self
@@ -409,6 +416,47 @@ impl GiteaStandin {
         });
     }
 
+    /// Sets the repository's "delete branch after merge" default, which a merge
+    /// without `delete_branch_after_merge` in its body follows (Gitea 1.25+).
+    pub fn set_delete_branch_after_merge(&self, repo: &str, delete: bool) {
+        self.with_repo(repo, |r| r.delete_branch_after_merge = delete);
+    }
+
+    /// Returns the numbers of the pull requests whose head branch is `head`, oldest
+    /// first (open or not).
+    pub fn pulls_for(&self, repo: &str, head: &str) -> Vec<u64> {
+        let m = self.model();
+        m.repos.get(repo).map_or_else(Vec::new, |r| {
+            r.pulls
+                .values()
+                .filter(|p| p.head_ref == head)
+                .map(|p| p.number)
+                .collect()
+        })
+    }
+
+    /// Counts every `POST .../pulls/{n}/merge` request received for this repository.
+    pub fn all_merge_calls(&self, repo: &str) -> usize {
+        let prefix = format!("/api/v1/repos/{repo}/pulls/");
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == "POST" && r.path.starts_with(&prefix) && r.path.ends_with("/merge")
+            })
+            .count()
+    }
+
+    /// Returns a file committed through the contents API on `branch`.
+    pub fn file(&self, repo: &str, branch: &str, path: &str) -> Option<Vec<u8>> {
+        let m = self.model();
+        m.repos
+            .get(repo)?
+            .files
+            .get(&(branch.to_string(), path.to_string()))
+            .cloned()
+    }
+
     /// Archives (or unarchives) a repository.
     pub fn set_archived(&self, repo: &str, archived: bool) {
         self.with_repo(repo, |r| r.archived = archived);
@@ -452,6 +500,19 @@ impl GiteaStandin {
         self.with_repo(repo, |r| {
             r.ahead.insert((base.into(), head.into()), commits);
         });
+    }
+
+    /// Merges an open PR in the model as a merge through the API would (no request).
+    pub fn merge_for_test(&self, repo: &str, number: u64) {
+        let mut m = self.model();
+        let rec = Recorded {
+            method: "POST".into(),
+            path: String::new(),
+            query: String::new(),
+            headers: vec![],
+            body: br#"{"Do": "merge"}"#.to_vec(),
+        };
+        let _ = merge(&mut m, repo, &number.to_string(), &rec);
     }
 
     /// Returns a PR's current state in the model.
@@ -504,6 +565,7 @@ impl GiteaStandin {
             }
             g.set_archived(&r.name, r.archived);
             g.set_public(&r.name, r.public);
+            g.set_delete_branch_after_merge(&r.name, r.delete_branch_after_merge);
         }
         g
     }
@@ -548,6 +610,9 @@ pub struct RepoSeed {
     /// Public (default false: private).
     #[serde(default)]
     pub public: bool,
+    /// The "delete branch after merge" default (default false).
+    #[serde(default)]
+    pub delete_branch_after_merge: bool,
 }
 
 fn main_branch() -> String {
@@ -636,7 +701,7 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
         return m.not_found();
     };
     let segs: Vec<String> = rest.split('/').map(decode).collect();
-    if segs.len() < 3 {
+    if segs.len() < 2 || segs[1].is_empty() {
         return m.not_found();
     }
     let repo = format!("{}/{}", segs[0], segs[1]);
@@ -652,6 +717,11 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
     }
     let tail: Vec<&str> = segs[2..].iter().map(String::as_str).collect();
     match (r.method.as_str(), tail.as_slice()) {
+        ("GET", []) => Reply::json(200, &repo_json(m, &m.repos[&repo])),
+        ("POST", ["pulls"]) => create_pull(m, &repo, r),
+        ("POST", ["contents", path @ ..]) if !path.is_empty() => {
+            create_file(m, &repo, &path.join("/"), r)
+        }
         ("GET", ["pulls"]) => list_pulls(m, &repo, r),
         ("GET", ["pulls", n]) => with_pull(m, &repo, n, |m, repo, p| {
             Reply::json(200, &pull_json(m, repo, p))
@@ -808,7 +878,7 @@ fn repo_json(m: &Model, r: &Repo) -> Value {
         "allow_rebase_update": true,
         "allow_manual_merge": false,
         "autodetect_manual_merge": false,
-        "default_delete_branch_after_merge": false,
+        "default_delete_branch_after_merge": r.delete_branch_after_merge,
         "default_merge_style": "merge",
         "default_allow_maintainer_edit": false,
         "avatar_url": "",
@@ -1027,6 +1097,193 @@ fn create_branch(m: &mut Model, repo: &str, r: &Recorded) -> Reply {
         .branches
         .insert(new, from);
     reply
+}
+
+/// `POST .../pulls` (`CreatePullRequest`): 422 for a missing `head`/`base`/`title`
+/// (the form binding) or `head == base`; 404 when either branch is missing
+/// (`parseCompareInfo`); 409 when an open PR from `head` into `base` exists
+/// (`ErrPullRequestAlreadyExists`); else 201 with the new PR, numbered after the
+/// repository's highest.
+fn create_pull(m: &mut Model, repo: &str, r: &Recorded) -> Reply {
+    if m.repos[repo].archived {
+        return m.error(423, &format!("{repo} is archived"));
+    }
+    let Some(body) = r.json().filter(Value::is_object) else {
+        return m.error(422, "[Head]: Required");
+    };
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (head, base, title) = (text("head"), text("base"), text("title"));
+    for (value, name) in [(&head, "Head"), (&base, "Base"), (&title, "Title")] {
+        if value.is_empty() {
+            return m.error(422, &format!("[{name}]: Required"));
+        }
+    }
+    if head == base {
+        return m.error(
+            422,
+            "Invalid PullRequest: There are no changes between the head and the base",
+        );
+    }
+    let rp = &m.repos[repo];
+    let (Some(head_sha), true) = (
+        rp.branches.get(&head).cloned(),
+        rp.branches.contains_key(&base),
+    ) else {
+        return m.not_found();
+    };
+    if let Some(p) = rp
+        .pulls
+        .values()
+        .find(|p| p.open && p.head_ref == head && p.base_ref == base)
+    {
+        let msg = format!(
+            "pull request already exists for these targets [id: {}, issue_id: {}, head_repo_id: {}, base_repo_id: {}, head_branch: {head}, base_branch: {base}]",
+            p.id, p.number, rp.id, rp.id
+        );
+        return m.error(409, &msg);
+    }
+    let number = rp.pulls.keys().next_back().copied().unwrap_or(0) + 1;
+    let id = m.next_id();
+    let pull = Pull {
+        number,
+        id,
+        draft: is_wip(&title),
+        title,
+        head_ref: head,
+        head_sha,
+        base_ref: base,
+        open: true,
+        merged: false,
+        mergeable: true,
+        merged_at: None,
+        merge_commit_sha: None,
+        closed_at: None,
+    };
+    let rp = m.repos.get_mut(repo).expect("checked above");
+    rp.pulls.insert(number, pull);
+    let rp = &m.repos[repo];
+    Reply::json(201, &pull_json(m, rp, &rp.pulls[&number]))
+}
+
+/// `POST .../contents/{filepath}` (`CreateFile`): commits one new file to `branch`
+/// (default: the default branch), or to `new_branch` started from it. 422 for a
+/// missing or non-base64 `content`, a file that exists, or a `new_branch` that exists;
+/// 404 when `branch` does not exist; else 201 with the file and the new commit, and
+/// the branch tip moves to it.
+fn create_file(m: &mut Model, repo: &str, path: &str, r: &Recorded) -> Reply {
+    use base64::Engine as _;
+    if m.repos[repo].archived {
+        return m.error(423, &format!("{repo} is archived"));
+    }
+    let Some(body) = r.json().filter(Value::is_object) else {
+        return m.error(422, "[ContentBase64]: Required");
+    };
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let encoded = text("content");
+    if encoded.is_empty() {
+        return m.error(422, "[ContentBase64]: Required");
+    }
+    let Ok(content) = base64::engine::general_purpose::STANDARD.decode(encoded.as_bytes()) else {
+        return m.error(422, "illegal base64 data in content");
+    };
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return m.error(
+            422,
+            &format!("path contains a malformed path component [path: {path}]"),
+        );
+    }
+    let rp = &m.repos[repo];
+    let branch = Some(text("branch"))
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| rp.default_branch.clone());
+    let Some(parent) = rp.branches.get(&branch).cloned() else {
+        return m.error(404, &format!("branch does not exist [name: {branch}]"));
+    };
+    let target = Some(text("new_branch"))
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| branch.clone());
+    if target != branch && rp.branches.contains_key(&target) {
+        return m.error(422, &format!("branch already exists [name: {target}]"));
+    }
+    if rp.files.contains_key(&(branch.clone(), path.to_string())) {
+        return m.error(
+            422,
+            &format!("repository file already exists [path: {path}]"),
+        );
+    }
+    let message = Some(text("message"))
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("Add {path}"));
+    let sha = fake_sha(&format!("{repo}:{parent}:{path}:{}", hex::encode(&content)));
+    let blob = fake_sha(&format!("blob:{}", hex::encode(&content)));
+    let rp = m.repos.get_mut(repo).expect("checked above");
+    let inherited: Vec<(String, Vec<u8>)> = rp
+        .files
+        .iter()
+        .filter(|((b, _), _)| *b == branch && target != branch)
+        .map(|((_, p), c)| (p.clone(), c.clone()))
+        .collect();
+    for (p, c) in inherited {
+        rp.files.insert((target.clone(), p), c);
+    }
+    rp.files
+        .insert((target.clone(), path.to_string()), content.clone());
+    rp.branches.insert(target, sha.clone());
+    let api = format!("{}/api/v1/repos/{repo}", m.url);
+    let web = format!("{}/{repo}", m.url);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let person = json!({"name": "Merge Bot", "email": "merge-bot@example.com", "date": "2026-01-21T09:50:00Z"});
+    Reply::json(
+        201,
+        &json!({
+            "content": {
+                "name": name,
+                "path": path,
+                "sha": blob,
+                "last_commit_sha": sha,
+                "type": "file",
+                "size": content.len(),
+                "encoding": "base64",
+                "content": encoded,
+                "target": null,
+                "url": format!("{api}/contents/{path}?ref={branch}"),
+                "html_url": format!("{web}/src/branch/{branch}/{path}"),
+                "git_url": format!("{api}/git/blobs/{blob}"),
+                "download_url": format!("{web}/raw/branch/{branch}/{path}"),
+                "submodule_git_url": null,
+                "_links": {
+                    "self": format!("{api}/contents/{path}?ref={branch}"),
+                    "git": format!("{api}/git/blobs/{blob}"),
+                    "html": format!("{web}/src/branch/{branch}/{path}"),
+                },
+            },
+            "commit": {
+                "url": format!("{api}/git/commits/{sha}"),
+                "sha": sha,
+                "created": "2026-01-21T09:50:00Z",
+                "html_url": format!("{web}/commit/{sha}"),
+                "author": person.clone(),
+                "committer": person,
+                "parents": [{"url": format!("{api}/git/commits/{parent}"), "sha": parent, "created": "0001-01-01T00:00:00Z"}],
+                "message": format!("{message}\n"),
+                "tree": {"url": format!("{api}/git/trees/{sha}"), "sha": sha, "created": "0001-01-01T00:00:00Z"},
+            },
+            "verification": {"verified": false, "reason": "gpg.error.not_signed_commit", "signature": "", "signer": null, "payload": ""},
+        }),
+    )
 }
 
 fn status_json(m: &Model, repo: &str, s: &Status) -> Value {
@@ -1296,10 +1553,15 @@ fn merge(m: &mut Model, repo: &str, n: &str, r: &Recorded) -> Reply {
     if !expected.is_empty() && expected != head_sha {
         return m.error(409, "head out of date");
     }
-    let delete_branch = body
+    // Omitted: 1.25+ follows the repository's default (gitea.md §4.4); older versions
+    // read a plain bool that defaults to false.
+    let delete_branch = match body
         .get("delete_branch_after_merge")
         .and_then(Value::as_bool)
-        .unwrap_or(false);
+    {
+        Some(d) => d,
+        None => m.version == GiteaVersion::Current && m.repos[repo].delete_branch_after_merge,
+    };
     let merge_sha = fake_sha(&format!("merge:{repo}:{number}:{head_sha}"));
     let now = now_rfc3339();
     let rp = m.repos.get_mut(repo).expect("checked above");
@@ -1344,6 +1606,197 @@ mod tests {
         for bad in ["", "a b", "a..b", "-a", "a/", "a.lock", "a:b", "x~1"] {
             assert!(!valid_branch_name(bad), "{bad}");
         }
+    }
+
+    struct Api {
+        g: GiteaStandin,
+        c: reqwest::blocking::Client,
+    }
+
+    impl Api {
+        fn new() -> Api {
+            let g = GiteaStandin::start(DEFAULT_TOKEN);
+            g.add_repo("acme/shop", "main");
+            g.push("acme/shop", "task/shop-1", &fake_sha("t1"));
+            Api {
+                g,
+                c: reqwest::blocking::Client::new(),
+            }
+        }
+
+        fn post(&self, route: &str, body: &str) -> (u16, Value) {
+            let res = self
+                .c
+                .post(format!("{}/api/v1/repos/acme/shop/{route}", self.g.url()))
+                .header("Authorization", format!("token {DEFAULT_TOKEN}"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json().unwrap_or(Value::Null))
+        }
+
+        fn pr(&self, head: &str, base: &str) -> (u16, Value) {
+            self.post(
+                "pulls",
+                &json!({"head": head, "base": base, "title": "Add a basket"}).to_string(),
+            )
+        }
+    }
+
+    #[test]
+    fn creating_a_pull_request_answers_like_gitea() {
+        let api = Api::new();
+        let (status, pr) = api.pr("task/shop-1", "main");
+        assert_eq!(status, 201, "{pr}");
+        assert_eq!(pr["number"], 1);
+        assert_eq!(pr["state"], "open");
+        assert_eq!(pr["head"]["ref"], "task/shop-1");
+        assert_eq!(pr["head"]["sha"], fake_sha("t1"));
+        assert_eq!(pr["base"]["ref"], "main");
+        let (status, body) = api.pr("task/shop-1", "main");
+        assert_eq!(status, 409, "an open PR for the same head and base");
+        let msg = body["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("pull request already exists for these targets [id: ")
+                && msg.contains("issue_id: 1,"),
+            "{msg}"
+        );
+        assert_eq!(api.pr("task/nope", "main").0, 404, "missing head");
+        assert_eq!(api.pr("task/shop-1", "nope").0, 404, "missing base");
+        let (status, body) = api.pr("main", "main");
+        assert_eq!(status, 422);
+        assert_eq!(
+            body["message"],
+            "Invalid PullRequest: There are no changes between the head and the base"
+        );
+        for (body, field) in [
+            (json!({"base": "main", "title": "t"}), "Head"),
+            (json!({"head": "task/shop-1", "title": "t"}), "Base"),
+            (json!({"head": "task/shop-1", "base": "main"}), "Title"),
+        ] {
+            let (status, b) = api.post("pulls", &body.to_string());
+            assert_eq!(
+                (status, b["message"].clone()),
+                (422, json!(format!("[{field}]: Required")))
+            );
+        }
+        assert_eq!(api.post("pulls", "not json").0, 422);
+        // Once merged, the PR no longer blocks a new one from the same branch.
+        api.g.merge_for_test("acme/shop", 1);
+        api.g.push("acme/shop", "task/shop-1", &fake_sha("t2"));
+        let (status, pr) = api.pr("task/shop-1", "main");
+        assert_eq!((status, pr["number"].clone()), (201, json!(2)));
+        assert_eq!(api.g.pulls_for("acme/shop", "task/shop-1"), vec![1, 2]);
+    }
+
+    #[test]
+    fn committing_a_file_moves_the_branch() {
+        let api = Api::new();
+        let before = api.g.branch("acme/shop", "task/shop-1").unwrap();
+        let body = json!({"branch": "task/shop-1", "content": "aGVsbG8K", "message": "Add notes"});
+        let (status, res) = api.post("contents/docs/notes.md", &body.to_string());
+        assert_eq!(status, 201, "{res}");
+        let tip = api.g.branch("acme/shop", "task/shop-1").unwrap();
+        assert_ne!(tip, before);
+        assert_eq!(res["commit"]["sha"], tip.as_str());
+        assert_eq!(res["commit"]["parents"][0]["sha"], before.as_str());
+        assert_eq!(res["content"]["path"], "docs/notes.md");
+        assert_eq!(
+            api.g.file("acme/shop", "task/shop-1", "docs/notes.md"),
+            Some(b"hello\n".to_vec())
+        );
+        assert_eq!(
+            api.g.branch("acme/shop", "main"),
+            Some(fake_sha("acme/shop:main"))
+        );
+        let (status, res) = api.post("contents/docs/notes.md", &body.to_string());
+        assert_eq!(status, 422, "the file exists: {res}");
+        let cases = [
+            (json!({"branch": "nope", "content": "aGVsbG8K"}), 404),
+            (json!({"branch": "task/shop-1"}), 422),
+            (json!({"branch": "task/shop-1", "content": "%%%"}), 422),
+            (
+                json!({"branch": "task/shop-1", "content": "aGk=", "new_branch": "main"}),
+                422,
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                api.post("contents/docs/other.md", &body.to_string()).0,
+                want,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            api.post("contents/a//b.md", &json!({"content": "aGk="}).to_string())
+                .0,
+            422
+        );
+        // No branch: the default branch; new_branch starts a branch from it.
+        let body = json!({"content": "aGk=", "new_branch": "task/shop-2"});
+        assert_eq!(api.post("contents/x.md", &body.to_string()).0, 201);
+        assert!(api.g.branch("acme/shop", "task/shop-2").is_some());
+        assert_eq!(
+            api.g.branch("acme/shop", "main"),
+            Some(fake_sha("acme/shop:main"))
+        );
+    }
+
+    #[test]
+    fn a_merge_deletes_the_head_branch_when_asked_or_by_the_repo_default() {
+        let api = Api::new();
+        let merge =
+            |n: u64, body: Value| api.post(&format!("pulls/{n}/merge"), &body.to_string()).0;
+        api.pr("task/shop-1", "main");
+        assert_eq!(merge(1, json!({"Do": "merge"})), 200);
+        assert!(
+            api.g.branch("acme/shop", "task/shop-1").is_some(),
+            "kept by default"
+        );
+        api.g.push("acme/shop", "task/shop-2", &fake_sha("t2"));
+        api.pr("task/shop-2", "main");
+        assert_eq!(
+            merge(2, json!({"Do": "merge", "delete_branch_after_merge": true})),
+            200
+        );
+        assert!(
+            api.g.branch("acme/shop", "task/shop-2").is_none(),
+            "deleted when asked"
+        );
+        api.g.set_delete_branch_after_merge("acme/shop", true);
+        api.g.push("acme/shop", "task/shop-3", &fake_sha("t3"));
+        api.pr("task/shop-3", "main");
+        api.g.push("acme/shop", "task/shop-4", &fake_sha("t4"));
+        api.pr("task/shop-4", "main");
+        assert_eq!(
+            merge(
+                3,
+                json!({"Do": "merge", "delete_branch_after_merge": false})
+            ),
+            200
+        );
+        assert!(
+            api.g.branch("acme/shop", "task/shop-3").is_some(),
+            "an explicit false wins"
+        );
+        assert_eq!(merge(4, json!({"Do": "merge"})), 200);
+        assert!(
+            api.g.branch("acme/shop", "task/shop-4").is_none(),
+            "the repo default"
+        );
+        assert_eq!(api.g.all_merge_calls("acme/shop"), 4);
+        let repo: Value = api
+            .c
+            .get(format!("{}/api/v1/repos/acme/shop", api.g.url()))
+            .header("Authorization", format!("token {DEFAULT_TOKEN}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(repo["default_branch"], "main");
+        assert_eq!(repo["default_delete_branch_after_merge"], true);
     }
 
     #[test]

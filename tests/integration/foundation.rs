@@ -297,6 +297,7 @@ fn status_text_json_and_prometheus() {
     escalated: none
     post-deploy: none armed
     merge lease: free
+    staging: free
     last passes: none yet
     ");
     let prom = std::fs::read_to_string(env.path("metrics/orch.prom")).unwrap();
@@ -326,6 +327,9 @@ fn status_text_json_and_prometheus() {
     # HELP orch_running_job_oldest_age_seconds Age of the oldest running job.
     # TYPE orch_running_job_oldest_age_seconds gauge
     orch_running_job_oldest_age_seconds 90
+    # HELP orch_staging_held 1 while a deploy-staging job holds the staging environment.
+    # TYPE orch_staging_held gauge
+    orch_staging_held 0
     # HELP orch_pass_last_run_timestamp_seconds When each subcommand's last pass started.
     # TYPE orch_pass_last_run_timestamp_seconds gauge
     # HELP orch_pass_duration_seconds How long each subcommand's last pass took.
@@ -365,6 +369,10 @@ fn status_text_json_and_prometheus() {
       ],
       "running_total": 1,
       "schema_version": 4,
+      "staging": {
+        "holders": [],
+        "state": "free"
+      },
       "tasks": {
         "analysis": 1,
         "cancelled": 1,

@@ -912,3 +912,77 @@ fn job_list_enqueue_and_cancel() {
     let f = env.run(&["job", "list", "--status", "cancelled"]).expect(0);
     assert_eq!(f.stdout.lines().count(), 2, "{}", f.stdout);
 }
+
+#[test]
+fn dispatch_puts_one_deploy_staging_job_on_staging_at_a_time() {
+    // Two tasks in deploy-staging, a limit of 2: staging is one environment, so the
+    // second deployer waits until the first has ended. Each agent blocks opening the
+    // FIFO until the test reads it: the first job is really running while we look.
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    mkfifo(&fifo);
+    let mut env = TestEnv::with_pipeline(&pipeline(&format!("--ready-fifo, {},", fifo.display())));
+    env.set("ORCH_MAX_CONCURRENCY", "2");
+    let first = seed(&env, "orch", 1, "deploy-staging", "queued")[0];
+    let second = seed(&env, "shop", 1, "deploy-staging", "queued")[0];
+    let out = env.run(&["dispatch"]).expect(0);
+    assert!(out.stderr.contains("started=1 "), "{}", out.stderr);
+    assert!(out.stderr.contains("staging_waits=1"), "{}", out.stderr);
+    assert_eq!(
+        job_row(&env, first).0,
+        "running",
+        "the older job goes first"
+    );
+    assert_eq!(job_row(&env, second).0, "queued");
+
+    // While it runs: another pass starts nothing, and says why.
+    let dry = env.run(&["dispatch", "--dry-run"]).expect(0);
+    assert!(dry.stdout.contains("would start 0"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains(&format!(
+            "job {second} (shop): waits: staging is held by deploy-staging job {first} of ORCH-1"
+        )),
+        "{}",
+        dry.stdout
+    );
+    env.run(&["dispatch"]).expect(0);
+    assert_eq!(
+        job_row(&env, second).0,
+        "queued",
+        "a free slot is not enough"
+    );
+    let status = env.run(&["status"]).expect(0);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("staging: held by job {first} (ORCH-1) for ")),
+        "{}",
+        status.stdout
+    );
+    let json = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(json["staging"]["state"], "held");
+    assert_eq!(json["staging"]["holders"][0]["job_id"], first);
+    assert_eq!(json["staging"]["holders"][0]["key"], "ORCH-1");
+
+    // The first job ends: the second takes staging.
+    let supervisor = |job: i64| -> i64 {
+        env.db()
+            .query_row(
+                "SELECT supervisor_pid FROM jobs WHERE id = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(read_fifo_line(&fifo).starts_with("ready "));
+    assert!(wait_exit(supervisor(first), Duration::from_secs(30)));
+    assert_eq!(job_row(&env, first).0, "succeeded");
+    let json = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(json["staging"]["state"], "free");
+    let out = env.run(&["dispatch"]).expect(0);
+    assert!(out.stderr.contains("started=1 "), "{}", out.stderr);
+    assert_eq!(job_row(&env, second).0, "running");
+    assert!(read_fifo_line(&fifo).starts_with("ready "));
+    assert!(wait_exit(supervisor(second), Duration::from_secs(30)));
+    assert_eq!(job_row(&env, second).0, "succeeded");
+}

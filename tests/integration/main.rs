@@ -5,12 +5,15 @@
 mod common;
 
 mod clients;
+mod crash;
 mod foundation;
 mod jobs;
 mod merge_guard;
 mod post_deploy;
+mod prompts;
 mod reconcile;
 mod rounds;
 mod staging_check;
 mod staging_roundtrip;
+mod the_loop;
 mod webhook;

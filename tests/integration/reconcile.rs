@@ -92,7 +92,7 @@ fn world() -> World {
 }
 
 impl World {
-    /// Seeds a task; returns its id.
+    /// Seeds a fully started task (its branch confirmed on Gitea); returns its id.
     fn task(&self, project: &str, n: u64, stage: &str, entered: i64, retries: u32) -> i64 {
         let (name, ident, pid) = match project {
             "orch" => ("orch", "ORCH", P1),
@@ -103,8 +103,8 @@ impl World {
         let db = self.env.db();
         db.execute(
             "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                 stage_entered_at, developer_retries, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, ?8, ?7, ?7)",
+                 stage_entered_at, developer_retries, created_at, updated_at, branch_ready_at)
+             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, ?8, ?7, ?7, ?7)",
             rusqlite::params![
                 name,
                 item_id(pid, n),
@@ -505,8 +505,8 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
             };
             db.execute(
                 "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                     stage_entered_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'Work', ?4, ?5, 'review', 0, 0, 0)",
+                     stage_entered_at, created_at, updated_at, branch_ready_at)
+                 VALUES (?1, ?2, ?3, 'Work', ?4, ?5, 'review', 0, 0, 0, 0)",
                 rusqlite::params![
                     name,
                     item_id(pid, n),

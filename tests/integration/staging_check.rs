@@ -8,9 +8,10 @@ use std::sync::Arc;
 use orch::core::artefact::{parse_staging_report, StagingStatus};
 use orch::core::gate::{evaluate, GateDecision, GateInputs, PrFacts};
 use orch::core::stage::Stage;
+use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::{Recorded, Reply, Server};
 
-use crate::common::{Run, TestEnv};
+use crate::common::{Run, TestEnv, NOW_UNIX};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const OLD_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -298,6 +299,7 @@ fn gate_inputs(report_text: &str) -> GateInputs {
     let mut inputs = GateInputs::empty();
     inputs.staging = parse_staging_report(Some(report_text));
     inputs.freshness_applies = true;
+    inputs.validated_revision = Some(SHA.into());
     inputs.pr = Ok(Some(PrFacts {
         number: 12,
         open: true,
@@ -472,7 +474,19 @@ fn an_older_task_report_never_outlives_a_failed_run() {
         "{}",
         run.stdout
     );
+    // Freshness off: the run pins the PR head, read from Gitea.
     env.set("ORCH_IMAGE_FRESHNESS_ENABLED", "false");
+    let branch: String = env
+        .db()
+        .query_row("SELECT branch FROM tasks WHERE key = 'ORCH-7'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let g = GiteaStandin::start(DEFAULT_TOKEN);
+    g.add_repo("acme/orch", "main");
+    g.add_pull("acme/orch", &PullSeed::open(3, &branch).head_sha(SHA));
+    env.set("ORCH_GITEA_URL", g.url())
+        .set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN);
     env.run(&["staging-check", "--task", "ORCH-7"]).expect(0);
     let task_report = env.path("artefacts/ORCH-7/10-staging-report.md");
     assert!(std::fs::read_to_string(&task_report)
@@ -492,4 +506,415 @@ fn an_older_task_report_never_outlives_a_failed_run() {
     assert_eq!(last_line(&run), "VERDICT: FAILED");
     let text = std::fs::read_to_string(&task_report).unwrap();
     assert!(text.contains("staging_status: FAILED"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The pin on every path: an ordinary repository (image freshness does not apply), the
+// deployer's own call (`--report FILE`, the task from ORCH_TASK_ID), and the merge.
+
+const SHOP_PROJECTS: &str = r#"
+plane: { workspace: acme }
+projects:
+  - name: orch
+    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
+    plane_identifier: ORCH
+    repo: acme/orch
+    self_hosting: true
+  - name: shop
+    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
+    plane_identifier: SHOP
+    repo: acme/shop
+"#;
+const SHOP_REPO: &str = "acme/shop";
+const SHOP_BRANCH: &str = "task/shop-1-basket";
+/// The head staging is deployed with.
+const HEAD: &str = "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2";
+const MERGE_PATH: &str = "/api/v1/repos/acme/shop/pulls/7/merge";
+
+/// A Gitea stand-in with `acme/shop` and PR #7 from [`SHOP_BRANCH`] at [`HEAD`].
+fn shop_gitea() -> GiteaStandin {
+    let g = GiteaStandin::start(DEFAULT_TOKEN);
+    g.add_repo(SHOP_REPO, "main");
+    g.add_pull(
+        SHOP_REPO,
+        &PullSeed::open(7, SHOP_BRANCH)
+            .head_sha(HEAD)
+            .title("Add a basket page"),
+    );
+    g
+}
+
+/// An env on default settings (apart from URLs and secrets) with the shop task SHOP-1 at
+/// deploy-staging, no PR recorded and nothing validated, and the job environment
+/// run-job gives the deployer (ORCH_TASK_ID and friends).
+fn shop_env(gitea_url: &str, staging_url: &str) -> TestEnv {
+    let mut env = TestEnv::with_pipeline(&format!(
+        "{SHOP_PROJECTS}staging:\n  checks:\n    - {{ id: C1, name: health, kind: http, url: \"{staging_url}/health\" }}\n"
+    ));
+    env.set("ORCH_GITEA_URL", gitea_url)
+        .set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN)
+        .set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "0")
+        .set("ORCH_HTTP_TIMEOUT_S", "10");
+    env.run(&["init"]).expect(0);
+    env.db()
+        .execute(
+            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage, \
+             stage_entered_at, created_at, updated_at) \
+             VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', 'SHOP-1', \
+             'Add a basket page', ?1, ?2, 'deploy-staging', ?3, ?3, ?3)",
+            rusqlite::params![SHOP_REPO, SHOP_BRANCH, NOW_UNIX],
+        )
+        .unwrap();
+    let artefacts = env.path("artefacts/SHOP-1").display().to_string();
+    env.set("ORCH_TASK_ID", "1")
+        .set("ORCH_TASK_KEY", "SHOP-1")
+        .set("ORCH_JOB_ID", "1")
+        .set("ORCH_TASK_ARTEFACTS", &artefacts);
+    env
+}
+
+fn validated(env: &TestEnv) -> Option<String> {
+    env.db()
+        .query_row(
+            "SELECT validated_revision FROM tasks WHERE key = 'SHOP-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn task_report(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.path("artefacts/SHOP-1/10-staging-report.md")).unwrap()
+}
+
+#[test]
+fn a_deployer_pins_the_pr_head_of_an_ordinary_repo_and_the_merge_uses_it() {
+    let g = shop_gitea();
+    let s = staging(SHA);
+    let env = shop_env(g.url(), s.url());
+    // The deployer's staging step, word for word: the task comes from ORCH_TASK_ID.
+    let file = env.path("deployer-staging.md");
+    let run = env
+        .run(&["staging-check", "--report", file.to_str().unwrap()])
+        .expect(0);
+    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .ends_with(&format!("PIN: pr-head {HEAD} (PR #7)\nVERDICT: SUCCESS\n")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
+    let pr: Option<i64> = env
+        .db()
+        .query_row(
+            "SELECT pr_number FROM tasks WHERE key = 'SHOP-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pr, Some(7), "the PR found by its branch is recorded");
+    // The task's own report, which the gate reads, and the deployer's copy.
+    let text = task_report(&env);
+    assert_eq!(text, std::fs::read_to_string(&file).unwrap());
+    assert!(
+        text.contains(&format!(
+            "staging_status: SUCCESS\nchecked_revision: {HEAD}\npin: pr-head\npr_number: 7\n"
+        )),
+        "{text}"
+    );
+    // The deploy-staging gate on a default install passes on it.
+    let snapshot = g.pull(SHOP_REPO, 7).unwrap();
+    let mut inputs = GateInputs::empty();
+    inputs.staging = parse_staging_report(Some(&text));
+    inputs.freshness_applies =
+        orch::core::staging::freshness_applies(true, &[], Some(("shop", SHOP_REPO, false)));
+    inputs.validated_revision = validated(&env);
+    inputs.pr = Ok(Some(PrFacts {
+        number: 7,
+        open: snapshot.state == "open",
+        merged: snapshot.merged,
+        mergeable: Some(true),
+        head_sha: snapshot.head_sha.clone(),
+    }));
+    let d = evaluate(Stage::DeployStaging, &inputs);
+    assert!(
+        matches!(
+            d,
+            GateDecision::Advance {
+                to: Stage::Deploy,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    let json = env.run(&["staging-check", "--json"]).expect(0).json();
+    assert_eq!(json["pin"], "pr-head");
+    assert_eq!(json["pr_number"], 7);
+    assert_eq!(json["checked_revision"], HEAD);
+
+    // The merge pins that revision.
+    let run = env
+        .run(&["merge-guard", "--task", "1", "--merge"])
+        .expect(0);
+    assert!(
+        run.stdout.starts_with("MERGE-GUARD: MERGED "),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(g.merge_calls(SHOP_REPO, 7), 1);
+    let merge: Vec<serde_json::Value> = g
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == MERGE_PATH)
+        .map(|r| r.json().unwrap())
+        .collect();
+    assert_eq!(merge[0]["head_commit_id"], HEAD);
+    assert!(g.pull(SHOP_REPO, 7).unwrap().merged);
+}
+
+#[test]
+fn a_head_that_moves_during_the_check_is_refused_and_nothing_is_recorded() {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::Mutex;
+    let g = shop_gitea();
+    // Staging answers /health only once the test has pushed a new head: the push lands
+    // while the check runs, after its first read of the PR.
+    let (hit_tx, hit_rx) = channel::<()>();
+    let (go_tx, go_rx) = channel::<()>();
+    let hit_tx: Mutex<Sender<()>> = Mutex::new(hit_tx);
+    let go_rx = Mutex::new(go_rx);
+    let s = Server::start(Arc::new(move |_r: &Recorded| {
+        let _ = hit_tx.lock().unwrap().send(());
+        let _ = go_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(30));
+        Reply::raw(200, "text/plain", "ok")
+    }));
+    let env = shop_env(g.url(), s.url());
+    // An earlier run validated the head; this one, failing, must not leave that behind.
+    env.db()
+        .execute(
+            "UPDATE tasks SET validated_revision = ?1 WHERE key = 'SHOP-1'",
+            [HEAD],
+        )
+        .unwrap();
+    let child = env
+        .command(&["staging-check", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    hit_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the check reaches staging");
+    g.push(SHOP_REPO, SHOP_BRANCH, SHA);
+    go_tx.send(()).unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    let run = run.expect(1);
+    let j = run.json();
+    assert_eq!(j["checks"][0]["result"], "pass", "staging itself was fine");
+    assert_eq!(j["verdict"]["status"], "FAILED");
+    let reasons = j["verdict"]["reasons"].to_string();
+    assert!(
+        reasons.contains("internal error: PR #7's head moved during the check")
+            && reasons.contains(HEAD)
+            && reasons.contains(SHA),
+        "{reasons}"
+    );
+    assert_eq!(j["checked_revision"], serde_json::Value::Null);
+    assert_eq!(validated(&env), None, "nothing recorded");
+    let report = parse_staging_report(Some(&task_report(&env))).unwrap();
+    assert_eq!(report.status, StagingStatus::Failed);
+    assert_eq!(report.checked_revision, None);
+    // And the merge refuses, saying what to run.
+    let run = env
+        .run(&["merge-guard", "--task", "1", "--merge"])
+        .expect(2);
+    assert!(
+        run.stdout.starts_with("MERGE-GUARD: ERROR "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("orch staging-check --task SHOP-1"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(g.merge_calls(SHOP_REPO, 7), 0);
+}
+
+#[test]
+fn without_gitea_or_a_pr_a_task_never_gets_a_green_run() {
+    let s = staging(SHA);
+    // Gitea down (nothing listens on its port).
+    let down = refused_url().trim_end_matches("/health").to_string();
+    let env = shop_env(&down, s.url());
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(
+            "REASON: internal error: could not read task SHOP-1's pull request from Gitea"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(last_line(&run), "VERDICT: FAILED");
+    assert!(!run.stdout.contains("PIN:"), "{}", run.stdout);
+    assert_eq!(validated(&env), None);
+    assert!(task_report(&env).contains("staging_status: FAILED"));
+
+    // Gitea answering, but not with pull requests: garbage, then a refused token.
+    let g = GiteaStandin::start(DEFAULT_TOKEN);
+    g.add_repo(SHOP_REPO, "main");
+    let mut env = shop_env(g.url(), s.url());
+    let pulls = "/api/v1/repos/acme/shop/pulls";
+    g.server().script(
+        Some("GET"),
+        pulls,
+        Reply::raw(200, "text/html", "<html>maintenance</html>"),
+        2,
+    );
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
+        "{}",
+        run.stdout
+    );
+    env.set("ORCH_GITEA_TOKEN", "wrong-token");
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(validated(&env), None);
+    env.set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN);
+
+    // Gitea up, but no PR for the task's branch.
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(
+        run.stdout
+            .contains("task SHOP-1 has no open pull request for branch task/shop-1-basket"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(validated(&env), None);
+
+    // A PR, and an expected revision that is not its head.
+    g.add_pull(SHOP_REPO, &PullSeed::open(7, SHOP_BRANCH).head_sha(HEAD));
+    let run = env
+        .run(&["staging-check", "--expected-revision", OLD_SHA])
+        .expect(1);
+    assert!(
+        run.stdout.contains(&format!(
+            "the expected revision {OLD_SHA} (--expected-revision / EXPECTED_REVISION) is not PR #7's head {HEAD}"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(validated(&env), None);
+    env.run(&["staging-check", "--expected-revision", &HEAD[..10]])
+        .expect(0);
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
+
+    // Gitea not configured at all: a configuration error, before any check runs.
+    env.unset("ORCH_GITEA_URL");
+    let run = env.run(&["staging-check"]).expect(2);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("ORCH_GITEA_URL") && run.stderr.contains("SHOP-1"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn orch_task_id_bad_forms() {
+    let g = shop_gitea();
+    let s = staging(SHA);
+    let mut env = shop_env(g.url(), s.url());
+    env.set("ORCH_TASK_ID", "SHOP-404");
+    let run = env.run(&["staging-check"]).expect(2);
+    assert!(
+        run.stderr.contains("ORCH_TASK_ID: no task \"SHOP-404\""),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+    // --task wins over the environment.
+    env.run(&["staging-check", "--task", "SHOP-1"]).expect(0);
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
+    // Not text: a usage error.
+    let out = env
+        .command(&["staging-check"])
+        .env(
+            "ORCH_TASK_ID",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff1"),
+        )
+        .output()
+        .unwrap();
+    let run: Run = out.into();
+    let run = run.expect(2);
+    assert!(
+        run.stderr.contains("ORCH_TASK_ID: not valid text"),
+        "{}",
+        run.stderr
+    );
+    // Empty is unset: a plain run, no task, nothing written for one.
+    env.set("ORCH_TASK_ID", " ");
+    std::fs::remove_file(env.path("artefacts/SHOP-1/10-staging-report.md")).unwrap();
+    let run = env.run(&["staging-check"]).expect(0);
+    assert!(!run.stdout.contains("PIN:"), "{}", run.stdout);
+    assert!(!env.path("artefacts/SHOP-1/10-staging-report.md").exists());
+}
+
+#[test]
+fn an_image_freshness_pin_expects_the_pr_head_by_default() {
+    // The self-hosting repo (image freshness applies by default): with no expected
+    // revision given, staging must run the task's PR head, read from Gitea.
+    let s = staging(SHA);
+    let mut env = env_with_checks(&format!(
+        "    - {{ id: F1, name: image, kind: image-freshness, url: \"{}/version\", json_field: revision }}\n",
+        s.url()
+    ));
+    add_task(&env);
+    let branch: String = env
+        .db()
+        .query_row("SELECT branch FROM tasks WHERE key = 'ORCH-7'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let g = GiteaStandin::start(DEFAULT_TOKEN);
+    g.add_repo("acme/orch", "main");
+    g.add_pull("acme/orch", &PullSeed::open(3, &branch).head_sha(SHA));
+    env.set("ORCH_GITEA_URL", g.url())
+        .set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN)
+        .set("ORCH_TASK_ID", "ORCH-7");
+    let j = env.run(&["staging-check", "--json"]).expect(0).json();
+    assert_eq!(j["pin"], "image-freshness");
+    assert_eq!(j["expected_revision"], SHA);
+    assert_eq!(j["checked_revision"], SHA);
+    assert_eq!(j["pr_number"], 3);
+    let text = std::fs::read_to_string(env.path("artefacts/ORCH-7/10-staging-report.md")).unwrap();
+    assert!(text.contains("pin: image-freshness\n"), "{text}");
+    // A new head pushed after staging was deployed: staging is stale, and the revision
+    // validated before is forgotten.
+    g.push("acme/orch", &branch, OLD_SHA);
+    let run = env.run(&["staging-check"]).expect(1);
+    assert!(line(&run, "F1").contains("stale image"), "{}", run.stdout);
+    let validated: Option<String> = env
+        .db()
+        .query_row(
+            "SELECT validated_revision FROM tasks WHERE key = 'ORCH-7'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(validated, None);
 }

@@ -552,7 +552,7 @@ fn the_same_delivery_twice_with_new_ids_acts_once() {
 }
 
 #[test]
-fn gitea_failing_leaves_the_delivery_pending_and_replay_doubles_nothing() {
+fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
     let w = world();
     w.gitea.server().script(
         Some("POST"),
@@ -568,8 +568,18 @@ fn gitea_failing_leaves_the_delivery_pending_and_replay_doubles_nothing() {
         "state_id",
     );
     let (run, status) = stdio(&w.env, &signed(&body, "d-4"));
-    assert_eq!(status, 200, "stored, so answered: {}", run.stderr);
-    assert_eq!(run.code, 2, "acting failed: {}", run.stderr);
+    assert_eq!(
+        (status, run.code),
+        (200, 0),
+        "the task and its job are stored: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("branch orch-4-work-item-4 left for reconcile (gitea"),
+        "{}",
+        run.stderr
+    );
     let (outcome, attempts, error): (String, i64, Option<String>) = w
         .env
         .db()
@@ -577,20 +587,31 @@ fn gitea_failing_leaves_the_delivery_pending_and_replay_doubles_nothing() {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .unwrap();
-    assert_eq!((outcome.as_str(), attempts), ("pending", 1));
-    assert!(error.unwrap().contains("500"), "the error is recorded");
+    assert_eq!((outcome.as_str(), attempts, error), ("started", 1, None));
     assert_eq!(
         w.env.count("SELECT count(*) FROM jobs"),
-        0,
-        "no job before the branch exists"
+        1,
+        "analyst queued"
+    );
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM tasks WHERE branch_ready_at IS NULL"),
+        1
     );
 
-    // The replay reconcile does, through the library entry point it calls.
+    // A replay through the library entry point reconcile calls: the recorded outcome.
     let (ctx, mut db) = library_context(&w.env);
-    let outcome = orch::commands::webhook_handle::process_delivery(&ctx, &mut db, 1).unwrap();
-    assert_eq!(outcome.kind.as_str(), "started", "{outcome}");
     let again = orch::commands::webhook_handle::process_delivery(&ctx, &mut db, 1).unwrap();
-    assert_eq!(again, outcome, "a processed delivery is not acted on again");
+    assert_eq!(again.kind.as_str(), "started", "{again}");
+    // The next reconcile pass creates the branch, once.
+    let run = w.env.run(&["reconcile"]).expect(0);
+    assert!(
+        run.stdout
+            .contains("branch ORCH-4 orch-4-work-item-4: created"),
+        "{}",
+        run.stdout
+    );
+    w.env.run(&["reconcile"]).expect(0);
     // And an operator's replay by hand of the same body changes nothing either.
     std::fs::write(w.env.path("body.json"), &body).unwrap();
     let sig = format!("X-Plane-Signature: {}", sign(SECRET, &body));
@@ -599,9 +620,13 @@ fn gitea_failing_leaves_the_delivery_pending_and_replay_doubles_nothing() {
         .expect(0);
     assert_eq!(w.env.count("SELECT count(*) FROM tasks"), 1);
     assert_eq!(w.env.count("SELECT count(*) FROM jobs"), 1);
-    assert_eq!(w.branch_posts(), 2, "the failed request and the replay's");
+    assert_eq!(w.branch_posts(), 2, "the failed request and reconcile's");
     assert!(w.gitea.branch("acme/orch", "orch-4-work-item-4").is_some());
-    assert_eq!(w.env.count("SELECT count(*) FROM deliveries WHERE outcome = 'started' AND error IS NULL AND attempts = 2"), 1);
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM tasks WHERE branch_ready_at IS NOT NULL"),
+        1
+    );
 }
 
 fn library_context(env: &TestEnv) -> (orch::context::Context, orch::adapters::db::Db) {
@@ -614,20 +639,10 @@ fn library_context(env: &TestEnv) -> (orch::context::Context, orch::adapters::db
 
 #[test]
 fn a_pending_delivery_replayed_by_hand_is_finished() {
-    let w = world();
-    w.gitea.server().script(
-        Some("POST"),
-        "/api/v1/repos/acme/orch/branches",
-        Reply::empty(503),
-        1,
-    );
-    let body = delivery(
-        ORCH_PROJECT,
-        5,
-        5,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let mut w = world();
+    // A bare state id, and Plane down: the state cannot be resolved yet.
+    w.env.set("ORCH_PLANE_URL", "http://127.0.0.1:9");
+    let body = delivery(ORCH_PROJECT, 5, 5, json!(IN_PROGRESS), "state_id");
     std::fs::write(w.env.path("body.json"), &body).unwrap();
     let sig = format!("X-Plane-Signature: {}", sign(SECRET, &body));
     let run = w
@@ -639,6 +654,11 @@ fn a_pending_delivery_replayed_by_hand_is_finished() {
         "{}",
         run.stdout
     );
+    w.nothing_behind("plane down");
+    w.plane
+        .add_project(ORCH_PROJECT, &[(IN_PROGRESS, "In Progress", "started")]);
+    let url = w.plane.url().to_string();
+    w.env.set("ORCH_PLANE_URL", &url);
     let run = w
         .env
         .run(&["webhook-handle", "--body", "body.json", "--header", &sig])

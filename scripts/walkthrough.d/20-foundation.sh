@@ -1,0 +1,43 @@
+# Foundation: the pipeline file an operator writes (projects, agents, staging checks:
+# URLs and commands only; every setting stays at its default), a database, a check.
+cat > "$ORCH_CONFIG" <<YAML
+plane: { workspace: acme }
+projects:
+  - name: orch
+    plane_project_id: $ORCH_PROJECT
+    plane_identifier: ORCH
+    repo: acme/orch
+    self_hosting: true
+    states:
+      approved: { names: [Approved] }
+      blocked:  { names: [Blocked] }
+    health_url: $url_orch_prod/health
+    rollback: [orch-stub-agent, rollback]
+  - name: shop
+    plane_project_id: $SHOP_PROJECT
+    plane_identifier: SHOP
+    repo: acme/shop
+    states:
+      approved: { names: [Approved] }
+    health_url: $url_shop_prod/health
+    rollback: [orch-stub-agent, rollback]
+agents:
+  analyst:   [orch-stub-agent, analyst]
+  developer: [orch-stub-agent, developer]
+  reviewer:  [orch-stub-agent, reviewer]
+  deployer:  [orch-stub-agent, deployer]
+staging:
+  checks:
+    - { id: C1, name: health, kind: http, url: "$url_staging/health", expect_status: 200, timeout_s: 5 }
+    - { id: F1, name: image, kind: image-freshness, url: "$url_staging/version", json_field: revision, timeout_s: 5 }
+YAML
+
+step "the pipeline file: two projects, the stub agents, staging checks"
+show cat "$ORCH_CONFIG"
+
+step "create the database (twice: the second run changes nothing)"
+show orch init
+show orch init
+
+step "validate the configuration (secrets show as <redacted>)"
+show orch config check

@@ -1,0 +1,792 @@
+//! The whole loop on default settings, through the real binary and real passes only (no
+//! `task move`): a signed Plane start delivery, the analyst, a signed approval delivery,
+//! a developer that opens a PR on the Gitea stand-in, CI made green by the test (the
+//! CI system), the reviewer, the deployer following its prompt (staging deploy,
+//! `staging-check --task`, `merge-guard --merge`, production deploy, report), done, then
+//! production DEGRADED in the post-deploy window: an ordinary repo is rolled back and
+//! reopened and goes round again with a new PR; the self-hosting repo only alerts.
+//!
+//! Agents are `orch-stub-agent` processes started by `orch dispatch` with the direct
+//! launcher, as the timers would; the test waits for each job's supervisor to exit on a
+//! pidfd (an event) and moves time only through `ORCH_NOW`. Settings are the defaults
+//! apart from URLs, secrets, paths and the clock.
+//!
+//! Which behaviour each assertion needs (issue 11): part A the pin (`staging-check --task`
+//! records the validated revision; merge-guard merges it), part B rounds (reopen after a
+//! merge, post-deploy for every project with a `health_url`), part C atomic intake.
+
+use std::time::Duration;
+
+use orch::adapters::process::wait_exit;
+use orch::core::intake::sign;
+use orch::standin::gitea::GiteaStandin;
+use orch::standin::plane::PlaneStandin;
+use orch::standin::prod::Prod;
+use orch::standin::server::Server;
+use orch::standin::telegram;
+use serde_json::{json, Value};
+
+use crate::common::{Run, TestEnv, NOW_UNIX};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_orch-stub-agent");
+const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "gitea-loop-token";
+const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
+const CHAT: &str = "4242";
+
+/// A project under test: its pipeline entry and its Plane objects.
+struct Project {
+    name: &'static str,
+    identifier: &'static str,
+    repo: &'static str,
+    plane_id: &'static str,
+    self_hosting: bool,
+    item: &'static str,
+    sequence: u64,
+    title: &'static str,
+}
+
+const SHOP: Project = Project {
+    name: "shop",
+    identifier: "SHOP",
+    repo: "acme/shop",
+    plane_id: "1c2d3e4f-0000-4000-8000-000000000002",
+    self_hosting: false,
+    item: "1c2d3e4f-0000-4000-8000-0000000000a7",
+    sequence: 7,
+    title: "Add a basket page",
+};
+
+const ORCH: Project = Project {
+    name: "orch",
+    identifier: "ORCH",
+    repo: "acme/orch",
+    plane_id: "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02",
+    self_hosting: true,
+    item: "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e42",
+    sequence: 42,
+    title: "Fix crash saving settings",
+};
+
+/// Plane state ids of a project: (id, name, group). Ids are derived from the project id
+/// so two projects never share one.
+fn states(p: &Project) -> Vec<(String, &'static str, &'static str)> {
+    [
+        ("b1", "Todo", "unstarted"),
+        ("b2", "In Progress", "started"),
+        ("b3", "Approved", "started"),
+        ("b4", "Done", "completed"),
+        ("b5", "Cancelled", "cancelled"),
+    ]
+    .into_iter()
+    .map(|(suffix, name, group)| (format!("{}{suffix}", &p.plane_id[..34]), name, group))
+    .collect()
+}
+
+fn state_id(p: &Project, name: &str) -> String {
+    states(p)
+        .into_iter()
+        .find(|s| s.1 == name)
+        .map(|s| s.0)
+        .expect("a known state")
+}
+
+/// The pipeline file: one project, the stub agents, staging checks against the staging
+/// stand-in. Nothing but what an operator must fill in (URLs, commands).
+fn pipeline(p: &Project, staging: &str, prod: &str) -> String {
+    format!(
+        r#"
+plane: {{ workspace: acme }}
+projects:
+  - name: {name}
+    plane_project_id: {plane_id}
+    plane_identifier: {identifier}
+    repo: {repo}
+    self_hosting: {self_hosting}
+    states:
+      approved: {{ names: [Approved] }}
+    health_url: {prod}/health
+    rollback: [{AGENT}, rollback]
+agents:
+  analyst: [{AGENT}, analyst]
+  developer: [{AGENT}, developer]
+  reviewer: [{AGENT}, reviewer]
+  deployer: [{AGENT}, deployer]
+staging:
+  checks:
+    - {{ id: C1, name: health, kind: http, url: "{staging}/health", expect_status: 200, timeout_s: 5 }}
+    - {{ id: F1, name: image, kind: image-freshness, url: "{staging}/version", json_field: revision, timeout_s: 5 }}
+"#,
+        name = p.name,
+        plane_id = p.plane_id,
+        identifier = p.identifier,
+        repo = p.repo,
+        self_hosting = p.self_hosting,
+    )
+}
+
+/// Everything one loop runs against.
+struct World {
+    env: TestEnv,
+    project: &'static Project,
+    gitea: GiteaStandin,
+    plane: PlaneStandin,
+    staging: Prod,
+    prod: Prod,
+    telegram: Server,
+    /// Seconds after `NOW` the pinned clock reads.
+    clock: i64,
+    deliveries: u32,
+}
+
+fn world(project: &'static Project) -> World {
+    let gitea = GiteaStandin::start(TOKEN);
+    gitea.add_repo(project.repo, "main");
+    let plane = PlaneStandin::start("acme", API_KEY);
+    let st = states(project);
+    let refs: Vec<(&str, &str, &str)> = st.iter().map(|(i, n, g)| (i.as_str(), *n, *g)).collect();
+    plane.add_project(project.plane_id, &refs);
+    plane.add_work_item(
+        project.plane_id,
+        project.item,
+        project.sequence,
+        project.title,
+        Some(&state_id(project, "Todo")),
+    );
+    let staging = Prod::start();
+    let prod = Prod::start();
+    // Production runs the default branch's current tip before the first deploy.
+    prod.deploy(&gitea.branch(project.repo, "main").expect("main"));
+    let telegram = telegram::start(telegram::TOKEN);
+    let mut env = TestEnv::with_pipeline(&pipeline(project, staging.url(), prod.url()));
+    let bin_dir = crate::common::orch_bin()
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    env.set("PATH", &format!("{bin_dir}:{path}"))
+        .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .set("ORCH_PLANE_URL", plane.url())
+        .set("ORCH_PLANE_API_KEY", API_KEY)
+        .set("ORCH_GITEA_URL", gitea.url())
+        .set("ORCH_GITEA_TOKEN", TOKEN)
+        .set("ORCH_TELEGRAM_API_URL", telegram.url())
+        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
+        .set("ORCH_TELEGRAM_CHAT_ID", CHAT)
+        .set("STUB_STAGING_URL", staging.url())
+        .set("STUB_PROD_URL", prod.url());
+    let mut w = World {
+        env,
+        project,
+        gitea,
+        plane,
+        staging,
+        prod,
+        telegram,
+        clock: 0,
+        deliveries: 0,
+    };
+    w.run(&["init"]).expect(0);
+    w
+}
+
+impl World {
+    fn key(&self) -> String {
+        format!("{}-{}", self.project.identifier, self.project.sequence)
+    }
+
+    /// Runs a pass at the current clock.
+    fn run(&mut self, args: &[&str]) -> Run {
+        let now = jiff::Timestamp::from_second(NOW_UNIX + self.clock)
+            .expect("a valid instant")
+            .to_string();
+        self.env.set("ORCH_NOW", &now);
+        self.env.run(args)
+    }
+
+    /// Moves the clock on, as the wall clock would between two timer passes.
+    fn advance(&mut self, secs: i64) {
+        self.clock += secs;
+    }
+
+    fn task(&mut self) -> Value {
+        let key = self.key();
+        self.run(&["task", "show", &key, "--json"]).expect(0).json()
+    }
+
+    fn stage(&mut self) -> String {
+        self.task()["stage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A human moves the work item in Plane; Plane sends its signed delivery, which
+    /// `webhook-handle --stdio` takes as the systemd socket hands it over.
+    fn plane_moves_item_to(&mut self, state: &str) {
+        let p = self.project;
+        let id = state_id(p, state);
+        self.plane.set_item_state(p.plane_id, p.item, &id);
+        let group = states(p).into_iter().find(|s| s.1 == state).unwrap().2;
+        let body = serde_json::to_vec(&json!({
+            "event": "issue",
+            "action": "updated",
+            "webhook_id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e03",
+            "workspace_id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e01",
+            "data": {
+                "id": p.item,
+                "name": p.title,
+                "sequence_id": p.sequence,
+                "project": p.plane_id,
+                "state": {"id": id, "name": state, "color": "#60646C", "group": group},
+            },
+            "activity": {"field": "state_id", "new_value": id, "old_value": null,
+                         "old_identifier": null, "new_identifier": null},
+        }))
+        .unwrap();
+        self.deliveries += 1;
+        let mut req = format!(
+            "POST /webhooks/plane HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nX-Plane-Delivery: loop-{}\r\nX-Plane-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+            self.deliveries,
+            sign(SECRET, &body),
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        let now = jiff::Timestamp::from_second(NOW_UNIX + self.clock)
+            .unwrap()
+            .to_string();
+        self.env.set("ORCH_NOW", &now);
+        let mut child = self
+            .env
+            .command(&["webhook-handle", "--stdio"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn webhook-handle");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &req).unwrap();
+        let run: Run = child.wait_with_output().unwrap().into();
+        assert!(
+            run.code == 0 && run.stdout.starts_with("HTTP/1.1 200"),
+            "delivery to {state}: exit {}\n{}\n{}",
+            run.code,
+            run.stdout,
+            run.stderr
+        );
+    }
+
+    /// The dispatch timer fires: exactly one queued job of `agent` starts (the default
+    /// concurrency is 1), and the test waits for its supervisor to exit (a pidfd event;
+    /// the gate has then been applied). Returns the job's JSON.
+    fn dispatch_and_wait(&mut self, agent: &str, stage: &str) -> Value {
+        let queued = self
+            .run(&["job", "list", "--status", "queued", "--json"])
+            .expect(0)
+            .json();
+        let queued = queued.as_array().cloned().unwrap_or_default();
+        let ours: Vec<&Value> = queued
+            .iter()
+            .filter(|j| j["agent"] == agent && j["stage"] == stage)
+            .collect();
+        assert_eq!(
+            (ours.len(), queued.len()),
+            (1, 1),
+            "one queued {agent} job at {stage} expected; queued: {queued:#?}\ntask: {:#}",
+            self.task()
+        );
+        let job = ours[0]["id"].as_i64().unwrap();
+        let out = self.run(&["dispatch"]).expect(0);
+        // dispatch names the detached supervisor it started (which stamps itself later).
+        let marker = format!("started job {job} (direct, supervisor pid ");
+        let sup: i64 = out
+            .stderr
+            .split_once(&marker)
+            .and_then(|(_, rest)| rest.split(')').next())
+            .and_then(|pid| pid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("job {job} was not started:\n{}", out.stderr));
+        assert!(
+            wait_exit(sup, Duration::from_secs(60)),
+            "job {job}'s supervisor ends"
+        );
+        let jobs = self.run(&["job", "list", "--json"]).expect(0).json();
+        let row = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == job)
+            .cloned()
+            .unwrap();
+        let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{job}.log")))
+            .unwrap_or_default();
+        assert_eq!(
+            (row["status"].as_str(), row["exit_code"].as_i64()),
+            (Some("succeeded"), Some(0)),
+            "{agent} job {job} at {stage}:\n{log}"
+        );
+        row
+    }
+
+    /// The CI system reports success on a commit.
+    fn ci_green(&self, sha: &str) {
+        self.gitea
+            .add_status(self.project.repo, sha, "ci/test", "success");
+    }
+
+    /// The reconcile timer fires after the grace period (the default 300 s) has passed.
+    fn reconcile_after_grace(&mut self) -> Run {
+        self.advance(301);
+        self.run(&["reconcile"]).expect(0)
+    }
+
+    /// The open PR for the task's branch now: (number, head sha).
+    fn open_pr(&mut self) -> (u64, String) {
+        let task = self.task();
+        let branch = task["branch"].as_str().unwrap().to_string();
+        let repo = self.project.repo;
+        let open: Vec<u64> = self
+            .gitea
+            .pulls_for(repo, &branch)
+            .into_iter()
+            .filter(|n| self.gitea.pull(repo, *n).is_some_and(|p| p.state == "open"))
+            .collect();
+        assert_eq!(open.len(), 1, "one open PR for {branch}: {open:?}");
+        let head = self.gitea.pull(repo, open[0]).unwrap().head_sha;
+        (open[0], head)
+    }
+
+    /// One round from development to done; returns the round's PR number.
+    fn round_from_development(&mut self, round: u32) -> u64 {
+        assert_eq!(
+            self.stage(),
+            "development",
+            "round {round} starts in development"
+        );
+        self.dispatch_and_wait("developer", "development");
+        let (pr, head) = self.open_pr();
+        assert_eq!(self.stage(), "development", "no CI yet: the gate waits");
+        self.ci_green(&head);
+        self.reconcile_after_grace();
+        assert_eq!(
+            self.stage(),
+            "review",
+            "round {round}: CI green moves it to review"
+        );
+        self.dispatch_and_wait("reviewer", "review");
+        assert_eq!(self.stage(), "deploy-staging", "round {round}: APPROVE");
+        self.dispatch_and_wait("deployer", "deploy-staging");
+        assert_eq!(
+            self.staging.revision().as_deref(),
+            Some(head.as_str()),
+            "the deployer put the PR head on staging"
+        );
+        let report = std::fs::read_to_string(
+            self.env
+                .path(&format!("artefacts/{}/10-staging-report.md", self.key())),
+        )
+        .expect("the staging report");
+        assert!(
+            report.contains("staging_status: SUCCESS"),
+            "round {round}: staging passes (part A: image freshness expects the PR head \
+             when no revision is given)\n{report}"
+        );
+        // Part A: the pin is recorded on every path.
+        assert_eq!(
+            self.task()["validated_revision"].as_str(),
+            Some(head.as_str()),
+            "round {round}: staging-check --task pins the PR head (part A)\n{report}"
+        );
+        assert_eq!(self.stage(), "deploy", "round {round}: staging passed");
+        self.dispatch_and_wait("deployer", "deploy");
+        let merged = self.gitea.pull(self.project.repo, pr).unwrap();
+        assert!(
+            merged.merged,
+            "round {round}: PR #{pr} merged by merge-guard"
+        );
+        assert_eq!(
+            self.gitea.merge_calls(self.project.repo, pr),
+            1,
+            "one merge call"
+        );
+        let main = self.gitea.branch(self.project.repo, "main").unwrap();
+        assert_eq!(
+            self.prod.revision(),
+            Some(main),
+            "production runs the merged main"
+        );
+        assert_eq!(
+            self.stage(),
+            "done",
+            "round {round}: deploy_status SUCCESS and merged"
+        );
+        pr
+    }
+
+    /// Production degrades; the post-deploy timer ticks (a minute apart) until the
+    /// window acted, at most `ticks` times. Returns the tick outputs.
+    fn degrade_and_tick(&mut self, ticks: usize) -> Vec<Run> {
+        self.prod.set_health(503);
+        let mut runs = Vec::new();
+        for _ in 0..ticks {
+            self.advance(60);
+            runs.push(self.run(&["post-deploy-tick"]).expect(0));
+        }
+        runs
+    }
+
+    /// (from, to, actor) of every stage event, in order.
+    fn events(&mut self) -> Vec<(String, String, String)> {
+        self.task()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                (s("from"), s("to"), s("actor"))
+            })
+            .collect()
+    }
+
+    /// Jobs of the task as (agent, stage, status, attempt).
+    fn jobs(&mut self) -> Vec<(String, String, String, i64)> {
+        self.task()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                let s = |k: &str| j[k].as_str().unwrap_or("").to_string();
+                (
+                    s("agent"),
+                    s("stage"),
+                    s("status"),
+                    j["attempt"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// The first half of every loop: start delivery, analyst, approval delivery.
+    fn start_and_approve(&mut self) {
+        self.plane_moves_item_to("In Progress");
+        let task = self.task();
+        assert_eq!(task["stage"], "analysis");
+        let branch = task["branch"].as_str().unwrap().to_string();
+        assert_eq!(
+            self.gitea.branch(self.project.repo, &branch),
+            self.gitea.branch(self.project.repo, "main"),
+            "the start made the task's branch from main"
+        );
+        self.dispatch_and_wait("analyst", "analysis");
+        let analysis = std::fs::read_to_string(
+            self.env
+                .path(&format!("artefacts/{}/01-analysis.md", self.key())),
+        )
+        .unwrap();
+        assert!(analysis.contains("analysis_status: APPROVED"), "{analysis}");
+        assert_eq!(self.stage(), "analysis", "a human approves, nobody else");
+        self.advance(60);
+        self.plane_moves_item_to("Approved");
+        assert_eq!(self.stage(), "development");
+    }
+
+    /// Nothing but the pipeline moved the task, and nobody but Plane's two deliveries
+    /// (start, approval) came from a human.
+    fn assert_no_human_but_the_approval(&mut self) {
+        for (from, to, actor) in self.events() {
+            assert_ne!(actor, "operator", "{from} -> {to} was an operator's move");
+        }
+        assert_eq!(
+            self.env.count("SELECT count(*) FROM deliveries"),
+            2,
+            "the start and the approval are the only deliveries"
+        );
+        assert_eq!(
+            self.env
+                .count("SELECT count(*) FROM jobs WHERE status <> 'succeeded' OR attempt <> 1"),
+            0,
+            "every job succeeded at its first attempt: {:#?}",
+            self.jobs()
+        );
+    }
+}
+
+fn ev(from: &str, to: &str, actor: &str) -> (String, String, String) {
+    (from.into(), to.into(), actor.into())
+}
+
+/// The first round's stage events, after the task was started.
+fn round_one_events() -> Vec<(String, String, String)> {
+    vec![
+        ev("analysis", "development", "webhook"),
+        ev("development", "review", "reconcile"),
+        ev("review", "deploy-staging", "run-job"),
+        ev("deploy-staging", "deploy", "run-job"),
+        ev("deploy", "done", "run-job"),
+    ]
+}
+
+#[test]
+fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
+    let mut w = world(&SHOP);
+    w.start_and_approve();
+    let first_pr = w.round_from_development(1);
+    let first_branch = w.task()["branch"].as_str().unwrap().to_string();
+    let deleted_by_merge = w.gitea.branch(SHOP.repo, &first_branch).is_none();
+
+    // Production degrades in the window: DEGRADED → rollback → reopened (part B: the
+    // default post-deploy repos are every project with a health_url).
+    let ticks = w.degrade_and_tick(4);
+    let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
+    assert_eq!(
+        w.prod.rollbacks(),
+        1,
+        "one rollback ran (part B):\n{}",
+        log.join("\n")
+    );
+    assert_eq!(w.prod.health(), 200, "the previous release is healthy");
+    // The timers go on: a reconcile pass (which also completes a round's branch if the
+    // reopen could not make it) before the next dispatch.
+    w.reconcile_after_grace();
+    let task = w.task();
+    assert_eq!(task["stage"], "development", "reopened by the rollback");
+    // Part B: a new round, with no PR, no pin and a branch from the current main.
+    assert_eq!(
+        w.env.count(&format!(
+            "SELECT round FROM tasks WHERE key = '{}'",
+            w.key()
+        )),
+        2,
+        "round 2 (part B): {task:#}"
+    );
+    assert!(
+        task["pr_number"].is_null(),
+        "no recorded PR (part B): {task:#}"
+    );
+    assert!(
+        task["validated_revision"].is_null(),
+        "no pin (part B): {task:#}"
+    );
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let want_branch = if deleted_by_merge {
+        first_branch.clone()
+    } else {
+        format!("{first_branch}--r2")
+    };
+    assert_eq!(branch, want_branch, "round 2's branch name (part B)");
+    assert_eq!(
+        w.gitea.branch(SHOP.repo, &branch),
+        w.gitea.branch(SHOP.repo, "main"),
+        "round 2's branch starts at the merged main"
+    );
+
+    let second_pr = w.round_from_development(2);
+    assert_ne!(second_pr, first_pr, "round 2 has a new PR");
+    assert_eq!(
+        w.gitea.all_merge_calls(SHOP.repo),
+        2,
+        "one merge call per round"
+    );
+
+    let mut want = vec![ev("", "analysis", "webhook")];
+    want.extend(round_one_events());
+    want.push(ev("done", "development", "post-deploy"));
+    want.extend(round_one_events().into_iter().skip(1));
+    assert_eq!(w.events(), want, "every stage change, by the pipeline");
+    let mut jobs: Vec<(String, String)> = w.jobs().into_iter().map(|j| (j.0, j.1)).collect();
+    jobs.sort();
+    let mut per_round = vec![
+        ("developer", "development"),
+        ("reviewer", "review"),
+        ("deployer", "deploy-staging"),
+        ("deployer", "deploy"),
+    ];
+    per_round.extend(per_round.clone());
+    per_round.push(("analyst", "analysis"));
+    let mut want_jobs: Vec<(String, String)> = per_round
+        .into_iter()
+        .map(|(a, s)| (a.into(), s.into()))
+        .collect();
+    want_jobs.sort();
+    assert_eq!(jobs, want_jobs, "each stage's job once per round");
+    w.assert_no_human_but_the_approval();
+}
+
+#[test]
+fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
+    let mut w = world(&ORCH);
+    w.start_and_approve();
+    let pr = w.round_from_development(1);
+    let head = w.gitea.pull(ORCH.repo, pr).unwrap().head_sha;
+    let report = std::fs::read_to_string(
+        w.env
+            .path(&format!("artefacts/{}/10-staging-report.md", w.key())),
+    )
+    .unwrap();
+    assert!(
+        report.contains(&format!("checked_revision: {head}")),
+        "the image-freshness check read the PR head from staging:\n{report}"
+    );
+    let merge = w
+        .gitea
+        .server()
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with(&format!("/pulls/{pr}/merge")))
+        .and_then(|r| r.json())
+        .expect("a merge request");
+    assert_eq!(merge["head_commit_id"], head.as_str(), "merged at the pin");
+
+    // Production degrades: ALERT_ONLY. An alert, no rollback, the task stays done.
+    let alerts_before = w.telegram.count(Some("POST"), "/bot");
+    let ticks = w.degrade_and_tick(4);
+    let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
+    assert_eq!(
+        w.prod.rollbacks(),
+        0,
+        "never rolled back:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        w.telegram.count(Some("POST"), "/bot") > alerts_before,
+        "an alert went out:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(w.stage(), "done", "the self-hosting task stays done");
+    let verdict = std::fs::read_to_string(
+        w.env
+            .path(&format!("artefacts/{}/16-post-deploy-log.md", w.key())),
+    )
+    .unwrap();
+    assert!(verdict.contains("DEGRADED"), "{verdict}");
+
+    let mut want = vec![ev("", "analysis", "webhook")];
+    want.extend(round_one_events());
+    assert_eq!(w.events(), want, "every stage change, by the pipeline");
+    assert_eq!(w.gitea.all_merge_calls(ORCH.repo), 1, "one merge call");
+    assert_eq!(w.jobs().len(), 5, "each stage's job once: {:#?}", w.jobs());
+    w.assert_no_human_but_the_approval();
+}
+
+/// Runs one stub agent role for task 1 as run-job would (its job env, the world's env).
+fn stub(w: &mut World, role: &str, job: u32) -> Run {
+    let now = jiff::Timestamp::from_second(NOW_UNIX + w.clock)
+        .unwrap()
+        .to_string();
+    w.env.set("ORCH_NOW", &now);
+    let mut agent = std::process::Command::new(AGENT);
+    agent
+        .arg(role)
+        .env_clear()
+        .env("HOME", w.env.path(""))
+        .envs(&w.env.env)
+        .env("ORCH_TASK_ID", "1")
+        .env("ORCH_TASK_KEY", w.key())
+        .env("ORCH_JOB_ID", job.to_string())
+        .env(
+            "ORCH_TASK_ARTEFACTS",
+            w.env.path(&format!("artefacts/{}", w.key())),
+        )
+        .current_dir(w.env.path(""));
+    agent.output().expect("run orch-stub-agent").into()
+}
+
+#[test]
+fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
+    let mut w = world(&SHOP);
+    let key = w.key();
+    w.run(&[
+        "task",
+        "add",
+        "--project",
+        "shop",
+        "--work-item",
+        SHOP.item,
+        "--key",
+        &key,
+        "--title",
+        SHOP.title,
+    ])
+    .expect(0);
+    let branch = w.task()["branch"].as_str().unwrap().to_string();
+    let start = w
+        .gitea
+        .branch(SHOP.repo, &branch)
+        .expect("task add made the branch");
+
+    // The developer, re-driven: each run commits anew; only the first opens a PR.
+    stub(&mut w, "developer", 1).expect(0);
+    let first = w.gitea.branch(SHOP.repo, &branch).unwrap();
+    assert_ne!(first, start, "the developer committed to the task's branch");
+    assert_eq!(w.gitea.pulls_for(SHOP.repo, &branch), vec![1]);
+    let pr = w.gitea.pull(SHOP.repo, 1).unwrap();
+    assert_eq!(
+        (pr.state.as_str(), pr.head_sha.as_str()),
+        ("open", first.as_str())
+    );
+    let again = stub(&mut w, "developer", 2).expect(0);
+    assert!(
+        again.stdout.contains("PR #1 is already open"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        w.gitea.pulls_for(SHOP.repo, &branch),
+        vec![1],
+        "no second PR"
+    );
+    assert_ne!(
+        w.gitea.branch(SHOP.repo, &branch).unwrap(),
+        first,
+        "a second commit"
+    );
+    assert!(w
+        .gitea
+        .file(SHOP.repo, &branch, &format!("changes/{key}-job-2.md"))
+        .is_some());
+    assert!(
+        !w.env.path(&format!("artefacts/{key}")).exists(),
+        "the developer writes no artefact"
+    );
+
+    // Analyst and reviewer write their artefact and nothing else.
+    stub(&mut w, "analyst", 3).expect(0);
+    stub(&mut w, "reviewer", 4).expect(0);
+    let read =
+        |f: &str| std::fs::read_to_string(w.env.path(&format!("artefacts/{key}/{f}"))).unwrap();
+    assert!(read("01-analysis.md").starts_with("---\nanalysis_status: APPROVED\n---\n"));
+    assert!(read("05-review.md").starts_with("---\nreview_verdict: APPROVE\n---\n"));
+
+    // The deployer outside its stages does nothing at all.
+    let out = stub(&mut w, "deployer", 5).expect(0);
+    assert!(out.stdout.contains("not mine"), "{}", out.stdout);
+    assert_eq!(w.staging.server.requests().len(), 0);
+    assert_eq!(w.prod.server.requests().len(), 0);
+
+    // At deploy with no validated revision, merge-guard answers ERROR (exit 2): the
+    // deployer stops with a non-zero exit, writes no report and deploys nothing.
+    for stage in ["development", "review", "deploy-staging", "deploy"] {
+        w.run(&["task", "move", &key, "--to", stage, "--reason", "stub test"])
+            .expect(0);
+    }
+    let out = stub(&mut w, "deployer", 6);
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("MERGE-GUARD: ERROR"), "{}", out.stdout);
+    assert!(!w
+        .env
+        .path(&format!("artefacts/{key}/12-deploy-report.md"))
+        .exists());
+    assert_eq!(
+        w.gitea.all_merge_calls(SHOP.repo),
+        0,
+        "the deployer never merges itself"
+    );
+    assert_eq!(w.prod.server.requests().len(), 0, "nothing deployed");
+
+    // Bad usage is exit 2.
+    let bad = std::process::Command::new(AGENT)
+        .arg("merger")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
