@@ -309,7 +309,7 @@ fn a_post_deploy_rollback_takes_a_round_name_when_the_old_branch_survived_the_me
 }
 
 #[test]
-fn a_reopen_whose_branch_cannot_be_made_still_moves_and_leaves_the_branch_to_reconcile() {
+fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it() {
     let mut w = world();
     for n in [3u64, 4] {
         let branch = format!("shop-{n}-checkout");
@@ -388,6 +388,39 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_leaves_the_branch_to_rec
         );
         assert_eq!(w.gitea.branch(REPO, branch), None, "not made");
     }
+    // Gitea is back; meanwhile someone pushed SHOP-4's old branch again, so it exists.
+    // The next reconcile completes both rounds' branches through the same branch step:
+    // the same name where the old branch is gone, the round name where it exists.
+    let pushed = fake_sha("pushed again");
+    w.gitea.push(REPO, "shop-4-checkout", &pushed);
+    w.env
+        .set("ORCH_GITEA_URL", w.gitea.url())
+        .set("ORCH_GITEA_TOKEN", TOKEN)
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
+        .set("ORCH_RECONCILE_REPLAY_ENABLED", "false")
+        .set("ORCH_NOW", &at(300));
+    let run = w.env.run(&["reconcile"]).expect(0);
+    let r = w.round(&unreachable);
+    assert_eq!(
+        (r.branch.as_str(), r.branch_ready_at),
+        ("shop-3-checkout", Some(NOW_UNIX + 300)),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.gitea.branch(REPO, "shop-3-checkout"), Some(w.main_sha()));
+    let r = w.round(&unconfigured);
+    assert_eq!(
+        (r.branch.as_str(), r.branch_ready_at),
+        ("shop-4-checkout--r2", Some(NOW_UNIX + 300)),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        w.gitea.branch(REPO, "shop-4-checkout--r2"),
+        Some(w.main_sha())
+    );
+    assert_eq!(w.gitea.branch(REPO, "shop-4-checkout"), Some(pushed));
 }
 
 #[test]
