@@ -40,29 +40,41 @@ pub struct StagingHolder {
 
 impl Db {
     /// Returns the oldest `per_project` queued jobs of every project, counted apart for
-    /// `deploy-staging` jobs and the others (so jobs waiting for staging never crowd out
-    /// the ones that could start).
+    /// `deploy-staging` jobs, for jobs that wait for their task's branch, and for the
+    /// others (so jobs that must wait never crowd out the ones that could start).
+    ///
+    /// `hold_branchless`: whether a job of any agent but the analyst is marked
+    /// `branch_missing` while its task's branch is not confirmed on Gitea (true when Gitea
+    /// is configured; without Gitea no branch is ever confirmed, and nothing waits for one).
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn queued_heads(&self, per_project: u32) -> Result<Vec<Queued>> {
+    pub fn queued_heads(&self, per_project: u32, hold_branchless: bool) -> Result<Vec<Queued>> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT id, project, enqueued_at, uses_staging FROM (
+            "SELECT id, project, enqueued_at, uses_staging, branch_missing FROM (
                  SELECT j.id, t.project, j.enqueued_at, j.stage = ?2 AS uses_staging,
-                        row_number() OVER (PARTITION BY t.project, j.stage = ?2
-                                           ORDER BY j.enqueued_at, j.id) AS n
+                        (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL)
+                            AS branch_missing,
+                        row_number() OVER (
+                            PARTITION BY t.project, j.stage = ?2,
+                                (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL)
+                            ORDER BY j.enqueued_at, j.id) AS n
                  FROM jobs j JOIN tasks t ON t.id = j.task_id
                  WHERE j.status = 'queued')
              WHERE n <= ?1 ORDER BY enqueued_at, id",
         )?;
-        let rows = stmt.query_map(params![per_project, STAGING_STAGE.as_str()], |r| {
-            Ok(Queued {
-                id: r.get(0)?,
-                project: r.get(1)?,
-                enqueued_at: r.get(2)?,
-                uses_staging: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![per_project, STAGING_STAGE.as_str(), hold_branchless],
+            |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    project: r.get(1)?,
+                    enqueued_at: r.get(2)?,
+                    uses_staging: r.get(3)?,
+                    branch_missing: r.get(4)?,
+                })
+            },
+        )?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
@@ -443,7 +455,7 @@ mod tests {
         assert!(b.claim_job(jobs[1], 12, 5).unwrap());
         // queued_heads marks the staging jobs.
         let (_d, path, jobs) = two_staging_jobs();
-        let heads = Db::open(&path).unwrap().queued_heads(1).unwrap();
+        let heads = Db::open(&path).unwrap().queued_heads(1, true).unwrap();
         assert_eq!(heads.iter().map(|q| q.id).collect::<Vec<_>>(), jobs);
         assert!(heads.iter().all(|q| q.uses_staging));
     }

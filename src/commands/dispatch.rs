@@ -52,11 +52,13 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let running = db.running_by_project()?;
     let running_total: u32 = running.values().sum();
     let free = limit.saturating_sub(running_total);
-    // Only the oldest `free` jobs of each project can be picked this pass.
+    // Only the oldest `free` jobs of each project can be picked this pass. With Gitea
+    // configured, a job whose task's branch is not confirmed there waits for reconcile.
+    let hold_branchless = ctx.config.settings.gitea_url.is_some();
     let queued = if free == 0 {
         Vec::new()
     } else {
-        db.queued_heads(free)?
+        db.queued_heads(free, hold_branchless)?
     };
     let queued_total: i64 = db.conn().query_row(
         "SELECT count(*) FROM jobs WHERE status = 'queued'",
@@ -70,8 +72,14 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let staging_waits = decided
         .waits
         .iter()
-        .filter(|(_, w)| *w != Wait::NoSlot)
+        .filter(|(_, w)| matches!(w, Wait::StagingHeld { .. } | Wait::StagingTaken { .. }))
         .count() as i64;
+    let branch_waits: Vec<i64> = decided
+        .waits
+        .iter()
+        .filter(|(_, w)| *w == Wait::BranchMissing)
+        .map(|(id, _)| *id)
+        .collect();
     if dry_run {
         println!(
             "dispatch: {running_total} running, limit {limit}, {queued_total} queued: would start {}",
@@ -104,6 +112,7 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
                 Wait::StagingTaken { by_job } => format!(
                     "staging goes to deploy-staging job {by_job}, started first (one deploy-staging job at a time)"
                 ),
+                Wait::BranchMissing => BRANCH_MISSING.to_string(),
             };
             println!("  job {id} ({}): waits: {why}", project(*id));
         }
@@ -119,7 +128,11 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
             ("started", 0),
             ("would_start", picked.len() as i64),
             ("staging_waits", staging_waits),
+            ("branch_waits", branch_waits.len() as i64),
         ]));
+    }
+    for id in &branch_waits {
+        log::info!("dispatch: job {id} waits: {BRANCH_MISSING}");
     }
     let mut started = 0i64;
     let mut lost = 0i64;
@@ -152,8 +165,12 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
         ("lost_race", lost),
         ("launch_failed", failed),
         ("staging_waits", staging_waits),
+        ("branch_waits", branch_waits.len() as i64),
     ]))
 }
+
+/// Why a job waits for its task's branch (dry run and log).
+const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";
 
 /// Returns the path of a job's log file under the state dir.
 pub fn job_log_path(ctx: &Context, id: i64) -> std::path::PathBuf {

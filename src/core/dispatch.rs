@@ -12,6 +12,11 @@
 //! ones wait (and say for which job); a pass starts at most one. Jobs of other stages are
 //! not held up by a waiting `deploy-staging` job. No I/O here; the claim's SQL guard
 //! (`Db::claim_job`) holds the same rule against racing passes.
+//!
+//! A job whose agent works on the task's branch (every agent but the analyst) waits while
+//! that branch is not confirmed on Gitea (a start or a reopen that found Gitea down):
+//! started now, it would work on a branch that does not exist, or on the last round's.
+//! The next `reconcile` creates the branch, and the job starts on the pass after.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +31,9 @@ pub struct Queued {
     pub enqueued_at: i64,
     /// Whether it is a `deploy-staging` job (it needs the staging environment).
     pub uses_staging: bool,
+    /// Whether its agent needs the task's branch and Gitea has not confirmed it yet
+    /// (`tasks.branch_ready_at` unset while Gitea is configured).
+    pub branch_missing: bool,
 }
 
 /// Why a queued job does not start this pass.
@@ -44,6 +52,8 @@ pub enum Wait {
         /// The job picked to take staging.
         by_job: i64,
     },
+    /// The task's branch is not on Gitea yet: reconcile creates it first.
+    BranchMissing,
 }
 
 /// What a pass does with the queued jobs it looked at.
@@ -69,8 +79,13 @@ pub fn plan(
     let mut free = limit.saturating_sub(total_running);
     // Per project, its queue oldest first.
     let mut queues: BTreeMap<&str, Vec<&Queued>> = BTreeMap::new();
+    let mut branchless: Vec<&Queued> = Vec::new();
     for q in queued {
-        queues.entry(q.project.as_str()).or_default().push(q);
+        if q.branch_missing {
+            branchless.push(q);
+        } else {
+            queues.entry(q.project.as_str()).or_default().push(q);
+        }
     }
     for v in queues.values_mut() {
         v.sort_by_key(|q| (q.enqueued_at, q.id));
@@ -108,10 +123,12 @@ pub fn plan(
         free -= 1;
     }
     let mut rest: Vec<&Queued> = queues.into_values().flatten().collect();
+    rest.extend(branchless);
     rest.sort_by_key(|q| (q.enqueued_at, q.id));
     out.waits = rest
         .into_iter()
         .map(|q| match staging {
+            _ if q.branch_missing => (q.id, Wait::BranchMissing),
             Some(w) if q.uses_staging => (q.id, w),
             _ => (q.id, Wait::NoSlot),
         })
@@ -129,6 +146,7 @@ mod tests {
             project: project.into(),
             enqueued_at: at,
             uses_staging: false,
+            branch_missing: false,
         }
     }
 
@@ -218,5 +236,28 @@ mod tests {
         // Staging free: the oldest goes first, as always.
         let p = plan(&queued, &BTreeMap::new(), 3, None);
         assert_eq!(p.start, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn a_job_whose_branch_is_missing_waits_and_takes_no_slot() {
+        let missing = Queued {
+            branch_missing: true,
+            ..q(1, "orch", 1)
+        };
+        let staging_missing = Queued {
+            branch_missing: true,
+            ..s(2, "orch", 2)
+        };
+        let queued = [missing, staging_missing, q(3, "orch", 3), q(4, "shop", 4)];
+        let p = plan(&queued, &BTreeMap::new(), 2, None);
+        assert_eq!(p.start, vec![3, 4], "the others start in their place");
+        assert_eq!(
+            p.waits,
+            vec![(1, Wait::BranchMissing), (2, Wait::BranchMissing)],
+            "the missing branch is the reason, also for a deploy-staging job"
+        );
+        // Alone and with every slot free, it still waits.
+        let p = plan(&queued[..1], &BTreeMap::new(), 4, None);
+        assert!(p.start.is_empty());
     }
 }

@@ -449,3 +449,49 @@ fn task_add_killed_at_each_point_is_completed_by_reconcile() {
         w.added(true);
     }
 }
+
+#[test]
+fn a_developer_job_waits_in_dispatch_until_reconcile_made_its_branch() {
+    // A start that found Gitea down, then an approval: the developer job is queued while
+    // the branch is not on Gitea. Started now, the agent would work on a branch that does
+    // not exist; dispatch holds it (and says why) until reconcile has made the branch.
+    let mut w = world();
+    let gitea = w.gitea.url().to_string();
+    w.env.set("ORCH_GITEA_URL", &closed_port());
+    w.env.run(ADD).expect(0);
+    w.env
+        .run(&[
+            "task",
+            "move",
+            "ORCH-9",
+            "--to",
+            "development",
+            "--reason",
+            "approved",
+        ])
+        .expect(0);
+    let developer_job = |w: &World| {
+        w.count("SELECT count(*) FROM jobs WHERE agent = 'developer' AND status = 'queued'")
+    };
+    assert_eq!(developer_job(&w), 1);
+    let dry = w.env.run(&["dispatch", "--dry-run"]).expect(0);
+    assert!(dry.stdout.contains("would start 0"), "{}", dry.stdout);
+    assert!(
+        dry.stdout
+            .contains("waits: its task's branch is not on Gitea yet"),
+        "{}",
+        dry.stdout
+    );
+    let pass = w.env.run(&["dispatch"]).expect(0);
+    assert!(pass.stderr.contains("branch_waits=1"), "{}", pass.stderr);
+    assert_eq!(developer_job(&w), 1, "held, not started");
+
+    // Gitea is back: reconcile makes the branch, and the next dispatch starts the job.
+    w.env.set("ORCH_GITEA_URL", &gitea);
+    let r = w.reconcile_json();
+    assert_eq!(r["counts"]["branches"], 1, "{r:#}");
+    assert!(w.gitea.branch("acme/orch", ADDED_BRANCH).is_some());
+    let pass = w.env.run(&["dispatch"]).expect(0);
+    assert!(pass.stderr.contains("started=1 "), "{}", pass.stderr);
+    assert_eq!(developer_job(&w), 0, "started once its branch exists");
+}
