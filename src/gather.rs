@@ -93,10 +93,15 @@ pub fn gate_inputs_with(
     if let (Some(n), true) = (facts.new_pr_number, record) {
         match db.set_pr_number(
             task.id,
+            task.round,
             i64::try_from(n).unwrap_or(i64::MAX),
             ctx.now_secs(),
         ) {
-            Ok(()) => log::info!(
+            Ok(false) => log::info!(
+                "task {}: PR #{n} not recorded: the task started another round meanwhile",
+                task.key
+            ),
+            Ok(true) => log::info!(
                 "task {}: PR #{n} found for branch {}{}",
                 task.key,
                 task.branch,

@@ -628,40 +628,53 @@ impl Db {
         Ok(moved)
     }
 
-    /// Records the task's PR number the first time it is seen.
+    /// Records the task's PR number as seen in `round` (the round the caller read the
+    /// task in); returns `false`, writing nothing, when the task has started another
+    /// round since (a PR of the old round never becomes the new round's).
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn set_pr_number(&self, task_id: i64, pr: i64, now: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE tasks SET pr_number = ?2, updated_at = ?3 WHERE id = ?1 AND pr_number IS NOT ?2",
-            params![task_id, pr, now],
-        )?;
-        Ok(())
-    }
-
-    /// Records the revision staging validated for the task.
-    ///
-    /// # Errors
-    /// On SQL errors.
-    pub fn set_validated_revision(&self, task_id: i64, revision: &str, now: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE tasks SET validated_revision = ?2, updated_at = ?3 WHERE id = ?1",
-            params![task_id, revision, now],
-        )?;
-        Ok(())
-    }
-
-    /// Forgets the task's validated revision (a staging check of it just failed); returns
-    /// whether there was one.
-    ///
-    /// # Errors
-    /// On SQL errors.
-    pub fn clear_validated_revision(&self, task_id: i64, now: i64) -> Result<bool> {
+    pub fn set_pr_number(&self, task_id: i64, round: u32, pr: i64, now: i64) -> Result<bool> {
         let n = self.conn.execute(
-            "UPDATE tasks SET validated_revision = NULL, updated_at = ?2
-             WHERE id = ?1 AND validated_revision IS NOT NULL",
-            params![task_id, now],
+            "UPDATE tasks SET pr_number = ?3,
+                    updated_at = CASE WHEN pr_number IS ?3 THEN updated_at ELSE ?4 END
+             WHERE id = ?1 AND round = ?2",
+            params![task_id, round, pr, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the revision staging validated for the task in `round` (the round the
+    /// check read the task in); returns `false` when the task has started another round
+    /// since (nothing is written: the new round starts with no validated revision).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn set_validated_revision(
+        &self,
+        task_id: i64,
+        round: u32,
+        revision: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE tasks SET validated_revision = ?3, updated_at = ?4
+             WHERE id = ?1 AND round = ?2",
+            params![task_id, round, revision, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Forgets the task's validated revision in `round` (a staging check of it just
+    /// failed); returns whether there was one.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clear_validated_revision(&self, task_id: i64, round: u32, now: i64) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE tasks SET validated_revision = NULL, updated_at = ?3
+             WHERE id = ?1 AND round = ?2 AND validated_revision IS NOT NULL",
+            params![task_id, round, now],
         )?;
         Ok(n == 1)
     }
@@ -1294,8 +1307,8 @@ mod tests {
             db.move_task(id, from, to, "t", Actor::Reconcile, 2)
                 .unwrap();
         }
-        db.set_pr_number(id, 1, 2).unwrap();
-        db.set_validated_revision(id, "abc", 2).unwrap();
+        assert!(db.set_pr_number(id, 1, 1, 2).unwrap());
+        assert!(db.set_validated_revision(id, 1, "abc", 2).unwrap());
         db.conn()
             .execute("UPDATE tasks SET branch_ready_at = 2 WHERE id = ?1", [id])
             .unwrap();
@@ -1318,6 +1331,12 @@ mod tests {
         assert_eq!(t.pr_number, None);
         assert_eq!(t.validated_revision, None);
         assert_eq!(t.branch_ready_at, None);
+        // A check or a gate that read the task in round 1 and writes after the reopen
+        // writes nothing: the new round starts with no PR and no validated revision.
+        assert!(!db.set_pr_number(id, 1, 1, 5).unwrap());
+        assert!(!db.set_validated_revision(id, 1, "abc", 5).unwrap());
+        let t = db.task(id).unwrap().unwrap();
+        assert_eq!((t.pr_number, t.validated_revision), (None, None));
         let last = db.stage_events(id).unwrap().pop().unwrap();
         assert_eq!(last.reason, "degraded (reopened: round 2)");
         // A move that keeps the round leaves the PR and the revision alone.
@@ -1330,7 +1349,7 @@ mod tests {
             6,
         )
         .unwrap();
-        db.set_pr_number(id, 2, 6).unwrap();
+        assert!(db.set_pr_number(id, 2, 2, 6).unwrap());
         let m = db
             .move_task(
                 id,

@@ -219,7 +219,12 @@ fn resolve(
                 );
             };
             let n = i64::try_from(pr.number).context("PR number out of range")?;
-            db.set_pr_number(task.id, n, ctx.now_secs())?;
+            if !db.set_pr_number(task.id, task.round, n, ctx.now_secs())? {
+                bail!(
+                    "task {} started another round while merge-guard read it: run it again",
+                    task.key
+                );
+            }
             log::info!(
                 "merge-guard: recorded PR {}#{} on task {} (head branch {})",
                 task.repo,

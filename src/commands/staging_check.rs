@@ -434,11 +434,15 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     }
     if internal.is_empty() && run.verdict.status == VerdictStatus::Success {
         if let (Some(t), Some(d), Some(rev)) = (&task, &db, &run.checked_revision) {
-            match d.set_validated_revision(t.id, rev, now.as_second()) {
-                Ok(()) => log::info!(
+            match d.set_validated_revision(t.id, t.round, rev, now.as_second()) {
+                Ok(true) => log::info!(
                     "staging-check: task {} validated revision {rev} (pin {kind})",
                     t.key
                 ),
+                Ok(false) => internal.push(format!(
+                    "task {} left round {} during the check (reopened): revision {rev} not recorded",
+                    t.key, t.round
+                )),
                 Err(e) => internal.push(format!("recording the validated revision: {e:#}")),
             }
         }
@@ -458,7 +462,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     // not validated, so nothing older may be merged on its word.
     if run.verdict.status == VerdictStatus::Failed {
         if let (Some(t), Some(d)) = (&task, &db) {
-            match d.clear_validated_revision(t.id, now.as_second()) {
+            match d.clear_validated_revision(t.id, t.round, now.as_second()) {
                 Ok(true) => log::warn!(
                     "staging-check: task {} no longer has a validated revision (was {}): this run failed",
                     t.key,
@@ -525,8 +529,12 @@ fn read_head(
     let head = head_at_start(&facts.pr, &task.key, &task.branch)?;
     if let (Some(n), Some(db)) = (facts.new_pr_number, db) {
         let number = i64::try_from(n).unwrap_or(i64::MAX);
-        match db.set_pr_number(task.id, number, now) {
-            Ok(()) => log::info!(
+        match db.set_pr_number(task.id, task.round, number, now) {
+            Ok(false) => log::info!(
+                "staging-check: PR #{n} not recorded on task {}: it started another round meanwhile",
+                task.key
+            ),
+            Ok(true) => log::info!(
                 "staging-check: recorded PR #{n} on task {} (head branch {})",
                 task.key,
                 task.branch
