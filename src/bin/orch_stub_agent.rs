@@ -105,8 +105,22 @@ fn artefact(file: &str, key: &str, value: &str, title: &str, body: &str) -> Resu
     Ok(())
 }
 
+/// Step 1 of every prompt: the task must be at the agent's stage, else nothing is done.
+fn at_stage(t: &Value, mine: &str) -> Result<bool> {
+    let stage = field(t, "stage")?;
+    if stage == mine {
+        Ok(true)
+    } else {
+        println!("stage is {stage}, not {mine}: nothing to do");
+        Ok(false)
+    }
+}
+
 fn analyst() -> Result<()> {
     let t = task()?;
+    if !at_stage(&t, "analysis")? {
+        return Ok(());
+    }
     let key = field(&t, "key")?;
     artefact(
         "01-analysis.md",
@@ -122,6 +136,9 @@ fn analyst() -> Result<()> {
 
 fn reviewer() -> Result<()> {
     let t = task()?;
+    if !at_stage(&t, "review")? {
+        return Ok(());
+    }
     let key = field(&t, "key")?;
     artefact(
         "05-review.md",
@@ -203,6 +220,9 @@ impl Gitea {
 
 fn developer() -> Result<()> {
     let t = task()?;
+    if !at_stage(&t, "development")? {
+        return Ok(());
+    }
     let (key, repo, branch) = (field(&t, "key")?, field(&t, "repo")?, field(&t, "branch")?);
     let job = env("ORCH_JOB_ID")?;
     let gitea = Gitea::from_env(repo)?;
