@@ -29,7 +29,8 @@ use crate::forge::Forge;
 /// (the deploy gate) uses [`move_task_with`].
 ///
 /// # Errors
-/// When the table refuses the move, the task moved meanwhile, or a write fails.
+/// When the table refuses the move, the task moved meanwhile, a write fails, or the
+/// move's round cannot be decided ([`RoundUndecided`]: nothing moved).
 pub fn move_task(
     ctx: &Context,
     db: &mut Db,
@@ -49,8 +50,9 @@ pub fn move_task(
 /// reconcile when Gitea fails or is not configured.
 ///
 /// # Errors
-/// When the table refuses the move, the task moved meanwhile, or a write fails (a
-/// branch that could not be made is not an error: the move stands).
+/// When the table refuses the move, the task moved meanwhile, a write fails (a branch
+/// that could not be made is not an error: the move stands), or `merged` is unknown
+/// where the round depends on it ([`RoundUndecided`]: nothing moved).
 pub fn move_task_with(
     ctx: &Context,
     db: &mut Db,
@@ -81,6 +83,22 @@ pub fn move_task_recorded(
     move_task_full(ctx, db, task, to, reason, actor, &merged, record)
 }
 
+/// A move refused because whether it starts a new round could not be decided: the
+/// task's PR may have been merged, and Gitea could not tell ([`round::reopen`]).
+/// Nothing moved; the deploy gate waits, and an operator is told how to proceed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {key}: {from} -> {to} not made: {why}")]
+pub struct RoundUndecided {
+    /// The task's key.
+    pub key: String,
+    /// Where it is.
+    pub from: Stage,
+    /// Where it was to go.
+    pub to: Stage,
+    /// Why the round cannot be decided.
+    pub why: String,
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one move's facts, kept flat like Db::move_task_recorded"
@@ -96,8 +114,16 @@ fn move_task_full(
     record: Option<&Recorder<'_, Moved>>,
 ) -> Result<Moved> {
     let change = round::reopen(task.stage, to, merged);
-    if let RoundChange::KeepUnsure { why } = &change {
-        log::warn!("task {}: {} -> {to}: {why}", task.key, task.stage);
+    if let RoundChange::Undecided { why } = &change {
+        // Either guess is wrong half the time: keeping the round sends the developer to
+        // a merged PR's branch, a new round abandons an open PR. Nothing moves yet.
+        return Err(RoundUndecided {
+            key: task.key.clone(),
+            from: task.stage,
+            to,
+            why: why.clone(),
+        }
+        .into());
     }
     let moved = db.move_task_recorded(
         task.id,

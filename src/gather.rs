@@ -120,6 +120,7 @@ pub fn gate_inputs_with(
         project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),
     );
     inputs.validated_revision = task.validated_revision.clone();
+    inputs.recorded_pr = task.pr_number.and_then(|n| u64::try_from(n).ok());
     inputs
 }
 
@@ -166,7 +167,8 @@ pub fn apply_gate(ctx: &Context, db: &mut Db, task: &Task, actor: Actor) -> Resu
             Ok(GateOutcome::Advanced(moved))
         }
         GateDecision::Rollback { to, because, .. } => {
-            // The deploy gate's PR fact says whether the rollback follows a merge.
+            // The deploy gate's PR fact says whether the rollback follows a merge (it
+            // rolls back only once that is known: `check_merge_known`).
             let merged = crate::core::round::merged(&inputs.pr);
             let moved = flow::move_task_with(ctx, db, task, *to, because, actor, &merged)?;
             Ok(GateOutcome::RolledBack(moved))

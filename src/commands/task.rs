@@ -5,6 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::clock::format_unix;
 use crate::context::Context;
 use crate::core::branch::branch_name;
+use crate::core::round;
 use crate::core::stage::{self, Actor, Stage};
 use crate::core::task::{Job, NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
@@ -89,9 +90,23 @@ pub struct MoveArgs {
     /// Why (recorded in the stage event)
     #[arg(long)]
     pub reason: String,
+    /// For deploy -> development only: whether the move starts a new round (`new`: the
+    /// PR was merged) or keeps it (`keep`: it was not), instead of asking Gitea.
+    /// Without it, the move is refused (exit 1) while Gitea cannot tell
+    #[arg(long, value_enum)]
+    pub round: Option<RoundChoice>,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// The operator's answer to whether a `deploy → development` move starts a new round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundChoice {
+    /// The PR was merged: a fresh branch, no PR, no validated revision.
+    New,
+    /// The PR was not merged: the branch, PR and validated revision stay.
+    Keep,
 }
 
 fn parse_stage(s: &str) -> Result<Stage, String> {
@@ -421,7 +436,48 @@ fn move_task(args: &MoveArgs, ctx: &Context) -> Result<ExitStatus> {
         );
         return Ok(ExitStatus::No);
     }
-    let moved = flow::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator)?;
+    let moved = match args.round {
+        Some(choice) => {
+            if !round::needs_merge_evidence(t.stage, args.to) {
+                bail!(
+                    "--round applies only to deploy -> development (task {} is at {})",
+                    t.key,
+                    t.stage
+                );
+            }
+            let word = if choice == RoundChoice::New {
+                "new"
+            } else {
+                "keep"
+            };
+            let reason = format!("{reason} (--round {word})");
+            let merged = Ok(choice == RoundChoice::New);
+            flow::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
+        }
+        None => match flow::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
+            Ok(moved) => moved,
+            Err(e) => {
+                let Some(u) = e.downcast_ref::<flow::RoundUndecided>() else {
+                    return Err(e);
+                };
+                let pr = t
+                    .pr_number
+                    .map_or_else(|| "the task's PR".to_string(), |n| format!("PR #{n}"));
+                eprintln!(
+                    "task {} not moved: {} -> {}: {}",
+                    t.key, u.from, u.to, u.why
+                );
+                eprintln!(
+                    "run the move again once Gitea answers, or say which round it is: \
+                     --round new ({pr} was merged: a fresh branch from the default branch, no \
+                     PR, no validated revision) or --round keep ({pr} was not merged: the \
+                     developer goes on with branch {} and {pr})",
+                    t.branch
+                );
+                return Ok(ExitStatus::No);
+            }
+        },
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&moved)?);
     } else {

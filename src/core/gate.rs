@@ -14,11 +14,17 @@
 //! staging-check --task ID`); and the branch mergeable. `staging-check` pins the image
 //! freshness check's revision where freshness applies and the PR head everywhere else
 //! (`core::pin`), so a default install's ordinary repo ships.
+//!
+//! `deploy → development` (`deploy_status: FAILED`) also requires `check_merge_known`:
+//! whether the PR was merged decides whether the rollback starts a new round
+//! (`core::round::reopen`), so while Gitea cannot tell, the rollback waits (an `Unknown`:
+//! the deployer is not re-run and no attempt is counted) instead of guessing the round.
 
 use crate::core::artefact::{
     ArtefactError, DeployStatus, ReviewVerdict, StagingReport, StagingStatus,
 };
 use crate::core::job::JobOutcome;
+use crate::core::round;
 use crate::core::stage::Stage;
 
 /// A fact a pass gathered, or why it could not (the check then says `Unknown`).
@@ -89,6 +95,8 @@ pub struct GateInputs {
     pub freshness_applies: bool,
     /// The revision the pipeline validated for this task, when recorded.
     pub validated_revision: Option<String>,
+    /// The PR number recorded on the task, to name it when the PR cannot be read.
+    pub recorded_pr: Option<u64>,
 }
 
 impl GateInputs {
@@ -104,6 +112,7 @@ impl GateInputs {
             deploy: Err(missing(crate::core::artefact::DEPLOY_REPORT_FILE)),
             freshness_applies: false,
             validated_revision: None,
+            recorded_pr: None,
         }
     }
 }
@@ -166,6 +175,9 @@ pub enum CheckId {
     DeployFailed,
     /// The PR is merged.
     PrMerged,
+    /// Whether the PR was merged is known (the deploy rollback needs it to decide the
+    /// round); never fails, only passes or is unknown.
+    MergeKnown,
 }
 
 /// One registered check.
@@ -255,6 +267,12 @@ pub const QG_CHECKS: &[CheckSpec] = &[
         needs: &[Need::Pr],
         eval: pr_merged,
     },
+    CheckSpec {
+        id: CheckId::MergeKnown,
+        name: "check_merge_known",
+        needs: &[Need::Pr],
+        eval: merge_known,
+    },
 ];
 
 /// Returns the registered check with this id.
@@ -276,6 +294,9 @@ pub struct GateSpec {
     pub checks: &'static [CheckId],
     /// When this check passes, the task rolls back to `development`.
     pub rollback_when: Option<CheckId>,
+    /// What the rollback also needs to know to be made: when `rollback_when` passes
+    /// and one of these does not, the gate waits.
+    pub rollback_requires: &'static [CheckId],
 }
 
 /// The gate of every stage that has one (`analysis` is a human's call; `done` and
@@ -286,12 +307,14 @@ pub const GATES: &[GateSpec] = &[
         advance_to: Stage::Review,
         checks: &[CheckId::JobEnded, CheckId::PrOpen, CheckId::CiGreen],
         rollback_when: None,
+        rollback_requires: &[],
     },
     GateSpec {
         stage: Stage::Review,
         advance_to: Stage::DeployStaging,
         checks: &[CheckId::ReviewApproved],
         rollback_when: Some(CheckId::ReviewRequestsChanges),
+        rollback_requires: &[],
     },
     GateSpec {
         stage: Stage::DeployStaging,
@@ -302,12 +325,15 @@ pub const GATES: &[GateSpec] = &[
             CheckId::BranchMergeable,
         ],
         rollback_when: Some(CheckId::StagingFailed),
+        rollback_requires: &[],
     },
     GateSpec {
         stage: Stage::Deploy,
         advance_to: Stage::Done,
         checks: &[CheckId::DeploySucceeded, CheckId::PrMerged],
         rollback_when: Some(CheckId::DeployFailed),
+        // A failed deploy may come before or after the merge: the round depends on it.
+        rollback_requires: &[CheckId::MergeKnown],
     },
 ];
 
@@ -320,7 +346,12 @@ pub fn gate(stage: Stage) -> Option<&'static GateSpec> {
 pub fn needs(stage: Stage) -> Vec<Need> {
     let mut out: Vec<Need> = Vec::new();
     if let Some(g) = gate(stage) {
-        for id in g.checks.iter().chain(g.rollback_when.iter()) {
+        for id in g
+            .checks
+            .iter()
+            .chain(g.rollback_when.iter())
+            .chain(g.rollback_requires)
+        {
             for n in check(*id).needs {
                 if !out.contains(n) {
                     out.push(*n);
@@ -352,7 +383,7 @@ pub enum GateDecision {
         /// The checks that passed.
         checks: Vec<CheckOutcome>,
     },
-    /// The rollback check passed: back to development.
+    /// The rollback check and what the rollback requires passed: back to development.
     Rollback {
         /// Where to (development).
         to: Stage,
@@ -399,6 +430,9 @@ impl GateDecision {
 }
 
 /// Evaluates `stage`'s gate over `inputs`.
+///
+/// A rollback whose rollback check passes but whose requirements do not all pass waits
+/// (on evidence only when a requirement failed), whatever the advance checks say.
 pub fn evaluate(stage: Stage, inputs: &GateInputs) -> GateDecision {
     let Some(g) = gate(stage) else {
         return GateDecision::NoGate;
@@ -416,9 +450,19 @@ pub fn evaluate(stage: Stage, inputs: &GateInputs) -> GateDecision {
         if outcome.result == CheckResult::Pass {
             let because = outcome.check;
             checks.push(outcome);
-            return GateDecision::Rollback {
-                to: Stage::Development,
-                because,
+            checks.extend(g.rollback_requires.iter().map(|id| run(*id)));
+            if checks.iter().all(|c| c.result == CheckResult::Pass) {
+                return GateDecision::Rollback {
+                    to: Stage::Development,
+                    because,
+                    checks,
+                };
+            }
+            let failed_on_evidence = checks
+                .iter()
+                .any(|c| matches!(c.result, CheckResult::Fail(_)));
+            return GateDecision::Wait {
+                failed_on_evidence,
                 checks,
             };
         }
@@ -618,6 +662,26 @@ fn pr_merged(i: &GateInputs) -> CheckResult {
             CheckResult::Fail(format!("PR #{} is not merged", pr.number))
         }
     })
+}
+
+fn merge_known(i: &GateInputs) -> CheckResult {
+    match round::merged(&i.pr) {
+        Ok(_) => CheckResult::Pass,
+        Err(e) => {
+            let pr = i
+                .recorded_pr
+                .map_or_else(|| "the task's PR".to_string(), |n| format!("PR #{n}"));
+            let source = if e.starts_with("gitea") {
+                e
+            } else {
+                format!("gitea: {e}")
+            };
+            CheckResult::Unknown(format!(
+                "deploy_status is FAILED, but whether {pr} was merged is unknown ({source}): \
+                 waiting to decide the round"
+            ))
+        }
+    }
 }
 
 /// Returns whether two revisions name the same commit (a full SHA and its prefix match).
@@ -1001,6 +1065,17 @@ mod tests {
             ),
             (Ok(DeployStatus::Failed), pr(false, true, None), "rollback"),
             (
+                Ok(DeployStatus::Failed),
+                pr(true, false, Some(true)),
+                "rollback",
+            ),
+            (Ok(DeployStatus::Failed), Ok(None), "rollback"),
+            (
+                Ok(DeployStatus::Failed),
+                Err("connection refused".into()),
+                "wait-unknown",
+            ),
+            (
                 Ok(DeployStatus::Success),
                 Err("gitea down".into()),
                 "wait-unknown",
@@ -1014,6 +1089,58 @@ mod tests {
             };
             assert_eq!(kind(&evaluate(Stage::Deploy, &inputs)), want);
         }
+    }
+
+    #[test]
+    fn a_failed_deploy_with_an_unknown_merge_waits_naming_the_fact() {
+        let inputs = GateInputs {
+            deploy: Ok(DeployStatus::Failed),
+            pr: Err("retryable: connection refused".into()),
+            recorded_pr: Some(7),
+            ..GateInputs::empty()
+        };
+        let d = evaluate(Stage::Deploy, &inputs);
+        // Only unknowns hold it: reconcile neither re-runs the deployer nor counts it.
+        assert_eq!(kind(&d), "wait-unknown");
+        assert_eq!(
+            d.blockers(),
+            "check_merge_known: unknown: deploy_status is FAILED, but whether PR #7 was \
+             merged is unknown (gitea: retryable: connection refused): waiting to decide the \
+             round"
+        );
+        let unnamed = GateInputs {
+            recorded_pr: None,
+            pr: Err("gitea is not configured (ORCH_GITEA_URL)".into()),
+            ..inputs
+        };
+        let blockers = evaluate(Stage::Deploy, &unnamed).blockers();
+        assert!(
+            blockers.contains(
+                "whether the task's PR was merged is unknown (gitea is not configured \
+                 (ORCH_GITEA_URL))"
+            ),
+            "{blockers}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_to_development_requires_the_merge_fact_exactly_where_the_round_needs_it() {
+        for g in GATES {
+            let needs_it = g.rollback_when.is_some()
+                && round::needs_merge_evidence(g.stage, Stage::Development);
+            assert_eq!(
+                g.rollback_requires.contains(&CheckId::MergeKnown),
+                needs_it,
+                "{}",
+                g.stage
+            );
+        }
+        // Other rollbacks do not wait on Gitea.
+        let inputs = GateInputs {
+            staging: staging(StagingStatus::Failed, None),
+            ..GateInputs::empty()
+        };
+        assert_eq!(kind(&evaluate(Stage::DeployStaging, &inputs)), "rollback");
     }
 
     #[test]
@@ -1032,7 +1159,12 @@ mod tests {
     #[test]
     fn every_gate_check_is_registered_once() {
         for g in GATES {
-            for id in g.checks.iter().chain(g.rollback_when.iter()) {
+            for id in g
+                .checks
+                .iter()
+                .chain(g.rollback_when.iter())
+                .chain(g.rollback_requires)
+            {
                 assert_eq!(QG_CHECKS.iter().filter(|c| c.id == *id).count(), 1);
             }
             assert!(crate::core::stage::transition(g.stage, g.advance_to).is_some());

@@ -520,6 +520,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_deploy_waiting_on_the_merge_fact_never_reruns_nor_escalates() {
+        use crate::core::artefact::DeployStatus;
+        use crate::core::gate::{evaluate, GateInputs};
+        let inputs = GateInputs {
+            deploy: Ok(DeployStatus::Failed),
+            pr: Err("connection refused".into()),
+            recorded_pr: Some(4),
+            ..GateInputs::empty()
+        };
+        let d = evaluate(Stage::Deploy, &inputs);
+        // However many attempts the deployer had, at and past the cap.
+        for attempt in [1, LIMITS.job_max_attempts, LIMITS.job_max_attempts + 1] {
+            match decide(
+                Stage::Deploy,
+                &d,
+                job(JobStatus::Succeeded, attempt),
+                0,
+                &LIMITS,
+            ) {
+                Action::Wait { because } => assert!(
+                    because.contains("whether PR #4 was merged is unknown"),
+                    "{because}"
+                ),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn the_third_review_rollback_escalates() {
         let rb = GateDecision::Rollback {
             to: Stage::Development,

@@ -6,8 +6,9 @@
 //! from the current default branch (named by [`crate::core::branch::round_branch_name`]
 //! when the old branch still exists), no recorded PR and no validated revision. A
 //! closed or merged PR is never the task's current PR, except at `deploy`, where the
-//! merged PR is the one this round delivers. Pure decisions over plain data: the
-//! callers gather the merge evidence.
+//! merged PR is the one this round delivers. When whether the PR was merged is unknown,
+//! a `deploy → development` move is undecided and waits ([`reopen`]). Pure decisions
+//! over plain data: the callers gather the merge evidence.
 
 use crate::core::gate::{Fact, PrFacts};
 use crate::core::stage::Stage;
@@ -23,8 +24,9 @@ pub enum RoundChange {
         /// The evidence, for the stage event and the log.
         because: String,
     },
-    /// Whether the PR was merged could not be told: the round goes on (see [`reopen`]).
-    KeepUnsure {
+    /// Whether the PR was merged could not be told, so the round cannot be decided:
+    /// the move must not happen yet (see [`reopen`]).
+    Undecided {
         /// Why it could not be told.
         why: String,
     },
@@ -50,11 +52,12 @@ pub fn needs_merge_evidence(from: Stage, to: Stage) -> bool {
 ///   only with its PR merged.
 /// - `deploy → development` (`deploy_status: FAILED`) does when `merged` says the PR
 ///   was merged or its head is contained in the base (`Ok(true)`); `Ok(false)` keeps
-///   the round. When it cannot be told (`Err`), the round is kept: that choice never
-///   abandons an open PR and its branch, and a merged PR is not current at
-///   `development` anyway ([`recorded_pr_is_current`]), so the next open PR for the
-///   branch is still found; the wrong other choice would move the developer to a new
-///   branch away from work still under review.
+///   the round. When it cannot be told (`Err`: Gitea down, and deploys often fail
+///   exactly then) the answer is [`RoundChange::Undecided`] and the move waits: either
+///   guess is wrong half the time, keeping the round sends the developer back to a
+///   merged PR's branch, and a new round abandons an open PR still under review. The
+///   deploy gate waits for the fact ([`crate::core::gate`]'s `check_merge_known`);
+///   an operator's `task move` is refused unless they say which round it is.
 /// - `review → development` and `deploy-staging → development` come before any merge
 ///   in the pipeline and keep the round; so does every other move. `merged` is read only
 ///   for `deploy → development`.
@@ -71,8 +74,11 @@ pub fn reopen(from: Stage, to: Stage, merged: &Fact<bool>) -> RoundChange {
                 because: "deploy -> development after the PR was merged".into(),
             },
             Ok(false) => RoundChange::Keep,
-            Err(e) => RoundChange::KeepUnsure {
-                why: format!("could not tell whether the PR was merged ({e}); keeping the round"),
+            Err(e) => RoundChange::Undecided {
+                why: format!(
+                    "whether the PR was merged is unknown ({e}), so whether the move starts a \
+                     new round cannot be decided"
+                ),
             },
         },
         _ => RoundChange::Keep,
@@ -135,11 +141,25 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_merge_keeps_the_round_and_says_why() {
+    fn an_unknown_merge_leaves_the_deploy_rollback_undecided_and_says_why() {
         let r = reopen(Stage::Deploy, Stage::Development, &Err("timed out".into()));
         match r {
-            RoundChange::KeepUnsure { why } => assert!(why.contains("timed out"), "{why}"),
+            RoundChange::Undecided { why } => {
+                assert!(why.contains("timed out"), "{why}");
+                assert!(
+                    why.contains("whether the PR was merged is unknown"),
+                    "{why}"
+                );
+            }
             other => panic!("{other:?}"),
+        }
+        // Only deploy -> development waits on the fact; every other move is decided.
+        let unknown: Fact<bool> = Err("timed out".into());
+        for from in Stage::ALL {
+            for to in Stage::ALL {
+                let undecided = matches!(reopen(from, to, &unknown), RoundChange::Undecided { .. });
+                assert_eq!(undecided, needs_merge_evidence(from, to), "{from} -> {to}");
+            }
         }
     }
 

@@ -682,36 +682,53 @@ fn a_round_branch_an_interrupted_step_already_made_is_taken_as_this_rounds() {
 fn gitea_refusals_never_half_reopen() {
     let w = world();
     // The recorded PR is unknown to Gitea (404): whether it was merged cannot be told,
-    // so the deploy rollback keeps the round and says why.
-    let (_, key) = w.seed(&Seed {
+    // so the operator's deploy rollback is refused, says why and how to proceed.
+    let (id, key) = w.seed(&Seed {
         n: 50,
         stage: "deploy",
         branch: "shop-50-checkout",
         pr: Some(99),
     });
-    let run = w
-        .env
-        .run(&[
+    let move_to_dev = |extra: &[&str]| {
+        let mut args = vec![
             "task",
             "move",
-            &key,
+            key.as_str(),
             "--to",
             "development",
             "--reason",
             "redo",
-        ])
-        .expect(0);
+        ];
+        args.extend_from_slice(extra);
+        w.env.run(&args)
+    };
+    let run = move_to_dev(&[]).expect(1);
     assert!(
-        run.stderr
-            .contains("could not tell whether the PR was merged"),
+        run.stderr.contains(
+            "task SHOP-50 not moved: deploy -> development: whether the PR was merged is unknown"
+        ) && run.stderr.contains("--round new (PR #99 was merged")
+            && run.stderr.contains("--round keep (PR #99 was not merged"),
         "{}",
         run.stderr
     );
     let r = w.round(&key);
     assert_eq!(
         (r.stage.as_str(), r.round, r.pr, r.validated.as_deref()),
+        ("deploy", 1, Some(99), Some("validated-sha"))
+    );
+    // The operator knows it was not merged: they say so, and the round goes on.
+    move_to_dev(&["--round", "keep"]).expect(0);
+    let r = w.round(&key);
+    assert_eq!(
+        (r.stage.as_str(), r.round, r.pr, r.validated.as_deref()),
         ("development", 1, Some(99), Some("validated-sha"))
     );
+    let (_, _, actor, reason) = w.last_event(id);
+    assert_eq!(
+        (actor.as_str(), reason.as_str()),
+        ("operator", "redo (--round keep)")
+    );
+
     // Gitea refuses the new round's branch (the repository is gone: 404): the reopen
     // stands, the branch is left unconfirmed, nothing is renamed.
     let (id, key) = w.seed(&Seed {
@@ -724,6 +741,28 @@ fn gitea_refusals_never_half_reopen() {
         .db()
         .execute("UPDATE tasks SET repo = 'acme/gone' WHERE id = ?1", [id])
         .unwrap();
+    // --round answers only the question deploy -> development asks (done ->
+    // development always starts a new round).
+    let run = w
+        .env
+        .run(&[
+            "task",
+            "move",
+            &key,
+            "--to",
+            "development",
+            "--reason",
+            "bad",
+            "--round",
+            "keep",
+        ])
+        .expect(2);
+    assert!(
+        run.stderr
+            .contains("--round applies only to deploy -> development (task SHOP-51 is at done)"),
+        "{}",
+        run.stderr
+    );
     let run = w
         .env
         .run(&[
@@ -745,5 +784,137 @@ fn gitea_refusals_never_half_reopen() {
     assert_eq!(
         (r.round, r.branch.as_str(), r.pr, r.branch_ready_at),
         (2, "shop-51-checkout", None, None)
+    );
+}
+
+#[test]
+fn a_failed_deploy_waits_while_gitea_cannot_tell_the_merge_then_decides_the_round() {
+    let mut w = world();
+    w.env
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
+        .set("ORCH_RECONCILE_REPLAY_ENABLED", "false");
+    let report = "---\ndeploy_status: FAILED\n---\nthe release did not start\n";
+    // SHOP-60's PR was merged before the deploy failed; SHOP-61's was not.
+    let mut tasks = Vec::new();
+    for (n, merged) in [(60u32, true), (61, false)] {
+        let branch = format!("shop-{n}-checkout");
+        let head = fake_sha(&branch);
+        w.gitea.push(REPO, &branch, &head);
+        let seed = PullSeed::open(u64::from(n), &branch);
+        w.gitea
+            .add_pull(REPO, &if merged { seed.merged() } else { seed });
+        w.gitea.set_ahead(REPO, "main", &head, 1);
+        let (id, key) = w.seed(&Seed {
+            n,
+            stage: "deploy",
+            branch: &branch,
+            pr: Some(i64::from(n)),
+        });
+        w.env.artefact(&key, "12-deploy-report.md", report);
+        tasks.push((id, key, branch));
+    }
+    let held = |n: u32| {
+        format!(
+            "check_merge_known: unknown: deploy_status is FAILED, but whether PR #{n} was \
+             merged is unknown (gitea get pull acme/shop#{n}: could not connect"
+        )
+    };
+    let unmoved = |w: &World, key: &str, n: u32| {
+        assert_eq!(
+            w.round(key),
+            Round {
+                stage: "deploy".into(),
+                round: 1,
+                branch: format!("shop-{n}-checkout"),
+                pr: Some(i64::from(n)),
+                validated: Some("validated-sha".into()),
+                branch_ready_at: Some(NOW_UNIX - 3600),
+            }
+        );
+    };
+    // Gitea is down (nothing listens on the port).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    w.env.set("ORCH_GITEA_URL", &dead);
+    // The deployer's job ends with FAILED: run-job's gate leaves the task at deploy.
+    let (id60, key60, _) = &tasks[0];
+    let (id61, key61, _) = &tasks[1];
+    let stderr = w.run_job(*id60, "deployer", "deploy");
+    assert!(
+        stderr.contains(&format!("task SHOP-60 waits at deploy: {}", held(60))),
+        "{stderr}"
+    );
+    unmoved(&w, key60, 60);
+    // Reconcile passes while Gitea stays down (past ORCH_JOB_MAX_ATTEMPTS): both wait
+    // and say why; the deployer is never re-run and nothing is escalated.
+    for pass in 1..=4 {
+        w.env.set("ORCH_NOW", &at(60 * pass));
+        let run = w.env.run(&["reconcile", "--json"]).expect(0);
+        for n in [60, 61] {
+            assert!(run.stdout.contains(&held(n)), "pass {pass}: {}", run.stdout);
+        }
+        unmoved(&w, key60, 60);
+        unmoved(&w, key61, 61);
+    }
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM jobs WHERE agent = 'deployer' AND attempt = 1
+               AND status = 'succeeded'"
+        ),
+        1
+    );
+    assert_eq!(w.env.count("SELECT count(*) FROM jobs"), 1, "no job queued");
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL"),
+        0
+    );
+    // Gitea is back: the next pass rolls both back, each with the round its merge says.
+    w.env
+        .set("ORCH_GITEA_URL", w.gitea.url())
+        .set("ORCH_NOW", &at(600));
+    let run = w.env.run(&["reconcile"]).expect(0);
+    let r = w.round(key60);
+    assert_eq!(
+        (r.stage.as_str(), r.round, r.pr, r.validated),
+        ("development", 2, None, None),
+        "{}",
+        run.stderr
+    );
+    // The old branch survived the merge: the round takes its round name.
+    assert_eq!(r.branch, "shop-60-checkout--r2");
+    assert_eq!(w.gitea.branch(REPO, &r.branch), Some(w.main_sha()));
+    let (from, _, actor, reason) = w.last_event(*id60);
+    assert_eq!((from.as_str(), actor.as_str()), ("deploy", "reconcile"));
+    assert!(reason.ends_with("(reopened: round 2)"), "{reason}");
+    let r = w.round(key61);
+    assert_eq!(
+        (
+            r.stage.as_str(),
+            r.round,
+            r.pr,
+            r.validated.as_deref(),
+            r.branch.as_str()
+        ),
+        (
+            "development",
+            1,
+            Some(61),
+            Some("validated-sha"),
+            "shop-61-checkout"
+        ),
+        "{}",
+        run.stderr
+    );
+    let (_, _, actor, reason) = w.last_event(*id61);
+    assert_eq!(actor, "reconcile");
+    assert!(!reason.contains("reopened"), "{reason}");
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM jobs WHERE agent = 'developer' AND status = 'queued'"),
+        2
     );
 }
