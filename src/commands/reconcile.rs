@@ -281,6 +281,10 @@ struct Pass<'a> {
     report: Report,
     /// Set on a 429: no more Plane calls, no more actions.
     rate_limited: bool,
+    /// Per task, whether its PR was merged, as the gate just read it: a rollback decides
+    /// its round from the very fact its gate judged, never from a second Gitea read
+    /// that may fail in between.
+    merged: std::collections::HashMap<i64, crate::core::gate::Fact<bool>>,
 }
 
 fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
@@ -301,6 +305,7 @@ fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
         },
         plane,
         forge: Forge::from_config(&ctx.config)?,
+        merged: std::collections::HashMap::new(),
         report: Report {
             dry_run,
             ..Report::default()
@@ -1003,6 +1008,8 @@ impl Pass<'_> {
     /// Gathers what the stage's gate needs and decides.
     fn evaluate(&mut self, db: &mut Db, t: &Task) -> Verdict {
         let inputs = self.gate_inputs(db, t);
+        self.merged
+            .insert(t.id, crate::core::round::merged(&inputs.pr));
         let decision = gate::evaluate(t.stage, &inputs);
         let last = match db.latest_stage_job(t.id, t.stage) {
             Ok(j) => j.map(|j| {
@@ -1053,7 +1060,18 @@ impl Pass<'_> {
                 because,
                 escalate,
             } => {
-                let moved = flow::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?;
+                let moved = match self.merged.get(&t.id) {
+                    Some(merged) => flow::move_task_with(
+                        self.ctx,
+                        db,
+                        t,
+                        *to,
+                        because,
+                        Actor::Reconcile,
+                        merged,
+                    )?,
+                    None => flow::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?,
+                };
                 self.report.c.rolled_back += 1;
                 if moved.escalated {
                     // The move itself parked the task (no developer job was queued):
