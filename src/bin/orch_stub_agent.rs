@@ -17,7 +17,8 @@
 //!   artefact, never merges.
 //! - reviewer: writes `05-review.md` with `review_verdict: APPROVE`.
 //! - deployer, stage `deploy-staging`: deploys the PR head to staging, then runs
-//!   `orch staging-check --task "$ORCH_TASK_ID"`. Stage `deploy`: runs
+//!   `orch staging-check --task "$ORCH_TASK_ID"` (0 or 1: done, the report is the answer;
+//!   anything else, 2 "no verdict" included: exit 3 and write nothing). Stage `deploy`: runs
 //!   `orch merge-guard --task "$ORCH_TASK_ID" --merge` (0: go on; 1: report
 //!   `deploy_status: FAILED`; anything else: exit 3, no report), deploys the default
 //!   branch to production, checks its health and writes `12-deploy-report.md`. Any
@@ -303,12 +304,14 @@ fn deploy_staging(t: &Value, id: &str) -> Result<()> {
         .as_str()
         .ok_or_else(|| anyhow!("PR #{} has no head sha", pr["number"]))?;
     control("STUB_STAGING_URL", &format!("deploy?revision={head}"))?;
-    // The verdict is the report; the exit code says only whether it could run.
+    // The verdict is the report; the exit code says only whether there is one. Exit 2
+    // (no verdict: Gitea could not tell, or a configuration error) left no report, and
+    // none is written here: exit non-zero so the pipeline runs the deployer again.
     let (code, _) = orch(&["staging-check", "--task", id])?;
     if code == 0 || code == 1 {
         Ok(())
     } else {
-        bail!("orch staging-check exited {code}")
+        bail!("orch staging-check exited {code}: no verdict, nothing written; run me again later")
     }
 }
 

@@ -9,10 +9,14 @@
 //! (expected, by default, to be the PR head); elsewhere it is the PR head read from
 //! Gitea when the check starts and read again when the checks end.
 //!
-//! Never a false green: an internal error (database, report write, Gitea, a PR head that
-//! moved) turns the verdict FAILED (exit 1) and records nothing; only usage and
-//! configuration errors exit 2. No pass lock: CI and agents may run it concurrently, and
-//! the report is written atomically.
+//! Never a false green: an internal error (database, report write, a PR head that moved,
+//! no open PR) turns the verdict FAILED (exit 1) and records nothing. A task's PR head
+//! that cannot be read from Gitea (no answer, 5xx, a refused token, an answer that is not
+//! a pull request: `core::pin::HeadError::Unreadable`) gives no verdict at all: exit 2,
+//! no report (an older one is removed), the validated revision cleared, so a Gitea outage
+//! never sends a task back to its developer. Usage and configuration errors exit 2 too.
+//! No pass lock: CI and agents may run it concurrently, and the report is written
+//! atomically.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,17 +29,20 @@ use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Ove
 use crate::adapters::db::Db;
 use crate::adapters::gitea::GiteaClient;
 use crate::commands::staging_roundtrip::{RoundtripEnv, Trip};
+use crate::config::Settings;
 use crate::context::Context;
 use crate::core::artefact::STAGING_REPORT_FILE;
 use crate::core::gate::Need;
-use crate::core::pin::{expected_is_head, head_at_end, head_at_start, PinKind, PrHead};
+use crate::core::pin::{
+    expected_is_head, head_at_end, head_at_start, HeadError, PinKind, PrHead, Unreadable,
+};
 use crate::core::stage::Stage;
 use crate::core::staging::{
     classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_checks,
     parse_revision, revision_from_command, revision_from_http, verdict, CheckDef, CheckKind,
     CheckResult, Outcome, Policy, RevisionSource, RoundtripTarget, VerdictStatus,
 };
-use crate::core::staging_report::{CheckLine, StagingRun};
+use crate::core::staging_report::{CheckLine, NoVerdictRun, StagingRun};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::forge::Forge;
@@ -47,8 +54,10 @@ use crate::forge::Forge;
 /// ORCH_STAGING_INFRA_ALLOWLIST (default C9a,C9b); every other id is REAL. Prints a line
 /// per check, `INFRA-WAIVED: <ids>` when allowlisted failures were waived, and
 /// `VERDICT: SUCCESS|FAILED` last. Exit codes: 0 SUCCESS; 1 FAILED (a REAL failure, an
-/// unwaived infra failure, no checks configured, a check that could not run, or any
-/// internal error); 2 usage or configuration error.
+/// unwaived infra failure, no checks configured, a check that could not run, no open PR,
+/// a PR head that moved, or any internal error); 2 no verdict (the task's PR head could
+/// not be read from Gitea: nothing recorded, run it again), usage or configuration
+/// error.
 ///
 /// With a task (--task, else ORCH_TASK_ID) it writes the task's 10-staging-report.md
 /// and, on SUCCESS, records the revision it validated (the pin merge-guard merges): the
@@ -87,7 +96,8 @@ pub struct StagingCheckArgs {
 /// # Errors
 /// Only usage and configuration errors (exit 2): a bad `--expected-revision`, an
 /// unknown `--task` or `ORCH_TASK_ID`, Gitea not configured when a task's PR head must
-/// be read. Everything else ends in a verdict.
+/// be read. Everything else ends in a verdict, or (exit 2 too, as a value) in none when
+/// the task's PR head could not be read.
 pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let settings = &ctx.config.settings;
@@ -155,6 +165,15 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         },
         None => None,
     };
+    // Where this run's report goes: the task's report first (the gate reads it), then
+    // --report FILE, once when both name the same file (a deployer may name the task's
+    // own report, `$ORCH_TASK_ARTEFACTS/...`).
+    let mut targets: Vec<PathBuf> = report_path.iter().cloned().collect();
+    if let Some(extra) = &args.report {
+        if !report_path.as_ref().is_some_and(|p| same_file(p, extra)) {
+            targets.push(extra.clone());
+        }
+    }
 
     // The pin: which kind the task's repo gets, and its PR head when it is needed (for a
     // pr-head pin, or as the expected revision of an image-freshness pin).
@@ -226,7 +245,19 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
                 }
                 head = Some((gitea, h));
             }
-            Err(e) => internal.push(e),
+            Err(HeadError::Refused(e)) => internal.push(e),
+            // Gitea gave no answer about the PR: no verdict, and no check is run for one.
+            Err(HeadError::Unreadable(u)) => {
+                let end = Unjudged {
+                    unreadable: &u,
+                    task: t,
+                    db: db.as_ref(),
+                    targets: &targets,
+                    now: now.as_second(),
+                    started,
+                };
+                return Ok(end.finish(args, &internal, Vec::new(), expected, settings));
+            }
         }
     }
 
@@ -361,19 +392,30 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     if kind == PinKind::PrHead {
         checked_revision = None;
     }
-    if let Some((gitea, h)) = &head {
-        let task_repo = task.as_ref().map_or("", |t| t.repo.as_str());
+    if let (Some((gitea, h)), Some(t)) = (&head, &task) {
         let again = gitea
-            .get_pull(task_repo, h.number)
+            .get_pull(&t.repo, h.number)
             .map(|p| p.facts())
             .map_err(|e| e.to_string());
-        match head_at_end(h, &again) {
+        match head_at_end(h, &again, &t.key) {
             Ok(()) => {
                 if kind == PinKind::PrHead {
                     checked_revision = Some(h.sha.clone());
                 }
             }
-            Err(e) => internal.push(e),
+            Err(HeadError::Refused(e)) => internal.push(e),
+            // The checks ran, but whether staging ran the head they were for is unknown.
+            Err(HeadError::Unreadable(u)) => {
+                let end = Unjudged {
+                    unreadable: &u,
+                    task: t,
+                    db: db.as_ref(),
+                    targets: &targets,
+                    now: now.as_second(),
+                    started,
+                };
+                return Ok(end.finish(args, &internal, lines, expected, settings));
+            }
         }
     }
 
@@ -409,15 +451,8 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let known_errors = internal.len();
     // Act: reports first, then the validated revision. Any failure turns the verdict
     // FAILED and the reports already written are rewritten to say so.
-    // The task's report first (the gate reads it), and every target tried: a report that
-    // cannot be written is removed rather than left to say an older verdict.
-    let mut targets: Vec<PathBuf> = report_path.iter().cloned().collect();
-    if let Some(extra) = &args.report {
-        // A deployer may name the task's own report (`$ORCH_TASK_ARTEFACTS/...`): once.
-        if !report_path.as_ref().is_some_and(|p| same_file(p, extra)) {
-            targets.push(extra.clone());
-        }
-    }
+    // Every target is tried: a report that cannot be written is removed rather than left
+    // to say an older verdict.
     let mut written: Vec<&PathBuf> = Vec::new();
     for path in &targets {
         match write_atomic(path, run.render_report().as_bytes()) {
@@ -517,16 +552,19 @@ fn task_reference(args: &StagingCheckArgs) -> Result<Option<(String, &'static st
 }
 
 /// Reads the task's PR head through the forge (its recorded PR, else the open PR of its
-/// branch, whose number is then recorded) and judges it.
+/// branch, whose number is then recorded) and judges it. Every failed read is
+/// [`HeadError::Unreadable`]: the forge's `Err` is always a Gitea call that gave no
+/// usable answer.
 fn read_head(
     gitea: &GiteaClient,
     task: &Task,
     db: Option<&Db>,
     now: i64,
-) -> Result<PrHead, String> {
+) -> Result<PrHead, HeadError> {
     let mut forge = Forge::new(Some(gitea.clone()));
     let facts = forge.facts(task, Stage::DeployStaging, &[Need::Pr]);
-    let head = head_at_start(&facts.pr, &task.key, &task.branch)?;
+    let recorded = task.pr_number.and_then(|n| u64::try_from(n).ok());
+    let head = head_at_start(&facts.pr, &task.key, &task.branch, recorded)?;
     if let (Some(n), Some(db)) = (facts.new_pr_number, db) {
         let number = i64::try_from(n).unwrap_or(i64::MAX);
         match db.set_pr_number(task.id, task.round, number, now) {
@@ -546,6 +584,92 @@ fn read_head(
         }
     }
     Ok(head)
+}
+
+/// A run that ends without a verdict, and what ending it touches.
+struct Unjudged<'a> {
+    unreadable: &'a Unreadable,
+    task: &'a Task,
+    db: Option<&'a Db>,
+    /// The reports this run would have written.
+    targets: &'a [PathBuf],
+    now: i64,
+    started: Instant,
+}
+
+impl Unjudged<'_> {
+    /// Ends the run without a verdict: removes the older reports (the gate must not read
+    /// an earlier SUCCESS or FAILED as this run's answer), clears the task's validated
+    /// revision (staging may run something nobody validated), prints the `no verdict`
+    /// line (text or JSON) and returns exit 2. Writes no report.
+    fn finish(
+        &self,
+        args: &StagingCheckArgs,
+        internal: &[String],
+        checks: Vec<CheckLine>,
+        expected: Option<String>,
+        settings: &Settings,
+    ) -> ExitStatus {
+        let u = self.unreadable;
+        for e in internal {
+            log::error!("staging-check: internal error: {e}");
+        }
+        log::error!("staging-check: {}: no verdict", u.reason());
+        for path in self.targets {
+            match std::fs::remove_file(path) {
+                Ok(()) => log::warn!(
+                    "staging-check: removed the older {} (this run has no verdict)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::error!(
+                    "staging-check: could not remove the older {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+        if let Some(db) = self.db {
+            let t = self.task;
+            match db.clear_validated_revision(t.id, self.now) {
+                Ok(true) => log::warn!(
+                    "staging-check: task {} no longer has a validated revision (was {}): this run has no verdict",
+                    t.key,
+                    t.validated_revision.as_deref().unwrap_or("?")
+                ),
+                Ok(false) => {}
+                Err(e) => log::error!(
+                    "staging-check: clearing task {}'s validated revision: {e:#}",
+                    t.key
+                ),
+            }
+        }
+        let run = NoVerdictRun {
+            no_verdict: u.line(),
+            checks,
+            pr_number: u.pr,
+            expected_revision: expected,
+            checked_at: jiff::Timestamp::from_second(self.now)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            strict: args.strict,
+            tolerance: settings.staging_infra_tolerance_enabled,
+            task: Some(self.task.key.clone()),
+        };
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&run.render_json()).expect("JSON renders")
+            );
+        } else {
+            print!("{}", run.render_text());
+        }
+        log::info!(
+            "staging-check: checks={} verdict=NONE duration_ms={}",
+            run.checks.len(),
+            self.started.elapsed().as_millis()
+        );
+        ExitStatus::Error
+    }
 }
 
 /// Returns whether two paths name the same file (the second may not exist yet).

@@ -10,12 +10,27 @@
 //!   PR head it validated, read from Gitea when the check starts and read again when the
 //!   checks end. A head that moved in between is refused: staging may run either.
 //!
-//! Every refusal is a reason the verdict turns FAILED for (never a false green, nothing
-//! recorded). Pure: the reads are passed in.
+//! Two ways a read of the PR can fail the pin ([`HeadError`]), and they are kept apart
+//! because they lead to opposite places:
+//! - **Gitea answered, and the answer says no** ([`HeadError::Refused`]): no open PR for
+//!   the branch, a PR merged or closed, a head that moved during the check. That is a
+//!   fact about the task's code, so the verdict is FAILED and the gate sends the task
+//!   back to its developer.
+//! - **Gitea could not be read** ([`HeadError::Unreadable`]): no answer (refused
+//!   connection, timeout), a 5xx or 429, a 4xx such as a refused token or an unknown
+//!   repository, or an answer that is not a pull request (an HTML maintenance page,
+//!   garbage, a PR without a head commit). Nothing is known about the code, and a
+//!   developer round cannot fix an outage or a token, so the run has **no verdict**:
+//!   nothing is recorded and the caller runs the check again later. Every failed read is
+//!   this kind; only a well-formed pull request is an answer.
+//!
+//! Never a false green either way: neither kind records a pin. Pure: the reads are
+//! passed in.
 
 use std::fmt;
 
 use crate::core::gate::{revisions_match, Fact, PrFacts};
+use crate::core::staging::one_line;
 
 /// Which kind of revision a run pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -62,37 +77,90 @@ pub struct PrHead {
     pub sha: String,
 }
 
+/// Why a read of the task's PR gives no pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadError {
+    /// Gitea answered and the answer refuses the pin (no open PR, merged, closed, a head
+    /// that moved): the run's verdict is FAILED, with this reason.
+    Refused(String),
+    /// Gitea could not be read: the run has no verdict.
+    Unreadable(Unreadable),
+}
+
+/// A read of the task's PR that gave no answer: the run has no verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The PR that was read, when its number is known.
+    pub pr: Option<u64>,
+    /// The task key (named when the PR number is not known).
+    pub task: String,
+    /// What went wrong, as the HTTP client said it.
+    pub why: String,
+}
+
+impl Unreadable {
+    /// Returns `could not read PR #N's head from Gitea (<why>)`.
+    pub fn reason(&self) -> String {
+        let what = match self.pr {
+            Some(n) => format!("PR #{n}'s head"),
+            None => format!("the head of task {}'s PR", self.task),
+        };
+        format!(
+            "could not read {what} from Gitea ({})",
+            one_line(&self.why, 300)
+        )
+    }
+
+    /// Returns the line that ends a run without a verdict:
+    /// `staging-check: could not read PR #N's head from Gitea (...): no verdict; nothing
+    /// recorded; run it again`.
+    pub fn line(&self) -> String {
+        format!(
+            "staging-check: {}: no verdict; nothing recorded; run it again",
+            self.reason()
+        )
+    }
+}
+
 /// Judges the task's PR as read when the check starts: the head to validate, or why
-/// there is none (`task` is the task key, `branch` its branch, for the message).
+/// there is none (`task` is the task key, `branch` its branch, for the message;
+/// `recorded` the PR number recorded on the task, which names the PR when the read
+/// failed).
 ///
 /// # Errors
-/// A reason naming the task: Gitea could not be read, no PR, a PR that is merged or
-/// closed (never the task's current PR), or one without a head commit.
+/// [`HeadError::Unreadable`] when Gitea could not be read or its PR has no head commit;
+/// [`HeadError::Refused`] naming the task for no open PR, or a PR that is merged or
+/// closed (never the task's current PR).
 pub fn head_at_start(
     pr: &Fact<Option<PrFacts>>,
     task: &str,
     branch: &str,
-) -> Result<PrHead, String> {
+    recorded: Option<u64>,
+) -> Result<PrHead, HeadError> {
+    let unreadable = |pr: Option<u64>, why: String| {
+        HeadError::Unreadable(Unreadable {
+            pr,
+            task: task.to_string(),
+            why,
+        })
+    };
     match pr {
-        Err(e) => Err(format!(
-            "could not read task {task}'s pull request from Gitea, so there is no PR head to \
-             pin: {e}"
-        )),
-        Ok(None) => Err(format!(
+        Err(e) => Err(unreadable(recorded, e.clone())),
+        Ok(None) => Err(HeadError::Refused(format!(
             "task {task} has no open pull request for branch {branch}: nothing to validate \
              (open the PR, deploy its head to staging, then run the check again)"
-        )),
-        Ok(Some(p)) if p.merged => Err(format!(
+        ))),
+        Ok(Some(p)) if p.merged => Err(HeadError::Refused(format!(
             "task {task}'s PR #{} is already merged: it is not the task's current PR",
             p.number
-        )),
-        Ok(Some(p)) if !p.open => Err(format!(
+        ))),
+        Ok(Some(p)) if !p.open => Err(HeadError::Refused(format!(
             "task {task}'s PR #{} is closed: it is not the task's current PR",
             p.number
-        )),
-        Ok(Some(p)) if p.head_sha.trim().is_empty() => Err(format!(
-            "task {task}'s PR #{} has no head commit in Gitea's answer",
-            p.number
+        ))),
+        Ok(Some(p)) if p.head_sha.trim().is_empty() => Err(unreadable(
+            Some(p.number),
+            "Gitea's answer has no head commit".into(),
         )),
         Ok(Some(p)) => Ok(PrHead {
             number: p.number,
@@ -105,29 +173,36 @@ pub fn head_at_start(
 /// start: the pin holds only when the PR is still open at the same head.
 ///
 /// # Errors
-/// A reason naming both SHAs when the head moved, or why the second read failed.
-pub fn head_at_end(start: &PrHead, end: &Fact<PrFacts>) -> Result<(), String> {
+/// [`HeadError::Unreadable`] when the second read failed or its answer has no head
+/// commit; [`HeadError::Refused`] naming both SHAs when the head moved, or when the PR
+/// was merged or closed meanwhile.
+pub fn head_at_end(start: &PrHead, end: &Fact<PrFacts>, task: &str) -> Result<(), HeadError> {
     let n = start.number;
+    let unreadable = |why: String| {
+        HeadError::Unreadable(Unreadable {
+            pr: Some(n),
+            task: task.to_string(),
+            why,
+        })
+    };
     match end {
-        Err(e) => Err(format!(
-            "could not read PR #{n} again after the checks, to make sure its head did not \
-             move during them: {e}"
+        Err(e) => Err(unreadable(format!(
+            "read again after the checks, to make sure its head did not move during them: {e}"
+        ))),
+        Ok(p) if p.head_sha.trim().is_empty() => Err(unreadable(
+            "read again after the checks: Gitea's answer has no head commit".into(),
         )),
-        Ok(p) if !revisions_match(&p.head_sha, &start.sha) => Err(format!(
+        Ok(p) if !revisions_match(&p.head_sha, &start.sha) => Err(HeadError::Refused(format!(
             "PR #{n}'s head moved during the check: it was {} when the check started and \
              is {} now, and staging may run either; nothing is recorded (deploy the new \
              head to staging and run the check again)",
             start.sha,
-            if p.head_sha.trim().is_empty() {
-                "(none)"
-            } else {
-                p.head_sha.trim()
-            }
-        )),
-        Ok(p) if p.merged || !p.open => Err(format!(
+            p.head_sha.trim()
+        ))),
+        Ok(p) if p.merged || !p.open => Err(HeadError::Refused(format!(
             "PR #{n} was {} during the check: it is not the task's current PR",
             if p.merged { "merged" } else { "closed" }
-        )),
+        ))),
         Ok(_) => Ok(()),
     }
 }
@@ -167,9 +242,23 @@ mod tests {
         }
     }
 
+    fn unreadable(e: Result<impl std::fmt::Debug, HeadError>) -> Unreadable {
+        match e {
+            Err(HeadError::Unreadable(u)) => u,
+            other => panic!("not unreadable: {other:?}"),
+        }
+    }
+
+    fn refused(e: Result<impl std::fmt::Debug, HeadError>) -> String {
+        match e {
+            Err(HeadError::Refused(r)) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     #[test]
     fn the_head_at_start_or_why_there_is_none() {
-        let ok = head_at_start(&Ok(Some(pr(true, false, A))), "SHOP-1", "task/shop-1");
+        let ok = head_at_start(&Ok(Some(pr(true, false, A))), "SHOP-1", "task/shop-1", None);
         assert_eq!(
             ok,
             Ok(PrHead {
@@ -177,20 +266,51 @@ mod tests {
                 sha: A.into()
             })
         );
+        // Gitea's answers about the PR: refusals, a FAILED verdict.
         let cases: Vec<(Fact<Option<PrFacts>>, &str)> = vec![
-            (
-                Err("connection refused".into()),
-                "could not read task SHOP-1's pull request from Gitea",
-            ),
             (Ok(None), "no open pull request for branch task/shop-1"),
             (Ok(Some(pr(false, true, A))), "PR #7 is already merged"),
             (Ok(Some(pr(false, false, A))), "PR #7 is closed"),
-            (Ok(Some(pr(true, false, " "))), "no head commit"),
         ];
         for (fact, want) in cases {
-            let e = head_at_start(&fact, "SHOP-1", "task/shop-1").unwrap_err();
+            let e = refused(head_at_start(&fact, "SHOP-1", "task/shop-1", Some(7)));
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn a_pr_that_cannot_be_read_is_no_answer() {
+        // No answer: the recorded PR names it, else the task does.
+        let e = unreadable(head_at_start(
+            &Err("gitea get pull acme/shop#7: HTTP 502".into()),
+            "SHOP-1",
+            "task/shop-1",
+            Some(7),
+        ));
+        assert_eq!(
+            e.line(),
+            "staging-check: could not read PR #7's head from Gitea (gitea get pull \
+             acme/shop#7: HTTP 502): no verdict; nothing recorded; run it again"
+        );
+        let e = unreadable(head_at_start(
+            &Err("could not connect\n  twice".into()),
+            "SHOP-1",
+            "task/shop-1",
+            None,
+        ));
+        assert_eq!(
+            e.reason(),
+            "could not read the head of task SHOP-1's PR from Gitea (could not connect twice)"
+        );
+        // An answer without a head commit is not an answer about the code.
+        let e = unreadable(head_at_start(
+            &Ok(Some(pr(true, false, " "))),
+            "SHOP-1",
+            "task/shop-1",
+            None,
+        ));
+        assert_eq!(e.pr, Some(7));
+        assert!(e.why.contains("no head commit"), "{e:?}");
     }
 
     #[test]
@@ -199,16 +319,28 @@ mod tests {
             number: 7,
             sha: A.into(),
         };
-        assert_eq!(head_at_end(&start, &Ok(pr(true, false, A))), Ok(()));
-        let moved = head_at_end(&start, &Ok(pr(true, false, B))).unwrap_err();
+        assert_eq!(
+            head_at_end(&start, &Ok(pr(true, false, A)), "SHOP-1"),
+            Ok(())
+        );
+        let moved = refused(head_at_end(&start, &Ok(pr(true, false, B)), "SHOP-1"));
         assert!(moved.contains(A) && moved.contains(B), "{moved}");
         assert!(moved.contains("moved during the check"), "{moved}");
-        let down = head_at_end(&start, &Err("timed out".into())).unwrap_err();
-        assert!(down.contains("could not read PR #7 again") && down.contains("timed out"));
-        let merged = head_at_end(&start, &Ok(pr(false, true, A))).unwrap_err();
+        let merged = refused(head_at_end(&start, &Ok(pr(false, true, A)), "SHOP-1"));
         assert!(merged.contains("merged during the check"), "{merged}");
-        let closed = head_at_end(&start, &Ok(pr(false, false, A))).unwrap_err();
+        let closed = refused(head_at_end(&start, &Ok(pr(false, false, A)), "SHOP-1"));
         assert!(closed.contains("closed during the check"), "{closed}");
+        // The second read gave no answer: no verdict, naming the PR.
+        let down = unreadable(head_at_end(&start, &Err("timed out".into()), "SHOP-1"));
+        assert_eq!(down.pr, Some(7));
+        assert!(
+            down.reason()
+                .starts_with("could not read PR #7's head from Gitea (read again")
+                && down.why.contains("timed out"),
+            "{down:?}"
+        );
+        let empty = unreadable(head_at_end(&start, &Ok(pr(true, false, "")), "SHOP-1"));
+        assert!(empty.why.contains("no head commit"), "{empty:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What one `staging-check` run found, and its three renderings: the text lines CI
 //! logs show, the JSON for scripts, and the Markdown report (`10-staging-report.md`)
 //! whose YAML frontmatter the `deploy-staging → deploy` gate reads back through
-//! `core::artefact::parse_staging_report`. Pure: no I/O, the time is passed in.
+//! `core::artefact::parse_staging_report`. A run that could not read its task's PR head
+//! from Gitea has no verdict ([`NoVerdictRun`]): text and JSON only, never a report.
+//! Pure: no I/O, the time is passed in.
 
 use std::fmt::Write as _;
 
@@ -85,19 +87,7 @@ impl StagingRun {
     /// Renders the text output: a line per check, `REASON:` lines when FAILED,
     /// `INFRA-WAIVED:` when some were waived, and `VERDICT:` last.
     pub fn render_text(&self) -> String {
-        let idw = self.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        for c in &self.checks {
-            let _ = writeln!(
-                out,
-                "{:idw$}  {:13}  {}  {:>7}  {}",
-                c.id,
-                c.category.as_str(),
-                c.result_word(),
-                format!("{}ms", c.duration_ms),
-                c.reason_text()
-            );
-        }
+        let mut out = check_lines(&self.checks);
         if self.verdict.status == VerdictStatus::Failed {
             for r in &self.verdict.reasons {
                 let _ = writeln!(out, "REASON: {}", one_line(r, 300));
@@ -198,6 +188,74 @@ impl StagingRun {
     }
 }
 
+/// A run that ended without a verdict: its task's PR head could not be read from Gitea
+/// (`core::pin::Unreadable`), so it neither passed nor failed. Nothing is written for it
+/// (no report) and it exits 2; the caller runs the check again later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NoVerdictRun {
+    /// The line saying why: `staging-check: could not read PR #N's head from Gitea
+    /// (...): no verdict; nothing recorded; run it again`.
+    pub no_verdict: String,
+    /// The checks that ran (none when the first read of the PR failed).
+    pub checks: Vec<CheckLine>,
+    /// The task's PR, when it was read.
+    pub pr_number: Option<u64>,
+    /// The revision staging had to run, when known.
+    pub expected_revision: Option<String>,
+    /// When the run happened (RFC 3339).
+    pub checked_at: String,
+    /// Whether `--strict` was given.
+    pub strict: bool,
+    /// `ORCH_STAGING_INFRA_TOLERANCE_ENABLED`.
+    pub tolerance: bool,
+    /// The task the run was for, by key.
+    pub task: Option<String>,
+}
+
+impl NoVerdictRun {
+    /// Returns the exit code of a run without a verdict (2: could not do the job).
+    pub fn exit_code(&self) -> u8 {
+        2
+    }
+
+    /// Renders the text output: a line per check that ran, then the `no_verdict` line
+    /// last (no `VERDICT:` line, since there is none).
+    pub fn render_text(&self) -> String {
+        let mut out = check_lines(&self.checks);
+        let _ = writeln!(out, "{}", self.no_verdict);
+        out
+    }
+
+    /// Renders the JSON output: the fields of a judged run, with `verdict`,
+    /// `checked_revision` and `pin` null, plus `no_verdict` and `exit_code`.
+    pub fn render_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("the run serialises");
+        v["verdict"] = serde_json::Value::Null;
+        v["checked_revision"] = serde_json::Value::Null;
+        v["pin"] = serde_json::Value::Null;
+        v["exit_code"] = serde_json::Value::from(self.exit_code());
+        v
+    }
+}
+
+/// Renders one text line per check: id, category, result, duration, reason.
+fn check_lines(checks: &[CheckLine]) -> String {
+    let idw = checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "{:idw$}  {:13}  {}  {:>7}  {}",
+            c.id,
+            c.category.as_str(),
+            c.result_word(),
+            format!("{}ms", c.duration_ms),
+            c.reason_text()
+        );
+    }
+    out
+}
+
 fn cell(text: &str) -> String {
     one_line(text, 300).replace('|', "\\|")
 }
@@ -281,6 +339,45 @@ mod tests {
         assert_eq!(j["checks"][1]["result"], "fail");
         assert_eq!(j["checks"][1]["waived"], true);
         assert_eq!(j["exit_code"], 0);
+    }
+
+    #[test]
+    fn a_run_without_a_verdict_says_so_last_and_has_none() {
+        let judged = run(
+            &[("C1", Category::Real, Outcome::Pass("HTTP 200".into()))],
+            None,
+        );
+        let line = "staging-check: could not read PR #3's head from Gitea (HTTP 502): no \
+                    verdict; nothing recorded; run it again";
+        let r = NoVerdictRun {
+            no_verdict: line.into(),
+            checks: judged.checks.clone(),
+            pr_number: Some(3),
+            expected_revision: None,
+            checked_at: judged.checked_at.clone(),
+            strict: false,
+            tolerance: true,
+            task: Some("ORCH-1".into()),
+        };
+        assert_eq!(
+            r.render_text(),
+            format!("C1  REAL           PASS      5ms  HTTP 200\n{line}\n")
+        );
+        assert!(!r.render_text().contains("VERDICT"));
+        let j = r.render_json();
+        assert_eq!(j["verdict"], serde_json::Value::Null);
+        assert_eq!(j["checked_revision"], serde_json::Value::Null);
+        assert_eq!(j["no_verdict"], line);
+        assert_eq!(j["checks"][0]["result"], "pass");
+        assert_eq!(j["pr_number"], 3);
+        assert_eq!(j["task"], "ORCH-1");
+        assert_eq!(j["exit_code"], 2);
+        // Before any check ran: the line alone.
+        let early = NoVerdictRun {
+            checks: vec![],
+            ..r
+        };
+        assert_eq!(early.render_text(), format!("{line}\n"));
     }
 
     #[test]

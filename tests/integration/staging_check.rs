@@ -748,53 +748,12 @@ fn a_head_that_moves_during_the_check_is_refused_and_nothing_is_recorded() {
 }
 
 #[test]
-fn without_gitea_or_a_pr_a_task_never_gets_a_green_run() {
+fn without_a_pr_a_task_never_gets_a_green_run() {
+    // Gitea's real answers about the PR are verdicts: FAILED, exit 1.
     let s = staging(SHA);
-    // Gitea down (nothing listens on its port).
-    let down = refused_url().trim_end_matches("/health").to_string();
-    let env = shop_env(&down, s.url());
-    let run = env.run(&["staging-check"]).expect(1);
-    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains(
-            "REASON: internal error: could not read task SHOP-1's pull request from Gitea"
-        ),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(last_line(&run), "VERDICT: FAILED");
-    assert!(!run.stdout.contains("PIN:"), "{}", run.stdout);
-    assert_eq!(validated(&env), None);
-    assert!(task_report(&env).contains("staging_status: FAILED"));
-
-    // Gitea answering, but not with pull requests: garbage, then a refused token.
     let g = GiteaStandin::start(DEFAULT_TOKEN);
     g.add_repo(SHOP_REPO, "main");
     let mut env = shop_env(g.url(), s.url());
-    let pulls = "/api/v1/repos/acme/shop/pulls";
-    g.server().script(
-        Some("GET"),
-        pulls,
-        Reply::raw(200, "text/html", "<html>maintenance</html>"),
-        2,
-    );
-    let run = env.run(&["staging-check"]).expect(1);
-    assert!(
-        run.stdout
-            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
-        "{}",
-        run.stdout
-    );
-    env.set("ORCH_GITEA_TOKEN", "wrong-token");
-    let run = env.run(&["staging-check"]).expect(1);
-    assert!(
-        run.stdout
-            .contains("REASON: internal error: could not read task SHOP-1's pull request"),
-        "{}",
-        run.stdout
-    );
-    assert_eq!(validated(&env), None);
-    env.set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN);
 
     // Gitea up, but no PR for the task's branch.
     let run = env.run(&["staging-check"]).expect(1);
@@ -804,7 +763,9 @@ fn without_gitea_or_a_pr_a_task_never_gets_a_green_run() {
         "{}",
         run.stdout
     );
+    assert_eq!(last_line(&run), "VERDICT: FAILED");
     assert_eq!(validated(&env), None);
+    assert!(task_report(&env).contains("staging_status: FAILED"));
 
     // A PR, and an expected revision that is not its head.
     g.add_pull(SHOP_REPO, &PullSeed::open(7, SHOP_BRANCH).head_sha(HEAD));
@@ -832,6 +793,209 @@ fn without_gitea_or_a_pr_a_task_never_gets_a_green_run() {
         "{}",
         run.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Gitea could not tell: no verdict (exit 2), nothing written, nothing recorded, and an
+// earlier run's report and pin are gone, so the gate never reads them as this run's word
+// (a Gitea outage must not send the task back to its developer).
+
+const PULLS: &str = "/api/v1/repos/acme/shop/pulls";
+const PULL_7: &str = "/api/v1/repos/acme/shop/pulls/7";
+
+/// Leaves what an earlier green run left: a SUCCESS report for the task, in the deployer's
+/// copy too, and the validated revision.
+fn seed_earlier_success(env: &TestEnv) -> std::path::PathBuf {
+    let text = format!(
+        "---\nstaging_status: SUCCESS\nchecked_revision: {HEAD}\npin: pr-head\npr_number: 7\n---\n# Staging report\n"
+    );
+    env.artefact("SHOP-1", "10-staging-report.md", &text);
+    let copy = env.path("deployer-staging.md");
+    std::fs::write(&copy, &text).unwrap();
+    env.db()
+        .execute(
+            "UPDATE tasks SET validated_revision = ?1 WHERE key = 'SHOP-1'",
+            [HEAD],
+        )
+        .unwrap();
+    copy
+}
+
+/// Asserts that `run` had no verdict: exit 2, the `no verdict` line last (saying `what`
+/// could not be read, and `why` inside the brackets), no VERDICT, no report (neither the
+/// task's nor `copy`), no validated revision.
+#[track_caller]
+fn assert_no_verdict(env: &TestEnv, run: Run, what: &str, why: &str, copy: &std::path::Path) {
+    let run = run.expect(2);
+    let last = last_line(&run);
+    assert!(
+        last.starts_with(&format!(
+            "staging-check: could not read {what} from Gitea ("
+        )) && last.ends_with("): no verdict; nothing recorded; run it again")
+            && last.contains(why),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(!run.stdout.contains("VERDICT"), "{}", run.stdout);
+    assert!(!run.stdout.contains("PIN:"), "{}", run.stdout);
+    assert!(
+        !env.path("artefacts/SHOP-1/10-staging-report.md").exists(),
+        "the older report is removed and none written"
+    );
+    assert!(!copy.exists(), "the --report copy too");
+    assert_eq!(validated(env), None, "the older pin is cleared");
+    assert!(run.stderr.contains("no verdict"), "{}", run.stderr);
+}
+
+#[test]
+fn gitea_down_at_the_start_gives_no_verdict_and_gitea_back_a_normal_run() {
+    let s = staging(SHA);
+    let down = refused_url().trim_end_matches("/health").to_string();
+    let mut env = shop_env(&down, s.url());
+    env.db()
+        .execute("UPDATE tasks SET pr_number = 7 WHERE key = 'SHOP-1'", [])
+        .unwrap();
+    let copy = seed_earlier_success(&env);
+    let run = env.run(&["staging-check", "--report", copy.to_str().unwrap()]);
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "the line alone: no check ran\n{}",
+        run.stdout
+    );
+    assert_no_verdict(&env, run, "PR #7's head", "could not connect", &copy);
+    assert_eq!(
+        s.requests().len(),
+        0,
+        "no check was run for a run without a verdict"
+    );
+
+    // The same in JSON.
+    let copy = seed_earlier_success(&env);
+    let run = env.run(&[
+        "staging-check",
+        "--json",
+        "--report",
+        copy.to_str().unwrap(),
+    ]);
+    let j = run.json();
+    assert_eq!(j["verdict"], serde_json::Value::Null);
+    assert_eq!(j["checked_revision"], serde_json::Value::Null);
+    assert_eq!(j["exit_code"], 2);
+    assert_eq!(j["task"], "SHOP-1");
+    assert_eq!(j["checks"], serde_json::json!([]));
+    let line = j["no_verdict"].as_str().unwrap().to_string();
+    assert!(
+        line.starts_with("staging-check: could not read PR #7's head from Gitea (")
+            && line.ends_with("): no verdict; nothing recorded; run it again"),
+        "{line}"
+    );
+    assert_eq!(run.code, 2);
+    assert!(!copy.exists() && validated(&env).is_none());
+
+    // Gitea back: a normal run, SUCCESS and the pin.
+    let g = shop_gitea();
+    env.set("ORCH_GITEA_URL", g.url());
+    let run = env.run(&["staging-check"]).expect(0);
+    assert_eq!(last_line(&run), "VERDICT: SUCCESS");
+    assert!(task_report(&env).contains("staging_status: SUCCESS"));
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
+}
+
+#[test]
+fn a_gitea_answer_that_is_not_a_pull_request_gives_no_verdict() {
+    let s = staging(SHA);
+    let g = shop_gitea();
+    let mut env = shop_env(g.url(), s.url());
+    // No PR recorded yet: the first read lists the open pulls.
+    let cases: Vec<(Reply, &str)> = vec![
+        // A proxy's maintenance page with a 200 (not retried: the answer is unreadable).
+        (
+            Reply::raw(200, "text/html", "<html>maintenance</html>"),
+            "<html>maintenance</html>",
+        ),
+        // JSON, but not a list of pull requests.
+        (
+            Reply::json(200, &serde_json::json!({"message": "ok"})),
+            "unexpected answer",
+        ),
+        // A 5xx, twice (a read is retried once).
+        (Reply::raw(503, "text/plain", "upgrading"), "HTTP 503"),
+    ];
+    for (reply, why) in cases {
+        let times = if reply.status >= 500 { 2 } else { 1 };
+        g.server().script(Some("GET"), PULLS, reply, times);
+        let copy = seed_earlier_success(&env);
+        let run = env.run(&["staging-check", "--report", copy.to_str().unwrap()]);
+        assert_no_verdict(&env, run, "the head of task SHOP-1's PR", why, &copy);
+    }
+    // A refused token is Gitea not telling either (an operator's fix, not a developer's).
+    env.set("ORCH_GITEA_TOKEN", "wrong-token");
+    let copy = seed_earlier_success(&env);
+    let run = env.run(&["staging-check", "--report", copy.to_str().unwrap()]);
+    assert_no_verdict(&env, run, "the head of task SHOP-1's PR", "HTTP 401", &copy);
+    assert_eq!(s.requests().len(), 0, "no check was run");
+
+    // Gitea answering properly again: a normal run.
+    env.set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN);
+    let run = env.run(&["staging-check"]).expect(0);
+    assert_eq!(last_line(&run), "VERDICT: SUCCESS");
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
+}
+
+#[test]
+fn gitea_failing_only_at_the_end_read_gives_no_verdict() {
+    let s = staging(SHA);
+    let g = shop_gitea();
+    let mut env = shop_env(g.url(), s.url());
+    // The first read lists the open pulls (no PR recorded); only the read by number after
+    // the checks fails: a bad gateway, twice (retried once).
+    g.server().script(
+        Some("GET"),
+        PULL_7,
+        Reply::raw(502, "text/html", "<html>bad gateway</html>"),
+        2,
+    );
+    let copy = seed_earlier_success(&env);
+    let run = env.run(&["staging-check", "--report", copy.to_str().unwrap()]);
+    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
+    let why = "(read again after the checks, to make sure its head did not move during them: gitea get pull acme/shop#7: HTTP 502: <html>bad gateway</html>)";
+    assert_no_verdict(&env, run, "PR #7's head", why, &copy);
+    assert_eq!(g.server().count(Some("GET"), PULL_7), 2);
+
+    // No answer at all within the timeout (the connection stays silent), in JSON. The
+    // first run recorded PR #7; forget it, so the first read lists again.
+    env.db()
+        .execute("UPDATE tasks SET pr_number = NULL WHERE key = 'SHOP-1'", [])
+        .unwrap();
+    env.set("ORCH_HTTP_TIMEOUT_S", "1");
+    g.server()
+        .script(Some("GET"), PULL_7, Reply::empty(200).unanswered(), 2);
+    let copy = seed_earlier_success(&env);
+    let run = env.run(&[
+        "staging-check",
+        "--json",
+        "--report",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(j["checks"][0]["result"], "pass");
+    assert_eq!(j["pr_number"], 7);
+    let line = j["no_verdict"].as_str().unwrap();
+    assert!(
+        line.starts_with("staging-check: could not read PR #7's head from Gitea (")
+            && line.contains("timed out"),
+        "{line}"
+    );
+    assert!(!copy.exists() && validated(&env).is_none());
+    assert!(!env.path("artefacts/SHOP-1/10-staging-report.md").exists());
+
+    // Gitea back: a normal run.
+    let run = env.run(&["staging-check"]).expect(0);
+    assert_eq!(last_line(&run), "VERDICT: SUCCESS");
+    assert_eq!(validated(&env).as_deref(), Some(HEAD));
 }
 
 #[test]
@@ -917,4 +1081,20 @@ fn an_image_freshness_pin_expects_the_pr_head_by_default() {
         )
         .unwrap();
     assert_eq!(validated, None);
+    // Gitea down when the expected revision must be read from it: no verdict either, and
+    // the FAILED report just written is gone.
+    g.server().script(
+        Some("GET"),
+        "/api/v1/repos/acme/orch/pulls/3",
+        Reply::raw(502, "text/plain", "bad gateway"),
+        2,
+    );
+    let run = env.run(&["staging-check"]).expect(2);
+    assert!(
+        last_line(&run).starts_with("staging-check: could not read PR #3's head from Gitea (")
+            && last_line(&run).ends_with("no verdict; nothing recorded; run it again"),
+        "{}",
+        run.stdout
+    );
+    assert!(!env.path("artefacts/ORCH-7/10-staging-report.md").exists());
 }

@@ -279,8 +279,21 @@ impl World {
 
     /// The dispatch timer fires: exactly one queued job of `agent` starts (the default
     /// concurrency is 1), and the test waits for its supervisor to exit (a pidfd event;
-    /// the gate has then been applied). Returns the job's JSON.
+    /// the gate has then been applied); the job succeeded. Returns the job's JSON.
     fn dispatch_and_wait(&mut self, agent: &str, stage: &str) -> Value {
+        let (row, log) = self.dispatch_and_wait_for_end(agent, stage);
+        assert_eq!(
+            (row["status"].as_str(), row["exit_code"].as_i64()),
+            (Some("succeeded"), Some(0)),
+            "{agent} job {} at {stage}:\n{log}",
+            row["id"]
+        );
+        row
+    }
+
+    /// As [`World::dispatch_and_wait`], however the job ended: returns its JSON and its
+    /// log.
+    fn dispatch_and_wait_for_end(&mut self, agent: &str, stage: &str) -> (Value, String) {
         let queued = self
             .run(&["job", "list", "--status", "queued", "--json"])
             .expect(0)
@@ -320,12 +333,7 @@ impl World {
             .unwrap();
         let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{job}.log")))
             .unwrap_or_default();
-        assert_eq!(
-            (row["status"].as_str(), row["exit_code"].as_i64()),
-            (Some("succeeded"), Some(0)),
-            "{agent} job {job} at {stage}:\n{log}"
-        );
-        row
+        (row, log)
     }
 
     /// The CI system reports success on a commit.
@@ -670,6 +678,100 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     assert_eq!(w.gitea.all_merge_calls(ORCH.repo), 1, "one merge call");
     assert_eq!(w.jobs().len(), 5, "each stage's job once: {:#?}", w.jobs());
     w.assert_no_human_but_the_approval();
+}
+
+#[test]
+fn a_gitea_outage_during_staging_check_reruns_the_deployer_not_the_developer() {
+    let mut w = world(&SHOP);
+    w.start_and_approve();
+    w.dispatch_and_wait("developer", "development");
+    let (pr, head) = w.open_pr();
+    w.ci_green(&head);
+    w.reconcile_after_grace();
+    w.dispatch_and_wait("reviewer", "review");
+    assert_eq!(w.stage(), "deploy-staging");
+    assert_eq!(
+        w.task()["pr_number"],
+        pr,
+        "the development gate recorded the PR"
+    );
+    // What an earlier green staging run left: a SUCCESS report and its pin. On its word
+    // alone the gate would advance; a run without a verdict must take it away.
+    let key = w.key();
+    w.env.artefact(
+        &key,
+        "10-staging-report.md",
+        &format!("---\nstaging_status: SUCCESS\nchecked_revision: {head}\npin: pr-head\npr_number: {pr}\n---\n"),
+    );
+    w.env
+        .db()
+        .execute(
+            "UPDATE tasks SET validated_revision = ?1 WHERE key = ?2",
+            rusqlite::params![head, key],
+        )
+        .unwrap();
+    // Gitea answers the deployer's own read of the PR, then fails staging-check's read
+    // (a bad gateway, twice: one read and its retry); later reads are answered again.
+    let pull = format!("/api/v1/repos/{}/pulls/{pr}", SHOP.repo);
+    w.gitea.server().script(
+        Some("GET"),
+        &pull,
+        orch::standin::server::Reply::json(
+            200,
+            &json!({"number": pr, "state": "open", "head": {"ref": "x", "sha": head}}),
+        ),
+        1,
+    );
+    w.gitea.server().script(
+        Some("GET"),
+        &pull,
+        orch::standin::server::Reply::raw(502, "text/html", "<html>bad gateway</html>"),
+        2,
+    );
+    let (job, log) = w.dispatch_and_wait_for_end("deployer", "deploy-staging");
+    assert!(
+        log.contains(&format!(
+            "staging-check: could not read PR #{pr}'s head from Gitea ("
+        )) && log.contains("no verdict; nothing recorded; run it again")
+            && log.contains("(exit 2)"),
+        "{log}"
+    );
+    // The prompt's exit 2: the deployer exits non-zero and writes nothing.
+    assert_eq!(
+        (job["status"].as_str(), job["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{log}"
+    );
+    let task = w.task();
+    assert_eq!(
+        task["stage"], "deploy-staging",
+        "not rolled back, not advanced: {task:#}"
+    );
+    assert_eq!(task["developer_retries"], 0, "no developer round counted");
+    assert!(task["validated_revision"].is_null(), "{task:#}");
+    assert!(
+        !w.env
+            .path(&format!("artefacts/{key}/10-staging-report.md"))
+            .exists(),
+        "no report, and the older one is gone"
+    );
+    assert_eq!(w.staging.revision().as_deref(), Some(head.as_str()));
+
+    // Gitea is back; reconcile re-runs the deployer (its next attempt), which ships.
+    w.reconcile_after_grace();
+    let again = w.dispatch_and_wait("deployer", "deploy-staging");
+    assert_eq!(again["attempt"], 2);
+    assert_eq!(w.stage(), "deploy", "staging passed on the re-run");
+    assert_eq!(w.task()["validated_revision"].as_str(), Some(head.as_str()));
+    let back: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter(|(from, to, _)| from == "deploy-staging" && to == "development")
+        .collect();
+    assert!(
+        back.is_empty(),
+        "never sent back to the developer: {back:?}"
+    );
 }
 
 /// Runs one stub agent role for task 1 as run-job would (its job env, the world's env).
