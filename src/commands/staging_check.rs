@@ -630,7 +630,7 @@ impl Unjudged<'_> {
         }
         if let Some(db) = self.db {
             let t = self.task;
-            match db.clear_validated_revision(t.id, self.now) {
+            match db.clear_validated_revision(t.id, t.round, self.now) {
                 Ok(true) => log::warn!(
                     "staging-check: task {} no longer has a validated revision (was {}): this run has no verdict",
                     t.key,
