@@ -95,6 +95,15 @@ fn move_task_full(
     merged: &Fact<bool>,
     record: Option<&Recorder<'_, Moved>>,
 ) -> Result<Moved> {
+    // Before the commit, so the entered stage's gate never reads an earlier visit's
+    // artefact: a crash in between leaves the task where it was, and an error here fails
+    // the move with nothing committed (docs/architecture.md, "Moving a task").
+    crate::adapters::artefacts::set_aside_on_entry(
+        &ctx.config.settings.artefacts_dir,
+        task,
+        to,
+        ctx.now_secs(),
+    )?;
     let change = round::reopen(task.stage, to, merged);
     if let RoundChange::KeepUnsure { why } = &change {
         log::warn!("task {}: {} -> {to}: {why}", task.key, task.stage);
