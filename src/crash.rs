@@ -3,18 +3,19 @@
 //! destructors, no commit of an open transaction, nothing flushed).
 //!
 //! The points sit between each pair of effects of starting a task and of acting on a
-//! webhook delivery, so a test can prove that a crash at any of them leaves state that
-//! the next `reconcile` pass finishes without doing anything twice (docs/webhook.md,
-//! "Crash points"). Unset (production) it costs one comparison per point. `main` arms
-//! it once from the environment; an unknown point name is refused there (exit 2), so a
-//! typo cannot make a crash test pass by never crashing.
+//! webhook delivery, and between moving an artefact aside and the move it is for, so a
+//! test can prove that a crash at any of them leaves state that the next `reconcile`
+//! pass finishes without doing anything twice (docs/webhook.md, "Crash points"). Unset
+//! (production) it costs one comparison per point. `main` arms it once from the
+//! environment; an unknown point name is refused there (exit 2), so a typo cannot make
+//! a crash test pass by never crashing.
 
 use std::sync::OnceLock;
 
 /// The environment variable that arms a crash point (read by `main`, not a setting).
 pub const ENV: &str = "ORCH_CRASH_AT";
 
-/// Every crash point, in the order a start delivery reaches them.
+/// Every crash point: a start delivery's, in the order it reaches them, then a move's.
 pub const POINTS: &[&str] = &[
     // The delivery row is committed (and answered); nothing acted on yet.
     "delivery-stored",
@@ -28,6 +29,9 @@ pub const POINTS: &[&str] = &[
     "branch-created",
     // Everything is done and recorded; the process has not reported yet.
     "delivery-done",
+    // A move into review, deploy-staging or deploy moved the stage's artefact of an
+    // earlier visit into history/; the move itself is not committed yet.
+    "artefact-set-aside",
 ];
 
 static ARMED: OnceLock<&'static str> = OnceLock::new();

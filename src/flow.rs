@@ -113,6 +113,15 @@ fn move_task_full(
     merged: &Fact<bool>,
     record: Option<&Recorder<'_, Moved>>,
 ) -> Result<Moved> {
+    // Before the commit, so the entered stage's gate never reads an earlier visit's
+    // artefact: a crash in between leaves the task where it was, and an error here fails
+    // the move with nothing committed (docs/architecture.md, "Moving a task").
+    crate::adapters::artefacts::set_aside_on_entry(
+        &ctx.config.settings.artefacts_dir,
+        task,
+        to,
+        ctx.now_secs(),
+    )?;
     let change = round::reopen(task.stage, to, merged);
     if let RoundChange::Undecided { why } = &change {
         // Either guess is wrong half the time: keeping the round sends the developer to

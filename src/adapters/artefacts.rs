@@ -2,11 +2,25 @@
 //!
 //! The task key becomes one path component: anything that could escape the artefacts
 //! root (`/`, `..`, NUL) is refused rather than sanitised, because keys come from Plane.
+//!
+//! When a task enters a stage, [`set_aside_on_entry`] moves the stage's artefact (the
+//! one its gate reads, `core::artefact::stage_artefact`) left by an earlier visit into
+//! `<task dir>/history/`, before the move is committed, so the gate reads only what the
+//! stage's agent wrote during this visit.
 
-use std::io::Write;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::core::artefact::{history_name, stage_artefact, HISTORY_DIR};
+use crate::core::stage::{self, Stage};
+use crate::core::task::Task;
+
+/// How many names [`set_aside`] tries in `history/` before it gives up: one per move of
+/// the same file in the same round within the same second, far more than happen.
+const HISTORY_NAME_TRIES: u32 = 1000;
 
 /// Returns the artefact folder of a task key.
 ///
@@ -67,6 +81,104 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Moves aside, before `task` enters `to`, the artefact `to`'s agent writes and its
+/// gate reads ([`stage_artefact`]), when an earlier visit left one; returns where it
+/// went. `None` when `to` has no such artefact, none is there, the table does not allow
+/// the move (the database refuses it; nothing is touched), or the key cannot name an
+/// artefact folder (nothing can be in one).
+///
+/// Called before the move's database commit: a crash in between leaves the task where
+/// it was with the file already in `history/`, and the pass that moves it again finds
+/// nothing to set aside. The other order could leave the task in `to` with the last
+/// visit's verdict in place for the gate to read (the crash point
+/// `artefact-set-aside` sits between the two).
+///
+/// # Errors
+/// When the file is there but cannot be moved aside (see [`set_aside`]): the caller
+/// must then not commit the move, so the gate of `to` never reads a stale file.
+pub fn set_aside_on_entry(
+    root: &Path,
+    task: &Task,
+    to: Stage,
+    now: i64,
+) -> Result<Option<PathBuf>> {
+    let Some(file) = stage_artefact(to) else {
+        return Ok(None);
+    };
+    if stage::transition(task.stage, to).is_none() {
+        return Ok(None);
+    }
+    let Ok(dir) = task_dir(root, &task.key) else {
+        return Ok(None);
+    };
+    let moved = set_aside(&dir, file, task.round, now).with_context(|| {
+        format!(
+            "task {} cannot enter {to}: moving aside the {file} of an earlier visit",
+            task.key
+        )
+    })?;
+    if let Some(path) = &moved {
+        log::info!(
+            "task {}: {file} of an earlier visit moved aside to {HISTORY_DIR}/{} before it enters {to}",
+            task.key,
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        crate::crash::point("artefact-set-aside");
+    }
+    Ok(moved)
+}
+
+/// Moves `dir/file` into `dir/history/` under [`history_name`] (round `round`, time
+/// `now`); returns the new path, or `None` when there is no such file.
+///
+/// Never overwrites: each candidate name is reserved with an exclusive create and the
+/// file is renamed over its own reservation (atomic); a taken name tries the next
+/// attempt number. A file another pass moved aside meanwhile is `None`. The folders are
+/// then synced (best effort), so the rename is on disk before the caller commits.
+///
+/// # Errors
+/// When the file cannot be inspected, `history/` cannot be made, or the rename fails.
+pub fn set_aside(dir: &Path, file: &str, round: u32, now: i64) -> Result<Option<PathBuf>> {
+    let from = dir.join(file);
+    match std::fs::symlink_metadata(&from) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", from.display())),
+    }
+    let history = dir.join(HISTORY_DIR);
+    std::fs::create_dir_all(&history).with_context(|| format!("creating {}", history.display()))?;
+    for attempt in 1..=HISTORY_NAME_TRIES {
+        let to = history.join(history_name(file, round, now, attempt));
+        match OpenOptions::new().write(true).create_new(true).open(&to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("reserving {}", to.display())),
+        }
+        return match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                // Best effort: some file systems refuse to sync a folder; the rename
+                // itself is done either way, and this only narrows a power-loss window.
+                for d in [&history, dir] {
+                    let _ = std::fs::File::open(d).and_then(|f| f.sync_all());
+                }
+                Ok(Some(to))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&to);
+                if e.kind() == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e).with_context(|| format!("moving {} to {}", from.display(), to.display()))
+                }
+            }
+        };
+    }
+    bail!(
+        "no free name for {file} in {} after {HISTORY_NAME_TRIES} tries",
+        history.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +206,159 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    // 2026-11-25T03:00:00Z.
+    const NOW: i64 = 1_795_575_600;
+
+    fn task(stage: Stage, round: u32) -> Task {
+        Task {
+            id: 1,
+            project: "shop".into(),
+            work_item_id: "w".into(),
+            key: "SHOP-1".into(),
+            title: "t".into(),
+            repo: "acme/shop".into(),
+            branch: "b".into(),
+            pr_number: None,
+            stage,
+            stage_entered_at: 0,
+            validated_revision: None,
+            developer_retries: 0,
+            escalated_at: None,
+            escalation_reason: None,
+            created_at: 0,
+            updated_at: 0,
+            round,
+            branch_ready_at: None,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn entering_a_stage_sets_aside_only_its_own_artefact() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("SHOP-1");
+        let files = [
+            "01-analysis.md",
+            "05-review.md",
+            "10-staging-report.md",
+            "12-deploy-report.md",
+            "16-post-deploy-log.md",
+        ];
+        for f in files {
+            write_atomic(&dir.join(f), f.as_bytes()).unwrap();
+        }
+        // (from, to, round, what is set aside)
+        let cases: &[(Stage, Stage, u32, Option<&str>)] = &[
+            (Stage::Analysis, Stage::Development, 1, None),
+            (Stage::Deploy, Stage::Development, 1, None),
+            (Stage::Deploy, Stage::Done, 1, None),
+            (Stage::Done, Stage::Development, 1, None),
+            (Stage::Review, Stage::Cancelled, 1, None),
+            // Not an edge of the table: the database refuses it, nothing is touched.
+            (Stage::Development, Stage::Deploy, 1, None),
+            (
+                Stage::Development,
+                Stage::Review,
+                2,
+                Some("05-review.round-2.20261125T030000Z.md"),
+            ),
+            (
+                Stage::Review,
+                Stage::DeployStaging,
+                2,
+                Some("10-staging-report.round-2.20261125T030000Z.md"),
+            ),
+            (
+                Stage::DeployStaging,
+                Stage::Deploy,
+                2,
+                Some("12-deploy-report.round-2.20261125T030000Z.md"),
+            ),
+        ];
+        for (from, to, round, want) in cases {
+            let before = names(&dir.join(HISTORY_DIR));
+            let got = set_aside_on_entry(root.path(), &task(*from, *round), *to, NOW).unwrap();
+            let got = got.map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
+            assert_eq!(got.as_deref(), *want, "{from} -> {to}");
+            let after = names(&dir.join(HISTORY_DIR));
+            assert_eq!(after.len(), before.len() + usize::from(want.is_some()));
+        }
+        // The analysis and the post-deploy log stay; the three reports moved with
+        // their contents.
+        assert_eq!(
+            names(&dir),
+            vec!["01-analysis.md", "16-post-deploy-log.md", "history"]
+        );
+        let history = dir.join(HISTORY_DIR);
+        assert_eq!(
+            std::fs::read_to_string(history.join("05-review.round-2.20261125T030000Z.md")).unwrap(),
+            "05-review.md"
+        );
+        // Entering again with nothing left there sets nothing aside.
+        let t = task(Stage::Development, 2);
+        assert_eq!(
+            set_aside_on_entry(root.path(), &t, Stage::Review, NOW).unwrap(),
+            None
+        );
+        // A key that cannot name a folder has nothing to set aside.
+        let bad = Task {
+            key: "../x".into(),
+            ..t
+        };
+        assert_eq!(
+            set_aside_on_entry(root.path(), &bad, Stage::Review, NOW).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn setting_aside_never_overwrites_an_earlier_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("SHOP-1");
+        let history = dir.join(HISTORY_DIR);
+        // Three visits within the same second of the same round.
+        for visit in ["first", "second", "third"] {
+            write_atomic(&dir.join("05-review.md"), visit.as_bytes()).unwrap();
+            set_aside(&dir, "05-review.md", 1, NOW).unwrap().unwrap();
+        }
+        let read = |n: &str| std::fs::read_to_string(history.join(n)).unwrap();
+        assert_eq!(read("05-review.round-1.20261125T030000Z.md"), "first");
+        assert_eq!(read("05-review.round-1.20261125T030000Z.2.md"), "second");
+        assert_eq!(read("05-review.round-1.20261125T030000Z.3.md"), "third");
+        assert!(!dir.join("05-review.md").exists());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_set_aside_is_an_error_and_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("SHOP-1");
+        write_atomic(&dir.join("05-review.md"), b"old").unwrap();
+        // A file where history/ should be: the folder cannot be made.
+        std::fs::write(dir.join(HISTORY_DIR), b"in the way").unwrap();
+        let err = set_aside_on_entry(
+            root.path(),
+            &task(Stage::Development, 1),
+            Stage::Review,
+            NOW,
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("task SHOP-1 cannot enter review: moving aside the 05-review.md"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(dir.join("05-review.md")).unwrap(), b"old");
     }
 }

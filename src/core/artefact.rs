@@ -4,8 +4,14 @@
 //! takes the file's text (or `None` when it is missing) and returns typed values; an
 //! unknown value is malformed, never a pass. Every error names the file. No I/O here:
 //! the artefacts adapter reads the files.
+//!
+//! It also says which file belongs to which stage ([`stage_artefact`]): the one a task's
+//! entry into that stage moves aside, under a [`history_name`] in [`HISTORY_DIR`], so
+//! the stage's gate reads only what its agent wrote during this visit.
 
 use std::fmt;
+
+use crate::core::stage::Stage;
 
 /// `01-analysis.md`.
 pub const ANALYSIS_FILE: &str = "01-analysis.md";
@@ -17,6 +23,50 @@ pub const STAGING_REPORT_FILE: &str = "10-staging-report.md";
 pub const DEPLOY_REPORT_FILE: &str = "12-deploy-report.md";
 /// `16-post-deploy-log.md` (written by orch).
 pub const POST_DEPLOY_LOG_FILE: &str = "16-post-deploy-log.md";
+
+/// The folder inside a task's artefact dir that holds the artefacts of earlier visits.
+pub const HISTORY_DIR: &str = "history";
+
+/// Returns the artefact `stage`'s agent writes and its gate reads, when the stage has
+/// one: the file a task's entry into `stage` moves aside, so that a file left by an
+/// earlier visit (an earlier round, or before a rollback) is never read as this visit's.
+///
+/// `analysis` keeps `01-analysis.md` (the developer builds from it, and no move enters
+/// analysis again); `development` writes nothing; `done` and `cancelled` have no agent
+/// (`16-post-deploy-log.md` is orch's own record). Moving aside on entry, not on leaving,
+/// keeps each report in place while the developer works from it after a rollback.
+pub fn stage_artefact(stage: Stage) -> Option<&'static str> {
+    match stage {
+        Stage::Review => Some(REVIEW_FILE),
+        Stage::DeployStaging => Some(STAGING_REPORT_FILE),
+        Stage::Deploy => Some(DEPLOY_REPORT_FILE),
+        Stage::Analysis | Stage::Development | Stage::Done | Stage::Cancelled => None,
+    }
+}
+
+/// Returns the name `file` takes in [`HISTORY_DIR`] when it is moved aside at `at_unix`
+/// (unix seconds, the pass's clock) while the task is in round `round`.
+///
+/// `05-review.md` moved aside in round 2 at 2026-11-25T03:00:00Z becomes
+/// `05-review.round-2.20261125T030000Z.md`. The round is the task's when the file was
+/// moved aside: the file was written in that round or an earlier one. `attempt` 1 is
+/// the plain name; a later attempt (the name was taken: two moves within one second)
+/// adds `.<attempt>` before the extension, so no earlier file is ever overwritten.
+pub fn history_name(file: &str, round: u32, at_unix: i64, attempt: u32) -> String {
+    let (stem, ext) = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (file, String::new()),
+    };
+    let when = jiff::Timestamp::from_second(at_unix)
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| at_unix.to_string());
+    let again = if attempt > 1 {
+        format!(".{attempt}")
+    } else {
+        String::new()
+    };
+    format!("{stem}.round-{round}.{when}{again}{ext}")
+}
 
 /// Why an artefact could not be read as its contract says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -384,6 +434,84 @@ mod tests {
             assert!(err.starts_with("05-review.md: "), "{err}");
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn each_gated_stage_sets_aside_the_file_its_gate_reads() {
+        use crate::core::gate::{needs, Need};
+        for stage in Stage::ALL {
+            let read: Vec<&str> = needs(stage)
+                .into_iter()
+                .filter_map(|n| match n {
+                    Need::Review => Some(REVIEW_FILE),
+                    Need::Staging => Some(STAGING_REPORT_FILE),
+                    Need::Deploy => Some(DEPLOY_REPORT_FILE),
+                    Need::Job | Need::Pr | Need::Ci => None,
+                })
+                .collect();
+            assert_eq!(
+                stage_artefact(stage).into_iter().collect::<Vec<_>>(),
+                read,
+                "{stage}"
+            );
+        }
+        // The analysis and orch's own post-deploy log are never set aside.
+        for stage in Stage::ALL {
+            assert_ne!(stage_artefact(stage), Some(ANALYSIS_FILE), "{stage}");
+            assert_ne!(stage_artefact(stage), Some(POST_DEPLOY_LOG_FILE), "{stage}");
+        }
+    }
+
+    #[test]
+    fn history_names_say_the_round_and_when_and_never_repeat() {
+        // 2026-11-25T03:00:00Z.
+        let at = 1_795_575_600;
+        let cases: &[(&str, u32, i64, u32, &str)] = &[
+            (
+                REVIEW_FILE,
+                1,
+                at,
+                1,
+                "05-review.round-1.20261125T030000Z.md",
+            ),
+            (
+                REVIEW_FILE,
+                1,
+                at,
+                2,
+                "05-review.round-1.20261125T030000Z.2.md",
+            ),
+            (
+                STAGING_REPORT_FILE,
+                12,
+                at + 61,
+                1,
+                "10-staging-report.round-12.20261125T030101Z.md",
+            ),
+            (
+                DEPLOY_REPORT_FILE,
+                2,
+                0,
+                3,
+                "12-deploy-report.round-2.19700101T000000Z.3.md",
+            ),
+            ("notes", 1, at, 1, "notes.round-1.20261125T030000Z"),
+            // Outside the clock's range: the seconds themselves.
+            (
+                "x.md",
+                1,
+                i64::MAX,
+                1,
+                &format!("x.round-1.{}.md", i64::MAX),
+            ),
+        ];
+        for (file, round, at, attempt, want) in cases {
+            assert_eq!(history_name(file, *round, *at, *attempt), *want);
+        }
+        let names: std::collections::BTreeSet<String> = (1..=50)
+            .map(|n| history_name(REVIEW_FILE, 1, at, n))
+            .collect();
+        assert_eq!(names.len(), 50);
     }
 
     #[test]

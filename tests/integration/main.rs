@@ -15,5 +15,6 @@ mod reconcile;
 mod rounds;
 mod staging_check;
 mod staging_roundtrip;
+mod stale_artefacts;
 mod the_loop;
 mod webhook;

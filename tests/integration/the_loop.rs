@@ -594,6 +594,29 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
 
     let second_pr = w.round_from_development(2);
     assert_ne!(second_pr, first_pr, "round 2 has a new PR");
+    // Round 2's gates read round 2's reports: entering each stage moved round 1's aside.
+    let dir = w.env.path(&format!("artefacts/{}", w.key()));
+    let mut history: Vec<String> = std::fs::read_dir(dir.join("history"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    history.sort();
+    let prefixes = [
+        "05-review.round-2.",
+        "10-staging-report.round-2.",
+        "12-deploy-report.round-2.",
+    ];
+    assert_eq!(history.len(), 3, "{history:?}");
+    for (name, prefix) in history.iter().zip(prefixes) {
+        assert!(name.starts_with(prefix), "{history:?}");
+    }
+    for file in [
+        "05-review.md",
+        "10-staging-report.md",
+        "12-deploy-report.md",
+    ] {
+        assert!(dir.join(file).exists(), "round 2's {file}");
+    }
     assert_eq!(
         w.gitea.all_merge_calls(SHOP.repo),
         2,
@@ -917,6 +940,18 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         w.run(&["task", "move", &key, "--to", stage, "--reason", "stub test"])
             .expect(0);
     }
+    // The reviewer's verdict above was written before the task entered review: that
+    // move set it aside, so no gate reads it as this visit's.
+    assert!(!w
+        .env
+        .path(&format!("artefacts/{key}/05-review.md"))
+        .exists());
+    assert_eq!(
+        std::fs::read_dir(w.env.path(&format!("artefacts/{key}/history")))
+            .unwrap()
+            .count(),
+        1
+    );
     let out = stub(&mut w, "deployer", 6);
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("MERGE-GUARD: ERROR"), "{}", out.stdout);
