@@ -1036,6 +1036,49 @@ mod tests {
     }
 
     #[test]
+    fn migration_4_confirms_only_the_branches_of_tasks_past_development() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let mut db = Db::open_unmigrated(&path).unwrap();
+        db.migrate_to(3).unwrap();
+        for (n, stage) in ["analysis", "development", "review", "deploy", "done"]
+            .iter()
+            .enumerate()
+        {
+            db.conn()
+                .execute(
+                    "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                                        stage_entered_at, created_at, updated_at)
+                     VALUES ('p', ?1, ?1, 't', 'a/b', ?1, ?2, 1, 1, 7)",
+                    params![format!("K-{n}"), stage],
+                )
+                .unwrap();
+        }
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let ready: Vec<(String, Option<i64>, u32)> = db
+            .conn()
+            .prepare("SELECT stage, branch_ready_at, round FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let want = |s: &str, at: Option<i64>| (s.to_string(), at, 1);
+        assert_eq!(
+            ready,
+            vec![
+                want("analysis", None),
+                want("development", None),
+                want("review", Some(7)),
+                want("deploy", Some(7)),
+                want("done", Some(7)),
+            ],
+            "reconcile confirms only the branches that may be missing"
+        );
+    }
+
+    #[test]
     fn a_newer_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
