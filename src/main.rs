@@ -14,7 +14,6 @@ use orch::exit::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -30,6 +29,9 @@ fn main() -> ExitCode {
             return ExitStatus::Error.into();
         }
     };
+    // After loading: ORCH_LOG may come from the pipeline file's `settings:` as well as
+    // from the environment (config check shows the effective value and its source).
+    init_logging(config.settings.log.as_deref().unwrap_or("info"));
     let clock: Box<dyn Clock> = match config.settings.now.0 {
         Some(t) => Box::new(FixedClock(t)),
         None => Box::new(SystemClock),
@@ -44,13 +46,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr at `ORCH_LOG` (RUST_LOG syntax, default `info`); under journald
-/// (`JOURNAL_STREAM` set) without timestamps, since journald adds its own.
-fn init_logging() {
-    let filter = std::env::var("ORCH_LOG").unwrap_or_else(|_| "info".into());
+/// Logs go to stderr at `filter` (the effective `ORCH_LOG`, RUST_LOG syntax, default
+/// `info`); under journald (`JOURNAL_STREAM` set) without timestamps, since journald adds
+/// its own.
+fn init_logging(filter: &str) {
     let mut builder = env_logger::Builder::new();
     builder
-        .parse_filters(&filter)
+        .parse_filters(filter)
         .target(env_logger::Target::Stderr);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.format(|buf, record| writeln!(buf, "{}: {}", record.level(), record.args()));

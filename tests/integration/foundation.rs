@@ -397,3 +397,34 @@ fn usage_errors_exit_2() {
     env.run(&["no-such-command"]).expect(2);
     env.run(&["status", "--bogus"]).expect(2);
 }
+
+#[test]
+fn orch_log_from_the_pipeline_file_takes_effect_and_the_environment_wins() {
+    // `config check` shows ORCH_LOG from the pipeline file's `settings:` as effective, so
+    // it must be: `warn` there silences a pass's INFO summary, and the environment wins.
+    let mut env = TestEnv::with_pipeline(&format!(
+        "{}settings:\n  ORCH_LOG: warn\n",
+        crate::common::PIPELINE
+    ));
+    env.unset("ORCH_LOG");
+    let shown = env.run(&["config", "check"]).expect(0);
+    let line = shown
+        .stdout
+        .lines()
+        .find(|l| l.contains("ORCH_LOG"))
+        .unwrap_or_default();
+    assert!(line.contains("warn"), "{}", shown.stdout);
+    let from_file = env.run(&["reap", "--dry-run"]).expect(0);
+    assert!(
+        !from_file.stderr.contains("INFO"),
+        "warn from the pipeline file: {}",
+        from_file.stderr
+    );
+    env.set("ORCH_LOG", "info");
+    let from_env = env.run(&["reap", "--dry-run"]).expect(0);
+    assert!(
+        from_env.stderr.contains("INFO  reap: scanned=0"),
+        "info from the environment wins: {}",
+        from_env.stderr
+    );
+}
