@@ -19,8 +19,9 @@ use crate::adapters::process::start_time;
 use crate::config::is_repo;
 use crate::context::Context;
 use crate::core::merge::{
-    after_merge, decide, needs_compare, short, Compare, MergeAnswer, Pin, PrRead, Verdict,
+    after_merge, decide, needs_compare, Compare, MergeAnswer, Pin, PrRead, Verdict,
 };
+use crate::core::revision::short;
 use crate::exit::ExitStatus;
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.

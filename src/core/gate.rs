@@ -24,6 +24,7 @@ use crate::core::artefact::{
     ArtefactError, DeployStatus, ReviewVerdict, StagingReport, StagingStatus,
 };
 use crate::core::job::JobOutcome;
+use crate::core::revision::{revisions_match, short};
 use crate::core::round;
 use crate::core::stage::Stage;
 
@@ -682,24 +683,6 @@ fn merge_known(i: &GateInputs) -> CheckResult {
             ))
         }
     }
-}
-
-/// Returns whether two revisions name the same commit (a full SHA and its prefix match).
-pub fn revisions_match(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim().to_ascii_lowercase(), b.trim().to_ascii_lowercase());
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    let (short, long) = if a.len() <= b.len() {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    short.len() >= 7 && long.starts_with(short.as_str())
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..10).unwrap_or(sha)
 }
 
 #[cfg(test)]

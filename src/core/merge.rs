@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-use crate::core::gate::revisions_match;
+use crate::core::revision::{revisions_match, short};
 
 /// The prefixes Gitea treats as "work in progress" (`WORK_IN_PROGRESS_PREFIXES`
 /// default), matched case-insensitively at the start of the title.
@@ -414,9 +414,6 @@ fn head_moved(pr: &PrRead, validated: &str) -> String {
 }
 
 /// Returns the first 10 characters of a SHA (or the whole string when shorter).
-pub fn short(sha: &str) -> &str {
-    sha.get(..10).unwrap_or(sha)
-}
 
 fn excerpt(text: &str) -> String {
     let t: String = one_line(text).chars().take(160).collect();

@@ -13,6 +13,7 @@ pub mod pin;
 pub mod post_deploy;
 pub mod reap;
 pub mod reconcile;
+pub mod revision;
 pub mod round;
 pub mod roundtrip;
 pub mod stage;

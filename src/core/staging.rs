@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::revision::short;
+
 /// The check kinds, as spelled in the pipeline file.
 pub const KINDS: &[&str] = &["http", "command", "image-freshness", "webhook-roundtrip"];
 
@@ -820,7 +822,7 @@ pub fn judge_freshness(expected: Option<&str>, running: &Result<String, Outcome>
             short(running)
         ));
     };
-    if crate::core::gate::revisions_match(running, expected) {
+    if crate::core::revision::revisions_match(running, expected) {
         Outcome::Pass(format!("staging runs {}", short(running)))
     } else {
         Outcome::Fail(format!(
@@ -854,10 +856,6 @@ pub fn freshness_applies(
             }
         }
     }
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..12).unwrap_or(sha)
 }
 
 fn json_at<'a>(doc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
