@@ -413,8 +413,6 @@ fn head_moved(pr: &PrRead, validated: &str) -> String {
     )
 }
 
-/// Returns the first 10 characters of a SHA (or the whole string when shorter).
-
 fn excerpt(text: &str) -> String {
     let t: String = one_line(text).chars().take(160).collect();
     t.trim().to_string()
