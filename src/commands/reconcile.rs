@@ -743,12 +743,13 @@ impl Pass<'_> {
         item: &crate::adapters::plane::WorkItem,
         reason: &str,
     ) -> Result<String> {
-        let identifier = project
-            .plane_identifier
-            .clone()
-            .unwrap_or_else(|| project.name.to_ascii_uppercase());
         let seq = i64::try_from(item.sequence_id).ok();
-        let key = intake::task_key(&identifier, seq, &item.id);
+        let key = intake::task_key(
+            project.plane_identifier.as_deref(),
+            &project.name,
+            seq,
+            &item.id,
+        );
         let new = NewTask {
             project: project.name.clone(),
             work_item_id: item.id.clone(),

@@ -155,18 +155,13 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
     }
     let key = match &args.key {
         Some(k) => k.trim().to_string(),
-        None => {
-            let ident = project
-                .plane_identifier
-                .clone()
-                .unwrap_or_else(|| project.name.to_ascii_uppercase());
-            let short: String = work_item
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(8)
-                .collect();
-            format!("{ident}-{short}")
-        }
+        // The key rule every start shares (a start delivery without a sequence id).
+        None => crate::core::intake::task_key(
+            project.plane_identifier.as_deref(),
+            &project.name,
+            None,
+            work_item,
+        ),
     };
     crate::adapters::artefacts::task_dir(&ctx.config.settings.artefacts_dir, &key)
         .context("--key is not usable")?;

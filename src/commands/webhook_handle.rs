@@ -615,11 +615,12 @@ fn start(
     change: &StateChange,
     reason: &str,
 ) -> Result<Outcome> {
-    let identifier = project
-        .plane_identifier
-        .clone()
-        .unwrap_or_else(|| project.name.to_ascii_uppercase());
-    let key = intake::task_key(&identifier, change.sequence_id, &change.work_item_id);
+    let key = intake::task_key(
+        project.plane_identifier.as_deref(),
+        &project.name,
+        change.sequence_id,
+        &change.work_item_id,
+    );
     let new = NewTask {
         project: project.name.clone(),
         work_item_id: change.work_item_id.clone(),

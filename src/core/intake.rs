@@ -574,10 +574,21 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Returns the task key of a work item: the project identifier and the sequence id
+/// Returns the task key of a work item: the project's identifier and the sequence id
 /// (`ORCH-65`), or the first characters of the work item id without a sequence id.
-pub fn task_key(identifier: &str, sequence_id: Option<i64>, work_item_id: &str) -> String {
-    let ident: String = identifier
+///
+/// The one key rule, for every path that starts a task (a start delivery, reconcile's
+/// replay, the staging round trip, `task add` without `--key`): the identifier is the
+/// project's Plane identifier, else its name, kept to ASCII letters and digits and
+/// upper-cased (`TASK` when nothing is left).
+pub fn task_key(
+    plane_identifier: Option<&str>,
+    project_name: &str,
+    sequence_id: Option<i64>,
+    work_item_id: &str,
+) -> String {
+    let ident: String = plane_identifier
+        .unwrap_or(project_name)
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .collect::<String>()
@@ -947,11 +958,17 @@ blocked: { names: [Blocked, Needs Input] }";
 
     #[test]
     fn task_keys() {
-        assert_eq!(task_key("ORCH", Some(65), "w"), "ORCH-65");
-        assert_eq!(task_key("shop", Some(1), "w"), "SHOP-1");
-        assert_eq!(task_key("a b/c", Some(2), "w"), "ABC-2");
-        assert_eq!(task_key("", Some(2), "w"), "TASK-2");
-        assert_eq!(task_key("ORCH", None, "7b1e4c2a-5d3f"), "ORCH-7b1e4c2a");
+        assert_eq!(task_key(Some("ORCH"), "orch", Some(65), "w"), "ORCH-65");
+        assert_eq!(task_key(Some("shop"), "x", Some(1), "w"), "SHOP-1");
+        assert_eq!(task_key(Some("a b/c"), "x", Some(2), "w"), "ABC-2");
+        assert_eq!(task_key(Some(""), "x", Some(2), "w"), "TASK-2");
+        assert_eq!(
+            task_key(Some("ORCH"), "x", None, "7b1e4c2a-5d3f"),
+            "ORCH-7b1e4c2a"
+        );
+        // Without a Plane identifier the project's name, sanitised the same way.
+        assert_eq!(task_key(None, "my-shop", Some(3), "w"), "MYSHOP-3");
+        assert_eq!(task_key(None, "my shop", None, "ab-cd"), "MYSHOP-abcd");
     }
 
     #[test]

@@ -95,17 +95,14 @@ pub struct Synthetic {
     pub branch: String,
 }
 
-/// Returns the project identifier task keys use, as `webhook-handle` derives it.
-pub fn identifier(project: &Project) -> String {
-    project
-        .plane_identifier
-        .clone()
-        .unwrap_or_else(|| project.name.to_ascii_uppercase())
-}
-
 /// Describes the synthetic work item `work_item_id` of `project`.
 pub fn synthetic(project: &Project, work_item_id: &str) -> Synthetic {
-    let key = task_key(&identifier(project), None, work_item_id);
+    let key = task_key(
+        project.plane_identifier.as_deref(),
+        &project.name,
+        None,
+        work_item_id,
+    );
     Synthetic {
         work_item_id: work_item_id.to_string(),
         title: SYNTHETIC_TITLE.to_string(),

@@ -428,3 +428,41 @@ fn orch_log_from_the_pipeline_file_takes_effect_and_the_environment_wins() {
         from_env.stderr
     );
 }
+
+#[test]
+fn task_add_derives_the_key_by_the_same_rule_as_a_start_delivery() {
+    // No Plane identifier: the project's name, kept to letters and digits, upper-cased,
+    // as webhook-handle and reconcile derive it (task add used to keep the hyphen).
+    let env = TestEnv::with_pipeline(
+        r#"
+plane: { workspace: acme }
+projects:
+  - name: my-shop
+    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000009
+    repo: acme/my-shop
+agents:
+  analyst: [/bin/true]
+  developer: [/bin/true]
+  reviewer: [/bin/true]
+  deployer: [/bin/true]
+"#,
+    );
+    env.run(&["init"]).expect(0);
+    let added = env
+        .run(&[
+            "task",
+            "add",
+            "--project",
+            "my-shop",
+            "--work-item",
+            "ab-cd-ef-01-23",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(added["task"]["key"], "MYSHOP-abcdef01", "{added:#}");
+    assert_eq!(
+        orch::core::intake::task_key(None, "my-shop", None, "ab-cd-ef-01-23"),
+        "MYSHOP-abcdef01"
+    );
+}
