@@ -9,11 +9,12 @@
 //! stage's agent wrote during this visit.
 
 use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
+pub use crate::adapters::fs::write_atomic;
 use crate::core::artefact::{history_name, stage_artefact, HISTORY_DIR};
 use crate::core::stage::{self, Stage};
 use crate::core::task::Task;
@@ -51,34 +52,6 @@ pub fn read(root: &Path, key: &str, file: &str) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Writes `contents` to `path` atomically: a temporary file in the same folder, synced,
-/// then renamed over the target.
-///
-/// # Errors
-/// When the folder cannot be created or the file written.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 /// Moves aside, before `task` enters `to`, the artefact `to`'s agent writes and its

@@ -1132,13 +1132,7 @@ fn read_cursor(path: &std::path::Path) -> i64 {
 }
 
 fn write_cursor(path: &std::path::Path, id: i64) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{id}\n"))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::adapters::fs::write_atomic(path, format!("{id}\n").as_bytes())
 }
 
 fn html_escape(s: &str) -> String {
