@@ -11,57 +11,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::artefacts::write_atomic;
+use crate::adapters::fs::write_atomic;
 use crate::adapters::lock::{LockError, LockFile, LockGuard};
-use crate::adapters::process::{liveness, Liveness};
+use crate::adapters::process::liveness;
 
 /// The lease file's name in the state dir.
 pub const LEASE_FILE: &str = "merge-lease.json";
 /// The lock file that guards it.
 pub const LEASE_LOCK: &str = "merge-lease.lock";
 
-/// Who holds the lease.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lease {
-    /// The job that holds it, when a job does (`None` for an operator's run).
-    pub job_id: Option<i64>,
-    /// The task it merges for, when known.
-    pub task: Option<String>,
-    /// The holder's pid.
-    pub pid: i64,
-    /// The holder's start time (`/proc/<pid>/stat` field 22), to tell pid reuse.
-    pub pid_start_time: Option<i64>,
-    /// When it was taken (unix seconds).
-    pub acquired_at: i64,
-    /// How long it may be held (seconds) before it counts as stale.
-    pub ttl_s: i64,
-}
+pub use crate::core::lease::{Lease, LeaseState};
 
-/// Why a lease counts as stale, or that it does not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LeaseState {
-    /// The holder lives and the TTL has not passed.
-    Held,
-    /// The holder's process is gone (or its pid now belongs to another process).
-    HolderDead,
-    /// `acquired_at + ttl_s` has passed.
-    Expired,
-}
-
+/// Reading the holder's liveness: the I/O half of judging a lease.
 impl Lease {
-    /// Judges the lease at `now` with the holder's liveness.
-    pub fn state(&self, now: i64, holder: Liveness) -> LeaseState {
-        if holder != Liveness::Alive {
-            LeaseState::HolderDead
-        } else if now >= self.acquired_at.saturating_add(self.ttl_s) {
-            LeaseState::Expired
-        } else {
-            LeaseState::Held
-        }
-    }
-
     /// Judges the lease at `now`, reading the holder's liveness from `/proc`.
     pub fn judge(&self, now: i64) -> LeaseState {
         self.state(now, liveness(self.pid, self.pid_start_time))
@@ -156,16 +118,6 @@ mod tests {
             acquired_at,
             ttl_s,
         }
-    }
-
-    #[test]
-    fn lease_states_at_their_boundaries() {
-        let l = lease(100, 60);
-        assert_eq!(l.state(100, Liveness::Alive), LeaseState::Held);
-        assert_eq!(l.state(159, Liveness::Alive), LeaseState::Held);
-        assert_eq!(l.state(160, Liveness::Alive), LeaseState::Expired);
-        assert_eq!(l.state(100, Liveness::Dead), LeaseState::HolderDead);
-        assert_eq!(l.state(100, Liveness::Reused), LeaseState::HolderDead);
     }
 
     #[test]

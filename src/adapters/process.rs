@@ -6,28 +6,7 @@
 
 use std::path::Path;
 
-/// What `/proc` says about a stamped pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Liveness {
-    /// The pid runs and its start time matches the stamp (or no stamp to compare).
-    Alive,
-    /// No such process, or a zombie.
-    Dead,
-    /// The pid now belongs to another process (start time differs).
-    Reused,
-}
-
-impl Liveness {
-    /// Returns the word `status` prints.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Alive => "alive",
-            Liveness::Dead => "dead",
-            Liveness::Reused => "reused",
-        }
-    }
-}
+pub use crate::core::job::Liveness;
 
 /// Returns the start time (clock ticks since boot) of a live, non-zombie `pid`.
 pub fn start_time(pid: i64) -> Option<i64> {

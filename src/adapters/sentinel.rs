@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 
-use crate::adapters::artefacts::write_atomic;
+use crate::adapters::fs::write_atomic;
 use crate::core::post_deploy::{Sample, TickRecord};
 
 /// The state file of one window.

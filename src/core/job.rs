@@ -91,6 +91,29 @@ pub struct JobOutcome {
     pub exit_code: Option<i32>,
 }
 
+/// What `/proc` says about a stamped pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Liveness {
+    /// The pid runs and its start time matches the stamp (or no stamp to compare).
+    Alive,
+    /// No such process, or a zombie.
+    Dead,
+    /// The pid now belongs to another process (start time differs).
+    Reused,
+}
+
+impl Liveness {
+    /// Returns the word `status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::Reused => "reused",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod gate;
 pub mod intake;
 pub mod job;
+pub mod lease;
 pub mod merge;
 pub mod pin;
 pub mod post_deploy;
