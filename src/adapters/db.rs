@@ -589,8 +589,13 @@ impl Db {
             [task_id],
             |r| r.get(0),
         )?;
-        let escalated =
-            edge.counts_developer_retry && retry_limit.is_some_and(|max| developer_retries >= max);
+        let escalated = retry_limit.is_some_and(|max| {
+            crate::core::escalation::rollback_reaches_limit(
+                edge.counts_developer_retry,
+                developer_retries,
+                max,
+            )
+        });
         if escalated {
             tx.execute(
                 "UPDATE tasks SET escalated_at = ?2, escalation_reason = ?3

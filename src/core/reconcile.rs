@@ -181,7 +181,11 @@ pub fn decide(
             Action::Rollback {
                 to: *to,
                 because: (*because).to_string(),
-                escalate: counts && after >= limits.max_developer_retries,
+                escalate: crate::core::escalation::rollback_reaches_limit(
+                    counts,
+                    after,
+                    limits.max_developer_retries,
+                ),
             }
         }
         GateDecision::Wait {
