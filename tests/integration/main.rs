@@ -8,6 +8,7 @@ mod clients;
 mod crash;
 mod foundation;
 mod jobs;
+mod kit;
 mod merge_guard;
 mod post_deploy;
 mod prompts;
