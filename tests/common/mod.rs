@@ -20,7 +20,7 @@ use orch::standin::server::Server;
 use orch::standin::telegram;
 
 pub use pipeline::Project;
-pub use seed::{seed_task, SeedTask};
+pub use seed::{seed_task, seed_tasks, SeedTask};
 
 /// The instant every test pins `ORCH_NOW` to unless it says otherwise.
 pub const NOW: &str = "2026-11-25T03:00:00Z";

@@ -36,7 +36,8 @@ pub struct SeedTask {
     /// Review rollbacks to count (`developer_retries`), walked as review → development.
     pub developer_retries: u32,
     /// The Plane project, and the work item's sequence number and state there: when the
-    /// env runs the Plane stand-in, the seed adds the work item to it (`None` state: none).
+    /// env runs the Plane stand-in, the seed adds the work item to it (unless the state
+    /// is `None`: then the test adds it).
     pub plane_project_id: String,
     pub sequence: u64,
     pub plane_state: Option<String>,
@@ -118,9 +119,15 @@ impl SeedTask {
         self
     }
 
-    /// Sets the work item's state in the Plane stand-in (`None`: no state).
-    pub fn plane_state(mut self, state_id: Option<&str>) -> Self {
-        self.plane_state = state_id.map(str::to_string);
+    /// Sets the work item's state in the Plane stand-in.
+    pub fn plane_state(mut self, state_id: &str) -> Self {
+        self.plane_state = Some(state_id.to_string());
+        self
+    }
+
+    /// Leaves the Plane stand-in alone (the test adds the work item itself, or none).
+    pub fn no_plane_item(mut self) -> Self {
+        self.plane_state = None;
         self
     }
 
@@ -131,25 +138,55 @@ impl SeedTask {
     }
 }
 
-/// The stages a task passes through from analysis to `to`.
-fn path_to(to: Stage) -> Vec<Stage> {
+/// The moves from analysis to `to` with `retries` review rollbacks on the way.
+fn walk(to: Stage, retries: u32) -> Vec<Stage> {
     use Stage::*;
-    match to {
-        Cancelled => vec![Cancelled],
-        _ => [Development, Review, DeployStaging, Deploy, Done]
-            .into_iter()
-            .take_while(|s| *s != to)
-            .chain(std::iter::once(to))
-            .filter(|s| *s != Analysis)
-            .collect(),
+    if to == Cancelled {
+        return vec![Cancelled];
     }
+    let order = [Analysis, Development, Review, DeployStaging, Deploy, Done];
+    let last = order
+        .iter()
+        .position(|s| *s == to)
+        .expect("a stage in order");
+    let mut moves = Vec::new();
+    for (i, stage) in order.iter().enumerate().take(last + 1).skip(1) {
+        moves.push(*stage);
+        let returns_to_development = to == Development && i == 1;
+        let passes_review = *stage == Review;
+        if returns_to_development {
+            for _ in 0..retries {
+                moves.extend([Review, Development]);
+            }
+        } else if passes_review {
+            for _ in 0..retries {
+                moves.extend([Development, Review]);
+            }
+        }
+    }
+    assert!(
+        retries == 0 || to != Analysis,
+        "review rollbacks need a task past analysis"
+    );
+    moves
 }
 
 /// Creates the task and walks it to its stage by legal moves (actor operator), and adds
-/// its work item to the Plane stand-in when the env runs one; returns the task id. Panics on any library error: a seed that cannot be written is a broken test.
+/// its work item to the Plane stand-in when the env runs one; returns the task id. Panics
+/// on any library error: a seed that cannot be written is a broken test.
 #[track_caller]
 pub fn seed_task(env: &TestEnv, t: &SeedTask) -> i64 {
+    seed_tasks(env, std::slice::from_ref(t))[0]
+}
+
+/// [`seed_task`] for many tasks over one database connection.
+#[track_caller]
+pub fn seed_tasks(env: &TestEnv, tasks: &[SeedTask]) -> Vec<i64> {
     let mut db = Db::open(&env.db_path()).expect("open db");
+    tasks.iter().map(|t| seed_in(env, &mut db, t)).collect()
+}
+
+fn seed_in(env: &TestEnv, db: &mut Db, t: &SeedTask) -> i64 {
     let now = t.at;
     let id = db
         .create_task(
@@ -168,28 +205,11 @@ pub fn seed_task(env: &TestEnv, t: &SeedTask) -> i64 {
         .expect("create task")
         .id();
     let mut at = Stage::Analysis;
-    let mut step = |db: &mut Db, to: Stage| {
+    for to in walk(t.stage, t.developer_retries) {
         db.move_task(id, at, to, "seeded", Actor::Operator, now)
             .unwrap_or_else(|e| panic!("seeding {}: {at} -> {to}: {e:#}", t.key));
         at = to;
-    };
-    let path = path_to(t.stage);
-    for to in path {
-        if to == Stage::Review {
-            step(&mut db, Stage::Review);
-            for _ in 0..t.developer_retries {
-                step(&mut db, Stage::Development);
-                step(&mut db, Stage::Review);
-            }
-        } else {
-            step(&mut db, to);
-        }
     }
-    assert!(
-        t.developer_retries == 0 || !matches!(t.stage, Stage::Analysis | Stage::Development),
-        "retries are counted on the way through review: seed {} past it",
-        t.key
-    );
     if let Some(pr) = t.pr {
         assert!(db.set_pr_number(id, 1, pr, now).expect("set pr"));
     }
@@ -202,13 +222,13 @@ pub fn seed_task(env: &TestEnv, t: &SeedTask) -> i64 {
         let task = db.task(id).expect("read task").expect("seeded task");
         assert!(db.set_branch_ready(&task, now).expect("set branch ready"));
     }
-    if let Some(plane) = &env.plane {
+    if let (Some(plane), Some(state)) = (&env.plane, &t.plane_state) {
         plane.add_work_item(
             &t.plane_project_id,
             &t.work_item_id,
             t.sequence,
             &t.title,
-            t.plane_state.as_deref(),
+            Some(state),
         );
     }
     if !t.keep_job {
