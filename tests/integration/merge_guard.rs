@@ -174,10 +174,11 @@ fn the_prompt_check_catches_a_prompt_that_drifts() {
 use std::process::Stdio;
 use std::time::Duration;
 
+use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, GiteaVersion, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::Reply;
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
 const REPO: &str = "acme/shop";
 const BRANCH: &str = "task/shop-1-basket";
@@ -212,15 +213,13 @@ fn env_with_task(g: &GiteaStandin, validated: Option<&str>, pr: Option<i64>) -> 
         .set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "10");
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number, stage, \
-             stage_entered_at, validated_revision, created_at, updated_at) \
-             VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', 'SHOP-1', 'Add a basket page', \
-             ?1, ?2, ?3, 'deploy', ?4, ?5, ?4, ?4)",
-            rusqlite::params![REPO, BRANCH, pr, NOW_UNIX, validated],
-        )
-        .unwrap();
+    let mut task = SeedTask::new(&Project::shop(), 1, Stage::Deploy)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000001")
+        .title("Add a basket page")
+        .branch(BRANCH);
+    task.pr = pr;
+    task.validated = validated.map(str::to_string);
+    seed_task(&env, &task);
     env
 }
 

@@ -11,7 +11,7 @@ use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::{Recorded, Reply, Server};
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, Project, Run, SeedTask, TestEnv};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const OLD_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -556,17 +556,13 @@ fn shop_env(gitea_url: &str, staging_url: &str) -> TestEnv {
         .set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "10");
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage, \
-             stage_entered_at, created_at, updated_at) \
-             VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', 'SHOP-1', \
-             'Add a basket page', ?1, ?2, 'deploy-staging', ?3, ?3, ?3)",
-            rusqlite::params![SHOP_REPO, SHOP_BRANCH, NOW_UNIX],
-        )
-        .unwrap();
+    let task = SeedTask::new(&Project::shop(), 1, Stage::DeployStaging)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000001")
+        .title("Add a basket page")
+        .branch(SHOP_BRANCH);
+    let id = seed_task(&env, &task).to_string();
     let artefacts = env.path("artefacts/SHOP-1").display().to_string();
-    env.set("ORCH_TASK_ID", "1")
+    env.set("ORCH_TASK_ID", &id)
         .set("ORCH_TASK_KEY", "SHOP-1")
         .set("ORCH_JOB_ID", "1")
         .set("ORCH_TASK_ARTEFACTS", &artefacts);
