@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use orch::core::stage::Stage;
 use orch::standin::prod::Prod;
 use orch::standin::telegram;
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
@@ -462,13 +463,16 @@ fn arming_follows_the_switch_and_the_repo_list() {
     // A task whose project left the pipeline file is not armed.
     let env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, repo, branch, stage, stage_entered_at, created_at, updated_at)
-             VALUES ('ghost', 'w-1', 'GHOST-1', 'acme/ghost', 'b', 'deploy', 0, 0, 0)",
-            [],
-        )
-        .unwrap();
+    let ghost = Project::new(
+        "ghost",
+        "0000dead-0000-4000-8000-000000000000",
+        "GHOST",
+        "acme/ghost",
+    );
+    let task = SeedTask::new(&ghost, 1, Stage::Deploy)
+        .work_item("w-1")
+        .branch("b");
+    seed_task(&env, &task.at(0));
     env.run(&["task", "move", "GHOST-1", "--to", "done", "--reason", "t"])
         .expect(0);
     assert!(window_dirs(&env).is_empty());
@@ -525,13 +529,12 @@ fn hostile_repo_and_work_item_names_stay_inside_the_state_dir() {
         (long.as_str(), long.as_str()),
     ];
     for (i, (repo, item)) in hostile.iter().enumerate() {
-        env.db()
-            .execute(
-                "INSERT INTO tasks (project, work_item_id, key, repo, branch, stage, stage_entered_at, created_at, updated_at)
-                 VALUES ('orch', ?1, ?2, ?3, 'b', 'deploy', 0, 0, 0)",
-                rusqlite::params![item, format!("ORCH-{}", 100 + i), repo],
-            )
-            .unwrap();
+        let mut task = SeedTask::new(&Project::orch(), 100 + i as u64, Stage::Deploy)
+            .work_item(item)
+            .branch("b")
+            .at(0);
+        task.repo = repo.to_string();
+        seed_task(&env, &task);
         env.run(&[
             "task",
             "move",
