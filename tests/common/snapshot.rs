@@ -1,10 +1,12 @@
 //! Snapshot text of a run for `insta`: the exit status first, then stdout, with what
-//! changes from run to run (the temp dir, loopback ports) replaced by fixed names.
+//! changes from run to run (the temp dir, loopback ports, millisecond timings) replaced
+//! by fixed names.
 
 use super::{Run, TestEnv};
 
-/// Returns `exit: <code>` and stdout, normalised: the env's directory becomes `[HOME]`
-/// and every `127.0.0.1:<port>` becomes `127.0.0.1:[PORT]`.
+/// Returns `exit: <code>` and stdout, normalised: the env's directory becomes `[HOME]`,
+/// every `127.0.0.1:<port>` becomes `127.0.0.1:[PORT]` and a padded timing such as
+/// `   12ms` becomes ` [ms]`.
 pub fn report(env: &TestEnv, run: &Run) -> String {
     normalise(env, &format!("exit: {}\n{}", run.code, run.stdout))
 }
@@ -26,5 +28,30 @@ pub fn normalise(env: &TestEnv, text: &str) -> String {
         rest = &rest[digits..];
     }
     out.push_str(rest);
-    out
+    out.lines()
+        .map(without_timings)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Replaces each run of spaces, digits and `ms` (a measured duration, right-aligned in
+/// a column) by ` [ms]`.
+fn without_timings(line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let mut out: Vec<&str> = Vec::new();
+    for w in words {
+        let is_timing = w.len() > 2
+            && w.ends_with("ms")
+            && w[..w.len() - 2].bytes().all(|b| b.is_ascii_digit());
+        if is_timing {
+            while out.last() == Some(&"") {
+                out.pop();
+            }
+            out.push("[ms]");
+        } else {
+            out.push(w);
+        }
+    }
+    out.join(" ")
 }

@@ -178,7 +178,7 @@ use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, GiteaVersion, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::Reply;
 
-use crate::common::{seed_task, Project, Run, SeedTask, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, snapshot, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
 const REPO: &str = "acme/shop";
 const BRANCH: &str = "task/shop-1-basket";
@@ -913,4 +913,25 @@ fn usage_errors_exit_2() {
     ] {
         assert_eq!(env.run(&args).code, 2, "{args:?}");
     }
+}
+
+#[test]
+fn the_answer_is_one_line_with_the_exit_status() {
+    let answer = |g: &GiteaStandin, validated: Option<&str>| {
+        let env = env_with_task(g, validated, Some(7));
+        snapshot::report(&env, &guard(&env, &[]))
+    };
+    insta::assert_snapshot!(answer(&gitea(), Some(HEAD)), @r#"
+    exit: 0
+    MERGE-GUARD: PROCEED acme/shop#7 open, not merged and mergeable at head c3d4e5f6a7
+    "#);
+    let moved = gitea_with(PullSeed::open(7, BRANCH).head_sha(MOVED));
+    insta::assert_snapshot!(answer(&moved, Some(HEAD)), @r#"
+    exit: 1
+    MERGE-GUARD: BLOCKED acme/shop#7 PR #7's head moved since it was validated: head 0123456789, validated c3d4e5f6a7
+    "#);
+    insta::assert_snapshot!(answer(&gitea(), None), @r#"
+    exit: 2
+    MERGE-GUARD: ERROR acme/shop#7 task SHOP-1 has no validated revision to pin PR #7's merge to (staging has not recorded one): not merging head c3d4e5f6a7; deploy that head to staging and run `orch staging-check --task SHOP-1` (it records the revision), then run the guard again
+    "#);
 }

@@ -9,7 +9,7 @@ use orch::core::stage::Stage;
 use orch::standin::prod::Prod;
 use orch::standin::telegram;
 
-use crate::common::{seed_task, Project, Run, SeedTask, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX};
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
@@ -645,4 +645,27 @@ fn an_unreadable_window_is_shown_by_status_and_fails_the_tick() {
         .unwrap()
         .clone();
     assert_eq!(pass["outcome"], "error", "{pass}");
+}
+
+#[test]
+fn the_tick_text_report_names_each_window_and_its_decision() {
+    let shop = Project::shop().with("health_url: $PROD_URL/health\nrollback: [/bin/true]");
+    let mut env = TestEnv::builder()
+        .project(shop)
+        .standins(&[Standin::Prod])
+        .set("ORCH_POST_DEPLOY_REPOS", "shop")
+        .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
+        .build();
+    deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-5");
+    let healthy = tick_at(&mut env, 60, &[]);
+    insta::assert_snapshot!(snapshot::report(&env, &healthy), @r#"
+    exit: 0
+    SHOP-5 acme/shop INCONCLUSIVE CONTINUE (14m00s left): - [INCONCLUSIVE: health failure streak 0 (threshold 1), 5xx n/a (no requests counted), 1 samples (minimum 3)]
+    "#);
+    env.prod().set_health(503);
+    let failing = tick_at(&mut env, 120, &["--dry-run"]);
+    insta::assert_snapshot!(snapshot::report(&env, &failing), @r#"
+    exit: 0
+    SHOP-5 acme/shop DEGRADED ROLLBACK (13m00s left): dry run: nothing done [DEGRADED: health failure streak 1 (threshold 1), 5xx n/a (no requests counted), 2 samples (minimum 3)]
+    "#);
 }

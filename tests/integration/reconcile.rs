@@ -9,7 +9,8 @@ use orch::standin::server::Reply;
 use serde_json::{json, Value};
 
 use crate::common::{
-    seed_task, seed_tasks, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX, PLANE_STATES,
+    seed_task, seed_tasks, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX,
+    PLANE_STATES,
 };
 
 const P1: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
@@ -557,4 +558,24 @@ fn a_second_pass_while_one_holds_the_lock_exits_75() {
     let f = std::fs::File::create(&lock).unwrap();
     fs2::FileExt::lock_exclusive(&f).unwrap();
     w.env.run(&["reconcile"]).expect(75);
+}
+
+#[test]
+fn the_dry_run_report_names_each_task_and_what_a_pass_would_do() {
+    let w = world();
+    let approved = w.task("orch", 1, "review", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+    w.job(approved, "reviewer", "review", "succeeded", 1);
+    w.task("shop", 2, "development", 0, 0);
+    w.item(P2, 2, IN_PROGRESS);
+    w.task("web", 3, "review", 0, 0);
+    w.item(w.env.project("web").plane_project_id, 3, BLOCKED);
+    let run = w.env.run(&["reconcile", "--dry-run"]);
+    insta::assert_snapshot!(snapshot::report(&w.env, &run), @r#"
+    exit: 0
+    ORCH-1 review: advance -> deploy-staging
+    SHOP-2 development: wait: no job has run yet: check_job_ended: no job has run in this stage; check_pr_open: no pull request for the task branch; check_ci_green: no pull request for the task branch
+    WEB-3 review: skip (blocked): work item is in "Blocked"
+    "#);
 }

@@ -11,7 +11,7 @@ use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::{Recorded, Reply, Server};
 
-use crate::common::{seed_task, Project, Run, SeedTask, TestEnv};
+use crate::common::{seed_task, snapshot, Project, Run, SeedTask, TestEnv};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const OLD_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -1093,4 +1093,21 @@ fn an_image_freshness_pin_expects_the_pr_head_by_default() {
         run.stdout
     );
     assert!(!env.path("artefacts/ORCH-7/10-staging-report.md").exists());
+}
+
+#[test]
+fn the_text_report_lists_every_check_then_the_verdict() {
+    let env = env_with_checks(
+        r#"    - { id: K1, name: ok, kind: command, argv: [/bin/sh, -c, "echo migrations done"], expect_output: done }
+    - { id: K2, name: exit3, kind: command, argv: [/bin/sh, -c, "echo bad >&2; exit 3"] }
+"#,
+    );
+    let run = env.run(&["staging-check"]);
+    insta::assert_snapshot!(snapshot::report(&env, &run), @r#"
+    exit: 1
+    K1  REAL           PASS [ms]  exit 0
+    K2  REAL           FAIL [ms]  exit 3 (expected 0): bad
+    REASON: REAL check K2 failed
+    VERDICT: FAILED
+    "#);
 }
