@@ -154,7 +154,8 @@ impl TestEnvBuilder {
         self
     }
 
-    /// Replaces the Plane states every project gets.
+    /// Replaces the Plane states every project gets (none: the Plane stand-in starts
+    /// with no projects, for the test to add).
     pub fn plane_states(mut self, states: &[(&'static str, &'static str, &'static str)]) -> Self {
         self.plane_states = states.to_vec();
         self
@@ -185,7 +186,11 @@ impl TestEnvBuilder {
         env.set("ORCH_HTTP_TIMEOUT_S", "5");
         if has(Standin::Plane) {
             let plane = PlaneStandin::start("acme", PLANE_API_KEY);
-            for p in &self.projects {
+            for p in self
+                .projects
+                .iter()
+                .filter(|_| !self.plane_states.is_empty())
+            {
                 plane.add_project(p.plane_project_id, &self.plane_states);
             }
             env.set("ORCH_PLANE_URL", plane.url())
