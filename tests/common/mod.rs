@@ -27,25 +27,14 @@ pub const NOW: &str = "2026-11-25T03:00:00Z";
 /// `NOW` in unix seconds.
 pub const NOW_UNIX: i64 = 1_795_575_600;
 
-/// A minimal valid pipeline file with one project and stub agents.
-pub const PIPELINE: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-agents:
-  analyst: [/bin/true, "{task}"]
-  developer: [/bin/true, "{task}"]
-  reviewer: [/bin/true, "{task}"]
-  deployer: [/bin/true, "{task}"]
-"#;
+/// The default pipeline file: `orch` (self-hosting) and `shop`, with stub agents.
+pub fn default_pipeline() -> String {
+    pipeline::render(
+        &[Project::orch(), Project::shop()],
+        pipeline::TRUE_AGENTS,
+        "",
+    )
+}
 
 /// The Gitea token the builder wires.
 pub const GITEA_TOKEN: &str = "gitea-test-token";
@@ -323,9 +312,9 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("no project {name} in the pipeline file"))
     }
 
-    /// A fresh env with [`PIPELINE`] as its pipeline file.
+    /// A fresh env with [`default_pipeline`] as its pipeline file.
     pub fn new() -> TestEnv {
-        TestEnv::with_pipeline(PIPELINE)
+        TestEnv::with_pipeline(&default_pipeline())
     }
 
     /// A fresh env with this pipeline file text.

@@ -54,6 +54,16 @@ impl Project {
         )
     }
 
+    /// `sandbox` (SBX-n, `acme/sandbox`).
+    pub fn sandbox() -> Project {
+        Project::new(
+            "sandbox",
+            "1c2d3e4f-0000-4000-8000-000000000009",
+            "SBX",
+            "acme/sandbox",
+        )
+    }
+
     /// A project from its four required keys.
     pub fn new(
         name: &'static str,

@@ -17,7 +17,7 @@ use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
 use orch::context::Context;
 
-use crate::common::{seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
+use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
 
@@ -26,25 +26,9 @@ fn pipeline(extra: &str) -> String {
     let argv = format!(
         "[{AGENT}, {extra} \"{{task}}\", \"{{job}}\", \"{{branch}}\", \"{{repo}}\", \"{{artefacts}}\"]"
     );
-    format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-agents:
-  analyst: {argv}
-  developer: {argv}
-  reviewer: {argv}
-  deployer: {argv}
-"#
-    )
+    let agents = format!("analyst: {argv}\ndeveloper: {argv}\nreviewer: {argv}\ndeployer: {argv}");
+    let projects = [Project::orch().self_hosting(false), Project::shop()];
+    pipeline::render(&projects, &agents, "")
 }
 
 /// Inserts `n` tasks of `project` at `stage`, each with one job of `status`; returns the

@@ -9,7 +9,9 @@ use orch::core::stage::Stage;
 use orch::standin::prod::Prod;
 use orch::standin::telegram;
 
-use crate::common::{seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX};
+use crate::common::{
+    pipeline, seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX,
+};
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
@@ -19,34 +21,21 @@ const BLOG_ITEM: &str = "9e8d7c6b-0000-4000-8000-0000000000cc";
 /// and a project (`blog`) with no production URL at all.
 fn pipeline(health: &str, metrics: Option<&str>, rollback: &str) -> String {
     let metrics = metrics
-        .map(|m| format!("    metrics_url: {m}\n"))
+        .map(|m| format!("metrics_url: {m}\n"))
         .unwrap_or_default();
-    format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-    health_url: {health}
-{metrics}    rollback: {rollback}
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    health_url: {health}
-{metrics}    rollback: {rollback}
-  - name: blog
-    plane_project_id: 9e8d7c6b-0000-4000-8000-000000000003
-    plane_identifier: BLOG
-    repo: acme/blog
-    rollback: {rollback}
-agents:
-  analyst: [/bin/true, "{{task}}"]
-"#
-    )
+    let watched = format!("health_url: {health}\n{metrics}rollback: {rollback}");
+    let projects = [
+        Project::orch().with(&watched),
+        Project::shop().with(&watched),
+        Project::new(
+            "blog",
+            "9e8d7c6b-0000-4000-8000-000000000003",
+            "BLOG",
+            "acme/blog",
+        )
+        .with(&format!("rollback: {rollback}")),
+    ];
+    pipeline::render(&projects, r#"analyst: [/bin/true, "{task}"]"#, "")
 }
 
 /// Returns an RFC 3339 instant `secs` after the pinned `NOW`.

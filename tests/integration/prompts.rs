@@ -21,7 +21,7 @@ use orch::core::artefact::{
 use orch::core::stage::{Agent, Stage};
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 
-use crate::common::{seed_task, Project, Run, SeedTask, TestEnv, PIPELINE};
+use crate::common::{default_pipeline, seed_task, Project, Run, SeedTask, TestEnv};
 
 // ---------------------------------------------------------------------------------------
 // The contract, from the crate.
@@ -436,7 +436,8 @@ fn stage_env(stage: Stage) -> StageEnv {
     gitea.add_pull(REPO, &PullSeed::open(PR as u64, BRANCH).head_sha(HEAD));
     gitea.add_status(REPO, HEAD, "ci/build", "success");
     let pipeline = format!(
-        "{PIPELINE}staging:\n  checks:\n    - {{ id: C1, name: smoke, kind: command, argv: [/bin/true], timeout_s: 5 }}\n    - {{ id: F1, name: image, kind: image-freshness, argv: [/bin/echo, \"{HEAD}\"] }}\n"
+        "{}staging:\n  checks:\n    - {{ id: C1, name: smoke, kind: command, argv: [/bin/true], timeout_s: 5 }}\n    - {{ id: F1, name: image, kind: image-freshness, argv: [/bin/echo, \"{HEAD}\"] }}\n",
+        default_pipeline()
     );
     let mut env = TestEnv::with_pipeline(&pipeline);
     env.set("ORCH_GITEA_URL", gitea.url())
