@@ -87,23 +87,29 @@ pub enum Standin {
     Telegram,
 }
 
-/// Builds a [`TestEnv`] from typed parts. A first integration test with stand-ins:
+/// Builds a [`TestEnv`] from typed parts: the pipeline file (projects, agents, further
+/// sections), the stand-ins and their ORCH_* URLs and secrets, extra env, `orch init`.
+/// A first integration test with stand-ins (`tests/integration/kit.rs` runs it):
 ///
 /// ```ignore
 /// #[test]
-/// fn reconcile_dry_run_reports_a_task_stuck_in_review() {
+/// fn reconcile_dry_run_waits_for_a_review_with_no_job_yet() {
+///     let shop = Project::shop();
 ///     let env = TestEnv::builder()
-///         .project(Project::shop())
+///         .project(shop.clone())
 ///         .standins(&[Standin::Plane, Standin::Gitea, Standin::Telegram])
+///         .set("ORCH_RECONCILE_GRACE_S", "0")
 ///         .build();
-///     seed_task(&env, &SeedTask::new(&Project::shop(), 1, Stage::Review));
-///     let run = env.run(&["reconcile", "--dry-run"]).expect(0);
-///     assert!(run.stdout.contains("SHOP-1"), "{}", run.stdout);
-///     assert_eq!(env.gitea().count(Some("POST"), "acme/shop", "/merge"), 0);
+///     let task = SeedTask::new(&shop, 1, Stage::Review).at(NOW_UNIX - 3600);
+///     seed_task(&env, &task.branch_ready());
+///     let run = env.run(&["reconcile", "--dry-run"]);
+///     insta::assert_snapshot!(snapshot::report(&env, &run), @r"
+///     exit: 0
+///     SHOP-1 review: wait: no job has run yet: check_review_approved: 05-review.md: missing
+///     ");
+///     assert_eq!(env.count("SELECT count(*) FROM jobs"), 0, "a dry run changes nothing");
 /// }
 /// ```
-///
-/// (`tests/integration/kit.rs` holds it as a real test.)
 pub struct TestEnvBuilder {
     projects: Vec<Project>,
     agents: String,
