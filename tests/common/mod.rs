@@ -127,6 +127,12 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Adds several projects.
+    pub fn projects(mut self, ps: impl IntoIterator<Item = Project>) -> Self {
+        self.projects.extend(ps);
+        self
+    }
+
     /// Replaces the agent block (unindented YAML lines; default [`pipeline::TRUE_AGENTS`],
     /// empty for none).
     pub fn agents(mut self, yaml: &str) -> Self {

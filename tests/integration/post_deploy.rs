@@ -10,21 +10,30 @@ use orch::standin::prod::Prod;
 use orch::standin::telegram;
 
 use crate::common::{
-    pipeline, seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX,
+    pipeline, seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, TestEnvBuilder,
+    NOW_UNIX,
 };
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
 const BLOG_ITEM: &str = "9e8d7c6b-0000-4000-8000-0000000000cc";
 
+/// The only agent the pipeline names.
+const AGENTS: &str = r#"analyst: [/bin/true, "{task}"]"#;
+
 /// A pipeline with production URLs and a rollback argv (YAML flow list) per project,
 /// and a project (`blog`) with no production URL at all.
 fn pipeline(health: &str, metrics: Option<&str>, rollback: &str) -> String {
+    pipeline::render(&projects(health, metrics, rollback), AGENTS, "")
+}
+
+/// The projects of [`pipeline`].
+fn projects(health: &str, metrics: Option<&str>, rollback: &str) -> Vec<Project> {
     let metrics = metrics
         .map(|m| format!("metrics_url: {m}\n"))
         .unwrap_or_default();
     let watched = format!("health_url: {health}\n{metrics}rollback: {rollback}");
-    let projects = [
+    vec![
         Project::orch().with(&watched),
         Project::shop().with(&watched),
         Project::new(
@@ -34,8 +43,18 @@ fn pipeline(health: &str, metrics: Option<&str>, rollback: &str) -> String {
             "acme/blog",
         )
         .with(&format!("rollback: {rollback}")),
-    ];
-    pipeline::render(&projects, r#"analyst: [/bin/true, "{task}"]"#, "")
+    ]
+}
+
+/// An env on [`pipeline`] (production dead) with the Telegram stand-in wired, the
+/// database left to the first command as in the other tests here.
+fn with_telegram(rollback: &str) -> TestEnvBuilder {
+    TestEnv::builder()
+        .projects(projects(&dead_url(), None, rollback))
+        .agents(AGENTS)
+        .standins(&[Standin::Telegram])
+        .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
+        .no_init()
 }
 
 /// Returns an RFC 3339 instant `secs` after the pinned `NOW`.
@@ -132,15 +151,10 @@ fn log_text(env: &TestEnv, key: &str) -> String {
 
 #[test]
 fn self_hosting_repo_with_dead_production_only_alerts_every_tick() {
-    let tg = telegram::start(telegram::TOKEN);
     let marker = tempfile::tempdir().unwrap();
     let touched = marker.path().join("rollback-ran");
     let rollback = format!("[/bin/sh, -c, \"touch {}\"]", touched.display());
-    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, &rollback));
-    env.set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
-        .set("ORCH_TELEGRAM_API_URL", tg.url())
-        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
-        .set("ORCH_TELEGRAM_CHAT_ID", "4242");
+    let mut env = with_telegram(&rollback).build();
     deploy_to_done(&env, "orch", ORCH_ITEM, "ORCH-1");
     assert_eq!(window_dirs(&env).len(), 1, "the self-hosting repo is armed");
     for (i, secs) in [60, 120, 180, 240].into_iter().enumerate() {
@@ -152,8 +166,8 @@ fn self_hosting_repo_with_dead_production_only_alerts_every_tick() {
         assert!(!touched.exists(), "the rollback command ran on tick {i}");
     }
     assert_eq!(stage(&env, "ORCH-1"), "done", "never reopened");
-    assert_eq!(telegram::messages(&tg).len(), 1, "one alert per window");
-    assert!(telegram::messages(&tg)[0].contains("ORCH-1"));
+    assert_eq!(env.telegram_messages().len(), 1, "one alert per window");
+    assert!(env.telegram_messages()[0].contains("ORCH-1"));
     assert_eq!(
         env.count(
             "SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL AND channel = 'telegram'"
@@ -583,19 +597,17 @@ fn a_second_tick_while_one_runs_exits_75() {
 
 #[test]
 fn a_refused_telegram_delivery_is_recorded_once_without_the_token() {
-    let tg = telegram::start(telegram::TOKEN);
-    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
-    env.set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
-        .set("ORCH_TELEGRAM_API_URL", tg.url())
+    let mut env = with_telegram("[/bin/false]")
         .set("ORCH_TELEGRAM_BOT_TOKEN", "999:wrong-secret-token")
-        .set("ORCH_TELEGRAM_CHAT_ID", "4242");
+        .build();
     deploy_to_done(&env, "orch", ORCH_ITEM, "ORCH-9");
     for secs in [60, 120] {
         let run = tick_at(&mut env, secs, &["--json"]).expect(0);
         assert!(!run.stderr.contains("wrong-secret-token"), "{}", run.stderr);
         assert!(!run.stdout.contains("wrong-secret-token"), "{}", run.stdout);
     }
-    assert_eq!(tg.count(Some("POST"), "/bot"), 1, "not retried every tick");
+    let posts = env.telegram().count(Some("POST"), "/bot");
+    assert_eq!(posts, 1, "not retried every tick");
     let (sent, error): (Option<i64>, Option<String>) = env
         .db()
         .query_row("SELECT sent_at, error FROM notifications", [], |r| {
