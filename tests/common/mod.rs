@@ -184,7 +184,6 @@ impl TestEnvBuilder {
         }
         let mut env = TestEnv::with_pipeline(&yaml);
         env.projects = self.projects.clone();
-        env.set("ORCH_HTTP_TIMEOUT_S", "5");
         if has(Standin::Plane) {
             let plane = PlaneStandin::start("acme", PLANE_API_KEY);
             for p in self

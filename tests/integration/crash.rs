@@ -86,6 +86,7 @@ fn world() -> World {
         .standins(&[Standin::Gitea, Standin::Plane])
         .plane_states(&STATES)
         .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .build();
     World { env }
 }

@@ -33,6 +33,7 @@ fn world() -> World {
         .project(Project::web().with(blocked))
         .standins(&[Standin::Gitea, Standin::Plane, Standin::Telegram])
         .set("ORCH_RECONCILE_GRACE_S", "0")
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .build();
     World { env }
 }

@@ -25,6 +25,7 @@ fn world() -> World {
     let env = TestEnv::builder()
         .project(shop)
         .standins(&[Standin::Gitea, Standin::Prod])
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .build();
     World { env }
 }

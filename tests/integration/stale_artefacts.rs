@@ -47,6 +47,7 @@ fn world() -> World {
         .agents(AGENTS)
         .standins(&[Standin::Gitea])
         .set("ORCH_RECONCILE_GRACE_S", "0")
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
         .set("ORCH_RECONCILE_REPLAY_ENABLED", "false")
         .build();

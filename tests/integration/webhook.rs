@@ -43,6 +43,7 @@ fn fresh_world() -> World {
         .standins(&[Standin::Gitea, Standin::Plane])
         .plane_states(&[])
         .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .no_init()
         .build();
     World { env }
