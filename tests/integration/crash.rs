@@ -12,31 +12,16 @@ use orch::standin::gitea::GiteaStandin;
 use orch::standin::plane::PlaneStandin;
 use serde_json::json;
 
-use crate::common::TestEnv;
+use crate::common::{Project, Standin, TestEnv};
 
 const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
-const TOKEN: &str = "gitea-test-token";
-const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
 const PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
 const ITEM: &str = "00000000-0000-4000-8000-000000000007";
 const BRANCH: &str = "orch-7-work-item-7";
 
-const PIPELINE: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    states:
-      approved: { names: [Approved] }
-      rejected: { names: [Rejected] }
-agents:
-  analyst: [/bin/true, "{task}"]
-  developer: [/bin/true, "{task}"]
-  reviewer: [/bin/true, "{task}"]
-  deployer: [/bin/true, "{task}"]
-"#;
+/// The project's states: the names Plane's approve and reject states carry.
+const STATE_NAMES: &str =
+    "states:\n  approved: { names: [Approved] }\n  rejected: { names: [Rejected] }";
 
 /// The states of the project: (id, name, group).
 const STATES: [(&str, &str, &str); 4] = [
@@ -93,24 +78,27 @@ impl Kind {
 
 struct World {
     env: TestEnv,
-    gitea: GiteaStandin,
-    plane: PlaneStandin,
 }
 
 fn world() -> World {
-    let mut env = TestEnv::with_pipeline(PIPELINE);
-    let gitea = GiteaStandin::start(TOKEN);
-    gitea.add_repo("acme/orch", "main");
-    let plane = PlaneStandin::start("acme", API_KEY);
-    plane.add_project(PROJECT, &STATES);
-    env.set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
-        .set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_PLANE_URL", plane.url())
-        .set("ORCH_PLANE_API_KEY", API_KEY)
-        .set("ORCH_HTTP_TIMEOUT_S", "5");
-    env.run(&["init"]).expect(0);
-    World { env, gitea, plane }
+    let env = TestEnv::builder()
+        .project(Project::orch().self_hosting(false).with(STATE_NAMES))
+        .standins(&[Standin::Gitea, Standin::Plane])
+        .plane_states(&STATES)
+        .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
+        .build();
+    World { env }
+}
+
+impl World {
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
+    fn plane(&self) -> &PlaneStandin {
+        self.env.plane()
+    }
 }
 
 /// A signed Plane v1 delivery moving the work item to the state of `kind`.
@@ -207,7 +195,7 @@ fn killed_at_each_point_then_reconciled(kind: Kind) {
             w.analyst_ran();
         }
         // Plane lists the work item in the state the delivery announced.
-        w.plane
+        w.plane()
             .add_work_item(PROJECT, ITEM, 7, "Work item 7", Some(kind.state().0));
         let before = w.effects();
         let out = w.send(kind, Some(point));
@@ -265,7 +253,7 @@ fn killed_at_each_point_then_reconciled(kind: Kind) {
             "{what}: every delivery has its outcome"
         );
         assert!(
-            w.gitea.branch("acme/orch", BRANCH).is_some(),
+            w.gitea().branch("acme/orch", BRANCH).is_some(),
             "{what}: branch"
         );
         assert_eq!(
@@ -337,7 +325,7 @@ impl World {
             i64::from(branch_ready)
         );
         assert_eq!(
-            self.gitea.branch("acme/orch", ADDED_BRANCH).is_some(),
+            self.gitea().branch("acme/orch", ADDED_BRANCH).is_some(),
             branch_ready
         );
     }
@@ -346,7 +334,7 @@ impl World {
 #[test]
 fn task_add_with_gitea_down_stores_the_task_and_reconcile_creates_the_branch() {
     let mut w = world();
-    let gitea = w.gitea.url().to_string();
+    let gitea = w.gitea().url().to_string();
     w.env.set("ORCH_GITEA_URL", &closed_port());
     let run = w.env.run(ADD).expect(0);
     assert!(
@@ -391,13 +379,13 @@ fn task_add_with_gitea_down_stores_the_task_and_reconcile_creates_the_branch() {
     w.added(true);
     let r = w.reconcile_json();
     assert_eq!(r["counts"]["branches"], 0, "{r:#}");
-    assert_eq!(w.gitea.count(Some("POST"), "acme/orch", "branches"), 1);
+    assert_eq!(w.gitea().count(Some("POST"), "acme/orch", "branches"), 1);
 }
 
 #[test]
 fn task_add_without_gitea_configured_is_completed_once_it_is() {
     let mut w = world();
-    let gitea = w.gitea.url().to_string();
+    let gitea = w.gitea().url().to_string();
     w.env.unset("ORCH_GITEA_URL");
     let run = w.env.run(ADD).expect(0);
     assert!(
@@ -430,7 +418,7 @@ fn task_add_killed_at_each_point_is_completed_by_reconcile() {
             "{point}"
         );
         assert_eq!(
-            w.gitea.branch("acme/orch", ADDED_BRANCH).is_some(),
+            w.gitea().branch("acme/orch", ADDED_BRANCH).is_some(),
             point == "branch-created",
             "{point}"
         );
@@ -456,7 +444,7 @@ fn a_developer_job_waits_in_dispatch_until_reconcile_made_its_branch() {
     // the branch is not on Gitea. Started now, the agent would work on a branch that does
     // not exist; dispatch holds it (and says why) until reconcile has made the branch.
     let mut w = world();
-    let gitea = w.gitea.url().to_string();
+    let gitea = w.gitea().url().to_string();
     w.env.set("ORCH_GITEA_URL", &closed_port());
     w.env.run(ADD).expect(0);
     w.env
@@ -490,7 +478,7 @@ fn a_developer_job_waits_in_dispatch_until_reconcile_made_its_branch() {
     w.env.set("ORCH_GITEA_URL", &gitea);
     let r = w.reconcile_json();
     assert_eq!(r["counts"]["branches"], 1, "{r:#}");
-    assert!(w.gitea.branch("acme/orch", ADDED_BRANCH).is_some());
+    assert!(w.gitea().branch("acme/orch", ADDED_BRANCH).is_some());
     let pass = w.env.run(&["dispatch"]).expect(0);
     assert!(pass.stderr.contains("started=1 "), "{}", pass.stderr);
     assert_eq!(developer_job(&w), 0, "started once its branch exists");

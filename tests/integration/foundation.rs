@@ -1,6 +1,6 @@
 //! `init`, `config check`, `status` and `task` through the real binary.
 
-use crate::common::{TestEnv, NOW_UNIX};
+use crate::common::{snapshot, TestEnv, NOW_UNIX};
 
 #[test]
 fn init_twice_is_safe_and_reports_what_it_did() {
@@ -284,10 +284,9 @@ fn status_text_json_and_prometheus() {
             [NOW_UNIX - 90],
         )
         .unwrap();
-    let text = env
-        .run(&["status", "--prometheus", "metrics/orch.prom"])
-        .expect(0);
-    insta::assert_snapshot!(text.stdout, @r"
+    let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
+    insta::assert_snapshot!(snapshot::report(&env, &text), @r"
+    exit: 0
     orch status at 2026-11-25T03:00:00Z (schema 4)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1

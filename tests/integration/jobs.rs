@@ -17,7 +17,7 @@ use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
 use orch::context::Context;
 
-use crate::common::{TestEnv, NOW_UNIX};
+use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
 
@@ -26,25 +26,9 @@ fn pipeline(extra: &str) -> String {
     let argv = format!(
         "[{AGENT}, {extra} \"{{task}}\", \"{{job}}\", \"{{branch}}\", \"{{repo}}\", \"{{artefacts}}\"]"
     );
-    format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-agents:
-  analyst: {argv}
-  developer: {argv}
-  reviewer: {argv}
-  deployer: {argv}
-"#
-    )
+    let agents = format!("analyst: {argv}\ndeveloper: {argv}\nreviewer: {argv}\ndeployer: {argv}");
+    let projects = [Project::orch().self_hosting(false), Project::shop()];
+    pipeline::render(&projects, &agents, "")
 }
 
 /// Inserts `n` tasks of `project` at `stage`, each with one job of `status`; returns the
@@ -57,28 +41,23 @@ fn seed(env: &TestEnv, project: &str, n: usize, stage: &str, status: &str) -> Ve
         "review" => "reviewer",
         _ => "deployer",
     };
+    let base = env.count("SELECT coalesce(max(id), 0) FROM tasks");
+    let tasks: Vec<SeedTask> = (base + 1..=base + n as i64)
+        .map(|k| {
+            let mut t = SeedTask::new(&Project::orch(), k as u64, stage.parse().expect("a stage"))
+                .work_item(&format!("wi-{k}"))
+                .branch(&format!("orch-{k}"))
+                .title("t")
+                .at(0);
+            t.project = project.to_string();
+            t
+        })
+        .collect();
+    let task_ids = seed_tasks(env, &tasks);
     let mut c = env.db();
     let tx = c.transaction().unwrap();
-    let base: i64 = tx
-        .query_row("SELECT coalesce(max(id), 0) FROM tasks", [], |r| r.get(0))
-        .unwrap();
     let mut ids = Vec::new();
-    for i in 0..n as i64 {
-        let k = base + i + 1;
-        tx.execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                                stage_entered_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 't', 'acme/orch', ?4, ?5, 0, 0, 0)",
-            params![
-                project,
-                format!("wi-{k}"),
-                format!("ORCH-{k}"),
-                format!("orch-{k}"),
-                stage
-            ],
-        )
-        .unwrap();
-        let task = tx.last_insert_rowid();
+    for (task, k) in task_ids.into_iter().zip(base + 1..) {
         tx.execute(
             "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",

@@ -174,10 +174,11 @@ fn the_prompt_check_catches_a_prompt_that_drifts() {
 use std::process::Stdio;
 use std::time::Duration;
 
+use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, GiteaVersion, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::Reply;
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, snapshot, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
 const REPO: &str = "acme/shop";
 const BRANCH: &str = "task/shop-1-basket";
@@ -212,15 +213,13 @@ fn env_with_task(g: &GiteaStandin, validated: Option<&str>, pr: Option<i64>) -> 
         .set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "10");
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number, stage, \
-             stage_entered_at, validated_revision, created_at, updated_at) \
-             VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', 'SHOP-1', 'Add a basket page', \
-             ?1, ?2, ?3, 'deploy', ?4, ?5, ?4, ?4)",
-            rusqlite::params![REPO, BRANCH, pr, NOW_UNIX, validated],
-        )
-        .unwrap();
+    let mut task = SeedTask::new(&Project::shop(), 1, Stage::Deploy)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000001")
+        .title("Add a basket page")
+        .branch(BRANCH);
+    task.pr = pr;
+    task.validated = validated.map(str::to_string);
+    seed_task(&env, &task);
     env
 }
 
@@ -914,4 +913,25 @@ fn usage_errors_exit_2() {
     ] {
         assert_eq!(env.run(&args).code, 2, "{args:?}");
     }
+}
+
+#[test]
+fn the_answer_is_one_line_with_the_exit_status() {
+    let answer = |g: &GiteaStandin, validated: Option<&str>| {
+        let env = env_with_task(g, validated, Some(7));
+        snapshot::report(&env, &guard(&env, &[]))
+    };
+    insta::assert_snapshot!(answer(&gitea(), Some(HEAD)), @r#"
+    exit: 0
+    MERGE-GUARD: PROCEED acme/shop#7 open, not merged and mergeable at head c3d4e5f6a7
+    "#);
+    let moved = gitea_with(PullSeed::open(7, BRANCH).head_sha(MOVED));
+    insta::assert_snapshot!(answer(&moved, Some(HEAD)), @r#"
+    exit: 1
+    MERGE-GUARD: BLOCKED acme/shop#7 PR #7's head moved since it was validated: head 0123456789, validated c3d4e5f6a7
+    "#);
+    insta::assert_snapshot!(answer(&gitea(), None), @r#"
+    exit: 2
+    MERGE-GUARD: ERROR acme/shop#7 task SHOP-1 has no validated revision to pin PR #7's merge to (staging has not recorded one): not merging head c3d4e5f6a7; deploy that head to staging and run `orch staging-check --task SHOP-1` (it records the revision), then run the guard again
+    "#);
 }

@@ -5,47 +5,56 @@
 
 use std::path::Path;
 
+use orch::core::stage::Stage;
 use orch::standin::prod::Prod;
 use orch::standin::telegram;
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{
+    pipeline, seed_task, snapshot, Project, Run, SeedTask, Standin, TestEnv, TestEnvBuilder,
+    NOW_UNIX,
+};
 
 const SHOP_ITEM: &str = "1c2d3e4f-0000-4000-8000-0000000000aa";
 const ORCH_ITEM: &str = "7b1e4c2a-0000-4000-8000-0000000000bb";
 const BLOG_ITEM: &str = "9e8d7c6b-0000-4000-8000-0000000000cc";
 
+/// The only agent the pipeline names.
+const AGENTS: &str = r#"analyst: [/bin/true, "{task}"]"#;
+
 /// A pipeline with production URLs and a rollback argv (YAML flow list) per project,
 /// and a project (`blog`) with no production URL at all.
 fn pipeline(health: &str, metrics: Option<&str>, rollback: &str) -> String {
+    pipeline::render(&projects(health, metrics, rollback), AGENTS, "")
+}
+
+/// The projects of [`pipeline`].
+fn projects(health: &str, metrics: Option<&str>, rollback: &str) -> Vec<Project> {
     let metrics = metrics
-        .map(|m| format!("    metrics_url: {m}\n"))
+        .map(|m| format!("metrics_url: {m}\n"))
         .unwrap_or_default();
-    format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-    health_url: {health}
-{metrics}    rollback: {rollback}
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    health_url: {health}
-{metrics}    rollback: {rollback}
-  - name: blog
-    plane_project_id: 9e8d7c6b-0000-4000-8000-000000000003
-    plane_identifier: BLOG
-    repo: acme/blog
-    rollback: {rollback}
-agents:
-  analyst: [/bin/true, "{{task}}"]
-"#
-    )
+    let watched = format!("health_url: {health}\n{metrics}rollback: {rollback}");
+    vec![
+        Project::orch().with(&watched),
+        Project::shop().with(&watched),
+        Project::new(
+            "blog",
+            "9e8d7c6b-0000-4000-8000-000000000003",
+            "BLOG",
+            "acme/blog",
+        )
+        .with(&format!("rollback: {rollback}")),
+    ]
+}
+
+/// An env on [`pipeline`] (production dead) with the Telegram stand-in wired, the
+/// database left to the first command as in the other tests here.
+fn with_telegram(rollback: &str) -> TestEnvBuilder {
+    TestEnv::builder()
+        .projects(projects(&dead_url(), None, rollback))
+        .agents(AGENTS)
+        .standins(&[Standin::Telegram])
+        .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
+        .no_init()
 }
 
 /// Returns an RFC 3339 instant `secs` after the pinned `NOW`.
@@ -142,15 +151,10 @@ fn log_text(env: &TestEnv, key: &str) -> String {
 
 #[test]
 fn self_hosting_repo_with_dead_production_only_alerts_every_tick() {
-    let tg = telegram::start(telegram::TOKEN);
     let marker = tempfile::tempdir().unwrap();
     let touched = marker.path().join("rollback-ran");
     let rollback = format!("[/bin/sh, -c, \"touch {}\"]", touched.display());
-    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, &rollback));
-    env.set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
-        .set("ORCH_TELEGRAM_API_URL", tg.url())
-        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
-        .set("ORCH_TELEGRAM_CHAT_ID", "4242");
+    let mut env = with_telegram(&rollback).build();
     deploy_to_done(&env, "orch", ORCH_ITEM, "ORCH-1");
     assert_eq!(window_dirs(&env).len(), 1, "the self-hosting repo is armed");
     for (i, secs) in [60, 120, 180, 240].into_iter().enumerate() {
@@ -162,8 +166,8 @@ fn self_hosting_repo_with_dead_production_only_alerts_every_tick() {
         assert!(!touched.exists(), "the rollback command ran on tick {i}");
     }
     assert_eq!(stage(&env, "ORCH-1"), "done", "never reopened");
-    assert_eq!(telegram::messages(&tg).len(), 1, "one alert per window");
-    assert!(telegram::messages(&tg)[0].contains("ORCH-1"));
+    assert_eq!(env.telegram_messages().len(), 1, "one alert per window");
+    assert!(env.telegram_messages()[0].contains("ORCH-1"));
     assert_eq!(
         env.count(
             "SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL AND channel = 'telegram'"
@@ -462,13 +466,16 @@ fn arming_follows_the_switch_and_the_repo_list() {
     // A task whose project left the pipeline file is not armed.
     let env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, repo, branch, stage, stage_entered_at, created_at, updated_at)
-             VALUES ('ghost', 'w-1', 'GHOST-1', 'acme/ghost', 'b', 'deploy', 0, 0, 0)",
-            [],
-        )
-        .unwrap();
+    let ghost = Project::new(
+        "ghost",
+        "0000dead-0000-4000-8000-000000000000",
+        "GHOST",
+        "acme/ghost",
+    );
+    let task = SeedTask::new(&ghost, 1, Stage::Deploy)
+        .work_item("w-1")
+        .branch("b");
+    seed_task(&env, &task.at(0));
     env.run(&["task", "move", "GHOST-1", "--to", "done", "--reason", "t"])
         .expect(0);
     assert!(window_dirs(&env).is_empty());
@@ -525,13 +532,12 @@ fn hostile_repo_and_work_item_names_stay_inside_the_state_dir() {
         (long.as_str(), long.as_str()),
     ];
     for (i, (repo, item)) in hostile.iter().enumerate() {
-        env.db()
-            .execute(
-                "INSERT INTO tasks (project, work_item_id, key, repo, branch, stage, stage_entered_at, created_at, updated_at)
-                 VALUES ('orch', ?1, ?2, ?3, 'b', 'deploy', 0, 0, 0)",
-                rusqlite::params![item, format!("ORCH-{}", 100 + i), repo],
-            )
-            .unwrap();
+        let mut task = SeedTask::new(&Project::orch(), 100 + i as u64, Stage::Deploy)
+            .work_item(item)
+            .branch("b")
+            .at(0);
+        task.repo = repo.to_string();
+        seed_task(&env, &task);
         env.run(&[
             "task",
             "move",
@@ -591,19 +597,17 @@ fn a_second_tick_while_one_runs_exits_75() {
 
 #[test]
 fn a_refused_telegram_delivery_is_recorded_once_without_the_token() {
-    let tg = telegram::start(telegram::TOKEN);
-    let mut env = TestEnv::with_pipeline(&pipeline(&dead_url(), None, "[/bin/false]"));
-    env.set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
-        .set("ORCH_TELEGRAM_API_URL", tg.url())
+    let mut env = with_telegram("[/bin/false]")
         .set("ORCH_TELEGRAM_BOT_TOKEN", "999:wrong-secret-token")
-        .set("ORCH_TELEGRAM_CHAT_ID", "4242");
+        .build();
     deploy_to_done(&env, "orch", ORCH_ITEM, "ORCH-9");
     for secs in [60, 120] {
         let run = tick_at(&mut env, secs, &["--json"]).expect(0);
         assert!(!run.stderr.contains("wrong-secret-token"), "{}", run.stderr);
         assert!(!run.stdout.contains("wrong-secret-token"), "{}", run.stdout);
     }
-    assert_eq!(tg.count(Some("POST"), "/bot"), 1, "not retried every tick");
+    let posts = env.telegram().count(Some("POST"), "/bot");
+    assert_eq!(posts, 1, "not retried every tick");
     let (sent, error): (Option<i64>, Option<String>) = env
         .db()
         .query_row("SELECT sent_at, error FROM notifications", [], |r| {
@@ -642,4 +646,27 @@ fn an_unreadable_window_is_shown_by_status_and_fails_the_tick() {
         .unwrap()
         .clone();
     assert_eq!(pass["outcome"], "error", "{pass}");
+}
+
+#[test]
+fn the_tick_text_report_names_each_window_and_its_decision() {
+    let shop = Project::shop().with("health_url: $PROD_URL/health\nrollback: [/bin/true]");
+    let mut env = TestEnv::builder()
+        .project(shop)
+        .standins(&[Standin::Prod])
+        .set("ORCH_POST_DEPLOY_REPOS", "shop")
+        .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
+        .build();
+    deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-5");
+    let healthy = tick_at(&mut env, 60, &[]);
+    insta::assert_snapshot!(snapshot::report(&env, &healthy), @r#"
+    exit: 0
+    SHOP-5 acme/shop INCONCLUSIVE CONTINUE (14m00s left): - [INCONCLUSIVE: health failure streak 0 (threshold 1), 5xx n/a (no requests counted), 1 samples (minimum 3)]
+    "#);
+    env.prod().set_health(503);
+    let failing = tick_at(&mut env, 120, &["--dry-run"]);
+    insta::assert_snapshot!(snapshot::report(&env, &failing), @r#"
+    exit: 0
+    SHOP-5 acme/shop DEGRADED ROLLBACK (13m00s left): dry run: nothing done [DEGRADED: health failure streak 1 (threshold 1), 5xx n/a (no requests counted), 2 samples (minimum 3)]
+    "#);
 }

@@ -21,7 +21,7 @@ use orch::core::artefact::{
 use orch::core::stage::{Agent, Stage};
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 
-use crate::common::{Run, TestEnv, NOW_UNIX, PIPELINE};
+use crate::common::{default_pipeline, seed_task, Project, Run, SeedTask, TestEnv};
 
 // ---------------------------------------------------------------------------------------
 // The contract, from the crate.
@@ -436,7 +436,8 @@ fn stage_env(stage: Stage) -> StageEnv {
     gitea.add_pull(REPO, &PullSeed::open(PR as u64, BRANCH).head_sha(HEAD));
     gitea.add_status(REPO, HEAD, "ci/build", "success");
     let pipeline = format!(
-        "{PIPELINE}staging:\n  checks:\n    - {{ id: C1, name: smoke, kind: command, argv: [/bin/true], timeout_s: 5 }}\n    - {{ id: F1, name: image, kind: image-freshness, argv: [/bin/echo, \"{HEAD}\"] }}\n"
+        "{}staging:\n  checks:\n    - {{ id: C1, name: smoke, kind: command, argv: [/bin/true], timeout_s: 5 }}\n    - {{ id: F1, name: image, kind: image-freshness, argv: [/bin/echo, \"{HEAD}\"] }}\n",
+        default_pipeline()
     );
     let mut env = TestEnv::with_pipeline(&pipeline);
     env.set("ORCH_GITEA_URL", gitea.url())
@@ -446,25 +447,13 @@ fn stage_env(stage: Stage) -> StageEnv {
     env.run(&["init"]).expect(0);
     let has_pr = !matches!(stage, Stage::Analysis | Stage::Development);
     let validated = (stage == Stage::Deploy).then_some(HEAD);
-    let db = env.db();
-    db.execute(
-        "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number, stage, \
-         stage_entered_at, validated_revision, created_at, updated_at) \
-         VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', ?1, 'Add a basket page', \
-         ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?6)",
-        rusqlite::params![
-            KEY,
-            REPO,
-            BRANCH,
-            has_pr.then_some(PR),
-            stage.as_str(),
-            NOW_UNIX,
-            validated
-        ],
-    )
-    .unwrap();
-    let task_id = db.last_insert_rowid();
-    drop(db);
+    let mut task = SeedTask::new(&Project::shop(), 1, stage)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000001")
+        .title("Add a basket page")
+        .branch(BRANCH);
+    task.pr = has_pr.then_some(PR);
+    task.validated = validated.map(str::to_string);
+    let task_id = seed_task(&env, &task);
     let artefacts = env.path("artefacts").join(KEY);
     std::fs::create_dir_all(&artefacts).unwrap();
     let vars = job_vars(task_id, KEY, 1, &artefacts.display().to_string());
@@ -601,16 +590,11 @@ fn every_field_a_prompt_names_is_a_real_field() {
         .collect();
     // An ordinary repo's task, and a self-hosting one whose image freshness applies (its
     // report carries the image's revision): between them, every key the report can hold.
-    se.env
-        .db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number, \
-             stage, stage_entered_at, created_at, updated_at) VALUES ('orch', \
-             '0b8f5d2e-1111-4c3a-9d2e-000000000002', 'ORCH-1', 'Self', 'acme/orch', \
-             'task/orch-1-self', NULL, 'deploy-staging', ?1, ?1, ?1)",
-            [NOW_UNIX],
-        )
-        .unwrap();
+    let orch = SeedTask::new(&Project::orch(), 1, Stage::DeployStaging)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000002")
+        .title("Self")
+        .branch("task/orch-1-self");
+    seed_task(&se.env, &orch);
     let mut with_expected = se.env.command(&["staging-check", "--task", "ORCH-1"]);
     with_expected.env("EXPECTED_REVISION", HEAD);
     for (key, run) in [

@@ -1,130 +1,62 @@
 //! `orch reconcile`: the real binary against a real SQLite file and the loopback Plane,
-//! Gitea and Telegram stand-ins. Tasks and jobs are seeded with SQL (the state a lost
+//! Gitea and Telegram stand-ins. Tasks are seeded through the library and jobs with SQL (the state a lost
 //! event leaves behind); a job "ends" by the test flipping its row, as run-job would.
 
+use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, PullSeed};
 use orch::standin::plane::PlaneStandin;
-use orch::standin::server::{Reply, Server};
-use orch::standin::telegram;
+use orch::standin::server::Reply;
 use serde_json::{json, Value};
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{
+    seed_task, seed_tasks, snapshot, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX,
+    PLANE_STATES,
+};
 
-const TOKEN: &str = "gitea-test-token";
-const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
 const P1: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
 const P2: &str = "1c2d3e4f-0000-4000-8000-000000000002";
-const P3: &str = "3e4f5a6b-0000-4000-8000-000000000003";
-const IN_PROGRESS: &str = "5a000000-0000-4000-8000-000000000001";
-const APPROVED: &str = "5a000000-0000-4000-8000-000000000002";
-const BLOCKED: &str = "5a000000-0000-4000-8000-000000000003";
-const BACKLOG: &str = "5a000000-0000-4000-8000-000000000004";
-
-const PIPELINE: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    states:
-      approved: { names: [Approved] }
-      blocked: { names: [Blocked, Needs Input] }
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    states:
-      blocked: { names: [Blocked] }
-  - name: web
-    plane_project_id: 3e4f5a6b-0000-4000-8000-000000000003
-    plane_identifier: WEB
-    repo: acme/web
-    states:
-      blocked: { names: [Blocked] }
-agents:
-  analyst: [/bin/true, "{task}"]
-  developer: [/bin/true, "{task}"]
-  reviewer: [/bin/true, "{task}"]
-  deployer: [/bin/true, "{task}"]
-"#;
+const IN_PROGRESS: &str = PLANE_STATES[0].0;
+const APPROVED: &str = PLANE_STATES[1].0;
+const BLOCKED: &str = PLANE_STATES[2].0;
 
 struct World {
     env: TestEnv,
-    gitea: GiteaStandin,
-    plane: PlaneStandin,
-    tg: Server,
 }
 
 fn world() -> World {
-    let mut env = TestEnv::with_pipeline(PIPELINE);
-    let gitea = GiteaStandin::start(TOKEN);
-    for repo in ["acme/orch", "acme/shop", "acme/web"] {
-        gitea.add_repo(repo, "main");
-    }
-    let plane = PlaneStandin::start("acme", API_KEY);
-    let states = [
-        (IN_PROGRESS, "In Progress", "started"),
-        (APPROVED, "Approved", "unstarted"),
-        (BLOCKED, "Blocked", "started"),
-        (BACKLOG, "Backlog", "backlog"),
-    ];
-    for p in [P1, P2, P3] {
-        plane.add_project(p, &states);
-    }
-    let tg = telegram::start(telegram::TOKEN);
-    env.set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_PLANE_URL", plane.url())
-        .set("ORCH_PLANE_API_KEY", API_KEY)
-        .set("ORCH_TELEGRAM_API_URL", tg.url())
-        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
-        .set("ORCH_TELEGRAM_CHAT_ID", "4242")
+    let blocked = "states:\n  blocked: { names: [Blocked] }";
+    let env = TestEnv::builder()
+        .project(Project::orch().self_hosting(false).with(
+            "states:\n  approved: { names: [Approved] }\n  blocked: { names: [Blocked, Needs Input] }",
+        ))
+        .project(Project::shop().with(blocked))
+        .project(Project::web().with(blocked))
+        .standins(&[Standin::Gitea, Standin::Plane, Standin::Telegram])
+        .set("ORCH_RECONCILE_GRACE_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "5")
-        .set("ORCH_RECONCILE_GRACE_S", "0");
-    env.run(&["init"]).expect(0);
-    World {
-        env,
-        gitea,
-        plane,
-        tg,
-    }
+        .build();
+    World { env }
 }
 
 impl World {
+    fn plane(&self) -> &PlaneStandin {
+        self.env.plane()
+    }
+
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
     /// Seeds a fully started task (its branch confirmed on Gitea); returns its id.
     fn task(&self, project: &str, n: u64, stage: &str, entered: i64, retries: u32) -> i64 {
-        let (name, ident, pid) = match project {
-            "orch" => ("orch", "ORCH", P1),
-            "shop" => ("shop", "SHOP", P2),
-            _ => ("web", "WEB", P3),
-        };
-        let key = format!("{ident}-{n}");
-        let db = self.env.db();
-        db.execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                 stage_entered_at, developer_retries, created_at, updated_at, branch_ready_at)
-             VALUES (?1, ?2, ?3, 'Work', ?4, ?5, ?6, ?7, ?8, ?7, ?7, ?7)",
-            rusqlite::params![
-                name,
-                item_id(pid, n),
-                key,
-                format!("acme/{name}"),
-                format!("task/{}", key.to_lowercase()),
-                stage,
-                entered,
-                retries
-            ],
-        )
-        .unwrap();
-        let id = db.last_insert_rowid();
-        db.execute(
-            "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
-             VALUES (?1, NULL, ?2, 'seeded', 'run-job', ?3)",
-            rusqlite::params![id, stage, entered],
-        )
-        .unwrap();
-        id
+        let p = self.env.project(project);
+        let seed = SeedTask::new(p, n, stage.parse().expect("a stage"))
+            .work_item(&item_id(p.plane_project_id, n))
+            .at(entered)
+            .retries(retries)
+            .branch_ready()
+            .no_plane_item();
+        seed_task(&self.env, &seed)
     }
 
     /// Seeds a job of a task.
@@ -151,7 +83,7 @@ impl World {
     }
 
     fn item(&self, pid: &str, n: u64, state: &str) {
-        self.plane
+        self.plane()
             .add_work_item(pid, &item_id(pid, n), n, "Work", Some(state));
     }
 
@@ -206,11 +138,11 @@ impl World {
     }
 
     fn plane_requests(&self) -> usize {
-        self.plane.server().requests().len()
+        self.plane().server().requests().len()
     }
 
     fn gitea_requests(&self) -> usize {
-        self.gitea.server().requests().len()
+        self.gitea().server().requests().len()
     }
 }
 
@@ -238,10 +170,11 @@ fn the_bounce_escalates_once_and_then_nothing_moves() {
     let t = w.task("orch", 1, "development", NOW_UNIX - 1_000, 0);
     w.item(P1, 1, IN_PROGRESS);
     w.job(t, "developer", "development", "succeeded", 1);
-    w.gitea
+    w.gitea()
         .add_pull("acme/orch", &PullSeed::open(7, "task/orch-1"));
-    let head = w.gitea.pull("acme/orch", 7).unwrap().head_sha;
-    w.gitea.add_status("acme/orch", &head, "ci/test", "success");
+    let head = w.gitea().pull("acme/orch", 7).unwrap().head_sha;
+    w.gitea()
+        .add_status("acme/orch", &head, "ci/test", "success");
 
     for round in 1..=3u32 {
         let r = w.json();
@@ -286,7 +219,7 @@ fn the_bounce_escalates_once_and_then_nothing_moves() {
             .count("SELECT count(*) FROM jobs WHERE status IN ('queued','running')"),
         0
     );
-    let comments = w.plane.comments(P1, &item_id(P1, 1));
+    let comments = w.plane().comments(P1, &item_id(P1, 1));
     assert_eq!(comments.len(), 1, "{comments:?}");
     assert!(comments[0]
         .0
@@ -294,7 +227,7 @@ fn the_bounce_escalates_once_and_then_nothing_moves() {
         .unwrap()
         .starts_with("orch-escalation-"));
     assert_eq!(w.env.count("SELECT count(*) FROM notifications"), 1);
-    assert_eq!(telegram::messages(&w.tg).len(), 1);
+    assert_eq!(w.env.telegram_messages().len(), 1);
 
     // Any number of further passes write nothing and send nothing.
     let before = w.snapshot();
@@ -305,9 +238,9 @@ fn the_bounce_escalates_once_and_then_nothing_moves() {
     }
     assert_eq!(w.snapshot(), before);
     assert_eq!(w.gitea_requests(), gitea_before);
-    assert_eq!(w.plane.comments(P1, &item_id(P1, 1)).len(), 1);
-    assert_eq!(w.plane.count(Some("POST"), ""), 1);
-    assert_eq!(telegram::messages(&w.tg).len(), 1);
+    assert_eq!(w.plane().comments(P1, &item_id(P1, 1)).len(), 1);
+    assert_eq!(w.plane().count(Some("POST"), ""), 1);
+    assert_eq!(w.env.telegram_messages().len(), 1);
     // status shows the escalation and the last pass's counts.
     let s = w.env.run(&["status", "--json"]).expect(0).json();
     assert_eq!(s["escalated_total"], 1, "{s:#}");
@@ -385,7 +318,7 @@ fn each_guard_alone_writes_nothing_and_calls_only_what_it_may() {
         assert_eq!(w.plane_requests(), plane_allowed, "{guard}: plane requests");
         assert_eq!(w.gitea_requests(), 0, "{guard}: gitea requests");
         assert!(
-            telegram::messages(&w.tg).is_empty(),
+            w.env.telegram_messages().is_empty(),
             "{guard}: nothing sent"
         );
     }
@@ -402,7 +335,7 @@ fn plane_failures_and_unknown_states_skip_and_never_advance() {
         match case {
             "500" => {
                 w.item(P1, 1, IN_PROGRESS);
-                w.plane.server().script(
+                w.plane().server().script(
                     Some("GET"),
                     &list,
                     Reply::json(500, &json!({"error": "boom"})),
@@ -411,7 +344,7 @@ fn plane_failures_and_unknown_states_skip_and_never_advance() {
             }
             "timeout" => {
                 w.item(P1, 1, IN_PROGRESS);
-                w.plane.server().script(
+                w.plane().server().script(
                     Some("GET"),
                     &list,
                     Reply::json(200, &json!({"results": []}))
@@ -451,18 +384,18 @@ fn a_lost_start_webhook_is_replayed_once() {
             .count("SELECT count(*) FROM jobs WHERE agent='analyst' AND status='queued'"),
         1
     );
-    assert_eq!(w.gitea.count(Some("POST"), "acme/shop", "branches"), 1);
+    assert_eq!(w.gitea().count(Some("POST"), "acme/shop", "branches"), 1);
     let branch: String = w
         .env
         .db()
         .query_row("SELECT branch FROM tasks", [], |r| r.get(0))
         .unwrap();
-    assert!(w.gitea.branch("acme/shop", &branch).is_some(), "{branch}");
+    assert!(w.gitea().branch("acme/shop", &branch).is_some(), "{branch}");
     let before = w.snapshot();
     let r = w.json();
     assert_eq!(r["counts"]["replayed"], 0, "{r:#}");
     assert_eq!(w.snapshot(), before);
-    assert_eq!(w.gitea.count(Some("POST"), "acme/shop", "branches"), 1);
+    assert_eq!(w.gitea().count(Some("POST"), "acme/shop", "branches"), 1);
 }
 
 #[test]
@@ -494,53 +427,39 @@ fn a_lost_approval_advances_once() {
 fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
     let mut w = world();
     w.env.set("ORCH_RECONCILE_MAX_TASKS", "5000");
-    {
-        let db = w.env.db();
-        db.execute_batch("BEGIN").unwrap();
-        for n in 1..=1000u64 {
-            let (name, ident, pid) = match n % 3 {
-                0 => ("orch", "ORCH", P1),
-                1 => ("shop", "SHOP", P2),
-                _ => ("web", "WEB", P3),
-            };
-            db.execute(
-                "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
-                     stage_entered_at, created_at, updated_at, branch_ready_at)
-                 VALUES (?1, ?2, ?3, 'Work', ?4, ?5, 'review', 0, 0, 0, 0)",
-                rusqlite::params![
-                    name,
-                    item_id(pid, n),
-                    format!("{ident}-{n}"),
-                    format!("acme/{name}"),
-                    format!("task/{ident}-{n}")
-                ],
-            )
-            .unwrap();
-            w.plane
-                .add_work_item(pid, &item_id(pid, n), n, "Work", Some(IN_PROGRESS));
-            if n % 2 == 0 {
-                w.env
-                    .artefact(&format!("{ident}-{n}"), "05-review.md", &review("APPROVE"));
-            }
-        }
-        db.execute_batch("COMMIT").unwrap();
+    let seeds: Vec<SeedTask> = (1..=1000u64)
+        .map(|n| {
+            let p = w.env.project(["orch", "shop", "web"][(n % 3) as usize]);
+            SeedTask::new(p, n, Stage::Review)
+                .work_item(&item_id(p.plane_project_id, n))
+                .branch(&format!("task/{}", p.key(n)))
+                .at(0)
+                .branch_ready()
+        })
+        .collect();
+    seed_tasks(&w.env, &seeds);
+    for n in (2..=1000u64).step_by(2) {
+        let ident = ["ORCH", "SHOP", "WEB"][(n % 3) as usize];
+        w.env
+            .artefact(&format!("{ident}-{n}"), "05-review.md", &review("APPROVE"));
     }
     // 334 + 333 + 333 items: 4 pages of 100 per project, whatever the task count.
-    w.plane.set_rate_limit(1000, false);
+    w.plane().set_rate_limit(1000, false);
     let before = w.plane_requests();
+    let events = w.env.count("SELECT count(*) FROM stage_events");
     let r = w.reconcile(&["--dry-run", "--json"]).json();
     assert_eq!(w.plane_requests() - before, 12, "{}", r["counts"]);
     assert_eq!(r["counts"]["scanned"], 1000);
     assert_eq!(r["tasks"].as_array().unwrap().len(), 1000);
     assert_eq!(
         w.env.count("SELECT count(*) FROM stage_events"),
-        0,
+        events,
         "dry run"
     );
 
     // A budget that runs out mid-listing: 429 ends the pass cleanly (exit 0).
     // (Plane's answer when throttled, on the second project's first page.)
-    w.plane.server().script(
+    w.plane().server().script(
         Some("GET"),
         &format!("/api/v1/workspaces/acme/projects/{P2}/work-items/"),
         Reply::json(
@@ -568,7 +487,7 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
     assert_eq!(r["counts"]["deferred"], 1000);
 
     // The next pass (a fresh window) finishes the work.
-    w.plane.set_rate_limit(1000, false);
+    w.plane().set_rate_limit(1000, false);
     let r = w.json();
     assert_eq!(r["stopped_early"], Value::Null, "{}", r["counts"]);
     assert_eq!(r["counts"]["advanced"], 500);
@@ -576,7 +495,7 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
 
     // A low X-RateLimit-Remaining stops listing early and says so.
     w.env.set("ORCH_RECONCILE_RATE_LIMIT_FLOOR", "995");
-    w.plane.set_rate_limit(1000, false);
+    w.plane().set_rate_limit(1000, false);
     let r = w.json();
     assert!(
         r["stopped_early"]
@@ -640,4 +559,24 @@ fn a_second_pass_while_one_holds_the_lock_exits_75() {
     let f = std::fs::File::create(&lock).unwrap();
     fs2::FileExt::lock_exclusive(&f).unwrap();
     w.env.run(&["reconcile"]).expect(75);
+}
+
+#[test]
+fn the_dry_run_report_names_each_task_and_what_a_pass_would_do() {
+    let w = world();
+    let approved = w.task("orch", 1, "review", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+    w.job(approved, "reviewer", "review", "succeeded", 1);
+    w.task("shop", 2, "development", 0, 0);
+    w.item(P2, 2, IN_PROGRESS);
+    w.task("web", 3, "review", 0, 0);
+    w.item(w.env.project("web").plane_project_id, 3, BLOCKED);
+    let run = w.env.run(&["reconcile", "--dry-run"]);
+    insta::assert_snapshot!(snapshot::report(&w.env, &run), @r#"
+    exit: 0
+    ORCH-1 review: advance -> deploy-staging
+    SHOP-2 development: wait: no job has run yet: check_job_ended: no job has run in this stage; check_pr_open: no pull request for the task branch; check_ci_green: no pull request for the task branch
+    WEB-3 review: skip (blocked): work item is in "Blocked"
+    "#);
 }

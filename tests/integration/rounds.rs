@@ -2,56 +2,32 @@
 //! new round (round + 1, no PR, no validated revision, a fresh branch from the default
 //! branch), and a closed or merged PR is never the task's current PR. The real binary
 //! against a real SQLite file and the loopback Gitea and production stand-ins; tasks are
-//! seeded with SQL in the state the pipeline leaves them, jobs run through the real
+//! seeded through the library in the state the pipeline leaves them, jobs run through the real
 //! `run-job` supervisor (the job claimed by SQL, as `dispatch` would).
 
 use orch::standin::gitea::{fake_sha, GiteaStandin, PullSeed};
 use orch::standin::prod::Prod;
 
-use crate::common::{TestEnv, NOW_UNIX};
+use crate::common::{seed_task, Project, SeedTask, Standin, TestEnv, GITEA_TOKEN, NOW_UNIX};
 
-const TOKEN: &str = "gitea-test-token";
 const REPO: &str = "acme/shop";
-
-/// One ordinary project (`shop`) with a production health URL and a rollback command,
-/// stub agents that succeed, default settings apart from URLs and secrets.
-fn pipeline(health: &str) -> String {
-    format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    default_branch: main
-    health_url: {health}
-    rollback: [/bin/true]
-agents:
-  analyst: [/bin/true, "{{task}}"]
-  developer: [/bin/true, "{{task}}"]
-  reviewer: [/bin/true, "{{task}}"]
-  deployer: [/bin/true, "{{task}}"]
-"#
-    )
-}
 
 struct World {
     env: TestEnv,
-    gitea: GiteaStandin,
-    prod: Prod,
 }
 
+/// One ordinary project (`shop`) with a production health URL and a rollback command,
+/// stub agents that succeed, default settings apart from URLs and secrets.
 fn world() -> World {
-    let prod = Prod::start();
-    let mut env = TestEnv::with_pipeline(&pipeline(&format!("{}/health", prod.url())));
-    let gitea = GiteaStandin::start(TOKEN);
-    gitea.add_repo(REPO, "main");
-    env.set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_HTTP_TIMEOUT_S", "5");
-    env.run(&["init"]).expect(0);
-    World { env, gitea, prod }
+    let shop = Project::shop()
+        .default_branch("main")
+        .with("health_url: $PROD_URL/health\nrollback: [/bin/true]");
+    let env = TestEnv::builder()
+        .project(shop)
+        .standins(&[Standin::Gitea, Standin::Prod])
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
+        .build();
+    World { env }
 }
 
 /// A task row as the pipeline leaves it: round 1, its branch confirmed, its PR and
@@ -75,27 +51,29 @@ struct Round {
 }
 
 impl World {
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
+    fn prod(&self) -> &Prod {
+        self.env.prod()
+    }
+
     fn seed(&self, s: &Seed<'_>) -> (i64, String) {
-        let key = format!("SHOP-{}", s.n);
-        let db = self.env.db();
-        db.execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number,
-                 stage, stage_entered_at, validated_revision, round, branch_ready_at,
-                 created_at, updated_at)
-             VALUES ('shop', ?1, ?2, 'Checkout', ?3, ?4, ?5, ?6, ?7, 'validated-sha', 1, ?7,
-                 ?7, ?7)",
-            rusqlite::params![
-                format!("1c2d3e4f-0000-4000-8000-{:012}", s.n),
-                key,
-                REPO,
-                s.branch,
-                s.pr,
-                s.stage,
-                NOW_UNIX - 3600
-            ],
+        let mut task = SeedTask::new(
+            &Project::shop(),
+            s.n.into(),
+            s.stage.parse().expect("a stage"),
         )
-        .unwrap();
-        (db.last_insert_rowid(), key)
+        .work_item(&format!("1c2d3e4f-0000-4000-8000-{:012}", s.n))
+        .title("Checkout")
+        .branch(s.branch)
+        .validated("validated-sha")
+        .at(NOW_UNIX - 3600)
+        .branch_ready();
+        task.pr = s.pr;
+        let key = task.key.clone();
+        (seed_task(&self.env, &task), key)
     }
 
     fn round(&self, key: &str) -> Round {
@@ -167,13 +145,13 @@ impl World {
     /// The developer of the new round: pushes to `branch`, opens PR `n`, CI goes green.
     fn developer_opens_pr(&self, n: u64, branch: &str) {
         let sha = fake_sha(&format!("round work on {branch}"));
-        self.gitea.push(REPO, branch, &sha);
-        self.gitea.add_pull(REPO, &PullSeed::open(n, branch));
-        self.gitea.add_status(REPO, &sha, "ci/build", "success");
+        self.gitea().push(REPO, branch, &sha);
+        self.gitea().add_pull(REPO, &PullSeed::open(n, branch));
+        self.gitea().add_status(REPO, &sha, "ci/build", "success");
     }
 
     fn main_sha(&self) -> String {
-        self.gitea.branch(REPO, "main").unwrap()
+        self.gitea().branch(REPO, "main").unwrap()
     }
 }
 
@@ -187,7 +165,8 @@ fn at(secs: i64) -> String {
 /// Seeds a task at deploy whose PR #1 is merged, moves it to done (arming post-deploy
 /// on default settings), and lets a tick see production DEGRADED and roll back.
 fn deployed_then_rolled_back(w: &mut World, n: u32, branch: &str) -> (i64, String) {
-    w.gitea.add_pull(REPO, &PullSeed::open(1, branch).merged());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(1, branch).merged());
     let (id, key) = w.seed(&Seed {
         n,
         stage: "deploy",
@@ -197,7 +176,7 @@ fn deployed_then_rolled_back(w: &mut World, n: u32, branch: &str) -> (i64, Strin
     w.env
         .run(&["task", "move", &key, "--to", "done", "--reason", "deployed"])
         .expect(0);
-    w.prod.set_health(503);
+    w.prod().set_health(503);
     w.env
         .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
         .set("ORCH_NOW", &at(60));
@@ -231,7 +210,10 @@ fn a_post_deploy_rollback_starts_round_2_on_the_deleted_branch_and_its_new_pr_ad
         }
     );
     // Recreated under the same name from the current default branch.
-    assert_eq!(w.gitea.branch(REPO, "shop-1-checkout"), Some(w.main_sha()));
+    assert_eq!(
+        w.gitea().branch(REPO, "shop-1-checkout"),
+        Some(w.main_sha())
+    );
     let (from, to, actor, reason) = w.last_event(id);
     assert_eq!((from.as_str(), to.as_str()), ("done", "development"));
     assert_eq!(actor, "post-deploy");
@@ -264,7 +246,7 @@ fn a_post_deploy_rollback_takes_a_round_name_when_the_old_branch_survived_the_me
     let mut w = world();
     // The merge kept the branch (no delete after merge): it still holds round 1's work.
     let old = fake_sha("round 1 work");
-    w.gitea.push(REPO, "shop-2-checkout", &old);
+    w.gitea().push(REPO, "shop-2-checkout", &old);
     let (id, key) = deployed_then_rolled_back(&mut w, 2, "shop-2-checkout");
     let r = w.round(&key);
     assert_eq!(
@@ -272,17 +254,17 @@ fn a_post_deploy_rollback_takes_a_round_name_when_the_old_branch_survived_the_me
         (2, "shop-2-checkout--r2", None, Some(NOW_UNIX + 60))
     );
     assert_eq!(
-        w.gitea.branch(REPO, "shop-2-checkout--r2"),
+        w.gitea().branch(REPO, "shop-2-checkout--r2"),
         Some(w.main_sha())
     );
     assert_eq!(
-        w.gitea.branch(REPO, "shop-2-checkout"),
+        w.gitea().branch(REPO, "shop-2-checkout"),
         Some(old),
         "untouched"
     );
     // A PR still open on the old branch is not this round's; the one on the new
     // branch is, found by reconcile.
-    w.gitea
+    w.gitea()
         .add_pull(REPO, &PullSeed::open(3, "shop-2-checkout"));
     w.developer_opens_pr(4, "shop-2-checkout--r2");
     w.env
@@ -313,7 +295,8 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
     let mut w = world();
     for n in [3u64, 4] {
         let branch = format!("shop-{n}-checkout");
-        w.gitea.add_pull(REPO, &PullSeed::open(n, &branch).merged());
+        w.gitea()
+            .add_pull(REPO, &PullSeed::open(n, &branch).merged());
     }
     let (_, unreachable) = w.seed(&Seed {
         n: 3,
@@ -386,16 +369,17 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
                 branch_ready_at: None,
             }
         );
-        assert_eq!(w.gitea.branch(REPO, branch), None, "not made");
+        assert_eq!(w.gitea().branch(REPO, branch), None, "not made");
     }
     // Gitea is back; meanwhile someone pushed SHOP-4's old branch again, so it exists.
     // The next reconcile completes both rounds' branches through the same branch step:
     // the same name where the old branch is gone, the round name where it exists.
     let pushed = fake_sha("pushed again");
-    w.gitea.push(REPO, "shop-4-checkout", &pushed);
+    w.gitea().push(REPO, "shop-4-checkout", &pushed);
+    let gitea = w.gitea().url().to_string();
     w.env
-        .set("ORCH_GITEA_URL", w.gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
+        .set("ORCH_GITEA_URL", &gitea)
+        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
         .set("ORCH_RECONCILE_GRACE_S", "0")
         .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
         .set("ORCH_RECONCILE_REPLAY_ENABLED", "false")
@@ -408,7 +392,10 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
         "{}",
         run.stderr
     );
-    assert_eq!(w.gitea.branch(REPO, "shop-3-checkout"), Some(w.main_sha()));
+    assert_eq!(
+        w.gitea().branch(REPO, "shop-3-checkout"),
+        Some(w.main_sha())
+    );
     let r = w.round(&unconfigured);
     assert_eq!(
         (r.branch.as_str(), r.branch_ready_at),
@@ -417,10 +404,10 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
         run.stderr
     );
     assert_eq!(
-        w.gitea.branch(REPO, "shop-4-checkout--r2"),
+        w.gitea().branch(REPO, "shop-4-checkout--r2"),
         Some(w.main_sha())
     );
-    assert_eq!(w.gitea.branch(REPO, "shop-4-checkout"), Some(pushed));
+    assert_eq!(w.gitea().branch(REPO, "shop-4-checkout"), Some(pushed));
 }
 
 #[test]
@@ -436,14 +423,14 @@ fn a_failed_deploy_reopens_only_after_the_merge() {
     for (n, pr, how, new_round) in cases {
         let branch = format!("shop-{n}-checkout");
         let head = fake_sha(&branch);
-        w.gitea.push(REPO, &branch, &head);
+        w.gitea().push(REPO, &branch, &head);
         match *how {
             "merged" => w
-                .gitea
+                .gitea()
                 .add_pull(REPO, &PullSeed::open(*pr, &branch).merged()),
-            _ => w.gitea.add_pull(REPO, &PullSeed::open(*pr, &branch)),
+            _ => w.gitea().add_pull(REPO, &PullSeed::open(*pr, &branch)),
         };
-        w.gitea
+        w.gitea()
             .set_ahead(REPO, "main", &head, u64::from(*how != "contained"));
         let (id, key) = w.seed(&Seed {
             n: *n,
@@ -463,7 +450,11 @@ fn a_failed_deploy_reopens_only_after_the_merge() {
             // The old branch still exists: the round takes its round name.
             assert_eq!(r.branch, format!("{branch}--r2"), "{how}");
             assert_eq!(r.branch_ready_at, Some(NOW_UNIX), "{how}");
-            assert_eq!(w.gitea.branch(REPO, &r.branch), Some(w.main_sha()), "{how}");
+            assert_eq!(
+                w.gitea().branch(REPO, &r.branch),
+                Some(w.main_sha()),
+                "{how}"
+            );
         } else {
             assert_eq!(
                 (r.round, r.pr, r.validated.as_deref(), r.branch.as_str()),
@@ -480,7 +471,8 @@ fn a_failed_deploy_reopens_only_after_the_merge() {
     }
     // An operator's move after a merge reopens too (orch reads the merge from Gitea).
     let branch = "shop-13-checkout";
-    w.gitea.add_pull(REPO, &PullSeed::open(13, branch).merged());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(13, branch).merged());
     let (_, key) = w.seed(&Seed {
         n: 13,
         stage: "deploy",
@@ -500,15 +492,15 @@ fn a_failed_deploy_reopens_only_after_the_merge() {
         .expect(0);
     let r = w.round(&key);
     assert_eq!((r.round, r.pr, r.branch.as_str()), (2, None, branch));
-    assert_eq!(w.gitea.branch(REPO, branch), Some(w.main_sha()));
+    assert_eq!(w.gitea().branch(REPO, branch), Some(w.main_sha()));
 }
 
 #[test]
 fn review_and_staging_rollbacks_keep_the_round() {
     let w = world();
     let branch = "shop-20-checkout";
-    w.gitea.push(REPO, branch, &fake_sha(branch));
-    w.gitea.add_pull(REPO, &PullSeed::open(20, branch));
+    w.gitea().push(REPO, branch, &fake_sha(branch));
+    w.gitea().add_pull(REPO, &PullSeed::open(20, branch));
     let (id, key) = w.seed(&Seed {
         n: 20,
         stage: "review",
@@ -564,7 +556,8 @@ fn a_closed_or_merged_recorded_pr_is_replaced_by_the_open_pr_of_the_branch() {
     // or whose merge could not be told): with no open PR the gate says there is none,
     // never "PR #1 is already merged".
     let branch = "shop-30-checkout";
-    w.gitea.add_pull(REPO, &PullSeed::open(1, branch).merged());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(1, branch).merged());
     let (id, key) = w.seed(&Seed {
         n: 30,
         stage: "development",
@@ -604,7 +597,8 @@ fn a_closed_or_merged_recorded_pr_is_replaced_by_the_open_pr_of_the_branch() {
     );
     // At deploy-staging, a PR closed without merge is replaced the same way.
     let branch = "shop-31-checkout";
-    w.gitea.add_pull(REPO, &PullSeed::open(5, branch).closed());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(5, branch).closed());
     let (_, key) = w.seed(&Seed {
         n: 31,
         stage: "deploy-staging",
@@ -616,7 +610,8 @@ fn a_closed_or_merged_recorded_pr_is_replaced_by_the_open_pr_of_the_branch() {
     assert_eq!(w.round(&key).pr, Some(6));
     // At deploy, the merged PR stays the task's PR: that is how deploy -> done passes.
     let branch = "shop-32-checkout";
-    w.gitea.add_pull(REPO, &PullSeed::open(7, branch).merged());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(7, branch).merged());
     let (id, key) = w.seed(&Seed {
         n: 32,
         stage: "deploy",
@@ -640,9 +635,10 @@ fn a_round_branch_an_interrupted_step_already_made_is_taken_as_this_rounds() {
     // The old branch survived the merge, and an earlier try of this round's branch step
     // created the round name before it died: 409 on both is success, no third name.
     let branch = "shop-40-checkout";
-    w.gitea.push(REPO, branch, &fake_sha("round 1 work"));
-    w.gitea.push(REPO, "shop-40-checkout--r2", &w.main_sha());
-    w.gitea.add_pull(REPO, &PullSeed::open(40, branch).merged());
+    w.gitea().push(REPO, branch, &fake_sha("round 1 work"));
+    w.gitea().push(REPO, "shop-40-checkout--r2", &w.main_sha());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(40, branch).merged());
     let (id, key) = w.seed(&Seed {
         n: 40,
         stage: "done",
@@ -672,7 +668,7 @@ fn a_round_branch_an_interrupted_step_already_made_is_taken_as_this_rounds() {
     assert_eq!(actor, "operator");
     assert_eq!(reason, "bad (reopened: round 2)");
     assert_eq!(
-        w.gitea.count(Some("POST"), REPO, "branches"),
+        w.gitea().count(Some("POST"), REPO, "branches"),
         2,
         "one try per name"
     );
@@ -800,11 +796,11 @@ fn a_failed_deploy_waits_while_gitea_cannot_tell_the_merge_then_decides_the_roun
     for (n, merged) in [(60u32, true), (61, false)] {
         let branch = format!("shop-{n}-checkout");
         let head = fake_sha(&branch);
-        w.gitea.push(REPO, &branch, &head);
+        w.gitea().push(REPO, &branch, &head);
         let seed = PullSeed::open(u64::from(n), &branch);
-        w.gitea
+        w.gitea()
             .add_pull(REPO, &if merged { seed.merged() } else { seed });
-        w.gitea.set_ahead(REPO, "main", &head, 1);
+        w.gitea().set_ahead(REPO, "main", &head, 1);
         let (id, key) = w.seed(&Seed {
             n,
             stage: "deploy",
@@ -873,8 +869,9 @@ fn a_failed_deploy_waits_while_gitea_cannot_tell_the_merge_then_decides_the_roun
         0
     );
     // Gitea is back: the next pass rolls both back, each with the round its merge says.
+    let gitea = w.gitea().url().to_string();
     w.env
-        .set("ORCH_GITEA_URL", w.gitea.url())
+        .set("ORCH_GITEA_URL", &gitea)
         .set("ORCH_NOW", &at(600));
     let run = w.env.run(&["reconcile"]).expect(0);
     let r = w.round(key60);
@@ -886,7 +883,7 @@ fn a_failed_deploy_waits_while_gitea_cannot_tell_the_merge_then_decides_the_roun
     );
     // The old branch survived the merge: the round takes its round name.
     assert_eq!(r.branch, "shop-60-checkout--r2");
-    assert_eq!(w.gitea.branch(REPO, &r.branch), Some(w.main_sha()));
+    assert_eq!(w.gitea().branch(REPO, &r.branch), Some(w.main_sha()));
     let (from, _, actor, reason) = w.last_event(*id60);
     assert_eq!((from.as_str(), actor.as_str()), ("deploy", "reconcile"));
     assert!(reason.ends_with("(reopened: round 2)"), "{reason}");

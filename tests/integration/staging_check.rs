@@ -11,24 +11,15 @@ use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::{Recorded, Reply, Server};
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{pipeline, seed_task, snapshot, Project, Run, SeedTask, TestEnv};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const OLD_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
-const PROJECTS: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-  - name: sandbox
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000009
-    plane_identifier: SBX
-    repo: acme/sandbox
-"#;
+/// Two projects (a self-hosting one and a sandbox), no agents.
+fn projects() -> String {
+    pipeline::render(&[Project::orch(), Project::sandbox()], "", "")
+}
 
 /// A stand-in staging install: `/health` ok, `/ready` JSON, `/broken` 503, `/html`
 /// not JSON, `/hang` never answers, `/version` the running revision.
@@ -54,7 +45,7 @@ fn refused_url() -> String {
 }
 
 fn env_with_checks(checks: &str) -> TestEnv {
-    TestEnv::with_pipeline(&format!("{PROJECTS}staging:\n  checks:\n{checks}"))
+    TestEnv::with_pipeline(&format!("{}staging:\n  checks:\n{checks}", projects()))
 }
 
 /// The line of check `id` in the text output.
@@ -512,19 +503,10 @@ fn an_older_task_report_never_outlives_a_failed_run() {
 // The pin on every path: an ordinary repository (image freshness does not apply), the
 // deployer's own call (`--report FILE`, the task from ORCH_TASK_ID), and the merge.
 
-const SHOP_PROJECTS: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-"#;
+/// The self-hosting project and an ordinary one, no agents.
+fn shop_projects() -> String {
+    pipeline::render(&[Project::orch(), Project::shop()], "", "")
+}
 const SHOP_REPO: &str = "acme/shop";
 const SHOP_BRANCH: &str = "task/shop-1-basket";
 /// The head staging is deployed with.
@@ -549,24 +531,21 @@ fn shop_gitea() -> GiteaStandin {
 /// run-job gives the deployer (ORCH_TASK_ID and friends).
 fn shop_env(gitea_url: &str, staging_url: &str) -> TestEnv {
     let mut env = TestEnv::with_pipeline(&format!(
-        "{SHOP_PROJECTS}staging:\n  checks:\n    - {{ id: C1, name: health, kind: http, url: \"{staging_url}/health\" }}\n"
+        "{}staging:\n  checks:\n    - {{ id: C1, name: health, kind: http, url: \"{staging_url}/health\" }}\n",
+        shop_projects()
     ));
     env.set("ORCH_GITEA_URL", gitea_url)
         .set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN)
         .set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "10");
     env.run(&["init"]).expect(0);
-    env.db()
-        .execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage, \
-             stage_entered_at, created_at, updated_at) \
-             VALUES ('shop', '0b8f5d2e-1111-4c3a-9d2e-000000000001', 'SHOP-1', \
-             'Add a basket page', ?1, ?2, 'deploy-staging', ?3, ?3, ?3)",
-            rusqlite::params![SHOP_REPO, SHOP_BRANCH, NOW_UNIX],
-        )
-        .unwrap();
+    let task = SeedTask::new(&Project::shop(), 1, Stage::DeployStaging)
+        .work_item("0b8f5d2e-1111-4c3a-9d2e-000000000001")
+        .title("Add a basket page")
+        .branch(SHOP_BRANCH);
+    let id = seed_task(&env, &task).to_string();
     let artefacts = env.path("artefacts/SHOP-1").display().to_string();
-    env.set("ORCH_TASK_ID", "1")
+    env.set("ORCH_TASK_ID", &id)
         .set("ORCH_TASK_KEY", "SHOP-1")
         .set("ORCH_JOB_ID", "1")
         .set("ORCH_TASK_ARTEFACTS", &artefacts);
@@ -1097,4 +1076,21 @@ fn an_image_freshness_pin_expects_the_pr_head_by_default() {
         run.stdout
     );
     assert!(!env.path("artefacts/ORCH-7/10-staging-report.md").exists());
+}
+
+#[test]
+fn the_text_report_lists_every_check_then_the_verdict() {
+    let env = env_with_checks(
+        r#"    - { id: K1, name: ok, kind: command, argv: [/bin/sh, -c, "echo migrations done"], expect_output: done }
+    - { id: K2, name: exit3, kind: command, argv: [/bin/sh, -c, "echo bad >&2; exit 3"] }
+"#,
+    );
+    let run = env.run(&["staging-check"]);
+    insta::assert_snapshot!(snapshot::report(&env, &run), @r#"
+    exit: 1
+    K1  REAL           PASS [ms]  exit 0
+    K2  REAL           FAIL [ms]  exit 3 (expected 0): bad
+    REASON: REAL check K2 failed
+    VERDICT: FAILED
+    "#);
 }

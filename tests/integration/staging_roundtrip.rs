@@ -17,7 +17,7 @@ use orch::standin::gitea::GiteaStandin;
 use orch::standin::plane::PlaneStandin;
 use orch::standin::server::{Recorded, Reply, Server};
 
-use crate::common::{orch_bin, Run, TestEnv};
+use crate::common::{orch_bin, pipeline, Project, Run, TestEnv};
 
 const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "gitea-test-token";
@@ -29,29 +29,11 @@ const ORCH_IN_PROGRESS: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3";
 const SHOP_IN_PROGRESS: &str = "5a5a5a5a-0000-4000-8000-0000000000b3";
 const SANDBOX_IN_PROGRESS: &str = "9c9c9c9c-0000-4000-8000-0000000000b3";
 
-/// The projects, the same in the checker's and in staging's pipeline file.
-const PROJECTS: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    self_hosting: true
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-  - name: sandbox
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000009
-    plane_identifier: SBX
-    repo: acme/sandbox
-agents:
-  analyst: [/bin/true, "{task}"]
-  developer: [/bin/true, "{task}"]
-  reviewer: [/bin/true, "{task}"]
-  deployer: [/bin/true, "{task}"]
-"#;
+/// The projects and stub agents, the same in the checker's and in staging's pipeline file.
+fn projects() -> String {
+    let all = [Project::orch(), Project::shop(), Project::sandbox()];
+    pipeline::render(&all, pipeline::TRUE_AGENTS, "")
+}
 
 /// Plane with three projects whose "In Progress" ids all differ, and Gitea with their
 /// repos.
@@ -111,7 +93,7 @@ struct Staging {
 }
 
 fn staging(r: &Remotes, secret: &str) -> Staging {
-    let mut env = TestEnv::with_pipeline(PROJECTS);
+    let mut env = TestEnv::with_pipeline(&projects());
     with_remotes(&mut env, r, secret);
     env.run(&["init"]).expect(0);
     let vars = env.env.clone();
@@ -211,7 +193,7 @@ fn stdio_bridge(
 
 /// The checker: a pipeline file with these staging checks, and the remotes' settings.
 fn checker(r: &Remotes, checks: &str) -> TestEnv {
-    let mut env = TestEnv::with_pipeline(&format!("{PROJECTS}staging:\n  checks:\n{checks}"));
+    let mut env = TestEnv::with_pipeline(&format!("{}staging:\n  checks:\n{checks}", projects()));
     with_remotes(&mut env, r, SECRET);
     env
 }

@@ -2,8 +2,8 @@
 //! deploy-staging or deploy moves the stage's artefact of an earlier visit (an earlier
 //! round, or before a rollback) into `<task dir>/history/` before the move commits,
 //! while the developer still reads every report at development. The real binary
-//! against a real SQLite file and the loopback Gitea stand-in; tasks are seeded with
-//! SQL in the state the pipeline leaves them, jobs run through the real `run-job`
+//! against a real SQLite file and the loopback Gitea stand-in; tasks are seeded through
+//! the library in the state the pipeline leaves them, jobs run through the real `run-job`
 //! supervisor (claimed by SQL, as `dispatch` would) with shell agents that write their
 //! artefact during their job, or stop before writing it.
 
@@ -12,9 +12,8 @@ use std::os::unix::process::ExitStatusExt as _;
 use orch::standin::gitea::{fake_sha, GiteaStandin, PullSeed};
 use serde_json::Value;
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{seed_task, Project, Run, SeedTask, Standin, TestEnv, NOW_UNIX};
 
-const TOKEN: &str = "gitea-test-token";
 const REPO: &str = "acme/shop";
 /// What `history_name` makes of the pinned clock.
 const WHEN: &str = "20261125T030000Z";
@@ -23,70 +22,54 @@ const WHEN: &str = "20261125T030000Z";
 /// report it finds (the feedback it reads); the reviewer writes `$TEST_REVIEW` as its
 /// verdict, the deployer `$TEST_STAGING` or `$TEST_DEPLOY` as its report, and each
 /// stops with exit 1 before writing anything when its variable is unset.
-const PIPELINE: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    default_branch: main
-agents:
-  analyst: [/bin/true]
-  developer:
-    - /bin/sh
-    - -c
-    - 'for f in 05-review.md 10-staging-report.md 12-deploy-report.md; do if [ -f "$ORCH_TASK_ARTEFACTS/$f" ]; then echo "feedback $f: $(sed -n 2p "$ORCH_TASK_ARTEFACTS/$f")"; fi; done'
-  reviewer:
-    - /bin/sh
-    - -c
-    - 'if [ -z "$TEST_REVIEW" ]; then echo "stopped before writing" >&2; exit 1; fi; printf "%s\nreview_verdict: %s\n%s\n" --- "$TEST_REVIEW" --- > "$ORCH_TASK_ARTEFACTS/05-review.md"'
-  deployer:
-    - /bin/sh
-    - -c
-    - 'if [ -n "$TEST_STAGING" ]; then printf "%s\nstaging_status: %s\n%s\n" --- "$TEST_STAGING" --- > "$ORCH_TASK_ARTEFACTS/10-staging-report.md"; elif [ -n "$TEST_DEPLOY" ]; then printf "%s\ndeploy_status: %s\n%s\n" --- "$TEST_DEPLOY" --- > "$ORCH_TASK_ARTEFACTS/12-deploy-report.md"; else echo "stopped before writing" >&2; exit 1; fi'
+const AGENTS: &str = r#"analyst: [/bin/true]
+developer:
+  - /bin/sh
+  - -c
+  - 'for f in 05-review.md 10-staging-report.md 12-deploy-report.md; do if [ -f "$ORCH_TASK_ARTEFACTS/$f" ]; then echo "feedback $f: $(sed -n 2p "$ORCH_TASK_ARTEFACTS/$f")"; fi; done'
+reviewer:
+  - /bin/sh
+  - -c
+  - 'if [ -z "$TEST_REVIEW" ]; then echo "stopped before writing" >&2; exit 1; fi; printf "%s\nreview_verdict: %s\n%s\n" --- "$TEST_REVIEW" --- > "$ORCH_TASK_ARTEFACTS/05-review.md"'
+deployer:
+  - /bin/sh
+  - -c
+  - 'if [ -n "$TEST_STAGING" ]; then printf "%s\nstaging_status: %s\n%s\n" --- "$TEST_STAGING" --- > "$ORCH_TASK_ARTEFACTS/10-staging-report.md"; elif [ -n "$TEST_DEPLOY" ]; then printf "%s\ndeploy_status: %s\n%s\n" --- "$TEST_DEPLOY" --- > "$ORCH_TASK_ARTEFACTS/12-deploy-report.md"; else echo "stopped before writing" >&2; exit 1; fi'
 "#;
 
 struct World {
     env: TestEnv,
-    gitea: GiteaStandin,
 }
 
 fn world() -> World {
-    let mut env = TestEnv::with_pipeline(PIPELINE);
-    let gitea = GiteaStandin::start(TOKEN);
-    gitea.add_repo(REPO, "main");
-    env.set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_HTTP_TIMEOUT_S", "5")
+    let env = TestEnv::builder()
+        .project(Project::shop().default_branch("main"))
+        .agents(AGENTS)
+        .standins(&[Standin::Gitea])
         .set("ORCH_RECONCILE_GRACE_S", "0")
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
         .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
-        .set("ORCH_RECONCILE_REPLAY_ENABLED", "false");
-    env.run(&["init"]).expect(0);
-    World { env, gitea }
+        .set("ORCH_RECONCILE_REPLAY_ENABLED", "false")
+        .build();
+    World { env }
 }
 
 impl World {
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
     /// Seeds task SHOP-`n` at `stage` in round 1, its branch confirmed, PR `pr` recorded.
     fn seed(&self, n: u32, stage: &str, branch: &str, pr: Option<i64>) -> (i64, String) {
-        let key = format!("SHOP-{n}");
-        let db = self.env.db();
-        db.execute(
-            "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, pr_number,
-                 stage, stage_entered_at, round, branch_ready_at, created_at, updated_at)
-             VALUES ('shop', ?1, ?2, 'Checkout', ?3, ?4, ?5, ?6, ?7, 1, ?7, ?7, ?7)",
-            rusqlite::params![
-                format!("1c2d3e4f-0000-4000-8000-{n:012}"),
-                key,
-                REPO,
-                branch,
-                pr,
-                stage,
-                NOW_UNIX - 3600
-            ],
-        )
-        .unwrap();
-        (db.last_insert_rowid(), key)
+        let mut task = SeedTask::new(&Project::shop(), n.into(), stage.parse().expect("a stage"))
+            .work_item(&format!("1c2d3e4f-0000-4000-8000-{n:012}"))
+            .title("Checkout")
+            .branch(branch)
+            .at(NOW_UNIX - 3600)
+            .branch_ready();
+        task.pr = pr;
+        let key = task.key.clone();
+        (seed_task(&self.env, &task), key)
     }
 
     fn stage(&self, task: i64) -> String {
@@ -137,9 +120,9 @@ impl World {
     /// The developer's work: a commit on `branch`, PR `n` open for it, CI green.
     fn developer_opens_pr(&self, n: u64, branch: &str) {
         let sha = fake_sha(&format!("work {n} on {branch}"));
-        self.gitea.push(REPO, branch, &sha);
-        self.gitea.add_pull(REPO, &PullSeed::open(n, branch));
-        self.gitea.add_status(REPO, &sha, "ci/build", "success");
+        self.gitea().push(REPO, branch, &sha);
+        self.gitea().add_pull(REPO, &PullSeed::open(n, branch));
+        self.gitea().add_status(REPO, &sha, "ci/build", "success");
     }
 
     fn artefact(&self, key: &str, file: &str) -> Option<String> {
@@ -281,7 +264,8 @@ fn round_2_gates_never_read_round_1_reports_and_its_developer_still_does() {
     let mut w = world();
     let branch = "shop-2-checkout";
     // Round 1 went all the way to done: its PR is merged, its reports are in place.
-    w.gitea.add_pull(REPO, &PullSeed::open(1, branch).merged());
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(1, branch).merged());
     let (id, key) = w.seed(2, "done", branch, Some(1));
     let round_1 = [
         ("01-analysis.md", "analysis_status: APPROVED"),
@@ -369,7 +353,7 @@ fn round_2_gates_never_read_round_1_reports_and_its_developer_still_does() {
         "deploy_status: SUCCESS",
     );
     assert_eq!(w.history(&key), vec![review, staging, deploy]);
-    w.gitea.merge_for_test(REPO, 2);
+    w.gitea().merge_for_test(REPO, 2);
     w.run_job(id, "deployer", "deploy", 1);
     assert_eq!(w.stage(id), "deploy");
     let r = w.reconcile();
@@ -477,6 +461,7 @@ fn a_set_aside_that_fails_refuses_the_move_until_it_can_be_made() {
     // A file where history/ must go: the earlier verdict cannot be moved aside.
     w.env.artefact(&key, "history", "in the way\n");
     let events = "SELECT count(*) FROM stage_events WHERE task_id = ?1";
+    let seeded = w.count(events, id);
 
     // The operator's move fails (exit 2) and changes nothing.
     let run: Run = w.env.run(&[
@@ -491,7 +476,7 @@ fn a_set_aside_that_fails_refuses_the_move_until_it_can_be_made() {
         run.stderr
     );
     assert_eq!(w.stage(id), "development");
-    assert_eq!(w.count(events, id), 0);
+    assert_eq!(w.count(events, id), seeded, "no event");
     assert_eq!(
         w.count("SELECT count(*) FROM jobs WHERE task_id = ?1", id),
         0,

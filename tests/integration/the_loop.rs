@@ -23,16 +23,12 @@ use orch::standin::gitea::GiteaStandin;
 use orch::standin::plane::PlaneStandin;
 use orch::standin::prod::Prod;
 use orch::standin::server::Server;
-use orch::standin::telegram;
 use serde_json::{json, Value};
 
-use crate::common::{Run, TestEnv, NOW_UNIX};
+use crate::common::{Project as KitProject, Run, Standin, TestEnv, NOW_UNIX};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-stub-agent");
 const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
-const TOKEN: &str = "gitea-loop-token";
-const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
-const CHAT: &str = "4242";
 
 /// A project under test: its pipeline entry and its Plane objects.
 struct Project {
@@ -91,104 +87,111 @@ fn state_id(p: &Project, name: &str) -> String {
         .expect("a known state")
 }
 
-/// The pipeline file: one project, the stub agents, staging checks against the staging
-/// stand-in. Nothing but what an operator must fill in (URLs, commands).
-fn pipeline(p: &Project, staging: &str, prod: &str) -> String {
+/// The pipeline file's project: its Plane approval state, production health URL (the
+/// production stand-in) and rollback command. Nothing but what an operator must fill in.
+fn pipeline_project(p: &Project) -> KitProject {
+    KitProject::new(p.name, p.plane_id, p.identifier, p.repo)
+        .self_hosting(p.self_hosting)
+        .with(&format!(
+            "states:\n  approved: {{ names: [Approved] }}\nhealth_url: $PROD_URL/health\nrollback: [{AGENT}, rollback]"
+        ))
+}
+
+/// The stub agents.
+fn agents() -> String {
+    ["analyst", "developer", "reviewer", "deployer"]
+        .map(|a| format!("{a}: [{AGENT}, {a}]"))
+        .join("\n")
+}
+
+/// Staging checks against the staging stand-in.
+fn staging_checks(staging: &str) -> String {
     format!(
-        r#"
-plane: {{ workspace: acme }}
-projects:
-  - name: {name}
-    plane_project_id: {plane_id}
-    plane_identifier: {identifier}
-    repo: {repo}
-    self_hosting: {self_hosting}
-    states:
-      approved: {{ names: [Approved] }}
-    health_url: {prod}/health
-    rollback: [{AGENT}, rollback]
-agents:
-  analyst: [{AGENT}, analyst]
-  developer: [{AGENT}, developer]
-  reviewer: [{AGENT}, reviewer]
-  deployer: [{AGENT}, deployer]
-staging:
+        r#"staging:
   checks:
     - {{ id: C1, name: health, kind: http, url: "{staging}/health", expect_status: 200, timeout_s: 5 }}
     - {{ id: F1, name: image, kind: image-freshness, url: "{staging}/version", json_field: revision, timeout_s: 5 }}
-"#,
-        name = p.name,
-        plane_id = p.plane_id,
-        identifier = p.identifier,
-        repo = p.repo,
-        self_hosting = p.self_hosting,
+"#
     )
 }
 
-/// Everything one loop runs against.
+/// Everything one loop runs against: Plane, Gitea, production and Telegram through the
+/// env, and the staging install.
 struct World {
     env: TestEnv,
     project: &'static Project,
-    gitea: GiteaStandin,
-    plane: PlaneStandin,
     staging: Prod,
-    prod: Prod,
-    telegram: Server,
     /// Seconds after `NOW` the pinned clock reads.
     clock: i64,
     deliveries: u32,
 }
 
 fn world(project: &'static Project) -> World {
-    let gitea = GiteaStandin::start(TOKEN);
-    gitea.add_repo(project.repo, "main");
-    let plane = PlaneStandin::start("acme", API_KEY);
-    let st = states(project);
-    let refs: Vec<(&str, &str, &str)> = st.iter().map(|(i, n, g)| (i.as_str(), *n, *g)).collect();
-    plane.add_project(project.plane_id, &refs);
-    plane.add_work_item(
-        project.plane_id,
-        project.item,
-        project.sequence,
-        project.title,
-        Some(&state_id(project, "Todo")),
-    );
     let staging = Prod::start();
-    let prod = Prod::start();
-    // Production runs the default branch's current tip before the first deploy.
-    prod.deploy(&gitea.branch(project.repo, "main").expect("main"));
-    let telegram = telegram::start(telegram::TOKEN);
-    let mut env = TestEnv::with_pipeline(&pipeline(project, staging.url(), prod.url()));
     let bin_dir = crate::common::orch_bin()
         .parent()
         .expect("bin dir")
         .display()
         .to_string();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-    env.set("PATH", &format!("{bin_dir}:{path}"))
+    let mut env = TestEnv::builder()
+        .project(pipeline_project(project))
+        .agents(&agents())
+        .section(&staging_checks(staging.url()))
+        .standins(&[
+            Standin::Plane,
+            Standin::Gitea,
+            Standin::Prod,
+            Standin::Telegram,
+        ])
+        .plane_states(&[])
+        .set("PATH", &format!("{bin_dir}:{path}"))
         .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
-        .set("ORCH_PLANE_URL", plane.url())
-        .set("ORCH_PLANE_API_KEY", API_KEY)
-        .set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_TELEGRAM_API_URL", telegram.url())
-        .set("ORCH_TELEGRAM_BOT_TOKEN", telegram::TOKEN)
-        .set("ORCH_TELEGRAM_CHAT_ID", CHAT)
         .set("STUB_STAGING_URL", staging.url())
-        .set("STUB_PROD_URL", prod.url());
+        .no_init()
+        .build();
+    let prod_url = env.prod().url().to_string();
+    env.set("STUB_PROD_URL", &prod_url);
+    let st = states(project);
+    let refs: Vec<(&str, &str, &str)> = st.iter().map(|(i, n, g)| (i.as_str(), *n, *g)).collect();
+    env.plane().add_project(project.plane_id, &refs);
+    env.plane().add_work_item(
+        project.plane_id,
+        project.item,
+        project.sequence,
+        project.title,
+        Some(&state_id(project, "Todo")),
+    );
+    // Production runs the default branch's current tip before the first deploy.
+    let main = env.gitea().branch(project.repo, "main").expect("main");
+    env.prod().deploy(&main);
     let mut w = World {
         env,
         project,
-        gitea,
-        plane,
         staging,
-        prod,
-        telegram,
         clock: 0,
         deliveries: 0,
     };
     w.run(&["init"]).expect(0);
     w
+}
+
+impl World {
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
+    fn plane(&self) -> &PlaneStandin {
+        self.env.plane()
+    }
+
+    fn prod(&self) -> &Prod {
+        self.env.prod()
+    }
+
+    fn telegram(&self) -> &Server {
+        self.env.telegram()
+    }
 }
 
 impl World {
@@ -227,7 +230,7 @@ impl World {
     fn plane_moves_item_to(&mut self, state: &str) {
         let p = self.project;
         let id = state_id(p, state);
-        self.plane.set_item_state(p.plane_id, p.item, &id);
+        self.plane().set_item_state(p.plane_id, p.item, &id);
         let group = states(p).into_iter().find(|s| s.1 == state).unwrap().2;
         let body = serde_json::to_vec(&json!({
             "event": "issue",
@@ -338,7 +341,7 @@ impl World {
 
     /// The CI system reports success on a commit.
     fn ci_green(&self, sha: &str) {
-        self.gitea
+        self.gitea()
             .add_status(self.project.repo, sha, "ci/test", "success");
     }
 
@@ -354,13 +357,17 @@ impl World {
         let branch = task["branch"].as_str().unwrap().to_string();
         let repo = self.project.repo;
         let open: Vec<u64> = self
-            .gitea
+            .gitea()
             .pulls_for(repo, &branch)
             .into_iter()
-            .filter(|n| self.gitea.pull(repo, *n).is_some_and(|p| p.state == "open"))
+            .filter(|n| {
+                self.gitea()
+                    .pull(repo, *n)
+                    .is_some_and(|p| p.state == "open")
+            })
             .collect();
         assert_eq!(open.len(), 1, "one open PR for {branch}: {open:?}");
-        let head = self.gitea.pull(repo, open[0]).unwrap().head_sha;
+        let head = self.gitea().pull(repo, open[0]).unwrap().head_sha;
         (open[0], head)
     }
 
@@ -407,19 +414,19 @@ impl World {
         );
         assert_eq!(self.stage(), "deploy", "round {round}: staging passed");
         self.dispatch_and_wait("deployer", "deploy");
-        let merged = self.gitea.pull(self.project.repo, pr).unwrap();
+        let merged = self.gitea().pull(self.project.repo, pr).unwrap();
         assert!(
             merged.merged,
             "round {round}: PR #{pr} merged by merge-guard"
         );
         assert_eq!(
-            self.gitea.merge_calls(self.project.repo, pr),
+            self.gitea().merge_calls(self.project.repo, pr),
             1,
             "one merge call"
         );
-        let main = self.gitea.branch(self.project.repo, "main").unwrap();
+        let main = self.gitea().branch(self.project.repo, "main").unwrap();
         assert_eq!(
-            self.prod.revision(),
+            self.prod().revision(),
             Some(main),
             "production runs the merged main"
         );
@@ -434,7 +441,7 @@ impl World {
     /// Production degrades; the post-deploy timer ticks (a minute apart) until the
     /// window acted, at most `ticks` times. Returns the tick outputs.
     fn degrade_and_tick(&mut self, ticks: usize) -> Vec<Run> {
-        self.prod.set_health(503);
+        self.prod().set_health(503);
         let mut runs = Vec::new();
         for _ in 0..ticks {
             self.advance(60);
@@ -481,8 +488,8 @@ impl World {
         assert_eq!(task["stage"], "analysis");
         let branch = task["branch"].as_str().unwrap().to_string();
         assert_eq!(
-            self.gitea.branch(self.project.repo, &branch),
-            self.gitea.branch(self.project.repo, "main"),
+            self.gitea().branch(self.project.repo, &branch),
+            self.gitea().branch(self.project.repo, "main"),
             "the start made the task's branch from main"
         );
         self.dispatch_and_wait("analyst", "analysis");
@@ -540,19 +547,19 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
     w.start_and_approve();
     let first_pr = w.round_from_development(1);
     let first_branch = w.task()["branch"].as_str().unwrap().to_string();
-    let deleted_by_merge = w.gitea.branch(SHOP.repo, &first_branch).is_none();
+    let deleted_by_merge = w.gitea().branch(SHOP.repo, &first_branch).is_none();
 
     // Production degrades in the window: DEGRADED → rollback → reopened (part B: the
     // default post-deploy repos are every project with a health_url).
     let ticks = w.degrade_and_tick(4);
     let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
     assert_eq!(
-        w.prod.rollbacks(),
+        w.prod().rollbacks(),
         1,
         "one rollback ran (part B):\n{}",
         log.join("\n")
     );
-    assert_eq!(w.prod.health(), 200, "the previous release is healthy");
+    assert_eq!(w.prod().health(), 200, "the previous release is healthy");
     // The timers go on: a reconcile pass (which also completes a round's branch if the
     // reopen could not make it) before the next dispatch.
     w.reconcile_after_grace();
@@ -587,8 +594,8 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
     };
     assert_eq!(branch, want_branch, "round 2's branch name (part B)");
     assert_eq!(
-        w.gitea.branch(SHOP.repo, &branch),
-        w.gitea.branch(SHOP.repo, "main"),
+        w.gitea().branch(SHOP.repo, &branch),
+        w.gitea().branch(SHOP.repo, "main"),
         "round 2's branch starts at the merged main"
     );
 
@@ -618,7 +625,7 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
         assert!(dir.join(file).exists(), "round 2's {file}");
     }
     assert_eq!(
-        w.gitea.all_merge_calls(SHOP.repo),
+        w.gitea().all_merge_calls(SHOP.repo),
         2,
         "one merge call per round"
     );
@@ -652,7 +659,7 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     let mut w = world(&ORCH);
     w.start_and_approve();
     let pr = w.round_from_development(1);
-    let head = w.gitea.pull(ORCH.repo, pr).unwrap().head_sha;
+    let head = w.gitea().pull(ORCH.repo, pr).unwrap().head_sha;
     let report = std::fs::read_to_string(
         w.env
             .path(&format!("artefacts/{}/10-staging-report.md", w.key())),
@@ -663,7 +670,7 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
         "the image-freshness check read the PR head from staging:\n{report}"
     );
     let merge = w
-        .gitea
+        .gitea()
         .server()
         .requests()
         .into_iter()
@@ -673,17 +680,17 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     assert_eq!(merge["head_commit_id"], head.as_str(), "merged at the pin");
 
     // Production degrades: ALERT_ONLY. An alert, no rollback, the task stays done.
-    let alerts_before = w.telegram.count(Some("POST"), "/bot");
+    let alerts_before = w.telegram().count(Some("POST"), "/bot");
     let ticks = w.degrade_and_tick(4);
     let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
     assert_eq!(
-        w.prod.rollbacks(),
+        w.prod().rollbacks(),
         0,
         "never rolled back:\n{}",
         log.join("\n")
     );
     assert!(
-        w.telegram.count(Some("POST"), "/bot") > alerts_before,
+        w.telegram().count(Some("POST"), "/bot") > alerts_before,
         "an alert went out:\n{}",
         log.join("\n")
     );
@@ -698,7 +705,7 @@ fn the_self_hosting_repo_ships_on_its_image_pin_and_only_alerts() {
     let mut want = vec![ev("", "analysis", "webhook")];
     want.extend(round_one_events());
     assert_eq!(w.events(), want, "every stage change, by the pipeline");
-    assert_eq!(w.gitea.all_merge_calls(ORCH.repo), 1, "one merge call");
+    assert_eq!(w.gitea().all_merge_calls(ORCH.repo), 1, "one merge call");
     assert_eq!(w.jobs().len(), 5, "each stage's job once: {:#?}", w.jobs());
     w.assert_no_human_but_the_approval();
 }
@@ -736,7 +743,7 @@ fn a_gitea_outage_during_staging_check_reruns_the_deployer_not_the_developer() {
     // Gitea answers the deployer's own read of the PR, then fails staging-check's read
     // (a bad gateway, twice: one read and its retry); later reads are answered again.
     let pull = format!("/api/v1/repos/{}/pulls/{pr}", SHOP.repo);
-    w.gitea.server().script(
+    w.gitea().server().script(
         Some("GET"),
         &pull,
         orch::standin::server::Reply::json(
@@ -745,7 +752,7 @@ fn a_gitea_outage_during_staging_check_reruns_the_deployer_not_the_developer() {
         ),
         1,
     );
-    w.gitea.server().script(
+    w.gitea().server().script(
         Some("GET"),
         &pull,
         orch::standin::server::Reply::raw(502, "text/html", "<html>bad gateway</html>"),
@@ -839,7 +846,7 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
     .expect(0);
     let branch = w.task()["branch"].as_str().unwrap().to_string();
     let start = w
-        .gitea
+        .gitea()
         .branch(SHOP.repo, &branch)
         .expect("task add made the branch");
 
@@ -849,11 +856,11 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         assert!(out.stdout.contains("not mine") || out.stdout.contains("nothing to do"));
     }
     assert_eq!(
-        w.gitea.branch(SHOP.repo, &branch).unwrap(),
+        w.gitea().branch(SHOP.repo, &branch).unwrap(),
         start,
         "no commit"
     );
-    assert!(w.gitea.pulls_for(SHOP.repo, &branch).is_empty(), "no PR");
+    assert!(w.gitea().pulls_for(SHOP.repo, &branch).is_empty(), "no PR");
     assert!(
         !w.env.path(&format!("artefacts/{key}")).exists(),
         "no artefact"
@@ -879,10 +886,10 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
 
     // The developer, re-driven: each run commits anew; only the first opens a PR.
     stub(&mut w, "developer", 2).expect(0);
-    let first = w.gitea.branch(SHOP.repo, &branch).unwrap();
+    let first = w.gitea().branch(SHOP.repo, &branch).unwrap();
     assert_ne!(first, start, "the developer committed to the task's branch");
-    assert_eq!(w.gitea.pulls_for(SHOP.repo, &branch), vec![1]);
-    let pr = w.gitea.pull(SHOP.repo, 1).unwrap();
+    assert_eq!(w.gitea().pulls_for(SHOP.repo, &branch), vec![1]);
+    let pr = w.gitea().pull(SHOP.repo, 1).unwrap();
     assert_eq!(
         (pr.state.as_str(), pr.head_sha.as_str()),
         ("open", first.as_str())
@@ -894,17 +901,17 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         again.stdout
     );
     assert_eq!(
-        w.gitea.pulls_for(SHOP.repo, &branch),
+        w.gitea().pulls_for(SHOP.repo, &branch),
         vec![1],
         "no second PR"
     );
     assert_ne!(
-        w.gitea.branch(SHOP.repo, &branch).unwrap(),
+        w.gitea().branch(SHOP.repo, &branch).unwrap(),
         first,
         "a second commit"
     );
     assert!(w
-        .gitea
+        .gitea()
         .file(SHOP.repo, &branch, &format!("changes/{key}-job-3.md"))
         .is_some());
     assert!(
@@ -932,7 +939,7 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
     let out = stub(&mut w, "deployer", 5).expect(0);
     assert!(out.stdout.contains("not mine"), "{}", out.stdout);
     assert_eq!(w.staging.server.requests().len(), 0);
-    assert_eq!(w.prod.server.requests().len(), 0);
+    assert_eq!(w.prod().server.requests().len(), 0);
 
     // At deploy with no validated revision, merge-guard answers ERROR (exit 2): the
     // deployer stops with a non-zero exit, writes no report and deploys nothing.
@@ -960,11 +967,11 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         .path(&format!("artefacts/{key}/12-deploy-report.md"))
         .exists());
     assert_eq!(
-        w.gitea.all_merge_calls(SHOP.repo),
+        w.gitea().all_merge_calls(SHOP.repo),
         0,
         "the deployer never merges itself"
     );
-    assert_eq!(w.prod.server.requests().len(), 0, "nothing deployed");
+    assert_eq!(w.prod().server.requests().len(), 0, "nothing deployed");
 
     // Bad usage is exit 2.
     let bad = std::process::Command::new(AGENT)

@@ -10,11 +10,9 @@ use orch::standin::plane::PlaneStandin;
 use orch::standin::server::Reply;
 use serde_json::json;
 
-use crate::common::{Run, TestEnv};
+use crate::common::{Project, Run, Standin, TestEnv};
 
 const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
-const TOKEN: &str = "gitea-test-token";
-const API_KEY: &str = "plane_api_0123456789abcdef0123456789abcdef";
 const ORCH_PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
 const SHOP_PROJECT: &str = "1c2d3e4f-0000-4000-8000-000000000002";
 const IN_PROGRESS: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3";
@@ -24,32 +22,11 @@ const RAW_SIG: &str = "d8455c46569112e8214863e9ba46e7ac12864d3590205014aefd93950
 const LEGACY: &[u8] = include_bytes!("../fixtures/plane/webhook-issue-state-legacy-activity.json");
 const UI: &[u8] = include_bytes!("../fixtures/plane/webhook-issue-state-started.json");
 
-const PIPELINE: &str = r#"
-plane: { workspace: acme }
-projects:
-  - name: orch
-    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
-    plane_identifier: ORCH
-    repo: acme/orch
-    states:
-      approved: { names: [Approved] }
-      rejected: { names: [Rejected] }
-  - name: shop
-    plane_project_id: 1c2d3e4f-0000-4000-8000-000000000002
-    plane_identifier: SHOP
-    repo: acme/shop
-    default_branch: trunk
-agents:
-  analyst: [/bin/true, "{task}"]
-  developer: [/bin/true, "{task}"]
-  reviewer: [/bin/true, "{task}"]
-  deployer: [/bin/true, "{task}"]
-"#;
+const ORCH_STATES: &str =
+    "states:\n  approved: { names: [Approved] }\n  rejected: { names: [Rejected] }";
 
 struct World {
     env: TestEnv,
-    gitea: GiteaStandin,
-    plane: PlaneStandin,
 }
 
 fn world() -> World {
@@ -58,26 +35,32 @@ fn world() -> World {
     w
 }
 
-/// A world whose database file does not exist yet.
+/// A world whose database file does not exist yet; Plane starts with no projects.
 fn fresh_world() -> World {
-    let mut env = TestEnv::with_pipeline(PIPELINE);
-    let gitea = GiteaStandin::start(TOKEN);
-    gitea.add_repo("acme/orch", "main");
-    gitea.add_repo("acme/shop", "trunk");
-    let plane = PlaneStandin::start("acme", API_KEY);
-    env.set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
-        .set("ORCH_GITEA_URL", gitea.url())
-        .set("ORCH_GITEA_TOKEN", TOKEN)
-        .set("ORCH_PLANE_URL", plane.url())
-        .set("ORCH_PLANE_API_KEY", API_KEY)
-        .set("ORCH_HTTP_TIMEOUT_S", "5");
-    World { env, gitea, plane }
+    let env = TestEnv::builder()
+        .project(Project::orch().self_hosting(false).with(ORCH_STATES))
+        .project(Project::shop().default_branch("trunk"))
+        .standins(&[Standin::Gitea, Standin::Plane])
+        .plane_states(&[])
+        .set("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+        .set("ORCH_HTTP_TIMEOUT_S", "5")
+        .no_init()
+        .build();
+    World { env }
 }
 
 impl World {
+    fn gitea(&self) -> &GiteaStandin {
+        self.env.gitea()
+    }
+
+    fn plane(&self) -> &PlaneStandin {
+        self.env.plane()
+    }
+
     fn branch_posts(&self) -> usize {
-        self.gitea.count(Some("POST"), "acme/orch", "branches")
-            + self.gitea.count(Some("POST"), "acme/shop", "branches")
+        self.gitea().count(Some("POST"), "acme/orch", "branches")
+            + self.gitea().count(Some("POST"), "acme/shop", "branches")
     }
 
     fn nothing_behind(&self, what: &str) {
@@ -229,9 +212,9 @@ fn reference_delivery_starts_a_task_with_its_branch_and_job() {
         "ORCH-42 orch-42-fix-crash-saving-caf-settings analysis"
     );
     assert_eq!(
-        w.gitea
+        w.gitea()
             .branch("acme/orch", "orch-42-fix-crash-saving-caf-settings"),
-        w.gitea.branch("acme/orch", "main"),
+        w.gitea().branch("acme/orch", "main"),
         "branched from the default branch"
     );
     assert_eq!(
@@ -247,7 +230,7 @@ fn reference_delivery_starts_a_task_with_its_branch_and_job() {
     assert_eq!(body, RAW_BODY, "the raw bytes are stored");
     assert_eq!(outcomes(&w.env)[0].0, "started");
     assert_eq!(
-        w.plane.count(None, ""),
+        w.plane().count(None, ""),
         0,
         "the payload named the state: no Plane call"
     );
@@ -413,7 +396,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
             "project 99999999-0000-4000-8000-000000000000 is not in the pipeline".into()
         )]
     );
-    assert_eq!(w.plane.count(None, ""), 0);
+    assert_eq!(w.plane().count(None, ""), 0);
 }
 
 #[test]
@@ -554,7 +537,7 @@ fn the_same_delivery_twice_with_new_ids_acts_once() {
 #[test]
 fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
     let w = world();
-    w.gitea.server().script(
+    w.gitea().server().script(
         Some("POST"),
         "/api/v1/repos/acme/orch/branches",
         Reply::empty(500),
@@ -621,7 +604,10 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
     assert_eq!(w.env.count("SELECT count(*) FROM tasks"), 1);
     assert_eq!(w.env.count("SELECT count(*) FROM jobs"), 1);
     assert_eq!(w.branch_posts(), 2, "the failed request and reconcile's");
-    assert!(w.gitea.branch("acme/orch", "orch-4-work-item-4").is_some());
+    assert!(w
+        .gitea()
+        .branch("acme/orch", "orch-4-work-item-4")
+        .is_some());
     assert_eq!(
         w.env
             .count("SELECT count(*) FROM tasks WHERE branch_ready_at IS NOT NULL"),
@@ -655,9 +641,9 @@ fn a_pending_delivery_replayed_by_hand_is_finished() {
         run.stdout
     );
     w.nothing_behind("plane down");
-    w.plane
+    w.plane()
         .add_project(ORCH_PROJECT, &[(IN_PROGRESS, "In Progress", "started")]);
-    let url = w.plane.url().to_string();
+    let url = w.plane().url().to_string();
     w.env.set("ORCH_PLANE_URL", &url);
     let run = w
         .env
@@ -722,14 +708,14 @@ fn two_projects_resolve_in_progress_through_their_own_states() {
     let w = world();
     let orch_ip = "aaaaaaaa-0000-4000-8000-000000000001";
     let shop_ip = "bbbbbbbb-0000-4000-8000-000000000001";
-    w.plane.add_project(
+    w.plane().add_project(
         ORCH_PROJECT,
         &[
             ("aaaaaaaa-0000-4000-8000-000000000000", "Todo", "unstarted"),
             (orch_ip, "In Progress", "started"),
         ],
     );
-    w.plane.add_project(
+    w.plane().add_project(
         SHOP_PROJECT,
         &[
             ("bbbbbbbb-0000-4000-8000-000000000000", "Todo", "unstarted"),
@@ -754,9 +740,9 @@ fn two_projects_resolve_in_progress_through_their_own_states() {
             .unwrap()
     };
     assert_eq!(keys, vec!["ORCH-10", "SHOP-11"]);
-    assert_eq!(w.gitea.count(Some("POST"), "acme/shop", "branches"), 1);
+    assert_eq!(w.gitea().count(Some("POST"), "acme/shop", "branches"), 1);
     assert!(w
-        .gitea
+        .gitea()
         .branch("acme/shop", "shop-11-work-item-11")
         .is_some());
     let out = outcomes(&w.env);
@@ -768,12 +754,12 @@ fn two_projects_resolve_in_progress_through_their_own_states() {
     );
     // Each project's list was fetched (the third delivery refreshed shop's again).
     assert_eq!(
-        w.plane
+        w.plane()
             .count(Some("GET"), &format!("projects/{ORCH_PROJECT}/states/")),
         1
     );
     assert_eq!(
-        w.plane
+        w.plane()
             .count(Some("GET"), &format!("projects/{SHOP_PROJECT}/states/")),
         2
     );
@@ -931,7 +917,8 @@ fn config_check_reports_a_cached_state_with_two_meanings() {
     );
     stdio(&w.env, &signed(&body, "d"));
     w.env.run(&["config", "check"]).expect(0);
-    let twice = PIPELINE.replace(
+    let pipeline = std::fs::read_to_string(w.env.path("orch.yaml")).unwrap();
+    let twice = pipeline.replace(
         "rejected: { names: [Rejected] }",
         "rejected: { names: [Rejected] }\n      cancel: { groups: [started] }",
     );
