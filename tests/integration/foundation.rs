@@ -403,7 +403,7 @@ fn orch_log_from_the_pipeline_file_takes_effect_and_the_environment_wins() {
     // it must be: `warn` there silences a pass's INFO summary, and the environment wins.
     let mut env = TestEnv::with_pipeline(&format!(
         "{}settings:\n  ORCH_LOG: warn\n",
-        crate::common::PIPELINE
+        crate::common::default_pipeline()
     ));
     env.unset("ORCH_LOG");
     let shown = env.run(&["config", "check"]).expect(0);
