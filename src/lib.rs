@@ -10,13 +10,9 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod context;
 pub mod core;
 pub mod crash;
 pub mod exit;
-pub mod flow;
-pub mod forge;
-pub mod gather;
-pub mod notify;
+pub mod ops;
 #[cfg(feature = "test-helpers")]
 pub mod standin;

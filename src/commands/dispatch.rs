@@ -13,10 +13,10 @@ use anyhow::{Context as _, Result};
 use crate::adapters::db::Db;
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
-use crate::context::{Context, PassOutcome};
 use crate::core::dispatch::{plan, Wait};
 use crate::core::job::JobStatus;
 use crate::exit::ExitStatus;
+use crate::ops::pass::{Context, PassOutcome};
 
 /// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
 ///

@@ -17,11 +17,11 @@ use crate::adapters::lease::{Lease, LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::process::start_time;
 use crate::config::is_repo;
-use crate::context::Context;
 use crate::core::merge::{
     after_merge, decide, needs_compare, short, Compare, MergeAnswer, Pin, PrRead, Verdict,
 };
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);

@@ -1,7 +1,7 @@
 //! `orch post-deploy-tick`: one pass over every armed post-deploy window. Probe,
 //! classify and decide (in `core::post_deploy`), act (rollback, alert, reopen, close),
 //! log to the task's `16-post-deploy-log.md`. Also the arming on `deploy → done`
-//! ([`arm_after_deploy`], called by `flow::move_task`) and the windows `status` lists.
+//! ([`arm_after_deploy`], called by `moves::move_task`) and the windows `status` lists.
 //!
 //! Crash safety: the window file records "rollback started" before the command runs and
 //! "rollback done" after; a window found with a started rollback is finished (alert,
@@ -16,7 +16,6 @@ use crate::adapters::db::Db;
 use crate::adapters::sentinel::{self, ActionState, WindowState};
 use crate::adapters::{http, probe, rollback};
 use crate::clock::{format_unix, human_duration};
-use crate::context::{Context, PassOutcome};
 use crate::core::artefact::POST_DEPLOY_LOG_FILE;
 use crate::core::post_deploy::{
     applicability, classify, decide, final_verdict, is_due, render_log, Applicability,
@@ -25,8 +24,9 @@ use crate::core::post_deploy::{
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::flow;
-use crate::notify::{self, Announced};
+use crate::ops::moves;
+use crate::ops::notify::{self, Announced};
+use crate::ops::pass::{Context, PassOutcome};
 
 /// The pass name (lock file, `passes` row).
 const PASS: &str = "post-deploy-tick";
@@ -639,7 +639,7 @@ fn finish_rollback(
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
-                let moved = flow::move_task(
+                let moved = moves::move_task(
                     ctx,
                     db,
                     &task,

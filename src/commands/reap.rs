@@ -17,10 +17,10 @@ use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::process::{liveness, Liveness};
 use crate::adapters::spawn::{start_times, terminate_group, Terminated};
-use crate::context::{Context, PassOutcome};
 use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
 use crate::core::task::Job;
 use crate::exit::ExitStatus;
+use crate::ops::pass::{Context, PassOutcome};
 
 /// Running jobs read per query.
 const PAGE: usize = 1000;

@@ -12,10 +12,10 @@ use crate::adapters::db::{Db, PassRecord};
 use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::process::{liveness, Liveness};
 use crate::clock::{format_unix, human_duration};
-use crate::context::Context;
 use crate::core::job::JobStatus;
 use crate::core::stage::Stage;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// How many running jobs and escalated tasks the report lists one by one.
 const LIST_LIMIT: usize = 20;

@@ -3,13 +3,13 @@
 use anyhow::{bail, Context as _, Result};
 
 use crate::clock::format_unix;
-use crate::context::Context;
 use crate::core::branch::branch_name;
 use crate::core::round;
 use crate::core::stage::{self, Actor, Stage};
 use crate::core::task::{Job, NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
-use crate::flow;
+use crate::ops::moves;
+use crate::ops::pass::Context;
 
 /// Add, list, show and move tasks
 #[derive(Debug, clap::Subcommand)]
@@ -179,7 +179,7 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
         branch: branch_name(&key, &args.title),
     };
     let mut db = ctx.open_db()?;
-    let started = flow::start_task(
+    let started = moves::start_task(
         ctx,
         &mut db,
         &new,
@@ -452,12 +452,12 @@ fn move_task(args: &MoveArgs, ctx: &Context) -> Result<ExitStatus> {
             };
             let reason = format!("{reason} (--round {word})");
             let merged = Ok(choice == RoundChoice::New);
-            flow::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
+            moves::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
         }
-        None => match flow::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
+        None => match moves::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
             Ok(moved) => moved,
             Err(e) => {
-                let Some(u) = e.downcast_ref::<flow::RoundUndecided>() else {
+                let Some(u) = e.downcast_ref::<moves::RoundUndecided>() else {
                     return Err(e);
                 };
                 let pr = t

@@ -19,14 +19,14 @@ use crate::adapters::db_start::TaskStart;
 use crate::adapters::http_request::{self, Head, Rejection, MAX_BODY};
 use crate::adapters::plane::PlaneClient;
 use crate::config::Project;
-use crate::context::Context;
 use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
 };
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::exit::ExitStatus;
-use crate::flow;
+use crate::ops::moves;
+use crate::ops::pass::Context;
 
 /// Take one Plane webhook delivery: verify, store, answer, act
 ///
@@ -462,7 +462,7 @@ fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
                 now,
                 describe: &describe,
             };
-            match flow::move_task_recorded(
+            match moves::move_task_recorded(
                 ctx,
                 db,
                 &task,
@@ -650,7 +650,7 @@ fn start(
         now: ctx.now_secs(),
         describe: &describe,
     };
-    let started = flow::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
+    let started = moves::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
     let task = db.task(started.task_id)?.expect("just started");
     // The recorded outcome is what the transaction did; the branch step came after it
     // and is added to the line this command prints and logs.

@@ -12,15 +12,15 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::db::{Db, Moved};
 use crate::adapters::db_deliveries::Recorder;
 use crate::adapters::db_start::TaskStart;
+use crate::adapters::forge::Forge;
 use crate::adapters::gitea::{BranchOutcome, GiteaClient};
 use crate::adapters::http::HttpError;
-use crate::context::Context;
 use crate::core::branch::round_branch_name;
 use crate::core::gate::{Fact, Need};
 use crate::core::round::{self, RoundChange};
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::forge::Forge;
+use crate::ops::pass::Context;
 
 /// Moves `task` to `to` with every effect of the transition.
 ///
