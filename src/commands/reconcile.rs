@@ -471,7 +471,7 @@ impl Pass<'_> {
                 });
                 continue;
             }
-            match crate::commands::webhook_handle::process_delivery(self.ctx, db, row.id) {
+            match crate::ops::delivery::process_delivery(self.ctx, db, row.id) {
                 Ok(o) => {
                     self.report.c.replayed += 1;
                     log::info!(

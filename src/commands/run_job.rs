@@ -18,12 +18,12 @@ use crate::adapters::artefacts;
 use crate::adapters::db::Db;
 use crate::adapters::process::start_time;
 use crate::adapters::spawn::{self, exit_code_of};
-use crate::commands::dispatch::job_log_path;
 use crate::core::job::JobStatus;
 use crate::core::stage::Actor;
 use crate::core::task::{Job, Task};
 use crate::exit::ExitStatus;
 use crate::ops::gate::{apply_gate, GateOutcome};
+use crate::ops::jobs::job_log_path;
 use crate::ops::pass::Context;
 
 /// Exit code recorded when the agent command cannot be started (the shell's "command

@@ -117,7 +117,7 @@ pub struct StatusReport {
     /// Each subcommand's last pass.
     pub passes: Vec<PassView>,
     /// Armed post-deploy windows, soonest end first.
-    pub post_deploy: Vec<crate::commands::post_deploy_tick::WindowView>,
+    pub post_deploy: Vec<crate::ops::post_deploy::WindowView>,
     /// The merge lease holder, when a lease file exists.
     pub lease: Option<LeaseView>,
     /// Who holds the staging environment (the running `deploy-staging` job), if anyone.
@@ -198,7 +198,7 @@ pub fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseV
 pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let mut report = gather(&db, ctx.now_secs())?;
-    report.post_deploy = crate::commands::post_deploy_tick::armed_windows(
+    report.post_deploy = crate::ops::post_deploy::armed_windows(
         &ctx.config.settings.state_dir,
         report.generated_at_unix,
     );

@@ -6,8 +6,9 @@ use crate::clock::format_unix;
 use crate::core::branch::branch_name;
 use crate::core::round;
 use crate::core::stage::{self, Actor, Stage};
-use crate::core::task::{Job, NewTask, StageEvent, Task};
+use crate::core::task::{NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
+use crate::ops::jobs::job_json;
 use crate::ops::moves;
 use crate::ops::pass::Context;
 
@@ -242,7 +243,7 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
 }
 
 /// Returns the stable JSON shape of a task.
-pub fn task_json(t: &Task) -> serde_json::Value {
+fn task_json(t: &Task) -> serde_json::Value {
     serde_json::json!({
         "id": t.id,
         "key": t.key,
@@ -262,26 +263,6 @@ pub fn task_json(t: &Task) -> serde_json::Value {
         "escalation_reason": t.escalation_reason,
         "created_at": format_unix(t.created_at),
         "updated_at": format_unix(t.updated_at),
-    })
-}
-
-/// Returns the stable JSON shape of a job.
-pub fn job_json(j: &Job) -> serde_json::Value {
-    serde_json::json!({
-        "id": j.id,
-        "task_id": j.task_id,
-        "agent": j.agent,
-        "stage": j.stage,
-        "status": j.status,
-        "attempt": j.attempt,
-        "pid": j.pid,
-        "exit_code": j.exit_code,
-        "reap_reason": j.reap_reason,
-        "rescue_count": j.rescue_count,
-        "enqueued_at": format_unix(j.enqueued_at),
-        "started_at": j.started_at.map(format_unix),
-        "finished_at": j.finished_at.map(format_unix),
-        "log_path": j.log_path,
     })
 }
 

@@ -163,7 +163,7 @@ fn move_task_full(
             .unwrap_or_default()
     );
     if moved.arms_post_deploy {
-        crate::commands::post_deploy_tick::arm_after_deploy(ctx, task);
+        crate::ops::post_deploy::arm_after_deploy(ctx, task);
     }
     if let (RoundChange::New { because }, true) = (&change, moved.new_round) {
         log::info!(

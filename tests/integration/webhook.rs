@@ -601,7 +601,7 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
 
     // A replay through the library entry point reconcile calls: the recorded outcome.
     let (ctx, mut db) = library_context(&w.env);
-    let again = orch::commands::webhook_handle::process_delivery(&ctx, &mut db, 1).unwrap();
+    let again = orch::ops::delivery::process_delivery(&ctx, &mut db, 1).unwrap();
     assert_eq!(again.kind.as_str(), "started", "{again}");
     // The next reconcile pass creates the branch, once.
     let run = w.env.run(&["reconcile"]).expect(0);
