@@ -284,7 +284,7 @@ struct Pass<'a> {
     /// Per task, whether its PR was merged, as the gate just read it: a rollback decides
     /// its round from the very fact its gate judged, never from a second Gitea read
     /// that may fail in between.
-    merged: std::collections::HashMap<i64, crate::core::gate::Fact<bool>>,
+    merged: std::collections::HashMap<i64, crate::core::facts::Fact<bool>>,
 }
 
 fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {

@@ -29,7 +29,8 @@
 
 use std::fmt;
 
-use crate::core::gate::{revisions_match, Fact, PrFacts};
+use crate::core::facts::{Fact, PrFacts};
+use crate::core::gate::revisions_match;
 use crate::core::staging::one_line;
 
 /// Which kind of revision a run pinned.
