@@ -122,7 +122,7 @@ pub fn run(args: &MergeGuardArgs, ctx: &Context) -> Result<ExitStatus> {
 }
 
 /// Maps a verdict to the exit code, in check mode or `--merge` mode.
-pub fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
+fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
     match verdict {
         // `--merge` never ends at PROCEED: it merges or reports why not.
         Verdict::Proceed { .. } if merge => ExitStatus::Error,

@@ -63,7 +63,7 @@ pub struct PostDeployTickArgs {
 
 /// One window's result in a pass (stdout, `--json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WindowReport {
+struct WindowReport {
     /// Task id.
     pub task_id: i64,
     /// Task key.

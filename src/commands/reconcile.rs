@@ -59,7 +59,7 @@ pub struct ReconcileArgs {
 
 /// One task's line in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskLine {
+struct TaskLine {
     /// The task id.
     pub id: i64,
     /// Its key.
@@ -78,7 +78,7 @@ pub struct TaskLine {
 
 /// One replay in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReplayLine {
+struct ReplayLine {
     /// `delivery` or `work-item`.
     pub source: &'static str,
     /// The delivery row id or the work item id.
@@ -89,7 +89,7 @@ pub struct ReplayLine {
 
 /// One task of the branch step in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct BranchLine {
+struct BranchLine {
     /// The task id.
     pub id: i64,
     /// Its key.
@@ -102,7 +102,7 @@ pub struct BranchLine {
 
 /// The pass's report.
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
+struct Report {
     /// Whether nothing was changed.
     pub dry_run: bool,
     /// Why the pass stopped before finishing its work, if it did.

@@ -28,7 +28,7 @@ use crate::ops::pass::Context;
 
 /// Exit code recorded when the agent command cannot be started (the shell's "command
 /// not found").
-pub const EXIT_NOT_STARTED: i32 = 127;
+const EXIT_NOT_STARTED: i32 = 127;
 
 /// Supervise one claimed job: run its agent, record how it ended, then evaluate the gate
 ///
@@ -212,7 +212,7 @@ fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result
 }
 
 /// Fills an agent argv template's placeholders.
-pub fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
+fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
     let art = artefacts.display().to_string();
     template
         .iter()
