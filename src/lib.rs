@@ -2,7 +2,8 @@
 //!
 //! One binary of single-pass subcommands. `core` holds the pipeline model and every
 //! decision, with no I/O; `adapters` hold SQLite, files, locks, processes and HTTP;
-//! `commands` load, decide in `core`, act through `adapters` and report. See
+//! `ops` holds the steps several passes share (run a pass, move a task, apply a gate);
+//! `commands` load, decide in `core`, act through `ops` and `adapters` and report. See
 //! `docs/architecture.md`.
 
 pub mod adapters;
