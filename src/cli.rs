@@ -10,8 +10,8 @@ use crate::commands::{
     staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
-use crate::context::Context;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// The deterministic control plane of a self-hosted AI delivery pipeline.
 ///

@@ -2,7 +2,8 @@
 //!
 //! One binary of single-pass subcommands. `core` holds the pipeline model and every
 //! decision, with no I/O; `adapters` hold SQLite, files, locks, processes and HTTP;
-//! `commands` load, decide in `core`, act through `adapters` and report. See
+//! `ops` holds the steps several passes share (run a pass, move a task, apply a gate);
+//! `commands` load, decide in `core`, act through `ops` and `adapters` and report. See
 //! `docs/architecture.md`.
 
 pub mod adapters;
@@ -10,13 +11,9 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod context;
 pub mod core;
 pub mod crash;
 pub mod exit;
-pub mod flow;
-pub mod forge;
-pub mod gather;
-pub mod notify;
+pub mod ops;
 #[cfg(feature = "test-helpers")]
 pub mod standin;

@@ -9,8 +9,8 @@ use clap::Parser;
 use orch::cli::{dispatch, Cli};
 use orch::clock::{Clock, FixedClock, SystemClock};
 use orch::config::Config;
-use orch::context::Context;
 use orch::exit::ExitStatus;
+use orch::ops::pass::Context;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

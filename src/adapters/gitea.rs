@@ -14,7 +14,7 @@ use url::Url;
 use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
-use crate::core::gate::{CiState, PrFacts};
+use crate::core::facts::{CiState, PrFacts};
 
 /// The page size of list calls (Gitea's default `MAX_RESPONSE_ITEMS`).
 pub const PAGE_LIMIT: usize = 50;

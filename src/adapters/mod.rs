@@ -10,6 +10,7 @@ pub mod db_notify;
 pub mod db_reconcile;
 pub mod db_rounds;
 pub mod db_start;
+pub mod forge;
 pub mod fs;
 pub mod gitea;
 pub mod http;

@@ -3,10 +3,10 @@
 use anyhow::{Context as _, Result};
 
 use crate::config::{display_path, AGENT_PLACEHOLDERS};
-use crate::context::Context;
 use crate::core::intake;
 use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// Inspect the configuration
 #[derive(Debug, clap::Subcommand)]

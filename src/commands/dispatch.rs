@@ -13,10 +13,11 @@ use anyhow::{Context as _, Result};
 use crate::adapters::db::Db;
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
-use crate::context::{Context, PassOutcome};
 use crate::core::dispatch::{plan, Wait};
 use crate::core::job::JobStatus;
 use crate::exit::ExitStatus;
+use crate::ops::jobs::job_log_path;
+use crate::ops::pass::{Context, PassOutcome};
 
 /// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
 ///
@@ -171,15 +172,6 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
 
 /// Why a job waits for its task's branch (dry run and log).
 const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";
-
-/// Returns the path of a job's log file under the state dir.
-pub fn job_log_path(ctx: &Context, id: i64) -> std::path::PathBuf {
-    ctx.config
-        .settings
-        .state_dir
-        .join("jobs")
-        .join(format!("{id}.log"))
-}
 
 fn launch(ctx: &Context, id: i64) -> Result<String> {
     let s = &ctx.config.settings;

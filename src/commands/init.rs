@@ -3,8 +3,8 @@
 use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{Db, SCHEMA_VERSION};
-use crate::context::Context;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// Create or upgrade the database and the state directory
 ///

@@ -4,13 +4,13 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::adapters::db::Created;
 use crate::adapters::spawn::terminate_group;
-use crate::commands::reap::observe;
-use crate::commands::task::job_json;
-use crate::context::Context;
 use crate::core::job::JobStatus;
 use crate::core::reap::Observed;
 use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
+use crate::ops::jobs::job_json;
+use crate::ops::observe::observe;
+use crate::ops::pass::Context;
 
 /// List, enqueue and cancel jobs
 #[derive(Debug, clap::Subcommand)]

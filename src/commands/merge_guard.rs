@@ -17,12 +17,12 @@ use crate::adapters::lease::{Lease, LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::process::start_time;
 use crate::config::is_repo;
-use crate::context::Context;
 use crate::core::merge::{
     after_merge, decide, needs_compare, Compare, MergeAnswer, Pin, PrRead, Verdict,
 };
 use crate::core::revision::short;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -123,7 +123,7 @@ pub fn run(args: &MergeGuardArgs, ctx: &Context) -> Result<ExitStatus> {
 }
 
 /// Maps a verdict to the exit code, in check mode or `--merge` mode.
-pub fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
+fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
     match verdict {
         // `--merge` never ends at PROCEED: it merges or reports why not.
         Verdict::Proceed { .. } if merge => ExitStatus::Error,

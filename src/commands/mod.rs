@@ -10,7 +10,6 @@ pub mod reap;
 pub mod reconcile;
 pub mod run_job;
 pub mod staging_check;
-pub mod staging_roundtrip;
 pub mod status;
 pub mod task;
 pub mod webhook_handle;

@@ -1,7 +1,7 @@
 //! `orch post-deploy-tick`: one pass over every armed post-deploy window. Probe,
 //! classify and decide (in `core::post_deploy`), act (rollback, alert, reopen, close),
-//! log to the task's `16-post-deploy-log.md`. Also the arming on `deploy → done`
-//! ([`arm_after_deploy`], called by `flow::move_task`) and the windows `status` lists.
+//! log to the task's `16-post-deploy-log.md`. Arming a window (on `deploy → done`, or
+//! `--arm` by hand) is [`crate::ops::post_deploy`]'s.
 //!
 //! Crash safety: the window file records "rollback started" before the command runs and
 //! "rollback done" after; a window found with a started rollback is finished (alert,
@@ -9,24 +9,22 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
-use crate::adapters::artefacts::{task_dir, write_atomic};
 use crate::adapters::db::Db;
 use crate::adapters::sentinel::{self, ActionState, WindowState};
 use crate::adapters::{http, probe, rollback};
 use crate::clock::{format_unix, human_duration};
-use crate::context::{Context, PassOutcome};
-use crate::core::artefact::POST_DEPLOY_LOG_FILE;
 use crate::core::post_deploy::{
-    applicability, classify, decide, final_verdict, is_due, render_log, Applicability,
-    Classification, Decision, Sample, Thresholds, TickRecord, WatchedProject,
+    classify, decide, final_verdict, is_due, Classification, Decision, Sample, Thresholds,
+    TickRecord,
 };
 use crate::core::stage::{Actor, Stage};
-use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::flow;
-use crate::notify::{self, Announced};
+use crate::ops::moves;
+use crate::ops::notify::{self, Announced};
+use crate::ops::pass::{Context, PassOutcome};
+use crate::ops::post_deploy::{arm, write_log, Armed};
 
 /// The pass name (lock file, `passes` row).
 const PASS: &str = "post-deploy-tick";
@@ -63,30 +61,9 @@ pub struct PostDeployTickArgs {
     pub json: bool,
 }
 
-/// What arming did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case", tag = "outcome")]
-pub enum Armed {
-    /// A new window.
-    Armed {
-        /// Ends at (unix seconds).
-        ends_at: i64,
-    },
-    /// A window was already open; left as it is.
-    AlreadyArmed {
-        /// Ends at (unix seconds).
-        ends_at: i64,
-    },
-    /// Not watched.
-    Skipped {
-        /// Why.
-        reason: String,
-    },
-}
-
 /// One window's result in a pass (stdout, `--json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WindowReport {
+struct WindowReport {
     /// Task id.
     pub task_id: i64,
     /// Task key.
@@ -107,29 +84,6 @@ pub struct WindowReport {
     pub time_left_s: i64,
 }
 
-/// One armed window as `status` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WindowView {
-    /// Task id.
-    pub task_id: i64,
-    /// Task key.
-    pub key: String,
-    /// Project.
-    pub project: String,
-    /// Repo.
-    pub repo: String,
-    /// Armed at (RFC 3339).
-    pub armed_at: String,
-    /// Ends at (RFC 3339).
-    pub ends_at: String,
-    /// Seconds left.
-    pub time_left_s: i64,
-    /// Samples taken.
-    pub samples: usize,
-    /// The latest classification, once probed.
-    pub last_classification: Option<String>,
-}
-
 fn thresholds(ctx: &Context) -> Thresholds {
     let s = &ctx.config.settings;
     Thresholds {
@@ -137,122 +91,6 @@ fn thresholds(ctx: &Context) -> Thresholds {
         max_5xx_ratio: s.post_deploy_5xx_threshold.0,
         min_samples: s.post_deploy_min_samples.0,
     }
-}
-
-/// Arms a window for `task` at `now`, unless one is open; `check_repos` applies
-/// `ORCH_POST_DEPLOY_REPOS` (arming on deploy → done) or not (an operator's `--arm`).
-///
-/// # Errors
-/// When the window cannot be written.
-pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
-    let s = &ctx.config.settings;
-    let project = ctx.config.pipeline.project(&task.project);
-    let facts = project.map(|p| WatchedProject {
-        name: &p.name,
-        repo: &p.repo,
-        has_health_url: p.health_url.is_some(),
-    });
-    let own = [task.project.clone()];
-    let repos: &[String] = if check_repos {
-        &s.post_deploy_repos.0
-    } else {
-        &own
-    };
-    if let Applicability::Skipped(reason) = applicability(s.post_deploy_enabled, repos, facts) {
-        return Ok(Armed::Skipped { reason });
-    }
-    let dir = sentinel::window_dir(&s.state_dir, &task.repo, &task.work_item_id)?;
-    if let Some(w) = sentinel::load(&dir)? {
-        if w.is_open() {
-            return Ok(Armed::AlreadyArmed { ends_at: w.ends_at });
-        }
-    }
-    let now = ctx.now_secs();
-    let w = WindowState {
-        task_id: task.id,
-        task_key: task.key.clone(),
-        project: task.project.clone(),
-        repo: task.repo.clone(),
-        work_item: task.work_item_id.clone(),
-        armed_at: now,
-        ends_at: now.saturating_add(s.post_deploy_window_s.secs()),
-        armed_by: armed_by.to_string(),
-        samples: vec![],
-        ticks: vec![],
-        last_classification: None,
-        ever_degraded: false,
-        last_evidence: None,
-        action: ActionState::None,
-        reopened: false,
-        closed_at: None,
-        verdict: None,
-    };
-    sentinel::save(&dir, &w)?;
-    write_log(ctx, &w);
-    Ok(Armed::Armed { ends_at: w.ends_at })
-}
-
-/// Arms post-deploy after `task` moved deploy → done; logs the outcome. A failure to
-/// arm is logged as an error and does not undo the move (it is already committed).
-pub fn arm_after_deploy(ctx: &Context, task: &Task) {
-    match arm(ctx, task, "deploy -> done", true) {
-        Ok(Armed::Armed { ends_at }) => log::info!(
-            "task {}: post-deploy armed until {}",
-            task.key,
-            format_unix(ends_at)
-        ),
-        Ok(Armed::AlreadyArmed { ends_at }) => log::info!(
-            "task {}: post-deploy already armed until {}",
-            task.key,
-            format_unix(ends_at)
-        ),
-        Ok(Armed::Skipped { reason }) => {
-            log::info!("task {}: post-deploy not armed: {reason}", task.key);
-        }
-        Err(e) => log::error!("task {}: post-deploy arming failed: {e:#}", task.key),
-    }
-}
-
-/// Returns the open windows for `status`, soonest end first.
-pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
-    let found = match sentinel::list(state_dir) {
-        Ok(found) => found,
-        Err(e) => vec![(state_dir.to_path_buf(), Err(e))],
-    };
-    // A window that cannot be read is shown, not hidden: every tick fails on it too.
-    let unreadable = found.iter().filter_map(|(path, w)| {
-        w.as_ref().err().map(|e| WindowView {
-            task_id: 0,
-            key: path.display().to_string(),
-            project: String::new(),
-            repo: String::new(),
-            armed_at: String::new(),
-            ends_at: String::new(),
-            time_left_s: 0,
-            samples: 0,
-            last_classification: Some(format!("UNREADABLE: {e:#}")),
-        })
-    });
-    let unreadable: Vec<WindowView> = unreadable.collect();
-    let mut out: Vec<WindowView> = found
-        .into_iter()
-        .filter_map(|(_, w)| w.ok())
-        .filter(WindowState::is_open)
-        .map(|w| WindowView {
-            task_id: w.task_id,
-            key: w.task_key,
-            project: w.project,
-            repo: w.repo,
-            armed_at: format_unix(w.armed_at),
-            ends_at: format_unix(w.ends_at),
-            time_left_s: (w.ends_at - now).max(0),
-            samples: w.samples.len(),
-            last_classification: w.last_classification,
-        })
-        .collect();
-    out.sort_by_key(|w| (w.time_left_s, w.task_id));
-    out.extend(unreadable);
-    out
 }
 
 /// Runs `post-deploy-tick`.
@@ -639,7 +477,7 @@ fn finish_rollback(
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
-                let moved = flow::move_task(
+                let moved = moves::move_task(
                     ctx,
                     db,
                     &task,
@@ -726,28 +564,4 @@ fn sample_summary(s: &Sample) -> String {
         (None, true) => "metrics n/a".to_string(),
     };
     format!("{health}; {metrics}")
-}
-
-/// Writes the task's `16-post-deploy-log.md`; a failure is logged (the window state
-/// holds the same lines and the next write catches up).
-fn write_log(ctx: &Context, w: &WindowState) {
-    let verdict = w.verdict.as_deref().and_then(|v| match v {
-        "HEALTHY" => Some(Classification::Healthy.verdict()),
-        "DEGRADED" => Some(Classification::Degraded.verdict()),
-        "INCONCLUSIVE" => Some(Classification::Inconclusive.verdict()),
-        _ => None,
-    });
-    let text = render_log(
-        &w.task_key,
-        &format_unix(w.armed_at),
-        &format_unix(w.ends_at),
-        verdict,
-        &w.ticks,
-    );
-    let result = task_dir(&ctx.config.settings.artefacts_dir, &w.task_key)
-        .and_then(|d| write_atomic(&d.join(POST_DEPLOY_LOG_FILE), text.as_bytes()))
-        .with_context(|| format!("writing {POST_DEPLOY_LOG_FILE} of {}", w.task_key));
-    if let Err(e) = result {
-        log::warn!("{e:#}");
-    }
 }

@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use crate::adapters::db::{Db, MoveError};
 use crate::adapters::db_reconcile::ESCALATION_KIND;
+use crate::adapters::forge::Forge;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{NewComment, PlaneClient};
 use crate::config::Project;
-use crate::context::{Context, Counts, PassOutcome};
 use crate::core::gate::{self, GateInputs};
 use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
@@ -35,8 +35,8 @@ use crate::core::reconcile::{
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::exit::ExitStatus;
-use crate::flow;
-use crate::forge::Forge;
+use crate::ops::moves;
+use crate::ops::pass::{Context, Counts, PassOutcome};
 
 /// Re-drive tasks stuck by a lost event; leave escalated and blocked ones alone
 ///
@@ -59,7 +59,7 @@ pub struct ReconcileArgs {
 
 /// One task's line in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskLine {
+struct TaskLine {
     /// The task id.
     pub id: i64,
     /// Its key.
@@ -78,7 +78,7 @@ pub struct TaskLine {
 
 /// One replay in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReplayLine {
+struct ReplayLine {
     /// `delivery` or `work-item`.
     pub source: &'static str,
     /// The delivery row id or the work item id.
@@ -89,7 +89,7 @@ pub struct ReplayLine {
 
 /// One task of the branch step in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct BranchLine {
+struct BranchLine {
     /// The task id.
     pub id: i64,
     /// Its key.
@@ -102,7 +102,7 @@ pub struct BranchLine {
 
 /// The pass's report.
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
+struct Report {
     /// Whether nothing was changed.
     pub dry_run: bool,
     /// Why the pass stopped before finishing its work, if it did.
@@ -284,7 +284,7 @@ struct Pass<'a> {
     /// Per task, whether its PR was merged, as the gate just read it: a rollback decides
     /// its round from the very fact its gate judged, never from a second Gitea read
     /// that may fail in between.
-    merged: std::collections::HashMap<i64, crate::core::gate::Fact<bool>>,
+    merged: std::collections::HashMap<i64, crate::core::facts::Fact<bool>>,
 }
 
 fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
@@ -376,7 +376,7 @@ fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
 
 impl Pass<'_> {
     /// The branch step for live tasks whose branch is not confirmed on Gitea, at most
-    /// `cap` per pass, oldest first ([`flow::ensure_branch`]: 409 counts as created).
+    /// `cap` per pass, oldest first ([`moves::ensure_branch`]: 409 counts as created).
     fn complete_branches(&mut self, db: &mut Db, cap: usize) -> Result<()> {
         let lacking = db.tasks_without_branch(cap)?;
         let beyond_cap = db.count_tasks_without_branch()? - lacking.len() as i64;
@@ -424,7 +424,7 @@ impl Pass<'_> {
                         t.repo
                     )
                 }
-                reconcile::BranchPlan::Create => match flow::ensure_branch(self.ctx, db, &t) {
+                reconcile::BranchPlan::Create => match moves::ensure_branch(self.ctx, db, &t) {
                     Ok(step) if step.is_left() => {
                         self.report.c.branches_left += 1;
                         step.describe()
@@ -471,7 +471,7 @@ impl Pass<'_> {
                 });
                 continue;
             }
-            match crate::commands::webhook_handle::process_delivery(self.ctx, db, row.id) {
+            match crate::ops::delivery::process_delivery(self.ctx, db, row.id) {
                 Ok(o) => {
                     self.report.c.replayed += 1;
                     log::info!(
@@ -712,7 +712,7 @@ impl Pass<'_> {
                     Decision::Move { from, to } => {
                         done += 1;
                         let t = task.expect("moves are decided for existing tasks");
-                        match flow::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
+                        match moves::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
                             Ok(_) => {
                                 changed = true;
                                 self.report.c.replayed += 1;
@@ -758,7 +758,7 @@ impl Pass<'_> {
             repo: project.repo.clone(),
             branch: crate::core::branch::branch_name(&key, &item.name),
         };
-        let started = flow::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
+        let started = moves::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
         if started.branch.asked_gitea() {
             self.forge.requests += 1;
         }
@@ -879,7 +879,7 @@ impl Pass<'_> {
             "orch: task {} escalated at {}: {reason}. Nothing re-drives it until a person moves it in Plane.",
             t.key, t.stage
         );
-        crate::notify::announce(self.ctx, db, &key, ESCALATION_KIND, Some(t.id), &message)?;
+        crate::ops::notify::announce(self.ctx, db, &key, ESCALATION_KIND, Some(t.id), &message)?;
         self.report.escalations.push(t.key.clone());
         Ok(())
     }
@@ -1037,7 +1037,7 @@ impl Pass<'_> {
     }
 
     fn gate_inputs(&mut self, db: &Db, t: &Task) -> GateInputs {
-        crate::gather::gate_inputs_with(self.ctx, db, t, &mut self.forge, !self.dry_run)
+        crate::ops::gate::gate_inputs_with(self.ctx, db, t, &mut self.forge, !self.dry_run)
     }
 
     /// Acts on a decision; returns a note when acting failed or lost a race.
@@ -1045,7 +1045,7 @@ impl Pass<'_> {
         let result: Result<Option<String>> = (|| match action {
             Action::Wait { .. } => Ok(None),
             Action::Advance { to } => {
-                flow::move_task(
+                moves::move_task(
                     self.ctx,
                     db,
                     t,
@@ -1062,7 +1062,7 @@ impl Pass<'_> {
                 escalate,
             } => {
                 let moved = match self.merged.get(&t.id) {
-                    Some(merged) => flow::move_task_with(
+                    Some(merged) => moves::move_task_with(
                         self.ctx,
                         db,
                         t,
@@ -1071,7 +1071,7 @@ impl Pass<'_> {
                         Actor::Reconcile,
                         merged,
                     )?,
-                    None => flow::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?,
+                    None => moves::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?,
                 };
                 self.report.c.rolled_back += 1;
                 if moved.escalated {

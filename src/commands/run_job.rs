@@ -18,17 +18,17 @@ use crate::adapters::artefacts;
 use crate::adapters::db::Db;
 use crate::adapters::process::start_time;
 use crate::adapters::spawn::{self, exit_code_of};
-use crate::commands::dispatch::job_log_path;
-use crate::context::Context;
 use crate::core::job::JobStatus;
 use crate::core::stage::Actor;
 use crate::core::task::{Job, Task};
 use crate::exit::ExitStatus;
-use crate::gather::{apply_gate, GateOutcome};
+use crate::ops::gate::{apply_gate, GateOutcome};
+use crate::ops::jobs::job_log_path;
+use crate::ops::pass::Context;
 
 /// Exit code recorded when the agent command cannot be started (the shell's "command
 /// not found").
-pub const EXIT_NOT_STARTED: i32 = 127;
+const EXIT_NOT_STARTED: i32 = 127;
 
 /// Supervise one claimed job: run its agent, record how it ended, then evaluate the gate
 ///
@@ -212,7 +212,7 @@ fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result
 }
 
 /// Fills an agent argv template's placeholders.
-pub fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
+fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
     let art = artefacts.display().to_string();
     template
         .iter()

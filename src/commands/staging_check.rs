@@ -27,10 +27,9 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::artefacts::{task_dir, write_atomic};
 use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
 use crate::adapters::db::Db;
+use crate::adapters::forge::Forge;
 use crate::adapters::gitea::GiteaClient;
-use crate::commands::staging_roundtrip::{RoundtripEnv, Trip};
 use crate::config::Settings;
-use crate::context::Context;
 use crate::core::artefact::STAGING_REPORT_FILE;
 use crate::core::gate::Need;
 use crate::core::pin::{
@@ -45,7 +44,8 @@ use crate::core::staging::{
 use crate::core::staging_report::{CheckLine, NoVerdictRun, StagingRun};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::forge::Forge;
+use crate::ops::pass::Context;
+use crate::ops::roundtrip::{RoundtripEnv, Trip};
 
 /// Smoke-check a staging install and print a verdict
 ///

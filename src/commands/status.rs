@@ -12,10 +12,10 @@ use crate::adapters::db::{Db, PassRecord};
 use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::process::{liveness, Liveness};
 use crate::clock::{format_unix, human_duration};
-use crate::context::Context;
 use crate::core::job::JobStatus;
 use crate::core::stage::Stage;
 use crate::exit::ExitStatus;
+use crate::ops::pass::Context;
 
 /// How many running jobs and escalated tasks the report lists one by one.
 const LIST_LIMIT: usize = 20;
@@ -36,7 +36,7 @@ pub struct StatusArgs {
 
 /// One running job as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RunningJob {
+struct RunningJob {
     /// Job id.
     pub id: i64,
     /// Task id.
@@ -59,7 +59,7 @@ pub struct RunningJob {
 
 /// One escalated task as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct EscalatedTask {
+struct EscalatedTask {
     /// Task id.
     pub id: i64,
     /// Task key.
@@ -76,7 +76,7 @@ pub struct EscalatedTask {
 
 /// One subcommand's last pass as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PassView {
+struct PassView {
     /// The subcommand.
     pub command: String,
     /// When it started (RFC 3339).
@@ -95,7 +95,7 @@ pub struct PassView {
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StatusReport {
+struct StatusReport {
     /// When it was made (RFC 3339).
     pub generated_at: String,
     /// The report time in unix seconds.
@@ -117,7 +117,7 @@ pub struct StatusReport {
     /// Each subcommand's last pass.
     pub passes: Vec<PassView>,
     /// Armed post-deploy windows, soonest end first.
-    pub post_deploy: Vec<crate::commands::post_deploy_tick::WindowView>,
+    pub post_deploy: Vec<crate::ops::post_deploy::WindowView>,
     /// The merge lease holder, when a lease file exists.
     pub lease: Option<LeaseView>,
     /// Who holds the staging environment (the running `deploy-staging` job), if anyone.
@@ -126,7 +126,7 @@ pub struct StatusReport {
 
 /// The staging environment as shown: free, or held by the running `deploy-staging` job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StagingView {
+struct StagingView {
     /// `free` or `held`.
     pub state: String,
     /// The running `deploy-staging` jobs (one at most, unless rows were written by hand).
@@ -135,7 +135,7 @@ pub struct StagingView {
 
 /// One holder of the staging environment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StagingHolderView {
+struct StagingHolderView {
     /// The job id.
     pub job_id: i64,
     /// The task id.
@@ -148,7 +148,7 @@ pub struct StagingHolderView {
 
 /// The merge lease as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LeaseView {
+struct LeaseView {
     /// `held`, `holder-dead`, `expired` (the next reap reclaims it) or `malformed`.
     pub state: String,
     /// The holding job, if any.
@@ -164,7 +164,7 @@ pub struct LeaseView {
 }
 
 /// Reads the merge lease of `state_dir` for the report (without its lock: a snapshot).
-pub fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>> {
+fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>> {
     Ok(match MergeLease::new(state_dir).read()? {
         LeaseFile::Free => None,
         LeaseFile::Malformed(why) => Some(LeaseView {
@@ -198,7 +198,7 @@ pub fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseV
 pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let mut report = gather(&db, ctx.now_secs())?;
-    report.post_deploy = crate::commands::post_deploy_tick::armed_windows(
+    report.post_deploy = crate::ops::post_deploy::armed_windows(
         &ctx.config.settings.state_dir,
         report.generated_at_unix,
     );
@@ -218,7 +218,7 @@ pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
 ///
 /// # Errors
 /// On SQL errors.
-pub fn gather(db: &Db, now: i64) -> Result<StatusReport> {
+fn gather(db: &Db, now: i64) -> Result<StatusReport> {
     let jobs = db.job_counts()?;
     let running_total = jobs.get(&JobStatus::Running).copied().unwrap_or(0);
     let running = db
@@ -316,7 +316,7 @@ fn counts_line<'a>(names: impl Iterator<Item = &'a str>, counts: &BTreeMap<Strin
 }
 
 /// Renders the report for people.
-pub fn render_text(r: &StatusReport) -> String {
+fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -453,7 +453,7 @@ pub fn render_text(r: &StatusReport) -> String {
 }
 
 /// Renders the node_exporter textfile format.
-pub fn render_prometheus(r: &StatusReport) -> String {
+fn render_prometheus(r: &StatusReport) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
         let _ = writeln!(out, "# HELP {name} {help}");

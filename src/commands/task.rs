@@ -3,13 +3,14 @@
 use anyhow::{bail, Context as _, Result};
 
 use crate::clock::format_unix;
-use crate::context::Context;
 use crate::core::branch::branch_name;
 use crate::core::round;
 use crate::core::stage::{self, Actor, Stage};
-use crate::core::task::{Job, NewTask, StageEvent, Task};
+use crate::core::task::{NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
-use crate::flow;
+use crate::ops::jobs::job_json;
+use crate::ops::moves;
+use crate::ops::pass::Context;
 
 /// Add, list, show and move tasks
 #[derive(Debug, clap::Subcommand)]
@@ -174,7 +175,7 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
         branch: branch_name(&key, &args.title),
     };
     let mut db = ctx.open_db()?;
-    let started = flow::start_task(
+    let started = moves::start_task(
         ctx,
         &mut db,
         &new,
@@ -237,7 +238,7 @@ fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
 }
 
 /// Returns the stable JSON shape of a task.
-pub fn task_json(t: &Task) -> serde_json::Value {
+fn task_json(t: &Task) -> serde_json::Value {
     serde_json::json!({
         "id": t.id,
         "key": t.key,
@@ -257,26 +258,6 @@ pub fn task_json(t: &Task) -> serde_json::Value {
         "escalation_reason": t.escalation_reason,
         "created_at": format_unix(t.created_at),
         "updated_at": format_unix(t.updated_at),
-    })
-}
-
-/// Returns the stable JSON shape of a job.
-pub fn job_json(j: &Job) -> serde_json::Value {
-    serde_json::json!({
-        "id": j.id,
-        "task_id": j.task_id,
-        "agent": j.agent,
-        "stage": j.stage,
-        "status": j.status,
-        "attempt": j.attempt,
-        "pid": j.pid,
-        "exit_code": j.exit_code,
-        "reap_reason": j.reap_reason,
-        "rescue_count": j.rescue_count,
-        "enqueued_at": format_unix(j.enqueued_at),
-        "started_at": j.started_at.map(format_unix),
-        "finished_at": j.finished_at.map(format_unix),
-        "log_path": j.log_path,
     })
 }
 
@@ -447,12 +428,12 @@ fn move_task(args: &MoveArgs, ctx: &Context) -> Result<ExitStatus> {
             };
             let reason = format!("{reason} (--round {word})");
             let merged = Ok(choice == RoundChoice::New);
-            flow::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
+            moves::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
         }
-        None => match flow::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
+        None => match moves::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
             Ok(moved) => moved,
             Err(e) => {
-                let Some(u) = e.downcast_ref::<flow::RoundUndecided>() else {
+                let Some(u) = e.downcast_ref::<moves::RoundUndecided>() else {
                     return Err(e);
                 };
                 let pr = t

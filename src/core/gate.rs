@@ -23,59 +23,11 @@
 use crate::core::artefact::{
     ArtefactError, DeployStatus, ReviewVerdict, StagingReport, StagingStatus,
 };
+use crate::core::facts::{CiState, Fact, PrFacts};
 use crate::core::job::JobOutcome;
 use crate::core::revision::{revisions_match, short};
 use crate::core::round;
 use crate::core::stage::Stage;
-
-/// A fact a pass gathered, or why it could not (the check then says `Unknown`).
-pub type Fact<T> = Result<T, String>;
-
-/// The Gitea combined CI state of a commit.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub enum CiState {
-    /// `success`.
-    Success,
-    /// `pending`.
-    Pending,
-    /// `failure` or `error`.
-    Failure,
-    /// `warning` (older Gitea can report it as the combined state).
-    Warning,
-    /// `""`: no CI reported at all.
-    None,
-    /// Anything else Gitea might send.
-    Other(String),
-}
-
-impl CiState {
-    /// Maps Gitea's combined `state` string.
-    pub fn from_gitea(state: &str) -> CiState {
-        match state {
-            "success" => CiState::Success,
-            "pending" => CiState::Pending,
-            "failure" | "error" => CiState::Failure,
-            "warning" => CiState::Warning,
-            "" => CiState::None,
-            other => CiState::Other(other.to_string()),
-        }
-    }
-}
-
-/// What the pipeline knows about the task's pull request.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PrFacts {
-    /// The PR number.
-    pub number: u64,
-    /// `state == "open"`.
-    pub open: bool,
-    /// Gitea's authoritative merged flag.
-    pub merged: bool,
-    /// Gitea's `mergeable`; `None` when absent.
-    pub mergeable: Option<bool>,
-    /// The head commit SHA.
-    pub head_sha: String,
-}
 
 /// Every fact a gate may read. Facts a stage does not need may stay `Err("not gathered")`.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ pub mod artefact;
 pub mod branch;
 pub mod dispatch;
 pub mod escalation;
+pub mod facts;
 pub mod gate;
 pub mod intake;
 pub mod job;

@@ -29,7 +29,7 @@
 
 use std::fmt;
 
-use crate::core::gate::{Fact, PrFacts};
+use crate::core::facts::{Fact, PrFacts};
 use crate::core::revision::revisions_match;
 use crate::core::staging::one_line;
 

@@ -10,7 +10,7 @@
 //! a `deploy → development` move is undecided and waits ([`reopen`]). Pure decisions
 //! over plain data: the callers gather the merge evidence.
 
-use crate::core::gate::{Fact, PrFacts};
+use crate::core::facts::{Fact, PrFacts};
 use crate::core::stage::Stage;
 
 /// What a move does to the task's round.

@@ -264,7 +264,8 @@ fn cell(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::core::artefact::{parse_staging_report, StagingStatus};
-    use crate::core::gate::{evaluate, GateDecision, GateInputs, PrFacts};
+    use crate::core::facts::PrFacts;
+    use crate::core::gate::{evaluate, GateDecision, GateInputs};
     use crate::core::stage::Stage;
     use crate::core::staging::{verdict, CheckResult, Policy};
 

@@ -10,7 +10,7 @@ use orch::adapters::gitea::{BranchOutcome, GiteaClient, MergeRequest};
 use orch::adapters::http::HttpError;
 use orch::adapters::plane::{CommentOutcome, NewComment, PlaneClient};
 use orch::config::{Config, ConfigError, Layers};
-use orch::core::gate::CiState;
+use orch::core::facts::CiState;
 use orch::standin::gitea::{GiteaStandin, GiteaVersion, PullSeed, DEFAULT_TOKEN};
 use orch::standin::plane::{PlaneStandin, DEFAULT_API_KEY};
 use orch::standin::server::Reply;

@@ -15,7 +15,7 @@ use orch::adapters::lock::LockFile;
 use orch::adapters::process::{start_time, wait_exit};
 use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
-use orch::context::Context;
+use orch::ops::pass::Context;
 
 use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 

@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use orch::core::artefact::{parse_staging_report, StagingStatus};
-use orch::core::gate::{evaluate, GateDecision, GateInputs, PrFacts};
+use orch::core::facts::PrFacts;
+use orch::core::gate::{evaluate, GateDecision, GateInputs};
 use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, PullSeed, DEFAULT_TOKEN};
 use orch::standin::server::{Recorded, Reply, Server};

@@ -584,7 +584,7 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
 
     // A replay through the library entry point reconcile calls: the recorded outcome.
     let (ctx, mut db) = library_context(&w.env);
-    let again = orch::commands::webhook_handle::process_delivery(&ctx, &mut db, 1).unwrap();
+    let again = orch::ops::delivery::process_delivery(&ctx, &mut db, 1).unwrap();
     assert_eq!(again.kind.as_str(), "started", "{again}");
     // The next reconcile pass creates the branch, once.
     let run = w.env.run(&["reconcile"]).expect(0);
@@ -615,10 +615,10 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
     );
 }
 
-fn library_context(env: &TestEnv) -> (orch::context::Context, orch::adapters::db::Db) {
+fn library_context(env: &TestEnv) -> (orch::ops::pass::Context, orch::adapters::db::Db) {
     let config = orch::config::Config::load(&env.env, &Default::default()).unwrap();
     let clock = Box::new(orch::clock::FixedClock(config.settings.now.0.unwrap()));
-    let ctx = orch::context::Context { config, clock };
+    let ctx = orch::ops::pass::Context { config, clock };
     let db = ctx.open_db().unwrap();
     (ctx, db)
 }

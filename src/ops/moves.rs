@@ -12,15 +12,16 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::db::{Db, Moved};
 use crate::adapters::db_deliveries::Recorder;
 use crate::adapters::db_start::TaskStart;
+use crate::adapters::forge::Forge;
 use crate::adapters::gitea::{BranchOutcome, GiteaClient};
 use crate::adapters::http::HttpError;
-use crate::context::Context;
 use crate::core::branch::round_branch_name;
-use crate::core::gate::{Fact, Need};
+use crate::core::facts::Fact;
+use crate::core::gate::Need;
 use crate::core::round::{self, RoundChange};
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::forge::Forge;
+use crate::ops::pass::Context;
 
 /// Moves `task` to `to` with every effect of the transition.
 ///
@@ -163,7 +164,7 @@ fn move_task_full(
             .unwrap_or_default()
     );
     if moved.arms_post_deploy {
-        crate::commands::post_deploy_tick::arm_after_deploy(ctx, task);
+        crate::ops::post_deploy::arm_after_deploy(ctx, task);
     }
     if let (RoundChange::New { because }, true) = (&change, moved.new_round) {
         log::info!(

@@ -22,7 +22,8 @@ use std::collections::HashMap;
 
 use crate::adapters::gitea::{GiteaClient, PullRequest};
 use crate::adapters::http::HttpError;
-use crate::core::gate::{CiState, Fact, Need, PrFacts};
+use crate::core::facts::{CiState, Fact, PrFacts};
+use crate::core::gate::Need;
 use crate::core::round::recorded_pr_is_current;
 use crate::core::stage::Stage;
 use crate::core::task::Task;

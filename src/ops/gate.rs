@@ -3,7 +3,7 @@
 //!
 //! Artefacts are read with the `core::artefact` parsers; the stage's latest job comes
 //! from the database; forge facts (the PR, its CI state, merged-or-contained) come from
-//! Gitea through [`crate::forge::Forge`] (without `ORCH_GITEA_URL` they are unknown and
+//! Gitea through [`crate::adapters::forge::Forge`] (without `ORCH_GITEA_URL` they are unknown and
 //! the gates that need them wait: nothing advances without evidence). Only what
 //! `gate::needs(stage)` lists is read.
 
@@ -11,17 +11,17 @@ use anyhow::Result;
 
 use crate::adapters::artefacts;
 use crate::adapters::db::{Db, Moved};
-use crate::context::Context;
+use crate::adapters::forge::Forge;
 use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
 use crate::core::gate::{self, GateDecision, GateInputs, Need};
 use crate::core::job::JobOutcome;
 use crate::core::stage::Actor;
 use crate::core::task::Task;
-use crate::flow;
-use crate::forge::Forge;
+use crate::ops::moves;
+use crate::ops::pass::Context;
 
 /// Why forge facts are unknown without Gitea (the gates that need them wait).
-pub const GITEA_NOT_CONFIGURED: &str = crate::forge::GITEA_NOT_CONFIGURED;
+pub const GITEA_NOT_CONFIGURED: &str = crate::adapters::forge::GITEA_NOT_CONFIGURED;
 
 /// Reads what `task`'s current stage's gate needs, with a Gitea client of its own.
 ///
@@ -144,7 +144,7 @@ pub enum GateOutcome {
 }
 
 /// Evaluates `task`'s current stage's gate and acts on it: advance or roll back through
-/// [`flow::move_task`], or wait. An escalated task is left alone. Escalation on too many
+/// [`moves::move_task`], or wait. An escalated task is left alone. Escalation on too many
 /// developer retries is reconcile's decision, not made here.
 ///
 /// # Errors
@@ -163,14 +163,14 @@ pub fn apply_gate(ctx: &Context, db: &mut Db, task: &Task, actor: Actor) -> Resu
             Ok(GateOutcome::Waiting { blockers })
         }
         GateDecision::Advance { to, .. } => {
-            let moved = flow::move_task(ctx, db, task, *to, "gate passed", actor)?;
+            let moved = moves::move_task(ctx, db, task, *to, "gate passed", actor)?;
             Ok(GateOutcome::Advanced(moved))
         }
         GateDecision::Rollback { to, because, .. } => {
             // The deploy gate's PR fact says whether the rollback follows a merge (it
             // rolls back only once that is known: `check_merge_known`).
             let merged = crate::core::round::merged(&inputs.pr);
-            let moved = flow::move_task_with(ctx, db, task, *to, because, actor, &merged)?;
+            let moved = moves::move_task_with(ctx, db, task, *to, because, actor, &merged)?;
             Ok(GateOutcome::RolledBack(moved))
         }
     }

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::adapters::db::Db;
 use crate::adapters::telegram::Telegram;
-use crate::context::Context;
+use crate::ops::pass::Context;
 
 /// What announcing did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,352 @@
+//! Acting on a stored Plane delivery, exactly once: what `webhook-handle` does after it
+//! answers, and what `reconcile` calls to replay deliveries left pending (SPEC §4).
+
+use anyhow::{Context as _, Result};
+
+use crate::adapters::db::{Created, Db, MoveError, Moved};
+use crate::adapters::db_deliveries::{AlreadyRecorded, Recorder, PENDING};
+use crate::adapters::db_start::TaskStart;
+use crate::adapters::plane::PlaneClient;
+use crate::config::Project;
+use crate::core::intake::{
+    self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
+};
+use crate::core::stage::{Actor, Agent, Stage};
+use crate::core::task::{NewTask, Task};
+use crate::ops::moves;
+use crate::ops::pass::Context;
+
+/// Acts on a stored delivery and records its outcome; what `webhook-handle` does after
+/// answering and what `reconcile` calls to replay pending deliveries.
+///
+/// Exactly once: a delivery's effects in the database and its outcome are committed in
+/// one transaction (the move and its next job, the re-queued analyst job, the task and
+/// its analyst job, or just the outcome when there is nothing to do), so a crash leaves
+/// either nothing (the replay does it all) or everything (the replay finds the outcome
+/// and returns it). Two processes acting on the same delivery at once cannot both
+/// commit: the second finds the outcome recorded inside its transaction and rolls back.
+/// A start's branch is the step after the commit (a remote call never runs inside a
+/// write transaction); when Gitea is down it is left for `reconcile`. Counts an attempt
+/// each time it acts.
+///
+/// # Errors
+/// When acting fails (Plane unreachable while resolving the state, a write failing):
+/// the delivery stays `pending` with the error recorded, and nothing of it was written.
+pub fn process_delivery(ctx: &Context, db: &mut Db, delivery_row_id: i64) -> Result<Outcome> {
+    let row = db
+        .delivery(delivery_row_id)?
+        .with_context(|| format!("no delivery {delivery_row_id}"))?;
+    if row.outcome != PENDING {
+        return Ok(recorded(&row.outcome, row.detail.as_deref()));
+    }
+    db.count_delivery_attempt(row.id)?;
+    match act(ctx, db, row.id, &row.body) {
+        Ok(outcome) => Ok(outcome),
+        Err(e) if e.downcast_ref::<AlreadyRecorded>().is_some() => {
+            // Another process (the receiver or reconcile) recorded it first; all this
+            // one wrote was rolled back with the outcome.
+            let row = db.delivery(row.id)?.expect("rows are never deleted");
+            Ok(recorded(&row.outcome, row.detail.as_deref()))
+        }
+        Err(e) => {
+            if let Err(e2) = db.fail_delivery(row.id, &format!("{e:#}")) {
+                log::warn!("delivery {}: could not record the error: {e2:#}", row.id);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn recorded(outcome: &str, detail: Option<&str>) -> Outcome {
+    Outcome::new(
+        OutcomeKind::parse(outcome).unwrap_or(OutcomeKind::NoAction),
+        detail.unwrap_or_default(),
+    )
+}
+
+/// What a delivery asks for, once its state is resolved.
+enum Plan<'a> {
+    /// Nothing: the outcome says why.
+    Nothing(Outcome),
+    /// Start the work item's task.
+    Start {
+        project: &'a Project,
+        change: StateChange,
+        reason: String,
+    },
+    /// Move the task.
+    Move {
+        task: Task,
+        from: Stage,
+        to: Stage,
+        reason: String,
+    },
+    /// Queue the analyst again (the analysis was rejected).
+    RequeueAnalysis { task: Task },
+}
+
+/// Acts on one stored body and records the outcome of delivery `id` with its effects.
+fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
+    let now = ctx.now_secs();
+    match plan(ctx, db, body)? {
+        Plan::Nothing(outcome) => {
+            db.record_outcome(id, &outcome, now)?;
+            Ok(outcome)
+        }
+        Plan::Start {
+            project,
+            change,
+            reason,
+        } => start(ctx, db, id, project, &change, &reason),
+        Plan::Move {
+            task,
+            from,
+            to,
+            reason,
+        } => {
+            let describe = |m: &Moved| moved_outcome(&task, from, to, m);
+            let record = Recorder {
+                delivery: id,
+                now,
+                describe: &describe,
+            };
+            match moves::move_task_recorded(
+                ctx,
+                db,
+                &task,
+                to,
+                &reason,
+                Actor::Webhook,
+                Some(&record),
+            ) {
+                Ok(moved) => Ok(describe(&moved)),
+                Err(e) => match e.downcast_ref::<MoveError>() {
+                    Some(MoveError::Stale { actual, .. }) => {
+                        let outcome = Outcome::no_action(format!(
+                            "task {} moved to {actual} meanwhile",
+                            task.key
+                        ));
+                        db.record_outcome(id, &outcome, now)?;
+                        Ok(outcome)
+                    }
+                    _ => Err(e),
+                },
+            }
+        }
+        Plan::RequeueAnalysis { task } => {
+            let describe = |job: &Created| match job {
+                Created::New(j) => Outcome::new(
+                    OutcomeKind::Rejected,
+                    format!(
+                        "task {} stays at analysis, analyst job {j} queued again",
+                        task.key
+                    ),
+                ),
+                Created::Existing(j) => Outcome::no_action(format!(
+                    "task {} already has an analyst job queued or running (job {j})",
+                    task.key
+                )),
+            };
+            let record = Recorder {
+                delivery: id,
+                now,
+                describe: &describe,
+            };
+            let job = db.enqueue_job_recorded(
+                task.id,
+                Agent::Analyst,
+                Stage::Analysis,
+                now,
+                Some(&record),
+            )?;
+            if let Created::New(j) = job {
+                log::info!(
+                    "task {}: analysis rejected in Plane: analyst job {j} queued again",
+                    task.key
+                );
+            }
+            Ok(describe(&job))
+        }
+    }
+}
+
+fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> Outcome {
+    let kind = if to == Stage::Cancelled {
+        OutcomeKind::Cancelled
+    } else {
+        OutcomeKind::Approved
+    };
+    let job = moved
+        .enqueued_job
+        .map(|j| format!(", {} job {j} queued", to.agent().map_or("", Agent::as_str)))
+        .unwrap_or_default();
+    Outcome::new(kind, format!("task {} {from} -> {to}{job}", task.key))
+}
+
+/// Resolves a stored body to what it asks for. Writes only the state cache.
+fn plan<'a>(ctx: &'a Context, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
+    let nothing = |why: String| Ok(Plan::Nothing(Outcome::no_action(why)));
+    let envelope = match intake::parse_envelope(body) {
+        Ok(e) => e,
+        Err(r) => return nothing(format!("stored body is not a delivery: {}", r.reason)),
+    };
+    let change = match intake::classify(&envelope) {
+        Intake::Ignore(reason) => return nothing(reason),
+        Intake::StateChange(c) => c,
+    };
+    let Some(project) = ctx.config.pipeline.project_by_plane_id(&change.project_id) else {
+        return nothing(format!(
+            "project {} is not in the pipeline",
+            change.project_id
+        ));
+    };
+    let Some(state) = resolve_state(ctx, db, project, &change)? else {
+        return nothing(format!(
+            "state {} is not a state of project {} (not even after refreshing from Plane)",
+            change.new_state_id, project.name
+        ));
+    };
+    let meaning = match intake::meaning_of(&project.states, &state.name, &state.group) {
+        Ok(m) => m,
+        Err(both) => {
+            let names: Vec<&str> = both.iter().map(|m| m.as_str()).collect();
+            return nothing(format!(
+                "state {:?} of project {} matches {} (fix projects[].states; config check reports it)",
+                state.name,
+                project.name,
+                names.join(" and ")
+            ));
+        }
+    };
+    let task = db.task_by_work_item(&change.work_item_id)?;
+    let facts = match &task {
+        Some(t) => {
+            let jobs = db.task_jobs(t.id)?;
+            let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+            Some(TaskFacts {
+                key: t.key.clone(),
+                stage: t.stage,
+                has_analyst_job: analyst().next().is_some(),
+                has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
+            })
+        }
+        None => None,
+    };
+    let decision = intake::decide(meaning, &state.name, change.legacy, facts.as_ref());
+    let reason = format!("work item moved to {:?} in Plane", state.name);
+    Ok(match decision {
+        Decision::NoAction(why) => Plan::Nothing(Outcome::no_action(why)),
+        Decision::Start => Plan::Start {
+            project,
+            change,
+            reason,
+        },
+        Decision::Move { from, to } => Plan::Move {
+            task: task.expect("moves are decided for existing tasks"),
+            from,
+            to,
+            reason,
+        },
+        Decision::RequeueAnalysis => Plan::RequeueAnalysis {
+            task: task.expect("requeues are decided for existing tasks"),
+        },
+    })
+}
+
+/// Starts the work item's task: the task, its analyst job and the delivery's outcome in
+/// one transaction, then the branch step.
+fn start(
+    ctx: &Context,
+    db: &mut Db,
+    id: i64,
+    project: &Project,
+    change: &StateChange,
+    reason: &str,
+) -> Result<Outcome> {
+    let key = intake::task_key(
+        project.plane_identifier.as_deref(),
+        &project.name,
+        change.sequence_id,
+        &change.work_item_id,
+    );
+    let new = NewTask {
+        project: project.name.clone(),
+        work_item_id: change.work_item_id.clone(),
+        key: key.clone(),
+        title: change.title.clone(),
+        repo: project.repo.clone(),
+        branch: crate::core::branch::branch_name(&key, &change.title),
+    };
+    let describe = |s: &TaskStart| {
+        Outcome::new(
+            OutcomeKind::Started,
+            format!(
+                "task {key} {}, {}",
+                if s.created {
+                    "created"
+                } else {
+                    "already existed"
+                },
+                s.enqueued_job
+                    .map_or("analyst job already there".to_string(), |j| format!(
+                        "analyst job {j} queued"
+                    ))
+            ),
+        )
+    };
+    let record = Recorder {
+        delivery: id,
+        now: ctx.now_secs(),
+        describe: &describe,
+    };
+    let started = moves::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
+    let task = db.task(started.task_id)?.expect("just started");
+    // The recorded outcome is what the transaction did; the branch step came after it
+    // and is added to the line this command prints and logs.
+    let recorded = describe(&TaskStart {
+        task_id: started.task_id,
+        created: started.created,
+        enqueued_job: started.enqueued_job,
+    });
+    Ok(Outcome::new(
+        recorded.kind,
+        format!(
+            "{}, branch {} {}",
+            recorded.detail,
+            task.branch,
+            started.branch.describe()
+        ),
+    ))
+}
+
+/// Resolves the new state within the work item's own project: from the delivery when
+/// it describes that very state, else from the project's cache, else from the States
+/// API (refreshing the project's cache). `None`: Plane does not know the id either.
+fn resolve_state(
+    ctx: &Context,
+    db: &mut Db,
+    project: &Project,
+    change: &StateChange,
+) -> Result<Option<PlaneState>> {
+    let pid = &project.plane_project_id;
+    let now = ctx.now_secs();
+    if let Some(s) = &change.payload_state {
+        db.upsert_plane_state(pid, s, now)?;
+        return Ok(Some(s.clone()));
+    }
+    if let Some(s) = db.plane_state(pid, &change.new_state_id)? {
+        return Ok(Some(s));
+    }
+    let plane = PlaneClient::from_config(&ctx.config)
+        .context("state id not cached: the States API is needed")?;
+    let states: Vec<PlaneState> = plane
+        .list_states(pid)
+        .with_context(|| format!("refreshing the states of project {}", project.name))?;
+    log::info!(
+        "project {}: cached {} plane states",
+        project.name,
+        states.len()
+    );
+    db.replace_plane_states(pid, &states, now)?;
+    db.plane_state(pid, &change.new_state_id)
+}

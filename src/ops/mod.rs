@@ -1,0 +1,17 @@
+//! The steps passes share, one floor above `core` and `adapters`: what a pass gets and
+//! how it runs ([`pass`]), moving a task with all its effects ([`moves`]), gathering a
+//! gate's inputs and applying it ([`gate`]), acting on a stored delivery ([`delivery`]),
+//! arming post-deploy windows ([`post_deploy`]), announcing once ([`notify`]), observing
+//! a job's processes ([`observe`]), a job's log path and JSON shape ([`jobs`]) and
+//! `staging-check`'s webhook round trip ([`roundtrip`]). Code here uses `core` and
+//! `adapters`, never a command: a step two commands share lives here.
+
+pub mod delivery;
+pub mod gate;
+pub mod jobs;
+pub mod moves;
+pub mod notify;
+pub mod observe;
+pub mod pass;
+pub mod post_deploy;
+pub mod roundtrip;
