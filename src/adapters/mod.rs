@@ -23,6 +23,6 @@ pub mod process;
 mod rest;
 pub mod rollback;
 pub mod roundtrip;
-pub mod sentinel;
 pub mod spawn;
 pub mod telegram;
+pub mod windows;

@@ -1,23 +1,24 @@
-//! `orch post-deploy-tick`: one pass over every armed post-deploy window. Probe,
-//! classify and decide (in `core::post_deploy`), act (rollback, alert, reopen, close),
-//! log to the task's `16-post-deploy-log.md`. Arming a window (on `deploy → done`, or
+//! `orch post-deploy-tick`: one pass over every armed post-deploy window. What a tick
+//! does next for a window, the classification, the decision and the window's
+//! transitions are `core::post_deploy`'s; this pass loads the windows
+//! (`adapters::windows`), probes, acts (rollback, alert, reopen, close), saves, logs to
+//! the task's `16-post-deploy-log.md` and reports. Arming a window (on `deploy → done`, or
 //! `--arm` by hand) is [`crate::ops::post_deploy`]'s.
 //!
 //! Crash safety: the window file records "rollback started" before the command runs and
 //! "rollback done" after; a window found with a started rollback is finished (alert,
 //! reopen, close) without running the command again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 
 use crate::adapters::db::Db;
-use crate::adapters::sentinel::{self, ActionState, WindowState};
+use crate::adapters::windows::{self, rollback_output};
 use crate::adapters::{http, probe, rollback};
 use crate::clock::{format_unix, human_duration};
 use crate::core::post_deploy::{
-    classify, decide, final_verdict, is_due, Classification, Decision, Sample, Thresholds,
-    TickRecord,
+    final_verdict, next_step, Classification, Decision, NextStep, Observed, Thresholds, WindowState,
 };
 use crate::core::stage::{Actor, Stage};
 use crate::exit::ExitStatus;
@@ -30,8 +31,6 @@ use crate::ops::post_deploy::{arm, write_log, Armed};
 const PASS: &str = "post-deploy-tick";
 /// Most windows one pass handles (bounded pass; the rest wait for the next tick).
 const MAX_WINDOWS: usize = 200;
-/// Most samples kept per window (a window of 900 s at 60 s holds 15).
-const MAX_SAMPLES: usize = 2000;
 
 /// Watch production after deploy: probe, classify, roll back or alert, close windows
 ///
@@ -82,6 +81,22 @@ struct WindowReport {
     pub evidence: String,
     /// Seconds left in the window (0 once over).
     pub time_left_s: i64,
+}
+
+impl WindowReport {
+    fn new(w: &WindowState, now: i64, classification: &str, decision: &str, action: &str) -> Self {
+        WindowReport {
+            task_id: w.task_id,
+            key: w.task_key.clone(),
+            project: w.project.clone(),
+            repo: w.repo.clone(),
+            classification: classification.to_string(),
+            decision: decision.to_string(),
+            action: action.to_string(),
+            evidence: w.last_evidence.clone().unwrap_or_default(),
+            time_left_s: w.time_left(now),
+        }
+    }
 }
 
 fn thresholds(ctx: &Context) -> Thresholds {
@@ -183,7 +198,7 @@ fn tick(
         s.post_deploy_probe_timeout_s.0,
     )?;
     let mut tally = Tally::default();
-    let found = sentinel::list(&s.state_dir)?;
+    let found = windows::list(&s.state_dir)?;
     let open = found
         .into_iter()
         .filter(|(_, w)| w.as_ref().map_or(true, WindowState::is_open));
@@ -242,58 +257,38 @@ fn one_window(
 ) -> Result<WindowReport> {
     let s = &ctx.config.settings;
     let t = thresholds(ctx);
-    let report =
-        |w: &WindowState, classification: &str, decision: &str, action: &str| WindowReport {
-            task_id: w.task_id,
-            key: w.task_key.clone(),
-            project: w.project.clone(),
-            repo: w.repo.clone(),
-            classification: classification.to_string(),
-            decision: decision.to_string(),
-            action: action.to_string(),
-            evidence: w.last_evidence.clone().unwrap_or_default(),
-            time_left_s: (w.ends_at - now).max(0),
-        };
-    // A rollback that started (and maybe ended) in an earlier pass: finish the window
-    // without running it again.
-    if w.action != ActionState::None {
-        if dry_run {
-            return Ok(report(
-                &w,
-                "DEGRADED",
-                "ROLLBACK",
-                "would finish the recorded rollback",
-            ));
+    let report = |w: &WindowState, classification: &str, decision: &str, action: &str| {
+        WindowReport::new(w, now, classification, decision, action)
+    };
+    let interval = s.post_deploy_interval_s.secs();
+    match next_step(&w, now, s.post_deploy_enabled, interval, &t) {
+        NextStep::FinishRollback => {
+            let action = if dry_run {
+                "would finish the recorded rollback".to_string()
+            } else {
+                finish_rollback(ctx, db, dir, &mut w, now, tally)?
+            };
+            return Ok(report(&w, "DEGRADED", "ROLLBACK", &action));
         }
-        let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
-        return Ok(report(&w, "DEGRADED", "ROLLBACK", &action));
-    }
-    if now >= w.ends_at || !s.post_deploy_enabled {
-        if now < w.ends_at {
+        NextStep::Close(verdict) => {
+            let action = format!("window closed: {verdict}");
+            if !dry_run {
+                close(ctx, dir, &mut w, now, verdict, "-", &action)?;
+                tally.closed += 1;
+            }
+            return Ok(report(&w, verdict.as_str(), "CLOSE", &action));
+        }
+        NextStep::SkipDisabled => {
             tally.skipped += 1;
             return Ok(report(&w, "-", "SKIP", "ORCH_POST_DEPLOY_ENABLED is off"));
         }
-        let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
-        let action = format!("window closed: {verdict}");
-        if !dry_run {
-            close(ctx, dir, &mut w, now, verdict, "-", &action)?;
-            tally.closed += 1;
+        NextStep::SkipNotDue => {
+            tally.skipped += 1;
+            let last = w.last_classification.clone().unwrap_or_else(|| "-".into());
+            let action = "sampled less than half an interval ago";
+            return Ok(report(&w, &last, "SKIP", action));
         }
-        return Ok(report(&w, verdict.as_str(), "CLOSE", &action));
-    }
-    if !is_due(
-        w.samples.last().map(|x| x.at),
-        now,
-        s.post_deploy_interval_s.secs(),
-    ) {
-        tally.skipped += 1;
-        let last = w.last_classification.clone().unwrap_or_else(|| "-".into());
-        return Ok(report(
-            &w,
-            &last,
-            "SKIP",
-            "sampled less than half an interval ago",
-        ));
+        NextStep::Probe => {}
     }
     let Some(project) = ctx.config.pipeline.project(&w.project).cloned() else {
         anyhow::bail!("project {} is no longer in the pipeline file", w.project);
@@ -304,94 +299,42 @@ fn one_window(
         .unwrap_or_else(|| "http_requests_total".into());
     let sample = probe::probe(client, &project, &metric, now);
     tally.probed += 1;
-    let summary = sample_summary(&sample);
-    w.samples.push(sample);
-    if w.samples.len() > MAX_SAMPLES {
-        w.samples.remove(0);
-    }
-    let assessment = classify(&w.samples, &t);
+    let summary = sample.summary();
+    let has_rollback = project.rollback.is_some();
+    let Observed {
+        assessment,
+        decision,
+    } = w.observe(sample, &t, project.self_hosting, has_rollback, now);
     let c = assessment.classification;
-    let decision = decide(
-        c,
-        project.self_hosting,
-        project.rollback.is_some(),
-        now,
-        w.ends_at,
-    );
+    let evidence = &assessment.evidence;
     log::info!(
-        "post-deploy {} ({}): {} -> {decision}: {}",
+        "post-deploy {} ({}): {c} -> {decision}: {evidence}",
         w.task_key,
-        w.repo,
-        c,
-        assessment.evidence
+        w.repo
     );
-    w.last_evidence = Some(assessment.evidence.clone());
     if dry_run {
-        return Ok(report(
-            &w,
-            c.as_str(),
-            decision.as_str(),
-            "dry run: nothing done",
-        ));
+        let action = "dry run: nothing done";
+        return Ok(report(&w, c.as_str(), decision.as_str(), action));
     }
-    w.last_classification = Some(c.as_str().to_string());
-    if c == Classification::Degraded {
-        w.ever_degraded = true;
+    if w.record_classification(c) {
         tally.degraded += 1;
     }
-    match decision {
-        Decision::Continue => {
-            push_tick(&mut w, now, &summary, c.as_str(), "CONTINUE", "-");
-            sentinel::save(dir, &w)?;
-            write_log(ctx, &w);
-            Ok(report(&w, c.as_str(), "CONTINUE", "-"))
-        }
+    let at = format_unix(now);
+    let action = match decision {
+        Decision::Continue => "-".to_string(),
         Decision::AlertOnly => {
-            let why = if project.self_hosting {
-                "self-hosting repo: alert only, never restarted by a tick"
-            } else {
-                "no rollback command configured: alert only"
-            };
-            let message = format!(
-                "post-deploy: {} ({}) production DEGRADED: {}. {why}.",
-                w.task_key, w.repo, assessment.evidence
-            );
-            let announced = notify::announce(
-                ctx,
-                db,
-                &format!("post-deploy:{}:{}:degraded", w.task_id, w.armed_at),
-                "post-deploy-degraded",
-                Some(w.task_id),
-                &message,
-            )?;
-            if announced != Announced::AlreadyAnnounced {
-                tally.alerts += 1;
-            }
-            let action = format!("alert {}", announced_word(&announced));
-            push_tick(&mut w, now, &summary, c.as_str(), "ALERT_ONLY", &action);
-            sentinel::save(dir, &w)?;
-            write_log(ctx, &w);
-            Ok(report(&w, c.as_str(), "ALERT_ONLY", &action))
+            let message = w.degraded_alert(evidence, project.self_hosting);
+            alert(ctx, db, &w, "degraded", &message, tally)?
         }
         Decision::Rollback => {
             let argv = project.rollback.clone().unwrap_or_default();
-            w.ticks.push(TickRecord {
-                at: format_unix(now),
-                samples: summary,
-                classification: c.as_str().into(),
-                decision: "ROLLBACK".into(),
-                action: format!("rollback started: {}", argv.join(" ")),
-            });
             // "Started" is on disk before the command runs: a crash from here on never
             // runs it again.
-            w.action = ActionState::Started { at: now };
-            sentinel::save(dir, &w)?;
-            let output = rollback_output(dir, &w);
-            log::info!(
-                "post-deploy {}: running rollback {}",
-                w.task_key,
-                argv.join(" ")
-            );
+            w.start_rollback(now, &at, &summary, c, &argv);
+            windows::save(dir, &w)?;
+            let output = rollback_output(dir, w.armed_at);
+            let (key, command) = (&w.task_key, argv.join(" "));
+            log::info!("post-deploy {key}: running rollback {command}");
             let env = [
                 ("ORCH_TASK_ID", w.task_id.to_string()),
                 ("ORCH_TASK_KEY", w.task_key.clone()),
@@ -399,24 +342,23 @@ fn one_window(
             ];
             let end = rollback::run(&argv, &env, &output, s.post_deploy_rollback_timeout_s.0)?;
             tally.rollbacks += 1;
-            w.action = ActionState::Done {
-                started_at: now,
-                ended_at: ctx.now_secs(),
-                result: end.describe(),
-                ok: end.is_ok(),
-            };
-            sentinel::save(dir, &w)?;
+            w.end_rollback(now, ctx.now_secs(), end.describe(), end.is_ok());
+            windows::save(dir, &w)?;
             let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
-            Ok(report(&w, c.as_str(), "ROLLBACK", &action))
+            return Ok(report(&w, c.as_str(), "ROLLBACK", &action));
         }
         Decision::Close => {
             let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
             let action = format!("window closed: {verdict}");
             close(ctx, dir, &mut w, now, verdict, &summary, &action)?;
             tally.closed += 1;
-            Ok(report(&w, c.as_str(), "CLOSE", &action))
+            return Ok(report(&w, c.as_str(), "CLOSE", &action));
         }
-    }
+    };
+    w.push_tick(&at, &summary, c.as_str(), decision.as_str(), &action);
+    windows::save(dir, &w)?;
+    write_log(ctx, &w);
+    Ok(report(&w, c.as_str(), decision.as_str(), &action))
 }
 
 /// After the rollback (or a crash during it): alert, reopen, close DEGRADED. Every step
@@ -430,70 +372,34 @@ fn finish_rollback(
     now: i64,
     tally: &mut Tally,
 ) -> Result<String> {
-    if let ActionState::Started { at } = w.action {
+    if let Some(at) = w.interrupt_rollback(now) {
         log::warn!(
             "post-deploy {}: a rollback started at {} has no recorded end (the tick died); not running it again",
             w.task_key,
             format_unix(at)
         );
-        w.action = ActionState::Done {
-            started_at: at,
-            ended_at: now,
-            result:
-                "interrupted: the tick ended before the rollback's end was recorded; not run again"
-                    .into(),
-            ok: false,
-        };
-        sentinel::save(dir, w)?;
+        windows::save(dir, w)?;
     }
-    let ActionState::Done { result, ok, .. } = w.action.clone() else {
-        unreachable!("the action is done here");
-    };
+    let outcome = w.rollback_outcome().expect("the rollback has ended here");
     let evidence = w.last_evidence.clone().unwrap_or_else(|| "DEGRADED".into());
-    let outcome = if ok {
-        format!("rolled back ({result})")
-    } else {
-        format!("rollback FAILED ({result}); production needs a human")
-    };
-    let message = format!(
-        "post-deploy: {} ({}) production DEGRADED: {evidence}. {outcome}; the task goes back to development. Output: {}",
-        w.task_key,
-        w.repo,
-        rollback_output(dir, w).display()
-    );
-    let announced = notify::announce(
-        ctx,
-        db,
-        &format!("post-deploy:{}:{}:rollback", w.task_id, w.armed_at),
-        "post-deploy-rollback",
-        Some(w.task_id),
-        &message,
-    )?;
-    if announced != Announced::AlreadyAnnounced {
-        tally.alerts += 1;
-    }
+    let message = w.rollback_alert(&evidence, &outcome, &rollback_output(dir, w.armed_at));
+    let alerted = alert(ctx, db, w, "rollback", &message, tally)?;
     let mut reopen = "task already reopened".to_string();
     if !w.reopened {
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
-                let moved = moves::move_task(
-                    ctx,
-                    db,
-                    &task,
-                    Stage::Development,
-                    &reason,
-                    Actor::PostDeploy,
-                )?;
+                let (to, actor) = (Stage::Development, Actor::PostDeploy);
+                let moved = moves::move_task(ctx, db, &task, to, &reason, actor)?;
                 format!("task reopened to development (round {})", moved.round)
             }
             Some(task) => format!("task left at {} (not done)", task.stage),
             None => "task not found".into(),
         };
         w.reopened = true;
-        sentinel::save(dir, w)?;
+        windows::save(dir, w)?;
     }
-    let action = format!("{outcome}; alert {}; {reopen}", announced_word(&announced));
+    let action = format!("{outcome}; {alerted}; {reopen}");
     close(ctx, dir, w, now, Classification::Degraded, "-", &action)?;
     tally.closed += 1;
     Ok(action)
@@ -508,60 +414,32 @@ fn close(
     summary: &str,
     action: &str,
 ) -> Result<()> {
-    push_tick(w, now, summary, verdict.as_str(), "CLOSE", action);
-    w.closed_at = Some(now);
-    w.verdict = Some(verdict.as_str().to_string());
-    sentinel::save(dir, w)?;
+    w.close(now, &format_unix(now), verdict, summary, action);
+    windows::save(dir, w)?;
     write_log(ctx, w);
-    log::info!(
-        "post-deploy {}: window closed with verdict {verdict}",
-        w.task_key
-    );
+    let key = &w.task_key;
+    log::info!("post-deploy {key}: window closed with verdict {verdict}");
     Ok(())
 }
 
-fn push_tick(
-    w: &mut WindowState,
-    now: i64,
-    samples: &str,
-    classification: &str,
-    decision: &str,
-    action: &str,
-) {
-    w.ticks.push(TickRecord {
-        at: format_unix(now),
-        samples: samples.to_string(),
-        classification: classification.to_string(),
-        decision: decision.to_string(),
-        action: action.to_string(),
-    });
-    if w.ticks.len() > MAX_SAMPLES {
-        w.ticks.remove(0);
-    }
-}
-
-fn rollback_output(dir: &Path, w: &WindowState) -> PathBuf {
-    dir.join(format!("rollback-{}.out", w.armed_at))
-}
-
-fn announced_word(a: &Announced) -> String {
-    match a {
+/// Announces the window's alert of `kind` (once per window and kind); returns what the
+/// log row says (`alert sent`, `alert already sent` ...).
+fn alert(
+    ctx: &Context,
+    db: &Db,
+    w: &WindowState,
+    kind: &str,
+    message: &str,
+    tally: &mut Tally,
+) -> Result<String> {
+    let (key, kind) = (w.alert_key(kind), format!("post-deploy-{kind}"));
+    let announced = notify::announce(ctx, db, &key, &kind, Some(w.task_id), message)?;
+    let word = match announced {
         Announced::Sent => "sent".into(),
         Announced::Recorded => "recorded".into(),
         Announced::Failed(e) => format!("failed ({e})"),
-        Announced::AlreadyAnnounced => "already sent".into(),
-    }
-}
-
-fn sample_summary(s: &Sample) -> String {
-    let health = match s.health_ok {
-        None => "health n/a".to_string(),
-        Some(_) => format!("health {}", s.health_detail),
+        Announced::AlreadyAnnounced => return Ok("alert already sent".into()),
     };
-    let metrics = match (&s.counters, s.metrics_detail.is_empty()) {
-        (Some(c), _) => format!("requests {} (5xx {})", c.total, c.errors_5xx),
-        (None, false) => s.metrics_detail.clone(),
-        (None, true) => "metrics n/a".to_string(),
-    };
-    format!("{health}; {metrics}")
+    tally.alerts += 1;
+    Ok(format!("alert {word}"))
 }

@@ -2,13 +2,17 @@
 //!
 //! Pure functions over plain data: applicability of a repo, the 5xx counters read from a
 //! Prometheus text page, the classification of a window's samples (HEALTHY, DEGRADED,
-//! INCONCLUSIVE), the decision for one tick and the rendering of the task's
-//! `16-post-deploy-log.md`. No I/O, no clock: the tick command probes, reads the time
-//! once and passes everything in.
+//! INCONCLUSIVE), the decision for one tick, the window's state machine (what a tick
+//! does first, [`next_step`]; the transitions of [`WindowState`] from armed through a
+//! rollback to closed) and the rendering of the task's `16-post-deploy-log.md`. No I/O,
+//! no clock: the tick command probes, reads the time once and passes everything in;
+//! `adapters::windows` stores the windows.
 
 use std::fmt;
+use std::path::Path;
 
 use crate::core::artefact::{PostDeployVerdict, StatusValue};
+use crate::core::task::Task;
 
 /// Why a project is or is not watched after deploy → done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +119,21 @@ impl Sample {
     /// Returns whether the sample carries any signal.
     pub fn has_signal(&self) -> bool {
         self.health_ok.is_some() || self.counters.is_some()
+    }
+
+    /// Returns the sample as the log's `samples` cell says it
+    /// (`health HTTP 200; requests 120 (5xx 3)`).
+    pub fn summary(&self) -> String {
+        let health = match self.health_ok {
+            None => "health n/a".to_string(),
+            Some(_) => format!("health {}", self.health_detail),
+        };
+        let metrics = match (&self.counters, self.metrics_detail.is_empty()) {
+            (Some(c), _) => format!("requests {} (5xx {})", c.total, c.errors_5xx),
+            (None, false) => self.metrics_detail.clone(),
+            (None, true) => "metrics n/a".to_string(),
+        };
+        format!("{health}; {metrics}")
     }
 }
 
@@ -418,6 +437,346 @@ pub fn render_log(
         ));
     }
     out
+}
+
+/// Most samples (and log rows) kept per window: a window of 900 s at 60 s holds 15, so
+/// the cap only bounds a window file someone left armed with a huge length.
+pub const MAX_SAMPLES: usize = 2000;
+
+/// Where the rollback of a window got to. Written before the command starts and after
+/// it ends, so a crash in between is seen and the command is never run twice.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ActionState {
+    /// Not started.
+    None,
+    /// Started at this time; no end recorded (yet, or ever: the tick died).
+    Started {
+        /// Unix seconds.
+        at: i64,
+    },
+    /// Ended.
+    Done {
+        /// When it started.
+        started_at: i64,
+        /// When its end was recorded.
+        ended_at: i64,
+        /// `exit 0`, `exit 3`, `timed out after 300s`, `interrupted` ...
+        result: String,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+}
+
+/// One post-deploy window: what `window.json` holds, and the state machine a tick
+/// drives it through (open → probed ticks → rollback started → rollback done → closed,
+/// or open → closed with a verdict).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WindowState {
+    /// The task row id.
+    pub task_id: i64,
+    /// The task key (`SHOP-12`).
+    pub task_key: String,
+    /// The project name.
+    pub project: String,
+    /// Gitea `owner/name`, as given.
+    pub repo: String,
+    /// The Plane work item id, as given.
+    pub work_item: String,
+    /// Armed at (unix seconds).
+    pub armed_at: i64,
+    /// The window ends at (unix seconds).
+    pub ends_at: i64,
+    /// Who armed it (`deploy -> done`, `operator`).
+    pub armed_by: String,
+    /// The samples so far.
+    #[serde(default)]
+    pub samples: Vec<Sample>,
+    /// The log lines so far.
+    #[serde(default)]
+    pub ticks: Vec<TickRecord>,
+    /// The latest classification, for `status`.
+    #[serde(default)]
+    pub last_classification: Option<String>,
+    /// Whether any tick classified DEGRADED.
+    #[serde(default)]
+    pub ever_degraded: bool,
+    /// The latest evidence line (what the alert and the reopen reason quote).
+    #[serde(default)]
+    pub last_evidence: Option<String>,
+    /// The rollback's progress.
+    pub action: ActionState,
+    /// Whether the task was reopened to development.
+    #[serde(default)]
+    pub reopened: bool,
+    /// When the window closed, if it has.
+    #[serde(default)]
+    pub closed_at: Option<i64>,
+    /// The final verdict (`HEALTHY`, `DEGRADED`, `INCONCLUSIVE`), once closed.
+    #[serde(default)]
+    pub verdict: Option<String>,
+}
+
+/// What a tick does first for one open window, before any probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// A rollback started in an earlier tick: finish the window (alert, reopen, close
+    /// DEGRADED) without running the command again.
+    FinishRollback,
+    /// The window is over: close it with this verdict, without probing (judged on what
+    /// it saw inside the window, even when the timer was stopped past its end).
+    Close(Classification),
+    /// The kill switch is off and the window is not over: leave it alone.
+    SkipDisabled,
+    /// Sampled less than half an interval ago: extra ticks must not shorten the streak.
+    SkipNotDue,
+    /// Probe production, then classify and [`decide`].
+    Probe,
+}
+
+/// Decides what a tick does first for an open window, in this order: a recorded
+/// rollback is finished, a window past its end closes (even with the kill switch off),
+/// a disabled watch skips, a window sampled too recently skips, else it is probed.
+pub fn next_step(
+    w: &WindowState,
+    now: i64,
+    enabled: bool,
+    interval_s: i64,
+    t: &Thresholds,
+) -> NextStep {
+    if w.action != ActionState::None {
+        NextStep::FinishRollback
+    } else if now >= w.ends_at {
+        NextStep::Close(final_verdict(&w.samples, w.ever_degraded, t))
+    } else if !enabled {
+        NextStep::SkipDisabled
+    } else if !is_due(w.samples.last().map(|s| s.at), now, interval_s) {
+        NextStep::SkipNotDue
+    } else {
+        NextStep::Probe
+    }
+}
+
+/// What a probed tick concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The classification of the window's samples, with its evidence.
+    pub assessment: Assessment,
+    /// What to do about it.
+    pub decision: Decision,
+}
+
+/// Returns why a DEGRADED window only alerts ([`Decision::AlertOnly`]).
+pub fn alert_only_reason(self_hosting: bool) -> &'static str {
+    if self_hosting {
+        "self-hosting repo: alert only, never restarted by a tick"
+    } else {
+        "no rollback command configured: alert only"
+    }
+}
+
+impl WindowState {
+    /// Returns a new open window for `task`, armed at `now` for `length_s` seconds.
+    pub fn arm(task: &Task, now: i64, length_s: i64, armed_by: &str) -> WindowState {
+        WindowState {
+            task_id: task.id,
+            task_key: task.key.clone(),
+            project: task.project.clone(),
+            repo: task.repo.clone(),
+            work_item: task.work_item_id.clone(),
+            armed_at: now,
+            ends_at: now.saturating_add(length_s),
+            armed_by: armed_by.to_string(),
+            samples: vec![],
+            ticks: vec![],
+            last_classification: None,
+            ever_degraded: false,
+            last_evidence: None,
+            action: ActionState::None,
+            reopened: false,
+            closed_at: None,
+            verdict: None,
+        }
+    }
+
+    /// Returns whether the window is still being watched.
+    pub fn is_open(&self) -> bool {
+        self.closed_at.is_none()
+    }
+
+    /// Returns the seconds left in the window at `now` (0 once over).
+    pub fn time_left(&self, now: i64) -> i64 {
+        (self.ends_at - now).max(0)
+    }
+
+    /// Returns the dedupe key of this window's alert of `kind` (`degraded`, `rollback`):
+    /// one alert per window and kind, however many ticks see it.
+    pub fn alert_key(&self, kind: &str) -> String {
+        format!("post-deploy:{}:{}:{kind}", self.task_id, self.armed_at)
+    }
+
+    /// Returns the alert for a DEGRADED window that only alerts ([`Decision::AlertOnly`]).
+    pub fn degraded_alert(&self, evidence: &str, self_hosting: bool) -> String {
+        format!(
+            "post-deploy: {} ({}) production DEGRADED: {evidence}. {}.",
+            self.task_key,
+            self.repo,
+            alert_only_reason(self_hosting)
+        )
+    }
+
+    /// Returns the alert once the rollback ended (`outcome`, [`Self::rollback_outcome`]),
+    /// naming the file holding its output.
+    pub fn rollback_alert(&self, evidence: &str, outcome: &str, output: &Path) -> String {
+        format!(
+            "post-deploy: {} ({}) production DEGRADED: {evidence}. {outcome}; the task goes back \
+             to development. Output: {}",
+            self.task_key,
+            self.repo,
+            output.display()
+        )
+    }
+
+    /// Adds a probe's sample (the oldest dropped past [`MAX_SAMPLES`]), classifies the
+    /// window and decides the tick; the evidence becomes the window's latest.
+    pub fn observe(
+        &mut self,
+        sample: Sample,
+        t: &Thresholds,
+        self_hosting: bool,
+        has_rollback: bool,
+        now: i64,
+    ) -> Observed {
+        self.samples.push(sample);
+        if self.samples.len() > MAX_SAMPLES {
+            self.samples.remove(0);
+        }
+        let assessment = classify(&self.samples, t);
+        let decision = decide(
+            assessment.classification,
+            self_hosting,
+            has_rollback,
+            now,
+            self.ends_at,
+        );
+        self.last_evidence = Some(assessment.evidence.clone());
+        Observed {
+            assessment,
+            decision,
+        }
+    }
+
+    /// Records a tick's classification (`status` shows the latest; one DEGRADED makes
+    /// the verdict DEGRADED). Returns whether it was DEGRADED.
+    pub fn record_classification(&mut self, c: Classification) -> bool {
+        self.last_classification = Some(c.as_str().to_string());
+        let degraded = c == Classification::Degraded;
+        self.ever_degraded |= degraded;
+        degraded
+    }
+
+    /// Adds a row to the window's log (the oldest dropped past [`MAX_SAMPLES`]).
+    pub fn push_tick(
+        &mut self,
+        at: &str,
+        samples: &str,
+        classification: &str,
+        decision: &str,
+        action: &str,
+    ) {
+        self.ticks.push(TickRecord {
+            at: at.to_string(),
+            samples: samples.to_string(),
+            classification: classification.to_string(),
+            decision: decision.to_string(),
+            action: action.to_string(),
+        });
+        if self.ticks.len() > MAX_SAMPLES {
+            self.ticks.remove(0);
+        }
+    }
+
+    /// Records that the rollback `argv` starts at `now` (`at` its RFC 3339 form). Saved
+    /// before the command runs, so a crash from then on never runs it again.
+    pub fn start_rollback(
+        &mut self,
+        now: i64,
+        at: &str,
+        samples: &str,
+        classification: Classification,
+        argv: &[String],
+    ) {
+        self.ticks.push(TickRecord {
+            at: at.to_string(),
+            samples: samples.to_string(),
+            classification: classification.as_str().into(),
+            decision: Decision::Rollback.as_str().into(),
+            action: format!("rollback started: {}", argv.join(" ")),
+        });
+        self.action = ActionState::Started { at: now };
+    }
+
+    /// Records the rollback's end: `result` as the runner described it, `ok` whether it
+    /// succeeded.
+    pub fn end_rollback(&mut self, started_at: i64, ended_at: i64, result: String, ok: bool) {
+        self.action = ActionState::Done {
+            started_at,
+            ended_at,
+            result,
+            ok,
+        };
+    }
+
+    /// Marks a rollback found started with no end (the tick that ran it died) as done and
+    /// interrupted at `now`, so it is never run again. Returns when it had started, or
+    /// `None` when there was nothing to mark.
+    pub fn interrupt_rollback(&mut self, now: i64) -> Option<i64> {
+        let ActionState::Started { at } = self.action else {
+            return None;
+        };
+        self.end_rollback(
+            at,
+            now,
+            "interrupted: the tick ended before the rollback's end was recorded; not run again"
+                .into(),
+            false,
+        );
+        Some(at)
+    }
+
+    /// Returns what the ended rollback did, as the alert and the reopen reason say it
+    /// (`rolled back (exit 0)`, `rollback FAILED (exit 3); production needs a human`), or
+    /// `None` while no end is recorded.
+    pub fn rollback_outcome(&self) -> Option<String> {
+        let ActionState::Done { result, ok, .. } = &self.action else {
+            return None;
+        };
+        Some(if *ok {
+            format!("rolled back ({result})")
+        } else {
+            format!("rollback FAILED ({result}); production needs a human")
+        })
+    }
+
+    /// Closes the window at `now` with `verdict`, logging the closing row.
+    pub fn close(
+        &mut self,
+        now: i64,
+        at: &str,
+        verdict: Classification,
+        samples: &str,
+        action: &str,
+    ) {
+        self.push_tick(
+            at,
+            samples,
+            verdict.as_str(),
+            Decision::Close.as_str(),
+            action,
+        );
+        self.closed_at = Some(now);
+        self.verdict = Some(verdict.as_str().to_string());
+    }
 }
 
 #[cfg(test)]
@@ -738,5 +1097,319 @@ mod tests {
             parse_status::<PostDeployVerdict>(Some(&closed)),
             Ok(PostDeployVerdict::Degraded)
         );
+    }
+
+    fn task() -> Task {
+        Task {
+            id: 7,
+            project: "shop".into(),
+            work_item_id: "item-7".into(),
+            key: "SHOP-7".into(),
+            title: "t".into(),
+            repo: "acme/shop".into(),
+            branch: "shop-7".into(),
+            pr_number: Some(3),
+            stage: crate::core::stage::Stage::Done,
+            stage_entered_at: 0,
+            validated_revision: None,
+            developer_retries: 0,
+            escalated_at: None,
+            escalation_reason: None,
+            created_at: 0,
+            updated_at: 0,
+            round: 1,
+            branch_ready_at: None,
+        }
+    }
+
+    /// A window armed at 1000 for 900 s.
+    fn window() -> WindowState {
+        WindowState::arm(&task(), 1000, 900, "deploy -> done")
+    }
+
+    #[test]
+    fn arming_opens_a_window_with_nothing_seen() {
+        let w = window();
+        assert_eq!((w.task_id, w.task_key.as_str()), (7, "SHOP-7"));
+        assert_eq!(
+            (w.repo.as_str(), w.work_item.as_str()),
+            ("acme/shop", "item-7")
+        );
+        assert_eq!((w.armed_at, w.ends_at), (1000, 1900));
+        assert!(w.is_open());
+        assert_eq!(w.action, ActionState::None);
+        assert_eq!(w.time_left(1000), 900);
+        assert_eq!(w.time_left(1900), 0);
+        assert_eq!(w.time_left(5000), 0);
+        assert_eq!(w.alert_key("degraded"), "post-deploy:7:1000:degraded");
+        let far = WindowState::arm(&task(), i64::MAX - 1, 900, "operator");
+        assert_eq!(far.ends_at, i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn next_step_precedence() {
+        use NextStep::*;
+        let fresh = window();
+        let mut sampled = window();
+        sampled.samples = health(&[true]);
+        sampled.samples[0].at = 1500;
+        let mut degraded = sampled.clone();
+        degraded.ever_degraded = true;
+        let mut started = window();
+        started.action = ActionState::Started { at: 1200 };
+        let mut done = window();
+        done.end_rollback(1200, 1210, "exit 0".into(), true);
+        // (name, window, now, enabled, want); the interval is 60 s, so due after 30 s.
+        let cases = [
+            (
+                "a started rollback first, even past the end",
+                &started,
+                5000,
+                true,
+                FinishRollback,
+            ),
+            (
+                "a started rollback first, even switched off",
+                &started,
+                1500,
+                false,
+                FinishRollback,
+            ),
+            (
+                "an ended rollback is finished too",
+                &done,
+                1500,
+                true,
+                FinishRollback,
+            ),
+            (
+                "past the end closes without probing",
+                &fresh,
+                1900,
+                true,
+                Close(Inconclusive),
+            ),
+            (
+                "past the end closes even switched off",
+                &fresh,
+                5000,
+                false,
+                Close(Inconclusive),
+            ),
+            (
+                "a window that degraded closes DEGRADED",
+                &degraded,
+                1900,
+                true,
+                Close(Degraded),
+            ),
+            (
+                "switched off inside the window skips",
+                &fresh,
+                1899,
+                false,
+                SkipDisabled,
+            ),
+            ("never sampled is due", &fresh, 1000, true, Probe),
+            (
+                "sampled 29 s ago is not due",
+                &sampled,
+                1529,
+                true,
+                SkipNotDue,
+            ),
+            ("sampled 30 s ago is due", &sampled, 1530, true, Probe),
+        ];
+        use Classification::*;
+        for (name, w, now, enabled, want) in cases {
+            assert_eq!(next_step(w, now, enabled, 60, &T), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn observing_classifies_decides_and_keeps_the_evidence() {
+        let mut w = window();
+        let mut seen = vec![];
+        for (i, ok) in [false, false, false].into_iter().enumerate() {
+            let now = 1000 + i as i64 * 60;
+            let mut sample = health(&[ok]).remove(0);
+            sample.at = now;
+            seen.push(w.observe(sample, &T, false, true, now).decision);
+        }
+        use Decision::*;
+        assert_eq!(seen, vec![Continue, Continue, Rollback]);
+        assert_eq!(w.samples.len(), 3);
+        assert!(w.last_evidence.as_deref().unwrap().contains('3'), "{w:?}");
+        // Observing alone records no classification: a dry run saves nothing.
+        assert_eq!(
+            (w.last_classification.as_deref(), w.ever_degraded),
+            (None, false)
+        );
+        let mut hosting = window();
+        let failing = health(&[false, false, false]);
+        let mut last = None;
+        for sample in failing {
+            last = Some(hosting.observe(sample, &T, true, true, 1100).decision);
+        }
+        assert_eq!(last, Some(AlertOnly));
+    }
+
+    #[test]
+    fn samples_and_log_rows_are_capped() {
+        let mut w = window();
+        for i in 0..=MAX_SAMPLES {
+            let mut sample = health(&[true]).remove(0);
+            sample.at = i as i64;
+            w.observe(sample, &T, false, true, 1000);
+            w.push_tick("t", "s", "HEALTHY", "CONTINUE", &i.to_string());
+        }
+        assert_eq!(w.samples.len(), MAX_SAMPLES);
+        assert_eq!(w.samples[0].at, 1, "the oldest goes");
+        assert_eq!(w.ticks.len(), MAX_SAMPLES);
+        assert_eq!(w.ticks[0].action, "1");
+    }
+
+    #[test]
+    fn one_degraded_tick_makes_the_window_degraded() {
+        let mut w = window();
+        assert!(!w.record_classification(Classification::Healthy));
+        assert!(w.record_classification(Classification::Degraded));
+        assert!(!w.record_classification(Classification::Inconclusive));
+        assert_eq!(w.last_classification.as_deref(), Some("INCONCLUSIVE"));
+        assert!(w.ever_degraded);
+    }
+
+    #[test]
+    fn a_rollback_goes_started_then_done() {
+        let mut w = window();
+        let argv = vec!["/bin/rollback".to_string(), "shop".to_string()];
+        assert_eq!(w.rollback_outcome(), None);
+        w.start_rollback(
+            1100,
+            "at",
+            "health HTTP 500",
+            Classification::Degraded,
+            &argv,
+        );
+        assert_eq!(w.action, ActionState::Started { at: 1100 });
+        assert_eq!(w.rollback_outcome(), None, "no end recorded yet");
+        let row = w.ticks.last().unwrap();
+        assert_eq!(
+            (row.decision.as_str(), row.action.as_str()),
+            ("ROLLBACK", "rollback started: /bin/rollback shop")
+        );
+        let mut ok = w.clone();
+        ok.end_rollback(1100, 1105, "exit 0".into(), true);
+        assert_eq!(ok.rollback_outcome().unwrap(), "rolled back (exit 0)");
+        assert_eq!(
+            ok.interrupt_rollback(2000),
+            None,
+            "an ended rollback stays as it is"
+        );
+        let mut failed = w.clone();
+        failed.end_rollback(1100, 1105, "exit 3".into(), false);
+        assert_eq!(
+            failed.rollback_outcome().unwrap(),
+            "rollback FAILED (exit 3); production needs a human"
+        );
+    }
+
+    #[test]
+    fn a_rollback_whose_tick_died_is_interrupted_not_rerun() {
+        let mut w = window();
+        assert_eq!(w.interrupt_rollback(2000), None, "nothing started");
+        assert_eq!(w.action, ActionState::None);
+        w.action = ActionState::Started { at: 1100 };
+        assert_eq!(w.interrupt_rollback(2000), Some(1100));
+        let ActionState::Done {
+            started_at,
+            ended_at,
+            ok,
+            ..
+        } = w.action.clone()
+        else {
+            panic!("{:?}", w.action);
+        };
+        assert_eq!((started_at, ended_at, ok), (1100, 2000, false));
+        assert!(w
+            .rollback_outcome()
+            .unwrap()
+            .starts_with("rollback FAILED (interrupted"));
+    }
+
+    #[test]
+    fn closing_records_the_verdict_and_a_row() {
+        let mut w = window();
+        w.close(
+            1900,
+            "2026-11-25T03:15:00Z",
+            Classification::Healthy,
+            "-",
+            "window closed: HEALTHY",
+        );
+        assert!(!w.is_open());
+        assert_eq!(w.closed_at, Some(1900));
+        assert_eq!(w.verdict.as_deref(), Some("HEALTHY"));
+        let row = w.ticks.last().unwrap();
+        assert_eq!(
+            (row.classification.as_str(), row.decision.as_str()),
+            ("HEALTHY", "CLOSE")
+        );
+    }
+
+    #[test]
+    fn alerts_say_what_and_why() {
+        let w = window();
+        assert_eq!(
+            w.degraded_alert("3 health failures", true),
+            "post-deploy: SHOP-7 (acme/shop) production DEGRADED: 3 health failures. \
+             self-hosting repo: alert only, never restarted by a tick."
+        );
+        assert!(w
+            .degraded_alert("e", false)
+            .ends_with("no rollback command configured: alert only."));
+        assert_eq!(
+            w.rollback_alert(
+                "e",
+                "rolled back (exit 0)",
+                Path::new("/s/rollback-1000.out")
+            ),
+            "post-deploy: SHOP-7 (acme/shop) production DEGRADED: e. rolled back (exit 0); \
+             the task goes back to development. Output: /s/rollback-1000.out"
+        );
+    }
+
+    #[test]
+    fn sample_summaries() {
+        let mut s = health(&[false]).remove(0);
+        s.health_detail = "HTTP 500".into();
+        assert_eq!(s.summary(), "health HTTP 500; metrics n/a");
+        s.health_ok = None;
+        s.metrics_detail = "HTTP 404".into();
+        assert_eq!(s.summary(), "health n/a; HTTP 404");
+        s.counters = Some(Counters {
+            total: 120.0,
+            errors_5xx: 3.0,
+        });
+        assert_eq!(s.summary(), "health n/a; requests 120 (5xx 3)");
+    }
+
+    #[test]
+    fn the_window_file_format_is_kept() {
+        let mut w = window();
+        w.action = ActionState::Started { at: 1100 };
+        let json = serde_json::to_value(&w).unwrap();
+        assert_eq!(
+            json["action"],
+            serde_json::json!({"state": "started", "at": 1100})
+        );
+        // Fields added later default when an older file lacks them.
+        let old = serde_json::json!({
+            "task_id": 1, "task_key": "SHOP-1", "project": "shop", "repo": "acme/shop",
+            "work_item": "i", "armed_at": 0, "ends_at": 900, "armed_by": "operator",
+            "action": {"state": "none"}
+        });
+        let read: WindowState = serde_json::from_value(old).unwrap();
+        assert!(read.is_open() && read.samples.is_empty() && !read.reopened);
     }
 }

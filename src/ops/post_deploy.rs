@@ -8,11 +8,11 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::adapters::artefacts::{task_dir, write_atomic};
-use crate::adapters::sentinel::{self, ActionState, WindowState};
+use crate::adapters::windows;
 use crate::clock::format_unix;
 use crate::core::artefact::POST_DEPLOY_LOG_FILE;
 use crate::core::post_deploy::{
-    applicability, render_log, Applicability, Classification, WatchedProject,
+    applicability, render_log, Applicability, Classification, WatchedProject, WindowState,
 };
 use crate::core::task::Task;
 use crate::ops::pass::Context;
@@ -83,33 +83,15 @@ pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Res
     if let Applicability::Skipped(reason) = applicability(s.post_deploy_enabled, repos, facts) {
         return Ok(Armed::Skipped { reason });
     }
-    let dir = sentinel::window_dir(&s.state_dir, &task.repo, &task.work_item_id)?;
-    if let Some(w) = sentinel::load(&dir)? {
+    let dir = windows::window_dir(&s.state_dir, &task.repo, &task.work_item_id)?;
+    if let Some(w) = windows::load(&dir)? {
         if w.is_open() {
             return Ok(Armed::AlreadyArmed { ends_at: w.ends_at });
         }
     }
     let now = ctx.now_secs();
-    let w = WindowState {
-        task_id: task.id,
-        task_key: task.key.clone(),
-        project: task.project.clone(),
-        repo: task.repo.clone(),
-        work_item: task.work_item_id.clone(),
-        armed_at: now,
-        ends_at: now.saturating_add(s.post_deploy_window_s.secs()),
-        armed_by: armed_by.to_string(),
-        samples: vec![],
-        ticks: vec![],
-        last_classification: None,
-        ever_degraded: false,
-        last_evidence: None,
-        action: ActionState::None,
-        reopened: false,
-        closed_at: None,
-        verdict: None,
-    };
-    sentinel::save(&dir, &w)?;
+    let w = WindowState::arm(task, now, s.post_deploy_window_s.secs(), armed_by);
+    windows::save(&dir, &w)?;
     write_log(ctx, &w);
     Ok(Armed::Armed { ends_at: w.ends_at })
 }
@@ -137,7 +119,7 @@ pub fn arm_after_deploy(ctx: &Context, task: &Task) {
 
 /// Returns the open windows for `status`, soonest end first.
 pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
-    let found = match sentinel::list(state_dir) {
+    let found = match windows::list(state_dir) {
         Ok(found) => found,
         Err(e) => vec![(state_dir.to_path_buf(), Err(e))],
     };

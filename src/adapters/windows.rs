@@ -1,4 +1,4 @@
-//! Post-deploy sentinel files: one folder per watched work item under
+//! The post-deploy window store: one folder per watched work item under
 //! `<state dir>/post-deploy-state-<repo>/<work item>/`, holding `window.json` (the
 //! window, its samples, its log lines and the rollback's progress) and the rollback's
 //! output. No database: a restart or a crash mid-tick loses nothing.
@@ -7,7 +7,8 @@
 //! from outside (Plane, the pipeline file), so each becomes exactly one safe path
 //! component: anything outside `[A-Za-z0-9._-]` is replaced, a leading dot too, long
 //! names are cut, and an altered name gets a hash suffix so two names never share a
-//! folder by accident. This module decides nothing about production.
+//! folder by accident. This module decides nothing: the window's states and transitions
+//! are `core::post_deploy`'s ([`WindowState`]); it loads, saves, lists and names files.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 
 use crate::adapters::fs::write_atomic;
-use crate::core::post_deploy::{Sample, TickRecord};
+use crate::core::post_deploy::WindowState;
 
 /// The state file of one window.
 pub const WINDOW_FILE: &str = "window.json";
@@ -23,85 +24,6 @@ pub const WINDOW_FILE: &str = "window.json";
 pub const REPO_DIR_PREFIX: &str = "post-deploy-state-";
 /// Longest component kept before the hash suffix.
 const MAX_COMPONENT: usize = 64;
-
-/// Where the rollback of a window got to. Written before the command starts and after
-/// it ends, so a crash in between is seen and the command is never run twice.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum ActionState {
-    /// Not started.
-    None,
-    /// Started at this time; no end recorded (yet, or ever: the tick died).
-    Started {
-        /// Unix seconds.
-        at: i64,
-    },
-    /// Ended.
-    Done {
-        /// When it started.
-        started_at: i64,
-        /// When its end was recorded.
-        ended_at: i64,
-        /// `exit 0`, `exit 3`, `timed out after 300s`, `interrupted` ...
-        result: String,
-        /// Whether it succeeded.
-        ok: bool,
-    },
-}
-
-/// One post-deploy window as stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WindowState {
-    /// The task row id.
-    pub task_id: i64,
-    /// The task key (`SHOP-12`).
-    pub task_key: String,
-    /// The project name.
-    pub project: String,
-    /// Gitea `owner/name`, as given.
-    pub repo: String,
-    /// The Plane work item id, as given.
-    pub work_item: String,
-    /// Armed at (unix seconds).
-    pub armed_at: i64,
-    /// The window ends at (unix seconds).
-    pub ends_at: i64,
-    /// Who armed it (`deploy -> done`, `operator`).
-    pub armed_by: String,
-    /// The samples so far.
-    #[serde(default)]
-    pub samples: Vec<Sample>,
-    /// The log lines so far.
-    #[serde(default)]
-    pub ticks: Vec<TickRecord>,
-    /// The latest classification, for `status`.
-    #[serde(default)]
-    pub last_classification: Option<String>,
-    /// Whether any tick classified DEGRADED.
-    #[serde(default)]
-    pub ever_degraded: bool,
-    /// The latest evidence line (what the alert and the reopen reason quote).
-    #[serde(default)]
-    pub last_evidence: Option<String>,
-    /// The rollback's progress.
-    pub action: ActionState,
-    /// Whether the task was reopened to development.
-    #[serde(default)]
-    pub reopened: bool,
-    /// When the window closed, if it has.
-    #[serde(default)]
-    pub closed_at: Option<i64>,
-    /// The final verdict (`HEALTHY`, `DEGRADED`, `INCONCLUSIVE`), once closed.
-    #[serde(default)]
-    pub verdict: Option<String>,
-}
-
-impl WindowState {
-    /// Returns whether the window is still being watched.
-    pub fn is_open(&self) -> bool {
-        self.closed_at.is_none()
-    }
-}
 
 /// Returns `name` as one path component that cannot leave its parent folder.
 pub fn sanitise(name: &str) -> String {
@@ -174,6 +96,12 @@ pub fn save(dir: &Path, state: &WindowState) -> Result<()> {
     write_atomic(&dir.join(WINDOW_FILE), &bytes)
 }
 
+/// Returns the file the rollback of the window armed at `armed_at` writes its output to,
+/// beside the window.
+pub fn rollback_output(dir: &Path, armed_at: i64) -> PathBuf {
+    dir.join(format!("rollback-{armed_at}.out"))
+}
+
 /// One window found on disk, or why it could not be read.
 pub type Found = (PathBuf, Result<WindowState>);
 
@@ -223,6 +151,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<Found>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::post_deploy::ActionState;
 
     fn window(repo: &str, item: &str) -> WindowState {
         WindowState {
