@@ -12,8 +12,8 @@
 //!   after the branch was deleted) is still that PR.
 //! - CI: Gitea's combined status of the PR head SHA (`""`, no CI reported, is not
 //!   success; the gate waits on it).
-//! - Deploy → done: a PR whose head is already contained in its base
-//!   (`compare base...head` has 0 commits) counts as merged, as in merge-guard.
+//! - Deploy → done: a PR whose head is already contained in its base counts as merged
+//!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too).
 //!
 //! Only what `gate::needs(stage)` lists is fetched. Errors become the fact's `Err`, so
 //! the checks that read it say `Unknown` and the gate waits; nothing here fails a pass.
@@ -24,6 +24,7 @@ use crate::adapters::gitea::{GiteaClient, PullRequest};
 use crate::adapters::http::HttpError;
 use crate::core::facts::{CiState, Fact, PrFacts};
 use crate::core::gate::Need;
+use crate::core::merge::head_contained_in_base;
 use crate::core::round::recorded_pr_is_current;
 use crate::core::stage::Stage;
 use crate::core::task::Task;
@@ -190,7 +191,7 @@ impl Forge {
         self.requests += 1;
         self.client()
             .compare_total_commits(&task.repo, &pr.base.ref_name, &pr.head.sha)
-            .map(|n| n == 0)
+            .map(head_contained_in_base)
             .map_err(|e: HttpError| e.to_string())
     }
 

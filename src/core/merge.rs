@@ -9,7 +9,8 @@
 //!   an empty message); no decision here reads it. It only goes into the detail a
 //!   human sees.
 //! - A head already contained in the base (`compare base...head` has no commits) is
-//!   nothing to merge: the merge endpoint would answer 405 forever. It counts as merged.
+//!   nothing to merge: the merge endpoint would answer 405 forever. It counts as merged
+//!   ([`head_contained_in_base`], the one rule the deploy gate's PR fact uses too).
 //! - The merge pins a head (`head_commit_id`): the revision the pipeline validated, so
 //!   a PR that moved since is refused before any merge call.
 //!
@@ -98,6 +99,15 @@ pub enum Compare {
     Unavailable,
     /// The call failed.
     Failed(String),
+}
+
+/// Returns whether a PR whose head has `commits_ahead` commits its base lacks
+/// (`compare base...head`'s `total_commits`) counts as merged: with none, the head is
+/// already contained in the base and nothing is left to merge (the merge endpoint would
+/// answer 405 forever). The one rule for merge-guard ([`decide`]) and for the deploy
+/// gate's PR fact (`adapters::forge`, which asks at `deploy` when Gitea says unmerged).
+pub fn head_contained_in_base(commits_ahead: u64) -> bool {
+    commits_ahead == 0
 }
 
 /// Why a PR counts as merged.
@@ -224,7 +234,7 @@ pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> Ve
         _ => {}
     }
     match compare {
-        Compare::Ahead(0) => {
+        Compare::Ahead(n) if head_contained_in_base(*n) => {
             return Verdict::AlreadyMerged(MergedHow::ContainedInBase {
                 base: pr.base_ref.clone(),
                 head: pr.head_sha.clone(),
@@ -476,6 +486,14 @@ mod tests {
 
     fn pinned() -> Pin {
         Pin::Validated(HEAD.into())
+    }
+
+    #[test]
+    fn a_head_with_nothing_ahead_of_its_base_counts_as_merged() {
+        // (commits the head has that the base lacks, counts as merged?)
+        for (ahead, want) in [(0, true), (1, false), (2, false), (u64::MAX, false)] {
+            assert_eq!(head_contained_in_base(ahead), want, "{ahead}");
+        }
     }
 
     #[test]
