@@ -11,6 +11,7 @@ use crate::config::settings::parse_http_url;
 use crate::config::ConfigError;
 use crate::core::plane::{Project, StateMeanings, PLANE_STATE_GROUPS};
 use crate::core::stage::Agent;
+use crate::core::staging::{parse_checks, CheckDef};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,9 +78,9 @@ pub struct Pipeline {
     pub projects: Vec<Project>,
     /// Agent argv templates by agent.
     pub agents: BTreeMap<String, Vec<String>>,
-    /// The staging checks, as written (validated by `staging-check`'s own schema).
+    /// The staging checks, typed once here by `core::staging`'s schema.
     #[serde(skip)]
-    pub staging_checks: Vec<serde_yaml::Value>,
+    pub staging_checks: Vec<CheckDef>,
 }
 
 impl Pipeline {
@@ -278,8 +279,7 @@ pub(super) fn parse_pipeline(
         }
     }
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-    let staging_checks = raw.staging.map(|s| s.checks).unwrap_or_default();
-    crate::core::staging::parse_checks(&staging_checks, &names)
+    let staging_checks = parse_checks(&raw.staging.map(|s| s.checks).unwrap_or_default(), &names)
         .map_err(|e| ConfigError::new(e.key, e.message))?;
     Ok(Pipeline {
         path: None,
@@ -425,6 +425,19 @@ agents:
             let got = err_key(Some(&text), Layers::default());
             assert!(got.starts_with(key), "{to}: expected key {key}, got {got}");
         }
+    }
+
+    #[test]
+    fn staging_checks_are_typed_at_load() {
+        let text = format!(
+            "{GOOD}staging:\n  checks:\n    - {{ id: C1, name: health, kind: http, url: \"http://127.0.0.1:9/health\" }}\n"
+        );
+        let c = Config::from_parts(Some(&text), None, Layers::default()).unwrap();
+        let check = &c.pipeline.staging_checks[0];
+        assert_eq!((check.id.as_str(), check.kind.as_str()), ("C1", "http"));
+        let bad = text.replace("kind: http", "kind: ping");
+        let got = err_key(Some(&bad), Layers::default());
+        assert_eq!(got, "staging.checks[0].kind");
     }
 
     #[test]
