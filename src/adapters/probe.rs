@@ -4,7 +4,7 @@
 //! the probe timeout; a probe never fails the pass, it becomes a failed sample.
 
 use crate::adapters::http;
-use crate::config::Project;
+use crate::core::plane::Project;
 use crate::core::post_deploy::{parse_counters, Sample};
 
 /// Probes `project` once with `client` and returns the sample taken at `now`.

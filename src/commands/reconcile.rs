@@ -24,10 +24,10 @@ use crate::adapters::db_reconcile::ESCALATION_KIND;
 use crate::adapters::forge::Forge;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{NewComment, PlaneClient};
-use crate::config::Project;
 use crate::core::gate::{self, GateInputs};
 use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
+use crate::core::plane::Project;
 use crate::core::reconcile::{
     self, blocked_guard, decide, local_guards, plane_state_of, Action, Limits, Listed, TaskFacts,
     Verdict,

@@ -37,9 +37,9 @@ use crate::core::pin::{
 };
 use crate::core::stage::Stage;
 use crate::core::staging::{
-    classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_checks,
-    parse_revision, revision_from_command, revision_from_http, verdict, CheckDef, CheckKind,
-    CheckResult, Outcome, Policy, RevisionSource, RoundtripTarget, VerdictStatus,
+    classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_revision,
+    revision_from_command, revision_from_http, verdict, CheckDef, CheckKind, CheckResult, Outcome,
+    Policy, RevisionSource, RoundtripTarget, VerdictStatus,
 };
 use crate::core::staging_report::{CheckLine, NoVerdictRun, StagingRun};
 use crate::core::task::Task;
@@ -102,9 +102,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let settings = &ctx.config.settings;
     let pipeline = &ctx.config.pipeline;
-    let names: Vec<&str> = pipeline.projects.iter().map(|p| p.name.as_str()).collect();
-    let checks = parse_checks(&pipeline.staging_checks, &names)
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let checks = &pipeline.staging_checks;
     let mut expected = match args.expected_revision.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(
@@ -276,7 +274,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     // index of each check's trip, to append its clean-up note afterwards.
     let mut trips: Vec<Arc<Trip>> = Vec::new();
     let mut trip_of: Vec<Option<usize>> = Vec::new();
-    for c in &checks {
+    for c in checks {
         let trip = match (&c.kind, &roundtrip_env) {
             (CheckKind::WebhookRoundtrip(r), Some(env)) => {
                 let i = match trips.iter().position(|t| t.serves(r)) {

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{StateMatch, StateMeanings};
+use crate::core::plane::{StateMatch, StateMeanings};
 use crate::core::stage::{self, Stage};
 
 /// The HTTP status and reason a delivery is refused with before it is stored.

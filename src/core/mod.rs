@@ -13,6 +13,7 @@ pub mod job;
 pub mod lease;
 pub mod merge;
 pub mod pin;
+pub mod plane;
 pub mod post_deploy;
 pub mod reap;
 pub mod reconcile;

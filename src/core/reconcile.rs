@@ -2,10 +2,10 @@
 //! what to do with a gate's answer (advance, roll back, re-run the stage's job, escalate
 //! or wait). Pure: the command gathers the facts and acts on the answer.
 
-use crate::config::StateMeanings;
 use crate::core::gate::GateDecision;
 use crate::core::intake::{meaning_of, Meaning};
 use crate::core::job::JobOutcome;
+use crate::core::plane::StateMeanings;
 use crate::core::stage::{transition, Stage};
 
 /// The facts the guards read, all local (no network) except `plane_blocked`.

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::{Project, StateMeanings};
 use crate::core::branch::branch_name;
 use crate::core::intake::{meaning_of, task_key, Meaning, PlaneState};
+use crate::core::plane::{Project, StateMeanings};
 
 /// The title every synthetic work item carries (the branch name derives from it).
 pub const SYNTHETIC_TITLE: &str = "orch staging-check round trip";
@@ -210,7 +210,7 @@ pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StateMatch;
+    use crate::core::plane::StateMatch;
 
     fn st(id: &str, name: &str, group: &str) -> PlaneState {
         PlaneState {

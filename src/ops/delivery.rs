@@ -7,10 +7,10 @@ use crate::adapters::db::{Created, Db, MoveError, Moved};
 use crate::adapters::db_deliveries::{AlreadyRecorded, Recorder, PENDING};
 use crate::adapters::db_start::TaskStart;
 use crate::adapters::plane::PlaneClient;
-use crate::config::Project;
 use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
 };
+use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::ops::moves;

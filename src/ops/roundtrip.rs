@@ -18,8 +18,9 @@ use crate::adapters::gitea::GiteaClient;
 use crate::adapters::http::{client_with, HttpError};
 use crate::adapters::plane::PlaneClient;
 use crate::adapters::roundtrip::{post_delivery, random_uuid, staging_jobs_from_db};
-use crate::config::{Config, ConfigError, Project, Secret};
+use crate::config::{Config, ConfigError, Secret};
 use crate::core::intake::{sign, PlaneState};
+use crate::core::plane::Project;
 use crate::core::roundtrip::{
     analyst_job, backoff, delivery_body, in_progress_state, jobs_from_task_show, status_argv,
     synthetic, StagingJob, Synthetic,

@@ -307,14 +307,14 @@ fn the_round_trip_passes_against_a_real_staging_and_cleans_up_its_branch() {
 fn a_delivery_with_another_projects_in_progress_id_starts_nothing() {
     let r = remotes();
     let s = staging(&r, SECRET);
-    let project = &orch::config::Project {
+    let project = &orch::core::plane::Project {
         name: "sandbox".into(),
         plane_project_id: SANDBOX_PROJECT.into(),
         plane_identifier: Some("SBX".into()),
         repo: "acme/sandbox".into(),
         default_branch: "main".into(),
         self_hosting: false,
-        states: orch::config::StateMeanings::default(),
+        states: orch::core::plane::StateMeanings::default(),
         health_url: None,
         metrics_url: None,
         rollback: None,

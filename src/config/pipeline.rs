@@ -1,0 +1,462 @@
+//! The pipeline file (projects, agents, staging checks): its YAML shape and its
+//! validation into [`Pipeline`], each error naming the key path.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::settings::parse_http_url;
+use crate::config::ConfigError;
+use crate::core::plane::{Project, StateMeanings, PLANE_STATE_GROUPS};
+use crate::core::stage::Agent;
+use crate::core::staging::{parse_checks, CheckDef};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    plane: Option<RawPlane>,
+    #[serde(default)]
+    projects: Vec<RawProject>,
+    #[serde(default)]
+    agents: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    staging: Option<RawStaging>,
+    #[serde(default)]
+    settings: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlane {
+    workspace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    name: String,
+    plane_project_id: String,
+    #[serde(default)]
+    plane_identifier: Option<String>,
+    repo: String,
+    #[serde(default = "default_branch")]
+    default_branch: String,
+    #[serde(default)]
+    self_hosting: bool,
+    #[serde(default)]
+    states: StateMeanings,
+    #[serde(default)]
+    health_url: Option<String>,
+    #[serde(default)]
+    metrics_url: Option<String>,
+    #[serde(default)]
+    rollback: Option<Vec<String>>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaging {
+    #[serde(default)]
+    checks: Vec<serde_yaml::Value>,
+}
+
+/// The validated pipeline file.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Pipeline {
+    /// Where it was read from; `None` when running on the built-in defaults.
+    pub path: Option<PathBuf>,
+    /// The Plane workspace slug.
+    pub plane_workspace: Option<String>,
+    /// The projects, in file order.
+    pub projects: Vec<Project>,
+    /// Agent argv templates by agent.
+    pub agents: BTreeMap<String, Vec<String>>,
+    /// The staging checks, typed once here by `core::staging`'s schema.
+    #[serde(skip)]
+    pub staging_checks: Vec<CheckDef>,
+}
+
+impl Pipeline {
+    /// Returns the project with this name.
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.iter().find(|p| p.name == name)
+    }
+
+    /// Returns the project with this Plane project id.
+    pub fn project_by_plane_id(&self, id: &str) -> Option<&Project> {
+        self.projects
+            .iter()
+            .find(|p| p.plane_project_id.eq_ignore_ascii_case(id))
+    }
+
+    /// Returns the argv template of `agent`.
+    pub fn agent_argv(&self, agent: Agent) -> Option<&[String]> {
+        self.agents.get(agent.as_str()).map(Vec::as_slice)
+    }
+}
+
+/// The placeholders an agent argv template may use.
+pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
+
+pub(super) fn parse_pipeline(
+    text: &str,
+    file_settings: &mut BTreeMap<String, String>,
+) -> Result<Pipeline, ConfigError> {
+    let raw: RawPipeline = serde_yaml::from_str(text).map_err(|e| {
+        let key = e
+            .to_string()
+            .split(':')
+            .next()
+            .filter(|k| !k.contains(' '))
+            .unwrap_or("pipeline file")
+            .to_string();
+        ConfigError::new(key, e.to_string())
+    })?;
+    for (name, value) in raw.settings {
+        let key = format!("settings.{name}");
+        let text = match value {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "expected a string, number or boolean",
+                ))
+            }
+        };
+        if !name.starts_with("ORCH_") {
+            return Err(ConfigError::new(key, "expected an ORCH_* setting name"));
+        }
+        file_settings.insert(name, text);
+    }
+    let plane_workspace = match raw.plane {
+        Some(p) if is_slug(&p.workspace) => Some(p.workspace),
+        Some(p) => {
+            return Err(ConfigError::new(
+                "plane.workspace",
+                format!(
+                    "expected a workspace slug (letters, digits, - and _), got {:?}",
+                    p.workspace
+                ),
+            ))
+        }
+        None => None,
+    };
+    let mut projects: Vec<Project> = Vec::new();
+    for (i, p) in raw.projects.into_iter().enumerate() {
+        let at = |field: &str| format!("projects[{i}].{field}");
+        if !is_slug(&p.name) {
+            return Err(ConfigError::new(
+                at("name"),
+                "expected a short name of letters, digits, - and _",
+            ));
+        }
+        if projects.iter().any(|q| q.name == p.name) {
+            return Err(ConfigError::new(
+                at("name"),
+                format!("duplicate project name {:?}", p.name),
+            ));
+        }
+        if !is_uuid(&p.plane_project_id) {
+            return Err(ConfigError::new(
+                at("plane_project_id"),
+                "expected a UUID such as 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02",
+            ));
+        }
+        if projects
+            .iter()
+            .any(|q| q.plane_project_id.eq_ignore_ascii_case(&p.plane_project_id))
+        {
+            return Err(ConfigError::new(
+                at("plane_project_id"),
+                "two projects have the same Plane project id",
+            ));
+        }
+        if !is_repo(&p.repo) {
+            return Err(ConfigError::new(
+                at("repo"),
+                format!("expected a Gitea owner/name, got {:?}", p.repo),
+            ));
+        }
+        if crate::core::branch::check_ref_name(&p.default_branch).is_err() {
+            return Err(ConfigError::new(
+                at("default_branch"),
+                "expected a valid git branch name",
+            ));
+        }
+        if let Some(ident) = &p.plane_identifier {
+            if ident.is_empty() || !ident.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(ConfigError::new(
+                    at("plane_identifier"),
+                    "expected the project identifier, e.g. ORCH",
+                ));
+            }
+        }
+        for (meaning, m) in [
+            ("start", &p.states.start),
+            ("approved", &p.states.approved),
+            ("rejected", &p.states.rejected),
+            ("cancel", &p.states.cancel),
+            ("blocked", &p.states.blocked),
+        ] {
+            for g in &m.groups {
+                if !PLANE_STATE_GROUPS.contains(&g.as_str()) {
+                    return Err(ConfigError::new(
+                        at(&format!("states.{meaning}.groups")),
+                        format!(
+                            "unknown state group {g:?}; expected one of {}",
+                            PLANE_STATE_GROUPS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let url_at = |field: &str, v: &Option<String>| -> Result<Option<Url>, ConfigError> {
+            v.as_deref()
+                .map(parse_http_url)
+                .transpose()
+                .map_err(|m| ConfigError::new(at(field), m))
+        };
+        let health_url = url_at("health_url", &p.health_url)?;
+        let metrics_url = url_at("metrics_url", &p.metrics_url)?;
+        if let Some(argv) = &p.rollback {
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(ConfigError::new(
+                    at("rollback"),
+                    "expected a non-empty argv list, e.g. [/usr/local/bin/redeploy, --previous]",
+                ));
+            }
+        }
+        projects.push(Project {
+            name: p.name,
+            plane_project_id: p.plane_project_id.to_ascii_lowercase(),
+            plane_identifier: p.plane_identifier,
+            repo: p.repo,
+            default_branch: p.default_branch,
+            self_hosting: p.self_hosting,
+            states: p.states,
+            health_url,
+            metrics_url,
+            rollback: p.rollback,
+        });
+    }
+    if projects.iter().filter(|p| p.self_hosting).count() > 1 {
+        return Err(ConfigError::new(
+            "projects[].self_hosting",
+            "at most one project can be the self-hosting repo",
+        ));
+    }
+    if !projects.is_empty() && plane_workspace.is_none() {
+        return Err(ConfigError::new(
+            "plane.workspace",
+            "required when projects are configured",
+        ));
+    }
+    for (agent, argv) in &raw.agents {
+        let key = format!("agents.{agent}");
+        if Agent::parse(agent).is_none() {
+            return Err(ConfigError::new(
+                key,
+                "unknown agent; expected analyst, developer, reviewer or deployer",
+            ));
+        }
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            return Err(ConfigError::new(
+                key,
+                "expected a non-empty argv list, e.g. [openclaw, agent, --task, \"{task}\"]",
+            ));
+        }
+        for arg in argv {
+            check_placeholders(arg).map_err(|m| ConfigError::new(key.clone(), m))?;
+        }
+    }
+    let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let staging_checks = parse_checks(&raw.staging.map(|s| s.checks).unwrap_or_default(), &names)
+        .map_err(|e| ConfigError::new(e.key, e.message))?;
+    Ok(Pipeline {
+        path: None,
+        plane_workspace,
+        projects,
+        agents: raw.agents,
+        staging_checks,
+    })
+}
+
+/// Checks that every `{name}` in an argv template is a known placeholder.
+fn check_placeholders(arg: &str) -> Result<(), String> {
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!("unclosed {{ in {arg:?}"));
+        };
+        let name = &after[..close];
+        if !AGENT_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in {arg:?}; expected one of {}",
+                AGENT_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Returns whether `s` is a Gitea `owner/name`.
+pub fn is_repo(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Layers};
+
+    fn err_key(text: Option<&str>, layers: Layers) -> String {
+        Config::from_parts(text, None, layers).unwrap_err().key
+    }
+
+    const GOOD: &str = r#"
+plane: { workspace: acme }
+projects:
+  - name: orch
+    plane_project_id: 7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
+    repo: acme/orch
+agents:
+  analyst: [openclaw, agent, --task, "{task}"]
+"#;
+
+    #[test]
+    fn good_pipeline_parses() {
+        let c = Config::from_parts(Some(GOOD), None, Layers::default()).unwrap();
+        let p = &c.pipeline.projects[0];
+        assert_eq!(p.default_branch, "main");
+        assert_eq!(p.states.start.groups, vec!["started"]);
+        assert_eq!(p.states.cancel.groups, vec!["cancelled"]);
+        assert_eq!(c.pipeline.agent_argv(Agent::Analyst).unwrap()[3], "{task}");
+    }
+
+    #[test]
+    fn bad_pipeline_values_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("repo: acme/orch", "repo: acme", "projects[0].repo"),
+            ("repo: acme/orch", "repo: [acme]", "projects[0].repo"),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    colour: red",
+                "projects[0]",
+            ),
+            (
+                "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02",
+                "not-a-uuid",
+                "projects[0].plane_project_id",
+            ),
+            ("name: orch", "name: \"o r c h\"", "projects[0].name"),
+            ("  analyst:", "  poet:", "agents.poet"),
+            ("\"{task}\"", "\"{tsk}\"", "agents.analyst"),
+            (
+                "[openclaw, agent, --task, \"{task}\"]",
+                "[]",
+                "agents.analyst",
+            ),
+            ("workspace: acme", "workspace: \"a/b\"", "plane.workspace"),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    health_url: nope",
+                "projects[0].health_url",
+            ),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    states: { start: { groups: [begun] } }",
+                "projects[0].states.start.groups",
+            ),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    rollback: []",
+                "projects[0].rollback",
+            ),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    default_branch: \"a..b\"",
+                "projects[0].default_branch",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "case {to} did not change the text");
+            let got = err_key(Some(&text), Layers::default());
+            assert!(got.starts_with(key), "{to}: expected key {key}, got {got}");
+        }
+    }
+
+    #[test]
+    fn staging_checks_are_typed_at_load() {
+        let text = format!(
+            "{GOOD}staging:\n  checks:\n    - {{ id: C1, name: health, kind: http, url: \"http://127.0.0.1:9/health\" }}\n"
+        );
+        let c = Config::from_parts(Some(&text), None, Layers::default()).unwrap();
+        let check = &c.pipeline.staging_checks[0];
+        assert_eq!((check.id.as_str(), check.kind.as_str()), ("C1", "http"));
+        let bad = text.replace("kind: http", "kind: ping");
+        let got = err_key(Some(&bad), Layers::default());
+        assert_eq!(got, "staging.checks[0].kind");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let e = Config::from_parts(
+            Some("plane: { workspace: a }\nprojcts: []\n"),
+            None,
+            Layers::default(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("projcts"), "{e}");
+    }
+
+    #[test]
+    fn repo_names() {
+        assert!(is_repo("acme/orch"));
+        assert!(is_repo("a-b/c.d_e"));
+        for bad in ["acme", "a/b/c", "/b", "a/", "../b", "a/..", "a b/c"] {
+            assert!(!is_repo(bad), "{bad}");
+        }
+    }
+}

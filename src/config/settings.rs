@@ -1,0 +1,481 @@
+//! The `ORCH_*` settings: the `settings!` table (name, default, meaning, secrecy)
+//! and the value types a setting is parsed into.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::config::{ConfigError, Layers, Source};
+
+/// A secret value; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Returns the secret for use on the wire. Never log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How `dispatch` launches `orch run-job <id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobLauncher {
+    /// A detached child in its own session (development and tests).
+    Direct,
+    /// `systemctl start orch-job@<id>.service`, so the job outlives the dispatch unit.
+    Systemd,
+}
+
+/// Parses one setting's text into its typed value, or says the expected form.
+pub trait SettingValue: Sized {
+    /// Parses `text` (already trimmed); `Err` holds the expected form.
+    fn parse_setting(text: &str) -> Result<Self, String>;
+    /// Renders the value for `config check`.
+    fn render(&self) -> String;
+}
+
+impl SettingValue for bool {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A whole number of at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count(pub u32);
+
+impl SettingValue for Count {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Count(n)),
+            _ => Err("expected a whole number of at least 1".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// A duration given in whole seconds (`*_S` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    /// Returns the duration in whole seconds.
+    pub fn secs(self) -> i64 {
+        i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+impl SettingValue for Seconds {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.parse::<u64>() {
+            Ok(n) if n <= 10 * 365 * 86_400 => Ok(Seconds(Duration::from_secs(n))),
+            _ => Err("expected a whole number of seconds, 0 or more (at most ten years)".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.as_secs().to_string()
+    }
+}
+
+/// A duration in whole seconds that must be at least 1 (timeouts, windows, TTLs and
+/// limits, where 0 would time out every call, expire every lease at once or reap every
+/// running job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PositiveSeconds(pub Duration);
+
+impl PositiveSeconds {
+    /// Returns the duration in whole seconds.
+    pub fn secs(self) -> i64 {
+        i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+impl SettingValue for PositiveSeconds {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match Seconds::parse_setting(text) {
+            Ok(Seconds(d)) if d.as_secs() >= 1 => Ok(PositiveSeconds(d)),
+            _ => Err("expected a whole number of seconds, at least 1 (at most ten years)".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.as_secs().to_string()
+    }
+}
+
+/// A ratio between 0 and 1 inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Ratio(pub f64);
+
+impl SettingValue for Ratio {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(Ratio(r)),
+            _ => Err("expected a ratio between 0 and 1, e.g. 0.05".into()),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+impl SettingValue for PathBuf {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.contains('\0') {
+            return Err("expected a file system path".into());
+        }
+        Ok(PathBuf::from(text))
+    }
+    fn render(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl SettingValue for Option<Url> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        parse_http_url(text).map(Some)
+    }
+    fn render(&self) -> String {
+        self.as_ref().map(Url::to_string).unwrap_or_default()
+    }
+}
+
+impl SettingValue for Url {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        parse_http_url(text)
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl SettingValue for Option<Secret> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok((!text.is_empty()).then(|| Secret(text.to_string())))
+    }
+    fn render(&self) -> String {
+        match self {
+            Some(_) => "<redacted>".into(),
+            None => String::new(),
+        }
+    }
+}
+
+impl SettingValue for Option<String> {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok((!text.is_empty()).then(|| text.to_string()))
+    }
+    fn render(&self) -> String {
+        self.clone().unwrap_or_default()
+    }
+}
+
+/// A comma-separated list; empty items are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Csv(pub Vec<String>);
+
+impl Csv {
+    /// Returns whether `item` is in the list (exact match).
+    pub fn contains(&self, item: &str) -> bool {
+        self.0.iter().any(|x| x == item)
+    }
+}
+
+impl SettingValue for Csv {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        Ok(Csv(text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()))
+    }
+    fn render(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+impl SettingValue for JobLauncher {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text {
+            "direct" => Ok(JobLauncher::Direct),
+            "systemd" => Ok(JobLauncher::Systemd),
+            _ => Err("expected direct or systemd".into()),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            JobLauncher::Direct => "direct".into(),
+            JobLauncher::Systemd => "systemd".into(),
+        }
+    }
+}
+
+/// An RFC 3339 instant that pins the clock (`ORCH_NOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedNow(pub Option<jiff::Timestamp>);
+
+impl SettingValue for PinnedNow {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(PinnedNow(None));
+        }
+        crate::clock::parse_instant(text).map(|t| PinnedNow(Some(t)))
+    }
+    fn render(&self) -> String {
+        self.0.map(|t| t.to_string()).unwrap_or_default()
+    }
+}
+
+pub(super) fn parse_http_url(text: &str) -> Result<Url, String> {
+    match Url::parse(text) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(u),
+        _ => Err(format!(
+            "expected an http(s) URL such as http://127.0.0.1:8000, got {text:?}"
+        )),
+    }
+}
+
+/// One row of the settings table: its name, default and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingSpec {
+    /// The environment variable (and `settings:` key in the pipeline file).
+    pub name: &'static str,
+    /// The built-in default, as text ("" for none).
+    pub default: &'static str,
+    /// One line of meaning, shown by `config check` and in `.env.example`.
+    pub help: &'static str,
+    /// Whether the value is a secret (redacted everywhere).
+    pub secret: bool,
+}
+
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $name:literal, $default:literal, $secret:literal, $help:literal; )*) => {
+        /// Every `ORCH_*` setting, typed and validated.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        /// The table of every setting: name, default, meaning.
+        pub const SETTINGS: &[SettingSpec] = &[
+            $( SettingSpec { name: $name, default: $default, help: $help, secret: $secret }, )*
+        ];
+
+        impl Settings {
+            /// Types every setting from its layers; the first bad one is the error.
+            ///
+            /// # Errors
+            /// A [`ConfigError`] naming the setting and its expected form.
+            pub fn resolve(layers: &Layers) -> Result<(Settings, Vec<ResolvedSetting>), ConfigError> {
+                let mut shown = Vec::new();
+                let mut spec_iter = SETTINGS.iter();
+                $(
+                    let spec = spec_iter.next().expect("SETTINGS has one row per field");
+                    let (text, source) = layers.lookup(spec);
+                    let $field: $ty = <$ty as SettingValue>::parse_setting(&text)
+                        .map_err(|m| ConfigError::new(spec.name, m))?;
+                    shown.push(ResolvedSetting {
+                        name: spec.name,
+                        value: if spec.secret && !text.is_empty() { "<redacted>".into() } else { $field.render() },
+                        source,
+                    });
+                )*
+                Ok((Settings { $( $field, )* }, shown))
+            }
+        }
+    };
+}
+
+/// One setting's effective value (redacted when secret) and its source.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResolvedSetting {
+    /// The setting's name.
+    pub name: &'static str,
+    /// The effective value, rendered; secrets are `<redacted>`.
+    pub value: String,
+    /// Where it came from.
+    #[serde(serialize_with = "serialize_source")]
+    pub source: Source,
+}
+
+fn serialize_source<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.label())
+}
+
+settings! {
+    /// SQLite database path.
+    db: PathBuf = "ORCH_DB", "orch.db", false, "SQLite database file (created on first use)";
+    /// State directory: locks, the merge lease, post-deploy sentinels.
+    state_dir: PathBuf = "ORCH_STATE_DIR", "state", false, "directory for pass locks, the merge lease and post-deploy sentinels";
+    /// Artefacts root: `<dir>/<task key>/NN-*.md`.
+    artefacts_dir: PathBuf = "ORCH_ARTEFACTS_DIR", "artefacts", false, "root of the agents' Markdown artefacts, one folder per task key";
+    /// Plane base URL.
+    plane_url: Option<Url> = "ORCH_PLANE_URL", "", false, "Plane base URL, e.g. https://plane.example.com (API under /api/v1)";
+    /// Plane API key.
+    plane_api_key: Option<Secret> = "ORCH_PLANE_API_KEY", "", true, "Plane personal access token (X-API-Key)";
+    /// Plane webhook signing secret.
+    plane_webhook_secret: Option<Secret> = "ORCH_PLANE_WEBHOOK_SECRET", "", true, "secret Plane signs webhook bodies with (plane_wh_...); required by webhook-handle";
+    /// Gitea base URL.
+    gitea_url: Option<Url> = "ORCH_GITEA_URL", "", false, "Gitea base URL, e.g. https://git.example.com (API under /api/v1)";
+    /// Gitea token.
+    gitea_token: Option<Secret> = "ORCH_GITEA_TOKEN", "", true, "Gitea access token (sent as Authorization: token ...)";
+    /// Telegram bot token.
+    telegram_bot_token: Option<Secret> = "ORCH_TELEGRAM_BOT_TOKEN", "", true, "Telegram bot token for operator notifications (off when empty)";
+    /// Telegram chat id.
+    telegram_chat_id: Option<String> = "ORCH_TELEGRAM_CHAT_ID", "", false, "Telegram chat id that receives notifications";
+    /// Telegram Bot API base URL.
+    telegram_api_url: Url = "ORCH_TELEGRAM_API_URL", "https://api.telegram.org", false, "Telegram Bot API base URL (tests point it at loopback)";
+    /// Jobs running at once.
+    max_concurrency: Count = "ORCH_MAX_CONCURRENCY", "1", false, "jobs that may run at once across all projects";
+    /// How dispatch launches jobs.
+    job_launcher: JobLauncher = "ORCH_JOB_LAUNCHER", "direct", false, "how dispatch starts run-job: direct (detached child) or systemd (orch-job@<id>.service)";
+    /// Developer retries before escalation.
+    max_developer_retries: Count = "ORCH_MAX_DEVELOPER_RETRIES", "3", false, "developer rollbacks after which a task is escalated to a human";
+    /// Attempts per job before escalation.
+    job_max_attempts: Count = "ORCH_JOB_MAX_ATTEMPTS", "3", false, "attempts of one stage's job before the task is escalated";
+    /// Connect timeout of every remote call.
+    http_connect_timeout_s: PositiveSeconds = "ORCH_HTTP_CONNECT_TIMEOUT_S", "5", false, "connect timeout of every Plane, Gitea and Telegram call, in seconds";
+    /// Whole-request timeout of every remote call.
+    http_timeout_s: PositiveSeconds = "ORCH_HTTP_TIMEOUT_S", "20", false, "whole-request timeout of every Plane, Gitea and Telegram call, in seconds";
+    /// Log filter.
+    log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
+    /// Pinned clock.
+    now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
+    /// Staging checks whose failure may be waived as sandbox infrastructure.
+    staging_infra_allowlist: Csv = "ORCH_STAGING_INFRA_ALLOWLIST", "C9a,C9b", false, "staging-check ids classed SANDBOX_INFRA (every other id is REAL), comma-separated";
+    /// Whether allowlisted staging failures are waived.
+    staging_infra_tolerance_enabled: bool = "ORCH_STAGING_INFRA_TOLERANCE_ENABLED", "true", false, "staging-check waives failures of allowlisted SANDBOX_INFRA checks (false: any failure fails)";
+    /// Whether staging's image revision is checked.
+    image_freshness_enabled: bool = "ORCH_IMAGE_FRESHNESS_ENABLED", "true", false, "staging-check's image-freshness checks compare staging's revision with the expected one";
+    /// Repos image freshness applies to.
+    image_freshness_repos: Csv = "ORCH_IMAGE_FRESHNESS_REPOS", "", false, "project names or Gitea owner/name that image freshness applies to; empty: the self-hosting repo only";
+    /// Post-deploy kill switch.
+    post_deploy_enabled: bool = "ORCH_POST_DEPLOY_ENABLED", "true", false, "post-deploy watch on deploy -> done (false: never arm, ticks only close open windows)";
+    /// Post-deploy repos.
+    post_deploy_repos: Csv = "ORCH_POST_DEPLOY_REPOS", "", false, "projects (name or Gitea owner/name) watched after deploy; empty: every project with a health_url";
+    /// Post-deploy window length.
+    post_deploy_window_s: PositiveSeconds = "ORCH_POST_DEPLOY_WINDOW_S", "900", false, "how long production is watched after deploy -> done, in seconds";
+    /// Post-deploy tick interval.
+    post_deploy_interval_s: PositiveSeconds = "ORCH_POST_DEPLOY_INTERVAL_S", "60", false, "the post-deploy timer's interval in seconds; a window is sampled at most every half interval";
+    /// Consecutive health failures that mean DEGRADED.
+    post_deploy_fail_threshold: Count = "ORCH_POST_DEPLOY_FAIL_THRESHOLD", "3", false, "consecutive failed health probes that mean DEGRADED (a success resets the streak)";
+    /// 5xx ratio above which the window is DEGRADED.
+    post_deploy_5xx_threshold: Ratio = "ORCH_POST_DEPLOY_5XX_THRESHOLD", "0.05", false, "window 5xx ratio above which production is DEGRADED (0 to 1)";
+    /// Samples below which a window is INCONCLUSIVE.
+    post_deploy_min_samples: Count = "ORCH_POST_DEPLOY_MIN_SAMPLES", "3", false, "samples a window needs to be called HEALTHY rather than INCONCLUSIVE";
+    /// Probe timeout.
+    post_deploy_probe_timeout_s: PositiveSeconds = "ORCH_POST_DEPLOY_PROBE_TIMEOUT_S", "5", false, "timeout of each post-deploy health or metrics probe, in seconds";
+    /// Rollback timeout.
+    post_deploy_rollback_timeout_s: PositiveSeconds = "ORCH_POST_DEPLOY_ROLLBACK_TIMEOUT_S", "300", false, "how long a rollback command may run before its process group is killed, in seconds";
+    /// The request counter read from metrics_url.
+    post_deploy_requests_metric: Option<String> = "ORCH_POST_DEPLOY_REQUESTS_METRIC", "http_requests_total", false, "Prometheus counter of requests (labels code or status) read from a project's metrics_url";
+    /// How long merge-guard re-reads a PR whose `mergeable` Gitea is still computing.
+    merge_guard_mergeable_wait_s: Seconds = "ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30", false, "merge-guard re-reads a PR whose mergeable Gitea is still computing for up to this long, then reports it";
+    /// How long merge-guard --merge waits for the merge lease.
+    merge_lease_wait_s: Seconds = "ORCH_MERGE_LEASE_WAIT_S", "120", false, "merge-guard --merge waits this long for the merge lease, then reports ERROR without merging";
+    /// How long a merge lease may be held before it counts as stale.
+    merge_lease_ttl_s: PositiveSeconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
+    /// Read deadline of one webhook request.
+    webhook_read_timeout_s: PositiveSeconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
+    /// Whether `reap` runs at all.
+    reaper_enabled: bool = "ORCH_REAPER_ENABLED", "true", false, "reap rescues jobs left running by dead processes (false: the pass writes nothing and says so)";
+    /// How often the reap timer fires (documentation for the unit; the pass reads it for status).
+    reaper_interval_s: PositiveSeconds = "ORCH_REAPER_INTERVAL_S", "60", false, "seconds between reap passes (the orch-reap.timer interval; dead-tick streaks count passes)";
+    /// Consecutive dead passes before a job is flipped.
+    reaper_dead_ticks: Count = "ORCH_REAPER_DEAD_TICKS", "3", false, "consecutive reap passes a job's process must be seen dead before it is flipped to failed";
+    /// Backstop: the longest a job may run.
+    reaper_max_running_s: PositiveSeconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
+    /// Grace between TERM and KILL.
+    reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
+    /// Whether `reap` reclaims a stale merge lease.
+    lease_reclaim_enabled: bool = "ORCH_LEASE_RECLAIM_ENABLED", "true", false, "reap deletes the merge lease when its holder is dead or its TTL has passed";
+    /// How long reconcile leaves a task alone after it entered its stage.
+    reconcile_grace_s: Seconds = "ORCH_RECONCILE_GRACE_S", "300", false, "reconcile leaves a task alone for this long after it entered its stage, in seconds";
+    /// Whether reconcile skips work items in a blocked or needs-input state.
+    reconcile_skip_blocked_enabled: bool = "ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "true", false, "reconcile skips tasks whose Plane work item is in a blocked state (or whose state it cannot tell)";
+    /// Tasks one reconcile pass evaluates at most.
+    reconcile_max_tasks: Count = "ORCH_RECONCILE_MAX_TASKS", "500", false, "tasks one reconcile pass evaluates gates for at most; the rest wait for the next pass";
+    /// Plane requests left in the window below which reconcile stops listing.
+    reconcile_rate_limit_floor: Count = "ORCH_RECONCILE_RATE_LIMIT_FLOOR", "10", false, "reconcile stops calling Plane when X-RateLimit-Remaining drops below this; the next pass goes on";
+    /// Whether reconcile replays pending deliveries and Plane states.
+    reconcile_replay_enabled: bool = "ORCH_RECONCILE_REPLAY_ENABLED", "true", false, "reconcile replays pending webhook deliveries and work items whose Plane state the task does not reflect";
+}
+
+/// Renders `.env.example`: every setting with its meaning and default, in table order.
+///
+/// `ORCH_NOW` is written commented out: it pins the clock and has no place in production.
+pub fn env_example() -> String {
+    let mut out = String::from(
+        "# orch settings: every ORCH_* variable with its default and meaning.\n\
+         # systemd reads this file through EnvironmentFile=; the pipeline file's settings: map\n\
+         # may set the same names (this file wins over it, flags win over both).\n\
+         # Generated from src/config/settings.rs (SETTINGS); a test keeps the two equal.\n",
+    );
+    out.push_str("\n# YAML pipeline file (projects, agents, staging checks); empty: ./orch.yaml when it exists\nORCH_CONFIG=\n");
+    for s in SETTINGS {
+        out.push('\n');
+        out.push_str(&format!(
+            "# {}{}\n",
+            s.help,
+            if s.secret { " (secret)" } else { "" }
+        ));
+        let comment = if s.name == "ORCH_NOW" { "#" } else { "" };
+        out.push_str(&format!("{comment}{}={}\n", s.name, s.default));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_example_lists_every_setting() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+        let expected = env_example();
+        if std::env::var_os("ORCH_BLESS").is_some() {
+            std::fs::write(path, &expected).unwrap();
+        }
+        let actual = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            ".env.example is out of date with SETTINGS; regenerate it with\n  ORCH_BLESS=1 cargo test --lib env_example"
+        );
+    }
+
+    #[test]
+    fn setting_names_are_unique() {
+        let mut names: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+    }
+}
