@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::adapters::poll::{self, RealTime, Step, TimedOut};
+
 /// How a rollback ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollbackEnd {
@@ -77,17 +79,24 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return Ok(RollbackEnd::NotStarted(format!("{program}: {e}"))),
     };
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for the rollback")? {
+    let exited = poll::until(&RealTime, Instant::now() + timeout, |_| {
+        match child.try_wait().context("waiting for the rollback") {
+            Ok(None) => Step::Again(POLL),
+            Ok(Some(status)) => Step::Done(Ok(status)),
+            Err(e) => Step::Done(Err(e)),
+        }
+    });
+    match exited {
+        Ok(status) => {
             use std::os::unix::process::ExitStatusExt as _;
-            return Ok(match (status.code(), status.signal()) {
+            let status = status?;
+            Ok(match (status.code(), status.signal()) {
                 (Some(code), _) => RollbackEnd::Exited(code),
                 (None, Some(sig)) => RollbackEnd::Signalled(sig),
                 (None, None) => RollbackEnd::Signalled(0),
-            });
+            })
         }
-        if started.elapsed() >= timeout {
+        Err(TimedOut) => {
             if let Some(pgid) = i32::try_from(child.id())
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
@@ -96,9 +105,8 @@ pub fn run(
             }
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(RollbackEnd::TimedOut(timeout));
+            Ok(RollbackEnd::TimedOut(timeout))
         }
-        std::thread::sleep(POLL);
     }
 }
 

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use rustix::process::{kill_process_group, Pid, Signal};
 
+use crate::adapters::poll::{self, RealTime, Step};
+
 /// Detaches the calling process into a session (and process group) of its own, so a
 /// closing terminal or a signal to dispatch's group never reaches a job. Under systemd
 /// the unit's process already leads its session; the refusal is harmless there.
@@ -231,16 +233,14 @@ pub fn terminate_group(pgid: i64, grace: Duration) -> Terminated {
 }
 
 fn wait_gone(pgid: i64, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if !group_alive(pgid) {
-            return true;
+    let gone = |_: poll::Attempt| {
+        if group_alive(pgid) {
+            Step::Again(POLL)
+        } else {
+            Step::Done(())
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
+    };
+    poll::until(&RealTime, Instant::now() + within, gone).is_ok()
 }
 
 #[cfg(test)]
