@@ -23,7 +23,7 @@ use crate::core::merge::{
 };
 use crate::core::revision::short;
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::{Context, PassReport};
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -113,13 +113,13 @@ pub fn run(args: &MergeGuardArgs, ctx: &Context) -> Result<ExitStatus> {
     if let Some(db) = db {
         record(&db, ctx, &verdict, status, &stats, duration_ms);
     }
-    log::info!(
-        "merge-guard: outcome={} exit={} reads={} merge_calls={} duration_ms={duration_ms}",
-        verdict.outcome().to_ascii_lowercase(),
-        status.code(),
-        stats.reads,
-        stats.merge_calls
-    );
+    let millis = u128::try_from(duration_ms).unwrap_or_default();
+    let report = PassReport::new("merge-guard", millis)
+        .with("outcome", verdict.outcome().to_ascii_lowercase())
+        .with("exit", status.code())
+        .with("reads", stats.reads)
+        .with("merge_calls", stats.merge_calls);
+    log::info!("{report}");
     Ok(status)
 }
 
