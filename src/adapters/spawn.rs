@@ -496,85 +496,58 @@ mod tests {
         assert!(matches!(empty, Err(GroupError::Empty)), "{empty:?}");
     }
 
-    #[test]
-    fn run_group_terminates_the_whole_group_at_the_deadline() {
+    /// Runs `sh -c script`, where `{pid}` names the file the script writes the pid of
+    /// its background `sleep 300` to, and returns how it ended once that `sleep` is
+    /// gone. It is not our child: its exit is waited for on a pidfd (the deadline is a
+    /// failsafe, not a timing).
+    fn run_with_background(script: &str, deadline: Duration, grace: Duration) -> GroupEnd {
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("grandchild.pid");
-        // The grandchild writes its pid, then both wait: TERM ends them.
-        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-        let end = run_group(
-            &argv(&["/bin/sh", "-c", &script]),
-            &[],
-            &CAPTURE,
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-        )
-        .unwrap();
-        assert!(
-            matches!(end, GroupEnd::TimedOut(Terminated::ByTerm)),
-            "{end:?}"
-        );
-        // The grandchild is not our child: wait for its exit on a pidfd (the deadline is
-        // a failsafe, not a timing).
+        let pidfile = dir.path().join("background.pid");
+        let script = script.replace("{pid}", &pidfile.display().to_string());
+        let sh = argv(&["/bin/sh", "-c", &script]);
+        let end = run_group(&sh, &[], &CAPTURE, deadline, grace).unwrap();
         let pid = read_pid(&pidfile);
-        assert!(
-            wait_exit(pid, Duration::from_secs(10)),
-            "grandchild {pid} survived"
-        );
+        let gone = wait_exit(pid, Duration::from_secs(10));
+        assert!(gone, "background {pid} survived: {end:?}");
+        end
     }
 
     #[test]
-    fn run_group_kills_a_group_that_ignores_term_after_the_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("grandchild.pid");
-        // An ignored signal stays ignored across fork and exec: the shell and its
-        // grandchild both shrug off TERM, so only the KILL after the grace ends them.
-        let script = format!(
-            "trap '' TERM; sleep 300 & echo $! > {}; wait",
-            pidfile.display()
-        );
-        let end = run_group(
-            &argv(&["/bin/sh", "-c", &script]),
-            &[],
-            &CAPTURE,
-            Duration::from_secs(1),
-            Duration::from_millis(200),
-        )
-        .unwrap();
-        assert!(
-            matches!(end, GroupEnd::TimedOut(Terminated::ByKill)),
-            "{end:?}"
-        );
-        let pid = read_pid(&pidfile);
-        assert!(
-            wait_exit(pid, Duration::from_secs(10)),
-            "grandchild {pid} survived"
-        );
+    fn run_group_terminates_the_whole_group_at_the_deadline_and_kills_after_the_grace() {
+        let second = Duration::from_secs(1);
+        let cases = [
+            // The shell and its child wait: TERM to the group ends both.
+            (
+                "sleep 300 & echo $! > {pid}; wait",
+                30 * second,
+                Terminated::ByTerm,
+            ),
+            // An ignored signal stays ignored across fork and exec: the shell and its
+            // child both shrug off TERM, so only the KILL after the grace ends them.
+            (
+                "trap '' TERM; sleep 300 & echo $! > {pid}; wait",
+                Duration::from_millis(200),
+                Terminated::ByKill,
+            ),
+        ];
+        for (script, grace, how) in cases {
+            let end = run_with_background(script, second, grace);
+            assert!(
+                matches!(end, GroupEnd::TimedOut(h) if h == how),
+                "{script}: {end:?}"
+            );
+        }
     }
 
     #[test]
     fn run_group_terminates_a_leftover_that_holds_the_output_pipe() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("leftover.pid");
         // The shell exits at once; its background child keeps stdout open.
-        let script = format!("echo hi; sleep 300 & echo $! > {}", pidfile.display());
-        let end = run_group(
-            &argv(&["/bin/sh", "-c", &script]),
-            &[],
-            &CAPTURE,
-            Duration::from_millis(300),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+        let script = "echo hi; sleep 300 & echo $! > {pid}";
+        let end = run_with_background(script, Duration::from_millis(300), Duration::from_secs(30));
         let GroupEnd::Exited { status, stdout, .. } = end else {
             panic!("{end:?}")
         };
         assert_eq!((exit_code_of(status), stdout.as_str()), (0, "hi\n"));
-        let pid = read_pid(&pidfile);
-        assert!(
-            wait_exit(pid, Duration::from_secs(10)),
-            "leftover {pid} survived"
-        );
     }
 
     #[test]
