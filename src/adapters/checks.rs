@@ -3,16 +3,16 @@
 //!
 //! Probes return observations (`core::staging::HttpAnswer`, `CommandEnd`) or a
 //! `ProbeError`; judging them is `core::staging`'s job. A command runs without a shell
-//! in its own process group, and the whole group is killed when its deadline passes.
+//! in its own process group, and the whole group is terminated when its deadline passes
+//! (`adapters::spawn::run_group`).
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::adapters::http::{client_with, redact_url};
+use crate::adapters::spawn::{self, GroupEnd, GroupError, Output, DEADLINE_KILL_GRACE};
 use crate::core::staging::{CommandEnd, HttpAnswer, ProbeError};
 
 /// The most of a body or an output stream kept for judging (1 MiB).
@@ -88,101 +88,34 @@ pub(crate) fn probe_error(e: &reqwest::Error, url: &str) -> ProbeError {
 }
 
 /// Runs `argv` (no shell, stdin closed) in its own process group and waits at most
-/// `timeout`; past it the whole group is killed and the probe reports a timeout.
+/// `timeout`; past it the whole group is terminated ([`spawn::run_group`]) and the
+/// probe reports a timeout.
 ///
 /// # Errors
 /// [`ProbeError::CouldNotRun`] when it cannot be started, [`ProbeError::Timeout`]
 /// when it was killed at its deadline.
 pub fn command_probe(argv: &[String], timeout: Duration) -> Result<CommandEnd, ProbeError> {
-    let started = Instant::now();
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| ProbeError::CouldNotRun("empty argv".into()))?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| ProbeError::CouldNotRun(format!("{program}: {e}")))?;
-    let pid = child.id();
-    let stdout = capture(child.stdout.take());
-    let stderr = capture(child.stderr.take());
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(timeout) {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            kill_group(pid);
-            return Err(ProbeError::CouldNotRun(format!(
-                "waiting for {program}: {e}"
-            )));
-        }
-        Err(_) => {
-            // The child is not reaped yet (its waiter has not returned), so its pid
-            // and process group still name it: killing the group cannot hit a stranger.
-            kill_group(pid);
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-            return Err(ProbeError::Timeout(format!(
-                "{program} killed after {}s",
-                timeout.as_secs()
-            )));
-        }
-    };
-    // Output pipes close when every process of the group has exited; a leftover
-    // background process is killed rather than waited for past the deadline.
-    let remaining = timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(200));
-    let stdout = collect(&stdout, remaining, pid);
-    let stderr = collect(&stderr, Duration::from_millis(200), pid);
-    Ok(CommandEnd {
-        code: status.code(),
-        stdout,
-        stderr,
-    })
-}
-
-fn capture(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
-    let (tx, rx) = channel();
-    if let Some(pipe) = pipe {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut limited = pipe.take(MAX_CAPTURE);
-            let _ = limited.read_to_end(&mut buf);
-            // Drain the rest so the writer never blocks on a full pipe.
-            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
-            let _ = tx.send(buf);
-        });
-    } else {
-        let _ = tx.send(Vec::new());
-    }
-    rx
-}
-
-fn collect(rx: &Receiver<Vec<u8>>, wait: Duration, pgid: u32) -> String {
-    let bytes = match rx.recv_timeout(wait) {
-        Ok(b) => b,
-        Err(_) => {
-            kill_group(pgid);
-            rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
-        }
-    };
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn kill_group(pgid: u32) {
-    let Some(pid) = i32::try_from(pgid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    if let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill) {
-        log::debug!("staging-check: killing process group {pgid}: {e}");
+    let program = argv.first().map_or("", String::as_str);
+    let output = Output::Capture { limit: MAX_CAPTURE };
+    match spawn::run_group(argv, &[], &output, timeout, DEADLINE_KILL_GRACE) {
+        Ok(GroupEnd::Exited {
+            status,
+            stdout,
+            stderr,
+        }) => Ok(CommandEnd {
+            code: status.code(),
+            stdout,
+            stderr,
+        }),
+        Ok(GroupEnd::TimedOut(_)) => Err(ProbeError::Timeout(format!(
+            "{program} killed after {}s",
+            timeout.as_secs()
+        ))),
+        Err(GroupError::Empty) => Err(ProbeError::CouldNotRun("empty argv".into())),
+        Err(GroupError::Start(e)) => Err(ProbeError::CouldNotRun(format!("{program}: {e}"))),
+        Err(GroupError::Wait(e)) => Err(ProbeError::CouldNotRun(format!(
+            "waiting for {program}: {e}"
+        ))),
     }
 }
 

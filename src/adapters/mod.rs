@@ -18,6 +18,7 @@ pub mod http_request;
 pub mod lease;
 pub mod lock;
 pub mod plane;
+pub mod poll;
 pub mod probe;
 pub mod process;
 mod rest;

@@ -1,16 +1,18 @@
 //! Runs a project's rollback command: argv without a shell, in its own process group,
-//! stdout and stderr into a file, with a deadline after which the whole group is killed.
+//! stdout and stderr into a file, with a deadline after which the whole group is
+//! terminated (`adapters::spawn::run_group`: TERM, KILL after a grace).
 //!
 //! It reports what happened and never retries: whether to run it at all is the caller's
 //! decision (once per post-deploy window, recorded in the sentinel before it starts).
 
 use std::fs::File;
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::adapters::spawn::{self, GroupEnd, GroupError, Output, DEADLINE_KILL_GRACE};
 
 /// How a rollback ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +44,8 @@ impl RollbackEnd {
     }
 }
 
-/// How often the deadline is checked while the command runs.
-const POLL: Duration = Duration::from_millis(20);
-
-/// Runs `argv` (with `env` added) with its output in `output`, killing its process group after `timeout`.
+/// Runs `argv` (with `env` added) with its output in `output`, terminating its process
+/// group after `timeout` ([`spawn::run_group`]).
 ///
 /// # Errors
 /// When `argv` is empty or the output file cannot be created.
@@ -55,50 +55,24 @@ pub fn run(
     output: &Path,
     timeout: Duration,
 ) -> Result<RollbackEnd> {
-    let Some((program, args)) = argv.split_first() else {
+    let Some(program) = argv.first() else {
         bail!("the rollback command is empty");
     };
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
-    let err = out
-        .try_clone()
-        .with_context(|| format!("sharing {}", output.display()))?;
-    let mut child = match Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v)))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return Ok(RollbackEnd::NotStarted(format!("{program}: {e}"))),
-    };
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for the rollback")? {
-            use std::os::unix::process::ExitStatusExt as _;
-            return Ok(match (status.code(), status.signal()) {
-                (Some(code), _) => RollbackEnd::Exited(code),
-                (None, Some(sig)) => RollbackEnd::Signalled(sig),
-                (None, None) => RollbackEnd::Signalled(0),
-            });
-        }
-        if started.elapsed() >= timeout {
-            if let Some(pgid) = i32::try_from(child.id())
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::Kill);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(RollbackEnd::TimedOut(timeout));
-        }
-        std::thread::sleep(POLL);
+    let into = Output::File(&out);
+    match spawn::run_group(argv, env, &into, timeout, DEADLINE_KILL_GRACE) {
+        Ok(GroupEnd::Exited { status, .. }) => Ok(match (status.code(), status.signal()) {
+            (Some(code), _) => RollbackEnd::Exited(code),
+            (None, Some(sig)) => RollbackEnd::Signalled(sig),
+            (None, None) => RollbackEnd::Signalled(0),
+        }),
+        Ok(GroupEnd::TimedOut(_)) => Ok(RollbackEnd::TimedOut(timeout)),
+        Err(GroupError::Start(e)) => Ok(RollbackEnd::NotStarted(format!("{program}: {e}"))),
+        Err(GroupError::Wait(e)) => Err(e).context("waiting for the rollback"),
+        Err(GroupError::Empty) => bail!("the rollback command is empty"),
     }
 }
 

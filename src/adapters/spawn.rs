@@ -1,21 +1,28 @@
-//! Starting and stopping job processes: the launchers `dispatch` uses to start
-//! `orch run-job <id>`, the agent spawn of `run-job`, and terminating a process group
-//! (TERM, a grace period, then KILL).
+//! Starting and stopping process groups: the launchers `dispatch` uses to start
+//! `orch run-job <id>`, the agent spawn of `run-job`, the one runner for "an argv in
+//! its own group with a deadline" ([`run_group`]: staging-check's command probes, the
+//! post-deploy rollback), and terminating a process group (TERM, a grace period, then
+//! KILL), the one way a group is killed, by the runner, `reap` and `job cancel` alike.
 //!
-//! Agents start in their own process group (`process_group(0)`: the group id is the
-//! child's pid), so one signal to the group reaches the agent and everything it forked.
-//! A group counts as gone when no non-zombie process in `/proc` belongs to it. No
-//! decisions here; no shell anywhere.
+//! Agents and commands start in their own process group (`process_group(0)`: the group
+//! id is the child's pid), so one signal to the group reaches the command and everything
+//! it forked. A group counts as gone when no non-zombie process in `/proc` belongs to
+//! it. No decisions here; no shell anywhere.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use rustix::process::{kill_process_group, Pid, Signal};
+
+use crate::adapters::poll::{self, RealTime, Step};
+use crate::adapters::process::wait_exit;
 
 /// Detaches the calling process into a session (and process group) of its own, so a
 /// closing terminal or a signal to dispatch's group never reaches a job. Under systemd
@@ -128,15 +135,166 @@ fn find_on_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 /// job with this message.
 pub fn spawn_agent(argv: &[String], env: &[(&str, String)], log: &File) -> Result<Child> {
     let (program, args) = argv.split_first().context("the agent argv is empty")?;
-    Command::new(program)
+    in_own_group(program, args, env)
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .spawn()
+        .with_context(|| format!("starting agent {program}"))
+}
+
+/// `program args` with `env` added, stdin closed, in a process group of its own.
+fn in_own_group(program: &str, args: &[String], env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(program);
+    command
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting agent {program}"))
+        .process_group(0);
+    command
+}
+
+/// How long a group past its deadline has between TERM and KILL ([`run_group`]'s
+/// callers): long enough to flush and remove a temporary file, short enough that a
+/// staging-check probe still reports within its `REPORT_GRACE` (3 s).
+pub const DEADLINE_KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// Where the output of a [`run_group`] command goes.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// stdout and stderr are read, at most `limit` bytes of each kept (the rest drained
+    /// so the command never blocks on a full pipe).
+    Capture {
+        /// Bytes kept per stream.
+        limit: u64,
+    },
+    /// stdout and stderr are both written to this file.
+    File(&'a File),
+}
+
+/// How a [`run_group`] command ended.
+#[derive(Debug)]
+pub enum GroupEnd {
+    /// It exited on its own before the deadline (stdout and stderr are empty unless
+    /// captured).
+    Exited {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Captured stdout (lossy UTF-8).
+        stdout: String,
+        /// Captured stderr (lossy UTF-8).
+        stderr: String,
+    },
+    /// The deadline passed; the whole group was terminated (how: TERM or KILL).
+    TimedOut(Terminated),
+}
+
+/// Why [`run_group`] has no end to report.
+#[derive(Debug)]
+pub enum GroupError {
+    /// The argv is empty.
+    Empty,
+    /// The program could not be started (missing, not executable).
+    Start(std::io::Error),
+    /// Waiting for it failed (the group was terminated first).
+    Wait(std::io::Error),
+}
+
+/// Runs `argv` (with `env` added, no shell, stdin closed) in its own process group,
+/// its output as `output` says, and waits at most `deadline`. Past it the whole group
+/// is terminated: TERM, then KILL after `grace` ([`terminate_group`]). With captured
+/// output, a process the command left running that still holds a pipe is terminated the
+/// same way when the pipes do not close within the time left (at least 200 ms).
+///
+/// The wait is on the exit event (a pidfd) and the child is reaped only after any
+/// signal, so its pid, which is the group id, cannot name a stranger when signalled.
+///
+/// # Errors
+/// [`GroupError`]: an empty argv, a program that cannot be started, a failed wait.
+pub fn run_group(
+    argv: &[String],
+    env: &[(&str, String)],
+    output: &Output<'_>,
+    deadline: Duration,
+    grace: Duration,
+) -> Result<GroupEnd, GroupError> {
+    let started = Instant::now();
+    let (program, args) = argv.split_first().ok_or(GroupError::Empty)?;
+    let mut command = in_own_group(program, args, env);
+    match output {
+        Output::Capture { .. } => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
+        Output::File(f) => {
+            let out = f.try_clone().map_err(GroupError::Start)?;
+            let err = f.try_clone().map_err(GroupError::Start)?;
+            command.stdout(out).stderr(err)
+        }
+    };
+    let mut child = command.spawn().map_err(GroupError::Start)?;
+    let pgid = i64::from(child.id());
+    let limit = match output {
+        Output::Capture { limit } => *limit,
+        Output::File(_) => 0,
+    };
+    let stdout = capture(child.stdout.take(), limit);
+    let stderr = capture(child.stderr.take(), limit);
+    let exited = poll::until(&RealTime, started + deadline, |a| {
+        // A wait cut short (a signal) is tried again with the time left.
+        if wait_exit(pgid, a.left) {
+            Step::Done(())
+        } else {
+            Step::Again(Duration::ZERO)
+        }
+    });
+    if exited.is_err() {
+        let how = terminate_group(pgid, grace);
+        if how != Terminated::Survived {
+            let _ = child.wait();
+        }
+        return Ok(GroupEnd::TimedOut(how));
+    }
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => {
+            terminate_group(pgid, grace);
+            return Err(GroupError::Wait(e));
+        }
+    };
+    // Output pipes close when every process of the group has exited; a leftover
+    // background process is terminated rather than waited for past the deadline.
+    let left = deadline
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(200));
+    let stdout = collect(&stdout, left, pgid, grace);
+    let stderr = collect(&stderr, Duration::from_millis(200), pgid, grace);
+    Ok(GroupEnd::Exited {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn capture(pipe: Option<impl Read + Send + 'static>, limit: u64) -> Option<Receiver<Vec<u8>>> {
+    let pipe = pipe?;
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut limited = pipe.take(limit);
+        let _ = limited.read_to_end(&mut buf);
+        // Drain the rest so the writer never blocks on a full pipe.
+        let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+        let _ = tx.send(buf);
+    });
+    Some(rx)
+}
+
+fn collect(rx: &Option<Receiver<Vec<u8>>>, wait: Duration, pgid: i64, grace: Duration) -> String {
+    let Some(rx) = rx else {
+        return String::new();
+    };
+    let bytes = rx.recv_timeout(wait).unwrap_or_else(|_| {
+        terminate_group(pgid, grace);
+        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+    });
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Returns the exit code of a finished process: its code, or 128 + the signal that
@@ -231,16 +389,14 @@ pub fn terminate_group(pgid: i64, grace: Duration) -> Terminated {
 }
 
 fn wait_gone(pgid: i64, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if !group_alive(pgid) {
-            return true;
+    let gone = |_: poll::Attempt| {
+        if group_alive(pgid) {
+            Step::Again(POLL)
+        } else {
+            Step::Done(())
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
+    };
+    poll::until(&RealTime, Instant::now() + within, gone).is_ok()
 }
 
 #[cfg(test)]
@@ -280,6 +436,118 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("systemctl is not on PATH"), "{err}");
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    const CAPTURE: Output<'static> = Output::Capture { limit: 1024 };
+
+    fn read_pid(path: &Path) -> i64 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn run_group_reports_the_exit_and_captures_both_streams() {
+        let end = run_group(
+            &argv(&["/bin/sh", "-c", "echo out; echo \"$X\" >&2; exit 3"]),
+            &[("X", "err".into())],
+            &CAPTURE,
+            Duration::from_secs(20),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let GroupEnd::Exited {
+            status,
+            stdout,
+            stderr,
+        } = end
+        else {
+            panic!("{end:?}")
+        };
+        assert_eq!((exit_code_of(status), stdout.as_str()), (3, "out\n"));
+        assert_eq!(stderr, "err\n");
+    }
+
+    #[test]
+    fn run_group_writes_to_a_file_and_names_what_could_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = File::create(&path).unwrap();
+        let end = run_group(
+            &argv(&["/bin/sh", "-c", "echo one; echo two >&2"]),
+            &[],
+            &Output::File(&file),
+            Duration::from_secs(20),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(matches!(end, GroupEnd::Exited { ref stdout, .. } if stdout.is_empty()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        let none = Duration::ZERO;
+        let missing = run_group(&argv(&["/nonexistent/x"]), &[], &CAPTURE, none, none);
+        assert!(matches!(missing, Err(GroupError::Start(_))), "{missing:?}");
+        let empty = run_group(&[], &[], &CAPTURE, none, none);
+        assert!(matches!(empty, Err(GroupError::Empty)), "{empty:?}");
+    }
+
+    /// Runs `sh -c script`, where `{pid}` names the file the script writes the pid of
+    /// its background `sleep 300` to, and returns how it ended once that `sleep` is
+    /// gone. It is not our child: its exit is waited for on a pidfd (the deadline is a
+    /// failsafe, not a timing).
+    fn run_with_background(script: &str, deadline: Duration, grace: Duration) -> GroupEnd {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("background.pid");
+        let script = script.replace("{pid}", &pidfile.display().to_string());
+        let sh = argv(&["/bin/sh", "-c", &script]);
+        let end = run_group(&sh, &[], &CAPTURE, deadline, grace).unwrap();
+        let pid = read_pid(&pidfile);
+        let gone = wait_exit(pid, Duration::from_secs(10));
+        assert!(gone, "background {pid} survived: {end:?}");
+        end
+    }
+
+    #[test]
+    fn run_group_terminates_the_whole_group_at_the_deadline_and_kills_after_the_grace() {
+        let second = Duration::from_secs(1);
+        let cases = [
+            // The shell and its child wait: TERM to the group ends both.
+            (
+                "sleep 300 & echo $! > {pid}; wait",
+                30 * second,
+                Terminated::ByTerm,
+            ),
+            // An ignored signal stays ignored across fork and exec: the shell and its
+            // child both shrug off TERM, so only the KILL after the grace ends them.
+            (
+                "trap '' TERM; sleep 300 & echo $! > {pid}; wait",
+                Duration::from_millis(200),
+                Terminated::ByKill,
+            ),
+        ];
+        for (script, grace, how) in cases {
+            let end = run_with_background(script, second, grace);
+            assert!(
+                matches!(end, GroupEnd::TimedOut(h) if h == how),
+                "{script}: {end:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_group_terminates_a_leftover_that_holds_the_output_pipe() {
+        // The shell exits at once; its background child keeps stdout open.
+        let script = "echo hi; sleep 300 & echo $! > {pid}";
+        let end = run_with_background(script, Duration::from_millis(300), Duration::from_secs(30));
+        let GroupEnd::Exited { status, stdout, .. } = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!((exit_code_of(status), stdout.as_str()), (0, "hi\n"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::adapters::gitea::{self, GiteaClient, MergeRequest, PullRequest};
 use crate::adapters::http::HttpError;
 use crate::adapters::lease::{Lease, LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
+use crate::adapters::poll::{self, RealTime, Step, TimedOut};
 use crate::adapters::process::start_time;
 use crate::config::is_repo;
 use crate::core::merge::{
@@ -22,7 +23,7 @@ use crate::core::merge::{
 };
 use crate::core::revision::short;
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::{Context, PassReport};
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -112,13 +113,13 @@ pub fn run(args: &MergeGuardArgs, ctx: &Context) -> Result<ExitStatus> {
     if let Some(db) = db {
         record(&db, ctx, &verdict, status, &stats, duration_ms);
     }
-    log::info!(
-        "merge-guard: outcome={} exit={} reads={} merge_calls={} duration_ms={duration_ms}",
-        verdict.outcome().to_ascii_lowercase(),
-        status.code(),
-        stats.reads,
-        stats.merge_calls
-    );
+    let millis = u128::try_from(duration_ms).unwrap_or_default();
+    let report = PassReport::new("merge-guard", millis)
+        .with("outcome", verdict.outcome().to_ascii_lowercase())
+        .with("exit", status.code())
+        .with("reads", stats.reads)
+        .with("merge_calls", stats.merge_calls);
+    log::info!("{report}");
     Ok(status)
 }
 
@@ -257,11 +258,10 @@ fn resolve(
 fn settle(gitea: &GiteaClient, target: &Target, wait: Duration, stats: &mut Stats) -> Verdict {
     let deadline = Instant::now() + wait;
     let mut pause = FIRST_BACKOFF;
-    loop {
-        let waited_out = Instant::now() >= deadline;
-        let verdict = read_and_decide(gitea, target, waited_out, stats);
+    let settled = poll::until(&RealTime, deadline, |a| {
+        let verdict = read_and_decide(gitea, target, a.left.is_zero(), stats);
         if !matches!(verdict, Verdict::Wait(_)) {
-            return verdict;
+            return Step::Done(verdict);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         log::info!(
@@ -269,9 +269,12 @@ fn settle(gitea: &GiteaClient, target: &Target, wait: Duration, stats: &mut Stat
             pause.min(left).as_millis(),
             left.as_millis()
         );
-        std::thread::sleep(pause.min(left));
+        let this = pause;
         pause = (pause * 2).min(MAX_BACKOFF);
-    }
+        Step::Again(this)
+    });
+    // A read that found the wait over decides (a PR still computing is an answer then).
+    settled.unwrap_or_else(|TimedOut| read_and_decide(gitea, target, true, stats))
 }
 
 fn read_and_decide(
@@ -415,7 +418,7 @@ impl HeldLease {
         let started = Instant::now();
         let now0 = ctx.now_secs();
         let mut holder = String::from("another merge-guard");
-        loop {
+        let taken = poll::until(&RealTime, started + wait, |_| {
             let now = now0 + i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
             match lease.lock() {
                 Ok(guard) => {
@@ -435,14 +438,14 @@ impl HeldLease {
                             }
                         },
                         Ok(LeaseFile::Malformed(m)) => {
-                            return Err(Verdict::Error(format!(
+                            return Step::Done(Err(Verdict::Error(format!(
                                 "the merge lease file cannot be parsed ({m}): left for a human; not merging"
-                            )))
+                            ))))
                         }
                         Err(e) => {
-                            return Err(Verdict::Error(format!(
+                            return Step::Done(Err(Verdict::Error(format!(
                                 "reading the merge lease: {e:#}; not merging"
-                            )))
+                            ))))
                         }
                     };
                     if take {
@@ -455,42 +458,43 @@ impl HeldLease {
                             ttl_s: ctx.config.settings.merge_lease_ttl_s.secs(),
                         };
                         if let Err(e) = lease.write(&guard, &ours) {
-                            return Err(Verdict::Error(format!(
+                            return Step::Done(Err(Verdict::Error(format!(
                                 "writing the merge lease: {e:#}; not merging"
-                            )));
+                            ))));
                         }
                         log::info!(
                             "merge-guard: {target}: merge lease taken after {} ms ({})",
                             started.elapsed().as_millis(),
                             describe(&ours)
                         );
-                        return Ok(HeldLease { lease, ours });
+                        return Step::Done(Ok(ours));
                     }
                 }
                 Err(LockError::Busy(_)) => {}
                 Err(e) => {
-                    return Err(Verdict::Error(format!(
+                    return Step::Done(Err(Verdict::Error(format!(
                         "taking the merge lease lock: {e}; not merging"
-                    )))
+                    ))))
                 }
             }
-            let elapsed = started.elapsed();
-            if elapsed >= wait {
-                return Err(Verdict::Error(format!(
-                    "the merge lease is held by {holder} and did not come free within {} s \
-                     (ORCH_MERGE_LEASE_WAIT_S): not merging",
-                    wait.as_secs()
-                )));
-            }
-            std::thread::sleep(LEASE_POLL.min(wait - elapsed));
+            Step::Again(LEASE_POLL)
+        });
+        match taken {
+            Ok(Ok(ours)) => Ok(HeldLease { lease, ours }),
+            Ok(Err(verdict)) => Err(verdict),
+            Err(TimedOut) => Err(Verdict::Error(format!(
+                "the merge lease is held by {holder} and did not come free within {} s \
+                 (ORCH_MERGE_LEASE_WAIT_S): not merging",
+                wait.as_secs()
+            ))),
         }
     }
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        let started = Instant::now();
-        loop {
+        let mut busy = None;
+        let released = poll::until(&RealTime, Instant::now() + RELEASE_WAIT, |_| {
             match self.lease.lock() {
                 Ok(guard) => {
                     match self.lease.read() {
@@ -505,18 +509,23 @@ impl Drop for HeldLease {
                         ),
                         Err(e) => log::error!("merge-guard: reading the merge lease to release it: {e:#}"),
                     }
-                    return;
+                    Step::Done(None)
                 }
-                Err(LockError::Busy(_)) if started.elapsed() < RELEASE_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
+                Err(e @ LockError::Busy(_)) => {
+                    busy = Some(e);
+                    Step::Again(Duration::from_millis(20))
                 }
-                Err(e) => {
-                    log::error!(
-                        "merge-guard: could not release the merge lease ({e}); it goes stale when this process ends"
-                    );
-                    return;
-                }
+                Err(e) => Step::Done(Some(e)),
             }
+        });
+        let failed = match released {
+            Ok(failed) => failed,
+            Err(TimedOut) => busy,
+        };
+        if let Some(e) = failed {
+            log::error!(
+                "merge-guard: could not release the merge lease ({e}); it goes stale when this process ends"
+            );
         }
     }
 }

@@ -44,7 +44,7 @@ use crate::core::staging::{
 use crate::core::staging_report::{CheckLine, NoVerdictRun, StagingRun};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::{Context, PassReport};
 use crate::ops::roundtrip::{RoundtripEnv, Trip};
 
 /// Smoke-check a staging install and print a verdict
@@ -519,16 +519,14 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         print!("{}", run.render_text());
     }
     let count = |f: &dyn Fn(&CheckLine) -> bool| run.checks.iter().filter(|l| f(l)).count();
-    log::info!(
-        "staging-check: checks={} passed={} failed={} waived={} skipped={} verdict={} duration_ms={}",
-        run.checks.len(),
-        count(&|l| matches!(l.outcome, Outcome::Pass(_))),
-        count(&|l| l.outcome.is_failure()),
-        run.verdict.waived.len(),
-        count(&|l| matches!(l.outcome, Outcome::Skip(_))),
-        run.verdict.status.as_str(),
-        started.elapsed().as_millis()
-    );
+    let report = PassReport::new("staging-check", started.elapsed().as_millis())
+        .with("checks", run.checks.len())
+        .with("passed", count(&|l| matches!(l.outcome, Outcome::Pass(_))))
+        .with("failed", count(&|l| l.outcome.is_failure()))
+        .with("waived", run.verdict.waived.len())
+        .with("skipped", count(&|l| matches!(l.outcome, Outcome::Skip(_))))
+        .with("verdict", run.verdict.status.as_str());
+    log::info!("{report}");
     Ok(match run.verdict.status {
         VerdictStatus::Success => ExitStatus::Success,
         VerdictStatus::Failed => ExitStatus::No,
@@ -661,11 +659,10 @@ impl Unjudged<'_> {
         } else {
             print!("{}", run.render_text());
         }
-        log::info!(
-            "staging-check: checks={} verdict=NONE duration_ms={}",
-            run.checks.len(),
-            self.started.elapsed().as_millis()
-        );
+        let report = PassReport::new("staging-check", self.started.elapsed().as_millis())
+            .with("checks", run.checks.len())
+            .with("verdict", "NONE");
+        log::info!("{report}");
         ExitStatus::Error
     }
 }

@@ -18,7 +18,7 @@ use crate::adapters::http_request::{self, Head, Rejection, MAX_BODY};
 use crate::core::intake;
 use crate::exit::ExitStatus;
 use crate::ops::delivery::process_delivery;
-use crate::ops::pass::Context;
+use crate::ops::pass::{Context, PassReport};
 
 /// Take one Plane webhook delivery: verify, store, answer, act
 ///
@@ -323,10 +323,11 @@ fn log_duplicate(id: i64, first: Option<&str>, this: &str) {
 }
 
 fn summary(status: u16, outcome: &str, delivery: &str, started: Instant) {
-    log::info!(
-        "webhook-handle: status={status} outcome={outcome:?} delivery={delivery} duration_ms={}",
-        started.elapsed().as_millis()
-    );
+    let report = PassReport::new("webhook-handle", started.elapsed().as_millis())
+        .with("status", status)
+        .with("outcome", format!("{outcome:?}"))
+        .with("delivery", delivery);
+    log::info!("{report}");
 }
 
 fn act_and_report(

@@ -24,6 +24,55 @@ pub struct Context {
 /// The counts a pass reports, in the order its summary line prints them.
 pub type Counts = Vec<(&'static str, i64)>;
 
+/// A pass's one summary line, `reap: scanned=12 flipped=1 duration_ms=4`: the pass's
+/// name, its counts in order, and how long it took. Every pass prints it this way
+/// (through `run_pass`, or itself where the pass has no lock or database of its own);
+/// the `log` call stays with the pass so the line keeps its module as log target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassReport<'a> {
+    /// The pass (subcommand) name.
+    pub pass: &'a str,
+    /// `key=value` pairs, in the order printed.
+    pub fields: Vec<(&'a str, String)>,
+    /// Milliseconds the pass took.
+    pub duration_ms: u128,
+}
+
+impl<'a> PassReport<'a> {
+    /// Starts a report of `pass` that took `duration_ms`.
+    pub fn new(pass: &'a str, duration_ms: u128) -> PassReport<'a> {
+        PassReport {
+            pass,
+            fields: Vec::new(),
+            duration_ms,
+        }
+    }
+
+    /// Adds `key=value`.
+    #[must_use]
+    pub fn with(mut self, key: &'a str, value: impl std::fmt::Display) -> PassReport<'a> {
+        self.fields.push((key, value.to_string()));
+        self
+    }
+}
+
+impl std::fmt::Display for PassReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(
+            f,
+            "{}: {} duration_ms={}",
+            self.pass,
+            fields.join(" "),
+            self.duration_ms
+        )
+    }
+}
+
 /// How a pass ended.
 #[derive(Debug)]
 pub struct PassOutcome {
@@ -128,17 +177,17 @@ impl Context {
                 log::warn!("{name}: could not record the pass for status: {e:#}");
             }
         }
-        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let millis = u128::try_from(duration_ms).unwrap_or_default();
+        let report = counts
+            .iter()
+            .fold(PassReport::new(name, millis), |r, (k, v)| r.with(k, v));
         let dry = if dry_run {
             " (dry run: nothing changed)"
         } else {
             ""
         };
         match &result {
-            Ok(_) => log::info!(
-                "{name}: {} duration_ms={duration_ms}{dry}",
-                summary.join(" ")
-            ),
+            Ok(_) => log::info!("{report}{dry}"),
             Err(e) => log::error!("{name}: pass failed after {duration_ms} ms: {e:#}"),
         }
         result.map(|o| o.status)
@@ -164,6 +213,23 @@ mod tests {
             config: Config::from_parts(None, None, layers).unwrap(),
             clock: Box::new(FixedClock(jiff::Timestamp::from_second(1_000).unwrap())),
         }
+    }
+
+    #[test]
+    fn the_summary_line_is_name_counts_then_duration() {
+        let r = PassReport::new("reap", 4)
+            .with("scanned", 12)
+            .with("flipped", 1);
+        assert_eq!(r.to_string(), "reap: scanned=12 flipped=1 duration_ms=4");
+        let quoted = PassReport::new("webhook-handle", 0).with("outcome", format!("{:?}", "ok"));
+        assert_eq!(
+            quoted.to_string(),
+            "webhook-handle: outcome=\"ok\" duration_ms=0"
+        );
+        assert_eq!(
+            PassReport::new("tick", 7).to_string(),
+            "tick:  duration_ms=7"
+        );
     }
 
     #[test]

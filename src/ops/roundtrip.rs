@@ -17,6 +17,7 @@ use crate::adapters::checks::command_probe;
 use crate::adapters::gitea::GiteaClient;
 use crate::adapters::http::{client_with, HttpError};
 use crate::adapters::plane::PlaneClient;
+use crate::adapters::poll::{self, RealTime, Step};
 use crate::adapters::roundtrip::{post_delivery, random_uuid, staging_jobs_from_db};
 use crate::config::{Config, ConfigError, Secret};
 use crate::core::intake::{sign, PlaneState};
@@ -429,17 +430,13 @@ enum Waited {
 /// calls.
 fn poll(deadline: Instant, mut probe: impl FnMut(Duration) -> Poll) -> Result<String, Waited> {
     let mut last = None;
-    for attempt in 0u32.. {
-        match probe(remaining(deadline)) {
-            Poll::Found(what) => return Ok(what),
-            Poll::Stop(o) => return Err(Waited::Stopped(o)),
-            Poll::NotYet(note) => last = note.or(last),
+    let polled = poll::until(&RealTime, deadline, |a| match probe(a.left) {
+        Poll::Found(what) => Step::Done(Ok(what)),
+        Poll::Stop(o) => Step::Done(Err(Waited::Stopped(o))),
+        Poll::NotYet(note) => {
+            last = note.or(last.take());
+            Step::Again(backoff(a.n, Duration::MAX))
         }
-        let left = remaining(deadline);
-        if left.is_zero() {
-            break;
-        }
-        std::thread::sleep(backoff(attempt, left));
-    }
-    Err(Waited::Deadline(last))
+    });
+    polled.unwrap_or(Err(Waited::Deadline(last)))
 }
