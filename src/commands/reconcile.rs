@@ -13,11 +13,9 @@
 //! changes nothing.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde::Serialize;
 
 use crate::adapters::db::{Db, MoveError};
 use crate::adapters::db_reconcile::ESCALATION_KIND;
@@ -25,18 +23,22 @@ use crate::adapters::forge::Forge;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{NewComment, PlaneClient};
 use crate::core::gate::{self, GateInputs};
-use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
+use crate::core::intake::{self, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
-    self, blocked_guard, decide, local_guards, plane_state_of, Action, Limits, Listed, TaskFacts,
-    Verdict,
+    self, decide, local_guards, Action, Deferral, Judgement, Limits, Listed, Progress, Replay,
+    TaskFacts, Verdict,
 };
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::exit::ExitStatus;
 use crate::ops::moves;
-use crate::ops::pass::{Context, Counts, PassOutcome};
+use crate::ops::pass::{Context, PassOutcome};
+
+use report::{BranchLine, ReplayLine, Report, TaskLine};
+
+mod report;
 
 /// Re-drive tasks stuck by a lost event; leave escalated and blocked ones alone
 ///
@@ -57,110 +59,6 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-/// One task's line in the report.
-#[derive(Debug, Clone, Serialize)]
-struct TaskLine {
-    /// The task id.
-    pub id: i64,
-    /// Its key.
-    pub key: String,
-    /// Its project.
-    pub project: String,
-    /// Its stage when judged.
-    pub stage: Stage,
-    /// What the pass did (or would do) with it.
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    /// What acting did, when it failed or lost a race.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// One replay in the report.
-#[derive(Debug, Clone, Serialize)]
-struct ReplayLine {
-    /// `delivery` or `work-item`.
-    pub source: &'static str,
-    /// The delivery row id or the work item id.
-    pub id: String,
-    /// What it did (or would do).
-    pub detail: String,
-}
-
-/// One task of the branch step in the report.
-#[derive(Debug, Clone, Serialize)]
-struct BranchLine {
-    /// The task id.
-    pub id: i64,
-    /// Its key.
-    pub key: String,
-    /// The branch.
-    pub branch: String,
-    /// What was done (or would be), or why it is left.
-    pub detail: String,
-}
-
-/// The pass's report.
-#[derive(Debug, Default, Serialize)]
-struct Report {
-    /// Whether nothing was changed.
-    pub dry_run: bool,
-    /// Why the pass stopped before finishing its work, if it did.
-    pub stopped_early: Option<String>,
-    /// Every task scanned.
-    pub tasks: Vec<TaskLine>,
-    /// Replays.
-    pub replays: Vec<ReplayLine>,
-    /// The branch step: tasks whose branch was not confirmed on Gitea.
-    pub branches: Vec<BranchLine>,
-    /// Escalations made or finished this pass (task keys).
-    pub escalations: Vec<String>,
-    #[serde(skip)]
-    c: Tally,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-struct Tally {
-    scanned: i64,
-    skipped: i64,
-    advanced: i64,
-    rolled_back: i64,
-    rerun: i64,
-    escalated: i64,
-    waiting: i64,
-    deferred: i64,
-    replayed: i64,
-    branches: i64,
-    branches_left: i64,
-    errors: i64,
-    plane_requests: i64,
-    gitea_requests: i64,
-}
-
-impl Report {
-    fn counts(&self) -> Counts {
-        let c = &self.c;
-        vec![
-            ("scanned", c.scanned),
-            ("skipped", c.skipped),
-            ("advanced", c.advanced),
-            ("rolled_back", c.rolled_back),
-            ("rerun", c.rerun),
-            ("escalated", c.escalated),
-            ("waiting", c.waiting),
-            ("deferred", c.deferred),
-            ("replayed", c.replayed),
-            ("branches", c.branches),
-            ("branches_left", c.branches_left),
-            ("errors", c.errors),
-            ("plane_requests", c.plane_requests),
-            ("gitea_requests", c.gitea_requests),
-            ("requests", c.plane_requests + c.gitea_requests),
-            ("stopped_early", i64::from(self.stopped_early.is_some())),
-        ]
-    }
-}
-
 /// Runs `reconcile`.
 ///
 /// # Errors
@@ -169,17 +67,9 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
     ctx.run_pass("reconcile", args.dry_run, |db, _guard| {
         let report = pass(ctx, db, args.dry_run)?;
         if args.json {
-            let mut v = serde_json::to_value(&report)?;
-            v["counts"] = serde_json::Value::Object(
-                report
-                    .counts()
-                    .into_iter()
-                    .map(|(k, n)| (k.to_string(), n.into()))
-                    .collect(),
-            );
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", report::to_json(&report)?);
         } else {
-            print!("{}", render(&report));
+            print!("{}", report::render(&report));
         }
         if let Some(why) = &report.stopped_early {
             log::warn!("reconcile: stopped early: {why}");
@@ -188,86 +78,13 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
     })
 }
 
-fn render(r: &Report) -> String {
-    let mut out = String::new();
-    for l in &r.branches {
-        let _ = writeln!(out, "branch {} {}: {}", l.key, l.branch, l.detail);
-    }
-    for l in &r.replays {
-        let _ = writeln!(out, "replay {} {}: {}", l.source, l.id, l.detail);
-    }
-    for t in &r.tasks {
-        // A real pass prints what it changed; a dry run prints every task.
-        let show = r.dry_run
-            || matches!(
-                &t.verdict,
-                Verdict::Act { action } if !matches!(action, Action::Wait { .. })
-            )
-            || t.note.is_some();
-        if !show {
-            continue;
-        }
-        let what = match &t.verdict {
-            Verdict::Skip { skip } => {
-                let detail = match skip {
-                    reconcile::Skip::Analysis => "a human decides in Plane".to_string(),
-                    reconcile::Skip::NoGate(d)
-                    | reconcile::Skip::JobLive(d)
-                    | reconcile::Skip::Grace(d)
-                    | reconcile::Skip::Escalated(d)
-                    | reconcile::Skip::Blocked(d) => d.clone(),
-                };
-                format!("skip ({}): {detail}", skip.guard())
-            }
-            Verdict::Act { action } => describe(action),
-            Verdict::Deferred { because } => format!("deferred: {because}"),
-        };
-        let note = t
-            .note
-            .as_ref()
-            .map(|n| format!(" [{n}]"))
-            .unwrap_or_default();
-        let _ = writeln!(out, "{} {}: {what}{note}", t.key, t.stage);
-    }
-    for k in &r.escalations {
-        let _ = writeln!(out, "escalated {k}");
-    }
-    if let Some(why) = &r.stopped_early {
-        let _ = writeln!(out, "stopped early: {why}");
-    }
-    out
-}
-
-fn describe(a: &Action) -> String {
-    match a {
-        Action::Advance { to } => format!("advance -> {to}"),
-        Action::Rollback {
-            to,
-            because,
-            escalate,
-        } => format!(
-            "roll back -> {to} ({because}){}",
-            if *escalate { ", then escalate" } else { "" }
-        ),
-        Action::Rerun {
-            job_id,
-            attempt,
-            because,
-        } => format!("re-run job {job_id} as attempt {attempt} ({because})"),
-        Action::Escalate { reason } => format!("escalate: {reason}"),
-        Action::Wait { because } => format!("wait: {because}"),
-    }
-}
-
 /// What listing a project gave.
 #[derive(Default)]
 struct ProjectListing {
-    /// Work item id → what was seen.
-    items: HashMap<String, Listed>,
+    /// What the blocked guard reads.
+    listing: reconcile::Listing,
     /// Work items seen, with their resolved state, for replay.
     resolved: Vec<(crate::adapters::plane::WorkItem, CachedState)>,
-    complete: bool,
-    failed: Option<String>,
 }
 
 /// The pass's shared state.
@@ -329,13 +146,11 @@ fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
     let live = db.live_jobs_by_task()?;
     let mut to_list: Vec<&Project> = Vec::new();
     for project in &ctx.config.pipeline.projects {
-        let needed = replay
-            || (s.reconcile_skip_blocked_enabled
-                && tasks.iter().any(|t| {
-                    t.project == project.name
-                        && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
-                }));
-        if needed {
+        let passes = tasks.iter().any(|t| {
+            t.project == project.name
+                && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+        });
+        if reconcile::needs_listing(replay, s.reconcile_skip_blocked_enabled, passes) {
             to_list.push(project);
         }
     }
@@ -507,7 +322,7 @@ impl Pass<'_> {
     fn list_project(&mut self, db: &mut Db, project: &Project) -> Result<ProjectListing> {
         let mut l = ProjectListing::default();
         let Some(plane) = self.plane.clone() else {
-            l.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
+            l.listing.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
             return Ok(l);
         };
         if self.rate_limited || self.report.stopped_early.is_some() {
@@ -527,7 +342,8 @@ impl Pass<'_> {
                 }
                 Err(e) => {
                     log::warn!("project {}: listing work items failed: {e}", project.name);
-                    l.failed = Some(format!("listing the project's work items failed: {e}"));
+                    l.listing.failed =
+                        Some(format!("listing the project's work items failed: {e}"));
                     return Ok(l);
                 }
             };
@@ -552,7 +368,7 @@ impl Pass<'_> {
                 };
                 match state {
                     Some(st) => {
-                        l.items.insert(
+                        l.listing.items.insert(
                             item.id.clone(),
                             Listed::Seen {
                                 name: st.name.clone(),
@@ -563,12 +379,14 @@ impl Pass<'_> {
                     }
                     None => {
                         let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
-                        l.items.insert(item.id.clone(), Listed::UnknownState(id));
+                        l.listing
+                            .items
+                            .insert(item.id.clone(), Listed::UnknownState(id));
                     }
                 }
             }
             let Some(next) = page.next_cursor else {
-                l.complete = true;
+                l.listing.complete = true;
                 return Ok(l);
             };
             if reconcile::below_floor(page.rate_limit_remaining, floor) {
@@ -646,14 +464,12 @@ impl Pass<'_> {
                 continue;
             };
             for (item, state) in &l.resolved {
-                let meaning = match intake::meaning_of(&project.states, &state.name, &state.group) {
-                    Ok(Some(m)) if m != Meaning::Blocked => m,
-                    _ => continue,
+                let Some(meaning) =
+                    reconcile::replayable_meaning(&project.states, &state.name, &state.group)
+                else {
+                    continue;
                 };
                 let task = by_item.get(item.id.as_str()).copied();
-                if task.is_some_and(|t| t.stage == Stage::Cancelled || t.stage == Stage::Done) {
-                    continue;
-                }
                 let facts = match task {
                     Some(t) if t.stage == Stage::Analysis => {
                         let jobs = db.task_jobs(t.id)?;
@@ -673,28 +489,24 @@ impl Pass<'_> {
                     }),
                     None => None,
                 };
-                let decision = intake::decide(Some(meaning), &state.name, false, facts.as_ref());
+                let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), done, cap);
                 let reason = format!(
                     "replayed: work item is in {:?} in Plane (its webhook was lost)",
                     state.name
                 );
                 let detail = match decision {
-                    Decision::NoAction(_) => continue,
-                    // A rejection is an event, not a level: the state stays "rejected"
-                    // while the analyst redoes the work, so re-queueing on every pass
-                    // would loop. It is replayed from its stored delivery only.
-                    Decision::RequeueAnalysis => continue,
-                    _ if done >= cap => {
+                    Replay::Ignore => continue,
+                    Replay::Capped => {
                         self.report.stopped_early.get_or_insert_with(|| {
                             format!("replayed ORCH_RECONCILE_MAX_TASKS={cap} work items")
                         });
                         return Ok(changed);
                     }
-                    Decision::Start if self.dry_run => "would start the task".to_string(),
-                    Decision::Move { from, to } if self.dry_run => {
+                    Replay::Start if self.dry_run => "would start the task".to_string(),
+                    Replay::Move { from, to } if self.dry_run => {
                         format!("would move the task {from} -> {to}")
                     }
-                    Decision::Start => {
+                    Replay::Start => {
                         done += 1;
                         match self.replay_start(db, project, item, &reason) {
                             Ok(d) => {
@@ -709,7 +521,7 @@ impl Pass<'_> {
                             }
                         }
                     }
-                    Decision::Move { from, to } => {
+                    Replay::Move { from, to } => {
                         done += 1;
                         let t = task.expect("moves are decided for existing tasks");
                         match moves::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
@@ -898,65 +710,50 @@ impl Pass<'_> {
         // Fairness under the cap: start after the last task the previous capped pass
         // reached, then wrap around.
         let mut order: Vec<&Task> = tasks.iter().collect();
-        order.sort_by_key(|t| (t.id <= cursor, t.id));
+        order.sort_by_key(|t| reconcile::fair_order_key(t.id, cursor));
         let mut handled = 0usize;
         let mut last_handled: Option<i64> = None;
         let mut capped = false;
         let mut lines = Vec::with_capacity(order.len());
         for t in order {
             self.report.c.scanned += 1;
-            let verdict = if let Some(skip) =
-                local_guards(&facts_of(t, live), self.now, &self.limits)
-            {
-                Verdict::Skip { skip }
-            } else if self.rate_limited {
-                Verdict::Deferred {
-                    because: "plane rate limited this pass".into(),
-                }
-            } else if handled >= cap {
-                capped = true;
-                Verdict::Deferred {
-                    because: format!("the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached"),
-                }
-            } else {
-                let listed = if skip_blocked {
-                    Some(match listings.get(&t.project) {
-                        None => Listed::Failed("the task's project is not in the pipeline".into()),
-                        Some(l) => match (&l.failed, l.items.get(&t.work_item_id)) {
-                            (_, Some(seen)) => seen.clone(),
-                            (Some(why), None) => Listed::Failed(why.clone()),
-                            (None, None) => Listed::NotSeen {
-                                complete: l.complete,
-                            },
-                        },
-                    })
-                } else {
-                    None
-                };
-                let project = self.ctx.config.pipeline.project(&t.project);
-                match (&listed, project) {
-                    (Some(Listed::NotSeen { complete: false }), _) => Verdict::Deferred {
-                        because: "the project's listing stopped early".into(),
-                    },
-                    (Some(listed), Some(project)) => {
-                        match blocked_guard(&plane_state_of(&project.states, listed)) {
-                            Some(skip) => Verdict::Skip { skip },
-                            None => {
-                                handled += 1;
-                                last_handled = Some(t.id);
-                                self.evaluate(db, t)
-                            }
-                        }
+            let listed = skip_blocked.then(|| {
+                reconcile::listed(
+                    listings.get(&t.project).map(|l| &l.listing),
+                    &t.work_item_id,
+                )
+            });
+            let progress = Progress {
+                rate_limited: self.rate_limited,
+                handled,
+                cap,
+            };
+            let meanings = self
+                .ctx
+                .config
+                .pipeline
+                .project(&t.project)
+                .map(|p| &p.states);
+            let facts = facts_of(t, live);
+            let verdict = match reconcile::judge(
+                &facts,
+                self.now,
+                &self.limits,
+                progress,
+                listed.as_ref(),
+                meanings,
+            ) {
+                Judgement::Skip(skip) => Verdict::Skip { skip },
+                Judgement::Deferred(why) => {
+                    capped |= matches!(why, Deferral::Cap(_));
+                    Verdict::Deferred {
+                        because: why.to_string(),
                     }
-                    (Some(listed), None) => Verdict::Skip {
-                        skip: blocked_guard(&reconcile::PlaneState::Unknown(format!("{listed:?}")))
-                            .expect("unknown always skips"),
-                    },
-                    (None, _) => {
-                        handled += 1;
-                        last_handled = Some(t.id);
-                        self.evaluate(db, t)
-                    }
+                }
+                Judgement::Evaluate => {
+                    handled += 1;
+                    last_handled = Some(t.id);
+                    self.evaluate(db, t)
                 }
             };
             let note = match &verdict {
@@ -988,13 +785,13 @@ impl Pass<'_> {
             });
         }
         if !self.dry_run {
-            match (capped, last_handled) {
-                (true, Some(id)) => {
+            match reconcile::next_cursor(capped, last_handled) {
+                Some(id) => {
                     if let Err(e) = write_cursor(&cursor_path, id) {
                         log::warn!("could not keep the reconcile cursor: {e:#}");
                     }
                 }
-                _ => {
+                None => {
                     let _ = std::fs::remove_file(&cursor_path);
                 }
             }
