@@ -6,11 +6,16 @@
 //! `X-RateLimit-Remaining`, end cleanly on 429); replay work items whose start /
 //! approved / rejected / cancel state the task does not reflect; finish or make
 //! escalations (one Plane comment, one notification); then, for every task, apply the
-//! guards in SPEC order (`core::reconcile::local_guards`, then the blocked guard on the
-//! listed state), evaluate the stage's gate on the facts it needs, and act on
-//! `core::reconcile::decide`: advance, roll back, re-run the stage's job, escalate or
+//! guards in SPEC order with the rate limit, the per-pass cap and the listing
+//! (`core::reconcile::judge`), evaluate the stage's gate on the facts it needs, and act
+//! on `core::reconcile::decide`: advance, roll back, re-run the stage's job, escalate or
 //! wait. A skip writes nothing and sends nothing. `--dry-run` reports all of it and
 //! changes nothing.
+//!
+//! This file holds the pass's order and the per-task judging and acting; its steps live
+//! beside it: `branches` (the branch step), `replay` (deliveries and work items),
+//! `listing` (Plane, page by page), `escalate` (the sweep and the one announcement)
+//! and `report` (what the pass prints). Every decision is in `core::reconcile`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,26 +23,27 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::adapters::db::{Db, MoveError};
-use crate::adapters::db_reconcile::ESCALATION_KIND;
 use crate::adapters::forge::Forge;
-use crate::adapters::http::HttpError;
-use crate::adapters::plane::{NewComment, PlaneClient};
+use crate::adapters::plane::PlaneClient;
 use crate::core::gate::{self, GateInputs};
-use crate::core::intake::{self, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
-    self, decide, local_guards, Action, Deferral, Judgement, Limits, Listed, Progress, Replay,
-    TaskFacts, Verdict,
+    self, decide, local_guards, Action, Deferral, Judgement, Limits, Progress, TaskFacts, Verdict,
 };
-use crate::core::stage::{Actor, Agent, Stage};
-use crate::core::task::{NewTask, Task};
+use crate::core::stage::Actor;
+use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::moves;
 use crate::ops::pass::{Context, PassOutcome};
 
-use report::{BranchLine, ReplayLine, Report, TaskLine};
+use listing::ProjectListing;
+use report::{Report, TaskLine};
 
+mod branches;
+mod escalate;
+mod listing;
+mod replay;
 mod report;
 
 /// Re-drive tasks stuck by a lost event; leave escalated and blocked ones alone
@@ -76,15 +82,6 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
         }
         Ok(PassOutcome::ok(report.counts()))
     })
-}
-
-/// What listing a project gave.
-#[derive(Default)]
-struct ProjectListing {
-    /// What the blocked guard reads.
-    listing: reconcile::Listing,
-    /// Work items seen, with their resolved state, for replay.
-    resolved: Vec<(crate::adapters::plane::WorkItem, CachedState)>,
 }
 
 /// The pass's shared state.
@@ -190,512 +187,6 @@ fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
 }
 
 impl Pass<'_> {
-    /// The branch step for live tasks whose branch is not confirmed on Gitea, at most
-    /// `cap` per pass, oldest first ([`moves::ensure_branch`]: 409 counts as created).
-    fn complete_branches(&mut self, db: &mut Db, cap: usize) -> Result<()> {
-        let lacking = db.tasks_without_branch(cap)?;
-        let beyond_cap = db.count_tasks_without_branch()? - lacking.len() as i64;
-        self.report.c.branches_left += beyond_cap;
-        if beyond_cap > 0 {
-            self.report.stopped_early.get_or_insert_with(|| {
-                format!(
-                    "{beyond_cap} more task(s) lack their branch beyond ORCH_RECONCILE_MAX_TASKS={cap}; the next pass goes on"
-                )
-            });
-        }
-        let mut unreachable: Option<String> = None;
-        let mut not_configured = 0;
-        for t in lacking {
-            let line = |detail: String| BranchLine {
-                id: t.id,
-                key: t.key.clone(),
-                branch: t.branch.clone(),
-                detail,
-            };
-            let plan = reconcile::branch_plan(t.stage, unreachable.as_deref());
-            let detail = match plan {
-                reconcile::BranchPlan::NotNeeded => continue,
-                reconcile::BranchPlan::Wait(why) => {
-                    self.report.c.branches_left += 1;
-                    why
-                }
-                reconcile::BranchPlan::Create if self.ctx.config.settings.gitea_url.is_none() => {
-                    self.report.c.branches_left += 1;
-                    not_configured += 1;
-                    "left: gitea is not configured (ORCH_GITEA_URL is unset)".into()
-                }
-                reconcile::BranchPlan::Create if self.dry_run => {
-                    self.report.c.branches_left += 1;
-                    let from = self
-                        .ctx
-                        .config
-                        .pipeline
-                        .project(&t.project)
-                        .map_or("(project not in the pipeline file)", |p| {
-                            p.default_branch.as_str()
-                        });
-                    format!(
-                        "would create it in {} from {from} (its start left it)",
-                        t.repo
-                    )
-                }
-                reconcile::BranchPlan::Create => match moves::ensure_branch(self.ctx, db, &t) {
-                    Ok(step) if step.is_left() => {
-                        self.report.c.branches_left += 1;
-                        step.describe()
-                    }
-                    Ok(step) => {
-                        self.forge.requests += i64::from(step.asked_gitea());
-                        self.report.c.branches += 1;
-                        step.describe()
-                    }
-                    Err(e) => {
-                        self.forge.requests += 1;
-                        self.report.c.branches_left += 1;
-                        self.report.c.errors += 1;
-                        if matches!(e.downcast_ref::<HttpError>(), Some(HttpError::Retryable(_))) {
-                            unreachable = Some(format!("{e:#}"));
-                        }
-                        log::warn!(
-                            "task {}: branch {} still missing (next pass tries again): {e:#}",
-                            t.key,
-                            t.branch
-                        );
-                        format!("failed, next pass tries again: {e:#}")
-                    }
-                },
-            };
-            self.report.branches.push(line(detail));
-        }
-        if not_configured > 0 {
-            log::warn!(
-                "{not_configured} task(s) lack their branch: gitea is not configured (ORCH_GITEA_URL); reconcile creates them once it is"
-            );
-        }
-        Ok(())
-    }
-
-    fn replay_deliveries(&mut self, db: &mut Db, cap: usize) -> Result<()> {
-        for row in db.pending_deliveries(cap)? {
-            let id = row.id.to_string();
-            if self.dry_run {
-                self.report.replays.push(ReplayLine {
-                    source: "delivery",
-                    id,
-                    detail: "pending: would be processed again".into(),
-                });
-                continue;
-            }
-            match crate::ops::delivery::process_delivery(self.ctx, db, row.id) {
-                Ok(o) => {
-                    self.report.c.replayed += 1;
-                    log::info!(
-                        "replayed delivery {}: {} {}",
-                        row.id,
-                        o.kind.as_str(),
-                        o.detail
-                    );
-                    self.report.replays.push(ReplayLine {
-                        source: "delivery",
-                        id,
-                        detail: format!("{}: {}", o.kind.as_str(), o.detail),
-                    });
-                }
-                Err(e) => {
-                    self.report.c.errors += 1;
-                    log::warn!(
-                        "replaying delivery {} failed (stays pending): {e:#}",
-                        row.id
-                    );
-                    self.report.replays.push(ReplayLine {
-                        source: "delivery",
-                        id,
-                        detail: format!("failed, stays pending: {e:#}"),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Lists one project's work items page by page, resolving each state.
-    fn list_project(&mut self, db: &mut Db, project: &Project) -> Result<ProjectListing> {
-        let mut l = ProjectListing::default();
-        let Some(plane) = self.plane.clone() else {
-            l.listing.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
-            return Ok(l);
-        };
-        if self.rate_limited || self.report.stopped_early.is_some() {
-            return Ok(l);
-        }
-        let pid = &project.plane_project_id;
-        let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
-        let mut cursor: Option<String> = None;
-        let mut states_refreshed = false;
-        loop {
-            self.report.c.plane_requests += 1;
-            let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
-                Ok(page) => page,
-                Err(HttpError::RateLimited { retry_after, .. }) => {
-                    self.rate_limit(retry_after);
-                    return Ok(l);
-                }
-                Err(e) => {
-                    log::warn!("project {}: listing work items failed: {e}", project.name);
-                    l.listing.failed =
-                        Some(format!("listing the project's work items failed: {e}"));
-                    return Ok(l);
-                }
-            };
-            for item in page.items {
-                let state = match &item.state {
-                    Some(s) => Some(CachedState {
-                        id: s.id.clone(),
-                        name: s.name.clone(),
-                        group: s.group.clone(),
-                    }),
-                    None => match &item.state_id {
-                        None => None,
-                        Some(id) => {
-                            let mut found = db.plane_state(pid, id)?;
-                            if found.is_none() && !states_refreshed {
-                                states_refreshed = true;
-                                found = self.refresh_states(db, &plane, project, id)?;
-                            }
-                            found
-                        }
-                    },
-                };
-                match state {
-                    Some(st) => {
-                        l.listing.items.insert(
-                            item.id.clone(),
-                            Listed::Seen {
-                                name: st.name.clone(),
-                                group: st.group.clone(),
-                            },
-                        );
-                        l.resolved.push((item, st));
-                    }
-                    None => {
-                        let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
-                        l.listing
-                            .items
-                            .insert(item.id.clone(), Listed::UnknownState(id));
-                    }
-                }
-            }
-            let Some(next) = page.next_cursor else {
-                l.listing.complete = true;
-                return Ok(l);
-            };
-            if reconcile::below_floor(page.rate_limit_remaining, floor) {
-                self.report.stopped_early = Some(format!(
-                    "plane X-RateLimit-Remaining {} is below ORCH_RECONCILE_RATE_LIMIT_FLOOR {floor}",
-                    page.rate_limit_remaining.unwrap_or(0)
-                ));
-                return Ok(l);
-            }
-            cursor = Some(next);
-        }
-    }
-
-    fn rate_limit(&mut self, retry_after: Option<std::time::Duration>) {
-        self.rate_limited = true;
-        self.report.stopped_early = Some(format!(
-            "plane answered 429 (rate limited{}); the next pass goes on",
-            retry_after
-                .map(|d| format!(", retry after {}s", d.as_secs()))
-                .unwrap_or_default()
-        ));
-    }
-
-    /// Refreshes a project's state cache from the States API once per pass.
-    fn refresh_states(
-        &mut self,
-        db: &mut Db,
-        plane: &PlaneClient,
-        project: &Project,
-        wanted: &str,
-    ) -> Result<Option<CachedState>> {
-        self.report.c.plane_requests += 1;
-        match plane.list_states(&project.plane_project_id) {
-            Ok(states) => {
-                let states: Vec<CachedState> = states
-                    .into_iter()
-                    .map(|s| CachedState {
-                        id: s.id,
-                        name: s.name,
-                        group: s.group,
-                    })
-                    .collect();
-                let found = states.iter().find(|s| s.id == wanted).cloned();
-                if !self.dry_run {
-                    db.replace_plane_states(&project.plane_project_id, &states, self.now)?;
-                }
-                Ok(found)
-            }
-            Err(HttpError::RateLimited { retry_after, .. }) => {
-                self.rate_limit(retry_after);
-                Ok(None)
-            }
-            Err(e) => {
-                log::warn!("project {}: refreshing states failed: {e}", project.name);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Acts on work items whose meaning the task does not reflect, as their webhook
-    /// would have. Returns whether anything changed.
-    fn replay_work_items(
-        &mut self,
-        db: &mut Db,
-        tasks: &[Task],
-        listings: &HashMap<String, ProjectListing>,
-        cap: usize,
-    ) -> Result<bool> {
-        let by_item: HashMap<&str, &Task> =
-            tasks.iter().map(|t| (t.work_item_id.as_str(), t)).collect();
-        let mut changed = false;
-        let mut done = 0usize;
-        for project in &self.ctx.config.pipeline.projects {
-            let Some(l) = listings.get(&project.name) else {
-                continue;
-            };
-            for (item, state) in &l.resolved {
-                let Some(meaning) =
-                    reconcile::replayable_meaning(&project.states, &state.name, &state.group)
-                else {
-                    continue;
-                };
-                let task = by_item.get(item.id.as_str()).copied();
-                let facts = match task {
-                    Some(t) if t.stage == Stage::Analysis => {
-                        let jobs = db.task_jobs(t.id)?;
-                        let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
-                        Some(intake::TaskFacts {
-                            key: t.key.clone(),
-                            stage: t.stage,
-                            has_analyst_job: analyst().next().is_some(),
-                            has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
-                        })
-                    }
-                    Some(t) => Some(intake::TaskFacts {
-                        key: t.key.clone(),
-                        stage: t.stage,
-                        has_analyst_job: true,
-                        has_live_analyst_job: false,
-                    }),
-                    None => None,
-                };
-                let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), done, cap);
-                let reason = format!(
-                    "replayed: work item is in {:?} in Plane (its webhook was lost)",
-                    state.name
-                );
-                let detail = match decision {
-                    Replay::Ignore => continue,
-                    Replay::Capped => {
-                        self.report.stopped_early.get_or_insert_with(|| {
-                            format!("replayed ORCH_RECONCILE_MAX_TASKS={cap} work items")
-                        });
-                        return Ok(changed);
-                    }
-                    Replay::Start if self.dry_run => "would start the task".to_string(),
-                    Replay::Move { from, to } if self.dry_run => {
-                        format!("would move the task {from} -> {to}")
-                    }
-                    Replay::Start => {
-                        done += 1;
-                        match self.replay_start(db, project, item, &reason) {
-                            Ok(d) => {
-                                changed = true;
-                                self.report.c.replayed += 1;
-                                d
-                            }
-                            Err(e) => {
-                                self.report.c.errors += 1;
-                                log::warn!("replaying the start of {} failed: {e:#}", item.id);
-                                format!("start failed: {e:#}")
-                            }
-                        }
-                    }
-                    Replay::Move { from, to } => {
-                        done += 1;
-                        let t = task.expect("moves are decided for existing tasks");
-                        match moves::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
-                            Ok(_) => {
-                                changed = true;
-                                self.report.c.replayed += 1;
-                                format!("task {} {from} -> {to}", t.key)
-                            }
-                            Err(e) => {
-                                self.report.c.errors += 1;
-                                log::warn!("replaying the move of {} failed: {e:#}", t.key);
-                                format!("move failed: {e:#}")
-                            }
-                        }
-                    }
-                };
-                self.report.replays.push(ReplayLine {
-                    source: "work-item",
-                    id: item.id.clone(),
-                    detail,
-                });
-            }
-        }
-        Ok(changed)
-    }
-
-    fn replay_start(
-        &mut self,
-        db: &mut Db,
-        project: &Project,
-        item: &crate::adapters::plane::WorkItem,
-        reason: &str,
-    ) -> Result<String> {
-        let seq = i64::try_from(item.sequence_id).ok();
-        let key = intake::task_key(
-            project.plane_identifier.as_deref(),
-            &project.name,
-            seq,
-            &item.id,
-        );
-        let new = NewTask {
-            project: project.name.clone(),
-            work_item_id: item.id.clone(),
-            key: key.clone(),
-            title: item.name.clone(),
-            repo: project.repo.clone(),
-            branch: crate::core::branch::branch_name(&key, &item.name),
-        };
-        let started = moves::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
-        if started.branch.asked_gitea() {
-            self.forge.requests += 1;
-        }
-        Ok(format!(
-            "task {key} {}, {}, branch {}",
-            if started.created {
-                "created"
-            } else {
-                "already existed"
-            },
-            started
-                .enqueued_job
-                .map_or("analyst job already there".to_string(), |j| format!(
-                    "analyst job {j} queued"
-                )),
-            started.branch.describe()
-        ))
-    }
-
-    /// Finishes escalations whose announcement is missing (a crash, Plane down) and
-    /// escalates tasks that reached the developer retry limit through another path.
-    fn escalation_sweep(&mut self, db: &mut Db, tasks: &[Task]) -> Result<()> {
-        for t in tasks {
-            if self.rate_limited {
-                return Ok(());
-            }
-            if matches!(t.stage, Stage::Cancelled | Stage::Done) {
-                continue;
-            }
-            if let Some(at) = t.escalated_at {
-                if !db.escalation_announced(t.id, at)? {
-                    let reason = t.escalation_reason.clone().unwrap_or_default();
-                    self.announce_escalation(db, t, at, &reason)?;
-                }
-                continue;
-            }
-            if t.developer_retries >= self.limits.max_developer_retries {
-                let actor = db.last_event_actor(t.id)?;
-                if reconcile::needs_retry_escalation(
-                    t.developer_retries,
-                    false,
-                    actor.as_deref(),
-                    &self.limits,
-                ) {
-                    let reason = format!(
-                        "developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES {}",
-                        t.developer_retries, self.limits.max_developer_retries
-                    );
-                    self.escalate(db, t, &reason)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Parks the task for a human (once) and announces it.
-    fn escalate(&mut self, db: &mut Db, t: &Task, reason: &str) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
-        }
-        if db.escalate(t.id, reason, self.now)? {
-            let cancelled = db.cancel_queued_jobs(t.id, self.now)?;
-            log::warn!(
-                "task {} escalated at {}: {reason}{}",
-                t.key,
-                t.stage,
-                if cancelled > 0 {
-                    format!(" ({cancelled} queued job(s) cancelled)")
-                } else {
-                    String::new()
-                }
-            );
-            self.report.c.escalated += 1;
-            self.announce_escalation(db, t, self.now, reason)?;
-        }
-        Ok(())
-    }
-
-    /// Posts the one Plane comment (idempotent through its external id), then records
-    /// and sends the one notification. The notification row is written last, so a pass
-    /// that could not comment leaves the announcement for the next pass to finish.
-    fn announce_escalation(&mut self, db: &mut Db, t: &Task, at: i64, reason: &str) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
-        }
-        let key = reconcile::escalation_key(t.id, at);
-        let project = self.ctx.config.pipeline.project(&t.project);
-        if let (Some(plane), Some(project)) = (self.plane.clone(), project) {
-            let comment = NewComment {
-                comment_html: format!(
-                    "<p><strong>orch escalated {}</strong> at stage <code>{}</code>: {}. \
-                     Nothing re-drives it until a person moves it in Plane.</p>",
-                    html_escape(&t.key),
-                    t.stage,
-                    html_escape(reason)
-                ),
-                external_source: "orch".into(),
-                external_id: key.clone(),
-            };
-            self.report.c.plane_requests += 1;
-            match plane.create_comment(&project.plane_project_id, &t.work_item_id, &comment) {
-                Ok(_) => {}
-                Err(HttpError::RateLimited { retry_after, .. }) => {
-                    self.rate_limit(retry_after);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.report.c.errors += 1;
-                    log::warn!(
-                        "task {}: escalation comment failed (next pass tries again): {e}",
-                        t.key
-                    );
-                    return Ok(());
-                }
-            }
-        }
-        let message = format!(
-            "orch: task {} escalated at {}: {reason}. Nothing re-drives it until a person moves it in Plane.",
-            t.key, t.stage
-        );
-        crate::ops::notify::announce(self.ctx, db, &key, ESCALATION_KIND, Some(t.id), &message)?;
-        self.report.escalations.push(t.key.clone());
-        Ok(())
-    }
-
     fn judge_tasks(
         &mut self,
         db: &mut Db,
@@ -930,11 +421,4 @@ fn read_cursor(path: &std::path::Path) -> i64 {
 
 fn write_cursor(path: &std::path::Path, id: i64) -> Result<()> {
     crate::adapters::fs::write_atomic(path, format!("{id}\n").as_bytes())
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
