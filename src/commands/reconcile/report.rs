@@ -76,19 +76,33 @@ pub struct Report {
 /// The pass's counts, as the summary line prints them.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Tally {
+    /// Tasks judged.
     pub scanned: i64,
+    /// Tasks a guard left alone.
     pub skipped: i64,
+    /// Tasks moved forward.
     pub advanced: i64,
+    /// Tasks sent back.
     pub rolled_back: i64,
+    /// Stage jobs re-queued.
     pub rerun: i64,
+    /// Tasks escalated this pass.
     pub escalated: i64,
+    /// Tasks whose gate waits.
     pub waiting: i64,
+    /// Tasks not reached (rate limit, cap, listing stopped).
     pub deferred: i64,
+    /// Deliveries and work items replayed.
     pub replayed: i64,
+    /// Branches created (or found) on Gitea.
     pub branches: i64,
+    /// Tasks still lacking their branch after the pass.
     pub branches_left: i64,
+    /// Steps that failed (each also logged).
     pub errors: i64,
+    /// Requests sent to Plane.
     pub plane_requests: i64,
+    /// Requests sent to Gitea.
     pub gitea_requests: i64,
 }
 
