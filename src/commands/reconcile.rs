@@ -6,37 +6,45 @@
 //! `X-RateLimit-Remaining`, end cleanly on 429); replay work items whose start /
 //! approved / rejected / cancel state the task does not reflect; finish or make
 //! escalations (one Plane comment, one notification); then, for every task, apply the
-//! guards in SPEC order (`core::reconcile::local_guards`, then the blocked guard on the
-//! listed state), evaluate the stage's gate on the facts it needs, and act on
-//! `core::reconcile::decide`: advance, roll back, re-run the stage's job, escalate or
+//! guards in SPEC order with the rate limit, the per-pass cap and the listing
+//! (`core::reconcile::judge`), evaluate the stage's gate on the facts it needs, and act
+//! on `core::reconcile::decide`: advance, roll back, re-run the stage's job, escalate or
 //! wait. A skip writes nothing and sends nothing. `--dry-run` reports all of it and
 //! changes nothing.
+//!
+//! This file holds the pass's order and the per-task judging and acting; its steps live
+//! beside it: `branches` (the branch step), `replay` (deliveries and work items),
+//! `listing` (Plane, page by page), `escalate` (the sweep and the one announcement)
+//! and `report` (what the pass prints). Every decision is in `core::reconcile`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde::Serialize;
 
 use crate::adapters::db::{Db, MoveError};
-use crate::adapters::db_reconcile::ESCALATION_KIND;
 use crate::adapters::forge::Forge;
-use crate::adapters::http::HttpError;
-use crate::adapters::plane::{NewComment, PlaneClient};
+use crate::adapters::plane::PlaneClient;
 use crate::core::gate::{self, GateInputs};
-use crate::core::intake::{self, Decision, Meaning, PlaneState as CachedState};
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
-    self, blocked_guard, decide, local_guards, plane_state_of, Action, Limits, Listed, TaskFacts,
-    Verdict,
+    self, decide, local_guards, Action, Deferral, Judgement, Limits, Progress, TaskFacts, Verdict,
 };
-use crate::core::stage::{Actor, Agent, Stage};
-use crate::core::task::{NewTask, Task};
+use crate::core::stage::Actor;
+use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::moves;
-use crate::ops::pass::{Context, Counts, PassOutcome};
+use crate::ops::pass::{Context, PassOutcome};
+
+use listing::ProjectListing;
+use report::{Report, TaskLine};
+
+mod branches;
+mod escalate;
+mod listing;
+mod replay;
+mod report;
 
 /// Re-drive tasks stuck by a lost event; leave escalated and blocked ones alone
 ///
@@ -57,110 +65,6 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-/// One task's line in the report.
-#[derive(Debug, Clone, Serialize)]
-struct TaskLine {
-    /// The task id.
-    pub id: i64,
-    /// Its key.
-    pub key: String,
-    /// Its project.
-    pub project: String,
-    /// Its stage when judged.
-    pub stage: Stage,
-    /// What the pass did (or would do) with it.
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    /// What acting did, when it failed or lost a race.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// One replay in the report.
-#[derive(Debug, Clone, Serialize)]
-struct ReplayLine {
-    /// `delivery` or `work-item`.
-    pub source: &'static str,
-    /// The delivery row id or the work item id.
-    pub id: String,
-    /// What it did (or would do).
-    pub detail: String,
-}
-
-/// One task of the branch step in the report.
-#[derive(Debug, Clone, Serialize)]
-struct BranchLine {
-    /// The task id.
-    pub id: i64,
-    /// Its key.
-    pub key: String,
-    /// The branch.
-    pub branch: String,
-    /// What was done (or would be), or why it is left.
-    pub detail: String,
-}
-
-/// The pass's report.
-#[derive(Debug, Default, Serialize)]
-struct Report {
-    /// Whether nothing was changed.
-    pub dry_run: bool,
-    /// Why the pass stopped before finishing its work, if it did.
-    pub stopped_early: Option<String>,
-    /// Every task scanned.
-    pub tasks: Vec<TaskLine>,
-    /// Replays.
-    pub replays: Vec<ReplayLine>,
-    /// The branch step: tasks whose branch was not confirmed on Gitea.
-    pub branches: Vec<BranchLine>,
-    /// Escalations made or finished this pass (task keys).
-    pub escalations: Vec<String>,
-    #[serde(skip)]
-    c: Tally,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-struct Tally {
-    scanned: i64,
-    skipped: i64,
-    advanced: i64,
-    rolled_back: i64,
-    rerun: i64,
-    escalated: i64,
-    waiting: i64,
-    deferred: i64,
-    replayed: i64,
-    branches: i64,
-    branches_left: i64,
-    errors: i64,
-    plane_requests: i64,
-    gitea_requests: i64,
-}
-
-impl Report {
-    fn counts(&self) -> Counts {
-        let c = &self.c;
-        vec![
-            ("scanned", c.scanned),
-            ("skipped", c.skipped),
-            ("advanced", c.advanced),
-            ("rolled_back", c.rolled_back),
-            ("rerun", c.rerun),
-            ("escalated", c.escalated),
-            ("waiting", c.waiting),
-            ("deferred", c.deferred),
-            ("replayed", c.replayed),
-            ("branches", c.branches),
-            ("branches_left", c.branches_left),
-            ("errors", c.errors),
-            ("plane_requests", c.plane_requests),
-            ("gitea_requests", c.gitea_requests),
-            ("requests", c.plane_requests + c.gitea_requests),
-            ("stopped_early", i64::from(self.stopped_early.is_some())),
-        ]
-    }
-}
-
 /// Runs `reconcile`.
 ///
 /// # Errors
@@ -169,105 +73,15 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
     ctx.run_pass("reconcile", args.dry_run, |db, _guard| {
         let report = pass(ctx, db, args.dry_run)?;
         if args.json {
-            let mut v = serde_json::to_value(&report)?;
-            v["counts"] = serde_json::Value::Object(
-                report
-                    .counts()
-                    .into_iter()
-                    .map(|(k, n)| (k.to_string(), n.into()))
-                    .collect(),
-            );
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", report::to_json(&report)?);
         } else {
-            print!("{}", render(&report));
+            print!("{}", report::render(&report));
         }
         if let Some(why) = &report.stopped_early {
             log::warn!("reconcile: stopped early: {why}");
         }
         Ok(PassOutcome::ok(report.counts()))
     })
-}
-
-fn render(r: &Report) -> String {
-    let mut out = String::new();
-    for l in &r.branches {
-        let _ = writeln!(out, "branch {} {}: {}", l.key, l.branch, l.detail);
-    }
-    for l in &r.replays {
-        let _ = writeln!(out, "replay {} {}: {}", l.source, l.id, l.detail);
-    }
-    for t in &r.tasks {
-        // A real pass prints what it changed; a dry run prints every task.
-        let show = r.dry_run
-            || matches!(
-                &t.verdict,
-                Verdict::Act { action } if !matches!(action, Action::Wait { .. })
-            )
-            || t.note.is_some();
-        if !show {
-            continue;
-        }
-        let what = match &t.verdict {
-            Verdict::Skip { skip } => {
-                let detail = match skip {
-                    reconcile::Skip::Analysis => "a human decides in Plane".to_string(),
-                    reconcile::Skip::NoGate(d)
-                    | reconcile::Skip::JobLive(d)
-                    | reconcile::Skip::Grace(d)
-                    | reconcile::Skip::Escalated(d)
-                    | reconcile::Skip::Blocked(d) => d.clone(),
-                };
-                format!("skip ({}): {detail}", skip.guard())
-            }
-            Verdict::Act { action } => describe(action),
-            Verdict::Deferred { because } => format!("deferred: {because}"),
-        };
-        let note = t
-            .note
-            .as_ref()
-            .map(|n| format!(" [{n}]"))
-            .unwrap_or_default();
-        let _ = writeln!(out, "{} {}: {what}{note}", t.key, t.stage);
-    }
-    for k in &r.escalations {
-        let _ = writeln!(out, "escalated {k}");
-    }
-    if let Some(why) = &r.stopped_early {
-        let _ = writeln!(out, "stopped early: {why}");
-    }
-    out
-}
-
-fn describe(a: &Action) -> String {
-    match a {
-        Action::Advance { to } => format!("advance -> {to}"),
-        Action::Rollback {
-            to,
-            because,
-            escalate,
-        } => format!(
-            "roll back -> {to} ({because}){}",
-            if *escalate { ", then escalate" } else { "" }
-        ),
-        Action::Rerun {
-            job_id,
-            attempt,
-            because,
-        } => format!("re-run job {job_id} as attempt {attempt} ({because})"),
-        Action::Escalate { reason } => format!("escalate: {reason}"),
-        Action::Wait { because } => format!("wait: {because}"),
-    }
-}
-
-/// What listing a project gave.
-#[derive(Default)]
-struct ProjectListing {
-    /// Work item id → what was seen.
-    items: HashMap<String, Listed>,
-    /// Work items seen, with their resolved state, for replay.
-    resolved: Vec<(crate::adapters::plane::WorkItem, CachedState)>,
-    complete: bool,
-    failed: Option<String>,
 }
 
 /// The pass's shared state.
@@ -329,13 +143,11 @@ fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
     let live = db.live_jobs_by_task()?;
     let mut to_list: Vec<&Project> = Vec::new();
     for project in &ctx.config.pipeline.projects {
-        let needed = replay
-            || (s.reconcile_skip_blocked_enabled
-                && tasks.iter().any(|t| {
-                    t.project == project.name
-                        && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
-                }));
-        if needed {
+        let passes = tasks.iter().any(|t| {
+            t.project == project.name
+                && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+        });
+        if reconcile::needs_listing(replay, s.reconcile_skip_blocked_enabled, passes) {
             to_list.push(project);
         }
     }
@@ -375,515 +187,6 @@ fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
 }
 
 impl Pass<'_> {
-    /// The branch step for live tasks whose branch is not confirmed on Gitea, at most
-    /// `cap` per pass, oldest first ([`moves::ensure_branch`]: 409 counts as created).
-    fn complete_branches(&mut self, db: &mut Db, cap: usize) -> Result<()> {
-        let lacking = db.tasks_without_branch(cap)?;
-        let beyond_cap = db.count_tasks_without_branch()? - lacking.len() as i64;
-        self.report.c.branches_left += beyond_cap;
-        if beyond_cap > 0 {
-            self.report.stopped_early.get_or_insert_with(|| {
-                format!(
-                    "{beyond_cap} more task(s) lack their branch beyond ORCH_RECONCILE_MAX_TASKS={cap}; the next pass goes on"
-                )
-            });
-        }
-        let mut unreachable: Option<String> = None;
-        let mut not_configured = 0;
-        for t in lacking {
-            let line = |detail: String| BranchLine {
-                id: t.id,
-                key: t.key.clone(),
-                branch: t.branch.clone(),
-                detail,
-            };
-            let plan = reconcile::branch_plan(t.stage, unreachable.as_deref());
-            let detail = match plan {
-                reconcile::BranchPlan::NotNeeded => continue,
-                reconcile::BranchPlan::Wait(why) => {
-                    self.report.c.branches_left += 1;
-                    why
-                }
-                reconcile::BranchPlan::Create if self.ctx.config.settings.gitea_url.is_none() => {
-                    self.report.c.branches_left += 1;
-                    not_configured += 1;
-                    "left: gitea is not configured (ORCH_GITEA_URL is unset)".into()
-                }
-                reconcile::BranchPlan::Create if self.dry_run => {
-                    self.report.c.branches_left += 1;
-                    let from = self
-                        .ctx
-                        .config
-                        .pipeline
-                        .project(&t.project)
-                        .map_or("(project not in the pipeline file)", |p| {
-                            p.default_branch.as_str()
-                        });
-                    format!(
-                        "would create it in {} from {from} (its start left it)",
-                        t.repo
-                    )
-                }
-                reconcile::BranchPlan::Create => match moves::ensure_branch(self.ctx, db, &t) {
-                    Ok(step) if step.is_left() => {
-                        self.report.c.branches_left += 1;
-                        step.describe()
-                    }
-                    Ok(step) => {
-                        self.forge.requests += i64::from(step.asked_gitea());
-                        self.report.c.branches += 1;
-                        step.describe()
-                    }
-                    Err(e) => {
-                        self.forge.requests += 1;
-                        self.report.c.branches_left += 1;
-                        self.report.c.errors += 1;
-                        if matches!(e.downcast_ref::<HttpError>(), Some(HttpError::Retryable(_))) {
-                            unreachable = Some(format!("{e:#}"));
-                        }
-                        log::warn!(
-                            "task {}: branch {} still missing (next pass tries again): {e:#}",
-                            t.key,
-                            t.branch
-                        );
-                        format!("failed, next pass tries again: {e:#}")
-                    }
-                },
-            };
-            self.report.branches.push(line(detail));
-        }
-        if not_configured > 0 {
-            log::warn!(
-                "{not_configured} task(s) lack their branch: gitea is not configured (ORCH_GITEA_URL); reconcile creates them once it is"
-            );
-        }
-        Ok(())
-    }
-
-    fn replay_deliveries(&mut self, db: &mut Db, cap: usize) -> Result<()> {
-        for row in db.pending_deliveries(cap)? {
-            let id = row.id.to_string();
-            if self.dry_run {
-                self.report.replays.push(ReplayLine {
-                    source: "delivery",
-                    id,
-                    detail: "pending: would be processed again".into(),
-                });
-                continue;
-            }
-            match crate::ops::delivery::process_delivery(self.ctx, db, row.id) {
-                Ok(o) => {
-                    self.report.c.replayed += 1;
-                    log::info!(
-                        "replayed delivery {}: {} {}",
-                        row.id,
-                        o.kind.as_str(),
-                        o.detail
-                    );
-                    self.report.replays.push(ReplayLine {
-                        source: "delivery",
-                        id,
-                        detail: format!("{}: {}", o.kind.as_str(), o.detail),
-                    });
-                }
-                Err(e) => {
-                    self.report.c.errors += 1;
-                    log::warn!(
-                        "replaying delivery {} failed (stays pending): {e:#}",
-                        row.id
-                    );
-                    self.report.replays.push(ReplayLine {
-                        source: "delivery",
-                        id,
-                        detail: format!("failed, stays pending: {e:#}"),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Lists one project's work items page by page, resolving each state.
-    fn list_project(&mut self, db: &mut Db, project: &Project) -> Result<ProjectListing> {
-        let mut l = ProjectListing::default();
-        let Some(plane) = self.plane.clone() else {
-            l.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
-            return Ok(l);
-        };
-        if self.rate_limited || self.report.stopped_early.is_some() {
-            return Ok(l);
-        }
-        let pid = &project.plane_project_id;
-        let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
-        let mut cursor: Option<String> = None;
-        let mut states_refreshed = false;
-        loop {
-            self.report.c.plane_requests += 1;
-            let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
-                Ok(page) => page,
-                Err(HttpError::RateLimited { retry_after, .. }) => {
-                    self.rate_limit(retry_after);
-                    return Ok(l);
-                }
-                Err(e) => {
-                    log::warn!("project {}: listing work items failed: {e}", project.name);
-                    l.failed = Some(format!("listing the project's work items failed: {e}"));
-                    return Ok(l);
-                }
-            };
-            for item in page.items {
-                let state = match &item.state {
-                    Some(s) => Some(CachedState {
-                        id: s.id.clone(),
-                        name: s.name.clone(),
-                        group: s.group.clone(),
-                    }),
-                    None => match &item.state_id {
-                        None => None,
-                        Some(id) => {
-                            let mut found = db.plane_state(pid, id)?;
-                            if found.is_none() && !states_refreshed {
-                                states_refreshed = true;
-                                found = self.refresh_states(db, &plane, project, id)?;
-                            }
-                            found
-                        }
-                    },
-                };
-                match state {
-                    Some(st) => {
-                        l.items.insert(
-                            item.id.clone(),
-                            Listed::Seen {
-                                name: st.name.clone(),
-                                group: st.group.clone(),
-                            },
-                        );
-                        l.resolved.push((item, st));
-                    }
-                    None => {
-                        let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
-                        l.items.insert(item.id.clone(), Listed::UnknownState(id));
-                    }
-                }
-            }
-            let Some(next) = page.next_cursor else {
-                l.complete = true;
-                return Ok(l);
-            };
-            if reconcile::below_floor(page.rate_limit_remaining, floor) {
-                self.report.stopped_early = Some(format!(
-                    "plane X-RateLimit-Remaining {} is below ORCH_RECONCILE_RATE_LIMIT_FLOOR {floor}",
-                    page.rate_limit_remaining.unwrap_or(0)
-                ));
-                return Ok(l);
-            }
-            cursor = Some(next);
-        }
-    }
-
-    fn rate_limit(&mut self, retry_after: Option<std::time::Duration>) {
-        self.rate_limited = true;
-        self.report.stopped_early = Some(format!(
-            "plane answered 429 (rate limited{}); the next pass goes on",
-            retry_after
-                .map(|d| format!(", retry after {}s", d.as_secs()))
-                .unwrap_or_default()
-        ));
-    }
-
-    /// Refreshes a project's state cache from the States API once per pass.
-    fn refresh_states(
-        &mut self,
-        db: &mut Db,
-        plane: &PlaneClient,
-        project: &Project,
-        wanted: &str,
-    ) -> Result<Option<CachedState>> {
-        self.report.c.plane_requests += 1;
-        match plane.list_states(&project.plane_project_id) {
-            Ok(states) => {
-                let states: Vec<CachedState> = states
-                    .into_iter()
-                    .map(|s| CachedState {
-                        id: s.id,
-                        name: s.name,
-                        group: s.group,
-                    })
-                    .collect();
-                let found = states.iter().find(|s| s.id == wanted).cloned();
-                if !self.dry_run {
-                    db.replace_plane_states(&project.plane_project_id, &states, self.now)?;
-                }
-                Ok(found)
-            }
-            Err(HttpError::RateLimited { retry_after, .. }) => {
-                self.rate_limit(retry_after);
-                Ok(None)
-            }
-            Err(e) => {
-                log::warn!("project {}: refreshing states failed: {e}", project.name);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Acts on work items whose meaning the task does not reflect, as their webhook
-    /// would have. Returns whether anything changed.
-    fn replay_work_items(
-        &mut self,
-        db: &mut Db,
-        tasks: &[Task],
-        listings: &HashMap<String, ProjectListing>,
-        cap: usize,
-    ) -> Result<bool> {
-        let by_item: HashMap<&str, &Task> =
-            tasks.iter().map(|t| (t.work_item_id.as_str(), t)).collect();
-        let mut changed = false;
-        let mut done = 0usize;
-        for project in &self.ctx.config.pipeline.projects {
-            let Some(l) = listings.get(&project.name) else {
-                continue;
-            };
-            for (item, state) in &l.resolved {
-                let meaning = match intake::meaning_of(&project.states, &state.name, &state.group) {
-                    Ok(Some(m)) if m != Meaning::Blocked => m,
-                    _ => continue,
-                };
-                let task = by_item.get(item.id.as_str()).copied();
-                if task.is_some_and(|t| t.stage == Stage::Cancelled || t.stage == Stage::Done) {
-                    continue;
-                }
-                let facts = match task {
-                    Some(t) if t.stage == Stage::Analysis => {
-                        let jobs = db.task_jobs(t.id)?;
-                        let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
-                        Some(intake::TaskFacts {
-                            key: t.key.clone(),
-                            stage: t.stage,
-                            has_analyst_job: analyst().next().is_some(),
-                            has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
-                        })
-                    }
-                    Some(t) => Some(intake::TaskFacts {
-                        key: t.key.clone(),
-                        stage: t.stage,
-                        has_analyst_job: true,
-                        has_live_analyst_job: false,
-                    }),
-                    None => None,
-                };
-                let decision = intake::decide(Some(meaning), &state.name, false, facts.as_ref());
-                let reason = format!(
-                    "replayed: work item is in {:?} in Plane (its webhook was lost)",
-                    state.name
-                );
-                let detail = match decision {
-                    Decision::NoAction(_) => continue,
-                    // A rejection is an event, not a level: the state stays "rejected"
-                    // while the analyst redoes the work, so re-queueing on every pass
-                    // would loop. It is replayed from its stored delivery only.
-                    Decision::RequeueAnalysis => continue,
-                    _ if done >= cap => {
-                        self.report.stopped_early.get_or_insert_with(|| {
-                            format!("replayed ORCH_RECONCILE_MAX_TASKS={cap} work items")
-                        });
-                        return Ok(changed);
-                    }
-                    Decision::Start if self.dry_run => "would start the task".to_string(),
-                    Decision::Move { from, to } if self.dry_run => {
-                        format!("would move the task {from} -> {to}")
-                    }
-                    Decision::Start => {
-                        done += 1;
-                        match self.replay_start(db, project, item, &reason) {
-                            Ok(d) => {
-                                changed = true;
-                                self.report.c.replayed += 1;
-                                d
-                            }
-                            Err(e) => {
-                                self.report.c.errors += 1;
-                                log::warn!("replaying the start of {} failed: {e:#}", item.id);
-                                format!("start failed: {e:#}")
-                            }
-                        }
-                    }
-                    Decision::Move { from, to } => {
-                        done += 1;
-                        let t = task.expect("moves are decided for existing tasks");
-                        match moves::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
-                            Ok(_) => {
-                                changed = true;
-                                self.report.c.replayed += 1;
-                                format!("task {} {from} -> {to}", t.key)
-                            }
-                            Err(e) => {
-                                self.report.c.errors += 1;
-                                log::warn!("replaying the move of {} failed: {e:#}", t.key);
-                                format!("move failed: {e:#}")
-                            }
-                        }
-                    }
-                };
-                self.report.replays.push(ReplayLine {
-                    source: "work-item",
-                    id: item.id.clone(),
-                    detail,
-                });
-            }
-        }
-        Ok(changed)
-    }
-
-    fn replay_start(
-        &mut self,
-        db: &mut Db,
-        project: &Project,
-        item: &crate::adapters::plane::WorkItem,
-        reason: &str,
-    ) -> Result<String> {
-        let seq = i64::try_from(item.sequence_id).ok();
-        let key = intake::task_key(
-            project.plane_identifier.as_deref(),
-            &project.name,
-            seq,
-            &item.id,
-        );
-        let new = NewTask {
-            project: project.name.clone(),
-            work_item_id: item.id.clone(),
-            key: key.clone(),
-            title: item.name.clone(),
-            repo: project.repo.clone(),
-            branch: crate::core::branch::branch_name(&key, &item.name),
-        };
-        let started = moves::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
-        if started.branch.asked_gitea() {
-            self.forge.requests += 1;
-        }
-        Ok(format!(
-            "task {key} {}, {}, branch {}",
-            if started.created {
-                "created"
-            } else {
-                "already existed"
-            },
-            started
-                .enqueued_job
-                .map_or("analyst job already there".to_string(), |j| format!(
-                    "analyst job {j} queued"
-                )),
-            started.branch.describe()
-        ))
-    }
-
-    /// Finishes escalations whose announcement is missing (a crash, Plane down) and
-    /// escalates tasks that reached the developer retry limit through another path.
-    fn escalation_sweep(&mut self, db: &mut Db, tasks: &[Task]) -> Result<()> {
-        for t in tasks {
-            if self.rate_limited {
-                return Ok(());
-            }
-            if matches!(t.stage, Stage::Cancelled | Stage::Done) {
-                continue;
-            }
-            if let Some(at) = t.escalated_at {
-                if !db.escalation_announced(t.id, at)? {
-                    let reason = t.escalation_reason.clone().unwrap_or_default();
-                    self.announce_escalation(db, t, at, &reason)?;
-                }
-                continue;
-            }
-            if t.developer_retries >= self.limits.max_developer_retries {
-                let actor = db.last_event_actor(t.id)?;
-                if reconcile::needs_retry_escalation(
-                    t.developer_retries,
-                    false,
-                    actor.as_deref(),
-                    &self.limits,
-                ) {
-                    let reason = format!(
-                        "developer retries {} reached ORCH_MAX_DEVELOPER_RETRIES {}",
-                        t.developer_retries, self.limits.max_developer_retries
-                    );
-                    self.escalate(db, t, &reason)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Parks the task for a human (once) and announces it.
-    fn escalate(&mut self, db: &mut Db, t: &Task, reason: &str) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
-        }
-        if db.escalate(t.id, reason, self.now)? {
-            let cancelled = db.cancel_queued_jobs(t.id, self.now)?;
-            log::warn!(
-                "task {} escalated at {}: {reason}{}",
-                t.key,
-                t.stage,
-                if cancelled > 0 {
-                    format!(" ({cancelled} queued job(s) cancelled)")
-                } else {
-                    String::new()
-                }
-            );
-            self.report.c.escalated += 1;
-            self.announce_escalation(db, t, self.now, reason)?;
-        }
-        Ok(())
-    }
-
-    /// Posts the one Plane comment (idempotent through its external id), then records
-    /// and sends the one notification. The notification row is written last, so a pass
-    /// that could not comment leaves the announcement for the next pass to finish.
-    fn announce_escalation(&mut self, db: &mut Db, t: &Task, at: i64, reason: &str) -> Result<()> {
-        if self.dry_run {
-            return Ok(());
-        }
-        let key = reconcile::escalation_key(t.id, at);
-        let project = self.ctx.config.pipeline.project(&t.project);
-        if let (Some(plane), Some(project)) = (self.plane.clone(), project) {
-            let comment = NewComment {
-                comment_html: format!(
-                    "<p><strong>orch escalated {}</strong> at stage <code>{}</code>: {}. \
-                     Nothing re-drives it until a person moves it in Plane.</p>",
-                    html_escape(&t.key),
-                    t.stage,
-                    html_escape(reason)
-                ),
-                external_source: "orch".into(),
-                external_id: key.clone(),
-            };
-            self.report.c.plane_requests += 1;
-            match plane.create_comment(&project.plane_project_id, &t.work_item_id, &comment) {
-                Ok(_) => {}
-                Err(HttpError::RateLimited { retry_after, .. }) => {
-                    self.rate_limit(retry_after);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.report.c.errors += 1;
-                    log::warn!(
-                        "task {}: escalation comment failed (next pass tries again): {e}",
-                        t.key
-                    );
-                    return Ok(());
-                }
-            }
-        }
-        let message = format!(
-            "orch: task {} escalated at {}: {reason}. Nothing re-drives it until a person moves it in Plane.",
-            t.key, t.stage
-        );
-        crate::ops::notify::announce(self.ctx, db, &key, ESCALATION_KIND, Some(t.id), &message)?;
-        self.report.escalations.push(t.key.clone());
-        Ok(())
-    }
-
     fn judge_tasks(
         &mut self,
         db: &mut Db,
@@ -898,65 +201,50 @@ impl Pass<'_> {
         // Fairness under the cap: start after the last task the previous capped pass
         // reached, then wrap around.
         let mut order: Vec<&Task> = tasks.iter().collect();
-        order.sort_by_key(|t| (t.id <= cursor, t.id));
+        order.sort_by_key(|t| reconcile::fair_order_key(t.id, cursor));
         let mut handled = 0usize;
         let mut last_handled: Option<i64> = None;
         let mut capped = false;
         let mut lines = Vec::with_capacity(order.len());
         for t in order {
             self.report.c.scanned += 1;
-            let verdict = if let Some(skip) =
-                local_guards(&facts_of(t, live), self.now, &self.limits)
-            {
-                Verdict::Skip { skip }
-            } else if self.rate_limited {
-                Verdict::Deferred {
-                    because: "plane rate limited this pass".into(),
-                }
-            } else if handled >= cap {
-                capped = true;
-                Verdict::Deferred {
-                    because: format!("the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached"),
-                }
-            } else {
-                let listed = if skip_blocked {
-                    Some(match listings.get(&t.project) {
-                        None => Listed::Failed("the task's project is not in the pipeline".into()),
-                        Some(l) => match (&l.failed, l.items.get(&t.work_item_id)) {
-                            (_, Some(seen)) => seen.clone(),
-                            (Some(why), None) => Listed::Failed(why.clone()),
-                            (None, None) => Listed::NotSeen {
-                                complete: l.complete,
-                            },
-                        },
-                    })
-                } else {
-                    None
-                };
-                let project = self.ctx.config.pipeline.project(&t.project);
-                match (&listed, project) {
-                    (Some(Listed::NotSeen { complete: false }), _) => Verdict::Deferred {
-                        because: "the project's listing stopped early".into(),
-                    },
-                    (Some(listed), Some(project)) => {
-                        match blocked_guard(&plane_state_of(&project.states, listed)) {
-                            Some(skip) => Verdict::Skip { skip },
-                            None => {
-                                handled += 1;
-                                last_handled = Some(t.id);
-                                self.evaluate(db, t)
-                            }
-                        }
+            let listed = skip_blocked.then(|| {
+                reconcile::listed(
+                    listings.get(&t.project).map(|l| &l.listing),
+                    &t.work_item_id,
+                )
+            });
+            let progress = Progress {
+                rate_limited: self.rate_limited,
+                handled,
+                cap,
+            };
+            let meanings = self
+                .ctx
+                .config
+                .pipeline
+                .project(&t.project)
+                .map(|p| &p.states);
+            let facts = facts_of(t, live);
+            let verdict = match reconcile::judge(
+                &facts,
+                self.now,
+                &self.limits,
+                progress,
+                listed.as_ref(),
+                meanings,
+            ) {
+                Judgement::Skip(skip) => Verdict::Skip { skip },
+                Judgement::Deferred(why) => {
+                    capped |= matches!(why, Deferral::Cap(_));
+                    Verdict::Deferred {
+                        because: why.to_string(),
                     }
-                    (Some(listed), None) => Verdict::Skip {
-                        skip: blocked_guard(&reconcile::PlaneState::Unknown(format!("{listed:?}")))
-                            .expect("unknown always skips"),
-                    },
-                    (None, _) => {
-                        handled += 1;
-                        last_handled = Some(t.id);
-                        self.evaluate(db, t)
-                    }
+                }
+                Judgement::Evaluate => {
+                    handled += 1;
+                    last_handled = Some(t.id);
+                    self.evaluate(db, t)
                 }
             };
             let note = match &verdict {
@@ -988,13 +276,13 @@ impl Pass<'_> {
             });
         }
         if !self.dry_run {
-            match (capped, last_handled) {
-                (true, Some(id)) => {
+            match reconcile::next_cursor(capped, last_handled) {
+                Some(id) => {
                     if let Err(e) = write_cursor(&cursor_path, id) {
                         log::warn!("could not keep the reconcile cursor: {e:#}");
                     }
                 }
-                _ => {
+                None => {
                     let _ = std::fs::remove_file(&cursor_path);
                 }
             }
@@ -1133,11 +421,4 @@ fn read_cursor(path: &std::path::Path) -> i64 {
 
 fn write_cursor(path: &std::path::Path, id: i64) -> Result<()> {
     crate::adapters::fs::write_atomic(path, format!("{id}\n").as_bytes())
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -1,9 +1,13 @@
 //! Reconcile's decisions: which guard skips a task (in the order SPEC §4 gives), and
 //! what to do with a gate's answer (advance, roll back, re-run the stage's job, escalate
-//! or wait). Pure: the command gathers the facts and acts on the answer.
+//! or wait), where a task stands against the rate limit, the per-pass cap and the
+//! project's listing, which listed work items are replayed, and where a capped pass
+//! leaves its cursor. Pure: the command gathers the facts and acts on the answer.
+
+use std::collections::HashMap;
 
 use crate::core::gate::GateDecision;
-use crate::core::intake::{meaning_of, Meaning};
+use crate::core::intake::{self, meaning_of, Decision, Meaning};
 use crate::core::job::JobOutcome;
 use crate::core::plane::StateMeanings;
 use crate::core::stage::{transition, Stage};
@@ -272,6 +276,187 @@ pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> PlaneState {
 /// every allowed answer; other servers may not).
 pub fn below_floor(remaining: Option<u32>, floor: u32) -> bool {
     remaining.is_some_and(|r| r < floor)
+}
+
+/// What one project's listing told the pass, for the blocked guard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Work item id → what was seen.
+    pub items: HashMap<String, Listed>,
+    /// Whether every page was read.
+    pub complete: bool,
+    /// Why listing failed, if it did.
+    pub failed: Option<String>,
+}
+
+/// Returns what the pass knows of `work_item_id` from its project's listing (`None`:
+/// the project was not listed). A listed item wins over a later failure.
+pub fn listed(listing: Option<&Listing>, work_item_id: &str) -> Listed {
+    match listing {
+        None => Listed::Failed("the task's project is not in the pipeline".into()),
+        Some(l) => match (&l.failed, l.items.get(work_item_id)) {
+            (_, Some(seen)) => seen.clone(),
+            (Some(why), None) => Listed::Failed(why.clone()),
+            (None, None) => Listed::NotSeen {
+                complete: l.complete,
+            },
+        },
+    }
+}
+
+/// Where the pass stands when it reaches a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Plane answered 429 this pass: no more Plane calls, no more actions.
+    pub rate_limited: bool,
+    /// Tasks whose gate was evaluated so far.
+    pub handled: usize,
+    /// `ORCH_RECONCILE_MAX_TASKS`.
+    pub cap: usize,
+}
+
+/// Why a task is not reached this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferral {
+    /// Plane answered 429 earlier this pass.
+    RateLimited,
+    /// The per-pass cap was reached.
+    Cap(usize),
+    /// The project's listing stopped early (the rate-limit floor).
+    ListingStopped,
+}
+
+impl std::fmt::Display for Deferral {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deferral::RateLimited => f.write_str("plane rate limited this pass"),
+            Deferral::Cap(cap) => write!(
+                f,
+                "the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached"
+            ),
+            Deferral::ListingStopped => f.write_str("the project's listing stopped early"),
+        }
+    }
+}
+
+/// What the pass does with a task before its gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// A guard leaves it alone.
+    Skip(Skip),
+    /// Not reached this pass.
+    Deferred(Deferral),
+    /// Evaluate its gate (it counts against the cap).
+    Evaluate,
+}
+
+/// Applies the guards in SPEC order, then the pass's limits: the local guards, the rate
+/// limit, the per-pass cap, then the blocked guard on the listed state. `listed` is
+/// `None` when `ORCH_RECONCILE_SKIP_BLOCKED_ENABLED` is off; `meanings` is `None` when
+/// the task's project is not in the pipeline file (its state cannot be told).
+pub fn judge(
+    t: &TaskFacts,
+    now: i64,
+    limits: &Limits,
+    progress: Progress,
+    listed: Option<&Listed>,
+    meanings: Option<&StateMeanings>,
+) -> Judgement {
+    if let Some(skip) = local_guards(t, now, limits) {
+        return Judgement::Skip(skip);
+    }
+    if progress.rate_limited {
+        return Judgement::Deferred(Deferral::RateLimited);
+    }
+    if progress.handled >= progress.cap {
+        return Judgement::Deferred(Deferral::Cap(progress.cap));
+    }
+    match (listed, meanings) {
+        (Some(Listed::NotSeen { complete: false }), _) => {
+            Judgement::Deferred(Deferral::ListingStopped)
+        }
+        (Some(listed), Some(meanings)) => match blocked_guard(&plane_state_of(meanings, listed)) {
+            Some(skip) => Judgement::Skip(skip),
+            None => Judgement::Evaluate,
+        },
+        (Some(listed), None) => Judgement::Skip(
+            blocked_guard(&PlaneState::Unknown(format!("{listed:?}")))
+                .expect("unknown always skips"),
+        ),
+        (None, _) => Judgement::Evaluate,
+    }
+}
+
+/// Returns the key that orders a pass's tasks for fairness under the cap: those after
+/// `cursor` (where the previous capped pass stopped) first, then the rest, by id.
+pub fn fair_order_key(task_id: i64, cursor: i64) -> (bool, i64) {
+    (task_id <= cursor, task_id)
+}
+
+/// Returns the cursor the pass leaves: the last task it evaluated when the cap stopped
+/// it, else none (the file is removed, and the next pass starts from the first task).
+pub fn next_cursor(capped: bool, last_handled: Option<i64>) -> Option<i64> {
+    match (capped, last_handled) {
+        (true, Some(id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// Whether a project's work items must be listed this pass: always when replaying;
+/// otherwise only for the blocked guard of a task the local guards let through (so an
+/// escalated task alone costs no request at all).
+pub fn needs_listing(replay: bool, skip_blocked: bool, a_task_passes_local_guards: bool) -> bool {
+    replay || (skip_blocked && a_task_passes_local_guards)
+}
+
+/// Returns the meaning of a listed work item's state when it may be replayed: a state
+/// with one meaning that is not blocked (blocked / needs-input are never replayed).
+pub fn replayable_meaning(meanings: &StateMeanings, name: &str, group: &str) -> Option<Meaning> {
+    match meaning_of(meanings, name, group) {
+        Ok(Some(m)) if m != Meaning::Blocked => Some(m),
+        _ => None,
+    }
+}
+
+/// What the replay does with one listed work item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// The task reflects the state already, or the state is not replayed.
+    Ignore,
+    /// `done` work items were replayed already: the rest wait for the next pass.
+    Capped,
+    /// Start the task (once), as the lost webhook would have.
+    Start,
+    /// Move the task, as the lost webhook would have.
+    Move {
+        /// Where the task is.
+        from: Stage,
+        /// Where it goes.
+        to: Stage,
+    },
+}
+
+/// Decides the replay of a work item in a state that means `meaning`, through the same
+/// decision as the webhook (`intake::decide`). A finished task is left alone. A
+/// rejection is an event, not a level: the state stays "rejected" while the analyst
+/// redoes the work, so re-queueing on every pass would loop; it is replayed from its
+/// stored delivery only. At most `cap` work items are replayed per pass.
+pub fn replay(
+    meaning: Meaning,
+    state_name: &str,
+    task: Option<&intake::TaskFacts>,
+    done: usize,
+    cap: usize,
+) -> Replay {
+    if task.is_some_and(|t| matches!(t.stage, Stage::Cancelled | Stage::Done)) {
+        return Replay::Ignore;
+    }
+    match intake::decide(Some(meaning), state_name, false, task) {
+        Decision::NoAction(_) | Decision::RequeueAnalysis => Replay::Ignore,
+        _ if done >= cap => Replay::Capped,
+        Decision::Start => Replay::Start,
+        Decision::Move { from, to } => Replay::Move { from, to },
+    }
 }
 
 /// The idempotency key of one escalation: the Plane comment's `external_id` and the
@@ -656,6 +841,221 @@ mod tests {
         assert_eq!(
             branch_plan(Stage::Analysis, Some("timeout")),
             BranchPlan::Wait("gitea unreachable earlier this pass: timeout".into())
+        );
+    }
+
+    fn progress(rate_limited: bool, handled: usize) -> Progress {
+        Progress {
+            rate_limited,
+            handled,
+            cap: 2,
+        }
+    }
+
+    #[test]
+    fn judge_orders_guards_rate_limit_cap_then_listing() {
+        let now = 1_000;
+        let mut m = StateMeanings::default();
+        m.blocked.names = vec!["Blocked".into()];
+        let clear = Listed::Seen {
+            name: "In Review".into(),
+            group: "started".into(),
+        };
+        let blocked = Listed::Seen {
+            name: "Blocked".into(),
+            group: "started".into(),
+        };
+        let stopped = Listed::NotSeen { complete: false };
+        let grace = TaskFacts {
+            stage_entered_at: now,
+            ..facts()
+        };
+        // (facts, progress, listed, meanings known, expected)
+        let cases: Vec<(TaskFacts, Progress, Option<&Listed>, bool, &str)> = vec![
+            // A local guard wins over the rate limit, the cap and the listing.
+            (grace, progress(true, 2), Some(&blocked), true, "skip grace"),
+            // The rate limit wins over the cap and the listing.
+            (
+                facts(),
+                progress(true, 2),
+                Some(&blocked),
+                true,
+                "deferred plane rate limited this pass",
+            ),
+            // The cap wins over the listing; `handled == cap` is reached.
+            (
+                facts(),
+                progress(false, 2),
+                Some(&blocked),
+                true,
+                "deferred the per-pass cap ORCH_RECONCILE_MAX_TASKS=2 was reached",
+            ),
+            (facts(), progress(false, 1), Some(&clear), true, "evaluate"),
+            // An unfinished listing defers; a blocked state or doubt skips.
+            (
+                facts(),
+                progress(false, 0),
+                Some(&stopped),
+                true,
+                "deferred the project's listing stopped early",
+            ),
+            (
+                facts(),
+                progress(false, 0),
+                Some(&stopped),
+                false,
+                "deferred the project's listing stopped early",
+            ),
+            (
+                facts(),
+                progress(false, 0),
+                Some(&blocked),
+                true,
+                "skip blocked",
+            ),
+            (
+                facts(),
+                progress(false, 0),
+                Some(&clear),
+                false,
+                "skip blocked",
+            ),
+            // The blocked guard off: straight to the gate.
+            (facts(), progress(false, 0), None, false, "evaluate"),
+        ];
+        for (i, (t, p, listed, known, want)) in cases.into_iter().enumerate() {
+            let got = match judge(&t, now, &LIMITS, p, listed, known.then_some(&m)) {
+                Judgement::Skip(skip) => format!("skip {}", skip.guard()),
+                Judgement::Deferred(why) => format!("deferred {why}"),
+                Judgement::Evaluate => "evaluate".into(),
+            };
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_task_of_a_project_outside_the_pipeline_is_skipped_as_doubt() {
+        let l = listed(None, "wi-1");
+        match judge(&facts(), 1_000, &LIMITS, progress(false, 0), Some(&l), None) {
+            Judgement::Skip(Skip::Blocked(d)) => assert_eq!(
+                d,
+                "could not tell the work item's state: \
+                 Failed(\"the task's project is not in the pipeline\")"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn listed_prefers_a_seen_item_then_the_failure_then_completeness() {
+        let seen = Listed::Seen {
+            name: "Todo".into(),
+            group: "unstarted".into(),
+        };
+        let mut l = Listing::default();
+        l.items.insert("wi-1".into(), seen.clone());
+        assert_eq!(listed(Some(&l), "wi-1"), seen);
+        assert_eq!(
+            listed(Some(&l), "wi-2"),
+            Listed::NotSeen { complete: false }
+        );
+        l.complete = true;
+        assert_eq!(listed(Some(&l), "wi-2"), Listed::NotSeen { complete: true });
+        l.failed = Some("HTTP 500".into());
+        assert_eq!(listed(Some(&l), "wi-1"), seen);
+        assert_eq!(listed(Some(&l), "wi-2"), Listed::Failed("HTTP 500".into()));
+        assert!(matches!(listed(None, "wi-1"), Listed::Failed(_)));
+    }
+
+    #[test]
+    fn the_cursor_orders_the_tail_first_and_is_kept_only_when_capped() {
+        let mut ids = vec![1, 2, 3, 4, 5];
+        ids.sort_by_key(|id| fair_order_key(*id, 3));
+        assert_eq!(ids, vec![4, 5, 1, 2, 3]);
+        ids.sort_by_key(|id| fair_order_key(*id, 0));
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+        assert_eq!(next_cursor(true, Some(4)), Some(4));
+        assert_eq!(next_cursor(true, None), None);
+        assert_eq!(next_cursor(false, Some(4)), None);
+    }
+
+    #[test]
+    fn projects_are_listed_when_replaying_or_for_the_blocked_guard() {
+        for (replay, skip_blocked, passes, want) in [
+            (true, false, false, true),
+            (false, true, true, true),
+            (false, true, false, false),
+            (false, false, true, false),
+        ] {
+            assert_eq!(needs_listing(replay, skip_blocked, passes), want);
+        }
+    }
+
+    #[test]
+    fn replays_follow_the_webhook_decision_skip_rejections_and_stop_at_the_cap() {
+        let mut m = StateMeanings::default();
+        m.blocked.names = vec!["Blocked".into()];
+        m.approved.names = vec!["Approved".into()];
+        assert_eq!(replayable_meaning(&m, "Blocked", "started"), None);
+        assert_eq!(
+            replayable_meaning(&m, "Approved", "started"),
+            Some(Meaning::Approved)
+        );
+        let at = |stage: Stage| intake::TaskFacts {
+            key: "T-1".into(),
+            stage,
+            has_analyst_job: true,
+            has_live_analyst_job: false,
+        };
+        assert_eq!(
+            replay(
+                Meaning::Approved,
+                "Approved",
+                Some(&at(Stage::Analysis)),
+                0,
+                1
+            ),
+            Replay::Move {
+                from: Stage::Analysis,
+                to: Stage::Development
+            }
+        );
+        assert_eq!(
+            replay(
+                Meaning::Approved,
+                "Approved",
+                Some(&at(Stage::Analysis)),
+                1,
+                1
+            ),
+            Replay::Capped
+        );
+        for stage in [Stage::Done, Stage::Cancelled] {
+            assert_eq!(
+                replay(Meaning::Cancel, "Cancelled", Some(&at(stage)), 0, 1),
+                Replay::Ignore
+            );
+        }
+        // Nothing to do is not capped.
+        assert_eq!(
+            replay(
+                Meaning::Approved,
+                "Approved",
+                Some(&at(Stage::Development)),
+                1,
+                1
+            ),
+            Replay::Ignore
+        );
+        assert_eq!(
+            replay(
+                Meaning::Rejected,
+                "Rejected",
+                Some(&at(Stage::Analysis)),
+                0,
+                1
+            ),
+            Replay::Ignore
         );
     }
 
