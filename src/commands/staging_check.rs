@@ -19,33 +19,30 @@
 //! atomically.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::adapters::artefacts::{task_dir, write_atomic};
-use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
 use crate::adapters::db::Db;
-use crate::adapters::forge::Forge;
 use crate::adapters::gitea::GiteaClient;
 use crate::config::Settings;
 use crate::core::artefact::STAGING_REPORT_FILE;
-use crate::core::gate::Need;
 use crate::core::pin::{
-    expected_is_head, head_at_end, head_at_start, HeadError, PinKind, PrHead, Unreadable,
+    expected_at_start, head_at_end, pinned_revision, HeadError, PinKind, PrHead, Unreadable,
 };
-use crate::core::stage::Stage;
-use crate::core::staging::{
-    classify, freshness_applies, judge_command, judge_freshness, judge_http, parse_revision,
-    revision_from_command, revision_from_http, verdict, CheckDef, CheckKind, CheckResult, Outcome,
-    Policy, RevisionSource, RoundtripTarget, VerdictStatus,
+use crate::core::plane::Project;
+use crate::core::staging::{freshness_applies, parse_revision, Outcome, Policy, VerdictStatus};
+use crate::core::staging_report::{
+    judge_lines, report_targets, CheckLine, NoVerdictRun, StagingRun,
 };
-use crate::core::staging_report::{CheckLine, NoVerdictRun, StagingRun};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::pass::{Context, PassReport};
-use crate::ops::roundtrip::{RoundtripEnv, Trip};
+use crate::ops::pin::{clear_validated, read_pr_head};
+use crate::ops::staging::{
+    remove_reports, roundtrip_env, run_checks, same_file, write_reports, CheckPlan,
+};
 
 /// Smoke-check a staging install and print a verdict
 ///
@@ -102,7 +99,6 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let settings = &ctx.config.settings;
     let pipeline = &ctx.config.pipeline;
-    let checks = &pipeline.staging_checks;
     let mut expected = match args.expected_revision.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(
@@ -110,26 +106,8 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
                 .map_err(|m| anyhow::anyhow!("--expected-revision / EXPECTED_REVISION: {m}"))?,
         ),
     };
-    // Round trips need Plane, the webhook secret and (to wait for a branch) Gitea:
-    // missing settings are configuration errors, reported before anything runs.
-    let roundtrips: Vec<_> = checks
-        .iter()
-        .filter_map(|c| match &c.kind {
-            CheckKind::WebhookRoundtrip(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    let roundtrip_env = if roundtrips.is_empty() {
-        None
-    } else {
-        let needs_gitea = roundtrips
-            .iter()
-            .any(|r| r.wait_for == RoundtripTarget::Branch);
-        Some(Arc::new(
-            RoundtripEnv::from_config(&ctx.config, needs_gitea)
-                .map_err(|e| e.context("webhook-roundtrip checks"))?,
-        ))
-    };
+    // Missing round-trip settings are configuration errors, reported before anything runs.
+    let roundtrip_env = roundtrip_env(&ctx.config)?;
     let now = ctx.now();
     let mut internal: Vec<String> = Vec::new();
 
@@ -163,29 +141,19 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         },
         None => None,
     };
-    // Where this run's report goes: the task's report first (the gate reads it), then
-    // --report FILE, once when both name the same file (a deployer may name the task's
-    // own report, `$ORCH_TASK_ARTEFACTS/...`).
-    let mut targets: Vec<PathBuf> = report_path.iter().cloned().collect();
-    if let Some(extra) = &args.report {
-        if !report_path.as_ref().is_some_and(|p| same_file(p, extra)) {
-            targets.push(extra.clone());
-        }
-    }
+    let targets = report_targets(report_path.as_deref(), args.report.as_deref(), same_file);
 
     // The pin: which kind the task's repo gets, and its PR head when it is needed (for a
     // pr-head pin, or as the expected revision of an image-freshness pin).
+    let applies = |project: Option<&Project>| {
+        freshness_applies(
+            settings.image_freshness_enabled,
+            &settings.image_freshness_repos.0,
+            project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),
+        )
+    };
     let kind = match &task {
-        Some(t) => {
-            let project = pipeline
-                .project(&t.project)
-                .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
-            PinKind::for_repo(freshness_applies(
-                settings.image_freshness_enabled,
-                &settings.image_freshness_repos.0,
-                project,
-            ))
-        }
+        Some(t) => PinKind::for_repo(applies(pipeline.project(&t.project))),
         // Without a task only an image-freshness check can report a revision.
         None => PinKind::ImageFreshness,
     };
@@ -216,7 +184,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     };
     let mut head: Option<(GiteaClient, PrHead)> = None;
     if let (Some(t), Some(gitea)) = (&task, gitea) {
-        match read_head(&gitea, t, db.as_ref(), now.as_second()) {
+        match read_pr_head(&gitea, t, db.as_ref(), now.as_second()) {
             Ok(h) => {
                 log::info!(
                     "staging-check: task {} pin {kind}: PR #{} head {} when the check starts",
@@ -224,22 +192,17 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
                     h.number,
                     h.sha
                 );
-                match kind {
-                    PinKind::ImageFreshness => {
-                        if expected.is_none() {
-                            log::info!(
-                                "staging-check: expected revision defaults to PR #{}'s head {}",
-                                h.number,
-                                h.sha
-                            );
-                            expected = Some(h.sha.clone());
-                        }
+                match expected_at_start(kind, expected.as_deref(), &h) {
+                    Ok(Some(default)) => {
+                        log::info!(
+                            "staging-check: expected revision defaults to PR #{}'s head {}",
+                            h.number,
+                            h.sha
+                        );
+                        expected = Some(default);
                     }
-                    PinKind::PrHead => {
-                        if let Err(e) = expected_is_head(expected.as_deref(), &h) {
-                            internal.push(e);
-                        }
-                    }
+                    Ok(None) => {}
+                    Err(e) => internal.push(e),
                 }
                 head = Some((gitea, h));
             }
@@ -259,126 +222,35 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         }
     }
 
-    // Decide what each check does before running anything.
+    // Run the checks.
     let default_project = task
         .as_ref()
         .and_then(|t| pipeline.project(&t.project))
         .or_else(|| pipeline.projects.iter().find(|p| p.self_hosting));
-    let connect = settings
-        .http_connect_timeout_s
-        .0
-        .max(Duration::from_secs(1));
-    let mut units: Vec<Deadlined<(Outcome, Option<String>)>> = Vec::new();
-    let mut fixed: Vec<Option<Outcome>> = Vec::new();
-    // One round trip (one synthetic delivery) per project, endpoint and state; the
-    // index of each check's trip, to append its clean-up note afterwards.
-    let mut trips: Vec<Arc<Trip>> = Vec::new();
-    let mut trip_of: Vec<Option<usize>> = Vec::new();
-    for c in checks {
-        let trip = match (&c.kind, &roundtrip_env) {
-            (CheckKind::WebhookRoundtrip(r), Some(env)) => {
-                let i = match trips.iter().position(|t| t.serves(r)) {
-                    Some(i) => i,
-                    None => {
-                        let project = pipeline
-                            .project(&r.project)
-                            .expect("parse_checks validated the project")
-                            .clone();
-                        trips.push(Arc::new(Trip::new(env.clone(), project, r)));
-                        trips.len() - 1
-                    }
-                };
-                trip_of.push(Some(i));
-                Some(trips[i].clone())
-            }
-            _ => {
-                trip_of.push(None);
-                None
-            }
-        };
-        match plan(c, expected.clone(), connect, trip, |name| {
-            let project = name
-                .and_then(|n| pipeline.project(n))
-                .or(default_project)
-                .map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting));
-            freshness_applies(
-                settings.image_freshness_enabled,
-                &settings.image_freshness_repos.0,
-                project,
-            )
-        }) {
-            Planned::Fixed(o) => fixed.push(Some(o)),
-            Planned::Run(unit) => {
-                fixed.push(None);
-                units.push(unit);
-            }
-        }
-    }
-    let mut ran = run_all(units).into_iter();
-
+    let plan = CheckPlan {
+        pipeline,
+        roundtrip_env: roundtrip_env.as_ref(),
+        expected: expected.as_deref(),
+        connect: settings
+            .http_connect_timeout_s
+            .0
+            .max(Duration::from_secs(1)),
+        applies: |name: Option<&str>| {
+            applies(name.and_then(|n| pipeline.project(n)).or(default_project))
+        },
+        allowlist: &settings.staging_infra_allowlist.0,
+    };
+    let (mut lines, checked) = run_checks(&pipeline.staging_checks, &plan);
     let policy = Policy {
         allowlist: settings.staging_infra_allowlist.0.clone(),
         tolerance: settings.staging_infra_tolerance_enabled,
         strict: args.strict,
     };
-    let mut lines: Vec<CheckLine> = Vec::new();
-    let mut checked_revision: Option<String> = None;
-    for (c, pre) in checks.iter().zip(fixed) {
-        let (outcome, duration) = match pre {
-            Some(o) => (o, Duration::ZERO),
-            None => {
-                let (result, took) = ran.next().expect("one result per planned unit");
-                match result {
-                    Ok((o, rev)) => {
-                        if checked_revision.is_none() {
-                            checked_revision = rev;
-                        }
-                        (o, took)
-                    }
-                    Err(Overrun::Deadline) => (
-                        Outcome::Error(format!(
-                            "did not finish within its {}s deadline",
-                            c.timeout.as_secs()
-                        )),
-                        took,
-                    ),
-                    Err(Overrun::Panicked) => (
-                        Outcome::Error("internal error: the probe panicked".into()),
-                        took,
-                    ),
-                }
-            }
-        };
-        log::debug!("staging-check: {} {}: {:?}", c.id, c.kind.as_str(), outcome);
-        lines.push(CheckLine {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            kind: c.kind.as_str().into(),
-            category: classify(&c.id, &policy.allowlist),
-            outcome,
-            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-            waived: false,
-        });
-    }
-
-    // Clean up after the round trips (every unit has ended or been abandoned) and say
-    // what was done or left in each of their checks' reasons.
-    for (i, trip) in trips.iter().enumerate() {
-        if let Some(note) = trip.cleanup() {
-            for (line, _) in lines
-                .iter_mut()
-                .zip(&trip_of)
-                .filter(|(_, t)| **t == Some(i))
-            {
-                append_reason(&mut line.outcome, &note);
-            }
-        }
-    }
 
     // A task whose repo image freshness applies to needs a checked revision: without one
     // the deploy-staging gate could never pass, while CI would read this run as green.
     if let Some(t) = &task {
-        if kind == PinKind::ImageFreshness && checked_revision.is_none() {
+        if kind == PinKind::ImageFreshness && checked.is_none() {
             internal.push(format!(
                 "image freshness applies to {} but no image-freshness check reported the revision staging runs",
                 t.project
@@ -386,21 +258,15 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         }
     }
     // A PR head read at the start is read again now: the pin holds only if it did not move
-    // while the checks ran. A pr-head pin is that head; nothing else is.
-    if kind == PinKind::PrHead {
-        checked_revision = None;
-    }
+    // while the checks ran.
+    let mut held = None;
     if let (Some((gitea, h)), Some(t)) = (&head, &task) {
         let again = gitea
             .get_pull(&t.repo, h.number)
             .map(|p| p.facts())
             .map_err(|e| e.to_string());
         match head_at_end(h, &again, &t.key) {
-            Ok(()) => {
-                if kind == PinKind::PrHead {
-                    checked_revision = Some(h.sha.clone());
-                }
-            }
+            Ok(()) => held = Some(h),
             Err(HeadError::Refused(e)) => internal.push(e),
             // The checks ran, but whether staging ran the head they were for is unknown.
             Err(HeadError::Unreadable(u)) => {
@@ -416,23 +282,10 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
             }
         }
     }
+    let checked_revision = pinned_revision(kind, checked, held);
 
-    let decide = |internal: &[String], lines: &mut Vec<CheckLine>| {
-        let results: Vec<CheckResult> = lines
-            .iter()
-            .map(|l| CheckResult {
-                id: l.id.clone(),
-                outcome: l.outcome.clone(),
-            })
-            .collect();
-        let v = verdict(&results, &policy, internal);
-        for l in lines.iter_mut() {
-            l.waived = v.waived.contains(&l.id);
-        }
-        v
-    };
     let mut run = StagingRun {
-        verdict: decide(&internal, &mut lines),
+        verdict: judge_lines(&mut lines, &policy, &internal),
         checks: lines,
         pin: checked_revision.as_ref().map(|_| kind),
         pr_number: head.as_ref().map(|(_, h)| h.number),
@@ -449,22 +302,8 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     let known_errors = internal.len();
     // Act: reports first, then the validated revision. Any failure turns the verdict
     // FAILED and the reports already written are rewritten to say so.
-    // Every target is tried: a report that cannot be written is removed rather than left
-    // to say an older verdict.
-    let mut written: Vec<&PathBuf> = Vec::new();
-    for path in &targets {
-        match write_atomic(path, run.render_report().as_bytes()) {
-            Ok(()) => written.push(path),
-            Err(e) => {
-                internal.push(format!("{e:#}"));
-                match std::fs::remove_file(path) {
-                    Ok(()) => log::warn!("staging-check: removed the older {}", path.display()),
-                    Err(r) if r.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(r) => internal.push(format!("removing the older {}: {r}", path.display())),
-                }
-            }
-        }
-    }
+    let (written, errors) = write_reports(&targets, &run.render_report());
+    internal.extend(errors);
     if internal.is_empty() && run.verdict.status == VerdictStatus::Success {
         if let (Some(t), Some(d), Some(rev)) = (&task, &db, &run.checked_revision) {
             match d.set_validated_revision(t.id, t.round, rev, now.as_second()) {
@@ -481,7 +320,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         }
     }
     if internal.len() > known_errors {
-        run.verdict = decide(&internal, &mut run.checks);
+        run.verdict = judge_lines(&mut run.checks, &policy, &internal);
         for path in written {
             if let Err(e) = write_atomic(path, run.render_report().as_bytes()) {
                 log::error!(
@@ -495,18 +334,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     // not validated, so nothing older may be merged on its word.
     if run.verdict.status == VerdictStatus::Failed {
         if let (Some(t), Some(d)) = (&task, &db) {
-            match d.clear_validated_revision(t.id, t.round, now.as_second()) {
-                Ok(true) => log::warn!(
-                    "staging-check: task {} no longer has a validated revision (was {}): this run failed",
-                    t.key,
-                    t.validated_revision.as_deref().unwrap_or("?")
-                ),
-                Ok(false) => {}
-                Err(e) => log::error!(
-                    "staging-check: clearing task {}'s validated revision: {e:#}",
-                    t.key
-                ),
-            }
+            clear_validated(d, t, now.as_second(), "this run failed");
         }
     }
     for e in &internal {
@@ -547,41 +375,6 @@ fn task_reference(args: &StagingCheckArgs) -> Result<Option<(String, &'static st
     }
 }
 
-/// Reads the task's PR head through the forge (its recorded PR, else the open PR of its
-/// branch, whose number is then recorded) and judges it. Every failed read is
-/// [`HeadError::Unreadable`]: the forge's `Err` is always a Gitea call that gave no
-/// usable answer.
-fn read_head(
-    gitea: &GiteaClient,
-    task: &Task,
-    db: Option<&Db>,
-    now: i64,
-) -> Result<PrHead, HeadError> {
-    let mut forge = Forge::new(Some(gitea.clone()));
-    let facts = forge.facts(task, Stage::DeployStaging, &[Need::Pr]);
-    let recorded = task.pr_number.and_then(|n| u64::try_from(n).ok());
-    let head = head_at_start(&facts.pr, &task.key, &task.branch, recorded)?;
-    if let (Some(n), Some(db)) = (facts.new_pr_number, db) {
-        let number = i64::try_from(n).unwrap_or(i64::MAX);
-        match db.set_pr_number(task.id, task.round, number, now) {
-            Ok(false) => log::info!(
-                "staging-check: PR #{n} not recorded on task {}: it started another round meanwhile",
-                task.key
-            ),
-            Ok(true) => log::info!(
-                "staging-check: recorded PR #{n} on task {} (head branch {})",
-                task.key,
-                task.branch
-            ),
-            Err(e) => log::warn!(
-                "staging-check: recording PR #{n} on task {}: {e:#}",
-                task.key
-            ),
-        }
-    }
-    Ok(head)
-}
-
 /// A run that ends without a verdict, and what ending it touches.
 struct Unjudged<'a> {
     unreadable: &'a Unreadable,
@@ -611,33 +404,9 @@ impl Unjudged<'_> {
             log::error!("staging-check: internal error: {e}");
         }
         log::error!("staging-check: {}: no verdict", u.reason());
-        for path in self.targets {
-            match std::fs::remove_file(path) {
-                Ok(()) => log::warn!(
-                    "staging-check: removed the older {} (this run has no verdict)",
-                    path.display()
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::error!(
-                    "staging-check: could not remove the older {}: {e}",
-                    path.display()
-                ),
-            }
-        }
+        remove_reports(self.targets);
         if let Some(db) = self.db {
-            let t = self.task;
-            match db.clear_validated_revision(t.id, t.round, self.now) {
-                Ok(true) => log::warn!(
-                    "staging-check: task {} no longer has a validated revision (was {}): this run has no verdict",
-                    t.key,
-                    t.validated_revision.as_deref().unwrap_or("?")
-                ),
-                Ok(false) => {}
-                Err(e) => log::error!(
-                    "staging-check: clearing task {}'s validated revision: {e:#}",
-                    t.key
-                ),
-            }
+            clear_validated(db, self.task, self.now, "this run has no verdict");
         }
         let run = NoVerdictRun {
             no_verdict: u.line(),
@@ -664,96 +433,5 @@ impl Unjudged<'_> {
             .with("verdict", "NONE");
         log::info!("{report}");
         ExitStatus::Error
-    }
-}
-
-/// Returns whether two paths name the same file (the second may not exist yet).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    if a == b {
-        return true;
-    }
-    let canon = |p: &std::path::Path| -> Option<PathBuf> {
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
-    };
-    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
-}
-
-enum Planned {
-    /// Known without running anything.
-    Fixed(Outcome),
-    /// A probe to run with its deadline; it yields the outcome and any revision read.
-    Run(Deadlined<(Outcome, Option<String>)>),
-}
-
-fn append_reason(outcome: &mut Outcome, note: &str) {
-    match outcome {
-        Outcome::Pass(r) | Outcome::Fail(r) | Outcome::Skip(r) | Outcome::Error(r) => {
-            r.push_str("; ");
-            r.push_str(note);
-        }
-    }
-}
-
-fn plan(
-    c: &CheckDef,
-    expected: Option<String>,
-    connect: Duration,
-    trip: Option<Arc<Trip>>,
-    applies: impl Fn(Option<&str>) -> bool,
-) -> Planned {
-    let timeout = c.timeout;
-    let unit = |run: Box<dyn FnOnce() -> (Outcome, Option<String>) + Send>| {
-        Planned::Run(Deadlined {
-            deadline: timeout,
-            run,
-        })
-    };
-    match &c.kind {
-        CheckKind::Http(h) => {
-            let h = h.clone();
-            unit(Box::new(move || {
-                let answer = http_probe(&h.method, &h.url, h.body.as_deref(), connect, timeout);
-                (judge_http(&h, &answer), None)
-            }))
-        }
-        CheckKind::Command(cmd) => {
-            let cmd = cmd.clone();
-            unit(Box::new(move || {
-                (
-                    judge_command(&cmd, &command_probe(&cmd.argv, timeout)),
-                    None,
-                )
-            }))
-        }
-        CheckKind::ImageFreshness(f) => {
-            if !applies(f.project.as_deref()) {
-                return Planned::Fixed(Outcome::Skip(
-                    "image freshness does not apply (ORCH_IMAGE_FRESHNESS_ENABLED / ORCH_IMAGE_FRESHNESS_REPOS)".into(),
-                ));
-            }
-            let source = f.source.clone();
-            unit(Box::new(move || {
-                let running = match &source {
-                    RevisionSource::Url { url, json_field } => revision_from_http(
-                        json_field.as_deref(),
-                        &http_probe("GET", url, None, connect, timeout),
-                    ),
-                    RevisionSource::Argv { argv } => {
-                        revision_from_command(&command_probe(argv, timeout))
-                    }
-                };
-                let outcome = judge_freshness(expected.as_deref(), &running);
-                (outcome, running.ok())
-            }))
-        }
-        CheckKind::WebhookRoundtrip(r) => {
-            let trip = trip.expect("every webhook-roundtrip check has its trip");
-            let r = r.clone();
-            unit(Box::new(move || (trip.check(&r, timeout), None)))
-        }
     }
 }

@@ -432,6 +432,37 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Returns the head a task's merge must pin: its validated revision, or
+/// [`Pin::Missing`] when it has none (blank counts as none).
+pub fn pin_for_task(validated_revision: Option<&str>, task: &str) -> Pin {
+    match validated_revision {
+        Some(r) if !r.trim().is_empty() => Pin::Validated(r.to_string()),
+        _ => Pin::Missing {
+            task: task.to_string(),
+        },
+    }
+}
+
+/// Returns how the log names a pin: `validated <short sha>`, `head as read` or `none`.
+pub fn pin_text(pin: &Pin) -> String {
+    match pin {
+        Pin::Validated(r) => format!("validated {}", short(r)),
+        Pin::AsRead => "head as read".into(),
+        Pin::Missing { .. } => "none (no validated revision)".into(),
+    }
+}
+
+/// Returns how the log names a compare answer: `not-asked`, `ahead-N`, `unavailable`
+/// or `failed`.
+pub fn compare_text(c: &Compare) -> String {
+    match c {
+        Compare::NotAsked => "not-asked".into(),
+        Compare::Ahead(n) => format!("ahead-{n}"),
+        Compare::Unavailable => "unavailable".into(),
+        Compare::Failed(_) => "failed".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -915,5 +946,47 @@ mod tests {
             open(None).to_string(),
             "state=open merged=false mergeable=absent wip=false head=c3d4e5f6a7 base=main"
         );
+    }
+
+    #[test]
+    fn pins_and_compares_read_as_the_log_names_them() {
+        let pins = [
+            (
+                Pin::Validated(HEAD.into()),
+                format!("validated {}", short(HEAD)),
+            ),
+            (Pin::AsRead, "head as read".into()),
+            (
+                Pin::Missing { task: "T-1".into() },
+                "none (no validated revision)".into(),
+            ),
+        ];
+        for (pin, want) in pins {
+            assert_eq!(pin_text(&pin), want, "{pin:?}");
+        }
+        let compares = [
+            (Compare::NotAsked, "not-asked"),
+            (Compare::Ahead(0), "ahead-0"),
+            (Compare::Ahead(3), "ahead-3"),
+            (Compare::Unavailable, "unavailable"),
+            (Compare::Failed("x".into()), "failed"),
+        ];
+        for (c, want) in compares {
+            assert_eq!(compare_text(&c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_task_pins_its_validated_revision_or_nothing() {
+        let missing = Pin::Missing { task: "T-1".into() };
+        let cases = [
+            (Some(HEAD), Pin::Validated(HEAD.into())),
+            (Some(" "), missing.clone()),
+            (Some(""), missing.clone()),
+            (None, missing),
+        ];
+        for (validated, want) in cases {
+            assert_eq!(pin_for_task(validated, "T-1"), want, "{validated:?}");
+        }
     }
 }

@@ -23,4 +23,6 @@ pub mod roundtrip;
 pub mod stage;
 pub mod staging;
 pub mod staging_report;
+pub mod status;
 pub mod task;
+pub mod when;

@@ -226,6 +226,39 @@ pub fn expected_is_head(expected: Option<&str>, head: &PrHead) -> Result<(), Str
     }
 }
 
+/// Returns what the PR head read at the start does to the expected revision: for an
+/// image-freshness pin with none given, the head becomes the default (`Ok(Some(head))`);
+/// for a pr-head pin a given revision must be the head ([`expected_is_head`]);
+/// otherwise nothing changes (`Ok(None)`).
+///
+/// # Errors
+/// The reason a pr-head pin refuses the expected revision.
+pub fn expected_at_start(
+    kind: PinKind,
+    expected: Option<&str>,
+    head: &PrHead,
+) -> Result<Option<String>, String> {
+    match kind {
+        PinKind::ImageFreshness if expected.is_none() => Ok(Some(head.sha.clone())),
+        PinKind::ImageFreshness => Ok(None),
+        PinKind::PrHead => expected_is_head(expected, head).map(|()| None),
+    }
+}
+
+/// Returns the revision a run validated: for an image-freshness pin, the revision a
+/// check read from staging; for a pr-head pin, the PR head, only when it held (read
+/// again after the checks, unmoved: `held`), else nothing.
+pub fn pinned_revision(
+    kind: PinKind,
+    checked: Option<String>,
+    held: Option<&PrHead>,
+) -> Option<String> {
+    match kind {
+        PinKind::ImageFreshness => checked,
+        PinKind::PrHead => held.map(|h| h.sha.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +393,53 @@ mod tests {
     fn kinds() {
         assert_eq!(PinKind::for_repo(true).as_str(), "image-freshness");
         assert_eq!(PinKind::for_repo(false).to_string(), "pr-head");
+    }
+
+    #[test]
+    fn expected_at_start_defaults_or_checks_by_pin_kind() {
+        let head = PrHead {
+            number: 7,
+            sha: A.into(),
+        };
+        // "default": the head becomes the expected revision; "keep": nothing changes.
+        let cases: &[(PinKind, Option<&str>, &str)] = &[
+            (PinKind::ImageFreshness, None, "default"),
+            (PinKind::ImageFreshness, Some(B), "keep"),
+            (PinKind::ImageFreshness, Some(A), "keep"),
+            (PinKind::PrHead, None, "keep"),
+            (PinKind::PrHead, Some(A), "keep"),
+            (PinKind::PrHead, Some(&A[..12]), "keep"),
+            (PinKind::PrHead, Some(B), "refused"),
+        ];
+        for (kind, expected, want) in cases {
+            let got = match expected_at_start(*kind, *expected, &head) {
+                Ok(Some(d)) if d == A => "default",
+                Ok(Some(_)) => "other",
+                Ok(None) => "keep",
+                Err(_) => "refused",
+            };
+            assert_eq!(got, *want, "{kind} {expected:?}");
+        }
+    }
+
+    #[test]
+    fn pinned_revision_is_the_checked_one_or_the_head_that_held() {
+        let head = PrHead {
+            number: 7,
+            sha: A.into(),
+        };
+        let cases: &[(PinKind, Option<&str>, bool, Option<&str>)] = &[
+            (PinKind::ImageFreshness, Some(B), true, Some(B)),
+            (PinKind::ImageFreshness, Some(B), false, Some(B)),
+            (PinKind::ImageFreshness, None, true, None),
+            (PinKind::PrHead, Some(B), true, Some(A)),
+            (PinKind::PrHead, None, true, Some(A)),
+            (PinKind::PrHead, Some(B), false, None),
+            (PinKind::PrHead, None, false, None),
+        ];
+        for (kind, checked, held, want) in cases {
+            let got = pinned_revision(*kind, checked.map(str::to_string), held.then_some(&head));
+            assert_eq!(got.as_deref(), *want, "{kind} {checked:?} held={held}");
+        }
     }
 }

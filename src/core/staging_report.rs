@@ -6,9 +6,12 @@
 //! Pure: no I/O, the time is passed in.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use crate::core::pin::PinKind;
-use crate::core::staging::{one_line, Category, Outcome, Verdict, VerdictStatus};
+use crate::core::staging::{
+    one_line, verdict, Category, CheckResult, Outcome, Policy, Verdict, VerdictStatus,
+};
 
 /// One check's line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -260,6 +263,40 @@ fn cell(text: &str) -> String {
     one_line(text, 300).replace('|', "\\|")
 }
 
+/// Returns where a run's report goes: the task's report first (the gate reads it), then
+/// `--report FILE`, once when both name the same file (`is_same`; a deployer may name the
+/// task's own report, `$ORCH_TASK_ARTEFACTS/...`).
+pub fn report_targets(
+    task_report: Option<&Path>,
+    extra: Option<&Path>,
+    is_same: impl Fn(&Path, &Path) -> bool,
+) -> Vec<PathBuf> {
+    let mut targets: Vec<PathBuf> = task_report.iter().map(|p| p.to_path_buf()).collect();
+    if let Some(extra) = extra {
+        if !task_report.is_some_and(|p| is_same(p, extra)) {
+            targets.push(extra.to_path_buf());
+        }
+    }
+    targets
+}
+
+/// Returns the verdict on the lines and the internal errors, and marks each line waived
+/// or not as the verdict says.
+pub fn judge_lines(lines: &mut [CheckLine], policy: &Policy, internal: &[String]) -> Verdict {
+    let results: Vec<CheckResult> = lines
+        .iter()
+        .map(|l| CheckResult {
+            id: l.id.clone(),
+            outcome: l.outcome.clone(),
+        })
+        .collect();
+    let v = verdict(&results, policy, internal);
+    for l in lines.iter_mut() {
+        l.waived = v.waived.contains(&l.id);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +304,6 @@ mod tests {
     use crate::core::facts::PrFacts;
     use crate::core::gate::{evaluate, GateDecision, GateInputs};
     use crate::core::stage::Stage;
-    use crate::core::staging::{verdict, CheckResult, Policy};
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -475,5 +511,55 @@ mod tests {
             ),
             "FAILED report rolls back: {d:?}"
         );
+    }
+
+    #[test]
+    fn report_targets_put_the_task_report_first_and_name_a_file_once() {
+        let task = Path::new("/a/10-staging-report.md");
+        let other = Path::new("/b/report.md");
+        let same = |a: &Path, b: &Path| a == b;
+        let cases: &[(Option<&Path>, Option<&Path>, &[&Path])] = &[
+            (None, None, &[]),
+            (Some(task), None, &[task]),
+            (None, Some(other), &[other]),
+            (Some(task), Some(other), &[task, other]),
+            (Some(task), Some(task), &[task]),
+        ];
+        for (t, e, want) in cases {
+            let got = report_targets(*t, *e, same);
+            let want: Vec<PathBuf> = want.iter().map(|p| p.to_path_buf()).collect();
+            assert_eq!(got, want, "{t:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn judge_lines_marks_exactly_the_waived_lines() {
+        let policy = Policy {
+            allowlist: vec!["C9a".into()],
+            tolerance: true,
+            strict: false,
+        };
+        let line = |id: &str, category, outcome| CheckLine {
+            id: id.into(),
+            name: id.into(),
+            kind: "http".into(),
+            category,
+            outcome,
+            duration_ms: 1,
+            waived: false,
+        };
+        let mut lines = vec![
+            line("C1", Category::Real, Outcome::Pass("ok".into())),
+            line("C9a", Category::SandboxInfra, Outcome::Fail("down".into())),
+        ];
+        let v = judge_lines(&mut lines, &policy, &[]);
+        assert_eq!(v.status, VerdictStatus::Success);
+        assert_eq!(
+            lines.iter().map(|l| l.waived).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let v = judge_lines(&mut lines, &policy, &["boom".into()]);
+        assert_eq!(v.status, VerdictStatus::Failed);
+        assert!(lines.iter().all(|l| !l.waived));
     }
 }

@@ -3,15 +3,20 @@
 //! gate's inputs and applying it ([`gate`]), acting on a stored delivery ([`delivery`]),
 //! arming post-deploy windows ([`post_deploy`]), announcing once ([`notify`]), observing
 //! a job's processes ([`observe`]), a job's log path and JSON shape ([`jobs`]) and
-//! `staging-check`'s webhook round trip ([`roundtrip`]). Code here uses `core` and
-//! `adapters`, never a command: a step two commands share lives here.
+//! `staging-check`'s webhook round trip ([`roundtrip`]), its checks and reports
+//! ([`staging`]) and the pin's reads ([`pin`]), and `merge-guard`'s reads, merge and
+//! lease ([`merge`]). Code here uses `core` and `adapters`, never a command: a step two
+//! commands share lives here.
 
 pub mod delivery;
 pub mod gate;
 pub mod jobs;
+pub mod merge;
 pub mod moves;
 pub mod notify;
 pub mod observe;
 pub mod pass;
+pub mod pin;
 pub mod post_deploy;
 pub mod roundtrip;
+pub mod staging;

@@ -17,6 +17,8 @@ use crate::core::post_deploy::{
 use crate::core::task::Task;
 use crate::ops::pass::Context;
 
+pub use crate::core::status::WindowView;
+
 /// What arming did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case", tag = "outcome")]
@@ -36,29 +38,6 @@ pub enum Armed {
         /// Why.
         reason: String,
     },
-}
-
-/// One armed window as `status` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct WindowView {
-    /// Task id.
-    pub task_id: i64,
-    /// Task key.
-    pub key: String,
-    /// Project.
-    pub project: String,
-    /// Repo.
-    pub repo: String,
-    /// Armed at (RFC 3339).
-    pub armed_at: String,
-    /// Ends at (RFC 3339).
-    pub ends_at: String,
-    /// Seconds left.
-    pub time_left_s: i64,
-    /// Samples taken.
-    pub samples: usize,
-    /// The latest classification, once probed.
-    pub last_classification: Option<String>,
 }
 
 /// Arms a window for `task` at `now`, unless one is open; `check_repos` applies

@@ -1,0 +1,557 @@
+//! What `orch status` shows, and its two renderings: the text for people and the
+//! node_exporter textfile format for scrapers (the JSON is the report's `Serialize`).
+//! Pure: the command reads the database, the windows and the lease, and passes the
+//! report in.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::core::job::{JobStatus, Liveness};
+use crate::core::lease::{Lease, LeaseState};
+use crate::core::stage::Stage;
+use crate::core::when::human_duration;
+
+/// One running job as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunningJob {
+    /// Job id.
+    pub id: i64,
+    /// Task id.
+    pub task_id: i64,
+    /// Task key.
+    pub key: String,
+    /// Agent.
+    pub agent: String,
+    /// Stage.
+    pub stage: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// Agent pid, once stamped.
+    pub pid: Option<i64>,
+    /// Seconds since it started.
+    pub age_s: i64,
+    /// `alive`, `dead`, `reused`, or `no-pid`.
+    pub liveness: String,
+}
+
+/// One escalated task as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EscalatedTask {
+    /// Task id.
+    pub id: i64,
+    /// Task key.
+    pub key: String,
+    /// Project.
+    pub project: String,
+    /// Stage it is parked at.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
+/// One subcommand's last pass as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PassView {
+    /// The subcommand.
+    pub command: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Unix seconds, for scrapers.
+    pub started_at_unix: i64,
+    /// Seconds before the report.
+    pub age_s: i64,
+    /// Duration.
+    pub duration_ms: i64,
+    /// `ok`, `no` or `error`.
+    pub outcome: String,
+    /// Its counts.
+    pub counts: BTreeMap<String, serde_json::Value>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StatusReport {
+    /// When it was made (RFC 3339).
+    pub generated_at: String,
+    /// The report time in unix seconds.
+    pub generated_at_unix: i64,
+    /// The database schema version.
+    pub schema_version: i64,
+    /// Jobs by status.
+    pub jobs: BTreeMap<String, i64>,
+    /// Running jobs, oldest first (at most 20; `running_total` counts all).
+    pub running: Vec<RunningJob>,
+    /// All running jobs.
+    pub running_total: i64,
+    /// Tasks by stage.
+    pub tasks: BTreeMap<String, i64>,
+    /// Escalated tasks (at most 20; `escalated_total` counts all).
+    pub escalated: Vec<EscalatedTask>,
+    /// All escalated tasks.
+    pub escalated_total: i64,
+    /// Each subcommand's last pass.
+    pub passes: Vec<PassView>,
+    /// Armed post-deploy windows, soonest end first.
+    pub post_deploy: Vec<WindowView>,
+    /// The merge lease holder, when a lease file exists.
+    pub lease: Option<LeaseView>,
+    /// Who holds the staging environment (the running `deploy-staging` job), if anyone.
+    pub staging: StagingView,
+}
+
+/// The staging environment as shown: free, or held by the running `deploy-staging` job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StagingView {
+    /// `free` or `held`.
+    pub state: String,
+    /// The running `deploy-staging` jobs (one at most, unless rows were written by hand).
+    pub holders: Vec<StagingHolderView>,
+}
+
+/// One holder of the staging environment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StagingHolderView {
+    /// The job id.
+    pub job_id: i64,
+    /// The task id.
+    pub task_id: i64,
+    /// The task key.
+    pub key: String,
+    /// Seconds since the job started.
+    pub age_s: i64,
+}
+
+/// The merge lease as shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LeaseView {
+    /// `held`, `holder-dead`, `expired` (the next reap reclaims it) or `malformed`.
+    pub state: String,
+    /// The holding job, if any.
+    pub job_id: Option<i64>,
+    /// The holder's pid.
+    pub pid: Option<i64>,
+    /// Seconds since it was taken.
+    pub age_s: Option<i64>,
+    /// Its TTL in seconds.
+    pub ttl_s: Option<i64>,
+    /// Why the file is malformed.
+    pub detail: Option<String>,
+}
+
+impl LeaseView {
+    /// Returns the view of a lease file that cannot be parsed (`why`).
+    pub fn malformed(why: String) -> LeaseView {
+        LeaseView {
+            state: "malformed".into(),
+            job_id: None,
+            pid: None,
+            age_s: None,
+            ttl_s: None,
+            detail: Some(why),
+        }
+    }
+
+    /// Returns the view of a parsed lease judged `state` at `now`.
+    pub fn held(l: &Lease, state: LeaseState, now: i64) -> LeaseView {
+        LeaseView {
+            state: match state {
+                LeaseState::Held => "held",
+                LeaseState::HolderDead => "holder-dead",
+                LeaseState::Expired => "expired",
+            }
+            .into(),
+            job_id: l.job_id,
+            pid: Some(l.pid),
+            age_s: Some(now - l.acquired_at),
+            ttl_s: Some(l.ttl_s),
+            detail: None,
+        }
+    }
+}
+
+/// One armed window as `status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WindowView {
+    /// Task id.
+    pub task_id: i64,
+    /// Task key.
+    pub key: String,
+    /// Project.
+    pub project: String,
+    /// Repo.
+    pub repo: String,
+    /// Armed at (RFC 3339).
+    pub armed_at: String,
+    /// Ends at (RFC 3339).
+    pub ends_at: String,
+    /// Seconds left.
+    pub time_left_s: i64,
+    /// Samples taken.
+    pub samples: usize,
+    /// The latest classification, once probed.
+    pub last_classification: Option<String>,
+}
+
+/// Returns `name count, ...` for every name, zeros included.
+fn counts_line<'a>(names: impl Iterator<Item = &'a str>, counts: &BTreeMap<String, i64>) -> String {
+    names
+        .map(|n| format!("{n} {}", counts.get(n).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders the report for people.
+pub fn render_text(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "orch status at {} (schema {})",
+        r.generated_at, r.schema_version
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "jobs: {}",
+        counts_line(JobStatus::ALL.iter().map(|s| s.as_str()), &r.jobs)
+    );
+    if r.running.is_empty() {
+        let _ = writeln!(out, "running: none");
+    } else {
+        let _ = writeln!(out, "running ({}, oldest first):", r.running_total);
+        for j in &r.running {
+            let pid = j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  job {} {} {} ({}) attempt {} pid {pid} {} age {}",
+                j.id,
+                j.key,
+                j.agent,
+                j.stage,
+                j.attempt,
+                j.liveness,
+                human_duration(j.age_s)
+            );
+        }
+        if r.running_total > r.running.len() as i64 {
+            let _ = writeln!(
+                out,
+                "  ... and {} more",
+                r.running_total - r.running.len() as i64
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "tasks: {}",
+        counts_line(Stage::ALL.iter().map(|s| s.as_str()), &r.tasks)
+    );
+    if r.escalated.is_empty() {
+        let _ = writeln!(out, "escalated: none");
+    } else {
+        let _ = writeln!(out, "escalated ({}):", r.escalated_total);
+        for t in &r.escalated {
+            let _ = writeln!(
+                out,
+                "  {} ({}) at {} since {}: {}",
+                t.key, t.project, t.stage, t.since, t.reason
+            );
+        }
+    }
+    if r.post_deploy.is_empty() {
+        let _ = writeln!(out, "post-deploy: none armed");
+    } else {
+        let _ = writeln!(out, "post-deploy ({} armed):", r.post_deploy.len());
+        for w in &r.post_deploy {
+            let _ = writeln!(
+                out,
+                "  {} ({}) until {} ({} left), {} samples, latest {}",
+                w.key,
+                w.repo,
+                w.ends_at,
+                human_duration(w.time_left_s),
+                w.samples,
+                w.last_classification.as_deref().unwrap_or("not probed yet")
+            );
+        }
+    }
+    match &r.lease {
+        None => {
+            let _ = writeln!(out, "merge lease: free");
+        }
+        Some(l) if l.state == "malformed" => {
+            let _ = writeln!(
+                out,
+                "merge lease: MALFORMED (left for an operator): {}",
+                l.detail.as_deref().unwrap_or("")
+            );
+        }
+        Some(l) => {
+            let _ = writeln!(
+                out,
+                "merge lease: {} by job {} pid {} for {} (ttl {}s)",
+                l.state,
+                l.job_id.map_or("-".into(), |j| j.to_string()),
+                l.pid.unwrap_or(0),
+                human_duration(l.age_s.unwrap_or(0)),
+                l.ttl_s.unwrap_or(0)
+            );
+        }
+    }
+    if r.staging.holders.is_empty() {
+        let _ = writeln!(out, "staging: free");
+    } else {
+        let held: Vec<String> = r
+            .staging
+            .holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "job {} ({}) for {}",
+                    h.job_id,
+                    h.key,
+                    human_duration(h.age_s)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "staging: held by {}", held.join(", "));
+    }
+    if r.passes.is_empty() {
+        let _ = writeln!(out, "last passes: none yet");
+    } else {
+        let _ = writeln!(out, "last passes:");
+        let width = r.passes.iter().map(|p| p.command.len()).max().unwrap_or(0);
+        for p in &r.passes {
+            let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:width$}  {} ({} ago)  {}  {} ms  {}",
+                p.command,
+                p.started_at,
+                human_duration(p.age_s),
+                p.outcome,
+                p.duration_ms,
+                counts.join(" ")
+            );
+        }
+    }
+    out
+}
+
+/// Renders the node_exporter textfile format.
+pub fn render_prometheus(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "orch_jobs",
+        "Jobs by status.",
+        JobStatus::ALL
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{status=\"{s}\"}}"),
+                    r.jobs.get(s.as_str()).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_tasks",
+        "Tasks by stage.",
+        Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{stage=\"{s}\"}}"),
+                    r.tasks.get(s.as_str()).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_tasks_escalated",
+        "Tasks parked for a human.",
+        vec![(String::new(), r.escalated_total.to_string())],
+    );
+    let not_alive = r
+        .running
+        .iter()
+        .filter(|j| j.liveness != Liveness::Alive.as_str())
+        .count();
+    family(
+        "orch_running_jobs_not_alive",
+        "Listed running jobs whose process is dead, reused or not yet stamped.",
+        vec![(String::new(), not_alive.to_string())],
+    );
+    family(
+        "orch_running_job_oldest_age_seconds",
+        "Age of the oldest running job.",
+        vec![(
+            String::new(),
+            r.running.first().map(|j| j.age_s).unwrap_or(0).to_string(),
+        )],
+    );
+    family(
+        "orch_staging_held",
+        "1 while a deploy-staging job holds the staging environment.",
+        vec![(
+            String::new(),
+            u8::from(!r.staging.holders.is_empty()).to_string(),
+        )],
+    );
+    let per_pass = |f: &dyn Fn(&PassView) -> String| {
+        r.passes
+            .iter()
+            .map(|p| (format!("{{command=\"{}\"}}", p.command), f(p)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "orch_pass_last_run_timestamp_seconds",
+        "When each subcommand's last pass started.",
+        per_pass(&|p| p.started_at_unix.to_string()),
+    );
+    family(
+        "orch_pass_duration_seconds",
+        "How long each subcommand's last pass took.",
+        per_pass(&|p| format!("{:.3}", p.duration_ms as f64 / 1000.0)),
+    );
+    family(
+        "orch_pass_ok",
+        "1 when each subcommand's last pass did not fail.",
+        per_pass(&|p| u8::from(p.outcome != "error").to_string()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            generated_at: "2026-11-25T03:00:00Z".into(),
+            generated_at_unix: 1_795_575_600,
+            schema_version: 2,
+            jobs: [("queued", 2), ("running", 1), ("failed", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            running: vec![RunningJob {
+                id: 3,
+                task_id: 1,
+                key: "ORCH-1".into(),
+                agent: "developer".into(),
+                stage: "development".into(),
+                attempt: 2,
+                pid: Some(4242),
+                age_s: 300,
+                liveness: "dead".into(),
+            }],
+            running_total: 1,
+            tasks: [("development", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            escalated: vec![],
+            escalated_total: 0,
+            passes: vec![PassView {
+                command: "reap".into(),
+                started_at: "2026-11-25T02:59:00Z".into(),
+                started_at_unix: 1_795_575_540,
+                age_s: 60,
+                duration_ms: 12,
+                outcome: "ok".into(),
+                counts: [("flipped".to_string(), serde_json::json!(1))]
+                    .into_iter()
+                    .collect(),
+            }],
+            post_deploy: vec![],
+            lease: None,
+            staging: StagingView {
+                state: "held".into(),
+                holders: vec![StagingHolderView {
+                    job_id: 4,
+                    task_id: 2,
+                    key: "SHOP-1".into(),
+                    age_s: 90,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn text_lists_every_status_and_stage_with_zeros() {
+        insta::assert_snapshot!(render_text(&report()), @r"
+        orch status at 2026-11-25T03:00:00Z (schema 2)
+
+        jobs: queued 2, running 1, succeeded 0, failed 1, cancelled 0
+        running (1, oldest first):
+          job 3 ORCH-1 developer (development) attempt 2 pid 4242 dead age 5m00s
+        tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
+        escalated: none
+        post-deploy: none armed
+        merge lease: free
+        staging: held by job 4 (SHOP-1) for 1m30s
+        last passes:
+          reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
+        ");
+    }
+
+    #[test]
+    fn prometheus_text_is_well_formed() {
+        let text = render_prometheus(&report());
+        for line in text.lines() {
+            if line.starts_with('#') {
+                assert!(
+                    line.starts_with("# HELP orch_") || line.starts_with("# TYPE orch_"),
+                    "{line}"
+                );
+                continue;
+            }
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("orch_"), "{line}");
+            value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+        }
+        assert!(text.contains("orch_jobs{status=\"cancelled\"} 0\n"));
+        assert!(text.contains("orch_running_jobs_not_alive 1\n"));
+        assert!(text.contains("orch_staging_held 1\n"));
+        assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
+    }
+
+    #[test]
+    fn a_lease_reads_as_its_judged_state() {
+        let l = Lease {
+            job_id: Some(9),
+            task: Some("ORCH-1".into()),
+            pid: 4242,
+            pid_start_time: None,
+            acquired_at: 100,
+            ttl_s: 600,
+        };
+        let cases = [
+            (LeaseState::Held, "held"),
+            (LeaseState::HolderDead, "holder-dead"),
+            (LeaseState::Expired, "expired"),
+        ];
+        for (state, want) in cases {
+            let v = LeaseView::held(&l, state, 160);
+            assert_eq!(v.state, want);
+            assert_eq!(
+                (v.job_id, v.pid, v.age_s, v.ttl_s),
+                (Some(9), Some(4242), Some(60), Some(600))
+            );
+        }
+        let m = LeaseView::malformed("bad yaml".into());
+        assert_eq!(
+            (m.state.as_str(), m.detail.as_deref()),
+            ("malformed", Some("bad yaml"))
+        );
+    }
+}
