@@ -108,17 +108,7 @@ impl MergeLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease(acquired_at: i64, ttl_s: i64) -> Lease {
-        Lease {
-            job_id: Some(1),
-            task: Some("ORCH-1".into()),
-            pid: 1,
-            pid_start_time: None,
-            acquired_at,
-            ttl_s,
-        }
-    }
+    use crate::core::lease::sample as lease;
 
     #[test]
     fn read_write_remove_and_malformed() {

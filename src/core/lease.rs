@@ -47,20 +47,23 @@ impl Lease {
     }
 }
 
+/// A lease held by job 1 for `ORCH-1` (pid 1), for tests here and in the adapter.
+#[cfg(test)]
+pub(crate) fn sample(acquired_at: i64, ttl_s: i64) -> Lease {
+    Lease {
+        job_id: Some(1),
+        task: Some("ORCH-1".into()),
+        pid: 1,
+        pid_start_time: None,
+        acquired_at,
+        ttl_s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sample as lease;
     use super::*;
-
-    fn lease(acquired_at: i64, ttl_s: i64) -> Lease {
-        Lease {
-            job_id: Some(1),
-            task: Some("ORCH-1".into()),
-            pid: 1,
-            pid_start_time: None,
-            acquired_at,
-            ttl_s,
-        }
-    }
 
     #[test]
     fn lease_states_at_their_boundaries() {
