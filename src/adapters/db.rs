@@ -15,9 +15,10 @@ use anyhow::{bail, Context as _, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use crate::adapters::db_deliveries::Recorder;
+use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::stage::{self, Actor, Agent, Stage};
-use crate::core::task::{Job, NewTask, StageEvent, Task};
+use crate::core::task::{NewTask, StageEvent, Task};
 
 /// The numbered migrations; index + 1 is the `user_version` each one brings.
 const MIGRATIONS: &[&str] = &[

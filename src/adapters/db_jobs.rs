@@ -13,10 +13,10 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::adapters::db::{job_from_row, Db, JOB_COLUMNS};
 use crate::core::dispatch::Queued;
+use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::reap::Tier;
 use crate::core::stage::Stage;
-use crate::core::task::Job;
 
 /// One running job as paged: its key `(enqueued_at, id)` and the parsed row (or why it
 /// could not be parsed).

@@ -1,7 +1,6 @@
-//! Tasks (one per Plane work item), their stage events, and jobs as stored. Plain data.
+//! Tasks (one per Plane work item) and their stage events, as stored. Plain data.
 
-use crate::core::job::JobStatus;
-use crate::core::stage::{Agent, Stage};
+use crate::core::stage::Stage;
 
 /// One task: a Plane work item going through the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -80,45 +79,4 @@ pub struct StageEvent {
     pub actor: String,
     /// When (unix seconds).
     pub at: i64,
-}
-
-/// One job as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Job {
-    /// Row id.
-    pub id: i64,
-    /// The task.
-    pub task_id: i64,
-    /// The agent.
-    pub agent: Agent,
-    /// The stage it works for.
-    pub stage: Stage,
-    /// Its status.
-    pub status: JobStatus,
-    /// 1 for the first run; a re-run is a new attempt of the same job.
-    pub attempt: u32,
-    /// The agent's pid, stamped right after spawn.
-    pub pid: Option<i64>,
-    /// The agent process's start time (`/proc/<pid>/stat` field 22), to tell pid reuse.
-    pub pid_start_time: Option<i64>,
-    /// The supervisor's pid.
-    pub supervisor_pid: Option<i64>,
-    /// The agent's exit code, when known.
-    pub exit_code: Option<i32>,
-    /// Enqueued (unix seconds).
-    pub enqueued_at: i64,
-    /// Started (unix seconds).
-    pub started_at: Option<i64>,
-    /// Finished (unix seconds).
-    pub finished_at: Option<i64>,
-    /// Why the reaper flipped it (`exit-code`, `dead-pid`, `max-running`).
-    pub reap_reason: Option<String>,
-    /// Consecutive reaper passes that found its process dead.
-    pub dead_ticks: u32,
-    /// How many times the reaper rescued it.
-    pub rescue_count: u32,
-    /// The job's log file.
-    pub log_path: Option<String>,
-    /// The supervisor's process start time, to tell pid reuse.
-    pub supervisor_start_time: Option<i64>,
 }

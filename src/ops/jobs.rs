@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::clock::format_unix;
-use crate::core::task::Job;
+use crate::core::job::Job;
 use crate::ops::pass::Context;
 
 /// Returns the path of a job's log file under the state dir.

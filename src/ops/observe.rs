@@ -4,8 +4,8 @@
 
 use crate::adapters::process::{liveness, Liveness};
 use crate::adapters::spawn::start_times;
+use crate::core::job::Job;
 use crate::core::reap::Observed;
-use crate::core::task::Job;
 
 /// A pass's view of `/proc`: a snapshot of live processes' start times when the pass has
 /// many jobs. The snapshot only ever confirms a match; anything else (a pid missing from
