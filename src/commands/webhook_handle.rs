@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use crate::adapters::db_deliveries::{NewDelivery, Stored, PENDING};
-use crate::adapters::http_request::{self, Head, Rejection, MAX_BODY};
+use crate::adapters::webhook_server::{self, Head, Rejection, MAX_BODY};
 use crate::core::intake;
 use crate::exit::ExitStatus;
 use crate::ops::delivery::process_delivery;
@@ -82,7 +82,7 @@ pub fn run(args: &WebhookHandleArgs, ctx: &Context) -> Result<ExitStatus> {
 fn run_stdio(ctx: &Context, secret: &str, started: Instant) -> Result<ExitStatus> {
     let mut out = std::io::stdout().lock();
     let timeout = ctx.config.settings.webhook_read_timeout_s.0;
-    let read = http_request::read_request(std::io::stdin(), timeout, |head| {
+    let read = webhook_server::read_request(std::io::stdin(), timeout, |head| {
         check_head(head)?;
         if head
             .header("expect")
@@ -115,7 +115,7 @@ fn run_stdio(ctx: &Context, secret: &str, started: Instant) -> Result<ExitStatus
         Handled::Duplicate {
             id, first_delivery, ..
         } => {
-            http_request::write_response(
+            webhook_server::write_response(
                 &mut out,
                 200,
                 &[],
@@ -129,7 +129,7 @@ fn run_stdio(ctx: &Context, secret: &str, started: Instant) -> Result<ExitStatus
         Handled::Stored(id) => {
             // The row is committed; answer before acting so the sender never waits on
             // Gitea or Plane. A sender that has gone away changes nothing: the row stays.
-            if let Err(e) = http_request::write_response(
+            if let Err(e) = webhook_server::write_response(
                 &mut out,
                 200,
                 &[],
@@ -307,7 +307,8 @@ fn answer_rejection(
         r.status,
         r.reason
     );
-    if let Err(e) = http_request::write_response(out, r.status, allow, &json!({"error": r.reason}))
+    if let Err(e) =
+        webhook_server::write_response(out, r.status, allow, &json!({"error": r.reason}))
     {
         log::warn!("webhook-handle: could not answer the sender: {e}");
     }
