@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     };
     // After loading: ORCH_LOG may come from the pipeline file's `settings:` as well as
     // from the environment (config check shows the effective value and its source).
-    init_logging(config.settings.log.as_deref().unwrap_or("info"));
+    init_logging(&config.settings.log.0);
     let clock: Box<dyn Clock> = match config.settings.now.0 {
         Some(t) => Box::new(FixedClock(t)),
         None => Box::new(SystemClock),

@@ -196,6 +196,27 @@ impl SettingValue for Option<String> {
     }
 }
 
+/// A log filter in `RUST_LOG` syntax (`info`, `warn,orch::ops=debug`), checked when the
+/// configuration loads: a filter the logger would only half understand is an error
+/// naming the key, not a warning on stderr and a silent fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(pub String);
+
+impl SettingValue for LogFilter {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        let text = if text.is_empty() { "info" } else { text };
+        env_filter::Builder::new()
+            .try_parse(text)
+            .map(|_| LogFilter(text.to_string()))
+            .map_err(|e| {
+                format!("expected a log filter in RUST_LOG syntax (error, warn, info, debug, trace, or target=level,...): {e}")
+            })
+    }
+    fn render(&self) -> String {
+        self.0.clone()
+    }
+}
+
 /// A comma-separated list; empty items are dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Csv(pub Vec<String>);
@@ -365,7 +386,7 @@ settings! {
     /// Whole-request timeout of every remote call.
     http_timeout_s: PositiveSeconds = "ORCH_HTTP_TIMEOUT_S", "20", false, "whole-request timeout of every Plane, Gitea and Telegram call, in seconds";
     /// Log filter.
-    log: Option<String> = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
+    log: LogFilter = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.
     now: PinnedNow = "ORCH_NOW", "", false, "pins the clock to an RFC 3339 instant (tests and replays only)";
     /// Staging checks whose failure may be waived as sandbox infrastructure.

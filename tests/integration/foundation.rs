@@ -426,6 +426,24 @@ fn orch_log_from_the_pipeline_file_takes_effect_and_the_environment_wins() {
         "info from the environment wins: {}",
         from_env.stderr
     );
+    // Bad forms, from either layer: exit 2 naming the key, before anything runs (the
+    // logger used to warn and fall back silently).
+    for bad in ["=;;", "info,orch=loud"] {
+        env.set("ORCH_LOG", bad);
+        let run = env.run(&["reap", "--dry-run"]).expect(2);
+        assert!(
+            run.stderr.contains("ORCH_LOG: expected a log filter"),
+            "{}",
+            run.stderr
+        );
+    }
+    let mut file = TestEnv::with_pipeline(&format!(
+        "{}settings:\n  ORCH_LOG: \"debug,x=sometimes\"\n",
+        crate::common::default_pipeline()
+    ));
+    file.unset("ORCH_LOG");
+    let run = file.run(&["config", "check"]).expect(2);
+    assert!(run.stderr.contains("ORCH_LOG"), "{}", run.stderr);
 }
 
 #[test]
