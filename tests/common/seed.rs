@@ -240,3 +240,33 @@ fn seed_in(env: &TestEnv, db: &mut Db, t: &SeedTask) -> i64 {
     }
     id
 }
+
+/// The task's live job of `agent` at `stage`, queued now when none is live, flipped to
+/// `running` as dispatch's claim would: its id, for `orch run-job <id>` (the real
+/// supervisor) to run.
+pub fn claim_live_job(env: &TestEnv, task: i64, agent: &str, stage: &str) -> i64 {
+    let db = env.db();
+    let live: Option<i64> = db
+        .query_row(
+            "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2
+               AND status IN ('queued', 'running')",
+            rusqlite::params![task, stage],
+            |r| r.get(0),
+        )
+        .ok();
+    let job = live.unwrap_or_else(|| {
+        db.execute(
+            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
+             VALUES (?1, ?2, ?3, 'queued', 1, ?4)",
+            rusqlite::params![task, agent, stage, NOW_UNIX],
+        )
+        .unwrap();
+        db.last_insert_rowid()
+    });
+    db.execute(
+        "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1",
+        rusqlite::params![job, NOW_UNIX],
+    )
+    .unwrap();
+    job
+}

@@ -88,29 +88,7 @@ impl World {
     /// Runs the task's live job of `stage` through the real supervisor (claimed by SQL,
     /// as dispatch would), seeding one when none is live; returns the job's log.
     fn run_job(&self, task: i64, agent: &str, stage: &str, code: i32) -> String {
-        let db = self.env.db();
-        let live: Option<i64> = db
-            .query_row(
-                "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2
-                   AND status IN ('queued', 'running')",
-                rusqlite::params![task, stage],
-                |r| r.get(0),
-            )
-            .ok();
-        let job = live.unwrap_or_else(|| {
-            db.execute(
-                "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
-                 VALUES (?1, ?2, ?3, 'queued', 1, ?4)",
-                rusqlite::params![task, agent, stage, NOW_UNIX],
-            )
-            .unwrap();
-            db.last_insert_rowid()
-        });
-        db.execute(
-            "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1",
-            rusqlite::params![job, NOW_UNIX],
-        )
-        .unwrap();
+        let job = crate::common::seed::claim_live_job(&self.env, task, agent, stage);
         let run = self.env.run(&["run-job", &job.to_string()]).expect(code);
         let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{job}.log")))
             .unwrap_or_default();
