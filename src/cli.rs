@@ -11,7 +11,7 @@ use crate::commands::{
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// The deterministic control plane of a self-hosted AI delivery pipeline.
 ///
@@ -76,7 +76,7 @@ pub enum Command {
 ///
 /// # Errors
 /// Whatever the subcommand returns; `main` prints it and exits 2.
-pub fn dispatch(command: &Command, ctx: &Context) -> Result<ExitStatus> {
+pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
     match command {
         Command::Init(args) => init::run(args, ctx),
         Command::Config(cmd) => config_check::run(cmd, ctx),

@@ -1,6 +1,6 @@
 //! The clock every time-dependent decision reads, once per pass.
 //!
-//! Commands call [`Clock::now`] once and pass the value down. Tests and replays pin
+//! `ops::pass::PassContext` calls [`Clock::now`] once per pass and hands the value down. Tests and replays pin
 //! time with `ORCH_NOW` (RFC 3339), which `main` turns into a [`FixedClock`].
 
 use jiff::Timestamp;

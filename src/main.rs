@@ -10,7 +10,7 @@ use orch::cli::{dispatch, Cli};
 use orch::clock::{Clock, FixedClock, SystemClock};
 use orch::config::Config;
 use orch::exit::ExitStatus;
-use orch::ops::pass::Context;
+use orch::ops::pass::PassContext;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         Some(t) => Box::new(FixedClock(t)),
         None => Box::new(SystemClock),
     };
-    let ctx = Context { config, clock };
+    // The pass begins here: its time is read once, now.
+    let ctx = PassContext::new(config, clock);
     match dispatch(&cli.command, &ctx) {
         Ok(status) => status.into(),
         Err(e) => {

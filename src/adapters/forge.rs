@@ -32,9 +32,10 @@ use crate::core::task::Task;
 /// Why forge facts are unknown when Gitea is not configured.
 pub const GITEA_NOT_CONFIGURED: &str = "gitea is not configured (ORCH_GITEA_URL)";
 
-/// A Gitea client with a per-pass cache of each repo's open pulls and a request count.
-pub struct Forge {
-    client: Option<GiteaClient>,
+/// The pass's Gitea client (none without `ORCH_GITEA_URL`: every fact is unknown) with a
+/// per-pass cache of each repo's open pulls and a request count.
+pub struct Forge<'a> {
+    client: Option<&'a GiteaClient>,
     open_pulls: HashMap<String, Result<Vec<PullRequest>, String>>,
     /// Gitea calls made (a listing counts one per page read).
     pub requests: i64,
@@ -52,23 +53,9 @@ pub struct ForgeFacts {
     pub new_pr_number: Option<u64>,
 }
 
-impl Forge {
-    /// Builds the forge from the configuration; without `ORCH_GITEA_URL` every fact is
-    /// unknown. A half configuration (URL without token) is an error.
-    ///
-    /// # Errors
-    /// When the client cannot be built from a partial configuration.
-    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Forge> {
-        let client = if config.settings.gitea_url.is_some() {
-            Some(GiteaClient::from_config(config)?)
-        } else {
-            None
-        };
-        Ok(Forge::new(client))
-    }
-
-    /// Builds the forge around a client (or none).
-    pub fn new(client: Option<GiteaClient>) -> Forge {
+impl<'a> Forge<'a> {
+    /// Builds the forge around the pass's client (or none: every fact is unknown).
+    pub fn new(client: Option<&'a GiteaClient>) -> Forge<'a> {
         Forge {
             client,
             open_pulls: HashMap::new(),
@@ -126,8 +113,8 @@ impl Forge {
         out
     }
 
-    fn client(&self) -> &GiteaClient {
-        self.client.as_ref().expect("checked by the caller")
+    fn client(&self) -> &'a GiteaClient {
+        self.client.expect("checked by the caller")
     }
 
     /// Finds the task's PR at `stage`: by its recorded number while that PR is current,
@@ -160,7 +147,7 @@ impl Forge {
     /// The repo's open pulls, listed once per pass.
     fn open_pulls(&mut self, repo: &str) -> Result<&Vec<PullRequest>, String> {
         if !self.open_pulls.contains_key(repo) {
-            let client = self.client.as_ref().expect("checked by the caller");
+            let client = self.client();
             let mut all = Vec::new();
             let mut result = Ok(());
             for page in 1..=1000 {

@@ -6,7 +6,7 @@ use crate::config::{display_path, AGENT_PLACEHOLDERS};
 use crate::core::intake;
 use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Inspect the configuration
 #[derive(Debug, clap::Subcommand)]
@@ -32,7 +32,7 @@ pub struct ConfigCheckArgs {
 ///
 /// # Errors
 /// Never in practice; printing JSON cannot fail on these types.
-pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(cmd: &ConfigCommand, ctx: &PassContext) -> Result<ExitStatus> {
     let ConfigCommand::Check(args) = cmd;
     let cfg = &ctx.config;
     let ambiguous = ambiguous_states(ctx)?;
@@ -120,7 +120,7 @@ pub fn run(cmd: &ConfigCommand, ctx: &Context) -> Result<ExitStatus> {
 /// (`projects[].states`): a name match wins over a group match, so this is two names
 /// or, with no name match, two groups. Only the states already in the database's cache
 /// (filled by webhook-handle and reconcile) can be checked.
-fn ambiguous_states(ctx: &Context) -> Result<Vec<String>> {
+fn ambiguous_states(ctx: &PassContext) -> Result<Vec<String>> {
     let cached = crate::adapters::db_deliveries::read_cached_states(&ctx.config.settings.db)
         .context("reading the plane state cache")?;
     let mut out = Vec::new();

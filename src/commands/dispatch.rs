@@ -17,7 +17,7 @@ use crate::core::dispatch::{plan, Wait};
 use crate::core::job::JobStatus;
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_log_path;
-use crate::ops::pass::{Context, PassOutcome};
+use crate::ops::pass::{PassContext, PassOutcome};
 
 /// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
 ///
@@ -37,7 +37,7 @@ pub struct DispatchArgs {
 ///
 /// # Errors
 /// When the database cannot be read or written.
-pub fn run(args: &DispatchArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &DispatchArgs, ctx: &PassContext) -> Result<ExitStatus> {
     ctx.run_pass("dispatch", args.dry_run, |db, _guard| {
         pass(ctx, db, args.dry_run)
     })
@@ -47,7 +47,7 @@ pub fn run(args: &DispatchArgs, ctx: &Context) -> Result<ExitStatus> {
 ///
 /// # Errors
 /// When the database cannot be read or written.
-pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
+pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let now = ctx.now_secs();
     let limit = ctx.config.settings.max_concurrency.0;
     let running = db.running_by_project()?;
@@ -173,7 +173,7 @@ pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
 /// Why a job waits for its task's branch (dry run and log).
 const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";
 
-fn launch(ctx: &Context, id: i64) -> Result<String> {
+fn launch(ctx: &PassContext, id: i64) -> Result<String> {
     let s = &ctx.config.settings;
     match s.job_launcher {
         JobLauncher::Direct => {

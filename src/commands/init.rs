@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{Db, SCHEMA_VERSION};
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Create or upgrade the database and the state directory
 ///
@@ -21,7 +21,7 @@ pub struct InitArgs {
 ///
 /// # Errors
 /// When the database cannot be opened or migrated, or the state directory created.
-pub fn run(args: &InitArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &InitArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let settings = &ctx.config.settings;
     let mut db = Db::open_unmigrated(&settings.db)?;
     let migration = db.migrate()?;

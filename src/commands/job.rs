@@ -10,7 +10,7 @@ use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_json;
 use crate::ops::observe::observe;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// List, enqueue and cancel jobs
 #[derive(Debug, clap::Subcommand)]
@@ -75,7 +75,7 @@ fn parse_status(s: &str) -> Result<JobStatus, String> {
 ///
 /// # Errors
 /// When the database cannot be used or a value is bad.
-pub fn run(cmd: &JobCommand, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(cmd: &JobCommand, ctx: &PassContext) -> Result<ExitStatus> {
     match cmd {
         JobCommand::List(a) => list(a, ctx),
         JobCommand::Enqueue(a) => enqueue(a, ctx),
@@ -83,7 +83,7 @@ pub fn run(cmd: &JobCommand, ctx: &Context) -> Result<ExitStatus> {
     }
 }
 
-fn list(args: &ListArgs, ctx: &Context) -> Result<ExitStatus> {
+fn list(args: &ListArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let jobs = db.list_jobs(args.status, args.limit)?;
     if args.json {
@@ -114,7 +114,7 @@ fn list(args: &ListArgs, ctx: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-fn enqueue(args: &EnqueueArgs, ctx: &Context) -> Result<ExitStatus> {
+fn enqueue(args: &EnqueueArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let agent = Agent::parse(&args.agent).with_context(|| {
         format!(
             "unknown agent {:?}; expected analyst, developer, reviewer or deployer",
@@ -162,7 +162,7 @@ fn enqueue(args: &EnqueueArgs, ctx: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-fn cancel(args: &CancelArgs, ctx: &Context) -> Result<ExitStatus> {
+fn cancel(args: &CancelArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let job = db
         .job(args.id)?

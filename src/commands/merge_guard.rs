@@ -15,7 +15,7 @@ use crate::config::is_repo;
 use crate::core::merge::{pin_for_task, pin_text, Pin, Verdict};
 use crate::exit::ExitStatus;
 use crate::ops::merge::{merge_under_lease, settle, HeldLease, Stats, Target};
-use crate::ops::pass::{Context, PassReport};
+use crate::ops::pass::{PassContext, PassReport};
 
 /// Read a pull request and say whether it may be merged; with --merge, merge it once
 ///
@@ -55,7 +55,7 @@ fn parse_repo(s: &str) -> Result<String, String> {
 /// # Errors
 /// Never for the guard's own failures (they print `ERROR` and exit 2); only when
 /// stdout cannot be written.
-pub fn run(args: &MergeGuardArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &MergeGuardArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let started = Instant::now();
     let mut stats = Stats::default();
     let mut db = None;
@@ -100,13 +100,13 @@ fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
 
 fn guard(
     args: &MergeGuardArgs,
-    ctx: &Context,
+    ctx: &PassContext,
     stats: &mut Stats,
     db_slot: &mut Option<Db>,
 ) -> Result<(Target, Verdict)> {
     let job_id = job_id_from_env()?;
-    let gitea = GiteaClient::from_config(&ctx.config)?;
-    let target = resolve(args, ctx, &gitea, db_slot)?;
+    let gitea = ctx.require_gitea()?;
+    let target = resolve(args, ctx, gitea, db_slot)?;
     let settings = &ctx.config.settings;
     log::info!(
         "merge-guard: {target} ({}), pin {}",
@@ -114,7 +114,7 @@ fn guard(
         pin_text(&target.pin)
     );
     let verdict = settle(
-        &gitea,
+        gitea,
         &target,
         settings.merge_guard_mergeable_wait_s.0,
         stats,
@@ -126,7 +126,7 @@ fn guard(
         Ok(l) => l,
         Err(v) => return Ok((target, v)),
     };
-    let verdict = merge_under_lease(&gitea, &target, stats);
+    let verdict = merge_under_lease(gitea, &target, stats);
     drop(lease);
     Ok((target, verdict))
 }
@@ -146,7 +146,7 @@ fn job_id_from_env() -> Result<Option<i64>> {
 
 fn resolve(
     args: &MergeGuardArgs,
-    ctx: &Context,
+    ctx: &PassContext,
     gitea: &GiteaClient,
     db_slot: &mut Option<Db>,
 ) -> Result<Target> {
@@ -208,7 +208,7 @@ fn resolve(
 
 fn record(
     db: &Db,
-    ctx: &Context,
+    ctx: &PassContext,
     verdict: &Verdict,
     status: ExitStatus,
     stats: &Stats,

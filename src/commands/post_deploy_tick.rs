@@ -24,7 +24,7 @@ use crate::core::stage::{Actor, Stage};
 use crate::exit::ExitStatus;
 use crate::ops::moves;
 use crate::ops::notify::{self, Announced};
-use crate::ops::pass::{Context, PassOutcome};
+use crate::ops::pass::{PassContext, PassOutcome};
 use crate::ops::post_deploy::{arm, write_log, Armed};
 
 /// The pass name (lock file, `passes` row).
@@ -99,7 +99,7 @@ impl WindowReport {
     }
 }
 
-fn thresholds(ctx: &Context) -> Thresholds {
+fn thresholds(ctx: &PassContext) -> Thresholds {
     let s = &ctx.config.settings;
     Thresholds {
         fail_streak: s.post_deploy_fail_threshold.0,
@@ -112,7 +112,7 @@ fn thresholds(ctx: &Context) -> Thresholds {
 ///
 /// # Errors
 /// When the pass cannot run at all (database, state dir).
-pub fn run(args: &PostDeployTickArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &PostDeployTickArgs, ctx: &PassContext) -> Result<ExitStatus> {
     if args.arm {
         return arm_by_hand(args, ctx);
     }
@@ -139,7 +139,7 @@ pub fn run(args: &PostDeployTickArgs, ctx: &Context) -> Result<ExitStatus> {
     Ok(status)
 }
 
-fn arm_by_hand(args: &PostDeployTickArgs, ctx: &Context) -> Result<ExitStatus> {
+fn arm_by_hand(args: &PostDeployTickArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let reference = args.task.as_deref().unwrap_or_default();
     let db = ctx.open_db()?;
     let Some(task) = db.find_task(reference)? else {
@@ -186,7 +186,7 @@ struct Tally {
 }
 
 fn tick(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     dry_run: bool,
     reports: &mut Vec<WindowReport>,
@@ -246,7 +246,7 @@ fn tick(
     reason = "one pass's context, passed down once"
 )]
 fn one_window(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     client: &reqwest::blocking::Client,
     dir: &Path,
@@ -342,7 +342,10 @@ fn one_window(
             ];
             let end = rollback::run(&argv, &env, &output, s.post_deploy_rollback_timeout_s.0)?;
             tally.rollbacks += 1;
-            w.end_rollback(now, ctx.now_secs(), end.describe(), end.is_ok());
+            // The rollback command may run for minutes: its end is the time after it,
+            // and what the pass records from here on happens then (the one re-read here).
+            let ended_at = ctx.renew_now().as_second();
+            w.end_rollback(now, ended_at, end.describe(), end.is_ok());
             windows::save(dir, &w)?;
             let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
             return Ok(report(&w, c.as_str(), "ROLLBACK", &action));
@@ -365,7 +368,7 @@ fn one_window(
 /// is idempotent (the alert is deduplicated, the reopen guarded by the stage, the close
 /// by `closed_at`), so repeating this after a crash is safe.
 fn finish_rollback(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     dir: &Path,
     w: &mut WindowState,
@@ -406,7 +409,7 @@ fn finish_rollback(
 }
 
 fn close(
-    ctx: &Context,
+    ctx: &PassContext,
     dir: &Path,
     w: &mut WindowState,
     now: i64,
@@ -425,7 +428,7 @@ fn close(
 /// Announces the window's alert of `kind` (once per window and kind); returns what the
 /// log row says (`alert sent`, `alert already sent` ...).
 fn alert(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &Db,
     w: &WindowState,
     kind: &str,

@@ -20,7 +20,7 @@ use crate::core::job::Job;
 use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
 use crate::exit::ExitStatus;
 use crate::ops::observe::{observe_with, supervisor_alive, ProcView};
-use crate::ops::pass::{Context, PassOutcome};
+use crate::ops::pass::{PassContext, PassOutcome};
 
 /// Running jobs read per query.
 const PAGE: usize = 1000;
@@ -45,7 +45,7 @@ pub struct ReapArgs {
 ///
 /// # Errors
 /// When the database cannot be read.
-pub fn run(args: &ReapArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &ReapArgs, ctx: &PassContext) -> Result<ExitStatus> {
     if !ctx.config.settings.reaper_enabled {
         log::info!("reap: disabled by ORCH_REAPER_ENABLED=false; nothing read or written");
         return Ok(ExitStatus::Success);
@@ -74,7 +74,7 @@ struct Tally {
 ///
 /// # Errors
 /// When the database cannot be read.
-pub fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
+pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let s = &ctx.config.settings;
     let now = ctx.now_secs();
     let settings = ReapSettings {
@@ -250,7 +250,7 @@ fn explain(job: &Job, observed: Observed, action: &ReapAction, s: &ReapSettings)
     format!("job {} attempt {}: {what}", job.id, job.attempt)
 }
 
-fn reclaim_lease(ctx: &Context, now: i64, dry_run: bool, t: &mut Tally) -> Result<()> {
+fn reclaim_lease(ctx: &PassContext, now: i64, dry_run: bool, t: &mut Tally) -> Result<()> {
     let lease = MergeLease::new(&ctx.config.settings.state_dir);
     let guard = match lease.lock() {
         Ok(g) => g,

@@ -35,7 +35,7 @@ use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::moves;
-use crate::ops::pass::{Context, PassOutcome};
+use crate::ops::pass::{PassContext, PassOutcome};
 
 use listing::ProjectListing;
 use report::{Report, TaskLine};
@@ -69,7 +69,7 @@ pub struct ReconcileArgs {
 ///
 /// # Errors
 /// Configuration that cannot build a client, or a database that cannot be read.
-pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &ReconcileArgs, ctx: &PassContext) -> Result<ExitStatus> {
     ctx.run_pass("reconcile", args.dry_run, |db, _guard| {
         let report = pass(ctx, db, args.dry_run)?;
         if args.json {
@@ -86,12 +86,12 @@ pub fn run(args: &ReconcileArgs, ctx: &Context) -> Result<ExitStatus> {
 
 /// The pass's shared state.
 struct Pass<'a> {
-    ctx: &'a Context,
+    ctx: &'a PassContext,
     dry_run: bool,
     now: i64,
     limits: Limits,
-    plane: Option<PlaneClient>,
-    forge: Forge,
+    plane: Option<&'a PlaneClient>,
+    forge: Forge<'a>,
     report: Report,
     /// Set on a 429: no more Plane calls, no more actions.
     rate_limited: bool,
@@ -101,13 +101,8 @@ struct Pass<'a> {
     merged: std::collections::HashMap<i64, crate::core::facts::Fact<bool>>,
 }
 
-fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
+fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
     let s = &ctx.config.settings;
-    let plane = if s.plane_url.is_some() {
-        Some(PlaneClient::from_config(&ctx.config)?)
-    } else {
-        None
-    };
     let mut p = Pass {
         ctx,
         dry_run,
@@ -117,8 +112,8 @@ fn pass(ctx: &Context, db: &mut Db, dry_run: bool) -> Result<Report> {
             max_developer_retries: s.max_developer_retries.0,
             job_max_attempts: s.job_max_attempts.0,
         },
-        plane,
-        forge: Forge::from_config(&ctx.config)?,
+        plane: ctx.plane()?,
+        forge: Forge::new(ctx.gitea()?),
         merged: std::collections::HashMap::new(),
         report: Report {
             dry_run,

@@ -25,7 +25,7 @@ use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::gate::{apply_gate, GateOutcome};
 use crate::ops::jobs::job_log_path;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Exit code recorded when the agent command cannot be started (the shell's "command
 /// not found").
@@ -46,7 +46,7 @@ pub struct RunJobArgs {
 ///
 /// # Errors
 /// When the job cannot be taken or the database fails.
-pub fn run(args: &RunJobArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
     crate::adapters::spawn::detach_session();
     let mut db = ctx.open_db()?;
     let job = db
@@ -76,7 +76,9 @@ pub fn run(args: &RunJobArgs, ctx: &Context) -> Result<ExitStatus> {
     }
     let code = supervise(ctx, &db, &job, &task, &log_path)?;
     let status = JobStatus::from_exit_code(code);
-    let now = ctx.now_secs();
+    // The agent ran for minutes or hours: the job's end and the gate after it happen now,
+    // not when the pass began, so the pass's time is read again (the one re-read here).
+    let now = ctx.renew_now().as_second();
     if db.finish_job(job.id, job.attempt, status, now)? {
         log::info!(
             "run-job: job {} ({} {}) {status} with exit code {code}",
@@ -109,7 +111,7 @@ pub fn run(args: &RunJobArgs, ctx: &Context) -> Result<ExitStatus> {
     })
 }
 
-fn gate(ctx: &Context, db: &mut Db, task: &Task) {
+fn gate(ctx: &PassContext, db: &mut Db, task: &Task) {
     match apply_gate(ctx, db, task, Actor::RunJob) {
         Ok(GateOutcome::Advanced(m) | GateOutcome::RolledBack(m)) => {
             log::info!(
@@ -126,7 +128,7 @@ fn gate(ctx: &Context, db: &mut Db, task: &Task) {
 }
 
 /// Runs the agent and returns its exit code (or [`EXIT_NOT_STARTED`]).
-fn supervise(ctx: &Context, db: &Db, job: &Job, task: &Task, log_path: &Path) -> Result<i32> {
+fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path) -> Result<i32> {
     let mut log = spawn::open_log(log_path)?;
     let _ = writeln!(
         log,

@@ -38,7 +38,7 @@ use crate::core::staging_report::{
 };
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::ops::pass::{Context, PassReport};
+use crate::ops::pass::{PassContext, PassReport};
 use crate::ops::pin::{clear_validated, read_pr_head};
 use crate::ops::staging::{
     remove_reports, roundtrip_env, run_checks, same_file, write_reports, CheckPlan,
@@ -95,7 +95,7 @@ pub struct StagingCheckArgs {
 /// unknown `--task` or `ORCH_TASK_ID`, Gitea not configured when a task's PR head must
 /// be read. Everything else ends in a verdict, or (exit 2 too, as a value) in none when
 /// the task's PR head could not be read.
-pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let started = Instant::now();
     let settings = &ctx.config.settings;
     let pipeline = &ctx.config.pipeline;
@@ -159,7 +159,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
     };
     let needs_head = kind == PinKind::PrHead || expected.is_none();
     let gitea = match &task {
-        Some(t) if needs_head => match GiteaClient::from_config(&ctx.config) {
+        Some(t) if needs_head => match ctx.require_gitea() {
             Ok(g) => Some(g),
             // A pr-head pin cannot be made without Gitea: a configuration error.
             Err(e) if kind == PinKind::PrHead => {
@@ -182,9 +182,9 @@ pub fn run(args: &StagingCheckArgs, ctx: &Context) -> Result<ExitStatus> {
         },
         _ => None,
     };
-    let mut head: Option<(GiteaClient, PrHead)> = None;
+    let mut head: Option<(&GiteaClient, PrHead)> = None;
     if let (Some(t), Some(gitea)) = (&task, gitea) {
-        match read_pr_head(&gitea, t, db.as_ref(), now.as_second()) {
+        match read_pr_head(gitea, t, db.as_ref(), now.as_second()) {
             Ok(h) => {
                 log::info!(
                     "staging-check: task {} pin {kind}: PR #{} head {} when the check starts",

@@ -16,7 +16,7 @@ use crate::core::status::{
     StagingHolderView, StagingView, StatusReport,
 };
 use crate::exit::ExitStatus;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// How many running jobs and escalated tasks the report lists one by one.
 const LIST_LIMIT: usize = 20;
@@ -48,7 +48,7 @@ fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>
 ///
 /// # Errors
 /// When the database cannot be read or the Prometheus file written.
-pub fn run(args: &StatusArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let mut report = gather(&db, ctx.now_secs())?;
     report.post_deploy = crate::ops::post_deploy::armed_windows(

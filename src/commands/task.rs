@@ -10,7 +10,7 @@ use crate::core::task::{NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_json;
 use crate::ops::moves;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Add, list, show and move tasks
 #[derive(Debug, clap::Subcommand)]
@@ -118,7 +118,7 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
 ///
 /// # Errors
 /// When the database cannot be used or a value is bad.
-pub fn run(cmd: &TaskCommand, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(cmd: &TaskCommand, ctx: &PassContext) -> Result<ExitStatus> {
     match cmd {
         TaskCommand::Add(a) => add(a, ctx),
         TaskCommand::List(a) => list(a, ctx),
@@ -127,7 +127,7 @@ pub fn run(cmd: &TaskCommand, ctx: &Context) -> Result<ExitStatus> {
     }
 }
 
-fn add(args: &AddArgs, ctx: &Context) -> Result<ExitStatus> {
+fn add(args: &AddArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let project = ctx
         .config
         .pipeline
@@ -271,7 +271,7 @@ fn event_json(e: &StageEvent) -> serde_json::Value {
     })
 }
 
-fn list(args: &ListArgs, ctx: &Context) -> Result<ExitStatus> {
+fn list(args: &ListArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let tasks = db.list_tasks(args.stage, args.limit)?;
     if args.json {
@@ -303,7 +303,7 @@ fn list(args: &ListArgs, ctx: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-fn find(ctx: &Context, reference: &str) -> Result<(crate::adapters::db::Db, Task)> {
+fn find(ctx: &PassContext, reference: &str) -> Result<(crate::adapters::db::Db, Task)> {
     let db = ctx.open_db()?;
     let task = db.find_task(reference)?.with_context(|| {
         format!("no task {reference:?} (give an id, a key such as ORCH-65, or a work item id)")
@@ -311,7 +311,7 @@ fn find(ctx: &Context, reference: &str) -> Result<(crate::adapters::db::Db, Task
     Ok((db, task))
 }
 
-fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
+fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let (db, t) = find(ctx, &args.task)?;
     let events = db.stage_events(t.id)?;
     let jobs = db.task_jobs(t.id)?;
@@ -391,7 +391,7 @@ fn show(args: &ShowArgs, ctx: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-fn move_task(args: &MoveArgs, ctx: &Context) -> Result<ExitStatus> {
+fn move_task(args: &MoveArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let reason = args.reason.trim();
     if reason.is_empty() {
         bail!("--reason must say why (it is recorded in the stage event)");

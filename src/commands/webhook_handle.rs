@@ -18,7 +18,7 @@ use crate::adapters::webhook_server::{self, Head, Rejection, MAX_BODY};
 use crate::core::intake;
 use crate::exit::ExitStatus;
 use crate::ops::delivery::process_delivery;
-use crate::ops::pass::{Context, PassReport};
+use crate::ops::pass::{PassContext, PassReport};
 
 /// Take one Plane webhook delivery: verify, store, answer, act
 ///
@@ -64,7 +64,7 @@ enum Handled {
 /// # Errors
 /// No secret configured (before reading anything), a database that cannot be used, or
 /// a failure while acting on a stored delivery.
-pub fn run(args: &WebhookHandleArgs, ctx: &Context) -> Result<ExitStatus> {
+pub fn run(args: &WebhookHandleArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let Some(secret) = ctx.config.settings.plane_webhook_secret.as_ref() else {
         bail!(
             "ORCH_PLANE_WEBHOOK_SECRET is not set: refusing to take unsigned deliveries (set it to the webhook's secret, plane_wh_...)"
@@ -79,7 +79,7 @@ pub fn run(args: &WebhookHandleArgs, ctx: &Context) -> Result<ExitStatus> {
     }
 }
 
-fn run_stdio(ctx: &Context, secret: &str, started: Instant) -> Result<ExitStatus> {
+fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitStatus> {
     let mut out = std::io::stdout().lock();
     let timeout = ctx.config.settings.webhook_read_timeout_s.0;
     let read = webhook_server::read_request(std::io::stdin(), timeout, |head| {
@@ -146,7 +146,7 @@ fn run_stdio(ctx: &Context, secret: &str, started: Instant) -> Result<ExitStatus
 }
 
 fn run_replay(
-    ctx: &Context,
+    ctx: &PassContext,
     secret: &str,
     path: &PathBuf,
     raw_headers: &[String],
@@ -245,7 +245,7 @@ fn check_head(head: &Head) -> Result<(), Rejection> {
 
 /// Verifies, parses and stores one delivery (the row is committed on return).
 fn handle(
-    ctx: &Context,
+    ctx: &PassContext,
     secret: &str,
     body: &[u8],
     signature: Option<&str>,
@@ -332,7 +332,7 @@ fn summary(status: u16, outcome: &str, delivery: &str, started: Instant) {
 }
 
 fn act_and_report(
-    ctx: &Context,
+    ctx: &PassContext,
     id: i64,
     delivery: &str,
     started: Instant,

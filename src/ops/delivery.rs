@@ -6,7 +6,6 @@ use anyhow::{Context as _, Result};
 use crate::adapters::db::{Created, Db, MoveError, Moved};
 use crate::adapters::db_deliveries::{AlreadyRecorded, Recorder, PENDING};
 use crate::adapters::db_start::TaskStart;
-use crate::adapters::plane::PlaneClient;
 use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
 };
@@ -14,7 +13,7 @@ use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::ops::moves;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Acts on a stored delivery and records its outcome; what `webhook-handle` does after
 /// answering and what `reconcile` calls to replay pending deliveries.
@@ -32,7 +31,7 @@ use crate::ops::pass::Context;
 /// # Errors
 /// When acting fails (Plane unreachable while resolving the state, a write failing):
 /// the delivery stays `pending` with the error recorded, and nothing of it was written.
-pub fn process_delivery(ctx: &Context, db: &mut Db, delivery_row_id: i64) -> Result<Outcome> {
+pub fn process_delivery(ctx: &PassContext, db: &mut Db, delivery_row_id: i64) -> Result<Outcome> {
     let row = db
         .delivery(delivery_row_id)?
         .with_context(|| format!("no delivery {delivery_row_id}"))?;
@@ -86,7 +85,7 @@ enum Plan<'a> {
 }
 
 /// Acts on one stored body and records the outcome of delivery `id` with its effects.
-fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
+fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
     let now = ctx.now_secs();
     match plan(ctx, db, body)? {
         Plan::Nothing(outcome) => {
@@ -184,7 +183,7 @@ fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> Outcome 
 }
 
 /// Resolves a stored body to what it asks for. Writes only the state cache.
-fn plan<'a>(ctx: &'a Context, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
+fn plan<'a>(ctx: &'a PassContext, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
     let nothing = |why: String| Ok(Plan::Nothing(Outcome::no_action(why)));
     let envelope = match intake::parse_envelope(body) {
         Ok(e) => e,
@@ -256,7 +255,7 @@ fn plan<'a>(ctx: &'a Context, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
 /// Starts the work item's task: the task, its analyst job and the delivery's outcome in
 /// one transaction, then the branch step.
 fn start(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     id: i64,
     project: &Project,
@@ -323,7 +322,7 @@ fn start(
 /// it describes that very state, else from the project's cache, else from the States
 /// API (refreshing the project's cache). `None`: Plane does not know the id either.
 fn resolve_state(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     project: &Project,
     change: &StateChange,
@@ -337,7 +336,8 @@ fn resolve_state(
     if let Some(s) = db.plane_state(pid, &change.new_state_id)? {
         return Ok(Some(s));
     }
-    let plane = PlaneClient::from_config(&ctx.config)
+    let plane = ctx
+        .require_plane()
         .context("state id not cached: the States API is needed")?;
     let states: Vec<PlaneState> = plane
         .list_states(pid)

@@ -18,17 +18,17 @@ use crate::core::job::JobOutcome;
 use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::ops::moves;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Why forge facts are unknown without Gitea (the gates that need them wait).
 pub const GITEA_NOT_CONFIGURED: &str = crate::adapters::forge::GITEA_NOT_CONFIGURED;
 
-/// Reads what `task`'s current stage's gate needs, with a Gitea client of its own.
+/// Reads what `task`'s current stage's gate needs, through the pass's Gitea client.
 ///
 /// Unknown facts stay errors (their checks say `Unknown`); this never fails the caller.
-pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
-    let mut forge = match Forge::from_config(&ctx.config) {
-        Ok(f) => f,
+pub fn gate_inputs(ctx: &PassContext, db: &Db, task: &Task) -> GateInputs {
+    let mut forge = match ctx.gitea() {
+        Ok(client) => Forge::new(client),
         Err(e) => {
             log::warn!("task {}: gitea client: {e:#}", task.key);
             Forge::new(None)
@@ -42,10 +42,10 @@ pub fn gate_inputs(ctx: &Context, db: &Db, task: &Task) -> GateInputs {
 /// PR that replaces a recorded closed one, has its number recorded on the task when
 /// `record` (not in dry runs).
 pub fn gate_inputs_with(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &Db,
     task: &Task,
-    forge: &mut Forge,
+    forge: &mut Forge<'_>,
     record: bool,
 ) -> GateInputs {
     let mut inputs = GateInputs::empty();
@@ -149,7 +149,12 @@ pub enum GateOutcome {
 ///
 /// # Errors
 /// When the move fails (another pass moved the task meanwhile, or a write failed).
-pub fn apply_gate(ctx: &Context, db: &mut Db, task: &Task, actor: Actor) -> Result<GateOutcome> {
+pub fn apply_gate(
+    ctx: &PassContext,
+    db: &mut Db,
+    task: &Task,
+    actor: Actor,
+) -> Result<GateOutcome> {
     if task.escalated_at.is_some() {
         return Ok(GateOutcome::Escalated);
     }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use crate::clock::format_unix;
 use crate::core::job::Job;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Returns the path of a job's log file under the state dir.
-pub fn job_log_path(ctx: &Context, id: i64) -> PathBuf {
+pub fn job_log_path(ctx: &PassContext, id: i64) -> PathBuf {
     ctx.config
         .settings
         .state_dir

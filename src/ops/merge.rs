@@ -17,7 +17,7 @@ use crate::core::merge::{
     after_merge, compare_text, decide, needs_compare, pin_text, Compare, MergeAnswer, Pin, PrRead,
     Verdict,
 };
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// The first pause between reads while Gitea computes `mergeable`; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -195,7 +195,7 @@ impl HeldLease {
     /// Takes the lease, waiting up to `wait`; a stale lease is taken over under the lock.
     /// `Err` is the verdict to report (never merge without the lease).
     pub fn acquire(
-        ctx: &Context,
+        ctx: &PassContext,
         target: &Target,
         job_id: Option<i64>,
         wait: Duration,
@@ -203,7 +203,10 @@ impl HeldLease {
         let lease = MergeLease::new(&ctx.config.settings.state_dir);
         let pid = i64::from(std::process::id());
         let started = Instant::now();
-        let now0 = ctx.now_secs();
+        // merge-guard may have waited a while for Gitea to settle mergeability before
+        // this: the lease's times count from when it is taken, so the pass's time is read
+        // again here (the one re-read here); the wait below adds elapsed time to it.
+        let now0 = ctx.renew_now().as_second();
         let mut holder = String::from("another merge-guard");
         let taken = poll::until(&RealTime, started + wait, |_| {
             let now = now0 + i64::try_from(started.elapsed().as_secs()).unwrap_or(0);

@@ -21,7 +21,7 @@ use crate::core::gate::Need;
 use crate::core::round::{self, RoundChange};
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// Moves `task` to `to` with every effect of the transition.
 ///
@@ -33,7 +33,7 @@ use crate::ops::pass::Context;
 /// When the table refuses the move, the task moved meanwhile, a write fails, or the
 /// move's round cannot be decided ([`RoundUndecided`]: nothing moved).
 pub fn move_task(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     task: &Task,
     to: Stage,
@@ -55,7 +55,7 @@ pub fn move_task(
 /// that could not be made is not an error: the move stands), or `merged` is unknown
 /// where the round depends on it ([`RoundUndecided`]: nothing moved).
 pub fn move_task_with(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     task: &Task,
     to: Stage,
@@ -72,7 +72,7 @@ pub fn move_task_with(
 /// # Errors
 /// As [`move_task`], and when the delivery got its outcome meanwhile (nothing moved).
 pub fn move_task_recorded(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     task: &Task,
     to: Stage,
@@ -105,7 +105,7 @@ pub struct RoundUndecided {
     reason = "one move's facts, kept flat like Db::move_task_recorded"
 )]
 fn move_task_full(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     task: &Task,
     to: Stage,
@@ -179,18 +179,18 @@ fn move_task_full(
 
 /// The merge evidence the move of `task` to `to` needs: read from Gitea for
 /// `deploy → development`, not needed (and not read) for any other move.
-fn merge_evidence_for(ctx: &Context, task: &Task, to: Stage) -> Fact<bool> {
+fn merge_evidence_for(ctx: &PassContext, task: &Task, to: Stage) -> Fact<bool> {
     if !round::needs_merge_evidence(task.stage, to) {
         return Err("not needed for this move".into());
     }
-    let mut forge = Forge::from_config(&ctx.config).map_err(|e| format!("{e:#}"))?;
+    let mut forge = Forge::new(ctx.gitea().map_err(|e| format!("{e:#}"))?);
     let facts = forge.facts(task, Stage::Deploy, &[Need::Pr]);
     round::merged(&facts.pr)
 }
 
 /// Makes the branch of the round a reopen just started; a branch left undone is
 /// logged and left for reconcile (`branch_ready_at` stays NULL).
-fn start_round_branch(ctx: &Context, db: &Db, task_id: i64) {
+fn start_round_branch(ctx: &PassContext, db: &Db, task_id: i64) {
     let task = match db.task(task_id) {
         Ok(Some(t)) => t,
         Ok(None) => return,
@@ -303,7 +303,7 @@ pub struct Started {
 /// When a write fails, the key belongs to another work item, or the delivery got its
 /// outcome meanwhile (nothing is written then). Never because of Gitea.
 pub fn start_task(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &mut Db,
     new: &NewTask,
     actor: Actor,
@@ -344,7 +344,7 @@ pub fn start_task(
 /// # Errors
 /// When Gitea refuses or cannot be reached, the task's project is not in the pipeline
 /// file, or the record cannot be written. `branch_ready_at` stays NULL then.
-pub fn ensure_branch(ctx: &Context, db: &Db, task: &Task) -> Result<BranchStep> {
+pub fn ensure_branch(ctx: &PassContext, db: &Db, task: &Task) -> Result<BranchStep> {
     if task.branch_ready_at.is_some() {
         return Ok(BranchStep::Ready);
     }
@@ -362,9 +362,9 @@ pub fn ensure_branch(ctx: &Context, db: &Db, task: &Task) -> Result<BranchStep> 
             )
         })?;
     let default_branch = &project.default_branch;
-    let gitea = GiteaClient::from_config(&ctx.config)?;
+    let gitea = ctx.require_gitea()?;
     if task.round > 1 {
-        return ensure_round_branch(ctx, db, &gitea, task, default_branch);
+        return ensure_round_branch(ctx, db, gitea, task, default_branch);
     }
     let answer = gitea
         .create_branch(&task.repo, &task.branch, default_branch)
@@ -405,7 +405,7 @@ pub fn ensure_branch(ctx: &Context, db: &Db, task: &Task) -> Result<BranchStep> 
 /// When Gitea refuses or cannot be reached (the branch stays unconfirmed for the next
 /// try), a write fails, or another pass changed the task's round or branch meanwhile.
 fn ensure_round_branch(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &Db,
     gitea: &GiteaClient,
     task: &Task,

@@ -9,8 +9,7 @@
 use anyhow::Result;
 
 use crate::adapters::db::Db;
-use crate::adapters::telegram::Telegram;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 /// What announcing did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,7 +30,7 @@ pub enum Announced {
 /// # Errors
 /// When the database cannot be written or the Telegram client cannot be built.
 pub fn announce(
-    ctx: &Context,
+    ctx: &PassContext,
     db: &Db,
     key: &str,
     kind: &str,
@@ -43,7 +42,7 @@ pub fn announce(
         log::debug!("notification already announced: {key}");
         return Ok(Announced::AlreadyAnnounced);
     };
-    let Some(telegram) = Telegram::from_settings(&ctx.config.settings)? else {
+    let Some(telegram) = ctx.telegram()? else {
         log::warn!("{kind}: {message}");
         return Ok(Announced::Recorded);
     };

@@ -1,6 +1,8 @@
-//! What every command gets: the validated configuration, the clock, and the pass
-//! lifecycle (lock, open the database, run, record, summarise).
+//! What every command gets: the validated configuration, the pass's time (read once),
+//! the HTTP clients (built once, when first used), and the pass lifecycle (lock, open
+//! the database, run, record, summarise).
 
+use std::cell::{Cell, OnceCell};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,17 +10,30 @@ use anyhow::Result;
 use jiff::Timestamp;
 
 use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::gitea::GiteaClient;
 use crate::adapters::lock::{LockError, LockFile, LockGuard};
+use crate::adapters::plane::PlaneClient;
+use crate::adapters::telegram::Telegram;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::exit::ExitStatus;
 
-/// The validated configuration and the clock, built once by `main`.
-pub struct Context {
+/// What one pass uses, built once by `main` (every subcommand runs one pass per
+/// process): the validated configuration, the pass's time and the clients.
+///
+/// The time is read from the clock once, when the context is built, and every step of
+/// the pass reads that value ([`PassContext::now`]); only a pass that must know the time
+/// after a long wait re-reads it, by name ([`PassContext::renew_now`]). The clients are
+/// built the first time a step asks for one and shared afterwards, so a pass that never
+/// talks to Gitea neither pays for a Gitea client nor fails for want of its settings.
+pub struct PassContext {
     /// Settings and the pipeline file.
     pub config: Config,
-    /// The clock; read once per pass.
-    pub clock: Box<dyn Clock>,
+    clock: Box<dyn Clock>,
+    now: Cell<Timestamp>,
+    gitea: OnceCell<GiteaClient>,
+    plane: OnceCell<PlaneClient>,
+    telegram: OnceCell<Option<Telegram>>,
 }
 
 /// The counts a pass reports, in the order its summary line prints them.
@@ -92,15 +107,106 @@ impl PassOutcome {
     }
 }
 
-impl Context {
-    /// Returns the current time as read once by the caller.
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
+/// Returns the value in `cell`, building it with `build` the first time. A failed build
+/// is not kept: the next call builds again and fails the same way (configuration errors
+/// are deterministic), so the error keeps its type and message.
+fn built_once<T>(cell: &OnceCell<T>, build: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if let Some(value) = cell.get() {
+        return Ok(value);
+    }
+    let value = build()?;
+    Ok(cell.get_or_init(|| value))
+}
+
+impl PassContext {
+    /// Builds the context of one pass and reads its time from `clock`.
+    pub fn new(config: Config, clock: Box<dyn Clock>) -> PassContext {
+        let now = Cell::new(clock.now());
+        PassContext {
+            config,
+            clock,
+            now,
+            gitea: OnceCell::new(),
+            plane: OnceCell::new(),
+            telegram: OnceCell::new(),
+        }
     }
 
-    /// Returns the current time in unix seconds.
+    /// Returns the pass's time: read from the clock once, when the pass began (or at
+    /// its last [`PassContext::renew_now`]).
+    pub fn now(&self) -> Timestamp {
+        self.now.get()
+    }
+
+    /// Returns the pass's time in unix seconds.
     pub fn now_secs(&self) -> i64 {
-        self.clock.now().as_second()
+        self.now().as_second()
+    }
+
+    /// Reads the clock again and makes that the pass's time from here on. Only for a
+    /// pass that waits a long time in the middle and must act at the time after the
+    /// wait (`run-job` after its agent exits, `post-deploy-tick` after a rollback
+    /// command, `merge-guard` taking the merge lease after waiting on Gitea); the caller
+    /// says why in a comment.
+    pub fn renew_now(&self) -> Timestamp {
+        self.now.set(self.clock.now());
+        self.now.get()
+    }
+
+    /// Returns the pass's Gitea client, built on first use; `None` without
+    /// `ORCH_GITEA_URL`.
+    ///
+    /// # Errors
+    /// A half configuration (URL without token), or the HTTP client's construction error.
+    pub fn gitea(&self) -> Result<Option<&GiteaClient>> {
+        if self.config.settings.gitea_url.is_none() {
+            return Ok(None);
+        }
+        self.require_gitea().map(Some)
+    }
+
+    /// Returns the pass's Gitea client, built on first use, for a step that cannot do
+    /// without it.
+    ///
+    /// # Errors
+    /// A [`crate::config::ConfigError`] naming the missing setting, or the HTTP client's
+    /// construction error.
+    pub fn require_gitea(&self) -> Result<&GiteaClient> {
+        built_once(&self.gitea, || GiteaClient::from_config(&self.config))
+    }
+
+    /// Returns the pass's Plane client, built on first use; `None` without
+    /// `ORCH_PLANE_URL`.
+    ///
+    /// # Errors
+    /// Another missing Plane setting, or the HTTP client's construction error.
+    pub fn plane(&self) -> Result<Option<&PlaneClient>> {
+        if self.config.settings.plane_url.is_none() {
+            return Ok(None);
+        }
+        self.require_plane().map(Some)
+    }
+
+    /// Returns the pass's Plane client, built on first use, for a step that cannot do
+    /// without it.
+    ///
+    /// # Errors
+    /// A [`crate::config::ConfigError`] naming the first missing setting, or the HTTP
+    /// client's construction error.
+    pub fn require_plane(&self) -> Result<&PlaneClient> {
+        built_once(&self.plane, || PlaneClient::from_config(&self.config))
+    }
+
+    /// Returns the pass's Telegram client, built on first use; `None` unless both
+    /// `ORCH_TELEGRAM_BOT_TOKEN` and `ORCH_TELEGRAM_CHAT_ID` are set.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn telegram(&self) -> Result<Option<&Telegram>> {
+        built_once(&self.telegram, || {
+            Telegram::from_settings(&self.config.settings)
+        })
+        .map(Option::as_ref)
     }
 
     /// Opens (and migrates) the database.
@@ -196,11 +302,13 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
     use super::*;
     use crate::clock::FixedClock;
     use crate::config::{Config, Layers};
 
-    fn ctx(dir: &std::path::Path) -> Context {
+    fn layers(dir: &std::path::Path) -> Layers {
         let mut layers = Layers::default();
         layers
             .env
@@ -209,10 +317,85 @@ mod tests {
             "ORCH_STATE_DIR".into(),
             dir.join("state").display().to_string(),
         );
-        Context {
-            config: Config::from_parts(None, None, layers).unwrap(),
-            clock: Box::new(FixedClock(jiff::Timestamp::from_second(1_000).unwrap())),
+        layers
+    }
+
+    fn ctx(dir: &std::path::Path) -> PassContext {
+        PassContext::new(
+            Config::from_parts(None, None, layers(dir)).unwrap(),
+            Box::new(FixedClock(jiff::Timestamp::from_second(1_000).unwrap())),
+        )
+    }
+
+    /// A clock that moves one second forward every time it is read.
+    struct Ticking(AtomicI64);
+
+    impl Clock for Ticking {
+        fn now(&self) -> jiff::Timestamp {
+            jiff::Timestamp::from_second(self.0.fetch_add(1, Ordering::SeqCst)).unwrap()
         }
+    }
+
+    #[test]
+    fn the_pass_time_is_read_once_however_often_it_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_parts(None, None, layers(dir.path())).unwrap();
+        let ctx = PassContext::new(config, Box::new(Ticking(AtomicI64::new(1_000))));
+        assert_eq!(ctx.now_secs(), 1_000);
+        assert_eq!(ctx.now(), ctx.now());
+        assert_eq!(
+            ctx.now_secs(),
+            1_000,
+            "the clock moved, the pass's time did not"
+        );
+        ctx.run_pass("tick", false, |_, _| Ok(PassOutcome::ok(vec![])))
+            .unwrap();
+        let passes = ctx.open_db().unwrap().passes().unwrap();
+        assert_eq!(
+            passes[0].started_at, 1_000,
+            "run_pass records the pass's time"
+        );
+        assert_eq!(
+            ctx.renew_now().as_second(),
+            1_001,
+            "renewing reads the clock"
+        );
+        assert_eq!(ctx.now_secs(), 1_001);
+        assert_eq!(ctx.now_secs(), 1_001);
+    }
+
+    #[test]
+    fn a_client_is_built_once_when_first_asked_for_and_absent_without_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = ctx(dir.path());
+        assert!(bare.gitea().unwrap().is_none());
+        assert!(bare.plane().unwrap().is_none());
+        assert!(bare.telegram().unwrap().is_none());
+        let missing = bare.require_gitea().err().unwrap().to_string();
+        assert!(missing.contains("ORCH_GITEA_URL"), "{missing}");
+
+        let mut layers = layers(dir.path());
+        for (k, v) in [
+            ("ORCH_GITEA_URL", "http://127.0.0.1:9"),
+            ("ORCH_GITEA_TOKEN", "t"),
+            ("ORCH_PLANE_URL", "http://127.0.0.1:9"),
+            ("ORCH_PLANE_API_KEY", "k"),
+            ("ORCH_TELEGRAM_BOT_TOKEN", "b"),
+            ("ORCH_TELEGRAM_CHAT_ID", "1"),
+        ] {
+            layers.env.insert(k.into(), v.into());
+        }
+        let config = Config::from_parts(None, None, layers).unwrap();
+        let ctx = PassContext::new(config, Box::new(FixedClock(jiff::Timestamp::UNIX_EPOCH)));
+        let first = ctx.gitea().unwrap().unwrap();
+        assert!(std::ptr::eq(first, ctx.gitea().unwrap().unwrap()));
+        assert!(std::ptr::eq(first, ctx.require_gitea().unwrap()));
+        let first = ctx.telegram().unwrap().unwrap();
+        assert!(std::ptr::eq(first, ctx.telegram().unwrap().unwrap()));
+        // Plane needs the pipeline's workspace too: the same error every time it is asked.
+        let missing = ctx.plane().err().unwrap().to_string();
+        assert!(missing.contains("plane.workspace"), "{missing}");
+        assert_eq!(ctx.require_plane().err().unwrap().to_string(), missing);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn read_pr_head(
     db: Option<&Db>,
     now: i64,
 ) -> Result<PrHead, HeadError> {
-    let mut forge = Forge::new(Some(gitea.clone()));
+    let mut forge = Forge::new(Some(gitea));
     let facts = forge.facts(task, Stage::DeployStaging, &[Need::Pr]);
     let recorded = task.pr_number.and_then(|n| u64::try_from(n).ok());
     let head = head_at_start(&facts.pr, &task.key, &task.branch, recorded)?;

@@ -15,7 +15,7 @@ use crate::core::post_deploy::{
     applicability, render_log, Applicability, Classification, WatchedProject, WindowState,
 };
 use crate::core::task::Task;
-use crate::ops::pass::Context;
+use crate::ops::pass::PassContext;
 
 pub use crate::core::status::WindowView;
 
@@ -45,7 +45,7 @@ pub enum Armed {
 ///
 /// # Errors
 /// When the window cannot be written.
-pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
+pub fn arm(ctx: &PassContext, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
     let s = &ctx.config.settings;
     let project = ctx.config.pipeline.project(&task.project);
     let facts = project.map(|p| WatchedProject {
@@ -77,7 +77,7 @@ pub fn arm(ctx: &Context, task: &Task, armed_by: &str, check_repos: bool) -> Res
 
 /// Arms post-deploy after `task` moved deploy → done; logs the outcome. A failure to
 /// arm is logged as an error and does not undo the move (it is already committed).
-pub fn arm_after_deploy(ctx: &Context, task: &Task) {
+pub fn arm_after_deploy(ctx: &PassContext, task: &Task) {
     match arm(ctx, task, "deploy -> done", true) {
         Ok(Armed::Armed { ends_at }) => log::info!(
             "task {}: post-deploy armed until {}",
@@ -140,7 +140,7 @@ pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
 
 /// Writes the task's `16-post-deploy-log.md`; a failure is logged (the window state
 /// holds the same lines and the next write catches up).
-pub fn write_log(ctx: &Context, w: &WindowState) {
+pub fn write_log(ctx: &PassContext, w: &WindowState) {
     let verdict = w.verdict.as_deref().and_then(|v| match v {
         "HEALTHY" => Some(Classification::Healthy.verdict()),
         "DEGRADED" => Some(Classification::Degraded.verdict()),

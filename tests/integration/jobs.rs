@@ -15,7 +15,7 @@ use orch::adapters::lock::LockFile;
 use orch::adapters::process::{start_time, wait_exit};
 use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
-use orch::ops::pass::Context;
+use orch::ops::pass::PassContext;
 
 use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 
@@ -162,14 +162,11 @@ fn at(secs_after_now: i64) -> String {
         .to_string()
 }
 
-fn context(env: &TestEnv) -> Context {
+fn context(env: &TestEnv) -> PassContext {
     let vars: BTreeMap<String, String> = env.env.clone();
     let config = Config::load(&vars, &Overrides::default()).expect("config");
     let now = config.settings.now.0.expect("tests pin ORCH_NOW");
-    Context {
-        config,
-        clock: Box::new(FixedClock(now)),
-    }
+    PassContext::new(config, Box::new(FixedClock(now)))
 }
 
 #[test]

@@ -615,10 +615,10 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
     );
 }
 
-fn library_context(env: &TestEnv) -> (orch::ops::pass::Context, orch::adapters::db::Db) {
+fn library_context(env: &TestEnv) -> (orch::ops::pass::PassContext, orch::adapters::db::Db) {
     let config = orch::config::Config::load(&env.env, &Default::default()).unwrap();
     let clock = Box::new(orch::clock::FixedClock(config.settings.now.0.unwrap()));
-    let ctx = orch::ops::pass::Context { config, clock };
+    let ctx = orch::ops::pass::PassContext::new(config, clock);
     let db = ctx.open_db().unwrap();
     (ctx, db)
 }

@@ -89,7 +89,7 @@ impl Pass<'_> {
         }
         let key = reconcile::escalation_key(t.id, at);
         let project = self.ctx.config.pipeline.project(&t.project);
-        if let (Some(plane), Some(project)) = (self.plane.clone(), project) {
+        if let (Some(plane), Some(project)) = (self.plane, project) {
             let comment = NewComment {
                 comment_html: format!(
                     "<p><strong>orch escalated {}</strong> at stage <code>{}</code>: {}. \

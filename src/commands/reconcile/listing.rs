@@ -30,7 +30,7 @@ impl Pass<'_> {
         project: &Project,
     ) -> Result<ProjectListing> {
         let mut l = ProjectListing::default();
-        let Some(plane) = self.plane.clone() else {
+        let Some(plane) = self.plane else {
             l.listing.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
             return Ok(l);
         };
@@ -69,7 +69,7 @@ impl Pass<'_> {
                             let mut found = db.plane_state(pid, id)?;
                             if found.is_none() && !states_refreshed {
                                 states_refreshed = true;
-                                found = self.refresh_states(db, &plane, project, id)?;
+                                found = self.refresh_states(db, plane, project, id)?;
                             }
                             found
                         }
