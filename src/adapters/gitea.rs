@@ -7,7 +7,9 @@
 //! once on a retryable failure; writes never. [`GiteaClient::merge`] returns the raw
 //! answer without interpreting it: the merge guard owns that decision table.
 
-use reqwest::blocking::Client;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder};
 use serde::Deserialize;
 use url::Url;
 
@@ -188,6 +190,8 @@ struct MessageOnly {
 #[derive(Debug, Clone)]
 pub struct GiteaClient {
     http: Client,
+    /// A whole-call timeout replacing the client's (see `with_timeout`).
+    timeout: Option<Duration>,
     /// `ORCH_GITEA_URL` + `/api/v1`.
     base: Url,
     token: Secret,
@@ -216,8 +220,27 @@ impl GiteaClient {
     pub fn new(http: Client, gitea_url: &Url, token: Secret) -> GiteaClient {
         GiteaClient {
             http,
+            timeout: None,
             base: rest::url(gitea_url, &["api", "v1"], false),
             token,
+        }
+    }
+
+    /// Returns this client (sharing its connections) with every call bounded by
+    /// `whole` instead of the configured timeout: for a poll whose calls must end by
+    /// its deadline.
+    #[must_use]
+    pub fn with_timeout(&self, whole: Duration) -> GiteaClient {
+        GiteaClient {
+            timeout: Some(whole),
+            ..self.clone()
+        }
+    }
+
+    fn timed(&self, req: RequestBuilder) -> RequestBuilder {
+        match self.timeout {
+            Some(t) => req.timeout(t),
+            None => req,
         }
     }
 
@@ -246,7 +269,7 @@ impl GiteaClient {
         rest::get(
             &self.http,
             |c| {
-                c.get(url.clone())
+                self.timed(c.get(url.clone()))
                     .query(query)
                     .header("Authorization", self.auth())
                     .header("Accept", "application/json")
@@ -351,8 +374,7 @@ impl GiteaClient {
         let what = format!("gitea create branch {new_branch} in {repo}");
         let url = self.repo_url(repo, &["branches"])?;
         let req = self
-            .http
-            .post(url)
+            .timed(self.http.post(url))
             .header("Authorization", self.auth())
             .json(&serde_json::json!({
                 "new_branch_name": new_branch,
@@ -389,7 +411,9 @@ impl GiteaClient {
         let mut segs = vec!["branches"];
         segs.extend(branch.split('/'));
         let url = self.repo_url(repo, &segs)?;
-        let req = self.http.delete(url).header("Authorization", self.auth());
+        let req = self
+            .timed(self.http.delete(url))
+            .header("Authorization", self.auth());
         Ok(rest::send(req, &what)?.expect(&[204, 404], &what)?.status == 204)
     }
 
@@ -458,8 +482,7 @@ impl GiteaClient {
         let n = number.to_string();
         let url = self.repo_url(repo, &["pulls", &n, "merge"])?;
         let req = self
-            .http
-            .post(url)
+            .timed(self.http.post(url))
             .header("Authorization", self.auth())
             .json(&request.body());
         let answer = rest::send(req, &what)?;
@@ -480,6 +503,33 @@ impl GiteaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_timeout_bounds_each_call_below_the_clients_own_timeout() {
+        // A server that takes the connection and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut layers = crate::config::Layers::default();
+        for (k, v) in [
+            (
+                "ORCH_GITEA_URL",
+                format!("http://{}", silent.local_addr().unwrap()),
+            ),
+            ("ORCH_GITEA_TOKEN", "t".into()),
+            ("ORCH_HTTP_TIMEOUT_S", "120".into()),
+        ] {
+            layers.env.insert(k.into(), v);
+        }
+        let config = Config::from_parts(None, None, layers).unwrap();
+        let client = GiteaClient::from_config(&config).unwrap();
+        let started = std::time::Instant::now();
+        let err = client
+            .with_timeout(Duration::from_millis(100))
+            .branch_exists("acme/orch", "main")
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Retryable(_)), "{err}");
+        // Two attempts (a read is retried once) of 100 ms, not of 120 s.
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    }
 
     #[test]
     fn merge_body_uses_the_swagger_spellings() {

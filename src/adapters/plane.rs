@@ -8,7 +8,9 @@
 //! failure, writes never; a 429 is returned as [`HttpError::RateLimited`] with
 //! `Retry-After` for the caller to honour. This module makes no pipeline decisions.
 
-use reqwest::blocking::Client;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder};
 use serde::Deserialize;
 use url::Url;
 
@@ -139,6 +141,8 @@ struct IdOnly {
 #[derive(Debug, Clone)]
 pub struct PlaneClient {
     http: Client,
+    /// A whole-call timeout replacing the client's (see `with_timeout`).
+    timeout: Option<Duration>,
     /// `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}`.
     base: Url,
     api_key: Secret,
@@ -174,8 +178,27 @@ impl PlaneClient {
     pub fn new(http: Client, plane_url: &Url, api_key: Secret, workspace: &str) -> PlaneClient {
         PlaneClient {
             http,
+            timeout: None,
             base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
             api_key,
+        }
+    }
+
+    /// Returns this client (sharing its connections) with every call bounded by
+    /// `whole` instead of the configured timeout: for a poll whose calls must end by
+    /// its deadline.
+    #[must_use]
+    pub fn with_timeout(&self, whole: Duration) -> PlaneClient {
+        PlaneClient {
+            timeout: Some(whole),
+            ..self.clone()
+        }
+    }
+
+    fn timed(&self, req: RequestBuilder) -> RequestBuilder {
+        match self.timeout {
+            Some(t) => req.timeout(t),
+            None => req,
         }
     }
 
@@ -187,7 +210,7 @@ impl PlaneClient {
         rest::get(
             &self.http,
             |c| {
-                c.get(url.clone())
+                self.timed(c.get(url.clone()))
                     .query(query)
                     .header("X-API-Key", self.api_key.expose())
                     .header("Accept", "application/json")
@@ -290,8 +313,7 @@ impl PlaneClient {
         let what = format!("plane set state of work item {work_item_id}");
         let url = self.url(&["projects", project_id, "work-items", work_item_id]);
         let req = self
-            .http
-            .patch(url)
+            .timed(self.http.patch(url))
             .header("X-API-Key", self.api_key.expose())
             .json(&serde_json::json!({ "state": state_id }));
         let raw: RawWorkItem = rest::send(req, &what)?
@@ -327,8 +349,7 @@ impl PlaneClient {
             "external_id": comment.external_id,
         });
         let req = self
-            .http
-            .post(url)
+            .timed(self.http.post(url))
             .header("X-API-Key", self.api_key.expose())
             .json(&body);
         let answer = rest::send(req, &what)?.expect(&[201, 409], &what)?;

@@ -107,7 +107,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
         ),
     };
     // Missing round-trip settings are configuration errors, reported before anything runs.
-    let roundtrip_env = roundtrip_env(&ctx.config)?;
+    let roundtrip_env = roundtrip_env(ctx)?;
     let now = ctx.now();
     let mut internal: Vec<String> = Vec::new();
 

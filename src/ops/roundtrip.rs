@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use url::Url;
 
 use crate::adapters::checks::command_probe;
 use crate::adapters::gitea::GiteaClient;
-use crate::adapters::http::{client_with, HttpError};
+use crate::adapters::http::HttpError;
 use crate::adapters::plane::PlaneClient;
 use crate::adapters::poll::{self, RealTime, Step};
 use crate::adapters::roundtrip::{post_delivery, random_uuid, staging_jobs_from_db};
-use crate::config::{Config, ConfigError, Secret};
+use crate::config::{ConfigError, Secret};
 use crate::core::intake::{sign, PlaneState};
 use crate::core::plane::Project;
 use crate::core::roundtrip::{
@@ -27,29 +26,32 @@ use crate::core::roundtrip::{
     synthetic, StagingJob, Synthetic,
 };
 use crate::core::staging::{one_line, Outcome, ProbeError, RoundtripCheck, RoundtripTarget};
+use crate::ops::pass::PassContext;
 
 /// The shortest per-request timeout a poll gets, even at its deadline.
 const MIN_CALL: Duration = Duration::from_millis(200);
 
-/// The settings every round trip of a run needs, checked before any check runs.
+/// The settings and clients every round trip of a run needs, checked before any check
+/// runs. The clients are the pass's (sharing its connections); each call made with them
+/// gets a timeout cut to the check's deadline.
 #[derive(Debug)]
 pub struct RoundtripEnv {
-    plane_url: Url,
-    plane_key: Secret,
-    workspace: String,
-    gitea: Option<(Url, Secret)>,
+    plane: PlaneClient,
+    gitea: Option<GiteaClient>,
     secret: Secret,
     connect: Duration,
     http_timeout: Duration,
 }
 
 impl RoundtripEnv {
-    /// Reads the settings; Gitea's are required when some check waits for the branch
-    /// (otherwise they only serve the clean-up).
+    /// Checks the settings and takes the pass's clients; Gitea's settings are required
+    /// when some check waits for the branch (otherwise they only serve the clean-up).
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the first missing setting.
-    pub fn from_config(config: &Config, needs_gitea: bool) -> Result<RoundtripEnv> {
+    /// A [`ConfigError`] naming the first missing setting, or a client that cannot be
+    /// built.
+    pub fn new(ctx: &PassContext, needs_gitea: bool) -> Result<RoundtripEnv> {
+        let config = &ctx.config;
         let s = &config.settings;
         let missing = |key: &str, why: &str| ConfigError::new(key, why);
         let secret = s.plane_webhook_secret.clone().ok_or_else(|| {
@@ -58,26 +60,26 @@ impl RoundtripEnv {
                 "required by webhook-roundtrip checks to sign the synthetic delivery (the staging webhook's secret)",
             )
         })?;
-        let plane_url = s.plane_url.clone().ok_or_else(|| {
+        s.plane_url.as_ref().ok_or_else(|| {
             missing(
                 "ORCH_PLANE_URL",
                 "required by webhook-roundtrip checks to read the sandbox's states",
             )
         })?;
-        let plane_key = s.plane_api_key.clone().ok_or_else(|| {
+        s.plane_api_key.as_ref().ok_or_else(|| {
             missing(
                 "ORCH_PLANE_API_KEY",
                 "required by webhook-roundtrip checks to read the sandbox's states",
             )
         })?;
-        let workspace = config.pipeline.plane_workspace.clone().ok_or_else(|| {
+        config.pipeline.plane_workspace.as_ref().ok_or_else(|| {
             missing(
                 "plane.workspace",
                 "required by webhook-roundtrip checks (the workspace slug)",
             )
         })?;
-        let gitea = match (s.gitea_url.clone(), s.gitea_token.clone()) {
-            (Some(u), Some(t)) => Some((u, t)),
+        let gitea = match (&s.gitea_url, &s.gitea_token) {
+            (Some(_), Some(_)) => Some(ctx.require_gitea()?.clone()),
             _ if needs_gitea => {
                 let key = if s.gitea_url.is_none() {
                     "ORCH_GITEA_URL"
@@ -93,9 +95,7 @@ impl RoundtripEnv {
             _ => None,
         };
         Ok(RoundtripEnv {
-            plane_url,
-            plane_key,
-            workspace,
+            plane: ctx.require_plane()?.clone(),
             gitea,
             secret,
             connect: s.http_connect_timeout_s.0.max(Duration::from_secs(1)),
@@ -109,22 +109,12 @@ impl RoundtripEnv {
         (remaining / 2).max(MIN_CALL).min(self.http_timeout)
     }
 
-    fn plane(&self, timeout: Duration) -> Result<PlaneClient> {
-        let http = client_with(self.connect.min(timeout), timeout)?;
-        Ok(PlaneClient::new(
-            http,
-            &self.plane_url,
-            self.plane_key.clone(),
-            &self.workspace,
-        ))
+    fn plane(&self, timeout: Duration) -> PlaneClient {
+        self.plane.with_timeout(timeout)
     }
 
-    fn gitea(&self, timeout: Duration) -> Option<Result<GiteaClient>> {
-        let (url, token) = self.gitea.as_ref()?;
-        Some(
-            client_with(self.connect.min(timeout), timeout)
-                .map(|http| GiteaClient::new(http, url, token.clone())),
-        )
+    fn gitea(&self, timeout: Duration) -> Option<GiteaClient> {
+        self.gitea.as_ref().map(|g| g.with_timeout(timeout))
     }
 }
 
@@ -192,10 +182,7 @@ impl Trip {
         let p = &self.project;
         let call = self.env.call_timeout(remaining(deadline));
         let could_not = |what: String| Outcome::Error(format!("could not run: {what}"));
-        let plane = self
-            .env
-            .plane(call)
-            .map_err(|e| could_not(format!("building the Plane client: {e:#}")))?;
+        let plane = self.env.plane(call);
         let states: Vec<PlaneState> = plane.list_states(&p.plane_project_id).map_err(|e| {
             could_not(format!(
                 "reading the states of project {} from Plane: {e}",
@@ -263,18 +250,10 @@ impl Trip {
         let repo = &self.project.repo;
         let branch = &sent.item.branch;
         let polled = poll(deadline, |left| {
-            let client = match self.env.gitea(self.env.call_timeout(left)) {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    return Poll::Stop(Outcome::Error(format!(
-                        "could not run: building the Gitea client: {e:#}"
-                    )))
-                }
-                None => {
-                    return Poll::Stop(Outcome::Error(
-                        "could not run: ORCH_GITEA_URL and ORCH_GITEA_TOKEN are needed".into(),
-                    ))
-                }
+            let Some(client) = self.env.gitea(self.env.call_timeout(left)) else {
+                return Poll::Stop(Outcome::Error(
+                    "could not run: ORCH_GITEA_URL and ORCH_GITEA_TOKEN are needed".into(),
+                ));
             };
             match client.branch_exists(repo, branch) {
                 Ok(true) => Poll::Found(String::new()),
@@ -387,8 +366,7 @@ impl Trip {
         } else {
             match self.env.gitea(self.env.http_timeout) {
                 None => "branch left (no Gitea settings to delete it)".to_string(),
-                Some(Err(e)) => format!("branch left: {e:#}"),
-                Some(Ok(c)) => match c.delete_branch(repo, b) {
+                Some(c) => match c.delete_branch(repo, b) {
                     Ok(true) => "branch deleted".to_string(),
                     Ok(false) => {
                         "branch was not there to delete (if staging creates it later, it stays)"

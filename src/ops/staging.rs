@@ -12,12 +12,13 @@ use anyhow::Result;
 
 use crate::adapters::artefacts::write_atomic;
 use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
-use crate::config::{Config, Pipeline};
+use crate::config::Pipeline;
 use crate::core::staging::{
     classify, judge_command, judge_freshness, judge_http, revision_from_command,
     revision_from_http, CheckDef, CheckKind, Outcome, RevisionSource, RoundtripTarget,
 };
 use crate::core::staging_report::CheckLine;
+use crate::ops::pass::PassContext;
 use crate::ops::roundtrip::{RoundtripEnv, Trip};
 
 /// Returns the environment the webhook round trips share (Plane, the webhook secret and,
@@ -25,7 +26,8 @@ use crate::ops::roundtrip::{RoundtripEnv, Trip};
 ///
 /// # Errors
 /// A missing setting, as a configuration error reported before anything runs.
-pub fn roundtrip_env(config: &Config) -> Result<Option<Arc<RoundtripEnv>>> {
+pub fn roundtrip_env(ctx: &PassContext) -> Result<Option<Arc<RoundtripEnv>>> {
+    let config = &ctx.config;
     let roundtrips: Vec<_> = config
         .pipeline
         .staging_checks
@@ -42,8 +44,7 @@ pub fn roundtrip_env(config: &Config) -> Result<Option<Arc<RoundtripEnv>>> {
         .iter()
         .any(|r| r.wait_for == RoundtripTarget::Branch);
     Ok(Some(Arc::new(
-        RoundtripEnv::from_config(config, needs_gitea)
-            .map_err(|e| e.context("webhook-roundtrip checks"))?,
+        RoundtripEnv::new(ctx, needs_gitea).map_err(|e| e.context("webhook-roundtrip checks"))?,
     )))
 }
 
