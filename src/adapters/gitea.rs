@@ -231,17 +231,13 @@ impl GiteaClient {
     /// its deadline.
     #[must_use]
     pub fn with_timeout(&self, whole: Duration) -> GiteaClient {
-        GiteaClient {
-            timeout: Some(whole),
-            ..self.clone()
-        }
+        let mut copy = self.clone();
+        copy.timeout = Some(whole);
+        copy
     }
 
     fn timed(&self, req: RequestBuilder) -> RequestBuilder {
-        match self.timeout {
-            Some(t) => req.timeout(t),
-            None => req,
-        }
+        rest::timed(req, self.timeout)
     }
 
     fn repo_url(&self, repo: &str, rest_of_path: &[&str]) -> Result<Url, HttpError> {

@@ -189,17 +189,13 @@ impl PlaneClient {
     /// its deadline.
     #[must_use]
     pub fn with_timeout(&self, whole: Duration) -> PlaneClient {
-        PlaneClient {
-            timeout: Some(whole),
-            ..self.clone()
-        }
+        let mut copy = self.clone();
+        copy.timeout = Some(whole);
+        copy
     }
 
     fn timed(&self, req: RequestBuilder) -> RequestBuilder {
-        match self.timeout {
-            Some(t) => req.timeout(t),
-            None => req,
-        }
+        rest::timed(req, self.timeout)
     }
 
     fn url(&self, segments: &[&str]) -> Url {

@@ -7,6 +7,8 @@
 //! PATCH) is never retried here, because a lost answer may hide a write that happened.
 //! A 429 is never retried here either: the caller decides whether to wait `Retry-After`.
 
+use std::time::Duration;
+
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
@@ -75,6 +77,14 @@ pub(crate) fn url(base: &Url, segments: &[&str], trailing_slash: bool) -> Url {
         }
     }
     u
+}
+
+/// Bounds `req` by `timeout` instead of its client's timeout, when given.
+pub(crate) fn timed(req: RequestBuilder, timeout: Option<Duration>) -> RequestBuilder {
+    match timeout {
+        Some(t) => req.timeout(t),
+        None => req,
+    }
 }
 
 /// Sends one request and reads the whole answer; transport failures (no answer, a
