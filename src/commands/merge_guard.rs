@@ -57,6 +57,9 @@ fn parse_repo(s: &str) -> Result<String, String> {
 /// stdout cannot be written.
 pub fn run(args: &MergeGuardArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let started = Instant::now();
+    // Before taking the merge lease renews the pass's time: the pass is recorded as
+    // started when it began.
+    let started_at = ctx.now_secs();
     let mut stats = Stats::default();
     let mut db = None;
     let (target, verdict) = match guard(args, ctx, &mut stats, &mut db) {
@@ -72,7 +75,7 @@ pub fn run(args: &MergeGuardArgs, ctx: &PassContext) -> Result<ExitStatus> {
     );
     let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     if let Some(db) = db {
-        record(&db, ctx, &verdict, status, &stats, duration_ms);
+        record(&db, started_at, &verdict, status, &stats, duration_ms);
     }
     let millis = u128::try_from(duration_ms).unwrap_or_default();
     let report = PassReport::new("merge-guard", millis)
@@ -208,7 +211,7 @@ fn resolve(
 
 fn record(
     db: &Db,
-    ctx: &PassContext,
+    started_at: i64,
     verdict: &Verdict,
     status: ExitStatus,
     stats: &Stats,
@@ -221,7 +224,7 @@ fn record(
     };
     let record = PassRecord {
         command: "merge-guard".into(),
-        started_at: ctx.now_secs(),
+        started_at,
         duration_ms,
         outcome: outcome.into(),
         counts: [
