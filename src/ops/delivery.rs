@@ -3,9 +3,9 @@
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::db::{Created, Db, MoveError, Moved};
-use crate::adapters::db_deliveries::{AlreadyRecorded, Recorder, PENDING};
-use crate::adapters::db_start::TaskStart;
+use crate::adapters::db::{
+    AlreadyRecorded, Created, Db, MoveError, Moved, Recorder, TaskStart, PENDING,
+};
 use crate::adapters::plane::PlaneClient;
 use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
@@ -13,7 +13,7 @@ use crate::core::intake::{
 use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::ops::moves;
+use crate::ops::moves::{self, MoveRequest};
 use crate::ops::pass::Context;
 
 /// Acts on a stored delivery and records its outcome; what `webhook-handle` does after
@@ -110,15 +110,8 @@ fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
                 now,
                 describe: &describe,
             };
-            match moves::move_task_recorded(
-                ctx,
-                db,
-                &task,
-                to,
-                &reason,
-                Actor::Webhook,
-                Some(&record),
-            ) {
+            let req = MoveRequest::new(&task, to, &reason, Actor::Webhook).recorded(Some(&record));
+            match moves::move_task(ctx, db, &req) {
                 Ok(moved) => Ok(describe(&moved)),
                 Err(e) => match e.downcast_ref::<MoveError>() {
                     Some(MoveError::Stale { actual, .. }) => {
