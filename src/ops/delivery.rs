@@ -105,11 +105,7 @@ fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
             reason,
         } => {
             let describe = |m: &Moved| moved_outcome(&task, from, to, m);
-            let record = Recorder {
-                delivery: id,
-                now,
-                describe: &describe,
-            };
+            let record = Recorder::new(id, now, &describe);
             let req = MoveRequest::new(&task, to, &reason, Actor::Webhook).recorded(Some(&record));
             match moves::move_task(ctx, db, &req) {
                 Ok(moved) => Ok(describe(&moved)),
@@ -140,11 +136,7 @@ fn act(ctx: &Context, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
                     task.key
                 )),
             };
-            let record = Recorder {
-                delivery: id,
-                now,
-                describe: &describe,
-            };
+            let record = Recorder::new(id, now, &describe);
             let job = db.enqueue_job_recorded(
                 task.id,
                 Agent::Analyst,

@@ -496,28 +496,12 @@ pub(super) fn enqueue_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::db::test_support::db_with_task;
     use crate::core::stage::Actor;
     use crate::core::task::NewTask;
 
     fn db_with_job() -> (tempfile::TempDir, Db, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("orch.db")).unwrap();
-        let t = db
-            .create_task(
-                &NewTask {
-                    project: "orch".into(),
-                    work_item_id: "w1".into(),
-                    key: "ORCH-1".into(),
-                    title: "t".into(),
-                    repo: "acme/orch".into(),
-                    branch: "orch-1".into(),
-                },
-                Actor::Operator,
-                "t",
-                1,
-            )
-            .unwrap()
-            .id();
+        let (dir, mut db, t) = db_with_task();
         let j = db
             .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
             .unwrap();

@@ -313,6 +313,16 @@ mod test_support {
         (dir, db)
     }
 
+    /// A fresh database with task 1 ([`new_task`]) at analysis; returns its id.
+    pub(super) fn db_with_task() -> (tempfile::TempDir, Db, i64) {
+        let (dir, mut db) = db();
+        let id = db
+            .create_task(&new_task(1), crate::core::stage::Actor::Operator, "test", 1)
+            .unwrap()
+            .id();
+        (dir, db, id)
+    }
+
     /// The single integer `sql` selects.
     pub(super) fn count(db: &Db, sql: &str) -> i64 {
         db.conn().query_row(sql, [], |r| r.get(0)).unwrap()

@@ -280,21 +280,11 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::db::test_support::{count, db, new_task};
+    use crate::adapters::db::test_support::{count, db, db_with_task, new_task};
     use crate::core::stage::Agent;
     use crate::core::stage::Stage::{
         Analysis, Cancelled, Deploy, DeployStaging, Development, Done, Review,
     };
-
-    /// A fresh database with task 1 at analysis.
-    fn db_with_task() -> (tempfile::TempDir, Db, i64) {
-        let (dir, mut db) = db();
-        let id = db
-            .create_task(&new_task(1), Actor::Operator, "test", 1)
-            .unwrap()
-            .id();
-        (dir, db, id)
-    }
 
     /// Counts the queued and running jobs.
     fn live_jobs(db: &Db) -> i64 {

@@ -80,30 +80,8 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::stage::{Actor, Agent, Stage};
-    use crate::core::task::NewTask;
-
-    fn db_with_task() -> (tempfile::TempDir, Db, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
-        let id = db
-            .create_task(
-                &NewTask {
-                    project: "p".into(),
-                    work_item_id: "w".into(),
-                    key: "P-1".into(),
-                    title: "t".into(),
-                    repo: "a/b".into(),
-                    branch: "task/p-1".into(),
-                },
-                Actor::Operator,
-                "test",
-                1,
-            )
-            .unwrap()
-            .id();
-        (dir, db, id)
-    }
+    use crate::adapters::db::test_support::db_with_task;
+    use crate::core::stage::{Agent, Stage};
 
     #[test]
     fn rerun_only_an_ended_job_and_only_once_live() {

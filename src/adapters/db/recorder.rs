@@ -26,7 +26,17 @@ pub struct Recorder<'a, T> {
     pub describe: &'a dyn Fn(&T) -> Outcome,
 }
 
-impl<T> Recorder<'_, T> {
+impl<'a, T> Recorder<'a, T> {
+    /// The recorder of delivery `delivery`'s outcome, recorded at `now`, as `describe`
+    /// says it from what the write did.
+    pub fn new(delivery: i64, now: i64, describe: &'a dyn Fn(&T) -> Outcome) -> Recorder<'a, T> {
+        Recorder {
+            delivery,
+            now,
+            describe,
+        }
+    }
+
     /// Records the outcome of `done` inside the write's open transaction.
     ///
     /// # Errors

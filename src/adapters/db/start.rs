@@ -159,11 +159,7 @@ mod tests {
         let mut db = Db::open(&dir.path().join("t.db")).unwrap();
         let d = new_delivery(&mut db, "x");
         let describe = |s: &TaskStart| Outcome::new(OutcomeKind::Started, format!("{s:?}"));
-        let rec = Recorder {
-            delivery: d,
-            now: 2,
-            describe: &describe,
-        };
+        let rec = Recorder::new(d, 2, &describe);
         let first = db
             .start_task(&new_task(), Actor::Webhook, "r", 2, Some(&rec))
             .unwrap();
@@ -205,11 +201,7 @@ mod tests {
         db.record_outcome(d, &Outcome::no_action("first"), 2)
             .unwrap();
         let describe = |_: &Moved| Outcome::no_action("again");
-        let rec = Recorder {
-            delivery: d,
-            now: 3,
-            describe: &describe,
-        };
+        let rec = Recorder::new(d, 3, &describe);
         let err = db
             .move_task(
                 &Move::new(
@@ -228,11 +220,7 @@ mod tests {
             .execute("UPDATE jobs SET status = 'succeeded'", [])
             .unwrap();
         let describe = |_: &Created| Outcome::no_action("again");
-        let rec = Recorder {
-            delivery: d,
-            now: 3,
-            describe: &describe,
-        };
+        let rec = Recorder::new(d, 3, &describe);
         let err = db
             .enqueue_job_recorded(s.task_id, Agent::Analyst, Stage::Analysis, 3, Some(&rec))
             .unwrap_err();
