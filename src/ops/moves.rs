@@ -117,6 +117,14 @@ pub fn move_task(ctx: &Context, db: &mut Db, req: &MoveRequest<'_>) -> Result<Mo
         merged,
         record,
     } = *req;
+    let read;
+    let merged = match merged {
+        MergeEvidence::ReadFromGitea => {
+            read = merge_evidence_for(ctx, task, to);
+            &read
+        }
+        MergeEvidence::Given(fact) => fact,
+    };
     // Before the commit, so the entered stage's gate never reads an earlier visit's
     // artefact: a crash in between leaves the task where it was, and an error here fails
     // the move with nothing committed (docs/architecture.md, "Moving a task").
@@ -126,14 +134,6 @@ pub fn move_task(ctx: &Context, db: &mut Db, req: &MoveRequest<'_>) -> Result<Mo
         to,
         ctx.now_secs(),
     )?;
-    let read;
-    let merged = match merged {
-        MergeEvidence::ReadFromGitea => {
-            read = merge_evidence_for(ctx, task, to);
-            &read
-        }
-        MergeEvidence::Given(fact) => fact,
-    };
     let change = round::reopen(task.stage, to, merged);
     if let RoundChange::Undecided { why } = &change {
         // Either guess is wrong half the time: keeping the round sends the developer to

@@ -182,7 +182,8 @@ impl Db {
     /// pipeline action`, or effects already done).
     ///
     /// # Errors
-    /// [`AlreadyRecorded`] when it was no longer pending; SQL errors.
+    /// [`AlreadyRecorded`](crate::adapters::db::AlreadyRecorded) when it was no longer
+    /// pending; SQL errors.
     pub fn record_outcome(&self, id: i64, outcome: &Outcome, now: i64) -> Result<()> {
         record_outcome_in(self.conn(), id, outcome, now)
     }

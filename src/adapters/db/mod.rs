@@ -8,16 +8,19 @@
 //! second line of defence behind the pass locks. This module returns `core` types and
 //! makes no decisions beyond the transition table it enforces.
 //!
-//! The files add methods to [`Db`] and import only this file and the files below them
-//! in this list, never one above (no import cycle):
+//! The files add methods to [`Db`]. Each imports this file and at most the files above
+//! it in this list, never one below (so no import cycle); callers import everything
+//! from here.
 //!
 //! - `recorder.rs`: a webhook delivery's outcome recorded inside a write's transaction
 //!   ([`Recorder`]); imports nothing of the store.
 //! - `tasks.rs`: the `tasks` and `stage_events` rows, creation, the per-round fields.
 //! - `jobs.rs`: the `jobs` rows, enqueueing, and the claims, stamps and flips of
 //!   `dispatch`, `run-job`, `reap` and `job`.
-//! - `moves.rs`: [`Db::move_task`], the only way a stage changes ([`Move`]).
-//! - `start.rs`: a task's start (task, analyst job, outcome) and its branch record.
+//! - `moves.rs`: [`Db::move_task`], the only way a stage changes ([`Move`]); uses
+//!   `jobs.rs`'s `enqueue_in`.
+//! - `start.rs`: a task's start (task, analyst job, outcome) and its branch record; uses
+//!   `tasks.rs`'s `create_in` and `jobs.rs`'s `enqueue_in`.
 //! - `rounds.rs`: the name a new round's branch takes.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say.
