@@ -4,12 +4,6 @@
 pub mod artefacts;
 pub mod checks;
 pub mod db;
-pub mod db_deliveries;
-pub mod db_jobs;
-pub mod db_notify;
-pub mod db_reconcile;
-pub mod db_rounds;
-pub mod db_start;
 pub mod forge;
 pub mod fs;
 pub mod gitea;

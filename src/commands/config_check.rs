@@ -121,7 +121,7 @@ pub fn run(cmd: &ConfigCommand, ctx: &PassContext) -> Result<ExitStatus> {
 /// or, with no name match, two groups. Only the states already in the database's cache
 /// (filled by webhook-handle and reconcile) can be checked.
 fn ambiguous_states(ctx: &PassContext) -> Result<Vec<String>> {
-    let cached = crate::adapters::db_deliveries::read_cached_states(&ctx.config.settings.db)
+    let cached = crate::adapters::db::read_cached_states(&ctx.config.settings.db)
         .context("reading the plane state cache")?;
     let mut out = Vec::new();
     for p in &ctx.config.pipeline.projects {

@@ -22,7 +22,7 @@ use crate::core::post_deploy::{
 };
 use crate::core::stage::{Actor, Stage};
 use crate::exit::ExitStatus;
-use crate::ops::moves;
+use crate::ops::moves::{self, MoveRequest};
 use crate::ops::notify::{self, Announced};
 use crate::ops::pass::{PassContext, PassOutcome};
 use crate::ops::post_deploy::{arm, write_log, Armed};
@@ -393,7 +393,8 @@ fn finish_rollback(
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
                 let (to, actor) = (Stage::Development, Actor::PostDeploy);
-                let moved = moves::move_task(ctx, db, &task, to, &reason, actor)?;
+                let moved =
+                    moves::move_task(ctx, db, &MoveRequest::new(&task, to, &reason, actor))?;
                 format!("task reopened to development (round {})", moved.round)
             }
             Some(task) => format!("task left at {} (not done)", task.stage),

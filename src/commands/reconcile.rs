@@ -34,7 +34,7 @@ use crate::core::reconcile::{
 use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
-use crate::ops::moves;
+use crate::ops::moves::{self, MergeEvidence, MoveRequest};
 use crate::ops::pass::{PassContext, PassOutcome};
 
 use listing::ProjectListing;
@@ -328,14 +328,8 @@ impl Pass<'_> {
         let result: Result<Option<String>> = (|| match action {
             Action::Wait { .. } => Ok(None),
             Action::Advance { to } => {
-                moves::move_task(
-                    self.ctx,
-                    db,
-                    t,
-                    *to,
-                    "gate passed (reconcile)",
-                    Actor::Reconcile,
-                )?;
+                let req = MoveRequest::new(t, *to, "gate passed (reconcile)", Actor::Reconcile);
+                moves::move_task(self.ctx, db, &req)?;
                 self.report.c.advanced += 1;
                 Ok(None)
             }
@@ -344,18 +338,13 @@ impl Pass<'_> {
                 because,
                 escalate,
             } => {
-                let moved = match self.merged.get(&t.id) {
-                    Some(merged) => moves::move_task_with(
-                        self.ctx,
-                        db,
-                        t,
-                        *to,
-                        because,
-                        Actor::Reconcile,
-                        merged,
-                    )?,
-                    None => moves::move_task(self.ctx, db, t, *to, because, Actor::Reconcile)?,
-                };
+                let merged = self
+                    .merged
+                    .get(&t.id)
+                    .map_or(MergeEvidence::ReadFromGitea, MergeEvidence::Given);
+                let req =
+                    MoveRequest::new(t, *to, because, Actor::Reconcile).merge_evidence(merged);
+                let moved = moves::move_task(self.ctx, db, &req)?;
                 self.report.c.rolled_back += 1;
                 if moved.escalated {
                     // The move itself parked the task (no developer job was queued):

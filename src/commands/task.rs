@@ -9,7 +9,7 @@ use crate::core::stage::{self, Actor, Stage};
 use crate::core::task::{NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_json;
-use crate::ops::moves;
+use crate::ops::moves::{self, MergeEvidence, MoveRequest};
 use crate::ops::pass::PassContext;
 
 /// Add, list, show and move tasks
@@ -428,9 +428,15 @@ fn move_task(args: &MoveArgs, ctx: &PassContext) -> Result<ExitStatus> {
             };
             let reason = format!("{reason} (--round {word})");
             let merged = Ok(choice == RoundChoice::New);
-            moves::move_task_with(ctx, &mut db, &t, args.to, &reason, Actor::Operator, &merged)?
+            let req = MoveRequest::new(&t, args.to, &reason, Actor::Operator)
+                .merge_evidence(MergeEvidence::Given(&merged));
+            moves::move_task(ctx, &mut db, &req)?
         }
-        None => match moves::move_task(ctx, &mut db, &t, args.to, reason, Actor::Operator) {
+        None => match moves::move_task(
+            ctx,
+            &mut db,
+            &MoveRequest::new(&t, args.to, reason, Actor::Operator),
+        ) {
             Ok(moved) => moved,
             Err(e) => {
                 let Some(u) = e.downcast_ref::<moves::RoundUndecided>() else {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use crate::adapters::db_deliveries::{NewDelivery, Stored, PENDING};
+use crate::adapters::db::{NewDelivery, Stored, PENDING};
 use crate::adapters::webhook_server::{self, Head, Rejection, MAX_BODY};
 use crate::core::intake;
 use crate::exit::ExitStatus;

@@ -3,16 +3,16 @@
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::db::{Created, Db, MoveError, Moved};
-use crate::adapters::db_deliveries::{AlreadyRecorded, Recorder, PENDING};
-use crate::adapters::db_start::TaskStart;
+use crate::adapters::db::{
+    AlreadyRecorded, Created, Db, MoveError, Moved, Recorder, TaskStart, PENDING,
+};
 use crate::core::intake::{
     self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
 };
 use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::ops::moves;
+use crate::ops::moves::{self, MoveRequest};
 use crate::ops::pass::PassContext;
 
 /// Acts on a stored delivery and records its outcome; what `webhook-handle` does after
@@ -104,20 +104,9 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> 
             reason,
         } => {
             let describe = |m: &Moved| moved_outcome(&task, from, to, m);
-            let record = Recorder {
-                delivery: id,
-                now,
-                describe: &describe,
-            };
-            match moves::move_task_recorded(
-                ctx,
-                db,
-                &task,
-                to,
-                &reason,
-                Actor::Webhook,
-                Some(&record),
-            ) {
+            let record = Recorder::new(id, now, &describe);
+            let req = MoveRequest::new(&task, to, &reason, Actor::Webhook).recorded(Some(&record));
+            match moves::move_task(ctx, db, &req) {
                 Ok(moved) => Ok(describe(&moved)),
                 Err(e) => match e.downcast_ref::<MoveError>() {
                     Some(MoveError::Stale { actual, .. }) => {
@@ -146,11 +135,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> 
                     task.key
                 )),
             };
-            let record = Recorder {
-                delivery: id,
-                now,
-                describe: &describe,
-            };
+            let record = Recorder::new(id, now, &describe);
             let job = db.enqueue_job_recorded(
                 task.id,
                 Agent::Analyst,
@@ -293,11 +278,7 @@ fn start(
             ),
         )
     };
-    let record = Recorder {
-        delivery: id,
-        now: ctx.now_secs(),
-        describe: &describe,
-    };
+    let record = Recorder::new(id, ctx.now_secs(), &describe);
     let started = moves::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
     let task = db.task(started.task_id)?.expect("just started");
     // The recorded outcome is what the transaction did; the branch step came after it

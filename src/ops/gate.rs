@@ -17,7 +17,7 @@ use crate::core::gate::{self, GateDecision, GateInputs, Need};
 use crate::core::job::JobOutcome;
 use crate::core::stage::Actor;
 use crate::core::task::Task;
-use crate::ops::moves;
+use crate::ops::moves::{self, MergeEvidence, MoveRequest};
 use crate::ops::pass::PassContext;
 
 /// Why forge facts are unknown without Gitea (the gates that need them wait).
@@ -168,14 +168,20 @@ pub fn apply_gate(
             Ok(GateOutcome::Waiting { blockers })
         }
         GateDecision::Advance { to, .. } => {
-            let moved = moves::move_task(ctx, db, task, *to, "gate passed", actor)?;
+            let moved =
+                moves::move_task(ctx, db, &MoveRequest::new(task, *to, "gate passed", actor))?;
             Ok(GateOutcome::Advanced(moved))
         }
         GateDecision::Rollback { to, because, .. } => {
             // The deploy gate's PR fact says whether the rollback follows a merge (it
             // rolls back only once that is known: `check_merge_known`).
             let merged = crate::core::round::merged(&inputs.pr);
-            let moved = moves::move_task_with(ctx, db, task, *to, because, actor, &merged)?;
+            let moved = moves::move_task(
+                ctx,
+                db,
+                &MoveRequest::new(task, *to, because, actor)
+                    .merge_evidence(MergeEvidence::Given(&merged)),
+            )?;
             Ok(GateOutcome::RolledBack(moved))
         }
     }

@@ -1,17 +1,15 @@
 //! Pipeline moves with every effect they have, shared by the commands that move tasks
 //! (webhook, reconcile, run-job, post-deploy, the operator's `task move`).
 //!
-//! A move goes through [`Db::move_task`] (the table, the event, the next job) and then
-//! does what lives outside the database (arming post-deploy on `deploy → done`). A start
-//! writes the task and its analyst job in one transaction, then runs the branch step
-//! ([`ensure_branch`]), which `reconcile` repeats for any live task still lacking its
+//! A move ([`move_task`], one [`MoveRequest`]) goes through [`Db::move_task`] (the
+//! table, the event, the next job) and then does what lives outside the database
+//! (arming post-deploy on `deploy → done`). A start writes the task and its analyst job
+//! in one transaction, then runs the branch step ([`ensure_branch`]), which `reconcile` repeats for any live task still lacking its
 //! branch. Remote calls never run inside a write transaction.
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::adapters::db::{Db, Moved};
-use crate::adapters::db_deliveries::Recorder;
-use crate::adapters::db_start::TaskStart;
+use crate::adapters::db::{Db, Move, Moved, Recorder, TaskStart};
 use crate::adapters::forge::Forge;
 use crate::adapters::gitea::{BranchOutcome, GiteaClient};
 use crate::adapters::http::HttpError;
@@ -23,65 +21,62 @@ use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, Task};
 use crate::ops::pass::PassContext;
 
-/// Moves `task` to `to` with every effect of the transition.
-///
-/// A move that needs to know whether the task's PR was merged (`deploy → development`,
-/// see [`round::reopen`]) reads it from Gitea here; a caller that already gathered it
-/// (the deploy gate) uses [`move_task_with`].
-///
-/// # Errors
-/// When the table refuses the move, the task moved meanwhile, a write fails, or the
-/// move's round cannot be decided ([`RoundUndecided`]: nothing moved).
-pub fn move_task(
-    ctx: &PassContext,
-    db: &mut Db,
-    task: &Task,
-    to: Stage,
-    reason: &str,
-    actor: Actor,
-) -> Result<Moved> {
-    let merged = merge_evidence_for(ctx, task, to);
-    move_task_full(ctx, db, task, to, reason, actor, &merged, None)
+/// Where a move's merge evidence comes from: whether the task's PR was merged (or its
+/// head contained in the base; `Err`: could not tell). It decides with
+/// [`round::reopen`] whether a `deploy → development` move starts a new round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeEvidence<'a> {
+    /// Read from Gitea here when the move needs it (`deploy → development`, see
+    /// [`round::needs_merge_evidence`]); not read for any other move.
+    ReadFromGitea,
+    /// Gathered by the caller (the deploy gate's PR fact, an operator's `--round`).
+    Given(&'a Fact<bool>),
 }
 
-/// [`move_task`] with the merge evidence the caller gathered: whether the task's PR is
-/// merged or its head contained in the base (`Err`: could not tell). It decides the
-/// round with [`round::reopen`]; a move that starts a new round does so in the move's
-/// own transaction, then makes the round's branch ([`ensure_branch`]), leaving it to
-/// reconcile when Gitea fails or is not configured.
-///
-/// # Errors
-/// When the table refuses the move, the task moved meanwhile, a write fails (a branch
-/// that could not be made is not an error: the move stands), or `merged` is unknown
-/// where the round depends on it ([`RoundUndecided`]: nothing moved).
-pub fn move_task_with(
-    ctx: &PassContext,
-    db: &mut Db,
-    task: &Task,
-    to: Stage,
-    reason: &str,
-    actor: Actor,
-    merged: &Fact<bool>,
-) -> Result<Moved> {
-    move_task_full(ctx, db, task, to, reason, actor, merged, None)
+/// One move of a task with every effect it has, as [`move_task`] makes it.
+/// [`MoveRequest::new`] takes what every move has; the setters add the rest.
+#[derive(Clone, Copy)]
+pub struct MoveRequest<'a> {
+    /// The task, as the caller read it (the move is refused when it moved since).
+    pub task: &'a Task,
+    /// Where it goes.
+    pub to: Stage,
+    /// Why (the stage event's reason).
+    pub reason: &'a str,
+    /// Who moves it.
+    pub actor: Actor,
+    /// Where the merge evidence comes from ([`MergeEvidence::ReadFromGitea`] unless set).
+    pub merged: MergeEvidence<'a>,
+    /// The webhook delivery whose outcome the move records in its own transaction, so
+    /// the move, its next job and the outcome are committed together.
+    pub record: Option<&'a Recorder<'a, Moved>>,
 }
 
-/// [`move_task`] that also records a webhook delivery's outcome in the move's
-/// transaction, so the move, its next job and the outcome are committed together.
-///
-/// # Errors
-/// As [`move_task`], and when the delivery got its outcome meanwhile (nothing moved).
-pub fn move_task_recorded(
-    ctx: &PassContext,
-    db: &mut Db,
-    task: &Task,
-    to: Stage,
-    reason: &str,
-    actor: Actor,
-    record: Option<&Recorder<'_, Moved>>,
-) -> Result<Moved> {
-    let merged = merge_evidence_for(ctx, task, to);
-    move_task_full(ctx, db, task, to, reason, actor, &merged, record)
+impl<'a> MoveRequest<'a> {
+    /// A move that reads its merge evidence from Gitea when it needs it and records no
+    /// delivery.
+    pub fn new(task: &'a Task, to: Stage, reason: &'a str, actor: Actor) -> MoveRequest<'a> {
+        MoveRequest {
+            task,
+            to,
+            reason,
+            actor,
+            merged: MergeEvidence::ReadFromGitea,
+            record: None,
+        }
+    }
+
+    /// Takes the merge evidence from `merged`.
+    #[must_use]
+    pub fn merge_evidence(self, merged: MergeEvidence<'a>) -> MoveRequest<'a> {
+        MoveRequest { merged, ..self }
+    }
+
+    /// Records a webhook delivery's outcome in the move's transaction.
+    #[must_use]
+    pub fn recorded(self, record: Option<&'a Recorder<'a, Moved>>) -> MoveRequest<'a> {
+        MoveRequest { record, ..self }
+    }
 }
 
 /// A move refused because whether it starts a new round could not be decided: the
@@ -100,20 +95,36 @@ pub struct RoundUndecided {
     pub why: String,
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one move's facts, kept flat like Db::move_task_recorded"
-)]
-fn move_task_full(
-    ctx: &PassContext,
-    db: &mut Db,
-    task: &Task,
-    to: Stage,
-    reason: &str,
-    actor: Actor,
-    merged: &Fact<bool>,
-    record: Option<&Recorder<'_, Moved>>,
-) -> Result<Moved> {
+/// Moves `req.task` to `req.to` with every effect of the transition.
+///
+/// It decides the round with [`round::reopen`] from the request's merge evidence; a
+/// move that starts a new round does so in the move's own transaction, then makes the
+/// round's branch ([`ensure_branch`]), leaving it to reconcile when Gitea fails or is
+/// not configured. It applies `ORCH_MAX_DEVELOPER_RETRIES` in the move's transaction
+/// and arms post-deploy on `deploy → done`.
+///
+/// # Errors
+/// When the table refuses the move, the task moved meanwhile, a write fails (a branch
+/// that could not be made is not an error: the move stands), the merge evidence is
+/// unknown where the round depends on it ([`RoundUndecided`]: nothing moved), or the
+/// recorded delivery got its outcome meanwhile (nothing moved).
+pub fn move_task(ctx: &PassContext, db: &mut Db, req: &MoveRequest<'_>) -> Result<Moved> {
+    let MoveRequest {
+        task,
+        to,
+        reason,
+        actor,
+        merged,
+        record,
+    } = *req;
+    let read;
+    let merged = match merged {
+        MergeEvidence::ReadFromGitea => {
+            read = merge_evidence_for(ctx, task, to);
+            &read
+        }
+        MergeEvidence::Given(fact) => fact,
+    };
     // Before the commit, so the entered stage's gate never reads an earlier visit's
     // artefact: a crash in between leaves the task where it was, and an error here fails
     // the move with nothing committed (docs/architecture.md, "Moving a task").
@@ -135,16 +146,11 @@ fn move_task_full(
         }
         .into());
     }
-    let moved = db.move_task_recorded(
-        task.id,
-        task.stage,
-        to,
-        reason,
-        actor,
-        ctx.now_secs(),
-        Some(ctx.config.settings.max_developer_retries.0),
-        change.is_new(),
-        record,
+    let moved = db.move_task(
+        &Move::new(task.id, task.stage, to, reason, actor, ctx.now_secs())
+            .retry_limit(Some(ctx.config.settings.max_developer_retries.0))
+            .new_round(change.is_new())
+            .recorded(record),
     )?;
     if moved.escalated {
         log::warn!(

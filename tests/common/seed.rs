@@ -2,7 +2,7 @@
 //! created in analysis and walked to its stage by legal moves, so every seeded row is
 //! one the binary itself could have written.
 
-use orch::adapters::db::Db;
+use orch::adapters::db::{Db, Move};
 use orch::core::stage::{Actor, Stage};
 use orch::core::task::NewTask;
 
@@ -206,7 +206,7 @@ fn seed_in(env: &TestEnv, db: &mut Db, t: &SeedTask) -> i64 {
         .id();
     let mut at = Stage::Analysis;
     for to in walk(t.stage, t.developer_retries) {
-        db.move_task(id, at, to, "seeded", Actor::Operator, now)
+        db.move_task(&Move::new(id, at, to, "seeded", Actor::Operator, now))
             .unwrap_or_else(|e| panic!("seeding {}: {at} -> {to}: {e:#}", t.key));
         at = to;
     }

@@ -4,8 +4,7 @@
 
 use anyhow::Result;
 
-use crate::adapters::db::Db;
-use crate::adapters::db_reconcile::ESCALATION_KIND;
+use crate::adapters::db::{Db, ESCALATION_KIND};
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::NewComment;
 use crate::core::reconcile;

@@ -13,7 +13,7 @@ use crate::core::plane::Project;
 use crate::core::reconcile::{self, Replay};
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
-use crate::ops::moves;
+use crate::ops::moves::{self, MoveRequest};
 
 use super::listing::ProjectListing;
 use super::report::ReplayLine;
@@ -143,7 +143,8 @@ impl Pass<'_> {
                     Replay::Move { from, to } => {
                         done += 1;
                         let t = task.expect("moves are decided for existing tasks");
-                        match moves::move_task(self.ctx, db, t, to, &reason, Actor::Reconcile) {
+                        let req = MoveRequest::new(t, to, &reason, Actor::Reconcile);
+                        match moves::move_task(self.ctx, db, &req) {
                             Ok(_) => {
                                 changed = true;
                                 self.report.c.replayed += 1;

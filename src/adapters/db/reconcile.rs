@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 use crate::adapters::db::Db;
 use crate::core::job::JobStatus;
@@ -55,14 +55,11 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn last_event_actor(&self, task_id: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT actor FROM stage_events WHERE task_id = ?1 ORDER BY id DESC LIMIT 1",
-                [task_id],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.query_one(
+            "SELECT actor FROM stage_events WHERE task_id = ?1 ORDER BY id DESC LIMIT 1",
+            [task_id],
+            |r| r.get(0),
+        )
     }
 
     /// Returns whether an escalation of the task was announced at or after `since`.
@@ -71,13 +68,11 @@ impl Db {
     /// On SQL errors.
     pub fn escalation_announced(&self, task_id: i64, since: i64) -> Result<bool> {
         Ok(self
-            .conn()
-            .query_row(
+            .query_one(
                 "SELECT 1 FROM notifications WHERE task_id = ?1 AND kind = ?2 AND created_at >= ?3 LIMIT 1",
                 params![task_id, ESCALATION_KIND, since],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some())
     }
 }
@@ -85,30 +80,8 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::stage::{Actor, Agent, Stage};
-    use crate::core::task::NewTask;
-
-    fn db_with_task() -> (tempfile::TempDir, Db, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
-        let id = db
-            .create_task(
-                &NewTask {
-                    project: "p".into(),
-                    work_item_id: "w".into(),
-                    key: "P-1".into(),
-                    title: "t".into(),
-                    repo: "a/b".into(),
-                    branch: "task/p-1".into(),
-                },
-                Actor::Operator,
-                "test",
-                1,
-            )
-            .unwrap()
-            .id();
-        (dir, db, id)
-    }
+    use crate::adapters::db::test_support::db_with_task;
+    use crate::core::stage::{Agent, Stage};
 
     #[test]
     fn rerun_only_an_ended_job_and_only_once_live() {

@@ -1,5 +1,5 @@
 //! The SQL of a round's branch step: recording the name a new round's branch takes
-//! (when Gitea confirmed it is `Db::set_branch_ready`, in `db_start`). Every write is
+//! (when Gitea confirmed it is `Db::set_branch_ready`, in `start.rs`). Every write is
 //! guarded by the round it was judged for, so a step that raced a newer round (or
 //! another pass) changes nothing.
 

@@ -2,7 +2,7 @@
 //! announced twice. SQL only; `notify` decides what to send.
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 use crate::adapters::db::Db;
 
@@ -74,27 +74,24 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn notification(&self, dedupe_key: &str) -> Result<Option<Notification>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT id, dedupe_key, kind, task_id, message, created_at, sent_at, channel, error
-                 FROM notifications WHERE dedupe_key = ?1",
-                [dedupe_key],
-                |r| {
-                    Ok(Notification {
-                        id: r.get(0)?,
-                        dedupe_key: r.get(1)?,
-                        kind: r.get(2)?,
-                        task_id: r.get(3)?,
-                        message: r.get(4)?,
-                        created_at: r.get(5)?,
-                        sent_at: r.get(6)?,
-                        channel: r.get(7)?,
-                        error: r.get(8)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.query_one(
+            "SELECT id, dedupe_key, kind, task_id, message, created_at, sent_at, channel, error
+             FROM notifications WHERE dedupe_key = ?1",
+            [dedupe_key],
+            |r| {
+                Ok(Notification {
+                    id: r.get(0)?,
+                    dedupe_key: r.get(1)?,
+                    kind: r.get(2)?,
+                    task_id: r.get(3)?,
+                    message: r.get(4)?,
+                    created_at: r.get(5)?,
+                    sent_at: r.get(6)?,
+                    channel: r.get(7)?,
+                    error: r.get(8)?,
+                })
+            },
+        )
     }
 }
 

@@ -4,10 +4,12 @@
 //! once per task".
 
 use anyhow::Result;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
-use crate::adapters::db::{create_in, enqueue_in, Created, Db};
-use crate::adapters::db_deliveries::Recorder;
+use crate::adapters::db::jobs::enqueue_in;
+use crate::adapters::db::recorder::Recorder;
+use crate::adapters::db::tasks::create_in;
+use crate::adapters::db::{sql_limit, Created, Db};
 use crate::core::stage::{Actor, Agent, Stage};
 use crate::core::task::{NewTask, Task};
 
@@ -30,7 +32,7 @@ impl Db {
     ///
     /// # Errors
     /// SQL errors, a key that belongs to another work item, or
-    /// [`AlreadyRecorded`](crate::adapters::db_deliveries::AlreadyRecorded) when the
+    /// [`AlreadyRecorded`](crate::adapters::db::AlreadyRecorded) when the
     /// delivery got its outcome meanwhile; nothing is written then.
     pub fn start_task(
         &mut self,
@@ -40,9 +42,7 @@ impl Db {
         now: i64,
         record: Option<&Recorder<'_, TaskStart>>,
     ) -> Result<TaskStart> {
-        let tx = self
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.immediate()?;
         let created = create_in(&tx, new, actor, reason, now)?;
         // The analyst job runs once per task: enqueued only while the task is at
         // analysis and no analyst job ever existed.
@@ -91,15 +91,12 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn tasks_without_branch(&self, limit: usize) -> Result<Vec<Task>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = {
-            let mut stmt = self.conn().prepare_cached(
-                "SELECT id FROM tasks WHERE branch_ready_at IS NULL
-                   AND stage NOT IN ('done', 'cancelled') ORDER BY id LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([limit], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
+        let ids: Vec<i64> = self.query_all(
+            "SELECT id FROM tasks WHERE branch_ready_at IS NULL
+               AND stage NOT IN ('done', 'cancelled') ORDER BY id LIMIT ?1",
+            [sql_limit(limit)],
+            |r| r.get(0),
+        )?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.extend(self.task(id)?);
@@ -124,7 +121,8 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::db_deliveries::{AlreadyRecorded, NewDelivery, Stored};
+    use crate::adapters::db::test_support::count;
+    use crate::adapters::db::{AlreadyRecorded, Move, Moved, NewDelivery, Stored};
     use crate::core::intake::{Outcome, OutcomeKind};
 
     fn new_task() -> NewTask {
@@ -138,17 +136,11 @@ mod tests {
         }
     }
 
-    fn count(db: &Db, sql: &str) -> i64 {
-        db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
-    }
-
-    #[test]
-    fn a_start_writes_task_job_and_outcome_together_or_not_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+    /// Stores a new delivery whose body hashes to `sha`; returns its row.
+    fn new_delivery(db: &mut Db, sha: &str) -> i64 {
         let Stored::New(d) = db
             .insert_delivery(&NewDelivery {
-                body_sha256: "x",
+                body_sha256: sha,
                 delivery_id: None,
                 event: "issue",
                 body: b"{}",
@@ -158,12 +150,16 @@ mod tests {
         else {
             panic!("new row")
         };
+        d
+    }
+
+    #[test]
+    fn a_start_writes_task_job_and_outcome_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let d = new_delivery(&mut db, "x");
         let describe = |s: &TaskStart| Outcome::new(OutcomeKind::Started, format!("{s:?}"));
-        let rec = Recorder {
-            delivery: d,
-            now: 2,
-            describe: &describe,
-        };
+        let rec = Recorder::new(d, 2, &describe);
         let first = db
             .start_task(&new_task(), Actor::Webhook, "r", 2, Some(&rec))
             .unwrap();
@@ -201,37 +197,22 @@ mod tests {
         let s = db
             .start_task(&new_task(), Actor::Operator, "r", 1, None)
             .unwrap();
-        let Stored::New(d) = db
-            .insert_delivery(&NewDelivery {
-                body_sha256: "y",
-                delivery_id: None,
-                event: "issue",
-                body: b"{}",
-                received_at: 1,
-            })
-            .unwrap()
-        else {
-            panic!("new row")
-        };
+        let d = new_delivery(&mut db, "y");
         db.record_outcome(d, &Outcome::no_action("first"), 2)
             .unwrap();
-        let describe = |_: &crate::adapters::db::Moved| Outcome::no_action("again");
-        let rec = Recorder {
-            delivery: d,
-            now: 3,
-            describe: &describe,
-        };
+        let describe = |_: &Moved| Outcome::no_action("again");
+        let rec = Recorder::new(d, 3, &describe);
         let err = db
-            .move_task_recorded(
-                s.task_id,
-                Stage::Analysis,
-                Stage::Development,
-                "r",
-                Actor::Webhook,
-                3,
-                None,
-                false,
-                Some(&rec),
+            .move_task(
+                &Move::new(
+                    s.task_id,
+                    Stage::Analysis,
+                    Stage::Development,
+                    "r",
+                    Actor::Webhook,
+                    3,
+                )
+                .recorded(Some(&rec)),
             )
             .unwrap_err();
         assert!(err.downcast_ref::<AlreadyRecorded>().is_some(), "{err:#}");
@@ -239,11 +220,7 @@ mod tests {
             .execute("UPDATE jobs SET status = 'succeeded'", [])
             .unwrap();
         let describe = |_: &Created| Outcome::no_action("again");
-        let rec = Recorder {
-            delivery: d,
-            now: 3,
-            describe: &describe,
-        };
+        let rec = Recorder::new(d, 3, &describe);
         let err = db
             .enqueue_job_recorded(s.task_id, Agent::Analyst, Stage::Analysis, 3, Some(&rec))
             .unwrap_err();

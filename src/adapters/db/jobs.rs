@@ -1,4 +1,5 @@
-//! The job SQL of `dispatch`, `run-job`, `reap` and `job`: claims, stamps and flips.
+//! The `jobs` rows: enqueueing once per live job, reading and listing, and the job SQL
+//! of `dispatch`, `run-job`, `reap` and `job`: claims, stamps and flips.
 //!
 //! Every write to a job is guarded in its `WHERE` clause by the status (and, once a job
 //! runs, the attempt) its caller judged, so two passes that race, with or without the
@@ -9,14 +10,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Row, Transaction};
 
-use crate::adapters::db::{job_from_row, Db, JOB_COLUMNS};
+use crate::adapters::db::recorder::Recorder;
+use crate::adapters::db::{parse_col, sql_limit, Created, Db};
 use crate::core::dispatch::Queued;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::reap::Tier;
-use crate::core::stage::Stage;
+use crate::core::stage::{Agent, Stage};
 
 /// One running job as paged: its key `(enqueued_at, id)` and the parsed row (or why it
 /// could not be parsed).
@@ -38,7 +40,171 @@ pub struct StagingHolder {
     pub started_at: Option<i64>,
 }
 
+const JOB_COLUMNS: &str = "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
+     supervisor_pid, exit_code, enqueued_at, started_at, finished_at, reap_reason, dead_ticks, \
+     rescue_count, log_path, supervisor_start_time";
+
+/// Parses a job row selected with `JOB_COLUMNS`.
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let agent: String = row.get(2)?;
+    Ok(Job {
+        id: row.get(0)?,
+        task_id: row.get(1)?,
+        agent: Agent::parse(&agent).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                format!("unknown agent {agent:?}").into(),
+            )
+        })?,
+        stage: parse_col(row, 3)?,
+        status: parse_col(row, 4)?,
+        attempt: row.get(5)?,
+        pid: row.get(6)?,
+        pid_start_time: row.get(7)?,
+        supervisor_pid: row.get(8)?,
+        exit_code: row.get(9)?,
+        enqueued_at: row.get(10)?,
+        started_at: row.get(11)?,
+        finished_at: row.get(12)?,
+        reap_reason: row.get(13)?,
+        dead_ticks: row.get(14)?,
+        rescue_count: row.get(15)?,
+        log_path: row.get(16)?,
+        supervisor_start_time: row.get(17)?,
+    })
+}
+
 impl Db {
+    /// Enqueues a job for `agent` at `stage` unless one is live; returns the new id.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn enqueue_job(
+        &mut self,
+        task_id: i64,
+        agent: Agent,
+        stage: Stage,
+        now: i64,
+    ) -> Result<Created> {
+        self.enqueue_job_recorded(task_id, agent, stage, now, None)
+    }
+
+    /// [`Db::enqueue_job`] that also records a webhook delivery's outcome in the same
+    /// transaction (`record`): the job and the outcome are committed together or not at
+    /// all.
+    ///
+    /// # Errors
+    /// On SQL errors; [`AlreadyRecorded`](crate::adapters::db::AlreadyRecorded)
+    /// when the delivery got its outcome meanwhile (nothing is written then).
+    pub fn enqueue_job_recorded(
+        &mut self,
+        task_id: i64,
+        agent: Agent,
+        stage: Stage,
+        now: i64,
+        record: Option<&Recorder<'_, Created>>,
+    ) -> Result<Created> {
+        let tx = self.immediate()?;
+        let out = match enqueue_in(&tx, task_id, agent, stage, now)? {
+            Some(id) => Created::New(id),
+            None => Created::Existing(tx.query_row(
+                "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2 AND status IN ('queued','running')",
+                params![task_id, stage.as_str()],
+                |r| r.get(0),
+            )?),
+        };
+        if let Some(r) = record {
+            r.record_in(&tx, &out)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Returns the job with this id.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn job(&self, id: i64) -> Result<Option<Job>> {
+        self.query_one(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            job_from_row,
+        )
+    }
+
+    /// Lists jobs, optionally with one status, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn list_jobs(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>> {
+        self.query_all(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
+            ),
+            params![status.map(JobStatus::as_str), sql_limit(limit)],
+            job_from_row,
+        )
+    }
+
+    /// Returns a task's jobs, oldest first.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_jobs(&self, task_id: i64) -> Result<Vec<Job>> {
+        self.query_all(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE task_id = ?1 ORDER BY id"),
+            [task_id],
+            job_from_row,
+        )
+    }
+
+    /// Returns the latest job of a task at a stage.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn latest_stage_job(&self, task_id: i64, stage: Stage) -> Result<Option<Job>> {
+        self.query_one(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE task_id = ?1 AND stage = ?2 ORDER BY id DESC LIMIT 1"
+            ),
+            params![task_id, stage.as_str()],
+            job_from_row,
+        )
+    }
+
+    /// Counts jobs by status (every status present, zeros included).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn job_counts(&self) -> Result<BTreeMap<JobStatus, i64>> {
+        self.count_each(
+            "SELECT count(*) FROM jobs WHERE status = ?1",
+            JobStatus::ALL,
+            JobStatus::as_str,
+        )
+    }
+
+    /// Returns running jobs, oldest start first, at most `limit`, with their task keys.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn running_jobs(&self, limit: usize) -> Result<Vec<(Job, String)>> {
+        let cols = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.query_all(
+            &format!(
+                "SELECT {cols}, t.key FROM jobs j JOIN tasks t ON t.id = j.task_id
+                 WHERE j.status = 'running' ORDER BY j.started_at, j.id LIMIT ?1"
+            ),
+            [sql_limit(limit)],
+            |r| Ok((job_from_row(r)?, r.get::<_, String>(18)?)),
+        )
+    }
+
     /// Returns the oldest `per_project` queued jobs of every project, counted apart for
     /// `deploy-staging` jobs, for jobs that wait for their task's branch, and for the
     /// others (so jobs that must wait never crowd out the ones that could start).
@@ -50,7 +216,7 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn queued_heads(&self, per_project: u32, hold_branchless: bool) -> Result<Vec<Queued>> {
-        let mut stmt = self.conn().prepare_cached(
+        self.query_all(
             "SELECT id, project, enqueued_at, uses_staging, branch_missing FROM (
                  SELECT j.id, t.project, j.enqueued_at, j.stage = ?2 AS uses_staging,
                         (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL)
@@ -62,8 +228,6 @@ impl Db {
                  FROM jobs j JOIN tasks t ON t.id = j.task_id
                  WHERE j.status = 'queued')
              WHERE n <= ?1 ORDER BY enqueued_at, id",
-        )?;
-        let rows = stmt.query_map(
             params![per_project, STAGING_STAGE.as_str(), hold_branchless],
             |r| {
                 Ok(Queued {
@@ -74,8 +238,7 @@ impl Db {
                     branch_missing: r.get(4)?,
                 })
             },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        )
     }
 
     /// Counts running jobs per project.
@@ -97,19 +260,19 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn staging_holders(&self) -> Result<Vec<StagingHolder>> {
-        let mut stmt = self.conn().prepare_cached(
+        self.query_all(
             "SELECT j.id, j.task_id, t.key, j.started_at FROM jobs j JOIN tasks t ON t.id = j.task_id
              WHERE j.status = 'running' AND j.stage = ?1 ORDER BY j.started_at, j.id LIMIT 20",
-        )?;
-        let rows = stmt.query_map([STAGING_STAGE.as_str()], |r| {
-            Ok(StagingHolder {
-                job_id: r.get(0)?,
-                task_id: r.get(1)?,
-                key: r.get(2)?,
-                started_at: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            [STAGING_STAGE.as_str()],
+            |r| {
+                Ok(StagingHolder {
+                    job_id: r.get(0)?,
+                    task_id: r.get(1)?,
+                    key: r.get(2)?,
+                    started_at: r.get(3)?,
+                })
+            },
+        )
     }
 
     /// Claims a queued job for running: one statement, guarded by `status='queued'`, by
@@ -285,7 +448,7 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn running_page(&self, after: (i64, i64), limit: usize) -> Result<Vec<RunningRow>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = sql_limit(limit);
         let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE status = 'running' AND (enqueued_at, id) > (?1, ?2)
@@ -306,41 +469,39 @@ impl Db {
     /// On SQL errors.
     pub fn job_log_path(&self, id: i64) -> Result<Option<String>> {
         Ok(self
-            .conn()
-            .query_row("SELECT log_path FROM jobs WHERE id = ?1", [id], |r| {
+            .query_one("SELECT log_path FROM jobs WHERE id = ?1", [id], |r| {
                 r.get(0)
-            })
-            .optional()?
+            })?
             .flatten())
     }
+}
+
+/// Inserts a queued job unless one is live for the task and stage.
+pub(super) fn enqueue_in(
+    tx: &Transaction<'_>,
+    task_id: i64,
+    agent: Agent,
+    stage: Stage,
+    now: i64,
+) -> Result<Option<i64>> {
+    let n = tx.execute(
+        "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
+         VALUES (?1, ?2, ?3, 'queued', 1, ?4)
+         ON CONFLICT DO NOTHING",
+        params![task_id, agent.as_str(), stage.as_str(), now],
+    )?;
+    Ok((n == 1).then(|| tx.last_insert_rowid()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::db::Created;
-    use crate::core::stage::{Actor, Agent, Stage};
+    use crate::adapters::db::test_support::db_with_task;
+    use crate::core::stage::Actor;
     use crate::core::task::NewTask;
 
     fn db_with_job() -> (tempfile::TempDir, Db, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Db::open(&dir.path().join("orch.db")).unwrap();
-        let t = db
-            .create_task(
-                &NewTask {
-                    project: "orch".into(),
-                    work_item_id: "w1".into(),
-                    key: "ORCH-1".into(),
-                    title: "t".into(),
-                    repo: "acme/orch".into(),
-                    branch: "orch-1".into(),
-                },
-                Actor::Operator,
-                "t",
-                1,
-            )
-            .unwrap()
-            .id();
+        let (dir, mut db, t) = db_with_task();
         let j = db
             .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
             .unwrap();

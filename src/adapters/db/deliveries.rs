@@ -1,0 +1,243 @@
+//! SQL for webhook deliveries (table `deliveries`, migration 2).
+//!
+//! A delivery row is committed before the sender is answered; it stays `pending` until
+//! acting on it succeeds, so `reconcile` can replay it. A write a delivery causes
+//! records its outcome in the write's own transaction (`recorder.rs`). No decisions
+//! here.
+
+use anyhow::Result;
+use rusqlite::params;
+
+use crate::adapters::db::recorder::record_outcome_in;
+use crate::adapters::db::{sql_limit, Db};
+use crate::core::intake::Outcome;
+
+/// The outcome column of a delivery not yet acted on.
+pub const PENDING: &str = "pending";
+
+/// A delivery to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery<'a> {
+    /// Lowercase hex SHA-256 of the raw body (the de-duplication key).
+    pub body_sha256: &'a str,
+    /// `X-Plane-Delivery`, kept for the log (new on every retry).
+    pub delivery_id: Option<&'a str>,
+    /// The `event` of the body.
+    pub event: &'a str,
+    /// The raw body as received.
+    pub body: &'a [u8],
+    /// When it was received (unix seconds).
+    pub received_at: i64,
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A new row.
+    New(i64),
+    /// The same bytes were stored before (a retry or a replay).
+    Duplicate {
+        /// The earlier row.
+        id: i64,
+        /// The earlier delivery id.
+        delivery_id: Option<String>,
+        /// The earlier row's outcome so far.
+        outcome: String,
+    },
+}
+
+/// One stored delivery.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryRow {
+    /// Row id.
+    pub id: i64,
+    /// Hash of the raw body.
+    pub body_sha256: String,
+    /// `X-Plane-Delivery` of the first copy.
+    pub delivery_id: Option<String>,
+    /// The body's `event`.
+    pub event: Option<String>,
+    /// The raw body.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Received (unix seconds).
+    pub received_at: i64,
+    /// `pending`, or the recorded outcome.
+    pub outcome: String,
+    /// The outcome's detail (what was done, or why nothing was).
+    pub detail: Option<String>,
+    /// How many times acting on it was tried.
+    pub attempts: i64,
+    /// When the outcome was recorded.
+    pub processed_at: Option<i64>,
+    /// The last error while acting.
+    pub error: Option<String>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, body_sha256, delivery_id, event, body, received_at, \
+     outcome, detail, attempts, processed_at, error";
+
+fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        body_sha256: r.get(1)?,
+        delivery_id: r.get(2)?,
+        event: r.get(3)?,
+        body: r.get(4)?,
+        received_at: r.get(5)?,
+        outcome: r.get(6)?,
+        detail: r.get(7)?,
+        attempts: r.get(8)?,
+        processed_at: r.get(9)?,
+        error: r.get(10)?,
+    })
+}
+
+impl Db {
+    /// Stores a delivery once per body: a body stored before is a [`Stored::Duplicate`].
+    /// The row is committed when this returns.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn insert_delivery(&mut self, d: &NewDelivery<'_>) -> Result<Stored> {
+        let tx = self.immediate()?;
+        let inserted = tx.execute(
+            "INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (body_sha256) DO NOTHING",
+            params![d.body_sha256, d.delivery_id, d.event, d.body, d.received_at],
+        )?;
+        let out = if inserted == 1 {
+            Stored::New(tx.last_insert_rowid())
+        } else {
+            let (id, delivery_id, outcome) = tx.query_row(
+                "SELECT id, delivery_id, outcome FROM deliveries WHERE body_sha256 = ?1",
+                [d.body_sha256],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Stored::Duplicate {
+                id,
+                delivery_id,
+                outcome,
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Returns one delivery.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>> {
+        self.query_one(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"),
+            [id],
+            delivery_from_row,
+        )
+    }
+
+    /// Lists deliveries still `pending`, oldest first, at most `limit` (reconcile replays them).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn pending_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>> {
+        self.query_all(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE outcome = 'pending'
+                 ORDER BY received_at, id LIMIT ?1"
+            ),
+            [sql_limit(limit)],
+            delivery_from_row,
+        )
+    }
+
+    /// Counts one more attempt at acting on a delivery.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn count_delivery_attempt(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    /// Records a delivery's outcome; `false` when it was no longer pending (another
+    /// process recorded one first).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn finish_delivery(&self, id: i64, outcome: &str, detail: &str, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE deliveries SET outcome = ?2, detail = ?3, processed_at = ?4, error = NULL
+             WHERE id = ?1 AND outcome = 'pending'",
+            params![id, outcome, detail, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the outcome of a delivery that has no effect in the database (`no
+    /// pipeline action`, or effects already done).
+    ///
+    /// # Errors
+    /// [`AlreadyRecorded`](crate::adapters::db::AlreadyRecorded) when it was no longer
+    /// pending; SQL errors.
+    pub fn record_outcome(&self, id: i64, outcome: &Outcome, now: i64) -> Result<()> {
+        record_outcome_in(self.conn(), id, outcome, now)
+    }
+
+    /// Records why acting on a delivery failed; it stays `pending` for reconcile.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn fail_delivery(&self, id: i64, error: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deliveries SET error = ?2 WHERE id = ?1 AND outcome = 'pending'",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::adapters::db::test_support::db;
+
+    #[test]
+    fn a_body_is_stored_once() {
+        let (_d, mut db) = db();
+        let new = |id| NewDelivery {
+            body_sha256: "abc",
+            delivery_id: Some(id),
+            event: "issue",
+            body: b"{}",
+            received_at: 10,
+        };
+        let Stored::New(first) = db.insert_delivery(&new("d1")).unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(
+            db.insert_delivery(&new("d2")).unwrap(),
+            Stored::Duplicate {
+                id: first,
+                delivery_id: Some("d1".into()),
+                outcome: PENDING.into()
+            }
+        );
+        assert_eq!(db.pending_deliveries(10).unwrap().len(), 1);
+        db.count_delivery_attempt(first).unwrap();
+        db.fail_delivery(first, "gitea down").unwrap();
+        let row = db.delivery(first).unwrap().unwrap();
+        assert_eq!((row.outcome.as_str(), row.attempts), (PENDING, 1));
+        assert_eq!(row.error.as_deref(), Some("gitea down"));
+        assert!(db.finish_delivery(first, "started", "task X", 11).unwrap());
+        assert!(!db.finish_delivery(first, "started", "again", 12).unwrap());
+        let row = db.delivery(first).unwrap().unwrap();
+        assert_eq!((row.detail.as_deref(), row.error), (Some("task X"), None));
+        assert!(db.pending_deliveries(10).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,434 @@
+//! The SQLite store: the connection, the numbered migrations and all SQL, one file per
+//! table or concern.
+//!
+//! Every pass opens the database read-write with WAL, a busy timeout and foreign keys
+//! on, and brings the schema up to date (migrations are idempotent and numbered by
+//! `PRAGMA user_version`). A database written by a newer `orch` is refused. Each
+//! read-modify-write runs in one `IMMEDIATE` transaction; guarded `UPDATE`s are the
+//! second line of defence behind the pass locks. This module returns `core` types and
+//! makes no decisions beyond the transition table it enforces.
+//!
+//! The files add methods to [`Db`]. Each imports this file and at most the files above
+//! it in this list, never one below (so no import cycle); callers import everything
+//! from here.
+//!
+//! - `recorder.rs`: a webhook delivery's outcome recorded inside a write's transaction
+//!   ([`Recorder`]); imports nothing of the store.
+//! - `tasks.rs`: the `tasks` and `stage_events` rows, creation, the per-round fields.
+//! - `jobs.rs`: the `jobs` rows, enqueueing, and the claims, stamps and flips of
+//!   `dispatch`, `run-job`, `reap` and `job`.
+//! - `moves.rs`: [`Db::move_task`], the only way a stage changes ([`Move`]); uses
+//!   `jobs.rs`'s `enqueue_in`.
+//! - `start.rs`: a task's start (task, analyst job, outcome) and its branch record; uses
+//!   `tasks.rs`'s `create_in` and `jobs.rs`'s `enqueue_in`.
+//! - `rounds.rs`: the name a new round's branch takes.
+//! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
+//! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
+};
+
+mod deliveries;
+mod jobs;
+mod moves;
+mod notifications;
+mod passes;
+mod plane_states;
+mod reconcile;
+mod recorder;
+mod rounds;
+mod start;
+mod tasks;
+
+pub use deliveries::{DeliveryRow, NewDelivery, Stored, PENDING};
+pub use jobs::{RunningRow, StagingHolder};
+pub use moves::{Move, MoveError, Moved};
+pub use notifications::Notification;
+pub use passes::PassRecord;
+pub use plane_states::read_cached_states;
+pub use reconcile::ESCALATION_KIND;
+pub use recorder::{AlreadyRecorded, Recorder};
+pub use start::TaskStart;
+
+/// The numbered migrations; index + 1 is the `user_version` each one brings.
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_pipeline.sql"),
+    include_str!("migrations/0002_intake_and_passes.sql"),
+    include_str!("migrations/0003_supervisor_start_time.sql"),
+    include_str!("migrations/0004_rounds.sql"),
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a writer waits for another writer before `database is locked`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The open database.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Migration {
+    /// The version found.
+    pub from: i64,
+    /// The version now.
+    pub to: i64,
+}
+
+/// The result of creating a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new row.
+    New(i64),
+    /// The row already existed (same unique key).
+    Existing(i64),
+}
+
+impl Created {
+    /// Returns the row id either way.
+    pub fn id(self) -> i64 {
+        match self {
+            Created::New(id) | Created::Existing(id) => id,
+        }
+    }
+}
+
+/// Reads a text column as a `core` type that parses from its name.
+fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    text.parse::<T>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+/// Turns a count argument into SQLite's `LIMIT` (which is signed).
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, was written by a newer `orch`, or a migration fails.
+    pub fn open(path: &Path) -> Result<Db> {
+        let mut db = Db::open_unmigrated(path)?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Opens the database without migrating (for `init`, which reports what it did).
+    ///
+    /// # Errors
+    /// When the file cannot be opened or was written by a newer `orch`.
+    pub fn open_unmigrated(path: &Path) -> Result<Db> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!("creating the directory of database {}", path.display())
+            })?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version = db.schema_version()?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "database {} has schema version {version}, written by a newer orch (this orch knows up to {SCHEMA_VERSION}); upgrade orch, or point --db at another file",
+                path.display()
+            );
+        }
+        db.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("enabling WAL on {}", path.display()))?;
+        db.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        db.conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(db)
+    }
+
+    /// Returns the file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns the raw connection, for adapters that own their own SQL module.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Returns the raw connection mutably (transactions).
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Returns `PRAGMA user_version`.
+    ///
+    /// # Errors
+    /// When SQLite cannot read it (not a database, say).
+    pub fn schema_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .with_context(|| format!("reading the schema version of {}", self.path.display()))
+    }
+
+    /// Applies every migration above the current version, each in its own transaction.
+    ///
+    /// # Errors
+    /// When a migration fails (the transaction rolls back; the version stays).
+    pub fn migrate(&mut self) -> Result<Migration> {
+        self.migrate_to(SCHEMA_VERSION)
+    }
+
+    /// Migrates up to `target` (tests build databases at earlier versions with it).
+    ///
+    /// # Errors
+    /// When a migration fails or `target` is beyond this build.
+    pub fn migrate_to(&mut self, target: i64) -> Result<Migration> {
+        if target > SCHEMA_VERSION {
+            bail!("schema version {target} is unknown to this orch (latest {SCHEMA_VERSION})");
+        }
+        let from = self.schema_version()?;
+        let mut version = from;
+        while version < target {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            // Re-read inside the lock: another process may have migrated meanwhile.
+            let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if current > version {
+                version = current;
+                tx.commit()?;
+                continue;
+            }
+            let sql = MIGRATIONS[usize::try_from(version).expect("versions are small")];
+            tx.execute_batch(sql)
+                .with_context(|| format!("applying migration {}", version + 1))?;
+            tx.pragma_update(None, "user_version", version + 1)?;
+            tx.commit()?;
+            version += 1;
+        }
+        Ok(Migration {
+            from,
+            to: version.max(from),
+        })
+    }
+
+    /// Runs a query that returns at most one row and maps it.
+    ///
+    /// # Errors
+    /// On SQL errors (no row is `None`, not an error).
+    fn query_one<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        Ok(self.conn.query_row(sql, params, map).optional()?)
+    }
+
+    /// Runs a query through the connection's statement cache and maps every row.
+    ///
+    /// # Errors
+    /// On SQL errors, or a row `map` refuses.
+    fn query_all<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, map)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Counts the rows of each key with `sql` (one `?1`, the key's name): one index
+    /// range count per key, every key present (zeros included). Cheap even with
+    /// 100,000 rows.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    fn count_each<K: Ord + Copy, const N: usize>(
+        &self,
+        sql: &str,
+        keys: [K; N],
+        name: fn(K) -> &'static str,
+    ) -> Result<BTreeMap<K, i64>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut out = BTreeMap::new();
+        for k in keys {
+            let n: i64 = stmt.query_row([name(k)], |r| r.get(0))?;
+            out.insert(k, n);
+        }
+        Ok(out)
+    }
+
+    /// Begins the `IMMEDIATE` transaction of one read-modify-write.
+    ///
+    /// # Errors
+    /// When SQLite cannot take the write lock within the busy timeout.
+    fn immediate(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+/// What the tests of the store's files share.
+#[cfg(test)]
+mod test_support {
+    use super::Db;
+    use crate::core::task::NewTask;
+
+    /// Task `n` of project `orch`: key `ORCH-n`, branch `orch-n`.
+    pub(super) fn new_task(n: u32) -> NewTask {
+        NewTask {
+            project: "orch".into(),
+            work_item_id: format!("00000000-0000-4000-8000-{n:012}"),
+            key: format!("ORCH-{n}"),
+            title: "t".into(),
+            repo: "acme/orch".into(),
+            branch: format!("orch-{n}"),
+        }
+    }
+
+    /// A fresh database in a temporary directory (kept while the guard lives).
+    pub(super) fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db")).unwrap();
+        (dir, db)
+    }
+
+    /// A fresh database with task 1 ([`new_task`]) at analysis; returns its id.
+    pub(super) fn db_with_task() -> (tempfile::TempDir, Db, i64) {
+        let (dir, mut db) = db();
+        let id = db
+            .create_task(&new_task(1), crate::core::stage::Actor::Operator, "test", 1)
+            .unwrap()
+            .id();
+        (dir, db, id)
+    }
+
+    /// The single integer `sql` selects.
+    pub(super) fn count(db: &Db, sql: &str) -> i64 {
+        db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::test_support::db;
+    use super::*;
+
+    #[test]
+    fn fresh_database_is_at_the_latest_version_and_wal() {
+        let (_d, db) = db();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        let mode: String = db
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = db
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn every_earlier_version_upgrades_cleanly() {
+        for start in 0..SCHEMA_VERSION {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("orch.db");
+            let mut db = Db::open_unmigrated(&path).unwrap();
+            db.migrate_to(start).unwrap();
+            assert_eq!(db.schema_version().unwrap(), start);
+            drop(db);
+            let mut db = Db::open(&path).unwrap();
+            assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+            assert_eq!(
+                db.migrate().unwrap(),
+                Migration {
+                    from: SCHEMA_VERSION,
+                    to: SCHEMA_VERSION
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn migration_4_confirms_only_the_branches_of_tasks_past_development() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let mut db = Db::open_unmigrated(&path).unwrap();
+        db.migrate_to(3).unwrap();
+        for (n, stage) in ["analysis", "development", "review", "deploy", "done"]
+            .iter()
+            .enumerate()
+        {
+            db.conn()
+                .execute(
+                    "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                                        stage_entered_at, created_at, updated_at)
+                     VALUES ('p', ?1, ?1, 't', 'a/b', ?1, ?2, 1, 1, 7)",
+                    params![format!("K-{n}"), stage],
+                )
+                .unwrap();
+        }
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let ready: Vec<(String, Option<i64>, u32)> = db
+            .conn()
+            .prepare("SELECT stage, branch_ready_at, round FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let want = |s: &str, at: Option<i64>| (s.to_string(), at, 1);
+        assert_eq!(
+            ready,
+            vec![
+                want("analysis", None),
+                want("development", None),
+                want("review", Some(7)),
+                want("deploy", Some(7)),
+                want("done", Some(7)),
+            ],
+            "reconcile confirms only the branches that may be missing"
+        );
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        drop(Db::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Db::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer orch"), "{err}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The `tasks` and `stage_events` rows: creating a task once per work item, finding and
+//! listing tasks, and the per-round fields (PR number, validated revision) whose writes
+//! are guarded by the round the caller read. A stage changes only through
+//! [`Db::move_task`](super::Db::move_task) (`moves.rs`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+
+use crate::adapters::db::{parse_col, sql_limit, Created, Db};
+use crate::core::stage::{Actor, Stage};
+use crate::core::task::{NewTask, StageEvent, Task};
+
+const TASK_COLUMNS: &str =
+    "id, project, work_item_id, key, title, repo, branch, pr_number, stage, \
+     stage_entered_at, validated_revision, developer_retries, escalated_at, escalation_reason, \
+     created_at, updated_at, round, branch_ready_at";
+
+fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+    Ok(Task {
+        id: row.get(0)?,
+        project: row.get(1)?,
+        work_item_id: row.get(2)?,
+        key: row.get(3)?,
+        title: row.get(4)?,
+        repo: row.get(5)?,
+        branch: row.get(6)?,
+        pr_number: row.get(7)?,
+        stage: parse_col(row, 8)?,
+        stage_entered_at: row.get(9)?,
+        validated_revision: row.get(10)?,
+        developer_retries: row.get(11)?,
+        escalated_at: row.get(12)?,
+        escalation_reason: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+        round: row.get(16)?,
+        branch_ready_at: row.get(17)?,
+    })
+}
+
+impl Db {
+    /// Creates a task at `analysis`, once per work item, with its creation event.
+    ///
+    /// # Errors
+    /// On SQL errors, or a key that belongs to another work item.
+    pub fn create_task(
+        &mut self,
+        t: &NewTask,
+        actor: Actor,
+        reason: &str,
+        now: i64,
+    ) -> Result<Created> {
+        let tx = self.immediate()?;
+        let created = create_in(&tx, t, actor, reason, now)?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// Returns the task with this id.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task(&self, id: i64) -> Result<Option<Task>> {
+        self.query_one(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+            [id],
+            task_from_row,
+        )
+    }
+
+    /// Returns the task named by an id, a key (`ORCH-65`, any case) or a work item id.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn find_task(&self, reference: &str) -> Result<Option<Task>> {
+        if let Ok(id) = reference.parse::<i64>() {
+            if let Some(t) = self.task(id)? {
+                return Ok(Some(t));
+            }
+        }
+        self.query_one(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE key = ?1 COLLATE NOCASE OR work_item_id = ?1 COLLATE NOCASE"
+            ),
+            [reference],
+            task_from_row,
+        )
+    }
+
+    /// Returns the task of a Plane work item.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_by_work_item(&self, work_item_id: &str) -> Result<Option<Task>> {
+        self.query_one(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE work_item_id = ?1 COLLATE NOCASE"),
+            [work_item_id],
+            task_from_row,
+        )
+    }
+
+    /// Lists tasks, optionally at one stage, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn list_tasks(&self, stage: Option<Stage>, limit: usize) -> Result<Vec<Task>> {
+        self.query_all(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR stage = ?1) ORDER BY id LIMIT ?2"
+            ),
+            params![stage.map(Stage::as_str), sql_limit(limit)],
+            task_from_row,
+        )
+    }
+
+    /// Returns escalated tasks, oldest escalation first, at most `limit`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn escalated_tasks(&self, limit: usize) -> Result<Vec<Task>> {
+        self.query_all(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE escalated_at IS NOT NULL ORDER BY escalated_at LIMIT ?1"
+            ),
+            [sql_limit(limit)],
+            task_from_row,
+        )
+    }
+
+    /// Returns a task's stage events, oldest first.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn stage_events(&self, task_id: i64) -> Result<Vec<StageEvent>> {
+        self.query_all(
+            "SELECT id, task_id, from_stage, to_stage, reason, actor, at
+             FROM stage_events WHERE task_id = ?1 ORDER BY id",
+            [task_id],
+            |r| {
+                let from: Option<String> = r.get(2)?;
+                Ok(StageEvent {
+                    id: r.get(0)?,
+                    task_id: r.get(1)?,
+                    from_stage: match from {
+                        Some(_) => Some(parse_col(r, 2)?),
+                        None => None,
+                    },
+                    to_stage: parse_col(r, 3)?,
+                    reason: r.get(4)?,
+                    actor: r.get(5)?,
+                    at: r.get(6)?,
+                })
+            },
+        )
+    }
+
+    /// Records the task's PR number as seen in `round` (the round the caller read the
+    /// task in); returns `false`, writing nothing, when the task has started another
+    /// round since (a PR of the old round never becomes the new round's).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn set_pr_number(&self, task_id: i64, round: u32, pr: i64, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE tasks SET pr_number = ?3,
+                    updated_at = CASE WHEN pr_number IS ?3 THEN updated_at ELSE ?4 END
+             WHERE id = ?1 AND round = ?2",
+            params![task_id, round, pr, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the revision staging validated for the task in `round` (the round the
+    /// check read the task in); returns `false` when the task has started another round
+    /// since (nothing is written: the new round starts with no validated revision).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn set_validated_revision(
+        &self,
+        task_id: i64,
+        round: u32,
+        revision: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE tasks SET validated_revision = ?3, updated_at = ?4
+             WHERE id = ?1 AND round = ?2",
+            params![task_id, round, revision, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Forgets the task's validated revision in `round` (a staging check of it just
+    /// failed); returns whether there was one.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clear_validated_revision(&self, task_id: i64, round: u32, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE tasks SET validated_revision = NULL, updated_at = ?3
+             WHERE id = ?1 AND round = ?2 AND validated_revision IS NOT NULL",
+            params![task_id, round, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Marks a task escalated (parked for a human); `false` when it already was.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn escalate(&self, task_id: i64, reason: &str, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE tasks SET escalated_at = ?2, escalation_reason = ?3, updated_at = ?2
+             WHERE id = ?1 AND escalated_at IS NULL",
+            params![task_id, now, reason],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Counts tasks by stage (every stage present, zeros included).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_counts(&self) -> Result<BTreeMap<Stage, i64>> {
+        self.count_each(
+            "SELECT count(*) FROM tasks WHERE stage = ?1",
+            Stage::ALL,
+            Stage::as_str,
+        )
+    }
+}
+
+/// Creates a task at `analysis` with its creation event unless the work item has one.
+pub(super) fn create_in(
+    tx: &Transaction<'_>,
+    t: &NewTask,
+    actor: Actor,
+    reason: &str,
+    now: i64,
+) -> Result<Created> {
+    if let Some(id) = tx
+        .query_row(
+            "SELECT id FROM tasks WHERE work_item_id = ?1",
+            [&t.work_item_id],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(Created::Existing(id));
+    }
+    let clash: Option<String> = tx
+        .query_row(
+            "SELECT work_item_id FROM tasks WHERE key = ?1",
+            [&t.key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(other) = clash {
+        bail!("task key {} already belongs to work item {other}", t.key);
+    }
+    tx.execute(
+        "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
+                            stage_entered_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'analysis', ?7, ?7, ?7)",
+        params![
+            t.project,
+            t.work_item_id,
+            t.key,
+            t.title,
+            t.repo,
+            t.branch,
+            now
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
+         VALUES (?1, NULL, 'analysis', ?2, ?3, ?4)",
+        params![id, reason, actor.as_str(), now],
+    )?;
+    Ok(Created::New(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::db::test_support::{db, new_task};
+    use crate::core::stage::Agent;
+
+    #[test]
+    fn enqueue_is_once_per_live_job_and_tasks_once_per_work_item() {
+        let (_d, mut db) = db();
+        let a = db
+            .create_task(&new_task(1), Actor::Operator, "t", 1)
+            .unwrap();
+        let b = db
+            .create_task(&new_task(1), Actor::Operator, "t", 1)
+            .unwrap();
+        assert!(matches!(a, Created::New(_)));
+        assert_eq!(b, Created::Existing(a.id()));
+        let j1 = db
+            .enqueue_job(a.id(), Agent::Analyst, Stage::Analysis, 1)
+            .unwrap();
+        let j2 = db
+            .enqueue_job(a.id(), Agent::Analyst, Stage::Analysis, 1)
+            .unwrap();
+        assert!(matches!(j1, Created::New(_)));
+        assert_eq!(j2, Created::Existing(j1.id()));
+        let mut clash = new_task(2);
+        clash.key = "ORCH-1".into();
+        assert!(db.create_task(&clash, Actor::Operator, "t", 1).is_err());
+    }
+
+    #[test]
+    fn stage_events_cannot_be_updated() {
+        let (_d, mut db) = db();
+        db.create_task(&new_task(1), Actor::Operator, "t", 1)
+            .unwrap();
+        assert!(db
+            .conn()
+            .execute("UPDATE stage_events SET reason = 'x'", [])
+            .is_err());
+    }
+
+    #[test]
+    fn find_task_by_id_key_or_work_item() {
+        let (_d, mut db) = db();
+        let id = db
+            .create_task(&new_task(7), Actor::Operator, "t", 1)
+            .unwrap()
+            .id();
+        for r in [
+            id.to_string(),
+            "ORCH-7".into(),
+            "orch-7".into(),
+            new_task(7).work_item_id,
+        ] {
+            assert_eq!(db.find_task(&r).unwrap().unwrap().id, id, "{r}");
+        }
+        assert!(db.find_task("ORCH-8").unwrap().is_none());
+    }
+}
