@@ -10,10 +10,11 @@
 //!   recorded PR stays current when merged (that is how `deploy → done` passes). A PR
 //!   read by number whose head is not the task's branch any more (`refs/pull/N/head`
 //!   after the branch was deleted) is still that PR.
-//! - CI: Gitea's combined status of the PR head SHA (`""`, no CI reported, is not
-//!   success; the gate waits on it).
+//! - CI: every context of the PR head SHA, decided by `gitea::ci_verdict` (no context,
+//!   no CI reported, is not success; the gate waits on it).
 //! - Deploy → done: a PR whose head is already contained in its base counts as merged
-//!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too).
+//!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too;
+//!   counted by `GiteaClient::commits_ahead`, which works where compare by SHA does not).
 //!
 //! Only what `gate::needs(stage)` lists is fetched. Errors become the fact's `Err`, so
 //! the checks that read it say `Unknown` and the gate waits; nothing here fails a pass.
@@ -165,7 +166,7 @@ impl Forge {
             let mut result = Ok(());
             for page in 1..=1000 {
                 self.requests += 1;
-                match client.list_open_pulls_page(repo, page) {
+                match client.list_open_pulls_page(repo, page, all.len()) {
                     Ok(p) => {
                         all.extend(p.pulls);
                         if !p.more {
@@ -190,7 +191,7 @@ impl Forge {
     fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {
         self.requests += 1;
         self.client()
-            .compare_total_commits(&task.repo, &pr.base.ref_name, &pr.head.sha)
+            .commits_ahead(&task.repo, pr.number, &pr.base.ref_name, &pr.head.sha)
             .map(head_contained_in_base)
             .map_err(|e: HttpError| e.to_string())
     }

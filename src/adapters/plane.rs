@@ -7,6 +7,15 @@
 //! wrong-shaped body is [`HttpError::Fatal`]. Reads are retried once on a retryable
 //! failure, writes never; a 429 is returned as [`HttpError::RateLimited`] with
 //! `Retry-After` for the caller to honour. This module makes no pipeline decisions.
+//!
+//! Work-item paths: CE v1.1.0+ routes `.../work-items/...` and the older
+//! `.../issues/...` to the same views; v1.0.x and older have only `/issues/`. The client
+//! asks `work-items` first; when that answers 404 and the same call on `/issues/` does
+//! not, the workspace is an older Plane and every later call of this client (and its
+//! clones) goes to `/issues/` directly. A 404 on both is the item's own 404.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use reqwest::blocking::Client;
 use serde::Deserialize;
@@ -135,6 +144,13 @@ struct IdOnly {
     id: Option<String>,
 }
 
+/// The work-item path family is not known yet.
+const FAMILY_UNKNOWN: u8 = 0;
+/// `/work-items/` answered (CE v1.1.0+).
+const FAMILY_WORK_ITEMS: u8 = 1;
+/// Only `/issues/` answers (CE v1.0.x and older).
+const FAMILY_ISSUES: u8 = 2;
+
 /// A Plane API v1 client for one workspace.
 #[derive(Debug, Clone)]
 pub struct PlaneClient {
@@ -142,6 +158,8 @@ pub struct PlaneClient {
     /// `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}`.
     base: Url,
     api_key: Secret,
+    /// Which work-item path family this Plane answers (`FAMILY_*`), shared by clones.
+    family: Arc<AtomicU8>,
 }
 
 impl PlaneClient {
@@ -176,7 +194,71 @@ impl PlaneClient {
             http,
             base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
             api_key,
+            family: Arc::new(AtomicU8::new(FAMILY_UNKNOWN)),
         }
+    }
+
+    /// Sends a work-item call built by `send` from its URL (`projects/{project}/` +
+    /// the family + `rest`), on the path family this Plane answers, and returns the
+    /// answer whatever its status. See the module documentation.
+    fn on_work_items(
+        &self,
+        project_id: &str,
+        rest: &[&str],
+        send: impl Fn(Url) -> Result<Answer, HttpError>,
+    ) -> Result<Answer, HttpError> {
+        let url = |family: &str| {
+            let mut segs = vec!["projects", project_id, family];
+            segs.extend_from_slice(rest);
+            self.url(&segs)
+        };
+        let known = self.family.load(Ordering::Relaxed);
+        if known == FAMILY_ISSUES {
+            return send(url("issues"));
+        }
+        let first = send(url("work-items"))?;
+        if first.status != 404 {
+            if known == FAMILY_UNKNOWN {
+                self.family.store(FAMILY_WORK_ITEMS, Ordering::Relaxed);
+            }
+            return Ok(first);
+        }
+        if known == FAMILY_WORK_ITEMS {
+            return Ok(first);
+        }
+        let second = send(url("issues"))?;
+        if second.status != 404 {
+            log::info!(
+                "plane: no work-items paths (Plane CE v1.0.x or older): using /issues/ from now on"
+            );
+            self.family.store(FAMILY_ISSUES, Ordering::Relaxed);
+            return Ok(second);
+        }
+        Ok(first)
+    }
+
+    /// A work-item GET: 200 expected, read retries as [`rest::get`].
+    fn get_work_items(
+        &self,
+        project_id: &str,
+        rest: &[&str],
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Answer, HttpError> {
+        self.on_work_items(project_id, rest, |url| {
+            rest::get(
+                &self.http,
+                |c| {
+                    c.get(url.clone())
+                        .query(query)
+                        .header("X-API-Key", self.api_key.expose())
+                        .header("Accept", "application/json")
+                },
+                &[200, 404],
+                what,
+            )
+        })?
+        .expect(&[200], what)
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -235,9 +317,8 @@ impl PlaneClient {
     /// The call's [`HttpError`] class (404 is fatal); a wrong-shaped answer is fatal.
     pub fn get_work_item(&self, project_id: &str, id: &str) -> Result<WorkItem, HttpError> {
         let what = format!("plane get work item {id}");
-        let url = self.url(&["projects", project_id, "work-items", id]);
         let raw: RawWorkItem = self
-            .get(&url, &[("expand", "state")], &what)?
+            .get_work_items(project_id, &[id], &[("expand", "state")], &what)?
             .parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
     }
@@ -253,13 +334,12 @@ impl PlaneClient {
         cursor: Option<&str>,
     ) -> Result<WorkItemPage, HttpError> {
         let what = format!("plane list work items of project {project_id}");
-        let url = self.url(&["projects", project_id, "work-items"]);
         let per_page = PER_PAGE.to_string();
         let mut query = vec![("per_page", per_page.as_str()), ("expand", "state")];
         if let Some(c) = cursor {
             query.push(("cursor", c));
         }
-        let answer = self.get(&url, &query, &what)?;
+        let answer = self.get_work_items(project_id, &[], &query, &what)?;
         let page: Envelope<RawWorkItem> = answer.parse(&what)?;
         let items = page
             .results
@@ -288,13 +368,17 @@ impl PlaneClient {
         state_id: &str,
     ) -> Result<WorkItem, HttpError> {
         let what = format!("plane set state of work item {work_item_id}");
-        let url = self.url(&["projects", project_id, "work-items", work_item_id]);
-        let req = self
-            .http
-            .patch(url)
-            .header("X-API-Key", self.api_key.expose())
-            .json(&serde_json::json!({ "state": state_id }));
-        let raw: RawWorkItem = rest::send(req, &what)?
+        let body = serde_json::json!({ "state": state_id });
+        // A 404 wrote nothing, so asking the other path family is safe.
+        let raw: RawWorkItem = self
+            .on_work_items(project_id, &[work_item_id], |url| {
+                let req = self
+                    .http
+                    .patch(url)
+                    .header("X-API-Key", self.api_key.expose())
+                    .json(&body);
+                rest::send(req, &what)
+            })?
             .expect(&[200], &what)?
             .parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
@@ -313,25 +397,22 @@ impl PlaneClient {
         comment: &NewComment,
     ) -> Result<CommentOutcome, HttpError> {
         let what = format!("plane comment on work item {work_item_id}");
-        let url = self.url(&[
-            "projects",
-            project_id,
-            "work-items",
-            work_item_id,
-            "comments",
-        ]);
         let body = serde_json::json!({
             "comment_html": comment.comment_html,
             "access": "INTERNAL",
             "external_source": comment.external_source,
             "external_id": comment.external_id,
         });
-        let req = self
-            .http
-            .post(url)
-            .header("X-API-Key", self.api_key.expose())
-            .json(&body);
-        let answer = rest::send(req, &what)?.expect(&[201, 409], &what)?;
+        let answer = self
+            .on_work_items(project_id, &[work_item_id, "comments"], |url| {
+                let req = self
+                    .http
+                    .post(url)
+                    .header("X-API-Key", self.api_key.expose())
+                    .json(&body);
+                rest::send(req, &what)
+            })?
+            .expect(&[201, 409], &what)?;
         if answer.status == 409 {
             let id = answer.parse::<IdOnly>(&what).ok().and_then(|i| i.id);
             return Ok(CommentOutcome::AlreadyExists { id });
