@@ -360,3 +360,52 @@ fn merge_guard_knows_a_contained_head_when_compare_refuses_shas() {
         assert_eq!(g.merge_calls(SHOP, 7), 0, "{support:?}");
     }
 }
+
+// ---------------------------------------------------------------- seeds
+
+/// `orch-standin plane|gitea SEED` starts the same version modes from a seed.
+#[test]
+fn seeds_choose_the_version_modes() {
+    let seed: orch::standin::plane::PlaneSeed = serde_json::from_value(serde_json::json!({
+        "workspace": "acme",
+        "version": "1.0",
+        "projects": [{
+            "id": PROJECT,
+            "states": [{"id": TODO, "name": "Todo", "group": "unstarted"}],
+            "work_items": [{"id": ITEM, "sequence_id": 42, "name": "Fix", "state": "Todo"}],
+        }],
+    }))
+    .unwrap();
+    let p = PlaneStandin::from_seed(&seed);
+    assert_eq!(
+        plane_client(&p)
+            .get_work_item(PROJECT, ITEM)
+            .unwrap()
+            .sequence_id,
+        42
+    );
+    assert_eq!(p.count(None, &format!("projects/{PROJECT}/work-items/")), 1);
+    assert_eq!(p.count(None, &format!("projects/{PROJECT}/issues/")), 1);
+
+    let seed: orch::standin::gitea::GiteaSeed = serde_json::from_value(serde_json::json!({
+        "version": "1.24",
+        "max_response_items": 2,
+        "compare": "branches",
+        "repos": [{
+            "name": REPO,
+            "pulls": [
+                {"number": 1, "head": "task/a"},
+                {"number": 2, "head": "task/b"},
+                {"number": 3, "head": "task/c"},
+            ],
+        }],
+    }))
+    .unwrap();
+    let g = GiteaStandin::from_seed(&seed);
+    let c = gitea_client(&g);
+    assert_eq!(c.list_open_pulls(REPO).unwrap().len(), 3);
+    assert_eq!(g.count(Some("GET"), REPO, "pulls"), 2, "pages of 2 and 1");
+    let head = g.pull(REPO, 1).unwrap().head_sha;
+    assert_eq!(c.commits_ahead(REPO, 1, "main", &head).unwrap(), 1);
+    assert_eq!(g.count(Some("GET"), REPO, "pulls/1/commits"), 1);
+}
