@@ -200,10 +200,16 @@ impl Forge {
         if sha.is_empty() {
             return Err("the PR has no head commit".into());
         }
-        self.requests += 1;
-        self.client()
-            .combined_status(&task.repo, sha)
-            .map(|c| c.state)
-            .map_err(|e| e.to_string())
+        match self.client().combined_status(&task.repo, sha) {
+            Ok(c) => {
+                // One per page of contexts (more than 50 contexts take more).
+                self.requests += i64::try_from(c.pages).unwrap_or(i64::MAX);
+                Ok(c.state)
+            }
+            Err(e) => {
+                self.requests += 1;
+                Err(e.to_string())
+            }
+        }
     }
 }

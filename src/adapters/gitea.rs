@@ -127,6 +127,8 @@ pub struct CombinedStatus {
     pub sha: String,
     /// The number of contexts read (every page).
     pub total_count: u64,
+    /// How many pages (requests) it took.
+    pub pages: usize,
 }
 
 #[derive(Deserialize)]
@@ -463,7 +465,9 @@ impl GiteaClient {
         let limit = PAGE_LIMIT.to_string();
         let mut states: Vec<String> = Vec::new();
         let mut sha = String::new();
+        let mut pages = 0;
         for page in 1..=MAX_PAGES {
+            pages = page;
             let page_s = page.to_string();
             let query = [("limit", limit.as_str()), ("page", page_s.as_str())];
             let answer = self.get(&url, &query, &[200, 404], &what)?;
@@ -485,6 +489,7 @@ impl GiteaClient {
             state: ci_verdict(states.iter().map(String::as_str)),
             sha,
             total_count: u64::try_from(states.len()).unwrap_or(u64::MAX),
+            pages,
         })
     }
 

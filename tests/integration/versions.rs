@@ -110,10 +110,10 @@ fn item_id(pid: &str, n: u64) -> String {
     format!("{}-0000-4000-8000-{:012}", &pid[..8], n)
 }
 
-/// Plane CE v1.0.x: reconcile must still list work items (or every task is skipped) and
-/// post the escalation comment, through the real binary.
-#[test]
-fn reconcile_lists_and_escalates_on_plane_without_work_items_paths() {
+/// An env with ORCH-1 at `development` (developer job done, `retries` rollbacks so
+/// far), its work item in Plane and its PR #7 on Gitea; returns the env, the task id
+/// and the PR head.
+fn development_task(retries: u32) -> (TestEnv, i64, String) {
     let orch = Project::orch()
         .self_hosting(false)
         .with("states:\n  approved: { names: [Approved] }\n  blocked: { names: [Blocked] }");
@@ -123,7 +123,6 @@ fn reconcile_lists_and_escalates_on_plane_without_work_items_paths() {
         .set("ORCH_RECONCILE_GRACE_S", "0")
         .set("ORCH_HTTP_TIMEOUT_S", "5")
         .build();
-    env.plane().set_version(PlaneVersion::Legacy);
     let pid = orch.plane_project_id;
     let item = item_id(pid, 1);
     env.plane()
@@ -131,22 +130,34 @@ fn reconcile_lists_and_escalates_on_plane_without_work_items_paths() {
     let seed = SeedTask::new(&orch, 1, Stage::Development)
         .work_item(&item)
         .at(NOW_UNIX - 1_000)
-        .retries(2)
+        .retries(retries)
         .branch_ready()
         .no_plane_item();
     let task = seed_task(&env, &seed);
-    let db = env.db();
-    db.execute(
-        "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, exit_code)
-         VALUES (?1, 'developer', 'development', 'succeeded', 1, 0, 0)",
-        [task],
-    )
-    .unwrap();
+    env.db()
+        .execute(
+            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, exit_code)
+             VALUES (?1, 'developer', 'development', 'succeeded', 1, 0, 0)",
+            [task],
+        )
+        .unwrap();
     env.gitea()
         .add_pull("acme/orch", &PullSeed::open(7, "task/orch-1"));
     let head = env.gitea().pull("acme/orch", 7).unwrap().head_sha;
+    (env, task, head)
+}
+
+/// Plane CE v1.0.x: reconcile must still list work items (or every task is skipped) and
+/// post the escalation comment, through the real binary.
+#[test]
+fn reconcile_lists_and_escalates_on_plane_without_work_items_paths() {
+    let (env, task, head) = development_task(2);
+    env.plane().set_version(PlaneVersion::Legacy);
+    let pid = Project::orch().plane_project_id;
+    let item = item_id(pid, 1);
     env.gitea()
         .add_status("acme/orch", &head, "ci/test", "success");
+    let db = env.db();
 
     let r = env.run(&["reconcile", "--json"]).expect(0).json();
     assert_eq!(r["counts"]["advanced"], 1, "listed and advanced: {r:#}");
@@ -168,6 +179,28 @@ fn reconcile_lists_and_escalates_on_plane_without_work_items_paths() {
     );
     let comments = env.plane().comments(pid, &item);
     assert_eq!(comments.len(), 1, "the escalation comment: {comments:?}");
+}
+
+/// A CI matrix bigger than a page: the gate sees the failing context on page 2, and
+/// reconcile counts every page it read.
+#[test]
+fn reconcile_reads_every_page_of_a_big_ci_matrix() {
+    let (env, _, head) = development_task(0);
+    let g = env.gitea();
+    g.add_status("acme/orch", &head, "ci/oldest", "failure");
+    for i in 0..64 {
+        g.add_status("acme/orch", &head, &format!("ci/job-{i:02}"), "success");
+    }
+    let before = g.server().requests().len();
+    let r = env.run(&["reconcile", "--json"]).expect(0).json();
+    assert_eq!(r["counts"]["advanced"], 0, "CI failed: {r:#}");
+    let status_reads = g.count(Some("GET"), "acme/orch", &format!("commits/{head}/status"));
+    assert_eq!(status_reads, 2, "65 contexts: two pages of 50");
+    assert_eq!(
+        r["counts"]["gitea_requests"],
+        i64::try_from(g.server().requests().len() - before).unwrap(),
+        "every request counted: {r:#}"
+    );
 }
 
 // ---------------------------------------------------------------- Gitea: paging
