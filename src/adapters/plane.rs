@@ -246,17 +246,7 @@ impl PlaneClient {
         what: &str,
     ) -> Result<Answer, HttpError> {
         self.on_work_items(project_id, rest, |url| {
-            rest::get(
-                &self.http,
-                |c| {
-                    c.get(url.clone())
-                        .query(query)
-                        .header("X-API-Key", self.api_key.expose())
-                        .header("Accept", "application/json")
-                },
-                &[200, 404],
-                what,
-            )
+            self.get(&url, query, &[200, 404], what)
         })?
         .expect(&[200], what)
     }
@@ -265,7 +255,13 @@ impl PlaneClient {
         rest::url(&self.base, segments, true)
     }
 
-    fn get(&self, url: &Url, query: &[(&str, &str)], what: &str) -> Result<Answer, HttpError> {
+    fn get(
+        &self,
+        url: &Url,
+        query: &[(&str, &str)],
+        ok: &[u16],
+        what: &str,
+    ) -> Result<Answer, HttpError> {
         rest::get(
             &self.http,
             |c| {
@@ -274,7 +270,7 @@ impl PlaneClient {
                     .header("X-API-Key", self.api_key.expose())
                     .header("Accept", "application/json")
             },
-            &[200],
+            ok,
             what,
         )
     }
@@ -294,7 +290,7 @@ impl PlaneClient {
             if let Some(c) = &cursor {
                 query.push(("cursor", c.as_str()));
             }
-            let page: Envelope<PlaneState> = self.get(&url, &query, &what)?.parse(&what)?;
+            let page: Envelope<PlaneState> = self.get(&url, &query, &[200], &what)?.parse(&what)?;
             states.extend(page.results);
             match next(
                 cursor.as_deref(),
