@@ -189,9 +189,13 @@ impl Forge {
     }
 
     fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {
-        self.requests += 1;
-        self.client()
-            .commits_ahead(&task.repo, pr.number, &pr.base.ref_name, &pr.head.sha)
+        let client = self.client();
+        let refused_before = client.compare_by_sha_refused();
+        let ahead = client.commits_ahead(&task.repo, pr.number, &pr.base.ref_name, &pr.head.sha);
+        // The call that found compare by SHA refused asked twice.
+        let refused_now = !refused_before && client.compare_by_sha_refused();
+        self.requests += 1 + i64::from(refused_now);
+        ahead
             .map(head_contained_in_base)
             .map_err(|e: HttpError| e.to_string())
     }

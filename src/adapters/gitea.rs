@@ -560,6 +560,12 @@ impl GiteaClient {
             .ok_or_else(|| HttpError::Fatal(format!("{what}: no X-Total-Count")))
     }
 
+    /// Returns whether this client has seen compare by SHA refused (see
+    /// [`GiteaClient::commits_ahead`]).
+    pub fn compare_by_sha_refused(&self) -> bool {
+        self.no_sha_compare.load(Ordering::Relaxed)
+    }
+
     /// Returns whether the PR is merged (`GET .../pulls/N/merge`: 204 yes, 404 no or no
     /// such PR).
     ///

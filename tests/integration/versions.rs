@@ -442,3 +442,31 @@ fn seeds_choose_the_version_modes() {
     assert_eq!(c.commits_ahead(REPO, 1, "main", &head).unwrap(), 1);
     assert_eq!(g.count(Some("GET"), REPO, "pulls/1/commits"), 1);
 }
+
+/// Where compare refuses SHAs the deploy gate's merged fact costs the refused compare
+/// once and then the commit list; reconcile counts both.
+#[test]
+fn reconcile_counts_the_refused_compare() {
+    let (env, task, _) = development_task(0);
+    let g = env.gitea();
+    g.set_compare(CompareSupport::BranchesOnly);
+    env.db()
+        .execute(
+            "UPDATE tasks SET stage='deploy', pr_number=7 WHERE id=?1",
+            [task],
+        )
+        .unwrap();
+    let before = g.server().requests().len();
+    let r = env.run(&["reconcile", "--json"]).expect(0).json();
+    assert_eq!(g.count(Some("GET"), "acme/orch", "compare/"), 1, "{r:#}");
+    assert_eq!(
+        g.count(Some("GET"), "acme/orch", "pulls/7/commits"),
+        1,
+        "{r:#}"
+    );
+    assert_eq!(
+        r["counts"]["gitea_requests"],
+        i64::try_from(g.server().requests().len() - before).unwrap(),
+        "every request counted: {r:#}"
+    );
+}
