@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use reqwest::blocking::Client;
+use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
@@ -251,6 +252,26 @@ impl PlaneClient {
         .expect(&[200], what)
     }
 
+    /// A work-item write (sent once, never retried), answered whatever its status. A
+    /// 404 wrote nothing, so asking the other path family after one is safe.
+    fn write_work_items(
+        &self,
+        method: Method,
+        project_id: &str,
+        rest: &[&str],
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<Answer, HttpError> {
+        self.on_work_items(project_id, rest, |url| {
+            let req = self
+                .http
+                .request(method.clone(), url)
+                .header("X-API-Key", self.api_key.expose())
+                .json(body);
+            rest::send(req, what)
+        })
+    }
+
     fn url(&self, segments: &[&str]) -> Url {
         rest::url(&self.base, segments, true)
     }
@@ -365,16 +386,8 @@ impl PlaneClient {
     ) -> Result<WorkItem, HttpError> {
         let what = format!("plane set state of work item {work_item_id}");
         let body = serde_json::json!({ "state": state_id });
-        // A 404 wrote nothing, so asking the other path family is safe.
         let raw: RawWorkItem = self
-            .on_work_items(project_id, &[work_item_id], |url| {
-                let req = self
-                    .http
-                    .patch(url)
-                    .header("X-API-Key", self.api_key.expose())
-                    .json(&body);
-                rest::send(req, &what)
-            })?
+            .write_work_items(Method::PATCH, project_id, &[work_item_id], &body, &what)?
             .expect(&[200], &what)?
             .parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
@@ -399,15 +412,9 @@ impl PlaneClient {
             "external_source": comment.external_source,
             "external_id": comment.external_id,
         });
+        let rest = [work_item_id, "comments"];
         let answer = self
-            .on_work_items(project_id, &[work_item_id, "comments"], |url| {
-                let req = self
-                    .http
-                    .post(url)
-                    .header("X-API-Key", self.api_key.expose())
-                    .json(&body);
-                rest::send(req, &what)
-            })?
+            .write_work_items(Method::POST, project_id, &rest, &body, &what)?
             .expect(&[201, 409], &what)?;
         if answer.status == 409 {
             let id = answer.parse::<IdOnly>(&what).ok().and_then(|i| i.id);
