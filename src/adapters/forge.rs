@@ -10,10 +10,11 @@
 //!   recorded PR stays current when merged (that is how `deploy → done` passes). A PR
 //!   read by number whose head is not the task's branch any more (`refs/pull/N/head`
 //!   after the branch was deleted) is still that PR.
-//! - CI: Gitea's combined status of the PR head SHA (`""`, no CI reported, is not
-//!   success; the gate waits on it).
+//! - CI: every context of the PR head SHA, decided by `gitea::ci_verdict` (no context,
+//!   no CI reported, is not success; the gate waits on it).
 //! - Deploy → done: a PR whose head is already contained in its base counts as merged
-//!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too).
+//!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too;
+//!   counted by `GiteaClient::commits_ahead`, which works where compare by SHA does not).
 //!
 //! Only what `gate::needs(stage)` lists is fetched. Errors become the fact's `Err`, so
 //! the checks that read it say `Unknown` and the gate waits; nothing here fails a pass.
@@ -152,7 +153,7 @@ impl<'a> Forge<'a> {
             let mut result = Ok(());
             for page in 1..=1000 {
                 self.requests += 1;
-                match client.list_open_pulls_page(repo, page) {
+                match client.list_open_pulls_page(repo, page, all.len()) {
                     Ok(p) => {
                         all.extend(p.pulls);
                         if !p.more {
@@ -175,9 +176,13 @@ impl<'a> Forge<'a> {
     }
 
     fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {
-        self.requests += 1;
-        self.client()
-            .compare_total_commits(&task.repo, &pr.base.ref_name, &pr.head.sha)
+        let client = self.client();
+        let refused_before = client.compare_by_sha_refused();
+        let ahead = client.commits_ahead(&task.repo, pr.number, &pr.base.ref_name, &pr.head.sha);
+        // The call that found compare by SHA refused asked twice.
+        let refused_now = !refused_before && client.compare_by_sha_refused();
+        self.requests += 1 + i64::from(refused_now);
+        ahead
             .map(head_contained_in_base)
             .map_err(|e: HttpError| e.to_string())
     }
@@ -186,10 +191,16 @@ impl<'a> Forge<'a> {
         if sha.is_empty() {
             return Err("the PR has no head commit".into());
         }
-        self.requests += 1;
-        self.client()
-            .combined_status(&task.repo, sha)
-            .map(|c| c.state)
-            .map_err(|e| e.to_string())
+        match self.client().combined_status(&task.repo, sha) {
+            Ok(c) => {
+                // One per page of contexts (more than 50 contexts take more).
+                self.requests += i64::try_from(c.pages).unwrap_or(i64::MAX);
+                Ok(c.state)
+            }
+            Err(e) => {
+                self.requests += 1;
+                Err(e.to_string())
+            }
+        }
     }
 }

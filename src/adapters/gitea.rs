@@ -7,6 +7,8 @@
 //! once on a retryable failure; writes never. [`GiteaClient::merge`] returns the raw
 //! answer without interpreting it: the merge guard owns that decision table.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder};
@@ -18,7 +20,8 @@ use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
 use crate::core::facts::{CiState, PrFacts};
 
-/// The page size of list calls (Gitea's default `MAX_RESPONSE_ITEMS`).
+/// The page size list calls ask for (Gitea's default `MAX_RESPONSE_ITEMS`). The admin
+/// may clamp it lower: pages are counted by what they hold, never by this number.
 pub const PAGE_LIMIT: usize = 50;
 
 /// The most pages a listing follows before it gives up.
@@ -92,6 +95,21 @@ pub struct PullPage {
     pub more: bool,
 }
 
+/// Whether a listing goes on after a page of `got` items, `seen` items read in all
+/// (this page included), when the server said `total` (`X-Total-Count`): an empty page
+/// ends it; the total, when sent, ends it once reached; without one, only an empty page
+/// does. Never an assumed page size: Gitea clamps `limit` to `[api]
+/// MAX_RESPONSE_ITEMS`, which an admin may set below what was asked.
+fn more_pages(got: usize, seen: usize, total: Option<usize>) -> bool {
+    got > 0 && total.is_none_or(|t| seen < t)
+}
+
+fn total_count(answer: &Answer) -> Option<usize> {
+    answer
+        .header("x-total-count")
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// What creating a branch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BranchOutcome {
@@ -104,22 +122,56 @@ pub enum BranchOutcome {
 /// The combined CI status of a ref.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CombinedStatus {
-    /// The combined state (`""` from Gitea is [`CiState::None`]).
+    /// The verdict over every context ([`ci_verdict`]); no context is [`CiState::None`].
     pub state: CiState,
-    /// The commit it is about (empty on old Gitea when nothing was reported).
+    /// The commit it is about (empty when nothing was reported).
     pub sha: String,
-    /// The number of contexts in the answer.
+    /// The number of contexts read (every page).
     pub total_count: u64,
+    /// How many pages (requests) it took.
+    pub pages: usize,
 }
 
 #[derive(Deserialize)]
 struct RawCombined {
     #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
     sha: Option<String>,
     #[serde(default)]
-    total_count: u64,
+    statuses: Option<Vec<RawStatus>>,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    /// The state (Gitea's key is `status`).
+    #[serde(default)]
+    status: String,
+}
+
+/// The one CI verdict over the latest state of each context, the same on every Gitea
+/// and Forgejo version (their combined `state` differs, and covers one page only):
+/// any `error`/`failure` fails; otherwise any `pending` (or a state this table does not
+/// know) waits as [`CiState::Pending`]/[`CiState::Other`]; otherwise every context is
+/// `success`, `warning` or `skipped`, which passes — a `warning` never blocks, as on
+/// Gitea 1.25+. No context at all is [`CiState::None`].
+pub fn ci_verdict<'a>(states: impl IntoIterator<Item = &'a str>) -> CiState {
+    let (mut any, mut pending, mut other) = (false, false, None);
+    for s in states {
+        any = true;
+        match s {
+            "error" | "failure" => return CiState::Failure,
+            "pending" => pending = true,
+            "success" | "warning" | "skipped" => {}
+            unknown => {
+                other.get_or_insert_with(|| unknown.to_string());
+            }
+        }
+    }
+    match (other, pending, any) {
+        (Some(o), _, _) => CiState::Other(o),
+        (None, true, _) => CiState::Pending,
+        (None, false, true) => CiState::Success,
+        (None, false, false) => CiState::None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -195,6 +247,10 @@ pub struct GiteaClient {
     /// `ORCH_GITEA_URL` + `/api/v1`.
     base: Url,
     token: Secret,
+    /// Set once compare by SHA answered 404 (Gitea ≤ 1.22.x, Forgejo ≤ v8): later
+    /// [`GiteaClient::commits_ahead`] calls of this client (and its clones) go
+    /// straight to the PR's commit list.
+    no_sha_compare: Arc<AtomicBool>,
 }
 
 impl GiteaClient {
@@ -223,6 +279,7 @@ impl GiteaClient {
             timeout: None,
             base: rest::url(gitea_url, &["api", "v1"], false),
             token,
+            no_sha_compare: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -286,12 +343,18 @@ impl GiteaClient {
         self.get(&url, &[], &[200], &what)?.parse(&what)
     }
 
-    /// Returns page `page` (1-based) of the open pull requests (`limit=50`); `more` is
-    /// false on a short page or once `X-Total-Count` is reached.
+    /// Returns page `page` (1-based) of the open pull requests (`limit=50`, which the
+    /// server may clamp lower), `seen` being how many the earlier pages held; `more` is
+    /// false on an empty page or once `X-Total-Count` is reached.
     ///
     /// # Errors
     /// The call's [`HttpError`] class; a wrong-shaped answer is fatal.
-    pub fn list_open_pulls_page(&self, repo: &str, page: usize) -> Result<PullPage, HttpError> {
+    pub fn list_open_pulls_page(
+        &self,
+        repo: &str,
+        page: usize,
+        seen: usize,
+    ) -> Result<PullPage, HttpError> {
         let what = format!("gitea list open pulls of {repo} page {page}");
         let url = self.repo_url(repo, &["pulls"])?;
         let (page_s, limit_s) = (page.to_string(), PAGE_LIMIT.to_string());
@@ -302,15 +365,7 @@ impl GiteaClient {
         ];
         let answer = self.get(&url, &query, &[200], &what)?;
         let pulls: Vec<PullRequest> = answer.parse(&what)?;
-        let total: Option<usize> = answer
-            .header("x-total-count")
-            .and_then(|v| v.trim().parse().ok());
-        let seen = (page.max(1) - 1) * PAGE_LIMIT + pulls.len();
-        let more = match total {
-            // The server may clamp `limit` below ours: trust the total when it is sent.
-            Some(total) => !pulls.is_empty() && seen < total,
-            None => pulls.len() >= PAGE_LIMIT,
-        };
+        let more = more_pages(pulls.len(), seen + pulls.len(), total_count(&answer));
         Ok(PullPage { pulls, more })
     }
 
@@ -321,7 +376,7 @@ impl GiteaClient {
     pub fn list_open_pulls(&self, repo: &str) -> Result<Vec<PullRequest>, HttpError> {
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
-            let p = self.list_open_pulls_page(repo, page)?;
+            let p = self.list_open_pulls_page(repo, page, all.len())?;
             all.extend(p.pulls);
             if !p.more {
                 return Ok(all);
@@ -342,8 +397,10 @@ impl GiteaClient {
         repo: &str,
         branch: &str,
     ) -> Result<Option<PullRequest>, HttpError> {
+        let mut seen = 0;
         for page in 1..=MAX_PAGES {
-            let p = self.list_open_pulls_page(repo, page)?;
+            let p = self.list_open_pulls_page(repo, page, seen)?;
+            seen += p.pulls.len();
             let more = p.more;
             if let Some(pr) = p.pulls.into_iter().find(|pr| pr.head.ref_name == branch) {
                 return Ok(Some(pr));
@@ -413,19 +470,45 @@ impl GiteaClient {
         Ok(rest::send(req, &what)?.expect(&[204, 404], &what)?.status == 204)
     }
 
-    /// Returns the combined CI status of `git_ref` (prefer a SHA; branch names with
-    /// `/` are sent encoded as one segment).
+    /// Returns the CI verdict of `git_ref` (prefer a SHA; branch names with `/` are
+    /// sent encoded as one segment), reading every page of contexts and deciding with
+    /// [`ci_verdict`] rather than Gitea's combined `state`, which covers one page and
+    /// differs between versions. An unknown ref is "no CI" on every version: Gitea
+    /// 1.24+ answers 404, older versions and Forgejo an empty 200.
     ///
     /// # Errors
-    /// The call's [`HttpError`] class (an unknown ref is a fatal 404 on Gitea 1.24+).
+    /// The call's [`HttpError`] class; a wrong-shaped answer is fatal.
     pub fn combined_status(&self, repo: &str, git_ref: &str) -> Result<CombinedStatus, HttpError> {
         let what = format!("gitea combined status of {git_ref} in {repo}");
         let url = self.repo_url(repo, &["commits", git_ref, "status"])?;
-        let raw: RawCombined = self.get(&url, &[], &[200], &what)?.parse(&what)?;
+        let limit = PAGE_LIMIT.to_string();
+        let mut states: Vec<String> = Vec::new();
+        let mut sha = String::new();
+        let mut pages = 0;
+        for page in 1..=MAX_PAGES {
+            pages = page;
+            let page_s = page.to_string();
+            let query = [("limit", limit.as_str()), ("page", page_s.as_str())];
+            let answer = self.get(&url, &query, &[200, 404], &what)?;
+            if answer.status == 404 {
+                break;
+            }
+            let raw: RawCombined = answer.parse(&what)?;
+            let got = raw.statuses.unwrap_or_default();
+            if sha.is_empty() {
+                sha = raw.sha.unwrap_or_default();
+            }
+            let n = got.len();
+            states.extend(got.into_iter().map(|s| s.status));
+            if !more_pages(n, states.len(), total_count(&answer)) {
+                break;
+            }
+        }
         Ok(CombinedStatus {
-            state: CiState::from_gitea(raw.state.as_deref().unwrap_or("")),
-            sha: raw.sha.unwrap_or_default(),
-            total_count: raw.total_count,
+            state: ci_verdict(states.iter().map(String::as_str)),
+            sha,
+            total_count: u64::try_from(states.len()).unwrap_or(u64::MAX),
+            pages,
         })
     }
 
@@ -439,6 +522,13 @@ impl GiteaClient {
         base: &str,
         head: &str,
     ) -> Result<u64, HttpError> {
+        let (answer, what) = self.compare(repo, base, head)?;
+        let raw: RawCompare = answer.expect(&[200], &what)?.parse(&what)?;
+        Ok(raw.total_commits)
+    }
+
+    /// `compare/{base}...{head}`, answered 200 or 404, and what it was.
+    fn compare(&self, repo: &str, base: &str, head: &str) -> Result<(Answer, String), HttpError> {
         let what = format!("gitea compare {base}...{head} in {repo}");
         // The route takes the rest of the path, so `/` in branch names stays literal.
         let spec = format!("{base}...{head}");
@@ -446,8 +536,53 @@ impl GiteaClient {
         segs.extend(spec.split('/'));
         let url = self.repo_url(repo, &segs)?;
         let query = [("files", "false"), ("verification", "false")];
-        let raw: RawCompare = self.get(&url, &query, &[200], &what)?.parse(&what)?;
-        Ok(raw.total_commits)
+        let answer = self.get(&url, &query, &[200, 404], &what)?;
+        Ok((answer, what))
+    }
+
+    /// Returns how many commits PR `number`'s head (`head`, a SHA) has that its base
+    /// branch `base` lacks: `compare/{base}...{head}` where the version compares SHAs
+    /// (Gitea 1.23+, Forgejo v9+); where it answers 404 (Gitea 1.22.x and Forgejo v8
+    /// take branches only, earlier versions have no compare), the PR's commit list
+    /// (`pulls/{n}/commits`, which Gitea computes against the live base branch for an
+    /// unmerged PR), counted by its `X-Total-Count`. After one such 404 this client
+    /// asks the commit list directly.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class; a commit list without `X-Total-Count` is fatal.
+    pub fn commits_ahead(
+        &self,
+        repo: &str,
+        number: u64,
+        base: &str,
+        head: &str,
+    ) -> Result<u64, HttpError> {
+        if !self.no_sha_compare.load(Ordering::Relaxed) {
+            let (answer, what) = self.compare(repo, base, head)?;
+            if answer.status != 404 {
+                return Ok(answer.parse::<RawCompare>(&what)?.total_commits);
+            }
+            log::info!("{what}: HTTP 404 (no compare by SHA): using the PR's commit list");
+            self.no_sha_compare.store(true, Ordering::Relaxed);
+        }
+        let what = format!("gitea commits of {repo}#{number}");
+        let n = number.to_string();
+        let url = self.repo_url(repo, &["pulls", &n, "commits"])?;
+        let query = [
+            ("limit", "1"),
+            ("verification", "false"),
+            ("files", "false"),
+        ];
+        let answer = self.get(&url, &query, &[200], &what)?;
+        total_count(&answer)
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| HttpError::Fatal(format!("{what}: no X-Total-Count")))
+    }
+
+    /// Returns whether this client has seen compare by SHA refused (see
+    /// [`GiteaClient::commits_ahead`]).
+    pub fn compare_by_sha_refused(&self) -> bool {
+        self.no_sha_compare.load(Ordering::Relaxed)
     }
 
     /// Returns whether the PR is merged (`GET .../pulls/N/merge`: 204 yes, 404 no or no
@@ -525,6 +660,32 @@ mod tests {
         assert!(matches!(err, HttpError::Retryable(_)), "{err}");
         // Two attempts (a read is retried once) of 100 ms, not of 120 s.
         assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    }
+
+    #[test]
+    fn the_ci_verdict_is_the_same_on_every_version() {
+        let v = |states: &[&str]| ci_verdict(states.iter().copied());
+        assert_eq!(v(&[]), CiState::None);
+        assert_eq!(v(&["success", "warning", "skipped"]), CiState::Success);
+        assert_eq!(v(&["success", "pending", "warning"]), CiState::Pending);
+        assert_eq!(v(&["pending", "error", "success"]), CiState::Failure);
+        assert_eq!(v(&["failure", "queued"]), CiState::Failure);
+        assert_eq!(
+            v(&["pending", "queued", "success"]),
+            CiState::Other("queued".into())
+        );
+    }
+
+    #[test]
+    fn pages_are_counted_by_what_they_held() {
+        // A clamp of 20 under a total of 45: pages of 20, 20, 5.
+        assert!(more_pages(20, 20, Some(45)));
+        assert!(more_pages(20, 40, Some(45)));
+        assert!(!more_pages(5, 45, Some(45)));
+        // Without a total only an empty page ends the listing.
+        assert!(more_pages(20, 20, None));
+        assert!(!more_pages(0, 20, None));
+        assert!(!more_pages(0, 0, Some(45)));
     }
 
     #[test]

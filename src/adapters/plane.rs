@@ -7,10 +7,20 @@
 //! wrong-shaped body is [`HttpError::Fatal`]. Reads are retried once on a retryable
 //! failure, writes never; a 429 is returned as [`HttpError::RateLimited`] with
 //! `Retry-After` for the caller to honour. This module makes no pipeline decisions.
+//!
+//! Work-item paths: CE v1.1.0+ routes `.../work-items/...` and the older
+//! `.../issues/...` to the same views; v1.0.x and older have only `/issues/`. The client
+//! asks `work-items` first; when that answers 404 and the same call on `/issues/` does
+//! not, the workspace is an older Plane and every later call of this client (and its
+//! clones) goes to `/issues/` directly. A 404 on both is the item's own 404.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
@@ -137,6 +147,13 @@ struct IdOnly {
     id: Option<String>,
 }
 
+/// The work-item path family is not known yet.
+const FAMILY_UNKNOWN: u8 = 0;
+/// `/work-items/` answered (CE v1.1.0+).
+const FAMILY_WORK_ITEMS: u8 = 1;
+/// Only `/issues/` answers (CE v1.0.x and older).
+const FAMILY_ISSUES: u8 = 2;
+
 /// A Plane API v1 client for one workspace.
 #[derive(Debug, Clone)]
 pub struct PlaneClient {
@@ -146,6 +163,8 @@ pub struct PlaneClient {
     /// `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}`.
     base: Url,
     api_key: Secret,
+    /// Which work-item path family this Plane answers (`FAMILY_*`), shared by clones.
+    family: Arc<AtomicU8>,
 }
 
 impl PlaneClient {
@@ -181,6 +200,7 @@ impl PlaneClient {
             timeout: None,
             base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
             api_key,
+            family: Arc::new(AtomicU8::new(FAMILY_UNKNOWN)),
         }
     }
 
@@ -198,11 +218,89 @@ impl PlaneClient {
         rest::timed(req, self.timeout)
     }
 
+    /// Sends a work-item call built by `send` from its URL (`projects/{project}/` +
+    /// the family + `rest`), on the path family this Plane answers, and returns the
+    /// answer whatever its status. See the module documentation.
+    fn on_work_items(
+        &self,
+        project_id: &str,
+        rest: &[&str],
+        send: impl Fn(Url) -> Result<Answer, HttpError>,
+    ) -> Result<Answer, HttpError> {
+        let url = |family: &str| {
+            let mut segs = vec!["projects", project_id, family];
+            segs.extend_from_slice(rest);
+            self.url(&segs)
+        };
+        let known = self.family.load(Ordering::Relaxed);
+        if known == FAMILY_ISSUES {
+            return send(url("issues"));
+        }
+        let first = send(url("work-items"))?;
+        if first.status != 404 {
+            if known == FAMILY_UNKNOWN {
+                self.family.store(FAMILY_WORK_ITEMS, Ordering::Relaxed);
+            }
+            return Ok(first);
+        }
+        if known == FAMILY_WORK_ITEMS {
+            return Ok(first);
+        }
+        let second = send(url("issues"))?;
+        if second.status != 404 {
+            log::info!(
+                "plane: no work-items paths (Plane CE v1.0.x or older): using /issues/ from now on"
+            );
+            self.family.store(FAMILY_ISSUES, Ordering::Relaxed);
+            return Ok(second);
+        }
+        Ok(first)
+    }
+
+    /// A work-item GET: 200 expected, read retries as [`rest::get`].
+    fn get_work_items(
+        &self,
+        project_id: &str,
+        rest: &[&str],
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Answer, HttpError> {
+        self.on_work_items(project_id, rest, |url| {
+            self.get(&url, query, &[200, 404], what)
+        })?
+        .expect(&[200], what)
+    }
+
+    /// A work-item write (sent once, never retried), answered whatever its status. A
+    /// 404 wrote nothing, so asking the other path family after one is safe.
+    fn write_work_items(
+        &self,
+        method: Method,
+        project_id: &str,
+        rest: &[&str],
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<Answer, HttpError> {
+        self.on_work_items(project_id, rest, |url| {
+            let req = self
+                .timed(self.http.request(method.clone(), url))
+                .header("X-API-Key", self.api_key.expose())
+                .json(body);
+            rest::send(req, what)
+        })
+    }
+
     fn url(&self, segments: &[&str]) -> Url {
         rest::url(&self.base, segments, true)
     }
 
-    fn get(&self, url: &Url, query: &[(&str, &str)], what: &str) -> Result<Answer, HttpError> {
+    fn get(
+        &self,
+        url: &Url,
+        query: &[(&str, &str)],
+        ok: &[u16],
+        what: &str,
+    ) -> Result<Answer, HttpError> {
         rest::get(
             &self.http,
             |c| {
@@ -211,7 +309,7 @@ impl PlaneClient {
                     .header("X-API-Key", self.api_key.expose())
                     .header("Accept", "application/json")
             },
-            &[200],
+            ok,
             what,
         )
     }
@@ -231,7 +329,7 @@ impl PlaneClient {
             if let Some(c) = &cursor {
                 query.push(("cursor", c.as_str()));
             }
-            let page: Envelope<PlaneState> = self.get(&url, &query, &what)?.parse(&what)?;
+            let page: Envelope<PlaneState> = self.get(&url, &query, &[200], &what)?.parse(&what)?;
             states.extend(page.results);
             match next(
                 cursor.as_deref(),
@@ -254,9 +352,8 @@ impl PlaneClient {
     /// The call's [`HttpError`] class (404 is fatal); a wrong-shaped answer is fatal.
     pub fn get_work_item(&self, project_id: &str, id: &str) -> Result<WorkItem, HttpError> {
         let what = format!("plane get work item {id}");
-        let url = self.url(&["projects", project_id, "work-items", id]);
         let raw: RawWorkItem = self
-            .get(&url, &[("expand", "state")], &what)?
+            .get_work_items(project_id, &[id], &[("expand", "state")], &what)?
             .parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
     }
@@ -272,13 +369,12 @@ impl PlaneClient {
         cursor: Option<&str>,
     ) -> Result<WorkItemPage, HttpError> {
         let what = format!("plane list work items of project {project_id}");
-        let url = self.url(&["projects", project_id, "work-items"]);
         let per_page = PER_PAGE.to_string();
         let mut query = vec![("per_page", per_page.as_str()), ("expand", "state")];
         if let Some(c) = cursor {
             query.push(("cursor", c));
         }
-        let answer = self.get(&url, &query, &what)?;
+        let answer = self.get_work_items(project_id, &[], &query, &what)?;
         let page: Envelope<RawWorkItem> = answer.parse(&what)?;
         let items = page
             .results
@@ -307,12 +403,9 @@ impl PlaneClient {
         state_id: &str,
     ) -> Result<WorkItem, HttpError> {
         let what = format!("plane set state of work item {work_item_id}");
-        let url = self.url(&["projects", project_id, "work-items", work_item_id]);
-        let req = self
-            .timed(self.http.patch(url))
-            .header("X-API-Key", self.api_key.expose())
-            .json(&serde_json::json!({ "state": state_id }));
-        let raw: RawWorkItem = rest::send(req, &what)?
+        let body = serde_json::json!({ "state": state_id });
+        let raw: RawWorkItem = self
+            .write_work_items(Method::PATCH, project_id, &[work_item_id], &body, &what)?
             .expect(&[200], &what)?
             .parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
@@ -331,24 +424,16 @@ impl PlaneClient {
         comment: &NewComment,
     ) -> Result<CommentOutcome, HttpError> {
         let what = format!("plane comment on work item {work_item_id}");
-        let url = self.url(&[
-            "projects",
-            project_id,
-            "work-items",
-            work_item_id,
-            "comments",
-        ]);
         let body = serde_json::json!({
             "comment_html": comment.comment_html,
             "access": "INTERNAL",
             "external_source": comment.external_source,
             "external_id": comment.external_id,
         });
-        let req = self
-            .timed(self.http.post(url))
-            .header("X-API-Key", self.api_key.expose())
-            .json(&body);
-        let answer = rest::send(req, &what)?.expect(&[201, 409], &what)?;
+        let rest = [work_item_id, "comments"];
+        let answer = self
+            .write_work_items(Method::POST, project_id, &rest, &body, &what)?
+            .expect(&[201, 409], &what)?;
         if answer.status == 409 {
             let id = answer.parse::<IdOnly>(&what).ok().and_then(|i| i.id);
             return Ok(CommentOutcome::AlreadyExists { id });

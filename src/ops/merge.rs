@@ -96,7 +96,7 @@ fn read_and_decide(
         }
     };
     let compare = if needs_compare(&pr) {
-        match gitea.compare_total_commits(&target.repo, &pr.base_ref, &pr.head_sha) {
+        match gitea.commits_ahead(&target.repo, target.number, &pr.base_ref, &pr.head_sha) {
             Ok(n) => Compare::Ahead(n),
             Err(HttpError::Retryable(e)) => Compare::Failed(e),
             Err(e) => {

@@ -5,8 +5,10 @@
 //!
 //! What it models (gitea.md): `Authorization: token|Bearer` auth (bad token → 401 with
 //! the version's body; anonymous → 404 on a private repo, 401 `token is required` on a
-//! write to a public one), GET pull, open-PR lists with `X-Total-Count`/`Link`, branch
-//! creation (201/404/409/422/423/500), combined status per version, compare, is-merged
+//! write to a public one), GET pull, open-PR lists with `X-Total-Count`/`Link` and
+//! `limit` clamped to `[api] MAX_RESPONSE_ITEMS`, a PR's commit list, branch creation
+//! (201/404/409/422/423/500), combined status per version and paged, compare (by SHA,
+//! by branch only as Gitea 1.22.x / Forgejo v8, or absent: [`CompareSupport`]), is-merged
 //! (204/404), status creation, and merge following §4: the check order, the 1.25+ /
 //! legacy / ≤1.16 answers for an already merged PR, 404 for closed unmerged, 405 for
 //! WIP / not mergeable / style not allowed / not allowed, 409 `head out of date`, 423
@@ -39,6 +41,21 @@ pub enum GiteaVersion {
     /// Gitea ≤ 1.16: merging a merged PR answers 404 (closed check first).
     #[serde(rename = "1.16")]
     V1_16,
+}
+
+/// How far a version's `compare/{base}...{head}` route goes (gitea.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum CompareSupport {
+    /// Gitea 1.23+ and Forgejo v9+: branches, tags and commit SHAs.
+    #[default]
+    #[serde(rename = "sha")]
+    Full,
+    /// Gitea 1.22.x and Forgejo v8: branches and tags only; a SHA answers 404.
+    #[serde(rename = "branches")]
+    BranchesOnly,
+    /// Gitea 1.21 and Forgejo v7: no compare route at all (404).
+    #[serde(rename = "none")]
+    Absent,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +136,10 @@ struct Model {
     version: GiteaVersion,
     repos: BTreeMap<String, Repo>,
     seq: u64,
+    /// `[api] MAX_RESPONSE_ITEMS`: every `limit` is clamped to it (default 50).
+    max_response_items: usize,
+    /// What compare accepts.
+    compare: CompareSupport,
 }
 
 impl Model {
@@ -264,6 +285,8 @@ impl GiteaStandin {
             version: GiteaVersion::Current,
             repos: BTreeMap::new(),
             seq: 100,
+            max_response_items: 50,
+            compare: CompareSupport::Full,
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -304,6 +327,17 @@ impl GiteaStandin {
     /// Switches the answers that differ between versions.
     pub fn set_version(&self, v: GiteaVersion) {
         self.model().version = v;
+    }
+
+    /// Sets the admin's `[api] MAX_RESPONSE_ITEMS` (default 50): lists answer at most
+    /// this many items a page whatever `limit` asks.
+    pub fn set_max_response_items(&self, n: usize) {
+        self.model().max_response_items = n.max(1);
+    }
+
+    /// Sets what `compare/{base}...{head}` accepts (default: SHAs too, Gitea 1.23+).
+    pub fn set_compare(&self, c: CompareSupport) {
+        self.model().compare = c;
     }
 
     /// Adds a private repository `owner/name` whose default branch points at a SHA
@@ -551,6 +585,12 @@ impl GiteaStandin {
         if let Some(v) = seed.version {
             g.set_version(v);
         }
+        if let Some(n) = seed.max_response_items {
+            g.set_max_response_items(n);
+        }
+        if let Some(c) = seed.compare {
+            g.set_compare(c);
+        }
         for r in &seed.repos {
             g.add_repo(&r.name, &r.default_branch);
             for (b, sha) in &r.branches {
@@ -581,6 +621,12 @@ pub struct GiteaSeed {
     /// `"1.25"` (default), `"1.24"` (legacy bodies) or `"1.16"`.
     #[serde(default)]
     pub version: Option<GiteaVersion>,
+    /// `[api] MAX_RESPONSE_ITEMS` (default 50).
+    #[serde(default)]
+    pub max_response_items: Option<usize>,
+    /// What compare accepts: `sha` (default), `branches` (1.22.x, Forgejo v8), `none`.
+    #[serde(default)]
+    pub compare: Option<CompareSupport>,
     /// The repositories.
     #[serde(default)]
     pub repos: Vec<RepoSeed>,
@@ -726,6 +772,7 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
         ("GET", ["pulls", n]) => with_pull(m, &repo, n, |m, repo, p| {
             Reply::json(200, &pull_json(m, repo, p))
         }),
+        ("GET", ["pulls", n, "commits"]) => pull_commits(m, &repo, n, r),
         ("GET", ["pulls", n, "merge"]) => match n
             .parse::<u64>()
             .ok()
@@ -744,7 +791,7 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
             }
         }
         ("DELETE", ["branches", b @ ..]) => delete_branch(m, &repo, &b.join("/")),
-        ("GET", ["commits", git_ref, "status"]) => combined_status(m, &repo, git_ref),
+        ("GET", ["commits", git_ref, "status"]) => combined_status(m, &repo, git_ref, r),
         ("POST", ["statuses", sha]) => create_status(m, &repo, sha, r),
         ("GET", ["compare", spec @ ..]) => compare(m, &repo, &spec.join("/"), r),
         _ => m.not_found(),
@@ -961,15 +1008,7 @@ fn pull_json(m: &Model, r: &Repo, p: &Pull) -> Value {
 
 fn list_pulls(m: &Model, repo: &str, r: &Recorded) -> Reply {
     let state = r.param("state").unwrap_or_else(|| "open".into());
-    // limit <= 0 → DEFAULT_PAGING_NUM (30); above MAX_RESPONSE_ITEMS (50) → 50.
-    let limit = match r.param("limit").and_then(|l| l.parse::<i64>().ok()) {
-        Some(l) if l > 0 => usize::try_from(l.min(50)).unwrap_or(50),
-        _ => 30,
-    };
-    let page = r
-        .param("page")
-        .and_then(|p| p.parse::<i64>().ok())
-        .map_or(1, |p| usize::try_from(p.max(1)).unwrap_or(1));
+    let (limit, page) = list_options(m, r);
     let rp = &m.repos[repo];
     // Newest first, like Gitea's default sort.
     let all: Vec<&Pull> = rp
@@ -1012,6 +1051,68 @@ fn list_pulls(m: &Model, repo: &str, r: &Recorded) -> Reply {
         reply = reply.with_header("Link", &links.join(","));
     }
     reply
+}
+
+/// Gitea's `GetListOptions`: `limit` <= 0 → `DEFAULT_PAGING_NUM` (30, clamped too);
+/// above `MAX_RESPONSE_ITEMS` → that; `page` < 1 → 1.
+fn list_options(m: &Model, r: &Recorded) -> (usize, usize) {
+    let max = m.max_response_items;
+    let limit = match r.param("limit").and_then(|l| l.parse::<i64>().ok()) {
+        Some(l) if l > 0 => usize::try_from(l).unwrap_or(max).min(max),
+        _ => 30.min(max),
+    };
+    let page = r
+        .param("page")
+        .and_then(|p| p.parse::<i64>().ok())
+        .map_or(1, |p| usize::try_from(p.max(1)).unwrap_or(1));
+    (limit, page)
+}
+
+/// `GET .../pulls/{n}/commits`: the commits the PR's head has that its base branch
+/// lacks (an unmerged PR is compared with the live base branch), paged, with
+/// `X-Total-Count` (Gitea's `GetPullRequestCommits`).
+fn pull_commits(m: &Model, repo: &str, n: &str, r: &Recorded) -> Reply {
+    let rp = &m.repos[repo];
+    let Some(p) = n.parse::<u64>().ok().and_then(|n| rp.pulls.get(&n)) else {
+        return m.not_found();
+    };
+    let head_sha = rp.head_sha(p);
+    let base_sha = rp.branches.get(&p.base_ref).cloned().unwrap_or_default();
+    let n = rp
+        .ahead
+        .get(&(p.base_ref.clone(), head_sha.clone()))
+        .copied()
+        .unwrap_or_else(|| ahead(rp, &p.base_ref, &p.head_ref, &base_sha));
+    let total = usize::try_from(n).unwrap_or(0);
+    let (limit, page) = list_options(m, r);
+    let start = ((page - 1) * limit).min(total);
+    let end = (start + limit).min(total);
+    let body: Vec<Value> = (start..end)
+        .map(|i| {
+            let sha = if i + 1 == total {
+                head_sha.clone()
+            } else {
+                fake_sha(&format!("{head_sha}~{}", total - 1 - i))
+            };
+            commit_json(m, repo, &sha, &base_sha, false)
+        })
+        .collect();
+    Reply::json(200, &Value::Array(body)).with_header("X-Total-Count", &total.to_string())
+}
+
+/// How many commits `head` (at `head_sha`) has that `base` lacks: as set by
+/// [`GiteaStandin::set_ahead`], else none once a PR from it merged or when the tips are
+/// equal, else one.
+fn ahead(rp: &Repo, base: &str, head: &str, base_sha: &str) -> u64 {
+    let head_sha = rp.resolve(head).unwrap_or_else(|| head.to_string());
+    let merged_in = rp
+        .pulls
+        .values()
+        .any(|p| p.merged && p.head_ref == head && p.base_ref == base);
+    rp.ahead
+        .get(&(base.to_string(), head.to_string()))
+        .copied()
+        .unwrap_or(u64::from(base_sha != head_sha && !merged_in))
 }
 
 fn branch_json(m: &Model, repo: &str, name: &str, sha: &str) -> Value {
@@ -1300,7 +1401,7 @@ fn status_json(m: &Model, repo: &str, s: &Status) -> Value {
     })
 }
 
-fn combined_status(m: &Model, repo: &str, git_ref: &str) -> Reply {
+fn combined_status(m: &Model, repo: &str, git_ref: &str, r: &Recorded) -> Reply {
     let rp = &m.repos[repo];
     let sha = rp.resolve(git_ref);
     let legacy_empty = json!({
@@ -1323,6 +1424,13 @@ fn combined_status(m: &Model, repo: &str, git_ref: &str) -> Reply {
     if statuses.is_empty() && m.version != GiteaVersion::Current {
         return Reply::json(200, &legacy_empty);
     }
+    // Paged like every list (default 30 contexts); `state` and `total_count` describe
+    // the returned page only, `X-Total-Count` every context.
+    let contexts = statuses.len();
+    let (limit, page) = list_options(m, r);
+    let start = ((page - 1) * limit).min(contexts);
+    let end = (start + limit).min(contexts);
+    let statuses = &statuses[start..end];
     let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
     let state = combine(m.version, &states);
     let api = format!("{}/api/v1/repos/{repo}/commits/{sha}", m.url);
@@ -1340,6 +1448,7 @@ fn combined_status(m: &Model, repo: &str, git_ref: &str) -> Reply {
             "url": format!("{api}/status"),
         }),
     )
+    .with_header("X-Total-Count", &contexts.to_string())
 }
 
 /// Combines the latest state of each context as the version does (gitea.md §6).
@@ -1419,18 +1528,18 @@ fn compare(m: &Model, repo: &str, spec: &str, r: &Recorded) -> Reply {
         return m.not_found();
     };
     let rp = &m.repos[repo];
+    let is_branch_or_tag = |x: &str| rp.branches.contains_key(x);
+    match m.compare {
+        CompareSupport::Absent => return m.not_found(),
+        CompareSupport::BranchesOnly if !(is_branch_or_tag(base) && is_branch_or_tag(head)) => {
+            return m.not_found()
+        }
+        _ => {}
+    }
     let (Some(base_sha), Some(head_sha)) = (rp.resolve(base), rp.resolve(head)) else {
         return m.not_found();
     };
-    let merged_in = rp
-        .pulls
-        .values()
-        .any(|p| p.merged && p.head_ref == head && p.base_ref == base);
-    let n = rp
-        .ahead
-        .get(&(base.to_string(), head.to_string()))
-        .copied()
-        .unwrap_or(u64::from(base_sha != head_sha && !merged_in));
+    let n = ahead(rp, base, head, &base_sha);
     let files = r.param("files").as_deref() != Some("false");
     let commits: Vec<Value> = (0..n)
         .map(|i| {

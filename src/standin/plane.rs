@@ -10,6 +10,7 @@
 //! `X-RateLimit-Remaining`/`X-RateLimit-Reset`; when enforcement is switched on, a
 //! request over the per-minute budget gets 429 with `Retry-After` and no rate headers.
 //! Routes need Plane's trailing slash. Test failures are scripted on the [`Server`].
+//! [`PlaneVersion::Legacy`] serves CE v1.0.x and older: `/issues/` paths only.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,22 @@ struct Model {
     enforce: bool,
     window: VecDeque<Instant>,
     seq: u64,
+    /// Which Plane CE the routes follow (see [`PlaneVersion`]).
+    version: PlaneVersion,
+}
+
+/// Which Plane CE routes the stand-in serves where versions differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum PlaneVersion {
+    /// CE v1.1.0+ (October 2025): `/work-items/` and the older `/issues/` paths both
+    /// route to the same views (`plane/api/urls/work_item.py`).
+    #[default]
+    #[serde(rename = "1.1")]
+    Current,
+    /// CE v0.23 - v1.0.x: only `/issues/`; a `/work-items/` path matches no route and
+    /// gets Django's HTML 404 page.
+    #[serde(rename = "1.0")]
+    Legacy,
 }
 
 impl Model {
@@ -113,6 +130,7 @@ impl PlaneStandin {
             enforce: false,
             window: VecDeque::new(),
             seq: 0,
+            version: PlaneVersion::Current,
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -219,6 +237,11 @@ impl PlaneStandin {
             .unwrap_or_default()
     }
 
+    /// Switches the routes that differ between Plane CE versions.
+    pub fn set_version(&self, v: PlaneVersion) {
+        self.model().version = v;
+    }
+
     /// Sets the per-minute budget and whether going over it answers 429.
     pub fn set_rate_limit(&self, per_minute: u32, enforce: bool) {
         let mut m = self.model();
@@ -242,6 +265,9 @@ impl PlaneStandin {
         );
         if let Some(limit) = &seed.rate_limit {
             s.set_rate_limit(limit.per_minute, limit.enforce);
+        }
+        if let Some(v) = seed.version {
+            s.set_version(v);
         }
         for p in &seed.projects {
             let states: Vec<(&str, &str, &str)> = p
@@ -277,6 +303,10 @@ pub struct PlaneSeed {
     /// The rate limit (default 60/minute, not enforced).
     #[serde(default)]
     pub rate_limit: Option<RateLimitSeed>,
+    /// The Plane CE version whose routes to serve: `"1.1"` (default) or `"1.0"`
+    /// (no `/work-items/` paths).
+    #[serde(default)]
+    pub version: Option<PlaneVersion>,
     /// The projects.
     #[serde(default)]
     pub projects: Vec<ProjectSeed>,
@@ -346,6 +376,9 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// What Django answers (with `DEBUG` off) for a path no route matches.
+const DJANGO_NOT_FOUND: &str = "\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n";
+
 fn not_found() -> Reply {
     Reply::json(
         404,
@@ -406,6 +439,10 @@ fn route(m: &mut Model, r: &Recorded) -> Reply {
     let segs: Vec<&str> = rest.split('/').collect();
     if segs.first() != Some(&m.workspace.as_str()) {
         return not_found();
+    }
+    if m.version == PlaneVersion::Legacy && segs.get(3) == Some(&"work-items") {
+        // No such route before v1.1: Django's own 404 page, not the API's JSON.
+        return Reply::raw(404, "text/html; charset=utf-8", DJANGO_NOT_FOUND);
     }
     match (r.method.as_str(), &segs[1..]) {
         ("GET", ["projects", pid, "states"]) => list_states(m, pid, r),

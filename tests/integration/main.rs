@@ -18,6 +18,7 @@ mod staging_check;
 mod staging_roundtrip;
 mod stale_artefacts;
 mod the_loop;
+mod versions;
 mod webhook;
 
 /// Returns the `.rs` files (and module directories) of `files` that `main` does not

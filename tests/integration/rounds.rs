@@ -5,7 +5,7 @@
 //! seeded through the library in the state the pipeline leaves them, jobs run through the real
 //! `run-job` supervisor (the job claimed by SQL, as `dispatch` would).
 
-use orch::standin::gitea::{fake_sha, GiteaStandin, PullSeed};
+use orch::standin::gitea::{fake_sha, CompareSupport, GiteaStandin, PullSeed};
 use orch::standin::prod::Prod;
 
 use crate::common::{seed_task, Project, SeedTask, Standin, TestEnv, GITEA_TOKEN, NOW_UNIX};
@@ -386,6 +386,35 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
         Some(w.main_sha())
     );
     assert_eq!(w.gitea().branch(REPO, "shop-4-checkout"), Some(pushed));
+}
+
+/// Gitea 1.22.x / Forgejo v8 refuse compare by SHA (and older versions have no
+/// compare): the deploy gate's merged fact still comes from the PR's commit list, so a
+/// failed deploy of a PR already contained in its base starts a new round.
+#[test]
+fn a_contained_pr_is_known_merged_where_compare_refuses_shas() {
+    let w = world();
+    w.gitea().set_compare(CompareSupport::BranchesOnly);
+    let branch = "shop-11-checkout";
+    let head = fake_sha(branch);
+    w.gitea().push(REPO, branch, &head);
+    w.gitea().add_pull(REPO, &PullSeed::open(11, branch));
+    w.gitea().set_ahead(REPO, "main", &head, 0);
+    let (id, key) = w.seed(&Seed {
+        n: 11,
+        stage: "deploy",
+        branch,
+        pr: Some(11),
+    });
+    w.env.artefact(
+        &key,
+        "12-deploy-report.md",
+        "---\ndeploy_status: FAILED\n---\nthe release did not start\n",
+    );
+    let stderr = w.run_job(id, "deployer", "deploy");
+    let r = w.round(&key);
+    assert_eq!((r.stage.as_str(), r.round), ("development", 2), "{stderr}");
+    assert_eq!(w.gitea().count(Some("GET"), REPO, "pulls/11/commits"), 1);
 }
 
 #[test]
