@@ -3,17 +3,16 @@
 //! real pass and launches nothing, so every run sees the same queue): median wall time
 //! and peak RSS. A real pass adds one guarded UPDATE and one spawn per started job.
 
-#[path = "common.rs"]
 mod common;
 
 use common::{measure, report, Home};
 
 fn main() {
-    let home = Home::new(4);
-    home.seed(10_000, 4, "queued", &[]);
+    let home = Home::with_projects(4);
+    home.seed_jobs(10_000, 4, None);
     report(
         "dispatch --dry-run, 10000 queued",
-        measure(11, || {
+        &measure(11, || {
             let mut c = home.orch(&["dispatch", "--dry-run"]);
             c.env("ORCH_MAX_CONCURRENCY", "4");
             c

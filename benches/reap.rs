@@ -3,7 +3,6 @@
 //! so the pass reads `/proc` once per job and writes nothing): median wall time of the
 //! process and its peak RSS.
 
-#[path = "common.rs"]
 mod common;
 
 use std::process::{Command, Stdio};
@@ -29,12 +28,12 @@ fn main() {
         })
         .collect();
     for n in [10_000usize, 100_000] {
-        let home = Home::new(4);
-        home.seed(n, 4, "running", &stamps);
+        let home = Home::with_projects(4);
+        home.seed_jobs(n, 4, Some(&stamps));
         let runs = if n > 50_000 { 5 } else { 11 };
         report(
             &format!("reap, {n} running jobs (alive)"),
-            measure(runs, || home.orch(&["reap"])),
+            &measure(runs, || home.orch(&["reap"])),
         );
     }
     for c in &mut live {

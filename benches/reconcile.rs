@@ -9,12 +9,11 @@
 //! 3,000 with a live job. Prints the median and p99 wall time, the peak resident memory
 //! and the requests made per pass.
 
-#[path = "common/mod.rs"]
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
+use common::Home;
 use orch::standin::gitea::{GiteaStandin, PullSeed};
 use orch::standin::plane::PlaneStandin;
 
@@ -38,29 +37,19 @@ fn pipeline() -> String {
     s
 }
 
-fn command(dir: &Path, plane: &str, gitea: &str) -> Command {
-    let mut c = common::orch();
-    c.arg("reconcile")
-        .env_clear()
-        .env("ORCH_DB", dir.join("orch.db"))
-        .env("ORCH_STATE_DIR", dir.join("state"))
-        .env("ORCH_ARTEFACTS_DIR", dir.join("artefacts"))
-        .env("ORCH_CONFIG", dir.join("orch.yaml"))
-        .env("ORCH_PLANE_URL", plane)
+fn command(home: &Home, plane: &str, gitea: &str) -> Command {
+    let mut c = home.orch(&["reconcile"]);
+    c.env("ORCH_PLANE_URL", plane)
         .env("ORCH_PLANE_API_KEY", KEY)
         .env("ORCH_GITEA_URL", gitea)
         .env("ORCH_GITEA_TOKEN", TOKEN)
         .env("ORCH_RECONCILE_MAX_TASKS", "10000")
         .env("ORCH_RECONCILE_GRACE_S", "0")
-        .env("ORCH_NOW", "2026-11-25T03:00:00Z")
-        .env("ORCH_LOG", "warn")
-        .stdout(std::process::Stdio::null());
+        .env("ORCH_NOW", "2026-11-25T03:00:00Z");
     c
 }
 
 fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("orch.yaml"), pipeline()).unwrap();
     let plane = PlaneStandin::start("acme", KEY);
     plane.set_rate_limit(1_000_000, false);
     let gitea = GiteaStandin::start(TOKEN);
@@ -70,14 +59,8 @@ fn main() {
     for (name, _, _) in PROJECTS {
         gitea.add_repo(&format!("acme/{name}"), "main");
     }
-    let mut init = common::orch();
-    init.arg("init")
-        .env_clear()
-        .env("ORCH_DB", dir.path().join("orch.db"))
-        .env("ORCH_STATE_DIR", dir.path().join("state"));
-    assert!(init.output().unwrap().status.success());
-
-    let db = rusqlite::Connection::open(dir.path().join("orch.db")).unwrap();
+    let home = Home::new(&pipeline());
+    let db = home.db();
     db.execute_batch("BEGIN").unwrap();
     for n in 1..=TASKS {
         let (name, ident, pid) = PROJECTS[(n % 3) as usize];
@@ -141,7 +124,7 @@ fn main() {
     drop(db);
 
     let runs = 5;
-    let m = common::measure(runs, || command(dir.path(), plane.url(), gitea.url()));
+    let m = common::measure(runs, || command(&home, plane.url(), gitea.url()));
     let passes = (runs + 1) as f64;
     let plane_req = plane.server().requests().len() as f64 / passes;
     let gitea_req = gitea.server().requests().len() as f64 / passes;
@@ -149,9 +132,6 @@ fn main() {
     println!(
         "requests per pass: plane={plane_req:.0} gitea={gitea_req:.0} (1,000 tasks evaluated against Gitea)"
     );
-    let stuck: i64 = rusqlite::Connection::open(dir.path().join("orch.db"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM stage_events", [], |r| r.get(0))
-        .unwrap();
+    let stuck = home.count("SELECT count(*) FROM stage_events");
     assert_eq!(stuck, 0, "the seeded state is steady: no pass moved a task");
 }

@@ -4,7 +4,6 @@
 //! process and its peak resident memory; the goal is a median under 50 ms and a peak
 //! under 20 MB on the 2-core reference machine.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use rusqlite::params;
@@ -24,16 +23,8 @@ const AGENTS: [&str; 4] = ["analyst", "developer", "reviewer", "deployer"];
 const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("orch.db");
-    let init = common::orch()
-        .args(["init"])
-        .env("ORCH_DB", &db)
-        .env("ORCH_STATE_DIR", dir.path().join("state"))
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let mut conn = rusqlite::Connection::open(&db).unwrap();
+    let home = common::Home::with_projects(3);
+    let mut conn = home.db();
     let tx = conn.transaction().unwrap();
     let now = 1_795_575_600_i64;
     {
@@ -90,17 +81,12 @@ fn main() {
     tx.commit().unwrap();
     drop(conn);
     for json in [false, true] {
-        let m = common::measure(30, || {
-            let mut c = common::orch();
-            c.arg("status")
-                .env("ORCH_DB", &db)
-                .env("ORCH_STATE_DIR", dir.path().join("state"))
-                .env("ORCH_LOG", "warn");
-            if json {
-                c.arg("--json");
-            }
-            c
-        });
+        let args: &[&str] = if json {
+            &["status", "--json"]
+        } else {
+            &["status"]
+        };
+        let m = common::measure(30, || home.orch(args));
         println!(
             "status{} over {JOBS} jobs / {TASKS} tasks: {m}",
             if json { " --json" } else { "" }

@@ -5,15 +5,14 @@
 //! job; goal: median under 10 ms), and (2) 1,000 deliveries pushed by 8 concurrent
 //! senders: throughput, p99, and a check that none was lost or doubled.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Home;
 use orch::core::intake::sign;
 use orch::standin::gitea::GiteaStandin;
 
@@ -43,58 +42,36 @@ fn request(n: u32) -> Vec<u8> {
     req
 }
 
-fn command(dir: &Path, gitea: &str) -> Command {
-    let mut c = common::orch();
-    c.args(["webhook-handle", "--stdio"])
-        .env_clear()
-        .env("ORCH_DB", dir.join("orch.db"))
-        .env("ORCH_STATE_DIR", dir.join("state"))
-        .env("ORCH_CONFIG", dir.join("orch.yaml"))
-        .env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
+fn command(home: &Home, gitea: &str) -> Command {
+    let mut c = home.orch(&["webhook-handle", "--stdio"]);
+    c.env("ORCH_PLANE_WEBHOOK_SECRET", SECRET)
         .env("ORCH_GITEA_URL", gitea)
-        .env("ORCH_GITEA_TOKEN", TOKEN)
-        .env("ORCH_LOG", "warn");
+        .env("ORCH_GITEA_TOKEN", TOKEN);
     c
 }
 
-fn setup() -> (tempfile::TempDir, GiteaStandin) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("orch.yaml"), PIPELINE).unwrap();
+fn setup() -> (Home, GiteaStandin) {
     let gitea = GiteaStandin::start(TOKEN);
     gitea.add_repo("acme/orch", "main");
-    let mut c = common::orch();
-    c.args(["init"])
-        .env("ORCH_DB", dir.path().join("orch.db"))
-        .env("ORCH_STATE_DIR", dir.path().join("state"))
-        .env("ORCH_CONFIG", dir.path().join("orch.yaml"));
-    assert!(c.output().unwrap().status.success());
-    (dir, gitea)
-}
-
-fn count(dir: &Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open(dir.join("orch.db")).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
+    (Home::new(PIPELINE), gitea)
 }
 
 fn main() {
     // 1. One delivery that starts a task, whole process.
-    let (dir, gitea) = setup();
+    let (home, gitea) = setup();
     let next = AtomicU32::new(1);
-    let reqs = dir.path().join("reqs");
+    let reqs = home.path("reqs");
     std::fs::create_dir_all(&reqs).unwrap();
     let runs = 200;
     let single = common::measure(runs, || {
         let n = next.fetch_add(1, Ordering::SeqCst);
         let file = reqs.join(format!("{n}.http"));
         std::fs::write(&file, request(n)).unwrap();
-        let mut c = command(dir.path(), gitea.url());
+        let mut c = command(&home, gitea.url());
         c.stdin(std::fs::File::open(&file).unwrap());
         c
     });
-    let started = count(
-        dir.path(),
-        "SELECT count(*) FROM deliveries WHERE outcome = 'started'",
-    );
+    let started = home.count("SELECT count(*) FROM deliveries WHERE outcome = 'started'");
     assert_eq!(
         started,
         i64::from(runs as u32 + 1),
@@ -103,21 +80,20 @@ fn main() {
     println!("webhook-handle --stdio, one delivery starting a task: {single}");
 
     // 2. 1,000 deliveries from 8 concurrent senders.
-    let (dir, gitea) = setup();
+    let (home, gitea) = setup();
     let senders = 8u32;
     let per = 125u32;
     let t0 = Instant::now();
     let mut latencies: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..senders)
             .map(|k| {
-                let dir = dir.path().to_path_buf();
-                let url = gitea.url().to_string();
+                let (home, url) = (&home, gitea.url());
                 s.spawn(move || {
                     let mut lat = Vec::new();
                     for i in 0..per {
                         let n = 10_000 + k * per + i;
                         let start = Instant::now();
-                        let mut child = command(&dir, &url)
+                        let mut child = command(home, url)
                             .stdin(Stdio::piped())
                             .stdout(Stdio::piped())
                             .stderr(Stdio::piped())
@@ -145,9 +121,9 @@ fn main() {
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     let n = i64::from(senders * per);
-    let stored = count(dir.path(), "SELECT count(*) FROM deliveries");
-    let tasks = count(dir.path(), "SELECT count(*) FROM tasks");
-    let jobs = count(dir.path(), "SELECT count(*) FROM jobs");
+    let stored = home.count("SELECT count(*) FROM deliveries");
+    let tasks = home.count("SELECT count(*) FROM tasks");
+    let jobs = home.count("SELECT count(*) FROM jobs");
     let branches = gitea.count(Some("POST"), "acme/orch", "branches") as i64;
     println!(
         "webhook-handle --stdio, {n} deliveries from {senders} concurrent senders: {:.0} deliveries/s, median={:.2}ms p99={:.2}ms max={:.2}ms; stored={stored} tasks={tasks} jobs={jobs} branch_requests={branches}",

@@ -1,10 +1,156 @@
-//! Shared bench scaffolding: run the real `orch` binary repeatedly and report median and
-//! p99 wall time and the peak resident memory of the whole process.
+//! The one bench harness: a temporary orch home (pipeline file, `orch init`, the
+//! environment every run gets), seeding, and timing whole `orch` processes (median, p99
+//! and min wall time after one warm-up run, peak RSS of the children).
+//!
+//! [`Home::seed_jobs`] seeds through the library (`Db`), as tests do. The `status` and
+//! `reconcile` benches write their rows with SQL in one transaction: they need jobs in
+//! states no sequence of legal moves leaves (finished jobs of every agent at stages their
+//! task is not at) or no stage events at all (reconcile's steady state).
 
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use orch::adapters::db::Db;
+use orch::core::stage::{Actor, Stage};
+use orch::core::task::NewTask;
+use rusqlite::params;
+
+/// A temporary orch home: `orch.yaml`, `orch.db` (initialised), `state/`, `artefacts/`.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// A home with `pipeline` as its pipeline file and an initialised database.
+    pub fn new(pipeline: &str) -> Home {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("orch.yaml"), pipeline).unwrap();
+        let home = Home { dir };
+        let out = home.orch(&["init"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "orch init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        home
+    }
+
+    /// A home whose pipeline has `projects` projects `p0`, `p1`, ... (repo `acme/pN`) and
+    /// a developer agent that does nothing.
+    pub fn with_projects(projects: usize) -> Home {
+        let mut yaml = String::from("plane: { workspace: acme }\nprojects:\n");
+        for p in 0..projects {
+            yaml.push_str(&format!(
+                "  - name: p{p}\n    plane_project_id: 00000000-0000-4000-8000-{p:012}\n    repo: acme/p{p}\n"
+            ));
+        }
+        yaml.push_str("agents:\n  developer: [/bin/true, \"{task}\"]\n");
+        Home::new(&yaml)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A command for the release binary with this home's environment (and nothing else
+    /// from the caller's).
+    pub fn orch(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orch"));
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("ORCH_DB", self.path("orch.db"))
+            .env("ORCH_STATE_DIR", self.path("state"))
+            .env("ORCH_ARTEFACTS_DIR", self.path("artefacts"))
+            .env("ORCH_CONFIG", self.path("orch.yaml"))
+            .env("ORCH_LOG", "warn")
+            .current_dir(self.dir.path())
+            .args(args);
+        c
+    }
+
+    /// A connection to the home's database, for seeding and counting.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path("orch.db")).unwrap()
+    }
+
+    /// The single integer `sql` returns.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Seeds `n` development tasks spread over `projects` projects (`p0`, ...) through the
+    /// library, as the binary writes them: each created and moved to development, which
+    /// enqueues its developer job (task `i` at instant `i`). With `running`, every job is
+    /// then started and stamped round-robin with `stamps` (pid, start time) in one
+    /// statement: what dispatch's claim and the supervisor's stamp write, in bulk (one
+    /// claim per job re-counts the running jobs, quadratic at 100,000).
+    pub fn seed_jobs(&self, n: usize, projects: usize, running: Option<&[(i64, i64)]>) {
+        let mut db = Db::open(&self.path("orch.db")).expect("open db");
+        for i in 0..n {
+            let at = i as i64;
+            let task = NewTask {
+                project: format!("p{}", i % projects),
+                work_item_id: format!("wi-{i}"),
+                key: format!("K-{i}"),
+                title: "t".into(),
+                repo: "acme/x".into(),
+                branch: format!("k-{i}"),
+            };
+            let id = db
+                .create_task(&task, Actor::Operator, "seeded", at)
+                .expect("create task")
+                .id();
+            db.move_task(
+                id,
+                Stage::Analysis,
+                Stage::Development,
+                "seeded",
+                Actor::Operator,
+                at,
+            )
+            .expect("move to development");
+        }
+        if let Some(stamps) = running {
+            let tx = db.conn_mut().transaction().unwrap();
+            {
+                let mut start = tx
+                    .prepare(
+                        "UPDATE jobs SET status = 'running', started_at = ?2, pid = ?3,
+                                pid_start_time = ?4
+                         WHERE id = ?1 AND status = 'queued'",
+                    )
+                    .unwrap();
+                let ids: Vec<i64> = tx
+                    .prepare("SELECT id FROM jobs ORDER BY id")
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for (k, id) in ids.into_iter().enumerate() {
+                    let (pid, pid_start) = stamps[k % stamps.len()];
+                    assert_eq!(
+                        start
+                            .execute(params![id, now_secs(), pid, pid_start])
+                            .unwrap(),
+                        1
+                    );
+                }
+            }
+            tx.commit().unwrap();
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
 
 /// What a series of runs measured.
 pub struct Measured {
@@ -29,10 +175,10 @@ impl std::fmt::Display for Measured {
     }
 }
 
-/// Runs `make()` `runs` times (after one warm-up), each to completion, and measures it.
-/// Panics if a run fails: a benchmark of a failing command measures nothing.
+/// Runs `make()` `runs` times (after one warm-up), each to completion with stdout
+/// discarded, and measures it. Panics if a run fails: a benchmark of a failing command measures nothing.
 pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
-    let warm = make().output().expect("spawn");
+    let warm = make().stdout(Stdio::null()).output().expect("spawn");
     assert!(
         warm.status.success(),
         "warm-up failed: {}",
@@ -41,6 +187,7 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let mut cmd = make();
+        cmd.stdout(Stdio::null());
         let start = Instant::now();
         let out = cmd.output().expect("spawn");
         times.push(start.elapsed());
@@ -64,7 +211,7 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
     }
 }
 
-/// Returns the release binary built for this bench.
-pub fn orch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_orch"))
+/// Prints one measured line: `name: runs=... median=...`.
+pub fn report(name: &str, m: &Measured) {
+    println!("{name}: {m}");
 }

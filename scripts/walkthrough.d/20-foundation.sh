@@ -1,5 +1,9 @@
 # Foundation: the pipeline file an operator writes (projects, agents, staging checks:
-# URLs and commands only; every setting stays at its default), a database, a check.
+# URLs and commands only; every setting stays at its default), a database, a check. It
+# is the one pipeline file of the whole walkthrough: every later part reads it as is.
+# C9a is a real webhook round trip for the shop sandbox, but no staging webhook listens
+# on its port: it fails in every staging check and, being allowlisted sandbox
+# infrastructure, is waived (the staging part shows it, and --strict).
 cat > "$ORCH_CONFIG" <<YAML
 plane: { workspace: acme }
 projects:
@@ -30,6 +34,7 @@ staging:
   checks:
     - { id: C1, name: health, kind: http, url: "$url_staging/health", expect_status: 200, timeout_s: 5 }
     - { id: F1, name: image, kind: image-freshness, url: "$url_staging/version", json_field: revision, timeout_s: 5 }
+    - { id: C9a, name: sandbox branch (no staging webhook), kind: webhook-roundtrip, project: shop, webhook_url: "http://127.0.0.1:9/webhooks/plane", wait_for: branch, timeout_s: 5 }
 YAML
 
 step "the pipeline file: two projects, the stub agents, staging checks"

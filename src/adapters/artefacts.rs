@@ -186,24 +186,10 @@ mod tests {
 
     fn task(stage: Stage, round: u32) -> Task {
         Task {
-            id: 1,
-            project: "shop".into(),
             work_item_id: "w".into(),
-            key: "SHOP-1".into(),
-            title: "t".into(),
-            repo: "acme/shop".into(),
             branch: "b".into(),
-            pr_number: None,
-            stage,
-            stage_entered_at: 0,
-            validated_revision: None,
-            developer_retries: 0,
-            escalated_at: None,
-            escalation_reason: None,
-            created_at: 0,
-            updated_at: 0,
             round,
-            branch_ready_at: None,
+            ..Task::sample(1, stage)
         }
     }
 

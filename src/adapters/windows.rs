@@ -151,28 +151,16 @@ pub fn list(state_dir: &Path) -> Result<Vec<Found>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::post_deploy::ActionState;
+    use crate::core::stage::Stage;
+    use crate::core::task::Task;
 
     fn window(repo: &str, item: &str) -> WindowState {
-        WindowState {
-            task_id: 1,
-            task_key: "SHOP-1".into(),
-            project: "shop".into(),
+        let task = Task {
             repo: repo.into(),
-            work_item: item.into(),
-            armed_at: 0,
-            ends_at: 900,
-            armed_by: "test".into(),
-            samples: vec![],
-            ticks: vec![],
-            last_classification: None,
-            ever_degraded: false,
-            last_evidence: None,
-            action: ActionState::None,
-            reopened: false,
-            closed_at: None,
-            verdict: None,
-        }
+            work_item_id: item.into(),
+            ..Task::sample(1, Stage::Done)
+        };
+        WindowState::arm(&task, 0, 900, "test")
     }
 
     #[test]

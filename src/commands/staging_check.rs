@@ -142,6 +142,22 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
         None => None,
     };
     let targets = report_targets(report_path.as_deref(), args.report.as_deref(), same_file);
+    // Ends the run without a verdict (Gitea did not answer about the task's PR).
+    let no_verdict = |unreadable: &Unreadable,
+                      task: &Task,
+                      internal: &[String],
+                      checks: Vec<CheckLine>,
+                      expected: Option<String>| {
+        let end = Unjudged {
+            unreadable,
+            task,
+            db: db.as_ref(),
+            targets: &targets,
+            now: now.as_second(),
+            started,
+        };
+        end.finish(args, internal, checks, expected, settings)
+    };
 
     // The pin: which kind the task's repo gets, and its PR head when it is needed (for a
     // pr-head pin, or as the expected revision of an image-freshness pin).
@@ -209,15 +225,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
             Err(HeadError::Refused(e)) => internal.push(e),
             // Gitea gave no answer about the PR: no verdict, and no check is run for one.
             Err(HeadError::Unreadable(u)) => {
-                let end = Unjudged {
-                    unreadable: &u,
-                    task: t,
-                    db: db.as_ref(),
-                    targets: &targets,
-                    now: now.as_second(),
-                    started,
-                };
-                return Ok(end.finish(args, &internal, Vec::new(), expected, settings));
+                return Ok(no_verdict(&u, t, &internal, Vec::new(), expected));
             }
         }
     }
@@ -270,15 +278,7 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
             Err(HeadError::Refused(e)) => internal.push(e),
             // The checks ran, but whether staging ran the head they were for is unknown.
             Err(HeadError::Unreadable(u)) => {
-                let end = Unjudged {
-                    unreadable: &u,
-                    task: t,
-                    db: db.as_ref(),
-                    targets: &targets,
-                    now: now.as_second(),
-                    started,
-                };
-                return Ok(end.finish(args, &internal, lines, expected, settings));
+                return Ok(no_verdict(&u, t, &internal, lines, expected));
             }
         }
     }

@@ -232,16 +232,18 @@ pub fn parse_status<T: StatusValue>(text: Option<&str>) -> Result<T, ArtefactErr
     read_status(&frontmatter(T::FILE, text)?)
 }
 
-macro_rules! status_enum {
-    ($(#[$doc:meta])* $name:ident, $file:expr, $key:literal, { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+/// Declares the status enums, one row each: `Name(FILE, "key"): Variant = "TEXT" "its
+/// doc", ...;`.
+macro_rules! status_enums {
+    ($($(#[$doc:meta])* $name:ident($file:expr, $key:literal): $($variant:ident = $text:literal $vdoc:literal),+;)*) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-        pub enum $name { $($(#[$vdoc])* #[serde(rename = $text)] $variant),* }
+        pub enum $name { $(#[doc = $vdoc] #[serde(rename = $text)] $variant),+ }
 
         impl StatusValue for $name {
             const FILE: &'static str = $file;
             const KEY: &'static str = $key;
-            const VALUES: &'static [(&'static str, Self)] = &[$(($text, $name::$variant)),*];
+            const VALUES: &'static [(&'static str, Self)] = &[$(($text, $name::$variant)),+];
         }
 
         impl fmt::Display for $name {
@@ -249,60 +251,21 @@ macro_rules! status_enum {
                 f.write_str(StatusValue::as_str(*self))
             }
         }
-    };
+    )*};
 }
 
-status_enum!(
+status_enums! {
     /// `analysis_status` in `01-analysis.md`.
-    AnalysisStatus, ANALYSIS_FILE, "analysis_status", {
-        /// The analysis is complete.
-        Approved = "APPROVED",
-        /// The analyst needs a human's answer.
-        NeedsInput = "NEEDS_INPUT",
-    }
-);
-
-status_enum!(
+    AnalysisStatus(ANALYSIS_FILE, "analysis_status"): Approved = "APPROVED" "The analysis is complete.", NeedsInput = "NEEDS_INPUT" "The analyst needs a human's answer.";
     /// `review_verdict` in `05-review.md`.
-    ReviewVerdict, REVIEW_FILE, "review_verdict", {
-        /// Go on to staging.
-        Approve = "APPROVE",
-        /// Back to development.
-        RequestChanges = "REQUEST_CHANGES",
-    }
-);
-
-status_enum!(
+    ReviewVerdict(REVIEW_FILE, "review_verdict"): Approve = "APPROVE" "Go on to staging.", RequestChanges = "REQUEST_CHANGES" "Back to development.";
     /// `staging_status` in `10-staging-report.md`.
-    StagingStatus, STAGING_REPORT_FILE, "staging_status", {
-        /// Staging passed.
-        Success = "SUCCESS",
-        /// Staging failed.
-        Failed = "FAILED",
-    }
-);
-
-status_enum!(
+    StagingStatus(STAGING_REPORT_FILE, "staging_status"): Success = "SUCCESS" "Staging passed.", Failed = "FAILED" "Staging failed.";
     /// `deploy_status` in `12-deploy-report.md`.
-    DeployStatus, DEPLOY_REPORT_FILE, "deploy_status", {
-        /// Production deploy succeeded.
-        Success = "SUCCESS",
-        /// Production deploy failed.
-        Failed = "FAILED",
-    }
-);
-
-status_enum!(
+    DeployStatus(DEPLOY_REPORT_FILE, "deploy_status"): Success = "SUCCESS" "Production deploy succeeded.", Failed = "FAILED" "Production deploy failed.";
     /// `post_deploy_verdict` in `16-post-deploy-log.md` (written by orch).
-    PostDeployVerdict, POST_DEPLOY_LOG_FILE, "post_deploy_verdict", {
-        /// Production stayed healthy.
-        Healthy = "HEALTHY",
-        /// Production degraded.
-        Degraded = "DEGRADED",
-        /// Too few samples to tell.
-        Inconclusive = "INCONCLUSIVE",
-    }
-);
+    PostDeployVerdict(POST_DEPLOY_LOG_FILE, "post_deploy_verdict"): Healthy = "HEALTHY" "Production stayed healthy.", Degraded = "DEGRADED" "Production degraded.", Inconclusive = "INCONCLUSIVE" "Too few samples to tell.";
+}
 
 /// The staging report as the `deploy-staging → deploy` gate reads it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

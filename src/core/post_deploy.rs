@@ -1101,24 +1101,8 @@ mod tests {
 
     fn task() -> Task {
         Task {
-            id: 7,
-            project: "shop".into(),
-            work_item_id: "item-7".into(),
-            key: "SHOP-7".into(),
-            title: "t".into(),
-            repo: "acme/shop".into(),
-            branch: "shop-7".into(),
             pr_number: Some(3),
-            stage: crate::core::stage::Stage::Done,
-            stage_entered_at: 0,
-            validated_revision: None,
-            developer_retries: 0,
-            escalated_at: None,
-            escalation_reason: None,
-            created_at: 0,
-            updated_at: 0,
-            round: 1,
-            branch_ready_at: None,
+            ..Task::sample(7, crate::core::stage::Stage::Done)
         }
     }
 

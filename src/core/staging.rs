@@ -319,6 +319,18 @@ fn parse_check(
     // Re-read the one check from text so serde's errors carry the field's path.
     let text = serde_yaml::to_string(value).map_err(|e| err("", e.to_string()))?;
     let from = |e: serde_yaml::Error| schema_error(&base, &e);
+    // The keys every kind has, checked in this order before the kind's own.
+    let common = |id: &str, name: &str, timeout_s: Option<u64>, default: Duration| {
+        let id = check_id(id).map_err(|m| err("id", m))?;
+        let name = check_name(name).map_err(|m| err("name", m))?;
+        let timeout = timeout(timeout_s, default).map_err(|m| err("timeout_s", m))?;
+        Ok::<_, CheckConfigError>(move |kind: CheckKind| CheckDef {
+            id,
+            name,
+            timeout,
+            kind,
+        })
+    };
     let check = match kind.as_str() {
         "http" => {
             let r: RawHttp = serde_yaml::from_str(&text).map_err(from)?;
@@ -353,32 +365,24 @@ fn parse_check(
                 }
                 None => None,
             };
-            CheckDef {
-                id: check_id(&r.id).map_err(|m| err("id", m))?,
-                name: check_name(&r.name).map_err(|m| err("name", m))?,
-                timeout: timeout(r.timeout_s, DEFAULT_TIMEOUT).map_err(|m| err("timeout_s", m))?,
-                kind: CheckKind::Http(HttpCheck {
-                    method,
-                    url: check_url(&r.url).map_err(|m| err("url", m))?,
-                    expect_status,
-                    expect_body: r.expect_body,
-                    expect_json,
-                    body: r.body,
-                }),
-            }
+            let def = common(&r.id, &r.name, r.timeout_s, DEFAULT_TIMEOUT)?;
+            def(CheckKind::Http(HttpCheck {
+                method,
+                url: check_url(&r.url).map_err(|m| err("url", m))?,
+                expect_status,
+                expect_body: r.expect_body,
+                expect_json,
+                body: r.body,
+            }))
         }
         "command" => {
             let r: RawCommand = serde_yaml::from_str(&text).map_err(from)?;
-            CheckDef {
-                id: check_id(&r.id).map_err(|m| err("id", m))?,
-                name: check_name(&r.name).map_err(|m| err("name", m))?,
-                timeout: timeout(r.timeout_s, DEFAULT_TIMEOUT).map_err(|m| err("timeout_s", m))?,
-                kind: CheckKind::Command(CommandCheck {
-                    argv: check_argv(r.argv).map_err(|m| err("argv", m))?,
-                    expect_exit: r.expect_exit.unwrap_or(0),
-                    expect_output: r.expect_output,
-                }),
-            }
+            let def = common(&r.id, &r.name, r.timeout_s, DEFAULT_TIMEOUT)?;
+            def(CheckKind::Command(CommandCheck {
+                argv: check_argv(r.argv).map_err(|m| err("argv", m))?,
+                expect_exit: r.expect_exit.unwrap_or(0),
+                expect_output: r.expect_output,
+            }))
         }
         "image-freshness" => {
             let r: RawFreshness = serde_yaml::from_str(&text).map_err(from)?;
@@ -415,15 +419,11 @@ fn parse_check(
                     ));
                 }
             }
-            CheckDef {
-                id: check_id(&r.id).map_err(|m| err("id", m))?,
-                name: check_name(&r.name).map_err(|m| err("name", m))?,
-                timeout: timeout(r.timeout_s, DEFAULT_TIMEOUT).map_err(|m| err("timeout_s", m))?,
-                kind: CheckKind::ImageFreshness(FreshnessCheck {
-                    source,
-                    project: r.project,
-                }),
-            }
+            let def = common(&r.id, &r.name, r.timeout_s, DEFAULT_TIMEOUT)?;
+            def(CheckKind::ImageFreshness(FreshnessCheck {
+                source,
+                project: r.project,
+            }))
         }
         _ => {
             let r: RawRoundtrip = serde_yaml::from_str(&text).map_err(from)?;
@@ -458,20 +458,15 @@ fn parse_check(
                     "wait_for: analyst-job needs exactly one of status_command (argv printing staging's `orch task show {work_item} --json`) or status_db".into(),
                 ));
             }
-            CheckDef {
-                id: check_id(&r.id).map_err(|m| err("id", m))?,
-                name: check_name(&r.name).map_err(|m| err("name", m))?,
-                timeout: timeout(r.timeout_s, Duration::from_secs(60))
-                    .map_err(|m| err("timeout_s", m))?,
-                kind: CheckKind::WebhookRoundtrip(RoundtripCheck {
-                    project: r.project,
-                    webhook_url: check_url(&r.webhook_url).map_err(|m| err("webhook_url", m))?,
-                    wait_for,
-                    in_progress_state: r.in_progress_state,
-                    status_command,
-                    status_db: r.status_db,
-                }),
-            }
+            let def = common(&r.id, &r.name, r.timeout_s, Duration::from_secs(60))?;
+            def(CheckKind::WebhookRoundtrip(RoundtripCheck {
+                project: r.project,
+                webhook_url: check_url(&r.webhook_url).map_err(|m| err("webhook_url", m))?,
+                wait_for,
+                in_progress_state: r.in_progress_state,
+                status_command,
+                status_db: r.status_db,
+            }))
         }
     };
     Ok(check)
@@ -1049,29 +1044,23 @@ pub fn verdict(results: &[CheckResult], policy: &Policy, internal_errors: &[Stri
 mod tests {
     use super::*;
 
-    fn pass(id: &str) -> CheckResult {
+    fn result(id: &str, outcome: Outcome) -> CheckResult {
         CheckResult {
             id: id.into(),
-            outcome: Outcome::Pass("ok".into()),
+            outcome,
         }
+    }
+    fn pass(id: &str) -> CheckResult {
+        result(id, Outcome::Pass("ok".into()))
     }
     fn fail(id: &str) -> CheckResult {
-        CheckResult {
-            id: id.into(),
-            outcome: Outcome::Fail("no".into()),
-        }
+        result(id, Outcome::Fail("no".into()))
     }
     fn error(id: &str) -> CheckResult {
-        CheckResult {
-            id: id.into(),
-            outcome: Outcome::Error("could not run".into()),
-        }
+        result(id, Outcome::Error("could not run".into()))
     }
     fn skip(id: &str) -> CheckResult {
-        CheckResult {
-            id: id.into(),
-            outcome: Outcome::Skip("n/a".into()),
-        }
+        result(id, Outcome::Skip("n/a".into()))
     }
 
     fn policy(tolerance: bool, strict: bool) -> Policy {
@@ -1434,37 +1423,23 @@ mod tests {
     fn freshness_applies_per_repo() {
         let none: Vec<String> = vec![];
         let listed = vec!["shop".to_string(), "acme/blog".to_string()];
-        assert!(!freshness_applies(
-            false,
-            &none,
-            Some(("orch", "acme/orch", true))
-        ));
-        assert!(freshness_applies(
-            true,
-            &none,
-            Some(("orch", "acme/orch", true))
-        ));
-        assert!(!freshness_applies(
-            true,
-            &none,
-            Some(("shop", "acme/shop", false))
-        ));
-        assert!(freshness_applies(
-            true,
-            &listed,
-            Some(("shop", "acme/shop", false))
-        ));
-        assert!(freshness_applies(
-            true,
-            &listed,
-            Some(("blog", "acme/blog", false))
-        ));
-        assert!(!freshness_applies(
-            true,
-            &listed,
-            Some(("orch", "acme/orch", true))
-        ));
-        assert!(freshness_applies(true, &none, None));
+        type Case<'a> = (bool, &'a [String], Option<(&'a str, &'a str, bool)>, bool);
+        let cases: [Case; 7] = [
+            (false, &none, Some(("orch", "acme/orch", true)), false),
+            (true, &none, Some(("orch", "acme/orch", true)), true),
+            (true, &none, Some(("shop", "acme/shop", false)), false),
+            (true, &listed, Some(("shop", "acme/shop", false)), true),
+            (true, &listed, Some(("blog", "acme/blog", false)), true),
+            (true, &listed, Some(("orch", "acme/orch", true)), false),
+            (true, &none, None, true),
+        ];
+        for (enabled, repos, target, want) in cases {
+            assert_eq!(
+                freshness_applies(enabled, repos, target),
+                want,
+                "{enabled} {repos:?} {target:?}"
+            );
+        }
     }
 
     #[test]

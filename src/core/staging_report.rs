@@ -91,19 +91,27 @@ impl StagingRun {
     /// `INFRA-WAIVED:` when some were waived, and `VERDICT:` last.
     pub fn render_text(&self) -> String {
         let mut out = check_lines(&self.checks);
+        self.write_ending(&mut out, |r| format!("REASON: {}", one_line(r, 300)), "");
+        out
+    }
+
+    /// Writes what follows the checks: a line per reason when FAILED (`reason` renders
+    /// one), `INFRA-WAIVED:` when some were waived, `PIN:`, and `VERDICT:` last. `gap`
+    /// follows each group but the last (the report's blank lines).
+    fn write_ending(&self, out: &mut String, reason: impl Fn(&str) -> String, gap: &str) {
         if self.verdict.status == VerdictStatus::Failed {
             for r in &self.verdict.reasons {
-                let _ = writeln!(out, "REASON: {}", one_line(r, 300));
+                let _ = writeln!(out, "{}", reason(r));
             }
+            out.push_str(gap);
         }
         if !self.verdict.waived.is_empty() {
-            let _ = writeln!(out, "INFRA-WAIVED: {}", self.verdict.waived.join(","));
+            let _ = writeln!(out, "INFRA-WAIVED: {}{gap}", self.verdict.waived.join(","));
         }
         if let Some(line) = self.pin_line() {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{line}{gap}");
         }
         let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
-        out
     }
 
     /// Returns `PIN: <kind> <revision> [(PR #N)]` when the run checked a revision.
@@ -174,19 +182,7 @@ impl StagingRun {
             );
         }
         out.push('\n');
-        if self.verdict.status == VerdictStatus::Failed {
-            for r in &self.verdict.reasons {
-                let _ = writeln!(out, "- {}", cell(r));
-            }
-            out.push('\n');
-        }
-        if !self.verdict.waived.is_empty() {
-            let _ = writeln!(out, "INFRA-WAIVED: {}\n", self.verdict.waived.join(","));
-        }
-        if let Some(line) = self.pin_line() {
-            let _ = writeln!(out, "{line}\n");
-        }
-        let _ = writeln!(out, "VERDICT: {}", self.verdict.status.as_str());
+        self.write_ending(&mut out, |r| format!("- {}", cell(r)), "\n");
         out
     }
 }

@@ -45,6 +45,34 @@ pub struct Task {
     pub branch_ready_at: Option<i64>,
 }
 
+#[cfg(test)]
+impl Task {
+    /// A task for unit tests: row `id`, key `SHOP-<id>`, work item `item-<id>`, branch
+    /// `shop-<id>` in `acme/shop`, at `stage`, round 1, no PR.
+    pub(crate) fn sample(id: i64, stage: Stage) -> Task {
+        Task {
+            id,
+            project: "shop".into(),
+            work_item_id: format!("item-{id}"),
+            key: format!("SHOP-{id}"),
+            title: "t".into(),
+            repo: "acme/shop".into(),
+            branch: format!("shop-{id}"),
+            pr_number: None,
+            stage,
+            stage_entered_at: 0,
+            validated_revision: None,
+            developer_retries: 0,
+            escalated_at: None,
+            escalation_reason: None,
+            created_at: 0,
+            updated_at: 0,
+            round: 1,
+            branch_ready_at: None,
+        }
+    }
+}
+
 /// What is needed to create a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {

@@ -61,6 +61,19 @@ pub const PLANE_STATES: [(&str, &str, &str); 4] = [
     ("5a000000-0000-4000-8000-000000000004", "Backlog", "backlog"),
 ];
 
+/// The fields every job has in `--json` output (`job list`, `task show`).
+pub const JOB_FIELDS: [&str; 9] = [
+    "id",
+    "task_id",
+    "agent",
+    "status",
+    "attempt",
+    "pid",
+    "exit_code",
+    "reap_reason",
+    "stage",
+];
+
 /// A temporary home for one test: a database, a state dir, artefacts and a pipeline file,
 /// plus the stand-ins [`TestEnv::builder`] started (each stops when the env drops).
 pub struct TestEnv {
@@ -242,6 +255,20 @@ impl Run {
             "exit code\nstdout:\n{}\nstderr:\n{}",
             self.stdout, self.stderr
         );
+        self
+    }
+
+    /// Asserts that stdout contains `needle` (showing stdout when it does not).
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(self.stdout.contains(needle), "{}", self.stdout);
+        self
+    }
+
+    /// Asserts that stderr contains `needle` (showing stderr when it does not).
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Run {
+        assert!(self.stderr.contains(needle), "{}", self.stderr);
         self
     }
 

@@ -12,7 +12,7 @@ use orch::standin::gitea::GiteaStandin;
 use orch::standin::plane::PlaneStandin;
 use serde_json::json;
 
-use crate::common::{Project, Standin, TestEnv};
+use crate::common::{Project, Standin, TestEnv, PLANE_STATES};
 
 const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
 const PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
@@ -25,16 +25,8 @@ const STATE_NAMES: &str =
 
 /// The states of the project: (id, name, group).
 const STATES: [(&str, &str, &str); 4] = [
-    (
-        "5a000000-0000-4000-8000-000000000001",
-        "In Progress",
-        "started",
-    ),
-    (
-        "5a000000-0000-4000-8000-000000000002",
-        "Approved",
-        "unstarted",
-    ),
+    PLANE_STATES[0],
+    PLANE_STATES[1],
     (
         "5a000000-0000-4000-8000-000000000003",
         "Rejected",
@@ -46,7 +38,6 @@ const STATES: [(&str, &str, &str); 4] = [
         "cancelled",
     ),
 ];
-
 /// The four kinds of delivery that act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

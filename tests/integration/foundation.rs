@@ -1,6 +1,6 @@
 //! `init`, `config check`, `status` and `task` through the real binary.
 
-use crate::common::{snapshot, TestEnv, NOW_UNIX};
+use crate::common::{snapshot, TestEnv, JOB_FIELDS, NOW_UNIX};
 
 #[test]
 fn init_twice_is_safe_and_reports_what_it_did() {
@@ -203,17 +203,7 @@ fn task_add_show_move_and_list() {
         "the queued analyst job is dropped by the move"
     );
     assert_eq!(jobs[1]["agent"], "developer");
-    for field in [
-        "id",
-        "task_id",
-        "agent",
-        "status",
-        "attempt",
-        "pid",
-        "exit_code",
-        "reap_reason",
-        "stage",
-    ] {
+    for field in JOB_FIELDS {
         assert!(jobs[1].get(field).is_some(), "job field {field}");
     }
 

@@ -17,7 +17,7 @@ use orch::clock::FixedClock;
 use orch::config::{Config, Overrides};
 use orch::ops::pass::PassContext;
 
-use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
+use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, JOB_FIELDS, NOW_UNIX};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
 
@@ -278,6 +278,21 @@ fn a_recorded_exit_code_is_flipped_on_the_next_pass() {
     );
 }
 
+/// Asserts that `job` was flipped as dead (`dead-pid`) while the unrelated live process
+/// `me` its stamps pointed at was not touched.
+#[track_caller]
+fn flipped_dead_and_left_alone(env: &TestEnv, job: i64, me: i64) {
+    let row = job_row(env, job);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("failed", Some("dead-pid"))
+    );
+    assert!(
+        start_time(me).is_some(),
+        "the unrelated process was not touched"
+    );
+}
+
 #[test]
 fn a_reused_pid_counts_as_dead() {
     let mut env = TestEnv::with_pipeline(&pipeline(""));
@@ -287,15 +302,7 @@ fn a_reused_pid_counts_as_dead() {
     let me = i64::from(std::process::id());
     stamp(&env, job, me, Some(start_time(me).unwrap() + 1));
     env.run(&["reap"]).expect(0);
-    let row = job_row(&env, job);
-    assert_eq!(
-        (row.0.as_str(), row.1.as_deref()),
-        ("failed", Some("dead-pid"))
-    );
-    assert!(
-        start_time(me).is_some(),
-        "the unrelated process was not touched"
-    );
+    flipped_dead_and_left_alone(&env, job, me);
 }
 
 #[test]
@@ -315,15 +322,7 @@ fn a_reused_supervisor_pid_is_neither_alive_nor_signalled() {
         .unwrap();
     env.set("ORCH_NOW", &at(100_000));
     env.run(&["reap"]).expect(0);
-    let row = job_row(&env, job);
-    assert_eq!(
-        (row.0.as_str(), row.1.as_deref()),
-        ("failed", Some("dead-pid"))
-    );
-    assert!(
-        start_time(me).is_some(),
-        "the unrelated process was not touched"
-    );
+    flipped_dead_and_left_alone(&env, job, me);
 }
 
 #[test]
@@ -839,17 +838,7 @@ fn job_list_enqueue_and_cancel() {
     stamp(&env, running, pids[0], start_time(pids[0]));
     let list = env.run(&["job", "list", "--json"]).expect(0).json();
     assert_eq!(list.as_array().unwrap().len(), 2);
-    for key in [
-        "id",
-        "task_id",
-        "agent",
-        "status",
-        "attempt",
-        "pid",
-        "exit_code",
-        "reap_reason",
-        "stage",
-    ] {
+    for key in JOB_FIELDS {
         assert!(list[0].get(key).is_some(), "{key}");
     }
     let e = env

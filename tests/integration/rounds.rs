@@ -8,7 +8,7 @@
 use orch::standin::gitea::{fake_sha, CompareSupport, GiteaStandin, PullSeed};
 use orch::standin::prod::Prod;
 
-use crate::common::{seed_task, Project, SeedTask, Standin, TestEnv, GITEA_TOKEN, NOW_UNIX};
+use crate::common::{seed_task, Project, Run, SeedTask, Standin, TestEnv, GITEA_TOKEN, NOW_UNIX};
 
 const REPO: &str = "acme/shop";
 
@@ -51,6 +51,21 @@ struct Round {
 }
 
 impl World {
+    /// `orch task move KEY --to development --reason REASON` and `extra`.
+    fn move_back(&self, key: &str, reason: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "task",
+            "move",
+            key,
+            "--to",
+            "development",
+            "--reason",
+            reason,
+        ];
+        args.extend_from_slice(extra);
+        self.env.run(&args)
+    }
+
     fn gitea(&self) -> &GiteaStandin {
         self.env.gitea()
     }
@@ -295,37 +310,11 @@ fn a_reopen_whose_branch_cannot_be_made_still_moves_and_reconcile_completes_it()
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
     w.env.set("ORCH_GITEA_URL", &dead);
-    let run = w
-        .env
-        .run(&[
-            "task",
-            "move",
-            &unreachable,
-            "--to",
-            "development",
-            "--reason",
-            "bad",
-        ])
-        .expect(0);
-    assert!(
-        run.stderr.contains("reconcile completes it"),
-        "{}",
-        run.stderr
-    );
+    let run = w.move_back(&unreachable, "bad", &[]).expect(0);
+    run.stderr_has("reconcile completes it");
     // Gitea not configured at all: the same.
     w.env.unset("ORCH_GITEA_URL").unset("ORCH_GITEA_TOKEN");
-    let run = w
-        .env
-        .run(&[
-            "task",
-            "move",
-            &unconfigured,
-            "--to",
-            "development",
-            "--reason",
-            "bad",
-        ])
-        .expect(0);
+    let run = w.move_back(&unconfigured, "bad", &[]).expect(0);
     assert!(
         run.stderr.contains("ORCH_GITEA_URL is unset")
             && run.stderr.contains("reconcile completes it"),
@@ -486,17 +475,7 @@ fn a_failed_deploy_reopens_only_after_the_merge() {
         branch,
         pr: Some(13),
     });
-    w.env
-        .run(&[
-            "task",
-            "move",
-            &key,
-            "--to",
-            "development",
-            "--reason",
-            "redo",
-        ])
-        .expect(0);
+    w.move_back(&key, "redo", &[]).expect(0);
     let r = w.round(&key);
     assert_eq!((r.round, r.pr, r.branch.as_str()), (2, None, branch));
     assert_eq!(w.gitea().branch(REPO, branch), Some(w.main_sha()));
@@ -652,18 +631,7 @@ fn a_round_branch_an_interrupted_step_already_made_is_taken_as_this_rounds() {
         branch,
         pr: Some(40),
     });
-    let run = w
-        .env
-        .run(&[
-            "task",
-            "move",
-            &key,
-            "--to",
-            "development",
-            "--reason",
-            "bad",
-        ])
-        .expect(0);
+    let run = w.move_back(&key, "bad", &[]).expect(0);
     let r = w.round(&key);
     assert_eq!(
         (r.round, r.branch.as_str(), r.branch_ready_at),
@@ -692,19 +660,7 @@ fn gitea_refusals_never_half_reopen() {
         branch: "shop-50-checkout",
         pr: Some(99),
     });
-    let move_to_dev = |extra: &[&str]| {
-        let mut args = vec![
-            "task",
-            "move",
-            key.as_str(),
-            "--to",
-            "development",
-            "--reason",
-            "redo",
-        ];
-        args.extend_from_slice(extra);
-        w.env.run(&args)
-    };
+    let move_to_dev = |extra: &[&str]| w.move_back(&key, "redo", extra);
     let run = move_to_dev(&[]).expect(1);
     assert!(
         run.stderr.contains(
@@ -746,43 +702,15 @@ fn gitea_refusals_never_half_reopen() {
         .unwrap();
     // --round answers only the question deploy -> development asks (done ->
     // development always starts a new round).
-    let run = w
-        .env
-        .run(&[
-            "task",
-            "move",
-            &key,
-            "--to",
-            "development",
-            "--reason",
-            "bad",
-            "--round",
-            "keep",
-        ])
-        .expect(2);
+    let run = w.move_back(&key, "bad", &["--round", "keep"]).expect(2);
     assert!(
         run.stderr
             .contains("--round applies only to deploy -> development (task SHOP-51 is at done)"),
         "{}",
         run.stderr
     );
-    let run = w
-        .env
-        .run(&[
-            "task",
-            "move",
-            &key,
-            "--to",
-            "development",
-            "--reason",
-            "bad",
-        ])
-        .expect(0);
-    assert!(
-        run.stderr.contains("reconcile completes it"),
-        "{}",
-        run.stderr
-    );
+    let run = w.move_back(&key, "bad", &[]).expect(0);
+    run.stderr_has("reconcile completes it");
     let r = w.round(&key);
     assert_eq!(
         (r.round, r.branch.as_str(), r.pr, r.branch_ready_at),

@@ -57,6 +57,12 @@ fn line<'a>(run: &'a Run, id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line for {id}:\n{}", run.stdout))
 }
 
+/// Asserts that check `id`'s line contains `needle`.
+#[track_caller]
+fn line_has(run: &Run, id: &str, needle: &str) {
+    assert!(line(run, id).contains(needle), "{}", run.stdout);
+}
+
 fn last_line(run: &Run) -> &str {
     run.stdout.lines().last().unwrap_or("")
 }
@@ -82,29 +88,17 @@ fn http_checks_pass_fail_time_out_and_get_refused() {
         !run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"),
         "query strings are never printed"
     );
-    assert!(
-        line(&run, "H1").contains("REAL           PASS"),
-        "{}",
-        run.stdout
-    );
-    assert!(line(&run, "H2").contains("PASS"), "{}", run.stdout);
+    line_has(&run, "H1", "REAL           PASS");
+    line_has(&run, "H2", "PASS");
     assert!(
         line(&run, "H3").contains("FAIL")
             && line(&run, "H3").contains("HTTP 503 (expected 200): maintenance")
     );
-    assert!(line(&run, "H4").contains("not JSON"), "{}", run.stdout);
-    assert!(line(&run, "H5").contains("timed out"), "{}", run.stdout);
-    assert!(
-        line(&run, "H6").contains("could not connect"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        line(&run, "H7").contains("checks.db is \"down\""),
-        "{}",
-        run.stdout
-    );
-    assert!(line(&run, "H8").contains("PASS"), "{}", run.stdout);
+    line_has(&run, "H4", "not JSON");
+    line_has(&run, "H5", "timed out");
+    line_has(&run, "H6", "could not connect");
+    line_has(&run, "H7", "checks.db is \"down\"");
+    line_has(&run, "H8", "PASS");
     assert_eq!(last_line(&run), "VERDICT: FAILED");
     assert!(
         run.stderr
@@ -128,33 +122,17 @@ fn command_checks_pass_fail_time_out_and_could_not_run() {
 "#,
     );
     let run = env.run(&["staging-check"]).expect(1);
-    assert!(line(&run, "K1").contains("PASS"), "{}", run.stdout);
-    assert!(
-        line(&run, "K2").contains("exit 3 (expected 0): bad"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        line(&run, "K3").contains("timed out: sleep killed after 1s"),
-        "{}",
-        run.stdout
-    );
+    line_has(&run, "K1", "PASS");
+    line_has(&run, "K2", "exit 3 (expected 0): bad");
+    line_has(&run, "K3", "timed out: sleep killed after 1s");
     assert!(
         line(&run, "K4").contains("FAIL") && line(&run, "K4").contains("could not run"),
         "{}",
         run.stdout
     );
-    assert!(
-        line(&run, "K5").contains("stdout lacks \"ready\""),
-        "{}",
-        run.stdout
-    );
-    assert!(line(&run, "K6").contains("PASS"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("REASON: K4 could not be run"),
-        "{}",
-        run.stdout
-    );
+    line_has(&run, "K5", "stdout lacks \"ready\"");
+    line_has(&run, "K6", "PASS");
+    run.stdout_has("REASON: K4 could not be run");
     assert_eq!(last_line(&run), "VERDICT: FAILED");
 }
 
@@ -188,16 +166,8 @@ fn allowlisted_failures_are_waived_unless_strict_or_tolerance_is_off() {
     );
     let mut env = env_with_checks(&env_text);
     let run = env.run(&["staging-check"]).expect(0);
-    assert!(
-        line(&run, "C9a").contains("SANDBOX_INFRA  FAIL"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("\nINFRA-WAIVED: C9a\n"),
-        "{}",
-        run.stdout
-    );
+    line_has(&run, "C9a", "SANDBOX_INFRA  FAIL");
+    run.stdout_has("\nINFRA-WAIVED: C9a\n");
     assert_eq!(last_line(&run), "VERDICT: SUCCESS");
 
     let json = env.run(&["staging-check", "--json"]).expect(0).json();
@@ -221,7 +191,7 @@ fn allowlisted_failures_are_waived_unless_strict_or_tolerance_is_off() {
     env.set("ORCH_STAGING_INFRA_TOLERANCE_ENABLED", "true")
         .set("ORCH_STAGING_INFRA_ALLOWLIST", "");
     let real = env.run(&["staging-check"]).expect(1);
-    assert!(line(&real, "C9a").contains("REAL"), "{}", real.stdout);
+    line_has(&real, "C9a", "REAL");
 }
 
 #[test]
@@ -266,9 +236,9 @@ fn bad_check_definitions_exit_2_naming_the_field() {
     let run = env
         .run(&["staging-check", "--expected-revision", "not-a-sha"])
         .expect(2);
-    assert!(run.stderr.contains("--expected-revision"), "{}", run.stderr);
+    run.stderr_has("--expected-revision");
     let run = env.run(&["staging-check", "--task", "ORCH-404"]).expect(2);
-    assert!(run.stderr.contains("no task"), "{}", run.stderr);
+    run.stderr_has("no task");
 }
 
 fn add_task(env: &TestEnv) {
@@ -324,8 +294,8 @@ fn a_fresh_staging_writes_the_task_report_the_gate_advances_on() {
             extra.to_str().unwrap(),
         ])
         .expect(0);
-    assert!(line(&run, "F1").contains("PASS"), "{}", run.stdout);
-    assert!(run.stdout.contains("INFRA-WAIVED: C9b"), "{}", run.stdout);
+    line_has(&run, "F1", "PASS");
+    run.stdout_has("INFRA-WAIVED: C9b");
 
     let text = std::fs::read_to_string(env.path("artefacts/ORCH-7/10-staging-report.md")).unwrap();
     assert_eq!(text, std::fs::read_to_string(&extra).unwrap());
@@ -371,12 +341,8 @@ fn a_stale_image_is_a_real_failure_and_the_gate_rolls_back() {
     add_task(&env);
     env.set("EXPECTED_REVISION", SHA);
     let run = env.run(&["staging-check", "--task", "1"]).expect(1);
-    assert!(
-        line(&run, "F1").contains("REAL           FAIL"),
-        "{}",
-        run.stdout
-    );
-    assert!(line(&run, "F1").contains("stale image"), "{}", run.stdout);
+    line_has(&run, "F1", "REAL           FAIL");
+    line_has(&run, "F1", "stale image");
     let text = std::fs::read_to_string(env.path("artefacts/ORCH-7/10-staging-report.md")).unwrap();
     let report = parse_staging_report(Some(&text)).unwrap();
     assert_eq!(report.status, StagingStatus::Failed);
@@ -413,17 +379,17 @@ fn freshness_reads_a_command_and_is_skipped_where_it_does_not_apply() {
     ));
     env.set("EXPECTED_REVISION", SHA);
     let run = env.run(&["staging-check"]).expect(1);
-    assert!(line(&run, "F1").contains("PASS"), "{}", run.stdout);
+    line_has(&run, "F1", "PASS");
     assert!(
         line(&run, "F2").contains("SKIP"),
         "sandbox is not the self-hosting repo: {}",
         run.stdout
     );
-    assert!(line(&run, "F3").contains("no revision"), "{}", run.stdout);
+    line_has(&run, "F3", "no revision");
     env.set("ORCH_IMAGE_FRESHNESS_REPOS", "acme/sandbox");
     let run = env.run(&["staging-check"]).expect(1);
-    assert!(line(&run, "F1").contains("SKIP"), "{}", run.stdout);
-    assert!(line(&run, "F2").contains("FAIL"), "{}", run.stdout);
+    line_has(&run, "F1", "SKIP");
+    line_has(&run, "F2", "FAIL");
     env.set("ORCH_IMAGE_FRESHNESS_ENABLED", "false");
     let run = env.run(&["staging-check"]).expect(1);
     assert!(
@@ -442,12 +408,8 @@ fn an_unwritable_report_turns_a_green_run_failed() {
     let run = env
         .run(&["staging-check", "--report", bad.to_str().unwrap()])
         .expect(1);
-    assert!(line(&run, "K1").contains("PASS"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("REASON: internal error"),
-        "{}",
-        run.stdout
-    );
+    line_has(&run, "K1", "PASS");
+    run.stdout_has("REASON: internal error");
     assert_eq!(last_line(&run), "VERDICT: FAILED");
 }
 
@@ -577,7 +539,7 @@ fn a_deployer_pins_the_pr_head_of_an_ordinary_repo_and_the_merge_uses_it() {
     let run = env
         .run(&["staging-check", "--report", file.to_str().unwrap()])
         .expect(0);
-    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
+    line_has(&run, "C1", "PASS");
     assert!(
         run.stdout
             .ends_with(&format!("PIN: pr-head {HEAD} (PR #7)\nVERDICT: SUCCESS\n")),
@@ -719,11 +681,7 @@ fn a_head_that_moves_during_the_check_is_refused_and_nothing_is_recorded() {
         "{}",
         run.stdout
     );
-    assert!(
-        run.stdout.contains("orch staging-check --task SHOP-1"),
-        "{}",
-        run.stdout
-    );
+    run.stdout_has("orch staging-check --task SHOP-1");
     assert_eq!(g.merge_calls(SHOP_REPO, 7), 0);
 }
 
@@ -825,7 +783,7 @@ fn assert_no_verdict(env: &TestEnv, run: Run, what: &str, why: &str, copy: &std:
     );
     assert!(!copy.exists(), "the --report copy too");
     assert_eq!(validated(env), None, "the older pin is cleared");
-    assert!(run.stderr.contains("no verdict"), "{}", run.stderr);
+    run.stderr_has("no verdict");
 }
 
 #[test]
@@ -939,7 +897,7 @@ fn gitea_failing_only_at_the_end_read_gives_no_verdict() {
     );
     let copy = seed_earlier_success(&env);
     let run = env.run(&["staging-check", "--report", copy.to_str().unwrap()]);
-    assert!(line(&run, "C1").contains("PASS"), "{}", run.stdout);
+    line_has(&run, "C1", "PASS");
     let why = "(read again after the checks, to make sure its head did not move during them: gitea get pull acme/shop#7: HTTP 502: <html>bad gateway</html>)";
     assert_no_verdict(&env, run, "PR #7's head", why, &copy);
     assert_eq!(g.server().count(Some("GET"), PULL_7), 2);
@@ -985,11 +943,7 @@ fn orch_task_id_bad_forms() {
     let mut env = shop_env(g.url(), s.url());
     env.set("ORCH_TASK_ID", "SHOP-404");
     let run = env.run(&["staging-check"]).expect(2);
-    assert!(
-        run.stderr.contains("ORCH_TASK_ID: no task \"SHOP-404\""),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("ORCH_TASK_ID: no task \"SHOP-404\"");
     assert!(run.stdout.is_empty());
     // --task wins over the environment.
     env.run(&["staging-check", "--task", "SHOP-1"]).expect(0);
@@ -1005,11 +959,7 @@ fn orch_task_id_bad_forms() {
         .unwrap();
     let run: Run = out.into();
     let run = run.expect(2);
-    assert!(
-        run.stderr.contains("ORCH_TASK_ID: not valid text"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("ORCH_TASK_ID: not valid text");
     // Empty is unset: a plain run, no task, nothing written for one.
     env.set("ORCH_TASK_ID", " ");
     std::fs::remove_file(env.path("artefacts/SHOP-1/10-staging-report.md")).unwrap();
@@ -1051,7 +1001,7 @@ fn an_image_freshness_pin_expects_the_pr_head_by_default() {
     // validated before is forgotten.
     g.push("acme/orch", &branch, OLD_SHA);
     let run = env.run(&["staging-check"]).expect(1);
-    assert!(line(&run, "F1").contains("stale image"), "{}", run.stdout);
+    line_has(&run, "F1", "stale image");
     let validated: Option<String> = env
         .db()
         .query_row(

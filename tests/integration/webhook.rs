@@ -161,6 +161,17 @@ fn delivery(project: &str, item: u32, seq: u32, state: serde_json::Value, field:
     serde_json::to_vec(&body).unwrap()
 }
 
+/// A delivery moving work item `n` (sequence `n`) of the orch project to In Progress.
+fn start_delivery(n: u32) -> Vec<u8> {
+    delivery(
+        ORCH_PROJECT,
+        n,
+        n,
+        state(IN_PROGRESS, "In Progress", "started"),
+        "state_id",
+    )
+}
+
 fn state(id: &str, name: &str, group: &str) -> serde_json::Value {
     json!({"id": id, "name": name, "color": "#000000", "group": group})
 }
@@ -253,13 +264,7 @@ fn reserialised_body_with_the_reference_signature_is_refused() {
 #[test]
 fn every_bad_input_gets_its_status_and_leaves_nothing() {
     let w = world();
-    let good = delivery(
-        ORCH_PROJECT,
-        1,
-        1,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let good = start_delivery(1);
     let sig = sign(SECRET, &good);
     let other_sig = sign(SECRET, b"{\"another\": \"body\"}");
     let wrong = "0".repeat(64);
@@ -402,13 +407,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
 #[test]
 fn a_valid_chunked_delivery_is_taken() {
     let w = world();
-    let body = delivery(
-        ORCH_PROJECT,
-        2,
-        2,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let body = start_delivery(2);
     let mut req = format!(
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {}\r\n\r\n",
         sign(SECRET, &body)
@@ -494,13 +493,7 @@ fn no_secret_refuses_to_run_before_reading() {
 #[test]
 fn the_same_delivery_twice_with_new_ids_acts_once() {
     let w = world();
-    let body = delivery(
-        ORCH_PROJECT,
-        3,
-        3,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let body = start_delivery(3);
     for id in ["d-first", "d-retry"] {
         let (run, status) = stdio(&w.env, &signed(&body, id));
         assert_eq!((status, run.code), (200, 0), "{}", run.stderr);
@@ -543,13 +536,7 @@ fn gitea_failing_records_the_start_and_leaves_the_branch_for_reconcile() {
         Reply::empty(500),
         1,
     );
-    let body = delivery(
-        ORCH_PROJECT,
-        4,
-        4,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let body = start_delivery(4);
     let (run, status) = stdio(&w.env, &signed(&body, "d-4"));
     assert_eq!(
         (status, run.code),
@@ -659,13 +646,7 @@ fn sixteen_deliveries_at_once_are_all_stored() {
     let w = fresh_world();
     let children: Vec<_> = (0..16u32)
         .map(|i| {
-            let body = delivery(
-                ORCH_PROJECT,
-                100 + i,
-                100 + i,
-                state(IN_PROGRESS, "In Progress", "started"),
-                "state_id",
-            );
+            let body = start_delivery(100 + i);
             let mut child = w
                 .env
                 .command(&["webhook-handle", "--stdio"])
@@ -908,13 +889,7 @@ fn approved_rejected_cancelled_and_other_fields() {
 fn config_check_reports_a_cached_state_with_two_meanings() {
     let w = world();
     // The payload describes the state, so it lands in orch's cache.
-    let body = delivery(
-        ORCH_PROJECT,
-        30,
-        30,
-        state(IN_PROGRESS, "In Progress", "started"),
-        "state_id",
-    );
+    let body = start_delivery(30);
     stdio(&w.env, &signed(&body, "d"));
     w.env.run(&["config", "check"]).expect(0);
     let pipeline = std::fs::read_to_string(w.env.path("orch.yaml")).unwrap();
