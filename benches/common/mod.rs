@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orch::adapters::db::Db;
+use orch::adapters::db::{Db, Move};
 use orch::core::stage::{Actor, Stage};
 use orch::core::task::NewTask;
 use rusqlite::params;
@@ -103,14 +103,14 @@ impl Home {
                 .create_task(&task, Actor::Operator, "seeded", at)
                 .expect("create task")
                 .id();
-            db.move_task(
+            db.move_task(&Move::new(
                 id,
                 Stage::Analysis,
                 Stage::Development,
                 "seeded",
                 Actor::Operator,
                 at,
-            )
+            ))
             .expect("move to development");
         }
         if let Some(stamps) = running {
