@@ -221,7 +221,7 @@ impl MergeRequest {
 
 /// The raw answer to a merge call, uninterpreted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergeAnswer {
+pub struct MergeResponse {
     /// The HTTP status (200 merged; 404/405/409/423/... see gitea.md §4.3).
     pub status: u16,
     /// The body's `message`, when the body is the standard error object.
@@ -608,7 +608,7 @@ impl GiteaClient {
         repo: &str,
         number: u64,
         request: &MergeRequest,
-    ) -> Result<MergeAnswer, HttpError> {
+    ) -> Result<MergeResponse, HttpError> {
         let what = format!("gitea merge {repo}#{number}");
         let n = number.to_string();
         let url = self.repo_url(repo, &["pulls", &n, "merge"])?;
@@ -620,7 +620,7 @@ impl GiteaClient {
         let message = serde_json::from_str::<MessageOnly>(&answer.body)
             .ok()
             .and_then(|m| m.message);
-        Ok(MergeAnswer {
+        Ok(MergeResponse {
             status: answer.status,
             message,
             retry_after: answer

@@ -2,7 +2,6 @@
 //! types and make no pipeline decisions.
 
 pub mod artefacts;
-pub mod checks;
 pub mod db;
 pub mod forge;
 pub mod fs;
@@ -12,12 +11,13 @@ pub mod lease;
 pub mod lock;
 pub mod plane;
 pub mod poll;
-pub mod probe;
 pub mod process;
+pub mod production_probe;
 mod rest;
 pub mod rollback;
 pub mod roundtrip;
 pub mod spawn;
+pub mod staging_probes;
 pub mod telegram;
 pub mod webhook_server;
 pub mod windows;

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::adapters::http::client_with;
 use crate::core::roundtrip::StagingJob;
-use crate::core::staging::{HttpAnswer, ProbeError};
+use crate::core::staging_check::{HttpAnswer, ProbeError};
 
 /// Returns a fresh random UUID (version 4) read from the kernel's random source.
 ///
@@ -60,7 +60,7 @@ pub fn post_delivery(
         .header("X-Plane-Signature", signature)
         .body(body.to_vec())
         .send()
-        .map_err(|e| crate::adapters::checks::probe_error(&e, &shown))?;
+        .map_err(|e| crate::adapters::staging_probes::probe_error(&e, &shown))?;
     let status = resp.status().as_u16();
     let mut bytes = Vec::new();
     resp.take(64 * 1024)

@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::db::Created;
 use crate::adapters::spawn::terminate_group;
 use crate::core::job::JobStatus;
-use crate::core::reap::Observed;
+use crate::core::reap::JobLiveness;
 use crate::core::stage::Agent;
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_json;
@@ -16,7 +16,7 @@ use crate::ops::pass::PassContext;
 #[derive(Debug, clap::Subcommand)]
 pub enum JobCommand {
     /// List jobs, newest first
-    List(ListArgs),
+    List(JobListArgs),
     /// Enqueue a job for a task's current stage (once: an existing live job is kept)
     ///
     /// Exit codes: 0 enqueued (or already queued or running), 2 unknown task or agent,
@@ -31,7 +31,7 @@ pub enum JobCommand {
 
 /// Flags of `job list`.
 #[derive(Debug, clap::Args)]
-pub struct ListArgs {
+pub struct JobListArgs {
     /// Only jobs with this status (queued, running, succeeded, failed, cancelled)
     #[arg(long, value_parser = parse_status)]
     pub status: Option<JobStatus>,
@@ -83,7 +83,7 @@ pub fn run(cmd: &JobCommand, ctx: &PassContext) -> Result<ExitStatus> {
     }
 }
 
-fn list(args: &ListArgs, ctx: &PassContext) -> Result<ExitStatus> {
+fn list(args: &JobListArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let jobs = db.list_jobs(args.status, args.limit)?;
     if args.json {
@@ -172,7 +172,7 @@ fn cancel(args: &CancelArgs, ctx: &PassContext) -> Result<ExitStatus> {
         JobStatus::Queued => db.cancel_job(job.id, JobStatus::Queued, job.attempt, now)?,
         JobStatus::Running => {
             // Only a process that is still the one stamped (pids are reused).
-            if observe(&job) == Observed::Alive {
+            if observe(&job) == JobLiveness::Alive {
                 if let Some(pgid) = job.pid.or(job.supervisor_pid) {
                     let how = terminate_group(pgid, ctx.config.settings.reaper_kill_grace_s.0);
                     log::info!("job cancel: job {} process group {pgid}: {how:?}", job.id);

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::db::{Db, PassRecord};
 use crate::adapters::gitea::GiteaClient;
 use crate::config::is_repo;
-use crate::core::merge::{pin_for_task, pin_text, Pin, Verdict};
+use crate::core::merge::{pin_for_task, pin_text, MergeVerdict, Pin};
 use crate::exit::ExitStatus;
 use crate::ops::merge::{merge_under_lease, settle, HeldLease, Stats, Target};
 use crate::ops::pass::{PassContext, PassReport};
@@ -64,7 +64,7 @@ pub fn run(args: &MergeGuardArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let mut db = None;
     let (target, verdict) = match guard(args, ctx, &mut stats, &mut db) {
         Ok((t, v)) => (Some(t.to_string()), v),
-        Err(e) => (None, Verdict::Error(format!("{e:#}"))),
+        Err(e) => (None, MergeVerdict::Error(format!("{e:#}"))),
     };
     let status = exit_status(&verdict, args.merge);
     let prefix = target.map(|t| format!("{t} ")).unwrap_or_default();
@@ -88,16 +88,16 @@ pub fn run(args: &MergeGuardArgs, ctx: &PassContext) -> Result<ExitStatus> {
 }
 
 /// Maps a verdict to the exit code, in check mode or `--merge` mode.
-fn exit_status(verdict: &Verdict, merge: bool) -> ExitStatus {
+fn exit_status(verdict: &MergeVerdict, merge: bool) -> ExitStatus {
     match verdict {
         // `--merge` never ends at PROCEED: it merges or reports why not.
-        Verdict::Proceed { .. } if merge => ExitStatus::Error,
-        Verdict::Proceed { .. } => ExitStatus::Success,
-        Verdict::AlreadyMerged(_) if merge => ExitStatus::Success,
-        Verdict::AlreadyMerged(_) => ExitStatus::AlreadyMerged,
-        Verdict::Merged { .. } => ExitStatus::Success,
-        Verdict::Blocked(_) => ExitStatus::No,
-        Verdict::Wait(_) | Verdict::Error(_) => ExitStatus::Error,
+        MergeVerdict::Proceed { .. } if merge => ExitStatus::Error,
+        MergeVerdict::Proceed { .. } => ExitStatus::Success,
+        MergeVerdict::AlreadyMerged(_) if merge => ExitStatus::Success,
+        MergeVerdict::AlreadyMerged(_) => ExitStatus::AlreadyMerged,
+        MergeVerdict::Merged { .. } => ExitStatus::Success,
+        MergeVerdict::Blocked(_) => ExitStatus::No,
+        MergeVerdict::Wait(_) | MergeVerdict::Error(_) => ExitStatus::Error,
     }
 }
 
@@ -106,7 +106,7 @@ fn guard(
     ctx: &PassContext,
     stats: &mut Stats,
     db_slot: &mut Option<Db>,
-) -> Result<(Target, Verdict)> {
+) -> Result<(Target, MergeVerdict)> {
     let job_id = job_id_from_env()?;
     let gitea = ctx.require_gitea()?;
     let target = resolve(args, ctx, gitea, db_slot)?;
@@ -122,7 +122,7 @@ fn guard(
         settings.merge_guard_mergeable_wait_s.0,
         stats,
     );
-    if !args.merge || !matches!(verdict, Verdict::Proceed { .. }) {
+    if !args.merge || !matches!(verdict, MergeVerdict::Proceed { .. }) {
         return Ok((target, verdict));
     }
     let lease = match HeldLease::acquire(ctx, &target, job_id, settings.merge_lease_wait_s.0) {
@@ -212,7 +212,7 @@ fn resolve(
 fn record(
     db: &Db,
     started_at: i64,
-    verdict: &Verdict,
+    verdict: &MergeVerdict,
     status: ExitStatus,
     stats: &Stats,
     duration_ms: i64,
@@ -253,15 +253,15 @@ mod tests {
 
     #[test]
     fn exit_codes_per_mode() {
-        let proceed = Verdict::Proceed { head: "h".into() };
-        let already = Verdict::AlreadyMerged(MergedHow::Merged { merge_commit: None });
-        let merged = Verdict::Merged {
+        let proceed = MergeVerdict::Proceed { head: "h".into() };
+        let already = MergeVerdict::AlreadyMerged(MergedHow::Merged { merge_commit: None });
+        let merged = MergeVerdict::Merged {
             merge_commit: None,
             answer: "HTTP 200".into(),
         };
-        let blocked = Verdict::Blocked("x".into());
-        let error = Verdict::Error("x".into());
-        let wait = Verdict::Wait("x".into());
+        let blocked = MergeVerdict::Blocked("x".into());
+        let error = MergeVerdict::Error("x".into());
+        let wait = MergeVerdict::Wait("x".into());
         let cases = [
             (&proceed, false, 0),
             (&proceed, true, 2),

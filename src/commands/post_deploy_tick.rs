@@ -15,10 +15,11 @@ use anyhow::Result;
 
 use crate::adapters::db::Db;
 use crate::adapters::windows::{self, rollback_output};
-use crate::adapters::{http, probe, rollback};
+use crate::adapters::{http, production_probe, rollback};
 use crate::clock::{format_unix, human_duration};
 use crate::core::post_deploy::{
-    final_verdict, next_step, Classification, Decision, NextStep, Observed, Thresholds, WindowState,
+    final_verdict, next_step, Classification, NextStep, Thresholds, TickConclusion, TickDecision,
+    WindowState,
 };
 use crate::core::stage::{Actor, Stage};
 use crate::exit::ExitStatus;
@@ -297,11 +298,11 @@ fn one_window(
         .post_deploy_requests_metric
         .clone()
         .unwrap_or_else(|| "http_requests_total".into());
-    let sample = probe::probe(client, &project, &metric, now);
+    let sample = production_probe::probe(client, &project, &metric, now);
     tally.probed += 1;
     let summary = sample.summary();
     let has_rollback = project.rollback.is_some();
-    let Observed {
+    let TickConclusion {
         assessment,
         decision,
     } = w.observe(sample, &t, project.self_hosting, has_rollback, now);
@@ -321,12 +322,12 @@ fn one_window(
     }
     let at = format_unix(now);
     let action = match decision {
-        Decision::Continue => "-".to_string(),
-        Decision::AlertOnly => {
+        TickDecision::Continue => "-".to_string(),
+        TickDecision::AlertOnly => {
             let message = w.degraded_alert(evidence, project.self_hosting);
             alert(ctx, db, &w, "degraded", &message, tally)?
         }
-        Decision::Rollback => {
+        TickDecision::Rollback => {
             let argv = project.rollback.clone().unwrap_or_default();
             // "Started" is on disk before the command runs: a crash from here on never
             // runs it again.
@@ -350,7 +351,7 @@ fn one_window(
             let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
             return Ok(report(&w, c.as_str(), "ROLLBACK", &action));
         }
-        Decision::Close => {
+        TickDecision::Close => {
             let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
             let action = format!("window closed: {verdict}");
             close(ctx, dir, &mut w, now, verdict, &summary, &action)?;

@@ -17,7 +17,7 @@ use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::spawn::{terminate_group, Terminated};
 use crate::core::job::Job;
-use crate::core::reap::{judge, Observed, ReapAction, ReapSettings, RunningFacts, Tier};
+use crate::core::reap::{judge, JobLiveness, ReapAction, ReapSettings, RunningFacts, Tier};
 use crate::exit::ExitStatus;
 use crate::ops::observe::{observe_with, supervisor_alive, ProcView};
 use crate::ops::pass::{PassContext, PassOutcome};
@@ -144,7 +144,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
 fn reap_one(
     db: &Db,
     job: &Job,
-    observed: Observed,
+    observed: JobLiveness,
     now: i64,
     settings: &ReapSettings,
     grace: Duration,
@@ -224,7 +224,7 @@ fn reap_one(
     Ok(())
 }
 
-fn explain(job: &Job, observed: Observed, action: &ReapAction, s: &ReapSettings) -> String {
+fn explain(job: &Job, observed: JobLiveness, action: &ReapAction, s: &ReapSettings) -> String {
     let what = match action {
         ReapAction::Leave => format!("skip: process {}, within the limit", observed.as_str()),
         ReapAction::ResetStreak => "would reset its dead streak: process alive again".into(),

@@ -29,7 +29,8 @@ use crate::core::gate::{self, GateInputs};
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
-    self, decide, local_guards, Action, Deferral, Judgement, Limits, Progress, TaskFacts, Verdict,
+    self, decide, local_guards, Action, Deferral, GuardFacts, Judgement, Limits, Progress,
+    TaskVerdict,
 };
 use crate::core::stage::Actor;
 use crate::core::task::Task;
@@ -171,8 +172,8 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
     Ok(p.report)
 }
 
-fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> TaskFacts {
-    TaskFacts {
+fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
+    GuardFacts {
         stage: t.stage,
         stage_entered_at: t.stage_entered_at,
         live_job: live.get(&t.id).map(|(id, s)| (*id, s.as_str())),
@@ -229,10 +230,10 @@ impl Pass<'_> {
                 listed.as_ref(),
                 meanings,
             ) {
-                Judgement::Skip(skip) => Verdict::Skip { skip },
+                Judgement::Skip(skip) => TaskVerdict::Skip { skip },
                 Judgement::Deferred(why) => {
                     capped |= matches!(why, Deferral::Cap(_));
-                    Verdict::Deferred {
+                    TaskVerdict::Deferred {
                         because: why.to_string(),
                     }
                 }
@@ -243,16 +244,16 @@ impl Pass<'_> {
                 }
             };
             let note = match &verdict {
-                Verdict::Act { action } if !self.dry_run => self.act(db, t, action),
+                TaskVerdict::Act { action } if !self.dry_run => self.act(db, t, action),
                 _ => None,
             };
             match &verdict {
-                Verdict::Skip { .. } => self.report.c.skipped += 1,
-                Verdict::Deferred { .. } => self.report.c.deferred += 1,
-                Verdict::Act {
+                TaskVerdict::Skip { .. } => self.report.c.skipped += 1,
+                TaskVerdict::Deferred { .. } => self.report.c.deferred += 1,
+                TaskVerdict::Act {
                     action: Action::Wait { .. },
                 } => self.report.c.waiting += 1,
-                Verdict::Act { .. } => {}
+                TaskVerdict::Act { .. } => {}
             }
             lines.push(TaskLine {
                 id: t.id,
@@ -290,7 +291,7 @@ impl Pass<'_> {
     }
 
     /// Gathers what the stage's gate needs and decides.
-    fn evaluate(&mut self, db: &mut Db, t: &Task) -> Verdict {
+    fn evaluate(&mut self, db: &mut Db, t: &Task) -> TaskVerdict {
         let inputs = self.gate_inputs(db, t);
         self.merged
             .insert(t.id, crate::core::round::merged(&inputs.pr));
@@ -308,7 +309,7 @@ impl Pass<'_> {
             }),
             Err(e) => {
                 log::warn!("task {}: reading its latest job: {e:#}", t.key);
-                return Verdict::Act {
+                return TaskVerdict::Act {
                     action: Action::Wait {
                         because: format!("could not read the stage's job: {e:#}"),
                     },
@@ -316,7 +317,7 @@ impl Pass<'_> {
             }
         };
         let action = decide(t.stage, &decision, last, t.developer_retries, &self.limits);
-        Verdict::Act { action }
+        TaskVerdict::Act { action }
     }
 
     fn gate_inputs(&mut self, db: &Db, t: &Task) -> GateInputs {

@@ -1,5 +1,5 @@
 //! `orch staging-check`: runs the pipeline file's staging checks at once, each with its
-//! own deadline, classifies and judges them (`core::staging`), prints the verdict, and
+//! own deadline, classifies and judges them (`core::staging_check`), prints the verdict, and
 //! writes the report the `deploy-staging → deploy` gate reads.
 //!
 //! With a task (`--task`, else `ORCH_TASK_ID`, which `run-job` gives every agent) it
@@ -32,15 +32,17 @@ use crate::core::pin::{
     expected_at_start, head_at_end, pinned_revision, HeadError, PinKind, PrHead, Unreadable,
 };
 use crate::core::plane::Project;
-use crate::core::staging::{freshness_applies, parse_revision, Outcome, Policy, VerdictStatus};
-use crate::core::staging_report::{
+use crate::core::staging_check::{
+    freshness_applies, parse_revision, Policy, StagingCheckOutcome, VerdictStatus,
+};
+use crate::core::staging_check_report::{
     judge_lines, report_targets, CheckLine, NoVerdictRun, StagingRun,
 };
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::pass::{PassContext, PassReport};
 use crate::ops::pin::{clear_validated, read_pr_head};
-use crate::ops::staging::{
+use crate::ops::staging_check::{
     remove_reports, roundtrip_env, run_checks, same_file, write_reports, CheckPlan,
 };
 
@@ -349,10 +351,16 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let count = |f: &dyn Fn(&CheckLine) -> bool| run.checks.iter().filter(|l| f(l)).count();
     let report = PassReport::new("staging-check", started.elapsed().as_millis())
         .with("checks", run.checks.len())
-        .with("passed", count(&|l| matches!(l.outcome, Outcome::Pass(_))))
+        .with(
+            "passed",
+            count(&|l| matches!(l.outcome, StagingCheckOutcome::Pass(_))),
+        )
         .with("failed", count(&|l| l.outcome.is_failure()))
         .with("waived", run.verdict.waived.len())
-        .with("skipped", count(&|l| matches!(l.outcome, Outcome::Skip(_))))
+        .with(
+            "skipped",
+            count(&|l| matches!(l.outcome, StagingCheckOutcome::Skip(_))),
+        )
         .with("verdict", run.verdict.status.as_str());
     log::info!("{report}");
     Ok(match run.verdict.status {

@@ -26,7 +26,7 @@ pub enum TaskCommand {
     /// bad value or database error (nothing stored).
     Add(AddArgs),
     /// List tasks, oldest first
-    List(ListArgs),
+    List(TaskListArgs),
     /// Show one task with its stage events and jobs
     Show(ShowArgs),
     /// Move a task along the pipeline table without evaluating gates (recorded as operator)
@@ -58,7 +58,7 @@ pub struct AddArgs {
 
 /// Flags of `task list`.
 #[derive(Debug, clap::Args)]
-pub struct ListArgs {
+pub struct TaskListArgs {
     /// Only tasks at this stage
     #[arg(long, value_parser = parse_stage)]
     pub stage: Option<Stage>,
@@ -271,7 +271,7 @@ fn event_json(e: &StageEvent) -> serde_json::Value {
     })
 }
 
-fn list(args: &ListArgs, ctx: &PassContext) -> Result<ExitStatus> {
+fn list(args: &TaskListArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let tasks = db.list_tasks(args.stage, args.limit)?;
     if args.json {

@@ -11,7 +11,7 @@ use crate::config::settings::parse_http_url;
 use crate::config::ConfigError;
 use crate::core::plane::{Project, StateMeanings, PLANE_STATE_GROUPS};
 use crate::core::stage::Agent;
-use crate::core::staging::{parse_checks, CheckDef};
+use crate::core::staging_check::{parse_checks, CheckDef};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,7 @@ pub struct Pipeline {
     pub projects: Vec<Project>,
     /// Agent argv templates by agent.
     pub agents: BTreeMap<String, Vec<String>>,
-    /// The staging checks, typed once here by `core::staging`'s schema.
+    /// The staging checks, typed once here by `core::staging_check`'s schema.
     #[serde(skip)]
     pub staging_checks: Vec<CheckDef>,
 }

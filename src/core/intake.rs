@@ -407,7 +407,7 @@ pub struct TaskFacts {
 
 /// What to do about a resolved state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum StateChangeDecision {
     /// Create the task (once), its branch and its analyst job (once).
     Start,
     /// Move the task along the table.
@@ -433,33 +433,33 @@ pub fn decide(
     state_name: &str,
     legacy: bool,
     task: Option<&TaskFacts>,
-) -> Decision {
+) -> StateChangeDecision {
     let done_already = |why: String| {
-        Decision::NoAction(if legacy {
+        StateChangeDecision::NoAction(if legacy {
             format!("legacy name-form second delivery: {why}")
         } else {
             why
         })
     };
     let Some(meaning) = meaning else {
-        return Decision::NoAction(format!("unmapped state {state_name:?}"));
+        return StateChangeDecision::NoAction(format!("unmapped state {state_name:?}"));
     };
     match (meaning, task) {
-        (Meaning::Blocked, _) => Decision::NoAction(format!(
+        (Meaning::Blocked, _) => StateChangeDecision::NoAction(format!(
             "state {state_name:?} means blocked: nothing to do until it moves on"
         )),
-        (Meaning::Start, None) => Decision::Start,
+        (Meaning::Start, None) => StateChangeDecision::Start,
         (Meaning::Start, Some(t)) if t.stage == Stage::Analysis && !t.has_analyst_job => {
-            Decision::Start
+            StateChangeDecision::Start
         }
         (Meaning::Start, Some(t)) => {
             done_already(format!("task {} already started (at {})", t.key, t.stage))
         }
-        (_, None) => Decision::NoAction(format!(
+        (_, None) => StateChangeDecision::NoAction(format!(
             "state {state_name:?} means {} but the work item has no task",
             meaning.as_str()
         )),
-        (Meaning::Approved, Some(t)) if t.stage == Stage::Analysis => Decision::Move {
+        (Meaning::Approved, Some(t)) if t.stage == Stage::Analysis => StateChangeDecision::Move {
             from: Stage::Analysis,
             to: Stage::Development,
         },
@@ -473,7 +473,7 @@ pub fn decide(
                     t.key
                 ))
             } else {
-                Decision::RequeueAnalysis
+                StateChangeDecision::RequeueAnalysis
             }
         }
         (Meaning::Rejected, Some(t)) => {
@@ -483,11 +483,11 @@ pub fn decide(
             done_already(format!("task {} is already cancelled", t.key))
         }
         (Meaning::Cancel, Some(t)) => match stage::transition(t.stage, Stage::Cancelled) {
-            Some(_) => Decision::Move {
+            Some(_) => StateChangeDecision::Move {
                 from: t.stage,
                 to: Stage::Cancelled,
             },
-            None => Decision::NoAction(format!(
+            None => StateChangeDecision::NoAction(format!(
                 "task {} is at {}, which cannot be cancelled",
                 t.key, t.stage
             )),
@@ -542,29 +542,29 @@ impl OutcomeKind {
 
 /// A delivery's outcome with its detail (what was done, or why nothing was).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Outcome {
+pub struct DeliveryOutcome {
     /// Which outcome.
     pub kind: OutcomeKind,
     /// What was done or why nothing was.
     pub detail: String,
 }
 
-impl Outcome {
+impl DeliveryOutcome {
     /// An outcome with its detail.
-    pub fn new(kind: OutcomeKind, detail: impl Into<String>) -> Outcome {
-        Outcome {
+    pub fn new(kind: OutcomeKind, detail: impl Into<String>) -> DeliveryOutcome {
+        DeliveryOutcome {
             kind,
             detail: detail.into(),
         }
     }
 
     /// `no pipeline action` with the reason.
-    pub fn no_action(reason: impl Into<String>) -> Outcome {
-        Outcome::new(OutcomeKind::NoAction, reason)
+    pub fn no_action(reason: impl Into<String>) -> DeliveryOutcome {
+        DeliveryOutcome::new(OutcomeKind::NoAction, reason)
     }
 }
 
-impl std::fmt::Display for Outcome {
+impl std::fmt::Display for DeliveryOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.detail.is_empty() {
             f.write_str(self.kind.as_str())
@@ -871,9 +871,9 @@ blocked: { names: [Blocked, Needs Input] }";
     #[test]
     fn decisions() {
         use Meaning::{Approved, Blocked, Cancel, Rejected, Start};
-        type D = Decision;
+        type D = StateChangeDecision;
         let at = |s| facts(s, true, false);
-        let no = |d: &Decision| matches!(d, D::NoAction(_));
+        let no = |d: &StateChangeDecision| matches!(d, D::NoAction(_));
         assert_eq!(decide(Some(Start), "x", false, None), D::Start);
         assert_eq!(
             decide(Some(Start), "x", true, None),

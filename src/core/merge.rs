@@ -129,7 +129,7 @@ pub enum MergedHow {
 
 /// A merge-guard verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum MergeVerdict {
     /// Open, not merged, mergeable, at the revision to pin: merging may go ahead.
     Proceed {
         /// The head SHA the merge pins.
@@ -152,49 +152,52 @@ pub enum Verdict {
     Error(String),
 }
 
-impl Verdict {
+impl MergeVerdict {
     /// Returns the word printed after `MERGE-GUARD:`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Verdict::Proceed { .. } => "PROCEED",
-            Verdict::AlreadyMerged(_) => "ALREADY_MERGED",
-            Verdict::Merged { .. } => "MERGED",
-            Verdict::Blocked(_) => "BLOCKED",
-            Verdict::Wait(_) => "WAIT",
-            Verdict::Error(_) => "ERROR",
+            MergeVerdict::Proceed { .. } => "PROCEED",
+            MergeVerdict::AlreadyMerged(_) => "ALREADY_MERGED",
+            MergeVerdict::Merged { .. } => "MERGED",
+            MergeVerdict::Blocked(_) => "BLOCKED",
+            MergeVerdict::Wait(_) => "WAIT",
+            MergeVerdict::Error(_) => "ERROR",
         }
     }
 
     /// Returns the human detail (one line).
     pub fn detail(&self) -> String {
         let text = match self {
-            Verdict::Proceed { head } => {
+            MergeVerdict::Proceed { head } => {
                 format!("open, not merged and mergeable at head {}", short(head))
             }
-            Verdict::AlreadyMerged(MergedHow::Merged { merge_commit }) => match merge_commit {
+            MergeVerdict::AlreadyMerged(MergedHow::Merged { merge_commit }) => match merge_commit {
                 Some(c) => format!("merged before (merge commit {})", short(c)),
                 None => "merged before".into(),
             },
-            Verdict::AlreadyMerged(MergedHow::ContainedInBase { base, head }) => format!(
+            MergeVerdict::AlreadyMerged(MergedHow::ContainedInBase { base, head }) => format!(
                 "head {} is already contained in {base}: nothing to merge, counted as merged \
                  (no merge call; the PR itself stays open)",
                 short(head)
             ),
-            Verdict::Merged {
+            MergeVerdict::Merged {
                 merge_commit,
                 answer,
             } => match merge_commit {
                 Some(c) => format!("merged now (merge commit {}; {answer})", short(c)),
                 None => format!("merged now ({answer})"),
             },
-            Verdict::Blocked(r) | Verdict::Wait(r) | Verdict::Error(r) => r.clone(),
+            MergeVerdict::Blocked(r) | MergeVerdict::Wait(r) | MergeVerdict::Error(r) => r.clone(),
         };
         one_line(&text)
     }
 
     /// Returns whether the PR is merged (before or now) or has nothing left to merge.
     pub fn is_merged(&self) -> bool {
-        matches!(self, Verdict::AlreadyMerged(_) | Verdict::Merged { .. })
+        matches!(
+            self,
+            MergeVerdict::AlreadyMerged(_) | MergeVerdict::Merged { .. }
+        )
     }
 }
 
@@ -207,22 +210,22 @@ pub fn needs_compare(pr: &PrRead) -> bool {
 ///
 /// `waited_out` says the bounded wait for Gitea's `mergeable` is over: a PR still not
 /// mergeable is then reported (BLOCKED when Gitea says `false`, ERROR when it says
-/// nothing) instead of [`Verdict::Wait`].
-pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> Verdict {
+/// nothing) instead of [`MergeVerdict::Wait`].
+pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> MergeVerdict {
     if pr.merged {
-        return Verdict::AlreadyMerged(MergedHow::Merged {
+        return MergeVerdict::AlreadyMerged(MergedHow::Merged {
             merge_commit: pr.merge_commit_sha.clone().filter(|s| !s.is_empty()),
         });
     }
     if !pr.open {
-        return Verdict::Blocked(format!("PR #{} is closed without being merged", pr.number));
+        return MergeVerdict::Blocked(format!("PR #{} is closed without being merged", pr.number));
     }
     match pin {
         Pin::Validated(rev) if !revisions_match(&pr.head_sha, rev) => {
-            return Verdict::Blocked(head_moved(pr, rev));
+            return MergeVerdict::Blocked(head_moved(pr, rev));
         }
         Pin::Missing { task } => {
-            return Verdict::Error(format!(
+            return MergeVerdict::Error(format!(
                 "task {task} has no validated revision to pin PR #{}'s merge to (staging has \
                  not recorded one): not merging head {}; deploy that head to staging and run \
                  `orch staging-check --task {task}` (it records the revision), then run the \
@@ -235,13 +238,13 @@ pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> Ve
     }
     match compare {
         Compare::Ahead(n) if head_contained_in_base(*n) => {
-            return Verdict::AlreadyMerged(MergedHow::ContainedInBase {
+            return MergeVerdict::AlreadyMerged(MergedHow::ContainedInBase {
                 base: pr.base_ref.clone(),
                 head: pr.head_sha.clone(),
             });
         }
         Compare::Failed(e) => {
-            return Verdict::Error(format!(
+            return MergeVerdict::Error(format!(
                 "could not compare {}...{} for PR #{}: {e}",
                 pr.base_ref,
                 short(&pr.head_sha),
@@ -251,29 +254,29 @@ pub fn decide(pr: &PrRead, pin: &Pin, compare: &Compare, waited_out: bool) -> Ve
         Compare::Ahead(_) | Compare::Unavailable | Compare::NotAsked => {}
     }
     if pr.is_wip() {
-        return Verdict::Blocked(format!(
+        return MergeVerdict::Blocked(format!(
             "PR #{} is a work in progress (draft or WIP title): Gitea refuses to merge it",
             pr.number
         ));
     }
     match (pr.mergeable, waited_out) {
-        (Some(true), _) => Verdict::Proceed {
+        (Some(true), _) => MergeVerdict::Proceed {
             head: pr.head_sha.clone(),
         },
-        (Some(false), false) => Verdict::Wait(format!(
+        (Some(false), false) => MergeVerdict::Wait(format!(
             "Gitea reports PR #{} not mergeable yet (conflict check running, or a conflict)",
             pr.number
         )),
-        (Some(false), true) => Verdict::Blocked(format!(
+        (Some(false), true) => MergeVerdict::Blocked(format!(
             "Gitea still reports PR #{} not mergeable after waiting: a conflict, or a conflict \
              check that has not finished",
             pr.number
         )),
-        (None, false) => Verdict::Wait(format!(
+        (None, false) => MergeVerdict::Wait(format!(
             "Gitea did not say whether PR #{} is mergeable",
             pr.number
         )),
-        (None, true) => Verdict::Error(format!(
+        (None, true) => MergeVerdict::Error(format!(
             "Gitea still does not say whether PR #{} is mergeable after waiting: could not tell",
             pr.number
         )),
@@ -310,20 +313,24 @@ impl fmt::Display for MergeAnswer {
 
 /// Decides the end state after a merge call, from its raw answer and the PR read again
 /// right after it (`Err` when that read failed). `pinned` is the head the call pinned.
-pub fn after_merge(answer: &MergeAnswer, reread: &Result<PrRead, String>, pinned: &str) -> Verdict {
+pub fn after_merge(
+    answer: &MergeAnswer,
+    reread: &Result<PrRead, String>,
+    pinned: &str,
+) -> MergeVerdict {
     let said = answer.to_string();
     if let MergeAnswer::Status { code: 200, .. } = answer {
         return match reread {
-            Ok(pr) if pr.merged => Verdict::Merged {
+            Ok(pr) if pr.merged => MergeVerdict::Merged {
                 merge_commit: pr.merge_commit_sha.clone().filter(|s| !s.is_empty()),
                 answer: said,
             },
-            Ok(pr) => Verdict::Error(format!(
+            Ok(pr) => MergeVerdict::Error(format!(
                 "Gitea answered 200 to the merge but PR #{} still reads unmerged: could not tell",
                 pr.number
             )),
             // The 200 itself is Gitea's word that it merged.
-            Err(e) => Verdict::Merged {
+            Err(e) => MergeVerdict::Merged {
                 merge_commit: None,
                 answer: format!("{said}; reading the PR again failed: {e}"),
             },
@@ -332,26 +339,26 @@ pub fn after_merge(answer: &MergeAnswer, reread: &Result<PrRead, String>, pinned
     let pr = match reread {
         Ok(pr) => pr,
         Err(e) => {
-            return Verdict::Error(format!(
+            return MergeVerdict::Error(format!(
                 "merge call gave {said} and reading the PR again failed ({e}): could not tell \
                  whether it merged"
             ))
         }
     };
     if pr.merged {
-        return Verdict::Merged {
+        return MergeVerdict::Merged {
             merge_commit: pr.merge_commit_sha.clone().filter(|s| !s.is_empty()),
             answer: format!("merge call gave {said}; the PR reads merged"),
         };
     }
     if !pr.open {
-        return Verdict::Blocked(format!(
+        return MergeVerdict::Blocked(format!(
             "PR #{} is closed without being merged (merge call gave {said})",
             pr.number
         ));
     }
     if !revisions_match(&pr.head_sha, pinned) {
-        return Verdict::Blocked(format!(
+        return MergeVerdict::Blocked(format!(
             "{} (merge call gave {said})",
             head_moved(pr, pinned)
         ));
@@ -359,7 +366,7 @@ pub fn after_merge(answer: &MergeAnswer, reread: &Result<PrRead, String>, pinned
     let n = pr.number;
     let code = match answer {
         MergeAnswer::Transport(_) => {
-            return Verdict::Error(format!(
+            return MergeVerdict::Error(format!(
                 "merge call gave {said} and PR #{n} still reads unmerged: could not tell; run \
                  the guard again later"
             ))
@@ -367,48 +374,48 @@ pub fn after_merge(answer: &MergeAnswer, reread: &Result<PrRead, String>, pinned
         MergeAnswer::Status { code, .. } => *code,
     };
     match code {
-        401 => Verdict::Error(format!(
+        401 => MergeVerdict::Error(format!(
             "Gitea rejected the token (merge call gave {said}): check ORCH_GITEA_TOKEN"
         )),
-        403 => Verdict::Error(format!(
+        403 => MergeVerdict::Error(format!(
             "the token may not merge (merge call gave {said}): it needs write:repository"
         )),
-        405 if pr.is_wip() => Verdict::Blocked(format!(
+        405 if pr.is_wip() => MergeVerdict::Blocked(format!(
             "PR #{n} is a work in progress (merge call gave {said})"
         )),
-        405 if pr.mergeable != Some(true) => Verdict::Blocked(format!(
+        405 if pr.mergeable != Some(true) => MergeVerdict::Blocked(format!(
             "Gitea refused the merge and reports PR #{n} not mergeable: a conflict, or a \
              conflict check still running (merge call gave {said})"
         )),
-        405 => Verdict::Blocked(format!(
+        405 => MergeVerdict::Blocked(format!(
             "Gitea refused to merge PR #{n} (branch protection, permission, merge style or \
              nothing to merge; merge call gave {said})"
         )),
-        409 if pr.mergeable == Some(false) => Verdict::Blocked(format!(
+        409 if pr.mergeable == Some(false) => MergeVerdict::Blocked(format!(
             "merging PR #{n} failed on a conflict (merge call gave {said})"
         )),
-        409 => Verdict::Error(format!(
+        409 => MergeVerdict::Error(format!(
             "merging PR #{n} failed in git (base moved, or a hook refused the push; merge call \
              gave {said}): run the guard again later"
         )),
-        423 => Verdict::Blocked(format!(
+        423 => MergeVerdict::Blocked(format!(
             "the repository is archived: Gitea refuses merges (merge call gave {said})"
         )),
-        404 => Verdict::Error(format!(
+        404 => MergeVerdict::Error(format!(
             "Gitea answered not found to the merge while PR #{n} reads open (merge call gave \
              {said}): could not tell"
         )),
-        422 => Verdict::Error(format!(
+        422 => MergeVerdict::Error(format!(
             "Gitea rejected the merge request as malformed (merge call gave {said})"
         )),
-        201 => Verdict::Error(format!(
+        201 => MergeVerdict::Error(format!(
             "Gitea scheduled an auto-merge instead of merging PR #{n} (merge call gave {said})"
         )),
-        500..=599 => Verdict::Error(format!(
+        500..=599 => MergeVerdict::Error(format!(
             "Gitea failed the merge and PR #{n} reads unmerged (merge call gave {said}); an open \
              issue dependency is a common cause: look at the PR"
         )),
-        _ => Verdict::Error(format!(
+        _ => MergeVerdict::Error(format!(
             "unexpected answer to the merge of PR #{n} (merge call gave {said}); it reads unmerged"
         )),
     }
@@ -742,7 +749,7 @@ mod tests {
         );
         assert!(v.is_merged());
         let v = decide(&open(Some(true)), &pinned(), &Compare::Ahead(2), false);
-        assert_eq!(v, Verdict::Proceed { head: HEAD.into() });
+        assert_eq!(v, MergeVerdict::Proceed { head: HEAD.into() });
     }
 
     fn status(code: u16, message: &str) -> MergeAnswer {

@@ -3,7 +3,7 @@
 //!
 //! Two kinds of pin:
 //! - **image-freshness**, where image freshness applies to the task's repo
-//!   (`core::staging::freshness_applies`): the revision staging says it runs, read by an
+//!   (`core::staging_check::freshness_applies`): the revision staging says it runs, read by an
 //!   image-freshness check and compared with the expected revision (by default the PR
 //!   head);
 //! - **pr-head**, everywhere else: staging cannot say what it runs, so the run pins the
@@ -31,7 +31,7 @@ use std::fmt;
 
 use crate::core::facts::{Fact, PrFacts};
 use crate::core::revision::revisions_match;
-use crate::core::staging::one_line;
+use crate::core::staging_check::one_line;
 
 /// Which kind of revision a run pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

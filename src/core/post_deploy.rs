@@ -260,7 +260,7 @@ pub fn classify(samples: &[Sample], t: &Thresholds) -> Assessment {
 /// What one tick does for one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Decision {
+pub enum TickDecision {
     /// Keep watching.
     Continue,
     /// Run the rollback command, alert, reopen the task, close the window DEGRADED.
@@ -271,19 +271,19 @@ pub enum Decision {
     Close,
 }
 
-impl Decision {
+impl TickDecision {
     /// Returns the word logs use.
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Continue => "CONTINUE",
-            Decision::Rollback => "ROLLBACK",
-            Decision::AlertOnly => "ALERT_ONLY",
-            Decision::Close => "CLOSE",
+            TickDecision::Continue => "CONTINUE",
+            TickDecision::Rollback => "ROLLBACK",
+            TickDecision::AlertOnly => "ALERT_ONLY",
+            TickDecision::Close => "CLOSE",
         }
     }
 }
 
-impl fmt::Display for Decision {
+impl fmt::Display for TickDecision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -300,12 +300,12 @@ pub fn decide(
     has_rollback: bool,
     now: i64,
     ends_at: i64,
-) -> Decision {
+) -> TickDecision {
     match classification {
-        Classification::Degraded if self_hosting || !has_rollback => Decision::AlertOnly,
-        Classification::Degraded => Decision::Rollback,
-        _ if now >= ends_at => Decision::Close,
-        _ => Decision::Continue,
+        Classification::Degraded if self_hosting || !has_rollback => TickDecision::AlertOnly,
+        Classification::Degraded => TickDecision::Rollback,
+        _ if now >= ends_at => TickDecision::Close,
+        _ => TickDecision::Continue,
     }
 }
 
@@ -559,14 +559,14 @@ pub fn next_step(
 
 /// What a probed tick concluded.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+pub struct TickConclusion {
     /// The classification of the window's samples, with its evidence.
     pub assessment: Assessment,
     /// What to do about it.
-    pub decision: Decision,
+    pub decision: TickDecision,
 }
 
-/// Returns why a DEGRADED window only alerts ([`Decision::AlertOnly`]).
+/// Returns why a DEGRADED window only alerts ([`TickDecision::AlertOnly`]).
 pub fn alert_only_reason(self_hosting: bool) -> &'static str {
     if self_hosting {
         "self-hosting repo: alert only, never restarted by a tick"
@@ -615,7 +615,7 @@ impl WindowState {
         format!("post-deploy:{}:{}:{kind}", self.task_id, self.armed_at)
     }
 
-    /// Returns the alert for a DEGRADED window that only alerts ([`Decision::AlertOnly`]).
+    /// Returns the alert for a DEGRADED window that only alerts ([`TickDecision::AlertOnly`]).
     pub fn degraded_alert(&self, evidence: &str, self_hosting: bool) -> String {
         format!(
             "post-deploy: {} ({}) production DEGRADED: {evidence}. {}.",
@@ -646,7 +646,7 @@ impl WindowState {
         self_hosting: bool,
         has_rollback: bool,
         now: i64,
-    ) -> Observed {
+    ) -> TickConclusion {
         self.samples.push(sample);
         if self.samples.len() > MAX_SAMPLES {
             self.samples.remove(0);
@@ -660,7 +660,7 @@ impl WindowState {
             self.ends_at,
         );
         self.last_evidence = Some(assessment.evidence.clone());
-        Observed {
+        TickConclusion {
             assessment,
             decision,
         }
@@ -710,7 +710,7 @@ impl WindowState {
             at: at.to_string(),
             samples: samples.to_string(),
             classification: classification.as_str().into(),
-            decision: Decision::Rollback.as_str().into(),
+            decision: TickDecision::Rollback.as_str().into(),
             action: format!("rollback started: {}", argv.join(" ")),
         });
         self.action = ActionState::Started { at: now };
@@ -771,7 +771,7 @@ impl WindowState {
             at,
             samples,
             verdict.as_str(),
-            Decision::Close.as_str(),
+            TickDecision::Close.as_str(),
             action,
         );
         self.closed_at = Some(now);
@@ -931,7 +931,7 @@ mod tests {
     #[test]
     fn decision_table() {
         use Classification::*;
-        use Decision::*;
+        use TickDecision::*;
         // (classification, self_hosting, has_rollback, now, ends_at, want)
         let cases = [
             (Degraded, false, true, 10, 100, Rollback),
@@ -1220,7 +1220,7 @@ mod tests {
             sample.at = now;
             seen.push(w.observe(sample, &T, false, true, now).decision);
         }
-        use Decision::*;
+        use TickDecision::*;
         assert_eq!(seen, vec![Continue, Continue, Rollback]);
         assert_eq!(w.samples.len(), 3);
         assert!(w.last_evidence.as_deref().unwrap().contains('3'), "{w:?}");

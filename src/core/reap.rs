@@ -50,7 +50,7 @@ impl fmt::Display for Tier {
 
 /// What `/proc` says about a running job's processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observed {
+pub enum JobLiveness {
     /// The stamped agent pid runs with the stamped start time, or (no pid stamped yet)
     /// its supervisor runs.
     Alive,
@@ -62,19 +62,19 @@ pub enum Observed {
     NoPid,
 }
 
-impl Observed {
+impl JobLiveness {
     /// Returns whether the job's process counts as gone.
     pub fn is_dead(self) -> bool {
-        !matches!(self, Observed::Alive)
+        !matches!(self, JobLiveness::Alive)
     }
 
     /// Returns the word logs and `--dry-run` print.
     pub fn as_str(self) -> &'static str {
         match self {
-            Observed::Alive => "alive",
-            Observed::Dead => "dead",
-            Observed::Reused => "reused",
-            Observed::NoPid => "no-pid",
+            JobLiveness::Alive => "alive",
+            JobLiveness::Dead => "dead",
+            JobLiveness::Reused => "reused",
+            JobLiveness::NoPid => "no-pid",
         }
     }
 }
@@ -134,7 +134,7 @@ pub enum ReapAction {
 /// 3. the backstop: alive past `max_running_s`, its whole group terminated.
 pub fn judge(
     job: &RunningFacts,
-    observed: Observed,
+    observed: JobLiveness,
     now: i64,
     settings: &ReapSettings,
 ) -> ReapAction {
@@ -158,7 +158,7 @@ pub fn judge(
                 tier: Tier::DeadPid,
                 // The leader is gone, but children it forked may still run in its group.
                 // A reused pid is someone else's: never signalled.
-                kill: observed == Observed::Dead,
+                kill: observed == JobLiveness::Dead,
                 why: format!(
                     "process {} for {ticks} consecutive passes",
                     observed.as_str()
@@ -215,12 +215,12 @@ mod tests {
     }
 
     /// (exit code, started at, stored streak, observed, now, expected).
-    type Case<T> = (Option<i32>, i64, u32, Observed, i64, T);
+    type Case<T> = (Option<i32>, i64, u32, JobLiveness, i64, T);
 
     #[test]
     fn tiers_in_order_with_their_boundaries() {
+        use JobLiveness::{Alive, Dead, NoPid, Reused};
         use JobStatus::{Failed, Succeeded};
-        use Observed::{Alive, Dead, NoPid, Reused};
         // (exit code, started, streak, observed, now, expected)
         let cases: &[Case<ReapAction>] = &[
             (None, 0, 0, Alive, 50, ReapAction::Leave),
@@ -281,10 +281,10 @@ mod tests {
             supervisor_alive: true,
             ..facts(Some(0), 0, 0)
         };
-        assert_eq!(judge(&live, Observed::Dead, 99, &S), ReapAction::Leave);
+        assert_eq!(judge(&live, JobLiveness::Dead, 99, &S), ReapAction::Leave);
         // ...unless the supervisor outlived the backstop (hung after recording).
         assert_eq!(
-            flip(&judge(&live, Observed::Dead, 100, &S)).map(|f| f.1),
+            flip(&judge(&live, JobLiveness::Dead, 100, &S)).map(|f| f.1),
             Some(Tier::ExitCode)
         );
     }
@@ -295,7 +295,7 @@ mod tests {
             dead_ticks: 1,
             max_running_s: 100,
         };
-        let got = judge(&facts(None, 0, 0), Observed::Dead, 1, &one);
+        let got = judge(&facts(None, 0, 0), JobLiveness::Dead, 1, &one);
         assert_eq!(flip(&got).map(|f| f.1), Some(Tier::DeadPid));
         let no_start = RunningFacts {
             exit_code: None,
@@ -304,7 +304,7 @@ mod tests {
             supervisor_alive: false,
         };
         assert_eq!(
-            judge(&no_start, Observed::Alive, i64::MAX, &S),
+            judge(&no_start, JobLiveness::Alive, i64::MAX, &S),
             ReapAction::Leave
         );
     }

@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 
 use crate::core::gate::GateDecision;
-use crate::core::intake::{self, meaning_of, Decision, Meaning};
+use crate::core::intake::{self, meaning_of, Meaning, StateChangeDecision};
 use crate::core::job::JobOutcome;
 use crate::core::plane::StateMeanings;
 use crate::core::stage::{transition, Stage};
 
 /// The facts the guards read, all local (no network) except `plane_blocked`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskFacts {
+pub struct GuardFacts {
     /// The task's stage.
     pub stage: Stage,
     /// When it entered the stage (unix seconds).
@@ -72,7 +72,7 @@ impl Skip {
 
 /// Applies the local guards, in order: analysis, no gate, live job, grace, escalated.
 /// `None` means the task goes on to the blocked check and then its gate.
-pub fn local_guards(t: &TaskFacts, now: i64, limits: &Limits) -> Option<Skip> {
+pub fn local_guards(t: &GuardFacts, now: i64, limits: &Limits) -> Option<Skip> {
     if t.stage == Stage::Analysis {
         return Some(Skip::Analysis);
     }
@@ -103,7 +103,7 @@ pub fn local_guards(t: &TaskFacts, now: i64, limits: &Limits) -> Option<Skip> {
 
 /// What Plane said about the work item's state, for the blocked guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlaneState {
+pub enum WorkItemState {
     /// A state that is not blocked (its name).
     Clear(String),
     /// A blocked or needs-input state (its name).
@@ -113,11 +113,11 @@ pub enum PlaneState {
 }
 
 /// Applies the blocked guard (only when `ORCH_RECONCILE_SKIP_BLOCKED_ENABLED`).
-pub fn blocked_guard(state: &PlaneState) -> Option<Skip> {
+pub fn blocked_guard(state: &WorkItemState) -> Option<Skip> {
     match state {
-        PlaneState::Clear(_) => None,
-        PlaneState::Blocked(name) => Some(Skip::Blocked(format!("work item is in {name:?}"))),
-        PlaneState::Unknown(why) => Some(Skip::Blocked(format!(
+        WorkItemState::Clear(_) => None,
+        WorkItemState::Blocked(name) => Some(Skip::Blocked(format!("work item is in {name:?}"))),
+        WorkItemState::Unknown(why) => Some(Skip::Blocked(format!(
             "could not tell the work item's state: {why}"
         ))),
     }
@@ -253,21 +253,21 @@ pub enum Listed {
 /// Tells the blocked guard what the listed work item's state means. A state matching
 /// two meanings, an unknown state, an item the complete listing does not show, and a
 /// failed or unfinished listing are all "could not tell" (skip, never advance).
-pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> PlaneState {
+pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> WorkItemState {
     match listed {
         Listed::Seen { name, group } => match meaning_of(meanings, name, group) {
-            Ok(Some(Meaning::Blocked)) => PlaneState::Blocked(name.clone()),
-            Ok(_) => PlaneState::Clear(name.clone()),
-            Err(_) => PlaneState::Unknown(format!("state {name:?} matches two meanings")),
+            Ok(Some(Meaning::Blocked)) => WorkItemState::Blocked(name.clone()),
+            Ok(_) => WorkItemState::Clear(name.clone()),
+            Err(_) => WorkItemState::Unknown(format!("state {name:?} matches two meanings")),
         },
-        Listed::UnknownState(id) => PlaneState::Unknown(format!("unknown state id {id}")),
+        Listed::UnknownState(id) => WorkItemState::Unknown(format!("unknown state id {id}")),
         Listed::NotSeen { complete: true } => {
-            PlaneState::Unknown("the work item is not in its project's listing".into())
+            WorkItemState::Unknown("the work item is not in its project's listing".into())
         }
-        Listed::NotSeen { complete: false } => PlaneState::Unknown(
+        Listed::NotSeen { complete: false } => WorkItemState::Unknown(
             "the project's listing stopped early (rate limit); next pass".into(),
         ),
-        Listed::Failed(why) => PlaneState::Unknown(why.clone()),
+        Listed::Failed(why) => WorkItemState::Unknown(why.clone()),
     }
 }
 
@@ -355,7 +355,7 @@ pub enum Judgement {
 /// `None` when `ORCH_RECONCILE_SKIP_BLOCKED_ENABLED` is off; `meanings` is `None` when
 /// the task's project is not in the pipeline file (its state cannot be told).
 pub fn judge(
-    t: &TaskFacts,
+    t: &GuardFacts,
     now: i64,
     limits: &Limits,
     progress: Progress,
@@ -380,7 +380,7 @@ pub fn judge(
             None => Judgement::Evaluate,
         },
         (Some(listed), None) => Judgement::Skip(
-            blocked_guard(&PlaneState::Unknown(format!("{listed:?}")))
+            blocked_guard(&WorkItemState::Unknown(format!("{listed:?}")))
                 .expect("unknown always skips"),
         ),
         (None, _) => Judgement::Evaluate,
@@ -452,10 +452,10 @@ pub fn replay(
         return Replay::Ignore;
     }
     match intake::decide(Some(meaning), state_name, false, task) {
-        Decision::NoAction(_) | Decision::RequeueAnalysis => Replay::Ignore,
+        StateChangeDecision::NoAction(_) | StateChangeDecision::RequeueAnalysis => Replay::Ignore,
         _ if done >= cap => Replay::Capped,
-        Decision::Start => Replay::Start,
-        Decision::Move { from, to } => Replay::Move { from, to },
+        StateChangeDecision::Start => Replay::Start,
+        StateChangeDecision::Move { from, to } => Replay::Move { from, to },
     }
 }
 
@@ -507,7 +507,7 @@ pub fn branch_plan(stage: Stage, gitea_unreachable: Option<&str>) -> BranchPlan 
 /// What the pass does with one task, as `--dry-run` and `--json` report it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
-pub enum Verdict {
+pub enum TaskVerdict {
     /// A guard leaves it alone.
     Skip {
         /// The guard.
@@ -539,8 +539,8 @@ mod tests {
         job_max_attempts: 3,
     };
 
-    fn facts() -> TaskFacts {
-        TaskFacts {
+    fn facts() -> GuardFacts {
+        GuardFacts {
             stage: Stage::Review,
             stage_entered_at: 0,
             live_job: None,
@@ -553,7 +553,7 @@ mod tests {
     fn guards_apply_in_spec_order() {
         let now = 1_000;
         // Every guard true at once: the first in order wins.
-        let all = TaskFacts {
+        let all = GuardFacts {
             stage: Stage::Analysis,
             stage_entered_at: now,
             live_job: Some((1, "running")),
@@ -564,32 +564,32 @@ mod tests {
             local_guards(&all, now, &LIMITS).unwrap().guard(),
             "analysis"
         );
-        let t = TaskFacts {
+        let t = GuardFacts {
             stage: Stage::Done,
             ..all.clone()
         };
         assert_eq!(local_guards(&t, now, &LIMITS).unwrap().guard(), "no-gate");
-        let t = TaskFacts {
+        let t = GuardFacts {
             stage: Stage::Review,
             ..all.clone()
         };
         assert_eq!(local_guards(&t, now, &LIMITS).unwrap().guard(), "job-live");
-        let t = TaskFacts {
+        let t = GuardFacts {
             live_job: None,
             ..t
         };
         assert_eq!(local_guards(&t, now, &LIMITS).unwrap().guard(), "grace");
-        let t = TaskFacts {
+        let t = GuardFacts {
             stage_entered_at: now - 300,
             ..t
         };
         assert_eq!(local_guards(&t, now, &LIMITS).unwrap().guard(), "escalated");
-        let t = TaskFacts {
+        let t = GuardFacts {
             developer_retries: 0,
             ..t
         };
         assert_eq!(local_guards(&t, now, &LIMITS).unwrap().guard(), "escalated");
-        let t = TaskFacts {
+        let t = GuardFacts {
             escalated: false,
             ..t
         };
@@ -598,7 +598,7 @@ mod tests {
 
     #[test]
     fn grace_boundary() {
-        let t = TaskFacts {
+        let t = GuardFacts {
             stage_entered_at: 700,
             ..facts()
         };
@@ -611,9 +611,12 @@ mod tests {
 
     #[test]
     fn blocked_guard_skips_on_blocked_and_on_doubt() {
-        assert_eq!(blocked_guard(&PlaneState::Clear("In Review".into())), None);
-        assert!(blocked_guard(&PlaneState::Blocked("Blocked".into())).is_some());
-        assert!(blocked_guard(&PlaneState::Unknown("HTTP 500".into())).is_some());
+        assert_eq!(
+            blocked_guard(&WorkItemState::Clear("In Review".into())),
+            None
+        );
+        assert!(blocked_guard(&WorkItemState::Blocked("Blocked".into())).is_some());
+        assert!(blocked_guard(&WorkItemState::Unknown("HTTP 500".into())).is_some());
     }
 
     fn wait(evidence: bool) -> GateDecision {
@@ -780,11 +783,11 @@ mod tests {
         };
         assert_eq!(
             plane_state_of(&m, &seen("needs input", "started")),
-            PlaneState::Blocked("needs input".into())
+            WorkItemState::Blocked("needs input".into())
         );
         assert_eq!(
             plane_state_of(&m, &seen("In Review", "started")),
-            PlaneState::Clear("In Review".into())
+            WorkItemState::Clear("In Review".into())
         );
         for l in [
             Listed::UnknownState("s9".into()),
@@ -793,7 +796,7 @@ mod tests {
             Listed::Failed("HTTP 500".into()),
         ] {
             assert!(
-                matches!(plane_state_of(&m, &l), PlaneState::Unknown(_)),
+                matches!(plane_state_of(&m, &l), WorkItemState::Unknown(_)),
                 "{l:?}"
             );
         }
@@ -801,7 +804,7 @@ mod tests {
         m.approved.names.push("Blocked".into());
         assert!(matches!(
             plane_state_of(&m, &seen("Blocked", "started")),
-            PlaneState::Unknown(_)
+            WorkItemState::Unknown(_)
         ));
     }
 
@@ -866,12 +869,12 @@ mod tests {
             group: "started".into(),
         };
         let stopped = Listed::NotSeen { complete: false };
-        let grace = TaskFacts {
+        let grace = GuardFacts {
             stage_entered_at: now,
             ..facts()
         };
         // (facts, progress, listed, meanings known, expected)
-        let cases: Vec<(TaskFacts, Progress, Option<&Listed>, bool, &str)> = vec![
+        let cases: Vec<(GuardFacts, Progress, Option<&Listed>, bool, &str)> = vec![
             // A local guard wins over the rate limit, the cap and the listing.
             (grace, progress(true, 2), Some(&blocked), true, "skip grace"),
             // The rate limit wins over the cap and the listing.
@@ -1061,14 +1064,14 @@ mod tests {
 
     #[test]
     fn verdicts_serialise_flat() {
-        let v = Verdict::Skip {
+        let v = TaskVerdict::Skip {
             skip: Skip::Escalated("x".into()),
         };
         assert_eq!(
             serde_json::to_value(&v).unwrap(),
             serde_json::json!({"verdict": "skip", "guard": "escalated", "detail": "x"})
         );
-        let v = Verdict::Act {
+        let v = TaskVerdict::Act {
             action: Action::Advance { to: Stage::Review },
         };
         assert_eq!(

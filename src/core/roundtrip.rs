@@ -187,7 +187,7 @@ pub fn jobs_from_task_show(stdout: &str) -> Result<Vec<StagingJob>, String> {
                 (Some(id), Some(agent), Some(status)) => Ok(StagingJob { id, agent, status }),
                 _ => Err(format!(
                     "a job without id, agent or status: {}",
-                    crate::core::staging::one_line(&j.to_string(), 120)
+                    crate::core::staging_check::one_line(&j.to_string(), 120)
                 )),
             }
         })

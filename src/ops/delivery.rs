@@ -7,7 +7,8 @@ use crate::adapters::db::{
     AlreadyRecorded, Created, Db, MoveError, Moved, Recorder, TaskStart, PENDING,
 };
 use crate::core::intake::{
-    self, Decision, Intake, Outcome, OutcomeKind, PlaneState, StateChange, TaskFacts,
+    self, DeliveryOutcome, Intake, OutcomeKind, PlaneState, StateChange, StateChangeDecision,
+    TaskFacts,
 };
 use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
@@ -31,7 +32,11 @@ use crate::ops::pass::PassContext;
 /// # Errors
 /// When acting fails (Plane unreachable while resolving the state, a write failing):
 /// the delivery stays `pending` with the error recorded, and nothing of it was written.
-pub fn process_delivery(ctx: &PassContext, db: &mut Db, delivery_row_id: i64) -> Result<Outcome> {
+pub fn process_delivery(
+    ctx: &PassContext,
+    db: &mut Db,
+    delivery_row_id: i64,
+) -> Result<DeliveryOutcome> {
     let row = db
         .delivery(delivery_row_id)?
         .with_context(|| format!("no delivery {delivery_row_id}"))?;
@@ -56,8 +61,8 @@ pub fn process_delivery(ctx: &PassContext, db: &mut Db, delivery_row_id: i64) ->
     }
 }
 
-fn recorded(outcome: &str, detail: Option<&str>) -> Outcome {
-    Outcome::new(
+fn recorded(outcome: &str, detail: Option<&str>) -> DeliveryOutcome {
+    DeliveryOutcome::new(
         OutcomeKind::parse(outcome).unwrap_or(OutcomeKind::NoAction),
         detail.unwrap_or_default(),
     )
@@ -66,7 +71,7 @@ fn recorded(outcome: &str, detail: Option<&str>) -> Outcome {
 /// What a delivery asks for, once its state is resolved.
 enum Plan<'a> {
     /// Nothing: the outcome says why.
-    Nothing(Outcome),
+    Nothing(DeliveryOutcome),
     /// Start the work item's task.
     Start {
         project: &'a Project,
@@ -85,7 +90,7 @@ enum Plan<'a> {
 }
 
 /// Acts on one stored body and records the outcome of delivery `id` with its effects.
-fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> {
+fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<DeliveryOutcome> {
     let now = ctx.now_secs();
     match plan(ctx, db, body)? {
         Plan::Nothing(outcome) => {
@@ -110,7 +115,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> 
                 Ok(moved) => Ok(describe(&moved)),
                 Err(e) => match e.downcast_ref::<MoveError>() {
                     Some(MoveError::Stale { actual, .. }) => {
-                        let outcome = Outcome::no_action(format!(
+                        let outcome = DeliveryOutcome::no_action(format!(
                             "task {} moved to {actual} meanwhile",
                             task.key
                         ));
@@ -123,14 +128,14 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> 
         }
         Plan::RequeueAnalysis { task } => {
             let describe = |job: &Created| match job {
-                Created::New(j) => Outcome::new(
+                Created::New(j) => DeliveryOutcome::new(
                     OutcomeKind::Rejected,
                     format!(
                         "task {} stays at analysis, analyst job {j} queued again",
                         task.key
                     ),
                 ),
-                Created::Existing(j) => Outcome::no_action(format!(
+                Created::Existing(j) => DeliveryOutcome::no_action(format!(
                     "task {} already has an analyst job queued or running (job {j})",
                     task.key
                 )),
@@ -154,7 +159,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<Outcome> 
     }
 }
 
-fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> Outcome {
+fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> DeliveryOutcome {
     let kind = if to == Stage::Cancelled {
         OutcomeKind::Cancelled
     } else {
@@ -164,12 +169,12 @@ fn moved_outcome(task: &Task, from: Stage, to: Stage, moved: &Moved) -> Outcome 
         .enqueued_job
         .map(|j| format!(", {} job {j} queued", to.agent().map_or("", Agent::as_str)))
         .unwrap_or_default();
-    Outcome::new(kind, format!("task {} {from} -> {to}{job}", task.key))
+    DeliveryOutcome::new(kind, format!("task {} {from} -> {to}{job}", task.key))
 }
 
 /// Resolves a stored body to what it asks for. Writes only the state cache.
 fn plan<'a>(ctx: &'a PassContext, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> {
-    let nothing = |why: String| Ok(Plan::Nothing(Outcome::no_action(why)));
+    let nothing = |why: String| Ok(Plan::Nothing(DeliveryOutcome::no_action(why)));
     let envelope = match intake::parse_envelope(body) {
         Ok(e) => e,
         Err(r) => return nothing(format!("stored body is not a delivery: {}", r.reason)),
@@ -219,19 +224,19 @@ fn plan<'a>(ctx: &'a PassContext, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> 
     let decision = intake::decide(meaning, &state.name, change.legacy, facts.as_ref());
     let reason = format!("work item moved to {:?} in Plane", state.name);
     Ok(match decision {
-        Decision::NoAction(why) => Plan::Nothing(Outcome::no_action(why)),
-        Decision::Start => Plan::Start {
+        StateChangeDecision::NoAction(why) => Plan::Nothing(DeliveryOutcome::no_action(why)),
+        StateChangeDecision::Start => Plan::Start {
             project,
             change,
             reason,
         },
-        Decision::Move { from, to } => Plan::Move {
+        StateChangeDecision::Move { from, to } => Plan::Move {
             task: task.expect("moves are decided for existing tasks"),
             from,
             to,
             reason,
         },
-        Decision::RequeueAnalysis => Plan::RequeueAnalysis {
+        StateChangeDecision::RequeueAnalysis => Plan::RequeueAnalysis {
             task: task.expect("requeues are decided for existing tasks"),
         },
     })
@@ -246,7 +251,7 @@ fn start(
     project: &Project,
     change: &StateChange,
     reason: &str,
-) -> Result<Outcome> {
+) -> Result<DeliveryOutcome> {
     let key = intake::task_key(
         project.plane_identifier.as_deref(),
         &project.name,
@@ -262,7 +267,7 @@ fn start(
         branch: crate::core::branch::branch_name(&key, &change.title),
     };
     let describe = |s: &TaskStart| {
-        Outcome::new(
+        DeliveryOutcome::new(
             OutcomeKind::Started,
             format!(
                 "task {key} {}, {}",
@@ -288,7 +293,7 @@ fn start(
         created: started.created,
         enqueued_job: started.enqueued_job,
     });
-    Ok(Outcome::new(
+    Ok(DeliveryOutcome::new(
         recorded.kind,
         format!(
             "{}, branch {} {}",

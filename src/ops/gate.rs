@@ -114,7 +114,7 @@ pub fn gate_inputs_with(
     }
     let s = &ctx.config.settings;
     let project = ctx.config.pipeline.project(&task.project);
-    inputs.freshness_applies = crate::core::staging::freshness_applies(
+    inputs.freshness_applies = crate::core::staging_check::freshness_applies(
         s.image_freshness_enabled,
         &s.image_freshness_repos.0,
         project.map(|p| (p.name.as_str(), p.repo.as_str(), p.self_hosting)),

@@ -14,8 +14,8 @@ use crate::adapters::lock::LockError;
 use crate::adapters::poll::{self, RealTime, Step, TimedOut};
 use crate::adapters::process::start_time;
 use crate::core::merge::{
-    after_merge, compare_text, decide, needs_compare, pin_text, Compare, MergeAnswer, Pin, PrRead,
-    Verdict,
+    after_merge, compare_text, decide, needs_compare, pin_text, Compare, MergeAnswer, MergeVerdict,
+    Pin, PrRead,
 };
 use crate::ops::pass::PassContext;
 
@@ -57,12 +57,17 @@ impl fmt::Display for Target {
 
 /// Reads and decides, re-reading with a bounded backoff while Gitea computes `mergeable`
 /// for up to `wait`.
-pub fn settle(gitea: &GiteaClient, target: &Target, wait: Duration, stats: &mut Stats) -> Verdict {
+pub fn settle(
+    gitea: &GiteaClient,
+    target: &Target,
+    wait: Duration,
+    stats: &mut Stats,
+) -> MergeVerdict {
     let deadline = Instant::now() + wait;
     let mut pause = FIRST_BACKOFF;
     let settled = poll::until(&RealTime, deadline, |a| {
         let verdict = read_and_decide(gitea, target, a.left.is_zero(), stats);
-        if !matches!(verdict, Verdict::Wait(_)) {
+        if !matches!(verdict, MergeVerdict::Wait(_)) {
             return Step::Done(verdict);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -85,12 +90,12 @@ fn read_and_decide(
     target: &Target,
     waited_out: bool,
     stats: &mut Stats,
-) -> Verdict {
+) -> MergeVerdict {
     stats.reads += 1;
     let pr = match gitea.get_pull(&target.repo, target.number) {
         Ok(pr) => pr_read(&pr),
         Err(e) => {
-            let v = Verdict::Error(format!("could not read {target}: {e}"));
+            let v = MergeVerdict::Error(format!("could not read {target}: {e}"));
             log::warn!("merge-guard: {target}: {}", v.detail());
             return v;
         }
@@ -120,11 +125,11 @@ fn read_and_decide(
 }
 
 /// Under the lease: read again, merge only if still needed, read again, decide.
-pub fn merge_under_lease(gitea: &GiteaClient, target: &Target, stats: &mut Stats) -> Verdict {
+pub fn merge_under_lease(gitea: &GiteaClient, target: &Target, stats: &mut Stats) -> MergeVerdict {
     // Another guard may have merged it while this one waited for the lease; no waiting
     // for `mergeable` while holding the lease.
     let head = match read_and_decide(gitea, target, true, stats) {
-        Verdict::Proceed { head } => head,
+        MergeVerdict::Proceed { head } => head,
         other => return other,
     };
     // The full SHA just read: it matches the validated revision (decide checked), and
@@ -163,7 +168,7 @@ pub fn merge_under_lease(gitea: &GiteaClient, target: &Target, stats: &mut Stats
 }
 
 /// Gitea's `message`, or a short excerpt of a body that has none (the 409 conflict).
-fn message_of(a: &gitea::MergeAnswer) -> String {
+fn message_of(a: &gitea::MergeResponse) -> String {
     match &a.message {
         Some(m) => m.clone(),
         None => a.body.chars().take(160).collect(),
@@ -199,7 +204,7 @@ impl HeldLease {
         target: &Target,
         job_id: Option<i64>,
         wait: Duration,
-    ) -> Result<HeldLease, Verdict> {
+    ) -> Result<HeldLease, MergeVerdict> {
         let lease = MergeLease::new(&ctx.config.settings.state_dir);
         let pid = i64::from(std::process::id());
         let started = Instant::now();
@@ -228,12 +233,12 @@ impl HeldLease {
                             }
                         },
                         Ok(LeaseFile::Malformed(m)) => {
-                            return Step::Done(Err(Verdict::Error(format!(
+                            return Step::Done(Err(MergeVerdict::Error(format!(
                                 "the merge lease file cannot be parsed ({m}): left for a human; not merging"
                             ))))
                         }
                         Err(e) => {
-                            return Step::Done(Err(Verdict::Error(format!(
+                            return Step::Done(Err(MergeVerdict::Error(format!(
                                 "reading the merge lease: {e:#}; not merging"
                             ))))
                         }
@@ -248,7 +253,7 @@ impl HeldLease {
                             ttl_s: ctx.config.settings.merge_lease_ttl_s.secs(),
                         };
                         if let Err(e) = lease.write(&guard, &ours) {
-                            return Step::Done(Err(Verdict::Error(format!(
+                            return Step::Done(Err(MergeVerdict::Error(format!(
                                 "writing the merge lease: {e:#}; not merging"
                             ))));
                         }
@@ -262,7 +267,7 @@ impl HeldLease {
                 }
                 Err(LockError::Busy(_)) => {}
                 Err(e) => {
-                    return Step::Done(Err(Verdict::Error(format!(
+                    return Step::Done(Err(MergeVerdict::Error(format!(
                         "taking the merge lease lock: {e}; not merging"
                     ))))
                 }
@@ -272,7 +277,7 @@ impl HeldLease {
         match taken {
             Ok(Ok(ours)) => Ok(HeldLease { lease, ours }),
             Ok(Err(verdict)) => Err(verdict),
-            Err(TimedOut) => Err(Verdict::Error(format!(
+            Err(TimedOut) => Err(MergeVerdict::Error(format!(
                 "the merge lease is held by {holder} and did not come free within {} s \
                  (ORCH_MERGE_LEASE_WAIT_S): not merging",
                 wait.as_secs()

@@ -4,7 +4,7 @@
 //! arming post-deploy windows ([`post_deploy`]), announcing once ([`notify`]), observing
 //! a job's processes ([`observe`]), a job's log path and JSON shape ([`jobs`]) and
 //! `staging-check`'s webhook round trip ([`roundtrip`]), its checks and reports
-//! ([`staging`]) and the pin's reads ([`pin`]), and `merge-guard`'s reads, merge and
+//! ([`staging_check`]) and the pin's reads ([`pin`]), and `merge-guard`'s reads, merge and
 //! lease ([`merge`]). Code here uses `core` and `adapters`, never a command: a step two
 //! commands share lives here.
 
@@ -19,4 +19,4 @@ pub mod pass;
 pub mod pin;
 pub mod post_deploy;
 pub mod roundtrip;
-pub mod staging;
+pub mod staging_check;

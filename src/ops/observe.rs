@@ -5,7 +5,7 @@
 use crate::adapters::process::{liveness, Liveness};
 use crate::adapters::spawn::start_times;
 use crate::core::job::Job;
-use crate::core::reap::Observed;
+use crate::core::reap::JobLiveness;
 
 /// A pass's view of `/proc`: a snapshot of live processes' start times when the pass has
 /// many jobs. The snapshot only ever confirms a match; anything else (a pid missing from
@@ -47,21 +47,21 @@ pub fn supervisor_alive(job: &Job) -> bool {
 }
 
 /// Observes a running job's processes, reading `/proc` directly.
-pub fn observe(job: &Job) -> Observed {
+pub fn observe(job: &Job) -> JobLiveness {
     observe_with(job, &ProcView::direct())
 }
 
 /// Observes a running job's processes through a pass's view of `/proc`.
-pub fn observe_with(job: &Job, procs: &ProcView) -> Observed {
+pub fn observe_with(job: &Job, procs: &ProcView) -> JobLiveness {
     match job.pid {
         Some(pid) => match procs.liveness(pid, job.pid_start_time) {
-            Liveness::Alive => Observed::Alive,
-            Liveness::Dead => Observed::Dead,
-            Liveness::Reused => Observed::Reused,
+            Liveness::Alive => JobLiveness::Alive,
+            Liveness::Dead => JobLiveness::Dead,
+            Liveness::Reused => JobLiveness::Reused,
         },
         // Claimed, pid not stamped yet: the supervisor may be about to spawn.
-        None if supervisor_alive(job) => Observed::Alive,
-        None => Observed::NoPid,
+        None if supervisor_alive(job) => JobLiveness::Alive,
+        None => JobLiveness::NoPid,
     }
 }
 

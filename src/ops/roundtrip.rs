@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::adapters::checks::command_probe;
 use crate::adapters::gitea::GiteaClient;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::PlaneClient;
 use crate::adapters::poll::{self, RealTime, Step};
 use crate::adapters::roundtrip::{post_delivery, random_uuid, staging_jobs_from_db};
+use crate::adapters::staging_probes::command_probe;
 use crate::config::{ConfigError, Secret};
 use crate::core::intake::{sign, PlaneState};
 use crate::core::plane::Project;
@@ -25,7 +25,9 @@ use crate::core::roundtrip::{
     analyst_job, backoff, delivery_body, in_progress_state, jobs_from_task_show, status_argv,
     synthetic, StagingJob, Synthetic,
 };
-use crate::core::staging::{one_line, Outcome, ProbeError, RoundtripCheck, RoundtripTarget};
+use crate::core::staging_check::{
+    one_line, ProbeError, RoundtripCheck, RoundtripTarget, StagingCheckOutcome,
+};
 use crate::ops::pass::PassContext;
 
 /// The shortest per-request timeout a poll gets, even at its deadline.
@@ -132,7 +134,7 @@ pub struct Trip {
     project: Project,
     webhook_url: String,
     in_progress_state: Option<String>,
-    sent: Mutex<Option<Result<Sent, Outcome>>>,
+    sent: Mutex<Option<Result<Sent, StagingCheckOutcome>>>,
 }
 
 impl Trip {
@@ -156,7 +158,7 @@ impl Trip {
 
     /// Runs one check: sends the delivery unless another check of this trip did, then
     /// waits for `check`'s target within `timeout`.
-    pub fn check(&self, check: &RoundtripCheck, timeout: Duration) -> Outcome {
+    pub fn check(&self, check: &RoundtripCheck, timeout: Duration) -> StagingCheckOutcome {
         let deadline = Instant::now() + timeout;
         let sent = match self.send_once(deadline) {
             Ok(s) => s,
@@ -168,7 +170,7 @@ impl Trip {
         }
     }
 
-    fn send_once(&self, deadline: Instant) -> Result<Sent, Outcome> {
+    fn send_once(&self, deadline: Instant) -> Result<Sent, StagingCheckOutcome> {
         let mut slot = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(done) = &*slot {
             return done.clone();
@@ -178,10 +180,10 @@ impl Trip {
         result
     }
 
-    fn send(&self, deadline: Instant) -> Result<Sent, Outcome> {
+    fn send(&self, deadline: Instant) -> Result<Sent, StagingCheckOutcome> {
         let p = &self.project;
         let call = self.env.call_timeout(remaining(deadline));
-        let could_not = |what: String| Outcome::Error(format!("could not run: {what}"));
+        let could_not = |what: String| StagingCheckOutcome::Error(format!("could not run: {what}"));
         let plane = self.env.plane(call);
         let states: Vec<PlaneState> = plane.list_states(&p.plane_project_id).map_err(|e| {
             could_not(format!(
@@ -195,7 +197,7 @@ impl Trip {
             &states,
             self.in_progress_state.as_deref(),
         )
-        .map_err(Outcome::Fail)?
+        .map_err(StagingCheckOutcome::Fail)?
         .clone();
         let id = random_uuid().map_err(|e| could_not(format!("{e:#}")))?;
         let delivery_id = random_uuid().map_err(|e| could_not(format!("{e:#}")))?;
@@ -218,18 +220,20 @@ impl Trip {
             remaining(deadline).max(MIN_CALL),
         )
         .map_err(|e| match e {
-            ProbeError::Timeout(m) => Outcome::Fail(format!("staging webhook timed out: {m}")),
+            ProbeError::Timeout(m) => {
+                StagingCheckOutcome::Fail(format!("staging webhook timed out: {m}"))
+            }
             ProbeError::Connect(m) => {
-                Outcome::Fail(format!("could not connect to the staging webhook: {m}"))
+                StagingCheckOutcome::Fail(format!("could not connect to the staging webhook: {m}"))
             }
             ProbeError::Transport(m) => {
-                Outcome::Fail(format!("sending to the staging webhook failed: {m}"))
+                StagingCheckOutcome::Fail(format!("sending to the staging webhook failed: {m}"))
             }
             ProbeError::CouldNotRun(m) => could_not(m),
         })?;
         if answer.status != 200 {
             let body = one_line(&answer.body, 120);
-            return Err(Outcome::Fail(format!(
+            return Err(StagingCheckOutcome::Fail(format!(
                 "staging webhook answered HTTP {} (expected 200){}",
                 answer.status,
                 if body.is_empty() {
@@ -246,12 +250,12 @@ impl Trip {
         })
     }
 
-    fn wait_branch(&self, sent: &Sent, deadline: Instant) -> Outcome {
+    fn wait_branch(&self, sent: &Sent, deadline: Instant) -> StagingCheckOutcome {
         let repo = &self.project.repo;
         let branch = &sent.item.branch;
         let polled = poll(deadline, |left| {
             let Some(client) = self.env.gitea(self.env.call_timeout(left)) else {
-                return Poll::Stop(Outcome::Error(
+                return Poll::Stop(StagingCheckOutcome::Error(
                     "could not run: ORCH_GITEA_URL and ORCH_GITEA_TOKEN are needed".into(),
                 ));
             };
@@ -259,19 +263,19 @@ impl Trip {
                 Ok(true) => Poll::Found(String::new()),
                 Ok(false) => Poll::NotYet(None),
                 Err(HttpError::Fatal(m)) => {
-                    Poll::Stop(Outcome::Error(format!("could not run: {m}")))
+                    Poll::Stop(StagingCheckOutcome::Error(format!("could not run: {m}")))
                 }
                 Err(e) => Poll::NotYet(Some(e.to_string())),
             }
         });
         match polled {
-            Ok(_) => Outcome::Pass(format!(
+            Ok(_) => StagingCheckOutcome::Pass(format!(
                 "branch {branch} appeared in {repo} {} ms after the delivery ({})",
                 sent.at.elapsed().as_millis(),
                 describe(sent)
             )),
             Err(Waited::Stopped(o)) => o,
-            Err(Waited::Deadline(last)) => Outcome::Fail(format!(
+            Err(Waited::Deadline(last)) => StagingCheckOutcome::Fail(format!(
                 "branch {branch} did not appear in {repo} within {} ms of the delivery ({}){}",
                 sent.at.elapsed().as_millis(),
                 describe(sent),
@@ -281,7 +285,12 @@ impl Trip {
         }
     }
 
-    fn wait_job(&self, sent: &Sent, check: &RoundtripCheck, deadline: Instant) -> Outcome {
+    fn wait_job(
+        &self,
+        sent: &Sent,
+        check: &RoundtripCheck,
+        deadline: Instant,
+    ) -> StagingCheckOutcome {
         let item = &sent.item;
         let found = |jobs: &[StagingJob]| match analyst_job(jobs) {
             Some(j) => Poll::Found(format!("analyst job {} ({})", j.id, j.status)),
@@ -292,9 +301,9 @@ impl Trip {
                 let argv = status_argv(template, item);
                 let t = left.clamp(Duration::from_secs(1), Duration::from_secs(30));
                 match command_probe(&argv, t) {
-                    Err(ProbeError::CouldNotRun(m)) => Poll::Stop(Outcome::Error(format!(
-                        "could not run: status_command: {m}"
-                    ))),
+                    Err(ProbeError::CouldNotRun(m)) => Poll::Stop(StagingCheckOutcome::Error(
+                        format!("could not run: status_command: {m}"),
+                    )),
                     Err(e) => Poll::NotYet(Some(format!("status_command: {e:?}"))),
                     Ok(end) if end.code != Some(0) => Poll::NotYet(Some(format!(
                         "status_command exit {}: {}",
@@ -303,7 +312,7 @@ impl Trip {
                     ))),
                     Ok(end) => match jobs_from_task_show(&end.stdout) {
                         Ok(jobs) => found(&jobs),
-                        Err(m) => Poll::Stop(Outcome::Fail(format!(
+                        Err(m) => Poll::Stop(StagingCheckOutcome::Fail(format!(
                             "status_command printed {m}: {}",
                             one_line(&end.stdout, 80)
                         ))),
@@ -316,23 +325,25 @@ impl Trip {
                         "no task for work item {} in status_db",
                         item.work_item_id
                     ))),
-                    Err(e) => Poll::Stop(Outcome::Error(format!("could not run: {e:#}"))),
+                    Err(e) => {
+                        Poll::Stop(StagingCheckOutcome::Error(format!("could not run: {e:#}")))
+                    }
                 }
             } else {
-                Poll::Stop(Outcome::Error(
+                Poll::Stop(StagingCheckOutcome::Error(
                     "could not run: wait_for: analyst-job needs status_command or status_db".into(),
                 ))
             }
         });
         match polled {
-            Ok(job) => Outcome::Pass(format!(
+            Ok(job) => StagingCheckOutcome::Pass(format!(
                 "{job} for task {} on staging {} ms after the delivery ({})",
                 item.key,
                 sent.at.elapsed().as_millis(),
                 describe(sent)
             )),
             Err(Waited::Stopped(o)) => o,
-            Err(Waited::Deadline(last)) => Outcome::Fail(format!(
+            Err(Waited::Deadline(last)) => StagingCheckOutcome::Fail(format!(
                 "no analyst job for task {} on staging within {} ms of the delivery ({}){}",
                 item.key,
                 sent.at.elapsed().as_millis(),
@@ -395,11 +406,11 @@ fn remaining(deadline: Instant) -> Duration {
 enum Poll {
     Found(String),
     NotYet(Option<String>),
-    Stop(Outcome),
+    Stop(StagingCheckOutcome),
 }
 
 enum Waited {
-    Stopped(Outcome),
+    Stopped(StagingCheckOutcome),
     Deadline(Option<String>),
 }
 

@@ -570,7 +570,7 @@ fn a_deployer_pins_the_pr_head_of_an_ordinary_repo_and_the_merge_uses_it() {
     let mut inputs = GateInputs::empty();
     inputs.staging = parse_staging_report(Some(&text));
     inputs.freshness_applies =
-        orch::core::staging::freshness_applies(true, &[], Some(("shop", SHOP_REPO, false)));
+        orch::core::staging_check::freshness_applies(true, &[], Some(("shop", SHOP_REPO, false)));
     inputs.validated_revision = validated(&env);
     inputs.pr = Ok(Some(PrFacts {
         number: 7,

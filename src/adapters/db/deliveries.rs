@@ -10,7 +10,7 @@ use rusqlite::params;
 
 use crate::adapters::db::recorder::record_outcome_in;
 use crate::adapters::db::{sql_limit, Db};
-use crate::core::intake::Outcome;
+use crate::core::intake::DeliveryOutcome;
 
 /// The outcome column of a delivery not yet acted on.
 pub const PENDING: &str = "pending";
@@ -184,7 +184,7 @@ impl Db {
     /// # Errors
     /// [`AlreadyRecorded`](crate::adapters::db::AlreadyRecorded) when it was no longer
     /// pending; SQL errors.
-    pub fn record_outcome(&self, id: i64, outcome: &Outcome, now: i64) -> Result<()> {
+    pub fn record_outcome(&self, id: i64, outcome: &DeliveryOutcome, now: i64) -> Result<()> {
         record_outcome_in(self.conn(), id, outcome, now)
     }
 

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use rusqlite::{params, Connection};
 
-use crate::core::intake::Outcome;
+use crate::core::intake::DeliveryOutcome;
 
 /// The delivery already has an outcome (another process recorded it first): the write
 /// that would have recorded it again was rolled back with everything it did.
@@ -23,13 +23,17 @@ pub struct Recorder<'a, T> {
     /// When the outcome is recorded (unix seconds).
     pub now: i64,
     /// The outcome, from what the write did (pure: it is also used to report it).
-    pub describe: &'a dyn Fn(&T) -> Outcome,
+    pub describe: &'a dyn Fn(&T) -> DeliveryOutcome,
 }
 
 impl<'a, T> Recorder<'a, T> {
     /// The recorder of delivery `delivery`'s outcome, recorded at `now`, as `describe`
     /// says it from what the write did.
-    pub fn new(delivery: i64, now: i64, describe: &'a dyn Fn(&T) -> Outcome) -> Recorder<'a, T> {
+    pub fn new(
+        delivery: i64,
+        now: i64,
+        describe: &'a dyn Fn(&T) -> DeliveryOutcome,
+    ) -> Recorder<'a, T> {
         Recorder {
             delivery,
             now,
@@ -52,7 +56,7 @@ impl<'a, T> Recorder<'a, T> {
 pub(super) fn record_outcome_in(
     conn: &Connection,
     id: i64,
-    outcome: &Outcome,
+    outcome: &DeliveryOutcome,
     now: i64,
 ) -> Result<()> {
     // The effects are written, the outcome not yet: a kill here rolls both back.

@@ -123,7 +123,7 @@ mod tests {
     use super::*;
     use crate::adapters::db::test_support::count;
     use crate::adapters::db::{AlreadyRecorded, Move, Moved, NewDelivery, Stored};
-    use crate::core::intake::{Outcome, OutcomeKind};
+    use crate::core::intake::{DeliveryOutcome, OutcomeKind};
 
     fn new_task() -> NewTask {
         NewTask {
@@ -158,7 +158,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Db::open(&dir.path().join("t.db")).unwrap();
         let d = new_delivery(&mut db, "x");
-        let describe = |s: &TaskStart| Outcome::new(OutcomeKind::Started, format!("{s:?}"));
+        let describe = |s: &TaskStart| DeliveryOutcome::new(OutcomeKind::Started, format!("{s:?}"));
         let rec = Recorder::new(d, 2, &describe);
         let first = db
             .start_task(&new_task(), Actor::Webhook, "r", 2, Some(&rec))
@@ -198,9 +198,9 @@ mod tests {
             .start_task(&new_task(), Actor::Operator, "r", 1, None)
             .unwrap();
         let d = new_delivery(&mut db, "y");
-        db.record_outcome(d, &Outcome::no_action("first"), 2)
+        db.record_outcome(d, &DeliveryOutcome::no_action("first"), 2)
             .unwrap();
-        let describe = |_: &Moved| Outcome::no_action("again");
+        let describe = |_: &Moved| DeliveryOutcome::no_action("again");
         let rec = Recorder::new(d, 3, &describe);
         let err = db
             .move_task(
@@ -219,7 +219,7 @@ mod tests {
         db.conn()
             .execute("UPDATE jobs SET status = 'succeeded'", [])
             .unwrap();
-        let describe = |_: &Created| Outcome::no_action("again");
+        let describe = |_: &Created| DeliveryOutcome::no_action("again");
         let rec = Recorder::new(d, 3, &describe);
         let err = db
             .enqueue_job_recorded(s.task_id, Agent::Analyst, Stage::Analysis, 3, Some(&rec))

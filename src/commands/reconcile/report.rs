@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::core::reconcile::{Action, Skip, Verdict};
+use crate::core::reconcile::{Action, Skip, TaskVerdict};
 use crate::core::stage::Stage;
 use crate::ops::pass::Counts;
 
@@ -24,7 +24,7 @@ pub struct TaskLine {
     pub stage: Stage,
     /// What the pass did (or would do) with it.
     #[serde(flatten)]
-    pub verdict: Verdict,
+    pub verdict: TaskVerdict,
     /// What acting did, when it failed or lost a race.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -159,14 +159,14 @@ pub fn render(r: &Report) -> String {
         let show = r.dry_run
             || matches!(
                 &t.verdict,
-                Verdict::Act { action } if !matches!(action, Action::Wait { .. })
+                TaskVerdict::Act { action } if !matches!(action, Action::Wait { .. })
             )
             || t.note.is_some();
         if !show {
             continue;
         }
         let what = match &t.verdict {
-            Verdict::Skip { skip } => {
+            TaskVerdict::Skip { skip } => {
                 let detail = match skip {
                     Skip::Analysis => "a human decides in Plane".to_string(),
                     Skip::NoGate(d)
@@ -177,8 +177,8 @@ pub fn render(r: &Report) -> String {
                 };
                 format!("skip ({}): {detail}", skip.guard())
             }
-            Verdict::Act { action } => describe(action),
-            Verdict::Deferred { because } => format!("deferred: {because}"),
+            TaskVerdict::Act { action } => describe(action),
+            TaskVerdict::Deferred { because } => format!("deferred: {because}"),
         };
         let note = t
             .note

@@ -1,8 +1,8 @@
 //! Runs `staging-check`'s probes: HTTP requests and commands, each with a hard deadline,
 //! all at once in threads so one hanging check cannot stall the rest.
 //!
-//! Probes return observations (`core::staging::HttpAnswer`, `CommandEnd`) or a
-//! `ProbeError`; judging them is `core::staging`'s job. A command runs without a shell
+//! Probes return observations (`core::staging_check::HttpAnswer`, `CommandEnd`) or a
+//! `ProbeError`; judging them is `core::staging_check`'s job. A command runs without a shell
 //! in its own process group, and the whole group is terminated when its deadline passes
 //! (`adapters::spawn::run_group`).
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::adapters::http::{client_with, redact_url};
 use crate::adapters::spawn::{self, GroupEnd, GroupError, Output, DEADLINE_KILL_GRACE};
-use crate::core::staging::{CommandEnd, HttpAnswer, ProbeError};
+use crate::core::staging_check::{CommandEnd, HttpAnswer, ProbeError};
 
 /// The most of a body or an output stream kept for judging (1 MiB).
 pub const MAX_CAPTURE: u64 = 1024 * 1024;

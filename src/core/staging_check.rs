@@ -5,7 +5,7 @@
 //! The verdict never reads green by accident: a REAL failure, a check that could not
 //! run, an internal error or an empty check list are all FAILED. Only failures of
 //! allowlisted sandbox-infrastructure checks can be waived, and only while tolerance is
-//! on and the run is not `--strict`. No I/O here: `adapters::checks` runs the probes.
+//! on and the run is not `--strict`. No I/O here: `adapters::staging_probes` runs the probes.
 
 use std::time::Duration;
 
@@ -572,7 +572,7 @@ fn check_field_path(path: &str) -> Result<(), String> {
 /// How one check ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", content = "reason", rename_all = "lowercase")]
-pub enum Outcome {
+pub enum StagingCheckOutcome {
     /// The check held; the detail says what was seen.
     Pass(String),
     /// The evidence says no.
@@ -583,16 +583,22 @@ pub enum Outcome {
     Error(String),
 }
 
-impl Outcome {
+impl StagingCheckOutcome {
     /// Returns whether the check counts as failed (a failure or a check that could not run).
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Fail(_) | Outcome::Error(_))
+        matches!(
+            self,
+            StagingCheckOutcome::Fail(_) | StagingCheckOutcome::Error(_)
+        )
     }
 
     /// Returns the reason or detail text.
     pub fn reason(&self) -> &str {
         match self {
-            Outcome::Pass(r) | Outcome::Fail(r) | Outcome::Skip(r) | Outcome::Error(r) => r,
+            StagingCheckOutcome::Pass(r)
+            | StagingCheckOutcome::Fail(r)
+            | StagingCheckOutcome::Skip(r)
+            | StagingCheckOutcome::Error(r) => r,
         }
     }
 }
@@ -630,23 +636,26 @@ pub struct CommandEnd {
     pub stderr: String,
 }
 
-fn probe_outcome(e: &ProbeError) -> Outcome {
+fn probe_outcome(e: &ProbeError) -> StagingCheckOutcome {
     match e {
-        ProbeError::Timeout(m) => Outcome::Fail(format!("timed out: {m}")),
-        ProbeError::Connect(m) => Outcome::Fail(format!("could not connect: {m}")),
-        ProbeError::Transport(m) => Outcome::Fail(format!("request failed: {m}")),
-        ProbeError::CouldNotRun(m) => Outcome::Error(format!("could not run: {m}")),
+        ProbeError::Timeout(m) => StagingCheckOutcome::Fail(format!("timed out: {m}")),
+        ProbeError::Connect(m) => StagingCheckOutcome::Fail(format!("could not connect: {m}")),
+        ProbeError::Transport(m) => StagingCheckOutcome::Fail(format!("request failed: {m}")),
+        ProbeError::CouldNotRun(m) => StagingCheckOutcome::Error(format!("could not run: {m}")),
     }
 }
 
 /// Judges an HTTP check's answer.
-pub fn judge_http(check: &HttpCheck, answer: &Result<HttpAnswer, ProbeError>) -> Outcome {
+pub fn judge_http(
+    check: &HttpCheck,
+    answer: &Result<HttpAnswer, ProbeError>,
+) -> StagingCheckOutcome {
     let a = match answer {
         Ok(a) => a,
         Err(e) => return probe_outcome(e),
     };
     if a.status != check.expect_status {
-        return Outcome::Fail(format!(
+        return StagingCheckOutcome::Fail(format!(
             "HTTP {} (expected {}){}",
             a.status,
             check.expect_status,
@@ -655,7 +664,7 @@ pub fn judge_http(check: &HttpCheck, answer: &Result<HttpAnswer, ProbeError>) ->
     }
     if let Some(want) = &check.expect_body {
         if !a.body.contains(want.as_str()) {
-            return Outcome::Fail(format!(
+            return StagingCheckOutcome::Fail(format!(
                 "HTTP {} but the body lacks {want:?}{}",
                 a.status,
                 excerpt_suffix(&a.body)
@@ -666,7 +675,7 @@ pub fn judge_http(check: &HttpCheck, answer: &Result<HttpAnswer, ProbeError>) ->
         let doc: serde_json::Value = match serde_json::from_str(&a.body) {
             Ok(v) => v,
             Err(e) => {
-                return Outcome::Fail(format!(
+                return StagingCheckOutcome::Fail(format!(
                     "HTTP {} but the answer is not JSON ({e}){}",
                     a.status,
                     excerpt_suffix(&a.body)
@@ -676,7 +685,7 @@ pub fn judge_http(check: &HttpCheck, answer: &Result<HttpAnswer, ProbeError>) ->
         match json_at(&doc, &j.field) {
             Some(v) if *v == j.equals => {}
             Some(v) => {
-                return Outcome::Fail(format!(
+                return StagingCheckOutcome::Fail(format!(
                     "HTTP {} but {} is {} (expected {})",
                     a.status,
                     j.field,
@@ -685,31 +694,39 @@ pub fn judge_http(check: &HttpCheck, answer: &Result<HttpAnswer, ProbeError>) ->
                 ))
             }
             None => {
-                return Outcome::Fail(format!(
+                return StagingCheckOutcome::Fail(format!(
                     "HTTP {} but the answer has no {}",
                     a.status, j.field
                 ))
             }
         }
     }
-    Outcome::Pass(format!("HTTP {}", a.status))
+    StagingCheckOutcome::Pass(format!("HTTP {}", a.status))
 }
 
 /// Judges a command check's end.
-pub fn judge_command(check: &CommandCheck, end: &Result<CommandEnd, ProbeError>) -> Outcome {
+pub fn judge_command(
+    check: &CommandCheck,
+    end: &Result<CommandEnd, ProbeError>,
+) -> StagingCheckOutcome {
     let e = match end {
         Ok(e) => e,
         Err(err) => return probe_outcome(err),
     };
     match e.code {
-        None => return Outcome::Fail(format!("ended by a signal{}", excerpt_suffix(&e.stderr))),
+        None => {
+            return StagingCheckOutcome::Fail(format!(
+                "ended by a signal{}",
+                excerpt_suffix(&e.stderr)
+            ))
+        }
         Some(code) if code != check.expect_exit => {
             let tail = if e.stderr.trim().is_empty() {
                 &e.stdout
             } else {
                 &e.stderr
             };
-            return Outcome::Fail(format!(
+            return StagingCheckOutcome::Fail(format!(
                 "exit {code} (expected {}){}",
                 check.expect_exit,
                 excerpt_suffix(tail)
@@ -719,14 +736,14 @@ pub fn judge_command(check: &CommandCheck, end: &Result<CommandEnd, ProbeError>)
     }
     if let Some(want) = &check.expect_output {
         if !e.stdout.contains(want.as_str()) {
-            return Outcome::Fail(format!(
+            return StagingCheckOutcome::Fail(format!(
                 "exit {} but stdout lacks {want:?}{}",
                 check.expect_exit,
                 excerpt_suffix(&e.stdout)
             ));
         }
     }
-    Outcome::Pass(format!("exit {}", check.expect_exit))
+    StagingCheckOutcome::Pass(format!("exit {}", check.expect_exit))
 }
 
 /// Reads the revision out of an HTTP answer (`json_field` set: that JSON field; else
@@ -737,10 +754,10 @@ pub fn judge_command(check: &CommandCheck, end: &Result<CommandEnd, ProbeError>)
 pub fn revision_from_http(
     json_field: Option<&str>,
     answer: &Result<HttpAnswer, ProbeError>,
-) -> Result<String, Outcome> {
+) -> Result<String, StagingCheckOutcome> {
     let a = answer.as_ref().map_err(probe_outcome)?;
     if a.status != 200 {
-        return Err(Outcome::Fail(format!(
+        return Err(StagingCheckOutcome::Fail(format!(
             "revision endpoint answered HTTP {}{}",
             a.status,
             excerpt_suffix(&a.body)
@@ -750,7 +767,7 @@ pub fn revision_from_http(
         None => a.body.trim().to_string(),
         Some(field) => {
             let doc: serde_json::Value = serde_json::from_str(&a.body).map_err(|e| {
-                Outcome::Fail(format!(
+                StagingCheckOutcome::Fail(format!(
                     "revision answer is not JSON ({e}){}",
                     excerpt_suffix(&a.body)
                 ))
@@ -758,35 +775,46 @@ pub fn revision_from_http(
             match json_at(&doc, field) {
                 Some(serde_json::Value::String(s)) => s.trim().to_string(),
                 Some(other) => {
-                    return Err(Outcome::Fail(format!(
+                    return Err(StagingCheckOutcome::Fail(format!(
                         "revision field {field} is not a string: {}",
                         one_line(&other.to_string(), 80)
                     )))
                 }
-                None => return Err(Outcome::Fail(format!("revision answer has no {field}"))),
+                None => {
+                    return Err(StagingCheckOutcome::Fail(format!(
+                        "revision answer has no {field}"
+                    )))
+                }
             }
         }
     };
-    parse_revision(&raw).map_err(|m| Outcome::Fail(format!("staging reported {m}")))
+    parse_revision(&raw).map_err(|m| StagingCheckOutcome::Fail(format!("staging reported {m}")))
 }
 
 /// Reads the revision out of a command's stdout.
 ///
 /// # Errors
 /// The failing outcome: a non-zero exit or output that is not a revision.
-pub fn revision_from_command(end: &Result<CommandEnd, ProbeError>) -> Result<String, Outcome> {
+pub fn revision_from_command(
+    end: &Result<CommandEnd, ProbeError>,
+) -> Result<String, StagingCheckOutcome> {
     let e = end.as_ref().map_err(probe_outcome)?;
     match e.code {
         Some(0) => {}
         Some(c) => {
-            return Err(Outcome::Fail(format!(
+            return Err(StagingCheckOutcome::Fail(format!(
                 "revision command exited {c}{}",
                 excerpt_suffix(&e.stderr)
             )))
         }
-        None => return Err(Outcome::Fail("revision command ended by a signal".into())),
+        None => {
+            return Err(StagingCheckOutcome::Fail(
+                "revision command ended by a signal".into(),
+            ))
+        }
     }
-    parse_revision(e.stdout.trim()).map_err(|m| Outcome::Fail(format!("staging reported {m}")))
+    parse_revision(e.stdout.trim())
+        .map_err(|m| StagingCheckOutcome::Fail(format!("staging reported {m}")))
 }
 
 /// Validates a revision (a git object name, 7 to 64 hex digits) and lowercases it.
@@ -806,21 +834,24 @@ pub fn parse_revision(text: &str) -> Result<String, String> {
 }
 
 /// Judges image freshness: the revision staging runs against the expected one.
-pub fn judge_freshness(expected: Option<&str>, running: &Result<String, Outcome>) -> Outcome {
+pub fn judge_freshness(
+    expected: Option<&str>,
+    running: &Result<String, StagingCheckOutcome>,
+) -> StagingCheckOutcome {
     let running = match running {
         Ok(r) => r,
         Err(o) => return o.clone(),
     };
     let Some(expected) = expected else {
-        return Outcome::Fail(format!(
+        return StagingCheckOutcome::Fail(format!(
             "staging runs {} but no expected revision was given (--expected-revision or EXPECTED_REVISION)",
             short(running)
         ));
     };
     if crate::core::revision::revisions_match(running, expected) {
-        Outcome::Pass(format!("staging runs {}", short(running)))
+        StagingCheckOutcome::Pass(format!("staging runs {}", short(running)))
     } else {
-        Outcome::Fail(format!(
+        StagingCheckOutcome::Fail(format!(
             "stale image: staging runs {} but {} is expected",
             short(running),
             short(expected)
@@ -938,11 +969,11 @@ impl Policy {
 
 /// One check's result as the verdict sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckResult {
+pub struct StagingCheckResult {
     /// The check id.
     pub id: String,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: StagingCheckOutcome,
 }
 
 /// The overall result.
@@ -968,7 +999,7 @@ impl VerdictStatus {
 
 /// The verdict with its evidence.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Verdict {
+pub struct StagingVerdict {
     /// SUCCESS or FAILED.
     pub status: VerdictStatus,
     /// Allowlisted checks that failed and were waived (only when SUCCESS).
@@ -981,14 +1012,18 @@ pub struct Verdict {
 
 /// Decides the verdict from every check's result, the policy, and any internal errors
 /// of the run. Pure; the table is in this module's tests.
-pub fn verdict(results: &[CheckResult], policy: &Policy, internal_errors: &[String]) -> Verdict {
+pub fn verdict(
+    results: &[StagingCheckResult],
+    policy: &Policy,
+    internal_errors: &[String],
+) -> StagingVerdict {
     let mut reasons: Vec<String> = internal_errors
         .iter()
         .map(|e| format!("internal error: {e}"))
         .collect();
     let ran = results
         .iter()
-        .filter(|r| !matches!(r.outcome, Outcome::Skip(_)))
+        .filter(|r| !matches!(r.outcome, StagingCheckOutcome::Skip(_)))
         .count();
     if results.is_empty() {
         reasons.push("no staging checks are configured (staging.checks is empty)".into());
@@ -1000,16 +1035,16 @@ pub fn verdict(results: &[CheckResult], policy: &Policy, internal_errors: &[Stri
     for r in results {
         let category = classify(&r.id, &policy.allowlist);
         match (&r.outcome, category) {
-            (Outcome::Error(_), _) => {
+            (StagingCheckOutcome::Error(_), _) => {
                 failed.push(r.id.clone());
                 reasons.push(format!("{} could not be run", r.id));
             }
-            (Outcome::Fail(_), Category::Real) => {
+            (StagingCheckOutcome::Fail(_), Category::Real) => {
                 failed.push(r.id.clone());
                 reasons.push(format!("REAL check {} failed", r.id));
             }
-            (Outcome::Fail(_), Category::SandboxInfra) => waivable.push(r.id.clone()),
-            (Outcome::Pass(_) | Outcome::Skip(_), _) => {}
+            (StagingCheckOutcome::Fail(_), Category::SandboxInfra) => waivable.push(r.id.clone()),
+            (StagingCheckOutcome::Pass(_) | StagingCheckOutcome::Skip(_), _) => {}
         }
     }
     if !waivable.is_empty() && !policy.waives() {
@@ -1024,14 +1059,14 @@ pub fn verdict(results: &[CheckResult], policy: &Policy, internal_errors: &[Stri
         failed.append(&mut waivable);
     }
     if reasons.is_empty() {
-        Verdict {
+        StagingVerdict {
             status: VerdictStatus::Success,
             waived: waivable,
             failed,
             reasons,
         }
     } else {
-        Verdict {
+        StagingVerdict {
             status: VerdictStatus::Failed,
             waived: Vec::new(),
             failed,
@@ -1044,23 +1079,23 @@ pub fn verdict(results: &[CheckResult], policy: &Policy, internal_errors: &[Stri
 mod tests {
     use super::*;
 
-    fn result(id: &str, outcome: Outcome) -> CheckResult {
-        CheckResult {
+    fn result(id: &str, outcome: StagingCheckOutcome) -> StagingCheckResult {
+        StagingCheckResult {
             id: id.into(),
             outcome,
         }
     }
-    fn pass(id: &str) -> CheckResult {
-        result(id, Outcome::Pass("ok".into()))
+    fn pass(id: &str) -> StagingCheckResult {
+        result(id, StagingCheckOutcome::Pass("ok".into()))
     }
-    fn fail(id: &str) -> CheckResult {
-        result(id, Outcome::Fail("no".into()))
+    fn fail(id: &str) -> StagingCheckResult {
+        result(id, StagingCheckOutcome::Fail("no".into()))
     }
-    fn error(id: &str) -> CheckResult {
-        result(id, Outcome::Error("could not run".into()))
+    fn error(id: &str) -> StagingCheckResult {
+        result(id, StagingCheckOutcome::Error("could not run".into()))
     }
-    fn skip(id: &str) -> CheckResult {
-        result(id, Outcome::Skip("n/a".into()))
+    fn skip(id: &str) -> StagingCheckResult {
+        result(id, StagingCheckOutcome::Skip("n/a".into()))
     }
 
     fn policy(tolerance: bool, strict: bool) -> Policy {
@@ -1085,7 +1120,7 @@ mod tests {
     #[rustfmt::skip]
     fn verdict_table() {
         use VerdictStatus::{Failed as F, Success as S};
-        type Row = (&'static str, Vec<CheckResult>, bool, bool, bool, VerdictStatus, Vec<&'static str>, u8);
+        type Row = (&'static str, Vec<StagingCheckResult>, bool, bool, bool, VerdictStatus, Vec<&'static str>, u8);
         let rows: Vec<Row> = vec![
             ("all pass",                           vec![pass("C1"), pass("C9a")], true,  false, false, S, vec![], 0),
             ("all pass, strict",                   vec![pass("C1"), pass("C9a")], true,  true,  false, S, vec![], 0),
@@ -1256,18 +1291,21 @@ mod tests {
     #[test]
     fn http_answers_are_judged() {
         let mut c = http(200);
-        assert!(matches!(judge_http(&c, &answer(200, "")), Outcome::Pass(_)));
+        assert!(matches!(
+            judge_http(&c, &answer(200, "")),
+            StagingCheckOutcome::Pass(_)
+        ));
         assert!(
-            matches!(judge_http(&c, &answer(503, "down")), Outcome::Fail(r) if r.contains("HTTP 503 (expected 200): down"))
+            matches!(judge_http(&c, &answer(503, "down")), StagingCheckOutcome::Fail(r) if r.contains("HTTP 503 (expected 200): down"))
         );
         c.expect_body = Some("ok".into());
         assert!(matches!(
             judge_http(&c, &answer(200, "all ok")),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(matches!(
             judge_http(&c, &answer(200, "bad")),
-            Outcome::Fail(_)
+            StagingCheckOutcome::Fail(_)
         ));
         c.expect_body = None;
         c.expect_json = Some(JsonExpect {
@@ -1276,27 +1314,29 @@ mod tests {
         });
         assert!(matches!(
             judge_http(&c, &answer(200, r#"{"checks":{"db":"ok"}}"#)),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(
-            matches!(judge_http(&c, &answer(200, r#"{"checks":{"db":"down"}}"#)), Outcome::Fail(r) if r.contains("checks.db is \"down\""))
+            matches!(judge_http(&c, &answer(200, r#"{"checks":{"db":"down"}}"#)), StagingCheckOutcome::Fail(r) if r.contains("checks.db is \"down\""))
         );
         assert!(
-            matches!(judge_http(&c, &answer(200, r#"{"checks":{}}"#)), Outcome::Fail(r) if r.contains("has no checks.db"))
+            matches!(judge_http(&c, &answer(200, r#"{"checks":{}}"#)), StagingCheckOutcome::Fail(r) if r.contains("has no checks.db"))
         );
         assert!(
-            matches!(judge_http(&c, &answer(200, "<html>")), Outcome::Fail(r) if r.contains("not JSON"))
+            matches!(judge_http(&c, &answer(200, "<html>")), StagingCheckOutcome::Fail(r) if r.contains("not JSON"))
         );
         for (e, word) in [
             (ProbeError::Timeout("x".into()), "timed out"),
             (ProbeError::Connect("x".into()), "could not connect"),
             (ProbeError::Transport("x".into()), "request failed"),
         ] {
-            assert!(matches!(judge_http(&c, &Err(e)), Outcome::Fail(r) if r.starts_with(word)));
+            assert!(
+                matches!(judge_http(&c, &Err(e)), StagingCheckOutcome::Fail(r) if r.starts_with(word))
+            );
         }
         assert!(matches!(
             judge_http(&c, &Err(ProbeError::CouldNotRun("x".into()))),
-            Outcome::Error(_)
+            StagingCheckOutcome::Error(_)
         ));
     }
 
@@ -1316,35 +1356,35 @@ mod tests {
         };
         assert!(matches!(
             judge_command(&c, &end(Some(0), "")),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(
-            matches!(judge_command(&c, &end(Some(3), "boom")), Outcome::Fail(r) if r == "exit 3 (expected 0): boom")
+            matches!(judge_command(&c, &end(Some(3), "boom")), StagingCheckOutcome::Fail(r) if r == "exit 3 (expected 0): boom")
         );
         assert!(
-            matches!(judge_command(&c, &end(None, "")), Outcome::Fail(r) if r.contains("signal"))
+            matches!(judge_command(&c, &end(None, "")), StagingCheckOutcome::Fail(r) if r.contains("signal"))
         );
         c.expect_exit = 3;
         assert!(matches!(
             judge_command(&c, &end(Some(3), "")),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         c.expect_output = Some("ready".into());
         assert!(matches!(
             judge_command(&c, &end(Some(3), "not yet")),
-            Outcome::Fail(_)
+            StagingCheckOutcome::Fail(_)
         ));
         assert!(matches!(
             judge_command(&c, &end(Some(3), "ready\n")),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(matches!(
             judge_command(&c, &Err(ProbeError::CouldNotRun("no such file".into()))),
-            Outcome::Error(_)
+            StagingCheckOutcome::Error(_)
         ));
         assert!(matches!(
             judge_command(&c, &Err(ProbeError::Timeout("killed after 1s".into()))),
-            Outcome::Fail(r) if r.starts_with("timed out")
+            StagingCheckOutcome::Fail(r) if r.starts_with("timed out")
         ));
     }
 
@@ -1355,22 +1395,22 @@ mod tests {
         let fresh = Ok(SHA.to_string());
         assert!(matches!(
             judge_freshness(Some(SHA), &fresh),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(matches!(
             judge_freshness(Some(&SHA[..7]), &fresh),
-            Outcome::Pass(_)
+            StagingCheckOutcome::Pass(_)
         ));
         assert!(
-            matches!(judge_freshness(Some("fedcba9876"), &fresh), Outcome::Fail(r) if r.starts_with("stale image"))
+            matches!(judge_freshness(Some("fedcba9876"), &fresh), StagingCheckOutcome::Fail(r) if r.starts_with("stale image"))
         );
         assert!(
-            matches!(judge_freshness(None, &fresh), Outcome::Fail(r) if r.contains("no expected revision"))
+            matches!(judge_freshness(None, &fresh), StagingCheckOutcome::Fail(r) if r.contains("no expected revision"))
         );
-        let broken = Err(Outcome::Fail("x".into()));
+        let broken = Err(StagingCheckOutcome::Fail("x".into()));
         assert_eq!(
             judge_freshness(Some(SHA), &broken),
-            Outcome::Fail("x".into())
+            StagingCheckOutcome::Fail("x".into())
         );
     }
 

@@ -2,7 +2,7 @@
 //! deadline, into one line per check ([`run_checks`]); writing and removing the reports
 //! ([`write_reports`], [`remove_reports`]); and the round trips' shared environment
 //! ([`roundtrip_env`]). Which check passes, which failure is waived and the verdict are
-//! `core::staging`'s; the report's shape is `core::staging_report`'s.
+//! `core::staging_check`'s; the report's shape is `core::staging_check_report`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::adapters::artefacts::write_atomic;
-use crate::adapters::checks::{command_probe, http_probe, run_all, Deadlined, Overrun};
+use crate::adapters::staging_probes::{command_probe, http_probe, run_all, Deadlined, Overrun};
 use crate::config::Pipeline;
-use crate::core::staging::{
+use crate::core::staging_check::{
     classify, judge_command, judge_freshness, judge_http, revision_from_command,
-    revision_from_http, CheckDef, CheckKind, Outcome, RevisionSource, RoundtripTarget,
+    revision_from_http, CheckDef, CheckKind, RevisionSource, RoundtripTarget, StagingCheckOutcome,
 };
-use crate::core::staging_report::CheckLine;
+use crate::core::staging_check_report::CheckLine;
 use crate::ops::pass::PassContext;
 use crate::ops::roundtrip::{RoundtripEnv, Trip};
 
@@ -70,8 +70,8 @@ pub fn run_checks<F: Fn(Option<&str>) -> bool>(
     checks: &[CheckDef],
     p: &CheckPlan<'_, F>,
 ) -> (Vec<CheckLine>, Option<String>) {
-    let mut units: Vec<Deadlined<(Outcome, Option<String>)>> = Vec::new();
-    let mut fixed: Vec<Option<Outcome>> = Vec::new();
+    let mut units: Vec<Deadlined<(StagingCheckOutcome, Option<String>)>> = Vec::new();
+    let mut fixed: Vec<Option<StagingCheckOutcome>> = Vec::new();
     // One round trip (one synthetic delivery) per project, endpoint and state; the
     // index of each check's trip, to append its clean-up note afterwards.
     let mut trips: Vec<Arc<Trip>> = Vec::new();
@@ -130,14 +130,14 @@ pub fn run_checks<F: Fn(Option<&str>) -> bool>(
                         (o, took)
                     }
                     Err(Overrun::Deadline) => (
-                        Outcome::Error(format!(
+                        StagingCheckOutcome::Error(format!(
                             "did not finish within its {}s deadline",
                             c.timeout.as_secs()
                         )),
                         took,
                     ),
                     Err(Overrun::Panicked) => (
-                        Outcome::Error("internal error: the probe panicked".into()),
+                        StagingCheckOutcome::Error("internal error: the probe panicked".into()),
                         took,
                     ),
                 }
@@ -228,14 +228,17 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 enum Planned {
     /// Known without running anything.
-    Fixed(Outcome),
+    Fixed(StagingCheckOutcome),
     /// A probe to run with its deadline; it yields the outcome and any revision read.
-    Run(Deadlined<(Outcome, Option<String>)>),
+    Run(Deadlined<(StagingCheckOutcome, Option<String>)>),
 }
 
-fn append_reason(outcome: &mut Outcome, note: &str) {
+fn append_reason(outcome: &mut StagingCheckOutcome, note: &str) {
     match outcome {
-        Outcome::Pass(r) | Outcome::Fail(r) | Outcome::Skip(r) | Outcome::Error(r) => {
+        StagingCheckOutcome::Pass(r)
+        | StagingCheckOutcome::Fail(r)
+        | StagingCheckOutcome::Skip(r)
+        | StagingCheckOutcome::Error(r) => {
             r.push_str("; ");
             r.push_str(note);
         }
@@ -250,7 +253,7 @@ fn plan(
     applies: impl Fn(Option<&str>) -> bool,
 ) -> Planned {
     let timeout = c.timeout;
-    let unit = |run: Box<dyn FnOnce() -> (Outcome, Option<String>) + Send>| {
+    let unit = |run: Box<dyn FnOnce() -> (StagingCheckOutcome, Option<String>) + Send>| {
         Planned::Run(Deadlined {
             deadline: timeout,
             run,
@@ -275,7 +278,7 @@ fn plan(
         }
         CheckKind::ImageFreshness(f) => {
             if !applies(f.project.as_deref()) {
-                return Planned::Fixed(Outcome::Skip(
+                return Planned::Fixed(StagingCheckOutcome::Skip(
                     "image freshness does not apply (ORCH_IMAGE_FRESHNESS_ENABLED / ORCH_IMAGE_FRESHNESS_REPOS)".into(),
                 ));
             }

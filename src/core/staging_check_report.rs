@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::core::pin::PinKind;
-use crate::core::staging::{
-    one_line, verdict, Category, CheckResult, Outcome, Policy, Verdict, VerdictStatus,
+use crate::core::staging_check::{
+    one_line, verdict, Category, Policy, StagingCheckOutcome, StagingCheckResult, StagingVerdict,
+    VerdictStatus,
 };
 
 /// One check's line.
@@ -26,7 +27,7 @@ pub struct CheckLine {
     pub category: Category,
     /// How it ended (`result` + `reason`).
     #[serde(flatten)]
-    pub outcome: Outcome,
+    pub outcome: StagingCheckOutcome,
     /// How long it took.
     pub duration_ms: u64,
     /// Whether its failure was waived.
@@ -37,16 +38,18 @@ impl CheckLine {
     /// Returns `PASS`, `FAIL` or `SKIP` (a check that could not run is a `FAIL`).
     pub fn result_word(&self) -> &'static str {
         match self.outcome {
-            Outcome::Pass(_) => "PASS",
-            Outcome::Skip(_) => "SKIP",
-            Outcome::Fail(_) | Outcome::Error(_) => "FAIL",
+            StagingCheckOutcome::Pass(_) => "PASS",
+            StagingCheckOutcome::Skip(_) => "SKIP",
+            StagingCheckOutcome::Fail(_) | StagingCheckOutcome::Error(_) => "FAIL",
         }
     }
 
     fn reason_text(&self) -> String {
         let r = one_line(self.outcome.reason(), 300);
         match self.outcome {
-            Outcome::Error(_) if !r.starts_with("could not run") => format!("could not run: {r}"),
+            StagingCheckOutcome::Error(_) if !r.starts_with("could not run") => {
+                format!("could not run: {r}")
+            }
             _ => r,
         }
     }
@@ -56,7 +59,7 @@ impl CheckLine {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StagingRun {
     /// `SUCCESS` or `FAILED` with waived ids, counted failures and reasons.
-    pub verdict: Verdict,
+    pub verdict: StagingVerdict,
     /// One entry per configured check, in file order.
     pub checks: Vec<CheckLine>,
     /// The revision the run validated: what an image-freshness check read from staging,
@@ -278,10 +281,14 @@ pub fn report_targets(
 
 /// Returns the verdict on the lines and the internal errors, and marks each line waived
 /// or not as the verdict says.
-pub fn judge_lines(lines: &mut [CheckLine], policy: &Policy, internal: &[String]) -> Verdict {
-    let results: Vec<CheckResult> = lines
+pub fn judge_lines(
+    lines: &mut [CheckLine],
+    policy: &Policy,
+    internal: &[String],
+) -> StagingVerdict {
+    let results: Vec<StagingCheckResult> = lines
         .iter()
-        .map(|l| CheckResult {
+        .map(|l| StagingCheckResult {
             id: l.id.clone(),
             outcome: l.outcome.clone(),
         })
@@ -303,15 +310,18 @@ mod tests {
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-    fn run(outcomes: &[(&str, Category, Outcome)], revision: Option<&str>) -> StagingRun {
+    fn run(
+        outcomes: &[(&str, Category, StagingCheckOutcome)],
+        revision: Option<&str>,
+    ) -> StagingRun {
         let policy = Policy {
             allowlist: vec!["C9a".into(), "C9b".into()],
             tolerance: true,
             strict: false,
         };
-        let results: Vec<CheckResult> = outcomes
+        let results: Vec<StagingCheckResult> = outcomes
             .iter()
-            .map(|(id, _, o)| CheckResult {
+            .map(|(id, _, o)| StagingCheckResult {
                 id: (*id).into(),
                 outcome: o.clone(),
             })
@@ -346,11 +356,15 @@ mod tests {
     fn text_lists_each_check_waivers_and_the_verdict_last() {
         let r = run(
             &[
-                ("C1", Category::Real, Outcome::Pass("HTTP 200".into())),
+                (
+                    "C1",
+                    Category::Real,
+                    StagingCheckOutcome::Pass("HTTP 200".into()),
+                ),
                 (
                     "C9a",
                     Category::SandboxInfra,
-                    Outcome::Fail("could not connect:\nrefused".into()),
+                    StagingCheckOutcome::Fail("could not connect:\nrefused".into()),
                 ),
             ],
             None,
@@ -377,7 +391,11 @@ mod tests {
     #[test]
     fn a_run_without_a_verdict_says_so_last_and_has_none() {
         let judged = run(
-            &[("C1", Category::Real, Outcome::Pass("HTTP 200".into()))],
+            &[(
+                "C1",
+                Category::Real,
+                StagingCheckOutcome::Pass("HTTP 200".into()),
+            )],
             None,
         );
         let line = "staging-check: could not read PR #3's head from Gitea (HTTP 502): no \
@@ -416,7 +434,11 @@ mod tests {
     #[test]
     fn failed_text_says_why() {
         let r = run(
-            &[("C1", Category::Real, Outcome::Error("no such file".into()))],
+            &[(
+                "C1",
+                Category::Real,
+                StagingCheckOutcome::Error("no such file".into()),
+            )],
             None,
         );
         let text = r.render_text();
@@ -433,11 +455,15 @@ mod tests {
     fn the_report_reads_back_and_the_gate_reads_it() {
         let good = run(
             &[
-                ("C1", Category::Real, Outcome::Pass("HTTP 200".into())),
+                (
+                    "C1",
+                    Category::Real,
+                    StagingCheckOutcome::Pass("HTTP 200".into()),
+                ),
                 (
                     "C9b",
                     Category::SandboxInfra,
-                    Outcome::Fail("x: y | z".into()),
+                    StagingCheckOutcome::Fail("x: y | z".into()),
                 ),
             ],
             Some(SHA),
@@ -487,7 +513,11 @@ mod tests {
         );
 
         let bad = run(
-            &[("C1", Category::Real, Outcome::Fail("HTTP 503".into()))],
+            &[(
+                "C1",
+                Category::Real,
+                StagingCheckOutcome::Fail("HTTP 503".into()),
+            )],
             None,
         );
         let parsed = parse_staging_report(Some(&bad.render_report())).unwrap();
@@ -545,8 +575,12 @@ mod tests {
             waived: false,
         };
         let mut lines = vec![
-            line("C1", Category::Real, Outcome::Pass("ok".into())),
-            line("C9a", Category::SandboxInfra, Outcome::Fail("down".into())),
+            line("C1", Category::Real, StagingCheckOutcome::Pass("ok".into())),
+            line(
+                "C9a",
+                Category::SandboxInfra,
+                StagingCheckOutcome::Fail("down".into()),
+            ),
         ];
         let v = judge_lines(&mut lines, &policy, &[]);
         assert_eq!(v.status, VerdictStatus::Success);
