@@ -261,14 +261,9 @@ impl GiteaClient {
     /// error.
     pub fn from_config(config: &Config) -> anyhow::Result<GiteaClient> {
         let s = &config.settings;
-        let url = s
-            .gitea_url
-            .clone()
-            .ok_or_else(|| ConfigError::new("ORCH_GITEA_URL", "required to call Gitea"))?;
-        let token = s
-            .gitea_token
-            .clone()
-            .ok_or_else(|| ConfigError::new("ORCH_GITEA_TOKEN", "required to call Gitea"))?;
+        let url = ConfigError::require(&s.gitea_url, "ORCH_GITEA_URL", "required to call Gitea")?;
+        let token =
+            ConfigError::require(&s.gitea_token, "ORCH_GITEA_TOKEN", "required to call Gitea")?;
         Ok(GiteaClient::new(http::client(s)?, &url, token))
     }
 

@@ -176,14 +176,12 @@ impl PlaneClient {
     /// construction error.
     pub fn from_config(config: &Config) -> anyhow::Result<PlaneClient> {
         let s = &config.settings;
-        let url = s
-            .plane_url
-            .clone()
-            .ok_or_else(|| ConfigError::new("ORCH_PLANE_URL", "required to call Plane"))?;
-        let key = s
-            .plane_api_key
-            .clone()
-            .ok_or_else(|| ConfigError::new("ORCH_PLANE_API_KEY", "required to call Plane"))?;
+        let url = ConfigError::require(&s.plane_url, "ORCH_PLANE_URL", "required to call Plane")?;
+        let key = ConfigError::require(
+            &s.plane_api_key,
+            "ORCH_PLANE_API_KEY",
+            "required to call Plane",
+        )?;
         let workspace = config.pipeline.plane_workspace.clone().ok_or_else(|| {
             ConfigError::new(
                 "plane.workspace",

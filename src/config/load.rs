@@ -25,6 +25,15 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// Returns `value` when it is set, else the error for `key` saying why it is
+    /// `required` (`required to call Gitea`).
+    ///
+    /// # Errors
+    /// The [`ConfigError`] for `key` when `value` is `None`.
+    pub fn require<T: Clone>(value: &Option<T>, key: &str, required: &str) -> Result<T, Self> {
+        value.clone().ok_or_else(|| ConfigError::new(key, required))
+    }
 }
 
 /// Where a setting's effective value came from.
