@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde::Deserialize;
 use url::Url;
 
@@ -278,19 +278,7 @@ impl GiteaClient {
         }
     }
 
-    /// Returns this client (sharing its connections) with every call bounded by
-    /// `whole` instead of the configured timeout: for a poll whose calls must end by
-    /// its deadline.
-    #[must_use]
-    pub fn with_timeout(&self, whole: Duration) -> GiteaClient {
-        let mut copy = self.clone();
-        copy.timeout = Some(whole);
-        copy
-    }
-
-    fn timed(&self, req: RequestBuilder) -> RequestBuilder {
-        rest::timed(req, self.timeout)
-    }
+    rest::per_call_timeout!(GiteaClient);
 
     fn repo_url(&self, repo: &str, rest_of_path: &[&str]) -> Result<Url, HttpError> {
         let Some((owner, name)) = repo.split_once('/') else {

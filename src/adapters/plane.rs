@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
@@ -202,19 +202,7 @@ impl PlaneClient {
         }
     }
 
-    /// Returns this client (sharing its connections) with every call bounded by
-    /// `whole` instead of the configured timeout: for a poll whose calls must end by
-    /// its deadline.
-    #[must_use]
-    pub fn with_timeout(&self, whole: Duration) -> PlaneClient {
-        let mut copy = self.clone();
-        copy.timeout = Some(whole);
-        copy
-    }
-
-    fn timed(&self, req: RequestBuilder) -> RequestBuilder {
-        rest::timed(req, self.timeout)
-    }
+    rest::per_call_timeout!(PlaneClient);
 
     /// Sends a work-item call built by `send` from its URL (`projects/{project}/` +
     /// the family + `rest`), on the path family this Plane answers, and returns the

@@ -87,6 +87,32 @@ pub(crate) fn timed(req: RequestBuilder, timeout: Option<Duration>) -> RequestBu
     }
 }
 
+/// The per-call timeout of a REST client that has a `timeout: Option<Duration>` field:
+/// `with_timeout` (a copy, sharing the connections, whose every call is bounded by
+/// `whole` instead of the configured timeout: for a poll whose calls must end by its
+/// deadline) and `timed` (a request bounded by it). One definition for both clients.
+macro_rules! per_call_timeout {
+    ($client:ty) => {
+        /// Returns this client (sharing its connections) with every call bounded by
+        /// `whole` instead of the configured timeout: for a poll whose calls must end
+        /// by its deadline.
+        #[must_use]
+        pub fn with_timeout(&self, whole: std::time::Duration) -> $client {
+            let mut copy = self.clone();
+            copy.timeout = Some(whole);
+            copy
+        }
+
+        fn timed(
+            &self,
+            req: reqwest::blocking::RequestBuilder,
+        ) -> reqwest::blocking::RequestBuilder {
+            crate::adapters::rest::timed(req, self.timeout)
+        }
+    };
+}
+pub(crate) use per_call_timeout;
+
 /// Sends one request and reads the whole answer; transport failures (no answer, a
 /// timeout while reading the body) are [`HttpError::Retryable`].
 pub(crate) fn send(req: RequestBuilder, what: &str) -> Result<Answer, HttpError> {
