@@ -230,7 +230,7 @@ pub fn plane_states(
         return vec![DoctorCheck::fail(
             id,
             detail,
-            format!("check projects[{project}].plane_project_id and that the API key's user is a member of the project"),
+            format!("check plane.workspace, projects[{project}].plane_project_id and that the API key's user is a member of the project"),
         )];
     };
     let mut out = Vec::new();
@@ -278,7 +278,7 @@ fn meaning_check(
             Meaning::Blocked => DoctorCheck::ok(id, "not configured (optional)"),
             _ => DoctorCheck::warn(
                 id,
-                format!("no Plane state is configured to mean {key}: this move can only be made with orch task"),
+                format!("no Plane state is configured to mean {key}: nobody can make that move from Plane"),
                 fix,
             ),
         };

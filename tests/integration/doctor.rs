@@ -234,3 +234,16 @@ fn json_has_ok_counts_and_one_object_per_check() {
     assert_eq!(ok["fix"], serde_json::Value::Null);
     assert_read_only(&servers(&env));
 }
+
+#[test]
+fn a_refused_telegram_token_fails_with_its_fix() {
+    let mut env = env();
+    env.set("ORCH_TELEGRAM_BOT_TOKEN", "999:wrong");
+    let run = env.run(&["doctor"]).expect(1);
+    let l = line(&run, "telegram.token");
+    assert!(l.starts_with("FAIL "), "{l}");
+    assert!(l.contains("refused: Unauthorized"), "{l}");
+    assert!(l.contains("fix: set ORCH_TELEGRAM_BOT_TOKEN"), "{l}");
+    assert!(!run.stdout.contains("999:wrong"), "the token never shows");
+    assert_read_only(&servers(&env));
+}
