@@ -48,16 +48,11 @@ impl Telegram {
     pub fn get_me(&self) -> Result<Result<String, String>, HttpError> {
         let base = self.api.as_str().trim_end_matches('/');
         let url = format!("{base}/bot{}/getMe", self.token.expose());
-        let response = self.client.get(url).send().map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "could not connect"
-            } else {
-                "request failed"
-            };
-            HttpError::Retryable(format!("telegram getMe {what}"))
-        })?;
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| no_answer(&e, "getMe"))?;
         let status = response.status().as_u16();
         let body = response.text().unwrap_or_default();
         let answer: Option<serde_json::Value> = serde_json::from_str(&body).ok();
@@ -96,16 +91,7 @@ impl Telegram {
             .post(url)
             .json(&serde_json::json!({ "chat_id": self.chat_id, "text": text }))
             .send()
-            .map_err(|e| {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "could not connect"
-                } else {
-                    "request failed"
-                };
-                HttpError::Retryable(format!("telegram sendMessage {what}"))
-            })?;
+            .map_err(|e| no_answer(&e, "sendMessage"))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -139,4 +125,16 @@ impl Telegram {
             &description,
         ))
     }
+}
+
+/// A call to Bot API `method` that got no answer, without the URL (it holds the token).
+fn no_answer(e: &reqwest::Error, method: &str) -> HttpError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    HttpError::Retryable(format!("telegram {method} {what}"))
 }
