@@ -247,3 +247,27 @@ fn a_refused_telegram_token_fails_with_its_fix() {
     assert!(!run.stdout.contains("999:wrong"), "the token never shows");
     assert_read_only(&servers(&env));
 }
+
+#[test]
+fn an_unreachable_plane_fails_once_and_gitea_is_still_checked() {
+    let mut env = env();
+    // A loopback port nothing listens on any more: the connection is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.set("ORCH_PLANE_URL", &format!("http://127.0.0.1:{port}"));
+    let run = env.run(&["doctor"]).expect(1);
+    let l = line(&run, "plane.reachable");
+    assert!(l.starts_with("FAIL "), "{l}");
+    assert!(l.contains("fix: check ORCH_PLANE_URL"), "{l}");
+    assert!(
+        !run.stdout.contains("plane.api_key") && !run.stdout.contains("plane.states"),
+        "checks that need Plane are left out:\n{}",
+        run.stdout
+    );
+    assert!(line(&run, "gitea.push[shop]").starts_with("OK "));
+    let fails = run.stdout.lines().filter(|l| l.starts_with("FAIL")).count();
+    assert_eq!(fails, 1, "{}", run.stdout);
+}
