@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    config_check, dispatch, init, job, merge_guard, post_deploy_tick, reap, reconcile, run_job,
-    staging_check, status, task, webhook_handle,
+    config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap, reconcile,
+    run_job, staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
@@ -70,6 +70,7 @@ pub enum Command {
     Init(init::InitArgs),
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -80,6 +81,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
     match command {
         Command::Init(args) => init::run(args, ctx),
         Command::Config(cmd) => config_check::run(cmd, ctx),
+        Command::Doctor(args) => doctor::run(args, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),

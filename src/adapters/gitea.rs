@@ -86,6 +86,37 @@ impl PullRequest {
     }
 }
 
+/// A repository as `orch doctor` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RepoInfo {
+    /// The repository's default branch.
+    #[serde(default)]
+    pub default_branch: String,
+    /// Whether it is archived.
+    #[serde(default)]
+    pub archived: bool,
+    /// Whether merge commits (style `merge`) are allowed.
+    #[serde(default)]
+    pub allow_merge_commits: bool,
+    /// The token's user's permissions (absent: none known).
+    #[serde(default)]
+    pub permissions: Option<RepoPermissions>,
+}
+
+/// `permissions` of a repository answer: what the token's user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RepoPermissions {
+    /// Admin.
+    #[serde(default)]
+    pub admin: bool,
+    /// Push (write).
+    #[serde(default)]
+    pub push: bool,
+    /// Pull (read).
+    #[serde(default)]
+    pub pull: bool,
+}
+
 /// One page of open pull requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPage {
@@ -313,6 +344,103 @@ impl GiteaClient {
             ok,
             what,
         )
+    }
+
+    /// `orch doctor`'s read of `GET /user`: the status whatever it is, and the login
+    /// on a 200.
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] without an answer.
+    pub fn probe_user(&self) -> Result<(u16, Option<String>), HttpError> {
+        #[derive(Deserialize)]
+        struct User {
+            #[serde(default)]
+            login: Option<String>,
+        }
+        let what = "gitea get user";
+        let url = rest::url(&self.base, &["user"], false);
+        let answer = self.send_get(url, what)?;
+        let login = (answer.status == 200)
+            .then(|| answer.parse::<User>(what).ok().and_then(|u| u.login))
+            .flatten();
+        Ok((answer.status, login))
+    }
+
+    /// `orch doctor`'s read of `GET /version`: the version string on a 200.
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] without an answer.
+    pub fn probe_version(&self) -> Result<Option<String>, HttpError> {
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            version: Option<String>,
+        }
+        let what = "gitea get version";
+        let url = rest::url(&self.base, &["version"], false);
+        let answer = self.send_get(url, what)?;
+        if answer.status != 200 {
+            return Ok(None);
+        }
+        Ok(answer.parse::<Version>(what).ok().and_then(|v| v.version))
+    }
+
+    /// `orch doctor`'s read of a repository (`GET /repos/{owner}/{name}`): the status
+    /// whatever it is, and the fields doctor judges on a 200.
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] without an answer; a wrong-shaped 200 is fatal.
+    pub fn probe_repo(&self, repo: &str) -> Result<(u16, Option<RepoInfo>), HttpError> {
+        let what = format!("gitea get repository {repo}");
+        let url = self.repo_url(repo, &[])?;
+        let answer = self.send_get(url, &what)?;
+        if answer.status != 200 {
+            return Ok((answer.status, None));
+        }
+        Ok((200, Some(answer.parse(&what)?)))
+    }
+
+    /// Returns the tip SHA of `branch`, `None` when there is no such branch.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for any answer but 200 and 404.
+    pub fn branch_tip(&self, repo: &str, branch: &str) -> Result<Option<String>, HttpError> {
+        #[derive(Deserialize)]
+        struct Commit {
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct Branch {
+            commit: Commit,
+        }
+        let what = format!("gitea get branch {branch} in {repo}");
+        let mut segs = vec!["branches"];
+        segs.extend(branch.split('/'));
+        let url = self.repo_url(repo, &segs)?;
+        let answer = self.get(&url, &[], &[200, 404], &what)?;
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        Ok(Some(answer.parse::<Branch>(&what)?.commit.id))
+    }
+
+    /// Returns whether `compare/{base}...{sha}` answers (Gitea 1.23+, Forgejo v9+) or
+    /// 404s (older versions refuse SHAs, or have no compare). Read-only.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for any answer but 200 and 404.
+    pub fn compares_by_sha(&self, repo: &str, base: &str, sha: &str) -> Result<bool, HttpError> {
+        let (answer, _) = self.compare(repo, base, sha)?;
+        Ok(answer.status == 200)
+    }
+
+    /// One GET sent once (doctor's probes judge every status themselves).
+    fn send_get(&self, url: Url, what: &str) -> Result<Answer, HttpError> {
+        let req = self
+            .timed(self.http.get(url))
+            .header("Authorization", self.auth())
+            .header("Accept", "application/json");
+        rest::send(req, what)
     }
 
     /// Returns one pull request.

@@ -27,6 +27,7 @@ use url::Url;
 use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
+use crate::core::doctor::WorkItemPaths;
 
 /// The page size every list call asks for (works on CE and Cloud, see plane.md §4.2).
 pub const PER_PAGE: u32 = 100;
@@ -104,6 +105,17 @@ pub struct WorkItemPage {
     pub next_cursor: Option<String>,
     /// `X-RateLimit-Remaining` of this answer, when Plane sent it.
     pub rate_limit_remaining: Option<u32>,
+}
+
+/// What `orch doctor` read of a project's states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatesProbe {
+    /// The HTTP status.
+    pub status: u16,
+    /// `X-RateLimit-Remaining`, when sent.
+    pub rate_limit_remaining: Option<u32>,
+    /// The states (first page), on a 200.
+    pub states: Option<Vec<PlaneState>>,
 }
 
 /// A comment to post; `external_source` + `external_id` make posting idempotent.
@@ -330,6 +342,57 @@ impl PlaneClient {
         Err(HttpError::Fatal(format!(
             "{what}: more than {MAX_PAGES} pages"
         )))
+    }
+
+    /// `orch doctor`'s read of a project's states (first page): the answer's status
+    /// whatever it is, its `X-RateLimit-Remaining`, and the states on a 200. `Err` only
+    /// when there was no answer (or a 200 of the wrong shape).
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] without an answer; a wrong-shaped 200 is fatal.
+    pub fn probe_states(&self, project_id: &str) -> Result<StatesProbe, HttpError> {
+        let what = format!("plane list states of project {project_id}");
+        let url = self.url(&["projects", project_id, "states"]);
+        let per_page = PER_PAGE.to_string();
+        let req = self
+            .timed(self.http.get(url))
+            .query(&[("per_page", per_page.as_str())])
+            .header("X-API-Key", self.api_key.expose())
+            .header("Accept", "application/json");
+        let answer = rest::send(req, &what)?;
+        let states = if answer.status == 200 {
+            Some(answer.parse::<Envelope<PlaneState>>(&what)?.results)
+        } else {
+            None
+        };
+        Ok(StatesProbe {
+            status: answer.status,
+            rate_limit_remaining: answer
+                .header("x-ratelimit-remaining")
+                .and_then(|v| v.trim().parse().ok()),
+            states,
+        })
+    }
+
+    /// `orch doctor`'s read of which work-item path family answers for a project (one
+    /// item asked for): `/work-items/`, only `/issues/` (Plane CE v1.0.x and older), or
+    /// neither.
+    ///
+    /// # Errors
+    /// The call's [`HttpError`] class for an answer other than 200 or 404.
+    pub fn probe_work_item_paths(&self, project_id: &str) -> Result<WorkItemPaths, HttpError> {
+        let what = format!("plane list work items of project {project_id}");
+        let answer = self.on_work_items(project_id, &[], |url| {
+            self.get(&url, &[("per_page", "1")], &[200, 404], &what)
+        })?;
+        if answer.status == 404 {
+            return Ok(WorkItemPaths::Neither);
+        }
+        Ok(if self.family.load(Ordering::Relaxed) == FAMILY_ISSUES {
+            WorkItemPaths::IssuesOnly
+        } else {
+            WorkItemPaths::WorkItems
+        })
     }
 
     /// Returns one work item with its state expanded.

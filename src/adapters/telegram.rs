@@ -40,6 +40,41 @@ impl Telegram {
         }))
     }
 
+    /// Reads the bot behind the token (`getMe`, read-only): `Ok(username)` when the
+    /// token is valid, `Ok(Err(description))` when Telegram refused it.
+    ///
+    /// # Errors
+    /// [`HttpError::Retryable`] without an answer (no URL in it: it holds the token).
+    pub fn get_me(&self) -> Result<Result<String, String>, HttpError> {
+        let base = self.api.as_str().trim_end_matches('/');
+        let url = format!("{base}/bot{}/getMe", self.token.expose());
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| no_answer(&e, "getMe"))?;
+        let status = response.status().as_u16();
+        let body = response.text().unwrap_or_default();
+        let answer: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+        let field = |path: &[&str]| {
+            let mut v = answer.as_ref()?;
+            for p in path {
+                v = v.get(p)?;
+            }
+            Some(v.clone())
+        };
+        if status == 200 && field(&["ok"]) == Some(serde_json::Value::Bool(true)) {
+            let name = field(&["result", "username"])
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Ok(Ok(name));
+        }
+        let description = field(&["description"])
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Ok(Err(description))
+    }
+
     /// Sends `text` to the chat.
     ///
     /// # Errors
@@ -56,16 +91,7 @@ impl Telegram {
             .post(url)
             .json(&serde_json::json!({ "chat_id": self.chat_id, "text": text }))
             .send()
-            .map_err(|e| {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "could not connect"
-                } else {
-                    "request failed"
-                };
-                HttpError::Retryable(format!("telegram sendMessage {what}"))
-            })?;
+            .map_err(|e| no_answer(&e, "sendMessage"))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -99,4 +125,16 @@ impl Telegram {
             &description,
         ))
     }
+}
+
+/// A call to Bot API `method` that got no answer, without the URL (it holds the token).
+fn no_answer(e: &reqwest::Error, method: &str) -> HttpError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    HttpError::Retryable(format!("telegram {method} {what}"))
 }

@@ -5,6 +5,7 @@
 pub mod artefact;
 pub mod branch;
 pub mod dispatch;
+pub mod doctor;
 pub mod escalation;
 pub mod facts;
 pub mod gate;

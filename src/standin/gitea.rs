@@ -13,7 +13,10 @@
 //! legacy / ≤1.16 answers for an already merged PR, 404 for closed unmerged, 405 for
 //! WIP / not mergeable / style not allowed / not allowed, 409 `head out of date`, 423
 //! archived, 422 without `Do`. A successful merge really changes the model (merged,
-//! closed, `merge_commit_sha`, base tip moves). Test failures are scripted on the
+//! closed, `merge_commit_sha`, base tip moves). `GET /version` (`{"version": ...}` by
+//! version mode) and `GET /user` (the token's user; 401 without a valid token) answer
+//! as Gitea's do, and a repository's `permissions.push` can be turned off
+//! ([`GiteaStandin::set_push_permission`]). Test failures are scripted on the
 //! [`Server`]; [`GiteaStandin::merge_calls`] counts merge attempts.
 
 use std::collections::BTreeMap;
@@ -41,6 +44,17 @@ pub enum GiteaVersion {
     /// Gitea ≤ 1.16: merging a merged PR answers 404 (closed check first).
     #[serde(rename = "1.16")]
     V1_16,
+}
+
+impl GiteaVersion {
+    /// What `GET /api/v1/version` answers for this version.
+    pub fn server_version(self) -> &'static str {
+        match self {
+            GiteaVersion::Current => "1.25.2",
+            GiteaVersion::Legacy => "1.24.6",
+            GiteaVersion::V1_16 => "1.16.9",
+        }
+    }
 }
 
 /// How far a version's `compare/{base}...{head}` route goes (gitea.md §7).
@@ -94,6 +108,8 @@ struct Repo {
     archived: bool,
     private: bool,
     can_merge: bool,
+    /// `permissions.push` of the token's user.
+    push: bool,
     allowed_styles: Vec<String>,
     branches: BTreeMap<String, String>,
     pulls: BTreeMap<u64, Pull>,
@@ -359,6 +375,7 @@ impl GiteaStandin {
                 archived: false,
                 private: true,
                 can_merge: true,
+                push: true,
                 allowed_styles: [
                     "merge",
                     "rebase",
@@ -504,6 +521,12 @@ impl GiteaStandin {
     /// Sets whether the token's user may merge (false: 405 not allowed).
     pub fn set_can_merge(&self, repo: &str, can: bool) {
         self.with_repo(repo, |r| r.can_merge = can);
+    }
+
+    /// Sets `permissions.push` of the token's user on the repository (what `orch
+    /// doctor` reads; the stand-in still accepts its writes).
+    pub fn set_push_permission(&self, repo: &str, push: bool) {
+        self.with_repo(repo, |r| r.push = push);
     }
 
     /// Sets the merge styles the repository allows.
@@ -743,6 +766,16 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
         };
         return m.error(401, msg);
     }
+    match (r.method.as_str(), r.path.as_str()) {
+        ("GET", "/api/v1/version") => {
+            return Reply::json(200, &json!({"version": m.version.server_version()}))
+        }
+        ("GET", "/api/v1/user") if matches!(auth, Auth::Valid) => {
+            return Reply::json(200, &user_json(m, 5, "merge-bot", "Merge Bot"))
+        }
+        ("GET", "/api/v1/user") => return m.error(401, "token is required"),
+        _ => {}
+    }
     let Some(rest) = r.path.strip_prefix("/api/v1/repos/") else {
         return m.not_found();
     };
@@ -901,7 +934,7 @@ fn repo_json(m: &Model, r: &Repo) -> Value {
         "created_at": "2025-03-01T09:05:00Z",
         "updated_at": "2026-01-20T08:00:00Z",
         "archived_at": "1970-01-01T00:00:00Z",
-        "permissions": {"admin": false, "push": true, "pull": true},
+        "permissions": {"admin": false, "push": r.push, "pull": true},
         "has_code": true,
         "has_issues": true,
         "internal_tracker": {

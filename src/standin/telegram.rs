@@ -1,6 +1,7 @@
 //! A Telegram Bot API stand-in: `POST /bot<token>/sendMessage` with a JSON `chat_id`
 //! and `text` answers like the Bot API (`{"ok":true,"result":{...}}`); a token other
-//! than the expected one gets 401 `Unauthorized`, a missing chat or text 400. Every
+//! than the expected one gets 401 `Unauthorized`, a missing chat or text 400.
+//! `getMe` answers the bot (read-only; what `orch doctor` asks). Every
 //! call is recorded by the server, so tests count messages.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -14,6 +15,7 @@ pub const TOKEN: &str = "123456:standin-token";
 /// Starts the stand-in accepting `token`.
 pub fn start(token: &str) -> Server {
     let expected = format!("/bot{token}/");
+    let token_id = token.split(':').next().unwrap_or("").to_string();
     let next_id = AtomicI64::new(1);
     Server::start(Arc::new(move |r: &Recorded| {
         let error = |code: u16, description: &str| {
@@ -25,6 +27,15 @@ pub fn start(token: &str) -> Server {
         let Some(method) = r.path.strip_prefix(&expected) else {
             return error(401, "Unauthorized");
         };
+        if method == "getMe" {
+            let id: i64 = token_id.parse().unwrap_or(0);
+            return Reply::json(
+                200,
+                &serde_json::json!({"ok": true, "result": {
+                    "id": id, "is_bot": true, "first_name": "orch", "username": "orch_standin_bot"
+                }}),
+            );
+        }
         if method != "sendMessage" {
             return error(404, "Not Found");
         }

@@ -6,6 +6,7 @@ mod common;
 
 mod clients;
 mod crash;
+mod doctor;
 mod foundation;
 mod jobs;
 mod kit;
