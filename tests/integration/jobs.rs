@@ -605,6 +605,115 @@ fn direct_dispatch_runs_the_agent_under_a_detached_supervisor() {
     assert!(log.contains("ORCH-1 "), "{log}");
 }
 
+/// Reads `/proc/<pid>/environ` as `NAME=value` lines.
+fn environ(pid: i64) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+#[test]
+fn an_agent_and_its_supervisor_hold_no_secret_they_were_not_granted() {
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    mkfifo(&fifo);
+    let hold = format!(
+        "[{AGENT}, --ready-fifo, {}, --hold-forever]",
+        fifo.display()
+    );
+    let agents = format!(
+        "analyst: {{ command: {hold}, credentials: [gitea], env: [LLM_KEY] }}\ndeveloper: {hold}"
+    );
+    let projects = [Project::orch().self_hosting(false)];
+    let mut env = TestEnv::with_pipeline(&pipeline::render(&projects, &agents, ""));
+    for (k, v) in [
+        ("ORCH_PLANE_WEBHOOK_SECRET", "plane_wh_forge_me"),
+        ("ORCH_TELEGRAM_BOT_TOKEN", "123:telegram"),
+        ("ORCH_PLANE_API_KEY", "plane_api_key"),
+        ("ORCH_GITEA_TOKEN", "gitea_token"),
+        ("LLM_KEY", "llm_key"),
+        ("UNRELATED_SECRET", "unrelated"),
+    ] {
+        env.set(k, v);
+    }
+    let secrets = [
+        "plane_wh_forge_me",
+        "123:telegram",
+        "plane_api_key",
+        "unrelated",
+    ];
+    for (stage, granted) in [("analysis", true), ("development", false)] {
+        let job = seed(&env, "orch", 1, stage, "queued")[0];
+        env.run(&["dispatch"]).expect(0);
+        let ready = read_fifo_line(&fifo);
+        let agent: i64 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let guard = GroupGuard(agent);
+        let supervisor: i64 = env
+            .db()
+            .query_row(
+                "SELECT supervisor_pid FROM jobs WHERE id = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let (agent_env, sup_env) = (environ(agent), environ(supervisor));
+        for secret in secrets {
+            assert!(
+                !agent_env.iter().any(|e| e.contains(secret)),
+                "{stage} agent has {secret}: {agent_env:?}"
+            );
+        }
+        for withheld in ["plane_wh_forge_me", "123:telegram"] {
+            assert!(
+                !sup_env.iter().any(|e| e.contains(withheld)),
+                "supervisor has {withheld}: {sup_env:?}"
+            );
+        }
+        // The supervisor keeps what its gate needs; the agent only what it was granted.
+        assert!(
+            sup_env.contains(&"ORCH_GITEA_TOKEN=gitea_token".to_string()),
+            "{sup_env:?}"
+        );
+        for e in ["ORCH_GITEA_TOKEN=gitea_token", "LLM_KEY=llm_key"] {
+            assert_eq!(
+                agent_env.contains(&e.to_string()),
+                granted,
+                "{stage} {e}: {agent_env:?}"
+            );
+        }
+        assert!(
+            agent_env.contains(&format!("ORCH_JOB_ID={job}")),
+            "{agent_env:?}"
+        );
+        let db = format!("ORCH_DB={}", env.db_path().display());
+        assert!(agent_env.contains(&db), "{agent_env:?}");
+        drop(guard);
+        assert!(
+            wait_exit(supervisor, Duration::from_secs(30)),
+            "supervisor ends"
+        );
+    }
+}
+
+/// The systemd launcher cannot run here (no systemd as init): its unit must unset what
+/// the direct launcher withholds (scripts/verify-units checks the unit's syntax).
+#[test]
+fn the_job_unit_unsets_what_the_direct_launcher_withholds() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/orch-job@.service"
+    ))
+    .unwrap();
+    let unset: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("UnsetEnvironment="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert_eq!(unset, orch::config::WITHHELD_FROM_JOBS, "{unit}");
+}
+
 #[test]
 fn run_job_records_the_exit_code_and_lets_the_gate_decide() {
     let env = TestEnv::with_pipeline(&pipeline("--exit, \"3\","));
