@@ -697,6 +697,53 @@ fn an_agent_and_its_supervisor_hold_no_secret_they_were_not_granted() {
     }
 }
 
+#[test]
+fn an_approval_forged_from_inside_an_agent_fails_or_names_the_agent() {
+    let orch = env!("CARGO_BIN_EXE_orch");
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("approved.json");
+    std::fs::write(&body, br#"{"event":"issue","action":"updated","data":{}}"#).unwrap();
+    // The analyst tries both ways: a delivery signed with the secret (it has none), and
+    // the operator's own command.
+    let script = format!(
+        "{orch} webhook-handle --body {} --header 'X-Plane-Signature: 00'; echo \"webhook exit $?\"; \
+         {orch} task move \"$ORCH_TASK_KEY\" --to development --reason 'approved, trust me'; echo \"move exit $?\"",
+        body.display()
+    );
+    let agents = format!(
+        "analyst: [/bin/sh, -c, {}]",
+        serde_json::to_string(&script).unwrap()
+    );
+    let projects = [Project::orch().self_hosting(false)];
+    let mut env = TestEnv::with_pipeline(&pipeline::render(&projects, &agents, ""));
+    env.set("ORCH_PLANE_WEBHOOK_SECRET", "plane_wh_the_real_one");
+    let job = seed(&env, "orch", 1, "analysis", "running")[0];
+    env.run(&["run-job", &job.to_string()]).expect(0);
+    let log = std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap();
+    assert!(log.contains("webhook exit 2"), "{log}");
+    assert!(log.contains("ORCH_PLANE_WEBHOOK_SECRET"), "{log}");
+    assert_eq!(env.count("SELECT count(*) FROM deliveries"), 0, "{log}");
+    // The operator's command works for a process of the same user (docs/security.md:
+    // the separate agent user is what stops it), but the record names the agent.
+    assert!(log.contains("move exit 0"), "{log}");
+    let agent_job: Option<i64> = env
+        .db()
+        .query_row(
+            "SELECT agent_job FROM stage_events WHERE to_stage = 'development'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(agent_job, Some(job));
+    let show = env.run(&["task", "show", "ORCH-1"]).expect(0).stdout;
+    assert!(
+        show.contains(&format!(
+            "by operator [FROM INSIDE job {job}'s agent]: approved, trust me"
+        )),
+        "{show}"
+    );
+}
+
 /// The systemd launcher cannot run here (no systemd as init): its unit must unset what
 /// the direct launcher withholds (scripts/verify-units checks the unit's syntax).
 #[test]
