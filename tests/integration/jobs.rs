@@ -278,6 +278,36 @@ fn a_recorded_exit_code_is_flipped_on_the_next_pass() {
     );
 }
 
+#[test]
+fn a_reap_that_could_not_write_what_it_decided_exits_2() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    stamp(&env, job, dead_pid(), Some(1));
+    let db = env.db();
+    db.execute(
+        "UPDATE jobs SET exit_code = 0, supervisor_pid = ?2 WHERE id = ?1",
+        params![job, dead_pid()],
+    )
+    .unwrap();
+    // The database refuses every write to jobs (as a read-only or failing disk would).
+    db.execute_batch(
+        "CREATE TRIGGER jobs_frozen BEFORE UPDATE ON jobs
+         BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END;",
+    )
+    .unwrap();
+    let out = env.run(&["reap"]).expect(2);
+    assert!(out.stderr.contains("readonly database"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not be handled"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(job_row(&env, job).0, "running");
+    db.execute_batch("DROP TRIGGER jobs_frozen").unwrap();
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, job).0, "succeeded");
+}
+
 /// Asserts that `job` was flipped as dead (`dead-pid`) while the unrelated live process
 /// `me` its stamps pointed at was not touched.
 #[track_caller]
