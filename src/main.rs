@@ -13,6 +13,8 @@ use orch::exit::ExitStatus;
 use orch::ops::pass::PassContext;
 
 fn main() -> ExitCode {
+    // Before anything is created: files 0600, directories 0700, whatever the caller's umask.
+    orch::adapters::fs::private_umask();
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))

@@ -57,6 +57,8 @@ export ORCH_PLANE_URL=$url_plane ORCH_GITEA_URL=$url_gitea
 export ORCH_PLANE_API_KEY=plane_api_0123456789abcdef0123456789abcdef
 export ORCH_GITEA_TOKEN=gitea-standin-token
 export ORCH_PLANE_WEBHOOK_SECRET=plane_wh_0123456789abcdef0123456789abcdef
+# staging's receiver has a secret of its own: the deployer signs round trips with it.
+export ORCH_STAGING_WEBHOOK_SECRET=plane_wh_staging0123456789abcdef0123456789
 export ORCH_TELEGRAM_API_URL=$url_telegram ORCH_TELEGRAM_BOT_TOKEN=123456:standin-token ORCH_TELEGRAM_CHAT_ID=4242
 # The deploy procedure the stub deployer follows: one staging, one production per project
 # (each act points STUB_PROD_URL at its project's).

@@ -4,6 +4,8 @@
 # C9a is a real webhook round trip for the shop sandbox, but no staging webhook listens
 # on its port: it fails in every staging check and, being allowlisted sandbox
 # infrastructure, is waived (the staging part shows it, and --strict).
+# Agents get an allowlisted environment (docs/security.md): each is granted only the
+# credentials and variables it uses; no agent ever holds the production webhook secret.
 cat > "$ORCH_CONFIG" <<YAML
 plane: { workspace: acme }
 projects:
@@ -27,9 +29,12 @@ projects:
     rollback: [orch-stub-agent, rollback]
 agents:
   analyst:   [orch-stub-agent, analyst]
-  developer: [orch-stub-agent, developer]
+  developer: { command: [orch-stub-agent, developer], credentials: [gitea] }
   reviewer:  [orch-stub-agent, reviewer]
-  deployer:  [orch-stub-agent, deployer]
+  deployer:
+    command: [orch-stub-agent, deployer]
+    credentials: [gitea, plane, staging_webhook]
+    env: [STUB_STAGING_URL, STUB_PROD_URL]
 staging:
   checks:
     - { id: C1, name: health, kind: http, url: "$url_staging/health", expect_status: 200, timeout_s: 5 }

@@ -8,6 +8,51 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
+/// Makes everything this process (and what it starts) creates from now on private to its
+/// user, whatever umask the caller had: files `0600`, directories `0700`. `main` calls it
+/// first thing; the database holds raw Plane payloads.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Makes `path` private: a file `0600`; a directory `0700` with everything under it
+/// (directories `0700`, files `0600`). Symbolic links are neither changed nor followed;
+/// a missing path is nothing to do. `init` uses it on what earlier runs left behind.
+///
+/// # Errors
+/// When a mode cannot be read or set.
+pub fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mode = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    if meta.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?
+        {
+            make_private(
+                &entry
+                    .with_context(|| format!("listing {}", path.display()))?
+                    .path(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, synced,
 /// renamed over the target, then the folder synced so the rename itself is on disk.
 ///

@@ -55,7 +55,8 @@ pub fn open_log(path: &Path) -> Result<File> {
 }
 
 /// Starts `exe run-job <id>` detached: its own process group, no stdin, output appended
-/// to `log`, not waited for (it outlives `dispatch`). Returns the supervisor's pid.
+/// to `log`, not waited for (it outlives `dispatch`), with `env` added to the inherited
+/// environment and `withheld` removed from it. Returns the supervisor's pid.
 ///
 /// # Errors
 /// When the log cannot be opened or the process cannot be started.
@@ -64,10 +65,15 @@ pub fn launch_direct(
     job_id: i64,
     log: &Path,
     env: &[(String, OsString)],
+    withheld: &[&str],
 ) -> Result<u32> {
     let out = open_log(log)?;
     let err = out.try_clone().context("duplicating the job log handle")?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    for name in withheld {
+        command.env_remove(name);
+    }
+    let child = command
         .arg("run-job")
         .arg(job_id.to_string())
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -128,14 +134,17 @@ fn find_on_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 }
 
 /// Spawns an agent argv (no shell) in its own process group, stdin closed, stdout and
-/// stderr appended to `log`, with `env` added to the inherited environment.
+/// stderr appended to `log`, with exactly `env` as its environment (nothing inherited:
+/// the caller builds it from an allowlist).
 ///
 /// # Errors
 /// When the program cannot be started (missing, not executable): the caller fails the
 /// job with this message.
-pub fn spawn_agent(argv: &[String], env: &[(&str, String)], log: &File) -> Result<Child> {
+pub fn spawn_agent(argv: &[String], env: &[(String, OsString)], log: &File) -> Result<Child> {
     let (program, args) = argv.split_first().context("the agent argv is empty")?;
-    in_own_group(program, args, env)
+    in_own_group(program, args, &[])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?)
         .spawn()

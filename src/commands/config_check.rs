@@ -100,7 +100,24 @@ pub fn run(cmd: &ConfigCommand, ctx: &PassContext) -> Result<ExitStatus> {
     println!("agents:");
     for a in Agent::ALL {
         match cfg.pipeline.agent_argv(a) {
-            Some(argv) => println!("  {a}: {}", argv.join(" ")),
+            Some(argv) => {
+                let g = cfg.pipeline.agent_grants(a);
+                let credentials: Vec<&str> = g.credentials.iter().map(|c| c.setting()).collect();
+                println!(
+                    "  {a}: {} (credentials: {}; env: {})",
+                    argv.join(" "),
+                    if credentials.is_empty() {
+                        "none".into()
+                    } else {
+                        credentials.join(" ")
+                    },
+                    if g.env.is_empty() {
+                        "allowlist only".into()
+                    } else {
+                        g.env.join(" ")
+                    }
+                );
+            }
             None => println!("  {a}: (not configured: its jobs fail until it is)"),
         }
     }

@@ -189,7 +189,8 @@ fn launch(ctx: &PassContext, id: i64) -> Result<String> {
             if let Some(p) = &ctx.config.pipeline.path {
                 env.push(("ORCH_CONFIG".into(), p.clone().into_os_string()));
             }
-            let pid = spawn::launch_direct(&exe, id, &job_log_path(ctx, id), &env)?;
+            let withheld = crate::config::WITHHELD_FROM_JOBS;
+            let pid = spawn::launch_direct(&exe, id, &job_log_path(ctx, id), &env, withheld)?;
             Ok(format!("direct, supervisor pid {pid}"))
         }
         JobLauncher::Systemd => {

@@ -1,8 +1,10 @@
-//! `orch init`: create or upgrade the database and the state directory.
+//! `orch init`: create or upgrade the database and the state directory, and make them
+//! (and the artefacts) private: files `0600`, directories `0700`.
 
 use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{Db, SCHEMA_VERSION};
+use crate::adapters::fs::make_private;
 use crate::exit::ExitStatus;
 use crate::ops::pass::PassContext;
 
@@ -27,6 +29,17 @@ pub fn run(args: &InitArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let migration = db.migrate()?;
     for dir in [settings.state_dir.clone(), settings.state_dir.join("locks")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // What an earlier run under a looser umask left readable is made private too: the
+    // database (raw Plane payloads) with its WAL files, the state dir, the artefacts.
+    let mut private = vec![settings.state_dir.clone(), settings.artefacts_dir.clone()];
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = settings.db.clone().into_os_string();
+        p.push(suffix);
+        private.push(p.into());
+    }
+    for path in &private {
+        make_private(path)?;
     }
     let what = if migration.from == migration.to {
         format!("already at schema version {SCHEMA_VERSION}")

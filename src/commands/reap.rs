@@ -121,7 +121,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     } else {
         log::info!("reap: lease reclaim disabled by ORCH_LEASE_RECLAIM_ENABLED=false");
     }
-    Ok(PassOutcome::ok(vec![
+    let mut outcome = PassOutcome::ok(vec![
         ("scanned", t.scanned),
         ("alive", t.alive),
         ("dead_streak", t.streak),
@@ -134,7 +134,17 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("bad_rows", t.bad_rows),
         ("leases_reclaimed", t.leases_reclaimed),
         ("lease_malformed", t.lease_malformed),
-    ]))
+    ]);
+    // A job it decided on but could not write (a read-only or locked database) was not
+    // rescued: the pass says so with exit 2, so the unit fails instead of reading success.
+    if t.bad_rows > 0 {
+        log::error!(
+            "reap: {} job(s) could not be handled (see above); exit 2",
+            t.bad_rows
+        );
+        outcome.status = ExitStatus::Error;
+    }
+    Ok(outcome)
 }
 
 #[expect(

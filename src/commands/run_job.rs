@@ -24,7 +24,7 @@ use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::gate::{apply_gate, GateOutcome};
-use crate::ops::jobs::job_log_path;
+use crate::ops::jobs::{agent_env, job_log_path};
 use crate::ops::pass::PassContext;
 
 /// Exit code recorded when the agent command cannot be started (the shell's "command
@@ -158,12 +158,14 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             )
         }
     };
-    let env = vec![
+    let job_env = [
         ("ORCH_TASK_ID", task.id.to_string()),
         ("ORCH_TASK_KEY", task.key.clone()),
         ("ORCH_JOB_ID", job.id.to_string()),
         ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
     ];
+    // An allowlist, never this process's whole environment (docs/security.md).
+    let env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
     // Handlers go in before the spawn so a TERM in between is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let handle = signals.handle();

@@ -261,6 +261,20 @@ fn task_json(t: &Task) -> serde_json::Value {
     })
 }
 
+/// What caused an event beyond its actor: the delivery, and the agent it came from.
+fn provenance(e: &StageEvent) -> String {
+    let mut out = String::new();
+    match (e.delivery, &e.delivery_id) {
+        (Some(row), Some(id)) => out.push_str(&format!(" (delivery {id}, #{row})")),
+        (Some(row), None) => out.push_str(&format!(" (delivery #{row}, no delivery id)")),
+        _ => {}
+    }
+    if let Some(job) = e.agent_job {
+        out.push_str(&format!(" [FROM INSIDE job {job}'s agent]"));
+    }
+    out
+}
+
 fn event_json(e: &StageEvent) -> serde_json::Value {
     serde_json::json!({
         "from": e.from_stage,
@@ -268,6 +282,9 @@ fn event_json(e: &StageEvent) -> serde_json::Value {
         "reason": e.reason,
         "actor": e.actor,
         "at": format_unix(e.at),
+        "delivery": e.delivery,
+        "delivery_id": e.delivery_id,
+        "agent_job": e.agent_job,
     })
 }
 
@@ -362,10 +379,11 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "(new)".into());
         println!(
-            "  {}  {from} -> {}  by {}: {}",
+            "  {}  {from} -> {}  by {}{}: {}",
             format_unix(e.at),
             e.to_stage,
             e.actor,
+            provenance(e),
             e.reason
         );
     }

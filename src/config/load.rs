@@ -97,6 +97,12 @@ pub const JOB_CONTEXT_ENV: &[&str] = &[
     "ORCH_TASK_ARTEFACTS",
 ];
 
+/// The secrets no job ever holds: not its agent, nor its supervisor (`run-job` never
+/// needs them, and any process of the same user reads `/proc/<pid>/environ`). The direct
+/// launcher removes them from the supervisor's environment; `orch-job@.service` unsets
+/// them (`UnsetEnvironment=`).
+pub const WITHHELD_FROM_JOBS: &[&str] = &["ORCH_PLANE_WEBHOOK_SECRET", "ORCH_TELEGRAM_BOT_TOKEN"];
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -18,8 +18,11 @@ mod load;
 mod pipeline;
 mod settings;
 
-pub use load::{display_path, Config, ConfigError, Layers, Overrides, Source, JOB_CONTEXT_ENV};
-pub use pipeline::{is_repo, Pipeline, AGENT_PLACEHOLDERS};
+pub use load::{
+    display_path, Config, ConfigError, Layers, Overrides, Source, JOB_CONTEXT_ENV,
+    WITHHELD_FROM_JOBS,
+};
+pub use pipeline::{is_repo, AgentGrants, Credential, Pipeline, AGENT_PLACEHOLDERS};
 pub use settings::{
     env_example, Count, Csv, JobLauncher, PinnedNow, PositiveSeconds, Ratio, ResolvedSetting,
     Seconds, Secret, SettingSpec, SettingValue, Settings, SETTINGS,

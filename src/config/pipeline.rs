@@ -21,7 +21,7 @@ struct RawPipeline {
     #[serde(default)]
     projects: Vec<RawProject>,
     #[serde(default)]
-    agents: BTreeMap<String, Vec<String>>,
+    agents: BTreeMap<String, RawAgent>,
     #[serde(default)]
     staging: Option<RawStaging>,
     #[serde(default)]
@@ -60,6 +60,65 @@ fn default_branch() -> String {
     "main".into()
 }
 
+/// An agent: its argv alone, or its argv with what its environment is granted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAgent {
+    Argv(Vec<String>),
+    Granted(RawGrantedAgent),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrantedAgent {
+    command: Vec<String>,
+    #[serde(default)]
+    credentials: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+/// A credential an agent may be granted (`agents.<name>.credentials`): the one setting
+/// it puts in the agent's environment. The production webhook secret and the Telegram
+/// token are never grantable (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// `ORCH_PLANE_API_KEY`: read and write work items (the round trip's sandbox states).
+    Plane,
+    /// `ORCH_GITEA_TOKEN`: read PRs, merge (staging-check's pin, merge-guard --merge).
+    Gitea,
+    /// `ORCH_STAGING_WEBHOOK_SECRET`: sign staging-check's synthetic round-trip delivery.
+    StagingWebhook,
+}
+
+impl Credential {
+    /// Every credential with its pipeline-file name.
+    pub const ALL: [(&'static str, Credential); 3] = [
+        ("plane", Credential::Plane),
+        ("gitea", Credential::Gitea),
+        ("staging_webhook", Credential::StagingWebhook),
+    ];
+
+    /// The setting it grants.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Credential::Plane => "ORCH_PLANE_API_KEY",
+            Credential::Gitea => "ORCH_GITEA_TOKEN",
+            Credential::StagingWebhook => "ORCH_STAGING_WEBHOOK_SECRET",
+        }
+    }
+}
+
+/// What an agent's environment is granted beyond the allowlist run-job builds it from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentGrants {
+    /// Credentials (settings that are secrets) it receives.
+    pub credentials: Vec<Credential>,
+    /// Further variables passed on from run-job's environment (an LLM API key, say).
+    pub env: Vec<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStaging {
@@ -78,6 +137,8 @@ pub struct Pipeline {
     pub projects: Vec<Project>,
     /// Agent argv templates by agent.
     pub agents: BTreeMap<String, Vec<String>>,
+    /// What each agent's environment is granted (absent: nothing beyond the allowlist).
+    pub grants: BTreeMap<String, AgentGrants>,
     /// The staging checks, typed once here by `core::staging_check`'s schema.
     #[serde(skip)]
     pub staging_checks: Vec<CheckDef>,
@@ -99,6 +160,11 @@ impl Pipeline {
     /// Returns the argv template of `agent`.
     pub fn agent_argv(&self, agent: Agent) -> Option<&[String]> {
         self.agents.get(agent.as_str()).map(Vec::as_slice)
+    }
+
+    /// Returns what `agent`'s environment is granted.
+    pub fn agent_grants(&self, agent: Agent) -> AgentGrants {
+        self.grants.get(agent.as_str()).cloned().unwrap_or_default()
     }
 }
 
@@ -260,9 +326,18 @@ pub(super) fn parse_pipeline(
             "required when projects are configured",
         ));
     }
-    for (agent, argv) in &raw.agents {
+    let mut agents = BTreeMap::new();
+    let mut grants = BTreeMap::new();
+    for (agent, raw_agent) in raw.agents {
         let key = format!("agents.{agent}");
-        if Agent::parse(agent).is_none() {
+        let argv = match raw_agent {
+            RawAgent::Argv(argv) => argv,
+            RawAgent::Granted(g) => {
+                grants.insert(agent.clone(), parse_grants(&key, &g)?);
+                g.command
+            }
+        };
+        if Agent::parse(&agent).is_none() {
             return Err(ConfigError::new(
                 key,
                 "unknown agent; expected analyst, developer, reviewer or deployer",
@@ -274,9 +349,10 @@ pub(super) fn parse_pipeline(
                 "expected a non-empty argv list, e.g. [openclaw, agent, --task, \"{task}\"]",
             ));
         }
-        for arg in argv {
+        for arg in &argv {
             check_placeholders(arg).map_err(|m| ConfigError::new(key.clone(), m))?;
         }
+        agents.insert(agent, argv);
     }
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let staging_checks = parse_checks(&raw.staging.map(|s| s.checks).unwrap_or_default(), &names)
@@ -285,8 +361,50 @@ pub(super) fn parse_pipeline(
         path: None,
         plane_workspace,
         projects,
-        agents: raw.agents,
+        agents,
+        grants,
         staging_checks,
+    })
+}
+
+/// Validates an agent's `credentials` and `env` lists.
+fn parse_grants(key: &str, g: &RawGrantedAgent) -> Result<AgentGrants, ConfigError> {
+    let mut credentials = Vec::new();
+    for name in &g.credentials {
+        let Some((_, c)) = Credential::ALL.iter().find(|(n, _)| n == name) else {
+            return Err(ConfigError::new(
+                format!("{key}.credentials"),
+                format!(
+                    "unknown credential {name:?}; expected plane, gitea or staging_webhook (the production webhook secret and the Telegram token are never given to an agent)"
+                ),
+            ));
+        };
+        if !credentials.contains(c) {
+            credentials.push(*c);
+        }
+    }
+    for name in &g.env {
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(ConfigError::new(
+                format!("{key}.env"),
+                format!("expected an environment variable name, got {name:?}"),
+            ));
+        }
+        if name.starts_with("ORCH_") {
+            return Err(ConfigError::new(
+                format!("{key}.env"),
+                format!(
+                    "{name}: ORCH_* settings reach an agent on their own when they are not secret, and secrets only through credentials"
+                ),
+            ));
+        }
+    }
+    Ok(AgentGrants {
+        credentials,
+        env: g.env.clone(),
     })
 }
 
@@ -422,6 +540,54 @@ agents:
         for (from, to, key) in cases {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "case {to} did not change the text");
+            let got = err_key(Some(&text), Layers::default());
+            assert!(got.starts_with(key), "{to}: expected key {key}, got {got}");
+        }
+    }
+
+    #[test]
+    fn an_agent_is_granted_only_known_credentials_and_plain_names() {
+        let granted = GOOD.replace(
+            "analyst: [openclaw, agent, --task, \"{task}\"]",
+            "analyst: { command: [openclaw, \"{task}\"], credentials: [gitea, plane, gitea], env: [LLM_API_KEY] }\n  deployer: [deploy]",
+        );
+        let c = Config::from_parts(Some(&granted), None, Layers::default()).unwrap();
+        let p = &c.pipeline;
+        assert_eq!(
+            p.agent_argv(Agent::Analyst).unwrap(),
+            ["openclaw", "{task}"]
+        );
+        let g = p.agent_grants(Agent::Analyst);
+        assert_eq!(g.credentials, [Credential::Gitea, Credential::Plane]);
+        assert_eq!(g.env, ["LLM_API_KEY"]);
+        assert_eq!(p.agent_grants(Agent::Deployer), AgentGrants::default());
+        let cases = [
+            (
+                "credentials: [gitea, plane, gitea]",
+                "credentials: [webhook]",
+                "agents.analyst.credentials",
+            ),
+            (
+                "credentials: [gitea, plane, gitea]",
+                "credentials: [telegram]",
+                "agents.analyst.credentials",
+            ),
+            (
+                "env: [LLM_API_KEY]",
+                "env: [ORCH_PLANE_WEBHOOK_SECRET]",
+                "agents.analyst.env",
+            ),
+            ("env: [LLM_API_KEY]", "env: [\"A=B\"]", "agents.analyst.env"),
+            (
+                "command: [openclaw, \"{task}\"]",
+                "command: []",
+                "agents.analyst",
+            ),
+            ("env: [LLM_API_KEY]", "env: [A], colour: red", "agents"),
+        ];
+        for (from, to, key) in cases {
+            let text = granted.replace(from, to);
+            assert_ne!(text, granted, "case {to} did not change the text");
             let got = err_key(Some(&text), Layers::default());
             assert!(got.starts_with(key), "{to}: expected key {key}, got {got}");
         }

@@ -363,6 +363,8 @@ settings! {
     plane_api_key: Option<Secret> = "ORCH_PLANE_API_KEY", "", true, "Plane personal access token (X-API-Key)";
     /// Plane webhook signing secret.
     plane_webhook_secret: Option<Secret> = "ORCH_PLANE_WEBHOOK_SECRET", "", true, "secret Plane signs webhook bodies with (plane_wh_...); required by webhook-handle";
+    /// The staging receiver's webhook secret, for staging-check's round trips.
+    staging_webhook_secret: Option<Secret> = "ORCH_STAGING_WEBHOOK_SECRET", "", true, "secret staging-check's webhook round trips sign their synthetic delivery with (the staging receiver's, not production's; falls back to ORCH_PLANE_WEBHOOK_SECRET)";
     /// Gitea base URL.
     gitea_url: Option<Url> = "ORCH_GITEA_URL", "", false, "Gitea base URL, e.g. https://git.example.com (API under /api/v1)";
     /// Gitea token.

@@ -107,4 +107,10 @@ pub struct StageEvent {
     pub actor: String,
     /// When (unix seconds).
     pub at: i64,
+    /// The Plane delivery (row id) whose acting made the move, if any.
+    pub delivery: Option<i64>,
+    /// That delivery's `X-Plane-Delivery` id, when it had one.
+    pub delivery_id: Option<String>,
+    /// The job whose agent ran the command that made the move, if any.
+    pub agent_job: Option<i64>,
 }

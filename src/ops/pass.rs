@@ -214,7 +214,9 @@ impl PassContext {
     /// # Errors
     /// When it cannot be opened or migrated.
     pub fn open_db(&self) -> Result<Db> {
-        Db::open(&self.config.settings.db)
+        let mut db = Db::open(&self.config.settings.db)?;
+        db.set_agent_job(calling_agent_job(&db));
+        Ok(db)
     }
 
     /// Returns the path of a pass's lock file.
@@ -298,6 +300,17 @@ impl PassContext {
         }
         result.map(|o| o.status)
     }
+}
+
+/// The job whose agent this process runs inside, for the provenance of the stage events
+/// it writes: the running job whose agent leads this process group (an agent's `orch`
+/// calls share its group unless it left it), else the `ORCH_JOB_ID` run-job gave the
+/// agent. Neither is proof (an agent can leave its group and drop the variable:
+/// docs/security.md); both make an ordinary call from inside an agent visible.
+fn calling_agent_job(db: &Db) -> Option<i64> {
+    let pgid = i64::from(rustix::process::getpgrp().as_raw_nonzero().get());
+    let by_group = db.running_job_of_group(pgid).ok().flatten();
+    by_group.or_else(|| std::env::var("ORCH_JOB_ID").ok()?.trim().parse().ok())
 }
 
 #[cfg(test)]

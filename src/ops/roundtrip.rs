@@ -56,12 +56,18 @@ impl RoundtripEnv {
         let config = &ctx.config;
         let s = &config.settings;
         let missing = |key: &str, why: &str| ConfigError::new(key, why);
-        let secret = s.plane_webhook_secret.clone().ok_or_else(|| {
-            missing(
-                "ORCH_PLANE_WEBHOOK_SECRET",
-                "required by webhook-roundtrip checks to sign the synthetic delivery (the staging webhook's secret)",
-            )
-        })?;
+        // The staging receiver's own secret; production's only when none is set (an
+        // agent is granted the first, never the second: docs/security.md).
+        let secret = s
+            .staging_webhook_secret
+            .clone()
+            .or_else(|| s.plane_webhook_secret.clone())
+            .ok_or_else(|| {
+                missing(
+                    "ORCH_STAGING_WEBHOOK_SECRET",
+                    "required by webhook-roundtrip checks to sign the synthetic delivery (the staging webhook's secret; ORCH_PLANE_WEBHOOK_SECRET is used when it is unset)",
+                )
+            })?;
         s.plane_url.as_ref().ok_or_else(|| {
             missing(
                 "ORCH_PLANE_URL",

@@ -20,6 +20,81 @@ fn init_twice_is_safe_and_reports_what_it_did() {
     assert!(env.path("state/locks").is_dir());
 }
 
+/// Runs `orch ARGS` from a shell whose umask is 022 (a login shell's usual one).
+fn under_umask_022(env: &TestEnv, args: &str) -> crate::common::Run {
+    let script = format!("umask 022; exec {} {args}", env!("CARGO_BIN_EXE_orch"));
+    let base = env.command(&[]);
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.args(["-c", &script])
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(base.get_current_dir().unwrap());
+    sh.output().unwrap().into()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
+    let env = TestEnv::new();
+    // What an earlier orch left under umask 022: a readable database and state.
+    under_umask_022(&env, "init").expect(0);
+    let old_log = env.path("state/jobs/1.log");
+    std::fs::create_dir_all(old_log.parent().unwrap()).unwrap();
+    std::fs::write(&old_log, "agent output").unwrap();
+    std::fs::create_dir_all(env.path("artefacts/ORCH-1")).unwrap();
+    std::fs::write(env.path("artefacts/ORCH-1/01-analysis.md"), "x").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    for p in [
+        "orch.db",
+        "state",
+        "state/jobs",
+        "state/jobs/1.log",
+        "artefacts",
+        "artefacts/ORCH-1/01-analysis.md",
+    ] {
+        let m = if env.path(p).is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(env.path(p), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    under_umask_022(&env, "init").expect(0);
+    for (p, want) in [
+        ("orch.db", 0o600),
+        ("state", 0o700),
+        ("state/locks", 0o700),
+        ("state/jobs", 0o700),
+        ("state/jobs/1.log", 0o600),
+        ("artefacts", 0o700),
+        ("artefacts/ORCH-1", 0o700),
+        ("artefacts/ORCH-1/01-analysis.md", 0o600),
+    ] {
+        assert_eq!(mode(&env.path(p)), want, "{p}: {:o}", mode(&env.path(p)));
+    }
+    // New files of any pass are private too: a fresh database, the status file.
+    let fresh = TestEnv::new();
+    under_umask_022(&fresh, "init").expect(0);
+    under_umask_022(&fresh, "status --prometheus metrics/orch.prom").expect(0);
+    for (p, want) in [
+        ("orch.db", 0o600),
+        ("state", 0o700),
+        ("metrics", 0o700),
+        ("metrics/orch.prom", 0o600),
+    ] {
+        assert_eq!(
+            mode(&fresh.path(p)),
+            want,
+            "{p}: {:o}",
+            mode(&fresh.path(p))
+        );
+    }
+}
+
 #[test]
 fn a_fresh_checkout_runs_with_no_file_at_all() {
     let env = TestEnv::new();
@@ -277,7 +352,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 4)
+    orch status at 2026-11-25T03:00:00Z (schema 5)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -357,7 +432,7 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 4,
+      "schema_version": 5,
       "staging": {
         "holders": [],
         "state": "free"

@@ -278,6 +278,36 @@ fn a_recorded_exit_code_is_flipped_on_the_next_pass() {
     );
 }
 
+#[test]
+fn a_reap_that_could_not_write_what_it_decided_exits_2() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "development", "running")[0];
+    stamp(&env, job, dead_pid(), Some(1));
+    let db = env.db();
+    db.execute(
+        "UPDATE jobs SET exit_code = 0, supervisor_pid = ?2 WHERE id = ?1",
+        params![job, dead_pid()],
+    )
+    .unwrap();
+    // The database refuses every write to jobs (as a read-only or failing disk would).
+    db.execute_batch(
+        "CREATE TRIGGER jobs_frozen BEFORE UPDATE ON jobs
+         BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END;",
+    )
+    .unwrap();
+    let out = env.run(&["reap"]).expect(2);
+    assert!(out.stderr.contains("readonly database"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("could not be handled"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(job_row(&env, job).0, "running");
+    db.execute_batch("DROP TRIGGER jobs_frozen").unwrap();
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, job).0, "succeeded");
+}
+
 /// Asserts that `job` was flipped as dead (`dead-pid`) while the unrelated live process
 /// `me` its stamps pointed at was not touched.
 #[track_caller]
@@ -603,6 +633,162 @@ fn direct_dispatch_runs_the_agent_under_a_detached_supervisor() {
     assert!(log.contains(&format!("ORCH_JOB_ID={job}")), "{log}");
     assert!(log.contains("args --ready-fifo"), "{log}");
     assert!(log.contains("ORCH-1 "), "{log}");
+}
+
+/// Reads `/proc/<pid>/environ` as `NAME=value` lines.
+fn environ(pid: i64) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+#[test]
+fn an_agent_and_its_supervisor_hold_no_secret_they_were_not_granted() {
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    mkfifo(&fifo);
+    let hold = format!(
+        "[{AGENT}, --ready-fifo, {}, --hold-forever]",
+        fifo.display()
+    );
+    let agents = format!(
+        "analyst: {{ command: {hold}, credentials: [gitea], env: [LLM_KEY] }}\ndeveloper: {hold}"
+    );
+    let projects = [Project::orch().self_hosting(false)];
+    let mut env = TestEnv::with_pipeline(&pipeline::render(&projects, &agents, ""));
+    for (k, v) in [
+        ("ORCH_PLANE_WEBHOOK_SECRET", "plane_wh_forge_me"),
+        ("ORCH_TELEGRAM_BOT_TOKEN", "123:telegram"),
+        ("ORCH_PLANE_API_KEY", "plane_api_key"),
+        ("ORCH_GITEA_TOKEN", "gitea_token"),
+        ("LLM_KEY", "llm_key"),
+        ("UNRELATED_SECRET", "unrelated"),
+    ] {
+        env.set(k, v);
+    }
+    let secrets = [
+        "plane_wh_forge_me",
+        "123:telegram",
+        "plane_api_key",
+        "unrelated",
+    ];
+    for (stage, granted) in [("analysis", true), ("development", false)] {
+        let job = seed(&env, "orch", 1, stage, "queued")[0];
+        env.run(&["dispatch"]).expect(0);
+        let ready = read_fifo_line(&fifo);
+        let agent: i64 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let guard = GroupGuard(agent);
+        let supervisor: i64 = env
+            .db()
+            .query_row(
+                "SELECT supervisor_pid FROM jobs WHERE id = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let (agent_env, sup_env) = (environ(agent), environ(supervisor));
+        for secret in secrets {
+            assert!(
+                !agent_env.iter().any(|e| e.contains(secret)),
+                "{stage} agent has {secret}: {agent_env:?}"
+            );
+        }
+        for withheld in ["plane_wh_forge_me", "123:telegram"] {
+            assert!(
+                !sup_env.iter().any(|e| e.contains(withheld)),
+                "supervisor has {withheld}: {sup_env:?}"
+            );
+        }
+        // The supervisor keeps what its gate needs; the agent only what it was granted.
+        assert!(
+            sup_env.contains(&"ORCH_GITEA_TOKEN=gitea_token".to_string()),
+            "{sup_env:?}"
+        );
+        for e in ["ORCH_GITEA_TOKEN=gitea_token", "LLM_KEY=llm_key"] {
+            assert_eq!(
+                agent_env.contains(&e.to_string()),
+                granted,
+                "{stage} {e}: {agent_env:?}"
+            );
+        }
+        assert!(
+            agent_env.contains(&format!("ORCH_JOB_ID={job}")),
+            "{agent_env:?}"
+        );
+        let db = format!("ORCH_DB={}", env.db_path().display());
+        assert!(agent_env.contains(&db), "{agent_env:?}");
+        drop(guard);
+        assert!(
+            wait_exit(supervisor, Duration::from_secs(30)),
+            "supervisor ends"
+        );
+    }
+}
+
+#[test]
+fn an_approval_forged_from_inside_an_agent_fails_or_names_the_agent() {
+    let orch = env!("CARGO_BIN_EXE_orch");
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("approved.json");
+    std::fs::write(&body, br#"{"event":"issue","action":"updated","data":{}}"#).unwrap();
+    // The analyst tries both ways: a delivery signed with the secret (it has none), and
+    // the operator's own command.
+    let script = format!(
+        "{orch} webhook-handle --body {} --header 'X-Plane-Signature: 00'; echo \"webhook exit $?\"; \
+         {orch} task move \"$ORCH_TASK_KEY\" --to development --reason 'approved, trust me'; echo \"move exit $?\"",
+        body.display()
+    );
+    let agents = format!(
+        "analyst: [/bin/sh, -c, {}]",
+        serde_json::to_string(&script).unwrap()
+    );
+    let projects = [Project::orch().self_hosting(false)];
+    let mut env = TestEnv::with_pipeline(&pipeline::render(&projects, &agents, ""));
+    env.set("ORCH_PLANE_WEBHOOK_SECRET", "plane_wh_the_real_one");
+    let job = seed(&env, "orch", 1, "analysis", "running")[0];
+    env.run(&["run-job", &job.to_string()]).expect(0);
+    let log = std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap();
+    assert!(log.contains("webhook exit 2"), "{log}");
+    assert!(log.contains("ORCH_PLANE_WEBHOOK_SECRET"), "{log}");
+    assert_eq!(env.count("SELECT count(*) FROM deliveries"), 0, "{log}");
+    // The operator's command works for a process of the same user (docs/security.md:
+    // the separate agent user is what stops it), but the record names the agent.
+    assert!(log.contains("move exit 0"), "{log}");
+    let agent_job: Option<i64> = env
+        .db()
+        .query_row(
+            "SELECT agent_job FROM stage_events WHERE to_stage = 'development'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(agent_job, Some(job));
+    let show = env.run(&["task", "show", "ORCH-1"]).expect(0).stdout;
+    assert!(
+        show.contains(&format!(
+            "by operator [FROM INSIDE job {job}'s agent]: approved, trust me"
+        )),
+        "{show}"
+    );
+}
+
+/// The systemd launcher cannot run here (no systemd as init): its unit must unset what
+/// the direct launcher withholds (scripts/verify-units checks the unit's syntax).
+#[test]
+fn the_job_unit_unsets_what_the_direct_launcher_withholds() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/orch-job@.service"
+    ))
+    .unwrap();
+    let unset: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("UnsetEnvironment="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert_eq!(unset, orch::config::WITHHELD_FROM_JOBS, "{unit}");
 }
 
 #[test]

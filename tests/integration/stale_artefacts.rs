@@ -21,17 +21,22 @@ const WHEN: &str = "20261125T030000Z";
 /// Agents as shell scripts: the developer prints the first frontmatter line of every
 /// report it finds (the feedback it reads); the reviewer writes `$TEST_REVIEW` as its
 /// verdict, the deployer `$TEST_STAGING` or `$TEST_DEPLOY` as its report, and each
-/// stops with exit 1 before writing anything when its variable is unset.
+/// stops with exit 1 before writing anything when its variable is unset. Each is granted
+/// its variables (`env:`): an agent's environment is an allowlist.
 const AGENTS: &str = r#"analyst: [/bin/true]
 developer:
   - /bin/sh
   - -c
   - 'for f in 05-review.md 10-staging-report.md 12-deploy-report.md; do if [ -f "$ORCH_TASK_ARTEFACTS/$f" ]; then echo "feedback $f: $(sed -n 2p "$ORCH_TASK_ARTEFACTS/$f")"; fi; done'
 reviewer:
+  env: [TEST_REVIEW]
+  command:
   - /bin/sh
   - -c
   - 'if [ -z "$TEST_REVIEW" ]; then echo "stopped before writing" >&2; exit 1; fi; printf "%s\nreview_verdict: %s\n%s\n" --- "$TEST_REVIEW" --- > "$ORCH_TASK_ARTEFACTS/05-review.md"'
 deployer:
+  env: [TEST_STAGING, TEST_DEPLOY]
+  command:
   - /bin/sh
   - -c
   - 'if [ -n "$TEST_STAGING" ]; then printf "%s\nstaging_status: %s\n%s\n" --- "$TEST_STAGING" --- > "$ORCH_TASK_ARTEFACTS/10-staging-report.md"; elif [ -n "$TEST_DEPLOY" ]; then printf "%s\ndeploy_status: %s\n%s\n" --- "$TEST_DEPLOY" --- > "$ORCH_TASK_ARTEFACTS/12-deploy-report.md"; else echo "stopped before writing" >&2; exit 1; fi'

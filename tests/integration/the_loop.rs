@@ -97,11 +97,22 @@ fn pipeline_project(p: &Project) -> KitProject {
         ))
 }
 
-/// The stub agents.
+/// The stub agents, each granted only what it uses (run-job gives an agent an
+/// allowlisted environment): the developer opens its PR on Gitea, the deployer reads the
+/// PR, runs staging-check and merge-guard and drives the staging and production
+/// stand-ins.
 fn agents() -> String {
-    ["analyst", "developer", "reviewer", "deployer"]
-        .map(|a| format!("{a}: [{AGENT}, {a}]"))
-        .join("\n")
+    [
+        ("analyst", ""),
+        ("developer", ", credentials: [gitea]"),
+        ("reviewer", ""),
+        (
+            "deployer",
+            ", credentials: [gitea], env: [STUB_STAGING_URL, STUB_PROD_URL]",
+        ),
+    ]
+    .map(|(a, grants)| format!("{a}: {{ command: [{AGENT}, {a}]{grants} }}"))
+    .join("\n")
 }
 
 /// Staging checks against the staging stand-in.

@@ -883,6 +883,24 @@ fn approved_rejected_cancelled_and_other_fields() {
         .env
         .count("SELECT count(*) FROM stage_events WHERE actor = 'webhook'");
     assert_eq!(actors, 3, "created, approved, cancelled");
+    // Each move names the delivery that caused it (its X-Plane-Delivery id), and none
+    // came from inside an agent.
+    let show = w.env.run(&["task", "show", "ORCH-20", "--json"]).expect(0);
+    let events = show.json()["events"].clone();
+    let by = |to: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["to"] == to)
+            .unwrap_or_else(|| panic!("no event to {to}: {events}"))
+            .clone()
+    };
+    assert_eq!(by("development")["delivery_id"], "4", "{events}");
+    assert_eq!(by("cancelled")["delivery_id"], "7", "{events}");
+    assert!(by("development")["agent_job"].is_null(), "{events}");
+    let text = w.env.run(&["task", "show", "ORCH-20"]).expect(0).stdout;
+    assert!(text.contains("by webhook (delivery 4, #"), "{text}");
 }
 
 #[test]

@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_intake_and_passes.sql"),
     include_str!("migrations/0003_supervisor_start_time.sql"),
     include_str!("migrations/0004_rounds.sql"),
+    include_str!("migrations/0005_provenance.sql"),
 ];
 
 /// The schema version this build writes.
@@ -74,6 +75,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// The job whose agent runs this process, recorded on every stage event it writes.
+    agent_job: Option<i64>,
 }
 
 /// What `migrate` did.
@@ -148,6 +151,7 @@ impl Db {
         let db = Db {
             conn,
             path: path.to_path_buf(),
+            agent_job: None,
         };
         let version = db.schema_version()?;
         if version > SCHEMA_VERSION {
@@ -162,6 +166,17 @@ impl Db {
         db.conn.pragma_update(None, "synchronous", "NORMAL")?;
         db.conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(db)
+    }
+
+    /// Attributes every stage event this handle writes to `job`'s agent (the caller runs
+    /// inside that agent's process group or environment: `ops::pass`).
+    pub fn set_agent_job(&mut self, job: Option<i64>) {
+        self.agent_job = job;
+    }
+
+    /// Returns the job whose agent this handle's stage events are attributed to.
+    pub fn agent_job(&self) -> Option<i64> {
+        self.agent_job
     }
 
     /// Returns the file path.

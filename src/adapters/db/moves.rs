@@ -131,6 +131,22 @@ impl<'a> Move<'a> {
 }
 
 impl Db {
+    /// Returns the running job whose agent leads process group `pgid` (an agent runs in
+    /// a group of its own, its pid the group id), if any.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn running_job_of_group(&self, pgid: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id FROM jobs WHERE status = 'running' AND pid = ?1",
+                [pgid],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Moves a task from `m.from` to `m.to`, the only way a stage changes.
     ///
     /// In one transaction: refuses an edge the table does not list, or a task no longer
@@ -151,7 +167,9 @@ impl Db {
     ///
     /// With a `record`, the webhook delivery's outcome is recorded in the move's
     /// transaction, so the move, its job and the outcome are committed together or not
-    /// at all.
+    /// at all, and the event names the delivery. The event also names the job whose
+    /// agent made the move, when this handle is attributed to one
+    /// ([`Db::set_agent_job`]).
     ///
     /// # Errors
     /// [`MoveError`] (inside `anyhow`) when refused;
@@ -160,6 +178,7 @@ impl Db {
     pub fn move_task(&mut self, m: &Move<'_>) -> Result<Moved> {
         let (task_id, from, to, now, new_round) = (m.task_id, m.from, m.to, m.now, m.new_round);
         let edge = stage::transition(from, to).ok_or(MoveError::NotAllowed { from, to })?;
+        let agent_job = self.agent_job();
         let tx = self.immediate()?;
         let actual: Option<String> = tx
             .query_row("SELECT stage FROM tasks WHERE id = ?1", [task_id], |r| {
@@ -211,15 +230,18 @@ impl Db {
             m.reason.to_string()
         };
         tx.execute(
-            "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO stage_events
+                 (task_id, from_stage, to_stage, reason, actor, at, delivery, agent_job)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 task_id,
                 from.as_str(),
                 to.as_str(),
                 reason,
                 m.actor.as_str(),
-                now
+                now,
+                m.record.map(|r| r.delivery),
+                agent_job,
             ],
         )?;
         let cancelled_jobs = tx.execute(

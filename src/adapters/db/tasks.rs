@@ -135,8 +135,10 @@ impl Db {
     /// On SQL errors.
     pub fn stage_events(&self, task_id: i64) -> Result<Vec<StageEvent>> {
         self.query_all(
-            "SELECT id, task_id, from_stage, to_stage, reason, actor, at
-             FROM stage_events WHERE task_id = ?1 ORDER BY id",
+            "SELECT e.id, e.task_id, e.from_stage, e.to_stage, e.reason, e.actor, e.at,
+                    e.delivery, d.delivery_id, e.agent_job
+             FROM stage_events e LEFT JOIN deliveries d ON d.id = e.delivery
+             WHERE e.task_id = ?1 ORDER BY e.id",
             [task_id],
             |r| {
                 let from: Option<String> = r.get(2)?;
@@ -151,6 +153,9 @@ impl Db {
                     reason: r.get(4)?,
                     actor: r.get(5)?,
                     at: r.get(6)?,
+                    delivery: r.get(7)?,
+                    delivery_id: r.get(8)?,
+                    agent_job: r.get(9)?,
                 })
             },
         )
