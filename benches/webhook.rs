@@ -30,7 +30,7 @@ projects:
 /// A signed HTTP request starting work item `n`.
 fn request(n: u32) -> Vec<u8> {
     let body = format!(
-        r##"{{"event": "issue", "action": "updated", "webhook_id": "w", "workspace_id": "ws", "data": {{"id": "00000000-0000-4000-8000-{n:012}", "name": "Bench item {n}", "sequence_id": {n}, "project": "{PROJECT}", "state": {{"id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "name": "In Progress", "color": "#F59E0B", "group": "started"}}}}, "activity": {{"field": "state_id", "new_value": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "old_value": null}}}}"##
+        r##"{{"event": "issue", "action": "updated", "webhook_id": "w", "workspace_id": "ws", "data": {{"id": "00000000-0000-4000-8000-{n:012}", "name": "Bench item {n}", "sequence_id": {n}, "project": "{PROJECT}", "updated_at": "2026-05-19T10:15:30.482913Z", "state": {{"id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "name": "In Progress", "color": "#F59E0B", "group": "started"}}}}, "activity": {{"field": "state_id", "new_value": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3", "old_value": null}}}}"##
     );
     let mut req = format!(
         "POST /webhooks/plane HTTP/1.1\r\nHost: orch\r\nContent-Type: application/json\r\nX-Plane-Delivery: bench-{n}\r\nX-Plane-Signature: {}\r\nContent-Length: {}\r\n\r\n",

@@ -54,6 +54,10 @@ pub struct WorkItem {
     pub state_id: Option<String>,
     /// The expanded state, when the answer carried it.
     pub state: Option<PlaneState>,
+    /// Its `updated_at` (the newest update this listing shows; `Missing` or
+    /// `Unparseable` when the time cannot be told).
+    #[serde(skip)]
+    pub updated_at: crate::core::intake::WorkItemTime,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +68,8 @@ struct RawWorkItem {
     project: String,
     #[serde(default)]
     state: Option<serde_json::Value>,
+    #[serde(default)]
+    updated_at: Option<serde_json::Value>,
 }
 
 impl TryFrom<RawWorkItem> for WorkItem {
@@ -92,6 +98,7 @@ impl TryFrom<RawWorkItem> for WorkItem {
             project: raw.project,
             state_id,
             state,
+            updated_at: crate::core::intake::WorkItemTime::read(raw.updated_at.as_ref()),
         })
     }
 }

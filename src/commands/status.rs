@@ -142,6 +142,7 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
             .collect(),
         escalated,
         escalated_total,
+        deliveries: db.delivery_counts()?,
         passes,
         post_deploy: Vec::new(),
         lease: None,

@@ -259,6 +259,9 @@ fn handle(
         Err(r) => return Ok(Handled::Rejected(Rejection::new(r.status, r.reason))),
     };
     let sha = intake::body_sha256(body);
+    // The work item's time is remembered as soon as the row is stored, so that an
+    // older delivery arriving later is stale even before this one is acted on.
+    let update = envelope.seen_update("delivery");
     let mut db = ctx.open_db()?;
     let stored = db
         .insert_delivery(&NewDelivery {
@@ -267,6 +270,7 @@ fn handle(
             event: &envelope.event,
             body,
             received_at: ctx.now_secs(),
+            update: update.as_ref(),
         })
         .context("storing the delivery")?;
     Ok(match stored {

@@ -175,6 +175,153 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// Returns the work item this delivery is an update of: an `issue` delivery's
+    /// `data.id` (comments, projects, cycles and modules carry other objects' times).
+    pub fn work_item_id(&self) -> Option<&str> {
+        if self.event != "issue" {
+            return None;
+        }
+        self.data_str("id").filter(|s| !s.trim().is_empty())
+    }
+
+    /// Returns the work item's `data.updated_at` as the delivery carries it.
+    pub fn updated_at(&self) -> WorkItemTime {
+        WorkItemTime::read(self.data.get("updated_at"))
+    }
+
+    /// Returns the update this delivery tells of, when it is a work item's and its time
+    /// can be told (`source` says where it was seen, e.g. `delivery 7`).
+    pub fn seen_update(&self, source: &str) -> Option<SeenUpdate> {
+        let id = self.work_item_id()?;
+        SeenUpdate::new(id, &self.updated_at(), source)
+    }
+}
+
+/// A work item's `updated_at` as a delivery or a listing carries it. Plane writes
+/// ISO 8601 in UTC with `Z` and microseconds (`2026-05-19T10:15:30.482913Z`), and no
+/// fraction at all when the microseconds are zero (Python's `isoformat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkItemTime {
+    /// A time: microseconds since the epoch, and the text as it was written.
+    At {
+        /// Microseconds since the Unix epoch (finer digits are dropped).
+        micros: i64,
+        /// The time as written.
+        text: String,
+    },
+    /// No `updated_at` (or `null`).
+    Missing,
+    /// There, but not an RFC 3339 time with an offset: what it was.
+    Unparseable(String),
+}
+
+impl WorkItemTime {
+    /// Reads a JSON value: a string holding an RFC 3339 time with an offset.
+    pub fn read(value: Option<&Value>) -> WorkItemTime {
+        match value {
+            None | Some(Value::Null) => WorkItemTime::Missing,
+            Some(Value::String(s)) => WorkItemTime::parse(s),
+            Some(other) => WorkItemTime::Unparseable(truncate(&other.to_string(), 60)),
+        }
+    }
+
+    /// Parses a string written as Plane writes `updated_at`.
+    pub fn parse(s: &str) -> WorkItemTime {
+        match s.trim().parse::<jiff::Timestamp>() {
+            Ok(t) => WorkItemTime::At {
+                micros: t.as_microsecond(),
+                text: s.trim().to_string(),
+            },
+            Err(_) => WorkItemTime::Unparseable(truncate(s, 60)),
+        }
+    }
+}
+
+/// A work item update orch has seen: in a stored delivery or in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenUpdate {
+    /// The work item id.
+    pub work_item_id: String,
+    /// Its `updated_at` in microseconds since the epoch.
+    pub micros: i64,
+    /// Its `updated_at` as Plane wrote it.
+    pub text: String,
+    /// Where it was seen (`delivery 7`, `listing`).
+    pub source: String,
+}
+
+impl SeenUpdate {
+    /// The update, when its time can be told.
+    pub fn new(work_item_id: &str, time: &WorkItemTime, source: &str) -> Option<SeenUpdate> {
+        match time {
+            WorkItemTime::At { micros, text } => Some(SeenUpdate {
+                work_item_id: work_item_id.to_string(),
+                micros: *micros,
+                text: text.clone(),
+                source: source.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a delivery is still current against the newest update orch has seen of
+/// the same work item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Nothing strictly newer is known (equal times are current: Plane sends one
+    /// delivery per changed field, all with the same `updated_at`).
+    Current,
+    /// A strictly newer update is known: act on nothing.
+    Stale {
+        /// The delivery's `updated_at`.
+        delivered: String,
+        /// The newest known `updated_at`, and where it was seen.
+        newest: String,
+        /// Where the newest was seen.
+        source: String,
+    },
+    /// The delivery's time cannot be told (missing or unparseable): it cannot be
+    /// ordered, so it is treated as current (acted on, as before orch knew of order);
+    /// the reason is logged.
+    Unknown(String),
+}
+
+/// Decides whether a delivery of time `delivered` is stale against `newest`, the
+/// newest update of the same work item seen so far (`None`: none seen).
+pub fn freshness(delivered: &WorkItemTime, newest: Option<&SeenUpdate>) -> Freshness {
+    match (delivered, newest) {
+        (WorkItemTime::Missing, _) => {
+            Freshness::Unknown("the delivery has no data.updated_at".into())
+        }
+        (WorkItemTime::Unparseable(s), _) => {
+            Freshness::Unknown(format!("data.updated_at {s:?} is not an RFC 3339 time"))
+        }
+        (WorkItemTime::At { micros, text }, Some(n)) if n.micros > *micros => Freshness::Stale {
+            delivered: text.clone(),
+            newest: n.text.clone(),
+            source: n.source.clone(),
+        },
+        (WorkItemTime::At { .. }, _) => Freshness::Current,
+    }
+}
+
+/// The outcome of a stale delivery, with both times.
+pub fn stale_outcome(
+    work_item_id: &str,
+    delivered: &str,
+    newest: &str,
+    source: &str,
+) -> DeliveryOutcome {
+    DeliveryOutcome::new(
+        OutcomeKind::Stale,
+        format!(
+            "work item {work_item_id} updated at {delivered}, but an update at {newest} is already known ({source}): nothing done"
+        ),
+    )
+}
+
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -510,6 +657,9 @@ pub enum OutcomeKind {
     Duplicate,
     /// Nothing for the pipeline to do; the detail says why.
     NoAction,
+    /// A strictly newer update of the work item was already known: nothing done; the
+    /// detail gives both times.
+    Stale,
 }
 
 impl OutcomeKind {
@@ -522,6 +672,7 @@ impl OutcomeKind {
             OutcomeKind::Cancelled => "cancelled",
             OutcomeKind::Duplicate => "duplicate",
             OutcomeKind::NoAction => "no pipeline action",
+            OutcomeKind::Stale => "stale",
         }
     }
 
@@ -534,6 +685,7 @@ impl OutcomeKind {
             OutcomeKind::Cancelled,
             OutcomeKind::Duplicate,
             OutcomeKind::NoAction,
+            OutcomeKind::Stale,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -954,6 +1106,117 @@ blocked: { names: [Blocked, Needs Input] }";
             decide(None, "Done", false, Some(&at(Stage::Deploy))),
             D::NoAction("unmapped state \"Done\"".into())
         );
+    }
+
+    #[test]
+    fn staleness_against_the_newest_seen_update() {
+        let seen = |text: &str| SeenUpdate::new("w", &WorkItemTime::parse(text), "delivery 1");
+        let newest = seen("2026-05-19T10:15:30.482913Z");
+        assert!(newest.is_some());
+        let stale = |delivered: &str| Freshness::Stale {
+            delivered: delivered.into(),
+            newest: "2026-05-19T10:15:30.482913Z".into(),
+            source: "delivery 1".into(),
+        };
+        let cases: &[(&str, Option<Value>, Option<&SeenUpdate>, Freshness)] = &[
+            // older by one microsecond: stale
+            (
+                "older",
+                Some("2026-05-19T10:15:30.482912Z".into()),
+                newest.as_ref(),
+                stale("2026-05-19T10:15:30.482912Z"),
+            ),
+            // older, written without a fraction (Python omits zero microseconds)
+            (
+                "older, no fraction",
+                Some("2026-05-19T10:15:30Z".into()),
+                newest.as_ref(),
+                stale("2026-05-19T10:15:30Z"),
+            ),
+            // the same instant written with an offset: equal, never stale
+            (
+                "equal",
+                Some("2026-05-19T10:15:30.482913Z".into()),
+                newest.as_ref(),
+                Freshness::Current,
+            ),
+            (
+                "equal, other offset",
+                Some("2026-05-19T12:15:30.482913+02:00".into()),
+                newest.as_ref(),
+                Freshness::Current,
+            ),
+            (
+                "newer",
+                Some("2026-05-19T10:15:30.482914Z".into()),
+                newest.as_ref(),
+                Freshness::Current,
+            ),
+            (
+                "nothing seen yet",
+                Some("2020-01-01T00:00:00Z".into()),
+                None,
+                Freshness::Current,
+            ),
+            (
+                "missing",
+                None,
+                newest.as_ref(),
+                Freshness::Unknown("the delivery has no data.updated_at".into()),
+            ),
+            (
+                "null",
+                Some(Value::Null),
+                newest.as_ref(),
+                Freshness::Unknown("the delivery has no data.updated_at".into()),
+            ),
+            (
+                "unparseable",
+                Some("yesterday".into()),
+                newest.as_ref(),
+                Freshness::Unknown("data.updated_at \"yesterday\" is not an RFC 3339 time".into()),
+            ),
+            (
+                "no offset",
+                Some("2026-05-19T10:15:30.482913".into()),
+                newest.as_ref(),
+                Freshness::Unknown(
+                    "data.updated_at \"2026-05-19T10:15:30.482913\" is not an RFC 3339 time".into(),
+                ),
+            ),
+            (
+                "a number",
+                Some(serde_json::json!(1_779_185_730)),
+                newest.as_ref(),
+                Freshness::Unknown("data.updated_at \"1779185730\" is not an RFC 3339 time".into()),
+            ),
+        ];
+        for (name, value, newest, want) in cases {
+            let got = freshness(&WorkItemTime::read(value.as_ref()), *newest);
+            assert_eq!(&got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_delivery_tells_its_work_item_update() {
+        let env = parse_envelope(&sample("webhook-issue-state-started.json")).unwrap();
+        let seen = env.seen_update("delivery 3").unwrap();
+        assert_eq!(seen.work_item_id, "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e04");
+        assert_eq!(seen.text, "2026-05-19T10:15:30.482913Z");
+        assert_eq!(seen.micros, 1_779_185_730_482_913);
+        let comment = parse_envelope(
+            b"{\"event\": \"issue_comment\", \"action\": \"created\", \"data\": {\"id\": \"c\", \"updated_at\": \"2026-05-19T10:15:30Z\"}}",
+        )
+        .unwrap();
+        assert_eq!(
+            comment.seen_update("delivery 4"),
+            None,
+            "a comment's time is not the work item's"
+        );
+        let o = stale_outcome("w", "t1", "t2", "listing");
+        assert_eq!(o.kind, OutcomeKind::Stale);
+        assert_eq!(OutcomeKind::parse("stale"), Some(OutcomeKind::Stale));
+        assert!(o.detail.contains("t1") && o.detail.contains("t2"), "{o}");
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct StatusReport {
     pub escalated: Vec<EscalatedTask>,
     /// All escalated tasks.
     pub escalated_total: i64,
+    /// Webhook deliveries not yet acted on (`pending`) and those that acted on nothing
+    /// because a newer update of their work item was known (`stale`).
+    pub deliveries: BTreeMap<String, i64>,
     /// Each subcommand's last pass.
     pub passes: Vec<PassView>,
     /// Armed post-deploy windows, soonest end first.
@@ -202,6 +205,9 @@ fn counts_line<'a>(names: impl Iterator<Item = &'a str>, counts: &BTreeMap<Strin
         .join(", ")
 }
 
+/// The delivery outcomes `status` counts, in the order it prints them.
+pub const DELIVERY_COUNTS: [&str; 2] = ["pending", "stale"];
+
 /// Renders the report for people.
 pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -246,6 +252,11 @@ pub fn render_text(r: &StatusReport) -> String {
         out,
         "tasks: {}",
         counts_line(Stage::ALL.iter().map(|s| s.as_str()), &r.tasks)
+    );
+    let _ = writeln!(
+        out,
+        "deliveries: {}",
+        counts_line(DELIVERY_COUNTS.iter().copied(), &r.deliveries)
     );
     if r.escalated.is_empty() {
         let _ = writeln!(out, "escalated: none");
@@ -376,6 +387,19 @@ pub fn render_prometheus(r: &StatusReport) -> String {
             .collect(),
     );
     family(
+        "orch_deliveries",
+        "Webhook deliveries pending (not yet acted on) and stale (a newer update was known).",
+        DELIVERY_COUNTS
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{outcome=\"{o}\"}}"),
+                    r.deliveries.get(*o).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
         "orch_tasks_escalated",
         "Tasks parked for a human.",
         vec![(String::new(), r.escalated_total.to_string())],
@@ -461,6 +485,10 @@ mod tests {
                 .collect(),
             escalated: vec![],
             escalated_total: 0,
+            deliveries: [("stale", 1)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             passes: vec![PassView {
                 command: "reap".into(),
                 started_at: "2026-11-25T02:59:00Z".into(),
@@ -495,6 +523,7 @@ mod tests {
         running (1, oldest first):
           job 3 ORCH-1 developer (development) attempt 2 pid 4242 dead age 5m00s
         tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
+        deliveries: pending 0, stale 1
         escalated: none
         post-deploy: none armed
         merge lease: free

@@ -4,11 +4,11 @@
 use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{
-    AlreadyRecorded, Created, Db, MoveError, Moved, Recorder, TaskStart, PENDING,
+    AlreadyRecorded, Created, Db, MoveError, Moved, Recorder, Superseded, TaskStart, PENDING,
 };
 use crate::core::intake::{
-    self, DeliveryOutcome, Intake, OutcomeKind, PlaneState, StateChange, StateChangeDecision,
-    TaskFacts,
+    self, DeliveryOutcome, Freshness, Intake, OutcomeKind, PlaneState, SeenUpdate, StateChange,
+    StateChangeDecision, TaskFacts,
 };
 use crate::core::plane::Project;
 use crate::core::stage::{Actor, Agent, Stage};
@@ -29,6 +29,11 @@ use crate::ops::pass::PassContext;
 /// write transaction); when Gitea is down it is left for `reconcile`. Counts an attempt
 /// each time it acts.
 ///
+/// A stale delivery (a strictly newer update of its work item is known, from any
+/// stored delivery or listing) acts on nothing and is recorded `stale` with both
+/// times: checked before acting, and again inside the write's transaction (a newer
+/// delivery stored meanwhile rolls the write back, and the delivery is stale).
+///
 /// # Errors
 /// When acting fails (Plane unreachable while resolving the state, a write failing):
 /// the delivery stays `pending` with the error recorded, and nothing of it was written.
@@ -46,6 +51,18 @@ pub fn process_delivery(
     db.count_delivery_attempt(row.id)?;
     match act(ctx, db, row.id, &row.body) {
         Ok(outcome) => Ok(outcome),
+        Err(e) if e.downcast_ref::<Superseded>().is_some() => {
+            let newest = &e.downcast_ref::<Superseded>().expect("matched").newest;
+            let outcome = stale(&row.body, newest);
+            match db.record_outcome(row.id, &outcome, ctx.now_secs()) {
+                Ok(()) => Ok(outcome),
+                Err(e) if e.downcast_ref::<AlreadyRecorded>().is_some() => {
+                    let row = db.delivery(row.id)?.expect("rows are never deleted");
+                    Ok(recorded(&row.outcome, row.detail.as_deref()))
+                }
+                Err(e) => Err(e),
+            }
+        }
         Err(e) if e.downcast_ref::<AlreadyRecorded>().is_some() => {
             // Another process (the receiver or reconcile) recorded it first; all this
             // one wrote was rolled back with the outcome.
@@ -59,6 +76,41 @@ pub fn process_delivery(
             Err(e)
         }
     }
+}
+
+/// The `stale` outcome of a stored body against the newest update seen.
+fn stale(body: &[u8], newest: &SeenUpdate) -> DeliveryOutcome {
+    let delivered = intake::parse_envelope(body)
+        .map(|e| match e.updated_at() {
+            intake::WorkItemTime::At { text, .. } => text,
+            _ => "?".into(),
+        })
+        .unwrap_or_else(|_| "?".into());
+    intake::stale_outcome(
+        &newest.work_item_id,
+        &delivered,
+        &newest.text,
+        &newest.source,
+    )
+}
+
+/// The delivery's work item update and whether it is current; logs an update whose
+/// time cannot be told (it is acted on: see `core::intake::freshness`).
+fn freshness(db: &Db, id: i64, body: &[u8]) -> Result<(Option<SeenUpdate>, Freshness)> {
+    let Ok(envelope) = intake::parse_envelope(body) else {
+        return Ok((None, Freshness::Current));
+    };
+    let Some(work_item) = envelope.work_item_id() else {
+        return Ok((None, Freshness::Current));
+    };
+    let newest = db.newest_update(work_item)?;
+    let fresh = intake::freshness(&envelope.updated_at(), newest.as_ref());
+    if let Freshness::Unknown(why) = &fresh {
+        log::warn!(
+            "delivery {id}: cannot tell whether work item {work_item} has a newer update ({why}): acting on it as current"
+        );
+    }
+    Ok((envelope.seen_update(&format!("delivery {id}")), fresh))
 }
 
 fn recorded(outcome: &str, detail: Option<&str>) -> DeliveryOutcome {
@@ -92,6 +144,19 @@ enum Plan<'a> {
 /// Acts on one stored body and records the outcome of delivery `id` with its effects.
 fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<DeliveryOutcome> {
     let now = ctx.now_secs();
+    let (update, fresh) = freshness(db, id, body)?;
+    if let Freshness::Stale {
+        delivered,
+        newest,
+        source,
+    } = fresh
+    {
+        let work_item = update.as_ref().map_or("?", |u| u.work_item_id.as_str());
+        let outcome = intake::stale_outcome(work_item, &delivered, &newest, &source);
+        db.record_outcome(id, &outcome, now)?;
+        return Ok(outcome);
+    }
+    let update = update.as_ref();
     match plan(ctx, db, body)? {
         Plan::Nothing(outcome) => {
             db.record_outcome(id, &outcome, now)?;
@@ -101,7 +166,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<DeliveryO
             project,
             change,
             reason,
-        } => start(ctx, db, id, project, &change, &reason),
+        } => start(ctx, db, id, update, project, &change, &reason),
         Plan::Move {
             task,
             from,
@@ -109,7 +174,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<DeliveryO
             reason,
         } => {
             let describe = |m: &Moved| moved_outcome(&task, from, to, m);
-            let record = Recorder::new(id, now, &describe);
+            let record = Recorder::new(id, now, &describe).guarded(update);
             let req = MoveRequest::new(&task, to, &reason, Actor::Webhook).recorded(Some(&record));
             match moves::move_task(ctx, db, &req) {
                 Ok(moved) => Ok(describe(&moved)),
@@ -140,7 +205,7 @@ fn act(ctx: &PassContext, db: &mut Db, id: i64, body: &[u8]) -> Result<DeliveryO
                     task.key
                 )),
             };
-            let record = Recorder::new(id, now, &describe);
+            let record = Recorder::new(id, now, &describe).guarded(update);
             let job = db.enqueue_job_recorded(
                 task.id,
                 Agent::Analyst,
@@ -248,6 +313,7 @@ fn start(
     ctx: &PassContext,
     db: &mut Db,
     id: i64,
+    update: Option<&SeenUpdate>,
     project: &Project,
     change: &StateChange,
     reason: &str,
@@ -283,7 +349,7 @@ fn start(
             ),
         )
     };
-    let record = Recorder::new(id, ctx.now_secs(), &describe);
+    let record = Recorder::new(id, ctx.now_secs(), &describe).guarded(update);
     let started = moves::start_task(ctx, db, &new, Actor::Webhook, reason, Some(&record))?;
     let task = db.task(started.task_id)?.expect("just started");
     // The recorded outcome is what the transaction did; the branch step came after it

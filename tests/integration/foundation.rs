@@ -352,12 +352,13 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 5)
+    orch status at 2026-11-25T03:00:00Z (schema 6)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
       job 1 ORCH-1 analyst (analysis) attempt 1 pid 2147483646 dead age 1m30s
     tasks: analysis 1, development 0, review 0, deploy-staging 0, deploy 0, done 0, cancelled 1
+    deliveries: pending 0, stale 0
     escalated: none
     post-deploy: none armed
     merge lease: free
@@ -382,6 +383,10 @@ fn status_text_json_and_prometheus() {
     orch_tasks{stage="deploy"} 0
     orch_tasks{stage="done"} 0
     orch_tasks{stage="cancelled"} 1
+    # HELP orch_deliveries Webhook deliveries pending (not yet acted on) and stale (a newer update was known).
+    # TYPE orch_deliveries gauge
+    orch_deliveries{outcome="pending"} 0
+    orch_deliveries{outcome="stale"} 0
     # HELP orch_tasks_escalated Tasks parked for a human.
     # TYPE orch_tasks_escalated gauge
     orch_tasks_escalated 0
@@ -404,6 +409,10 @@ fn status_text_json_and_prometheus() {
     let json = env.run(&["status", "--json"]).expect(0).json();
     insta::assert_json_snapshot!(json, @r#"
     {
+      "deliveries": {
+        "pending": 0,
+        "stale": 0
+      },
       "escalated": [],
       "escalated_total": 0,
       "generated_at": "2026-11-25T03:00:00Z",
@@ -432,7 +441,7 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 5,
+      "schema_version": 6,
       "staging": {
         "holders": [],
         "state": "free"

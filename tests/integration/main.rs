@@ -18,6 +18,7 @@ mod rounds;
 mod staging_check;
 mod staging_roundtrip;
 mod stale_artefacts;
+mod stale_deliveries;
 mod the_loop;
 mod versions;
 mod webhook;

@@ -79,7 +79,7 @@ impl World {
 }
 
 /// A POST request with these bytes as its body and these extra headers.
-fn post(body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn post(body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
     let mut req = format!(
         "POST /webhooks/plane HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nContent-Length: {}\r\n",
         body.len()
@@ -105,7 +105,7 @@ fn signed(body: &[u8], id: &str) -> Vec<u8> {
 }
 
 /// Runs `webhook-handle --stdio` with `request` on stdin; returns the run and the status.
-fn stdio(env: &TestEnv, request: &[u8]) -> (Run, u16) {
+pub(crate) fn stdio(env: &TestEnv, request: &[u8]) -> (Run, u16) {
     let mut child = env
         .command(&["webhook-handle", "--stdio"])
         .stdin(Stdio::piped())

@@ -9,8 +9,9 @@ use anyhow::Result;
 use rusqlite::params;
 
 use crate::adapters::db::recorder::record_outcome_in;
+use crate::adapters::db::updates::note_update_in;
 use crate::adapters::db::{sql_limit, Db};
-use crate::core::intake::DeliveryOutcome;
+use crate::core::intake::{DeliveryOutcome, SeenUpdate};
 
 /// The outcome column of a delivery not yet acted on.
 pub const PENDING: &str = "pending";
@@ -28,6 +29,11 @@ pub struct NewDelivery<'a> {
     pub body: &'a [u8],
     /// When it was received (unix seconds).
     pub received_at: i64,
+    /// The work item update it tells of, when its time can be told: stored as the
+    /// work item's newest seen update (max) in the same transaction, so a delivery
+    /// stored but not yet acted on already makes older ones stale. Its `source` is
+    /// set to the new row (`delivery N`).
+    pub update: Option<&'a SeenUpdate>,
 }
 
 /// What storing a delivery did.
@@ -108,7 +114,19 @@ impl Db {
             params![d.body_sha256, d.delivery_id, d.event, d.body, d.received_at],
         )?;
         let out = if inserted == 1 {
-            Stored::New(tx.last_insert_rowid())
+            let id = tx.last_insert_rowid();
+            if let Some(u) = d.update {
+                let source = format!("delivery {id}");
+                note_update_in(
+                    &tx,
+                    &SeenUpdate {
+                        source,
+                        ..u.clone()
+                    },
+                    d.received_at,
+                )?;
+            }
+            Stored::New(id)
         } else {
             let (id, delivery_id, outcome) = tx.query_row(
                 "SELECT id, delivery_id, outcome FROM deliveries WHERE body_sha256 = ?1",
@@ -150,6 +168,29 @@ impl Db {
             [sql_limit(limit)],
             delivery_from_row,
         )
+    }
+
+    /// Counts the deliveries `pending` and `stale` (each over its partial index).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn delivery_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        let mut out = std::collections::BTreeMap::new();
+        // Literal outcomes: a bound parameter would keep SQLite off the partial indexes.
+        for (outcome, sql) in [
+            (
+                PENDING,
+                "SELECT count(*) FROM deliveries WHERE outcome = 'pending'",
+            ),
+            (
+                "stale",
+                "SELECT count(*) FROM deliveries WHERE outcome = 'stale'",
+            ),
+        ] {
+            let n: i64 = self.conn().query_row(sql, [], |r| r.get(0))?;
+            out.insert(outcome.to_string(), n);
+        }
+        Ok(out)
     }
 
     /// Counts one more attempt at acting on a delivery.
@@ -216,6 +257,7 @@ mod tests {
             event: "issue",
             body: b"{}",
             received_at: 10,
+            update: None,
         };
         let Stored::New(first) = db.insert_delivery(&new("d1")).unwrap() else {
             panic!("new")

@@ -12,8 +12,10 @@
 //! it in this list, never one below (so no import cycle); callers import everything
 //! from here.
 //!
+//! - `updates.rs`: the newest update seen of each work item (stale deliveries);
+//!   imports nothing of the store.
 //! - `recorder.rs`: a webhook delivery's outcome recorded inside a write's transaction
-//!   ([`Recorder`]); imports nothing of the store.
+//!   ([`Recorder`]), guarded by the newest update seen; uses `updates.rs`.
 //! - `tasks.rs`: the `tasks` and `stage_events` rows, creation, the per-round fields.
 //! - `jobs.rs`: the `jobs` rows, enqueueing, and the claims, stamps and flips of
 //!   `dispatch`, `run-job`, `reap` and `job`.
@@ -45,6 +47,7 @@ mod recorder;
 mod rounds;
 mod start;
 mod tasks;
+mod updates;
 
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, PENDING};
 pub use jobs::{RunningRow, StagingHolder};
@@ -53,7 +56,7 @@ pub use notifications::Notification;
 pub use passes::PassRecord;
 pub use plane_states::read_cached_states;
 pub use reconcile::ESCALATION_KIND;
-pub use recorder::{AlreadyRecorded, Recorder};
+pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
 
 /// The numbered migrations; index + 1 is the `user_version` each one brings.
@@ -63,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_supervisor_start_time.sql"),
     include_str!("migrations/0004_rounds.sql"),
     include_str!("migrations/0005_provenance.sql"),
+    include_str!("migrations/0006_work_item_updates.sql"),
 ];
 
 /// The schema version this build writes.

@@ -122,7 +122,9 @@ impl Db {
 mod tests {
     use super::*;
     use crate::adapters::db::test_support::count;
-    use crate::adapters::db::{AlreadyRecorded, Move, Moved, NewDelivery, Stored};
+    use crate::adapters::db::{
+        AlreadyRecorded, Move, Moved, NewDelivery, Stored, Superseded, PENDING,
+    };
     use crate::core::intake::{DeliveryOutcome, OutcomeKind};
 
     fn new_task() -> NewTask {
@@ -145,6 +147,7 @@ mod tests {
                 event: "issue",
                 body: b"{}",
                 received_at: 1,
+                update: None,
             })
             .unwrap()
         else {
@@ -188,6 +191,39 @@ mod tests {
             .start_task(&new_task(), Actor::Operator, "r", 5, None)
             .unwrap();
         assert_eq!(after_run.enqueued_job, None, "the analyst ran once already");
+    }
+
+    #[test]
+    fn a_start_superseded_by_a_newer_update_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("t.db")).unwrap();
+        let d = new_delivery(&mut db, "z");
+        let update = |micros: i64, source: &str| crate::core::intake::SeenUpdate {
+            work_item_id: new_task().work_item_id,
+            micros,
+            text: format!("t{micros}"),
+            source: source.into(),
+        };
+        db.note_updates(&[update(20, "listing")], 1).unwrap();
+        let describe = |s: &TaskStart| DeliveryOutcome::new(OutcomeKind::Started, format!("{s:?}"));
+        let older = update(10, "delivery");
+        let rec = Recorder::new(d, 2, &describe).guarded(Some(&older));
+        let err = db
+            .start_task(&new_task(), Actor::Webhook, "r", 2, Some(&rec))
+            .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<Superseded>().map(|s| s.newest.micros),
+            Some(20)
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM tasks"), 0);
+        assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 0);
+        assert_eq!(db.delivery(d).unwrap().unwrap().outcome, PENDING);
+        // An equal time is current: it commits.
+        let equal = update(20, "delivery");
+        let rec = Recorder::new(d, 2, &describe).guarded(Some(&equal));
+        db.start_task(&new_task(), Actor::Webhook, "r", 2, Some(&rec))
+            .unwrap();
+        assert_eq!(count(&db, "SELECT count(*) FROM tasks"), 1);
     }
 
     #[test]

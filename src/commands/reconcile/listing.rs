@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::adapters::db::Db;
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{PlaneClient, WorkItem};
-use crate::core::intake::PlaneState as CachedState;
+use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
 use crate::core::plane::Project;
 use crate::core::reconcile::{self, Listed};
 
@@ -56,6 +56,7 @@ impl Pass<'_> {
                     return Ok(l);
                 }
             };
+            self.note_listed_updates(db, &page.items)?;
             for item in page.items {
                 let state = match &item.state {
                     Some(s) => Some(CachedState {
@@ -107,6 +108,19 @@ impl Pass<'_> {
             }
             cursor = Some(next);
         }
+    }
+
+    /// Remembers each listed work item's `updated_at` as its newest seen update (one
+    /// transaction a page): a delivery older than what a listing showed is stale.
+    fn note_listed_updates(&mut self, db: &mut Db, items: &[WorkItem]) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let updates: Vec<SeenUpdate> = items
+            .iter()
+            .filter_map(|i| SeenUpdate::new(&i.id, &i.updated_at, "listing"))
+            .collect();
+        db.note_updates(&updates, self.now)
     }
 
     pub(super) fn rate_limit(&mut self, retry_after: Option<std::time::Duration>) {

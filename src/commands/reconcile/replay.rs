@@ -35,7 +35,11 @@ impl Pass<'_> {
             }
             match crate::ops::delivery::process_delivery(self.ctx, db, row.id) {
                 Ok(o) => {
-                    self.report.c.replayed += 1;
+                    if o.kind == intake::OutcomeKind::Stale {
+                        self.report.c.stale += 1;
+                    } else {
+                        self.report.c.replayed += 1;
+                    }
                     log::info!(
                         "replayed delivery {}: {} {}",
                         row.id,
@@ -113,6 +117,27 @@ impl Pass<'_> {
                     "replayed: work item is in {:?} in Plane (its webhook was lost)",
                     state.name
                 );
+                if matches!(decision, Replay::Start | Replay::Move { .. }) {
+                    // The listing may be older than a delivery stored meanwhile: the
+                    // same rule as for deliveries.
+                    let newest = db.newest_update(&item.id)?;
+                    if let intake::Freshness::Stale {
+                        delivered,
+                        newest,
+                        source,
+                    } = intake::freshness(&item.updated_at, newest.as_ref())
+                    {
+                        self.report.c.stale += 1;
+                        self.report.replays.push(ReplayLine {
+                            source: "work-item",
+                            id: item.id.clone(),
+                            detail: format!(
+                                "stale: listed at {delivered}, but an update at {newest} is already known ({source}): nothing done"
+                            ),
+                        });
+                        continue;
+                    }
+                }
                 let detail = match decision {
                     Replay::Ignore => continue,
                     Replay::Capped => {

@@ -94,6 +94,8 @@ pub struct Tally {
     pub deferred: i64,
     /// Deliveries and work items replayed.
     pub replayed: i64,
+    /// Deliveries and work items not replayed because a newer update was known.
+    pub stale: i64,
     /// Branches created (or found) on Gitea.
     pub branches: i64,
     /// Tasks still lacking their branch after the pass.
@@ -120,6 +122,7 @@ impl Report {
             ("waiting", c.waiting),
             ("deferred", c.deferred),
             ("replayed", c.replayed),
+            ("stale", c.stale),
             ("branches", c.branches),
             ("branches_left", c.branches_left),
             ("errors", c.errors),
