@@ -25,6 +25,31 @@ pub enum CiState {
 }
 
 impl CiState {
+    /// Whether this verdict is final for its commit: success or failure. A head's final
+    /// verdict is kept (`ci_verdicts`) and never read again; pending, no CI at all, or
+    /// a state orch does not know may still change and are read every time.
+    pub fn is_final(&self) -> bool {
+        matches!(self, CiState::Success | CiState::Failure)
+    }
+
+    /// The stored name of a final verdict (`None` for one that is not final).
+    pub fn final_name(&self) -> Option<&'static str> {
+        match self {
+            CiState::Success => Some("success"),
+            CiState::Failure => Some("failure"),
+            _ => None,
+        }
+    }
+
+    /// The final verdict a stored name stands for (see [`CiState::final_name`]).
+    pub fn from_final_name(name: &str) -> Option<CiState> {
+        match name {
+            "success" => Some(CiState::Success),
+            "failure" => Some(CiState::Failure),
+            _ => None,
+        }
+    }
+
     /// Maps Gitea's combined `state` string.
     pub fn from_gitea(state: &str) -> CiState {
         match state {

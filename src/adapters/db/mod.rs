@@ -23,7 +23,8 @@
 //!   `tasks.rs`'s `create_in` and `jobs.rs`'s `enqueue_in`.
 //! - `rounds.rs`: the name a new round's branch takes.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
-//! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say.
+//! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
+//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
 };
 
+mod ci_verdicts;
 mod deliveries;
 mod jobs;
 mod moves;
@@ -62,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_intake_and_passes.sql"),
     include_str!("migrations/0003_supervisor_start_time.sql"),
     include_str!("migrations/0004_rounds.sql"),
+    include_str!("migrations/0005_ci_verdicts.sql"),
 ];
 
 /// The schema version this build writes.
