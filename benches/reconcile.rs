@@ -2,12 +2,17 @@
 //! Gitea stand-ins on loopback.
 //!
 //! Run: `cargo bench --bench reconcile`. The seeded state is steady (every pass makes
-//! the same decisions and writes nothing but its pass record), so each run measures
-//! the same pass: 10,000 work items listed in pages of 100 (100 Plane requests), 1,000
-//! development tasks reading their PR by number and its CI (2 Gitea requests each,
-//! waiting on pending CI), 3,000 review tasks with no verdict yet, 3,000 escalated and
-//! 3,000 with a live job. Prints the median and p99 wall time, the peak resident memory
-//! and the requests made per pass.
+//! the same decisions and writes nothing but its pass record and, on a first pass, the
+//! CI verdicts it learned): 10,000 work items listed in pages of 100 (100 Plane
+//! requests), 1,000 development tasks whose job has not run yet (the gate waits), each
+//! with a recorded open PR whose head's CI is final (half green, half red), 3,000 review
+//! tasks with no verdict yet, 3,000 escalated and 3,000 with a live job.
+//!
+//! Two series in the same run: the **first pass** (the CI verdict cache emptied before
+//! each run: every head's CI is read) and the **second pass** (the cache the first pass
+//! filled: nothing has changed, so only the list pages are read). Prints each one's
+//! median and p99 wall time, the peak resident memory, the requests per pass and the
+//! speed-up, and fails when a second pass makes any Gitea request but a list page.
 
 mod common;
 
@@ -102,7 +107,6 @@ fn main() {
             .unwrap();
         }
         let (agent, status) = match stage {
-            "development" => ("developer", "succeeded"),
             "deploy-staging" => ("deployer", "running"),
             _ => ("", ""),
         };
@@ -117,20 +121,67 @@ fn main() {
         if let Some(p) = pr {
             gitea.add_pull(&format!("acme/{name}"), &PullSeed::open(p, &branch));
             let head = gitea.pull(&format!("acme/{name}"), p).unwrap().head_sha;
-            gitea.add_status(&format!("acme/{name}"), &head, "ci/test", "pending");
+            // Green: the verdict orch keeps per head (a red one is read every pass, as
+            // CI may be re-run on the same commit), so a steady pass reads no CI.
+            gitea.add_status(&format!("acme/{name}"), &head, "ci/test", "success");
         }
     }
     db.execute_batch("COMMIT").unwrap();
     drop(db);
 
     let runs = 5;
-    let m = common::measure(runs, || command(&home, plane.url(), gitea.url()));
-    let passes = (runs + 1) as f64;
-    let plane_req = plane.server().requests().len() as f64 / passes;
-    let gitea_req = gitea.server().requests().len() as f64 / passes;
-    println!("reconcile over {TASKS} tasks in 3 projects: {m}");
+    let gitea_count = |what: fn(&str) -> bool| {
+        gitea
+            .server()
+            .requests()
+            .iter()
+            .filter(|r| what(&r.path))
+            .count()
+    };
+    let is_list = |path: &str| path.ends_with("/pulls");
+    let any = |_: &str| true;
+    let counts = || {
+        (
+            plane.server().requests().len(),
+            gitea_count(any),
+            gitea_count(is_list),
+        )
+    };
+    let per_pass = |before: (usize, usize, usize), after: (usize, usize, usize)| {
+        let passes = (runs + 1) as f64;
+        (
+            (after.0 - before.0) as f64 / passes,
+            (after.1 - before.1) as f64 / passes,
+            (after.2 - before.2) as f64 / passes,
+        )
+    };
+
+    // First pass: every run starts with no CI verdict known.
+    let before = counts();
+    let first = common::measure(runs, || {
+        home.db().execute("DELETE FROM ci_verdicts", []).unwrap();
+        command(&home, plane.url(), gitea.url())
+    });
+    let (p1, g1, l1) = per_pass(before, counts());
+    let kept = home.count("SELECT count(*) FROM ci_verdicts");
+    assert_eq!(kept, 1000, "every final verdict kept");
+
+    // Second pass: the verdicts the last first pass kept; nothing else changed.
+    let before = counts();
+    let second = common::measure(runs, || command(&home, plane.url(), gitea.url()));
+    let (p2, g2, l2) = per_pass(before, counts());
+
+    println!("reconcile over {TASKS} tasks in 3 projects, first pass: {first}");
+    println!("  requests per pass: plane={p1:.0} gitea={g1:.0} (of which {l1:.0} PR list pages)");
+    println!("reconcile over {TASKS} tasks in 3 projects, second pass: {second}");
+    println!("  requests per pass: plane={p2:.0} gitea={g2:.0} (of which {l2:.0} PR list pages)");
     println!(
-        "requests per pass: plane={plane_req:.0} gitea={gitea_req:.0} (1,000 tasks evaluated against Gitea)"
+        "second pass is {:.1}x faster than the first (medians)",
+        first.median.as_secs_f64() / second.median.as_secs_f64()
+    );
+    assert_eq!(
+        g2, l2,
+        "a second pass reads only the PR list pages from Gitea"
     );
     let stuck = home.count("SELECT count(*) FROM stage_events");
     assert_eq!(stuck, 0, "the seeded state is steady: no pass moved a task");

@@ -3,15 +3,25 @@
 //!
 //! - The PR: found the first time by listing the repo's open pulls (cached once per
 //!   repo per pass) and matching `head.ref == task.branch`; its number is then recorded
-//!   on the task, and afterwards the PR is read by number. A recorded PR that is closed
-//!   (merged or not) is not the task's current PR at `development`, `review` or
-//!   `deploy-staging` (`core::round::recorded_pr_is_current`): the open PR of the branch
-//!   is looked for instead, and its number replaces the recorded one. At `deploy` the
-//!   recorded PR stays current when merged (that is how `deploy → done` passes). A PR
-//!   read by number whose head is not the task's branch any more (`refs/pull/N/head`
-//!   after the branch was deleted) is still that PR.
+//!   on the task. A one-off forge ([`Forge::new`]: run-job, staging-check, a move)
+//!   afterwards reads the PR by number. A pass's forge ([`Forge::for_pass`]: reconcile)
+//!   answers a recorded PR from that same listing: listed means open (and current at
+//!   every stage); not listed means closed or merged, and it is read by number only at
+//!   `deploy`, where its merged state matters. So a steady pass costs the listing's
+//!   pages per repo, not a request per task; should the listing fail, the PR is read by
+//!   number as a one-off forge would. A recorded PR that is closed (merged or not) is
+//!   not the task's current PR at `development`, `review` or `deploy-staging`
+//!   (`core::round::recorded_pr_is_current`): the open PR of the branch is looked for
+//!   instead, and its number replaces the recorded one. At `deploy` the recorded PR
+//!   stays current when merged (that is how `deploy → done` passes). A PR read by number
+//!   whose head is not the task's branch any more (`refs/pull/N/head` after the branch
+//!   was deleted) is still that PR.
 //! - CI: every context of the PR head SHA, decided by `gitea::ci_verdict` (no context,
-//!   no CI reported, is not success; the gate waits on it).
+//!   no CI reported, is not success; the gate waits on it). A head's green verdict
+//!   does not change: given the database ([`Forge::gate_facts`]), a success recorded in
+//!   `ci_verdicts` for the repo and head SHA is used without a request, and a success
+//!   just read is handed back to be recorded ([`ForgeFacts::final_ci`]). A failed head
+//!   (CI may be re-run on the same commit) and a pending one are read every time.
 //! - Deploy → done: a PR whose head is already contained in its base counts as merged
 //!   (`core::merge::head_contained_in_base`, the rule merge-guard decides with too;
 //!   counted by `GiteaClient::commits_ahead`, which works where compare by SHA does not).
@@ -21,6 +31,7 @@
 
 use std::collections::HashMap;
 
+use crate::adapters::db::Db;
 use crate::adapters::gitea::{GiteaClient, PullRequest};
 use crate::adapters::http::HttpError;
 use crate::core::facts::{CiState, Fact, PrFacts};
@@ -37,6 +48,9 @@ pub const GITEA_NOT_CONFIGURED: &str = "gitea is not configured (ORCH_GITEA_URL)
 /// per-pass cache of each repo's open pulls and a request count.
 pub struct Forge<'a> {
     client: Option<&'a GiteaClient>,
+    /// Whether a recorded PR is answered from the repo's open pulls listing (a pass over
+    /// many tasks) rather than read by number (one task).
+    from_listing: bool,
     open_pulls: HashMap<String, Result<Vec<PullRequest>, String>>,
     /// Gitea calls made (a listing counts one per page read).
     pub requests: i64,
@@ -52,24 +66,52 @@ pub struct ForgeFacts {
     /// A PR number to record on the task: seen for the first time, or the open PR that
     /// replaces a recorded one that is closed.
     pub new_pr_number: Option<u64>,
+    /// A CI verdict to keep ([`CiState::is_kept`]: success) read from Gitea (not from the cache) and the head SHA it is
+    /// about: for the caller to record in `ci_verdicts` (`Db::record_ci_verdict`).
+    pub final_ci: Option<(String, CiState)>,
 }
 
 impl<'a> Forge<'a> {
-    /// Builds the forge around the pass's client (or none: every fact is unknown).
+    /// Builds a forge for one task (or a few) around `client` (or none: every fact is
+    /// unknown): a recorded PR is read by number.
     pub fn new(client: Option<&'a GiteaClient>) -> Forge<'a> {
         Forge {
             client,
+            from_listing: false,
             open_pulls: HashMap::new(),
             requests: 0,
         }
     }
 
-    /// Reads the facts `needs` lists for `task` at `stage`.
+    /// Builds a forge for a pass over many tasks: a recorded PR is answered from its
+    /// repo's open pulls, listed once per pass, and read by number only where the
+    /// listing cannot tell (a PR not listed at `deploy`, or a listing that failed).
+    pub fn for_pass(client: Option<&'a GiteaClient>) -> Forge<'a> {
+        Forge {
+            from_listing: true,
+            ..Forge::new(client)
+        }
+    }
+
+    /// Reads the facts `needs` lists for `task` at `stage`, with no CI cache.
     pub fn facts(&mut self, task: &Task, stage: Stage, needs: &[Need]) -> ForgeFacts {
+        self.gate_facts(task, stage, needs, None)
+    }
+
+    /// Reads the facts `needs` lists for `task` at `stage`; with `ci_cache`, a head
+    /// whose green CI verdict is recorded there is not read again.
+    pub fn gate_facts(
+        &mut self,
+        task: &Task,
+        stage: Stage,
+        needs: &[Need],
+        ci_cache: Option<&Db>,
+    ) -> ForgeFacts {
         let mut out = ForgeFacts {
             pr: Err("not gathered".into()),
             ci: Err("not gathered".into()),
             new_pr_number: None,
+            final_ci: None,
         };
         let wants_pr = needs.contains(&Need::Pr) || needs.contains(&Need::Ci);
         if !wants_pr {
@@ -108,7 +150,25 @@ impl<'a> Forge<'a> {
             }
         }
         if needs.contains(&Need::Ci) {
-            out.ci = self.ci(task, &facts.head_sha);
+            let known = ci_cache.and_then(|db| match db.ci_verdict(&task.repo, &facts.head_sha) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::warn!("task {}: reading the CI verdict cache: {e:#}", task.key);
+                    None
+                }
+            });
+            out.ci = match known {
+                Some(v) => Ok(v),
+                None => {
+                    let read = self.ci(task, &facts.head_sha);
+                    if let Ok(v) = &read {
+                        if v.is_kept() {
+                            out.final_ci = Some((facts.head_sha.clone(), v.clone()));
+                        }
+                    }
+                    read
+                }
+            };
         }
         out.pr = Ok(Some(facts));
         out
@@ -126,6 +186,9 @@ impl<'a> Forge<'a> {
         stage: Stage,
     ) -> Result<(Option<PullRequest>, Option<u64>), String> {
         if let Some(n) = task.pr_number.and_then(|n| u64::try_from(n).ok()) {
+            if let Some(answer) = self.recorded_from_listing(task, stage, n) {
+                return Ok(answer);
+            }
             self.requests += 1;
             let pr = self
                 .client()
@@ -143,6 +206,34 @@ impl<'a> Forge<'a> {
             .cloned();
         let new = found.as_ref().map(|pr| pr.number);
         Ok((found, new))
+    }
+
+    /// A pass's answer for recorded PR `n` from the repo's open pulls: listed, it is open
+    /// and current; not listed, it is closed or merged, so (except at `deploy`, where it
+    /// stays current and its merged state is read by number) the branch's open PR is
+    /// the current one. `None` when the listing cannot tell.
+    fn recorded_from_listing(
+        &mut self,
+        task: &Task,
+        stage: Stage,
+        n: u64,
+    ) -> Option<(Option<PullRequest>, Option<u64>)> {
+        if !self.from_listing {
+            return None;
+        }
+        let listed = self.open_pulls(&task.repo).ok()?;
+        if let Some(pr) = listed.iter().find(|pr| pr.number == n) {
+            return Some((Some(pr.clone()), None));
+        }
+        if recorded_pr_is_current(stage, false) {
+            return None;
+        }
+        let found = listed
+            .iter()
+            .find(|pr| pr.head.ref_name == task.branch)
+            .cloned();
+        let new = found.as_ref().map(|pr| pr.number);
+        Some((found, new))
     }
 
     /// The repo's open pulls, listed once per pass.

@@ -114,7 +114,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
             job_max_attempts: s.job_max_attempts.0,
         },
         plane: ctx.plane()?,
-        forge: Forge::new(ctx.gitea()?),
+        forge: Forge::for_pass(ctx.gitea()?),
         merged: std::collections::HashMap::new(),
         report: Report {
             dry_run,

@@ -25,6 +25,25 @@ pub enum CiState {
 }
 
 impl CiState {
+    /// Whether this verdict is kept for its commit (`ci_verdicts`) and never read again:
+    /// success only. A failure is not kept: a CI re-run of the same commit (a flaky job
+    /// re-run in Gitea Actions or another runner) can turn it green, and a kept failure
+    /// would hold the task until a push. Pending, no CI at all, or a state orch does not
+    /// know may still change too; all of these are read every time.
+    pub fn is_kept(&self) -> bool {
+        matches!(self, CiState::Success)
+    }
+
+    /// The stored name of a kept verdict (`None` for one that is not kept).
+    pub fn kept_name(&self) -> Option<&'static str> {
+        self.is_kept().then_some("success")
+    }
+
+    /// The kept verdict a stored name stands for (see [`CiState::kept_name`]).
+    pub fn from_kept_name(name: &str) -> Option<CiState> {
+        (name == "success").then_some(CiState::Success)
+    }
+
     /// Maps Gitea's combined `state` string.
     pub fn from_gitea(state: &str) -> CiState {
         match state {

@@ -40,7 +40,8 @@ pub fn gate_inputs(ctx: &PassContext, db: &Db, task: &Task) -> GateInputs {
 /// Reads what `task`'s current stage's gate needs through `forge` (a pass shares one,
 /// so each repo's open pulls are listed once). A PR seen for the first time, or the open
 /// PR that replaces a recorded closed one, has its number recorded on the task when
-/// `record` (not in dry runs).
+/// `record` (not in dry runs); so has a green CI verdict of the PR head
+/// (`ci_verdicts`), which is then never read from Gitea again.
 pub fn gate_inputs_with(
     ctx: &PassContext,
     db: &Db,
@@ -87,9 +88,17 @@ pub fn gate_inputs_with(
         }
     }
     let needs = gate::needs(task.stage);
-    let facts = forge.facts(task, task.stage, &needs);
+    let facts = forge.gate_facts(task, task.stage, &needs, Some(db));
     inputs.pr = facts.pr;
     inputs.ci = facts.ci;
+    if let (Some((sha, verdict)), true) = (&facts.final_ci, record) {
+        if let Err(e) = db.record_ci_verdict(&task.repo, sha, verdict, ctx.now_secs()) {
+            log::warn!(
+                "task {}: recording the CI verdict of {sha}: {e:#}",
+                task.key
+            );
+        }
+    }
     if let (Some(n), true) = (facts.new_pr_number, record) {
         match db.set_pr_number(
             task.id,

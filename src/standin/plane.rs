@@ -458,6 +458,17 @@ fn route(m: &mut Model, r: &Recorded) -> Reply {
 
 /// Applies `per_page` + `cursor` the way CE's `OffsetPaginator` does.
 fn paginate(all: Vec<Value>, r: &Recorded) -> Reply {
+    let total = all.len();
+    paginate_with(total, |range| all[range].to_vec(), r)
+}
+
+/// [`paginate`] over `total` results of which only the page asked for is built
+/// (`page_of(range)`): a listing of thousands of items builds one page per request.
+fn paginate_with(
+    total: usize,
+    page_of: impl FnOnce(std::ops::Range<usize>) -> Vec<Value>,
+    r: &Recorded,
+) -> Reply {
     let per_page = match r.param("per_page") {
         None => MAX_PER_PAGE,
         Some(p) => match p.parse::<usize>() {
@@ -484,10 +495,9 @@ fn paginate(all: Vec<Value>, r: &Recorded) -> Reply {
             }
         }
     };
-    let total = all.len();
     let start = (page * per_page).min(total);
     let end = (start + per_page).min(total);
-    let results: Vec<Value> = all[start..end].to_vec();
+    let results: Vec<Value> = page_of(start..end);
     let page_i = i64::try_from(page).unwrap_or(0);
     Reply::json(
         200,
@@ -598,13 +608,19 @@ fn list_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
         return not_found();
     };
     let expand = expands_state(r);
-    let all = p
-        .items
-        .iter()
-        .rev()
-        .map(|i| item_json(m, pid, i, expand))
-        .collect();
-    paginate(all, r)
+    paginate_with(
+        p.items.len(),
+        |range| {
+            p.items
+                .iter()
+                .rev()
+                .skip(range.start)
+                .take(range.len())
+                .map(|i| item_json(m, pid, i, expand))
+                .collect()
+        },
+        r,
+    )
 }
 
 fn get_item(m: &Model, pid: &str, id: &str, r: &Recorded) -> Reply {

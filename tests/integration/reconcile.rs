@@ -580,3 +580,130 @@ fn the_dry_run_report_names_each_task_and_what_a_pass_would_do() {
     WEB-3 review: skip (blocked): work item is in "Blocked"
     "#);
 }
+
+#[test]
+fn a_steady_pass_reads_list_pages_and_ci_only_for_heads_not_yet_green() {
+    let w = world();
+    // Development tasks whose job has not run yet: every pass waits on them, reading
+    // their PR and CI (steady: nothing moves). PRs #1 green, #2 red, #3 pending; the
+    // PR numbers are recorded by the first pass (found by branch in the listing).
+    let repo = "acme/orch";
+    let mut heads = Vec::new();
+    for (n, ci) in [(1u64, "success"), (2, "failure"), (3, "pending")] {
+        w.task("orch", n, "development", NOW_UNIX - 1_000, 0);
+        w.item(P1, n, IN_PROGRESS);
+        w.gitea()
+            .add_pull(repo, &PullSeed::open(n, &format!("task/orch-{n}")));
+        let head = w.gitea().pull(repo, n).unwrap().head_sha;
+        w.gitea().add_status(repo, &head, "ci/test", ci);
+        heads.push(head);
+    }
+    let seen = std::cell::Cell::new(0usize);
+    // The Gitea requests since the last call, as `(list pages, PRs by number, CI reads
+    // by head, others)`.
+    let gitea_since = || {
+        let all = w.gitea().server().requests();
+        let new = &all[seen.get()..];
+        seen.set(all.len());
+        let pulls = format!("/api/v1/repos/{repo}/pulls");
+        let mut ci: Vec<String> = Vec::new();
+        let (mut pages, mut by_number, mut other) = (0, 0, 0);
+        for r in new {
+            if r.path == pulls {
+                pages += 1;
+            } else if r.path.starts_with(&format!("{pulls}/")) {
+                by_number += 1;
+            } else if let Some(h) = heads.iter().find(|h| r.path.contains(h.as_str())) {
+                ci.push(h.clone());
+            } else if r.path.ends_with("/status") {
+                ci.push(r.path.clone());
+            } else {
+                other += 1;
+            }
+        }
+        (pages, by_number, ci, other)
+    };
+    let cached = || w.env.count("SELECT count(*) FROM ci_verdicts");
+    let ci_blocker = |r: &Value, key: &str| verdict_of(r, key)["because"].to_string();
+
+    // A dry run reads everything and records nothing.
+    w.reconcile(&["--dry-run", "--json"]);
+    let (_, _, ci, _) = gitea_since();
+    assert_eq!(ci.len(), 3);
+    assert_eq!(cached(), 0, "a dry run writes no CI verdict");
+
+    // First pass: one list page, three CI reads; only the green verdict is kept.
+    let r = w.json();
+    assert_eq!(gitea_since(), (1, 0, heads.clone(), 0), "{}", r["counts"]);
+    assert_eq!(r["counts"]["gitea_requests"], 4);
+    assert_eq!(cached(), 1, "success kept; failure and pending never");
+    assert!(ci_blocker(&r, "ORCH-2").contains("CI failed"), "{r:#}");
+    let plane_before = w.plane_requests();
+
+    // Second pass over the unchanged tasks: the list page and only the CI of the heads
+    // not green yet (a failure may be re-run green on the same commit).
+    let before = w.snapshot();
+    let r = w.json();
+    assert_eq!(
+        gitea_since(),
+        (1, 0, vec![heads[1].clone(), heads[2].clone()], 0),
+        "{}",
+        r["counts"]
+    );
+    assert_eq!(r["counts"]["gitea_requests"], 3);
+    assert_eq!(
+        w.plane_requests() - plane_before,
+        3,
+        "Plane: one list page per project"
+    );
+    // The cached verdicts decide as the read ones did.
+    assert!(ci_blocker(&r, "ORCH-2").contains("CI failed"), "{r:#}");
+    assert!(ci_blocker(&r, "ORCH-3").contains("CI pending"), "{r:#}");
+    assert!(
+        !ci_blocker(&r, "ORCH-1").contains("check_ci_green"),
+        "{r:#}"
+    );
+    assert_eq!(w.snapshot(), before, "a steady pass writes nothing");
+
+    // The pending head turns green, and the red one is re-run green on the same commit:
+    // each is read once more, then known.
+    w.gitea().add_status(repo, &heads[2], "ci/test", "success");
+    w.gitea().add_status(repo, &heads[1], "ci/test", "success");
+    let r = w.json();
+    assert_eq!(
+        gitea_since(),
+        (1, 0, vec![heads[1].clone(), heads[2].clone()], 0)
+    );
+    assert!(
+        !ci_blocker(&r, "ORCH-2").contains("check_ci_green"),
+        "{r:#}"
+    );
+    assert_eq!(cached(), 3);
+    let r = w.json();
+    assert_eq!(gitea_since(), (1, 0, vec![], 0), "only the list page");
+    assert_eq!(r["counts"]["gitea_requests"], 1);
+
+    // A push moves PR #1's head: the new head's CI is read, red every pass, green once.
+    let new_head = orch::standin::gitea::fake_sha("orch-1 second push");
+    w.gitea().push(repo, "task/orch-1", &new_head);
+    w.gitea().add_status(repo, &new_head, "ci/test", "failure");
+    // `gitea_since` names the first three heads; a read of the new one is its path.
+    let reads_only_new_head = || {
+        let (pages, by_number, ci, other) = gitea_since();
+        assert_eq!((pages, by_number, other), (1, 0, 0));
+        assert_eq!(ci.len(), 1);
+        assert!(ci[0].contains(&new_head), "{ci:?}");
+    };
+    let r = w.json();
+    reads_only_new_head();
+    assert!(ci_blocker(&r, "ORCH-1").contains("CI failed"), "{r:#}");
+    w.json();
+    reads_only_new_head(); // a red head is read again
+    assert_eq!(cached(), 3);
+    w.gitea().add_status(repo, &new_head, "ci/test", "success");
+    w.json();
+    reads_only_new_head();
+    w.json();
+    assert_eq!(gitea_since(), (1, 0, vec![], 0));
+    assert_eq!(cached(), 4);
+}

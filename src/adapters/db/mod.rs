@@ -25,7 +25,8 @@
 //!   `tasks.rs`'s `create_in` and `jobs.rs`'s `enqueue_in`.
 //! - `rounds.rs`: the name a new round's branch takes.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
-//! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say.
+//! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
+//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
 };
 
+mod ci_verdicts;
 mod deliveries;
 mod jobs;
 mod moves;
@@ -67,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_rounds.sql"),
     include_str!("migrations/0005_provenance.sql"),
     include_str!("migrations/0006_work_item_updates.sql"),
+    include_str!("migrations/0007_ci_verdicts.sql"),
 ];
 
 /// The schema version this build writes.
