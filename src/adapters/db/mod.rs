@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_intake_and_passes.sql"),
     include_str!("migrations/0003_supervisor_start_time.sql"),
     include_str!("migrations/0004_rounds.sql"),
+    include_str!("migrations/0005_counts_and_indexes.sql"),
 ];
 
 /// The schema version this build writes.
