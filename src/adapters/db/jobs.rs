@@ -735,6 +735,61 @@ mod tests {
     }
 
     #[test]
+    fn queue_heads_are_the_oldest_of_each_project_and_kind_whatever_the_queue_behind() {
+        let (_d, mut db) = crate::adapters::db::test_support::db();
+        // Two projects, five queued development jobs each, then one deploy-staging job
+        // each (the newest): the heads are the two oldest of each project's development
+        // jobs and each project's staging job, oldest first.
+        let mut ids = std::collections::HashMap::new();
+        for n in 1..=12u32 {
+            let project = if n % 2 == 0 { "shop" } else { "orch" };
+            let t = db
+                .create_task(
+                    &NewTask {
+                        project: project.into(),
+                        ..crate::adapters::db::test_support::new_task(n)
+                    },
+                    Actor::Operator,
+                    "t",
+                    1,
+                )
+                .unwrap()
+                .id();
+            let (agent, stage) = if n > 10 {
+                (Agent::Deployer, Stage::DeployStaging)
+            } else {
+                (Agent::Developer, Stage::Development)
+            };
+            let job = db.enqueue_job(t, agent, stage, i64::from(n)).unwrap().id();
+            ids.insert(n, job);
+        }
+        let heads = db.queued_heads(2, false).unwrap();
+        let got: Vec<(i64, &str, bool)> = heads
+            .iter()
+            .map(|q| (q.id, q.project.as_str(), q.uses_staging))
+            .collect();
+        let want = |n: u32, p, staging| (ids[&n], p, staging);
+        assert_eq!(
+            got,
+            vec![
+                want(1, "orch", false),
+                want(2, "shop", false),
+                want(3, "orch", false),
+                want(4, "shop", false),
+                want(11, "orch", true),
+                want(12, "shop", true),
+            ]
+        );
+        // Holding branchless jobs: none of these tasks has its branch confirmed, so every
+        // job but the analyst's waits; they are still listed, oldest first, as many as
+        // there are slots.
+        let held = db.queued_heads(2, true).unwrap();
+        assert_eq!(held.len(), 6);
+        assert!(held.iter().all(|q| q.branch_missing));
+        assert_eq!(db.queued_count().unwrap(), 12);
+    }
+
+    #[test]
     fn migration_5_counts_the_jobs_already_there_and_gives_them_their_project() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");

@@ -165,6 +165,20 @@ impl Db {
         Ok(db)
     }
 
+    /// Closes this connection without checkpointing the WAL (nor deleting it): for a
+    /// short process on the latency path, which leaves the checkpoint to the next pass
+    /// (SQLite still checkpoints every 1,000 pages as it commits).
+    ///
+    /// # Errors
+    /// When SQLite refuses the setting.
+    pub fn leave_wal_on_close(&self) -> Result<()> {
+        self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
+        Ok(())
+    }
+
     /// Returns the file path.
     pub fn path(&self) -> &Path {
         &self.path
