@@ -1,17 +1,37 @@
-//! `cargo bench --bench reap`: one whole `orch reap` process over 10,000 and 100,000
-//! running jobs whose stamps name a few real live processes (every job is judged alive,
-//! so the pass reads `/proc` once per job and writes nothing): median wall time of the
-//! process and its peak RSS.
+//! `cargo bench --bench reap`: one whole `orch reap` process over 1,000, 10,000 and
+//! 100,000 running jobs stamped as every real row is (agent pid and start time,
+//! supervisor pid and start time) with a few real live processes: every job is judged
+//! alive, so the pass reads its rows and `/proc` and writes nothing. Prints the median
+//! wall time and the orch process's peak RSS at each size, the growth, and the floor
+//! measured in the same run: the `sqlite3` shell selecting the same rows, plus one walk
+//! of `/proc` reading every process's start time.
 
 mod common;
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{measure, report, Home};
+use common::{measure, report, report_growth, sqlite3, Home};
+
+/// One walk of `/proc`: every process's `stat` read and its start time parsed.
+fn proc_walk() -> Duration {
+    let t0 = Instant::now();
+    let mut n = 0usize;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+                n += usize::from(orch::adapters::process::parse_stat(&stat).is_some());
+            }
+        }
+    }
+    assert!(n > 0);
+    t0.elapsed()
+}
 
 fn main() {
-    // A few real live processes to stamp the jobs with.
-    let mut live: Vec<std::process::Child> = (0..4)
+    // A few real live processes to stamp the jobs with (agents and supervisors).
+    let mut live: Vec<std::process::Child> = (0..8)
         .map(|_| {
             Command::new("/bin/sleep")
                 .arg("3600")
@@ -20,22 +40,46 @@ fn main() {
                 .expect("sleep")
         })
         .collect();
-    let stamps: Vec<(i64, i64)> = live
-        .iter()
-        .map(|c| {
-            let pid = i64::from(c.id());
-            (pid, orch::adapters::process::start_time(pid).expect("live"))
+    let start = |c: &std::process::Child| {
+        let pid = i64::from(c.id());
+        (pid, orch::adapters::process::start_time(pid).expect("live"))
+    };
+    let stamps: Vec<[i64; 4]> = (0..4)
+        .map(|k| {
+            let (pid, st) = start(&live[k]);
+            let (sup, sup_st) = start(&live[k + 4]);
+            [pid, st, sup, sup_st]
         })
         .collect();
-    for n in [10_000usize, 100_000] {
+    let mut points = Vec::new();
+    for n in [1_000usize, 10_000, 100_000] {
         let home = Home::with_projects(4);
-        home.seed_jobs(n, 4, Some(&stamps));
+        home.seed_fast(n, 4, Some(&stamps));
         let runs = if n > 50_000 { 5 } else { 11 };
+        let m = measure(runs, || home.orch(&["reap"]));
         report(
-            &format!("reap, {n} running jobs (alive)"),
-            &measure(runs, || home.orch(&["reap"])),
+            &format!("reap, {n} running jobs (alive, supervisor stamped)"),
+            &m,
         );
+        let sql = measure(runs, || {
+            sqlite3(
+                &home.path("orch.db"),
+                "SELECT * FROM jobs WHERE status = 'running' ORDER BY enqueued_at, id",
+            )
+        });
+        let mut walks: Vec<Duration> = (0..runs).map(|_| proc_walk()).collect();
+        walks.sort();
+        let floor = sql.median + walks[walks.len() / 2];
+        println!(
+            "  floor, {n} rows: sqlite3 {:.2}ms + /proc walk {:.2}ms = {:.2}ms; orch/floor ×{:.1}",
+            sql.median.as_secs_f64() * 1e3,
+            walks[walks.len() / 2].as_secs_f64() * 1e3,
+            floor.as_secs_f64() * 1e3,
+            m.median.as_secs_f64() / floor.as_secs_f64()
+        );
+        points.push((n, m.median));
     }
+    report_growth("reap", &points);
     for c in &mut live {
         let _ = c.kill();
         let _ = c.wait();

@@ -2,10 +2,14 @@
 //! environment every run gets), seeding, and timing whole `orch` processes (median, p99
 //! and min wall time after one warm-up run, peak RSS of the children).
 //!
-//! [`Home::seed_jobs`] seeds through the library (`Db`), as tests do. The `status` and
-//! `reconcile` benches write their rows with SQL in one transaction: they need jobs in
-//! states no sequence of legal moves leaves (finished jobs of every agent at stages their
-//! task is not at) or no stage events at all (reconcile's steady state).
+//! [`Home::seed_jobs`] seeds through the library (`Db`), as tests do. [`Home::seed_fast`]
+//! and the `status` and `reconcile` benches write their rows with SQL in one transaction
+//! with prepared statements (a million rows in seconds): they need jobs in states no
+//! sequence of legal moves leaves, or sizes one transaction per task would take minutes
+//! to write. The schema's triggers (kept counts, a job's project) run either way.
+//!
+//! Peak memory is the orch process's own: one extra run under `/usr/bin/time -f %M`
+//! (the harness's own memory and other children never count).
 
 #![allow(dead_code)]
 
@@ -145,6 +149,102 @@ impl Home {
     }
 }
 
+impl Home {
+    /// Seeds `n` development tasks over `projects` projects (`p0`, ...), each with one
+    /// developer job, in one transaction with prepared statements. Without `running`
+    /// every job is queued (task `i` enqueued at instant `i`); with it every job runs,
+    /// stamped round-robin with `stamps`: (pid, start time, supervisor pid, supervisor
+    /// start time), as the supervisor and the agent stamp every real row.
+    pub fn seed_fast(&self, n: usize, projects: usize, running: Option<&[[i64; 4]]>) {
+        let mut conn = self.db();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut task = tx
+                .prepare(
+                    "INSERT INTO tasks (id, project, work_item_id, key, title, repo, branch, stage,
+                                        stage_entered_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 't', 'acme/x', ?5, 'development', ?6, ?6, ?6)",
+                )
+                .unwrap();
+            let mut job = tx
+                .prepare(
+                    "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at,
+                                       started_at, pid, pid_start_time, supervisor_pid,
+                                       supervisor_start_time, log_path)
+                     VALUES (?1, 'developer', 'development', ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .unwrap();
+            let now = now_secs();
+            for i in 0..n {
+                let id = i as i64 + 1;
+                let at = i as i64;
+                task.execute(params![
+                    id,
+                    format!("p{}", i % projects),
+                    format!("wi-{i}"),
+                    format!("K-{i}"),
+                    format!("k-{i}"),
+                    at
+                ])
+                .unwrap();
+                match running {
+                    None => job.execute(params![
+                        id,
+                        "queued",
+                        at,
+                        None::<i64>,
+                        None::<i64>,
+                        None::<i64>,
+                        None::<i64>,
+                        None::<i64>,
+                        None::<String>
+                    ]),
+                    Some(stamps) => {
+                        let [pid, start, sup, sup_start] = stamps[i % stamps.len()];
+                        job.execute(params![
+                            id,
+                            "running",
+                            at,
+                            now,
+                            pid,
+                            start,
+                            sup,
+                            sup_start,
+                            format!("/var/log/orch/jobs/{id}.log")
+                        ])
+                    }
+                }
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Runs `sql` with the `sqlite3` shell on `db` (output discarded): the floor of a pass
+/// whose work is that SQL. Needs `sqlite3` on PATH.
+pub fn sqlite3(db: &std::path::Path, sql: &str) -> Command {
+    let mut c = Command::new("sqlite3");
+    c.env_clear().env("PATH", "/usr/bin:/bin").arg(db).arg(sql);
+    c
+}
+
+/// Prints how a series of sizes grew: `name growth: 1000→10000 ×9.8, ...`.
+pub fn report_growth(name: &str, points: &[(usize, Duration)]) {
+    let steps: Vec<String> = points
+        .windows(2)
+        .map(|w| {
+            format!(
+                "{}→{} ×{:.1}",
+                w[0].0,
+                w[1].0,
+                w[1].1.as_secs_f64() / w[0].1.as_secs_f64()
+            )
+        })
+        .collect();
+    println!("{name} growth: {}", steps.join(", "));
+}
+
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -199,16 +299,47 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
     }
     times.sort();
     let pick = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
-    // ru_maxrss of RUSAGE_CHILDREN: the largest peak of any child waited for so far (KiB).
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-        .expect("getrusage");
     Measured {
         runs,
         median: pick(0.5),
         p99: pick(0.99),
         min: times[0],
-        max_rss_kib: usage.max_rss(),
+        max_rss_kib: peak_rss_kib(make()),
     }
+}
+
+/// Runs `cmd` once more under `/usr/bin/time -f %M` and returns that process's own peak
+/// RSS (KiB); without `/usr/bin/time`, the largest peak of any child so far.
+fn peak_rss_kib(cmd: Command) -> i64 {
+    let time = std::path::Path::new("/usr/bin/time");
+    if time.exists() {
+        let mut t = Command::new(time);
+        t.env_clear()
+            .args(["-f", "%M"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                t.env(k, v);
+            }
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            t.current_dir(dir);
+        }
+        let out = t
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if let Some(kib) = err.lines().last().and_then(|l| l.trim().parse().ok()) {
+            return kib;
+        }
+    }
+    // ru_maxrss of RUSAGE_CHILDREN: the largest peak of any child waited for so far (KiB).
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage")
+        .max_rss()
 }
 
 /// Prints one measured line: `name: runs=... median=...`.

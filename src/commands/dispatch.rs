@@ -61,11 +61,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     } else {
         db.queued_heads(free, hold_branchless)?
     };
-    let queued_total: i64 = db.conn().query_row(
-        "SELECT count(*) FROM jobs WHERE status = 'queued'",
-        [],
-        |r| r.get(0),
-    )?;
+    let queued_total = db.queued_count()?;
     let holders = db.staging_holders()?;
     let holder = holders.first().map(|h| h.job_id);
     let decided = plan(&queued, &running, limit, holder);

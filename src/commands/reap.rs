@@ -19,7 +19,7 @@ use crate::adapters::spawn::{terminate_group, Terminated};
 use crate::core::job::Job;
 use crate::core::reap::{judge, JobLiveness, ReapAction, ReapSettings, RunningFacts, Tier};
 use crate::exit::ExitStatus;
-use crate::ops::observe::{observe_with, supervisor_alive, ProcView};
+use crate::ops::observe::{observe_with, ProcView};
 use crate::ops::pass::{PassContext, PassOutcome};
 
 /// Running jobs read per query.
@@ -102,9 +102,18 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             match row {
                 Ok(job) => {
                     let observed = observe_with(&job, procs);
-                    if let Err(e) =
-                        reap_one(db, &job, observed, now, &settings, grace, dry_run, &mut t)
-                    {
+                    // The decision reads the supervisor only when an exit code is
+                    // recorded; every other job skips that look at /proc.
+                    let supervisor_alive = job.exit_code.is_some() && procs.supervisor_alive(&job);
+                    let facts = RunningFacts {
+                        exit_code: job.exit_code,
+                        started_at: job.started_at,
+                        dead_ticks: job.dead_ticks,
+                        supervisor_alive,
+                    };
+                    if let Err(e) = reap_one(
+                        db, &job, &facts, observed, now, &settings, grace, dry_run, &mut t,
+                    ) {
                         t.bad_rows += 1;
                         log::error!("reap: job {id} skipped: {e:#}");
                     }
@@ -154,6 +163,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
 fn reap_one(
     db: &Db,
     job: &Job,
+    facts: &RunningFacts,
     observed: JobLiveness,
     now: i64,
     settings: &ReapSettings,
@@ -161,13 +171,7 @@ fn reap_one(
     dry_run: bool,
     t: &mut Tally,
 ) -> Result<()> {
-    let facts = RunningFacts {
-        exit_code: job.exit_code,
-        started_at: job.started_at,
-        dead_ticks: job.dead_ticks,
-        supervisor_alive: supervisor_alive(job),
-    };
-    let action = judge(&facts, observed, now, settings);
+    let action = judge(facts, observed, now, settings);
     if dry_run {
         println!("{}", explain(job, observed, &action, settings));
         return Ok(());

@@ -39,11 +39,14 @@ impl ProcView {
     }
 }
 
-/// Whether the job's supervisor still runs: its pid alive with the start time stamped
-/// when it took the job (a row from before the stamp existed falls back to the pid).
-pub fn supervisor_alive(job: &Job) -> bool {
-    job.supervisor_pid
-        .is_some_and(|s| liveness(s, job.supervisor_start_time) == Liveness::Alive)
+impl ProcView {
+    /// Whether the job's supervisor still runs: its pid alive with the start time
+    /// stamped when it took the job (a row from before the stamp existed falls back to
+    /// the pid), answered through this view.
+    pub fn supervisor_alive(&self, job: &Job) -> bool {
+        job.supervisor_pid
+            .is_some_and(|s| self.liveness(s, job.supervisor_start_time) == Liveness::Alive)
+    }
 }
 
 /// Observes a running job's processes, reading `/proc` directly.
@@ -60,7 +63,7 @@ pub fn observe_with(job: &Job, procs: &ProcView) -> JobLiveness {
             Liveness::Reused => JobLiveness::Reused,
         },
         // Claimed, pid not stamped yet: the supervisor may be about to spawn.
-        None if supervisor_alive(job) => JobLiveness::Alive,
+        None if procs.supervisor_alive(job) => JobLiveness::Alive,
         None => JobLiveness::NoPid,
     }
 }

@@ -153,6 +153,22 @@ impl World {
         self.env.count(sql)
     }
 
+    /// Asserts that the kept job counts match `count(*)` per project and status.
+    #[track_caller]
+    fn assert_counts_match(&self, what: &str) {
+        let off = self.count(
+            "SELECT
+               (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
+                                        FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
+                 LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
+                 WHERE c.n IS NOT x.n)
+             + (SELECT count(*) FROM job_counts c
+                 WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+                                WHERE t.project = c.project AND j.status = c.status))",
+        );
+        assert_eq!(off, 0, "{what}: job_counts differ from count(*)");
+    }
+
     /// (tasks, jobs, stage events): what acting on a delivery writes.
     fn effects(&self) -> (i64, i64, i64) {
         (
@@ -191,6 +207,7 @@ fn killed_at_each_point_then_reconciled(kind: Kind) {
         let before = w.effects();
         let out = w.send(kind, Some(point));
         assert_killed(&out, &what);
+        w.assert_counts_match(&format!("{what}, before reconcile"));
         if *point == "delivery-acted" {
             // Killed inside the transaction: none of the delivery's effects survive.
             assert_eq!(w.effects(), before, "{what}: rolled back");
@@ -252,6 +269,7 @@ fn killed_at_each_point_then_reconciled(kind: Kind) {
             1,
             "{what}: the branch is recorded as ready"
         );
+        w.assert_counts_match(&what);
     }
 }
 

@@ -173,19 +173,38 @@ impl Db {
         )
     }
 
-    /// Counts jobs by status (every status present, zeros included).
+    /// Counts jobs by status (every status present, zeros included), from the counts
+    /// the triggers keep current: a handful of rows, whatever the history.
     ///
     /// # Errors
     /// On SQL errors.
     pub fn job_counts(&self) -> Result<BTreeMap<JobStatus, i64>> {
-        self.count_each(
-            "SELECT count(*) FROM jobs WHERE status = ?1",
-            JobStatus::ALL,
-            JobStatus::as_str,
-        )
+        let mut out: BTreeMap<JobStatus, i64> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT status, sum(n) FROM job_counts GROUP BY status")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let status: JobStatus = parse_col(row, 0)?;
+            out.insert(status, row.get(1)?);
+        }
+        Ok(out)
     }
 
-    /// Returns running jobs, oldest start first, at most `limit`, with their task keys.
+    /// Counts queued jobs (the queue's length), from the kept counts.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn queued_count(&self) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(sum(n), 0) FROM job_counts WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Returns running jobs, oldest start first, at most `limit`, with their task keys:
+    /// the first `limit` entries of `jobs_running_by_start`, never a sort of them all.
     ///
     /// # Errors
     /// On SQL errors.
@@ -197,7 +216,8 @@ impl Db {
             .join(", ");
         self.query_all(
             &format!(
-                "SELECT {cols}, t.key FROM jobs j JOIN tasks t ON t.id = j.task_id
+                "SELECT {cols}, t.key
+                 FROM jobs j INDEXED BY jobs_running_by_start JOIN tasks t ON t.id = j.task_id
                  WHERE j.status = 'running' ORDER BY j.started_at, j.id LIMIT ?1"
             ),
             [sql_limit(limit)],
@@ -213,32 +233,67 @@ impl Db {
     /// `branch_missing` while its task's branch is not confirmed on Gitea (true when Gitea
     /// is configured; without Gitea no branch is ever confirmed, and nothing waits for one).
     ///
+    /// Reads each project's queue (the projects with queued jobs come from the kept
+    /// counts) along `jobs_queue_by_project` in order, staging jobs and the others
+    /// apart, and stops once `per_project` jobs that could start are read: the work
+    /// grows with the heads, not the queue. Jobs waiting for their branch are listed as
+    /// far as the scan went (the ones queued after the last job read could not start
+    /// this pass anyway).
+    ///
     /// # Errors
     /// On SQL errors.
     pub fn queued_heads(&self, per_project: u32, hold_branchless: bool) -> Result<Vec<Queued>> {
-        self.query_all(
-            "SELECT id, project, enqueued_at, uses_staging, branch_missing FROM (
-                 SELECT j.id, t.project, j.enqueued_at, j.stage = ?2 AS uses_staging,
-                        (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL)
-                            AS branch_missing,
-                        row_number() OVER (
-                            PARTITION BY t.project, j.stage = ?2,
-                                (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL)
-                            ORDER BY j.enqueued_at, j.id) AS n
-                 FROM jobs j JOIN tasks t ON t.id = j.task_id
-                 WHERE j.status = 'queued')
-             WHERE n <= ?1 ORDER BY enqueued_at, id",
-            params![per_project, STAGING_STAGE.as_str(), hold_branchless],
-            |r| {
-                Ok(Queued {
-                    id: r.get(0)?,
-                    project: r.get(1)?,
-                    enqueued_at: r.get(2)?,
-                    uses_staging: r.get(3)?,
-                    branch_missing: r.get(4)?,
-                })
-            },
-        )
+        debug_assert_eq!(
+            STAGING_STAGE.as_str(),
+            "deploy-staging",
+            "the index's expression"
+        );
+        let per = per_project as usize;
+        let mut out = Vec::new();
+        if per == 0 {
+            return Ok(out);
+        }
+        let projects: Vec<String> = self.query_all(
+            "SELECT project FROM job_counts WHERE status = 'queued' AND n > 0 ORDER BY project",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT j.id, j.enqueued_at,
+                    (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL) AS branch_missing
+             FROM jobs j JOIN tasks t ON t.id = j.task_id
+             WHERE j.project = ?1 AND j.status = 'queued' AND (j.stage = 'deploy-staging') = ?2
+             ORDER BY j.enqueued_at, j.id",
+        )?;
+        for project in projects {
+            for uses_staging in [true, false] {
+                let mut rows = stmt.query(params![project, uses_staging, hold_branchless])?;
+                let (mut ready, mut missing) = (0usize, 0usize);
+                while let Some(row) = rows.next()? {
+                    let branch_missing: bool = row.get(2)?;
+                    let taken = if branch_missing {
+                        &mut missing
+                    } else {
+                        &mut ready
+                    };
+                    if *taken < per {
+                        *taken += 1;
+                        out.push(Queued {
+                            id: row.get(0)?,
+                            project: project.clone(),
+                            enqueued_at: row.get(1)?,
+                            uses_staging,
+                            branch_missing,
+                        });
+                    }
+                    if ready >= per {
+                        break;
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|q| (q.enqueued_at, q.id));
+        Ok(out)
     }
 
     /// Counts running jobs per project.
@@ -558,6 +613,210 @@ mod tests {
         assert!(db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
         assert!(!db.cancel_job(j, JobStatus::Running, 1, 11).unwrap());
         assert_eq!(db.job_log_path(j).unwrap().as_deref(), Some("/x.log"));
+    }
+
+    /// Rows of `job_counts` that differ from `count(*)` per project and status, either way.
+    const COUNTS_OFF: &str = "SELECT
+        (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
+                                 FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
+          LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
+          WHERE c.n IS NOT x.n)
+      + (SELECT count(*) FROM job_counts c
+          WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+                         WHERE t.project = c.project AND j.status = c.status))";
+
+    #[track_caller]
+    fn assert_counts_match(db: &Db, after: &str) {
+        let off: i64 = db.conn().query_row(COUNTS_OFF, [], |r| r.get(0)).unwrap();
+        assert_eq!(off, 0, "job_counts differ from count(*) after {after}");
+        let queued: i64 = db
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE status = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            db.queued_count().unwrap(),
+            queued,
+            "queue length after {after}"
+        );
+        let total: i64 = db.job_counts().unwrap().values().sum();
+        let rows: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, rows, "every job counted once after {after}");
+    }
+
+    #[test]
+    fn kept_counts_match_count_star_after_every_kind_of_change() {
+        let (_d, mut db, t) = db_with_task();
+        let other = db
+            .create_task(
+                &NewTask {
+                    project: "shop".into(),
+                    ..crate::adapters::db::test_support::new_task(2)
+                },
+                Actor::Operator,
+                "t",
+                1,
+            )
+            .unwrap()
+            .id();
+        assert_counts_match(&db, "creating tasks");
+        let Created::New(a) = db
+            .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+            .unwrap()
+        else {
+            panic!()
+        };
+        let Created::New(b) = db
+            .enqueue_job(other, Agent::Analyst, Stage::Analysis, 1)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_counts_match(&db, "enqueue");
+        db.enqueue_job(t, Agent::Analyst, Stage::Analysis, 2)
+            .unwrap();
+        assert_counts_match(&db, "an enqueue that found a live job");
+        assert!(db.claim_job(a, 3, 5).unwrap());
+        assert!(!db.claim_job(a, 3, 5).unwrap());
+        assert_counts_match(&db, "claim");
+        assert!(db.finish_job(a, 1, JobStatus::Succeeded, 4).unwrap());
+        assert_counts_match(&db, "finish");
+        assert_eq!(db.rerun_job(a, 5).unwrap(), Some(2));
+        assert_counts_match(&db, "re-run");
+        assert!(db.claim_job(a, 6, 5).unwrap());
+        assert!(db
+            .reap_flip(a, 2, JobStatus::Failed, Tier::DeadPid, 7)
+            .unwrap());
+        assert_counts_match(&db, "reap flip");
+        assert!(db.cancel_job(b, JobStatus::Queued, 1, 8).unwrap());
+        assert_counts_match(&db, "cancel");
+        // A move cancels queued jobs of other stages and enqueues the new stage's.
+        db.enqueue_job(t, Agent::Analyst, Stage::Analysis, 9)
+            .unwrap();
+        db.move_task(&crate::adapters::db::Move::new(
+            t,
+            Stage::Analysis,
+            Stage::Development,
+            "t",
+            Actor::Operator,
+            10,
+        ))
+        .unwrap();
+        assert_counts_match(&db, "a move");
+        // A write rolled back (a crash inside the transaction) leaves the counts as the
+        // rows are.
+        {
+            let tx = db.conn_mut().transaction().unwrap();
+            tx.execute(
+                "UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'",
+                [],
+            )
+            .unwrap();
+            enqueue_in(&tx, other, Agent::Reviewer, Stage::Review, 11).unwrap();
+            drop(tx);
+        }
+        assert_counts_match(&db, "a rolled-back transaction");
+        db.conn()
+            .execute("DELETE FROM jobs WHERE id = ?1", [b])
+            .unwrap();
+        assert_counts_match(&db, "a delete");
+        let counts = db.job_counts().unwrap();
+        assert_eq!(
+            counts.len(),
+            JobStatus::ALL.len(),
+            "every status, zeros included"
+        );
+    }
+
+    #[test]
+    fn queue_heads_are_the_oldest_of_each_project_and_kind_whatever_the_queue_behind() {
+        let (_d, mut db) = crate::adapters::db::test_support::db();
+        // Two projects, five queued development jobs each, then one deploy-staging job
+        // each (the newest): the heads are the two oldest of each project's development
+        // jobs and each project's staging job, oldest first.
+        let mut ids = std::collections::HashMap::new();
+        for n in 1..=12u32 {
+            let project = if n % 2 == 0 { "shop" } else { "orch" };
+            let t = db
+                .create_task(
+                    &NewTask {
+                        project: project.into(),
+                        ..crate::adapters::db::test_support::new_task(n)
+                    },
+                    Actor::Operator,
+                    "t",
+                    1,
+                )
+                .unwrap()
+                .id();
+            let (agent, stage) = if n > 10 {
+                (Agent::Deployer, Stage::DeployStaging)
+            } else {
+                (Agent::Developer, Stage::Development)
+            };
+            let job = db.enqueue_job(t, agent, stage, i64::from(n)).unwrap().id();
+            ids.insert(n, job);
+        }
+        let heads = db.queued_heads(2, false).unwrap();
+        let got: Vec<(i64, &str, bool)> = heads
+            .iter()
+            .map(|q| (q.id, q.project.as_str(), q.uses_staging))
+            .collect();
+        let want = |n: u32, p, staging| (ids[&n], p, staging);
+        assert_eq!(
+            got,
+            vec![
+                want(1, "orch", false),
+                want(2, "shop", false),
+                want(3, "orch", false),
+                want(4, "shop", false),
+                want(11, "orch", true),
+                want(12, "shop", true),
+            ]
+        );
+        // Holding branchless jobs: none of these tasks has its branch confirmed, so every
+        // job but the analyst's waits; they are still listed, oldest first, as many as
+        // there are slots.
+        let held = db.queued_heads(2, true).unwrap();
+        assert_eq!(held.len(), 6);
+        assert!(held.iter().all(|q| q.branch_missing));
+        assert_eq!(db.queued_count().unwrap(), 12);
+    }
+
+    #[test]
+    fn migration_8_counts_the_jobs_already_there_and_gives_them_their_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let mut db = Db::open_unmigrated(&path).unwrap();
+        db.migrate_to(7).unwrap();
+        let t = db
+            .create_task(
+                &crate::adapters::db::test_support::new_task(1),
+                Actor::Operator,
+                "t",
+                1,
+            )
+            .unwrap()
+            .id();
+        db.enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+            .unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_counts_match(&db, "migration 8");
+        assert_eq!(db.queued_count().unwrap(), 1);
+        let project: String = db
+            .conn()
+            .query_row("SELECT project FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(project, "orch");
+        let heads = db.queued_heads(4, false).unwrap();
+        assert_eq!(heads.len(), 1);
     }
 
     /// Two tasks in `deploy-staging`, each with a queued deployer job; returns the path

@@ -70,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_provenance.sql"),
     include_str!("migrations/0006_work_item_updates.sql"),
     include_str!("migrations/0007_ci_verdicts.sql"),
+    include_str!("migrations/0008_counts_and_indexes.sql"),
 ];
 
 /// The schema version this build writes.
@@ -184,6 +185,20 @@ impl Db {
     /// Returns the job whose agent this handle's stage events are attributed to.
     pub fn agent_job(&self) -> Option<i64> {
         self.agent_job
+    }
+
+    /// Closes this connection without checkpointing the WAL (nor deleting it): for a
+    /// short process on the latency path, which leaves the checkpoint to the next pass
+    /// (SQLite still checkpoints every 1,000 pages as it commits).
+    ///
+    /// # Errors
+    /// When SQLite refuses the setting.
+    pub fn leave_wal_on_close(&self) -> Result<()> {
+        self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
+        Ok(())
     }
 
     /// Returns the file path.

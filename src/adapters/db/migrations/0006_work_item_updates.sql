@@ -1,4 +1,4 @@
--- 5: the newest update seen of each work item (issue 13: stale deliveries).
+-- 6: the newest update seen of each work item (issue 13: stale deliveries).
 -- One row per work item, raised with max() by every stored delivery of it and every
 -- listing that shows it (whether or not anything was acted on). A delivery whose
 -- data.updated_at is strictly older than this row acts on nothing (outcome `stale`).
