@@ -18,8 +18,8 @@ use crate::adapters::windows::{self, rollback_output};
 use crate::adapters::{http, production_probe, rollback};
 use crate::clock::{format_unix, human_duration};
 use crate::core::post_deploy::{
-    final_verdict, next_step, Classification, NextStep, Thresholds, TickConclusion, TickDecision,
-    WindowState,
+    final_verdict, next_step, tick_rank, Classification, NextStep, Thresholds, TickConclusion,
+    TickDecision, WindowState,
 };
 use crate::core::stage::{Actor, Stage};
 use crate::exit::ExitStatus;
@@ -200,10 +200,26 @@ fn tick(
     )?;
     let mut tally = Tally::default();
     let found = windows::list(&s.state_dir)?;
-    let open = found
+    // Unreadable windows first (reported, cheap), then `tick_rank`'s order: the cap
+    // never starves a window, whatever the number armed.
+    let (enabled, interval, t) = (
+        s.post_deploy_enabled,
+        s.post_deploy_interval_s.secs(),
+        thresholds(ctx),
+    );
+    let mut open: Vec<_> = found
         .into_iter()
-        .filter(|(_, w)| w.as_ref().map_or(true, WindowState::is_open));
-    for (dir, window) in open.take(MAX_WINDOWS) {
+        .filter(|(_, w)| w.as_ref().map_or(true, WindowState::is_open))
+        .map(|(dir, w)| {
+            let rank = w.as_ref().ok().map(|w| {
+                let step = next_step(w, now, enabled, interval, &t);
+                tick_rank(w, &step)
+            });
+            (rank, dir, w)
+        })
+        .collect();
+    open.sort_by_key(|(rank, _, _)| *rank);
+    for (_, dir, window) in open.into_iter().take(MAX_WINDOWS) {
         tally.windows += 1;
         let w = match window {
             Ok(w) => w,

@@ -557,6 +557,22 @@ pub fn next_step(
     }
 }
 
+/// Where a window stands in a tick's order, lowest first: the work that cannot wait (a
+/// recorded rollback to finish, then a window to close), then the windows due for a
+/// probe, never sampled first, then least recently sampled, then those
+/// with nothing to do this tick. A tick handles a bounded number of windows in this
+/// order, so none is starved: a probe moves a window behind every window not probed
+/// since, and windows not due never take the place of one that is.
+pub fn tick_rank(w: &WindowState, step: &NextStep) -> (u8, Option<i64>) {
+    let rank = match step {
+        NextStep::FinishRollback => 0,
+        NextStep::Close(_) => 1,
+        NextStep::Probe => 2,
+        NextStep::SkipDisabled | NextStep::SkipNotDue => 3,
+    };
+    (rank, w.samples.last().map(|s| s.at))
+}
+
 /// What a probed tick concluded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TickConclusion {
@@ -1395,5 +1411,61 @@ mod tests {
         });
         let read: WindowState = serde_json::from_value(old).unwrap();
         assert!(read.is_open() && read.samples.is_empty() && !read.reopened);
+    }
+
+    #[test]
+    fn a_capped_tick_order_starves_no_window() {
+        // 1,500 windows armed at once, 60 s ticks, 200 handled a tick: every window is
+        // probed within ceil(1500 / 200) = 8 ticks, and again within the next 8.
+        let (interval, cap) = (60, 200);
+        let mut ws: Vec<WindowState> = (0..1500)
+            .map(|i| {
+                let t = Task::sample(i, crate::core::stage::Stage::Done);
+                WindowState::arm(&t, 1000, 86_400, "deploy -> done")
+            })
+            .collect();
+        let mut probes = vec![0u32; ws.len()];
+        for tick in 0..16 {
+            let now = 1000 + tick * interval;
+            let mut order: Vec<usize> = (0..ws.len()).collect();
+            order.sort_by_key(|&i| tick_rank(&ws[i], &next_step(&ws[i], now, true, interval, &T)));
+            for &i in order.iter().take(cap) {
+                if next_step(&ws[i], now, true, interval, &T) == NextStep::Probe {
+                    ws[i]
+                        .samples
+                        .extend(health(&[true]).into_iter().map(|s| Sample { at: now, ..s }));
+                    probes[i] += 1;
+                }
+            }
+            if tick == 7 {
+                assert!(
+                    probes.iter().all(|&n| n >= 1),
+                    "every window probed by tick 8"
+                );
+            }
+        }
+        assert!(probes.iter().all(|&n| n >= 2), "{:?}", probes.iter().min());
+        // The old order (the same first 200 every tick) left 1,300 never probed.
+    }
+
+    #[test]
+    fn a_rollback_to_finish_and_a_window_to_close_come_before_probes() {
+        let w = window();
+        let mut done = window();
+        done.samples = health(&[true]);
+        assert!(
+            tick_rank(&w, &NextStep::FinishRollback)
+                < tick_rank(&w, &NextStep::Close(Classification::Healthy))
+        );
+        assert!(
+            tick_rank(&w, &NextStep::Close(Classification::Healthy))
+                < tick_rank(&w, &NextStep::Probe)
+        );
+        assert!(tick_rank(&w, &NextStep::Probe) < tick_rank(&w, &NextStep::SkipNotDue));
+        // Among due windows, never sampled first, then the least recently sampled.
+        assert!(tick_rank(&w, &NextStep::Probe) < tick_rank(&done, &NextStep::Probe));
+        let mut later = window();
+        later.samples = health(&[true, true]);
+        assert!(tick_rank(&done, &NextStep::Probe) < tick_rank(&later, &NextStep::Probe));
     }
 }
