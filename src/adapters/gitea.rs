@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::blocking::Client;
+use reqwest::blocking::{Client, RequestBuilder};
 use serde::Deserialize;
 use url::Url;
 
@@ -326,24 +326,8 @@ impl GiteaClient {
         format!("token {}", self.token.expose())
     }
 
-    fn get(
-        &self,
-        url: &Url,
-        query: &[(&str, &str)],
-        ok: &[u16],
-        what: &str,
-    ) -> Result<Answer, HttpError> {
-        rest::get(
-            &self.http,
-            |c| {
-                self.timed(c.get(url.clone()))
-                    .query(query)
-                    .header("Authorization", self.auth())
-                    .header("Accept", "application/json")
-            },
-            ok,
-            what,
-        )
+    fn authorised(&self, req: RequestBuilder) -> RequestBuilder {
+        req.header("Authorization", self.auth())
     }
 
     /// `orch doctor`'s read of `GET /user`: the status whatever it is, and the login

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use reqwest::blocking::Client;
+use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
@@ -299,24 +299,8 @@ impl PlaneClient {
         rest::url(&self.base, segments, true)
     }
 
-    fn get(
-        &self,
-        url: &Url,
-        query: &[(&str, &str)],
-        ok: &[u16],
-        what: &str,
-    ) -> Result<Answer, HttpError> {
-        rest::get(
-            &self.http,
-            |c| {
-                self.timed(c.get(url.clone()))
-                    .query(query)
-                    .header("X-API-Key", self.api_key.expose())
-                    .header("Accept", "application/json")
-            },
-            ok,
-            what,
-        )
+    fn authorised(&self, req: RequestBuilder) -> RequestBuilder {
+        req.header("X-API-Key", self.api_key.expose())
     }
 
     /// Lists every state of a project (following the pages), in Plane's order.

@@ -90,7 +90,9 @@ pub(crate) fn timed(req: RequestBuilder, timeout: Option<Duration>) -> RequestBu
 /// The per-call timeout of a REST client that has a `timeout: Option<Duration>` field:
 /// `with_timeout` (a copy, sharing the connections, whose every call is bounded by
 /// `whole` instead of the configured timeout: for a poll whose calls must end by its
-/// deadline) and `timed` (a request bounded by it). One definition for both clients.
+/// deadline), `timed` (a request bounded by it) and `get` (an authenticated JSON read,
+/// retried once); the client defines `authorised` (its auth header). One definition for
+/// both clients.
 macro_rules! per_call_timeout {
     ($client:ty) => {
         /// Returns this client (sharing its connections) with every call bounded by
@@ -108,6 +110,27 @@ macro_rules! per_call_timeout {
             req: reqwest::blocking::RequestBuilder,
         ) -> reqwest::blocking::RequestBuilder {
             crate::adapters::rest::timed(req, self.timeout)
+        }
+
+        /// A JSON GET of `url` with `query`, authenticated (`authorised`), bounded by
+        /// the per-call timeout and retried once on a retryable failure
+        /// ([`crate::adapters::rest::get`]); any status outside `ok` is an error.
+        fn get(
+            &self,
+            url: &url::Url,
+            query: &[(&str, &str)],
+            ok: &[u16],
+            what: &str,
+        ) -> Result<crate::adapters::rest::Answer, crate::adapters::http::HttpError> {
+            crate::adapters::rest::get(
+                &self.http,
+                |c| {
+                    self.authorised(self.timed(c.get(url.clone())).query(query))
+                        .header("Accept", "application/json")
+                },
+                ok,
+                what,
+            )
         }
     };
 }

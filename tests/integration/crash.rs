@@ -156,16 +156,7 @@ impl World {
     /// Asserts that the kept job counts match `count(*)` per project and status.
     #[track_caller]
     fn assert_counts_match(&self, what: &str) {
-        let off = self.count(
-            "SELECT
-               (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
-                                        FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
-                 LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
-                 WHERE c.n IS NOT x.n)
-             + (SELECT count(*) FROM job_counts c
-                 WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
-                                WHERE t.project = c.project AND j.status = c.status))",
-        );
+        let off = self.count(orch::adapters::db::JOB_COUNTS_DRIFT);
         assert_eq!(off, 0, "{what}: job_counts differ from count(*)");
     }
 

@@ -75,6 +75,18 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+/// The number of (project, status) rows of `job_counts` (kept by triggers, migration 8)
+/// that differ from counting the jobs, either way: 0 unless a trigger is wrong. Tests
+/// and diagnostics run it; no pass does.
+pub const JOB_COUNTS_DRIFT: &str = "SELECT
+    (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
+                             FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
+      LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
+      WHERE c.n IS NOT x.n)
+  + (SELECT count(*) FROM job_counts c
+      WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
+                     WHERE t.project = c.project AND j.status = c.status))";
+
 impl Db {
     /// Enqueues a job for `agent` at `stage` unless one is live; returns the new id.
     ///
@@ -615,19 +627,12 @@ mod tests {
         assert_eq!(db.job_log_path(j).unwrap().as_deref(), Some("/x.log"));
     }
 
-    /// Rows of `job_counts` that differ from `count(*)` per project and status, either way.
-    const COUNTS_OFF: &str = "SELECT
-        (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
-                                 FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
-          LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
-          WHERE c.n IS NOT x.n)
-      + (SELECT count(*) FROM job_counts c
-          WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
-                         WHERE t.project = c.project AND j.status = c.status))";
-
     #[track_caller]
     fn assert_counts_match(db: &Db, after: &str) {
-        let off: i64 = db.conn().query_row(COUNTS_OFF, [], |r| r.get(0)).unwrap();
+        let off: i64 = db
+            .conn()
+            .query_row(JOB_COUNTS_DRIFT, [], |r| r.get(0))
+            .unwrap();
         assert_eq!(off, 0, "job_counts differ from count(*) after {after}");
         let queued: i64 = db
             .conn()

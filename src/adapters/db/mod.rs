@@ -52,7 +52,7 @@ mod tasks;
 mod updates;
 
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, PENDING};
-pub use jobs::{RunningRow, StagingHolder};
+pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
 pub use passes::PassRecord;
