@@ -16,7 +16,7 @@
 //!   stays current when merged (that is how `deploy → done` passes). A PR read by number
 //!   whose head is not the task's branch any more (`refs/pull/N/head` after the branch
 //!   was deleted) is still that PR.
-//! - CI: every context of the PR head SHA, decided by `gitea::ci_verdict` (no context,
+//! - CI: every context of the PR head SHA, decided by `core::facts::CiState::from_contexts` (no context,
 //!   no CI reported, is not success; the gate waits on it). A head's green verdict
 //!   does not change: given the database ([`Forge::gate_facts`]), a success recorded in
 //!   `ci_verdicts` for the repo and head SHA is used without a request, and a success

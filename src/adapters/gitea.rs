@@ -153,7 +153,7 @@ pub enum BranchOutcome {
 /// The combined CI status of a ref.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CombinedStatus {
-    /// The verdict over every context ([`ci_verdict`]); no context is [`CiState::None`].
+    /// The verdict over every context ([`CiState::from_contexts`]); no context is [`CiState::None`].
     pub state: CiState,
     /// The commit it is about (empty when nothing was reported).
     pub sha: String,
@@ -176,33 +176,6 @@ struct RawStatus {
     /// The state (Gitea's key is `status`).
     #[serde(default)]
     status: String,
-}
-
-/// The one CI verdict over the latest state of each context, the same on every Gitea
-/// and Forgejo version (their combined `state` differs, and covers one page only):
-/// any `error`/`failure` fails; otherwise any `pending` (or a state this table does not
-/// know) waits as [`CiState::Pending`]/[`CiState::Other`]; otherwise every context is
-/// `success`, `warning` or `skipped`, which passes — a `warning` never blocks, as on
-/// Gitea 1.25+. No context at all is [`CiState::None`].
-pub fn ci_verdict<'a>(states: impl IntoIterator<Item = &'a str>) -> CiState {
-    let (mut any, mut pending, mut other) = (false, false, None);
-    for s in states {
-        any = true;
-        match s {
-            "error" | "failure" => return CiState::Failure,
-            "pending" => pending = true,
-            "success" | "warning" | "skipped" => {}
-            unknown => {
-                other.get_or_insert_with(|| unknown.to_string());
-            }
-        }
-    }
-    match (other, pending, any) {
-        (Some(o), _, _) => CiState::Other(o),
-        (None, true, _) => CiState::Pending,
-        (None, false, true) => CiState::Success,
-        (None, false, false) => CiState::None,
-    }
 }
 
 #[derive(Deserialize)]
@@ -567,7 +540,7 @@ impl GiteaClient {
 
     /// Returns the CI verdict of `git_ref` (prefer a SHA; branch names with `/` are
     /// sent encoded as one segment), reading every page of contexts and deciding with
-    /// [`ci_verdict`] rather than Gitea's combined `state`, which covers one page and
+    /// [`CiState::from_contexts`] rather than Gitea's combined `state`, which covers one page and
     /// differs between versions. An unknown ref is "no CI" on every version: Gitea
     /// 1.24+ answers 404, older versions and Forgejo an empty 200.
     ///
@@ -600,7 +573,7 @@ impl GiteaClient {
             }
         }
         Ok(CombinedStatus {
-            state: ci_verdict(states.iter().map(String::as_str)),
+            state: CiState::from_contexts(states.iter().map(String::as_str)),
             sha,
             total_count: u64::try_from(states.len()).unwrap_or(u64::MAX),
             pages,
@@ -755,20 +728,6 @@ mod tests {
         assert!(matches!(err, HttpError::Retryable(_)), "{err}");
         // Two attempts (a read is retried once) of 100 ms, not of 120 s.
         assert!(started.elapsed() < Duration::from_secs(30), "{err}");
-    }
-
-    #[test]
-    fn the_ci_verdict_is_the_same_on_every_version() {
-        let v = |states: &[&str]| ci_verdict(states.iter().copied());
-        assert_eq!(v(&[]), CiState::None);
-        assert_eq!(v(&["success", "warning", "skipped"]), CiState::Success);
-        assert_eq!(v(&["success", "pending", "warning"]), CiState::Pending);
-        assert_eq!(v(&["pending", "error", "success"]), CiState::Failure);
-        assert_eq!(v(&["failure", "queued"]), CiState::Failure);
-        assert_eq!(
-            v(&["pending", "queued", "success"]),
-            CiState::Other("queued".into())
-        );
     }
 
     #[test]

@@ -92,11 +92,7 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
             },
         })
         .collect();
-    let escalated_total: i64 = db.conn().query_row(
-        "SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?;
+    let escalated_total = db.escalated_count()?;
     let escalated = db
         .escalated_tasks(LIST_LIMIT)?
         .into_iter()

@@ -44,15 +44,30 @@ impl CiState {
         (name == "success").then_some(CiState::Success)
     }
 
-    /// Maps Gitea's combined `state` string.
-    pub fn from_gitea(state: &str) -> CiState {
-        match state {
-            "success" => CiState::Success,
-            "pending" => CiState::Pending,
-            "failure" | "error" => CiState::Failure,
-            "warning" => CiState::Warning,
-            "" => CiState::None,
-            other => CiState::Other(other.to_string()),
+    /// The one CI verdict over the latest state of each context, the same on every Gitea
+    /// and Forgejo version (their combined `state` differs, and covers one page only):
+    /// any `error`/`failure` fails; otherwise any `pending` (or a state this table does not
+    /// know) waits as [`CiState::Pending`]/[`CiState::Other`]; otherwise every context is
+    /// `success`, `warning` or `skipped`, which passes — a `warning` never blocks, as on
+    /// Gitea 1.25+. No context at all is [`CiState::None`].
+    pub fn from_contexts<'a>(states: impl IntoIterator<Item = &'a str>) -> CiState {
+        let (mut any, mut pending, mut other) = (false, false, None);
+        for s in states {
+            any = true;
+            match s {
+                "error" | "failure" => return CiState::Failure,
+                "pending" => pending = true,
+                "success" | "warning" | "skipped" => {}
+                unknown => {
+                    other.get_or_insert_with(|| unknown.to_string());
+                }
+            }
+        }
+        match (other, pending, any) {
+            (Some(o), _, _) => CiState::Other(o),
+            (None, true, _) => CiState::Pending,
+            (None, false, true) => CiState::Success,
+            (None, false, false) => CiState::None,
         }
     }
 }
@@ -70,4 +85,23 @@ pub struct PrFacts {
     pub mergeable: Option<bool>,
     /// The head commit SHA.
     pub head_sha: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ci_verdict_is_the_same_on_every_version() {
+        let v = |states: &[&str]| CiState::from_contexts(states.iter().copied());
+        assert_eq!(v(&[]), CiState::None);
+        assert_eq!(v(&["success", "warning", "skipped"]), CiState::Success);
+        assert_eq!(v(&["success", "pending", "warning"]), CiState::Pending);
+        assert_eq!(v(&["pending", "error", "success"]), CiState::Failure);
+        assert_eq!(v(&["failure", "queued"]), CiState::Failure);
+        assert_eq!(
+            v(&["pending", "queued", "success"]),
+            CiState::Other("queued".into())
+        );
+    }
 }

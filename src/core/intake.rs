@@ -251,6 +251,14 @@ pub struct SeenUpdate {
     pub source: String,
 }
 
+/// The one staleness rule: an update at `delivered_micros` is superseded when one
+/// strictly newer is known; equal times are never stale (Plane sends one delivery per
+/// changed field, all with the same time). [`freshness`] decides with it before
+/// acting, and the delivery's write again inside its transaction.
+pub fn is_superseded(delivered_micros: i64, newest: &SeenUpdate) -> bool {
+    newest.micros > delivered_micros
+}
+
 impl SeenUpdate {
     /// The update, when its time can be told.
     pub fn new(work_item_id: &str, time: &WorkItemTime, source: &str) -> Option<SeenUpdate> {
@@ -298,11 +306,13 @@ pub fn freshness(delivered: &WorkItemTime, newest: Option<&SeenUpdate>) -> Fresh
         (WorkItemTime::Unparseable(s), _) => {
             Freshness::Unknown(format!("data.updated_at {s:?} is not an RFC 3339 time"))
         }
-        (WorkItemTime::At { micros, text }, Some(n)) if n.micros > *micros => Freshness::Stale {
-            delivered: text.clone(),
-            newest: n.text.clone(),
-            source: n.source.clone(),
-        },
+        (WorkItemTime::At { micros, text }, Some(n)) if is_superseded(*micros, n) => {
+            Freshness::Stale {
+                delivered: text.clone(),
+                newest: n.text.clone(),
+                source: n.source.clone(),
+            }
+        }
         (WorkItemTime::At { .. }, _) => Freshness::Current,
     }
 }

@@ -205,20 +205,6 @@ impl Db {
         Ok(())
     }
 
-    /// Records a delivery's outcome; `false` when it was no longer pending (another
-    /// process recorded one first).
-    ///
-    /// # Errors
-    /// On SQL errors.
-    pub fn finish_delivery(&self, id: i64, outcome: &str, detail: &str, now: i64) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE deliveries SET outcome = ?2, detail = ?3, processed_at = ?4, error = NULL
-             WHERE id = ?1 AND outcome = 'pending'",
-            params![id, outcome, detail, now],
-        )?;
-        Ok(n == 1)
-    }
-
     /// Records the outcome of a delivery that has no effect in the database (`no
     /// pipeline action`, or effects already done).
     ///
@@ -276,8 +262,14 @@ mod tests {
         let row = db.delivery(first).unwrap().unwrap();
         assert_eq!((row.outcome.as_str(), row.attempts), (PENDING, 1));
         assert_eq!(row.error.as_deref(), Some("gitea down"));
-        assert!(db.finish_delivery(first, "started", "task X", 11).unwrap());
-        assert!(!db.finish_delivery(first, "started", "again", 12).unwrap());
+        let started =
+            |detail: &str| DeliveryOutcome::new(crate::core::intake::OutcomeKind::Started, detail);
+        assert!(db.record_outcome(first, &started("task X"), 11).is_ok());
+        let again = db.record_outcome(first, &started("again"), 12).unwrap_err();
+        assert!(
+            again.is::<crate::adapters::db::AlreadyRecorded>(),
+            "{again:#}"
+        );
         let row = db.delivery(first).unwrap().unwrap();
         assert_eq!((row.detail.as_deref(), row.error), (Some("task X"), None));
         assert!(db.pending_deliveries(10).unwrap().is_empty());

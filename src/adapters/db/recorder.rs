@@ -74,7 +74,7 @@ impl<'a, T> Recorder<'a, T> {
         if let Some(u) = self.update {
             note_update_in(conn, u, self.now)?;
             if let Some(newest) = newest_update_in(conn, &u.work_item_id)? {
-                if newest.micros > u.micros {
+                if crate::core::intake::is_superseded(u.micros, &newest) {
                     return Err(Superseded { newest }.into());
                 }
             }

@@ -115,6 +115,18 @@ impl Db {
         )
     }
 
+    /// Counts the escalated tasks (along the `tasks_escalated` index).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn escalated_count(&self) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Returns escalated tasks, oldest escalation first, at most `limit`.
     ///
     /// # Errors
