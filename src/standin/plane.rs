@@ -77,6 +77,15 @@ struct Model {
     seq: u64,
     /// Which Plane CE the routes follow (see [`PlaneVersion`]).
     version: PlaneVersion,
+    /// The time changes are stamped with, when a test pins it (see [`PlaneStandin::set_now`]);
+    /// the wall clock otherwise.
+    now: Option<String>,
+}
+
+impl Model {
+    fn stamp(&self) -> String {
+        self.now.clone().unwrap_or_else(now_rfc3339)
+    }
 }
 
 /// Which Plane CE routes the stand-in serves where versions differ.
@@ -131,6 +140,7 @@ impl PlaneStandin {
             window: VecDeque::new(),
             seq: 0,
             version: PlaneVersion::Current,
+            now: None,
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -202,15 +212,26 @@ impl PlaneStandin {
     }
 
     /// Moves a work item as the web UI would (no API call recorded).
-    pub fn set_item_state(&self, project_id: &str, id: &str, state_id: &str) {
+    /// Like Plane, a change bumps the item's `updated_at`; returns the new `updated_at`
+    /// (what the delivery Plane sends for the change carries).
+    pub fn set_item_state(&self, project_id: &str, id: &str, state_id: &str) -> String {
         let mut m = self.model();
+        let now = m.stamp();
         if let Some(i) = m
             .projects
             .get_mut(project_id)
             .and_then(|p| p.items.iter_mut().find(|i| i.id == id))
         {
             i.state = Some(state_id.into());
+            i.updated_at = now.clone();
         }
+        now
+    }
+
+    /// Pins the time the stand-in stamps changes with (`updated_at`, comments'
+    /// `created_at`), so a test that moves orch's clock with `ORCH_NOW` sees one time line.
+    pub fn set_now(&self, rfc3339: &str) {
+        self.model().now = Some(rfc3339.to_string());
     }
 
     /// Returns a work item's current state id.
@@ -669,7 +690,7 @@ fn patch_item(m: &mut Model, pid: &str, id: &str, r: &Recorded) -> Reply {
             Some((_, st)) => new_state = Some((sid.to_string(), st.group == "completed")),
         }
     }
-    let now = now_rfc3339();
+    let now = m.stamp();
     let item = {
         let p = m.projects.get_mut(pid).expect("checked above");
         let i = p
@@ -726,7 +747,7 @@ fn post_comment(m: &mut Model, pid: &str, id: &str, r: &Recorded) -> Reply {
         access: text("access").unwrap_or_else(|| "INTERNAL".into()),
         external_source: source,
         external_id: ext_id,
-        created_at: now_rfc3339(),
+        created_at: m.stamp(),
     };
     let description = m.next_id();
     let reply = json!({

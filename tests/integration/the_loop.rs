@@ -212,11 +212,19 @@ impl World {
 
     /// Runs a pass at the current clock.
     fn run(&mut self, args: &[&str]) -> Run {
+        self.pin_clock();
+        self.env.run(args)
+    }
+
+    /// One time line for the whole world: orch's passes read it through `ORCH_NOW`, and
+    /// Plane stamps its changes (`updated_at`) with it, as a real Plane would on the
+    /// same wall clock.
+    fn pin_clock(&mut self) {
         let now = jiff::Timestamp::from_second(NOW_UNIX + self.clock)
             .expect("a valid instant")
             .to_string();
         self.env.set("ORCH_NOW", &now);
-        self.env.run(args)
+        self.plane().set_now(&now);
     }
 
     /// Moves the clock on, as the wall clock would between two timer passes.
@@ -241,7 +249,8 @@ impl World {
     fn plane_moves_item_to(&mut self, state: &str) {
         let p = self.project;
         let id = state_id(p, state);
-        self.plane().set_item_state(p.plane_id, p.item, &id);
+        self.pin_clock();
+        let updated_at = self.plane().set_item_state(p.plane_id, p.item, &id);
         let group = states(p).into_iter().find(|s| s.1 == state).unwrap().2;
         let body = serde_json::to_vec(&json!({
             "event": "issue",
@@ -254,6 +263,7 @@ impl World {
                 "sequence_id": p.sequence,
                 "project": p.plane_id,
                 "state": {"id": id, "name": state, "color": "#60646C", "group": group},
+                "updated_at": updated_at,
             },
             "activity": {"field": "state_id", "new_value": id, "old_value": null,
                          "old_identifier": null, "new_identifier": null},
@@ -268,10 +278,6 @@ impl World {
         )
         .into_bytes();
         req.extend_from_slice(&body);
-        let now = jiff::Timestamp::from_second(NOW_UNIX + self.clock)
-            .unwrap()
-            .to_string();
-        self.env.set("ORCH_NOW", &now);
         let mut child = self
             .env
             .command(&["webhook-handle", "--stdio"])
@@ -817,10 +823,7 @@ fn a_gitea_outage_during_staging_check_reruns_the_deployer_not_the_developer() {
 
 /// Runs one stub agent role for task 1 as run-job would (its job env, the world's env).
 fn stub(w: &mut World, role: &str, job: u32) -> Run {
-    let now = jiff::Timestamp::from_second(NOW_UNIX + w.clock)
-        .unwrap()
-        .to_string();
-    w.env.set("ORCH_NOW", &now);
+    w.pin_clock();
     let mut agent = std::process::Command::new(AGENT);
     agent
         .arg(role)
