@@ -78,10 +78,14 @@ impl World {
     }
 }
 
+/// The request path every test delivers to: `ORCH_WEBHOOK_PATH`'s default, the path
+/// the README's proxy lines forward. Requests to any other path are 404.
+pub(crate) const PATH: &str = "/webhooks/plane";
+
 /// A POST request with these bytes as its body and these extra headers.
 pub(crate) fn post(body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
     let mut req = format!(
-        "POST /webhooks/plane HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nContent-Length: {}\r\n",
+        "POST {PATH} HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nContent-Length: {}\r\n",
         body.len()
     )
     .into_bytes();
@@ -270,17 +274,19 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
     let wrong = "0".repeat(64);
     let upper = sig.to_ascii_uppercase();
     let signed_body = |b: &[u8]| post(b, &[("X-Plane-Signature", &sign(SECRET, b))]);
-    let mut huge = b"POST / HTTP/1.1\r\nContent-Length: 5000000000\r\nX-Plane-Signature: ".to_vec();
+    let mut huge =
+        format!("POST {PATH} HTTP/1.1\r\nContent-Length: 5000000000\r\nX-Plane-Signature: ")
+            .into_bytes();
     huge.extend_from_slice(sig.as_bytes());
     huge.extend_from_slice(b"\r\n\r\n{\"event\"");
     let mut short = format!(
-        "POST / HTTP/1.1\r\nContent-Length: {}\r\nX-Plane-Signature: {sig}\r\n\r\n",
+        "POST {PATH} HTTP/1.1\r\nContent-Length: {}\r\nX-Plane-Signature: {sig}\r\n\r\n",
         good.len() + 10
     )
     .into_bytes();
     short.extend_from_slice(&good);
     let mut big_chunked = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
     )
     .into_bytes();
     for _ in 0..3 {
@@ -289,7 +295,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
         big_chunked.extend_from_slice(b"\r\n");
     }
     let mut cut_chunked = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
     )
     .into_bytes();
     cut_chunked.extend_from_slice(format!("{:x}\r\n", good.len()).as_bytes());
@@ -319,6 +325,40 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
             405,
         ),
         (
+            "another path",
+            {
+                let mut r = signed(&good, "d");
+                r.splice(5..5 + PATH.len(), b"/".iter().copied());
+                r
+            },
+            404,
+        ),
+        (
+            "a path under the configured one",
+            {
+                let mut r = signed(&good, "d");
+                r.splice(5 + PATH.len()..5 + PATH.len(), b"/x".iter().copied());
+                r
+            },
+            404,
+        ),
+        (
+            "bare LF line endings",
+            String::from_utf8(signed(&good, "d"))
+                .unwrap()
+                .replace("\r\n", "\n")
+                .into_bytes(),
+            400,
+        ),
+        (
+            "gzip, chunked",
+            format!(
+                "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nX-Plane-Signature: {sig}\r\n\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            501,
+        ),
+        (
             "PUT",
             {
                 let mut r = signed(&good, "d");
@@ -333,7 +373,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
         ("chunked cut short", cut_chunked, 400),
         (
             "no length at all",
-            format!("POST / HTTP/1.1\r\nX-Plane-Signature: {sig}\r\n\r\n").into_bytes(),
+            format!("POST {PATH} HTTP/1.1\r\nX-Plane-Signature: {sig}\r\n\r\n").into_bytes(),
             411,
         ),
         (
@@ -409,7 +449,7 @@ fn a_valid_chunked_delivery_is_taken() {
     let w = world();
     let body = start_delivery(2);
     let mut req = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {}\r\n\r\n",
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {}\r\n\r\n",
         sign(SECRET, &body)
     )
     .into_bytes();
@@ -442,7 +482,10 @@ fn a_stalled_request_gets_408_instead_of_hanging() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin
-        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 500\r\nX-Plane-Signature: 00\r\n\r\n{\"ev")
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nContent-Length: 500\r\nX-Plane-Signature: 00\r\n\r\n{{\"ev")
+                .as_bytes(),
+        )
         .unwrap();
     // Keep stdin open: the sender is slow, not gone. The receiver must answer anyway.
     let mut out = String::new();
