@@ -1281,3 +1281,28 @@ fn the_row_is_synced_before_the_200_while_another_process_holds_the_database() {
         1
     );
 }
+
+#[test]
+fn the_socket_unit_leaves_room_past_one_source_and_says_what_the_cap_does() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/orch-webhook.socket"
+    ))
+    .unwrap();
+    let value = |key: &str| -> u32 {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (all, per_source) = (value("MaxConnections"), value("MaxConnectionsPerSource"));
+    // One address (a slow-loris source) holds at most a quarter of the slots, and the
+    // slots outnumber the slow clients the intake test throws at the receiver.
+    assert!(per_source * 4 <= all, "{per_source} of {all}");
+    assert!(all > 40, "{all}");
+    // Past the cap systemd refuses; nothing waits in the backlog.
+    assert!(unit.contains("refused, not queued"), "{unit}");
+    assert!(!unit.contains("waits in the backlog"), "{unit}");
+}
