@@ -1,11 +1,14 @@
 //! Reads one HTTP/1.1 request from a byte stream (stdin handed over by a systemd socket
 //! with `Accept=yes`) and writes one `Connection: close` response.
 //!
-//! Parsing is `httparse`'s; this module only feeds it bytes under a deadline and
-//! decodes the body framing (Content-Length or chunked). A body over [`MAX_BODY`] is
-//! refused (413) as soon as its announced or accumulated size says so, without
-//! reading the rest; a request that does not arrive in time gets 408 instead of
-//! holding the unit. It makes no decision about what the request means.
+//! Parsing is `httparse`'s; this module only feeds it bytes under two deadlines (a short
+//! one for the head, a longer one for the whole request, both counted from the start)
+//! and decodes the body framing (Content-Length or chunked, RFC 9112: CRLF line endings
+//! only, `chunked` the one transfer coding understood). A head over [`MAX_HEAD`] is
+//! refused (431) at that byte; a body over [`MAX_BODY`] is refused (413) as soon as its
+//! announced or accumulated size says so, without reading the rest; a request that
+//! does not arrive in time gets 408 instead of holding the unit. It makes no decision
+//! about what the request means.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
@@ -83,7 +86,26 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-/// Feeds bytes from a reader thread under one overall deadline.
+/// How long a request may take, both counted from the moment reading starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The request line and headers must be in by then: a client that trickles its
+    /// head (slow-loris) is cut this early. Plane and a buffering proxy send the head at
+    /// once, so a couple of seconds is plenty.
+    pub head: Duration,
+    /// The whole request, body included. Never shorter than `head` in effect.
+    pub whole: Duration,
+}
+
+impl Deadlines {
+    /// The same deadline for the head and the whole request.
+    pub fn both(d: Duration) -> Deadlines {
+        Deadlines { head: d, whole: d }
+    }
+}
+
+/// Feeds bytes from a reader thread under a deadline (the head's, then the whole
+/// request's).
 struct Feeder {
     rx: Receiver<std::io::Result<Vec<u8>>>,
     deadline: Instant,
@@ -92,7 +114,7 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn new<R: Read + Send + 'static>(mut input: R, timeout: Duration) -> Feeder {
+    fn new<R: Read + Send + 'static>(mut input: R, head_deadline: Instant) -> Feeder {
         let (tx, rx) = sync_channel(4);
         // The reader blocks in `read`; when the deadline passes the command answers 408
         // and exits, which ends this thread with the process.
@@ -115,7 +137,7 @@ impl Feeder {
         });
         Feeder {
             rx,
-            deadline: Instant::now() + timeout,
+            deadline: head_deadline,
             buf: Vec::new(),
             eof: false,
         }
@@ -142,29 +164,32 @@ impl Feeder {
             }
             Err(RecvTimeoutError::Timeout) => Err(Rejection::new(
                 408,
-                "the request did not arrive completely before the read deadline",
+                "the request did not arrive completely before its read deadline",
             )),
         }
     }
 }
 
-/// Reads one request from `input` within `timeout`.
+/// Reads one request from `input`: its head within `deadlines.head`, all of it within
+/// `deadlines.whole`.
 ///
 /// `check_head` runs once the head is parsed and before any of the body is read: it
 /// can refuse the request (wrong method, no signature) so that nothing more is read,
 /// and it gets the chance to send `100 Continue`.
 ///
 /// # Errors
-/// A [`Rejection`] with the status to answer: 400 malformed or truncated, 408 too
-/// slow, 411 no length, 413 body too large, 431 head too large, or whatever
-/// `check_head` returns.
+/// A [`Rejection`] with the status to answer: 400 malformed, truncated or with a bare
+/// LF, 408 too slow, 411 no length, 413 body too large, 431 head too large, 501 a
+/// transfer coding other than `chunked`, or whatever `check_head` returns.
 pub fn read_request<R: Read + Send + 'static>(
     input: R,
-    timeout: Duration,
+    deadlines: Deadlines,
     check_head: impl FnOnce(&Head) -> Result<(), Rejection>,
 ) -> Result<Request, Rejection> {
-    let mut feed = Feeder::new(input, timeout);
+    let start = Instant::now();
+    let mut feed = Feeder::new(input, start + deadlines.head.min(deadlines.whole));
     let (head, head_len) = read_head(&mut feed)?;
+    feed.deadline = start + deadlines.whole.max(deadlines.head);
     check_head(&head)?;
     let framing = framing(&head)?;
     feed.buf.drain(..head_len);
@@ -179,8 +204,20 @@ fn read_head(feed: &mut Feeder) -> Result<(Head, usize), Rejection> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&feed.buf) {
+        // Only the first MAX_HEAD bytes can hold the head: a head that has not ended by
+        // then is refused there, whatever the size of the reads that brought it.
+        let window = &feed.buf[..feed.buf.len().min(MAX_HEAD)];
+        match req.parse(window) {
             Ok(httparse::Status::Complete(len)) => {
+                if let Some(at) = bare_lf(&window[..len]) {
+                    // httparse takes a bare LF as a line end; a proxy in front may not,
+                    // and two parsers reading one request differently is how requests
+                    // are smuggled (RFC 9112 2.2).
+                    return Err(Rejection::new(
+                        400,
+                        format!("bare LF at byte {at} of the request head: lines end with CRLF"),
+                    ));
+                }
                 let head = Head {
                     method: req.method.unwrap_or_default().to_string(),
                     path: req.path.unwrap_or_default().to_string(),
@@ -206,7 +243,7 @@ fn read_head(feed: &mut Feeder) -> Result<(Head, usize), Rejection> {
             }
             Err(e) => return Err(Rejection::new(400, format!("malformed request: {e}"))),
         }
-        if feed.buf.len() > MAX_HEAD {
+        if feed.buf.len() >= MAX_HEAD {
             return Err(Rejection::new(
                 431,
                 format!("request head larger than {MAX_HEAD} bytes"),
@@ -221,6 +258,15 @@ fn read_head(feed: &mut Feeder) -> Result<(Head, usize), Rejection> {
             return Err(Rejection::new(400, what));
         }
     }
+}
+
+/// The offset of the first LF not preceded by CR.
+fn bare_lf(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+        .map(|(i, _)| i)
 }
 
 enum Framing {
@@ -239,19 +285,31 @@ fn framing(head: &Head) -> Result<Framing, Rejection> {
                 "both Transfer-Encoding and Content-Length",
             ));
         }
-        let last = te
+        let codings: Vec<&str> = te
             .iter()
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .rfind(|c| !c.is_empty())
-            .unwrap_or("");
-        if !last.eq_ignore_ascii_case("chunked") {
-            return Err(Rejection::new(
+            .filter(|c| !c.is_empty())
+            .collect();
+        let chunked = |c: &&str| c.eq_ignore_ascii_case("chunked");
+        return match codings.as_slice() {
+            [only] if chunked(only) => Ok(Framing::Chunked),
+            // RFC 9112 7: chunked is applied at most once, and last.
+            list if list.iter().filter(|c| chunked(c)).count() > 1 => Err(Rejection::new(
                 400,
-                format!("unsupported Transfer-Encoding {last:?} (only chunked)"),
-            ));
-        }
-        return Ok(Framing::Chunked);
+                "Transfer-Encoding chunked more than once",
+            )),
+            [] => Err(Rejection::new(400, "empty Transfer-Encoding")),
+            // Any other coding (gzip, chunked: the body would still be gzip; or a final
+            // coding that is not chunked): not implemented here (RFC 9112 6.1).
+            list => Err(Rejection::new(
+                501,
+                format!(
+                    "Transfer-Encoding {:?} not implemented (only chunked alone)",
+                    list.join(", ")
+                ),
+            )),
+        };
     }
     let Some(first) = cl.first() else {
         return Err(Rejection::new(411, "Content-Length is required"));
@@ -299,7 +357,12 @@ fn read_chunked(feed: &mut Feeder) -> Result<Vec<u8>, Rejection> {
     loop {
         let (consumed, size) = loop {
             match httparse::parse_chunk_size(&feed.buf[pos..]) {
-                Ok(httparse::Status::Complete(found)) => break found,
+                Ok(httparse::Status::Complete(found)) => {
+                    if bare_lf(&feed.buf[pos..pos + found.0]).is_some() {
+                        return Err(Rejection::new(400, "bare LF in a chunk size line"));
+                    }
+                    break found;
+                }
                 Ok(httparse::Status::Partial) => {
                     if feed.buf.len() - pos > 1024 {
                         return Err(Rejection::new(400, "malformed chunk size line"));
@@ -315,6 +378,12 @@ fn read_chunked(feed: &mut Feeder) -> Result<Vec<u8>, Rejection> {
             // the last chunk has still sent the whole body.
             loop {
                 let rest = &feed.buf[pos..];
+                if let Some(at) = bare_lf(rest) {
+                    return Err(Rejection::new(
+                        400,
+                        format!("bare LF at byte {at} of the chunked trailers"),
+                    ));
+                }
                 if rest.starts_with(b"\r\n") || rest.windows(4).any(|w| w == b"\r\n\r\n") {
                     return Ok(body);
                 }
@@ -359,6 +428,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
@@ -366,6 +436,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Status",
     }
@@ -396,6 +467,17 @@ pub fn write_response(
     out.flush()
 }
 
+/// Ends the connection on `socket` at once (FIN to the peer, reads end), whichever
+/// descriptors still refer to it: under `Accept=yes` stdin and stdout are the same
+/// socket, and closing one descriptor would not end it. Not a socket (a pipe, a file):
+/// nothing to do.
+pub fn close_connection(socket: impl std::os::fd::AsFd) {
+    match rustix::net::shutdown(socket, rustix::net::Shutdown::ReadWrite) {
+        Ok(()) | Err(rustix::io::Errno::NOTSOCK | rustix::io::Errno::NOTCONN) => {}
+        Err(e) => log::debug!("webhook-handle: shutting the connection down: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +485,7 @@ mod tests {
     fn read(bytes: &[u8]) -> Result<Request, Rejection> {
         read_request(
             std::io::Cursor::new(bytes.to_vec()),
-            Duration::from_secs(5),
+            Deadlines::both(Duration::from_secs(5)),
             |_| Ok(()),
         )
     }
@@ -459,7 +541,30 @@ mod tests {
                 413,
             ),
             (b"POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", 413),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                501,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                501,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.1\nContent-Length: 2\n\nab", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 2\n\r\nab", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\nab", 400),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\n",
+                400,
+            ),
             (
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 400,
@@ -522,11 +627,30 @@ mod tests {
         assert_eq!(read(&req).unwrap_err().status, 431);
     }
 
+    /// A complete head of `size` bytes followed by a 2-byte body, all in one read.
+    fn head_of(size: usize) -> Vec<u8> {
+        let start = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nX: ";
+        let mut req = start.to_vec();
+        req.extend(std::iter::repeat_n(b'a', size - start.len() - 4));
+        req.extend_from_slice(b"\r\n\r\nab");
+        assert_eq!(req.len(), size + 2);
+        req
+    }
+
+    #[test]
+    fn the_head_limit_is_exact_whatever_the_read_size() {
+        // All of it arrives in one read (the old check ran only between reads, so a
+        // head up to one read past the limit was taken).
+        assert_eq!(read(&head_of(MAX_HEAD)).unwrap().body, b"ab");
+        assert_eq!(read(&head_of(MAX_HEAD + 1)).unwrap_err().status, 431);
+        assert_eq!(read(&head_of(MAX_HEAD + 6 * 1024)).unwrap_err().status, 431);
+    }
+
     #[test]
     fn check_head_refuses_before_the_body() {
         let got = read_request(
             std::io::Cursor::new(b"GET / HTTP/1.1\r\n\r\n".to_vec()),
-            Duration::from_secs(5),
+            Deadlines::both(Duration::from_secs(5)),
             |h| {
                 if h.method == "POST" {
                     Ok(())
@@ -559,8 +683,28 @@ mod tests {
             Some(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc".to_vec()),
             rx,
         );
-        let got = read_request(input, Duration::from_millis(200), |_| Ok(()));
+        let got = read_request(input, Deadlines::both(Duration::from_millis(200)), |_| {
+            Ok(())
+        });
         assert_eq!(got.unwrap_err().status, 408);
+    }
+
+    #[test]
+    fn a_trickled_head_is_cut_at_the_head_deadline_not_the_whole_one() {
+        let (_keep, rx) = std::sync::mpsc::channel();
+        let input = Stalls(Some(b"POST / HTTP/1.1\r\nX-Plane".to_vec()), rx);
+        let deadlines = Deadlines {
+            head: Duration::from_millis(200),
+            whole: Duration::from_secs(600),
+        };
+        let started = Instant::now();
+        let got = read_request(input, deadlines, |_| Ok(()));
+        assert_eq!(got.unwrap_err().status, 408);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cut by the head deadline, not the whole-request one: {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use crate::adapters::db::{Db, NewDelivery, Stored, PENDING};
-use crate::adapters::webhook_server::{self, Head, Rejection, MAX_BODY};
+use crate::adapters::webhook_server::{self, Deadlines, Head, Rejection, MAX_BODY};
 use crate::core::intake;
 use crate::exit::ExitStatus;
 use crate::ops::delivery::process_delivery;
@@ -25,8 +25,9 @@ use crate::ops::pass::{PassContext, PassReport};
 /// `--stdio` reads one HTTP/1.1 request on stdin and writes the response on stdout
 /// (what `orch-webhook.socket` with Accept=yes hands over); `--body FILE --header
 /// 'Name: value'...` replays a delivery by hand with the same checks and storage and
-/// prints the outcome as one line. Needs ORCH_PLANE_WEBHOOK_SECRET. Statuses: 405 not
-/// POST, 413 body over 1 MiB, 401 bad or missing X-Plane-Signature, 400 malformed, 422
+/// prints the outcome as one line. Needs ORCH_PLANE_WEBHOOK_SECRET. Statuses: 404 not
+/// ORCH_WEBHOOK_PATH, 405 not POST, 413 body over 1 MiB, 501 a transfer coding other
+/// than chunked, 401 bad or missing X-Plane-Signature, 400 malformed, 422
 /// not a Plane delivery, 408 too slow, 200 stored (or a duplicate). Exit codes: 0
 /// stored and acted on, or a duplicate; 1 input rejected; 2 configuration or internal
 /// error, including a stored delivery whose action failed (it stays pending for
@@ -81,9 +82,14 @@ pub fn run(args: &WebhookHandleArgs, ctx: &PassContext) -> Result<ExitStatus> {
 
 fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitStatus> {
     let mut out = std::io::stdout().lock();
-    let timeout = ctx.config.settings.webhook_read_timeout_s.0;
-    let read = webhook_server::read_request(std::io::stdin(), timeout, |head| {
-        check_head(head)?;
+    let settings = &ctx.config.settings;
+    let deadlines = Deadlines {
+        head: settings.webhook_header_timeout_s.0,
+        whole: settings.webhook_read_timeout_s.0,
+    };
+    let path = settings.webhook_path.0.as_str();
+    let read = webhook_server::read_request(std::io::stdin(), deadlines, |head| {
+        check_head(head, path)?;
         if head
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
@@ -98,7 +104,9 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
         Ok(r) => r,
         Err(rejection) => {
             let delivery = "-";
-            return answer_rejection(&mut out, &rejection, delivery, started);
+            let done = answer_rejection(&mut out, &rejection, delivery, started);
+            webhook_server::close_connection(&out);
+            return done;
         }
     };
     let delivery_id = request.head.header("x-plane-delivery").map(str::to_string);
@@ -113,7 +121,11 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
         delivery_id.as_deref(),
     )?;
     match handled {
-        Handled::Rejected(r) => answer_rejection(&mut out, &r, shown_id, started),
+        Handled::Rejected(r) => {
+            let done = answer_rejection(&mut out, &r, shown_id, started);
+            webhook_server::close_connection(&out);
+            done
+        }
         Handled::Duplicate {
             id, first_delivery, ..
         } => {
@@ -124,13 +136,17 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
                 &json!({"status": "duplicate", "delivery": id}),
             )
             .context("answering the sender")?;
+            webhook_server::close_connection(&out);
             log_duplicate(id, first_delivery.as_deref(), shown_id);
             summary(200, "duplicate", shown_id, started);
             Ok(ExitStatus::Success)
         }
         Handled::Stored(id) => {
-            // The row is committed; answer before acting so the sender never waits on
-            // Gitea or Plane. A sender that has gone away changes nothing: the row stays.
+            // The row is committed (and synced); answer before acting so the sender
+            // never waits on Gitea or Plane, and end the connection right after the
+            // answer: stdin and stdout are the socket, so without the shutdown the
+            // sender would see the end only when acting ends and the process exits.
+            // A sender that has gone away changes nothing: the row stays.
             if let Err(e) = webhook_server::write_response(
                 &mut out,
                 200,
@@ -141,6 +157,7 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
                     "webhook-handle: could not answer the sender (delivery {id} is stored): {e}"
                 );
             }
+            webhook_server::close_connection(&out);
             drop(out);
             act_and_report(ctx, db, id, shown_id, started, false)
         }
@@ -167,7 +184,7 @@ fn run_replay(
     }
     let head = Head {
         method: "POST".into(),
-        path: "/".into(),
+        path: ctx.config.settings.webhook_path.0.clone(),
         headers,
     };
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -230,8 +247,20 @@ fn run_replay(
     }
 }
 
-/// Refuses a request by its head alone, before its body is read.
-fn check_head(head: &Head) -> Result<(), Rejection> {
+/// Refuses a request by its head alone, before its body is read: a path other than
+/// `path` (its query, if any, is not compared), then a method other than POST, then
+/// no signature.
+fn check_head(head: &Head, path: &str) -> Result<(), Rejection> {
+    let asked = head
+        .path
+        .split_once('?')
+        .map_or(head.path.as_str(), |(p, _)| p);
+    if asked != path {
+        return Err(Rejection::new(
+            404,
+            format!("no receiver at {asked:?} (ORCH_WEBHOOK_PATH is {path:?})"),
+        ));
+    }
     if head.method != "POST" {
         return Err(Rejection::new(
             405,

@@ -24,6 +24,6 @@ pub use load::{
 };
 pub use pipeline::{is_repo, AgentGrants, Credential, Pipeline, AGENT_PLACEHOLDERS};
 pub use settings::{
-    env_example, Count, Csv, JobLauncher, PinnedNow, PositiveSeconds, Ratio, ResolvedSetting,
-    Seconds, Secret, SettingSpec, SettingValue, Settings, SETTINGS,
+    env_example, Count, Csv, JobLauncher, PinnedNow, PositiveSeconds, Ratio, RequestPath,
+    ResolvedSetting, Seconds, Secret, SettingSpec, SettingValue, Settings, SETTINGS,
 };

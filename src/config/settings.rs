@@ -196,6 +196,30 @@ impl SettingValue for Option<String> {
     }
 }
 
+/// An absolute HTTP request path (`/webhooks/plane`): starts with `/`, visible ASCII,
+/// no query or fragment (the receiver compares the request's path with it exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath(pub String);
+
+impl SettingValue for RequestPath {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        let ok = text.starts_with('/')
+            && text.bytes().all(|b| b.is_ascii_graphic())
+            && !text.contains(['?', '#']);
+        if ok {
+            Ok(RequestPath(text.to_string()))
+        } else {
+            Err(
+                "expected an absolute request path such as /webhooks/plane (no query, no spaces)"
+                    .into(),
+            )
+        }
+    }
+    fn render(&self) -> String {
+        self.0.clone()
+    }
+}
+
 /// A log filter in `RUST_LOG` syntax (`info`, `warn,orch::ops=debug`), checked when the
 /// configuration loads: a filter the logger would only half understand is an error
 /// naming the key, not a warning on stderr and a silent fallback.
@@ -426,7 +450,11 @@ settings! {
     /// How long a merge lease may be held before it counts as stale.
     merge_lease_ttl_s: PositiveSeconds = "ORCH_MERGE_LEASE_TTL_S", "600", false, "a merge lease older than this counts as stale (taken over by the next merge, reclaimed by reap)";
     /// Read deadline of one webhook request.
-    webhook_read_timeout_s: PositiveSeconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds to receive the whole request before answering 408";
+    webhook_read_timeout_s: PositiveSeconds = "ORCH_WEBHOOK_READ_TIMEOUT_S", "10", false, "webhook-handle --stdio: seconds from the connection's start to receive the whole request, head and body, before answering 408";
+    /// Head deadline of one webhook request (far shorter than the whole-request one).
+    webhook_header_timeout_s: PositiveSeconds = "ORCH_WEBHOOK_HEADER_TIMEOUT_S", "2", false, "webhook-handle --stdio: seconds from the connection's start to receive the request head before answering 408 (slow clients give their slot back this fast)";
+    /// The one request path the receiver answers.
+    webhook_path: RequestPath = "ORCH_WEBHOOK_PATH", "/webhooks/plane", false, "webhook-handle --stdio: the only request path accepted (404 otherwise); the path the TLS proxy forwards";
     /// Whether `reap` runs at all.
     reaper_enabled: bool = "ORCH_REAPER_ENABLED", "true", false, "reap rescues jobs left running by dead processes (false: the pass writes nothing and says so)";
     /// How often the reap timer fires (documentation for the unit; the pass reads it for status).

@@ -78,10 +78,14 @@ impl World {
     }
 }
 
+/// The request path every test delivers to: `ORCH_WEBHOOK_PATH`'s default, the path
+/// the README's proxy lines forward. Requests to any other path are 404.
+pub(crate) const PATH: &str = "/webhooks/plane";
+
 /// A POST request with these bytes as its body and these extra headers.
 pub(crate) fn post(body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
     let mut req = format!(
-        "POST /webhooks/plane HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nContent-Length: {}\r\n",
+        "POST {PATH} HTTP/1.1\r\nHost: orch.example\r\nContent-Type: application/json\r\nUser-Agent: Autopilot\r\nX-Plane-Event: issue\r\nContent-Length: {}\r\n",
         body.len()
     )
     .into_bytes();
@@ -270,17 +274,19 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
     let wrong = "0".repeat(64);
     let upper = sig.to_ascii_uppercase();
     let signed_body = |b: &[u8]| post(b, &[("X-Plane-Signature", &sign(SECRET, b))]);
-    let mut huge = b"POST / HTTP/1.1\r\nContent-Length: 5000000000\r\nX-Plane-Signature: ".to_vec();
+    let mut huge =
+        format!("POST {PATH} HTTP/1.1\r\nContent-Length: 5000000000\r\nX-Plane-Signature: ")
+            .into_bytes();
     huge.extend_from_slice(sig.as_bytes());
     huge.extend_from_slice(b"\r\n\r\n{\"event\"");
     let mut short = format!(
-        "POST / HTTP/1.1\r\nContent-Length: {}\r\nX-Plane-Signature: {sig}\r\n\r\n",
+        "POST {PATH} HTTP/1.1\r\nContent-Length: {}\r\nX-Plane-Signature: {sig}\r\n\r\n",
         good.len() + 10
     )
     .into_bytes();
     short.extend_from_slice(&good);
     let mut big_chunked = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
     )
     .into_bytes();
     for _ in 0..3 {
@@ -289,7 +295,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
         big_chunked.extend_from_slice(b"\r\n");
     }
     let mut cut_chunked = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {sig}\r\n\r\n"
     )
     .into_bytes();
     cut_chunked.extend_from_slice(format!("{:x}\r\n", good.len()).as_bytes());
@@ -319,6 +325,40 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
             405,
         ),
         (
+            "another path",
+            {
+                let mut r = signed(&good, "d");
+                r.splice(5..5 + PATH.len(), b"/".iter().copied());
+                r
+            },
+            404,
+        ),
+        (
+            "a path under the configured one",
+            {
+                let mut r = signed(&good, "d");
+                r.splice(5 + PATH.len()..5 + PATH.len(), b"/x".iter().copied());
+                r
+            },
+            404,
+        ),
+        (
+            "bare LF line endings",
+            String::from_utf8(signed(&good, "d"))
+                .unwrap()
+                .replace("\r\n", "\n")
+                .into_bytes(),
+            400,
+        ),
+        (
+            "gzip, chunked",
+            format!(
+                "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nX-Plane-Signature: {sig}\r\n\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            501,
+        ),
+        (
             "PUT",
             {
                 let mut r = signed(&good, "d");
@@ -333,7 +373,7 @@ fn every_bad_input_gets_its_status_and_leaves_nothing() {
         ("chunked cut short", cut_chunked, 400),
         (
             "no length at all",
-            format!("POST / HTTP/1.1\r\nX-Plane-Signature: {sig}\r\n\r\n").into_bytes(),
+            format!("POST {PATH} HTTP/1.1\r\nX-Plane-Signature: {sig}\r\n\r\n").into_bytes(),
             411,
         ),
         (
@@ -409,7 +449,7 @@ fn a_valid_chunked_delivery_is_taken() {
     let w = world();
     let body = start_delivery(2);
     let mut req = format!(
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {}\r\n\r\n",
+        "POST {PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Plane-Signature: {}\r\n\r\n",
         sign(SECRET, &body)
     )
     .into_bytes();
@@ -442,7 +482,10 @@ fn a_stalled_request_gets_408_instead_of_hanging() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin
-        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 500\r\nX-Plane-Signature: 00\r\n\r\n{\"ev")
+        .write_all(
+            format!("POST {PATH} HTTP/1.1\r\nContent-Length: 500\r\nX-Plane-Signature: 00\r\n\r\n{{\"ev")
+                .as_bytes(),
+        )
         .unwrap();
     // Keep stdin open: the sender is slow, not gone. The receiver must answer anyway.
     let mut out = String::new();
@@ -922,4 +965,344 @@ fn config_check_reports_a_cached_state_with_two_meanings() {
         "{}",
         run.stderr
     );
+}
+
+// ---- Intake under slow clients, and the durability order ----------------------------
+
+/// `command` with the environment `TestEnv::command` gives the binary: the test's
+/// variables and nothing else.
+fn with_env(env: &TestEnv, mut cmd: std::process::Command) -> std::process::Command {
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", env.dir.path())
+        .current_dir(env.dir.path())
+        .envs(&env.env);
+    cmd
+}
+
+/// The receiver as `orch-webhook.socket` (`Accept=yes`) runs it: systemd's own
+/// `systemd-socket-activate --accept --inetd` listens on loopback and hands every
+/// connection to a new `orch webhook-handle --stdio` as its stdin and stdout, the
+/// socket itself (not a pipe), as `StandardInput=socket`/`StandardOutput=socket` do.
+/// It has no connection cap: what is measured is the receiver's own hold on a
+/// connection, which is what decides how fast systemd's slots turn over.
+struct SocketActivated {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl SocketActivated {
+    fn start(env: &TestEnv) -> SocketActivated {
+        use std::io::BufRead;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let mut cmd = std::process::Command::new("systemd-socket-activate");
+        cmd.args(["--listen", &addr.to_string(), "--accept", "--inetd"]);
+        // It hands its children only PATH, HOME, TERM, USER and what --setenv names.
+        for (k, v) in &env.env {
+            cmd.arg(format!("--setenv={k}={v}"));
+        }
+        cmd.arg(crate::common::orch_bin())
+            .args(["webhook-handle", "--stdio"]);
+        let mut child = with_env(env, cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (package systemd) is needed by this test");
+        // It says when it listens; keep draining its log afterwards.
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("systemd-socket-activate exited")
+                .unwrap();
+            if line.starts_with("Listening on") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        SocketActivated { child, addr }
+    }
+
+    fn connect(&self) -> std::net::TcpStream {
+        std::net::TcpStream::connect(self.addr).expect("connect to the receiver")
+    }
+}
+
+impl Drop for SocketActivated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads what the receiver sends until it ends the connection; `None` when it has not
+/// ended it within `within`.
+fn answer_within(conn: &mut std::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        conn.set_read_timeout(Some(left)).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn slow_loris_connections_do_not_stop_good_deliveries() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    const SLOW: usize = 40; // more than the 32 slots that used to stop intake
+    const GOOD: u32 = 6;
+    const HEAD_S: u64 = 2;
+    let mut w = world();
+    // The head deadline is what a slow client gets; the whole-request one is far longer,
+    // so a receiver that only had the latter would hold every slow client for a minute.
+    w.env
+        .set("ORCH_WEBHOOK_HEADER_TIMEOUT_S", &HEAD_S.to_string())
+        .set("ORCH_WEBHOOK_READ_TIMEOUT_S", "60");
+    let receiver = SocketActivated::start(&w.env);
+    let head = signed(&start_delivery(1), "loris");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| {
+            let mut conn = receiver.connect();
+            let head = head.clone();
+            let stop = stop.clone();
+            let started_tx = started_tx.clone();
+            std::thread::spawn(move || {
+                // One head byte, then wait up to 100 ms on the socket for an answer
+                // (the pacing is a read with a timeout), and again.
+                let opened = Instant::now();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                for (i, byte) in head.iter().enumerate() {
+                    if stop.load(Ordering::Relaxed) || conn.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    if i == 0 {
+                        started_tx.send(()).unwrap();
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+                // Whatever is left of the answer, up to its end.
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                (String::from_utf8_lossy(&got).into_owned(), opened.elapsed())
+            })
+        })
+        .collect();
+    for _ in 0..SLOW {
+        started_rx.recv().unwrap();
+    }
+    // Every slow client holds its connection and has sent part of a head. Good
+    // deliveries still get their 200, each within the head deadline.
+    for n in 0..GOOD {
+        let mut conn = receiver.connect();
+        let sent = Instant::now();
+        conn.write_all(&signed(&start_delivery(100 + n), &format!("good-{n}")))
+            .unwrap();
+        let answer = answer_within(&mut conn, Duration::from_secs(HEAD_S))
+            .unwrap_or_else(|| panic!("good delivery {n}: no answer and end within {HEAD_S} s"));
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "good delivery {n} after {:?}: {answer}",
+            sent.elapsed()
+        );
+    }
+    // The slow clients were cut at the head deadline with 408, not held for the minute
+    // the whole request may take.
+    let slow: Vec<_> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    for (answer, held) in &slow {
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "slow client after {held:?}: {answer:?}"
+        );
+        assert!(
+            *held < Duration::from_secs(HEAD_S + 8),
+            "a slow client was held {held:?} (head deadline {HEAD_S} s)"
+        );
+    }
+    for n in 0..GOOD {
+        let key = format!("ORCH-{}", 100 + n);
+        assert_eq!(
+            w.env
+                .count(&format!("SELECT count(*) FROM tasks WHERE key = '{key}'")),
+            1,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        w.env.count("SELECT count(*) FROM deliveries"),
+        i64::from(GOOD),
+        "no slow client's request was stored"
+    );
+}
+
+#[test]
+fn the_connection_ends_at_the_answer_while_acting_goes_on() {
+    use std::time::Duration;
+    let mut w = world();
+    // A Gitea that takes the branch request and never answers: acting blocks on it
+    // for the whole HTTP timeout.
+    let gitea = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gitea_url = format!("http://{}", gitea.local_addr().unwrap());
+    w.env
+        .set("ORCH_GITEA_URL", &gitea_url)
+        .set("ORCH_HTTP_TIMEOUT_S", "60");
+    let receiver = SocketActivated::start(&w.env);
+    let mut conn = receiver.connect();
+    conn.write_all(&signed(&start_delivery(7), "d-7")).unwrap();
+    let answer = answer_within(&mut conn, Duration::from_secs(10))
+        .expect("the connection ended right after the answer, not when acting ended");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"status\":\"stored\""), "{answer}");
+    // Acting was still under way: its branch request is at Gitea, unanswered.
+    let (mut branch, _) = gitea.accept().unwrap();
+    branch
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = branch.read(&mut buf).unwrap();
+    let request = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        request.starts_with("POST /api/v1/repos/acme/orch/branches"),
+        "{request}"
+    );
+    // Gitea goes away: the branch is left for reconcile, the start is recorded.
+    drop(branch);
+    drop(gitea);
+    drop(receiver);
+}
+
+/// Runs `webhook-handle --stdio` under `strace -f -y`, returning the trace.
+fn strace_delivery(env: &TestEnv, request: &[u8]) -> (String, Run) {
+    let trace = env.dir.path().join("strace.txt");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-s", "64", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=write,pwrite64,writev,sendto,fsync,fdatasync"])
+        .arg(crate::common::orch_bin())
+        .args(["webhook-handle", "--stdio"]);
+    let mut child = with_env(env, cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace is needed by this test (.ci/run installs it)");
+    child.stdin.take().unwrap().write_all(request).unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    (std::fs::read_to_string(trace).unwrap(), run)
+}
+
+#[test]
+fn the_row_is_synced_before_the_200_while_another_process_holds_the_database() {
+    let w = world();
+    // Another process (this one) holds the database open in WAL mode, inside a read
+    // transaction: the receiver's commit cannot checkpoint, and its WAL frames are
+    // written after the last sync unless the commit itself syncs.
+    let other = w.env.db();
+    let mode: String = other
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    other
+        .execute_batch("BEGIN; SELECT count(*) FROM deliveries;")
+        .unwrap();
+    let (trace, run) = strace_delivery(&w.env, &signed(&start_delivery(3), "d-3"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        run.stdout
+    );
+    let lines: Vec<&str> = trace.lines().collect();
+    let answer = lines
+        .iter()
+        .position(|l| l.contains("HTTP/1.1 200"))
+        .unwrap_or_else(|| panic!("no 200 written in the trace:\n{trace}"));
+    let wal = |l: &&str| l.contains("orch.db-wal>");
+    let last_wal_write = lines[..answer]
+        .iter()
+        .rposition(|l| wal(l) && (l.contains("pwrite64(") || l.contains(" write(")))
+        .unwrap_or_else(|| panic!("the row's WAL frames are not written before the 200:\n{trace}"));
+    let synced = lines[last_wal_write..answer]
+        .iter()
+        .any(|l| wal(l) && (l.contains("fsync(") || l.contains("fdatasync(")));
+    assert!(
+        synced,
+        "the WAL was not synced between the row's last frame and the 200:\n{}",
+        lines[last_wal_write..=answer].join("\n")
+    );
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM deliveries WHERE delivery_id = 'd-3'"),
+        1
+    );
+}
+
+#[test]
+fn the_socket_unit_leaves_room_past_one_source_and_says_what_the_cap_does() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/orch-webhook.socket"
+    ))
+    .unwrap();
+    let value = |key: &str| -> u32 {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (all, per_source) = (value("MaxConnections"), value("MaxConnectionsPerSource"));
+    // One address (a slow-loris source) holds at most a quarter of the slots, and the
+    // slots outnumber the slow clients the intake test throws at the receiver.
+    assert!(per_source * 4 <= all, "{per_source} of {all}");
+    assert!(all > 40, "{all}");
+    // Past the cap systemd refuses; nothing waits in the backlog.
+    assert!(unit.contains("refused, not queued"), "{unit}");
+    assert!(!unit.contains("waits in the backlog"), "{unit}");
 }
