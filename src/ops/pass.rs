@@ -302,6 +302,14 @@ impl PassContext {
     }
 }
 
+/// Whether `e` is the database failing (a write refused, the lock not obtained within the
+/// busy timeout, a read-only or full disk) rather than a remote or a decision: a pass
+/// that could not write what it decided exits 2 and says so (docs/architecture.md).
+pub fn is_database_failure(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<rusqlite::Error>().is_some())
+}
+
 /// The job whose agent this process runs inside, for the provenance of the stage events
 /// it writes: the running job whose agent leads this process group (an agent's `orch`
 /// calls share its group unless it left it), else the `ORCH_JOB_ID` run-job gave the

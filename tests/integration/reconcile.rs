@@ -707,3 +707,32 @@ fn a_steady_pass_reads_list_pages_and_ci_only_for_heads_not_yet_green() {
     assert_eq!(gitea_since(), (1, 0, vec![], 0));
     assert_eq!(cached(), 4);
 }
+
+#[test]
+fn a_replay_the_database_refuses_exits_2_and_says_so() {
+    let env = TestEnv::builder().project(Project::shop()).build();
+    let body = json!({
+        "event": "issue", "action": "updated",
+        "data": {"id": "00000000-0000-4000-8000-000000000001", "project": "0000dead-0000-4000-8000-000000000000",
+                 "state": {"id": "x", "name": "In Progress", "group": "started"}},
+    })
+    .to_string();
+    env.db()
+        .execute(
+            "INSERT INTO deliveries (body_sha256, event, body, received_at) VALUES ('poison-free', 'issue', ?1, ?2)",
+            rusqlite::params![body.as_bytes(), NOW_UNIX],
+        )
+        .unwrap();
+    // A real write lock, held by another process (this one) past the busy timeout.
+    let holder = env.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = env.run(&["reconcile"]).expect(2);
+    run.stderr_has("could not be written to the database");
+    holder.execute_batch("ROLLBACK").unwrap();
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM deliveries WHERE outcome = 'pending'"),
+        0,
+        "replayed once the lock is gone"
+    );
+}
