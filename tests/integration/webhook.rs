@@ -959,3 +959,20 @@ fn a_missing_database_is_never_created_and_plane_gets_no_answer_so_it_retries() 
     }
     assert_eq!(w.branch_posts(), 0, "nothing acted on");
 }
+
+#[test]
+fn a_delivery_the_locked_database_cannot_store_gets_no_answer_and_exit_2() {
+    let w = world();
+    // A real write lock, held by another process (this one) past the busy timeout.
+    let holder = w.env.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (run, status) = stdio(&w.env, &signed(&start_delivery(9), "d-locked"));
+    assert_eq!((status, run.code), (0, 2), "{}", run.stderr);
+    assert_eq!(run.stdout, "", "no answer: Plane retries");
+    run.stderr_has("storing the delivery");
+    holder.execute_batch("ROLLBACK").unwrap();
+    // Plane's retry (a new delivery id, the same body) is stored and acted on.
+    let (run, status) = stdio(&w.env, &signed(&start_delivery(9), "d-retry"));
+    assert_eq!((status, run.code), (200, 0), "{}", run.stderr);
+    assert_eq!(w.env.count("SELECT count(*) FROM deliveries"), 1);
+}
