@@ -81,7 +81,17 @@ pub fn run(args: &ReconcileArgs, ctx: &PassContext) -> Result<ExitStatus> {
         if let Some(why) = &report.stopped_early {
             log::warn!("reconcile: stopped early: {why}");
         }
-        Ok(PassOutcome::ok(report.counts()))
+        let mut outcome = PassOutcome::ok(report.counts());
+        // A decision it could not write (a read-only or locked database) was not done:
+        // the unit must fail instead of reading success.
+        if report.unwritten > 0 {
+            log::error!(
+                "reconcile: {} decision(s) could not be written to the database (see above); exit 2",
+                report.unwritten
+            );
+            outcome.status = ExitStatus::Error;
+        }
+        Ok(outcome)
     })
 }
 
@@ -183,6 +193,14 @@ fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
 }
 
 impl Pass<'_> {
+    /// Counts an error, and a decision left unwritten when the database refused it.
+    fn failed(&mut self, e: &anyhow::Error) {
+        self.report.c.errors += 1;
+        if crate::ops::pass::is_database_failure(e) {
+            self.report.unwritten += 1;
+        }
+    }
+
     fn judge_tasks(
         &mut self,
         db: &mut Db,
@@ -389,7 +407,7 @@ impl Pass<'_> {
                 if let Some(MoveError::Stale { actual, .. }) = e.downcast_ref::<MoveError>() {
                     return Some(format!("moved to {actual} meanwhile: left alone"));
                 }
-                self.report.c.errors += 1;
+                self.failed(&e);
                 log::warn!("task {}: acting failed: {e:#}", t.key);
                 Some(format!("failed: {e:#}"))
             }

@@ -407,6 +407,8 @@ settings! {
     max_developer_retries: Count = "ORCH_MAX_DEVELOPER_RETRIES", "3", false, "developer rollbacks after which a task is escalated to a human";
     /// Attempts per job before escalation.
     job_max_attempts: Count = "ORCH_JOB_MAX_ATTEMPTS", "3", false, "attempts of one stage's job before the task is escalated";
+    /// Tries of acting on one webhook delivery before it is given up.
+    delivery_max_attempts: Count = "ORCH_DELIVERY_MAX_ATTEMPTS", "5", false, "tries of acting on one webhook delivery (the receiver's, then each reconcile replay) before it is given up, recorded given_up with its last error and announced once";
     /// Connect timeout of every remote call.
     http_connect_timeout_s: PositiveSeconds = "ORCH_HTTP_CONNECT_TIMEOUT_S", "5", false, "connect timeout of every Plane, Gitea and Telegram call, in seconds";
     /// Whole-request timeout of every remote call.

@@ -670,6 +670,9 @@ pub enum OutcomeKind {
     /// A strictly newer update of the work item was already known: nothing done; the
     /// detail gives both times.
     Stale,
+    /// Acting failed on every one of `ORCH_DELIVERY_MAX_ATTEMPTS` tries: no longer
+    /// replayed; the detail gives the tries and the last error.
+    GivenUp,
 }
 
 impl OutcomeKind {
@@ -683,6 +686,7 @@ impl OutcomeKind {
             OutcomeKind::Duplicate => "duplicate",
             OutcomeKind::NoAction => "no pipeline action",
             OutcomeKind::Stale => "stale",
+            OutcomeKind::GivenUp => "given_up",
         }
     }
 
@@ -696,6 +700,7 @@ impl OutcomeKind {
             OutcomeKind::Duplicate,
             OutcomeKind::NoAction,
             OutcomeKind::Stale,
+            OutcomeKind::GivenUp,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -70,12 +70,52 @@ pub fn process_delivery(
             Ok(recorded(&row.outcome, row.detail.as_deref()))
         }
         Err(e) => {
-            if let Err(e2) = db.fail_delivery(row.id, &format!("{e:#}")) {
+            let error = format!("{e:#}");
+            if let Err(e2) = db.fail_delivery(row.id, &error) {
                 log::warn!("delivery {}: could not record the error: {e2:#}", row.id);
+            }
+            let tries = row.attempts + 1;
+            if tries >= i64::from(ctx.config.settings.delivery_max_attempts.0) {
+                give_up(ctx, db, &row, tries, &error)?;
             }
             Err(e)
         }
     }
+}
+
+/// Gives up a delivery whose acting failed on its last allowed try: recorded `given_up`
+/// with the last error (never replayed again, so it cannot starve newer ones) and
+/// announced once (deduplicated by the delivery's row id).
+fn give_up(
+    ctx: &PassContext,
+    db: &Db,
+    row: &crate::adapters::db::DeliveryRow,
+    tries: i64,
+    error: &str,
+) -> Result<()> {
+    let detail = format!("acting failed on all {tries} tries; last error: {error}");
+    if !db.give_up_delivery(row.id, &detail, error, ctx.now_secs())? {
+        return Ok(());
+    }
+    let shown = row.delivery_id.as_deref().unwrap_or("-");
+    log::error!(
+        "delivery {} (delivery id {shown}) given up: {detail}",
+        row.id
+    );
+    let message = format!(
+        "orch: webhook delivery {} (X-Plane-Delivery {shown}) given up after {tries} tries; last error: {error}; it is not replayed again: \
+         do by hand what it asked (orch task add / orch task move).",
+        row.id
+    );
+    crate::ops::notify::announce(
+        ctx,
+        db,
+        &format!("delivery-given-up:{}", row.id),
+        "delivery_given_up",
+        None,
+        &message,
+    )?;
+    Ok(())
 }
 
 /// The `stale` outcome of a stored body against the newest update seen.

@@ -209,12 +209,12 @@ impl PassContext {
         .map(Option::as_ref)
     }
 
-    /// Opens (and migrates) the database.
+    /// Opens (and migrates) the database, which must exist (only `init` creates it).
     ///
     /// # Errors
-    /// When it cannot be opened or migrated.
+    /// When it is missing (its path named), cannot be opened or migrated.
     pub fn open_db(&self) -> Result<Db> {
-        let mut db = Db::open(&self.config.settings.db)?;
+        let mut db = Db::open_existing(&self.config.settings.db)?;
         db.set_agent_job(calling_agent_job(&db));
         Ok(db)
     }
@@ -302,6 +302,14 @@ impl PassContext {
     }
 }
 
+/// Whether `e` is the database failing (a write refused, the lock not obtained within the
+/// busy timeout, a read-only or full disk) rather than a remote or a decision: a pass
+/// that could not write what it decided exits 2 and says so (docs/architecture.md).
+pub fn is_database_failure(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<rusqlite::Error>().is_some())
+}
+
 /// The job whose agent this process runs inside, for the provenance of the stage events
 /// it writes: the running job whose agent leads this process group (an agent's `orch`
 /// calls share its group unless it left it), else the `ORCH_JOB_ID` run-job gave the
@@ -340,6 +348,11 @@ mod tests {
         )
     }
 
+    /// Creates the database, as `orch init` does (a pass never creates it).
+    fn init(ctx: &PassContext) {
+        crate::adapters::db::Db::open(&ctx.config.settings.db).unwrap();
+    }
+
     /// A clock that moves one second forward every time it is read.
     struct Ticking(AtomicI64);
 
@@ -354,6 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::from_parts(None, None, layers(dir.path())).unwrap();
         let ctx = PassContext::new(config, Box::new(Ticking(AtomicI64::new(1_000))));
+        init(&ctx);
         assert_eq!(ctx.now_secs(), 1_000);
         assert_eq!(ctx.now(), ctx.now());
         assert_eq!(
@@ -432,6 +446,7 @@ mod tests {
     fn a_pass_that_exits_2_is_recorded_as_error_and_a_busy_lock_is_75() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = ctx(dir.path());
+        init(&ctx);
         let status = ctx
             .run_pass("tick", false, |_, _| {
                 Ok(PassOutcome {

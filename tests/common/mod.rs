@@ -195,7 +195,7 @@ impl TestEnvBuilder {
         if let Some(p) = &prod {
             yaml = yaml.replace("$PROD_URL", p.url());
         }
-        let mut env = TestEnv::with_pipeline(&yaml);
+        let mut env = TestEnv::uninitialised(&yaml);
         env.projects = self.projects.clone();
         if has(Standin::Plane) {
             let plane = PlaneStandin::start("acme", PLANE_API_KEY);
@@ -291,7 +291,8 @@ impl From<Output> for Run {
 }
 
 impl TestEnv {
-    /// Starts a builder: no projects, the do-nothing agents, no stand-ins, `init` on build.
+    /// Starts a builder: no projects, the do-nothing agents, no stand-ins, `init` on build
+    /// (last, after the stand-ins' settings).
     pub fn builder() -> TestEnvBuilder {
         TestEnvBuilder {
             projects: Vec::new(),
@@ -350,13 +351,27 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("no project {name} in the pipeline file"))
     }
 
-    /// A fresh env with [`default_pipeline`] as its pipeline file.
+    /// A fresh env with [`default_pipeline`] as its pipeline file, initialised.
     pub fn new() -> TestEnv {
         TestEnv::with_pipeline(&default_pipeline())
     }
 
-    /// A fresh env with this pipeline file text.
+    /// A fresh env with this pipeline file text, initialised (`orch init` ran: every
+    /// other command refuses a missing database, as in production).
     pub fn with_pipeline(yaml: &str) -> TestEnv {
+        let env = TestEnv::uninitialised(yaml);
+        env.run(&["init"]).expect(0);
+        env
+    }
+
+    /// A fresh env with [`default_pipeline`] and no database yet (`orch init` not run).
+    pub fn bare() -> TestEnv {
+        TestEnv::uninitialised(&default_pipeline())
+    }
+
+    /// A fresh env with this pipeline file text and no database yet: for what happens
+    /// before `orch init` (refusals, an invalid pipeline file, no side effects).
+    pub fn uninitialised(yaml: &str) -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("orch.yaml"), yaml).expect("write pipeline");
         let mut env = BTreeMap::new();

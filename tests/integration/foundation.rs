@@ -4,7 +4,7 @@ use crate::common::{snapshot, TestEnv, JOB_FIELDS, NOW_UNIX};
 
 #[test]
 fn init_twice_is_safe_and_reports_what_it_did() {
-    let env = TestEnv::new();
+    let env = TestEnv::bare();
     let first = env.run(&["init"]).expect(0);
     assert!(
         first.stdout.contains("created at schema version"),
@@ -43,7 +43,7 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[test]
 fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
-    let env = TestEnv::new();
+    let env = TestEnv::bare();
     // What an earlier orch left under umask 022: a readable database and state.
     under_umask_022(&env, "init").expect(0);
     let old_log = env.path("state/jobs/1.log");
@@ -77,7 +77,7 @@ fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
         assert_eq!(mode(&env.path(p)), want, "{p}: {:o}", mode(&env.path(p)));
     }
     // New files of any pass are private too: a fresh database, the status file.
-    let fresh = TestEnv::new();
+    let fresh = TestEnv::bare();
     under_umask_022(&fresh, "init").expect(0);
     under_umask_022(&fresh, "status --prometheus metrics/orch.prom").expect(0);
     for (p, want) in [
@@ -97,20 +97,54 @@ fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
 
 #[test]
 fn a_fresh_checkout_runs_with_no_file_at_all() {
-    let env = TestEnv::new();
-    let mut cmd = env.command(&["status", "--json"]);
-    cmd.env_remove("ORCH_DB")
-        .env_remove("ORCH_STATE_DIR")
-        .env_remove("ORCH_CONFIG");
+    let env = TestEnv::bare();
     std::fs::remove_file(env.path("orch.yaml")).unwrap();
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [&["init"][..], &["status", "--json"]] {
+        let mut cmd = env.command(args);
+        cmd.env_remove("ORCH_DB")
+            .env_remove("ORCH_STATE_DIR")
+            .env_remove("ORCH_CONFIG");
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(env.path("orch.db").exists(), "defaults to ./orch.db");
+}
+
+#[test]
+fn every_command_but_init_refuses_a_missing_database_naming_the_path() {
+    let mut env = TestEnv::bare();
+    let cases: &[&[&str]] = &[
+        &["status"],
+        &["reap"],
+        &["dispatch"],
+        &["reconcile"],
+        &["post-deploy-tick"],
+        &["task", "list"],
+        &["job", "list"],
+    ];
+    for db in ["orch.db", "unmounted/orch.db"] {
+        let path = env.path(db);
+        env.set("ORCH_DB", &path.display().to_string());
+        for args in cases {
+            let run = env.run(args).expect(2);
+            assert!(
+                run.stderr.contains(&path.display().to_string())
+                    && run.stderr.contains("does not exist"),
+                "{args:?} {db}: {}",
+                run.stderr
+            );
+            assert!(!path.exists(), "{args:?} {db}: nothing created");
+        }
+        assert!(!env.path("unmounted").exists(), "no directory made");
+    }
+    // `init` is the one command that creates it; then the same commands run.
+    env.run(&["init"]).expect(0);
+    env.run(&["status"]).expect(0);
 }
 
 #[test]
@@ -132,13 +166,13 @@ fn bad_configuration_exits_2_naming_the_key() {
         ("ORCH_NOW", "now", "ORCH_NOW"),
     ];
     for (key, value, named) in cases {
-        let mut env = TestEnv::new();
+        let mut env = TestEnv::bare();
         env.set(key, value);
         let run = env.run(&["config", "check"]).expect(2);
         assert!(run.stderr.contains(named), "{key}={value}: {}", run.stderr);
         assert!(!env.db_path().exists(), "no side effect before validation");
     }
-    let env = TestEnv::with_pipeline("plane: { workspace: acme }\nprojects:\n  - name: x\n    plane_project_id: nope\n    repo: a/b\n");
+    let env = TestEnv::uninitialised("plane: { workspace: acme }\nprojects:\n  - name: x\n    plane_project_id: nope\n    repo: a/b\n");
     let run = env.run(&["status"]).expect(2);
     assert!(
         run.stderr.contains("projects[0].plane_project_id"),
@@ -556,4 +590,58 @@ agents:
         orch::core::intake::task_key(None, "my-shop", None, "ab-cd-ef-01-23"),
         "MYSHOP-abcdef01"
     );
+}
+
+/// Every service: syscalls filtered with `EPERM` (never SIGSYS), resource limits, the
+/// job unit's whole cgroup stopped, and `systemd-analyze security` exposure at most 2.5
+/// (scripts/verify-units checks the syntax; CI installs systemd-analyze).
+#[test]
+fn every_unit_is_hardened_bounded_and_exposed_at_most_2_5() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(stem) = name.strip_suffix(".service") else {
+            continue;
+        };
+        seen += 1;
+        let unit = std::fs::read_to_string(&path).unwrap();
+        for key in [
+            "SystemCallFilter=",
+            "SystemCallErrorNumber=EPERM",
+            "TasksMax=",
+            "MemoryMax=",
+            "LimitNOFILE=",
+        ] {
+            assert!(
+                unit.lines().any(|l| l.starts_with(key)),
+                "{name} lacks {key}"
+            );
+        }
+        if name == "orch-job@.service" {
+            // TERM to the supervisor (which passes it to the agent's group), then the
+            // whole cgroup is killed: a grandchild that left the group dies too.
+            assert!(unit.lines().any(|l| l == "KillMode=mixed"), "{name}");
+        }
+        // A template is analysed through an instance name.
+        let instance = tmp.path().join(stem.replace('@', "@1") + ".service");
+        std::fs::write(&instance, &unit).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&instance)
+            .output()
+            .expect("systemd-analyze (CI installs systemd)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let exposure: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(": ").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no exposure in\n{text}"));
+        assert!(exposure <= 2.5, "{name}: exposure {exposure}");
+    }
+    assert_eq!(seen, 6, "every service checked");
 }

@@ -46,15 +46,13 @@ fn projects(health: &str, metrics: Option<&str>, rollback: &str) -> Vec<Project>
     ]
 }
 
-/// An env on [`pipeline`] (production dead) with the Telegram stand-in wired, the
-/// database left to the first command as in the other tests here.
+/// An env on [`pipeline`] (production dead) with the Telegram stand-in wired.
 fn with_telegram(rollback: &str) -> TestEnvBuilder {
     TestEnv::builder()
         .projects(projects(&dead_url(), None, rollback))
         .agents(AGENTS)
         .standins(&[Standin::Telegram])
         .set("ORCH_POST_DEPLOY_FAIL_THRESHOLD", "1")
-        .no_init()
 }
 
 /// Returns an RFC 3339 instant `secs` after the pinned `NOW`.

@@ -707,3 +707,132 @@ fn a_steady_pass_reads_list_pages_and_ci_only_for_heads_not_yet_green() {
     assert_eq!(gitea_since(), (1, 0, vec![], 0));
     assert_eq!(cached(), 4);
 }
+
+#[test]
+fn a_replay_the_database_refuses_exits_2_and_says_so() {
+    let env = TestEnv::builder().project(Project::shop()).build();
+    let body = json!({
+        "event": "issue", "action": "updated",
+        "data": {"id": "00000000-0000-4000-8000-000000000001", "project": "0000dead-0000-4000-8000-000000000000",
+                 "state": {"id": "x", "name": "In Progress", "group": "started"}},
+    })
+    .to_string();
+    env.db()
+        .execute(
+            "INSERT INTO deliveries (body_sha256, event, body, received_at) VALUES ('poison-free', 'issue', ?1, ?2)",
+            rusqlite::params![body.as_bytes(), NOW_UNIX],
+        )
+        .unwrap();
+    // A real write lock, held by another process (this one) past the busy timeout.
+    let holder = env.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = env.run(&["reconcile"]).expect(2);
+    run.stderr_has("could not be written to the database");
+    holder.execute_batch("ROLLBACK").unwrap();
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM deliveries WHERE outcome = 'pending'"),
+        0,
+        "replayed once the lock is gone"
+    );
+}
+
+/// A stored, pending delivery moving work item `item` of `project` to the bare state id
+/// `state` (not described in the payload, so acting must resolve it).
+fn pending_delivery(env: &TestEnv, project: &str, item: u32, state: &str, received_at: i64) {
+    let body = json!({
+        "event": "issue", "action": "updated",
+        "data": {"id": format!("00000000-0000-4000-8000-{item:012}"), "name": format!("Work item {item}"),
+                 "sequence_id": item, "project": project, "state": state},
+        "activity": {"field": "state_id", "new_value": state, "old_value": null},
+    })
+    .to_string();
+    env.db()
+        .execute(
+            "INSERT INTO deliveries (body_sha256, event, body, received_at) VALUES (?1, 'issue', ?2, ?3)",
+            rusqlite::params![format!("sha-{item}"), body.as_bytes(), received_at],
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_poison_delivery_is_given_up_recorded_announced_once_and_starves_nothing() {
+    let shop = Project::shop();
+    let env = TestEnv::builder()
+        .project(shop.clone())
+        .standins(&[Standin::Telegram])
+        .set("ORCH_DELIVERY_MAX_ATTEMPTS", "3")
+        .set("ORCH_RECONCILE_MAX_TASKS", "1")
+        .build();
+    // The older one always fails: its state id is not cached and Plane is not
+    // configured. The newer one (another project) acts at once.
+    pending_delivery(
+        &env,
+        shop.plane_project_id,
+        1,
+        "5a000000-0000-4000-8000-0000000000ff",
+        NOW_UNIX - 600,
+    );
+    pending_delivery(
+        &env,
+        "0000dead-0000-4000-8000-000000000000",
+        2,
+        "x",
+        NOW_UNIX - 60,
+    );
+    let outcome = |id: i64| -> (String, i64) {
+        env.db()
+            .query_row(
+                "SELECT outcome, attempts FROM deliveries WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    // Pass 1 (cap 1) tries the older; pass 2 takes the untried newer one first.
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(outcome(1), ("pending".into(), 1));
+    assert_eq!(outcome(2), ("pending".into(), 0));
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(
+        outcome(2).0,
+        "no pipeline action",
+        "not starved by the poison"
+    );
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(outcome(1), ("pending".into(), 2));
+    env.run(&["reconcile"]).expect(0);
+    let (detail, error): (String, String) = env
+        .db()
+        .query_row(
+            "SELECT detail, error FROM deliveries WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(outcome(1), ("given_up".into(), 3));
+    assert!(
+        detail.contains("all 3 tries") && detail.contains("States API"),
+        "{detail}"
+    );
+    assert!(error.contains("States API"), "{error}");
+    // Never replayed again, announced once.
+    env.run(&["reconcile"]).expect(0);
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(outcome(1).1, 3);
+    let given_up: Vec<String> = env
+        .telegram_messages()
+        .into_iter()
+        .filter(|m| m.contains("given up"))
+        .collect();
+    assert_eq!(given_up.len(), 1, "{given_up:?}");
+    assert!(
+        given_up[0].contains("delivery 1") && given_up[0].contains("after 3 tries"),
+        "{}",
+        given_up[0]
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM notifications WHERE kind = 'delivery_given_up'"),
+        1
+    );
+}

@@ -225,7 +225,8 @@ fn bad_check_definitions_exit_2_naming_the_field() {
         ),
     ];
     for (checks, key) in cases {
-        let env = env_with_checks(checks);
+        // Not initialised: `init` itself refuses an invalid pipeline file.
+        let env = TestEnv::uninitialised(&format!("{}staging:\n  checks:\n{checks}", projects()));
         let run = env.run(&["staging-check"]).expect(2);
         assert!(run.stderr.contains(key), "{checks}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "no verdict on a configuration error");

@@ -93,7 +93,7 @@ struct Staging {
 }
 
 fn staging(r: &Remotes, secret: &str) -> Staging {
-    let mut env = TestEnv::with_pipeline(&projects());
+    let mut env = TestEnv::uninitialised(&projects());
     with_remotes(&mut env, r, secret);
     env.run(&["init"]).expect(0);
     let vars = env.env.clone();
@@ -193,7 +193,7 @@ fn stdio_bridge(
 
 /// The checker: a pipeline file with these staging checks, and the remotes' settings.
 fn checker(r: &Remotes, checks: &str) -> TestEnv {
-    let mut env = TestEnv::with_pipeline(&format!("{}staging:\n  checks:\n{checks}", projects()));
+    let mut env = TestEnv::uninitialised(&format!("{}staging:\n  checks:\n{checks}", projects()));
     with_remotes(&mut env, r, SECRET);
     env
 }

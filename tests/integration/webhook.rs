@@ -685,8 +685,7 @@ fn a_pending_delivery_replayed_by_hand_is_finished() {
 
 #[test]
 fn sixteen_deliveries_at_once_are_all_stored() {
-    // On a database that does not exist yet: the first writers also race to create it.
-    let w = fresh_world();
+    let w = world();
     let children: Vec<_> = (0..16u32)
         .map(|i| {
             let body = start_delivery(100 + i);
@@ -1305,4 +1304,58 @@ fn the_socket_unit_leaves_room_past_one_source_and_says_what_the_cap_does() {
     // Past the cap systemd refuses; nothing waits in the backlog.
     assert!(unit.contains("refused, not queued"), "{unit}");
     assert!(!unit.contains("waits in the backlog"), "{unit}");
+}
+
+#[test]
+fn a_missing_database_is_never_created_and_plane_gets_no_answer_so_it_retries() {
+    // Plane counts any HTTP answer (a 503 too) as delivered and retries only on a
+    // network error: a delivery that cannot be stored in the configured file gets none.
+    let w = fresh_world();
+    for db in ["orch.db", "unmounted/orch.db"] {
+        let mut env_vars = w.env.env.clone();
+        env_vars.insert("ORCH_DB".into(), w.env.path(db).display().to_string());
+        let body = start_delivery(7);
+        let mut child = w
+            .env
+            .command(&["webhook-handle", "--stdio"])
+            .envs(&env_vars)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&signed(&body, "d-missing"));
+        let run: Run = child.wait_with_output().unwrap().into();
+        assert_eq!(run.code, 2, "{db}: {}", run.stderr);
+        assert_eq!(run.stdout, "", "{db}: no answer at all");
+        assert!(
+            run.stderr.contains(&w.env.path(db).display().to_string()),
+            "{db}: names the path: {}",
+            run.stderr
+        );
+        assert!(!w.env.path(db).exists(), "{db}: not created");
+        assert!(!w.env.path("unmounted").exists(), "{db}: no directory made");
+    }
+    assert_eq!(w.branch_posts(), 0, "nothing acted on");
+}
+
+#[test]
+fn a_delivery_the_locked_database_cannot_store_gets_no_answer_and_exit_2() {
+    let w = world();
+    // A real write lock, held by another process (this one) past the busy timeout.
+    let holder = w.env.db();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (run, status) = stdio(&w.env, &signed(&start_delivery(9), "d-locked"));
+    assert_eq!((status, run.code), (0, 2), "{}", run.stderr);
+    assert_eq!(run.stdout, "", "no answer: Plane retries");
+    run.stderr_has("storing the delivery");
+    holder.execute_batch("ROLLBACK").unwrap();
+    // Plane's retry (a new delivery id, the same body) is stored and acted on.
+    let (run, status) = stdio(&w.env, &signed(&start_delivery(9), "d-retry"));
+    assert_eq!((status, run.code), (200, 0), "{}", run.stderr);
+    assert_eq!(w.env.count("SELECT count(*) FROM deliveries"), 1);
 }

@@ -163,7 +163,7 @@ impl Db {
         self.query_all(
             &format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE outcome = 'pending'
-                 ORDER BY received_at, id LIMIT ?1"
+                 ORDER BY attempts, received_at, id LIMIT ?1"
             ),
             [sql_limit(limit)],
             delivery_from_row,
@@ -225,6 +225,20 @@ impl Db {
             params![id, error],
         )?;
         Ok(())
+    }
+
+    /// Gives a pending delivery up (`given_up`, never replayed again), keeping its last
+    /// error. Returns whether this call did it (false: no longer pending).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn give_up_delivery(&self, id: i64, detail: &str, error: &str, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE deliveries SET outcome = 'given_up', detail = ?2, error = ?3, processed_at = ?4
+             WHERE id = ?1 AND outcome = 'pending'",
+            params![id, detail, error, now],
+        )?;
+        Ok(n == 1)
     }
 }
 

@@ -128,7 +128,8 @@ fn sql_limit(limit: usize) -> i64 {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path` and migrates it: for `init`'s
+    /// callers and tests; every command goes through [`Db::open_existing`].
     ///
     /// # Errors
     /// When the file cannot be opened, was written by a newer `orch`, or a migration fails.
@@ -138,7 +139,39 @@ impl Db {
         Ok(db)
     }
 
-    /// Opens the database without migrating (for `init`, which reports what it did).
+    /// Opens the database every command but `init` uses: it must already exist. A
+    /// missing directory or file is refused with its path (never created: a typo in
+    /// `ORCH_DB` or an unmounted `/var/lib/orch` must not become an empty database that
+    /// a pass reads as "no work" or a webhook delivery is stored in).
+    ///
+    /// # Errors
+    /// When the directory or file is missing, cannot be opened, was written by a newer
+    /// `orch`, or a migration fails.
+    pub fn open_existing(path: &Path) -> Result<Db> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!(
+                "the database directory {} does not exist (database {}): check ORCH_DB and that the directory is mounted, or run `orch init` to create it",
+                dir.display(),
+                path.display()
+            );
+        }
+        if !path.exists() {
+            bail!(
+                "the database {} does not exist: check ORCH_DB, or run `orch init` to create it",
+                path.display()
+            );
+        }
+        let mut db = Db::connect(path, OpenFlags::empty())?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Opens the database without migrating (for `init`, which reports what it did),
+    /// creating its directory and file when missing.
     ///
     /// # Errors
     /// When the file cannot be opened or was written by a newer `orch`.
@@ -148,11 +181,15 @@ impl Db {
                 format!("creating the directory of database {}", path.display())
             })?;
         }
+        Db::connect(path, OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    /// Opens the connection read-write (plus `extra` flags) and sets it up: busy
+    /// timeout, the newer-schema refusal, WAL, foreign keys.
+    fn connect(path: &Path, extra: OpenFlags) -> Result<Db> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
         )
         .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;

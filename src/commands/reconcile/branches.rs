@@ -75,7 +75,7 @@ impl Pass<'_> {
                     Err(e) => {
                         self.forge.requests += 1;
                         self.report.c.branches_left += 1;
-                        self.report.c.errors += 1;
+                        self.failed(&e);
                         if matches!(e.downcast_ref::<HttpError>(), Some(HttpError::Retryable(_))) {
                             unreachable = Some(format!("{e:#}"));
                         }

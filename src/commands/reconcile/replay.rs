@@ -53,7 +53,7 @@ impl Pass<'_> {
                     });
                 }
                 Err(e) => {
-                    self.report.c.errors += 1;
+                    self.failed(&e);
                     log::warn!(
                         "replaying delivery {} failed (stays pending): {e:#}",
                         row.id
@@ -159,7 +159,7 @@ impl Pass<'_> {
                                 d
                             }
                             Err(e) => {
-                                self.report.c.errors += 1;
+                                self.failed(&e);
                                 log::warn!("replaying the start of {} failed: {e:#}", item.id);
                                 format!("start failed: {e:#}")
                             }
@@ -176,7 +176,7 @@ impl Pass<'_> {
                                 format!("task {} {from} -> {to}", t.key)
                             }
                             Err(e) => {
-                                self.report.c.errors += 1;
+                                self.failed(&e);
                                 log::warn!("replaying the move of {} failed: {e:#}", t.key);
                                 format!("move failed: {e:#}")
                             }

@@ -69,6 +69,10 @@ pub struct Report {
     pub branches: Vec<BranchLine>,
     /// Escalations made or finished this pass (task keys).
     pub escalations: Vec<String>,
+    /// Decisions whose write the database refused (counted in `errors` too): the pass
+    /// exits 2 when there is any.
+    #[serde(skip)]
+    pub unwritten: i64,
     #[serde(skip)]
     pub c: Tally,
 }
