@@ -109,6 +109,19 @@ fn a_slow_upstream_is_stopped_by_the_pass_deadline_between_pages() {
     assert_eq!(outcome, "error");
     assert!(counts["deadline_hit"].as_i64().unwrap() >= 1, "{counts}");
     assert_eq!(env.count("SELECT count(*) FROM stage_events"), events);
+
+    // One page slower than the whole deadline: the call's timeout (5 s) is cut to
+    // what is left of the pass, so the pass ends at its deadline, not after the page.
+    env.plane().set_listing_delay(Some(Duration::from_secs(4)));
+    let started = Instant::now();
+    let run = env.run(&["reconcile"]).expect(2);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the call outlived the deadline: {took:?}\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
 }
 
 #[test]
