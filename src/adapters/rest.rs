@@ -14,7 +14,9 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::adapters::http::{classify, classify_status, HttpError};
+use crate::adapters::http::{
+    classify, classify_status, read_body, BodyError, HttpError, MAX_BODY_BYTES,
+};
 
 /// An HTTP answer read in full.
 #[derive(Debug)]
@@ -153,11 +155,6 @@ macro_rules! per_call_timeout {
 }
 pub(crate) use per_call_timeout;
 
-/// The largest answer body a Plane or Gitea call reads (32 MiB): an answer past it is
-/// refused with [`HttpError::Fatal`] rather than held in memory whole. A real page of
-/// 100 work items or 50 pull requests is well under 1 MiB.
-pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
-
 /// Sends one request and reads the whole answer, at most [`MAX_BODY_BYTES`]; transport
 /// failures (no answer, a timeout while reading the body) are [`HttpError::Retryable`],
 /// a body past the cap is [`HttpError::Fatal`] (asking again gets the same answer).
@@ -166,31 +163,13 @@ pub(crate) fn send(req: RequestBuilder, what: &str) -> Result<Answer, HttpError>
 }
 
 fn send_capped(req: RequestBuilder, what: &str, cap: u64) -> Result<Answer, HttpError> {
-    use std::io::Read;
     let resp = req.send().map_err(|e| named(&classify(&e), what))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let too_large = || {
-        HttpError::Fatal(format!(
-            "{what}: the answer (HTTP {status}) is larger than {cap} bytes; refused unread"
-        ))
-    };
-    if resp.content_length().is_some_and(|n| n > cap) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    resp.take(cap + 1).read_to_end(&mut bytes).map_err(|e| {
-        let m = e.to_string();
-        let class = if m.to_ascii_lowercase().contains("timed out") {
-            "timed out"
-        } else {
-            "reading the answer failed"
-        };
-        HttpError::Retryable(format!("{what}: {class}: {m}"))
+    let bytes = read_body(resp, cap).map_err(|e| match e {
+        BodyError::TooLarge(_) => HttpError::Fatal(format!("{what}: (HTTP {status}) {e}")),
+        BodyError::Read(..) => HttpError::Retryable(format!("{what}: {e}")),
     })?;
-    if bytes.len() as u64 > cap {
-        return Err(too_large());
-    }
     Ok(Answer {
         status,
         headers,
