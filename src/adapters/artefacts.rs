@@ -41,17 +41,34 @@ pub fn task_dir(root: &Path, key: &str) -> Result<PathBuf> {
     Ok(root.join(key))
 }
 
-/// Reads one artefact file; `Ok(None)` when it does not exist.
+/// The largest artefact file read (16 MiB): an agent's review or a staging report is
+/// a few KiB; a file past this is refused with an error, never read whole.
+pub const MAX_ARTEFACT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads one artefact file, at most [`MAX_ARTEFACT_BYTES`]; `Ok(None)` when it does not
+/// exist.
 ///
 /// # Errors
-/// When it exists but cannot be read.
+/// When it exists but cannot be read, or is larger than [`MAX_ARTEFACT_BYTES`].
 pub fn read(root: &Path, key: &str, file: &str) -> Result<Option<String>> {
+    use std::io::Read;
     let path = task_dir(root, key)?.join(file);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_ARTEFACT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > MAX_ARTEFACT_BYTES {
+        anyhow::bail!(
+            "{} is larger than {MAX_ARTEFACT_BYTES} bytes (the artefact size cap); refused unread",
+            path.display()
+        );
     }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Moves aside, before `task` enters `to`, the artefact `to`'s agent writes and its
@@ -155,6 +172,25 @@ pub fn set_aside(dir: &Path, file: &str, round: u32, now: i64) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artefact_past_the_cap_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ORCH-1")).unwrap();
+        let path = dir.path().join("ORCH-1").join("05-review.md");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(MAX_ARTEFACT_BYTES + 1).unwrap();
+        let err = read(dir.path(), "ORCH-1", "05-review.md")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("larger than") && err.contains("05-review.md"),
+            "{err}"
+        );
+        f.set_len(MAX_ARTEFACT_BYTES).unwrap();
+        let at_cap = read(dir.path(), "ORCH-1", "05-review.md").unwrap().unwrap();
+        assert_eq!(at_cap.len() as u64, MAX_ARTEFACT_BYTES);
+    }
 
     #[test]
     fn hostile_keys_are_refused() {

@@ -82,9 +82,54 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Removes the temporary files [`write_atomic`] left in `dir` when its process died
+/// between creating and renaming them (`kill -9`, a crash): `.<name>.tmp.<pid>` whose
+/// `<pid>` is no longer running. A live writer's file is left alone. Returns how many
+/// were removed; a folder that cannot be listed removes nothing.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(e.path()).is_ok() {
+            log::info!("removed {}, left by a writer that died", e.path().display());
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_writers_temporary_file_is_removed_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum (4194304) is never running.
+        let dead = dir.path().join(".window.json.tmp.99999999");
+        let live = dir
+            .path()
+            .join(format!(".window.json.tmp.{}", std::process::id()));
+        let other = dir.path().join(".notes.tmp.txt");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()), 1);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
 
     #[test]
     fn writes_whole_replaces_and_leaves_no_temporary_file() {

@@ -15,6 +15,7 @@ use reqwest::blocking::{Client, RequestBuilder};
 use serde::Deserialize;
 use url::Url;
 
+use crate::adapters::bounds::PassBounds;
 use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
@@ -23,9 +24,6 @@ use crate::core::facts::{CiState, PrFacts};
 /// The page size list calls ask for (Gitea's default `MAX_RESPONSE_ITEMS`). The admin
 /// may clamp it lower: pages are counted by what they hold, never by this number.
 pub const PAGE_LIMIT: usize = 50;
-
-/// The most pages a listing follows before it gives up.
-const MAX_PAGES: usize = 1000;
 
 /// One side of a pull request (`head` or `base`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -248,6 +246,8 @@ pub struct GiteaClient {
     http: Client,
     /// A whole-call timeout replacing the client's (see `with_timeout`).
     timeout: Option<Duration>,
+    /// The pass's page cap and deadline (see `with_bounds`), shared by clones.
+    bounds: Arc<PassBounds>,
     /// `ORCH_GITEA_URL` + `/api/v1`.
     base: Url,
     token: Secret,
@@ -276,6 +276,7 @@ impl GiteaClient {
         GiteaClient {
             http,
             timeout: None,
+            bounds: Arc::new(PassBounds::default()),
             base: rest::url(gitea_url, &["api", "v1"], false),
             token,
             no_sha_compare: Arc::new(AtomicBool::new(false)),
@@ -443,16 +444,16 @@ impl GiteaClient {
     /// As [`GiteaClient::list_open_pulls_page`].
     pub fn list_open_pulls(&self, repo: &str) -> Result<Vec<PullRequest>, HttpError> {
         let mut all = Vec::new();
-        for page in 1..=MAX_PAGES {
+        for page in 1..=self.bounds.max_pages {
             let p = self.list_open_pulls_page(repo, page, all.len())?;
             all.extend(p.pulls);
             if !p.more {
                 return Ok(all);
             }
         }
-        Err(HttpError::Fatal(format!(
-            "gitea list open pulls of {repo}: more than {MAX_PAGES} pages"
-        )))
+        Err(self
+            .bounds
+            .page_cap_hit(&format!("gitea list open pulls of {repo}")))
     }
 
     /// Returns the open pull request whose head branch is `branch`, reading pages only
@@ -466,7 +467,7 @@ impl GiteaClient {
         branch: &str,
     ) -> Result<Option<PullRequest>, HttpError> {
         let mut seen = 0;
-        for page in 1..=MAX_PAGES {
+        for page in 1..=self.bounds.max_pages {
             let p = self.list_open_pulls_page(repo, page, seen)?;
             seen += p.pulls.len();
             let more = p.more;
@@ -477,7 +478,10 @@ impl GiteaClient {
                 return Ok(None);
             }
         }
-        Ok(None)
+        // Not found within the cap is not "no PR": the listing is incomplete.
+        Err(self
+            .bounds
+            .page_cap_hit(&format!("gitea list open pulls of {repo}")))
     }
 
     /// Creates `new_branch` from `old_ref` (a branch, tag or SHA). 409 is
@@ -553,8 +557,13 @@ impl GiteaClient {
         let mut states: Vec<String> = Vec::new();
         let mut sha = String::new();
         let mut pages = 0;
-        for page in 1..=MAX_PAGES {
-            pages = page;
+        loop {
+            if pages == self.bounds.max_pages {
+                // A verdict from some of the contexts could be a false green.
+                return Err(self.bounds.page_cap_hit(&what));
+            }
+            pages += 1;
+            let page = pages;
             let page_s = page.to_string();
             let query = [("limit", limit.as_str()), ("page", page_s.as_str())];
             let answer = self.get(&url, &query, &[200, 404], &what)?;

@@ -52,6 +52,61 @@ pub fn client_with(
         .build()?)
 }
 
+/// The largest answer body any remote call reads (32 MiB): past it the answer is
+/// refused, never held in memory whole. A real page of 100 work items or 50 pull
+/// requests, a Telegram answer or a metrics page is well under 1 MiB.
+pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Why an answer's body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Larger than the cap (a declared `Content-Length` is refused before reading).
+    TooLarge(u64),
+    /// The transport failed while reading (`true`: it timed out).
+    Read(String, bool),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(cap) => {
+                write!(f, "the answer is larger than {cap} bytes; refused unread")
+            }
+            BodyError::Read(m, true) => write!(f, "timed out: {m}"),
+            BodyError::Read(m, false) => write!(f, "reading the answer failed: {m}"),
+        }
+    }
+}
+
+/// Reads `resp`'s body, at most `cap` bytes.
+///
+/// # Errors
+/// [`BodyError::TooLarge`] past the cap, [`BodyError::Read`] when reading fails.
+pub fn read_body(resp: reqwest::blocking::Response, cap: u64) -> Result<Vec<u8>, BodyError> {
+    use std::io::Read;
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(BodyError::TooLarge(cap));
+    }
+    let mut bytes = Vec::new();
+    resp.take(cap + 1).read_to_end(&mut bytes).map_err(|e| {
+        let m = e.to_string();
+        let timed_out = m.to_ascii_lowercase().contains("timed out");
+        BodyError::Read(m, timed_out)
+    })?;
+    if bytes.len() as u64 > cap {
+        return Err(BodyError::TooLarge(cap));
+    }
+    Ok(bytes)
+}
+
+/// Reads `resp`'s body as text (lossy UTF-8), at most [`MAX_BODY_BYTES`].
+///
+/// # Errors
+/// As [`read_body`].
+pub fn read_text(resp: reqwest::blocking::Response) -> Result<String, BodyError> {
+    read_body(resp, MAX_BODY_BYTES).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// Classifies a transport error (no HTTP answer).
 pub fn classify(err: &reqwest::Error) -> HttpError {
     let what = if err.is_timeout() {
@@ -150,6 +205,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Serves one answer on loopback: `head` then `body` in 100-byte chunks (no
+    /// `Content-Length`, so only the cap while reading can stop it).
+    fn serve_chunked(body_len: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for _ in 0..body_len / 100 {
+                let _ = s.write_all(format!("64\r\n{}\r\n", "x".repeat(100)).as_bytes());
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        });
+        url
+    }
+
+    #[test]
+    fn a_streamed_body_is_read_up_to_the_cap_and_refused_past_it() {
+        let client = client_with(Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        let at_cap = client.get(serve_chunked(1000)).send().unwrap();
+        assert_eq!(read_body(at_cap, 1000).unwrap().len(), 1000);
+        let past = client.get(serve_chunked(1100)).send().unwrap();
+        let err = read_body(past, 1000).unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge(1000)), "{err}");
+        assert!(err.to_string().contains("larger than 1000 bytes"));
     }
 
     #[test]

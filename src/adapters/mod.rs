@@ -2,6 +2,7 @@
 //! types and make no pipeline decisions.
 
 pub mod artefacts;
+pub mod bounds;
 pub mod db;
 pub mod forge;
 pub mod fs;

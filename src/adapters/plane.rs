@@ -24,6 +24,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
 
+use crate::adapters::bounds::PassBounds;
 use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
@@ -31,9 +32,6 @@ use crate::core::doctor::WorkItemPaths;
 
 /// The page size every list call asks for (works on CE and Cloud, see plane.md §4.2).
 pub const PER_PAGE: u32 = 100;
-
-/// The most pages a full listing follows before it gives up (a cursor loop guard).
-const MAX_PAGES: usize = 1000;
 
 /// A Plane state (`StateSerializer`, or the `{id, name, color, group}` expansion): the
 /// core's own type, deserialised directly.
@@ -179,6 +177,8 @@ pub struct PlaneClient {
     http: Client,
     /// A whole-call timeout replacing the client's (see `with_timeout`).
     timeout: Option<Duration>,
+    /// The pass's page cap and deadline (see `with_bounds`), shared by clones.
+    bounds: Arc<PassBounds>,
     /// `ORCH_PLANE_URL` + `/api/v1/workspaces/{slug}`.
     base: Url,
     api_key: Secret,
@@ -215,6 +215,7 @@ impl PlaneClient {
         PlaneClient {
             http,
             timeout: None,
+            bounds: Arc::new(PassBounds::default()),
             base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
             api_key,
             family: Arc::new(AtomicU8::new(FAMILY_UNKNOWN)),
@@ -313,7 +314,7 @@ impl PlaneClient {
         let per_page = PER_PAGE.to_string();
         let mut states = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..MAX_PAGES {
+        for _ in 0..self.bounds.max_pages {
             let mut query = vec![("per_page", per_page.as_str())];
             if let Some(c) = &cursor {
                 query.push(("cursor", c.as_str()));
@@ -330,9 +331,18 @@ impl PlaneClient {
                 None => return Ok(states),
             }
         }
-        Err(HttpError::Fatal(format!(
-            "{what}: more than {MAX_PAGES} pages"
-        )))
+        Err(self.page_cap_hit(&what))
+    }
+
+    /// The page cap's maximum (`ORCH_LIST_MAX_PAGES`), for a caller that follows the
+    /// pages itself.
+    pub fn max_pages(&self) -> usize {
+        self.bounds.max_pages
+    }
+
+    /// Notes that the listing `what` reached the page cap and returns its error.
+    pub fn page_cap_hit(&self, what: &str) -> HttpError {
+        self.bounds.page_cap_hit(what)
     }
 
     /// `orch doctor`'s read of a project's states (first page): the answer's status

@@ -27,12 +27,12 @@ pub fn probe(
     let (counters, metrics_detail) = match &project.metrics_url {
         None => (None, String::new()),
         Some(url) => match client.get(url.as_str()).send() {
-            Ok(r) if r.status().is_success() => match r.text() {
+            Ok(r) if r.status().is_success() => match http::read_text(r) {
                 Ok(page) => match parse_counters(&page, metric) {
                     Ok(c) => (Some(c), String::new()),
                     Err(e) => (None, format!("metrics: {e}")),
                 },
-                Err(e) => (None, format!("metrics: {}", http::classify(&e))),
+                Err(e) => (None, format!("metrics: {e}")),
             },
             Ok(r) => (None, format!("metrics HTTP {}", r.status().as_u16())),
             Err(e) => (None, format!("metrics: {}", http::classify(&e))),

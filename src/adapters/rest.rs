@@ -14,7 +14,9 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::adapters::http::{classify, classify_status, HttpError};
+use crate::adapters::http::{
+    classify, classify_status, read_body, BodyError, HttpError, MAX_BODY_BYTES,
+};
 
 /// An HTTP answer read in full.
 #[derive(Debug)]
@@ -90,9 +92,10 @@ pub(crate) fn timed(req: RequestBuilder, timeout: Option<Duration>) -> RequestBu
 /// The per-call timeout of a REST client that has a `timeout: Option<Duration>` field:
 /// `with_timeout` (a copy, sharing the connections, whose every call is bounded by
 /// `whole` instead of the configured timeout: for a poll whose calls must end by its
-/// deadline), `timed` (a request bounded by it) and `get` (an authenticated JSON read,
-/// retried once); the client defines `authorised` (its auth header). One definition for
-/// both clients.
+/// deadline), `with_bounds` (the pass's page cap and deadline), `timed` (a request
+/// bounded by the timeout, never past the pass deadline) and `get` (an authenticated
+/// JSON read, retried once; not sent past the deadline); the client defines
+/// `authorised` (its auth header) and a `bounds` field. One definition for both clients.
 macro_rules! per_call_timeout {
     ($client:ty) => {
         /// Returns this client (sharing its connections) with every call bounded by
@@ -109,7 +112,18 @@ macro_rules! per_call_timeout {
             &self,
             req: reqwest::blocking::RequestBuilder,
         ) -> reqwest::blocking::RequestBuilder {
-            crate::adapters::rest::timed(req, self.timeout)
+            crate::adapters::rest::timed(req, self.bounds.call_timeout(self.timeout))
+        }
+
+        /// Gives this client (and its clones) the pass's bounds: the page cap of its
+        /// listings and the deadline no call outlives.
+        #[must_use]
+        pub fn with_bounds(
+            mut self,
+            bounds: std::sync::Arc<crate::adapters::bounds::PassBounds>,
+        ) -> $client {
+            self.bounds = bounds;
+            self
         }
 
         /// A JSON GET of `url` with `query`, authenticated (`authorised`), bounded by
@@ -122,6 +136,11 @@ macro_rules! per_call_timeout {
             ok: &[u16],
             what: &str,
         ) -> Result<crate::adapters::rest::Answer, crate::adapters::http::HttpError> {
+            if self.bounds.stop_for_deadline("calling remote services") {
+                return Err(crate::adapters::http::HttpError::Retryable(format!(
+                    "{what}: not sent: the pass deadline has passed"
+                )));
+            }
             crate::adapters::rest::get(
                 &self.http,
                 |c| {
@@ -136,13 +155,21 @@ macro_rules! per_call_timeout {
 }
 pub(crate) use per_call_timeout;
 
-/// Sends one request and reads the whole answer; transport failures (no answer, a
-/// timeout while reading the body) are [`HttpError::Retryable`].
+/// Sends one request and reads the whole answer, at most [`MAX_BODY_BYTES`]; transport
+/// failures (no answer, a timeout while reading the body) are [`HttpError::Retryable`],
+/// a body past the cap is [`HttpError::Fatal`] (asking again gets the same answer).
 pub(crate) fn send(req: RequestBuilder, what: &str) -> Result<Answer, HttpError> {
+    send_capped(req, what, MAX_BODY_BYTES)
+}
+
+fn send_capped(req: RequestBuilder, what: &str, cap: u64) -> Result<Answer, HttpError> {
     let resp = req.send().map_err(|e| named(&classify(&e), what))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let bytes = resp.bytes().map_err(|e| named(&classify(&e), what))?;
+    let bytes = read_body(resp, cap).map_err(|e| match e {
+        BodyError::TooLarge(_) => HttpError::Fatal(format!("{what}: (HTTP {status}) {e}")),
+        BodyError::Read(..) => HttpError::Retryable(format!("{what}: {e}")),
+    })?;
     Ok(Answer {
         status,
         headers,

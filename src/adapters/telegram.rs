@@ -54,7 +54,7 @@ impl Telegram {
             .send()
             .map_err(|e| no_answer(&e, "getMe"))?;
         let status = response.status().as_u16();
-        let body = response.text().unwrap_or_default();
+        let body = http::read_text(response).unwrap_or_default();
         let answer: Option<serde_json::Value> = serde_json::from_str(&body).ok();
         let field = |path: &[&str]| {
             let mut v = answer.as_ref()?;
@@ -98,7 +98,7 @@ impl Telegram {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response.text().unwrap_or_default();
+        let body = http::read_text(response).unwrap_or_default();
         let answer: Option<serde_json::Value> = serde_json::from_str(&body).ok();
         let ok = answer
             .as_ref()

@@ -135,6 +135,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let mut lost = 0i64;
     let mut failed = 0i64;
     for id in picked {
+        // Between jobs, never within one: the rest start on the next pass.
+        if ctx.bounds().stop_for_deadline("starting jobs") {
+            break;
+        }
         if !db.claim_job(id, now, limit)? {
             lost += 1;
             log::info!(

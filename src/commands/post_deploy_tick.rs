@@ -200,6 +200,12 @@ fn tick(
     )?;
     let mut tally = Tally::default();
     let found = windows::list(&s.state_dir)?;
+    if !dry_run {
+        // What a tick killed mid-write left (`.window.json.tmp.<pid>`).
+        for (dir, _) in &found {
+            crate::adapters::fs::remove_stale_temps(dir);
+        }
+    }
     // Unreadable windows first (reported, cheap), then `tick_rank`'s order: the cap
     // never starves a window, whatever the number armed.
     let (enabled, interval, t) = (
@@ -220,6 +226,13 @@ fn tick(
         .collect();
     open.sort_by_key(|(rank, _, _)| *rank);
     for (_, dir, window) in open.into_iter().take(MAX_WINDOWS) {
+        // Between windows, never within one (a probe and its record, a rollback).
+        if ctx
+            .bounds()
+            .stop_for_deadline("between post-deploy windows")
+        {
+            break;
+        }
         tally.windows += 1;
         let w = match window {
             Ok(w) => w,

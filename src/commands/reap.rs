@@ -85,7 +85,9 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let mut t = Tally::default();
     let mut after = (i64::MIN, i64::MIN);
     let mut procs: Option<ProcView> = None;
-    loop {
+    // Between pages and jobs, never within one: past the pass deadline (a write lock
+    // held elsewhere makes each write wait busy_timeout) the rest wait for the next pass.
+    while !ctx.bounds().stop_for_deadline("reaping jobs") {
         let page = db.running_page(after, PAGE)?;
         // Few jobs: read each pid directly; many: walk /proc once for the whole pass.
         let procs = procs.get_or_insert_with(|| {
@@ -98,6 +100,9 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         let Some((last, _)) = page.last() else { break };
         after = *last;
         for ((_, id), row) in page {
+            if ctx.bounds().past_deadline() {
+                break;
+            }
             t.scanned += 1;
             match row {
                 Ok(job) => {

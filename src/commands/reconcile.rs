@@ -219,8 +219,15 @@ impl Pass<'_> {
         let mut handled = 0usize;
         let mut last_handled: Option<i64> = None;
         let mut capped = false;
+        let mut out_of_time = false;
         let mut lines = Vec::with_capacity(order.len());
         for t in order {
+            // Between tasks, never within one: the next pass starts after the last
+            // task this one handled.
+            if self.ctx.bounds().stop_for_deadline("judging tasks") {
+                out_of_time = true;
+                break;
+            }
             self.report.c.scanned += 1;
             let listed = skip_blocked.then(|| {
                 reconcile::listed(
@@ -289,8 +296,13 @@ impl Pass<'_> {
                 format!("the per-pass cap ORCH_RECONCILE_MAX_TASKS={cap} was reached; the next pass goes on")
             });
         }
+        if out_of_time {
+            self.report.stopped_early.get_or_insert_with(|| {
+                "the pass deadline ORCH_PASS_DEADLINE_S passed; the next pass goes on".into()
+            });
+        }
         if !self.dry_run {
-            match reconcile::next_cursor(capped, last_handled) {
+            match reconcile::next_cursor(capped || out_of_time, last_handled) {
                 Some(id) => {
                     if let Err(e) = write_cursor(&cursor_path, id) {
                         log::warn!("could not keep the reconcile cursor: {e:#}");

@@ -320,8 +320,11 @@ pub fn final_verdict(samples: &[Sample], ever_degraded: bool, t: &Thresholds) ->
 
 /// Whether a window is due for a new sample: not sampled for at least half the interval,
 /// so a burst of manual or overlapping ticks cannot compress the failure streak.
+///
+/// A last sample later than `now` means the clock stepped back: the window is due at
+/// once (one probe a tick, as ever), never paused until the clock catches up.
 pub fn is_due(last_sample_at: Option<i64>, now: i64, interval_s: i64) -> bool {
-    last_sample_at.is_none_or(|at| now - at >= interval_s / 2)
+    last_sample_at.is_none_or(|at| at > now || now - at >= interval_s / 2)
 }
 
 /// Why the metrics page could not be read.
@@ -991,6 +994,8 @@ mod tests {
         assert!(!is_due(Some(100), 129, 60));
         assert!(is_due(Some(100), 130, 60));
         assert!(is_due(Some(100), 100, 0));
+        // The clock stepped back an hour: due now, not in an hour.
+        assert!(is_due(Some(3700), 100, 60));
     }
 
     #[test]

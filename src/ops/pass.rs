@@ -4,11 +4,13 @@
 
 use std::cell::{Cell, OnceCell};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use jiff::Timestamp;
 
+use crate::adapters::bounds::PassBounds;
 use crate::adapters::db::{Db, PassRecord};
 use crate::adapters::gitea::GiteaClient;
 use crate::adapters::lock::{LockError, LockFile, LockGuard};
@@ -34,6 +36,7 @@ pub struct PassContext {
     gitea: OnceCell<GiteaClient>,
     plane: OnceCell<PlaneClient>,
     telegram: OnceCell<Option<Telegram>>,
+    bounds: Arc<PassBounds>,
 }
 
 /// The counts a pass reports, in the order its summary line prints them.
@@ -122,7 +125,14 @@ impl PassContext {
     /// Builds the context of one pass and reads its time from `clock`.
     pub fn new(config: Config, clock: Box<dyn Clock>) -> PassContext {
         let now = Cell::new(clock.now());
+        let s = &config.settings;
+        let bounds = Arc::new(PassBounds::new(
+            usize::try_from(s.list_max_pages.0).unwrap_or(usize::MAX),
+            Some(s.pass_deadline_s.0),
+            s.http_timeout_s.0,
+        ));
         PassContext {
+            bounds,
             config,
             clock,
             now,
@@ -130,6 +140,12 @@ impl PassContext {
             plane: OnceCell::new(),
             telegram: OnceCell::new(),
         }
+    }
+
+    /// Returns the pass's bounds: the page cap, the deadline (running once `run_pass`
+    /// starts the pass) and the bounds hit so far.
+    pub fn bounds(&self) -> &PassBounds {
+        &self.bounds
     }
 
     /// Returns the pass's time: read from the clock once, when the pass began (or at
@@ -172,7 +188,9 @@ impl PassContext {
     /// A [`crate::config::ConfigError`] naming the missing setting, or the HTTP client's
     /// construction error.
     pub fn require_gitea(&self) -> Result<&GiteaClient> {
-        built_once(&self.gitea, || GiteaClient::from_config(&self.config))
+        built_once(&self.gitea, || {
+            GiteaClient::from_config(&self.config).map(|c| c.with_bounds(self.bounds.clone()))
+        })
     }
 
     /// Returns the pass's Plane client, built on first use; `None` without
@@ -194,7 +212,9 @@ impl PassContext {
     /// A [`crate::config::ConfigError`] naming the first missing setting, or the HTTP
     /// client's construction error.
     pub fn require_plane(&self) -> Result<&PlaneClient> {
-        built_once(&self.plane, || PlaneClient::from_config(&self.config))
+        built_once(&self.plane, || {
+            PlaneClient::from_config(&self.config).map(|c| c.with_bounds(self.bounds.clone()))
+        })
     }
 
     /// Returns the pass's Telegram client, built on first use; `None` unless both
@@ -240,6 +260,11 @@ impl PassContext {
     /// the lock; otherwise opens the database, runs `body`, records the pass for `status`
     /// (unless `dry_run`) and logs one summary line.
     ///
+    /// The pass's deadline (`ORCH_PASS_DEADLINE_S`) starts here. A pass that hit a
+    /// bound (a listing stopped at the page cap, the deadline passed: its loops stop
+    /// between items) exits 2, with `page_cap_hit` / `deadline_hit` in its counts and
+    /// record, and a warning saying what was stopped.
+    ///
     /// # Errors
     /// Whatever `body` returns; the pass is recorded as `error` first.
     pub fn run_pass(
@@ -262,7 +287,8 @@ impl PassContext {
         let mut db = self.open_db()?;
         let started_at = self.now_secs();
         let clock = Instant::now();
-        let result = body(&mut db, &guard);
+        self.bounds.start();
+        let result = body(&mut db, &guard).map(|o| self.bounded(o));
         let duration_ms = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (outcome, counts) = match &result {
             Ok(o) if o.status == ExitStatus::No => ("no", o.counts.clone()),
@@ -308,6 +334,34 @@ impl PassContext {
 pub fn is_database_failure(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<rusqlite::Error>().is_some())
+}
+
+impl PassContext {
+    /// Turns the bounds the pass hit into its outcome: exit 2 and a count per bound.
+    /// A pass that overran its deadline but left nothing undone (one long step, e.g. a
+    /// rollback command under its own timeout) is only warned about: the deadline exists
+    /// to stop work cleanly between items, and none was stopped.
+    fn bounded(&self, mut outcome: PassOutcome) -> PassOutcome {
+        let hits = self.bounds.hits();
+        if hits.is_empty() && self.bounds.past_deadline() {
+            log::warn!(
+                "the pass ran past its deadline (ORCH_PASS_DEADLINE_S) but stopped nothing: \
+                 one step took longer than the deadline allows; raise the setting if this repeats"
+            );
+        }
+        if hits.is_empty() {
+            return outcome;
+        }
+        outcome.status = ExitStatus::Error;
+        for (bound, _) in &hits {
+            let name = bound.count_name();
+            match outcome.counts.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, n)) => *n += 1,
+                None => outcome.counts.push((name, 1)),
+            }
+        }
+        outcome
+    }
 }
 
 /// The job whose agent this process runs inside, for the provenance of the stage events

@@ -80,6 +80,11 @@ struct Model {
     /// The time changes are stamped with, when a test pins it (see [`PlaneStandin::set_now`]);
     /// the wall clock otherwise.
     now: Option<String>,
+    /// Work-item listings never end: every page says `next_page_results` with a new
+    /// cursor (a broken or hostile upstream; the page cap must stop it).
+    endless_listing: bool,
+    /// How long each work-item listing page takes to answer (a slow upstream).
+    listing_delay: Option<Duration>,
 }
 
 impl Model {
@@ -141,6 +146,8 @@ impl PlaneStandin {
             seq: 0,
             version: PlaneVersion::Current,
             now: None,
+            endless_listing: false,
+            listing_delay: None,
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -261,6 +268,17 @@ impl PlaneStandin {
     /// Switches the routes that differ between Plane CE versions.
     pub fn set_version(&self, v: PlaneVersion) {
         self.model().version = v;
+    }
+
+    /// Makes every work-item listing endless: each page, however far, has a next one
+    /// under a new cursor.
+    pub fn set_endless_listing(&self, endless: bool) {
+        self.model().endless_listing = endless;
+    }
+
+    /// Makes every work-item listing page answer only after `delay` (a slow upstream).
+    pub fn set_listing_delay(&self, delay: Option<Duration>) {
+        self.model().listing_delay = delay;
     }
 
     /// Sets the per-minute budget and whether going over it answers 429.
@@ -629,7 +647,7 @@ fn list_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
         return not_found();
     };
     let expand = expands_state(r);
-    paginate_with(
+    let reply = paginate_with(
         p.items.len(),
         |range| {
             p.items
@@ -641,7 +659,18 @@ fn list_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
                 .collect()
         },
         r,
-    )
+    );
+    let reply = if m.endless_listing && reply.status == 200 {
+        let mut page: Value = serde_json::from_slice(&reply.body).expect("our own JSON");
+        page["next_page_results"] = Value::Bool(true);
+        Reply::json(200, &page)
+    } else {
+        reply
+    };
+    match m.listing_delay {
+        Some(d) => reply.delayed(d),
+        None => reply,
+    }
 }
 
 fn get_item(m: &Model, pid: &str, id: &str, r: &Recorded) -> Reply {

@@ -668,3 +668,79 @@ fn the_tick_text_report_names_each_window_and_its_decision() {
     SHOP-5 acme/shop DEGRADED ROLLBACK (13m00s left): dry run: nothing done [DEGRADED: health failure streak 1 (threshold 1), 5xx n/a (no requests counted), 2 samples (minimum 3)]
     "#);
 }
+
+/// The number of samples a window holds.
+fn samples(dir: &Path) -> usize {
+    window_json(dir)["samples"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_clock_stepping_back_neither_stalls_nor_storms_probes_and_dead_temps_go() {
+    let prod = Prod::start();
+    let mut env = TestEnv::with_pipeline(&pipeline(
+        &format!("{}/health", prod.url()),
+        None,
+        "[/bin/true]",
+    ));
+    env.set("ORCH_POST_DEPLOY_REPOS", "shop");
+    deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-5");
+    let dir = window_dirs(&env)[0].clone();
+    // What a tick killed between creating and renaming its temporary file leaves.
+    let left = dir.join(".window.json.tmp.99999999");
+    std::fs::write(&left, b"{").unwrap();
+    tick_at(&mut env, 120, &[]).expect(0);
+    assert_eq!(samples(&dir), 1);
+    assert!(
+        !left.exists(),
+        "the next tick removes a dead writer's temp file"
+    );
+    // The clock steps back 100 s: probed now, not paused until it catches up ...
+    tick_at(&mut env, 20, &[]).expect(0);
+    assert_eq!(samples(&dir), 2, "a backwards step does not pause probing");
+    // ... and ticks after it keep the half-interval spacing (no storm).
+    tick_at(&mut env, 21, &[]).expect(0);
+    tick_at(&mut env, 40, &[]).expect(0);
+    assert_eq!(samples(&dir), 2, "not due again within half an interval");
+    tick_at(&mut env, 50, &[]).expect(0);
+    assert_eq!(samples(&dir), 3);
+}
+
+#[test]
+fn fifteen_hundred_armed_windows_are_all_probed_over_successive_ticks() {
+    const ARMED: usize = 1500;
+    let prod = Prod::start();
+    let mut env = TestEnv::with_pipeline(&pipeline(
+        &format!("{}/health", prod.url()),
+        None,
+        "[/bin/true]",
+    ));
+    env.set("ORCH_POST_DEPLOY_REPOS", "shop");
+    deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-5");
+    // One real window as the template of 1,499 more, each under its own work item.
+    let template = window_json(&window_dirs(&env)[0]);
+    let state = env.path("state");
+    for n in 1..ARMED {
+        let item = format!("5a5a5a5a-0000-4000-8000-{n:012x}");
+        let mut w = template.clone();
+        w["work_item"] = serde_json::Value::String(item.clone());
+        let dir = orch::adapters::windows::window_dir(&state, "acme/shop", &item).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("window.json"), serde_json::to_vec(&w).unwrap()).unwrap();
+    }
+    assert_eq!(window_dirs(&env).len(), ARMED);
+    let health = || prod.server.count(Some("GET"), "/health");
+    let before = health();
+    // A tick a minute, 200 windows a tick: 8 ticks reach every one of 1,500.
+    let mut ticks = 0;
+    for minute in 1..=8 {
+        ticks += 1;
+        let r = tick_at(&mut env, 60 * minute, &["--json"]).expect(0).json();
+        assert_eq!(r.as_array().unwrap().len(), 200, "the cap a tick");
+    }
+    let never: Vec<_> = window_dirs(&env)
+        .into_iter()
+        .filter(|d| samples(d) == 0)
+        .collect();
+    assert!(never.is_empty(), "{} windows never probed", never.len());
+    assert_eq!(health() - before, 200 * ticks, "one probe a window a tick");
+}

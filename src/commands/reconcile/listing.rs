@@ -41,7 +41,24 @@ impl Pass<'_> {
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let mut cursor: Option<String> = None;
         let mut states_refreshed = false;
+        let mut pages = 0usize;
         loop {
+            // Bounded between pages: an upstream that keeps sending new cursors, or
+            // answers slowly, cannot hold the pass.
+            let stopped = if pages == plane.max_pages() {
+                let what = format!("plane list work items of project {}", project.name);
+                Some(plane.page_cap_hit(&what).to_string())
+            } else if self.ctx.bounds().stop_for_deadline("listing Plane") {
+                Some("the pass deadline ORCH_PASS_DEADLINE_S passed".into())
+            } else {
+                None
+            };
+            if let Some(why) = stopped {
+                l.listing.failed = Some(format!("listing stopped: {why}"));
+                self.report.stopped_early.get_or_insert(why);
+                return Ok(l);
+            }
+            pages += 1;
             self.report.c.plane_requests += 1;
             let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
                 Ok(page) => page,
