@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod crash;
 pub mod exit;
+pub mod logging;
 pub mod ops;
 #[cfg(feature = "test-helpers")]
 pub mod standin;
