@@ -19,7 +19,12 @@ use crate::ops::pass::PassContext;
 /// verdict said no, 2 usage, configuration or internal error, 75 skipped because
 /// another copy of the same pass holds its lock.
 #[derive(Debug, Parser)]
-#[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "orch",
+    version = crate::build_info::LONG_VERSION,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// SQLite database file [env: ORCH_DB; default: ./orch.db]
     #[arg(long, global = true, value_name = "PATH")]

@@ -7,6 +7,7 @@
 //! `docs/architecture.md`.
 
 pub mod adapters;
+pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod commands;

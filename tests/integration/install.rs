@@ -85,3 +85,27 @@ fn a_journal_stream_that_is_not_stderr_keeps_timestamps() {
         assert!(rest.starts_with("WARN  reap:"), "{warn}");
     }
 }
+
+#[test]
+fn version_names_the_git_revision_built_from() {
+    let env = TestEnv::new();
+    let out = env.run(&["--version"]).expect(0);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let head = std::process::Command::new("git")
+        .args(["-C", root, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string());
+    // Built from a checkout: its HEAD (cargo re-runs build.rs when HEAD moves); from a
+    // source tarball without ORCH_REVISION: `unknown`.
+    let want = head.unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        out.stdout,
+        format!("orch {} (rev {want})\n", env!("CARGO_PKG_VERSION"))
+    );
+    // Subcommands say the same.
+    env.run(&["reap", "--version"])
+        .expect(0)
+        .stdout_has(&format!("(rev {want})"));
+}
