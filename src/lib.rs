@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod build_info;
 pub mod cli;
+pub mod cli_docs;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -109,3 +109,101 @@ fn version_names_the_git_revision_built_from() {
         .expect(0)
         .stdout_has(&format!("(rev {want})"));
 }
+
+/// Every subcommand's path, `orch-task-add` style, from the clap definitions.
+fn subcommand_pages() -> Vec<String> {
+    fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{prefix}-{}", sub.get_name());
+            out.push(format!("{name}.1"));
+            walk(&name, sub, out);
+        }
+    }
+    let mut out = vec!["orch.1".to_string()];
+    walk(
+        "orch",
+        &<orch::cli::Cli as clap::CommandFactory>::command(),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+#[test]
+fn man_writes_one_page_per_subcommand() {
+    let env = TestEnv::new();
+    let run = env.run(&["man", "share/man/man1"]).expect(0);
+    let mut written: Vec<String> = std::fs::read_dir(env.path("share/man/man1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let want = subcommand_pages();
+    assert!(want.len() >= 20, "walked the real tree: {want:?}");
+    assert!(want.contains(&"orch-task-add.1".to_string()), "{want:?}");
+    assert_eq!(written, want);
+    assert_eq!(run.stdout.lines().count(), want.len(), "{}", run.stdout);
+    // roff writes a hyphen `\-`.
+    let top = std::fs::read_to_string(env.path("share/man/man1/orch.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    assert!(top.contains(".TH orch 1"), "{top}");
+    for sub in <orch::cli::Cli as clap::CommandFactory>::command().get_subcommands() {
+        assert!(
+            top.contains(sub.get_name()),
+            "orch.1 lists {}",
+            sub.get_name()
+        );
+    }
+    let reap = std::fs::read_to_string(env.path("share/man/man1/orch-reap.1")).unwrap();
+    assert!(reap.contains(".TH orch-reap 1"), "{reap}");
+    assert!(reap.contains("dry"), "the options are documented: {reap}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_every_subcommand() {
+    let env = TestEnv::new();
+    let cmd = <orch::cli::Cli as clap::CommandFactory>::command();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.run(&["completions", shell]).expect(0).stdout;
+        assert!(script.len() > 1000, "{shell}: {script}");
+        for sub in cmd.get_subcommands() {
+            assert!(
+                script.contains(sub.get_name()),
+                "{shell} completes {}",
+                sub.get_name()
+            );
+        }
+    }
+    env.run(&["completions", "tcsh"]).expect(2);
+}
+
+#[test]
+fn every_unit_names_the_manual_and_one_installed_document() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pages = subcommand_pages();
+    let mut units = 0;
+    for e in std::fs::read_dir(root.join("systemd")).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let unit = path.file_name().unwrap().to_string_lossy().into_owned();
+        let docs: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Documentation="))
+            .flat_map(str::split_whitespace)
+            .collect();
+        units += 1;
+        assert_eq!(docs.first(), Some(&"man:orch(1)"), "{unit}: {docs:?}");
+        let files: Vec<&&str> = docs.iter().filter(|d| d.starts_with("file:")).collect();
+        assert_eq!(files.len(), 1, "{unit}: one document: {docs:?}");
+        let doc = files[0]
+            .strip_prefix("file:///usr/share/doc/orch/")
+            .unwrap_or_else(|| panic!("{unit}: installed under /usr/share/doc/orch: {docs:?}"));
+        assert!(root.join("docs").join(doc).is_file(), "{unit}: docs/{doc}");
+        for man in docs.iter().filter(|d| d.starts_with("man:")) {
+            let page = man.strip_prefix("man:").unwrap().replace("(1)", ".1");
+            assert!(pages.contains(&page), "{unit}: {man} is generated");
+        }
+    }
+    assert!(units >= 11, "read the real units: {units}");
+}
