@@ -207,3 +207,78 @@ fn every_unit_names_the_manual_and_one_installed_document() {
     }
     assert!(units >= 11, "read the real units: {units}");
 }
+
+/// The fd an `openat(…, "PATH", …) = FD` line of strace returns, when it opened `path`.
+fn opened_fd(line: &str, path: &str) -> Option<String> {
+    if !line.contains(&format!("openat(AT_FDCWD, \"{path}\",")) {
+        return None;
+    }
+    let fd = line.rsplit("= ").next()?.trim();
+    fd.parse::<u32>().ok().map(|n| n.to_string())
+}
+
+/// The atomic writer's durability, checked on the real system calls (strace, which
+/// `.ci/run` installs): the temporary file is synced before the rename, and the folder
+/// after it, so a power loss right after the call keeps the new file (the merge lease,
+/// post-deploy windows and the rollback marker in them rely on it).
+#[test]
+fn the_atomic_writer_syncs_the_file_then_the_folder_after_the_rename() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.path("m")).unwrap();
+    let trace = env.path("strace.log");
+    let mut cmd = std::process::Command::new("strace");
+    let orch = env.command(&["status", "--prometheus", "m/orch.prom"]);
+    cmd.args([
+        "-f",
+        "-e",
+        "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+    ])
+    .arg("-o")
+    .arg(&trace)
+    .arg(orch.get_program())
+    .args(orch.get_args())
+    .env_clear()
+    .envs(orch.get_envs().filter_map(|(k, v)| Some((k, v?))))
+    .current_dir(orch.get_current_dir().unwrap())
+    .stdout(Stdio::null());
+    let status = cmd
+        .status()
+        .expect("strace is installed (.ci/run installs it)");
+    assert!(status.success());
+    let log = std::fs::read_to_string(&trace).unwrap();
+    // Without strace's pid column and its padding before `= result`.
+    let calls: Vec<String> = log
+        .lines()
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool, from: usize| -> usize {
+        from + calls[from..]
+            .iter()
+            .position(|l| pred(l))
+            .unwrap_or_else(|| panic!("expected call not found after line {from}:\n{log}"))
+    };
+    let (open_tmp, tmp_fd) = calls
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let name = l.split('"').nth(1)?;
+            name.starts_with("m/.orch.prom.tmp.")
+                .then(|| opened_fd(l, name).map(|fd| (i, fd)))?
+        })
+        .unwrap_or_else(|| panic!("no temporary file opened:\n{log}"));
+    let synced = at(&|l| l.starts_with(&format!("fsync({tmp_fd})")), open_tmp);
+    let renamed = at(
+        &|l| l.starts_with("rename") && l.contains("\"m/orch.prom\")") && l.ends_with("= 0"),
+        open_tmp,
+    );
+    assert!(
+        synced < renamed,
+        "the file is synced before the rename:\n{log}"
+    );
+    let open_dir = at(&|l| opened_fd(l, "m").is_some(), renamed);
+    let dir_fd = opened_fd(&calls[open_dir], "m").unwrap();
+    at(
+        &|l| l.starts_with(&format!("fsync({dir_fd}) = 0")),
+        open_dir,
+    );
+}
