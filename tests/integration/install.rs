@@ -282,3 +282,110 @@ fn the_atomic_writer_syncs_the_file_then_the_folder_after_the_rename() {
         open_dir,
     );
 }
+
+/// The samples of `family` in a textfile: `(labels, value)`.
+fn samples(prom: &str, family: &str) -> Vec<(String, String)> {
+    prom.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let (n, labels) = name.split_once('{').map_or((name, ""), |(n, l)| (n, l));
+            (n == family).then(|| (labels.trim_end_matches('}').to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = TestEnv::new();
+    // 25 running jobs with dead pids, more than the 20 the report lists.
+    for n in 1..=25 {
+        env.run(&[
+            "task",
+            "add",
+            "--project",
+            "orch",
+            "--work-item",
+            &format!("wi-{n}"),
+            "--key",
+            &format!("ORCH-{n}"),
+        ])
+        .expect(0);
+    }
+    let all_running = || {
+        env.db()
+            .execute(
+                "UPDATE jobs SET status = 'running', started_at = 1, pid = 2147483646",
+                [],
+            )
+            .unwrap()
+    };
+    // A pass with counts (reap scans the 25 and flips them), then all running again, and
+    // a merge lease held by a dead pid.
+    all_running();
+    env.run(&["reap"]).expect(0);
+    assert_eq!(all_running(), 25);
+    let lease = serde_json::json!({
+        "job_id": 1, "task": "ORCH-1", "pid": 2147483646, "pid_start_time": null,
+        "acquired_at": 1_795_575_000, "ttl_s": 900
+    });
+    std::fs::write(env.path("state/merge-lease.json"), lease.to_string()).unwrap();
+    // The units' umask: without the explicit mode the file would be 0600.
+    let script = format!(
+        "umask 077; exec {} status --prometheus textfile/orch.prom",
+        env!("CARGO_BIN_EXE_orch")
+    );
+    let base = env.command(&[]);
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(base.get_current_dir().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let path = env.path("textfile/orch.prom");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    let prom = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        samples(&prom, "orch_running_jobs_not_alive"),
+        [(String::new(), "25".into())]
+    );
+    assert_eq!(
+        samples(&prom, "orch_merge_lease_held"),
+        [(String::new(), "1".into())]
+    );
+    assert_eq!(
+        samples(&prom, "orch_merge_lease_expiry_timestamp_seconds"),
+        [(String::new(), (1_795_575_000 + 900).to_string())]
+    );
+    let reap_counts = samples(&prom, "orch_pass_count");
+    assert!(
+        reap_counts.contains(&(
+            "command=\"reap\",count=\"scanned\"".to_string(),
+            "25".to_string()
+        )),
+        "{prom}"
+    );
+    let build = samples(&prom, "orch_build_info");
+    assert_eq!(
+        build,
+        [(
+            format!(
+                "version=\"{}\",revision=\"{}\"",
+                orch::build_info::VERSION,
+                orch::build_info::REVISION
+            ),
+            "1".to_string()
+        )]
+    );
+    // Every sample line is `name{labels} number` and every family is typed.
+    for line in prom.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+        let family = name.split('{').next().unwrap();
+        assert!(prom.contains(&format!("# TYPE {family} gauge\n")), "{line}");
+    }
+}
