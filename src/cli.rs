@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::cli_docs;
 use crate::commands::{
     config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap, reconcile,
     run_job, staging_check, status, task, webhook_handle,
@@ -19,7 +20,12 @@ use crate::ops::pass::PassContext;
 /// verdict said no, 2 usage, configuration or internal error, 75 skipped because
 /// another copy of the same pass holds its lock.
 #[derive(Debug, Parser)]
-#[command(name = "orch", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "orch",
+    version = crate::build_info::LONG_VERSION,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// SQLite database file [env: ORCH_DB; default: ./orch.db]
     #[arg(long, global = true, value_name = "PATH")]
@@ -71,6 +77,9 @@ pub enum Command {
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
     Doctor(doctor::DoctorArgs),
+    // For packagers.
+    Man(cli_docs::ManArgs),
+    Completions(cli_docs::CompletionsArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -93,6 +102,8 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::Reap(args) => reap::run(args, ctx),
         Command::Job(cmd) => job::run(cmd, ctx),
         Command::Reconcile(args) => reconcile::run(args, ctx),
+        Command::Man(args) => cli_docs::run_man(args),
+        Command::Completions(args) => cli_docs::run_completions(args),
     }
 }
 

@@ -7,13 +7,16 @@
 //! `docs/architecture.md`.
 
 pub mod adapters;
+pub mod build_info;
 pub mod cli;
+pub mod cli_docs;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod core;
 pub mod crash;
 pub mod exit;
+pub mod logging;
 pub mod ops;
 #[cfg(feature = "test-helpers")]
 pub mod standin;

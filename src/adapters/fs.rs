@@ -59,6 +59,21 @@ pub fn make_private(path: &Path) -> Result<()> {
 /// # Errors
 /// When the folder cannot be created or the file written.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomic_mode(path, contents, None)
+}
+
+/// [`write_atomic`] for a file other users must read (`0644`, whatever the umask: the
+/// units run with `UMask=0077`), such as the metrics file node_exporter scrapes. The
+/// mode is set on the temporary file, so the target is never seen with another.
+///
+/// # Errors
+/// When the folder cannot be created or the file written.
+pub fn write_atomic_readable(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomic_mode(path, contents, Some(0o644))
+}
+
+fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -71,6 +86,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(contents)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

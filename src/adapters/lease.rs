@@ -1,7 +1,7 @@
 //! The merge lease: one file in the state dir naming who may merge right now.
 //!
 //! Merges across all projects are serialised through it. The file
-//! `<state dir>/merge-lease.json` is created and removed only while holding the fs2 lock
+//! `<state dir>/merge-lease.json` is created and removed only while holding the file lock
 //! on `<state dir>/merge-lease.lock`, so "read, decide, write" is atomic between
 //! processes. Its content names the holder (job, pid, the pid's start time, acquired at,
 //! TTL). The reaper deletes it when the holder is dead or the TTL has passed, and

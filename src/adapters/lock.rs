@@ -1,13 +1,12 @@
-//! File locks (fs2 `flock`): one per pass, so two copies of a pass never overlap.
+//! File locks (the standard library's `File::try_lock`, an exclusive `flock(2)` on
+//! Linux): one per pass, so two copies of a pass never overlap.
 //!
 //! A lock is held by an open file description; the kernel drops it when the process
 //! dies, so a crashed pass never leaves a stale lock behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
-
-use fs2::FileExt;
 
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let _ = FileExt::unlock(&self.file);
+        let _ = self.file.unlock();
     }
 }
 
@@ -69,15 +68,13 @@ impl LockFile {
             .truncate(false)
             .open(path)
             .map_err(io_err)?;
-        match file.try_lock_exclusive() {
+        match file.try_lock() {
             Ok(()) => Ok(LockGuard {
                 file,
                 path: path.to_path_buf(),
             }),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
-                Err(LockError::Busy(path.to_path_buf()))
-            }
-            Err(e) => Err(io_err(e)),
+            Err(TryLockError::WouldBlock) => Err(LockError::Busy(path.to_path_buf())),
+            Err(TryLockError::Error(e)) => Err(io_err(e)),
         }
     }
 }

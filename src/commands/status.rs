@@ -5,15 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::adapters::artefacts::write_atomic;
 use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::fs::write_atomic_readable;
 use crate::adapters::lease::{LeaseFile, MergeLease};
 use crate::adapters::process::liveness;
 use crate::clock::format_unix;
-use crate::core::job::JobStatus;
+use crate::core::job::{JobStatus, Liveness};
 use crate::core::status::{
-    render_prometheus, render_text, EscalatedTask, LeaseView, PassView, RunningJob,
-    StagingHolderView, StagingView, StatusReport,
+    render_prometheus, render_text, EscalatedTask, LeaseView, PassView, PrometheusExtras,
+    RunningJob, StagingHolderView, StagingView, StatusReport,
 };
 use crate::exit::ExitStatus;
 use crate::ops::pass::PassContext;
@@ -57,7 +57,12 @@ pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
     );
     report.lease = lease_view(&ctx.config.settings.state_dir, report.generated_at_unix)?;
     if let Some(path) = &args.prometheus {
-        write_atomic(path, render_prometheus(&report).as_bytes())?;
+        let extra = PrometheusExtras {
+            running_not_alive: running_not_alive(&db, report.running_total)?,
+            version: crate::build_info::VERSION.into(),
+            revision: crate::build_info::REVISION.into(),
+        };
+        write_atomic_readable(path, render_prometheus(&report, &extra).as_bytes())?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -65,6 +70,25 @@ pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
         print!("{}", render_text(&report));
     }
     Ok(ExitStatus::Success)
+}
+
+/// Counts the running jobs whose process is not alive, over all `running_total` of them
+/// (liveness is read from `/proc`, so it cannot be a SQL count; running jobs are few,
+/// bounded by `ORCH_MAX_CONCURRENCY`).
+///
+/// # Errors
+/// On SQL errors.
+fn running_not_alive(db: &Db, running_total: i64) -> Result<u64> {
+    let all = usize::try_from(running_total.max(0)).unwrap_or(usize::MAX);
+    let dead = db
+        .running_jobs(all)?
+        .into_iter()
+        .filter(|(j, _)| match j.pid {
+            Some(pid) => liveness(pid, j.pid_start_time) != Liveness::Alive,
+            None => true,
+        })
+        .count();
+    Ok(dead as u64)
 }
 
 /// Reads everything the report shows.

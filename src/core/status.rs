@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::core::job::{JobStatus, Liveness};
+use crate::core::job::JobStatus;
 use crate::core::lease::{Lease, LeaseState};
 use crate::core::stage::Stage;
 use crate::core::when::human_duration;
@@ -351,7 +351,7 @@ pub fn render_text(r: &StatusReport) -> String {
 }
 
 /// Renders the node_exporter textfile format.
-pub fn render_prometheus(r: &StatusReport) -> String {
+pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -404,15 +404,10 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         "Tasks parked for a human.",
         vec![(String::new(), r.escalated_total.to_string())],
     );
-    let not_alive = r
-        .running
-        .iter()
-        .filter(|j| j.liveness != Liveness::Alive.as_str())
-        .count();
     family(
         "orch_running_jobs_not_alive",
-        "Listed running jobs whose process is dead, reused or not yet stamped.",
-        vec![(String::new(), not_alive.to_string())],
+        "Running jobs (all of them, not only those listed) whose process is dead, reused or not yet stamped.",
+        vec![(String::new(), extra.running_not_alive.to_string())],
     );
     family(
         "orch_running_job_oldest_age_seconds",
@@ -451,7 +446,72 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         "1 when each subcommand's last pass did not fail.",
         per_pass(&|p| u8::from(p.outcome != "error").to_string()),
     );
+    family(
+        "orch_pass_count",
+        "Each numeric count of each subcommand's last pass (the summary line's name=value).",
+        r.passes
+            .iter()
+            .flat_map(|p| {
+                p.counts.iter().filter_map(move |(name, v)| {
+                    let n = v.as_f64()?;
+                    Some((
+                        format!(
+                            "{{command=\"{}\",count=\"{}\"}}",
+                            p.command,
+                            label_value(name)
+                        ),
+                        n.to_string(),
+                    ))
+                })
+            })
+            .collect(),
+    );
+    family(
+        "orch_merge_lease_held",
+        "1 while a merge lease file exists (whoever holds it, stale or malformed included).",
+        vec![(String::new(), u8::from(r.lease.is_some()).to_string())],
+    );
+    family(
+        "orch_merge_lease_expiry_timestamp_seconds",
+        "When the merge lease held now expires (absent while none is held).",
+        r.lease
+            .iter()
+            .filter_map(|l| Some(r.generated_at_unix - l.age_s? + l.ttl_s?))
+            .map(|t| (String::new(), t.to_string()))
+            .collect(),
+    );
+    family(
+        "orch_build_info",
+        "The orch binary that wrote this file: version and git revision.",
+        vec![(
+            format!(
+                "{{version=\"{}\",revision=\"{}\"}}",
+                label_value(&extra.version),
+                label_value(&extra.revision)
+            ),
+            "1".into(),
+        )],
+    );
     out
+}
+
+/// What the Prometheus rendering needs beyond the report people read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusExtras {
+    /// Running jobs whose process is not alive, over every running job (the report
+    /// lists only the first few).
+    pub running_not_alive: u64,
+    /// The binary's version.
+    pub version: String,
+    /// The git revision it was built from.
+    pub revision: String,
+}
+
+/// Escapes a label value for the text format (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -535,7 +595,12 @@ mod tests {
 
     #[test]
     fn prometheus_text_is_well_formed() {
-        let text = render_prometheus(&report());
+        let extra = PrometheusExtras {
+            running_not_alive: 1,
+            version: "0.1.0".into(),
+            revision: "abc\"def".into(),
+        };
+        let text = render_prometheus(&report(), &extra);
         for line in text.lines() {
             if line.starts_with('#') {
                 assert!(
@@ -552,6 +617,8 @@ mod tests {
         assert!(text.contains("orch_running_jobs_not_alive 1\n"));
         assert!(text.contains("orch_staging_held 1\n"));
         assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
+        assert!(text.contains("orch_pass_count{command=\"reap\",count=\"flipped\"} 1\n"));
+        assert!(text.contains("orch_build_info{version=\"0.1.0\",revision=\"abc\\\"def\"} 1\n"));
     }
 
     #[test]

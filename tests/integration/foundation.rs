@@ -76,7 +76,9 @@ fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
     ] {
         assert_eq!(mode(&env.path(p)), want, "{p}: {:o}", mode(&env.path(p)));
     }
-    // New files of any pass are private too: a fresh database, the status file.
+    // New files of any pass are private too: a fresh database, the state dir. The one
+    // exception is the metrics file, which node_exporter (another user) must read:
+    // 0644 whatever the umask (issue 15); a folder orch creates for it stays private.
     let fresh = TestEnv::bare();
     under_umask_022(&fresh, "init").expect(0);
     under_umask_022(&fresh, "status --prometheus metrics/orch.prom").expect(0);
@@ -84,7 +86,7 @@ fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
         ("orch.db", 0o600),
         ("state", 0o700),
         ("metrics", 0o700),
-        ("metrics/orch.prom", 0o600),
+        ("metrics/orch.prom", 0o644),
     ] {
         assert_eq!(
             mode(&fresh.path(p)),
@@ -399,7 +401,9 @@ fn status_text_json_and_prometheus() {
     staging: free
     last passes: none yet
     ");
-    let prom = std::fs::read_to_string(env.path("metrics/orch.prom")).unwrap();
+    let prom = std::fs::read_to_string(env.path("metrics/orch.prom"))
+        .unwrap()
+        .replace(orch::build_info::REVISION, "[revision]");
     insta::assert_snapshot!(prom, @r#"
     # HELP orch_jobs Jobs by status.
     # TYPE orch_jobs gauge
@@ -424,7 +428,7 @@ fn status_text_json_and_prometheus() {
     # HELP orch_tasks_escalated Tasks parked for a human.
     # TYPE orch_tasks_escalated gauge
     orch_tasks_escalated 0
-    # HELP orch_running_jobs_not_alive Listed running jobs whose process is dead, reused or not yet stamped.
+    # HELP orch_running_jobs_not_alive Running jobs (all of them, not only those listed) whose process is dead, reused or not yet stamped.
     # TYPE orch_running_jobs_not_alive gauge
     orch_running_jobs_not_alive 1
     # HELP orch_running_job_oldest_age_seconds Age of the oldest running job.
@@ -439,6 +443,16 @@ fn status_text_json_and_prometheus() {
     # TYPE orch_pass_duration_seconds gauge
     # HELP orch_pass_ok 1 when each subcommand's last pass did not fail.
     # TYPE orch_pass_ok gauge
+    # HELP orch_pass_count Each numeric count of each subcommand's last pass (the summary line's name=value).
+    # TYPE orch_pass_count gauge
+    # HELP orch_merge_lease_held 1 while a merge lease file exists (whoever holds it, stale or malformed included).
+    # TYPE orch_merge_lease_held gauge
+    orch_merge_lease_held 0
+    # HELP orch_merge_lease_expiry_timestamp_seconds When the merge lease held now expires (absent while none is held).
+    # TYPE orch_merge_lease_expiry_timestamp_seconds gauge
+    # HELP orch_build_info The orch binary that wrote this file: version and git revision.
+    # TYPE orch_build_info gauge
+    orch_build_info{version="0.1.0",revision="[revision]"} 1
     "#);
     let json = env.run(&["status", "--json"]).expect(0).json();
     insta::assert_json_snapshot!(json, @r#"

@@ -9,6 +9,7 @@ mod clients;
 mod crash;
 mod doctor;
 mod foundation;
+mod install;
 mod jobs;
 mod kit;
 mod merge_guard;

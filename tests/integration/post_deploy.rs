@@ -582,14 +582,14 @@ fn a_second_tick_while_one_runs_exits_75() {
     let lock = env.path("state/locks/post-deploy-tick.lock");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
     let file = std::fs::File::create(&lock).unwrap();
-    fs2::FileExt::lock_exclusive(&file).unwrap();
+    file.lock().unwrap();
     let busy = env.run(&["post-deploy-tick"]).expect(75);
     assert!(
         busy.stderr.contains("another post-deploy-tick pass"),
         "{}",
         busy.stderr
     );
-    fs2::FileExt::unlock(&file).unwrap();
+    file.unlock().unwrap();
     env.run(&["post-deploy-tick"]).expect(0);
 }
 

@@ -557,7 +557,7 @@ fn a_second_pass_while_one_holds_the_lock_exits_75() {
     let lock = w.env.path("state/locks/reconcile.lock");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
     let f = std::fs::File::create(&lock).unwrap();
-    fs2::FileExt::lock_exclusive(&f).unwrap();
+    f.lock().unwrap();
     w.env.run(&["reconcile"]).expect(75);
 }
 
