@@ -18,7 +18,8 @@ use super::Pass;
 pub(super) struct ProjectListing {
     /// What the blocked guard reads.
     pub(super) listing: reconcile::Listing,
-    /// Work items seen, with their resolved state, for replay.
+    /// Work items seen that may need a replay (`Pass::replay_candidate`), with their
+    /// resolved state.
     pub(super) resolved: Vec<(WorkItem, CachedState)>,
 }
 
@@ -41,6 +42,7 @@ impl Pass<'_> {
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let mut cursor: Option<String> = None;
         let mut states_refreshed = false;
+        let replay = self.ctx.config.settings.reconcile_replay_enabled;
         loop {
             self.report.c.plane_requests += 1;
             let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
@@ -85,7 +87,9 @@ impl Pass<'_> {
                                 group: st.group.clone(),
                             },
                         );
-                        l.resolved.push((item, st));
+                        if replay && Pass::replay_candidate(db, project, &item, &st)? {
+                            l.resolved.push((item, st));
+                        }
                     }
                     None => {
                         let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
