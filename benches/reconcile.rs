@@ -1,18 +1,23 @@
-//! `orch reconcile`, whole process, over 10,000 tasks in 3 projects with the Plane and
-//! Gitea stand-ins on loopback.
+//! `orch reconcile`, whole process, over 1,000 / 10,000 / 100,000 tasks in 3 projects
+//! with the Plane and Gitea stand-ins on loopback.
 //!
-//! Run: `cargo bench --bench reconcile`. The seeded state is steady (every pass makes
-//! the same decisions and writes nothing but its pass record and, on a first pass, the
-//! CI verdicts it learned): 10,000 work items listed in pages of 100 (100 Plane
-//! requests), 1,000 development tasks whose job has not run yet (the gate waits), each
-//! with a recorded open PR whose head's CI is final (half green, half red), 3,000 review
-//! tasks with no verdict yet, 3,000 escalated and 3,000 with a live job.
+//! Run: `cargo bench --bench reconcile` (sizes: `ORCH_BENCH_SIZES=1000,10000`). The
+//! seeded state is steady (every pass makes the same decisions and writes nothing but
+//! its pass record and, on a first pass, the CI verdicts it learned): every work item
+//! listed in pages of 100, a tenth of the tasks in development whose job has not run
+//! yet (the gate waits), each with a recorded open PR whose head's CI is green (the
+//! verdict orch keeps per head), three tenths in review with no verdict yet, three
+//! tenths escalated (each with its announcement) and three tenths with a live job.
 //!
-//! Two series in the same run: the **first pass** (the CI verdict cache emptied before
-//! each run: every head's CI is read) and the **second pass** (the cache the first pass
-//! filled: nothing has changed, so only the list pages are read). Prints each one's
-//! median and p99 wall time, the peak resident memory, the requests per pass and the
-//! speed-up, and fails when a second pass makes any Gitea request but a list page.
+//! Per size: the **second pass** (nothing changed since the last pass: only the list
+//! pages are read), the **floor** of the same requests (`curl` replaying, in one
+//! process, exactly the requests one second pass made: the limit of a client that does
+//! nothing else), and up to 10,000 tasks the **first pass** (the CI verdict cache
+//! emptied before each run: every head's CI is read) with the speed-up. Each prints the
+//! median and p99 wall time, the CPU time and peak RSS of the measured process alone
+//! (never the bench's nor its stand-ins' threads), the requests per pass, and a
+//! `growth` line over the sizes; it fails when a second pass makes any Gitea request
+//! but a list page, or when a pass moved a task.
 
 mod common;
 
@@ -30,7 +35,6 @@ const PROJECTS: [(&str, &str, &str); 3] = [
     ("web", "WEB", "3e4f5a6b-0000-4000-8000-000000000003"),
 ];
 const IN_PROGRESS: &str = "5a000000-0000-4000-8000-000000000001";
-const TASKS: u64 = 10_000;
 
 fn pipeline() -> String {
     let mut s = String::from("plane: { workspace: acme }\nprojects:\n");
@@ -48,13 +52,86 @@ fn command(home: &Home, plane: &str, gitea: &str) -> Command {
         .env("ORCH_PLANE_API_KEY", KEY)
         .env("ORCH_GITEA_URL", gitea)
         .env("ORCH_GITEA_TOKEN", TOKEN)
-        .env("ORCH_RECONCILE_MAX_TASKS", "10000")
+        .env("ORCH_RECONCILE_MAX_TASKS", "1000000")
         .env("ORCH_RECONCILE_GRACE_S", "0")
         .env("ORCH_NOW", "2026-11-25T03:00:00Z");
     c
 }
 
+/// What one size measured.
+struct Row {
+    tasks: u64,
+    second: common::Measured,
+    floor: common::Measured,
+    first: Option<common::Measured>,
+    requests: (f64, f64, f64),
+}
+
 fn main() {
+    let sizes: Vec<u64> = std::env::var("ORCH_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("ORCH_BENCH_SIZES: numbers"))
+        .collect();
+    let rows: Vec<Row> = sizes
+        .iter()
+        .map(|&n| {
+            let r = run_size(n);
+            print_row(&r);
+            r
+        })
+        .collect();
+    let wall: Vec<(usize, std::time::Duration)> = rows
+        .iter()
+        .map(|r| (r.tasks as usize, r.second.median))
+        .collect();
+    let cpu: Vec<(usize, std::time::Duration)> = rows
+        .iter()
+        .map(|r| (r.tasks as usize, r.second.cpu))
+        .collect();
+    common::report_growth("reconcile second pass wall", &wall);
+    common::report_growth("reconcile second pass cpu", &cpu);
+    let rss: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {:.1}MiB",
+                r.tasks,
+                r.second.max_rss_kib as f64 / 1024.0
+            )
+        })
+        .collect();
+    println!(
+        "reconcile second pass peak RSS (orch alone): {}",
+        rss.join(", ")
+    );
+}
+
+fn print_row(r: &Row) {
+    let n = r.tasks;
+    println!(
+        "reconcile over {n} tasks in 3 projects, second pass: {}",
+        r.second
+    );
+    let (p, g, l) = r.requests;
+    println!("  requests per pass: plane={p:.0} gitea={g:.0} (of which {l:.0} PR list pages)");
+    println!(
+        "floor, {n} tasks (curl replaying the second pass's requests): {} orch/floor wall x{:.2}",
+        r.floor,
+        r.second.median.as_secs_f64() / r.floor.median.as_secs_f64()
+    );
+    if let Some(first) = &r.first {
+        println!("reconcile over {n} tasks in 3 projects, first pass: {first}");
+        println!(
+            "  second pass is {:.1}x faster than the first (medians), {:.1}x less CPU",
+            first.median.as_secs_f64() / r.second.median.as_secs_f64(),
+            first.cpu.as_secs_f64() / r.second.cpu.as_secs_f64()
+        );
+    }
+}
+
+/// Seeds `tasks` tasks and measures the passes over them.
+fn run_size(tasks: u64) -> Row {
     let plane = PlaneStandin::start("acme", KEY);
     plane.set_rate_limit(1_000_000, false);
     let gitea = GiteaStandin::start(TOKEN);
@@ -67,7 +144,7 @@ fn main() {
     let home = Home::new(&pipeline());
     let db = home.db();
     db.execute_batch("BEGIN").unwrap();
-    for n in 1..=TASKS {
+    for n in 1..=tasks {
         let (name, ident, pid) = PROJECTS[(n % 3) as usize];
         let key = format!("{ident}-{n}");
         let item = format!("{}-0000-4000-8000-{n:012}", &pid[..8]);
@@ -129,7 +206,7 @@ fn main() {
     db.execute_batch("COMMIT").unwrap();
     drop(db);
 
-    let runs = 5;
+    let runs = if tasks >= 100_000 { 3 } else { 5 };
     let gitea_count = |what: fn(&str) -> bool| {
         gitea
             .server()
@@ -147,8 +224,10 @@ fn main() {
             gitea_count(is_list),
         )
     };
+    // measure() runs the command runs + 2 times (a warm-up, the timed runs, one for
+    // the peak RSS).
     let per_pass = |before: (usize, usize, usize), after: (usize, usize, usize)| {
-        let passes = (runs + 1) as f64;
+        let passes = (runs + 2) as f64;
         (
             (after.0 - before.0) as f64 / passes,
             (after.1 - before.1) as f64 / passes,
@@ -157,32 +236,89 @@ fn main() {
     };
 
     // First pass: every run starts with no CI verdict known.
-    let before = counts();
-    let first = common::measure(runs, || {
-        home.db().execute("DELETE FROM ci_verdicts", []).unwrap();
-        command(&home, plane.url(), gitea.url())
+    let first = (tasks <= 10_000).then(|| {
+        let first = common::measure(runs, || {
+            home.db().execute("DELETE FROM ci_verdicts", []).unwrap();
+            command(&home, plane.url(), gitea.url())
+        });
+        let kept = home.count("SELECT count(*) FROM ci_verdicts");
+        assert_eq!(kept as u64, tasks / 10, "every final verdict kept");
+        first
     });
-    let (p1, g1, l1) = per_pass(before, counts());
-    let kept = home.count("SELECT count(*) FROM ci_verdicts");
-    assert_eq!(kept, 1000, "every final verdict kept");
+    if first.is_none() {
+        // One pass to fill the cache the second passes read.
+        assert!(command(&home, plane.url(), gitea.url())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success());
+    }
 
-    // Second pass: the verdicts the last first pass kept; nothing else changed.
+    // Second pass: the verdicts a first pass kept; nothing else changed.
     let before = counts();
+    let plane_from = plane.server().requests().len();
+    let gitea_from = gitea.server().requests().len();
     let second = common::measure(runs, || command(&home, plane.url(), gitea.url()));
-    let (p2, g2, l2) = per_pass(before, counts());
-
-    println!("reconcile over {TASKS} tasks in 3 projects, first pass: {first}");
-    println!("  requests per pass: plane={p1:.0} gitea={g1:.0} (of which {l1:.0} PR list pages)");
-    println!("reconcile over {TASKS} tasks in 3 projects, second pass: {second}");
-    println!("  requests per pass: plane={p2:.0} gitea={g2:.0} (of which {l2:.0} PR list pages)");
-    println!(
-        "second pass is {:.1}x faster than the first (medians)",
-        first.median.as_secs_f64() / second.median.as_secs_f64()
-    );
+    let requests = per_pass(before, counts());
+    let (_, g2, l2) = requests;
     assert_eq!(
         g2, l2,
         "a second pass reads only the PR list pages from Gitea"
     );
+
+    // The floor: the requests of the last second pass, replayed by curl in one process.
+    let per = (requests.0 as usize, requests.1 as usize);
+    let plane_reqs = plane.server().requests();
+    let gitea_reqs = gitea.server().requests();
+    let mut config = String::new();
+    let mut replay = |base: &str, reqs: &[orch::standin::server::Recorded], header: &str| {
+        for r in reqs {
+            let q = if r.query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", r.query)
+            };
+            config.push_str(&format!(
+                "silent\nfail\noutput = \"/dev/null\"\nheader = \"{header}\"\nurl = \"{base}{}{q}\"\nnext\n",
+                r.path
+            ));
+        }
+    };
+    let last = |all: &[orch::standin::server::Recorded], from: usize, n: usize| {
+        let end = all.len();
+        assert!(end - from >= n);
+        all[end - n..].to_vec()
+    };
+    replay(
+        plane.url(),
+        &last(&plane_reqs, plane_from, per.0),
+        &format!("X-API-Key: {KEY}"),
+    );
+    replay(
+        gitea.url(),
+        &last(&gitea_reqs, gitea_from, per.1),
+        &format!("Authorization: token {TOKEN}"),
+    );
+    let config_path = home.path("floor.curl");
+    // `next` separates the requests; none after the last.
+    let config = config.strip_suffix("next\n").unwrap_or(&config).to_string();
+    std::fs::write(&config_path, config).unwrap();
+    let floor = common::measure(runs, || {
+        let mut c = std::process::Command::new("curl");
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("--config")
+            .arg(&config_path);
+        c
+    });
+
     let stuck = home.count("SELECT count(*) FROM stage_events");
     assert_eq!(stuck, 0, "the seeded state is steady: no pass moved a task");
+    Row {
+        tasks,
+        second,
+        floor,
+        first,
+        requests,
+    }
 }

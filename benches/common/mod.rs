@@ -258,6 +258,10 @@ pub struct Measured {
     pub median: Duration,
     pub p99: Duration,
     pub min: Duration,
+    /// The CPU time (user + system) of one run, the mean over the timed runs: the
+    /// measured process's own (and its children's), never the harness's or its
+    /// stand-ins' threads.
+    pub cpu: Duration,
     pub max_rss_kib: i64,
 }
 
@@ -265,11 +269,12 @@ impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "runs={} median={:.2}ms p99={:.2}ms min={:.2}ms peak_rss={:.1}MiB",
+            "runs={} median={:.2}ms p99={:.2}ms min={:.2}ms cpu={:.2}ms peak_rss={:.1}MiB",
             self.runs,
             self.median.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
             self.min.as_secs_f64() * 1e3,
+            self.cpu.as_secs_f64() * 1e3,
             self.max_rss_kib as f64 / 1024.0
         )
     }
@@ -285,6 +290,7 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
         String::from_utf8_lossy(&warm.stderr)
     );
     let mut times = Vec::with_capacity(runs);
+    let cpu_before = children_cpu();
     for _ in 0..runs {
         let mut cmd = make();
         cmd.stdout(Stdio::null());
@@ -297,6 +303,7 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let cpu = (children_cpu() - cpu_before) / u32::try_from(runs.max(1)).unwrap();
     times.sort();
     let pick = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
     Measured {
@@ -304,8 +311,19 @@ pub fn measure(runs: usize, mut make: impl FnMut() -> Command) -> Measured {
         median: pick(0.5),
         p99: pick(0.99),
         min: times[0],
+        cpu,
         max_rss_kib: peak_rss_kib(make()),
     }
+}
+
+/// The CPU time (user + system) of every child waited for so far.
+fn children_cpu() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    secs(u.user_time()) + secs(u.system_time())
 }
 
 /// Runs `cmd` once more under `/usr/bin/time -f %M` and returns that process's own peak

@@ -17,7 +17,7 @@
 //! `listing` (Plane, page by page), `escalate` (the sweep and the one announcement)
 //! and `report` (what the pass prints). Every decision is in `core::reconcile`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -72,7 +72,7 @@ pub struct ReconcileArgs {
 /// Configuration that cannot build a client, or a database that cannot be read.
 pub fn run(args: &ReconcileArgs, ctx: &PassContext) -> Result<ExitStatus> {
     ctx.run_pass("reconcile", args.dry_run, |db, _guard| {
-        let report = pass(ctx, db, args.dry_run)?;
+        let report = pass(ctx, db, args.dry_run, args.json)?;
         if args.json {
             println!("{}", report::to_json(&report)?);
         } else {
@@ -106,13 +106,43 @@ struct Pass<'a> {
     report: Report,
     /// Set on a 429: no more Plane calls, no more actions.
     rate_limited: bool,
+    /// Whether the report keeps every task's line (`--dry-run`, `--json`), or only the
+    /// lines the text report prints: a real pass holds no line per unchanged task.
+    every_line: bool,
     /// Per task, whether its PR was merged, as the gate just read it: a rollback decides
     /// its round from the very fact its gate judged, never from a second Gitea read
     /// that may fail in between.
     merged: std::collections::HashMap<i64, crate::core::facts::Fact<bool>>,
 }
 
-fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
+/// Tasks are read in pages of this many (`Db::tasks_page`): a pass holds one page of
+/// tasks at a time, never all of them.
+const TASK_PAGE: usize = 512;
+
+/// Calls `each` on every task with `after < id <= upto`, page by page in id order,
+/// until it returns `false`.
+fn for_each_task(
+    db: &mut Db,
+    after: i64,
+    upto: Option<i64>,
+    mut each: impl FnMut(&mut Db, &Task) -> Result<bool>,
+) -> Result<()> {
+    let mut after = after;
+    loop {
+        let page = db.tasks_page(after, upto, TASK_PAGE)?;
+        for t in &page {
+            if !each(db, t)? {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == TASK_PAGE => after = last.id,
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Report> {
     let s = &ctx.config.settings;
     let mut p = Pass {
         ctx,
@@ -131,6 +161,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
             ..Report::default()
         },
         rate_limited: false,
+        every_line: dry_run || json,
     };
     let replay = s.reconcile_replay_enabled;
     let cap = usize::try_from(s.reconcile_max_tasks.0).unwrap_or(usize::MAX);
@@ -145,14 +176,23 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
     // Which projects must be listed: all when replaying; otherwise only those with a task
     // that passes the local guards and needs the blocked check. An escalated task alone
     // costs no request at all.
-    let tasks = db.list_tasks(None, usize::MAX)?;
-    let live = db.live_jobs_by_task()?;
+    // Replaying lists every project whatever the tasks: no walk over them then.
+    let mut passing: HashSet<String> = HashSet::new();
+    if !replay && s.reconcile_skip_blocked_enabled {
+        let live = db.live_jobs_by_task()?;
+        let projects = ctx.config.pipeline.projects.len();
+        for_each_task(db, 0, None, |_, t| {
+            if !passing.contains(&t.project)
+                && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+            {
+                passing.insert(t.project.clone());
+            }
+            Ok(passing.len() < projects)
+        })?;
+    }
     let mut to_list: Vec<&Project> = Vec::new();
     for project in &ctx.config.pipeline.projects {
-        let passes = tasks.iter().any(|t| {
-            t.project == project.name
-                && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
-        });
+        let passes = passing.contains(&project.name);
         if reconcile::needs_listing(replay, s.reconcile_skip_blocked_enabled, passes) {
             to_list.push(project);
         }
@@ -163,23 +203,32 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<Report> {
         listings.insert(project.name.clone(), l);
     }
 
-    let mut tasks = tasks;
-    let mut live = live;
-    if replay && !p.rate_limited && p.replay_work_items(db, &tasks, &listings, cap)? {
-        tasks = db.list_tasks(None, usize::MAX)?;
-        live = db.live_jobs_by_task()?;
+    if replay && !p.rate_limited {
+        p.replay_work_items(db, &listings, cap)?;
     }
     if !p.rate_limited {
-        p.escalation_sweep(db, &tasks)?;
-        // The sweep may have escalated tasks: judge the fresh rows.
-        if !p.report.escalations.is_empty() {
-            tasks = db.list_tasks(None, usize::MAX)?;
-            live = db.live_jobs_by_task()?;
-        }
+        p.escalation_sweep(db)?;
     }
-    p.judge_tasks(db, &tasks, &live, &listings, cap)?;
+    // Judged from the rows as the replays and the sweep left them, read page by page.
+    let live = db.live_jobs_by_task()?;
+    p.judge_tasks(db, &live, &listings, cap)?;
     p.report.c.gitea_requests = p.forge.requests;
     Ok(p.report)
+}
+
+/// Where the walk over the tasks stands.
+#[derive(Default)]
+struct Walk {
+    /// Tasks evaluated so far (the per-pass cap counts these).
+    handled: usize,
+    /// The last task evaluated.
+    last_handled: Option<i64>,
+    /// Whether the cap deferred a task.
+    capped: bool,
+    /// Whether the pass deadline stopped the walk.
+    out_of_time: bool,
+    /// The report's lines kept so far.
+    lines: Vec<TaskLine>,
 }
 
 fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
@@ -204,7 +253,6 @@ impl Pass<'_> {
     fn judge_tasks(
         &mut self,
         db: &mut Db,
-        tasks: &[Task],
         live: &HashMap<i64, (i64, JobStatus)>,
         listings: &HashMap<String, ProjectListing>,
         cap: usize,
@@ -213,82 +261,35 @@ impl Pass<'_> {
         let cursor_path = self.cursor_path();
         let cursor = read_cursor(&cursor_path);
         // Fairness under the cap: start after the last task the previous capped pass
-        // reached, then wrap around.
-        let mut order: Vec<&Task> = tasks.iter().collect();
-        order.sort_by_key(|t| reconcile::fair_order_key(t.id, cursor));
-        let mut handled = 0usize;
-        let mut last_handled: Option<i64> = None;
-        let mut capped = false;
-        let mut out_of_time = false;
-        let mut lines = Vec::with_capacity(order.len());
-        for t in order {
-            // Between tasks, never within one: the next pass starts after the last
-            // task this one handled.
-            if self.ctx.bounds().stop_for_deadline("judging tasks") {
-                out_of_time = true;
+        // reached, then wrap around (`reconcile::fair_order_key`'s order: the ids above
+        // the cursor, then those up to it, each in id order).
+        let mut walk = Walk::default();
+        let segments = [(cursor.max(0), None), (0, Some(cursor))];
+        for (after, upto) in segments {
+            if upto.is_some_and(|u| u <= 0) {
+                continue;
+            }
+            for_each_task(db, after, upto, |db, t| {
+                // Between tasks, never within one: the next pass starts after the last
+                // task this one handled.
+                if self.ctx.bounds().stop_for_deadline("judging tasks") {
+                    walk.out_of_time = true;
+                    return Ok(false);
+                }
+                self.judge_one(db, t, live, listings, skip_blocked, cap, &mut walk);
+                Ok(true)
+            })?;
+            if walk.out_of_time {
                 break;
             }
-            self.report.c.scanned += 1;
-            let listed = skip_blocked.then(|| {
-                reconcile::listed(
-                    listings.get(&t.project).map(|l| &l.listing),
-                    &t.work_item_id,
-                )
-            });
-            let progress = Progress {
-                rate_limited: self.rate_limited,
-                handled,
-                cap,
-            };
-            let meanings = self
-                .ctx
-                .config
-                .pipeline
-                .project(&t.project)
-                .map(|p| &p.states);
-            let facts = facts_of(t, live);
-            let verdict = match reconcile::judge(
-                &facts,
-                self.now,
-                &self.limits,
-                progress,
-                listed.as_ref(),
-                meanings,
-            ) {
-                Judgement::Skip(skip) => TaskVerdict::Skip { skip },
-                Judgement::Deferred(why) => {
-                    capped |= matches!(why, Deferral::Cap(_));
-                    TaskVerdict::Deferred {
-                        because: why.to_string(),
-                    }
-                }
-                Judgement::Evaluate => {
-                    handled += 1;
-                    last_handled = Some(t.id);
-                    self.evaluate(db, t)
-                }
-            };
-            let note = match &verdict {
-                TaskVerdict::Act { action } if !self.dry_run => self.act(db, t, action),
-                _ => None,
-            };
-            match &verdict {
-                TaskVerdict::Skip { .. } => self.report.c.skipped += 1,
-                TaskVerdict::Deferred { .. } => self.report.c.deferred += 1,
-                TaskVerdict::Act {
-                    action: Action::Wait { .. },
-                } => self.report.c.waiting += 1,
-                TaskVerdict::Act { .. } => {}
-            }
-            lines.push(TaskLine {
-                id: t.id,
-                key: t.key.clone(),
-                project: t.project.clone(),
-                stage: t.stage,
-                verdict,
-                note,
-            });
         }
+        let Walk {
+            handled: _,
+            last_handled,
+            capped,
+            out_of_time,
+            mut lines,
+        } = walk;
         lines.sort_by_key(|l| l.id);
         self.report.tasks = lines;
         if capped {
@@ -314,6 +315,84 @@ impl Pass<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Judges one task, acts on the verdict, and keeps its report line when the report
+    /// shows it.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_one(
+        &mut self,
+        db: &mut Db,
+        t: &Task,
+        live: &HashMap<i64, (i64, JobStatus)>,
+        listings: &HashMap<String, ProjectListing>,
+        skip_blocked: bool,
+        cap: usize,
+        walk: &mut Walk,
+    ) {
+        self.report.c.scanned += 1;
+        let listed = skip_blocked.then(|| {
+            reconcile::listed(
+                listings.get(&t.project).map(|l| &l.listing),
+                &t.work_item_id,
+            )
+        });
+        let progress = Progress {
+            rate_limited: self.rate_limited,
+            handled: walk.handled,
+            cap,
+        };
+        let meanings = self
+            .ctx
+            .config
+            .pipeline
+            .project(&t.project)
+            .map(|p| &p.states);
+        let facts = facts_of(t, live);
+        let verdict = match reconcile::judge(
+            &facts,
+            self.now,
+            &self.limits,
+            progress,
+            listed.as_ref(),
+            meanings,
+        ) {
+            Judgement::Skip(skip) => TaskVerdict::Skip { skip },
+            Judgement::Deferred(why) => {
+                walk.capped |= matches!(why, Deferral::Cap(_));
+                TaskVerdict::Deferred {
+                    because: why.to_string(),
+                }
+            }
+            Judgement::Evaluate => {
+                walk.handled += 1;
+                walk.last_handled = Some(t.id);
+                self.evaluate(db, t)
+            }
+        };
+        let note = match &verdict {
+            TaskVerdict::Act { action } if !self.dry_run => self.act(db, t, action),
+            _ => None,
+        };
+        match &verdict {
+            TaskVerdict::Skip { .. } => self.report.c.skipped += 1,
+            TaskVerdict::Deferred { .. } => self.report.c.deferred += 1,
+            TaskVerdict::Act {
+                action: Action::Wait { .. },
+            } => self.report.c.waiting += 1,
+            TaskVerdict::Act { .. } => {}
+        }
+        if !(self.every_line || report::shown(false, &verdict, note.as_ref())) {
+            return;
+        }
+        walk.lines.push(TaskLine {
+            id: t.id,
+            key: t.key.clone(),
+            project: t.project.clone(),
+            stage: t.stage,
+            verdict,
+            note,
+        });
     }
 
     fn cursor_path(&self) -> PathBuf {

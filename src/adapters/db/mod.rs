@@ -193,6 +193,8 @@ impl Db {
         )
         .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Room for every point query a pass repeats per row (the default keeps 16).
+        conn.set_prepared_statement_cache_capacity(64);
         let db = Db {
             conn,
             path: path.to_path_buf(),
@@ -315,7 +317,10 @@ impl Db {
         params: P,
         map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Option<T>> {
-        Ok(self.conn.query_row(sql, params, map).optional()?)
+        // Through the statement cache: the passes run the same point queries once per
+        // task, and parsing the SQL each time was most of their cost.
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt.query_row(params, map).optional()?)
     }
 
     /// Runs a query through the connection's statement cache and maps every row.

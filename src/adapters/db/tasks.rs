@@ -101,6 +101,60 @@ impl Db {
         )
     }
 
+    /// Returns the task of a Plane work item, matched exactly (along the column's unique
+    /// index: a pass looks up every listed work item).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_of_work_item(&self, work_item_id: &str) -> Result<Option<Task>> {
+        self.query_one(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE work_item_id = ?1"),
+            [work_item_id],
+            task_from_row,
+        )
+    }
+
+    /// Returns the tasks with `after < id <= upto` (no upper bound without `upto`), in
+    /// id order, at most `limit`: one page of a pass that walks every task without
+    /// holding them all.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn tasks_page(&self, after: i64, upto: Option<i64>, limit: usize) -> Result<Vec<Task>> {
+        self.query_all(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)
+                 ORDER BY id LIMIT ?3"
+            ),
+            params![after, upto, sql_limit(limit)],
+            task_from_row,
+        )
+    }
+
+    /// Returns, in id order, the live tasks the escalation sweep acts on: escalated ones
+    /// whose escalation has no notification at or after it (announcement unfinished),
+    /// and not-escalated ones with at least `max_retries` developer retries. One query
+    /// a pass, along `notifications_by_task`, in place of one per escalated task.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn escalation_sweep_tasks(&self, max_retries: u32) -> Result<Vec<Task>> {
+        self.query_all(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks AS t
+                 WHERE t.stage NOT IN ('cancelled', 'done')
+                   AND ((t.escalated_at IS NOT NULL AND NOT EXISTS (
+                           SELECT 1 FROM notifications AS n
+                           WHERE n.task_id = t.id AND n.kind = ?2
+                             AND n.created_at >= t.escalated_at))
+                        OR (t.escalated_at IS NULL AND t.developer_retries >= ?1))
+                 ORDER BY t.id"
+            ),
+            params![max_retries, super::ESCALATION_KIND],
+            task_from_row,
+        )
+    }
+
     /// Lists tasks, optionally at one stage, oldest first, at most `limit`.
     ///
     /// # Errors

@@ -13,15 +13,15 @@ use crate::core::intake::SeenUpdate;
 /// Raises the work item's newest seen update to `u` when `u` is strictly newer (or
 /// the first one seen).
 pub(super) fn note_update_in(conn: &Connection, u: &SeenUpdate, now: i64) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO work_item_updates (work_item_id, updated_us, updated_at, source, seen_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (work_item_id) DO UPDATE SET
              updated_us = excluded.updated_us, updated_at = excluded.updated_at,
              source = excluded.source, seen_at = excluded.seen_at
          WHERE excluded.updated_us > work_item_updates.updated_us",
-        params![u.work_item_id, u.micros, u.text, u.source, now],
-    )?;
+    )?
+    .execute(params![u.work_item_id, u.micros, u.text, u.source, now])?;
     Ok(())
 }
 

@@ -16,8 +16,10 @@ use super::Pass;
 impl Pass<'_> {
     /// Finishes escalations whose announcement is missing (a crash, Plane down) and
     /// escalates tasks that reached the developer retry limit through another path.
-    pub(super) fn escalation_sweep(&mut self, db: &mut Db, tasks: &[Task]) -> Result<()> {
-        for t in tasks {
+    /// The candidates come from one query (`Db::escalation_sweep_tasks`), in id order.
+    pub(super) fn escalation_sweep(&mut self, db: &mut Db) -> Result<()> {
+        let candidates = db.escalation_sweep_tasks(self.limits.max_developer_retries)?;
+        for t in &candidates {
             if self.rate_limited {
                 return Ok(());
             }

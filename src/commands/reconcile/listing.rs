@@ -18,7 +18,8 @@ use super::Pass;
 pub(super) struct ProjectListing {
     /// What the blocked guard reads.
     pub(super) listing: reconcile::Listing,
-    /// Work items seen, with their resolved state, for replay.
+    /// Work items seen that may need a replay (`Pass::replay_candidate`), with their
+    /// resolved state.
     pub(super) resolved: Vec<(WorkItem, CachedState)>,
 }
 
@@ -42,6 +43,7 @@ impl Pass<'_> {
         let mut cursor: Option<String> = None;
         let mut states_refreshed = false;
         let mut pages = 0usize;
+        let replay = self.ctx.config.settings.reconcile_replay_enabled;
         loop {
             // Bounded between pages: an upstream that keeps sending new cursors, or
             // answers slowly, cannot hold the pass.
@@ -102,7 +104,9 @@ impl Pass<'_> {
                                 group: st.group.clone(),
                             },
                         );
-                        l.resolved.push((item, st));
+                        if replay && Pass::replay_candidate(db, project, &item, &st)? {
+                            l.resolved.push((item, st));
+                        }
                     }
                     None => {
                         let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());

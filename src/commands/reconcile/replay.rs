@@ -74,12 +74,9 @@ impl Pass<'_> {
     pub(super) fn replay_work_items(
         &mut self,
         db: &mut Db,
-        tasks: &[Task],
         listings: &HashMap<String, ProjectListing>,
         cap: usize,
     ) -> Result<bool> {
-        let by_item: HashMap<&str, &Task> =
-            tasks.iter().map(|t| (t.work_item_id.as_str(), t)).collect();
         let mut changed = false;
         let mut done = 0usize;
         for project in &self.ctx.config.pipeline.projects {
@@ -92,26 +89,9 @@ impl Pass<'_> {
                 else {
                     continue;
                 };
-                let task = by_item.get(item.id.as_str()).copied();
-                let facts = match task {
-                    Some(t) if t.stage == Stage::Analysis => {
-                        let jobs = db.task_jobs(t.id)?;
-                        let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
-                        Some(intake::TaskFacts {
-                            key: t.key.clone(),
-                            stage: t.stage,
-                            has_analyst_job: analyst().next().is_some(),
-                            has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
-                        })
-                    }
-                    Some(t) => Some(intake::TaskFacts {
-                        key: t.key.clone(),
-                        stage: t.stage,
-                        has_analyst_job: true,
-                        has_live_analyst_job: false,
-                    }),
-                    None => None,
-                };
+                let task = db.task_of_work_item(&item.id)?;
+                let task = task.as_ref();
+                let facts = task_facts(db, task)?;
                 let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), done, cap);
                 let reason = format!(
                     "replayed: work item is in {:?} in Plane (its webhook was lost)",
@@ -193,6 +173,27 @@ impl Pass<'_> {
         Ok(changed)
     }
 
+    /// Whether a listed work item may need a replay: its state has a replayable
+    /// meaning and the decision for its task as it stands is not to ignore it. The
+    /// listing keeps only these (in a steady state, none), so a pass never holds every
+    /// listed work item.
+    pub(super) fn replay_candidate(
+        db: &Db,
+        project: &Project,
+        item: &WorkItem,
+        state: &intake::PlaneState,
+    ) -> Result<bool> {
+        let Some(meaning) =
+            reconcile::replayable_meaning(&project.states, &state.name, &state.group)
+        else {
+            return Ok(false);
+        };
+        let task = db.task_of_work_item(&item.id)?;
+        let facts = task_facts(db, task.as_ref())?;
+        let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), 0, usize::MAX);
+        Ok(decision != Replay::Ignore)
+    }
+
     fn replay_start(
         &mut self,
         db: &mut Db,
@@ -234,4 +235,27 @@ impl Pass<'_> {
             started.branch.describe()
         ))
     }
+}
+
+/// What the replay decision knows of a work item's task.
+fn task_facts(db: &Db, task: Option<&Task>) -> Result<Option<intake::TaskFacts>> {
+    Ok(match task {
+        Some(t) if t.stage == Stage::Analysis => {
+            let jobs = db.task_jobs(t.id)?;
+            let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+            Some(intake::TaskFacts {
+                key: t.key.clone(),
+                stage: t.stage,
+                has_analyst_job: analyst().next().is_some(),
+                has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
+            })
+        }
+        Some(t) => Some(intake::TaskFacts {
+            key: t.key.clone(),
+            stage: t.stage,
+            has_analyst_job: true,
+            has_live_analyst_job: false,
+        }),
+        None => None,
+    })
 }

@@ -61,7 +61,8 @@ pub struct Report {
     pub dry_run: bool,
     /// Why the pass stopped before finishing its work, if it did.
     pub stopped_early: Option<String>,
-    /// Every task scanned.
+    /// Every task scanned (`--dry-run`, `--json`); else only those the text report
+    /// prints.
     pub tasks: Vec<TaskLine>,
     /// Replays.
     pub replays: Vec<ReplayLine>,
@@ -162,14 +163,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "replay {} {}: {}", l.source, l.id, l.detail);
     }
     for t in &r.tasks {
-        // A real pass prints what it changed; a dry run prints every task.
-        let show = r.dry_run
-            || matches!(
-                &t.verdict,
-                TaskVerdict::Act { action } if !matches!(action, Action::Wait { .. })
-            )
-            || t.note.is_some();
-        if !show {
+        if !shown(r.dry_run, &t.verdict, t.note.as_ref()) {
             continue;
         }
         let what = match &t.verdict {
@@ -201,6 +195,17 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "stopped early: {why}");
     }
     out
+}
+
+/// Whether the text report prints a task's line: a real pass prints what it changed
+/// (and what failed or lost a race); a dry run prints every task.
+pub fn shown(dry_run: bool, verdict: &TaskVerdict, note: Option<&String>) -> bool {
+    dry_run
+        || matches!(
+            verdict,
+            TaskVerdict::Act { action } if !matches!(action, Action::Wait { .. })
+        )
+        || note.is_some()
 }
 
 fn describe(a: &Action) -> String {
