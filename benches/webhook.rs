@@ -3,7 +3,10 @@
 //! Run: `cargo bench --bench webhook`. Prints (1) the median and p99 wall time and the
 //! peak resident memory of one delivery that starts a task (task, Gitea branch, analyst
 //! job; goal: median under 10 ms), and (2) 1,000 deliveries pushed by 8 concurrent
-//! senders: throughput, p99, and a check that none was lost or doubled.
+//! senders: throughput, p99, and a check that none was lost or doubled. Next to (1), the
+//! one-insert floor measured in the same run (this executable inserting one delivery row
+//! with fsync into the same database, in a process of its own), the fsyncs of each
+//! (`strace -f -c`, when installed) and whether the first fsync comes before the 200.
 
 mod common;
 
@@ -56,7 +59,32 @@ fn setup() -> (Home, GiteaStandin) {
     (Home::new(PIPELINE), gitea)
 }
 
+/// The one-insert floor, run as this bench's own executable with `ORCH_BENCH_FLOOR_DB`
+/// set: open the database (WAL, as orch leaves it), insert one delivery row of the same
+/// size with `synchronous=FULL` (its commit waits for the WAL's fsync) and exit without
+/// checkpointing, as `webhook-handle` does. No HTTP, no verification, no acting.
+fn floor_insert(db: &str, n: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let body = request(n.parse().unwrap());
+    conn.execute(
+        "INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at)
+         VALUES (?1, ?2, 'issue', ?3, 1)",
+        rusqlite::params![format!("floor-{n}"), format!("floor-{n}"), body],
+    )
+    .unwrap();
+}
+
 fn main() {
+    if let Ok(db) = std::env::var("ORCH_BENCH_FLOOR_DB") {
+        floor_insert(&db, &std::env::var("ORCH_BENCH_FLOOR_N").unwrap());
+        return;
+    }
     // 1. One delivery that starts a task, whole process.
     let (home, gitea) = setup();
     let next = AtomicU32::new(1);
@@ -78,6 +106,64 @@ fn main() {
         "every delivery started its task"
     );
     println!("webhook-handle --stdio, one delivery starting a task: {single}");
+
+    // The floor of the same work in the same run: one process inserting one delivery
+    // row with fsync into the same database.
+    let floor_n = AtomicU32::new(1_000_000);
+    let floor_cmd = |n: u32| {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.env_clear()
+            .env("ORCH_BENCH_FLOOR_DB", home.path("orch.db"))
+            .env("ORCH_BENCH_FLOOR_N", n.to_string());
+        c
+    };
+    let floor = common::measure(runs, || floor_cmd(floor_n.fetch_add(1, Ordering::SeqCst)));
+    println!(
+        "  floor, one WAL insert with fsync (same schema, same database): {floor}; orch/floor ×{:.2}",
+        single.median.as_secs_f64() / floor.median.as_secs_f64()
+    );
+    // fsyncs per delivery, and the row on disk before the 200 (the first fsync comes
+    // before the answer is written).
+    let n = next.fetch_add(1, Ordering::SeqCst);
+    let file = reqs.join(format!("{n}.http"));
+    std::fs::write(&file, request(n)).unwrap();
+    let traced = common::strace(
+        &command(&home, gitea.url()),
+        &file,
+        "fsync,fdatasync",
+        &["-c"],
+    );
+    if let Some(summary) = traced {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        let file = reqs.join(format!("{n}.http"));
+        std::fs::write(&file, request(n)).unwrap();
+        let order = common::strace(
+            &command(&home, gitea.url()),
+            &file,
+            "fsync,fdatasync,write",
+            &[],
+        )
+        .unwrap();
+        let first_sync = order
+            .lines()
+            .position(|l| l.contains("fsync(") || l.contains("fdatasync("));
+        let answer = order.lines().position(|l| l.contains("\"HTTP/1.1 200"));
+        let floor_summary = common::strace(
+            &floor_cmd(floor_n.fetch_add(1, Ordering::SeqCst)),
+            std::path::Path::new("/dev/null"),
+            "fsync,fdatasync",
+            &["-c"],
+        )
+        .unwrap();
+        println!(
+            "  fsyncs per start delivery: orch {}, floor {}; first fsync before the 200: {}",
+            common::strace_total_calls(&summary),
+            common::strace_total_calls(&floor_summary),
+            matches!((first_sync, answer), (Some(s), Some(a)) if s < a)
+        );
+    } else {
+        println!("  fsyncs: strace not on PATH, not counted");
+    }
 
     // 2. 1,000 deliveries from 8 concurrent senders.
     let (home, gitea) = setup();

@@ -229,6 +229,52 @@ pub fn sqlite3(db: &std::path::Path, sql: &str) -> Command {
     c
 }
 
+/// Runs `cmd` once under `strace -f -e trace=<trace> <extra>` with stdin from `stdin` and
+/// returns the trace (`strace -o`'s file), or `None` without `strace` on PATH.
+pub fn strace(
+    cmd: &Command,
+    stdin: &std::path::Path,
+    trace: &str,
+    extra: &[&str],
+) -> Option<String> {
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let mut c = Command::new("strace");
+    c.env_clear()
+        .arg("-f")
+        .arg("-o")
+        .arg(out_file.path())
+        .arg(format!("-e trace={trace}").replace(' ', ""))
+        .args(extra)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    let status = c
+        .stdin(std::fs::File::open(stdin).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    assert!(status.success(), "under strace: {status}");
+    Some(std::fs::read_to_string(out_file.path()).unwrap())
+}
+
+/// The calls counted on the `total` line of a `strace -c` summary.
+pub fn strace_total_calls(summary: &str) -> i64 {
+    summary
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Prints how a series of sizes grew: `name growth: 1000→10000 ×9.8, ...`.
 pub fn report_growth(name: &str, points: &[(usize, Duration)]) {
     let steps: Vec<String> = points

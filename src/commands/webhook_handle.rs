@@ -46,18 +46,20 @@ pub struct WebhookHandleArgs {
     pub headers: Vec<String>,
 }
 
-/// What handling one delivery ended with, before acting.
+/// What handling one delivery ended with, before acting. A delivery that reached the
+/// database carries the delivery's one connection, which acting uses too.
 enum Handled {
-    /// Refused: the status and why.
+    /// Refused (before the database is opened): the status and why.
     Rejected(Rejection),
     /// Stored before (a retry or replay): the earlier row.
     Duplicate {
+        db: Db,
         id: i64,
         first_delivery: Option<String>,
         pending: bool,
     },
     /// Stored now.
-    Stored(i64),
+    Stored { db: Db, id: i64 },
 }
 
 /// Runs `webhook-handle`.
@@ -111,10 +113,8 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
     };
     let delivery_id = request.head.header("x-plane-delivery").map(str::to_string);
     let shown_id = delivery_id.as_deref().unwrap_or("-");
-    let mut db = None;
     let handled = handle(
         ctx,
-        &mut db,
         secret,
         &request.body,
         request.head.header("x-plane-signature"),
@@ -141,7 +141,7 @@ fn run_stdio(ctx: &PassContext, secret: &str, started: Instant) -> Result<ExitSt
             summary(200, "duplicate", shown_id, started);
             Ok(ExitStatus::Success)
         }
-        Handled::Stored(id) => {
+        Handled::Stored { db, id } => {
             // The row is committed (and synced); answer before acting so the sender
             // never waits on Gitea or Plane, and end the connection right after the
             // answer: stdin and stdout are the socket, so without the shutdown the
@@ -194,7 +194,6 @@ fn run_replay(
         .with_context(|| format!("reading {}", path.display()))?;
     let delivery_id = head.header("x-plane-delivery").map(str::to_string);
     let shown_id = delivery_id.as_deref().unwrap_or("-");
-    let mut db = None;
     let handled = if body.len() > MAX_BODY {
         Handled::Rejected(Rejection::new(
             413,
@@ -203,7 +202,6 @@ fn run_replay(
     } else {
         handle(
             ctx,
-            &mut db,
             secret,
             &body,
             head.header("x-plane-signature"),
@@ -222,6 +220,7 @@ fn run_replay(
             Ok(ExitStatus::No)
         }
         Handled::Duplicate {
+            db,
             id,
             first_delivery,
             pending: true,
@@ -243,7 +242,7 @@ fn run_replay(
             summary(200, "duplicate", shown_id, started);
             Ok(ExitStatus::Success)
         }
-        Handled::Stored(id) => act_and_report(ctx, db, id, shown_id, started, true),
+        Handled::Stored { db, id } => act_and_report(ctx, db, id, shown_id, started, true),
     }
 }
 
@@ -279,7 +278,6 @@ fn check_head(head: &Head, path: &str) -> Result<(), Rejection> {
 /// Verifies, parses and stores one delivery (the row is committed on return).
 fn handle(
     ctx: &PassContext,
-    db: &mut Option<Db>,
     secret: &str,
     body: &[u8],
     signature: Option<&str>,
@@ -296,16 +294,12 @@ fn handle(
     // The work item's time is remembered as soon as the row is stored, so that an
     // older delivery arriving later is stale even before this one is acted on.
     let update = envelope.seen_update("delivery");
-    // The one connection of this delivery: `act_and_report` acts on it too.
-    let db = match db {
-        Some(db) => db,
-        None => db.insert(open_for_delivery(ctx)?),
-    };
-    // The row must be on disk before the 200 (Plane never sends it again): this one
-    // commit waits for fsync of the WAL; acting afterwards commits as every pass does.
-    db.conn().pragma_update(None, "synchronous", "FULL")?;
+    // The one connection of this delivery: `act_and_report` acts on it too. The row
+    // must be on disk before the 200 (Plane never sends it again): this one commit
+    // waits for fsync of the WAL; acting afterwards commits as every pass does.
+    let mut db = open_for_delivery(ctx)?;
     let stored = db
-        .insert_delivery(&NewDelivery {
+        .insert_delivery_durably(&NewDelivery {
             body_sha256: &sha,
             delivery_id,
             event: &envelope.event,
@@ -314,7 +308,6 @@ fn handle(
             update: update.as_ref(),
         })
         .context("storing the delivery")?;
-    db.conn().pragma_update(None, "synchronous", "NORMAL")?;
     Ok(match stored {
         Stored::New(id) => {
             log::info!(
@@ -323,13 +316,14 @@ fn handle(
                 envelope.action,
                 delivery_id.unwrap_or("-")
             );
-            Handled::Stored(id)
+            Handled::Stored { db, id }
         }
         Stored::Duplicate {
             id,
             delivery_id,
             outcome,
         } => Handled::Duplicate {
+            db,
             id,
             first_delivery: delivery_id,
             pending: outcome == PENDING,
@@ -389,16 +383,12 @@ fn summary(status: u16, outcome: &str, delivery: &str, started: Instant) {
 
 fn act_and_report(
     ctx: &PassContext,
-    db: Option<Db>,
+    mut db: Db,
     id: i64,
     delivery: &str,
     started: Instant,
     print: bool,
 ) -> Result<ExitStatus> {
-    let mut db = match db {
-        Some(db) => db,
-        None => open_for_delivery(ctx)?,
-    };
     crate::crash::point("delivery-stored");
     match process_delivery(ctx, &mut db, id) {
         Ok(outcome) => {

@@ -153,11 +153,15 @@ impl World {
         self.env.count(sql)
     }
 
-    /// Asserts that the kept job counts match `count(*)` per project and status.
+    /// Asserts that the kept counts (jobs, tasks, deliveries) match `count(*)`.
     #[track_caller]
     fn assert_counts_match(&self, what: &str) {
         let off = self.count(orch::adapters::db::JOB_COUNTS_DRIFT);
         assert_eq!(off, 0, "{what}: job_counts differ from count(*)");
+        let off = self.count(orch::adapters::db::TASK_COUNTS_DRIFT);
+        assert_eq!(off, 0, "{what}: task_counts differ from count(*)");
+        let off = self.count(orch::adapters::db::DELIVERY_COUNTS_DRIFT);
+        assert_eq!(off, 0, "{what}: delivery_counts differ from count(*)");
     }
 
     /// (tasks, jobs, stage events): what acting on a delivery writes.

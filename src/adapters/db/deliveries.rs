@@ -80,6 +80,15 @@ pub struct DeliveryRow {
     pub error: Option<String>,
 }
 
+/// The number of outcomes whose `delivery_counts` row (kept by triggers, migration 9)
+/// differs from counting the deliveries, either way: 0 unless a trigger is wrong. Tests
+/// and diagnostics run it; no pass does.
+pub const DELIVERY_COUNTS_DRIFT: &str = "SELECT
+    (SELECT count(*) FROM (SELECT outcome AS o, count(*) AS n FROM deliveries GROUP BY 1) x
+      LEFT JOIN delivery_counts c ON c.outcome = x.o WHERE c.n IS NOT x.n)
+  + (SELECT count(*) FROM delivery_counts c
+      WHERE c.n <> (SELECT count(*) FROM deliveries d WHERE d.outcome = c.outcome))";
+
 const DELIVERY_COLUMNS: &str = "id, body_sha256, delivery_id, event, body, received_at, \
      outcome, detail, attempts, processed_at, error";
 
@@ -143,6 +152,20 @@ impl Db {
         Ok(out)
     }
 
+    /// [`Db::insert_delivery`] whose commit waits for the WAL's fsync
+    /// (`synchronous=FULL` for this one commit, then back to `NORMAL`): for a delivery
+    /// whose sender is answered 200 next and never sends it again, so the row must be on
+    /// disk first. Every other commit of the connection stays `NORMAL`.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn insert_delivery_durably(&mut self, d: &NewDelivery<'_>) -> Result<Stored> {
+        self.conn().pragma_update(None, "synchronous", "FULL")?;
+        let stored = self.insert_delivery(d);
+        self.conn().pragma_update(None, "synchronous", "NORMAL")?;
+        stored
+    }
+
     /// Returns one delivery.
     ///
     /// # Errors
@@ -170,24 +193,18 @@ impl Db {
         )
     }
 
-    /// Counts the deliveries `pending` and `stale` (each over its partial index).
+    /// Counts the deliveries `pending` and `stale`, from `delivery_counts` (kept by
+    /// triggers: migration 9), whatever the history.
     ///
     /// # Errors
     /// On SQL errors.
     pub fn delivery_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT coalesce(sum(n), 0) FROM delivery_counts WHERE outcome = ?1")?;
         let mut out = std::collections::BTreeMap::new();
-        // Literal outcomes: a bound parameter would keep SQLite off the partial indexes.
-        for (outcome, sql) in [
-            (
-                PENDING,
-                "SELECT count(*) FROM deliveries WHERE outcome = 'pending'",
-            ),
-            (
-                "stale",
-                "SELECT count(*) FROM deliveries WHERE outcome = 'stale'",
-            ),
-        ] {
-            let n: i64 = self.conn().query_row(sql, [], |r| r.get(0))?;
+        for outcome in [PENDING, "stale"] {
+            let n: i64 = stmt.query_row([outcome], |r| r.get(0))?;
             out.insert(outcome.to_string(), n);
         }
         Ok(out)
@@ -287,5 +304,70 @@ mod tests {
         let row = db.delivery(first).unwrap().unwrap();
         assert_eq!((row.detail.as_deref(), row.error), (Some("task X"), None));
         assert!(db.pending_deliveries(10).unwrap().is_empty());
+    }
+
+    #[track_caller]
+    fn assert_delivery_counts_match(db: &Db, after: &str) {
+        let off: i64 = db
+            .conn()
+            .query_row(DELIVERY_COUNTS_DRIFT, [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(off, 0, "delivery_counts differ from count(*) after {after}");
+        for (outcome, n) in db.delivery_counts().unwrap() {
+            let rows: i64 = db
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM deliveries WHERE outcome = ?1",
+                    [&outcome],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, rows, "{outcome} deliveries after {after}");
+        }
+    }
+
+    #[test]
+    fn kept_delivery_counts_match_count_star_after_every_kind_of_change() {
+        let (_d, mut db) = db();
+        let new = |sha| NewDelivery {
+            body_sha256: sha,
+            delivery_id: None,
+            event: "issue",
+            body: b"{}",
+            received_at: 10,
+            update: None,
+        };
+        assert_delivery_counts_match(&db, "nothing");
+        let Stored::New(a) = db.insert_delivery(&new("a")).unwrap() else {
+            panic!("new")
+        };
+        let Stored::New(b) = db.insert_delivery_durably(&new("b")).unwrap() else {
+            panic!("new")
+        };
+        db.insert_delivery(&new("a")).unwrap();
+        assert_delivery_counts_match(&db, "inserts (and a duplicate)");
+        assert_eq!(db.delivery_counts().unwrap()["pending"], 2);
+        let sync: i64 = db
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL again after the durable insert");
+        let stale = DeliveryOutcome::new(crate::core::intake::OutcomeKind::Stale, "older");
+        db.record_outcome(a, &stale, 11).unwrap();
+        db.fail_delivery(b, "gitea down").unwrap();
+        assert_delivery_counts_match(&db, "recording an outcome");
+        {
+            let tx = db.conn_mut().transaction().unwrap();
+            tx.execute("UPDATE deliveries SET outcome = 'ignored'", [])
+                .unwrap();
+            drop(tx);
+        }
+        assert_delivery_counts_match(&db, "a rolled-back transaction");
+        db.conn()
+            .execute("DELETE FROM deliveries WHERE id = ?1", [b])
+            .unwrap();
+        assert_delivery_counts_match(&db, "a delete");
+        let counts = db.delivery_counts().unwrap();
+        assert_eq!((counts["pending"], counts["stale"]), (0, 1));
     }
 }

@@ -308,14 +308,13 @@ impl Db {
         Ok(out)
     }
 
-    /// Counts running jobs per project.
+    /// Counts running jobs per project (from `job_counts`; projects with none left out).
     ///
     /// # Errors
     /// On SQL errors.
     pub fn running_by_project(&self) -> Result<BTreeMap<String, u32>> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT t.project, count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
-             WHERE j.status = 'running' GROUP BY t.project",
+            "SELECT project, n FROM job_counts WHERE status = 'running' AND n > 0",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?)

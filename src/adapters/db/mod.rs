@@ -51,7 +51,7 @@ mod start;
 mod tasks;
 mod updates;
 
-pub use deliveries::{DeliveryRow, NewDelivery, Stored, PENDING};
+pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
@@ -60,6 +60,7 @@ pub use plane_states::read_cached_states;
 pub use reconcile::ESCALATION_KIND;
 pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
+pub use tasks::TASK_COUNTS_DRIFT;
 
 /// The numbered migrations; index + 1 is the `user_version` each one brings.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_work_item_updates.sql"),
     include_str!("migrations/0007_ci_verdicts.sql"),
     include_str!("migrations/0008_counts_and_indexes.sql"),
+    include_str!("migrations/0009_task_and_delivery_counts.sql"),
 ];
 
 /// The schema version this build writes.

@@ -169,13 +169,13 @@ impl Db {
         )
     }
 
-    /// Counts the escalated tasks (along the `tasks_escalated` index).
+    /// Counts the escalated tasks (from `task_counts`, kept by triggers: migration 9).
     ///
     /// # Errors
     /// On SQL errors.
     pub fn escalated_count(&self) -> Result<i64> {
         Ok(self.conn().query_row(
-            "SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL",
+            "SELECT coalesce(sum(n), 0) FROM task_counts WHERE escalated = 1",
             [],
             |r| r.get(0),
         )?)
@@ -291,18 +291,31 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// Counts tasks by stage (every stage present, zeros included).
+    /// Counts tasks by stage (every stage present, zeros included), from
+    /// `task_counts` (kept by triggers: migration 9), whatever the number of tasks.
     ///
     /// # Errors
     /// On SQL errors.
     pub fn task_counts(&self) -> Result<BTreeMap<Stage, i64>> {
         self.count_each(
-            "SELECT count(*) FROM tasks WHERE stage = ?1",
+            "SELECT coalesce(sum(n), 0) FROM task_counts WHERE stage = ?1",
             Stage::ALL,
             Stage::as_str,
         )
     }
 }
+
+/// The number of (project, stage, escalated) rows of `task_counts` (kept by triggers,
+/// migration 9) that differ from counting the tasks, either way: 0 unless a trigger is
+/// wrong. Tests and diagnostics run it; no pass does.
+pub const TASK_COUNTS_DRIFT: &str = "SELECT
+    (SELECT count(*) FROM (SELECT project AS p, stage AS s, escalated_at IS NOT NULL AS e,
+                                  count(*) AS n FROM tasks GROUP BY 1, 2, 3) x
+      LEFT JOIN task_counts c ON c.project = x.p AND c.stage = x.s AND c.escalated = x.e
+      WHERE c.n IS NOT x.n)
+  + (SELECT count(*) FROM task_counts c
+      WHERE c.n <> (SELECT count(*) FROM tasks t WHERE t.project = c.project
+                     AND t.stage = c.stage AND (t.escalated_at IS NOT NULL) = c.escalated))";
 
 /// Creates a task at `analysis` with its creation event unless the work item has one.
 pub(super) fn create_in(
@@ -412,5 +425,183 @@ mod tests {
             assert_eq!(db.find_task(&r).unwrap().unwrap().id, id, "{r}");
         }
         assert!(db.find_task("ORCH-8").unwrap().is_none());
+    }
+
+    #[track_caller]
+    fn assert_task_counts_match(db: &Db, after: &str) {
+        let off: i64 = db
+            .conn()
+            .query_row(TASK_COUNTS_DRIFT, [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(off, 0, "task_counts differ from count(*) after {after}");
+        for (stage, n) in db.task_counts().unwrap() {
+            let rows: i64 = db
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM tasks WHERE stage = ?1",
+                    [stage.as_str()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, rows, "tasks at {stage} after {after}");
+        }
+        let escalated: i64 = db
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            db.escalated_count().unwrap(),
+            escalated,
+            "escalated tasks after {after}"
+        );
+    }
+
+    #[test]
+    fn kept_task_counts_match_count_star_after_every_kind_of_change() {
+        use crate::adapters::db::Move;
+        let (_d, mut db) = db();
+        assert_task_counts_match(&db, "nothing");
+        let a = db
+            .create_task(&new_task(1), Actor::Operator, "t", 1)
+            .unwrap()
+            .id();
+        let b = db
+            .create_task(
+                &NewTask {
+                    project: "shop".into(),
+                    ..new_task(2)
+                },
+                Actor::Operator,
+                "t",
+                1,
+            )
+            .unwrap()
+            .id();
+        db.create_task(&new_task(1), Actor::Operator, "t", 2)
+            .unwrap();
+        assert_task_counts_match(&db, "creating tasks (and one that existed)");
+        db.move_task(&Move::new(
+            a,
+            Stage::Analysis,
+            Stage::Development,
+            "t",
+            Actor::Operator,
+            3,
+        ))
+        .unwrap();
+        assert_task_counts_match(&db, "a move");
+        assert!(db.escalate(a, "stuck", 4).unwrap());
+        assert!(!db.escalate(a, "stuck", 4).unwrap());
+        assert_task_counts_match(&db, "an escalation");
+        db.move_task(&Move::new(
+            a,
+            Stage::Development,
+            Stage::Review,
+            "t",
+            Actor::RunJob,
+            5,
+        ))
+        .unwrap();
+        assert_task_counts_match(&db, "an agent's move (keeps the escalation)");
+        db.move_task(&Move::new(
+            a,
+            Stage::Review,
+            Stage::Development,
+            "t",
+            Actor::Operator,
+            6,
+        ))
+        .unwrap();
+        assert_task_counts_match(&db, "a person's move (clears the escalation)");
+        db.move_task(&Move::new(
+            b,
+            Stage::Analysis,
+            Stage::Cancelled,
+            "t",
+            Actor::Operator,
+            7,
+        ))
+        .unwrap();
+        assert_task_counts_match(&db, "a cancel");
+        // A write rolled back leaves the counts as the rows are.
+        {
+            let tx = db.conn_mut().transaction().unwrap();
+            tx.execute("UPDATE tasks SET stage = 'done', escalated_at = 9", [])
+                .unwrap();
+            create_in(&tx, &new_task(3), Actor::Operator, "t", 9).unwrap();
+            drop(tx);
+        }
+        assert_task_counts_match(&db, "a rolled-back transaction");
+        db.conn()
+            .execute(
+                "INSERT INTO tasks (project, work_item_id, key, repo, branch, stage,
+                                    stage_entered_at, created_at, updated_at, escalated_at)
+                 VALUES ('shop', 'wi-x', 'SHOP-9', 'acme/shop', 'shop-9', 'review', 1, 1, 1, 1)",
+                [],
+            )
+            .unwrap();
+        assert_task_counts_match(&db, "a row written by hand");
+        db.conn()
+            .execute("DELETE FROM tasks WHERE key = 'SHOP-9'", [])
+            .unwrap();
+        assert_task_counts_match(&db, "a delete");
+        let counts = db.task_counts().unwrap();
+        assert_eq!(
+            counts.len(),
+            Stage::ALL.len(),
+            "every stage, zeros included"
+        );
+        assert_eq!(counts[&Stage::Development], 1);
+        assert_eq!(counts[&Stage::Cancelled], 1);
+    }
+
+    #[test]
+    fn migration_9_counts_the_tasks_and_deliveries_already_there() {
+        use crate::adapters::db::{NewDelivery, DELIVERY_COUNTS_DRIFT};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let mut db = Db::open_unmigrated(&path).unwrap();
+        db.migrate_to(8).unwrap();
+        for n in 1..=3 {
+            db.create_task(&new_task(n), Actor::Operator, "t", 1)
+                .unwrap();
+        }
+        db.escalate(1, "stuck", 2).unwrap();
+        for sha in ["a", "b"] {
+            db.insert_delivery(&NewDelivery {
+                body_sha256: sha,
+                delivery_id: None,
+                event: "issue",
+                body: b"{}",
+                received_at: 1,
+                update: None,
+            })
+            .unwrap();
+        }
+        db.conn()
+            .execute(
+                "UPDATE deliveries SET outcome = 'stale' WHERE body_sha256 = 'a'",
+                [],
+            )
+            .unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_task_counts_match(&db, "migration 9");
+        assert_eq!(db.task_counts().unwrap()[&Stage::Analysis], 3);
+        assert_eq!(db.escalated_count().unwrap(), 1);
+        let off: i64 = db
+            .conn()
+            .query_row(DELIVERY_COUNTS_DRIFT, [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            off, 0,
+            "delivery_counts differ from count(*) after migration 9"
+        );
+        let deliveries = db.delivery_counts().unwrap();
+        assert_eq!((deliveries["pending"], deliveries["stale"]), (1, 1));
     }
 }
