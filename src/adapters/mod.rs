@@ -21,3 +21,4 @@ pub mod staging_probes;
 pub mod telegram;
 pub mod webhook_server;
 pub mod windows;
+pub mod workspace;
