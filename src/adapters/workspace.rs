@@ -10,11 +10,14 @@
 //! run left uncommitted or unpushed is discarded: the remote branch is the truth.
 //!
 //! Credentials for an https URL come from `ORCH_GITEA_TOKEN` through git's credential
-//! mechanism: a helper given on git's command line (`git -c credential.helper=...`, not
-//! persisted) that prints the token from an environment variable set only for the git
-//! child. The token is never in argv, never in `.git/config` or a URL on disk, and never
-//! in the log (git does not print credentials; the URL holds no password: config
-//! validation refuses one).
+//! mechanism: a helper that prints the token from the environment variable
+//! `ORCH_GITEA_TOKEN`. orch's own git commands get the helper on their command line
+//! (`git -c credential.helper=...`) and the variable in their environment alone; the
+//! workspace's `.git/config` keeps the same helper (the variable's *name*, never its
+//! value), so an agent granted `credentials: [gitea]` (which puts the variable in its
+//! environment) can push, and one not granted cannot. The token is never in argv, never
+//! in `.git/config` or a URL on disk, and never in the log (git does not print
+//! credentials; the URL holds no password: config validation refuses one).
 //!
 //! Removal renames the folder to `<name>.removing` first, then deletes it: a crash
 //! mid-removal leaves a `.removing` folder that nothing uses and the next sweep deletes.
@@ -31,12 +34,12 @@ use crate::config::{CloneKind, CloneUrl};
 
 /// The folder, under the state dir, that holds every workspace.
 pub const WORKSPACES_DIR: &str = "workspaces";
-/// The environment variable the credential helper reads the token from; set only in the
-/// environment of the git commands, never in the agent's.
-pub const TOKEN_ENV: &str = "ORCH_GIT_TOKEN";
-/// The credential helper: answers `get` with the token, ignores `store` and `erase`.
-/// It names the variable, never the value.
-pub const HELPER: &str = "credential.helper=!f() { test \"$1\" = get || exit 0; echo username=orch; echo \"password=${ORCH_GIT_TOKEN}\"; }; f";
+/// The environment variable the credential helper reads the token from: set in the
+/// environment of orch's git commands, and in an agent's only when it is granted `gitea`.
+pub const TOKEN_ENV: &str = "ORCH_GITEA_TOKEN";
+/// The credential helper: answers `get` with the token when the variable is set,
+/// ignores `store` and `erase`. It names the variable, never the value.
+pub const HELPER: &str = "!f() { test \"$1\" = get && test -n \"${ORCH_GITEA_TOKEN}\" || exit 0; echo username=orch; echo \"password=${ORCH_GITEA_TOKEN}\"; }; f";
 /// Suffix of a clone in progress.
 const PARTIAL: &str = ".partial";
 /// Suffix of a workspace being removed.
@@ -117,6 +120,18 @@ pub fn prepare(
             &["remote", "set-url", "origin", &src.url.url],
             "setting origin",
         )?;
+    }
+    if src.url.kind == CloneKind::Https {
+        // For the agent's own pushes: the helper (a variable's name), an empty one first
+        // so no helper from the user's or system configuration answers instead.
+        let _ = git.ok(ws, &["config", "--unset-all", "credential.helper"]);
+        for value in ["", HELPER] {
+            git.run(
+                Some(ws),
+                &["config", "--add", "credential.helper", value],
+                "configuring the credential helper",
+            )?;
+        }
     }
     git.run(
         Some(ws),
@@ -269,7 +284,8 @@ impl Git<'_> {
             ]);
         if let (CloneKind::Https, Some(token)) = (self.src.url.kind, self.src.token) {
             // An empty helper first drops any helper from the user's or system config.
-            c.args(["-c", "credential.helper=", "-c", HELPER]);
+            c.args(["-c", "credential.helper=", "-c"])
+                .arg(format!("credential.helper={HELPER}"));
             c.env(TOKEN_ENV, token);
         }
         if let Some(dir) = cwd {

@@ -53,7 +53,7 @@ pub fn bare_remote(root: &Path) -> (PathBuf, String) {
 const DEVELOPER: &str = r#"o="$3/seen-$ORCH_JOB_ID"
 { echo "pwd=$(pwd)"; echo "arg=$1"; echo "env=$ORCH_WORKSPACE"
   echo "head=$(git rev-parse HEAD)"; echo "branch=$(git rev-parse --abbrev-ref HEAD)"
-  echo "files=$(ls -A | tr "\n" " ")"; env | grep -c ORCH_GIT_TOKEN; } > "$o"
+  echo "files=$(ls -A | tr "\n" " ")"; env | grep -c ORCH_GITEA_TOKEN; } > "$o"
 if [ "$ORCH_JOB_ID" = 1 ]; then
   echo work > work.txt && git add work.txt &&
     git -c user.name=a -c user.email=a@example.com commit -qm work &&
@@ -64,13 +64,18 @@ fi
 /// An env whose project `orch` clones from `clone_url` and whose developer is
 /// [`DEVELOPER`], written to `root`.
 fn env_with(root: &Path, clone_url: &str) -> TestEnv {
+    env_granting(root, clone_url, "")
+}
+
+/// As [`env_with`], the developer granted `grants` (`, credentials: [gitea]`).
+fn env_granting(root: &Path, clone_url: &str, grants: &str) -> TestEnv {
     let script = root.join("developer.sh");
     std::fs::write(&script, DEVELOPER).unwrap();
     let project = Project::orch().self_hosting(false).with(&format!(
         "clone_url: {clone_url}\nhealth_url: http://127.0.0.1:9/health"
     ));
     let agents = format!(
-        "developer: [sh, {}, \"{{workspace}}\", \"{{branch}}\", \"{{artefacts}}\"]\nanalyst: [/bin/true]\nreviewer: [/bin/true]\ndeployer: [/bin/true]",
+        "developer: {{ command: [sh, {}, \"{{workspace}}\", \"{{branch}}\", \"{{artefacts}}\"]{grants} }}\nanalyst: [/bin/true]\nreviewer: [/bin/true]\ndeployer: [/bin/true]",
         script.display()
     );
     let mut env = TestEnv::with_pipeline(&pipeline::render(&[project], &agents, ""));
@@ -278,20 +283,14 @@ fn a_clone_url_of_a_bad_form_is_a_configuration_error() {
     }
 }
 
-/// The credential helper git is given for an https clone answers with the token from the
-/// variable set for git alone. (No git HTTP server runs here: this asks git itself,
-/// through `git credential fill`, what the helper answers.)
+/// The credential helper git is given for an https clone answers with the token from its
+/// variable, and nothing without it (asked through `git credential fill`).
 #[test]
 fn the_credential_helper_answers_with_the_token_from_its_variable() {
     let mut child = Command::new("git")
-        .args([
-            "-c",
-            "credential.helper=",
-            "-c",
-            HELPER,
-            "credential",
-            "fill",
-        ])
+        .args(["-c", "credential.helper=", "-c"])
+        .arg(format!("credential.helper={HELPER}"))
+        .args(["credential", "fill"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -314,4 +313,213 @@ fn the_credential_helper_answers_with_the_token_from_its_variable() {
     assert!(text.contains("username=orch\n"), "{text}");
     assert!(text.contains("password=tok_123\n"), "{text}");
     assert!(!HELPER.contains("tok_123"));
+}
+
+/// What the loopback git server saw.
+#[derive(Default)]
+struct Seen {
+    /// Every `Authorization` header value, decoded (`user:password`).
+    credentials: Vec<String>,
+    /// Processes whose command line held the token while git talked to the server.
+    token_in_argv: Vec<String>,
+}
+
+/// A git smart-HTTP server on 127.0.0.1: `git http-backend` as a CGI behind
+/// `tiny_http`, serving the repositories under `root` only to Basic credentials whose
+/// password is `token` (401 otherwise, as Gitea does). While it answers a request it
+/// scans every process's command line for the token. Returns its base URL.
+fn git_http_server(
+    root: &Path,
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Seen>>) {
+    use base64::Engine as _;
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = server.server_addr().to_ip().expect("an ip address").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let (root, record) = (root.to_path_buf(), seen.clone());
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                .collect();
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
+            let auth = header("Authorization")
+                .and_then(|v| v.strip_prefix("Basic ").map(str::to_string))
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let scan = token_in_cmdlines(token);
+            {
+                let mut s = record.lock().unwrap();
+                s.credentials.extend(auth.clone());
+                s.token_in_argv.extend(scan);
+            }
+            if !auth.is_some_and(|a| a.ends_with(&format!(":{token}"))) {
+                let h = tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"git\"")
+                    .unwrap();
+                let _ = req.respond(tiny_http::Response::empty(401).with_header(h));
+                continue;
+            }
+            let (path, query) = req
+                .url()
+                .split_once('?')
+                .map_or((req.url().to_string(), String::new()), |(p, q)| {
+                    (p.to_string(), q.to_string())
+                });
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(req.as_reader(), &mut body).unwrap();
+            let mut cgi = Command::new("git");
+            cgi.arg("http-backend")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap())
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("REQUEST_METHOD", req.method().as_str())
+                .env("PATH_INFO", &path)
+                .env("QUERY_STRING", &query)
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("REMOTE_USER", "orch")
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            for (var, name) in [
+                ("CONTENT_TYPE", "Content-Type"),
+                ("HTTP_CONTENT_ENCODING", "Content-Encoding"),
+                ("GIT_PROTOCOL", "Git-Protocol"),
+            ] {
+                if let Some(v) = header(name) {
+                    cgi.env(var, v);
+                }
+            }
+            let mut child = cgi.spawn().expect("git http-backend");
+            let mut stdin = child.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut stdin, &body);
+            });
+            let out = child.wait_with_output().unwrap().stdout;
+            let _ = writer.join();
+            // CGI output: header lines, a blank line, the body.
+            let split = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, 4));
+            let split = split.or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+            let (head, rest) =
+                split.map_or((&out[..0], &out[..]), |(i, n)| (&out[..i], &out[i + n..]));
+            let mut status = 200;
+            let mut resp = tiny_http::Response::from_data(rest.to_vec());
+            for line in String::from_utf8_lossy(head).lines() {
+                let Some((k, v)) = line.split_once(':') else {
+                    continue;
+                };
+                if k.eq_ignore_ascii_case("Status") {
+                    status = v.trim()[..3].parse().unwrap_or(500);
+                } else if let Ok(h) = tiny_http::Header::from_bytes(k.trim(), v.trim()) {
+                    resp.add_header(h);
+                }
+            }
+            let _ = req.respond(resp.with_status_code(status));
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), seen)
+}
+
+/// The pids and command lines of processes whose argv holds `token`.
+fn token_in_cmdlines(token: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(std::result::Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(token)
+                .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// An https-style clone (plain http on loopback: the same credential path) asks for
+/// credentials, and git answers with the token through the helper: the server sees it,
+/// no process's argv holds it, nor the workspace's `.git/config`, nor the job's log; the
+/// agent granted `gitea` pushes through the same helper. A wrong token fails the job
+/// before the agent starts.
+#[test]
+fn an_http_clone_authenticates_with_the_token_and_never_writes_it_down() {
+    const TOKEN: &str = "gitea_token_never_on_disk_0123456789";
+    let remote = tempfile::tempdir().unwrap();
+    let (_, main_head) = bare_remote(remote.path());
+    let (base, server) = git_http_server(remote.path(), TOKEN);
+    // The developer is granted the token: its own push goes through the helper kept in
+    // the workspace's .git/config.
+    let env = env_granting(
+        remote.path(),
+        &format!("{base}/remote.git"),
+        ", credentials: [gitea]",
+    );
+    let task = seed_task(&env);
+    let job = running_job(&env, task);
+    let out = env.run(&["run-job", &job.to_string()]);
+    let log = job_log(&env, job);
+    let record = seen(&env, job);
+    assert_eq!(out.code, 0, "{log}\n{record:?}");
+    assert_eq!(record[3], format!("head={main_head}"), "{record:?}");
+    assert_eq!(record[6], "1", "granted: the agent has the token");
+    let pushed = git(
+        &remote.path().join("remote.git"),
+        &["rev-parse", "refs/heads/orch-1"],
+    );
+    assert_ne!(
+        pushed, main_head,
+        "the agent pushed over http with the token"
+    );
+    {
+        let s = server.lock().unwrap();
+        assert!(
+            s.credentials.iter().any(|c| c == &format!("orch:{TOKEN}")),
+            "git sent the token: {:?}",
+            s.credentials
+        );
+        assert_eq!(
+            s.token_in_argv,
+            Vec::<String>::new(),
+            "no argv holds the token"
+        );
+    }
+    let ws = env.path("state/workspaces/1-ORCH-1");
+    for f in [
+        ws.join(".git/config"),
+        env.path(&format!("state/jobs/{job}.log")),
+    ] {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains(TOKEN), "{}: {text}", f.display());
+    }
+    assert!(!log.contains(TOKEN));
+
+    // A wrong token: refused by the server, the job fails before its agent runs.
+    let mut env = env;
+    env.set("ORCH_GITEA_TOKEN", "a_wrong_token_0123456789");
+    workspace_gone(&ws);
+    let job = running_job(&env, task);
+    env.run(&["run-job", &job.to_string()]).expect(1);
+    let log = job_log(&env, job);
+    assert!(
+        log.contains("workspace not prepared: git failed cloning"),
+        "{log}"
+    );
+    assert!(
+        !env.path(&format!("artefacts/ORCH-1/seen-{job}")).exists(),
+        "the agent did not run"
+    );
+}
+
+fn workspace_gone(ws: &Path) {
+    std::fs::remove_dir_all(ws).unwrap();
 }
