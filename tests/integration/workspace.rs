@@ -287,32 +287,43 @@ fn a_clone_url_of_a_bad_form_is_a_configuration_error() {
 /// variable, and nothing without it (asked through `git credential fill`).
 #[test]
 fn the_credential_helper_answers_with_the_token_from_its_variable() {
-    let mut child = Command::new("git")
-        .args(["-c", "credential.helper=", "-c"])
-        .arg(format!("credential.helper={HELPER}"))
-        .args(["credential", "fill"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env(TOKEN_ENV, "tok_123")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"protocol=https\nhost=gitea.example.com\n\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let fill = |token: Option<&str>| {
+        let mut git = Command::new("git");
+        git.args(["-c", "credential.helper=", "-c"])
+            .arg(format!("credential.helper={HELPER}"))
+            .args(["credential", "fill"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(t) = token {
+            git.env(TOKEN_ENV, t);
+        }
+        let mut child = git.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"protocol=https\nhost=gitea.example.com\n\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = fill(Some("tok_123"));
+    assert!(ok, "{text}");
     assert!(text.contains("username=orch\n"), "{text}");
     assert!(text.contains("password=tok_123\n"), "{text}");
     assert!(!HELPER.contains("tok_123"));
+    // Without the variable (an agent not granted gitea) it answers nothing.
+    let (ok, text) = fill(None);
+    assert!(!ok && !text.contains("password="), "{text}");
 }
 
 /// What the loopback git server saw.
