@@ -17,6 +17,7 @@ use crate::adapters::db::Db;
 use crate::adapters::windows::{self, rollback_output};
 use crate::adapters::{http, production_probe, rollback, workspace};
 use crate::clock::{format_unix, human_duration};
+use crate::core::job::JobStatus;
 use crate::core::post_deploy::{
     final_verdict, next_step, tick_rank, Classification, NextStep, Thresholds, TickConclusion,
     TickDecision, WindowState,
@@ -438,8 +439,8 @@ fn finish_rollback(
 }
 
 /// Removes the workspace of every task that is cancelled, or done with no open
-/// post-deploy window (closed, or never armed), and finishes removals a crash
-/// interrupted; returns how many it removed. Idempotent: a removed workspace is not
+/// post-deploy window (closed, or never armed), and has no running job, and finishes
+/// removals a crash interrupted; returns how many it removed. Idempotent: a removed workspace is not
 /// listed again.
 fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
     let state_dir = &ctx.config.settings.state_dir;
@@ -455,7 +456,14 @@ fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
             }
             Some(_) => false,
         };
-        if finished && workspace::remove(&ws.dir)? {
+        // A job still running in it (cancelled under it, say) keeps it until it ends.
+        let in_use = || -> Result<bool> {
+            Ok(db
+                .task_jobs(ws.task_id)?
+                .iter()
+                .any(|j| j.status == JobStatus::Running))
+        };
+        if finished && !in_use()? && workspace::remove(&ws.dir)? {
             log::info!("post-deploy: removed workspace {}", ws.dir.display());
             removed += 1;
         }

@@ -224,6 +224,13 @@ fn a_cancelled_task_loses_its_workspace_and_a_crashed_removal_is_finished() {
     env.db()
         .execute("UPDATE tasks SET stage = 'cancelled' WHERE id = ?1", [task])
         .unwrap();
+    // A job still running in it keeps it until the job ends.
+    let live = running_job(&env, task);
+    let out = env.run(&["post-deploy-tick"]).expect(0);
+    assert!(ws.join(".git").is_dir(), "{}", out.stderr);
+    env.db()
+        .execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?1", [live])
+        .unwrap();
     let out = env.run(&["post-deploy-tick"]).expect(0);
     assert!(!ws.exists(), "{}", out.stderr);
     assert!(
