@@ -22,3 +22,4 @@ pub mod staging_probes;
 pub mod telegram;
 pub mod webhook_server;
 pub mod windows;
+pub mod workspace;

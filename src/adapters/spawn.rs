@@ -135,14 +135,23 @@ fn find_on_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 
 /// Spawns an agent argv (no shell) in its own process group, stdin closed, stdout and
 /// stderr appended to `log`, with exactly `env` as its environment (nothing inherited:
-/// the caller builds it from an allowlist).
+/// the caller builds it from an allowlist), in `cwd` when given (the task's workspace).
 ///
 /// # Errors
 /// When the program cannot be started (missing, not executable): the caller fails the
 /// job with this message.
-pub fn spawn_agent(argv: &[String], env: &[(String, OsString)], log: &File) -> Result<Child> {
+pub fn spawn_agent(
+    argv: &[String],
+    env: &[(String, OsString)],
+    log: &File,
+    cwd: Option<&Path>,
+) -> Result<Child> {
     let (program, args) = argv.split_first().context("the agent argv is empty")?;
-    in_own_group(program, args, &[])
+    let mut command = in_own_group(program, args, &[]);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    command
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone()?)

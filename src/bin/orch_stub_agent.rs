@@ -12,7 +12,8 @@
 //! `STUB_ORCH_BIN` when set, else found on `PATH`.
 //!
 //! - analyst: writes `01-analysis.md` with `analysis_status: APPROVED`.
-//! - developer: commits one file to the task's branch (Gitea's contents API) and opens
+//! - developer: prints its working directory, `ORCH_WORKSPACE` and the branch checked
+//!   out there, commits one file to the task's branch (Gitea's contents API) and opens
 //!   a PR from the branch into the default branch unless an open one exists; writes no
 //!   artefact, never merges.
 //! - reviewer: writes `05-review.md` with `review_verdict: APPROVE`.
@@ -226,6 +227,20 @@ fn developer() -> Result<()> {
     }
     let (key, repo, branch) = (field(&t, "key")?, field(&t, "repo")?, field(&t, "branch")?);
     let job = env("ORCH_JOB_ID")?;
+    // Where run-job started it: the task's workspace, when its project has a clone_url.
+    let workspace = std::env::var("ORCH_WORKSPACE").unwrap_or_else(|_| "-".into());
+    let checked_out = Command::new("git")
+        .args(["rev-parse", "--abbrev-ref", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("-".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    println!(
+        "cwd {} workspace {workspace} checked out {checked_out}",
+        std::env::current_dir()?.display()
+    );
     let gitea = Gitea::from_env(repo)?;
     // The work: one commit on the task's branch (a file per job, so a re-run commits anew).
     let path = format!("changes/{key}-job-{job}.md");

@@ -15,8 +15,9 @@ use anyhow::Result;
 
 use crate::adapters::db::Db;
 use crate::adapters::windows::{self, rollback_output};
-use crate::adapters::{http, production_probe, rollback};
+use crate::adapters::{http, production_probe, rollback, workspace};
 use crate::clock::{format_unix, human_duration};
+use crate::core::job::JobStatus;
 use crate::core::post_deploy::{
     final_verdict, next_step, tick_rank, Classification, NextStep, Thresholds, TickConclusion,
     TickDecision, WindowState,
@@ -251,6 +252,16 @@ fn tick(
             }
         }
     }
+    // After the windows: a window closed just now frees its task's workspace now.
+    let workspaces_removed = if dry_run {
+        0
+    } else {
+        sweep_workspaces(ctx, db).unwrap_or_else(|e| {
+            tally.errors += 1;
+            log::error!("post-deploy: workspace sweep failed: {e:#}");
+            0
+        })
+    };
     let counts = vec![
         ("windows", tally.windows),
         ("probed", tally.probed),
@@ -260,6 +271,7 @@ fn tick(
         ("closed", tally.closed),
         ("skipped", tally.skipped),
         ("errors", tally.errors),
+        ("workspaces_removed", workspaces_removed),
     ];
     Ok(PassOutcome {
         status: if tally.errors > 0 {
@@ -437,6 +449,39 @@ fn finish_rollback(
     close(ctx, dir, w, now, Classification::Degraded, "-", &action)?;
     tally.closed += 1;
     Ok(action)
+}
+
+/// Removes the workspace of every task that is cancelled, or done with no open
+/// post-deploy window (closed, or never armed), and has no running job, and finishes
+/// removals a crash interrupted; returns how many it removed. Idempotent: a removed workspace is not
+/// listed again.
+fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
+    let state_dir = &ctx.config.settings.state_dir;
+    let (found, leftovers) = workspace::list(state_dir)?;
+    let mut removed = i64::try_from(leftovers).unwrap_or(i64::MAX);
+    for ws in found {
+        let finished = match db.task(ws.task_id)? {
+            None => true,
+            Some(t) if t.stage == Stage::Cancelled => true,
+            Some(t) if t.stage == Stage::Done => {
+                let dir = windows::window_dir(state_dir, &t.repo, &t.work_item_id)?;
+                !windows::load(&dir)?.is_some_and(|w| w.is_open())
+            }
+            Some(_) => false,
+        };
+        // A job still running in it (cancelled under it, say) keeps it until it ends.
+        let in_use = || -> Result<bool> {
+            Ok(db
+                .task_jobs(ws.task_id)?
+                .iter()
+                .any(|j| j.status == JobStatus::Running))
+        };
+        if finished && !in_use()? && workspace::remove(&ws.dir)? {
+            log::info!("post-deploy: removed workspace {}", ws.dir.display());
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn close(

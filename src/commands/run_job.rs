@@ -8,7 +8,7 @@
 //! TERM or INT to the supervisor is passed on to the agent's process group.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -18,6 +18,7 @@ use crate::adapters::artefacts;
 use crate::adapters::db::Db;
 use crate::adapters::process::start_time;
 use crate::adapters::spawn::{self, exit_code_of};
+use crate::adapters::workspace;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::stage::Actor;
@@ -144,8 +145,28 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             Ok(d) => d,
             Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
         };
+    let job_env = [
+        ("ORCH_TASK_ID", task.id.to_string()),
+        ("ORCH_TASK_KEY", task.key.clone()),
+        ("ORCH_JOB_ID", job.id.to_string()),
+        ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
+    ];
+    // An allowlist, never this process's whole environment (docs/security.md).
+    let mut env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
+    // Before the agent starts: a workspace that cannot be prepared fails the job here.
+    let workspace = match prepare_workspace(ctx, task, &env, &mut log) {
+        Ok(ws) => ws,
+        Err(e) => {
+            let why = format!("workspace not prepared: {e:#}");
+            return not_started(db, job, &mut log, &why);
+        }
+    };
+    let ws_text = workspace.as_ref().map(|w| w.display().to_string());
+    if let Some(w) = &ws_text {
+        env.push(("ORCH_WORKSPACE".into(), w.into()));
+    }
     let argv = match ctx.config.pipeline.agent_argv(job.agent) {
-        Some(template) => render_argv(template, job, task, &art_dir),
+        Some(template) => render_argv(template, job, task, &art_dir, ws_text.as_deref()),
         None => {
             return not_started(
                 db,
@@ -158,18 +179,10 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             )
         }
     };
-    let job_env = [
-        ("ORCH_TASK_ID", task.id.to_string()),
-        ("ORCH_TASK_KEY", task.key.clone()),
-        ("ORCH_JOB_ID", job.id.to_string()),
-        ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
-    ];
-    // An allowlist, never this process's whole environment (docs/security.md).
-    let env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
     // Handlers go in before the spawn so a TERM in between is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let handle = signals.handle();
-    let mut child = match spawn::spawn_agent(&argv, &env, &log) {
+    let mut child = match spawn::spawn_agent(&argv, &env, &log, workspace.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             handle.close();
@@ -216,8 +229,60 @@ fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result
     Ok(EXIT_NOT_STARTED)
 }
 
-/// Fills an agent argv template's placeholders.
-fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
+/// Prepares the task's workspace when its project has a `clone_url`
+/// (`adapters::workspace`); `None` for a project without one.
+fn prepare_workspace(
+    ctx: &PassContext,
+    task: &Task,
+    env: &[(String, std::ffi::OsString)],
+    log: &mut std::fs::File,
+) -> Result<Option<PathBuf>> {
+    let pipeline = &ctx.config.pipeline;
+    let (Some(url), Some(project)) = (
+        pipeline.clone_url(&task.project),
+        pipeline.project(&task.project),
+    ) else {
+        return Ok(None);
+    };
+    let s = &ctx.config.settings;
+    let dir = workspace::dir(&s.state_dir, task.id, &task.key);
+    let _ = writeln!(
+        log,
+        "== preparing workspace {} ({} at {})",
+        dir.display(),
+        url.url,
+        task.branch
+    );
+    let source = workspace::WorkspaceSource {
+        url,
+        branch: &task.branch,
+        default_branch: &project.default_branch,
+        token: s.gitea_token.as_ref().map(|t| t.expose()),
+    };
+    let p = workspace::prepare(&dir, &source, env, log)?;
+    let _ = writeln!(
+        log,
+        "== workspace {} at {} {}{}",
+        if p.cloned { "cloned" } else { "reused" },
+        task.branch,
+        p.head,
+        if p.branch_on_remote {
+            ""
+        } else {
+            " (new local branch from the default branch: not on the remote yet)"
+        }
+    );
+    Ok(Some(dir))
+}
+
+/// Fills an agent argv template's placeholders (`{workspace}` is empty without one).
+fn render_argv(
+    template: &[String],
+    job: &Job,
+    task: &Task,
+    artefacts: &Path,
+    workspace: Option<&str>,
+) -> Vec<String> {
     let art = artefacts.display().to_string();
     template
         .iter()
@@ -227,6 +292,7 @@ fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) ->
                 .replace("{branch}", &task.branch)
                 .replace("{repo}", &task.repo)
                 .replace("{artefacts}", &art)
+                .replace("{workspace}", workspace.unwrap_or_default())
         })
         .collect()
 }

@@ -22,7 +22,10 @@ pub use load::{
     display_path, Config, ConfigError, Layers, Overrides, Source, JOB_CONTEXT_ENV,
     WITHHELD_FROM_JOBS,
 };
-pub use pipeline::{is_repo, AgentGrants, Credential, Pipeline, AGENT_PLACEHOLDERS};
+pub use pipeline::{
+    is_repo, parse_clone_url, AgentGrants, CloneKind, CloneUrl, Credential, Pipeline,
+    AGENT_PLACEHOLDERS,
+};
 pub use settings::{
     env_example, Count, Csv, JobLauncher, PinnedNow, PositiveSeconds, Ratio, RequestPath,
     ResolvedSetting, Seconds, Secret, SettingSpec, SettingValue, Settings, SETTINGS,

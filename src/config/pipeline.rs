@@ -54,6 +54,8 @@ struct RawProject {
     metrics_url: Option<String>,
     #[serde(default)]
     rollback: Option<Vec<String>>,
+    #[serde(default)]
+    clone_url: Option<String>,
 }
 
 fn default_branch() -> String {
@@ -142,6 +144,87 @@ pub struct Pipeline {
     /// The staging checks, typed once here by `core::staging_check`'s schema.
     #[serde(skip)]
     pub staging_checks: Vec<CheckDef>,
+    /// Where each project's repository is cloned from for its tasks' workspaces, by
+    /// project name (`projects[].clone_url`; a project without one gets no workspace).
+    pub clone_urls: BTreeMap<String, CloneUrl>,
+}
+
+/// How a workspace's repository is reached (`projects[].clone_url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloneKind {
+    /// `https://host/owner/name.git` (or `http://` on a loopback host): git asks for
+    /// credentials, answered from `ORCH_GITEA_TOKEN`.
+    Https,
+    /// `ssh://user@host/path` or `user@host:path`: the supervisor's own ssh keys.
+    Ssh,
+    /// An absolute path or a `file://` URL on this machine.
+    Local,
+}
+
+/// A validated clone URL: what git is given, and its kind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CloneUrl {
+    /// The URL or path exactly as git receives it (never holding a password).
+    pub url: String,
+    /// How it is reached.
+    pub kind: CloneKind,
+}
+
+/// Validates a `clone_url`: an https URL (http only on a loopback host), an ssh URL
+/// (`ssh://` or `user@host:path`), an absolute path or a `file://` URL. No password in
+/// it (a secret on disk, in `.git/config` and in logs), nothing git could read as an
+/// option.
+///
+/// # Errors
+/// The message for the key `projects[i].clone_url`.
+pub fn parse_clone_url(text: &str) -> Result<CloneUrl, String> {
+    const FORMS: &str = "expected an https URL (https://gitea.example.com/owner/name.git), an ssh URL (ssh://git@host/owner/name.git or git@host:owner/name.git), an absolute path or a file:// URL";
+    let bad = |why: &str| Err(format!("{why}; {FORMS}, got {text:?}"));
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("empty or holding spaces or control characters");
+    }
+    if text.starts_with('-') {
+        return bad("starts with '-', which git would read as an option");
+    }
+    let done = |kind| {
+        Ok(CloneUrl {
+            url: text.to_string(),
+            kind,
+        })
+    };
+    if text.starts_with('/') {
+        return done(CloneKind::Local);
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        let Ok(url) = Url::parse(text) else {
+            return bad("not a valid URL");
+        };
+        if url.password().is_some() {
+            return bad("a password in the URL would be written to disk (the token comes from ORCH_GITEA_TOKEN)");
+        }
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        return match scheme.to_ascii_lowercase().as_str() {
+            "https" if url.host().is_some() => done(CloneKind::Https),
+            "http" if loopback => done(CloneKind::Https),
+            "http" => bad("plain http only on a loopback host (the token would travel in clear)"),
+            "ssh" if url.host().is_some() => done(CloneKind::Ssh),
+            "file" if url.host().is_none() && url.path().starts_with('/') => done(CloneKind::Local),
+            _ => bad("unsupported scheme or no host"),
+        };
+    }
+    // scp-like ssh: [user@]host:path, the host before any '/'.
+    if let Some((host, path)) = text.split_once(':') {
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if host_ok && !path.is_empty() && !host.contains('/') {
+            return done(CloneKind::Ssh);
+        }
+    }
+    bad("neither a URL nor an absolute path")
 }
 
 impl Pipeline {
@@ -162,6 +245,11 @@ impl Pipeline {
         self.agents.get(agent.as_str()).map(Vec::as_slice)
     }
 
+    /// Returns where `project`'s tasks' workspaces are cloned from, if it has one.
+    pub fn clone_url(&self, project: &str) -> Option<&CloneUrl> {
+        self.clone_urls.get(project)
+    }
+
     /// Returns what `agent`'s environment is granted.
     pub fn agent_grants(&self, agent: Agent) -> AgentGrants {
         self.grants.get(agent.as_str()).cloned().unwrap_or_default()
@@ -169,7 +257,9 @@ impl Pipeline {
 }
 
 /// The placeholders an agent argv template may use.
-pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
+/// `{workspace}` is the task's working copy, empty for a project without `clone_url`.
+pub const AGENT_PLACEHOLDERS: &[&str] =
+    &["task", "job", "branch", "repo", "artefacts", "workspace"];
 
 pub(super) fn parse_pipeline(
     text: &str,
@@ -217,6 +307,7 @@ pub(super) fn parse_pipeline(
         None => None,
     };
     let mut projects: Vec<Project> = Vec::new();
+    let mut clone_urls = BTreeMap::new();
     for (i, p) in raw.projects.into_iter().enumerate() {
         let at = |field: &str| format!("projects[{i}].{field}");
         if !is_slug(&p.name) {
@@ -301,6 +392,10 @@ pub(super) fn parse_pipeline(
                 ));
             }
         }
+        if let Some(text) = &p.clone_url {
+            let url = parse_clone_url(text).map_err(|m| ConfigError::new(at("clone_url"), m))?;
+            clone_urls.insert(p.name.clone(), url);
+        }
         projects.push(Project {
             name: p.name,
             plane_project_id: p.plane_project_id.to_ascii_lowercase(),
@@ -364,6 +459,7 @@ pub(super) fn parse_pipeline(
         agents,
         grants,
         staging_checks,
+        clone_urls,
     })
 }
 
@@ -536,6 +632,11 @@ agents:
                 "    repo: acme/orch\n    default_branch: \"a..b\"",
                 "projects[0].default_branch",
             ),
+            (
+                "    repo: acme/orch",
+                "    repo: acme/orch\n    clone_url: ftp://example.com/x.git",
+                "projects[0].clone_url",
+            ),
         ];
         for (from, to, key) in cases {
             let text = GOOD.replace(from, to);
@@ -615,6 +716,63 @@ agents:
         )
         .unwrap_err();
         assert!(e.message.contains("projcts"), "{e}");
+    }
+
+    #[test]
+    fn clone_urls_take_four_forms_and_no_password() {
+        let good = [
+            ("https://gitea.example.com/acme/shop.git", CloneKind::Https),
+            ("http://127.0.0.1:3000/acme/shop.git", CloneKind::Https),
+            (
+                "https://orch@gitea.example.com/acme/shop.git",
+                CloneKind::Https,
+            ),
+            (
+                "ssh://git@gitea.example.com:2222/acme/shop.git",
+                CloneKind::Ssh,
+            ),
+            ("git@gitea.example.com:acme/shop.git", CloneKind::Ssh),
+            ("/srv/git/shop.git", CloneKind::Local),
+            ("file:///srv/git/shop.git", CloneKind::Local),
+        ];
+        for (text, kind) in good {
+            let got = parse_clone_url(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((got.url.as_str(), got.kind), (text, kind));
+        }
+        let bad = [
+            ("", "empty"),
+            ("shop.git", "neither"),
+            ("../shop.git", "neither"),
+            ("-uhttps://x/y", "option"),
+            ("--upload-pack=touch /tmp/x", "spaces"),
+            (
+                "https://orch:s3cret@gitea.example.com/acme/shop.git",
+                "password",
+            ),
+            ("http://gitea.example.com/acme/shop.git", "loopback"),
+            ("ftp://example.com/shop.git", "scheme"),
+            ("https://", "URL"),
+            ("file://host/srv/shop.git", "scheme"),
+        ];
+        for (text, why) in bad {
+            let e = parse_clone_url(text).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(e.contains("expected an https URL"), "{text}: {e}");
+        }
+        let text = GOOD.replace(
+            "    repo: acme/orch",
+            "    repo: acme/orch\n    clone_url: /srv/git/orch.git",
+        );
+        let c = Config::from_parts(Some(&text), None, Layers::default()).unwrap();
+        assert_eq!(
+            c.pipeline.clone_url("orch").unwrap().url,
+            "/srv/git/orch.git"
+        );
+        assert!(Config::from_parts(Some(GOOD), None, Layers::default())
+            .unwrap()
+            .pipeline
+            .clone_url("orch")
+            .is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod stale_deliveries;
 mod the_loop;
 mod versions;
 mod webhook;
+mod workspace;
 
 /// Returns the `.rs` files (and module directories) of `files` that `main` does not
 /// declare with a `mod` line: cargo compiles only declared modules, so such a file's

@@ -15,6 +15,7 @@
 //! records the validated revision; merge-guard merges it), part B rounds (reopen after a
 //! merge, post-deploy for every project with a `health_url`), part C atomic intake.
 
+use std::path::Path;
 use std::time::Duration;
 
 use orch::adapters::process::wait_exit;
@@ -89,11 +90,14 @@ fn state_id(p: &Project, name: &str) -> String {
 
 /// The pipeline file's project: its Plane approval state, production health URL (the
 /// production stand-in) and rollback command. Nothing but what an operator must fill in.
-fn pipeline_project(p: &Project) -> KitProject {
+/// The project's `clone_url` is a local bare repository (issue 16's workspace): the
+/// developer runs in the task's working copy of it.
+fn pipeline_project(p: &Project, clone_url: &Path) -> KitProject {
     KitProject::new(p.name, p.plane_id, p.identifier, p.repo)
         .self_hosting(p.self_hosting)
         .with(&format!(
-            "states:\n  approved: {{ names: [Approved] }}\nhealth_url: $PROD_URL/health\nrollback: [{AGENT}, rollback]"
+            "states:\n  approved: {{ names: [Approved] }}\nhealth_url: $PROD_URL/health\nrollback: [{AGENT}, rollback]\nclone_url: {}",
+            clone_url.display()
         ))
 }
 
@@ -135,10 +139,14 @@ struct World {
     /// Seconds after `NOW` the pinned clock reads.
     clock: i64,
     deliveries: u32,
+    /// Holds the bare repository the project's workspaces clone.
+    _remote: tempfile::TempDir,
 }
 
 fn world(project: &'static Project) -> World {
     let staging = Prod::start();
+    let remote = tempfile::tempdir().expect("tempdir");
+    let (bare, _) = crate::workspace::bare_remote(remote.path());
     let bin_dir = crate::common::orch_bin()
         .parent()
         .expect("bin dir")
@@ -146,7 +154,7 @@ fn world(project: &'static Project) -> World {
         .to_string();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
     let mut env = TestEnv::builder()
-        .project(pipeline_project(project))
+        .project(pipeline_project(project, &bare))
         .agents(&agents())
         .section(&staging_checks(staging.url()))
         .standins(&[
@@ -182,6 +190,7 @@ fn world(project: &'static Project) -> World {
         staging,
         clock: 0,
         deliveries: 0,
+        _remote: remote,
     };
     w.run(&["init"]).expect(0);
     w
@@ -356,6 +365,28 @@ impl World {
         (row, log)
     }
 
+    /// The developer job ran in the task's workspace: its working directory and
+    /// `ORCH_WORKSPACE` are the task's folder under `state/workspaces`, checked out at the
+    /// task's branch; reused (fetched, reset): the analyst's job cloned it.
+    fn assert_ran_in_the_workspace(&mut self, job: &Value, round: u32) {
+        let task = self.task();
+        let ws = self
+            .env
+            .path(&format!("state/workspaces/{}-{}", task["id"], self.key()));
+        let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{}.log", job["id"])))
+            .unwrap();
+        let ws = ws.display();
+        let branch = task["branch"].as_str().unwrap();
+        assert!(
+            log.contains(&format!("cwd {ws} workspace {ws} checked out {branch}")),
+            "round {round}: the developer ran in its workspace\n{log}"
+        );
+        assert!(
+            log.contains(&format!("== workspace reused at {branch}")),
+            "round {round}: the analyst's workspace reused\n{log}"
+        );
+    }
+
     /// The CI system reports success on a commit.
     fn ci_green(&self, sha: &str) {
         self.gitea()
@@ -395,7 +426,8 @@ impl World {
             "development",
             "round {round} starts in development"
         );
-        self.dispatch_and_wait("developer", "development");
+        let developer = self.dispatch_and_wait("developer", "development");
+        self.assert_ran_in_the_workspace(&developer, round);
         let (pr, head) = self.open_pr();
         assert_eq!(self.stage(), "development", "no CI yet: the gate waits");
         self.ci_green(&head);

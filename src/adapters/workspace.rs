@@ -1,0 +1,344 @@
+//! A task's workspace: a git working copy of its repository at its branch, under
+//! `<state dir>/workspaces/<task id>-<task key>/`, that `run-job` prepares before each of
+//! the task's agents starts (docs/jobs.md, "The workspace").
+//!
+//! Clone once (into `<name>.partial`, renamed into place when complete, so a crash
+//! mid-clone never leaves a half copy that looks ready), then on every job: point
+//! `origin` at the configured URL, fetch, check the task's branch out **forced** at the
+//! remote tip (or, when the branch is not on the remote yet, a new local branch from the
+//! default branch's tip, which the agent pushes), and `clean -ffdx`. Whatever an earlier
+//! run left uncommitted or unpushed is discarded: the remote branch is the truth.
+//!
+//! Credentials for an https URL come from `ORCH_GITEA_TOKEN` through git's credential
+//! mechanism: a helper that prints the token from the environment variable
+//! `ORCH_GITEA_TOKEN`. orch's own git commands get the helper on their command line
+//! (`git -c credential.helper=...`) and the variable in their environment alone; the
+//! workspace's `.git/config` keeps the same helper (the variable's *name*, never its
+//! value), so an agent granted `credentials: [gitea]` (which puts the variable in its
+//! environment) can push, and one not granted cannot. The token is never in argv, never
+//! in `.git/config` or a URL on disk, and never in the log (git does not print
+//! credentials; the URL holds no password: config validation refuses one).
+//!
+//! Removal renames the folder to `<name>.removing` first, then deletes it: a crash
+//! mid-removal leaves a `.removing` folder that nothing uses and the next sweep deletes.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::adapters::windows::sanitise;
+use crate::config::{CloneKind, CloneUrl};
+
+/// The folder, under the state dir, that holds every workspace.
+pub const WORKSPACES_DIR: &str = "workspaces";
+/// The environment variable the credential helper reads the token from: set in the
+/// environment of orch's git commands, and in an agent's only when it is granted `gitea`.
+pub const TOKEN_ENV: &str = "ORCH_GITEA_TOKEN";
+/// The credential helper: answers `get` with the token when the variable is set,
+/// ignores `store` and `erase`. It names the variable, never the value.
+pub const HELPER: &str = "!f() { test \"$1\" = get && test -n \"${ORCH_GITEA_TOKEN}\" || exit 0; echo username=orch; echo \"password=${ORCH_GITEA_TOKEN}\"; }; f";
+/// Suffix of a clone in progress.
+const PARTIAL: &str = ".partial";
+/// Suffix of a workspace being removed.
+const REMOVING: &str = ".removing";
+
+/// What one workspace is prepared from.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkspaceSource<'a> {
+    /// Where the repository is cloned from.
+    pub url: &'a CloneUrl,
+    /// The task's branch.
+    pub branch: &'a str,
+    /// The project's default branch: the start of a branch not on the remote yet.
+    pub default_branch: &'a str,
+    /// The Gitea token, used only for an https URL.
+    pub token: Option<&'a str>,
+}
+
+/// How a workspace was prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedWorkspace {
+    /// Whether it was cloned now (`false`: reused and fetched).
+    pub cloned: bool,
+    /// Whether the task's branch was on the remote (`false`: a new local branch from
+    /// the default branch).
+    pub branch_on_remote: bool,
+    /// The commit checked out.
+    pub head: String,
+}
+
+/// Returns the workspace folder of a task.
+pub fn dir(state_dir: &Path, task_id: i64, task_key: &str) -> PathBuf {
+    state_dir
+        .join(WORKSPACES_DIR)
+        .join(format!("{task_id}-{}", sanitise(task_key)))
+}
+
+/// Prepares the workspace at `ws` from `src`; git's output goes to `log`, and git runs
+/// with `env` (the agent's allowlisted environment) plus what it needs here.
+///
+/// # Errors
+/// With the failing step and git's exit status (git's own words are in the log).
+pub fn prepare(
+    ws: &Path,
+    src: &WorkspaceSource<'_>,
+    env: &[(String, OsString)],
+    log: &File,
+) -> Result<PreparedWorkspace> {
+    let git = Git { src, env, log };
+    let cloned = !ws.join(".git").is_dir();
+    if cloned {
+        let parent = ws.parent().context("a workspace has a parent folder")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        // A folder without `.git` is a leftover, never a workspace.
+        remove_tree(ws)?;
+        let partial = with_suffix(ws, PARTIAL);
+        remove_tree(&partial)?;
+        let dest = partial.display().to_string();
+        git.run(
+            None,
+            &[
+                "clone",
+                "--no-checkout",
+                "--origin",
+                "origin",
+                "--",
+                &src.url.url,
+                &dest,
+            ],
+            "cloning",
+        )?;
+        std::fs::rename(&partial, ws)
+            .with_context(|| format!("moving the clone into {}", ws.display()))?;
+    } else {
+        git.run(
+            Some(ws),
+            &["remote", "set-url", "origin", &src.url.url],
+            "setting origin",
+        )?;
+    }
+    if src.url.kind == CloneKind::Https {
+        // For the agent's own pushes: the helper (a variable's name), an empty one first
+        // so no helper from the user's or system configuration answers instead.
+        let _ = git.ok(ws, &["config", "--unset-all", "credential.helper"]);
+        for value in ["", HELPER] {
+            git.run(
+                Some(ws),
+                &["config", "--add", "credential.helper", value],
+                "configuring the credential helper",
+            )?;
+        }
+    }
+    git.run(
+        Some(ws),
+        &["fetch", "--prune", "--no-tags", "origin"],
+        "fetching",
+    )?;
+    let remote_branch = format!("refs/remotes/origin/{}", src.branch);
+    let branch_on_remote = git.ok(ws, &["rev-parse", "--verify", "--quiet", &remote_branch]);
+    let start = if branch_on_remote {
+        remote_branch
+    } else {
+        let default = format!("refs/remotes/origin/{}", src.default_branch);
+        if !git.ok(ws, &["rev-parse", "--verify", "--quiet", &default]) {
+            bail!(
+                "neither the task's branch {} nor the default branch {} is on {}",
+                src.branch,
+                src.default_branch,
+                src.url.url
+            );
+        }
+        default
+    };
+    git.run(
+        Some(ws),
+        &[
+            "checkout",
+            "--force",
+            "--no-track",
+            "-B",
+            src.branch,
+            &start,
+        ],
+        "checking out the branch",
+    )?;
+    git.run(Some(ws), &["clean", "-ffdxq"], "cleaning")?;
+    let head = git.output(ws, &["rev-parse", "HEAD"])?;
+    Ok(PreparedWorkspace {
+        cloned,
+        branch_on_remote,
+        head,
+    })
+}
+
+/// Removes a workspace (and a clone left half made beside it); `Ok(false)` when there
+/// was nothing. A crash part-way leaves a `.removing` folder for [`sweep_leftovers`].
+///
+/// # Errors
+/// When the folder cannot be renamed or deleted.
+pub fn remove(ws: &Path) -> Result<bool> {
+    let mut removed = false;
+    for path in [ws.to_path_buf(), with_suffix(ws, PARTIAL)] {
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        let doomed = with_suffix(&path, REMOVING);
+        remove_tree(&doomed)?;
+        std::fs::rename(&path, &doomed)
+            .with_context(|| format!("renaming {} for removal", path.display()))?;
+        remove_tree(&doomed)?;
+        removed = true;
+    }
+    Ok(removed)
+}
+
+/// One workspace found on disk: its task id and folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundWorkspace {
+    /// The task's row id.
+    pub task_id: i64,
+    /// The workspace folder (a `.partial` name is given as the workspace it becomes).
+    pub dir: PathBuf,
+}
+
+/// Lists the workspaces under `state_dir`, one per task, sorted; deletes the leftovers
+/// of an interrupted removal (`.removing` folders) on the way and returns how many.
+///
+/// # Errors
+/// When the folder exists but cannot be listed, or a leftover cannot be deleted.
+pub fn list(state_dir: &Path) -> Result<(Vec<FoundWorkspace>, usize)> {
+    let root = state_dir.join(WORKSPACES_DIR);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+    };
+    let mut found = Vec::new();
+    let mut leftovers = 0;
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.ends_with(REMOVING) {
+            remove_tree(&entry.path())?;
+            leftovers += 1;
+            continue;
+        }
+        let base = name.strip_suffix(PARTIAL).unwrap_or(&name);
+        let Some(task_id) = base.split('-').next().and_then(|id| id.parse().ok()) else {
+            continue;
+        };
+        let dir = root.join(base);
+        if !found.iter().any(|f: &FoundWorkspace| f.dir == dir) {
+            found.push(FoundWorkspace { task_id, dir });
+        }
+    }
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok((found, leftovers))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // A file where a folder was expected (never made by orch) goes too.
+        Err(_) if path.is_file() => {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// git, run the way every step of [`prepare`] runs it.
+struct Git<'a> {
+    src: &'a WorkspaceSource<'a>,
+    env: &'a [(String, OsString)],
+    log: &'a File,
+}
+
+impl Git<'_> {
+    fn command(&self, cwd: Option<&Path>, args: &[&str]) -> Command {
+        let mut c = Command::new("git");
+        c.env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // Never wait for a human, never read a terminal.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env_remove(TOKEN_ENV)
+            .stdin(Stdio::null())
+            // A stalled transfer ends instead of holding the job forever.
+            .args([
+                "-c",
+                "http.lowSpeedLimit=1000",
+                "-c",
+                "http.lowSpeedTime=120",
+            ]);
+        if let (CloneKind::Https, Some(token)) = (self.src.url.kind, self.src.token) {
+            // An empty helper first drops any helper from the user's or system config.
+            c.args(["-c", "credential.helper=", "-c"])
+                .arg(format!("credential.helper={HELPER}"));
+            c.env(TOKEN_ENV, token);
+        }
+        if let Some(dir) = cwd {
+            c.arg("-C").arg(dir);
+        }
+        c.args(args);
+        c
+    }
+
+    fn run(&self, cwd: Option<&Path>, args: &[&str], step: &str) -> Result<()> {
+        let status = self
+            .command(cwd, args)
+            .stdout(self.log.try_clone()?)
+            .stderr(self.log.try_clone()?)
+            .status()
+            .context("starting git (is it installed and on PATH?)")?;
+        if !status.success() {
+            bail!("git failed {step} ({status}; git's output is in the job's log)");
+        }
+        Ok(())
+    }
+
+    fn ok(&self, cwd: &Path, args: &[&str]) -> bool {
+        self.command(Some(cwd), args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn output(&self, cwd: &Path, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(Some(cwd), args)
+            .stderr(self.log.try_clone()?)
+            .output()
+            .context("starting git")?;
+        if !out.status.success() {
+            bail!("git {} failed ({})", args.join(" "), out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_names_start_with_the_task_id() {
+        let d = dir(Path::new("/s"), 12, "SHOP-3");
+        assert_eq!(d, Path::new("/s/workspaces/12-SHOP-3"));
+        let odd = dir(Path::new("/s"), 4, "../x");
+        assert_eq!(odd.parent(), Some(Path::new("/s/workspaces")));
+        assert!(odd.file_name().unwrap().to_str().unwrap().starts_with("4-"));
+    }
+}
