@@ -280,7 +280,7 @@ fn a_clone_url_of_a_bad_form_is_a_configuration_error() {
         "https://orch:pw@gitea.example.com/a/b.git",
     ] {
         let project = Project::orch().with(&format!("clone_url: \"{bad}\""));
-        let env = TestEnv::with_pipeline(&pipeline::render(&[project], "", ""));
+        let env = TestEnv::uninitialised(&pipeline::render(&[project], "", ""));
         let out = env.run(&["config", "check"]).expect(2);
         assert!(
             out.stderr.contains("projects[0].clone_url"),
