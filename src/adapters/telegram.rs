@@ -40,12 +40,13 @@ impl Telegram {
         }))
     }
 
-    /// Reads the bot behind the token (`getMe`, read-only): `Ok(username)` when the
-    /// token is valid, `Ok(Err(description))` when Telegram refused it.
+    /// Reads the bot behind the token (`getMe`, read-only). Only the Bot API's own
+    /// refusal (401 Unauthorized, 404 for a token of a bad form) judges the token bad; a
+    /// 429 or a 5xx (Telegram or a proxy in front of it busy) judges nothing.
     ///
     /// # Errors
     /// [`HttpError::Retryable`] without an answer (no URL in it: it holds the token).
-    pub fn get_me(&self) -> Result<Result<String, String>, HttpError> {
+    pub fn get_me(&self) -> Result<GetMe, HttpError> {
         let base = self.api.as_str().trim_end_matches('/');
         let url = format!("{base}/bot{}/getMe", self.token.expose());
         let response = self
@@ -63,16 +64,21 @@ impl Telegram {
             }
             Some(v.clone())
         };
-        if status == 200 && field(&["ok"]) == Some(serde_json::Value::Bool(true)) {
-            let name = field(&["result", "username"])
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            return Ok(Ok(name));
-        }
         let description = field(&["description"])
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| format!("HTTP {status}"));
-        Ok(Err(description))
+        Ok(match status {
+            200 if field(&["ok"]) == Some(serde_json::Value::Bool(true)) => GetMe::Bot(
+                field(&["result", "username"])
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+            401 | 404 => GetMe::Refused(description),
+            429 | 500..=599 => GetMe::Busy(description),
+            _ => GetMe::Unexpected(format!(
+                "HTTP {status}: not a Bot API answer ({description})"
+            )),
+        })
     }
 
     /// Sends `text` to the chat.
@@ -128,6 +134,19 @@ impl Telegram {
 }
 
 /// A call to Bot API `method` that got no answer, without the URL (it holds the token).
+/// What `getMe` said about the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetMe {
+    /// Valid: the bot's username.
+    Bot(String),
+    /// The Bot API refused the token (its description).
+    Refused(String),
+    /// 429 or 5xx: busy; the token was not judged.
+    Busy(String),
+    /// An answer that is not the Bot API's (a proxy's page, a 200 without `ok`).
+    Unexpected(String),
+}
+
 fn no_answer(e: &reqwest::Error, method: &str) -> HttpError {
     let what = if e.is_timeout() {
         "timed out"

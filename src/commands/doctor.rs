@@ -16,7 +16,7 @@ use crate::adapters::gitea::GiteaClient;
 use crate::adapters::http::HttpError;
 use crate::adapters::lock::LockFile;
 use crate::adapters::plane::PlaneClient;
-use crate::adapters::telegram::Telegram;
+use crate::adapters::telegram::{GetMe, Telegram};
 use crate::core::doctor::{
     self, DbFacts, DoctorCheck, DoctorLevel, Reached, RepoFacts, TelegramFacts, WorkItemPaths,
 };
@@ -200,8 +200,10 @@ fn telegram_check(ctx: &PassContext) -> Result<DoctorCheck> {
     let facts = match (&s.telegram_bot_token, &s.telegram_chat_id) {
         (None, None) => TelegramFacts::NotSet,
         (Some(_), Some(_)) => match ctx.telegram()?.map(Telegram::get_me) {
-            Some(Ok(Ok(bot))) => TelegramFacts::Valid(bot),
-            Some(Ok(Err(why))) => TelegramFacts::Refused(why),
+            Some(Ok(GetMe::Bot(bot))) => TelegramFacts::Valid(bot),
+            Some(Ok(GetMe::Refused(why))) => TelegramFacts::Refused(why),
+            Some(Ok(GetMe::Busy(why))) => TelegramFacts::Busy(why),
+            Some(Ok(GetMe::Unexpected(why))) => TelegramFacts::NoAnswer(why),
             Some(Err(e)) => TelegramFacts::NoAnswer(e.to_string()),
             None => TelegramFacts::Half,
         },

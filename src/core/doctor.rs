@@ -528,7 +528,9 @@ pub enum TelegramFacts {
     Valid(String),
     /// `getMe` refused the token, with Telegram's description.
     Refused(String),
-    /// No answer from the Bot API.
+    /// The Bot API answered 429 or 5xx: busy, the token not judged.
+    Busy(String),
+    /// No answer from the Bot API (or one that is not the Bot API's).
     NoAnswer(String),
 }
 
@@ -549,6 +551,11 @@ pub fn telegram(facts: &TelegramFacts) -> DoctorCheck {
             id,
             format!("the bot token was refused: {why}"),
             "set ORCH_TELEGRAM_BOT_TOKEN to the token @BotFather gave",
+        ),
+        TelegramFacts::Busy(why) => DoctorCheck::warn(
+            id,
+            format!("the Bot API is busy ({why}): the token was not judged"),
+            "run orch doctor again in a minute",
         ),
         TelegramFacts::NoAnswer(why) => DoctorCheck::fail(
             id,
@@ -903,6 +910,10 @@ mod tests {
             (
                 TelegramFacts::Refused("Unauthorized".into()),
                 DoctorLevel::Fail,
+            ),
+            (
+                TelegramFacts::Busy("Too Many Requests".into()),
+                DoctorLevel::Warn,
             ),
             (TelegramFacts::NoAnswer("x".into()), DoctorLevel::Fail),
         ] {

@@ -3,7 +3,7 @@
 
 use orch::standin::gitea::{CompareSupport, GiteaStandin};
 use orch::standin::plane::PlaneVersion;
-use orch::standin::server::Server;
+use orch::standin::server::{Reply, Server};
 
 use crate::common::{Project, Run, Standin, TestEnv, GITEA_TOKEN};
 
@@ -245,6 +245,42 @@ fn a_refused_telegram_token_fails_with_its_fix() {
     assert!(l.contains("refused: Unauthorized"), "{l}");
     assert!(l.contains("fix: set ORCH_TELEGRAM_BOT_TOKEN"), "{l}");
     assert!(!run.stdout.contains("999:wrong"), "the token never shows");
+    assert_read_only(&servers(&env));
+}
+
+/// A busy Bot API (429, or a 502 page from a proxy) judges nothing about the token: a
+/// warning, never "refused"; a 200 that is not the Bot API's is a failure to reach it.
+#[test]
+fn a_busy_or_foreign_telegram_answer_is_not_a_refused_token() {
+    let env = env();
+    for (reply, level, says) in [
+        (
+            Reply::json(
+                429,
+                &serde_json::json!({"ok": false, "error_code": 429,
+                "description": "Too Many Requests: retry after 5", "parameters": {"retry_after": 5}}),
+            ),
+            "WARN ",
+            "busy (Too Many Requests: retry after 5)",
+        ),
+        (
+            Reply::raw(502, "text/html", "<html><body>Bad Gateway</body></html>"),
+            "WARN ",
+            "busy (HTTP 502)",
+        ),
+        (
+            Reply::raw(200, "text/html", "<html>captive portal</html>"),
+            "FAIL ",
+            "not a Bot API answer",
+        ),
+    ] {
+        env.telegram().script(Some("GET"), "/bot", reply, 1);
+        let run = env.run(&["doctor"]);
+        let l = line(&run, "telegram.token");
+        assert!(l.starts_with(level), "{l}");
+        assert!(l.contains(says), "{l}");
+        assert!(!l.contains("refused"), "{l}");
+    }
     assert_read_only(&servers(&env));
 }
 
