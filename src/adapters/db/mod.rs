@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_ci_verdicts.sql"),
     include_str!("migrations/0008_counts_and_indexes.sql"),
     include_str!("migrations/0009_task_and_delivery_counts.sql"),
+    include_str!("migrations/0010_log_growth.sql"),
 ];
 
 /// The schema version this build writes.
