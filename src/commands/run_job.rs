@@ -20,7 +20,7 @@ use crate::adapters::process::start_time;
 use crate::adapters::spawn::{self, exit_code_of};
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
-use crate::core::stage::Actor;
+use crate::core::stage::{Actor, Agent};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::gate::{apply_gate, GateOutcome};
@@ -144,8 +144,18 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             Ok(d) => d,
             Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
         };
+    // The developer's next job after a rollback gets its newest feedback file; the
+    // first round (and every other agent) gets none.
+    let feedback = if job.agent == Agent::Developer {
+        match crate::ops::feedback::newest(&ctx.config.settings.artefacts_dir, &task.key) {
+            Ok(f) => f,
+            Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
+        }
+    } else {
+        None
+    };
     let argv = match ctx.config.pipeline.agent_argv(job.agent) {
-        Some(template) => render_argv(template, job, task, &art_dir),
+        Some(template) => render_argv(template, job, task, &art_dir, feedback.as_deref()),
         None => {
             return not_started(
                 db,
@@ -158,12 +168,15 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             )
         }
     };
-    let job_env = [
+    let mut job_env = vec![
         ("ORCH_TASK_ID", task.id.to_string()),
         ("ORCH_TASK_KEY", task.key.clone()),
         ("ORCH_JOB_ID", job.id.to_string()),
         ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
     ];
+    if let Some(f) = &feedback {
+        job_env.push(("ORCH_FEEDBACK", f.display().to_string()));
+    }
     // An allowlist, never this process's whole environment (docs/security.md).
     let env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
     // Handlers go in before the spawn so a TERM in between is not lost.
@@ -216,9 +229,19 @@ fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result
     Ok(EXIT_NOT_STARTED)
 }
 
-/// Fills an agent argv template's placeholders.
-fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) -> Vec<String> {
+/// Fills an agent argv template's placeholders (`{feedback}`: the newest feedback
+/// file, empty when there is none).
+fn render_argv(
+    template: &[String],
+    job: &Job,
+    task: &Task,
+    artefacts: &Path,
+    feedback: Option<&Path>,
+) -> Vec<String> {
     let art = artefacts.display().to_string();
+    let feedback = feedback
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
     template
         .iter()
         .map(|a| {
@@ -227,6 +250,7 @@ fn render_argv(template: &[String], job: &Job, task: &Task, artefacts: &Path) ->
                 .replace("{branch}", &task.branch)
                 .replace("{repo}", &task.repo)
                 .replace("{artefacts}", &art)
+                .replace("{feedback}", &feedback)
         })
         .collect()
 }

@@ -95,6 +95,7 @@ pub const JOB_CONTEXT_ENV: &[&str] = &[
     "ORCH_TASK_KEY",
     "ORCH_JOB_ID",
     "ORCH_TASK_ARTEFACTS",
+    "ORCH_FEEDBACK",
 ];
 
 /// The secrets no job ever holds: not its agent, nor its supervisor (`run-job` never

@@ -169,7 +169,7 @@ impl Pipeline {
 }
 
 /// The placeholders an agent argv template may use.
-pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts"];
+pub const AGENT_PLACEHOLDERS: &[&str] = &["task", "job", "branch", "repo", "artefacts", "feedback"];
 
 pub(super) fn parse_pipeline(
     text: &str,
