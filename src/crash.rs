@@ -32,6 +32,9 @@ pub const POINTS: &[&str] = &[
     // A move into review, deploy-staging or deploy moved the stage's artefact of an
     // earlier visit into history/; the move itself is not committed yet.
     "artefact-set-aside",
+    // A move back to development wrote its feedback file; the move itself is not
+    // committed yet.
+    "feedback-written",
 ];
 
 static ARMED: OnceLock<&'static str> = OnceLock::new();

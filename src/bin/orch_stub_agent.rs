@@ -225,6 +225,14 @@ fn developer() -> Result<()> {
     if !at_stage(&t, "development")? {
         return Ok(());
     }
+    // Sent back: the feedback first (its kind line says why).
+    match std::env::var("ORCH_FEEDBACK") {
+        Ok(f) if !f.is_empty() => {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {f}"))?;
+            println!("feedback {f}: {}", text.lines().nth(2).unwrap_or_default());
+        }
+        _ => println!("feedback: none"),
+    }
     let (key, repo, branch) = (field(&t, "key")?, field(&t, "repo")?, field(&t, "branch")?);
     let job = env("ORCH_JOB_ID")?;
     // Where run-job started it: the task's workspace, when its project has a clone_url.

@@ -17,7 +17,9 @@ use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::adapters::spawn::{terminate_group, Terminated};
 use crate::core::job::Job;
-use crate::core::reap::{judge, JobLiveness, ReapAction, ReapSettings, RunningFacts, Tier};
+use crate::core::reap::{
+    judge, JobLiveness, LogFacts, ReapAction, ReapSettings, RunningFacts, Tier,
+};
 use crate::exit::ExitStatus;
 use crate::ops::observe::{observe_with, ProcView};
 use crate::ops::pass::{PassContext, PassOutcome};
@@ -32,7 +34,8 @@ const SNAPSHOT_ABOVE: usize = 64;
 ///
 /// Run by orch-reap.timer every ORCH_REAPER_INTERVAL_S. Tiers: a recorded exit code;
 /// a dead (or reused) pid for ORCH_REAPER_DEAD_TICKS consecutive passes; running past
-/// ORCH_REAPER_MAX_RUNNING_S (the process group is terminated first). Exit codes: 0
+/// ORCH_REAPER_MAX_RUNNING_S, or alive with a log that has not grown for
+/// ORCH_AGENT_STALL_S (the process group is terminated first). Exit codes: 0
 /// done, 2 error, 75 another reap pass holds the lock.
 #[derive(Debug, clap::Args)]
 pub struct ReapArgs {
@@ -62,7 +65,7 @@ struct Tally {
     alive: i64,
     streak: i64,
     reset: i64,
-    flips: [i64; 3],
+    flips: [i64; 4],
     lost: i64,
     bad_rows: i64,
     leases_reclaimed: i64,
@@ -80,6 +83,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let settings = ReapSettings {
         dead_ticks: s.reaper_dead_ticks.0,
         max_running_s: s.reaper_max_running_s.secs(),
+        stall_s: s.agent_stall_s.secs(),
     };
     let grace = s.reaper_kill_grace_s.0;
     let mut t = Tally::default();
@@ -115,6 +119,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                         started_at: job.started_at,
                         dead_ticks: job.dead_ticks,
                         supervisor_alive,
+                        log: log_facts(&job, settings.stall_s > 0),
                     };
                     if let Err(e) = reap_one(
                         db, &job, &facts, observed, now, &settings, grace, dry_run, &mut t,
@@ -144,6 +149,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("flipped_exit_code", t.flips[0]),
         ("flipped_max_running", t.flips[1]),
         ("flipped_dead_pid", t.flips[2]),
+        ("flipped_stalled", t.flips[3]),
         ("lost_race", t.lost),
         ("bad_rows", t.bad_rows),
         ("leases_reclaimed", t.leases_reclaimed),
@@ -188,6 +194,12 @@ fn reap_one(
             if db.set_dead_ticks(job.id, job.attempt, job.dead_ticks, 0)? {
                 t.reset += 1;
                 log::info!("reap: job {} alive again; dead streak reset", job.id);
+            }
+        }
+        ReapAction::LogGrew { size } => {
+            t.alive += 1;
+            if !db.record_log_growth(job.id, job.attempt, size, now)? {
+                t.lost += 1;
             }
         }
         ReapAction::Streak { ticks } => {
@@ -243,10 +255,28 @@ fn reap_one(
     Ok(())
 }
 
+/// The job's log for stall detection: its size now (a `stat`, only when the stall check
+/// is on and the job has no exit code) and what an earlier pass stored.
+fn log_facts(job: &Job, stall_on: bool) -> LogFacts {
+    let size = (stall_on && job.exit_code.is_none())
+        .then_some(job.log_path.as_deref())
+        .flatten()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX));
+    LogFacts {
+        size,
+        stored_size: job.log_size,
+        grew_at: job.log_grew_at,
+    }
+}
+
 fn explain(job: &Job, observed: JobLiveness, action: &ReapAction, s: &ReapSettings) -> String {
     let what = match action {
         ReapAction::Leave => format!("skip: process {}, within the limit", observed.as_str()),
         ReapAction::ResetStreak => "would reset its dead streak: process alive again".into(),
+        ReapAction::LogGrew { size } => {
+            format!("skip: process alive, its log at {size} bytes is new (would store it)")
+        }
         ReapAction::Streak { ticks } => format!(
             "skip for now: process {} (pass {ticks} of {})",
             observed.as_str(),

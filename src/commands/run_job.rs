@@ -21,7 +21,7 @@ use crate::adapters::spawn::{self, exit_code_of};
 use crate::adapters::workspace;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
-use crate::core::stage::Actor;
+use crate::core::stage::{Actor, Agent};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::gate::{apply_gate, GateOutcome};
@@ -145,12 +145,25 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             Ok(d) => d,
             Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
         };
-    let job_env = [
+    // The developer's next job after a rollback gets its newest feedback file; the
+    // first round (and every other agent) gets none.
+    let feedback = if job.agent == Agent::Developer {
+        match crate::ops::feedback::newest(&ctx.config.settings.artefacts_dir, &task.key) {
+            Ok(f) => f,
+            Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
+        }
+    } else {
+        None
+    };
+    let mut job_env = vec![
         ("ORCH_TASK_ID", task.id.to_string()),
         ("ORCH_TASK_KEY", task.key.clone()),
         ("ORCH_JOB_ID", job.id.to_string()),
         ("ORCH_TASK_ARTEFACTS", art_dir.display().to_string()),
     ];
+    if let Some(f) = &feedback {
+        job_env.push(("ORCH_FEEDBACK", f.display().to_string()));
+    }
     // An allowlist, never this process's whole environment (docs/security.md).
     let mut env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
     // Before the agent starts: a workspace that cannot be prepared fails the job here.
@@ -165,8 +178,13 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     if let Some(w) = &ws_text {
         env.push(("ORCH_WORKSPACE".into(), w.into()));
     }
+    let placeholders = Placeholders {
+        artefacts: &art_dir,
+        workspace: ws_text.as_deref(),
+        feedback: feedback.as_deref(),
+    };
     let argv = match ctx.config.pipeline.agent_argv(job.agent) {
-        Some(template) => render_argv(template, job, task, &art_dir, ws_text.as_deref()),
+        Some(template) => render_argv(template, job, task, &placeholders),
         None => {
             return not_started(
                 db,
@@ -275,15 +293,22 @@ fn prepare_workspace(
     Ok(Some(dir))
 }
 
-/// Fills an agent argv template's placeholders (`{workspace}` is empty without one).
-fn render_argv(
-    template: &[String],
-    job: &Job,
-    task: &Task,
-    artefacts: &Path,
-    workspace: Option<&str>,
-) -> Vec<String> {
-    let art = artefacts.display().to_string();
+/// The per-job values of an agent argv template's placeholders beyond the task's own.
+struct Placeholders<'a> {
+    artefacts: &'a Path,
+    /// Empty without a workspace.
+    workspace: Option<&'a str>,
+    /// The newest feedback file; empty when there is none.
+    feedback: Option<&'a Path>,
+}
+
+/// Fills an agent argv template's placeholders.
+fn render_argv(template: &[String], job: &Job, task: &Task, p: &Placeholders) -> Vec<String> {
+    let art = p.artefacts.display().to_string();
+    let feedback = p
+        .feedback
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
     template
         .iter()
         .map(|a| {
@@ -292,7 +317,8 @@ fn render_argv(
                 .replace("{branch}", &task.branch)
                 .replace("{repo}", &task.repo)
                 .replace("{artefacts}", &art)
-                .replace("{workspace}", workspace.unwrap_or_default())
+                .replace("{workspace}", p.workspace.unwrap_or_default())
+                .replace("{feedback}", &feedback)
         })
         .collect()
 }

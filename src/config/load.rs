@@ -96,6 +96,7 @@ pub const JOB_CONTEXT_ENV: &[&str] = &[
     "ORCH_JOB_ID",
     "ORCH_TASK_ARTEFACTS",
     "ORCH_WORKSPACE",
+    "ORCH_FEEDBACK",
 ];
 
 /// The secrets no job ever holds: not its agent, nor its supervisor (`run-job` never

@@ -257,9 +257,17 @@ impl Pipeline {
 }
 
 /// The placeholders an agent argv template may use.
-/// `{workspace}` is the task's working copy, empty for a project without `clone_url`.
-pub const AGENT_PLACEHOLDERS: &[&str] =
-    &["task", "job", "branch", "repo", "artefacts", "workspace"];
+/// `{workspace}` is the task's working copy, empty for a project without `clone_url`;
+/// `{feedback}` the newest feedback file of a developer sent back, empty otherwise.
+pub const AGENT_PLACEHOLDERS: &[&str] = &[
+    "task",
+    "job",
+    "branch",
+    "repo",
+    "artefacts",
+    "workspace",
+    "feedback",
+];
 
 pub(super) fn parse_pipeline(
     text: &str,

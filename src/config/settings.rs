@@ -469,6 +469,8 @@ settings! {
     reaper_dead_ticks: Count = "ORCH_REAPER_DEAD_TICKS", "3", false, "consecutive reap passes a job's process must be seen dead before it is flipped to failed";
     /// Backstop: the longest a job may run.
     reaper_max_running_s: PositiveSeconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
+    /// Stall detection: how long a live agent's log may stay the same size.
+    agent_stall_s: Seconds = "ORCH_AGENT_STALL_S", "900", false, "reap stops a running agent whose log has not grown for this many seconds (TERM, then KILL; reap reason stalled, a failed attempt); 0 switches it off";
     /// Grace between TERM and KILL.
     reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
     /// Whether `reap` reclaims a stale merge lease.

@@ -35,7 +35,7 @@ pub struct Job {
     pub started_at: Option<i64>,
     /// Finished (unix seconds).
     pub finished_at: Option<i64>,
-    /// Why the reaper flipped it (`exit-code`, `dead-pid`, `max-running`).
+    /// Why the reaper flipped it (`exit-code`, `dead-pid`, `max-running`, `stalled`).
     pub reap_reason: Option<String>,
     /// Consecutive reaper passes that found its process dead.
     pub dead_ticks: u32,
@@ -45,6 +45,10 @@ pub struct Job {
     pub log_path: Option<String>,
     /// The supervisor's process start time, to tell pid reuse.
     pub supervisor_start_time: Option<i64>,
+    /// The log's size when `reap` last saw it change (stall detection), if seen.
+    pub log_size: Option<i64>,
+    /// The pass time `reap` last saw the log's size change (unix seconds), if seen.
+    pub log_grew_at: Option<i64>,
 }
 
 /// The life of a job: `queued` → `running` → one terminal status.

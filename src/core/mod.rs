@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod doctor;
 pub mod escalation;
 pub mod facts;
+pub mod feedback;
 pub mod gate;
 pub mod intake;
 pub mod job;

@@ -8,7 +8,11 @@
 //!    stored; seeing the process alive resets it): terminate what is left of its group,
 //!    flip to `failed`;
 //! 3. **backstop**: alive and running longer than the limit: terminate the process
-//!    group, then flip to `failed`.
+//!    group, then flip to `failed`;
+//! 4. **stall**: alive, but its log has not grown for `ORCH_AGENT_STALL_S` (0: off):
+//!    terminate the process group, then flip to `failed` (`stalled`). Growth is judged
+//!    by the log's size and the pass clock: each pass that sees a new size stores it
+//!    with the pass time.
 //!
 //! No I/O here: the command observes liveness and acts on the [`ReapAction`].
 
@@ -26,11 +30,18 @@ pub enum Tier {
     DeadPid,
     /// The job ran past `ORCH_REAPER_MAX_RUNNING_S`.
     MaxRunning,
+    /// The job's log did not grow for `ORCH_AGENT_STALL_S`.
+    Stalled,
 }
 
 impl Tier {
     /// Every tier, in decision order.
-    pub const ALL: [Tier; 3] = [Tier::ExitCode, Tier::MaxRunning, Tier::DeadPid];
+    pub const ALL: [Tier; 4] = [
+        Tier::ExitCode,
+        Tier::MaxRunning,
+        Tier::DeadPid,
+        Tier::Stalled,
+    ];
 
     /// Returns the stable name stored as `reap_reason`.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +49,7 @@ impl Tier {
             Tier::ExitCode => "exit-code",
             Tier::DeadPid => "dead-pid",
             Tier::MaxRunning => "max-running",
+            Tier::Stalled => "stalled",
         }
     }
 }
@@ -90,6 +102,20 @@ pub struct RunningFacts {
     pub dead_ticks: u32,
     /// Whether the job's supervisor (`run-job`) process still runs.
     pub supervisor_alive: bool,
+    /// The job's log as this pass sees it (stall detection).
+    pub log: LogFacts,
+}
+
+/// A running job's log: its size now and what an earlier pass stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogFacts {
+    /// Its size now, in bytes; `None` when it has no log or the log cannot be read
+    /// (then the job is not judged for a stall).
+    pub size: Option<i64>,
+    /// The size an earlier pass stored, if any.
+    pub stored_size: Option<i64>,
+    /// The pass time the stored size was first seen (unix seconds).
+    pub grew_at: Option<i64>,
 }
 
 /// The reaper's settings.
@@ -99,6 +125,8 @@ pub struct ReapSettings {
     pub dead_ticks: u32,
     /// `ORCH_REAPER_MAX_RUNNING_S`.
     pub max_running_s: i64,
+    /// `ORCH_AGENT_STALL_S`: seconds a live job's log may stay the same size (0: off).
+    pub stall_s: i64,
 }
 
 /// What to do with one running job.
@@ -108,6 +136,12 @@ pub enum ReapAction {
     Leave,
     /// The process is alive again: reset the stored streak to 0.
     ResetStreak,
+    /// The process is alive and its log has a size no pass stored yet: store `size`
+    /// with the pass time (and reset any dead streak).
+    LogGrew {
+        /// The log's size now.
+        size: i64,
+    },
     /// The process is dead, not yet long enough: store the streak `ticks`.
     Streak {
         /// The new streak.
@@ -131,7 +165,9 @@ pub enum ReapAction {
 ///    about to flip it itself, unless it has outlived the backstop);
 /// 2. a dead, reused or never-stamped process for `dead_ticks` consecutive passes (its
 ///    leftover group members are terminated when the pid was ours);
-/// 3. the backstop: alive past `max_running_s`, its whole group terminated.
+/// 3. the backstop: alive past `max_running_s`, its whole group terminated;
+/// 4. a stall: alive, its log the same size for `stall_s` since a pass first saw that
+///    size (a size no pass stored yet is stored: [`ReapAction::LogGrew`]).
 pub fn judge(
     job: &RunningFacts,
     observed: JobLiveness,
@@ -180,6 +216,25 @@ pub fn judge(
             ),
         };
     }
+    if let (true, Some(size)) = (settings.stall_s > 0, job.log.size) {
+        match (job.log.stored_size, job.log.grew_at) {
+            (Some(stored), Some(at)) if stored == size => {
+                let quiet = now - at;
+                if quiet >= settings.stall_s {
+                    return ReapAction::Flip {
+                        status: JobStatus::Failed,
+                        tier: Tier::Stalled,
+                        kill: true,
+                        why: format!(
+                            "log unchanged at {size} bytes for {quiet}s, limit {}s (ORCH_AGENT_STALL_S)",
+                            settings.stall_s
+                        ),
+                    };
+                }
+            }
+            _ => return ReapAction::LogGrew { size },
+        }
+    }
     if job.dead_ticks > 0 {
         ReapAction::ResetStreak
     } else {
@@ -194,6 +249,7 @@ mod tests {
     const S: ReapSettings = ReapSettings {
         dead_ticks: 3,
         max_running_s: 100,
+        stall_s: 0,
     };
 
     fn facts(exit_code: Option<i32>, started_at: i64, dead_ticks: u32) -> RunningFacts {
@@ -202,6 +258,7 @@ mod tests {
             started_at: Some(started_at),
             dead_ticks,
             supervisor_alive: false,
+            log: LogFacts::default(),
         }
     }
 
@@ -294,6 +351,7 @@ mod tests {
         let one = ReapSettings {
             dead_ticks: 1,
             max_running_s: 100,
+            stall_s: 0,
         };
         let got = judge(&facts(None, 0, 0), JobLiveness::Dead, 1, &one);
         assert_eq!(flip(&got).map(|f| f.1), Some(Tier::DeadPid));
@@ -302,6 +360,7 @@ mod tests {
             started_at: None,
             dead_ticks: 0,
             supervisor_alive: false,
+            log: LogFacts::default(),
         };
         assert_eq!(
             judge(&no_start, JobLiveness::Alive, i64::MAX, &S),
@@ -313,7 +372,84 @@ mod tests {
     fn tier_names_are_stable() {
         assert_eq!(
             Tier::ALL.map(Tier::as_str),
-            ["exit-code", "max-running", "dead-pid"]
+            ["exit-code", "max-running", "dead-pid", "stalled"]
         );
+    }
+
+    #[test]
+    fn a_log_that_stops_growing_stalls_after_the_limit_and_not_before() {
+        let on = ReapSettings { stall_s: 900, ..S };
+        let with_log =
+            |size: Option<i64>, stored: Option<i64>, at: Option<i64>, ticks: u32| RunningFacts {
+                log: LogFacts {
+                    size,
+                    stored_size: stored,
+                    grew_at: at,
+                },
+                ..facts(None, 0, ticks)
+            };
+        let alive = JobLiveness::Alive;
+        let big = ReapSettings {
+            max_running_s: 100_000,
+            ..on
+        };
+        // First sight, and a new size: stored (with the pass time).
+        assert_eq!(
+            judge(&with_log(Some(10), None, None, 0), alive, 50, &big),
+            ReapAction::LogGrew { size: 10 }
+        );
+        assert_eq!(
+            judge(
+                &with_log(Some(11), Some(10), Some(0), 2),
+                alive,
+                5_000,
+                &big
+            ),
+            ReapAction::LogGrew { size: 11 }
+        );
+        // Unchanged: left alone just under the limit, stalled at it, its group killed.
+        assert_eq!(
+            judge(
+                &with_log(Some(10), Some(10), Some(100), 0),
+                alive,
+                999,
+                &big
+            ),
+            ReapAction::Leave
+        );
+        let got = judge(
+            &with_log(Some(10), Some(10), Some(100), 0),
+            alive,
+            1_000,
+            &big,
+        );
+        assert_eq!(flip(&got), Some((JobStatus::Failed, Tier::Stalled, true)));
+        // Off (0), or no readable log: never stalled.
+        let off = ReapSettings { stall_s: 0, ..big };
+        assert_eq!(
+            judge(
+                &with_log(Some(10), Some(10), Some(0), 0),
+                alive,
+                99_999,
+                &off
+            ),
+            ReapAction::Leave
+        );
+        assert_eq!(
+            judge(&with_log(None, Some(10), Some(0), 0), alive, 99_999, &big),
+            ReapAction::Leave
+        );
+        // A dead process is a dead pid, and the backstop comes first.
+        assert_eq!(
+            judge(
+                &with_log(Some(10), Some(10), Some(0), 0),
+                JobLiveness::Dead,
+                5_000,
+                &big
+            ),
+            ReapAction::Streak { ticks: 1 }
+        );
+        let got = judge(&with_log(Some(10), Some(10), Some(0), 0), alive, 100, &on);
+        assert_eq!(flip(&got).map(|f| f.1), Some(Tier::MaxRunning));
     }
 }

@@ -9,6 +9,7 @@
 //! commands share lives here.
 
 pub mod delivery;
+pub mod feedback;
 pub mod gate;
 pub mod jobs;
 pub mod merge;

@@ -101,7 +101,8 @@ pub struct RoundUndecided {
 /// move that starts a new round does so in the move's own transaction, then makes the
 /// round's branch ([`ensure_branch`]), leaving it to reconcile when Gitea fails or is
 /// not configured. It applies `ORCH_MAX_DEVELOPER_RETRIES` in the move's transaction
-/// and arms post-deploy on `deploy → done`.
+/// and arms post-deploy on `deploy → done`. A move back to development first writes
+/// the rollback's feedback file ([`crate::ops::feedback::write_on_rollback`]).
 ///
 /// # Errors
 /// When the table refuses the move, the task moved meanwhile, a write fails (a branch
@@ -146,6 +147,17 @@ pub fn move_task(ctx: &PassContext, db: &mut Db, req: &MoveRequest<'_>) -> Resul
         }
         .into());
     }
+    // Also before the commit, for the same reason: a rollback is never committed
+    // without its feedback, and a retry rewrites the same numbered file.
+    crate::ops::feedback::write_on_rollback(
+        &ctx.config.settings.artefacts_dir,
+        db,
+        task,
+        to,
+        reason,
+        actor,
+        ctx.now_secs(),
+    )?;
     let moved = db.move_task(
         &Move::new(task.id, task.stage, to, reason, actor, ctx.now_secs())
             .retry_limit(Some(ctx.config.settings.max_developer_retries.0))

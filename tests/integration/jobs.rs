@@ -392,6 +392,107 @@ fn the_backstop_terminates_the_whole_group_then_flips() {
 }
 
 #[test]
+fn a_silent_agent_is_stopped_as_stalled_and_a_chatty_one_left_alone() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_AGENT_STALL_S", "900")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    let jobs = seed(&env, "orch", 2, "development", "running");
+    let (mut silent, s, _g1) = agent(&["--fork", "--hold"]);
+    let (_chatty, c, _g2) = agent(&["--hold"]);
+    let logs: Vec<PathBuf> = jobs
+        .iter()
+        .map(|j| env.dir.path().join(format!("job-{j}.log")))
+        .collect();
+    for ((job, pid), log) in jobs.iter().zip([s[0], c[0]]).zip(&logs) {
+        stamp(&env, *job, pid, start_time(pid));
+        std::fs::write(log, "== orch run-job\n").unwrap();
+        env.db()
+            .execute(
+                "UPDATE jobs SET log_path = ?2 WHERE id = ?1",
+                params![job, log.display().to_string()],
+            )
+            .unwrap();
+    }
+    let speak = |what: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&logs[1])
+            .unwrap();
+        writeln!(f, "{what}").unwrap();
+    };
+    let grew_at = |env: &TestEnv, job: i64| -> (Option<i64>, Option<i64>) {
+        env.db()
+            .query_row(
+                "SELECT log_size, log_grew_at FROM jobs WHERE id = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    // The first pass stores each log's size with the pass time.
+    env.run(&["reap"]).expect(0);
+    assert_eq!(grew_at(&env, jobs[0]), (Some(16), Some(NOW_UNIX)));
+    speak("working on it");
+    env.set("ORCH_NOW", &at(899));
+    let out = env.run(&["reap"]).expect(0);
+    assert!(out.stderr.contains("flipped=0"), "{}", out.stderr);
+    assert_eq!(
+        grew_at(&env, jobs[1]).1,
+        Some(NOW_UNIX + 899),
+        "the chatty log grew"
+    );
+    speak("still working");
+    env.set("ORCH_NOW", &at(900));
+    let out = env.run(&["reap"]).expect(0);
+    assert!(out.stderr.contains("flipped_stalled=1"), "{}", out.stderr);
+    let row = job_row(&env, jobs[0]);
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref(), row.2),
+        ("failed", Some("stalled"), 1)
+    );
+    let st = silent.wait().unwrap();
+    assert!(st.code().is_none(), "killed by a signal: {st:?}");
+    assert_eq!(
+        start_time(s[1]),
+        None,
+        "its grandchild {} is gone too",
+        s[1]
+    );
+    assert_eq!(
+        job_row(&env, jobs[1]).0,
+        "running",
+        "the chatty one runs on"
+    );
+    // The chatty agent falls silent: counted from its last growth (at 900), not before.
+    env.set("ORCH_NOW", &at(1799));
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, jobs[1]).0, "running");
+    env.set("ORCH_NOW", &at(1800));
+    env.run(&["reap"]).expect(0);
+    assert_eq!(job_row(&env, jobs[1]).1.as_deref(), Some("stalled"));
+    // Switched off (0), a silent agent is left to the backstop.
+    let mut off = TestEnv::with_pipeline(&pipeline(""));
+    off.set("ORCH_AGENT_STALL_S", "0");
+    let job = seed(&off, "orch", 1, "development", "running")[0];
+    let (_quiet, q, _g3) = agent(&["--hold"]);
+    stamp(&off, job, q[0], start_time(q[0]));
+    let log = off.dir.path().join("quiet.log");
+    std::fs::write(&log, "x").unwrap();
+    off.db()
+        .execute(
+            "UPDATE jobs SET log_path = ?2 WHERE id = ?1",
+            params![job, log.display().to_string()],
+        )
+        .unwrap();
+    for secs in [0, 5000] {
+        off.set("ORCH_NOW", &at(secs));
+        off.run(&["reap"]).expect(0);
+    }
+    assert_eq!(job_row(&off, job).0, "running");
+}
+
+#[test]
 fn eight_reap_passes_at_once_flip_each_dead_job_exactly_once() {
     let mut env = TestEnv::with_pipeline(&pipeline(""));
     env.set("ORCH_REAPER_DEAD_TICKS", "1");

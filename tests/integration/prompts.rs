@@ -257,6 +257,8 @@ fn job_vars(task_id: i64, key: &str, job_id: i64, artefacts: &str) -> BTreeMap<S
                 "ORCH_JOB_ID" => job_id.to_string(),
                 "ORCH_TASK_ARTEFACTS" => artefacts.to_string(),
                 "ORCH_WORKSPACE" => format!("/var/lib/orch/workspaces/{task_id}-{key}"),
+                // A developer sent back; unset on the first round.
+                "ORCH_FEEDBACK" => format!("{artefacts}/feedback-1.md"),
                 other => panic!("run-job now sets {other}: give it a value here"),
             };
             (name.to_string(), value)

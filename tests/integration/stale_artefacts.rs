@@ -18,8 +18,9 @@ const REPO: &str = "acme/shop";
 /// What `history_name` makes of the pinned clock.
 const WHEN: &str = "20261125T030000Z";
 
-/// Agents as shell scripts: the developer prints the first frontmatter line of every
-/// report it finds (the feedback it reads); the reviewer writes `$TEST_REVIEW` as its
+/// Agents as shell scripts: the developer prints its `ORCH_FEEDBACK` and `{feedback}`
+/// and that file's `kind:` line, then the first frontmatter line of every report it
+/// finds (the feedback it reads); the reviewer writes `$TEST_REVIEW` as its
 /// verdict, the deployer `$TEST_STAGING` or `$TEST_DEPLOY` as its report, and each
 /// stops with exit 1 before writing anything when its variable is unset. Each is granted
 /// its variables (`env:`): an agent's environment is an allowlist.
@@ -27,7 +28,8 @@ const AGENTS: &str = r#"analyst: [/bin/true]
 developer:
   - /bin/sh
   - -c
-  - 'for f in 05-review.md 10-staging-report.md 12-deploy-report.md; do if [ -f "$ORCH_TASK_ARTEFACTS/$f" ]; then echo "feedback $f: $(sed -n 2p "$ORCH_TASK_ARTEFACTS/$f")"; fi; done'
+  - 'if [ -z "$ORCH_FEEDBACK" ]; then echo "feedback env=unset arg=$0"; else echo "feedback env=$ORCH_FEEDBACK arg=$0"; fi; if [ -n "$ORCH_FEEDBACK" ]; then sed -n 3p "$ORCH_FEEDBACK"; fi; for f in 05-review.md 10-staging-report.md 12-deploy-report.md; do if [ -f "$ORCH_TASK_ARTEFACTS/$f" ]; then echo "feedback $f: $(sed -n 2p "$ORCH_TASK_ARTEFACTS/$f")"; fi; done'
+  - '{feedback}'
 reviewer:
   env: [TEST_REVIEW]
   command:
@@ -148,6 +150,31 @@ impl World {
             .find(|t| t["key"] == key)
             .unwrap_or_else(|| panic!("{key} not in {r:#}"))
             .clone()
+    }
+}
+
+impl World {
+    /// The task's feedback files, by name.
+    fn feedback_files(&self, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.env.path(&format!("artefacts/{key}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("feedback-"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Runs the developer and checks it was handed feedback file `n` of `key`, of `kind`.
+    fn developer_sees(&self, task: i64, key: &str, n: u32, kind: &str) -> String {
+        let log = self.run_job(task, "developer", "development", 0);
+        let path = self.env.path(&format!("artefacts/{key}/feedback-{n}.md"));
+        let path = path.display();
+        assert!(
+            log.contains(&format!("feedback env={path} arg={path}\nkind: {kind}\n")),
+            "{log}"
+        );
+        log
     }
 }
 
@@ -491,4 +518,122 @@ fn a_set_aside_that_fails_refuses_the_move_until_it_can_be_made() {
             "review_verdict: APPROVE"
         )]
     );
+}
+
+#[test]
+fn every_rollback_writes_numbered_feedback_that_the_next_developer_reads() {
+    let mut w = world();
+    // The first round's developer is handed none.
+    let (first, _) = w.seed(9, "development", "shop-9-checkout", None);
+    let log = w.run_job(first, "developer", "development", 0);
+    assert!(log.contains("feedback env=unset arg=\n"), "{log}");
+
+    // Review asks for changes: feedback 1 carries the review.
+    let branch = "shop-5-checkout";
+    w.developer_opens_pr(5, branch);
+    let (id, key) = w.seed(5, "review", branch, Some(5));
+    w.env.set("TEST_REVIEW", "REQUEST_CHANGES");
+    w.run_job(id, "reviewer", "review", 0);
+    assert_eq!(w.stage(id), "development");
+    let one = w.artefact(&key, "feedback-1.md").expect("feedback 1");
+    assert!(
+        one.starts_with(
+            "---\nfeedback: 1\nkind: review-changes\nround: 1\nevidence_file: 05-review.md\n---\n# Feedback 1 for SHOP-5: the review requested changes\n"
+        ) && one.contains("by run-job at ")
+            && one.contains(": check_review_requests_changes\n")
+            && one.ends_with("---\nreview_verdict: REQUEST_CHANGES\n---\n"),
+        "{one}"
+    );
+    w.developer_sees(id, &key, 1, "review-changes");
+    assert_eq!(w.stage(id), "review");
+
+    // Staging fails: feedback 2 carries the staging report; the developer gets the newest.
+    w.env.set("TEST_REVIEW", "APPROVE");
+    w.run_job(id, "reviewer", "review", 0);
+    w.env.unset("TEST_REVIEW").set("TEST_STAGING", "FAILED");
+    w.run_job(id, "deployer", "deploy-staging", 0);
+    w.env.unset("TEST_STAGING");
+    assert_eq!(w.stage(id), "development");
+    let two = w.artefact(&key, "feedback-2.md").expect("feedback 2");
+    assert!(
+        two.contains("kind: staging-failed\n")
+            && two.contains("evidence_file: 10-staging-report.md\n")
+            && two.ends_with("staging_status: FAILED\n---\n"),
+        "{two}"
+    );
+    // A pass that finds the rollback made writes nothing more.
+    w.reconcile();
+    assert_eq!(w.feedback_files(&key), ["feedback-1.md", "feedback-2.md"]);
+    w.developer_sees(id, &key, 2, "staging-failed");
+
+    // The production deploy fails before the merge: back in the same round.
+    let branch = "shop-6-checkout";
+    w.developer_opens_pr(6, branch);
+    let (id, key) = w.seed(6, "deploy", branch, Some(6));
+    w.env.set("TEST_DEPLOY", "FAILED");
+    w.run_job(id, "deployer", "deploy", 0);
+    w.env.unset("TEST_DEPLOY");
+    assert_eq!(w.stage(id), "development");
+    let deploy = w.artefact(&key, "feedback-1.md").expect("deploy feedback");
+    assert!(
+        deploy.contains("kind: deploy-failed\n")
+            && deploy.contains(": check_deploy_failed\n")
+            && deploy.ends_with("deploy_status: FAILED\n---\n"),
+        "{deploy}"
+    );
+    w.developer_sees(id, &key, 1, "deploy-failed");
+}
+
+#[test]
+fn a_rollback_killed_after_its_feedback_is_made_once_with_one_file() {
+    let w = world();
+    let branch = "shop-7-checkout";
+    w.gitea()
+        .add_pull(REPO, &PullSeed::open(7, branch).merged());
+    let (id, key) = w.seed(7, "done", branch, Some(7));
+    let samples = "---\npost_deploy_verdict: DEGRADED\n---\n| at | health |\n| 03:01 | 503 |\n| 03:02 | 503 |\n| 03:03 | 503 |\n";
+    w.env.artefact(&key, "16-post-deploy-log.md", samples);
+    let degrade = [
+        "task",
+        "move",
+        &key,
+        "--to",
+        "development",
+        "--reason",
+        "post-deploy DEGRADED",
+    ];
+    let out = w
+        .env
+        .command(&degrade)
+        .env("ORCH_CRASH_AT", "feedback-written")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.stage(id), "done", "killed before the move's commit");
+    assert_eq!(w.feedback_files(&key), ["feedback-1.md"]);
+    let before = w.artefact(&key, "feedback-1.md").unwrap();
+
+    // The retry makes the move once and rewrites the same file, no second one.
+    w.env.run(&degrade).expect(0);
+    assert_eq!(w.stage(id), "development");
+    assert_eq!(w.count("SELECT round FROM tasks WHERE id = ?1", id), 2);
+    assert_eq!(w.feedback_files(&key), ["feedback-1.md"]);
+    let after = w.artefact(&key, "feedback-1.md").unwrap();
+    assert_eq!(after, before);
+    assert!(
+        after.contains("kind: post-deploy-degraded\nround: 1\n")
+            && after.contains("by operator at ")
+            && after.ends_with(samples),
+        "{after}"
+    );
+    // Replayed once the task is at development: refused, nothing written.
+    assert_ne!(w.env.run(&degrade).code, 0);
+    assert_eq!(w.feedback_files(&key), ["feedback-1.md"]);
+    w.developer_opens_pr(8, branch);
+    w.developer_sees(id, &key, 1, "post-deploy-degraded");
 }

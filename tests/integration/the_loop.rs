@@ -673,6 +673,47 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
     ] {
         assert!(dir.join(file).exists(), "round 2's {file}");
     }
+    // The rollback left its feedback, and round 2's developer was handed it; round 1's
+    // developer had none.
+    let feedback = dir.join("feedback-1.md");
+    let text = std::fs::read_to_string(&feedback).expect("the rollback's feedback file");
+    assert!(
+        text.contains("kind: post-deploy-degraded\nround: 1\n")
+            && text.contains("DEGRADED: health failure streak 3")
+            && text.contains("| health HTTP 503; metrics n/a |"),
+        "{text}"
+    );
+    assert!(
+        !dir.join("feedback-2.md").exists(),
+        "one rollback, one file"
+    );
+    let jobs = w.run(&["job", "list", "--json"]).expect(0).json();
+    let mut developer_logs: Vec<(i64, String)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["agent"] == "developer")
+        .map(|j| {
+            let log = std::fs::read_to_string(j["log_path"].as_str().unwrap()).unwrap();
+            (j["id"].as_i64().unwrap(), log)
+        })
+        .collect();
+    developer_logs.sort();
+    assert_eq!(developer_logs.len(), 2);
+    assert!(
+        developer_logs[0].1.contains("feedback: none"),
+        "{}",
+        developer_logs[0].1
+    );
+    let seen = format!(
+        "feedback {}: kind: post-deploy-degraded",
+        feedback.display()
+    );
+    assert!(
+        developer_logs[1].1.contains(&seen),
+        "{}",
+        developer_logs[1].1
+    );
     assert_eq!(
         w.gitea().all_merge_calls(SHOP.repo),
         2,

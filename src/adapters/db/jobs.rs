@@ -42,7 +42,7 @@ pub struct StagingHolder {
 
 const JOB_COLUMNS: &str = "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
      supervisor_pid, exit_code, enqueued_at, started_at, finished_at, reap_reason, dead_ticks, \
-     rescue_count, log_path, supervisor_start_time";
+     rescue_count, log_path, supervisor_start_time, log_size, log_grew_at";
 
 /// Parses a job row selected with `JOB_COLUMNS`.
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
@@ -72,6 +72,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         rescue_count: row.get(15)?,
         log_path: row.get(16)?,
         supervisor_start_time: row.get(17)?,
+        log_size: row.get(18)?,
+        log_grew_at: row.get(19)?,
     })
 }
 
@@ -233,7 +235,13 @@ impl Db {
                  WHERE j.status = 'running' ORDER BY j.started_at, j.id LIMIT ?1"
             ),
             [sql_limit(limit)],
-            |r| Ok((job_from_row(r)?, r.get::<_, String>(18)?)),
+            // The key follows the job's columns, however many there are.
+            |r| {
+                Ok((
+                    job_from_row(r)?,
+                    r.get::<_, String>(JOB_COLUMNS.split(", ").count())?,
+                ))
+            },
         )
     }
 
@@ -353,7 +361,7 @@ impl Db {
         let n = self.conn().execute(
             "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
                     pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
-                    reap_reason = NULL, dead_ticks = 0
+                    reap_reason = NULL, dead_ticks = 0, log_size = NULL, log_grew_at = NULL
              WHERE id = ?1 AND status = 'queued'
                AND (SELECT count(*) FROM jobs WHERE status = 'running') < ?3
                AND (stage <> ?4 OR NOT EXISTS
@@ -457,6 +465,21 @@ impl Db {
             "UPDATE jobs SET dead_ticks = ?4
              WHERE id = ?1 AND attempt = ?2 AND status = 'running' AND dead_ticks = ?3",
             params![id, attempt, from, to],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records that a running attempt's log was seen at `size` bytes, changed since the
+    /// last pass (or seen for the first time), at `now`; also resets the dead-tick streak
+    /// (the process was seen alive). `false` when the attempt is no longer running.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn record_log_growth(&self, id: i64, attempt: u32, size: i64, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET log_size = ?3, log_grew_at = ?4, dead_ticks = 0
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, size, now],
         )?;
         Ok(n == 1)
     }

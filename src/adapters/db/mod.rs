@@ -74,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_counts_and_indexes.sql"),
     include_str!("migrations/0009_task_and_delivery_counts.sql"),
     include_str!("migrations/0010_running_by_stage.sql"),
+    include_str!("migrations/0011_log_growth.sql"),
 ];
 
 /// The schema version this build writes.

@@ -147,6 +147,20 @@ impl Db {
             .optional()?)
     }
 
+    /// Returns how many times the task was moved back to development (every move into
+    /// development but the first one, from analysis): numbers its feedback files.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn rollbacks_to_development(&self, task_id: i64) -> Result<u32> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM stage_events
+             WHERE task_id = ?1 AND to_stage = 'development' AND from_stage <> 'analysis'",
+            [task_id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Moves a task from `m.from` to `m.to`, the only way a stage changes.
     ///
     /// In one transaction: refuses an edge the table does not list, or a task no longer

@@ -1,0 +1,114 @@
+//! Writing a rollback's feedback file (`core::feedback`) when a task is moved back to
+//! development, and finding the newest one for the developer's next job.
+//!
+//! [`write_on_rollback`] runs inside `ops::moves::move_task`, after the move is known to
+//! be made and before its database commit, like setting an artefact aside: the file is
+//! written atomically (a temporary file renamed over the name) under a number derived
+//! from the database (the task's moves back to development so far, plus one), so a
+//! retry after a crash between the file and the commit rewrites the same file, and a
+//! replay of a move already made (the task is no longer where the caller read it)
+//! writes nothing. The crash point `feedback-written` sits between the two.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::adapters::artefacts::{self, task_dir, write_atomic};
+use crate::adapters::db::Db;
+use crate::clock::format_unix;
+use crate::core::feedback::{self, Feedback, Kind};
+use crate::core::stage::{self, Actor, Stage};
+use crate::core::task::Task;
+
+/// Writes the feedback of `task`'s move to `to` when it is a move back to development;
+/// returns the file written. `None` when the move is not one, the table does not allow
+/// it, the task is no longer at the stage the caller read (the move will be refused),
+/// or its key cannot name an artefact folder.
+///
+/// # Errors
+/// When the database cannot be read or the file cannot be written: the caller must
+/// then not commit the move, so no rollback goes without its feedback.
+pub fn write_on_rollback(
+    root: &Path,
+    db: &Db,
+    task: &Task,
+    to: Stage,
+    reason: &str,
+    actor: Actor,
+    now: i64,
+) -> Result<Option<PathBuf>> {
+    let Some(kind) = Kind::of_move(task.stage, to) else {
+        return Ok(None);
+    };
+    if stage::transition(task.stage, to).is_none() {
+        return Ok(None);
+    }
+    match db.task(task.id)? {
+        Some(current) if current.stage == task.stage => {}
+        _ => return Ok(None),
+    }
+    let Ok(dir) = task_dir(root, &task.key) else {
+        return Ok(None);
+    };
+    let number = db.rollbacks_to_development(task.id)? + 1;
+    let file = kind.evidence_file();
+    let evidence = match artefacts::read(root, &task.key, file) {
+        Ok(text) => text,
+        Err(e) => Some(format!("(it could not be read: {e:#})\n")),
+    };
+    let at = format_unix(now);
+    let text = feedback::render(&Feedback {
+        number,
+        kind,
+        key: &task.key,
+        round: task.round,
+        reason,
+        actor: actor.as_str(),
+        at: &at,
+        evidence: evidence.as_deref(),
+    });
+    let path = dir.join(feedback::file_name(number));
+    write_atomic(&path, text.as_bytes()).with_context(|| {
+        format!(
+            "task {} cannot go back to development: writing its feedback {}",
+            task.key,
+            path.display()
+        )
+    })?;
+    log::info!(
+        "task {}: feedback {} ({}) written for the developer's next job",
+        task.key,
+        feedback::file_name(number),
+        kind.as_str()
+    );
+    crate::crash::point("feedback-written");
+    Ok(Some(path))
+}
+
+/// Returns the newest feedback file of a task (the highest number), `None` when it has
+/// none (its first round) or the key cannot name an artefact folder.
+///
+/// # Errors
+/// When the task's folder exists but cannot be listed.
+pub fn newest(root: &Path, key: &str) -> Result<Option<PathBuf>> {
+    let Ok(dir) = task_dir(root, key) else {
+        return Ok(None);
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(feedback::number_of) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(b, _)| n > *b) {
+            best = Some((n, entry.path()));
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
