@@ -227,22 +227,11 @@ fn an_agent_user_run_job_may_not_switch_to_fails_the_job_before_its_agent_starts
     let mut command = env.command(&["run-job", &jobs[0].to_string()]);
     if is_root() {
         // Root may switch: run run-job without CAP_SETUID and CAP_SETGID instead.
-        let mut wrapped = Command::new("setpriv");
-        wrapped
-            .args([
-                "--bounding-set=-setuid,-setgid",
-                "--inh-caps=-setuid,-setgid",
-                ORCH,
-            ])
-            .args(command.get_args())
-            .env_clear()
-            .current_dir(command.get_current_dir().unwrap());
-        for (k, v) in command.get_envs() {
-            if let Some(v) = v {
-                wrapped.env(k, v);
-            }
-        }
-        command = wrapped;
+        let drop = [
+            "--bounding-set=-setuid,-setgid",
+            "--inh-caps=-setuid,-setgid",
+        ];
+        command = setpriv(&command, &drop);
     }
     let out = command.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -291,4 +280,70 @@ fn as_root_the_agent_runs_as_the_agent_user_with_no_capability() {
         (meta.permissions().mode() & 0o7777, meta.gid()),
         (0o2770, 65534)
     );
+}
+
+/// Gives `dir` and everything in it to `uid:gid`.
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// `command` (an orch command of `env`) run through `setpriv` with `privileges`.
+fn setpriv(command: &Command, privileges: &[&str]) -> Command {
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .args(privileges)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env_clear()
+        .current_dir(command.get_current_dir().unwrap());
+    for (k, v) in command.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    wrapped
+}
+
+#[test]
+fn a_supervisor_holding_ambient_capabilities_as_the_unit_grants_passes_none_to_its_agent() {
+    if !is_root() {
+        // Setting up a non-root supervisor with ambient capabilities needs root.
+        return;
+    }
+    // orch-job@.service: User=orch with AmbientCapabilities=CAP_SETUID CAP_SETGID
+    // CAP_KILL. A switch between two non-root users keeps capabilities, so without
+    // run-job clearing its ambient set the agent would start with all three.
+    let mut env = env_with_analyst(
+        "id -u; grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status; \
+         cat \"$ORCH_DB\" > /dev/null; echo \"db read exit $?\"",
+    );
+    let jobs = seed_running(&env);
+    env.set("ORCH_AGENT_USER", "nobody");
+    // The supervisor is `daemon` (uid 1), a member of the agent's group, owning orch's files.
+    chown_tree(env.dir.path(), 1, 1);
+    let command = env.command(&["run-job", &jobs[0].to_string()]);
+    let out = setpriv(
+        &command,
+        &[
+            "--reuid=1",
+            "--regid=1",
+            "--groups=65534",
+            "--inh-caps=+setuid,+setgid,+kill",
+            "--ambient-caps=+setuid,+setgid,+kill",
+        ],
+    )
+    .output()
+    .unwrap();
+    let log = job_log(&env, jobs[0]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{log}");
+    assert!(log.contains("65534\n"), "{log}");
+    for set in ["CapEff", "CapPrm", "CapAmb"] {
+        assert!(log.contains(&format!("{set}:\t0000000000000000")), "{log}");
+    }
+    assert!(log.contains("db read exit 1"), "{log}");
 }
