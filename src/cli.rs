@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::cli_docs;
 use crate::commands::{
-    config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap, reconcile,
-    run_job, staging_check, status, task, webhook_handle,
+    agent_socket, config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap,
+    reconcile, run_job, staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
@@ -77,6 +77,8 @@ pub enum Command {
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
     Doctor(doctor::DoctorArgs),
+    // For agents under a separate user (docs/security.md).
+    AgentSocket(agent_socket::AgentSocketArgs),
     // For packagers.
     Man(cli_docs::ManArgs),
     Completions(cli_docs::CompletionsArgs),
@@ -102,6 +104,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::Reap(args) => reap::run(args, ctx),
         Command::Job(cmd) => job::run(cmd, ctx),
         Command::Reconcile(args) => reconcile::run(args, ctx),
+        Command::AgentSocket(args) => agent_socket::run(args, ctx),
         Command::Man(args) => cli_docs::run_man(args),
         Command::Completions(args) => cli_docs::run_completions(args),
     }

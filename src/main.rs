@@ -7,6 +7,7 @@ use clap::Parser;
 
 use orch::cli::{dispatch, Cli};
 use orch::clock::{Clock, FixedClock, SystemClock};
+use orch::commands::agent_socket;
 use orch::config::Config;
 use orch::exit::ExitStatus;
 use orch::logging::{fatal, LogSink};
@@ -21,6 +22,14 @@ fn main() -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    // Inside an agent with the agent socket: its task show, staging-check and
+    // merge-guard ask orch through the socket instead of opening the database (which a
+    // separate agent user cannot), before any configuration is read.
+    if let Some(socket) = env.get(agent_socket::SOCKET_ENV).filter(|s| !s.is_empty()) {
+        if let Some(request) = agent_socket::request_for(&cli.command) {
+            return agent_socket::forward(std::path::Path::new(socket), &request);
+        }
+    }
     // Crash tests only (docs/webhook.md, "Crash points"); unset in production.
     if let Err(e) = orch::crash::arm(env.get(orch::crash::ENV).map(String::as_str)) {
         fatal(sink, &e.to_string());

@@ -1,6 +1,7 @@
 //! The outside world: SQLite, files, locks, processes, HTTP. Adapters return `core`
 //! types and make no pipeline decisions.
 
+pub mod agent_socket;
 pub mod artefacts;
 pub mod bounds;
 pub mod db;

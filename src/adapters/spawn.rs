@@ -140,11 +140,19 @@ fn find_on_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 /// # Errors
 /// When the program cannot be started (missing, not executable): the caller fails the
 /// job with this message.
+///
+/// With a `user`, the child switches to its uid and gid (supplementary groups dropped)
+/// before the exec, and starts with no capability: the ambient set is cleared first
+/// (a supervisor given `CAP_SETUID` by its unit's `AmbientCapabilities=` would pass it
+/// on otherwise: a switch between two non-root users keeps capabilities), and with
+/// umask `007`, so what it writes in its setgid artefact folder the supervisor's gate
+/// can read through the group.
 pub fn spawn_agent(
     argv: &[String],
     env: &[(String, OsString)],
     log: &File,
     cwd: Option<&Path>,
+    user: Option<&AgentUser>,
 ) -> Result<Child> {
     let (program, args) = argv.split_first().context("the agent argv is empty")?;
     let mut command = in_own_group(program, args, &[]);
@@ -155,9 +163,63 @@ pub fn spawn_agent(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?)
-        .spawn()
-        .with_context(|| format!("starting agent {program}"))
+        .stderr(log.try_clone()?);
+    let Some(user) = user else {
+        return command
+            .spawn()
+            .with_context(|| format!("starting agent {program}"));
+    };
+    rustix::thread::clear_ambient_capability_set()
+        .context("clearing the ambient capabilities before starting the agent")?;
+    command.uid(user.uid).gid(user.gid);
+    // The umask is the process's: set for the spawn only (no other thread runs yet).
+    let before = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o007));
+    let child = command.spawn();
+    rustix::process::umask(before);
+    child.with_context(|| format!("starting agent {program} as {}", user.name))
+}
+
+/// The user an agent runs as (`ORCH_AGENT_USER`), from `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentUser {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its home directory (the agent's `HOME`).
+    pub home: String,
+}
+
+/// Finds `spec` (a name or a uid) in `passwd` (the text of `/etc/passwd`). Users only
+/// an NSS service knows (LDAP) are not found: give a local user.
+///
+/// # Errors
+/// When no line names it.
+pub fn find_user(spec: &str, passwd: &str) -> Result<AgentUser> {
+    let spec = spec.trim();
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            Some(AgentUser {
+                name: (*f.first()?).to_string(),
+                uid: f.get(2)?.parse().ok()?,
+                gid: f.get(3)?.parse().ok()?,
+                home: (*f.get(5)?).to_string(),
+            })
+        })
+        .find(|u| u.name == spec || u.uid.to_string() == spec)
+        .with_context(|| format!("ORCH_AGENT_USER={spec:?} is not a user in /etc/passwd"))
+}
+
+/// Whether this process may start a child as another user: `CAP_SETUID` and
+/// `CAP_SETGID` in its effective set (root has them; a unit grants them).
+pub fn may_switch_user() -> bool {
+    use rustix::thread::CapabilityFlags as Cap;
+    rustix::thread::capabilities(None)
+        .is_ok_and(|c| c.effective.contains(Cap::SETUID | Cap::SETGID))
 }
 
 /// `program args` with `env` added, stdin closed, in a process group of its own.
@@ -427,6 +489,19 @@ mod tests {
         assert_eq!(stat_group(line), Some(77));
         assert_eq!(stat_group("77 (x) Z 1 77 77 0"), None);
         assert_eq!(stat_group("garbage"), None);
+    }
+
+    #[test]
+    fn an_agent_user_is_found_by_name_or_uid_and_a_missing_one_is_named() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nbad line\norch-agent:x:990:991::/var/lib/orch-agent:/usr/sbin/nologin\n";
+        let u = find_user("orch-agent", passwd).unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.home.as_str()),
+            (990, 991, "/var/lib/orch-agent")
+        );
+        assert_eq!(find_user("990", passwd).unwrap(), u);
+        let e = find_user("ghost", passwd).unwrap_err().to_string();
+        assert!(e.contains("ORCH_AGENT_USER=\"ghost\" is not a user"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! makes it (and its grandchild) survive SIGTERM, so only KILL stops it. It also prints
 //! the `ORCH_*` job environment and its arguments, so tests can check them in the log.
 //!
+//! `orch-test-agent --socket-request JSON` sends JSON (a request any client could
+//! craft, not only what `orch` sends) to `$ORCH_AGENT_SOCKET` and prints the answer's
+//! output and `answer exit N`; exits 0, 2 when the socket gave no answer.
+//!
 //! `orch-test-agent --wait-pid PID` only waits, on a pidfd, until process PID (not a
 //! child: a detached `run-job` supervisor) has exited, then exits 0; 1 if it still runs
 //! after 120 s. Scripts use it to wait for a job as an event, where `tail --pid` polls
@@ -20,6 +24,11 @@ use std::process::{Command, Stdio};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, request] = args.as_slice() {
+        if flag == "--socket-request" {
+            socket_request(request);
+        }
+    }
     if let [flag, pid] = args.as_slice() {
         if flag == "--wait-pid" {
             let Ok(pid) = pid.parse::<i64>() else {
@@ -114,4 +123,20 @@ fn main() {
         }
     }
     std::process::exit(code);
+}
+
+fn socket_request(json: &str) -> ! {
+    let path = std::env::var("ORCH_AGENT_SOCKET").unwrap_or_default();
+    match orch::adapters::agent_socket::ask_raw(std::path::Path::new(&path), json) {
+        Ok(a) => {
+            print!("{}", a.stdout);
+            print!("{}", a.stderr);
+            println!("answer exit {}", a.exit);
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("--socket-request: {e:#}");
+            std::process::exit(2);
+        }
+    }
 }

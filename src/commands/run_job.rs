@@ -8,6 +8,7 @@
 //! TERM or INT to the supervisor is passed on to the agent's process group.
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -19,6 +20,7 @@ use crate::adapters::db::Db;
 use crate::adapters::process::start_time;
 use crate::adapters::spawn::{self, exit_code_of};
 use crate::adapters::workspace;
+use crate::commands::agent_socket::SOCKET_ENV;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::stage::{Actor, Agent};
@@ -178,6 +180,12 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     if let Some(w) = &ws_text {
         env.push(("ORCH_WORKSPACE".into(), w.into()));
     }
+    // After the workspace: git ran as orch, with orch's HOME (its ssh keys); the agent
+    // then gets its own user's HOME, USER and LOGNAME.
+    let user = match agent_user(ctx, &art_dir, &mut env) {
+        Ok(u) => u,
+        Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
+    };
     let placeholders = Placeholders {
         artefacts: &art_dir,
         workspace: ws_text.as_deref(),
@@ -200,7 +208,8 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     // Handlers go in before the spawn so a TERM in between is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let handle = signals.handle();
-    let mut child = match spawn::spawn_agent(&argv, &env, &log, workspace.as_deref()) {
+    let mut child = match spawn::spawn_agent(&argv, &env, &log, workspace.as_deref(), user.as_ref())
+    {
         Ok(c) => c,
         Err(e) => {
             handle.close();
@@ -238,6 +247,64 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     // Recorded before the flip: a supervisor that dies in between leaves a known exit code.
     db.record_exit_code(job.id, job.attempt, code)?;
     Ok(code)
+}
+
+/// The agent's socket and user, when configured (docs/security.md, "Running
+/// least-privileged"): sets `ORCH_AGENT_SOCKET` in `env` (the effective value, the
+/// pipeline file's `settings:` included); with `ORCH_AGENT_USER`, checks that this
+/// process may switch to it, gives the agent that user's `HOME`, `USER` and `LOGNAME`,
+/// and hands the task's artefact folder to the user's group (`2770`: the agent writes
+/// there, the supervisor's gate reads through the group).
+///
+/// # Errors
+/// The reason the agent cannot be started: an unknown user, no `CAP_SETUID`, a folder
+/// that cannot be handed over. The job fails before its agent starts.
+fn agent_user(
+    ctx: &PassContext,
+    art_dir: &Path,
+    env: &mut Vec<(String, std::ffi::OsString)>,
+) -> Result<Option<spawn::AgentUser>> {
+    let settings = &ctx.config.settings;
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.into()));
+    };
+    if let Some(socket) = settings.agent_socket.as_deref().filter(|s| !s.is_empty()) {
+        set(SOCKET_ENV, socket);
+    }
+    let Some(spec) = settings
+        .agent_user
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    let user = spawn::find_user(spec, &passwd)?;
+    if user.uid != rustix::process::geteuid().as_raw() && !spawn::may_switch_user() {
+        bail!(
+            "ORCH_AGENT_USER={} (uid {}) but run-job may not switch users: it needs CAP_SETUID and CAP_SETGID (root, or orch-job@.service's AmbientCapabilities=); the agent is not started as orch's own user",
+            user.name,
+            user.uid
+        );
+    }
+    for (k, v) in [
+        ("HOME", &user.home),
+        ("USER", &user.name),
+        ("LOGNAME", &user.name),
+    ] {
+        set(k, v);
+    }
+    std::os::unix::fs::chown(art_dir, None, Some(user.gid)).with_context(|| {
+        format!(
+            "giving artefact folder {} to group {} (run-job's user must be in the agent user's group)",
+            art_dir.display(),
+            user.gid
+        )
+    })?;
+    std::fs::set_permissions(art_dir, std::fs::Permissions::from_mode(0o2770))
+        .with_context(|| format!("opening artefact folder {} to the agent", art_dir.display()))?;
+    Ok(Some(user))
 }
 
 fn not_started(db: &Db, job: &Job, log: &mut std::fs::File, why: &str) -> Result<i32> {

@@ -403,6 +403,10 @@ settings! {
     max_concurrency: Count = "ORCH_MAX_CONCURRENCY", "1", false, "jobs that may run at once across all projects";
     /// How dispatch launches jobs.
     job_launcher: JobLauncher = "ORCH_JOB_LAUNCHER", "direct", false, "how dispatch starts run-job: direct (detached child) or systemd (orch-job@<id>.service)";
+    /// The agent socket's path, given to every agent.
+    agent_socket: Option<String> = "ORCH_AGENT_SOCKET", "", false, "Unix socket (orch-agent.socket) an agent's orch task show / staging-check / merge-guard ask instead of opening the database; run-job gives it to every agent";
+    /// The user agents run as.
+    agent_user: Option<String> = "ORCH_AGENT_USER", "", false, "user (name or uid in /etc/passwd) run-job starts agents as; needs CAP_SETUID and CAP_SETGID, else the job fails before its agent starts";
     /// Developer retries before escalation.
     max_developer_retries: Count = "ORCH_MAX_DEVELOPER_RETRIES", "3", false, "developer rollbacks after which a task is escalated to a human";
     /// Attempts per job before escalation.

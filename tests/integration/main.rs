@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod agent_socket;
 mod bounds;
 mod clients;
 mod crash;
