@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::cli_docs;
 use crate::commands::{
-    config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap, reconcile,
-    run_job, staging_check, status, task, webhook_handle,
+    config_check, dispatch, doctor, hold, init, job, merge_guard, post_deploy_tick, reap,
+    reconcile, run_job, staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
@@ -73,6 +73,8 @@ pub enum Command {
     Task(task::TaskCommand),
     #[command(subcommand)]
     Job(job::JobCommand),
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
     Init(init::InitArgs),
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
@@ -101,6 +103,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::RunJob(args) => run_job::run(args, ctx),
         Command::Reap(args) => reap::run(args, ctx),
         Command::Job(cmd) => job::run(cmd, ctx),
+        Command::Hold(cmd) => hold::run(cmd, ctx),
         Command::Reconcile(args) => reconcile::run(args, ctx),
         Command::Man(args) => cli_docs::run_man(args),
         Command::Completions(args) => cli_docs::run_completions(args),

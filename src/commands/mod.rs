@@ -3,6 +3,7 @@
 pub mod config_check;
 pub mod dispatch;
 pub mod doctor;
+pub mod hold;
 pub mod init;
 pub mod job;
 pub mod merge_guard;

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod escalation;
 pub mod facts;
 pub mod gate;
+pub mod hold;
 pub mod intake;
 pub mod job;
 pub mod lease;

@@ -9,6 +9,7 @@ mod clients;
 mod crash;
 mod doctor;
 mod foundation;
+mod holds;
 mod install;
 mod jobs;
 mod kit;

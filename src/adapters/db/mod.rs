@@ -26,7 +26,8 @@
 //! - `rounds.rs`: the name a new round's branch takes.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
-//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen.
+//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen; `holds.rs`: human
+//!   holds (freezes) per project and their record.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use rusqlite::{
 
 mod ci_verdicts;
 mod deliveries;
+mod holds;
 mod jobs;
 mod moves;
 mod notifications;
@@ -52,6 +54,7 @@ mod tasks;
 mod updates;
 
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
+pub use holds::{HoldActor, HoldEvent};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
@@ -73,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_ci_verdicts.sql"),
     include_str!("migrations/0008_counts_and_indexes.sql"),
     include_str!("migrations/0009_task_and_delivery_counts.sql"),
+    include_str!("migrations/0010_holds.sql"),
 ];
 
 /// The schema version this build writes.
