@@ -506,7 +506,7 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
         per_pass(&|p| u8::from(p.outcome != "error").to_string()),
     );
     family(
-        "orch_pass_count",
+        "orch_pass_counts",
         "Each numeric count of each subcommand's last pass (the summary line's name=value).",
         r.passes
             .iter()
@@ -736,7 +736,7 @@ mod tests {
         assert!(text.contains("orch_running_jobs_not_alive 1\n"));
         assert!(text.contains("orch_staging_held 1\n"));
         assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
-        assert!(text.contains("orch_pass_count{command=\"reap\",count=\"flipped\"} 1\n"));
+        assert!(text.contains("orch_pass_counts{command=\"reap\",count=\"flipped\"} 1\n"));
         assert!(text.contains("orch_hold_active{project=\"orch\"} 0\n"));
         assert!(text.contains("orch_hold_active{project=\"shop\"} 1\n"));
         assert!(text.contains("orch_hold_set_timestamp_seconds{project=\"shop\"} 1795572000\n"));

@@ -444,8 +444,8 @@ fn status_text_json_and_prometheus() {
     # TYPE orch_pass_duration_seconds gauge
     # HELP orch_pass_ok 1 when each subcommand's last pass did not fail.
     # TYPE orch_pass_ok gauge
-    # HELP orch_pass_count Each numeric count of each subcommand's last pass (the summary line's name=value).
-    # TYPE orch_pass_count gauge
+    # HELP orch_pass_counts Each numeric count of each subcommand's last pass (the summary line's name=value).
+    # TYPE orch_pass_counts gauge
     # HELP orch_merge_lease_held 1 while a merge lease file exists (whoever holds it, stale or malformed included).
     # TYPE orch_merge_lease_held gauge
     orch_merge_lease_held 0

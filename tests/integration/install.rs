@@ -361,7 +361,7 @@ fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() 
         samples(&prom, "orch_merge_lease_expiry_timestamp_seconds"),
         [(String::new(), (1_795_575_000 + 900).to_string())]
     );
-    let reap_counts = samples(&prom, "orch_pass_count");
+    let reap_counts = samples(&prom, "orch_pass_counts");
     assert!(
         reap_counts.contains(&(
             "command=\"reap\",count=\"scanned\"".to_string(),
@@ -387,5 +387,42 @@ fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() 
         value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
         let family = name.split('{').next().unwrap();
         assert!(prom.contains(&format!("# TYPE {family} gauge\n")), "{line}");
+    }
+}
+
+#[test]
+fn every_family_the_example_alert_rules_use_is_one_orch_writes() {
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    env.run(&["reap"]).expect(0);
+    env.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--until",
+        "2h",
+        "--reason",
+        "r",
+    ])
+    .expect(0);
+    env.run(&["status", "--prometheus", "orch.prom"]).expect(0);
+    let prom = std::fs::read_to_string(env.path("orch.prom")).unwrap();
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/orch-alerts.yml"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("orch_") && w.len() > "orch_".len())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        assert!(
+            prom.contains(&format!("# TYPE {name} gauge\n")),
+            "docs/orch-alerts.yml uses {name}, which orch does not write:\n{prom}"
+        );
     }
 }
