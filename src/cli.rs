@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cli_docs;
 use crate::commands::{
-    config_check, dispatch, doctor, hold, init, job, merge_guard, post_deploy_tick, reap,
+    backup, config_check, dispatch, doctor, hold, init, job, merge_guard, post_deploy_tick, reap,
     reconcile, run_job, staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
@@ -79,6 +79,7 @@ pub enum Command {
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
     Doctor(doctor::DoctorArgs),
+    Backup(backup::BackupArgs),
     // For packagers.
     Man(cli_docs::ManArgs),
     Completions(cli_docs::CompletionsArgs),
@@ -93,6 +94,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::Init(args) => init::run(args, ctx),
         Command::Config(cmd) => config_check::run(cmd, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
+        Command::Backup(args) => backup::run(args, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),

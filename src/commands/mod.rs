@@ -1,5 +1,6 @@
 //! One module per subcommand: load, decide in `core`, act through `adapters`, report.
 
+pub mod backup;
 pub mod config_check;
 pub mod dispatch;
 pub mod doctor;

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backup;
 mod bounds;
 mod clients;
 mod crash;

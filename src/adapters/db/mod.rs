@@ -27,7 +27,8 @@
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
 //!   `ci_verdicts.rs`: the final CI verdict of each PR head seen; `holds.rs`: human
-//!   holds (freezes) per project and their record.
+//!   holds (freezes) per project and their record; `backup.rs`: the online backup
+//!   (imports nothing of the store but the busy timeout).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
 };
 
+mod backup;
 mod ci_verdicts;
 mod deliveries;
 mod holds;
@@ -53,6 +55,7 @@ mod start;
 mod tasks;
 mod updates;
 
+pub use backup::{backup_database, BackupDone};
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
 pub use holds::{HoldActor, HoldEvent};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
@@ -83,7 +86,7 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a writer waits for another writer before `database is locked`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The open database.
 pub struct Db {
