@@ -426,3 +426,58 @@ fn every_family_the_example_alert_rules_use_is_one_orch_writes() {
         );
     }
 }
+
+#[test]
+fn a_commands_own_error_and_refusal_lines_carry_their_priority_under_journald() {
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    let journal = |d: u64, i: u64| format!("{d}:{i}");
+    let err = stderr_as_journal(
+        &env,
+        &["post-deploy-tick", "--arm", "--task", "NOPE-1"],
+        &[],
+        journal,
+    );
+    assert!(err.contains("<3>error: no task \"NOPE-1\"\n"), "{err}");
+    env.run(&[
+        "task",
+        "add",
+        "--project",
+        "shop",
+        "--work-item",
+        "wi-1",
+        "--key",
+        "SHOP-1",
+    ])
+    .expect(0);
+    let err = stderr_as_journal(
+        &env,
+        &["task", "move", "SHOP-1", "--to", "done", "--reason", "r"],
+        &[],
+        journal,
+    );
+    assert!(
+        err.contains(
+            "<4>task SHOP-1 is at analysis; the pipeline table does not allow analysis -> done"
+        ),
+        "{err}"
+    );
+    // Without journald the same lines read as before: no prefix, no timestamp.
+    let plain = env
+        .run(&["task", "move", "SHOP-1", "--to", "done", "--reason", "r"])
+        .expect(1);
+    assert!(
+        plain.stderr.starts_with("task SHOP-1 is at analysis;"),
+        "{}",
+        plain.stderr
+    );
+    let plain = env
+        .run(&["post-deploy-tick", "--arm", "--task", "NOPE-1"])
+        .expect(2);
+    assert!(
+        plain.stderr.contains("\nerror: no task \"NOPE-1\"\n")
+            || plain.stderr.starts_with("error: no task"),
+        "{}",
+        plain.stderr
+    );
+}
