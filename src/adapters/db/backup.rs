@@ -10,6 +10,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::adapters::db::BUSY_TIMEOUT;
+use crate::adapters::fs::temp_beside;
 
 /// What a backup wrote.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -47,21 +48,12 @@ pub fn backup_database(src: &Path, dst: &Path) -> Result<BackupDone> {
     )
     .with_context(|| format!("opening database {}", src.display()))?;
     from.busy_timeout(BUSY_TIMEOUT)?;
-    let dir = dst
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = dst
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let (dir, tmp) = temp_beside(dst)?;
     let _ = std::fs::remove_file(&tmp);
     let result = copy_checked(&from, &tmp).and_then(|done| {
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, dst)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()?;
         Ok(done)
     });
     if result.is_err() {
