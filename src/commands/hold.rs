@@ -163,11 +163,15 @@ fn set(args: &SetArgs, ctx: &PassContext) -> Result<ExitStatus> {
 }
 
 fn clear(args: &ClearArgs, ctx: &PassContext) -> Result<ExitStatus> {
-    known_project(ctx, &args.project)?;
     let reason = text("--reason", &args.reason, false)?;
     let who = actor(args.by.as_deref())?;
     let now = ctx.now_secs();
     let mut db = ctx.open_db()?;
+    // A hold outlives its project's removal from the pipeline file: it can still be
+    // cleared.
+    if db.hold_of(&args.project, now)?.is_none() {
+        known_project(ctx, &args.project)?;
+    }
     let cleared = db.clear_hold(&args.project, &reason, &who, now)?;
     if args.json {
         let json = serde_json::json!({"project": args.project, "cleared": cleared.as_ref().map(|h| hold_json(h, now))});

@@ -258,6 +258,20 @@ fn bad_holds_are_refused_with_exit_2() {
     }
     assert_eq!(env.count("SELECT count(*) FROM hold_events"), 0);
     env.run(&["hold", "clear", "--project", "nope"]).expect(2);
+    // A hold whose project left the pipeline file can still be cleared.
+    env.db()
+        .execute(
+            "INSERT INTO hold_events (project, action, reason, by_name, os_user, at)
+             VALUES ('gone', 'set', 'old', 'ada', 'ada', 0)",
+            [],
+        )
+        .unwrap();
+    let out = env.run(&["hold", "clear", "--project", "gone"]).expect(0);
+    assert!(
+        out.stdout.starts_with("gone: hold lifted"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
