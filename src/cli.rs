@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::cli_docs;
 use crate::commands::{
-    agent_socket, config_check, dispatch, doctor, init, job, merge_guard, post_deploy_tick, reap,
-    reconcile, run_job, staging_check, status, task, webhook_handle,
+    agent_socket, backup, config_check, dispatch, doctor, hold, init, job, merge_guard,
+    post_deploy_tick, reap, reconcile, run_job, staging_check, status, task, webhook_handle,
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
@@ -73,12 +73,15 @@ pub enum Command {
     Task(task::TaskCommand),
     #[command(subcommand)]
     Job(job::JobCommand),
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
     Init(init::InitArgs),
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
     Doctor(doctor::DoctorArgs),
     // For agents under a separate user (docs/security.md).
     AgentSocket(agent_socket::AgentSocketArgs),
+    Backup(backup::BackupArgs),
     // For packagers.
     Man(cli_docs::ManArgs),
     Completions(cli_docs::CompletionsArgs),
@@ -93,6 +96,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::Init(args) => init::run(args, ctx),
         Command::Config(cmd) => config_check::run(cmd, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
+        Command::Backup(args) => backup::run(args, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),
@@ -103,6 +107,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::RunJob(args) => run_job::run(args, ctx),
         Command::Reap(args) => reap::run(args, ctx),
         Command::Job(cmd) => job::run(cmd, ctx),
+        Command::Hold(cmd) => hold::run(cmd, ctx),
         Command::Reconcile(args) => reconcile::run(args, ctx),
         Command::AgentSocket(args) => agent_socket::run(args, ctx),
         Command::Man(args) => cli_docs::run_man(args),

@@ -8,6 +8,7 @@
 //! stderr is its own log file: there the lines keep their timestamps.
 
 use std::io::Write as _;
+use std::sync::OnceLock;
 
 /// How lines written to stderr are shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +70,12 @@ pub fn journal_lines(prio: u8, text: &str) -> String {
     out
 }
 
+/// The sink `init` was given, for [`say`].
+static SINK: OnceLock<LogSink> = OnceLock::new();
+
 /// Installs the logger: stderr at `filter` (RUST_LOG syntax), shaped for `sink`.
 pub fn init(filter: &str, sink: LogSink) {
+    let _ = SINK.set(sink);
     let mut builder = env_logger::Builder::new();
     builder
         .parse_filters(filter)
@@ -95,6 +100,19 @@ pub fn init(filter: &str, sink: LogSink) {
         }
     }
     builder.init();
+}
+
+/// Writes `text` to stderr for the person at the terminal, as it is (no timestamp, no
+/// level name, not filtered by `ORCH_LOG`), and under journald with `level`'s `<N>`
+/// prefix on each line: a command's own `error: …` or refusal lines, which are its
+/// answer rather than a log, still reach `journalctl -p`.
+pub fn say(level: log::Level, text: &str) {
+    let sink = SINK.get().copied().unwrap_or_else(LogSink::detect);
+    let out = match sink {
+        LogSink::Journal => journal_lines(priority(level), text),
+        LogSink::Plain => format!("{text}\n"),
+    };
+    let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
 /// Writes the final `error: …` line of a run to stderr, with priority 3 under journald

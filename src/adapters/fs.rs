@@ -4,7 +4,7 @@
 //! cursor, the Prometheus file).
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
@@ -72,8 +72,12 @@ pub fn write_atomic_readable(path: &Path, contents: &[u8]) -> Result<()> {
     write_atomic_mode(path, contents, Some(0o644))
 }
 
-fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
+/// Creates `path`'s folder if needed and returns it with the name of a temporary file
+/// beside `path`, `.<name>.tmp.<pid>` (the form [`remove_stale_temps`] recognises).
+///
+/// # Errors
+/// When the folder cannot be created.
+pub fn temp_beside(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -84,6 +88,12 @@ fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    Ok((dir.to_path_buf(), tmp))
+}
+
+fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, tmp) = temp_beside(path)?;
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         if let Some(mode) = mode {
@@ -92,7 +102,7 @@ fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<
         f.write_all(contents)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -106,3 +106,37 @@ mod tests {
         assert_eq!(liveness(i64::MAX, None), Liveness::Dead);
     }
 }
+
+/// Returns the name of the OS user running this process: its real uid's entry in
+/// `/etc/passwd`, else `uid N` (a container without one).
+pub fn os_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| user_of_uid(&passwd, uid))
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// Finds the name of `uid` in the text of `/etc/passwd`.
+fn user_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::*;
+
+    #[test]
+    fn the_user_of_a_uid_is_its_passwd_name() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# c\norch:x:998:998::/var/lib/orch:/usr/sbin/nologin\n";
+        assert_eq!(user_of_uid(passwd, 998).as_deref(), Some("orch"));
+        assert_eq!(user_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_of_uid(passwd, 5), None);
+        assert!(!os_user().is_empty());
+    }
+}

@@ -60,7 +60,7 @@ pub fn run(cmd: &ConfigCommand, ctx: &PassContext) -> Result<ExitStatus> {
     }
     if !ambiguous.is_empty() {
         for a in &ambiguous {
-            eprintln!("error: {a}");
+            crate::logging::say(log::Level::Error, &format!("error: {a}"));
         }
         return Ok(ExitStatus::Error);
     }

@@ -4,7 +4,8 @@
 //! lets `core::dispatch::plan` choose (oldest first, fair across projects, one
 //! `deploy-staging` job at a time), claims each with one guarded UPDATE, then launches
 //! `orch run-job <id>` with `ORCH_JOB_LAUNCHER`. A launch that fails flips the claimed job
-//! to `failed` so it never sits `running` with nothing behind it.
+//! to `failed` so it never sits `running` with nothing behind it. The deployer jobs of a
+//! project on hold (`orch hold`) stay queued (`hold_waits` in the summary line).
 
 use std::ffi::OsString;
 
@@ -24,7 +25,8 @@ use crate::ops::pass::{PassContext, PassOutcome};
 /// Run by orch-dispatch.timer. One deploy-staging job runs at a time (staging is one
 /// shared environment), whatever the limit. Each job runs under `orch run-job <id>`, launched as
 /// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
-/// orch-job@<id>.service`). Exit codes: 0 done (or nothing to start), 2 error, 75
+/// orch-job@<id>.service`). A project on hold (`orch hold`) starts no deployer job: they
+/// stay queued, counted as hold_waits. Exit codes: 0 done (or nothing to start), 2 error, 75
 /// another dispatch pass holds the lock.
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
@@ -56,11 +58,18 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     // Only the oldest `free` jobs of each project can be picked this pass. With Gitea
     // configured, a job whose task's branch is not confirmed there waits for reconcile.
     let hold_branchless = ctx.config.settings.gitea_url.is_some();
-    let queued = if free == 0 {
+    // A project on hold (`orch hold`) starts none of its deployer jobs: they stay
+    // queued. Read past them, so they cannot crowd the project's other jobs out.
+    let on_hold = db.held_deployer_jobs(now)?;
+    let queued: Vec<_> = if free == 0 {
         Vec::new()
     } else {
-        db.queued_heads(free, hold_branchless)?
-    };
+        let extra = u32::try_from(on_hold.len()).unwrap_or(u32::MAX);
+        db.queued_heads(free.saturating_add(extra), hold_branchless)?
+    }
+    .into_iter()
+    .filter(|q| !on_hold.iter().any(|(id, _)| *id == q.id))
+    .collect();
     let queued_total = db.queued_count()?;
     let holders = db.staging_holders()?;
     let holder = holders.first().map(|h| h.job_id);
@@ -113,10 +122,16 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             };
             println!("  job {id} ({}): waits: {why}", project(*id));
         }
-        if queued_total > queued.len() as i64 {
+        for (id, project) in &on_hold {
+            println!(
+                "  job {id} ({project}): waits: {}",
+                held_why(db, project, now)?
+            );
+        }
+        if queued_total > (queued.len() + on_hold.len()) as i64 {
             println!(
                 "  {} more queued jobs wait: no free slot",
-                queued_total - queued.len() as i64
+                queued_total - (queued.len() + on_hold.len()) as i64
             );
         }
         return Ok(PassOutcome::ok(vec![
@@ -126,10 +141,17 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             ("would_start", picked.len() as i64),
             ("staging_waits", staging_waits),
             ("branch_waits", branch_waits.len() as i64),
+            ("hold_waits", on_hold.len() as i64),
         ]));
     }
     for id in &branch_waits {
         log::info!("dispatch: job {id} waits: {BRANCH_MISSING}");
+    }
+    for (id, project) in &on_hold {
+        log::info!(
+            "dispatch: job {id} stays queued: {}",
+            held_why(db, project, now)?
+        );
     }
     let mut started = 0i64;
     let mut lost = 0i64;
@@ -167,7 +189,15 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("launch_failed", failed),
         ("staging_waits", staging_waits),
         ("branch_waits", branch_waits.len() as i64),
+        ("hold_waits", on_hold.len() as i64),
     ]))
+}
+
+/// Why a deployer job of a held project waits (dry run and log).
+fn held_why(db: &Db, project: &str, now: i64) -> Result<String> {
+    Ok(db
+        .hold_of(project, now)?
+        .map_or_else(|| format!("project {project} is on hold"), |h| h.describe()))
 }
 
 /// Why a job waits for its task's branch (dry run and log).

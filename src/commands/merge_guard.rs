@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::adapters::db::{Db, PassRecord};
 use crate::adapters::gitea::GiteaClient;
 use crate::config::is_repo;
+use crate::core::hold::Hold;
 use crate::core::merge::{pin_for_task, pin_text, MergeVerdict, Pin};
 use crate::exit::ExitStatus;
 use crate::ops::merge::{merge_under_lease, settle, HeldLease, Stats, Target};
@@ -21,8 +22,8 @@ use crate::ops::pass::{PassContext, PassReport};
 ///
 /// Prints one line `MERGE-GUARD: <OUTCOME> <detail>`. Without --merge: exit 0 PROCEED
 /// (open, mergeable, at the validated revision), 10 ALREADY_MERGED (do not merge; go on),
-/// 1 BLOCKED (closed, conflicts, WIP, head moved), 2 ERROR (could not tell: do not
-/// merge). With --merge the exit code is the end state: 0 merged (now or before), 1
+/// 1 BLOCKED (closed, conflicts, WIP, head moved, project on hold), 2 ERROR (could not
+/// tell: do not merge). With --merge the exit code is the end state: 0 merged (now or before), 1
 /// BLOCKED, 2 ERROR. The deployer agent runs `orch merge-guard --task "$ORCH_TASK_ID"
 /// --merge` before any merge; see docs/merge-guard.md.
 #[derive(Debug, clap::Args)]
@@ -110,6 +111,9 @@ fn guard(
     let job_id = job_id_from_env()?;
     let gitea = ctx.require_gitea()?;
     let target = resolve(args, ctx, gitea, db_slot)?;
+    if let Some(hold) = hold_on(args, ctx, &target, db_slot)? {
+        return Ok((target, MergeVerdict::Blocked(hold.describe())));
+    }
     let settings = &ctx.config.settings;
     log::info!(
         "merge-guard: {target} ({}), pin {}",
@@ -132,6 +136,40 @@ fn guard(
     let verdict = merge_under_lease(gitea, &target, stats);
     drop(lease);
     Ok((target, verdict))
+}
+
+/// The hold on the target's project, if one is on (`orch hold`): the task's project,
+/// and every project of the pipeline file whose repository the PR is in.
+fn hold_on(
+    args: &MergeGuardArgs,
+    ctx: &PassContext,
+    target: &Target,
+    db_slot: &mut Option<Db>,
+) -> Result<Option<Hold>> {
+    let mut projects: Vec<String> = ctx
+        .config
+        .pipeline
+        .projects
+        .iter()
+        .filter(|p| p.repo == target.repo)
+        .map(|p| p.name.clone())
+        .collect();
+    if db_slot.is_none() && projects.is_empty() {
+        return Ok(None);
+    }
+    let db = match db_slot {
+        Some(db) => db,
+        None => db_slot.insert(ctx.open_db()?),
+    };
+    if let Some(reference) = &args.task {
+        projects.extend(db.find_task(reference)?.map(|t| t.project));
+    }
+    for project in projects {
+        if let Some(hold) = db.hold_of(&project, ctx.now_secs())? {
+            return Ok(Some(hold));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads `ORCH_JOB_ID` (set by `run-job` in an agent's environment), when set.

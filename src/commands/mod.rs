@@ -1,9 +1,11 @@
 //! One module per subcommand: load, decide in `core`, act through `adapters`, report.
 
 pub mod agent_socket;
+pub mod backup;
 pub mod config_check;
 pub mod dispatch;
 pub mod doctor;
+pub mod hold;
 pub mod init;
 pub mod job;
 pub mod merge_guard;

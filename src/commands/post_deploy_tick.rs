@@ -145,7 +145,7 @@ fn arm_by_hand(args: &PostDeployTickArgs, ctx: &PassContext) -> Result<ExitStatu
     let reference = args.task.as_deref().unwrap_or_default();
     let db = ctx.open_db()?;
     let Some(task) = db.find_task(reference)? else {
-        eprintln!("error: no task {reference:?}");
+        crate::logging::say(log::Level::Error, &format!("error: no task {reference:?}"));
         return Ok(ExitStatus::Error);
     };
     let armed = if task.stage == Stage::Done {

@@ -12,7 +12,7 @@ use crate::adapters::process::liveness;
 use crate::clock::format_unix;
 use crate::core::job::{JobStatus, Liveness};
 use crate::core::status::{
-    render_prometheus, render_text, EscalatedTask, LeaseView, PassView, PrometheusExtras,
+    render_prometheus, render_text, EscalatedTask, HoldView, LeaseView, PassView, PrometheusExtras,
     RunningJob, StagingHolderView, StagingView, StatusReport,
 };
 use crate::exit::ExitStatus;
@@ -21,7 +21,7 @@ use crate::ops::pass::PassContext;
 /// How many running jobs and escalated tasks the report lists one by one.
 const LIST_LIMIT: usize = 20;
 
-/// Show the queue: jobs, running jobs, tasks by stage, escalations, last passes
+/// Show the queue: jobs, running jobs, tasks by stage, escalations, holds, last passes
 ///
 /// Reads only. Exit codes: 0 shown, 2 the database could not be read.
 #[derive(Debug, clap::Args)]
@@ -61,6 +61,13 @@ pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
             running_not_alive: running_not_alive(&db, report.running_total)?,
             version: crate::build_info::VERSION.into(),
             revision: crate::build_info::REVISION.into(),
+            projects: ctx
+                .config
+                .pipeline
+                .projects
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
         };
         write_atomic_readable(path, render_prometheus(&report, &extra).as_bytes())?;
     }
@@ -167,6 +174,11 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         post_deploy: Vec::new(),
         lease: None,
         staging,
+        holds: db
+            .holds(now)?
+            .iter()
+            .map(|h| HoldView::of(h, now))
+            .collect(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `orch task add|list|show|move`: tasks for the person at the terminal and for scripts.
 
 use anyhow::{bail, Context as _, Result};
+use log::Level;
 
 use crate::clock::format_unix;
 use crate::core::branch::branch_name;
@@ -8,6 +9,7 @@ use crate::core::round;
 use crate::core::stage::{self, Actor, Stage};
 use crate::core::task::{NewTask, StageEvent, Task};
 use crate::exit::ExitStatus;
+use crate::logging::say;
 use crate::ops::jobs::job_json;
 use crate::ops::moves::{self, MergeEvidence, MoveRequest};
 use crate::ops::pass::PassContext;
@@ -424,9 +426,12 @@ fn move_task(args: &MoveArgs, ctx: &PassContext) -> Result<ExitStatus> {
         } else {
             allowed.join(", ")
         };
-        eprintln!(
-            "task {} is at {}; the pipeline table does not allow {} -> {} (allowed: {allowed})",
-            t.key, t.stage, t.stage, args.to
+        say(
+            Level::Warn,
+            &format!(
+                "task {} is at {}; the pipeline table does not allow {} -> {} (allowed: {allowed})",
+                t.key, t.stage, t.stage, args.to
+            ),
         );
         return Ok(ExitStatus::No);
     }
@@ -463,16 +468,16 @@ fn move_task(args: &MoveArgs, ctx: &PassContext) -> Result<ExitStatus> {
                 let pr = t
                     .pr_number
                     .map_or_else(|| "the task's PR".to_string(), |n| format!("PR #{n}"));
-                eprintln!(
-                    "task {} not moved: {} -> {}: {}",
-                    t.key, u.from, u.to, u.why
-                );
-                eprintln!(
-                    "run the move again once Gitea answers, or say which round it is: \
-                     --round new ({pr} was merged: a fresh branch from the default branch, no \
-                     PR, no validated revision) or --round keep ({pr} was not merged: the \
-                     developer goes on with branch {} and {pr})",
-                    t.branch
+                say(
+                    Level::Warn,
+                    &format!(
+                        "task {} not moved: {} -> {}: {}\n\
+                         run the move again once Gitea answers, or say which round it is: \
+                         --round new ({pr} was merged: a fresh branch from the default branch, no \
+                         PR, no validated revision) or --round keep ({pr} was not merged: the \
+                         developer goes on with branch {} and {pr})",
+                        t.key, u.from, u.to, u.why, t.branch
+                    ),
                 );
                 return Ok(ExitStatus::No);
             }

@@ -10,6 +10,7 @@ pub mod escalation;
 pub mod facts;
 pub mod feedback;
 pub mod gate;
+pub mod hold;
 pub mod intake;
 pub mod job;
 pub mod lease;

@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::core::hold::Hold;
 use crate::core::job::JobStatus;
 use crate::core::lease::{Lease, LeaseState};
 use crate::core::stage::Stage;
-use crate::core::when::human_duration;
+use crate::core::when::{format_unix, human_duration};
 
 /// One running job as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -102,6 +103,48 @@ pub struct StatusReport {
     pub lease: Option<LeaseView>,
     /// Who holds the staging environment (the running `deploy-staging` job), if anyone.
     pub staging: StagingView,
+    /// The projects on hold (`orch hold`) at the report's time, by project.
+    pub holds: Vec<HoldView>,
+}
+
+/// A project's hold as shown: merges and deployer jobs of the project are stopped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HoldView {
+    /// The project.
+    pub project: String,
+    /// Why.
+    pub reason: String,
+    /// When it lapses by itself (RFC 3339); `None`: until cleared.
+    pub until: Option<String>,
+    /// The same in unix seconds.
+    pub until_unix: Option<i64>,
+    /// When it was set (RFC 3339).
+    pub set_at: String,
+    /// The same in unix seconds.
+    pub set_at_unix: i64,
+    /// Seconds since it was set.
+    pub age_s: i64,
+    /// Who set it.
+    pub by: String,
+    /// The job whose agent set it, when set from inside one.
+    pub agent_job: Option<i64>,
+}
+
+impl HoldView {
+    /// Returns the view of `h` at `now`.
+    pub fn of(h: &Hold, now: i64) -> HoldView {
+        HoldView {
+            project: h.project.clone(),
+            reason: h.reason.clone(),
+            until: h.until.map(format_unix),
+            until_unix: h.until,
+            set_at: format_unix(h.set_at),
+            set_at_unix: h.set_at,
+            age_s: now - h.set_at,
+            by: h.by.clone(),
+            agent_job: h.agent_job,
+        }
+    }
 }
 
 /// The staging environment as shown: free, or held by the running `deploy-staging` job.
@@ -328,6 +371,22 @@ pub fn render_text(r: &StatusReport) -> String {
             .collect();
         let _ = writeln!(out, "staging: held by {}", held.join(", "));
     }
+    if r.holds.is_empty() {
+        let _ = writeln!(out, "holds: none");
+    } else {
+        let _ = writeln!(out, "holds ({}: no merge, no deployer job):", r.holds.len());
+        for h in &r.holds {
+            let _ = writeln!(
+                out,
+                "  {} until {}, set {} ago by {}: {}",
+                h.project,
+                h.until.as_deref().unwrap_or("cleared"),
+                human_duration(h.age_s),
+                h.by,
+                h.reason
+            );
+        }
+    }
     if r.passes.is_empty() {
         let _ = writeln!(out, "last passes: none yet");
     } else {
@@ -447,7 +506,7 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
         per_pass(&|p| u8::from(p.outcome != "error").to_string()),
     );
     family(
-        "orch_pass_count",
+        "orch_pass_counts",
         "Each numeric count of each subcommand's last pass (the summary line's name=value).",
         r.passes
             .iter()
@@ -480,6 +539,49 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
             .map(|t| (String::new(), t.to_string()))
             .collect(),
     );
+    let mut held: Vec<&str> = extra.projects.iter().map(String::as_str).collect();
+    held.extend(r.holds.iter().map(|h| h.project.as_str()));
+    held.sort_unstable();
+    held.dedup();
+    family(
+        "orch_hold_active",
+        "1 while the project is on hold (orch hold: no merge, no deployer job), else 0.",
+        held.iter()
+            .map(|p| {
+                let on = r.holds.iter().any(|h| h.project == *p);
+                (
+                    format!("{{project=\"{}\"}}", label_value(p)),
+                    u8::from(on).to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_hold_set_timestamp_seconds",
+        "When each hold on now was set.",
+        r.holds
+            .iter()
+            .map(|h| {
+                (
+                    format!("{{project=\"{}\"}}", label_value(&h.project)),
+                    h.set_at_unix.to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "orch_hold_until_timestamp_seconds",
+        "When each hold on now lapses by itself (absent for a hold until cleared).",
+        r.holds
+            .iter()
+            .filter_map(|h| {
+                Some((
+                    format!("{{project=\"{}\"}}", label_value(&h.project)),
+                    h.until_unix?.to_string(),
+                ))
+            })
+            .collect(),
+    );
     family(
         "orch_build_info",
         "The orch binary that wrote this file: version and git revision.",
@@ -505,6 +607,8 @@ pub struct PrometheusExtras {
     pub version: String,
     /// The git revision it was built from.
     pub revision: String,
+    /// The pipeline file's projects (each gets an `orch_hold_active` sample, 0 or 1).
+    pub projects: Vec<String>,
 }
 
 /// Escapes a label value for the text format (backslash, double quote, newline).
@@ -571,6 +675,18 @@ mod tests {
                     age_s: 90,
                 }],
             },
+            holds: vec![HoldView::of(
+                &Hold {
+                    project: "shop".into(),
+                    reason: "release freeze".into(),
+                    until: Some(1_795_582_800),
+                    set_at: 1_795_572_000,
+                    by: "ada".into(),
+                    os_user: "ada".into(),
+                    agent_job: None,
+                },
+                1_795_575_600,
+            )],
         }
     }
 
@@ -588,6 +704,8 @@ mod tests {
         post-deploy: none armed
         merge lease: free
         staging: held by job 4 (SHOP-1) for 1m30s
+        holds (1: no merge, no deployer job):
+          shop until 2026-11-25T05:00:00Z, set 1h00m ago by ada: release freeze
         last passes:
           reap  2026-11-25T02:59:00Z (1m00s ago)  ok  12 ms  flipped=1
         ");
@@ -599,6 +717,7 @@ mod tests {
             running_not_alive: 1,
             version: "0.1.0".into(),
             revision: "abc\"def".into(),
+            projects: vec!["orch".into(), "shop".into()],
         };
         let text = render_prometheus(&report(), &extra);
         for line in text.lines() {
@@ -617,7 +736,11 @@ mod tests {
         assert!(text.contains("orch_running_jobs_not_alive 1\n"));
         assert!(text.contains("orch_staging_held 1\n"));
         assert!(text.contains("orch_pass_duration_seconds{command=\"reap\"} 0.012\n"));
-        assert!(text.contains("orch_pass_count{command=\"reap\",count=\"flipped\"} 1\n"));
+        assert!(text.contains("orch_pass_counts{command=\"reap\",count=\"flipped\"} 1\n"));
+        assert!(text.contains("orch_hold_active{project=\"orch\"} 0\n"));
+        assert!(text.contains("orch_hold_active{project=\"shop\"} 1\n"));
+        assert!(text.contains("orch_hold_set_timestamp_seconds{project=\"shop\"} 1795572000\n"));
+        assert!(text.contains("orch_hold_until_timestamp_seconds{project=\"shop\"} 1795582800\n"));
         assert!(text.contains("orch_build_info{version=\"0.1.0\",revision=\"abc\\\"def\"} 1\n"));
     }
 

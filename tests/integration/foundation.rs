@@ -388,7 +388,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 11)
+    orch status at 2026-11-25T03:00:00Z (schema 12)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -399,6 +399,7 @@ fn status_text_json_and_prometheus() {
     post-deploy: none armed
     merge lease: free
     staging: free
+    holds: none
     last passes: none yet
     ");
     let prom = std::fs::read_to_string(env.path("metrics/orch.prom"))
@@ -443,13 +444,21 @@ fn status_text_json_and_prometheus() {
     # TYPE orch_pass_duration_seconds gauge
     # HELP orch_pass_ok 1 when each subcommand's last pass did not fail.
     # TYPE orch_pass_ok gauge
-    # HELP orch_pass_count Each numeric count of each subcommand's last pass (the summary line's name=value).
-    # TYPE orch_pass_count gauge
+    # HELP orch_pass_counts Each numeric count of each subcommand's last pass (the summary line's name=value).
+    # TYPE orch_pass_counts gauge
     # HELP orch_merge_lease_held 1 while a merge lease file exists (whoever holds it, stale or malformed included).
     # TYPE orch_merge_lease_held gauge
     orch_merge_lease_held 0
     # HELP orch_merge_lease_expiry_timestamp_seconds When the merge lease held now expires (absent while none is held).
     # TYPE orch_merge_lease_expiry_timestamp_seconds gauge
+    # HELP orch_hold_active 1 while the project is on hold (orch hold: no merge, no deployer job), else 0.
+    # TYPE orch_hold_active gauge
+    orch_hold_active{project="orch"} 0
+    orch_hold_active{project="shop"} 0
+    # HELP orch_hold_set_timestamp_seconds When each hold on now was set.
+    # TYPE orch_hold_set_timestamp_seconds gauge
+    # HELP orch_hold_until_timestamp_seconds When each hold on now lapses by itself (absent for a hold until cleared).
+    # TYPE orch_hold_until_timestamp_seconds gauge
     # HELP orch_build_info The orch binary that wrote this file: version and git revision.
     # TYPE orch_build_info gauge
     orch_build_info{version="0.1.0",revision="[revision]"} 1
@@ -465,6 +474,7 @@ fn status_text_json_and_prometheus() {
       "escalated_total": 0,
       "generated_at": "2026-11-25T03:00:00Z",
       "generated_at_unix": 1795575600,
+      "holds": [],
       "jobs": {
         "cancelled": 1,
         "failed": 0,
@@ -489,7 +499,7 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 11,
+      "schema_version": 12,
       "staging": {
         "holders": [],
         "state": "free"

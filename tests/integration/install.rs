@@ -361,7 +361,7 @@ fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() 
         samples(&prom, "orch_merge_lease_expiry_timestamp_seconds"),
         [(String::new(), (1_795_575_000 + 900).to_string())]
     );
-    let reap_counts = samples(&prom, "orch_pass_count");
+    let reap_counts = samples(&prom, "orch_pass_counts");
     assert!(
         reap_counts.contains(&(
             "command=\"reap\",count=\"scanned\"".to_string(),
@@ -388,4 +388,96 @@ fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() 
         let family = name.split('{').next().unwrap();
         assert!(prom.contains(&format!("# TYPE {family} gauge\n")), "{line}");
     }
+}
+
+#[test]
+fn every_family_the_example_alert_rules_use_is_one_orch_writes() {
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    env.run(&["reap"]).expect(0);
+    env.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--until",
+        "2h",
+        "--reason",
+        "r",
+    ])
+    .expect(0);
+    env.run(&["status", "--prometheus", "orch.prom"]).expect(0);
+    let prom = std::fs::read_to_string(env.path("orch.prom")).unwrap();
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/orch-alerts.yml"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("orch_") && w.len() > "orch_".len())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        assert!(
+            prom.contains(&format!("# TYPE {name} gauge\n")),
+            "docs/orch-alerts.yml uses {name}, which orch does not write:\n{prom}"
+        );
+    }
+}
+
+#[test]
+fn a_commands_own_error_and_refusal_lines_carry_their_priority_under_journald() {
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    let journal = |d: u64, i: u64| format!("{d}:{i}");
+    let err = stderr_as_journal(
+        &env,
+        &["post-deploy-tick", "--arm", "--task", "NOPE-1"],
+        &[],
+        journal,
+    );
+    assert!(err.contains("<3>error: no task \"NOPE-1\"\n"), "{err}");
+    env.run(&[
+        "task",
+        "add",
+        "--project",
+        "shop",
+        "--work-item",
+        "wi-1",
+        "--key",
+        "SHOP-1",
+    ])
+    .expect(0);
+    let err = stderr_as_journal(
+        &env,
+        &["task", "move", "SHOP-1", "--to", "done", "--reason", "r"],
+        &[],
+        journal,
+    );
+    assert!(
+        err.contains(
+            "<4>task SHOP-1 is at analysis; the pipeline table does not allow analysis -> done"
+        ),
+        "{err}"
+    );
+    // Without journald the same lines read as before: no prefix, no timestamp.
+    let plain = env
+        .run(&["task", "move", "SHOP-1", "--to", "done", "--reason", "r"])
+        .expect(1);
+    assert!(
+        plain.stderr.starts_with("task SHOP-1 is at analysis;"),
+        "{}",
+        plain.stderr
+    );
+    let plain = env
+        .run(&["post-deploy-tick", "--arm", "--task", "NOPE-1"])
+        .expect(2);
+    assert!(
+        plain.stderr.contains("\nerror: no task \"NOPE-1\"\n")
+            || plain.stderr.starts_with("error: no task"),
+        "{}",
+        plain.stderr
+    );
 }

@@ -1238,3 +1238,62 @@ fn dispatch_puts_one_deploy_staging_job_on_staging_at_a_time() {
     assert!(wait_exit(supervisor(second), Duration::from_secs(30)));
     assert_eq!(job_row(&env, second).0, "succeeded");
 }
+
+#[test]
+fn a_hold_leaves_the_projects_deployer_jobs_queued_and_nothing_else() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    env.set("ORCH_MAX_CONCURRENCY", "1");
+    let deploys = seed(&env, "shop", 2, "deploy", "queued");
+    env.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--until",
+        "2h",
+        "--reason",
+        "release freeze",
+    ])
+    .expect(0);
+    let out = env.run(&["dispatch"]).expect(0);
+    assert!(out.stderr.contains("started=0 "), "{}", out.stderr);
+    assert!(out.stderr.contains("hold_waits=2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "job {} stays queued: project shop is on hold",
+            deploys[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    for job in &deploys {
+        assert_eq!(job_row(&env, *job).0, "queued", "held, not failed");
+    }
+    // The project's other work goes on, even behind older held jobs and one free slot.
+    let dev = seed(&env, "shop", 1, "development", "queued")[0];
+    let dry = env.run(&["dispatch", "--dry-run"]).expect(0);
+    assert!(
+        dry.stdout
+            .contains(&format!("job {dev} (shop): would start")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains(&format!(
+            "job {} (shop): waits: project shop is on hold (until 2026-11-25T05:00:00Z",
+            deploys[1]
+        )),
+        "{}",
+        dry.stdout
+    );
+    // Two hours later the hold has lapsed by itself: the oldest deploy job goes first.
+    env.set("ORCH_NOW", "2026-11-25T05:00:00Z");
+    let dry = env.run(&["dispatch", "--dry-run"]).expect(0);
+    assert!(
+        dry.stdout
+            .contains(&format!("job {} (shop): would start", deploys[0])),
+        "{}",
+        dry.stdout
+    );
+    assert!(!dry.stdout.contains("on hold"), "{}", dry.stdout);
+}

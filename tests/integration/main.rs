@@ -5,11 +5,13 @@
 mod common;
 
 mod agent_socket;
+mod backup;
 mod bounds;
 mod clients;
 mod crash;
 mod doctor;
 mod foundation;
+mod holds;
 mod install;
 mod jobs;
 mod kit;

@@ -935,3 +935,40 @@ fn the_answer_is_one_line_with_the_exit_status() {
     MERGE-GUARD: ERROR acme/shop#7 task SHOP-1 has no validated revision to pin PR #7's merge to (staging has not recorded one): not merging head c3d4e5f6a7; deploy that head to staging and run `orch staging-check --task SHOP-1` (it records the revision), then run the guard again
     "#);
 }
+
+#[test]
+fn a_hold_blocks_the_merge_with_its_reason_until_cleared() {
+    let g = gitea();
+    let env = env_with_task(&g, Some(HEAD), Some(7));
+    env.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--reason",
+        "release freeze",
+        "--by",
+        "ada",
+    ])
+    .expect(0);
+    for extra in [&[][..], &["--merge"][..]] {
+        let out = guard(&env, extra);
+        expect_line(&out, 1, "BLOCKED");
+        assert!(
+            out.stdout.contains("project shop is on hold")
+                && out.stdout.contains("by ada): release freeze"),
+            "{}",
+            out.stdout
+        );
+    }
+    // By repository too: the PR is in the project's repository.
+    let out = env.run(&["merge-guard", "--repo", REPO, "--pr", "7"]);
+    expect_line(&out, 1, "BLOCKED");
+    assert_eq!(g.merge_calls(REPO, 7), 0, "a held project is never merged");
+    // Another project's hold does not stop it.
+    env.run(&["hold", "clear", "--project", "shop"]).expect(0);
+    env.run(&["hold", "set", "--project", "orch", "--reason", "incident"])
+        .expect(0);
+    expect_line(&guard(&env, &["--merge"]), 0, "MERGED");
+    assert_eq!(g.merge_calls(REPO, 7), 1);
+}

@@ -26,7 +26,9 @@
 //! - `rounds.rs`: the name a new round's branch takes.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
-//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen.
+//!   `ci_verdicts.rs`: the final CI verdict of each PR head seen; `holds.rs`: human
+//!   holds (freezes) per project and their record; `backup.rs`: the online backup
+//!   (imports nothing of the store but the busy timeout).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,8 +39,10 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
 };
 
+mod backup;
 mod ci_verdicts;
 mod deliveries;
+mod holds;
 mod jobs;
 mod moves;
 mod notifications;
@@ -51,7 +55,9 @@ mod start;
 mod tasks;
 mod updates;
 
+pub use backup::{backup_database, BackupDone};
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
+pub use holds::{HoldActor, HoldEvent};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
@@ -75,13 +81,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_task_and_delivery_counts.sql"),
     include_str!("migrations/0010_running_by_stage.sql"),
     include_str!("migrations/0011_log_growth.sql"),
+    include_str!("migrations/0012_holds.sql"),
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a writer waits for another writer before `database is locked`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The open database.
 pub struct Db {
