@@ -1,5 +1,6 @@
 //! `cargo bench --bench dispatch`: one whole `orch dispatch --dry-run` process with
-//! 1,000 / 10,000 / 100,000 / 1,000,000 queued jobs over 4 projects and a limit of 4
+//! 1,000 / 10,000 / 100,000 / 1,000,000 queued jobs over 4 projects (their tasks' Plane
+//! priorities round-robin over the five) and a limit of 4
 //! (the dry run decides exactly as a real pass and launches nothing, so every run sees
 //! the same queue): median wall time and the orch process's peak RSS at each size, the
 //! growth, and the floor measured in the same run: the `sqlite3` shell running one
@@ -30,7 +31,8 @@ fn main() {
             .map(|p| {
                 format!(
                     "SELECT id FROM jobs WHERE project = 'p{p}' AND status = 'queued' \
-                     AND (stage = 'deploy-staging') = 0 ORDER BY enqueued_at, id LIMIT 4;"
+                     AND (stage = 'deploy-staging') = 0 \
+                     ORDER BY priority_rank, enqueued_at, id LIMIT 4;"
                 )
             })
             .collect();

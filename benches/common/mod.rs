@@ -102,6 +102,7 @@ impl Home {
                 title: "t".into(),
                 repo: "acme/x".into(),
                 branch: format!("k-{i}"),
+                priority: orch::core::priority::Priority::None,
             };
             let id = db
                 .create_task(&task, Actor::Operator, "seeded", at)
@@ -162,8 +163,8 @@ impl Home {
             let mut task = tx
                 .prepare(
                     "INSERT INTO tasks (id, project, work_item_id, key, title, repo, branch, stage,
-                                        stage_entered_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 't', 'acme/x', ?5, 'development', ?6, ?6, ?6)",
+                                        stage_entered_at, created_at, updated_at, priority)
+                     VALUES (?1, ?2, ?3, ?4, 't', 'acme/x', ?5, 'development', ?6, ?6, ?6, ?7)",
                 )
                 .unwrap();
             let mut job = tx
@@ -184,7 +185,9 @@ impl Home {
                     format!("wi-{i}"),
                     format!("K-{i}"),
                     format!("k-{i}"),
-                    at
+                    at,
+                    // Every priority, round-robin: dispatch's queue order reads them all.
+                    orch::core::priority::Priority::ALL[i % 5].as_str()
                 ])
                 .unwrap();
                 match running {

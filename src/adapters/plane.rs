@@ -29,6 +29,7 @@ use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
 use crate::core::doctor::WorkItemPaths;
+use crate::core::priority::Priority;
 
 /// The page size every list call asks for (works on CE and Cloud, see plane.md §4.2).
 pub const PER_PAGE: u32 = 100;
@@ -56,6 +57,9 @@ pub struct WorkItem {
     /// `Unparseable` when the time cannot be told).
     #[serde(skip)]
     pub updated_at: crate::core::intake::WorkItemTime,
+    /// Its priority; `none` when the answer had none or an unknown one (logged as a
+    /// warning when read).
+    pub priority: Priority,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +72,8 @@ struct RawWorkItem {
     state: Option<serde_json::Value>,
     #[serde(default)]
     updated_at: Option<serde_json::Value>,
+    #[serde(default)]
+    priority: Option<serde_json::Value>,
 }
 
 impl TryFrom<RawWorkItem> for WorkItem {
@@ -89,6 +95,11 @@ impl TryFrom<RawWorkItem> for WorkItem {
                 ))
             }
         };
+        let (priority, warning) =
+            Priority::read(raw.priority.as_ref(), &format!("work item {}", raw.id));
+        if let Some(w) = warning {
+            log::warn!("{w}");
+        }
         Ok(WorkItem {
             id: raw.id,
             name: raw.name,
@@ -97,6 +108,7 @@ impl TryFrom<RawWorkItem> for WorkItem {
             state_id,
             state,
             updated_at: crate::core::intake::WorkItemTime::read(raw.updated_at.as_ref()),
+            priority,
         })
     }
 }

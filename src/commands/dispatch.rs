@@ -1,7 +1,8 @@
 //! `orch dispatch`: starts queued jobs while fewer than `ORCH_MAX_CONCURRENCY` run.
 //!
-//! Loads the oldest queued jobs per project, the running counts and who holds staging,
-//! lets `core::dispatch::plan` choose (oldest first, fair across projects, one
+//! Loads the first queued jobs per project (by priority, then age), the running counts
+//! and who holds staging, lets `core::dispatch::plan` choose (fair across projects, then
+//! by priority, then oldest first, one
 //! `deploy-staging` job at a time), claims each with one guarded UPDATE, then launches
 //! `orch run-job <id>` with `ORCH_JOB_LAUNCHER`. A launch that fails flips the claimed job
 //! to `failed` so it never sits `running` with nothing behind it. The deployer jobs of a
@@ -20,10 +21,12 @@ use crate::exit::ExitStatus;
 use crate::ops::jobs::job_log_path;
 use crate::ops::pass::{PassContext, PassOutcome};
 
-/// Start queued jobs, oldest first and fair across projects, up to ORCH_MAX_CONCURRENCY
+/// Start queued jobs, fair across projects, by priority then age, up to ORCH_MAX_CONCURRENCY
 ///
 /// Run by orch-dispatch.timer. One deploy-staging job runs at a time (staging is one
-/// shared environment), whatever the limit. Each job runs under `orch run-job <id>`, launched as
+/// shared environment), whatever the limit. Priority is the task's Plane work item
+/// priority (urgent, high, medium, low, none): the project with the fewest jobs running
+/// gets the next slot, its most urgent (then oldest) job. Each job runs under `orch run-job <id>`, launched as
 /// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
 /// orch-job@<id>.service`). A project on hold (`orch hold`) starts no deployer job: they
 /// stay queued, counted as hold_waits. Exit codes: 0 done (or nothing to start), 2 error, 75
@@ -55,7 +58,8 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let running = db.running_by_project()?;
     let running_total: u32 = running.values().sum();
     let free = limit.saturating_sub(running_total);
-    // Only the oldest `free` jobs of each project can be picked this pass. With Gitea
+    // Only the first `free` jobs of each project (by priority, then age) can be picked
+    // this pass. With Gitea
     // configured, a job whose task's branch is not confirmed there waits for reconcile.
     let hold_branchless = ctx.config.settings.gitea_url.is_some();
     // A project on hold (`orch hold`) starts none of its deployer jobs: they stay

@@ -90,7 +90,7 @@ fn running_not_alive(db: &Db, running_total: i64) -> Result<u64> {
     let dead = db
         .running_jobs(all)?
         .into_iter()
-        .filter(|(j, _)| match j.pid {
+        .filter(|(j, _, _)| match j.pid {
             Some(pid) => liveness(pid, j.pid_start_time) != Liveness::Alive,
             None => true,
         })
@@ -108,10 +108,11 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
     let running = db
         .running_jobs(LIST_LIMIT)?
         .into_iter()
-        .map(|(j, key)| RunningJob {
+        .map(|(j, key, priority)| RunningJob {
             id: j.id,
             task_id: j.task_id,
             key,
+            priority,
             agent: j.agent.to_string(),
             stage: j.stage.to_string(),
             attempt: j.attempt,
@@ -130,6 +131,7 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         .map(|t| EscalatedTask {
             id: t.id,
             key: t.key,
+            priority: t.priority,
             project: t.project,
             stage: t.stage.to_string(),
             reason: t.escalation_reason.unwrap_or_default(),

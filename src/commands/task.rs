@@ -175,6 +175,8 @@ fn add(args: &AddArgs, ctx: &PassContext) -> Result<ExitStatus> {
         title: args.title.clone(),
         repo: project.repo.clone(),
         branch: branch_name(&key, &args.title),
+        // Plane's value comes with the next reconcile listing.
+        priority: crate::core::priority::Priority::None,
     };
     let mut db = ctx.open_db()?;
     let started = moves::start_task(
@@ -256,6 +258,7 @@ fn task_json(t: &Task) -> serde_json::Value {
         "validated_revision": t.validated_revision,
         "developer_retries": t.developer_retries,
         "round": t.round,
+        "priority": t.priority,
         "escalated": t.escalated_at.is_some(),
         "escalation_reason": t.escalation_reason,
         "created_at": format_unix(t.created_at),
@@ -364,8 +367,8 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
         t.validated_revision.as_deref().unwrap_or("-")
     );
     println!(
-        "  round {}  developer retries {}",
-        t.round, t.developer_retries
+        "  round {}  developer retries {}  priority {}",
+        t.round, t.developer_retries, t.priority
     );
     if let Some(at) = t.escalated_at {
         println!(

@@ -1,10 +1,16 @@
 //! Which queued jobs a `dispatch` pass starts: as many as free slots allow under
-//! `ORCH_MAX_CONCURRENCY`, oldest first, fair across projects, and never two jobs on the
-//! one staging environment at once.
+//! `ORCH_MAX_CONCURRENCY`, by priority then age, fair across projects, and never two
+//! jobs on the one staging environment at once.
 //!
-//! Fair means one busy project cannot starve another: each next slot goes to the project
-//! with the fewest jobs running (counting those picked this pass), ties broken by whose
-//! oldest startable job is older. Within a project jobs start oldest first.
+//! How fairness and priority combine: fairness between projects comes first, priority
+//! decides within it. Each next slot goes to the project with the fewest jobs running
+//! (counting those picked this pass); among projects tied on that count, to the one
+//! whose head (its next startable job) comes first by priority (the task's Plane
+//! priority: urgent, high, medium, low, none), then age, then id. Within a project jobs
+//! start by priority, then oldest first. So an urgent job goes before every older
+//! less urgent job of its own project, and before other projects' less urgent heads
+//! when the projects are equally loaded; it does not take a slot from a project that
+//! has fewer jobs running (one busy project, urgent or not, cannot starve another).
 //!
 //! Staging is one shared resource (SPEC §3, "the pin"): the pipeline file has one staging
 //! environment, and a `deploy-staging` job deploys to it and checks it. So at most one
@@ -20,7 +26,10 @@
 
 use std::collections::BTreeMap;
 
-/// One queued job as the decision sees it (the oldest few per project suffice).
+use crate::core::priority::Priority;
+
+/// One queued job as the decision sees it (the first few per project, in start order,
+/// suffice).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     /// Job id.
@@ -29,11 +38,20 @@ pub struct Queued {
     pub project: String,
     /// When it was enqueued (unix seconds).
     pub enqueued_at: i64,
+    /// Its task's priority.
+    pub priority: Priority,
     /// Whether it is a `deploy-staging` job (it needs the staging environment).
     pub uses_staging: bool,
     /// Whether its agent needs the task's branch and Gitea has not confirmed it yet
     /// (`tasks.branch_ready_at` unset while Gitea is configured).
     pub branch_missing: bool,
+}
+
+impl Queued {
+    /// The order jobs start in, all else equal: priority, then age, then id.
+    pub fn start_order(&self) -> (Priority, i64, i64) {
+        (self.priority, self.enqueued_at, self.id)
+    }
 }
 
 /// Why a queued job does not start this pass.
@@ -61,7 +79,8 @@ pub enum Wait {
 pub struct Plan {
     /// The ids to start, in start order.
     pub start: Vec<i64>,
-    /// Every other queued job looked at, oldest first, and why it waits.
+    /// Every other queued job looked at, in start order (priority, then oldest first),
+    /// and why it waits.
     pub waits: Vec<(i64, Wait)>,
 }
 
@@ -77,7 +96,7 @@ pub fn plan(
 ) -> Plan {
     let total_running: u32 = running.values().sum();
     let mut free = limit.saturating_sub(total_running);
-    // Per project, its queue oldest first.
+    // Per project, its queue in start order.
     let mut queues: BTreeMap<&str, Vec<&Queued>> = BTreeMap::new();
     let mut branchless: Vec<&Queued> = Vec::new();
     for q in queued {
@@ -88,7 +107,7 @@ pub fn plan(
         }
     }
     for v in queues.values_mut() {
-        v.sort_by_key(|q| (q.enqueued_at, q.id));
+        v.sort_by_key(|q| q.start_order());
     }
     let mut load: BTreeMap<&str, u32> = queues
         .keys()
@@ -97,7 +116,7 @@ pub fn plan(
     let mut staging = staging_holder.map(|by_job| Wait::StagingHeld { by_job });
     let mut out = Plan::default();
     while free > 0 {
-        // Each project's oldest job that may start now.
+        // Each project's first job that may start now.
         let next = queues
             .iter()
             .filter_map(|(p, v)| {
@@ -105,7 +124,7 @@ pub fn plan(
                     .position(|q| !q.uses_staging || staging.is_none())
                     .map(|i| (*p, i, v[i]))
             })
-            .min_by_key(|(p, _, head)| (load[p], head.enqueued_at, head.id));
+            .min_by_key(|(p, _, head)| (load[p], head.start_order()));
         let Some((project, index, job)) = next else {
             break;
         };
@@ -124,7 +143,7 @@ pub fn plan(
     }
     let mut rest: Vec<&Queued> = queues.into_values().flatten().collect();
     rest.extend(branchless);
-    rest.sort_by_key(|q| (q.enqueued_at, q.id));
+    rest.sort_by_key(|q| q.start_order());
     out.waits = rest
         .into_iter()
         .map(|q| match staging {
@@ -145,6 +164,7 @@ mod tests {
             id,
             project: project.into(),
             enqueued_at: at,
+            priority: Priority::None,
             uses_staging: false,
             branch_missing: false,
         }
@@ -159,6 +179,13 @@ mod tests {
 
     fn running(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
         pairs.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+    }
+
+    fn p(id: i64, project: &str, at: i64, priority: Priority) -> Queued {
+        Queued {
+            priority,
+            ..q(id, project, at)
+        }
     }
 
     type Case<'a> = (&'a [Queued], &'a [(&'a str, u32)], u32, &'a [i64]);
@@ -189,6 +216,56 @@ mod tests {
             assert_eq!(p.start.len() + p.waits.len(), queued.len());
             assert!(p.waits.iter().all(|(_, w)| *w == Wait::NoSlot));
         }
+    }
+
+    #[test]
+    fn priority_then_age_within_a_project_and_among_equally_loaded_projects() {
+        use Priority::{High, Low, Medium, Urgent};
+        // One project: the urgent job goes before the older low ones; equal priorities
+        // oldest first; none last.
+        let one = [
+            p(1, "orch", 1, Low),
+            q(2, "orch", 2),
+            p(3, "orch", 3, Urgent),
+            p(4, "orch", 4, Low),
+            p(5, "orch", 5, Medium),
+        ];
+        let plan1 = plan(&one, &BTreeMap::new(), 5, None);
+        assert_eq!(plan1.start, vec![3, 5, 1, 4, 2]);
+        assert_eq!(plan(&one, &BTreeMap::new(), 1, None).start, vec![3]);
+        let waits: Vec<i64> = plan(&one, &BTreeMap::new(), 1, None)
+            .waits
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(waits, vec![5, 1, 4, 2], "waits in start order");
+        // Two idle projects: the more urgent head first, whatever its age.
+        let two = [p(1, "orch", 1, Low), p(2, "shop", 9, High)];
+        assert_eq!(plan(&two, &BTreeMap::new(), 1, None).start, vec![2]);
+        assert_eq!(plan(&two, &BTreeMap::new(), 2, None).start, vec![2, 1]);
+    }
+
+    #[test]
+    fn fairness_across_projects_comes_before_priority() {
+        use Priority::{Low, Urgent};
+        // orch has only urgent jobs, shop one low job: shop still gets its turn.
+        let mut queued: Vec<Queued> = (1..=4).map(|i| p(i, "orch", i, Urgent)).collect();
+        queued.push(p(9, "shop", 100, Low));
+        assert_eq!(
+            plan(&queued, &BTreeMap::new(), 2, None).start,
+            vec![1, 9],
+            "one slot each, the urgent one first"
+        );
+        // orch already runs a job: the one free slot goes to idle shop, low or not.
+        assert_eq!(
+            plan(&queued, &running(&[("orch", 1)]), 2, None).start,
+            vec![9]
+        );
+        // Round-robin after that: orch, shop (empty), orch, orch.
+        assert_eq!(
+            plan(&queued, &BTreeMap::new(), 5, None).start,
+            vec![1, 9, 2, 3, 4]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::core::plane::{StateMatch, StateMeanings};
+use crate::core::priority::Priority;
 use crate::core::stage::{self, Stage};
 
 /// The HTTP status and reason a delivery is refused with before it is stored.
@@ -366,6 +367,11 @@ pub struct StateChange {
     /// Whether this is the older servers' name-form delivery (names in
     /// `old_value`/`new_value`, ids in `old_identifier`/`new_identifier`).
     pub legacy: bool,
+    /// The work item's priority (`data.priority`); `none` when missing or unknown,
+    /// with the warning to log in `priority_warning`.
+    pub priority: Priority,
+    /// Why `priority` is `none` though the delivery said otherwise (or nothing).
+    pub priority_warning: Option<String>,
 }
 
 /// What a delivery is for the pipeline.
@@ -449,14 +455,21 @@ pub fn classify(env: &Envelope) -> Intake {
         }
         _ => None,
     };
+    let work_item_id = env.data_str("id").unwrap_or_default().to_string();
+    let (priority, priority_warning) = Priority::read(
+        env.data.get("priority"),
+        &format!("work item {work_item_id}"),
+    );
     Intake::StateChange(StateChange {
-        work_item_id: env.data_str("id").unwrap_or_default().to_string(),
+        work_item_id,
         project_id: env.data_str("project").unwrap_or_default().to_string(),
         sequence_id: env.data.get("sequence_id").and_then(Value::as_i64),
         title: env.data_str("name").unwrap_or_default().to_string(),
         new_state_id,
         payload_state,
         legacy,
+        priority,
+        priority_warning,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod merge;
 pub mod pin;
 pub mod plane;
 pub mod post_deploy;
+pub mod priority;
 pub mod reap;
 pub mod reconcile;
 pub mod revision;

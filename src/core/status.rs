@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use crate::core::hold::Hold;
 use crate::core::job::JobStatus;
 use crate::core::lease::{Lease, LeaseState};
+use crate::core::priority::Priority;
 use crate::core::stage::Stage;
 use crate::core::when::{format_unix, human_duration};
 
@@ -21,6 +22,8 @@ pub struct RunningJob {
     pub task_id: i64,
     /// Task key.
     pub key: String,
+    /// The task's priority.
+    pub priority: Priority,
     /// Agent.
     pub agent: String,
     /// Stage.
@@ -42,6 +45,8 @@ pub struct EscalatedTask {
     pub id: i64,
     /// Task key.
     pub key: String,
+    /// The task's priority.
+    pub priority: Priority,
     /// Project.
     pub project: String,
     /// Stage it is parked at.
@@ -251,6 +256,15 @@ fn counts_line<'a>(names: impl Iterator<Item = &'a str>, counts: &BTreeMap<Strin
 /// The delivery outcomes `status` counts, in the order it prints them.
 pub const DELIVERY_COUNTS: [&str; 2] = ["pending", "stale"];
 
+/// A task's priority after its key in the text: ` [urgent]`, nothing for `none` (the
+/// JSON always carries it).
+fn shown(p: Priority) -> String {
+    match p {
+        Priority::None => String::new(),
+        p => format!(" [{p}]"),
+    }
+}
+
 /// Renders the report for people.
 pub fn render_text(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -273,9 +287,10 @@ pub fn render_text(r: &StatusReport) -> String {
             let pid = j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "  job {} {} {} ({}) attempt {} pid {pid} {} age {}",
+                "  job {} {}{} {} ({}) attempt {} pid {pid} {} age {}",
                 j.id,
                 j.key,
+                shown(j.priority),
                 j.agent,
                 j.stage,
                 j.attempt,
@@ -308,8 +323,13 @@ pub fn render_text(r: &StatusReport) -> String {
         for t in &r.escalated {
             let _ = writeln!(
                 out,
-                "  {} ({}) at {} since {}: {}",
-                t.key, t.project, t.stage, t.since, t.reason
+                "  {}{} ({}) at {} since {}: {}",
+                t.key,
+                shown(t.priority),
+                t.project,
+                t.stage,
+                t.since,
+                t.reason
             );
         }
     }
@@ -635,6 +655,7 @@ mod tests {
                 id: 3,
                 task_id: 1,
                 key: "ORCH-1".into(),
+                priority: Priority::None,
                 agent: "developer".into(),
                 stage: "development".into(),
                 attempt: 2,
@@ -688,6 +709,35 @@ mod tests {
                 1_795_575_600,
             )],
         }
+    }
+
+    #[test]
+    fn text_shows_a_priority_after_the_key_unless_none() {
+        let mut r = report();
+        r.running[0].priority = Priority::Urgent;
+        r.escalated = vec![EscalatedTask {
+            id: 2,
+            key: "SHOP-2".into(),
+            priority: Priority::Low,
+            project: "shop".into(),
+            stage: "review".into(),
+            reason: "why".into(),
+            since: "2026-11-25T02:00:00Z".into(),
+        }];
+        r.escalated_total = 1;
+        let text = render_text(&r);
+        assert!(
+            text.contains("  job 3 ORCH-1 [urgent] developer (development) attempt 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  SHOP-2 [low] (shop) at review since 2026-11-25T02:00:00Z: why"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["running"][0]["priority"], "urgent");
+        assert_eq!(json["escalated"][0]["priority"], "low");
+        assert!(!render_text(&report()).contains('['), "none shows nothing");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Tasks (one per Plane work item) and their stage events, as stored. Plain data.
 
+use crate::core::priority::Priority;
 use crate::core::stage::Stage;
 
 /// One task: a Plane work item going through the pipeline.
@@ -43,6 +44,8 @@ pub struct Task {
     /// When this round's branch was confirmed on Gitea; `None` while reconcile must
     /// still create it.
     pub branch_ready_at: Option<i64>,
+    /// The Plane work item's priority (at start, then as reconcile last listed it).
+    pub priority: Priority,
 }
 
 #[cfg(test)]
@@ -69,6 +72,7 @@ impl Task {
             updated_at: 0,
             round: 1,
             branch_ready_at: None,
+            priority: Priority::None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct NewTask {
     pub repo: String,
     /// Task branch.
     pub branch: String,
+    /// The work item's priority as the start read it.
+    pub priority: Priority,
 }
 
 /// One recorded transition. Never updated.

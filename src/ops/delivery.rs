@@ -371,7 +371,11 @@ fn start(
         title: change.title.clone(),
         repo: project.repo.clone(),
         branch: crate::core::branch::branch_name(&key, &change.title),
+        priority: change.priority,
     };
+    if let Some(w) = &change.priority_warning {
+        log::warn!("{w}");
+    }
     let describe = |s: &TaskStart| {
         DeliveryOutcome::new(
             OutcomeKind::Started,

@@ -46,6 +46,8 @@ struct Item {
     state: Option<String>,
     updated_at: String,
     completed_at: Option<String>,
+    /// The `priority` field as answered; `None` leaves the field out.
+    priority: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +216,7 @@ impl PlaneStandin {
             state: state_id.map(str::to_string),
             updated_at: SEEDED_AT.into(),
             completed_at: None,
+            priority: Some(json!("none")),
         });
         self
     }
@@ -233,6 +236,21 @@ impl PlaneStandin {
             i.updated_at = now.clone();
         }
         now
+    }
+
+    /// Sets a work item's `priority` as Plane answers it (any JSON, to stand in for a
+    /// value Plane never sends; `None` leaves the field out); bumps its `updated_at`.
+    pub fn set_item_priority(&self, project_id: &str, id: &str, priority: Option<Value>) {
+        let mut m = self.model();
+        let now = m.stamp();
+        if let Some(i) = m
+            .projects
+            .get_mut(project_id)
+            .and_then(|p| p.items.iter_mut().find(|i| i.id == id))
+        {
+            i.priority = priority;
+            i.updated_at = now;
+        }
     }
 
     /// Pins the time the stand-in stamps changes with (`updated_at`, comments'
@@ -589,7 +607,7 @@ fn item_json(m: &Model, pid: &str, i: &Item, expand_state: bool) -> Value {
             None => json!(id),
         },
     };
-    json!({
+    let mut item = json!({
         "id": i.id,
         "type_id": null,
         "created_at": "2026-05-18T08:02:11.481235Z",
@@ -619,7 +637,14 @@ fn item_json(m: &Model, pid: &str, i: &Item, expand_state: bool) -> Value {
         "type": null,
         "assignees": [],
         "labels": [],
-    })
+    });
+    match &i.priority {
+        Some(p) => item["priority"] = p.clone(),
+        None => {
+            item.as_object_mut().expect("an object").remove("priority");
+        }
+    }
+    item
 }
 
 fn expands_state(r: &Recorded) -> bool {

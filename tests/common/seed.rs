@@ -197,6 +197,7 @@ fn seed_in(env: &TestEnv, db: &mut Db, t: &SeedTask) -> i64 {
                 title: t.title.clone(),
                 repo: t.repo.clone(),
                 branch: t.branch.clone(),
+                priority: orch::core::priority::Priority::None,
             },
             Actor::Operator,
             "seeded",

@@ -388,7 +388,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 12)
+    orch status at 2026-11-25T03:00:00Z (schema 13)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -494,12 +494,13 @@ fn status_text_json_and_prometheus() {
           "key": "ORCH-1",
           "liveness": "dead",
           "pid": 2147483646,
+          "priority": "none",
           "stage": "analysis",
           "task_id": 1
         }
       ],
       "running_total": 1,
-      "schema_version": 12,
+      "schema_version": 13,
       "staging": {
         "holders": [],
         "state": "free"

@@ -22,7 +22,7 @@ use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, JOB_FIELDS
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
 
 /// A pipeline whose agents are the test agent with every placeholder, plus `extra` args.
-fn pipeline(extra: &str) -> String {
+pub(crate) fn pipeline(extra: &str) -> String {
     let argv = format!(
         "[{AGENT}, {extra} \"{{task}}\", \"{{job}}\", \"{{branch}}\", \"{{repo}}\", \"{{artefacts}}\"]"
     );
@@ -33,7 +33,7 @@ fn pipeline(extra: &str) -> String {
 
 /// Inserts `n` tasks of `project` at `stage`, each with one job of `status`; returns the
 /// job ids.
-fn seed(env: &TestEnv, project: &str, n: usize, stage: &str, status: &str) -> Vec<i64> {
+pub(crate) fn seed(env: &TestEnv, project: &str, n: usize, stage: &str, status: &str) -> Vec<i64> {
     env.run(&["init"]).expect(0);
     let agent = match stage {
         "analysis" => "analyst",
@@ -566,7 +566,7 @@ fn the_guarded_update_holds_with_the_flock_bypassed() {
 }
 
 /// A fake `systemctl` that records its argv, one line per call, and exits `code`.
-fn fake_systemctl(env: &mut TestEnv, code: i32) -> PathBuf {
+pub(crate) fn fake_systemctl(env: &mut TestEnv, code: i32) -> PathBuf {
     let bin = env.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let calls = env.path("systemctl.calls");

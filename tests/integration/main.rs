@@ -17,6 +17,7 @@ mod jobs;
 mod kit;
 mod merge_guard;
 mod post_deploy;
+mod priority;
 mod prompts;
 mod reconcile;
 mod rounds;

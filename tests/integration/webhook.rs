@@ -12,10 +12,10 @@ use serde_json::json;
 
 use crate::common::{Project, Run, Standin, TestEnv};
 
-const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
-const ORCH_PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
-const SHOP_PROJECT: &str = "1c2d3e4f-0000-4000-8000-000000000002";
-const IN_PROGRESS: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3";
+pub(crate) const SECRET: &str = "plane_wh_0123456789abcdef0123456789abcdef";
+pub(crate) const ORCH_PROJECT: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
+pub(crate) const SHOP_PROJECT: &str = "1c2d3e4f-0000-4000-8000-000000000002";
+pub(crate) const IN_PROGRESS: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1eb3";
 const RAW_BODY: &[u8] =
     include_bytes!("../fixtures/plane/webhook-issue-state-started.raw-body.json");
 const RAW_SIG: &str = "d8455c46569112e8214863e9ba46e7ac12864d3590205014aefd93950034f273";
@@ -25,11 +25,11 @@ const UI: &[u8] = include_bytes!("../fixtures/plane/webhook-issue-state-started.
 const ORCH_STATES: &str =
     "states:\n  approved: { names: [Approved] }\n  rejected: { names: [Rejected] }";
 
-struct World {
-    env: TestEnv,
+pub(crate) struct World {
+    pub(crate) env: TestEnv,
 }
 
-fn world() -> World {
+pub(crate) fn world() -> World {
     let w = fresh_world();
     w.env.run(&["init"]).expect(0);
     w
@@ -98,7 +98,7 @@ pub(crate) fn post(body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// A signed POST of `body` with delivery id `id`.
-fn signed(body: &[u8], id: &str) -> Vec<u8> {
+pub(crate) fn signed(body: &[u8], id: &str) -> Vec<u8> {
     post(
         body,
         &[
@@ -142,7 +142,13 @@ fn status_of(response: &str) -> u16 {
 }
 
 /// A Plane v1 work item delivery moving `item` of `project` to a state.
-fn delivery(project: &str, item: u32, seq: u32, state: serde_json::Value, field: &str) -> Vec<u8> {
+pub(crate) fn delivery(
+    project: &str,
+    item: u32,
+    seq: u32,
+    state: serde_json::Value,
+    field: &str,
+) -> Vec<u8> {
     let new_value = match &state {
         serde_json::Value::Object(o) => o["id"].clone(),
         other => other.clone(),
@@ -176,7 +182,7 @@ fn start_delivery(n: u32) -> Vec<u8> {
     )
 }
 
-fn state(id: &str, name: &str, group: &str) -> serde_json::Value {
+pub(crate) fn state(id: &str, name: &str, group: &str) -> serde_json::Value {
     json!({"id": id, "name": name, "color": "#000000", "group": group})
 }
 

@@ -17,6 +17,7 @@ use crate::adapters::db::{parse_col, sql_limit, Created, Db};
 use crate::core::dispatch::Queued;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
+use crate::core::priority::Priority;
 use crate::core::reap::Tier;
 use crate::core::stage::{Agent, Stage};
 
@@ -217,12 +218,13 @@ impl Db {
         )?)
     }
 
-    /// Returns running jobs, oldest start first, at most `limit`, with their task keys:
+    /// Returns running jobs, oldest start first, at most `limit`, with their task keys and
+    /// priorities:
     /// the first `limit` entries of `jobs_running_by_start`, never a sort of them all.
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn running_jobs(&self, limit: usize) -> Result<Vec<(Job, String)>> {
+    pub fn running_jobs(&self, limit: usize) -> Result<Vec<(Job, String, Priority)>> {
         let cols = JOB_COLUMNS
             .split(", ")
             .map(|c| format!("j.{c}"))
@@ -230,22 +232,25 @@ impl Db {
             .join(", ");
         self.query_all(
             &format!(
-                "SELECT {cols}, t.key
+                "SELECT {cols}, t.key, t.priority
                  FROM jobs j INDEXED BY jobs_running_by_start JOIN tasks t ON t.id = j.task_id
                  WHERE j.status = 'running' ORDER BY j.started_at, j.id LIMIT ?1"
             ),
             [sql_limit(limit)],
-            // The key follows the job's columns, however many there are.
+            // The key and priority follow the job's columns, however many there are.
             |r| {
+                let n = JOB_COLUMNS.split(", ").count();
                 Ok((
                     job_from_row(r)?,
-                    r.get::<_, String>(JOB_COLUMNS.split(", ").count())?,
+                    r.get::<_, String>(n)?,
+                    parse_col(r, n + 1)?,
                 ))
             },
         )
     }
 
-    /// Returns the oldest `per_project` queued jobs of every project, counted apart for
+    /// Returns the first `per_project` queued jobs of every project in start order
+    /// (priority, then age, then id), counted apart for
     /// `deploy-staging` jobs, for jobs that wait for their task's branch, and for the
     /// others (so jobs that must wait never crowd out the ones that could start).
     ///
@@ -254,7 +259,7 @@ impl Db {
     /// is configured; without Gitea no branch is ever confirmed, and nothing waits for one).
     ///
     /// Reads each project's queue (the projects with queued jobs come from the kept
-    /// counts) along `jobs_queue_by_project` in order, staging jobs and the others
+    /// counts) along `jobs_queue_by_priority` in order, staging jobs and the others
     /// apart, and stops once `per_project` jobs that could start are read: the work
     /// grows with the heads, not the queue. Jobs waiting for their branch are listed as
     /// far as the scan went (the ones queued after the last job read could not start
@@ -280,10 +285,11 @@ impl Db {
         )?;
         let mut stmt = self.conn().prepare_cached(
             "SELECT j.id, j.enqueued_at,
-                    (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL) AS branch_missing
+                    (?3 AND j.agent <> 'analyst' AND t.branch_ready_at IS NULL) AS branch_missing,
+                    j.priority_rank
              FROM jobs j JOIN tasks t ON t.id = j.task_id
              WHERE j.project = ?1 AND j.status = 'queued' AND (j.stage = 'deploy-staging') = ?2
-             ORDER BY j.enqueued_at, j.id",
+             ORDER BY j.priority_rank, j.enqueued_at, j.id",
         )?;
         for project in projects {
             for uses_staging in [true, false] {
@@ -302,6 +308,7 @@ impl Db {
                             id: row.get(0)?,
                             project: project.clone(),
                             enqueued_at: row.get(1)?,
+                            priority: Priority::from_rank(row.get(3)?),
                             uses_staging,
                             branch_missing,
                         });
@@ -312,7 +319,7 @@ impl Db {
                 }
             }
         }
-        out.sort_by_key(|q| (q.enqueued_at, q.id));
+        out.sort_by_key(Queued::start_order);
         Ok(out)
     }
 
@@ -863,6 +870,7 @@ mod tests {
                         title: "t".into(),
                         repo: format!("acme/{project}"),
                         branch: format!("t-{i}"),
+                        priority: crate::core::priority::Priority::None,
                     },
                     Actor::Operator,
                     "t",

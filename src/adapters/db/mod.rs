@@ -24,6 +24,7 @@
 //! - `start.rs`: a task's start (task, analyst job, outcome) and its branch record; uses
 //!   `tasks.rs`'s `create_in` and `jobs.rs`'s `enqueue_in`.
 //! - `rounds.rs`: the name a new round's branch takes.
+//! - `priority.rs`: tasks' priorities refreshed from a reconcile listing.
 //! - `deliveries.rs`: webhook deliveries; `plane_states.rs`: the Plane state cache.
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
 //!   `ci_verdicts.rs`: the final CI verdict of each PR head seen; `holds.rs`: human
@@ -48,6 +49,7 @@ mod moves;
 mod notifications;
 mod passes;
 mod plane_states;
+mod priority;
 mod reconcile;
 mod recorder;
 mod rounds;
@@ -82,6 +84,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_running_by_stage.sql"),
     include_str!("migrations/0011_log_growth.sql"),
     include_str!("migrations/0012_holds.sql"),
+    include_str!("migrations/0013_priority.sql"),
 ];
 
 /// The schema version this build writes.
@@ -396,6 +399,7 @@ mod test_support {
             title: "t".into(),
             repo: "acme/orch".into(),
             branch: format!("orch-{n}"),
+            priority: crate::core::priority::Priority::None,
         }
     }
 

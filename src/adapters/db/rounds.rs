@@ -51,6 +51,7 @@ mod tests {
                     title: "t".into(),
                     repo: "acme/shop".into(),
                     branch: "shop-1-t".into(),
+                    priority: crate::core::priority::Priority::None,
                 },
                 Actor::Operator,
                 "t",

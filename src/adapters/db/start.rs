@@ -135,6 +135,7 @@ mod tests {
             title: "t".into(),
             repo: "acme/orch".into(),
             branch: "orch-1-t".into(),
+            priority: crate::core::priority::Priority::None,
         }
     }
 

@@ -9,13 +9,14 @@ use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::adapters::db::{parse_col, sql_limit, Created, Db};
+use crate::core::priority::Priority;
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::{NewTask, StageEvent, Task};
 
 const TASK_COLUMNS: &str =
     "id, project, work_item_id, key, title, repo, branch, pr_number, stage, \
      stage_entered_at, validated_revision, developer_retries, escalated_at, escalation_reason, \
-     created_at, updated_at, round, branch_ready_at";
+     created_at, updated_at, round, branch_ready_at, priority";
 
 fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     Ok(Task {
@@ -37,6 +38,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         updated_at: row.get(15)?,
         round: row.get(16)?,
         branch_ready_at: row.get(17)?,
+        priority: parse_col(row, 18)?,
     })
 }
 
@@ -360,6 +362,14 @@ pub(super) fn create_in(
         ],
     )?;
     let id = tx.last_insert_rowid();
+    // `none` is the column's default: written only when the work item has another (so
+    // the insert is the same on every schema since 1).
+    if t.priority != Priority::None {
+        tx.execute(
+            "UPDATE tasks SET priority = ?2 WHERE id = ?1",
+            params![id, t.priority.as_str()],
+        )?;
+    }
     tx.execute(
         "INSERT INTO stage_events (task_id, from_stage, to_stage, reason, actor, at)
          VALUES (?1, NULL, 'analysis', ?2, ?3, ?4)",

@@ -1,6 +1,7 @@
 //! Listing Plane: each project's work items page by page, each state resolved (expanded,
 //! cached, or from the States API once per project per pass), stopping below the
-//! rate-limit floor and ending the pass's Plane calls on a 429.
+//! rate-limit floor and ending the pass's Plane calls on a 429. Each page also refreshes
+//! the listed work items' tasks' priorities.
 
 use anyhow::Result;
 
@@ -9,6 +10,7 @@ use crate::adapters::http::HttpError;
 use crate::adapters::plane::{PlaneClient, WorkItem};
 use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
 use crate::core::plane::Project;
+use crate::core::priority::Priority;
 use crate::core::reconcile::{self, Listed};
 
 use super::Pass;
@@ -76,6 +78,7 @@ impl Pass<'_> {
                 }
             };
             self.note_listed_updates(db, &page.items)?;
+            self.refresh_listed_priorities(db, &page.items)?;
             for item in page.items {
                 let state = match &item.state {
                     Some(s) => Some(CachedState {
@@ -142,6 +145,22 @@ impl Pass<'_> {
             .filter_map(|i| SeenUpdate::new(&i.id, &i.updated_at, "listing"))
             .collect();
         db.note_updates(&updates, self.now)
+    }
+
+    /// Records each listed work item's priority on its task (one transaction a page;
+    /// nothing written when none changed): the listing already carries it, so the
+    /// refresh costs no request.
+    fn refresh_listed_priorities(&mut self, db: &mut Db, items: &[WorkItem]) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let listed: Vec<(&str, Priority)> =
+            items.iter().map(|i| (i.id.as_str(), i.priority)).collect();
+        for (key, old, new) in db.refresh_priorities(&listed, self.now)? {
+            log::info!("task {key}: priority {old} -> {new} (as Plane lists it)");
+            self.report.c.priorities += 1;
+        }
+        Ok(())
     }
 
     pub(super) fn rate_limit(&mut self, retry_after: Option<std::time::Duration>) {

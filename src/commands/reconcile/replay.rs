@@ -215,6 +215,7 @@ impl Pass<'_> {
             title: item.name.clone(),
             repo: project.repo.clone(),
             branch: crate::core::branch::branch_name(&key, &item.name),
+            priority: item.priority,
         };
         let started = moves::start_task(self.ctx, db, &new, Actor::Reconcile, reason, None)?;
         if started.branch.asked_gitea() {

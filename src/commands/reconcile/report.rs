@@ -101,6 +101,8 @@ pub struct Tally {
     pub replayed: i64,
     /// Deliveries and work items not replayed because a newer update was known.
     pub stale: i64,
+    /// Tasks whose priority changed to what the listing showed.
+    pub priorities: i64,
     /// Branches created (or found) on Gitea.
     pub branches: i64,
     /// Tasks still lacking their branch after the pass.
@@ -128,6 +130,7 @@ impl Report {
             ("deferred", c.deferred),
             ("replayed", c.replayed),
             ("stale", c.stale),
+            ("priorities", c.priorities),
             ("branches", c.branches),
             ("branches_left", c.branches_left),
             ("errors", c.errors),
