@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use rusqlite::{OpenFlags, OptionalExtension as _};
+use rusqlite::OpenFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::process::parse_stat;
@@ -149,6 +149,8 @@ pub struct PeerJob {
     pub task_key: String,
     /// Its task's Plane work item id.
     pub work_item_id: String,
+    /// The job's agent (`analyst`, `developer`, `reviewer`, `deployer`).
+    pub agent: String,
 }
 
 /// Returns the running job whose agent process group `pid` is in.
@@ -177,30 +179,40 @@ pub fn job_of_peer(db: &Path, pid: i64) -> Result<Option<PeerJob>> {
     )
     .with_context(|| format!("opening database {} read-only", db.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let row = conn
-        .query_row(
-            "SELECT j.id, j.pid_start_time, t.id, t.key, t.work_item_id
-               FROM jobs j JOIN tasks t ON t.id = j.task_id
-              WHERE j.status = 'running'
-                AND (j.pid = ?1 OR (j.pid IS NULL AND j.supervisor_pid = ?2))",
-            [pgid, parent],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    PeerJob {
-                        job_id: r.get(0)?,
-                        task_id: r.get(2)?,
-                        task_key: r.get(3)?,
-                        work_item_id: r.get(4)?,
-                    },
-                ))
-            },
-        )
-        .optional()?;
-    Ok(row.and_then(|(_, stamped, job)| match stamped {
-        Some(s) if s != started => None,
-        _ => Some(job),
+    // The job whose stamped agent leads the group; else, between spawn and stamp, the
+    // one job without a pid whose supervisor is the leader's parent. Two such rows (a
+    // dead supervisor's pid reused before reap flipped its job) name no one: refused.
+    let mut stmt = conn.prepare(
+        "SELECT j.pid_start_time, j.pid IS NOT NULL, t.id, t.key, t.work_item_id, j.agent, j.id
+           FROM jobs j JOIN tasks t ON t.id = j.task_id
+          WHERE j.status = 'running'
+            AND (j.pid = ?1 OR (j.pid IS NULL AND j.supervisor_pid = ?2))",
+    )?;
+    let rows = stmt
+        .query_map([pgid, parent], |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, bool>(1)?,
+                PeerJob {
+                    job_id: r.get(6)?,
+                    task_id: r.get(2)?,
+                    task_key: r.get(3)?,
+                    work_item_id: r.get(4)?,
+                    agent: r.get(5)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let stamped: Vec<_> = rows.iter().filter(|r| r.1).collect();
+    let unstamped: Vec<_> = rows.iter().filter(|r| !r.1).collect();
+    let chosen = match (stamped.as_slice(), unstamped.as_slice()) {
+        ([one], _) => Some(*one),
+        ([], [one]) => Some(*one),
+        _ => None,
+    };
+    Ok(chosen.and_then(|(stamp, _, job)| match stamp {
+        Some(s) if *s != started => None,
+        _ => Some(job.clone()),
     }))
 }
 

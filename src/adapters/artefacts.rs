@@ -41,6 +41,13 @@ pub fn task_dir(root: &Path, key: &str) -> Result<PathBuf> {
     Ok(root.join(key))
 }
 
+/// The open(2) flags and errno an artefact read needs, from rustix's Linux values.
+mod libc_flags {
+    pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    pub const O_NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    pub const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
+}
+
 /// The largest artefact file read (16 MiB): an agent's review or a staging report is
 /// a few KiB; a file past this is refused with an error, never read whole.
 pub const MAX_ARTEFACT_BYTES: u64 = 16 * 1024 * 1024;
@@ -52,12 +59,29 @@ pub const MAX_ARTEFACT_BYTES: u64 = 16 * 1024 * 1024;
 /// When it exists but cannot be read, or is larger than [`MAX_ARTEFACT_BYTES`].
 pub fn read(root: &Path, key: &str, file: &str) -> Result<Option<String>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = task_dir(root, key)?.join(file);
-    let file = match std::fs::File::open(&path) {
+    // Agents write this folder: a symlink would have orch copy any file it can read into
+    // a gate input or a feedback file, and a FIFO would block the pass in `open` past
+    // every deadline. Neither is followed; only a regular file is read.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::O_NOFOLLOW | libc_flags::O_NONBLOCK)
+        .open(&path);
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc_flags::ELOOP) => {
+            anyhow::bail!("{} is a symbolic link; refused unread", path.display())
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file; refused unread", path.display());
+    }
     let mut bytes = Vec::new();
     file.take(MAX_ARTEFACT_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -172,6 +196,31 @@ pub fn set_aside(dir: &Path, file: &str, round: u32, now: i64) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent writes the folder: a FIFO named like a gate input must not block the
+    /// pass (the test would hang on the old plain open), and a symlink must not make
+    /// orch read a file of the agent's choosing.
+    #[test]
+    fn a_fifo_or_a_symlink_in_the_folder_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("ORCH-1");
+        std::fs::create_dir_all(&task).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "orch's own file").unwrap();
+        std::os::unix::fs::symlink(&secret, task.join("05-review.md")).unwrap();
+        let e = read(dir.path(), "ORCH-1", "05-review.md").unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            task.join("10-staging-report.md"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = read(dir.path(), "ORCH-1", "10-staging-report.md").unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+    }
 
     #[test]
     fn an_artefact_past_the_cap_is_a_clear_error() {

@@ -242,6 +242,15 @@ pub fn decide(request: &AgentRequest, job: &PeerJob) -> Result<Vec<String>, Stri
             ));
         }
     }
+    // Validating staging and merging are the deployer's: a developer or reviewer that
+    // could run them (as orch, with orch's Gitea token) could ship its own change past
+    // review and deploy.
+    if *verb != "task show" && job.agent != "deployer" {
+        return Err(format!(
+            "{verb} is the deployer's; this is a {} job",
+            job.agent
+        ));
+    }
     let id = job.task_id.to_string();
     let mut argv: Vec<String> = match *verb {
         "task show" => vec!["task".into(), "show".into(), id],
@@ -316,6 +325,22 @@ mod tests {
             task_id: 3,
             task_key: "ORCH-3".into(),
             work_item_id: "wi-3".into(),
+            agent: "deployer".into(),
+        }
+    }
+
+    #[test]
+    fn only_the_deployer_validates_staging_and_merges() {
+        for agent in ["analyst", "developer", "reviewer"] {
+            let j = PeerJob {
+                agent: agent.into(),
+                ..job()
+            };
+            assert!(decide(&req("task show", None, &[]), &j).is_ok(), "{agent}");
+            for verb in ["staging-check", "merge-guard"] {
+                let e = decide(&req(verb, None, &[]), &j).unwrap_err();
+                assert!(e.contains("is the deployer's"), "{agent} {verb}: {e}");
+            }
         }
     }
 

@@ -302,7 +302,11 @@ impl Pass<'_> {
                 "the pass deadline ORCH_PASS_DEADLINE_S passed; the next pass goes on".into()
             });
         }
-        if !self.dry_run {
+        // Stopped by the deadline before handling any task (the listing took the time):
+        // the cursor stays where the last pass left it, or the next pass would start
+        // again from the first task and never reach the last ones.
+        let keep_cursor = out_of_time && last_handled.is_none();
+        if !self.dry_run && !keep_cursor {
             match reconcile::next_cursor(capped || out_of_time, last_handled) {
                 Some(id) => {
                     if let Err(e) = write_cursor(&cursor_path, id) {

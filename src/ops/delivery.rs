@@ -75,12 +75,32 @@ pub fn process_delivery(
                 log::warn!("delivery {}: could not record the error: {e2:#}", row.id);
             }
             let tries = row.attempts + 1;
-            if tries >= i64::from(ctx.config.settings.delivery_max_attempts.0) {
+            // Only a failure that trying again cannot mend brings the give-up nearer: an
+            // outage of Plane or Gitea, a busy database or an undecided round must not
+            // lose a real delivery after a few passes. Such a delivery keeps being
+            // replayed; fewest tries first, it starves nothing.
+            if tries >= i64::from(ctx.config.settings.delivery_max_attempts.0) && !transient(&e) {
                 give_up(ctx, db, &row, tries, &error)?;
             }
             Err(e)
         }
     }
+}
+
+/// Whether acting failed for a reason that passes by itself: a remote unreachable,
+/// timed out, 5xx or rate-limited; the database busy or refusing a write; a round that
+/// Gitea could not decide yet.
+fn transient(e: &anyhow::Error) -> bool {
+    use crate::adapters::http::HttpError;
+    crate::ops::pass::is_database_failure(e)
+        || e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<HttpError>(),
+                Some(HttpError::Retryable(_) | HttpError::RateLimited { .. })
+            ) || c
+                .downcast_ref::<crate::ops::moves::RoundUndecided>()
+                .is_some()
+        })
 }
 
 /// Gives up a delivery whose acting failed on its last allowed try: recorded `given_up`

@@ -87,10 +87,19 @@ fn a_slow_upstream_is_stopped_by_the_pass_deadline_between_pages() {
     env.plane().set_endless_listing(true);
     env.plane()
         .set_listing_delay(Some(Duration::from_millis(300)));
+    // Where an earlier capped pass stopped: a pass that handles no task keeps it.
+    let cursor = env.path("state/reconcile.cursor");
+    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+    std::fs::write(&cursor, "7\n").unwrap();
     let started = Instant::now();
     let events = env.count("SELECT count(*) FROM stage_events");
     let run = env.run(&["reconcile"]).expect(2);
     let took = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(&cursor).ok().as_deref(),
+        Some("7\n"),
+        "the cursor survives a pass the deadline stopped before any task"
+    );
     let pages = listing_requests(&env);
     assert!(
         (2..=6).contains(&pages),

@@ -836,3 +836,53 @@ fn a_poison_delivery_is_given_up_recorded_announced_once_and_starves_nothing() {
         1
     );
 }
+
+/// An outage is not poison: a delivery whose acting fails only because Plane cannot be
+/// reached is replayed past the try limit and never given up, so a real start or
+/// approval survives an outage of any length.
+#[test]
+fn a_delivery_failing_only_on_an_outage_is_never_given_up() {
+    let shop = Project::shop();
+    // A loopback port nothing listens on: every Plane call is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = TestEnv::builder()
+        .project(shop.clone())
+        .standins(&[Standin::Telegram])
+        .set("ORCH_DELIVERY_MAX_ATTEMPTS", "2")
+        .set("ORCH_PLANE_URL", &format!("http://127.0.0.1:{closed}"))
+        .set("ORCH_PLANE_API_KEY", "plane-key")
+        .build();
+    pending_delivery(
+        &env,
+        shop.plane_project_id,
+        1,
+        "5a000000-0000-4000-8000-0000000000ff",
+        NOW_UNIX - 600,
+    );
+    for _ in 0..4 {
+        env.run(&["reconcile"]);
+    }
+    let (outcome, attempts): (String, i64) = env
+        .db()
+        .query_row(
+            "SELECT outcome, attempts FROM deliveries WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        outcome, "pending",
+        "still to be replayed after {attempts} tries"
+    );
+    assert!(attempts >= 3, "tried past the limit of 2: {attempts}");
+    assert!(
+        !env.telegram_messages()
+            .iter()
+            .any(|m| m.contains("given up")),
+        "nothing announced"
+    );
+}
