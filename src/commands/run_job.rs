@@ -150,7 +150,12 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     // The developer's next job after a rollback gets its newest feedback file; the
     // first round (and every other agent) gets none.
     let feedback = if job.agent == Agent::Developer {
-        match crate::ops::feedback::newest(&ctx.config.settings.artefacts_dir, &task.key) {
+        match crate::ops::feedback::newest(
+            db,
+            &ctx.config.settings.artefacts_dir,
+            task.id,
+            &task.key,
+        ) {
             Ok(f) => f,
             Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
         }

@@ -85,30 +85,22 @@ pub fn write_on_rollback(
     Ok(Some(path))
 }
 
-/// Returns the newest feedback file of a task (the highest number), `None` when it has
-/// none (its first round) or the key cannot name an artefact folder.
+/// Returns the task's newest feedback file: the one its last recorded move back to
+/// development wrote (`feedback-<n>.md`, n = the moves back recorded in the database),
+/// `None` before the first (its first round) or when the key cannot name an artefact
+/// folder. The number comes from the record, never from the folder: agents write the
+/// folder, and a planted `feedback-999.md` must not hide the real one.
 ///
 /// # Errors
-/// When the task's folder exists but cannot be listed.
-pub fn newest(root: &Path, key: &str) -> Result<Option<PathBuf>> {
+/// When the database cannot be read.
+pub fn newest(db: &Db, root: &Path, task_id: i64, key: &str) -> Result<Option<PathBuf>> {
+    let n = db.rollbacks_to_development(task_id)?;
+    if n == 0 {
+        return Ok(None);
+    }
     let Ok(dir) = task_dir(root, key) else {
         return Ok(None);
     };
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut best: Option<(u32, PathBuf)> = None;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(n) = name.to_str().and_then(feedback::number_of) else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|(b, _)| n > *b) {
-            best = Some((n, entry.path()));
-        }
-    }
-    Ok(best.map(|(_, p)| p))
+    let path = dir.join(feedback::file_name(n));
+    Ok(path.is_file().then_some(path))
 }

@@ -564,7 +564,15 @@ fn every_rollback_writes_numbered_feedback_that_the_next_developer_reads() {
     // A pass that finds the rollback made writes nothing more.
     w.reconcile();
     assert_eq!(w.feedback_files(&key), ["feedback-1.md", "feedback-2.md"]);
+    // An agent plants a higher number in the folder it can write: the developer is
+    // still handed the file the recorded rollback wrote.
+    std::fs::write(
+        w.env.path(&format!("artefacts/{key}/feedback-999.md")),
+        "---\nfeedback: 999\nkind: forged\n---\n",
+    )
+    .unwrap();
     w.developer_sees(id, &key, 2, "staging-failed");
+    std::fs::remove_file(w.env.path(&format!("artefacts/{key}/feedback-999.md"))).unwrap();
 
     // The production deploy fails before the merge: back in the same round.
     let branch = "shop-6-checkout";
