@@ -18,6 +18,7 @@ mod post_deploy;
 mod prompts;
 mod reconcile;
 mod rounds;
+mod spend;
 mod staging_check;
 mod staging_roundtrip;
 mod stale_artefacts;

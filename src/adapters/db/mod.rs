@@ -47,6 +47,7 @@ mod plane_states;
 mod reconcile;
 mod recorder;
 mod rounds;
+mod spend;
 mod start;
 mod tasks;
 mod updates;
@@ -75,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_task_and_delivery_counts.sql"),
     include_str!("migrations/0010_running_by_stage.sql"),
     include_str!("migrations/0011_log_growth.sql"),
+    include_str!("migrations/0012_spend.sql"),
 ];
 
 /// The schema version this build writes.
