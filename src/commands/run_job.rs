@@ -468,3 +468,26 @@ fn render_argv(template: &[String], job: &Job, task: &Task, p: &Placeholders) ->
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_usage;
+
+    #[test]
+    fn a_usage_file_is_read_only_when_small_regular_and_not_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usage-1.json");
+        assert_eq!(read_usage(&p), Ok(None), "no file: nothing");
+        std::fs::write(&p, r#"{"tokens_out": 7}"#).unwrap();
+        assert_eq!(read_usage(&p).unwrap().unwrap().tokens_out, Some(7));
+        let big = dir.path().join("usage-2.json");
+        std::fs::write(&big, format!(r#"{{"cost": "1{}"}}"#, " ".repeat(5000))).unwrap();
+        assert!(read_usage(&big).unwrap_err().contains("more than 4096"));
+        let link = dir.path().join("usage-3.json");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(read_usage(&link).unwrap_err().contains("symlink"));
+        let sub = dir.path().join("usage-4.json");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(read_usage(&sub).is_err(), "a directory");
+    }
+}
