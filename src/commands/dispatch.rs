@@ -17,6 +17,7 @@ use crate::adapters::spawn;
 use crate::config::JobLauncher;
 use crate::core::dispatch::{plan, Wait};
 use crate::core::job::JobStatus;
+use crate::core::spend::{over_budget, Budget};
 use crate::exit::ExitStatus;
 use crate::ops::jobs::job_log_path;
 use crate::ops::pass::{PassContext, PassOutcome};
@@ -106,7 +107,13 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 .map_or("?", |q| q.project.as_str())
         };
         for id in &picked {
-            println!("  job {id} ({}): would start", project(*id));
+            match budget_stop(ctx, db, *id)? {
+                Some((_, why)) => println!(
+                    "  job {id} ({}): would not start: its task is escalated and the job cancelled: {why}",
+                    project(*id)
+                ),
+                None => println!("  job {id} ({}): would start", project(*id)),
+            }
         }
         for (id, wait) in &decided.waits {
             let why = match wait {
@@ -160,10 +167,20 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let mut started = 0i64;
     let mut lost = 0i64;
     let mut failed = 0i64;
+    let mut budget_stopped = 0i64;
     for id in picked {
         // Between jobs, never within one: the rest start on the next pass.
         if ctx.bounds().stop_for_deadline("starting jobs") {
             break;
+        }
+        if let Some((task_id, why)) = budget_stop(ctx, db, id)? {
+            budget_stopped += 1;
+            let (escalated, cancelled) = db.escalate_over_budget(task_id, &why, now)?;
+            log::warn!(
+                "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
+                if escalated { "escalated" } else { "already escalated" }
+            );
+            continue;
         }
         if !db.claim_job(id, now, limit)? {
             lost += 1;
@@ -191,6 +208,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("started", started),
         ("lost_race", lost),
         ("launch_failed", failed),
+        ("over_budget", budget_stopped),
         ("staging_waits", staging_waits),
         ("branch_waits", branch_waits.len() as i64),
         ("hold_waits", on_hold.len() as i64),
@@ -202,6 +220,28 @@ fn held_why(db: &Db, project: &str, now: i64) -> Result<String> {
     Ok(db
         .hold_of(project, now)?
         .map_or_else(|| format!("project {project} is on hold"), |h| h.describe()))
+}
+
+/// The budget check, separate from the plan (docs/jobs.md, "Spend"): with
+/// `ORCH_TASK_BUDGET` or `ORCH_TASK_TOKEN_BUDGET` set, a job whose task's reported totals
+/// reached a cap is not started; returns its task and why. Reads only.
+///
+/// # Errors
+/// When the database cannot be read.
+fn budget_stop(ctx: &PassContext, db: &Db, id: i64) -> Result<Option<(i64, String)>> {
+    let s = &ctx.config.settings;
+    let budget = Budget {
+        cost_micros: s.task_budget.0,
+        tokens: s.task_token_budget.0,
+    };
+    if budget == Budget::default() {
+        return Ok(None);
+    }
+    let Some(job) = db.job(id)? else {
+        return Ok(None);
+    };
+    let totals = db.task_spend(job.task_id)?;
+    Ok(over_budget(&totals, &budget).map(|why| (job.task_id, why)))
 }
 
 /// Why a job waits for its task's branch (dry run and log).

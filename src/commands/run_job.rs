@@ -78,6 +78,7 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
         );
     }
     let code = supervise(ctx, &db, &job, &task, &log_path)?;
+    record_usage(ctx, &mut db, &job, &task, &log_path);
     let status = JobStatus::from_exit_code(code);
     // The agent ran for minutes or hours: the job's end and the gate after it happen now,
     // not when the pass began, so the pass's time is read again (the one re-read here).
@@ -112,6 +113,84 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
     } else {
         ExitStatus::No
     })
+}
+
+/// Reads the usage the agent reported (`usage-<job id>.json` in the task's artefact
+/// folder, docs/jobs.md "Spend") and records it on the job and its totals. Never fails
+/// the job: a missing file records nothing; a bad one (too big, not a regular file, a
+/// bad form) is a warning in the job's log and records nothing. A read file is renamed
+/// to `usage-<job id>.<attempt>.recorded.json`, so a later attempt of the same job only
+/// counts what its own agent writes.
+fn record_usage(ctx: &PassContext, db: &mut Db, job: &Job, task: &Task, log_path: &Path) {
+    let Ok(dir) = artefacts::task_dir(&ctx.config.settings.artefacts_dir, &task.key) else {
+        return;
+    };
+    let path = dir.join(crate::core::spend::usage_file_name(job.id));
+    let outcome = match read_usage(&path) {
+        Ok(None) => return,
+        Ok(Some(u)) => match db.record_usage(job.id, job.attempt, &u) {
+            Ok(true) => {
+                let done = dir.join(format!("usage-{}.{}.recorded.json", job.id, job.attempt));
+                if let Err(e) = std::fs::rename(&path, &done) {
+                    log::warn!(
+                        "run-job: job {}: could not set {} aside: {e}",
+                        job.id,
+                        path.display()
+                    );
+                }
+                Ok(format!(
+                    "tokens in {}, out {}, cost {} {}",
+                    u.tokens_in.map_or("-".into(), |n| n.to_string()),
+                    u.tokens_out.map_or("-".into(), |n| n.to_string()),
+                    u.cost_micros
+                        .map_or("-".into(), crate::core::spend::format_micros),
+                    u.currency.as_deref().unwrap_or("USD")
+                ))
+            }
+            Ok(false) => Err("the job moved to another attempt".to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        },
+        Err(why) => Err(why),
+    };
+    let line = match outcome {
+        Ok(what) => format!("== usage recorded: {what}"),
+        Err(why) => {
+            log::warn!("run-job: job {} usage not recorded: {why}", job.id);
+            format!("== usage not recorded ({}): {why}", path.display())
+        }
+    };
+    if let Ok(mut log) = spawn::open_log(log_path) {
+        let _ = writeln!(log, "{line}");
+    }
+}
+
+/// The usage file's form; `Ok(None)` when there is none.
+fn read_usage(path: &Path) -> Result<Option<crate::core::spend::Usage>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // Never through a symlink: the agent may run as another user.
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open it (a symlink is refused): {e}")),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let max = crate::core::spend::USAGE_MAX_BYTES;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!("{} bytes, more than {max}", meta.len()));
+    }
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    crate::core::spend::parse_usage(&text).map(Some)
 }
 
 fn gate(ctx: &PassContext, db: &mut Db, task: &Task) {
@@ -393,4 +472,27 @@ fn render_argv(template: &[String], job: &Job, task: &Task, p: &Placeholders) ->
                 .replace("{feedback}", &feedback)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_usage;
+
+    #[test]
+    fn a_usage_file_is_read_only_when_small_regular_and_not_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usage-1.json");
+        assert_eq!(read_usage(&p), Ok(None), "no file: nothing");
+        std::fs::write(&p, r#"{"tokens_out": 7}"#).unwrap();
+        assert_eq!(read_usage(&p).unwrap().unwrap().tokens_out, Some(7));
+        let big = dir.path().join("usage-2.json");
+        std::fs::write(&big, format!(r#"{{"cost": "1{}"}}"#, " ".repeat(5000))).unwrap();
+        assert!(read_usage(&big).unwrap_err().contains("more than 4096"));
+        let link = dir.path().join("usage-3.json");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(read_usage(&link).unwrap_err().contains("symlink"));
+        let sub = dir.path().join("usage-4.json");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(read_usage(&sub).is_err(), "a directory");
+    }
 }

@@ -125,6 +125,11 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
         })
         .collect();
     let escalated_total = db.escalated_count()?;
+    let spend = db
+        .project_spend()?
+        .iter()
+        .map(|(p, t)| (p.clone(), crate::core::status::spend_json(t)))
+        .collect();
     let escalated = db
         .escalated_tasks(LIST_LIMIT)?
         .into_iter()
@@ -171,6 +176,7 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
             .collect(),
         escalated,
         escalated_total,
+        spend,
         deliveries: db.delivery_counts()?,
         passes,
         post_deploy: Vec::new(),

@@ -337,10 +337,12 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let (db, t) = find(ctx, &args.task)?;
     let events = db.stage_events(t.id)?;
     let jobs = db.task_jobs(t.id)?;
+    let spend = db.task_spend(t.id)?;
     if args.json {
         let mut out = task_json(&t);
         out["events"] = events.iter().map(event_json).collect();
         out["jobs"] = jobs.iter().map(job_json).collect();
+        out["spend"] = crate::core::status::spend_json(&spend);
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitStatus::Success);
     }
@@ -370,6 +372,7 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
         "  round {}  developer retries {}  priority {}",
         t.round, t.developer_retries, t.priority
     );
+    println!("  spend {}", crate::core::status::spend_text(&spend));
     if let Some(at) = t.escalated_at {
         println!(
             "  ESCALATED since {}: {}",

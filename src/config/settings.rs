@@ -282,6 +282,45 @@ impl SettingValue for JobLauncher {
     }
 }
 
+/// An optional non-negative decimal amount (`ORCH_TASK_BUDGET`), kept in micro-units;
+/// empty: none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Amount(pub Option<i64>);
+
+impl SettingValue for Amount {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(Amount(None));
+        }
+        crate::core::spend::parse_micros(text).map(|m| Amount(Some(m)))
+    }
+    fn render(&self) -> String {
+        self.0
+            .map(crate::core::spend::format_micros)
+            .unwrap_or_default()
+    }
+}
+
+/// An optional non-negative whole number (`ORCH_TASK_TOKEN_BUDGET`); empty: none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalCount(pub Option<i64>);
+
+impl SettingValue for OptionalCount {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(OptionalCount(None));
+        }
+        text.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(|n| OptionalCount(Some(n)))
+            .ok_or_else(|| "expected a non-negative whole number, or empty for none".into())
+    }
+    fn render(&self) -> String {
+        self.0.map(|n| n.to_string()).unwrap_or_default()
+    }
+}
+
 /// An RFC 3339 instant that pins the clock (`ORCH_NOW`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinnedNow(pub Option<jiff::Timestamp>);
@@ -475,6 +514,10 @@ settings! {
     reaper_max_running_s: PositiveSeconds = "ORCH_REAPER_MAX_RUNNING_S", "14400", false, "a job running longer than this is terminated (TERM, then KILL) and flipped to failed";
     /// Stall detection: how long a live agent's log may stay the same size.
     agent_stall_s: Seconds = "ORCH_AGENT_STALL_S", "900", false, "reap stops a running agent whose log has not grown for this many seconds (TERM, then KILL; reap reason stalled, a failed attempt); 0 switches it off";
+    /// The spend cap of one task.
+    task_budget: Amount = "ORCH_TASK_BUDGET", "", false, "spend cap of one task, a decimal in the currency agents report (e.g. 10 or 2.5); once a task's reported cost reaches it, dispatch escalates the task instead of starting its next job; empty: no cap";
+    /// The token cap of one task.
+    task_token_budget: OptionalCount = "ORCH_TASK_TOKEN_BUDGET", "", false, "token cap of one task (reported tokens in and out together); once reached, dispatch escalates the task instead of starting its next job; empty: no cap";
     /// Grace between TERM and KILL.
     reaper_kill_grace_s: Seconds = "ORCH_REAPER_KILL_GRACE_S", "10", false, "seconds between TERM and KILL when reap or job cancel terminates a job's process group";
     /// Whether `reap` reclaims a stale merge lease.

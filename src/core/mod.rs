@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod revision;
 pub mod round;
 pub mod roundtrip;
+pub mod spend;
 pub mod stage;
 pub mod staging_check;
 pub mod staging_check_report;

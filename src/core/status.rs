@@ -13,6 +13,32 @@ use crate::core::priority::Priority;
 use crate::core::stage::Stage;
 use crate::core::when::{format_unix, human_duration};
 
+/// A task's or project's spend as shown (`task show --json`, `status --json`): the
+/// totals plus `cost`, the micro-units as a decimal string.
+pub fn spend_json(t: &crate::core::spend::SpendTotals) -> serde_json::Value {
+    serde_json::json!({
+        "jobs": t.jobs,
+        "tokens_in": t.tokens_in,
+        "tokens_out": t.tokens_out,
+        "cost_micros": t.cost_micros,
+        "cost": crate::core::spend::format_micros(t.cost_micros),
+    })
+}
+
+/// A task's spend as one line of `task show`.
+pub fn spend_text(t: &crate::core::spend::SpendTotals) -> String {
+    if t.jobs == 0 {
+        return "none reported".into();
+    }
+    format!(
+        "cost {} over {} job(s), tokens in {} out {}",
+        crate::core::spend::format_micros(t.cost_micros),
+        t.jobs,
+        t.tokens_in,
+        t.tokens_out
+    )
+}
+
 /// One running job as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunningJob {
@@ -97,6 +123,9 @@ pub struct StatusReport {
     pub escalated: Vec<EscalatedTask>,
     /// All escalated tasks.
     pub escalated_total: i64,
+    /// Reported agent spend per project (only projects with any; `cost_micros` and the
+    /// `cost` decimal in the currency agents report).
+    pub spend: BTreeMap<String, serde_json::Value>,
     /// Webhook deliveries not yet acted on (`pending`) and those that acted on nothing
     /// because a newer update of their work item was known (`stale`).
     pub deliveries: BTreeMap<String, i64>,
@@ -333,6 +362,21 @@ pub fn render_text(r: &StatusReport) -> String {
             );
         }
     }
+    if r.spend.is_empty() {
+        let _ = writeln!(out, "spend: none reported");
+    } else {
+        let _ = writeln!(out, "spend:");
+        for (project, v) in &r.spend {
+            let _ = writeln!(
+                out,
+                "  {project}: cost {} over {} job(s), tokens in {} out {}",
+                v["cost"].as_str().unwrap_or("?"),
+                v["jobs"],
+                v["tokens_in"],
+                v["tokens_out"]
+            );
+        }
+    }
     if r.post_deploy.is_empty() {
         let _ = writeln!(out, "post-deploy: none armed");
     } else {
@@ -482,6 +526,27 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
         "orch_tasks_escalated",
         "Tasks parked for a human.",
         vec![(String::new(), r.escalated_total.to_string())],
+    );
+    let spend = |field: &str| {
+        r.spend
+            .iter()
+            .map(|(p, v)| (format!("{{project=\"{p}\"}}"), v[field].to_string()))
+            .collect()
+    };
+    family(
+        "orch_spend_cost_micros",
+        "Cost agents reported, per project, in millionths of their currency.",
+        spend("cost_micros"),
+    );
+    family(
+        "orch_spend_tokens_in",
+        "Input tokens agents reported, per project.",
+        spend("tokens_in"),
+    );
+    family(
+        "orch_spend_tokens_out",
+        "Output tokens agents reported, per project.",
+        spend("tokens_out"),
     );
     family(
         "orch_running_jobs_not_alive",
@@ -670,6 +735,17 @@ mod tests {
                 .collect(),
             escalated: vec![],
             escalated_total: 0,
+            spend: [(
+                "orch".to_string(),
+                spend_json(&crate::core::spend::SpendTotals {
+                    jobs: 2,
+                    tokens_in: 1500,
+                    tokens_out: 200,
+                    cost_micros: 1_250_000,
+                }),
+            )]
+            .into_iter()
+            .collect(),
             deliveries: [("stale", 1)]
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
@@ -751,6 +827,8 @@ mod tests {
         tasks: analysis 0, development 1, review 0, deploy-staging 0, deploy 0, done 0, cancelled 0
         deliveries: pending 0, stale 1
         escalated: none
+        spend:
+          orch: cost 1.25 over 2 job(s), tokens in 1500 out 200
         post-deploy: none armed
         merge lease: free
         staging: held by job 4 (SHOP-1) for 1m30s

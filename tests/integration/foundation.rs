@@ -388,7 +388,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 13)
+    orch status at 2026-11-25T03:00:00Z (schema 14)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -396,6 +396,7 @@ fn status_text_json_and_prometheus() {
     tasks: analysis 1, development 0, review 0, deploy-staging 0, deploy 0, done 0, cancelled 1
     deliveries: pending 0, stale 0
     escalated: none
+    spend: none reported
     post-deploy: none armed
     merge lease: free
     staging: free
@@ -429,6 +430,12 @@ fn status_text_json_and_prometheus() {
     # HELP orch_tasks_escalated Tasks parked for a human.
     # TYPE orch_tasks_escalated gauge
     orch_tasks_escalated 0
+    # HELP orch_spend_cost_micros Cost agents reported, per project, in millionths of their currency.
+    # TYPE orch_spend_cost_micros gauge
+    # HELP orch_spend_tokens_in Input tokens agents reported, per project.
+    # TYPE orch_spend_tokens_in gauge
+    # HELP orch_spend_tokens_out Output tokens agents reported, per project.
+    # TYPE orch_spend_tokens_out gauge
     # HELP orch_running_jobs_not_alive Running jobs (all of them, not only those listed) whose process is dead, reused or not yet stamped.
     # TYPE orch_running_jobs_not_alive gauge
     orch_running_jobs_not_alive 1
@@ -500,7 +507,8 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 13,
+      "schema_version": 14,
+      "spend": {},
       "staging": {
         "holders": [],
         "state": "free"

@@ -21,6 +21,7 @@ mod priority;
 mod prompts;
 mod reconcile;
 mod rounds;
+mod spend;
 mod staging_check;
 mod staging_roundtrip;
 mod stale_artefacts;

@@ -53,6 +53,7 @@ mod priority;
 mod reconcile;
 mod recorder;
 mod rounds;
+mod spend;
 mod start;
 mod tasks;
 mod updates;
@@ -85,6 +86,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_log_growth.sql"),
     include_str!("migrations/0012_holds.sql"),
     include_str!("migrations/0013_priority.sql"),
+    include_str!("migrations/0014_spend.sql"),
 ];
 
 /// The schema version this build writes.

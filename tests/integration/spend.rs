@@ -1,0 +1,199 @@
+//! Spend and budgets (issue 16): the usage an agent reports is recorded by the real
+//! `run-job`, shown by `task show` and `status`, and a task whose totals reached
+//! `ORCH_TASK_BUDGET` is escalated once by `dispatch` (its next job not started) and
+//! announced once by `reconcile`.
+
+use rusqlite::params;
+
+use crate::common::{seed_tasks, Project, SeedTask, Standin, TestEnv, NOW_UNIX};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
+
+fn world(vars: &[(&str, &str)]) -> (TestEnv, i64) {
+    let argv = format!("[{AGENT}]");
+    let agents = format!("analyst: {argv}\ndeveloper: {argv}\nreviewer: {argv}\ndeployer: {argv}");
+    let mut b = TestEnv::builder()
+        .project(Project::orch().self_hosting(false))
+        .agents(&agents)
+        .standins(&[Standin::Telegram]);
+    for (k, v) in vars {
+        b = b.set(k, v);
+    }
+    let env = b.build();
+    let seed = SeedTask::new(env.project("orch"), 1, "review".parse().unwrap())
+        .branch("orch-1")
+        .at(0);
+    let task = seed_tasks(&env, &[seed])[0];
+    (env, task)
+}
+
+fn job(env: &TestEnv, task: i64, status: &str) -> i64 {
+    let c = env.db();
+    c.execute(
+        "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
+         VALUES (?1, 'reviewer', 'review', ?2, 1, ?3, ?4)",
+        params![
+            task,
+            status,
+            NOW_UNIX - 50,
+            (status == "running").then_some(NOW_UNIX - 10)
+        ],
+    )
+    .unwrap();
+    c.last_insert_rowid()
+}
+
+fn log_of(env: &TestEnv, job: i64) -> String {
+    std::fs::read_to_string(env.path(&format!("state/jobs/{job}.log"))).unwrap()
+}
+
+#[test]
+fn usage_is_recorded_and_a_bad_form_is_only_a_warning() {
+    let (env, task) = world(&[]);
+    let first = job(&env, task, "running");
+    env.artefact(
+        "ORCH-1",
+        &format!("usage-{first}.json"),
+        r#"{"tokens_in": 1200, "tokens_out": 300, "cost": "0.4", "currency": "USD"}"#,
+    );
+    env.run(&["run-job", &first.to_string()]).expect(0);
+    let (ti, to, cost, cur): (i64, i64, i64, String) = env
+        .db()
+        .query_row(
+            "SELECT tokens_in, tokens_out, cost_micros, currency FROM jobs WHERE id = ?1",
+            [first],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((ti, to, cost, cur.as_str()), (1200, 300, 400_000, "USD"));
+    assert!(
+        log_of(&env, first).contains("== usage recorded: tokens in 1200, out 300, cost 0.40 USD")
+    );
+    // The file is set aside, so a later attempt counts only what its own agent writes.
+    assert!(!env
+        .path(&format!("artefacts/ORCH-1/usage-{first}.json"))
+        .exists());
+    assert!(env
+        .path(&format!("artefacts/ORCH-1/usage-{first}.1.recorded.json"))
+        .exists());
+
+    // A bad form: a warning in the job's log, nothing recorded, the job still succeeds.
+    let second = job(&env, task, "running");
+    env.artefact(
+        "ORCH-1",
+        &format!("usage-{second}.json"),
+        r#"{"cost": "lots"}"#,
+    );
+    env.run(&["run-job", &second.to_string()]).expect(0);
+    assert!(
+        log_of(&env, second).contains("== usage not recorded"),
+        "{}",
+        log_of(&env, second)
+    );
+    assert_eq!(
+        env.count(&format!("SELECT count(*) FROM jobs WHERE id = {second} AND cost_micros IS NULL AND status = 'succeeded'")),
+        1
+    );
+    // No file: nothing recorded, nothing said.
+    let third = job(&env, task, "running");
+    env.run(&["run-job", &third.to_string()]).expect(0);
+    assert!(!log_of(&env, third).contains("usage"));
+
+    let show = env
+        .run(&["task", "show", "ORCH-1", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(show["spend"]["jobs"], 1, "{show:#}");
+    assert_eq!(show["spend"]["cost"], "0.40");
+    assert_eq!(show["spend"]["tokens_in"], 1200);
+    env.run(&["task", "show", "ORCH-1"])
+        .expect(0)
+        .stdout_has("spend cost 0.40 over 1 job(s), tokens in 1200 out 300");
+    let status = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(
+        status["spend"]["orch"]["cost_micros"], 400_000,
+        "{status:#}"
+    );
+    assert_eq!(status["spend"]["orch"]["tokens_out"], 300);
+    env.run(&["status"])
+        .expect(0)
+        .stdout_has("orch: cost 0.40 over 1 job(s)");
+}
+
+#[test]
+fn an_over_budget_task_is_escalated_once_and_its_next_job_not_started() {
+    let (env, task) = world(&[("ORCH_TASK_BUDGET", "0.5")]);
+    let first = job(&env, task, "running");
+    env.artefact("ORCH-1", &format!("usage-{first}.json"), r#"{"cost": 0.3}"#);
+    env.run(&["run-job", &first.to_string()]).expect(0);
+    // Under the cap: a dry run would start the next job.
+    let next = job(&env, task, "queued");
+    env.run(&["dispatch", "--dry-run"])
+        .expect(0)
+        .stdout_has(&format!("job {next} (orch): would start"));
+    env.db()
+        .execute(
+            "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1",
+            params![next, NOW_UNIX],
+        )
+        .unwrap();
+    env.artefact(
+        "ORCH-1",
+        &format!("usage-{next}.json"),
+        r#"{"cost": "0.2", "tokens_in": 5}"#,
+    );
+    env.run(&["run-job", &next.to_string()]).expect(0);
+    // 0.3 + 0.2 reached 0.5: the third job is not started.
+    let third = job(&env, task, "queued");
+    env.run(&["dispatch", "--dry-run"])
+        .expect(0)
+        .stdout_has(&format!("job {third} (orch): would not start"));
+    env.run(&["dispatch"]).expect(0);
+    let (at, reason): (i64, String) = env
+        .db()
+        .query_row(
+            "SELECT escalated_at, escalation_reason FROM tasks WHERE id = ?1",
+            [task],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(at, NOW_UNIX);
+    assert!(
+        reason.contains("spend 0.50 reached ORCH_TASK_BUDGET 0.50 over 2 job(s)"),
+        "{reason}"
+    );
+    assert_eq!(
+        env.count(&format!("SELECT count(*) FROM jobs WHERE id = {third} AND status = 'cancelled' AND pid IS NULL AND started_at IS NULL")),
+        1
+    );
+    // A second dispatch pass (a later instant, a fresh queued job) does not escalate again.
+    let fourth = job(&env, task, "queued");
+    let mut later = env.command(&["dispatch"]);
+    later.env("ORCH_NOW", "2026-11-25T03:05:00Z");
+    assert!(later.status().unwrap().success());
+    assert_eq!(
+        env.count(&format!("SELECT escalated_at FROM tasks WHERE id = {task}")),
+        NOW_UNIX
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM jobs WHERE id = {fourth} AND status = 'cancelled'"
+        )),
+        1
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
+        0
+    );
+    // Reconcile announces the escalation once, however often it runs.
+    for _ in 0..2 {
+        env.run(&["reconcile"]).expect(0);
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM notifications WHERE kind = 'escalation'"),
+        1
+    );
+    let sent = env.telegram_messages();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("ORCH_TASK_BUDGET"), "{sent:?}");
+}
