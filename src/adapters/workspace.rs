@@ -176,7 +176,7 @@ pub fn prepare(
 }
 
 /// Removes a workspace (and a clone left half made beside it); `Ok(false)` when there
-/// was nothing. A crash part-way leaves a `.removing` folder for [`sweep_leftovers`].
+/// was nothing. A crash part-way leaves a `.removing` folder for [`list`] to delete.
 ///
 /// # Errors
 /// When the folder cannot be renamed or deleted.
