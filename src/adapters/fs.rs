@@ -91,6 +91,16 @@ pub fn temp_beside(path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((dir.to_path_buf(), tmp))
 }
 
+/// [`write_atomic`] for a file the agent's group must read (`0640`, whatever the umask):
+/// a feedback file in a task's setgid artefact folder, read by an agent that runs as
+/// `ORCH_AGENT_USER` (docs/security.md).
+///
+/// # Errors
+/// When the folder cannot be created or the file written.
+pub fn write_atomic_group_readable(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomic_mode(path, contents, Some(0o640))
+}
+
 fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let (dir, tmp) = temp_beside(path)?;

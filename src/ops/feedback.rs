@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::artefacts::{self, task_dir, write_atomic};
+use crate::adapters::artefacts::{self, task_dir};
 use crate::adapters::db::Db;
+use crate::adapters::fs::write_atomic_group_readable;
 use crate::clock::format_unix;
 use crate::core::feedback::{self, Feedback, Kind};
 use crate::core::stage::{self, Actor, Stage};
@@ -68,7 +69,9 @@ pub fn write_on_rollback(
         evidence: evidence.as_deref(),
     });
     let path = dir.join(feedback::file_name(number));
-    write_atomic(&path, text.as_bytes()).with_context(|| {
+    // The developer may run as the agent user: its group reads the file (the task's
+    // folder is setgid to that group).
+    write_atomic_group_readable(&path, text.as_bytes()).with_context(|| {
         format!(
             "task {} cannot go back to development: writing its feedback {}",
             task.key,

@@ -536,6 +536,14 @@ fn every_rollback_writes_numbered_feedback_that_the_next_developer_reads() {
     w.run_job(id, "reviewer", "review", 0);
     assert_eq!(w.stage(id), "development");
     let one = w.artefact(&key, "feedback-1.md").expect("feedback 1");
+    // Readable by the agent's group (a developer running as ORCH_AGENT_USER), whatever
+    // orch's umask; nobody else.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(w.env.path(&format!("artefacts/{key}/feedback-1.md")))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o640, "{mode:o}");
     assert!(
         one.starts_with(
             "---\nfeedback: 1\nkind: review-changes\nround: 1\nevidence_file: 05-review.md\n---\n# Feedback 1 for SHOP-5: the review requested changes\n"
