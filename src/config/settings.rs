@@ -457,7 +457,7 @@ settings! {
     /// Whole-request timeout of every remote call.
     http_timeout_s: PositiveSeconds = "ORCH_HTTP_TIMEOUT_S", "20", false, "whole-request timeout of every Plane, Gitea and Telegram call, in seconds";
     /// The most pages one listing reads.
-    list_max_pages: Count = "ORCH_LIST_MAX_PAGES", "100", false, "pages one listing (Plane work items or states, Gitea pull requests or CI statuses) reads at most; past it the listing stops and the pass exits 2";
+    list_max_pages: Count = "ORCH_LIST_MAX_PAGES", "1000", false, "pages one listing (Plane work items or states, Gitea pull requests or CI statuses) reads at most; past it the listing stops and the pass exits 2";
     /// The deadline of every pass.
     pass_deadline_s: PositiveSeconds = "ORCH_PASS_DEADLINE_S", "240", false, "a pass stops between items after this many seconds, records what it did and exits 2 (below the units' TimeoutStartSec=)";
     /// Log filter.
