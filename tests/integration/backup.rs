@@ -30,7 +30,6 @@ print(n, flush=True)
 #[test]
 fn a_backup_taken_while_another_process_writes_is_consistent_and_readable() {
     let env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     let db = env.path("orch.db");
     let mut writer = Command::new("python3")
         .args(["-c", WRITER, db.to_str().unwrap()])

@@ -7,7 +7,6 @@ use crate::common::{TestEnv, NOW_UNIX};
 #[test]
 fn a_hold_is_recorded_shown_and_lifted() {
     let mut env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     env.run(&["hold", "list"])
         .expect(0)
         .stdout
@@ -191,7 +190,6 @@ fn a_hold_is_recorded_shown_and_lifted() {
 #[test]
 fn a_hold_lapses_at_its_until_by_the_pass_clock() {
     let mut env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     env.run(&[
         "hold",
         "set",
@@ -225,7 +223,6 @@ fn a_hold_lapses_at_its_until_by_the_pass_clock() {
 #[test]
 fn bad_holds_are_refused_with_exit_2() {
     let env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     let cases: [(&[&str], &str); 7] = [
         (&["--project", "shop", "--until", "tomorrow"], "RFC 3339"),
         (
@@ -277,7 +274,6 @@ fn bad_holds_are_refused_with_exit_2() {
 #[test]
 fn a_hold_set_from_inside_an_agent_names_its_job() {
     let mut env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     env.set("ORCH_JOB_ID", "7");
     env.run(&[
         "hold",

@@ -393,7 +393,6 @@ fn the_metrics_file_is_readable_by_node_exporter_and_counts_every_running_job() 
 #[test]
 fn every_family_the_example_alert_rules_use_is_one_orch_writes() {
     let env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     env.run(&["reap"]).expect(0);
     env.run(&[
         "hold",
@@ -430,7 +429,6 @@ fn every_family_the_example_alert_rules_use_is_one_orch_writes() {
 #[test]
 fn a_commands_own_error_and_refusal_lines_carry_their_priority_under_journald() {
     let env = TestEnv::new();
-    env.run(&["init"]).expect(0);
     let journal = |d: u64, i: u64| format!("{d}:{i}");
     let err = stderr_as_journal(
         &env,
