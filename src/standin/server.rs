@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -60,7 +60,49 @@ pub struct Reply {
     pub delay: Option<Duration>,
     /// Send no answer at all: the client sees its read time out (a lost answer).
     pub no_answer: bool,
+    /// Hold the answer until the test opens this gate (see [`Reply::held`]).
+    pub gate: Option<Gate>,
 }
+
+/// A latch a test opens to let a held answer go (see [`Reply::held`]).
+///
+/// Unlike a delay, it holds the answer for exactly as long as the test needs, so a
+/// test can look at what the client did between its request and the answer without
+/// racing a timer.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens the gate: every answer held by it goes, and later ones are not held.
+    pub fn open(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().expect("gate lock") = true;
+        cvar.notify_all();
+    }
+
+    /// Waits for the gate to open; a test that fails before opening it lets the
+    /// answer go after a minute (a failsafe, so the server can still stop).
+    fn wait(&self) {
+        let (lock, cvar) = &*self.0;
+        let open = lock.lock().expect("gate lock");
+        let _ = cvar
+            .wait_timeout_while(open, Duration::from_secs(60), |open| !*open)
+            .expect("gate lock");
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 impl Reply {
     /// A JSON reply.
@@ -71,6 +113,7 @@ impl Reply {
             body: serde_json::to_vec(value).expect("JSON values serialise"),
             delay: None,
             no_answer: false,
+            gate: None,
         }
     }
 
@@ -82,6 +125,7 @@ impl Reply {
             body: body.into(),
             delay: None,
             no_answer: false,
+            gate: None,
         }
     }
 
@@ -93,6 +137,7 @@ impl Reply {
             body: vec![],
             delay: None,
             no_answer: false,
+            gate: None,
         }
     }
 
@@ -105,6 +150,12 @@ impl Reply {
     /// Delays the answer.
     pub fn delayed(mut self, d: Duration) -> Reply {
         self.delay = Some(d);
+        self
+    }
+
+    /// Holds the answer until `gate` is opened.
+    pub fn held(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
         self
     }
 
@@ -133,6 +184,7 @@ pub struct Server {
     requests: Arc<Mutex<Vec<Recorded>>>,
     scripts: Arc<Mutex<Vec<Script>>>,
     events: Mutex<Receiver<Recorded>>,
+    arrivals: Mutex<Receiver<Recorded>>,
     stop: Arc<AtomicBool>,
     inner: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
@@ -156,6 +208,7 @@ impl Server {
         let scripts: Arc<Mutex<Vec<Script>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = channel();
+        let (arrived_tx, arrived_rx) = channel();
         let thread = {
             let (inner, requests, scripts, stop) = (
                 inner.clone(),
@@ -163,13 +216,20 @@ impl Server {
                 scripts.clone(),
                 stop.clone(),
             );
-            std::thread::spawn(move || serve(&inner, &handler, &requests, &scripts, &stop, &tx))
+            let channels = Events {
+                answered: tx,
+                arrived: arrived_tx,
+            };
+            std::thread::spawn(move || {
+                serve(&inner, &handler, &requests, &scripts, &stop, &channels)
+            })
         };
         Server {
             url: format!("http://127.0.0.1:{port}"),
             requests,
             scripts,
             events: Mutex::new(rx),
+            arrivals: Mutex::new(arrived_rx),
             stop,
             inner,
             thread: Some(thread),
@@ -201,6 +261,17 @@ impl Server {
         self.events
             .lock()
             .expect("events lock")
+            .recv_timeout(deadline)
+            .ok()
+    }
+
+    /// Waits for the next request to have arrived, before its answer (a failsafe
+    /// deadline, not a timing). With [`Reply::held`] the test looks at the client
+    /// mid-call.
+    pub fn next_arrival(&self, deadline: Duration) -> Option<Recorded> {
+        self.arrivals
+            .lock()
+            .expect("arrivals lock")
             .recv_timeout(deadline)
             .ok()
     }
@@ -251,13 +322,19 @@ impl Drop for Server {
     }
 }
 
+/// Where the serving thread announces requests: on arrival, and once answered.
+struct Events {
+    answered: Sender<Recorded>,
+    arrived: Sender<Recorded>,
+}
+
 fn serve(
     server: &tiny_http::Server,
     handler: &Arc<Handler>,
     requests: &Mutex<Vec<Recorded>>,
     scripts: &Mutex<Vec<Script>>,
     stop: &AtomicBool,
-    events: &Sender<Recorded>,
+    events: &Events,
 ) {
     while !stop.load(Ordering::SeqCst) {
         let Ok(mut req) = server.recv() else { break };
@@ -305,6 +382,10 @@ fn serve(
             Some((reply, false)) => reply,
             None => handler(&rec),
         };
+        let _ = events.arrived.send(rec.clone());
+        if let Some(gate) = &reply.gate {
+            gate.wait();
+        }
         if let Some(d) = reply.delay {
             std::thread::sleep(d);
         }
@@ -313,7 +394,7 @@ fn serve(
             let mut w = req.into_writer();
             let _ = w.flush();
             std::mem::forget(w);
-            let _ = events.send(rec);
+            let _ = events.answered.send(rec);
             continue;
         }
         let mut response =
@@ -326,7 +407,7 @@ fn serve(
         let _ = req.respond(response);
         // Announced once answered, so a test that reacts to a request (changes the
         // model) never races the answer to that same request.
-        let _ = events.send(rec);
+        let _ = events.answered.send(rec);
     }
 }
 

@@ -176,7 +176,7 @@ use std::time::Duration;
 
 use orch::core::stage::Stage;
 use orch::standin::gitea::{GiteaStandin, GiteaVersion, PullSeed, DEFAULT_TOKEN};
-use orch::standin::server::Reply;
+use orch::standin::server::{Gate, Reply};
 
 use crate::common::{seed_task, snapshot, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
@@ -770,12 +770,9 @@ fn the_lease_names_the_job_while_the_merge_runs() {
         .set("ORCH_TASK_ID", "1")
         .set("ORCH_TASK_KEY", "SHOP-1");
     // Hold the merge answer back until the test has looked at the lease.
-    g.server().script_after(
-        Some("POST"),
-        MERGE_PATH,
-        Reply::empty(200).delayed(Duration::from_secs(2)),
-        1,
-    );
+    let gate = Gate::new();
+    g.server()
+        .script_after(Some("POST"), MERGE_PATH, Reply::empty(200).held(&gate), 1);
     let child = env
         .command(&["merge-guard", "--task", "SHOP-1", "--merge"])
         .stdout(Stdio::piped())
@@ -786,7 +783,7 @@ fn the_lease_names_the_job_while_the_merge_runs() {
     loop {
         let r = g
             .server()
-            .next_request(Duration::from_secs(30))
+            .next_arrival(Duration::from_secs(30))
             .expect("the merge call arrives");
         if r.method == "POST" && r.path == MERGE_PATH {
             break;
@@ -795,6 +792,7 @@ fn the_lease_names_the_job_while_the_merge_runs() {
     let lease: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("state/merge-lease.json")).unwrap())
             .unwrap();
+    gate.open();
     assert_eq!(lease["job_id"], 42);
     assert_eq!(lease["task"], "SHOP-1");
     assert_eq!(lease["pid"], pid);
