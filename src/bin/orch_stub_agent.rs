@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = usage() {
+        eprintln!("stub {role}: error: {e:#}");
+        return ExitCode::from(3);
+    }
     match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -78,6 +82,30 @@ fn orch(args: &[&str]) -> Result<(i32, String)> {
     eprint!("{stderr}");
     println!("(exit {code})");
     Ok((code, stdout))
+}
+
+/// Writes `usage-$ORCH_JOB_ID.json` from `STUB_USAGE` (`TOKENS_IN,TOKENS_OUT,COST`),
+/// when it is set.
+fn usage() -> Result<()> {
+    let Ok(spec) = std::env::var("STUB_USAGE") else {
+        return Ok(());
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [tokens_in, tokens_out, cost] = parts.as_slice() else {
+        bail!("STUB_USAGE is not TOKENS_IN,TOKENS_OUT,COST: {spec:?}");
+    };
+    let (tokens_in, tokens_out): (u64, u64) = (
+        tokens_in.parse().context("STUB_USAGE tokens in")?,
+        tokens_out.parse().context("STUB_USAGE tokens out")?,
+    );
+    let dir = PathBuf::from(env("ORCH_TASK_ARTEFACTS")?);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("usage-{}.json", env("ORCH_JOB_ID")?));
+    let body = json!({"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost});
+    std::fs::write(&path, body.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("usage written to {}", path.display());
+    Ok(())
 }
 
 /// Reads the task afresh (every prompt's first step, and before anything irreversible).
@@ -340,10 +368,25 @@ fn deploy_staging(t: &Value, id: &str) -> Result<()> {
 
 fn deploy(t: &Value, id: &str) -> Result<()> {
     let key = field(t, "key")?;
+    if let Ok(gate) = std::env::var("STUB_DEPLOY_GATE") {
+        println!("waiting on {gate}");
+        let mut said = String::new();
+        std::io::Read::read_to_string(
+            &mut std::fs::File::open(&gate).with_context(|| format!("opening {gate}"))?,
+            &mut said,
+        )?;
+        println!("gate opened: {}", said.trim());
+    }
     let (code, out) = orch(&["merge-guard", "--task", id, "--merge"])?;
     let guard = out.lines().last().unwrap_or("").to_string();
     match code {
         0 => {}
+        // A hold says nothing about the code: no report, run again after it ends.
+        1 if guard.contains(" is on hold ") => {
+            bail!(
+                "merge-guard exited 1 ({guard}): the project is on hold; not deploying, no report"
+            )
+        }
         1 => {
             return artefact(
                 "12-deploy-report.md",
