@@ -25,7 +25,8 @@
 //!   branch to production, checks its health and writes `12-deploy-report.md`. Any
 //!   other stage: exit 0, nothing done.
 //!
-//! Exit codes: 0 done, 3 could not do it (a re-drive may help), 2 usage.
+//! Exit codes: 0 done, 3 could not do it (a re-drive may help), 2 usage (an unknown
+//! role, a bad `STUB_USAGE`: nothing done).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,6 +37,14 @@ use serde_json::{json, Value};
 
 fn main() -> ExitCode {
     let role = std::env::args().nth(1).unwrap_or_default();
+    // A bad STUB_USAGE is the test's mistake: refused before the role does anything.
+    let usage = match usage_spec() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("stub {role}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let run = match role.as_str() {
         "analyst" => analyst(),
         "developer" => developer(),
@@ -47,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = usage() {
+    if let Err(e) = usage.map_or(Ok(()), write_usage) {
         eprintln!("stub {role}: error: {e:#}");
         return ExitCode::from(3);
     }
@@ -84,24 +93,29 @@ fn orch(args: &[&str]) -> Result<(i32, String)> {
     Ok((code, stdout))
 }
 
-/// Writes `usage-$ORCH_JOB_ID.json` from `STUB_USAGE` (`TOKENS_IN,TOKENS_OUT,COST`),
-/// when it is set.
-fn usage() -> Result<()> {
+/// What `STUB_USAGE` (`TOKENS_IN,TOKENS_OUT,COST`) says the job cost, when it is set.
+/// The cost is passed on as written: orch judges it.
+fn usage_spec() -> Result<Option<Value>> {
     let Ok(spec) = std::env::var("STUB_USAGE") else {
-        return Ok(());
+        return Ok(None);
     };
     let parts: Vec<&str> = spec.split(',').collect();
     let [tokens_in, tokens_out, cost] = parts.as_slice() else {
         bail!("STUB_USAGE is not TOKENS_IN,TOKENS_OUT,COST: {spec:?}");
     };
-    let (tokens_in, tokens_out): (u64, u64) = (
-        tokens_in.parse().context("STUB_USAGE tokens in")?,
-        tokens_out.parse().context("STUB_USAGE tokens out")?,
-    );
+    let bad = |what: &str| anyhow!("STUB_USAGE {what} is not a whole number: {spec:?}");
+    let tokens_in: u64 = tokens_in.parse().map_err(|_| bad("tokens in"))?;
+    let tokens_out: u64 = tokens_out.parse().map_err(|_| bad("tokens out"))?;
+    Ok(Some(
+        json!({"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost}),
+    ))
+}
+
+/// Writes `usage` to `usage-$ORCH_JOB_ID.json` in the task's artefact folder.
+fn write_usage(body: Value) -> Result<()> {
     let dir = PathBuf::from(env("ORCH_TASK_ARTEFACTS")?);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("usage-{}.json", env("ORCH_JOB_ID")?));
-    let body = json!({"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost});
     std::fs::write(&path, body.to_string())
         .with_context(|| format!("writing {}", path.display()))?;
     println!("usage written to {}", path.display());

@@ -11,6 +11,11 @@
 //! pidfd (an event) and moves time only through `ORCH_NOW`. Settings are the defaults
 //! apart from URLs, secrets, paths and the clock.
 //!
+//! The same loop also carries the operator's and the budget's features: a hold at
+//! `deploy`, two tasks ordered by their Plane priorities, spend reported by the stub
+//! agents against a task budget, and a round whose agents reach orch only through
+//! `orch agent-socket` (docs/loop.md, "Holds, priority, spend and the agent socket").
+//!
 //! Which behaviour each assertion needs (issue 11): part A the pin (`staging-check --task`
 //! records the validated revision; merge-guard merges it), part B rounds (reopen after a
 //! merge, post-deploy for every project with a `health_url`), part C atomic intake.
@@ -1141,10 +1146,27 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+    // So is a bad STUB_USAGE, before the role does anything.
+    for spec in ["", "1,2", "1,2,3,4", "-1,2,0.1", "x,2,0.1", "1,2.5,0.1"] {
+        w.env.set("STUB_USAGE", spec);
+        let out = stub(&mut w, "reviewer", 7);
+        assert_eq!(out.code, 2, "{spec:?}: {}", out.stderr);
+        assert!(out.stderr.contains("STUB_USAGE"), "{}", out.stderr);
+        assert_eq!(out.stdout, "", "{spec:?}: nothing done");
+    }
+    // A good one is written once the role is done, for run-job to read.
+    w.env.set("STUB_USAGE", "10,2,0.05");
+    stub(&mut w, "reviewer", 7).expect(0);
+    let usage = std::fs::read_to_string(w.env.path(&format!("artefacts/{key}/usage-7.json")))
+        .expect("the usage file");
+    assert_eq!(
+        serde_json::from_str::<Value>(&usage).unwrap(),
+        json!({"tokens_in": 10, "tokens_out": 2, "cost": "0.05"})
+    );
 }
 
-/// The stage events into and out of `deploy`, and the deployer's `deploy` jobs as
-/// (status, attempt), oldest first.
+/// The deployer's `deploy` jobs of the task as (status, attempt), by attempt (a re-run
+/// is the same job with the next attempt).
 fn deploy_jobs(w: &mut World) -> Vec<(String, i64)> {
     let mut jobs: Vec<(String, i64)> = w
         .jobs()
@@ -1488,6 +1510,13 @@ fn spend_is_counted_in_the_loop_and_a_budget_parks_the_task_once() {
     assert_eq!(task["escalated"], false, "{task:#}");
     assert_eq!(task["spend"]["jobs"], 5, "{task:#}");
     assert_eq!(task["spend"]["cost"], "2.00", "{task:#}");
+    let status = w.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(
+        status["spend"]["shop"]["cost"], "2.00",
+        "{:#}",
+        status["spend"]
+    );
+    assert_eq!(status["spend"]["shop"]["jobs"], 5, "{:#}", status["spend"]);
     let status = w.run(&["status"]).expect(0).stdout;
     assert!(status.contains("spend:"), "{status}");
     assert_eq!(
