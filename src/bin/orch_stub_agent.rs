@@ -25,7 +25,8 @@
 //!   branch to production, checks its health and writes `12-deploy-report.md`. Any
 //!   other stage: exit 0, nothing done.
 //!
-//! Exit codes: 0 done, 3 could not do it (a re-drive may help), 2 usage.
+//! Exit codes: 0 done, 3 could not do it (a re-drive may help), 2 usage (an unknown
+//! role, a bad `STUB_USAGE`: nothing done).
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,6 +37,14 @@ use serde_json::{json, Value};
 
 fn main() -> ExitCode {
     let role = std::env::args().nth(1).unwrap_or_default();
+    // A bad STUB_USAGE is the test's mistake: refused before the role does anything.
+    let usage = match usage_spec() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("stub {role}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let run = match role.as_str() {
         "analyst" => analyst(),
         "developer" => developer(),
@@ -47,6 +56,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = usage.map_or(Ok(()), write_usage) {
+        eprintln!("stub {role}: error: {e:#}");
+        return ExitCode::from(3);
+    }
     match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -78,6 +91,35 @@ fn orch(args: &[&str]) -> Result<(i32, String)> {
     eprint!("{stderr}");
     println!("(exit {code})");
     Ok((code, stdout))
+}
+
+/// What `STUB_USAGE` (`TOKENS_IN,TOKENS_OUT,COST`) says the job cost, when it is set.
+/// The cost is passed on as written: orch judges it.
+fn usage_spec() -> Result<Option<Value>> {
+    let Ok(spec) = std::env::var("STUB_USAGE") else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [tokens_in, tokens_out, cost] = parts.as_slice() else {
+        bail!("STUB_USAGE is not TOKENS_IN,TOKENS_OUT,COST: {spec:?}");
+    };
+    let bad = |what: &str| anyhow!("STUB_USAGE {what} is not a whole number: {spec:?}");
+    let tokens_in: u64 = tokens_in.parse().map_err(|_| bad("tokens in"))?;
+    let tokens_out: u64 = tokens_out.parse().map_err(|_| bad("tokens out"))?;
+    Ok(Some(
+        json!({"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost}),
+    ))
+}
+
+/// Writes `usage` to `usage-$ORCH_JOB_ID.json` in the task's artefact folder.
+fn write_usage(body: Value) -> Result<()> {
+    let dir = PathBuf::from(env("ORCH_TASK_ARTEFACTS")?);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("usage-{}.json", env("ORCH_JOB_ID")?));
+    std::fs::write(&path, body.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("usage written to {}", path.display());
+    Ok(())
 }
 
 /// Reads the task afresh (every prompt's first step, and before anything irreversible).
@@ -340,10 +382,25 @@ fn deploy_staging(t: &Value, id: &str) -> Result<()> {
 
 fn deploy(t: &Value, id: &str) -> Result<()> {
     let key = field(t, "key")?;
+    if let Ok(gate) = std::env::var("STUB_DEPLOY_GATE") {
+        println!("waiting on {gate}");
+        let mut said = String::new();
+        std::io::Read::read_to_string(
+            &mut std::fs::File::open(&gate).with_context(|| format!("opening {gate}"))?,
+            &mut said,
+        )?;
+        println!("gate opened: {}", said.trim());
+    }
     let (code, out) = orch(&["merge-guard", "--task", id, "--merge"])?;
     let guard = out.lines().last().unwrap_or("").to_string();
     match code {
         0 => {}
+        // A hold says nothing about the code: no report, run again after it ends.
+        1 if guard.contains(" is on hold ") => {
+            bail!(
+                "merge-guard exited 1 ({guard}): the project is on hold; not deploying, no report"
+            )
+        }
         1 => {
             return artefact(
                 "12-deploy-report.md",

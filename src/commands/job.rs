@@ -19,6 +19,9 @@ pub enum JobCommand {
     List(JobListArgs),
     /// Enqueue a job for a task's current stage (once: an existing live job is kept)
     ///
+    /// On an escalated task it also clears the escalation: a person running the
+    /// stage's agent again has taken the task back.
+    ///
     /// Exit codes: 0 enqueued (or already queued or running), 2 unknown task or agent,
     /// or an agent that does not work at the task's stage.
     Enqueue(EnqueueArgs),
@@ -138,7 +141,14 @@ fn enqueue(args: &EnqueueArgs, ctx: &PassContext) -> Result<ExitStatus> {
             task.stage
         ),
     }
-    let created = db.enqueue_job(task.id, agent, task.stage, ctx.now_secs())?;
+    let (created, cleared) =
+        db.enqueue_job_by_operator(task.id, agent, task.stage, ctx.now_secs())?;
+    if let Some(why) = &cleared {
+        log::warn!(
+            "task {}: escalation cleared ({why}): a person runs its {agent} again",
+            task.key
+        );
+    }
     let (id, new) = match created {
         Created::New(id) => (id, true),
         Created::Existing(id) => (id, false),

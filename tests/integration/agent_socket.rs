@@ -54,14 +54,15 @@ fn seed_running(env: &TestEnv) -> Vec<i64> {
 }
 
 /// `orch agent-socket --listen` on a socket in the env's directory, started once it
-/// says it listens (an event, not a wait). Killed and reaped on drop.
-struct SocketServer {
+/// says it listens (an event, not a wait). Killed and reaped on drop. The loop test
+/// (`the_loop.rs`) runs a whole round through one.
+pub(crate) struct SocketServer {
     child: Child,
-    path: String,
+    pub(crate) path: String,
 }
 
 impl SocketServer {
-    fn start(env: &TestEnv) -> SocketServer {
+    pub(crate) fn start(env: &TestEnv) -> SocketServer {
         let path = env.path("agent.sock").display().to_string();
         let mut child = env
             .command(&["agent-socket", "--listen", &path])
@@ -78,7 +79,7 @@ impl SocketServer {
     }
 
     /// Stops the server and returns its log (stderr).
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         self.child.kill().unwrap();
         let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
             .wait_with_output()

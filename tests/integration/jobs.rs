@@ -1166,6 +1166,58 @@ fn job_list_enqueue_and_cancel() {
 }
 
 #[test]
+fn job_enqueue_on_an_escalated_task_takes_it_back_and_clears_the_escalation() {
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    let job = seed(&env, "orch", 1, "deploy-staging", "cancelled")[0];
+    let task: i64 = env
+        .db()
+        .query_row("SELECT task_id FROM jobs WHERE id = ?1", [job], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    env.db()
+        .execute(
+            "UPDATE tasks SET escalated_at = 1, escalation_reason = 'spend 2.00 reached ORCH_TASK_BUDGET 1.00 over 3 job(s)' WHERE id = ?1",
+            [task],
+        )
+        .unwrap();
+    // A refused enqueue (the wrong agent) leaves the escalation in place.
+    env.run(&["job", "enqueue", "--task", "ORCH-1", "--agent", "developer"])
+        .expect(2);
+    assert_eq!(
+        env.count("SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL"),
+        1
+    );
+    let out = env
+        .run(&["job", "enqueue", "--task", "ORCH-1", "--agent", "deployer"])
+        .expect(0);
+    assert!(
+        out.stderr.contains(
+            "task ORCH-1: escalation cleared (spend 2.00 reached ORCH_TASK_BUDGET 1.00 over 3 job(s))"
+        ),
+        "{}",
+        out.stderr
+    );
+    let shown = env
+        .run(&["task", "show", "ORCH-1", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (&shown["escalated"], &shown["escalation_reason"]),
+        (&serde_json::json!(false), &serde_json::Value::Null)
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM jobs WHERE status = 'queued' AND agent = 'deployer'"),
+        1
+    );
+    // Not escalated: nothing cleared, nothing said.
+    let again = env
+        .run(&["job", "enqueue", "--task", "ORCH-1", "--agent", "deployer"])
+        .expect(0);
+    assert!(!again.stderr.contains("escalation"), "{}", again.stderr);
+}
+
+#[test]
 fn dispatch_puts_one_deploy_staging_job_on_staging_at_a_time() {
     // Two tasks in deploy-staging, a limit of 2: staging is one environment, so the
     // second deployer waits until the first has ended. Each agent blocks opening the

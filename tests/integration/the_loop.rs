@@ -11,6 +11,11 @@
 //! pidfd (an event) and moves time only through `ORCH_NOW`. Settings are the defaults
 //! apart from URLs, secrets, paths and the clock.
 //!
+//! The same loop also carries the operator's and the budget's features: a hold at
+//! `deploy`, two tasks ordered by their Plane priorities, spend reported by the stub
+//! agents against a task budget, and a round whose agents reach orch only through
+//! `orch agent-socket` (docs/loop.md, "Holds, priority, spend and the agent socket").
+//!
 //! Which behaviour each assertion needs (issue 11): part A the pin (`staging-check --task`
 //! records the validated revision; merge-guard merges it), part B rounds (reopen after a
 //! merge, post-deploy for every project with a `health_url`), part C atomic intake.
@@ -52,6 +57,32 @@ const SHOP: Project = Project {
     item: "1c2d3e4f-0000-4000-8000-0000000000a7",
     sequence: 7,
     title: "Add a basket page",
+};
+
+/// A Plane work item of a project.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    id: &'static str,
+    sequence: u64,
+    title: &'static str,
+}
+
+impl Project {
+    /// The project's work item the loop carries.
+    fn item(&self) -> Item {
+        Item {
+            id: self.item,
+            sequence: self.sequence,
+            title: self.title,
+        }
+    }
+}
+
+/// A second work item of the shop, for the loop with two tasks.
+const SHOP_8: Item = Item {
+    id: "1c2d3e4f-0000-4000-8000-0000000000a8",
+    sequence: 8,
+    title: "Speed up the search",
 };
 
 const ORCH: Project = Project {
@@ -104,15 +135,16 @@ fn pipeline_project(p: &Project, clone_url: &Path) -> KitProject {
 /// The stub agents, each granted only what it uses (run-job gives an agent an
 /// allowlisted environment): the developer opens its PR on Gitea, the deployer reads the
 /// PR, runs staging-check and merge-guard and drives the staging and production
-/// stand-ins.
+/// stand-ins. Every stub reports its usage when the test sets `STUB_USAGE`; the deployer
+/// waits on `STUB_DEPLOY_GATE` before its merge when the test sets it.
 fn agents() -> String {
     [
-        ("analyst", ""),
-        ("developer", ", credentials: [gitea]"),
-        ("reviewer", ""),
+        ("analyst", ", env: [STUB_USAGE]"),
+        ("developer", ", credentials: [gitea], env: [STUB_USAGE]"),
+        ("reviewer", ", env: [STUB_USAGE]"),
         (
             "deployer",
-            ", credentials: [gitea], env: [STUB_STAGING_URL, STUB_PROD_URL]",
+            ", credentials: [gitea], env: [STUB_STAGING_URL, STUB_PROD_URL, STUB_USAGE, STUB_DEPLOY_GATE]",
         ),
     ]
     .map(|(a, grants)| format!("{a}: {{ command: [{AGENT}, {a}]{grants} }}"))
@@ -139,6 +171,9 @@ struct World {
     /// Seconds after `NOW` the pinned clock reads.
     clock: i64,
     deliveries: u32,
+    /// `ORCH_AGENT_SOCKET` for the passes that start agents (`dispatch`), as the units'
+    /// environment file gives it; the test's own reads stand for an operator's shell.
+    agent_socket: Option<String>,
     /// Holds the bare repository the project's workspaces clone.
     _remote: tempfile::TempDir,
 }
@@ -190,6 +225,7 @@ fn world(project: &'static Project) -> World {
         staging,
         clock: 0,
         deliveries: 0,
+        agent_socket: None,
         _remote: remote,
     };
     w.run(&["init"]).expect(0);
@@ -222,7 +258,16 @@ impl World {
     /// Runs a pass at the current clock.
     fn run(&mut self, args: &[&str]) -> Run {
         self.pin_clock();
-        self.env.run(args)
+        match (&self.agent_socket, args.first()) {
+            (Some(socket), Some(&"dispatch")) => {
+                let socket = socket.clone();
+                self.env.set("ORCH_AGENT_SOCKET", &socket);
+                let out = self.env.run(args);
+                self.env.unset("ORCH_AGENT_SOCKET");
+                out
+            }
+            _ => self.env.run(args),
+        }
     }
 
     /// One time line for the whole world: orch's passes read it through `ORCH_NOW`, and
@@ -256,24 +301,36 @@ impl World {
     /// A human moves the work item in Plane; Plane sends its signed delivery, which
     /// `webhook-handle --stdio` takes as the systemd socket hands it over.
     fn plane_moves_item_to(&mut self, state: &str) {
+        self.plane_moves(self.project.item(), state, None);
+    }
+
+    /// A human moves `item` in Plane to `state`; with `priority`, the item carries it
+    /// (in Plane's listing too, as Plane would) and the delivery's data says it.
+    fn plane_moves(&mut self, item: Item, state: &str, priority: Option<&str>) {
         let p = self.project;
         let id = state_id(p, state);
         self.pin_clock();
-        let updated_at = self.plane().set_item_state(p.plane_id, p.item, &id);
+        let updated_at = self.plane().set_item_state(p.plane_id, item.id, &id);
         let group = states(p).into_iter().find(|s| s.1 == state).unwrap().2;
+        let mut data = json!({
+            "id": item.id,
+            "name": item.title,
+            "sequence_id": item.sequence,
+            "project": p.plane_id,
+            "state": {"id": id, "name": state, "color": "#60646C", "group": group},
+            "updated_at": updated_at,
+        });
+        if let Some(priority) = priority {
+            self.plane()
+                .set_item_priority(p.plane_id, item.id, Some(json!(priority)));
+            data["priority"] = json!(priority);
+        }
         let body = serde_json::to_vec(&json!({
             "event": "issue",
             "action": "updated",
             "webhook_id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e03",
             "workspace_id": "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e01",
-            "data": {
-                "id": p.item,
-                "name": p.title,
-                "sequence_id": p.sequence,
-                "project": p.plane_id,
-                "state": {"id": id, "name": state, "color": "#60646C", "group": group},
-                "updated_at": updated_at,
-            },
+            "data": data,
             "activity": {"field": "state_id", "new_value": id, "old_value": null,
                          "old_identifier": null, "new_identifier": null},
         }))
@@ -323,11 +380,7 @@ impl World {
     /// As [`World::dispatch_and_wait`], however the job ended: returns its JSON and its
     /// log.
     fn dispatch_and_wait_for_end(&mut self, agent: &str, stage: &str) -> (Value, String) {
-        let queued = self
-            .run(&["job", "list", "--status", "queued", "--json"])
-            .expect(0)
-            .json();
-        let queued = queued.as_array().cloned().unwrap_or_default();
+        let queued = self.queued();
         let ours: Vec<&Value> = queued
             .iter()
             .filter(|j| j["agent"] == agent && j["stage"] == stage)
@@ -339,15 +392,42 @@ impl World {
             self.task()
         );
         let job = ours[0]["id"].as_i64().unwrap();
+        let (started, sup) = self.dispatch_one();
+        assert_eq!(started, job, "dispatch started the queued job");
+        self.wait_job(job, sup)
+    }
+
+    /// The queued jobs, as `job list --json` prints them.
+    fn queued(&mut self) -> Vec<Value> {
+        let queued = self
+            .run(&["job", "list", "--status", "queued", "--json"])
+            .expect(0)
+            .json();
+        queued.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The dispatch timer fires and starts exactly one job (the concurrency is 1):
+    /// returns the job's id and its detached supervisor's pid, without waiting.
+    fn dispatch_one(&mut self) -> (i64, i64) {
         let out = self.run(&["dispatch"]).expect(0);
         // dispatch names the detached supervisor it started (which stamps itself later).
-        let marker = format!("started job {job} (direct, supervisor pid ");
-        let sup: i64 = out
+        let started: Vec<(i64, i64)> = out
             .stderr
-            .split_once(&marker)
-            .and_then(|(_, rest)| rest.split(')').next())
-            .and_then(|pid| pid.trim().parse().ok())
-            .unwrap_or_else(|| panic!("job {job} was not started:\n{}", out.stderr));
+            .split("started job ")
+            .skip(1)
+            .filter_map(|rest| {
+                let (job, rest) = rest.split_once(" (direct, supervisor pid ")?;
+                let sup = rest.split(')').next()?;
+                Some((job.trim().parse().ok()?, sup.trim().parse().ok()?))
+            })
+            .collect();
+        assert_eq!(started.len(), 1, "one job started:\n{}", out.stderr);
+        started[0]
+    }
+
+    /// Waits for job `job`'s supervisor `sup` to exit (a pidfd event); returns the job's
+    /// JSON and its log.
+    fn wait_job(&mut self, job: i64, sup: i64) -> (Value, String) {
         assert!(
             wait_exit(sup, Duration::from_secs(60)),
             "job {job}'s supervisor ends"
@@ -1066,4 +1146,421 @@ fn stub_agents_do_what_the_prompts_say_and_nothing_more() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+    // So is a bad STUB_USAGE, before the role does anything.
+    for spec in ["", "1,2", "1,2,3,4", "-1,2,0.1", "x,2,0.1", "1,2.5,0.1"] {
+        w.env.set("STUB_USAGE", spec);
+        let out = stub(&mut w, "reviewer", 7);
+        assert_eq!(out.code, 2, "{spec:?}: {}", out.stderr);
+        assert!(out.stderr.contains("STUB_USAGE"), "{}", out.stderr);
+        assert_eq!(out.stdout, "", "{spec:?}: nothing done");
+    }
+    // A good one is written once the role is done, for run-job to read.
+    w.env.set("STUB_USAGE", "10,2,0.05");
+    stub(&mut w, "reviewer", 7).expect(0);
+    let usage = std::fs::read_to_string(w.env.path(&format!("artefacts/{key}/usage-7.json")))
+        .expect("the usage file");
+    assert_eq!(
+        serde_json::from_str::<Value>(&usage).unwrap(),
+        json!({"tokens_in": 10, "tokens_out": 2, "cost": "0.05"})
+    );
+}
+
+/// The deployer's `deploy` jobs of the task as (status, attempt), by attempt (a re-run
+/// is the same job with the next attempt).
+fn deploy_jobs(w: &mut World) -> Vec<(String, i64)> {
+    let mut jobs: Vec<(String, i64)> = w
+        .jobs()
+        .into_iter()
+        .filter(|j| j.0 == "deployer" && j.1 == "deploy")
+        .map(|j| (j.2, j.3))
+        .collect();
+    jobs.sort_by_key(|j| j.1);
+    jobs
+}
+
+/// Carries a started and approved task from development to the `deploy` stage, as in
+/// round 1 of the loop; returns its PR number.
+fn to_deploy(w: &mut World) -> u64 {
+    w.dispatch_and_wait("developer", "development");
+    let (pr, head) = w.open_pr();
+    w.ci_green(&head);
+    w.reconcile_after_grace();
+    w.dispatch_and_wait("reviewer", "review");
+    w.dispatch_and_wait("deployer", "deploy-staging");
+    assert_eq!(w.stage(), "deploy", "staging passed");
+    pr
+}
+
+#[test]
+fn a_hold_keeps_the_deployer_and_the_merge_off_until_cleared_then_ships_once() {
+    let mut w = world(&SHOP);
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("deploy-gate");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    w.start_and_approve();
+    let pr = to_deploy(&mut w);
+    let deploys_before = w.prod().deploys().len();
+
+    // The freeze is on when the task reaches deploy: dispatch starts no deployer job.
+    w.run(&["hold", "set", "--project", "shop", "--reason", "freeze"])
+        .expect(0);
+    let out = w.run(&["dispatch"]).expect(0);
+    assert!(
+        out.stderr.contains("hold_waits=1") && !out.stderr.contains("started job"),
+        "{}",
+        out.stderr
+    );
+    let queued = w.queued();
+    assert_eq!(queued.len(), 1, "{queued:#?}");
+    assert_eq!(
+        (&queued[0]["agent"], &queued[0]["stage"]),
+        (&json!("deployer"), &json!("deploy"))
+    );
+    let status = w.run(&["status"]).expect(0).stdout;
+    assert!(
+        status.contains("holds (1: no merge, no deployer job):") && status.contains("freeze"),
+        "{status}"
+    );
+    let held = w.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(held["holds"][0]["project"], "shop", "{:#}", held["holds"]);
+
+    // Cleared: the deployer starts. The freeze comes back while it runs, before its
+    // merge: merge-guard answers BLOCKED, and the deployer writes no report.
+    w.advance(60);
+    w.run(&[
+        "hold",
+        "clear",
+        "--project",
+        "shop",
+        "--reason",
+        "false alarm",
+    ])
+    .expect(0);
+    w.env.set("STUB_DEPLOY_GATE", &gate.display().to_string());
+    let (job, sup) = w.dispatch_one();
+    w.env.unset("STUB_DEPLOY_GATE");
+    w.advance(60);
+    w.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--reason",
+        "freeze again",
+    ])
+    .expect(0);
+    // Opening the FIFO waits for the deployer to reach it: then it goes on.
+    std::fs::write(&gate, "go\n").unwrap();
+    let (row, log) = w.wait_job(job, sup);
+    assert!(
+        log.contains("MERGE-GUARD: BLOCKED") && log.contains("project shop is on hold"),
+        "{log}"
+    );
+    assert_eq!(row["status"], "failed", "{log}");
+    assert!(
+        !w.env
+            .path(&format!("artefacts/{}/12-deploy-report.md", w.key()))
+            .exists(),
+        "no deploy report during a hold:\n{log}"
+    );
+    assert_eq!(w.gitea().all_merge_calls(SHOP.repo), 0, "no merge call");
+    assert_eq!(w.prod().deploys().len(), deploys_before, "nothing deployed");
+
+    // The timers go on: reconcile queues the deployer again, and dispatch holds it.
+    w.reconcile_after_grace();
+    assert_eq!(w.stage(), "deploy", "never sent back to the developer");
+    let out = w.run(&["dispatch"]).expect(0);
+    assert!(
+        out.stderr.contains("hold_waits=1") && !out.stderr.contains("started job"),
+        "{}",
+        out.stderr
+    );
+    let status = w.run(&["status"]).expect(0).stdout;
+    assert!(status.contains("freeze again"), "{status}");
+
+    // The freeze ends: the next pass carries the task to production.
+    w.advance(60);
+    w.run(&["hold", "clear", "--project", "shop", "--reason", "over"])
+        .expect(0);
+    let again = w.dispatch_and_wait("deployer", "deploy");
+    assert_eq!(again["attempt"], 2);
+    assert_eq!(w.stage(), "done");
+    assert!(w.gitea().pull(SHOP.repo, pr).unwrap().merged);
+    assert_eq!(w.gitea().all_merge_calls(SHOP.repo), 1, "one merge");
+    let main = w.gitea().branch(SHOP.repo, "main").unwrap();
+    assert_eq!(
+        w.prod().deploys()[deploys_before..],
+        [main],
+        "one production deploy, of the merged main"
+    );
+    assert_eq!(
+        deploy_jobs(&mut w),
+        vec![("succeeded".to_string(), 2)],
+        "one deploy job, run again once"
+    );
+    let mut want = vec![ev("", "analysis", "webhook")];
+    want.extend(round_one_events());
+    assert_eq!(w.events(), want, "no stage change but the loop's");
+    let status = w.run(&["status"]).expect(0).stdout;
+    assert!(!status.contains("freeze"), "{status}");
+}
+
+#[test]
+fn priority_orders_two_tasks_and_reconcile_brings_plane_changes() {
+    let mut w = world(&SHOP);
+    w.env.set("ORCH_MAX_CONCURRENCY", "1");
+    w.plane().add_work_item(
+        SHOP.plane_id,
+        SHOP_8.id,
+        SHOP_8.sequence,
+        SHOP_8.title,
+        Some(&state_id(&SHOP, "Todo")),
+    );
+    let (low, urgent) = (SHOP.item(), SHOP_8);
+    let (low_key, urgent_key) = ("SHOP-7", "SHOP-8");
+    w.plane_moves(low, "In Progress", Some("low"));
+    w.advance(60);
+    w.plane_moves(urgent, "In Progress", Some("urgent"));
+    let priority = |w: &mut World, key: &str| {
+        w.run(&["task", "show", key, "--json"]).expect(0).json()["priority"].clone()
+    };
+    assert_eq!(priority(&mut w, low_key), "low");
+    assert_eq!(priority(&mut w, urgent_key), "urgent");
+
+    // Each dispatch starts one job: the urgent task's first, though it came later.
+    let mut order = Vec::new();
+    // Task 1 is SHOP-7, started first.
+    let next = |w: &mut World| {
+        let (job, sup) = w.dispatch_one();
+        let (row, log) = w.wait_job(job, sup);
+        assert_eq!(row["status"], "succeeded", "{log}");
+        let task = if row["task_id"] == 1 {
+            low_key
+        } else {
+            urgent_key
+        };
+        (task.to_string(), row["agent"].as_str().unwrap().to_string())
+    };
+    for _ in 0..2 {
+        order.push(next(&mut w));
+    }
+    w.advance(60);
+    w.plane_moves(low, "Approved", None);
+    w.advance(60);
+    w.plane_moves(urgent, "Approved", None);
+    for _ in 0..2 {
+        order.push(next(&mut w));
+    }
+    let pair = |k: &str, a: &str| (k.to_string(), a.to_string());
+    assert_eq!(
+        order,
+        vec![
+            pair(urgent_key, "analyst"),
+            pair(low_key, "analyst"),
+            pair(urgent_key, "developer"),
+            pair(low_key, "developer"),
+        ]
+    );
+
+    // In Plane the priorities change (no delivery: a priority change alone is no
+    // pipeline action); the next reconcile pass brings them.
+    w.plane()
+        .set_item_priority(SHOP.plane_id, low.id, Some(json!("high")));
+    w.plane()
+        .set_item_priority(SHOP.plane_id, urgent.id, Some(json!("low")));
+    for key in [low_key, urgent_key] {
+        let branch = w.run(&["task", "show", key, "--json"]).expect(0).json()["branch"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pr = w.gitea().pulls_for(SHOP.repo, &branch)[0];
+        let head = w.gitea().pull(SHOP.repo, pr).unwrap().head_sha;
+        w.ci_green(&head);
+    }
+    let out = w.reconcile_after_grace();
+    assert!(
+        out.stderr
+            .contains("task SHOP-7: priority low -> high (as Plane lists it)")
+            && out
+                .stderr
+                .contains("task SHOP-8: priority urgent -> low (as Plane lists it)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(priority(&mut w, low_key), "high");
+    assert_eq!(priority(&mut w, urgent_key), "low");
+    // Now SHOP-7 goes first at every stage to production, then SHOP-8 (staging is one
+    // shared environment, the concurrency is 1).
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(next(&mut w));
+    }
+    assert_eq!(
+        order,
+        vec![
+            pair(low_key, "reviewer"),
+            pair(low_key, "deployer"),
+            pair(low_key, "deployer"),
+            pair(urgent_key, "reviewer"),
+            pair(urgent_key, "deployer"),
+            pair(urgent_key, "deployer"),
+        ]
+    );
+    for key in [low_key, urgent_key] {
+        let task = w.run(&["task", "show", key, "--json"]).expect(0).json();
+        assert_eq!(task["stage"], "done", "{task:#}");
+    }
+    assert_eq!(w.gitea().all_merge_calls(SHOP.repo), 2, "one merge each");
+    assert!(w.queued().is_empty());
+}
+
+#[test]
+fn spend_is_counted_in_the_loop_and_a_budget_parks_the_task_once() {
+    let mut w = world(&SHOP);
+    // Every stub job reports 1000 tokens in, 100 out, 0.40 USD; the cap is 1.00 USD.
+    w.env.set("STUB_USAGE", "1000,100,0.40");
+    w.env.set("ORCH_TASK_BUDGET", "1.00");
+    w.start_and_approve();
+    w.dispatch_and_wait("developer", "development");
+    let (_, head) = w.open_pr();
+    w.ci_green(&head);
+    w.reconcile_after_grace();
+    // The third job takes the task to 1.20: it was under the cap when it started.
+    w.dispatch_and_wait("reviewer", "review");
+    assert_eq!(w.stage(), "deploy-staging");
+    let task = w.task();
+    assert_eq!(
+        task["spend"],
+        json!({"jobs": 3, "tokens_in": 3000, "tokens_out": 300, "cost_micros": 1_200_000, "cost": "1.20"}),
+        "{task:#}"
+    );
+    let key = w.key();
+    let shown = w.run(&["task", "show", &key]).expect(0).stdout;
+    assert!(
+        shown.contains("spend cost 1.20 over 3 job(s), tokens in 3000 out 300"),
+        "{shown}"
+    );
+    let status = w.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(
+        status["spend"]["shop"]["cost"], "1.20",
+        "{:#}",
+        status["spend"]
+    );
+
+    // The cap is reached: dispatch starts nothing and parks the task.
+    let out = w.run(&["dispatch"]).expect(0);
+    assert!(!out.stderr.contains("started job"), "{}", out.stderr);
+    let task = w.task();
+    assert_eq!(task["escalated"], true, "{task:#}");
+    assert!(
+        task["escalation_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("spend 1.20 reached ORCH_TASK_BUDGET 1.00 over 3 job(s)"),
+        "{task:#}"
+    );
+    assert!(w.queued().is_empty(), "its deployer job was cancelled");
+    // The timers go on; the escalation is announced once.
+    let telegram_before = w.telegram().count(Some("POST"), "/bot");
+    for _ in 0..3 {
+        w.reconcile_after_grace();
+        let out = w.run(&["dispatch"]).expect(0);
+        assert!(!out.stderr.contains("started job"), "{}", out.stderr);
+    }
+    let comments: Vec<String> = w
+        .plane()
+        .comments(SHOP.plane_id, SHOP.item)
+        .into_iter()
+        .map(|c| c.1)
+        .filter(|c| c.contains("ORCH_TASK_BUDGET"))
+        .collect();
+    assert_eq!(comments.len(), 1, "one Plane comment: {comments:#?}");
+    assert_eq!(
+        w.telegram().count(Some("POST"), "/bot") - telegram_before,
+        1,
+        "one notification"
+    );
+    assert_eq!(w.stage(), "deploy-staging");
+    assert_eq!(w.task()["spend"]["jobs"], 3, "no job ran while parked");
+
+    // A person raises the cap and runs the stage's agent again: that takes the parked
+    // task back (the escalation is cleared), and the loop carries it to production.
+    w.env.set("ORCH_TASK_BUDGET", "10");
+    let out = w
+        .run(&["job", "enqueue", "--task", &key, "--agent", "deployer"])
+        .expect(0);
+    assert!(
+        out.stderr.contains(
+            "task SHOP-7: escalation cleared (spend 1.20 reached ORCH_TASK_BUDGET 1.00 over 3 job(s))"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.task()["escalated"], false);
+    w.dispatch_and_wait("deployer", "deploy-staging");
+    assert_eq!(w.stage(), "deploy", "the gate is applied again");
+    w.dispatch_and_wait("deployer", "deploy");
+    assert_eq!(w.stage(), "done");
+    assert_eq!(w.gitea().all_merge_calls(SHOP.repo), 1, "one merge");
+    let task = w.task();
+    assert_eq!(task["escalated"], false, "{task:#}");
+    assert_eq!(task["spend"]["jobs"], 5, "{task:#}");
+    assert_eq!(task["spend"]["cost"], "2.00", "{task:#}");
+    let status = w.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(
+        status["spend"]["shop"]["cost"], "2.00",
+        "{:#}",
+        status["spend"]
+    );
+    assert_eq!(status["spend"]["shop"]["jobs"], 5, "{:#}", status["spend"]);
+    let status = w.run(&["status"]).expect(0).stdout;
+    assert!(status.contains("spend:"), "{status}");
+    assert_eq!(
+        w.plane()
+            .comments(SHOP.plane_id, SHOP.item)
+            .into_iter()
+            .filter(|c| c.1.contains("ORCH_TASK_BUDGET"))
+            .count(),
+        1,
+        "still one escalation comment"
+    );
+}
+
+#[test]
+fn a_ticket_ships_with_agents_reaching_orch_only_through_the_agent_socket() {
+    let mut w = world(&SHOP);
+    w.pin_clock();
+    let server = crate::agent_socket::SocketServer::start(&w.env);
+    w.agent_socket = Some(server.path.clone());
+    w.start_and_approve();
+    w.round_from_development(1);
+    let mut want = vec![ev("", "analysis", "webhook")];
+    want.extend(round_one_events());
+    assert_eq!(w.events(), want, "every stage change, by the pipeline");
+    assert_eq!(w.gitea().all_merge_calls(SHOP.repo), 1, "one merge call");
+    w.assert_no_human_but_the_approval();
+    // Every orch call an agent made was answered by the socket server, for its own job.
+    let jobs = w.run(&["job", "list", "--json"]).expect(0).json();
+    let jobs = jobs.as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 5);
+    let calls: usize = jobs
+        .iter()
+        .map(|j| {
+            std::fs::read_to_string(j["log_path"].as_str().unwrap())
+                .unwrap()
+                .matches("\n$ orch ")
+                .count()
+        })
+        .sum();
+    let log = server.stop();
+    assert!(!log.contains("refused"), "{log}");
+    for j in &jobs {
+        let served = format!("agent-socket: job {} (task {}", j["id"], w.key());
+        assert!(log.contains(&served), "{served}\n{log}");
+    }
+    assert_eq!(log.matches("agent-socket: job ").count(), calls, "{log}");
 }

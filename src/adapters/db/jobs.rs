@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use rusqlite::{params, Row, Transaction};
+use rusqlite::{params, OptionalExtension as _, Row, Transaction};
 
 use crate::adapters::db::recorder::Recorder;
 use crate::adapters::db::{parse_col, sql_limit, Created, Db};
@@ -134,6 +134,47 @@ impl Db {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// An operator's [`Db::enqueue_job`] (`orch job enqueue`): in the same transaction it
+    /// clears the task's escalation, if any, since a person who runs the stage's agent
+    /// again has taken the parked task back (otherwise the job would run and its gate
+    /// would never be applied). Returns the job and the escalation reason it cleared.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn enqueue_job_by_operator(
+        &mut self,
+        task_id: i64,
+        agent: Agent,
+        stage: Stage,
+        now: i64,
+    ) -> Result<(Created, Option<String>)> {
+        let tx = self.immediate()?;
+        let out = match enqueue_in(&tx, task_id, agent, stage, now)? {
+            Some(id) => Created::New(id),
+            None => Created::Existing(tx.query_row(
+                "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2 AND status IN ('queued','running')",
+                params![task_id, stage.as_str()],
+                |r| r.get(0),
+            )?),
+        };
+        let cleared: Option<Option<String>> = tx
+            .query_row(
+                "SELECT escalation_reason FROM tasks WHERE id = ?1 AND escalated_at IS NOT NULL",
+                [task_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if cleared.is_some() {
+            tx.execute(
+                "UPDATE tasks SET escalated_at = NULL, escalation_reason = NULL, updated_at = ?2
+                 WHERE id = ?1",
+                params![task_id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok((out, cleared.map(Option::unwrap_or_default)))
     }
 
     /// Returns the job with this id.
