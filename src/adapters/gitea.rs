@@ -735,6 +735,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_status_without_context_description_or_url_still_reads() {
+        // Gitea sends `null` or leaves keys out on statuses some CIs post.
+        let raw: RawCombined = serde_json::from_str(
+            r#"{"sha": "abc", "statuses": [
+                {"status": "failure", "context": null, "target_url": null},
+                {"status": "error"},
+                {"status": "success", "context": "ci/docs", "description": "ok", "target_url": "https://x/1"}
+            ]}"#,
+        )
+        .unwrap();
+        let got = raw.statuses.unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].context.is_none() && got[0].target_url.is_none());
+        assert!(got[1].description.is_none());
+        assert_eq!(got[2].target_url.as_deref(), Some("https://x/1"));
+        // A wrong-shaped field is a parse error (the call's fatal class), not a guess.
+        assert!(serde_json::from_str::<RawCombined>(
+            r#"{"statuses": [{"status": "failure", "target_url": 7}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
     fn with_timeout_bounds_each_call_below_the_clients_own_timeout() {
         // A server that takes the connection and never answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

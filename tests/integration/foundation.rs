@@ -502,12 +502,13 @@ fn status_text_json_and_prometheus() {
           "liveness": "dead",
           "pid": 2147483646,
           "priority": "none",
+          "spend": null,
           "stage": "analysis",
           "task_id": 1
         }
       ],
       "running_total": 1,
-      "schema_version": 14,
+      "schema_version": 15,
       "spend": {},
       "staging": {
         "holders": [],
