@@ -242,10 +242,16 @@ fn post_deploy_degraded_hands_the_windows_samples_to_the_developer() {
         )) && text.contains("health failure streak 2"),
         "{text}"
     );
-    // The samples so far: the first failing probe's row, as the log had it.
-    let evidence = text.split("## Evidence").nth(1).unwrap();
+    // Every sample up to the one that decided the rollback, as the log had it.
     assert!(
-        evidence.contains("Copied from `16-post-deploy-log.md`") && evidence.contains("503"),
+        text.ends_with(&format!(
+            "Copied from `16-post-deploy-log.md` as it was when the task was sent back:\n\n\
+             ---\nwindow_armed_at: \"{NOW}\"\nwindow_ends_at: \"2026-11-25T03:15:00Z\"\n---\n\
+             # Post-deploy log of {key}\n\n\
+             | time | samples | classification | decision | action |\n|---|---|---|---|---|\n\
+             | 2026-11-25T03:01:00Z | health HTTP 503; metrics n/a | INCONCLUSIVE | CONTINUE | - |\n\
+             | 2026-11-25T03:02:00Z | health HTTP 503; metrics n/a | DEGRADED | ROLLBACK | rollback started: /bin/true |\n"
+        )),
         "{text}"
     );
     w.developer_sees(id, &key, 1);
