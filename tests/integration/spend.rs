@@ -142,6 +142,18 @@ fn usage_is_recorded_and_a_bad_form_is_only_a_warning() {
     env.run(&["status"])
         .expect(0)
         .stdout_has("orch: cost 0.40 over 1 job(s)");
+    // The metrics export the project's totals.
+    let prom = env.path("orch.prom");
+    env.run(&["status", "--prometheus", prom.to_str().unwrap()])
+        .expect(0);
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    for line in [
+        "orch_spend_cost_micros{project=\"orch\"} 400000\n",
+        "orch_spend_tokens_in{project=\"orch\"} 1200\n",
+        "orch_spend_tokens_out{project=\"orch\"} 300\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[test]
