@@ -35,6 +35,9 @@ pub const POINTS: &[&str] = &[
     // A move back to development wrote its feedback file; the move itself is not
     // committed yet.
     "feedback-written",
+    // A developer re-run for red CI wrote its feedback file; the re-run (and its count on
+    // the task) is not committed yet.
+    "ci-feedback-written",
 ];
 
 static ARMED: OnceLock<&'static str> = OnceLock::new();

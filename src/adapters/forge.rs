@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use crate::adapters::db::Db;
 use crate::adapters::gitea::{GiteaClient, PullRequest};
 use crate::adapters::http::HttpError;
-use crate::core::facts::{CiState, Fact, PrFacts};
+use crate::core::facts::{CiContext, CiFailure, CiState, Fact, PrFacts};
 use crate::core::gate::Need;
 use crate::core::merge::head_contained_in_base;
 use crate::core::round::recorded_pr_is_current;
@@ -69,6 +69,8 @@ pub struct ForgeFacts {
     /// A CI verdict to keep ([`CiState::is_kept`]: success) read from Gitea (not from the cache) and the head SHA it is
     /// about: for the caller to record in `ci_verdicts` (`Db::record_ci_verdict`).
     pub final_ci: Option<(String, CiState)>,
+    /// When the CI verdict read is a failure: the head and its failing contexts.
+    pub ci_failure: Option<CiFailure>,
 }
 
 impl<'a> Forge<'a> {
@@ -112,6 +114,7 @@ impl<'a> Forge<'a> {
             ci: Err("not gathered".into()),
             new_pr_number: None,
             final_ci: None,
+            ci_failure: None,
         };
         let wants_pr = needs.contains(&Need::Pr) || needs.contains(&Need::Ci);
         if !wants_pr {
@@ -161,12 +164,18 @@ impl<'a> Forge<'a> {
                 Some(v) => Ok(v),
                 None => {
                     let read = self.ci(task, &facts.head_sha);
-                    if let Ok(v) = &read {
+                    read.map(|(v, failing)| {
                         if v.is_kept() {
                             out.final_ci = Some((facts.head_sha.clone(), v.clone()));
                         }
-                    }
-                    read
+                        if v == CiState::Failure {
+                            out.ci_failure = Some(CiFailure {
+                                head_sha: facts.head_sha.clone(),
+                                contexts: failing,
+                            });
+                        }
+                        v
+                    })
                 }
             };
         }
@@ -278,7 +287,7 @@ impl<'a> Forge<'a> {
             .map_err(|e: HttpError| e.to_string())
     }
 
-    fn ci(&mut self, task: &Task, sha: &str) -> Fact<CiState> {
+    fn ci(&mut self, task: &Task, sha: &str) -> Fact<(CiState, Vec<CiContext>)> {
         if sha.is_empty() {
             return Err("the PR has no head commit".into());
         }
@@ -286,7 +295,7 @@ impl<'a> Forge<'a> {
             Ok(c) => {
                 // One per page of contexts (more than 50 contexts take more).
                 self.requests += i64::try_from(c.pages).unwrap_or(i64::MAX);
-                Ok(c.state)
+                Ok((c.state, c.failing))
             }
             Err(e) => {
                 self.requests += 1;

@@ -19,7 +19,7 @@ use crate::adapters::bounds::PassBounds;
 use crate::adapters::http::{self, HttpError};
 use crate::adapters::rest::{self, Answer};
 use crate::config::{Config, ConfigError, Secret};
-use crate::core::facts::{CiState, PrFacts};
+use crate::core::facts::{CiContext, CiState, PrFacts};
 
 /// The page size list calls ask for (Gitea's default `MAX_RESPONSE_ITEMS`). The admin
 /// may clamp it lower: pages are counted by what they hold, never by this number.
@@ -159,6 +159,9 @@ pub struct CombinedStatus {
     pub total_count: u64,
     /// How many pages (requests) it took.
     pub pages: usize,
+    /// The contexts that fail the verdict (`error`, `failure`), with their description and
+    /// target URL: the evidence a developer sent back for red CI reads.
+    pub failing: Vec<CiContext>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +177,12 @@ struct RawStatus {
     /// The state (Gitea's key is `status`).
     #[serde(default)]
     status: String,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    target_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -555,6 +564,7 @@ impl GiteaClient {
         let url = self.repo_url(repo, &["commits", git_ref, "status"])?;
         let limit = PAGE_LIMIT.to_string();
         let mut states: Vec<String> = Vec::new();
+        let mut failing: Vec<CiContext> = Vec::new();
         let mut sha = String::new();
         let mut pages = 0;
         loop {
@@ -576,7 +586,18 @@ impl GiteaClient {
                 sha = raw.sha.unwrap_or_default();
             }
             let n = got.len();
-            states.extend(got.into_iter().map(|s| s.status));
+            for s in got {
+                let c = CiContext {
+                    context: s.context.unwrap_or_default(),
+                    state: s.status,
+                    description: s.description.unwrap_or_default(),
+                    target_url: s.target_url.unwrap_or_default(),
+                };
+                states.push(c.state.clone());
+                if c.is_failing() {
+                    failing.push(c);
+                }
+            }
             if !more_pages(n, states.len(), total_count(&answer)) {
                 break;
             }
@@ -586,6 +607,7 @@ impl GiteaClient {
             sha,
             total_count: u64::try_from(states.len()).unwrap_or(u64::MAX),
             pages,
+            failing,
         })
     }
 
@@ -711,6 +733,29 @@ impl GiteaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_without_context_description_or_url_still_reads() {
+        // Gitea sends `null` or leaves keys out on statuses some CIs post.
+        let raw: RawCombined = serde_json::from_str(
+            r#"{"sha": "abc", "statuses": [
+                {"status": "failure", "context": null, "target_url": null},
+                {"status": "error"},
+                {"status": "success", "context": "ci/docs", "description": "ok", "target_url": "https://x/1"}
+            ]}"#,
+        )
+        .unwrap();
+        let got = raw.statuses.unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].context.is_none() && got[0].target_url.is_none());
+        assert!(got[1].description.is_none());
+        assert_eq!(got[2].target_url.as_deref(), Some("https://x/1"));
+        // A wrong-shaped field is a parse error (the call's fatal class), not a guess.
+        assert!(serde_json::from_str::<RawCombined>(
+            r#"{"statuses": [{"status": "failure", "target_url": 7}]}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn with_timeout_bounds_each_call_below_the_clients_own_timeout() {

@@ -431,6 +431,9 @@ fn finish_rollback(
     let alerted = alert(ctx, db, w, "rollback", &message, tally)?;
     let mut reopen = "task already reopened".to_string();
     if !w.reopened {
+        // The log first, so the move's feedback copies every sample up to the one that
+        // decided the rollback (its row is in the window state, not yet in the log).
+        write_log(ctx, w);
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");

@@ -32,7 +32,7 @@ use crate::core::reconcile::{
     self, decide, local_guards, Action, Deferral, GuardFacts, Judgement, Limits, Progress,
     TaskVerdict,
 };
-use crate::core::stage::Actor;
+use crate::core::stage::{Actor, Stage};
 use crate::core::task::Task;
 use crate::exit::ExitStatus;
 use crate::ops::moves::{self, MergeEvidence, MoveRequest};
@@ -113,6 +113,9 @@ struct Pass<'a> {
     /// its round from the very fact its gate judged, never from a second Gitea read
     /// that may fail in between.
     merged: std::collections::HashMap<i64, crate::core::facts::Fact<bool>>,
+    /// Per task, the failed CI verdict (with its failing contexts) the development gate
+    /// just read: a developer re-run for it writes them into the task's feedback.
+    ci_failures: std::collections::HashMap<i64, crate::core::facts::CiFailure>,
 }
 
 /// Tasks are read in pages of this many (`Db::tasks_page`): a pass holds one page of
@@ -156,6 +159,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
         plane: ctx.plane()?,
         forge: Forge::for_pass(ctx.gitea()?),
         merged: std::collections::HashMap::new(),
+        ci_failures: std::collections::HashMap::new(),
         report: Report {
             dry_run,
             ..Report::default()
@@ -408,6 +412,9 @@ impl Pass<'_> {
         let inputs = self.gate_inputs(db, t);
         self.merged
             .insert(t.id, crate::core::round::merged(&inputs.pr));
+        if let (Stage::Development, Some(failure)) = (t.stage, &inputs.ci_failure) {
+            self.ci_failures.insert(t.id, failure.clone());
+        }
         let decision = gate::evaluate(t.stage, &inputs);
         let last = match db.latest_stage_job(t.id, t.stage) {
             Ok(j) => j.map(|j| {
@@ -478,6 +485,13 @@ impl Pass<'_> {
                 }
                 Ok(None)
             }
+            Action::Rerun {
+                job_id,
+                attempt,
+                because,
+            } if self.ci_failures.contains_key(&t.id) => {
+                self.rerun_for_red_ci(db, t, (*job_id, *attempt), because)
+            }
             Action::Rerun { job_id, .. } => match db.rerun_job(*job_id, self.now)? {
                 Some(attempt) => {
                     self.report.c.rerun += 1;
@@ -507,6 +521,46 @@ impl Pass<'_> {
                 Some(format!("failed: {e:#}"))
             }
         }
+    }
+
+    /// Re-runs a developer job held by red CI: writes the failing contexts into the
+    /// task's next feedback file, then re-queues the job and counts the file in one
+    /// transaction; the re-run gets the file as `ORCH_FEEDBACK`.
+    fn rerun_for_red_ci(
+        &mut self,
+        db: &mut Db,
+        t: &Task,
+        (job_id, attempt): (i64, u32),
+        because: &str,
+    ) -> Result<Option<String>> {
+        let failure = &self.ci_failures[&t.id];
+        let ended = attempt.saturating_sub(1);
+        let written = crate::ops::feedback::write_on_ci_rerun(
+            &self.ctx.config.settings.artefacts_dir,
+            db,
+            t,
+            (job_id, ended),
+            failure,
+            because,
+            self.now,
+        )?;
+        let rerun = if written.is_some() {
+            db.rerun_job_with_ci_feedback(job_id, ended, self.now)?
+        } else {
+            db.rerun_job(job_id, self.now)?
+        };
+        Ok(match rerun {
+            Some(attempt) => {
+                self.report.c.rerun += 1;
+                log::info!(
+                    "task {}: job {job_id} re-queued as attempt {attempt} (CI failed on {})",
+                    t.key,
+                    crate::core::revision::short(&failure.head_sha)
+                );
+                None
+            }
+            None => Some(format!("job {job_id} was re-run or is live meanwhile")),
+        })
     }
 }
 

@@ -138,14 +138,7 @@ fn record_usage(ctx: &PassContext, db: &mut Db, job: &Job, task: &Task, log_path
                         path.display()
                     );
                 }
-                Ok(format!(
-                    "tokens in {}, out {}, cost {} {}",
-                    u.tokens_in.map_or("-".into(), |n| n.to_string()),
-                    u.tokens_out.map_or("-".into(), |n| n.to_string()),
-                    u.cost_micros
-                        .map_or("-".into(), crate::core::spend::format_micros),
-                    u.currency.as_deref().unwrap_or("USD")
-                ))
+                Ok(u.describe())
             }
             Ok(false) => Err("the job moved to another attempt".to_string()),
             Err(e) => Err(format!("{e:#}")),

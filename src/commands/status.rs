@@ -105,25 +105,33 @@ fn running_not_alive(db: &Db, running_total: i64) -> Result<u64> {
 fn gather(db: &Db, now: i64) -> Result<StatusReport> {
     let jobs = db.job_counts()?;
     let running_total = jobs.get(&JobStatus::Running).copied().unwrap_or(0);
+    // The listed tasks' totals: one primary-key read each, at most 2 x LIST_LIMIT.
+    let task_spend = |task_id: i64| -> Result<Option<serde_json::Value>> {
+        let t = db.task_spend(task_id)?;
+        Ok((t.jobs > 0).then(|| crate::core::status::spend_json(&t)))
+    };
     let running = db
         .running_jobs(LIST_LIMIT)?
         .into_iter()
-        .map(|(j, key, priority)| RunningJob {
-            id: j.id,
-            task_id: j.task_id,
-            key,
-            priority,
-            agent: j.agent.to_string(),
-            stage: j.stage.to_string(),
-            attempt: j.attempt,
-            pid: j.pid,
-            age_s: j.started_at.map(|s| now - s).unwrap_or(0),
-            liveness: match j.pid {
-                Some(pid) => liveness(pid, j.pid_start_time).as_str().to_string(),
-                None => "no-pid".to_string(),
-            },
+        .map(|(j, key, priority)| -> Result<RunningJob> {
+            Ok(RunningJob {
+                spend: task_spend(j.task_id)?,
+                id: j.id,
+                task_id: j.task_id,
+                key,
+                priority,
+                agent: j.agent.to_string(),
+                stage: j.stage.to_string(),
+                attempt: j.attempt,
+                pid: j.pid,
+                age_s: j.started_at.map(|s| now - s).unwrap_or(0),
+                liveness: match j.pid {
+                    Some(pid) => liveness(pid, j.pid_start_time).as_str().to_string(),
+                    None => "no-pid".to_string(),
+                },
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let escalated_total = db.escalated_count()?;
     let spend = db
         .project_spend()?
@@ -133,16 +141,19 @@ fn gather(db: &Db, now: i64) -> Result<StatusReport> {
     let escalated = db
         .escalated_tasks(LIST_LIMIT)?
         .into_iter()
-        .map(|t| EscalatedTask {
-            id: t.id,
-            key: t.key,
-            priority: t.priority,
-            project: t.project,
-            stage: t.stage.to_string(),
-            reason: t.escalation_reason.unwrap_or_default(),
-            since: t.escalated_at.map(format_unix).unwrap_or_default(),
+        .map(|t| -> Result<EscalatedTask> {
+            Ok(EscalatedTask {
+                spend: task_spend(t.id)?,
+                id: t.id,
+                key: t.key,
+                priority: t.priority,
+                project: t.project,
+                stage: t.stage.to_string(),
+                reason: t.escalation_reason.unwrap_or_default(),
+                since: t.escalated_at.map(format_unix).unwrap_or_default(),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let passes = db
         .passes()?
         .into_iter()

@@ -338,10 +338,20 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let events = db.stage_events(t.id)?;
     let jobs = db.task_jobs(t.id)?;
     let spend = db.task_spend(t.id)?;
+    let usage = db.task_job_usage(t.id)?;
     if args.json {
         let mut out = task_json(&t);
         out["events"] = events.iter().map(event_json).collect();
-        out["jobs"] = jobs.iter().map(job_json).collect();
+        out["jobs"] = jobs
+            .iter()
+            .map(|j| {
+                let mut v = job_json(j);
+                v["usage"] = usage
+                    .get(&j.id)
+                    .map_or(serde_json::Value::Null, |u| u.to_json());
+                v
+            })
+            .collect();
         out["spend"] = crate::core::status::spend_json(&spend);
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitStatus::Success);
@@ -409,8 +419,12 @@ fn show(args: &ShowArgs, ctx: &PassContext) -> Result<ExitStatus> {
             .as_deref()
             .map(|r| format!(" reaped: {r}"))
             .unwrap_or_default();
+        let spent = usage
+            .get(&j.id)
+            .map(|u| format!("  usage: {}", u.describe()))
+            .unwrap_or_default();
         println!(
-            "  job {} {} ({}) attempt {} {}{exit}{reap}",
+            "  job {} {} ({}) attempt {} {}{exit}{reap}{spent}",
             j.id, j.agent, j.stage, j.attempt, j.status
         );
     }

@@ -72,6 +72,38 @@ impl CiState {
     }
 }
 
+/// One CI context of a commit as Gitea reports it (its latest status): what a developer
+/// sent back for red CI is shown (`core::feedback`). Every field is Gitea's text as
+/// received (empty when absent); renderers clean it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CiContext {
+    /// The context's name (`ci/build`).
+    pub context: String,
+    /// Its state (`failure`, `error`, ...).
+    pub state: String,
+    /// The CI's one-line description.
+    pub description: String,
+    /// Where the CI run is shown.
+    pub target_url: String,
+}
+
+impl CiContext {
+    /// Whether this context fails the verdict ([`CiState::from_contexts`]).
+    pub fn is_failing(&self) -> bool {
+        matches!(self.state.as_str(), "error" | "failure")
+    }
+}
+
+/// A failed CI verdict with the contexts that failed it: the evidence the developer's
+/// re-run is handed (`core::feedback::Kind::CiFailed`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CiFailure {
+    /// The commit (the PR head) whose CI failed.
+    pub head_sha: String,
+    /// Its failing contexts (`error` or `failure`), in Gitea's order (renderers sort).
+    pub contexts: Vec<CiContext>,
+}
+
 /// What the pipeline knows about the task's pull request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PrFacts {

@@ -23,7 +23,7 @@
 use crate::core::artefact::{
     ArtefactError, DeployStatus, ReviewVerdict, StagingReport, StagingStatus,
 };
-use crate::core::facts::{CiState, Fact, PrFacts};
+use crate::core::facts::{CiFailure, CiState, Fact, PrFacts};
 use crate::core::job::JobOutcome;
 use crate::core::revision::{revisions_match, short};
 use crate::core::round;
@@ -38,6 +38,9 @@ pub struct GateInputs {
     pub pr: Fact<Option<PrFacts>>,
     /// The combined CI state of the PR head.
     pub ci: Fact<CiState>,
+    /// When `ci` is a failure read from Gitea: the head and its failing contexts (the
+    /// feedback of a developer re-run for red CI).
+    pub ci_failure: Option<CiFailure>,
     /// `05-review.md`.
     pub review: Result<ReviewVerdict, ArtefactError>,
     /// `10-staging-report.md`.
@@ -60,6 +63,7 @@ impl GateInputs {
             last_job: None,
             pr: Err("not gathered".into()),
             ci: Err("not gathered".into()),
+            ci_failure: None,
             review: Err(missing(crate::core::artefact::REVIEW_FILE)),
             staging: Err(missing(crate::core::artefact::STAGING_REPORT_FILE)),
             deploy: Err(missing(crate::core::artefact::DEPLOY_REPORT_FILE)),

@@ -32,6 +32,31 @@ pub struct Usage {
     pub currency: Option<String>,
 }
 
+impl Usage {
+    /// One line for people: `tokens in 1200, out 300, cost 0.40 USD` (`-` for a part
+    /// not reported).
+    pub fn describe(&self) -> String {
+        format!(
+            "tokens in {}, out {}, cost {} {}",
+            self.tokens_in.map_or("-".into(), |n| n.to_string()),
+            self.tokens_out.map_or("-".into(), |n| n.to_string()),
+            self.cost_micros.map_or("-".into(), format_micros),
+            self.currency.as_deref().unwrap_or("USD")
+        )
+    }
+
+    /// The form `task show --json` prints on each job (`cost` as a decimal too).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_micros": self.cost_micros,
+            "cost": self.cost_micros.map(format_micros),
+            "currency": self.currency.as_deref().unwrap_or("USD"),
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageForm {

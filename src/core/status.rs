@@ -25,6 +25,14 @@ pub fn spend_json(t: &crate::core::spend::SpendTotals) -> serde_json::Value {
     })
 }
 
+/// A task's spend as `status` appends it to the task's entry: ` spent 0.40`, nothing
+/// when none was reported.
+fn spent(spend: Option<&serde_json::Value>) -> String {
+    spend
+        .map(|v| format!(" spent {}", v["cost"].as_str().unwrap_or("?")))
+        .unwrap_or_default()
+}
+
 /// A task's spend as one line of `task show`.
 pub fn spend_text(t: &crate::core::spend::SpendTotals) -> String {
     if t.jobs == 0 {
@@ -62,6 +70,8 @@ pub struct RunningJob {
     pub age_s: i64,
     /// `alive`, `dead`, `reused`, or `no-pid`.
     pub liveness: String,
+    /// The task's reported spend so far ([`spend_json`]), `None` when none was reported.
+    pub spend: Option<serde_json::Value>,
 }
 
 /// One escalated task as shown.
@@ -81,6 +91,8 @@ pub struct EscalatedTask {
     pub reason: String,
     /// Since when (RFC 3339).
     pub since: String,
+    /// The task's reported spend so far ([`spend_json`]), `None` when none was reported.
+    pub spend: Option<serde_json::Value>,
 }
 
 /// One subcommand's last pass as shown.
@@ -316,7 +328,7 @@ pub fn render_text(r: &StatusReport) -> String {
             let pid = j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "  job {} {}{} {} ({}) attempt {} pid {pid} {} age {}",
+                "  job {} {}{} {} ({}) attempt {} pid {pid} {} age {}{}",
                 j.id,
                 j.key,
                 shown(j.priority),
@@ -324,7 +336,8 @@ pub fn render_text(r: &StatusReport) -> String {
                 j.stage,
                 j.attempt,
                 j.liveness,
-                human_duration(j.age_s)
+                human_duration(j.age_s),
+                spent(j.spend.as_ref())
             );
         }
         if r.running_total > r.running.len() as i64 {
@@ -352,12 +365,13 @@ pub fn render_text(r: &StatusReport) -> String {
         for t in &r.escalated {
             let _ = writeln!(
                 out,
-                "  {}{} ({}) at {} since {}: {}",
+                "  {}{} ({}) at {} since {}{}: {}",
                 t.key,
                 shown(t.priority),
                 t.project,
                 t.stage,
                 t.since,
+                spent(t.spend.as_ref()).replacen(' ', ", ", 1),
                 t.reason
             );
         }
@@ -727,6 +741,7 @@ mod tests {
                 pid: Some(4242),
                 age_s: 300,
                 liveness: "dead".into(),
+                spend: None,
             }],
             running_total: 1,
             tasks: [("development", 1)]
@@ -799,6 +814,7 @@ mod tests {
             stage: "review".into(),
             reason: "why".into(),
             since: "2026-11-25T02:00:00Z".into(),
+            spend: None,
         }];
         r.escalated_total = 1;
         let text = render_text(&r);
@@ -814,6 +830,41 @@ mod tests {
         assert_eq!(json["running"][0]["priority"], "urgent");
         assert_eq!(json["escalated"][0]["priority"], "low");
         assert!(!render_text(&report()).contains('['), "none shows nothing");
+    }
+
+    #[test]
+    fn text_shows_a_task_spend_on_its_running_job_and_escalation() {
+        let mut r = report();
+        let spend = spend_json(&crate::core::spend::SpendTotals {
+            jobs: 3,
+            tokens_in: 10,
+            tokens_out: 2,
+            cost_micros: 2_500_000,
+        });
+        r.running[0].spend = Some(spend.clone());
+        r.escalated = vec![EscalatedTask {
+            id: 2,
+            key: "SHOP-2".into(),
+            priority: Priority::None,
+            project: "shop".into(),
+            stage: "review".into(),
+            reason: "spend 2.50 reached ORCH_TASK_BUDGET 2.50 over 3 job(s)".into(),
+            since: "2026-11-25T02:00:00Z".into(),
+            spend: Some(spend),
+        }];
+        r.escalated_total = 1;
+        let text = render_text(&r);
+        assert!(text.contains(" dead age 5m00s spent 2.50\n"), "{text}");
+        assert!(
+            text.contains("  SHOP-2 (shop) at review since 2026-11-25T02:00:00Z, spent 2.50: spend 2.50 reached"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["running"][0]["spend"]["cost_micros"], 2_500_000);
+        assert_eq!(json["escalated"][0]["spend"]["jobs"], 3);
+        let none = serde_json::to_value(report()).unwrap();
+        assert!(none["running"][0]["spend"].is_null());
+        assert!(!render_text(&report()).contains("spent"));
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn gate_inputs_with(
     let facts = forge.gate_facts(task, task.stage, &needs, Some(db));
     inputs.pr = facts.pr;
     inputs.ci = facts.ci;
+    inputs.ci_failure = facts.ci_failure;
     if let (Some((sha, verdict)), true) = (&facts.final_ci, record) {
         if let Err(e) = db.record_ci_verdict(&task.repo, sha, verdict, ctx.now_secs()) {
             log::warn!(

@@ -552,6 +552,29 @@ impl GiteaStandin {
         self
     }
 
+    /// Adds a commit status with its description and target URL as a CI would post them.
+    pub fn add_status_described(
+        &self,
+        repo: &str,
+        sha: &str,
+        (context, state): (&str, &str),
+        description: &str,
+        target_url: &str,
+    ) -> &Self {
+        let id = self.model().next_id();
+        self.with_repo(repo, |r| {
+            r.statuses.push(Status {
+                id,
+                sha: sha.into(),
+                state: state.into(),
+                context: context.into(),
+                description: description.into(),
+                target_url: target_url.into(),
+            });
+        });
+        self
+    }
+
     /// Sets what `compare/{base}...{head}` answers for `total_commits`.
     pub fn set_ahead(&self, repo: &str, base: &str, head: &str, commits: u64) {
         self.with_repo(repo, |r| {

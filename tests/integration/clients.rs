@@ -961,11 +961,49 @@ fn gitea_client_reads_pulls_branches_statuses_and_compares() {
         c.combined_status(REPO, &head).unwrap().state,
         CiState::Failure
     );
+    // The failing contexts come back with their description and target URL (what a
+    // developer re-run for red CI is handed); passing ones do not.
+    g.add_status_described(
+        REPO,
+        &head,
+        ("ci/build", "failure"),
+        "2 tests failed",
+        "https://ci.example.com/run/9",
+    );
+    g.add_status_described(REPO, &head, ("ci/docs", "success"), "ok", "https://x/1");
+    let s = c.combined_status(REPO, &head).unwrap();
+    assert_eq!(s.state, CiState::Failure);
+    let failing: Vec<(&str, &str, &str, &str)> = s
+        .failing
+        .iter()
+        .map(|f| {
+            (
+                f.context.as_str(),
+                f.state.as_str(),
+                f.description.as_str(),
+                f.target_url.as_str(),
+            )
+        })
+        .collect();
+    failing.iter().for_each(|f| assert_ne!(f.0, "ci/docs"));
+    assert!(
+        failing.contains(&(
+            "ci/build",
+            "failure",
+            "2 tests failed",
+            "https://ci.example.com/run/9"
+        )) && failing.iter().any(|f| f.0 == "ci/test" && f.1 == "error"),
+        "{failing:?}"
+    );
+    for context in ["ci/build", "ci/docs"] {
+        g.add_status(REPO, &head, context, "success");
+    }
     g.add_status(REPO, &head, "ci/test", "success");
     let s = c.combined_status(REPO, "feature/retry").unwrap();
+    assert!(s.failing.is_empty());
     assert_eq!(
         (s.state, s.sha, s.total_count),
-        (CiState::Success, head.clone(), 1)
+        (CiState::Success, head.clone(), 3)
     );
     // An unknown ref: 404 on 1.25, an empty object on legacy; both are "no CI".
     assert_eq!(

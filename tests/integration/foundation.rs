@@ -388,7 +388,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 14)
+    orch status at 2026-11-25T03:00:00Z (schema 15)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -502,12 +502,13 @@ fn status_text_json_and_prometheus() {
           "liveness": "dead",
           "pid": 2147483646,
           "priority": "none",
+          "spend": null,
           "stage": "analysis",
           "task_id": 1
         }
       ],
       "running_total": 1,
-      "schema_version": 14,
+      "schema_version": 15,
       "spend": {},
       "staging": {
         "holders": [],

@@ -10,6 +10,7 @@ mod bounds;
 mod clients;
 mod crash;
 mod doctor;
+mod feedback;
 mod foundation;
 mod holds;
 mod install;

@@ -9,18 +9,28 @@ use crate::common::{seed_tasks, Project, SeedTask, Standin, TestEnv, NOW_UNIX};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_orch-test-agent");
 
+/// The task's work item.
+const ITEM: &str = "7b1e4c2a-0000-4000-8000-000000000001";
+
 fn world(vars: &[(&str, &str)]) -> (TestEnv, i64) {
+    world_with(vars, &[Standin::Telegram])
+}
+
+fn world_with(vars: &[(&str, &str)], standins: &[Standin]) -> (TestEnv, i64) {
     let argv = format!("[{AGENT}]");
     let agents = format!("analyst: {argv}\ndeveloper: {argv}\nreviewer: {argv}\ndeployer: {argv}");
     let mut b = TestEnv::builder()
         .project(Project::orch().self_hosting(false))
         .agents(&agents)
-        .standins(&[Standin::Telegram]);
+        .standins(standins)
+        .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
+        .set("ORCH_RECONCILE_REPLAY_ENABLED", "false");
     for (k, v) in vars {
         b = b.set(k, v);
     }
     let env = b.build();
     let seed = SeedTask::new(env.project("orch"), 1, "review".parse().unwrap())
+        .work_item(ITEM)
         .branch("orch-1")
         .at(0);
     let task = seed_tasks(&env, &[seed])[0];
@@ -108,7 +118,21 @@ fn usage_is_recorded_and_a_bad_form_is_only_a_warning() {
     assert_eq!(show["spend"]["tokens_in"], 1200);
     env.run(&["task", "show", "ORCH-1"])
         .expect(0)
-        .stdout_has("spend cost 0.40 over 1 job(s), tokens in 1200 out 300");
+        .stdout_has("spend cost 0.40 over 1 job(s), tokens in 1200 out 300")
+        // Each job's own usage; the ones that reported nothing say nothing.
+        .stdout_has(&format!(
+            "  job {first} reviewer (review) attempt 1 succeeded exit 0  usage: tokens in 1200, out 300, cost 0.40 USD\n  job {second} reviewer (review) attempt 1 succeeded exit 0\n"
+        ));
+    let jobs = show["jobs"].as_array().unwrap();
+    assert_eq!(jobs[0]["id"], first);
+    assert_eq!(
+        jobs[0]["usage"],
+        serde_json::json!({"tokens_in": 1200, "tokens_out": 300, "cost_micros": 400_000, "cost": "0.40", "currency": "USD"})
+    );
+    assert!(
+        jobs[1]["usage"].is_null() && jobs[2]["usage"].is_null(),
+        "{show:#}"
+    );
     let status = env.run(&["status", "--json"]).expect(0).json();
     assert_eq!(
         status["spend"]["orch"]["cost_micros"], 400_000,
@@ -118,6 +142,18 @@ fn usage_is_recorded_and_a_bad_form_is_only_a_warning() {
     env.run(&["status"])
         .expect(0)
         .stdout_has("orch: cost 0.40 over 1 job(s)");
+    // The metrics export the project's totals.
+    let prom = env.path("orch.prom");
+    env.run(&["status", "--prometheus", prom.to_str().unwrap()])
+        .expect(0);
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    for line in [
+        "orch_spend_cost_micros{project=\"orch\"} 400000\n",
+        "orch_spend_tokens_in{project=\"orch\"} 1200\n",
+        "orch_spend_tokens_out{project=\"orch\"} 300\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[test]
@@ -196,4 +232,76 @@ fn an_over_budget_task_is_escalated_once_and_its_next_job_not_started() {
     let sent = env.telegram_messages();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].contains("ORCH_TASK_BUDGET"), "{sent:?}");
+    // status shows the task's spend on its escalation.
+    env.run(&["status"]).expect(0).stdout_has(
+        "  ORCH-1 (orch) at review since 2026-11-25T03:00:00Z, spent 0.50: spend 0.50 reached",
+    );
+    let status = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(status["escalated"][0]["spend"]["cost_micros"], 500_000);
+}
+
+#[test]
+fn the_token_cap_escalates_once_with_one_comment_and_one_notification() {
+    let (env, task) = world_with(
+        &[("ORCH_TASK_TOKEN_BUDGET", "1000")],
+        &[Standin::Telegram, Standin::Plane],
+    );
+    let first = job(&env, task, "running");
+    env.artefact(
+        "ORCH-1",
+        &format!("usage-{first}.json"),
+        r#"{"tokens_in": 900, "tokens_out": 100}"#,
+    );
+    env.run(&["run-job", &first.to_string()]).expect(0);
+    // A running job shows its task's spend in status.
+    let running = job(&env, task, "running");
+    let status = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(status["running"][0]["id"], running, "{status:#}");
+    assert_eq!(status["running"][0]["spend"]["tokens_in"], 900);
+    env.db()
+        .execute("UPDATE jobs SET status = 'failed' WHERE id = ?1", [running])
+        .unwrap();
+    // Two dispatch passes, each with a queued job of the task: one escalation.
+    for (n, now) in [(1, "2026-11-25T03:00:00Z"), (2, "2026-11-25T03:05:00Z")] {
+        let next = job(&env, task, "queued");
+        let mut pass = env.command(&["dispatch"]);
+        pass.env("ORCH_NOW", now);
+        assert!(pass.status().unwrap().success(), "pass {n}");
+        assert_eq!(
+            env.count(&format!(
+                "SELECT count(*) FROM jobs WHERE id = {next} AND status = 'cancelled' AND started_at IS NULL"
+            )),
+            1,
+            "pass {n}"
+        );
+    }
+    let (at, reason): (i64, String) = env
+        .db()
+        .query_row(
+            "SELECT escalated_at, escalation_reason FROM tasks WHERE id = ?1",
+            [task],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(at, NOW_UNIX, "escalated by the first pass only");
+    assert!(
+        reason.contains("tokens 1000 reached ORCH_TASK_TOKEN_BUDGET 1000 over 1 job(s)"),
+        "{reason}"
+    );
+    for _ in 0..2 {
+        env.run(&["reconcile"]).expect(0);
+    }
+    let comments = env
+        .plane()
+        .comments(env.project("orch").plane_project_id, ITEM);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].1.contains("ORCH_TASK_TOKEN_BUDGET"),
+        "{comments:?}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM notifications WHERE kind = 'escalation'"),
+        1
+    );
+    assert_eq!(env.telegram_messages().len(), 1);
 }

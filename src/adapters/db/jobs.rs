@@ -575,6 +575,48 @@ impl Db {
         }
     }
 
+    /// Re-queues ended job `id` at `attempt` as its next attempt, as [`Db::rerun_job`]
+    /// does, and counts a red-CI feedback on its task (`tasks.ci_feedbacks`) in the same
+    /// transaction, so the feedback file written just before under the next number
+    /// becomes the task's newest exactly when the re-run is made. `None` (nothing
+    /// changed) when the job is not ended at `attempt` any more or another live job of
+    /// its task and stage exists.
+    ///
+    /// # Errors
+    /// On SQL errors other than the one-live-job constraint.
+    pub fn rerun_job_with_ci_feedback(
+        &mut self,
+        id: i64,
+        attempt: u32,
+        now: i64,
+    ) -> Result<Option<u32>> {
+        let tx = self.immediate()?;
+        let res = tx.execute(
+            "UPDATE jobs SET status = 'queued', attempt = attempt + 1, enqueued_at = ?3,
+                    started_at = NULL, finished_at = NULL, pid = NULL, pid_start_time = NULL,
+                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0
+             WHERE id = ?1 AND attempt = ?2 AND status IN ('succeeded','failed','cancelled')",
+            params![id, attempt, now],
+        );
+        match res {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.execute(
+            "UPDATE tasks SET ci_feedbacks = ci_feedbacks + 1
+             WHERE id = (SELECT task_id FROM jobs WHERE id = ?1)",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(Some(attempt + 1))
+    }
+
     /// Returns up to `limit` running jobs after the key `after` (`(enqueued_at, id)`), in
     /// that order: keyset paging along the `jobs_by_status` index, so a pass over n
     /// running jobs reads each index entry once, whatever the page size.

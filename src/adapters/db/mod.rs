@@ -87,6 +87,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0012_holds.sql"),
     include_str!("migrations/0013_priority.sql"),
     include_str!("migrations/0014_spend.sql"),
+    include_str!("migrations/0015_ci_feedback.sql"),
 ];
 
 /// The schema version this build writes.

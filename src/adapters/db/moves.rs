@@ -147,15 +147,18 @@ impl Db {
             .optional()?)
     }
 
-    /// Returns how many times the task was moved back to development (every move into
-    /// development but the first one, from analysis): numbers its feedback files.
+    /// Returns how many feedback files the task's record accounts for: its moves back to
+    /// development (every move into development but the first one, from analysis) plus
+    /// its developer re-runs for red CI (`tasks.ci_feedbacks`). Numbers its feedback
+    /// files: the newest is this count, the next this count plus one.
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn rollbacks_to_development(&self, task_id: i64) -> Result<u32> {
+    pub fn feedback_count(&self, task_id: i64) -> Result<u32> {
         Ok(self.conn().query_row(
-            "SELECT count(*) FROM stage_events
-             WHERE task_id = ?1 AND to_stage = 'development' AND from_stage <> 'analysis'",
+            "SELECT (SELECT count(*) FROM stage_events
+                      WHERE task_id = ?1 AND to_stage = 'development' AND from_stage <> 'analysis')
+                  + coalesce((SELECT ci_feedbacks FROM tasks WHERE id = ?1), 0)",
             [task_id],
             |r| r.get(0),
         )?)

@@ -90,6 +90,31 @@ impl Db {
             .unwrap_or_default())
     }
 
+    /// Each job of a task that reported usage, by job id: what its attempts reported
+    /// together (the job row's sums).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_job_usage(&self, task_id: i64) -> Result<BTreeMap<i64, Usage>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT id, tokens_in, tokens_out, cost_micros, currency FROM jobs
+             WHERE task_id = ?1
+               AND (tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_micros IS NOT NULL)",
+        )?;
+        let rows = stmt.query_map([task_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Usage {
+                    tokens_in: r.get(1)?,
+                    tokens_out: r.get(2)?,
+                    cost_micros: r.get(3)?,
+                    currency: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Spend per project, for the projects with any (one row each).
     ///
     /// # Errors
