@@ -51,7 +51,12 @@ fn main() -> ExitCode {
     };
     // The pass begins here: its time is read once, now.
     let ctx = PassContext::new(config, clock);
-    match dispatch(&cli.command, &ctx) {
+    let result = dispatch(&cli.command, &ctx);
+    // doctor is read-only: it reports the budget itself and writes nothing.
+    if !matches!(cli.command, orch::cli::Command::Doctor(_)) {
+        ctx.record_plane_budget();
+    }
+    match result {
         Ok(status) => status.into(),
         Err(e) => {
             fatal(sink, &format!("{e:#}"));

@@ -14,7 +14,7 @@
 //! not, the workspace is an older Plane and every later call of this client (and its
 //! clones) goes to `/issues/` directly. A 404 on both is the item's own 404.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -196,7 +196,13 @@ pub struct PlaneClient {
     api_key: Secret,
     /// Which work-item path family this Plane answers (`FAMILY_*`), shared by clones.
     family: Arc<AtomicU8>,
+    /// `X-RateLimit-Remaining` of the last answer that carried it (`NO_BUDGET` before
+    /// one did), shared by clones: the pass records it for the metrics.
+    budget: Arc<AtomicI64>,
 }
+
+/// [`PlaneClient::budget`] before any answer carried `X-RateLimit-Remaining`.
+const NO_BUDGET: i64 = -1;
 
 impl PlaneClient {
     /// Builds the client from `ORCH_PLANE_URL`, `ORCH_PLANE_API_KEY`, the pipeline's
@@ -231,7 +237,24 @@ impl PlaneClient {
             base: rest::url(plane_url, &["api", "v1", "workspaces", workspace], false),
             api_key,
             family: Arc::new(AtomicU8::new(FAMILY_UNKNOWN)),
+            budget: Arc::new(AtomicI64::new(NO_BUDGET)),
         }
+    }
+
+    /// `X-RateLimit-Remaining` of the last answer this client (or a clone) read that
+    /// carried it; `None` before one did.
+    pub fn last_budget(&self) -> Option<u32> {
+        u32::try_from(self.budget.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Notes the answer's `X-RateLimit-Remaining`, when it has one, and passes it on.
+    fn noted(&self, answer: Result<Answer, HttpError>) -> Result<Answer, HttpError> {
+        if let Ok(a) = &answer {
+            if let Some(n) = remaining(a) {
+                self.budget.store(i64::from(n), Ordering::Relaxed);
+            }
+        }
+        answer
     }
 
     rest::per_call_timeout!(PlaneClient);
@@ -250,6 +273,7 @@ impl PlaneClient {
             segs.extend_from_slice(rest);
             self.url(&segs)
         };
+        let send = |u: Url| self.noted(send(u));
         let known = self.family.load(Ordering::Relaxed);
         if known == FAMILY_ISSUES {
             return send(url("issues"));
@@ -331,7 +355,9 @@ impl PlaneClient {
             if let Some(c) = &cursor {
                 query.push(("cursor", c.as_str()));
             }
-            let page: Envelope<PlaneState> = self.get(&url, &query, &[200], &what)?.parse(&what)?;
+            let page: Envelope<PlaneState> = self
+                .noted(self.get(&url, &query, &[200], &what))?
+                .parse(&what)?;
             states.extend(page.results);
             match next(
                 cursor.as_deref(),
@@ -372,7 +398,7 @@ impl PlaneClient {
             .query(&[("per_page", per_page.as_str())])
             .header("X-API-Key", self.api_key.expose())
             .header("Accept", "application/json");
-        let answer = rest::send(req, &what)?;
+        let answer = self.noted(rest::send(req, &what))?;
         let states = if answer.status == 200 {
             Some(answer.parse::<Envelope<PlaneState>>(&what)?.results)
         } else {
@@ -380,9 +406,7 @@ impl PlaneClient {
         };
         Ok(StatesProbe {
             status: answer.status,
-            rate_limit_remaining: answer
-                .header("x-ratelimit-remaining")
-                .and_then(|v| v.trim().parse().ok()),
+            rate_limit_remaining: remaining(&answer),
             states,
         })
     }
@@ -447,9 +471,7 @@ impl PlaneClient {
         Ok(WorkItemPage {
             items,
             next_cursor: next(cursor, page.next_page_results, page.next_cursor, &what)?,
-            rate_limit_remaining: answer
-                .header("x-ratelimit-remaining")
-                .and_then(|v| v.trim().parse().ok()),
+            rate_limit_remaining: remaining(&answer),
         })
     }
 
@@ -506,6 +528,13 @@ impl PlaneClient {
             None => Err(HttpError::Fatal(format!("{what}: created but no id"))),
         }
     }
+}
+
+/// An answer's `X-RateLimit-Remaining`, when it carries a number there.
+fn remaining(answer: &Answer) -> Option<u32> {
+    answer
+        .header("x-ratelimit-remaining")
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Returns the next cursor to follow, refusing a cursor that does not move.

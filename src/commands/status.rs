@@ -68,6 +68,7 @@ pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
                 .iter()
                 .map(|p| p.name.clone())
                 .collect(),
+            plane_budget: db.plane_budget()?.map(|b| (b.remaining, b.seen_at)),
         };
         write_atomic_readable(path, render_prometheus(&report, &extra).as_bytes())?;
     }

@@ -682,6 +682,24 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
             .collect(),
     );
     family(
+        "orch_plane_ratelimit_remaining",
+        "X-RateLimit-Remaining of the last Plane answer that carried it, whichever command read it (absent until one did).",
+        extra
+            .plane_budget
+            .iter()
+            .map(|(n, _)| (String::new(), n.to_string()))
+            .collect(),
+    );
+    family(
+        "orch_plane_ratelimit_seen_timestamp_seconds",
+        "When that Plane answer was read.",
+        extra
+            .plane_budget
+            .iter()
+            .map(|(_, t)| (String::new(), t.to_string()))
+            .collect(),
+    );
+    family(
         "orch_build_info",
         "The orch binary that wrote this file: version and git revision.",
         vec![(
@@ -708,6 +726,8 @@ pub struct PrometheusExtras {
     pub revision: String,
     /// The pipeline file's projects (each gets an `orch_hold_active` sample, 0 or 1).
     pub projects: Vec<String>,
+    /// The last Plane rate-limit budget any command read: (requests left, when read).
+    pub plane_budget: Option<(i64, i64)>,
 }
 
 /// Escapes a label value for the text format (backslash, double quote, newline).
@@ -897,6 +917,7 @@ mod tests {
             version: "0.1.0".into(),
             revision: "abc\"def".into(),
             projects: vec!["orch".into(), "shop".into()],
+            plane_budget: Some((57, 1_795_575_540)),
         };
         let text = render_prometheus(&report(), &extra);
         for line in text.lines() {
@@ -921,6 +942,18 @@ mod tests {
         assert!(text.contains("orch_hold_set_timestamp_seconds{project=\"shop\"} 1795572000\n"));
         assert!(text.contains("orch_hold_until_timestamp_seconds{project=\"shop\"} 1795582800\n"));
         assert!(text.contains("orch_build_info{version=\"0.1.0\",revision=\"abc\\\"def\"} 1\n"));
+        assert!(text.contains("orch_plane_ratelimit_remaining 57\n"));
+        assert!(text.contains("orch_plane_ratelimit_seen_timestamp_seconds 1795575540\n"));
+        // Never read: the families are typed but have no sample (not a made-up 0).
+        let none = render_prometheus(
+            &report(),
+            &PrometheusExtras {
+                plane_budget: None,
+                ..extra
+            },
+        );
+        assert!(none.contains("# TYPE orch_plane_ratelimit_remaining gauge\n"));
+        assert!(!none.contains("\norch_plane_ratelimit_remaining "));
     }
 
     #[test]

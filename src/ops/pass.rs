@@ -217,6 +217,24 @@ impl PassContext {
         })
     }
 
+    /// Keeps the Plane budget this process's Plane client last read (its
+    /// `X-RateLimit-Remaining`) in the database for the metrics, stamped with the pass's
+    /// time; nothing when no Plane answer carried one. Called by `main` after every
+    /// command that may have called Plane, whatever its outcome: a failed pass's
+    /// readings are as true as a successful one's. A failure to record is only logged.
+    pub fn record_plane_budget(&self) {
+        let Some(remaining) = self.plane.get().and_then(PlaneClient::last_budget) else {
+            return;
+        };
+        let budget = crate::adapters::db::PlaneBudget {
+            remaining: i64::from(remaining),
+            seen_at: self.now_secs(),
+        };
+        if let Err(e) = self.open_db().and_then(|db| db.record_plane_budget(budget)) {
+            log::warn!("could not record Plane's rate-limit budget ({remaining} left): {e:#}");
+        }
+    }
+
     /// Returns the pass's Telegram client, built on first use; `None` unless both
     /// `ORCH_TELEGRAM_BOT_TOKEN` and `ORCH_TELEGRAM_CHAT_ID` are set.
     ///

@@ -388,7 +388,7 @@ fn status_text_json_and_prometheus() {
     let text = env.run(&["status", "--prometheus", "metrics/orch.prom"]);
     insta::assert_snapshot!(snapshot::report(&env, &text), @r"
     exit: 0
-    orch status at 2026-11-25T03:00:00Z (schema 15)
+    orch status at 2026-11-25T03:00:00Z (schema 16)
 
     jobs: queued 0, running 1, succeeded 0, failed 0, cancelled 1
     running (1, oldest first):
@@ -466,6 +466,10 @@ fn status_text_json_and_prometheus() {
     # TYPE orch_hold_set_timestamp_seconds gauge
     # HELP orch_hold_until_timestamp_seconds When each hold on now lapses by itself (absent for a hold until cleared).
     # TYPE orch_hold_until_timestamp_seconds gauge
+    # HELP orch_plane_ratelimit_remaining X-RateLimit-Remaining of the last Plane answer that carried it, whichever command read it (absent until one did).
+    # TYPE orch_plane_ratelimit_remaining gauge
+    # HELP orch_plane_ratelimit_seen_timestamp_seconds When that Plane answer was read.
+    # TYPE orch_plane_ratelimit_seen_timestamp_seconds gauge
     # HELP orch_build_info The orch binary that wrote this file: version and git revision.
     # TYPE orch_build_info gauge
     orch_build_info{version="0.1.0",revision="[revision]"} 1
@@ -508,7 +512,7 @@ fn status_text_json_and_prometheus() {
         }
       ],
       "running_total": 1,
-      "schema_version": 15,
+      "schema_version": 16,
       "spend": {},
       "staging": {
         "holders": [],

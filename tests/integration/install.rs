@@ -111,7 +111,7 @@ fn version_names_the_git_revision_built_from() {
 }
 
 /// Every subcommand's path, `orch-task-add` style, from the clap definitions.
-fn subcommand_pages() -> Vec<String> {
+pub(crate) fn subcommand_pages() -> Vec<String> {
     fn walk(prefix: &str, cmd: &clap::Command, out: &mut Vec<String>) {
         for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
             let name = format!("{prefix}-{}", sub.get_name());
@@ -478,4 +478,144 @@ fn a_commands_own_error_and_refusal_lines_carry_their_priority_under_journald() 
         "{}",
         plain.stderr
     );
+}
+
+/// The last Plane budget seen is kept in the database by whichever command read it and
+/// exported by `status --prometheus`; doctor (read-only) leaves it; an older reading
+/// never replaces a newer one.
+#[test]
+fn the_last_plane_budget_seen_is_kept_and_exported() {
+    use crate::common::{Project, Standin, NOW_UNIX};
+    let mut env = TestEnv::builder()
+        .project(Project::orch().self_hosting(false))
+        .project(Project::shop())
+        .standins(&[Standin::Plane, Standin::Gitea])
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        .build();
+    let metrics = |env: &TestEnv| {
+        env.run(&["status", "--prometheus", "orch.prom"]).expect(0);
+        let prom = std::fs::read_to_string(env.path("orch.prom")).unwrap();
+        (
+            samples(&prom, "orch_plane_ratelimit_remaining"),
+            samples(&prom, "orch_plane_ratelimit_seen_timestamp_seconds"),
+        )
+    };
+    // Before any Plane answer: typed families without a sample, not a made-up 0.
+    assert_eq!(metrics(&env), (vec![], vec![]));
+    env.plane().set_rate_limit(100, false);
+    let before = env.plane().count(None, "");
+    env.run(&["reconcile"]).expect(0);
+    let used = env.plane().count(None, "") - before;
+    assert!(used >= 2, "reconcile listed every project: {used}");
+    let one = |v: String| vec![(String::new(), v)];
+    let want = (one((100 - used).to_string()), one(NOW_UNIX.to_string()));
+    assert_eq!(metrics(&env), want);
+    // doctor reads the budget too (and says it) but writes nothing.
+    env.run(&["doctor"]);
+    assert!(
+        env.plane().count(None, "") > before + used,
+        "doctor asked Plane"
+    );
+    assert_eq!(metrics(&env), want);
+    // A reading stamped earlier (a pass that started before the last one) loses.
+    env.set("ORCH_NOW", "2026-11-25T02:00:00Z");
+    env.plane().set_rate_limit(50, false);
+    env.run(&["reconcile"]).expect(0);
+    assert_eq!(metrics(&env), want);
+    // A later one wins.
+    env.set("ORCH_NOW", "2026-11-25T04:00:00Z");
+    env.plane().set_rate_limit(30, false);
+    let before = env.plane().count(None, "");
+    env.run(&["reconcile"]).expect(0);
+    let used = env.plane().count(None, "") - before;
+    assert_eq!(
+        metrics(&env),
+        (
+            one((30 - used).to_string()),
+            one((NOW_UNIX + 3600).to_string())
+        )
+    );
+}
+
+/// `promtool check metrics` (Prometheus's own parser and linter) accepts the whole
+/// textfile with every family sampled: a pass with counts, a hold, a merge lease, a
+/// Plane budget. Runs where promtool is installed (.ci/run installs Debian's
+/// `prometheus` package, which has it).
+#[test]
+fn promtool_accepts_the_whole_metrics_file() {
+    use crate::common::{Project, Standin};
+    let Ok(promtool) = which("promtool") else {
+        eprintln!("promtool not installed: skipped (.ci/run installs it)");
+        return;
+    };
+    let env = TestEnv::builder()
+        .project(Project::orch().self_hosting(false))
+        .project(Project::shop())
+        .standins(&[Standin::Plane, Standin::Gitea])
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        .build();
+    env.plane().set_rate_limit(100, false);
+    env.run(&["reconcile"]).expect(0);
+    env.run(&["reap"]).expect(0);
+    env.run(&[
+        "hold",
+        "set",
+        "--project",
+        "shop",
+        "--until",
+        "2h",
+        "--reason",
+        "r",
+    ])
+    .expect(0);
+    let lease = serde_json::json!({
+        "job_id": 1, "task": "ORCH-1", "pid": 2147483646, "pid_start_time": null,
+        "acquired_at": 1_795_575_000, "ttl_s": 900
+    });
+    std::fs::write(env.path("state/merge-lease.json"), lease.to_string()).unwrap();
+    env.run(&["status", "--prometheus", "orch.prom"]).expect(0);
+    let prom = std::fs::read_to_string(env.path("orch.prom")).unwrap();
+    for family in [
+        "orch_pass_counts",
+        "orch_hold_until_timestamp_seconds",
+        "orch_merge_lease_expiry_timestamp_seconds",
+        "orch_plane_ratelimit_remaining",
+    ] {
+        assert!(!samples(&prom, family).is_empty(), "{family}:\n{prom}");
+    }
+    let check = |text: &str| {
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = check(&prom);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {out:?}\n{prom}"
+    );
+    // The check can fail: a family without HELP and with a bad name is a finding.
+    let out = check(&format!("{prom}orch_bad_total{{x=\"1\"}} 1\n"));
+    assert!(!out.status.success() || !out.stdout.is_empty(), "{out:?}");
+}
+
+/// The path of `program` on PATH.
+pub(crate) fn which(program: &str) -> Result<std::path::PathBuf, String> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{program} is not on PATH"))
 }

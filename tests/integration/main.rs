@@ -17,6 +17,7 @@ mod install;
 mod jobs;
 mod kit;
 mod merge_guard;
+mod package;
 mod post_deploy;
 mod priority;
 mod prompts;

@@ -64,7 +64,7 @@ pub use holds::{HoldActor, HoldEvent};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
-pub use passes::PassRecord;
+pub use passes::{PassRecord, PlaneBudget};
 pub use plane_states::read_cached_states;
 pub use reconcile::ESCALATION_KIND;
 pub use recorder::{AlreadyRecorded, Recorder, Superseded};
@@ -88,6 +88,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_priority.sql"),
     include_str!("migrations/0014_spend.sql"),
     include_str!("migrations/0015_ci_feedback.sql"),
+    include_str!("migrations/0016_plane_budget.sql"),
 ];
 
 /// The schema version this build writes.

@@ -66,3 +66,51 @@ impl Db {
         )
     }
 }
+
+/// The last Plane rate-limit budget seen: `X-RateLimit-Remaining` and when it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PlaneBudget {
+    /// Requests left in Plane's window.
+    pub remaining: i64,
+    /// When the answer carrying it was read (unix seconds, the pass's clock).
+    pub seen_at: i64,
+}
+
+impl Db {
+    /// Keeps `budget` as the last Plane budget seen, unless a newer one is already kept
+    /// (two passes racing: the later reading wins, whichever commits last).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn record_plane_budget(&self, budget: PlaneBudget) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO plane_budget (id, remaining, seen_at) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET remaining = excluded.remaining,
+                 seen_at = excluded.seen_at
+             WHERE excluded.seen_at >= plane_budget.seen_at",
+            params![budget.remaining, budget.seen_at],
+        )?;
+        Ok(())
+    }
+
+    /// The last Plane budget seen, if any command has read one.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn plane_budget(&self) -> Result<Option<PlaneBudget>> {
+        use rusqlite::OptionalExtension as _;
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT remaining, seen_at FROM plane_budget WHERE id = 1",
+                [],
+                |r| {
+                    Ok(PlaneBudget {
+                        remaining: r.get(0)?,
+                        seen_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
