@@ -312,7 +312,12 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
         job.id,
         job.agent
     );
+    // TERM or INT (systemd's stop, reap or job cancel asking because the agent is
+    // another user's) goes on to the agent's group; a group still there after
+    // ORCH_REAPER_KILL_GRACE_S is KILLed (reap reads /proc for the outcome).
+    let grace = ctx.config.settings.reaper_kill_grace_s.0;
     let forwarder = std::thread::spawn(move || {
+        let mut killer = None;
         for sig in signals.forever() {
             let signal = if sig == SIGINT {
                 rustix::process::Signal::Int
@@ -321,6 +326,20 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             };
             log::warn!("run-job: passing signal {sig} on to the agent's process group {pid}");
             spawn::signal_group(pid, signal);
+            killer.get_or_insert_with(|| {
+                std::thread::spawn(move || {
+                    if !spawn::wait_gone(pid, grace) {
+                        log::warn!(
+                            "run-job: the agent's process group {pid} is still running {} s after the signal; KILL",
+                            grace.as_secs()
+                        );
+                        spawn::signal_group(pid, rustix::process::Signal::Kill);
+                    }
+                })
+            });
+        }
+        if let Some(k) = killer {
+            let _ = k.join();
         }
     });
     let status = child.wait().context("waiting for the agent")?;

@@ -221,7 +221,7 @@ impl Server {
                 arrived: arrived_tx,
             };
             std::thread::spawn(move || {
-                serve(&inner, &handler, &requests, &scripts, &stop, &channels)
+                serve(&inner, &handler, &requests, &scripts, &stop, &channels);
             })
         };
         Server {

@@ -347,3 +347,206 @@ fn a_supervisor_holding_ambient_capabilities_as_the_unit_grants_passes_none_to_i
     }
     assert!(log.contains("db read exit 1"), "{log}");
 }
+
+/// `command` run as `daemon` (uid 1, the test's "orch"): no capability at all, so no
+/// `CAP_KILL` to reach another user's process group, as `orch-reap.service` runs.
+fn as_orch_without_caps(command: &Command) -> Command {
+    setpriv(
+        command,
+        &[
+            "--reuid=1",
+            "--regid=1",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ],
+    )
+}
+
+fn at(secs_after_now: i64) -> String {
+    jiff::Timestamp::from_second(NOW_UNIX + secs_after_now)
+        .unwrap()
+        .to_string()
+}
+
+/// Kills a process group when the test ends, passed or failed.
+struct KillGroup(i64);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::Kill);
+        }
+    }
+}
+
+/// The job's status and stamped agent pid.
+fn status_and_pid(env: &TestEnv, job: i64) -> (String, Option<i64>) {
+    env.db()
+        .query_row("SELECT status, pid FROM jobs WHERE id = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+}
+
+#[test]
+fn reap_as_orch_stops_another_users_agent_through_its_supervisor() {
+    if !is_root() {
+        // Making the users and setting up the supervisor's capabilities needs root.
+        return;
+    }
+    // A FIFO the agent user can open: the agent says `ready <pid> <grandchild>` on it.
+    let fifo_dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(fifo_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    assert!(Command::new("mkfifo")
+        .args(["-m", "0666"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // It and its grandchild shrug off TERM: only the supervisor's KILL ends them.
+    let mut env = env_with_analyst(&format!(
+        "exec {AGENT} --ready-fifo {} --fork --hold-forever --ignore-term",
+        fifo.display()
+    ));
+    let jobs = seed_running(&env);
+    env.set("ORCH_AGENT_USER", "nobody")
+        .set("ORCH_REAPER_MAX_RUNNING_S", "600")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    chown_tree(env.dir.path(), 1, 1);
+    // The supervisor as orch-job@.service runs it: daemon with the unit's capabilities.
+    let supervisor = setpriv(
+        &env.command(&["run-job", &jobs[0].to_string()]),
+        &[
+            "--reuid=1",
+            "--regid=1",
+            "--groups=65534",
+            "--inh-caps=+setuid,+setgid,+kill",
+            "--ambient-caps=+setuid,+setgid,+kill",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut ready = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::open(&fifo).unwrap(), &mut ready).unwrap();
+    let pids: Vec<i64> = ready
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let _guard = KillGroup(pids[0]);
+    // The pid is stamped right after the spawn: wait for that event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status_and_pid(&env, jobs[0]).1 != Some(pids[0]) {
+        assert!(std::time::Instant::now() < deadline, "pid never stamped");
+        std::thread::yield_now();
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{}", pids[0])).unwrap(),
+    );
+    assert_eq!(owner, 65534, "the agent runs as the agent user");
+    // Reap, as orch without CAP_KILL, past the backstop.
+    env.set("ORCH_NOW", &at(600));
+    let out: crate::common::Run = as_orch_without_caps(&env.command(&["reap"]))
+        .output()
+        .unwrap()
+        .into();
+    let out = out.expect(0);
+    for pid in &pids {
+        assert_eq!(
+            orch::adapters::process::start_time(*pid),
+            None,
+            "process {pid} is gone\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!(
+            "process group {} (user nobody) stopped by KILL, through its supervisor",
+            pids[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    let sup = supervisor.wait_with_output().unwrap();
+    assert_eq!(sup.status.code(), Some(1), "{sup:?}");
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "failed");
+    let log = job_log(&env, jobs[0]);
+    assert!(log.contains("== agent exited with code 137"), "{log}");
+    assert!(log.contains("through its supervisor"), "{log}");
+}
+
+#[test]
+fn another_users_agent_with_no_supervisor_is_reported_and_left_running() {
+    if !is_root() {
+        return;
+    }
+    let mut env = env_with_analyst("true");
+    let jobs = seed_running(&env);
+    env.set("ORCH_REAPER_MAX_RUNNING_S", "600")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1")
+        .set("ORCH_NOW", &at(600));
+    // The agent user's process, its supervisor gone (none stamped).
+    let mut agent = Command::new(AGENT)
+        .arg("--hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .uid(65534)
+        .gid(65534)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = i64::from(agent.id());
+    let _guard = KillGroup(pid);
+    let start = orch::adapters::process::start_time(pid);
+    env.db()
+        .execute(
+            "UPDATE jobs SET pid = ?1, pid_start_time = ?2 WHERE id = ?3",
+            params![pid, start, jobs[0]],
+        )
+        .unwrap();
+    chown_tree(env.dir.path(), 1, 1);
+    let out: crate::common::Run = as_orch_without_caps(&env.command(&["reap"]))
+        .output()
+        .unwrap()
+        .into();
+    let out = out.expect(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "job {} (max-running) NOT stopped: agent process group {pid} (user nobody) STILL RUNNING, not reachable",
+            jobs[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("unstoppable=1"), "{}", out.stderr);
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "running");
+    assert_eq!(
+        orch::adapters::process::start_time(pid),
+        start,
+        "still alive"
+    );
+    // job cancel says the same and flips nothing either.
+    let cancel: crate::common::Run =
+        as_orch_without_caps(&env.command(&["job", "cancel", &jobs[0].to_string()]))
+            .output()
+            .unwrap()
+            .into();
+    let cancel = cancel.expect(2);
+    assert!(
+        cancel
+            .stderr
+            .contains("not cancelled: its agent process group"),
+        "{}",
+        cancel.stderr
+    );
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "running");
+    // Root (the direct launcher's supervisor, or an operator) reaches it.
+    env.run(&["job", "cancel", &jobs[0].to_string()]).expect(0);
+    agent.wait().unwrap();
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "cancelled");
+}
