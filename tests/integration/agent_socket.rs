@@ -550,3 +550,79 @@ fn another_users_agent_with_no_supervisor_is_reported_and_left_running() {
     agent.wait().unwrap();
     assert_eq!(status_and_pid(&env, jobs[0]).0, "cancelled");
 }
+
+#[test]
+fn a_job_at_its_request_cap_is_refused_while_another_job_is_served() {
+    let fifos = tempfile::tempdir().unwrap();
+    let (go1, go2) = (fifos.path().join("go1"), fifos.path().join("go2"));
+    for f in [&go1, &go2] {
+        assert!(Command::new("mkfifo").arg(f).status().unwrap().success());
+    }
+    // ORCH-1's agent holds both its slots with connections that send nothing, then asks
+    // once more; ORCH-2's agent just asks.
+    let script = format!(
+        "if [ \"$ORCH_TASK_KEY\" = ORCH-1 ]; then \
+           {AGENT} --socket-idle & a=$!; {AGENT} --socket-idle & b=$!; \
+           cat {g1} > /dev/null; {ORCH} task show \"$ORCH_TASK_KEY\" > /dev/null; echo \"third exit $?\"; \
+           cat {g2} > /dev/null; kill $a $b; \
+         else {ORCH} task show \"$ORCH_TASK_KEY\" > /dev/null; echo \"other job exit $?\"; fi",
+        g1 = go1.display(),
+        g2 = go2.display()
+    );
+    let mut env = env_with_analyst(&script);
+    let jobs = seed_running(&env);
+    env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", "2");
+    let mut server = SocketServer::start(&env);
+    env.set("ORCH_AGENT_SOCKET", &server.path.clone());
+    let mut first = env
+        .command(&["run-job", &jobs[0].to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both slots taken: the server says so (an event in its log, not a wait).
+    let mut server_log = BufReader::new(server.child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let taken = format!("job {}: request slot", jobs[0]);
+    while seen.matches(&taken).count() < 2 {
+        let mut line = String::new();
+        assert!(server_log.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    std::fs::write(&go1, "go\n").unwrap();
+    // While job 1 is at its cap, job 2 is served.
+    env.run(&["run-job", &jobs[1].to_string()]).expect(0);
+    assert!(job_log(&env, jobs[1]).contains("other job exit 0"));
+    std::fs::write(&go2, "go\n").unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    let log = job_log(&env, jobs[0]);
+    assert!(log.contains("third exit 2"), "{log}");
+    assert!(
+        log.contains("already 2 request(s) in flight for this job (ORCH_AGENT_SOCKET_MAX_PER_JOB)"),
+        "{log}"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server_log, &mut rest).unwrap();
+    assert!(
+        (seen + &rest).contains("request(s) in flight for this job"),
+        "the refusal is logged"
+    );
+}
+
+#[test]
+fn a_request_cap_that_is_not_a_positive_count_is_refused_by_name() {
+    let mut env = env_with_analyst("true");
+    env.run(&["init"]).expect(0);
+    for bad in ["0", "-1", "many", ""] {
+        env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", bad);
+        let out = env.run(&["agent-socket", "--listen", "/nonexistent/x.sock"]);
+        let out = out.expect(2);
+        assert!(
+            out.stderr.contains("ORCH_AGENT_SOCKET_MAX_PER_JOB"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("binding"), "nothing was bound");
+    }
+}
