@@ -80,6 +80,7 @@ struct Tally {
 /// When the database cannot be read.
 pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let s = &ctx.config.settings;
+    let pass_started = std::time::SystemTime::now();
     let now = ctx.now_secs();
     let settings = ReapSettings {
         dead_ticks: s.reaper_dead_ticks.0,
@@ -135,6 +136,11 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 }
             }
         }
+    }
+    if !dry_run {
+        // The state dir's atomically written files (the merge lease, reconcile's
+        // cursor): what a writer killed between its write and its rename left.
+        crate::adapters::fs::sweep_temps(&s.state_dir, None, pass_started);
     }
     if s.lease_reclaim_enabled {
         reclaim_lease(ctx, now, dry_run, &mut t)?;
