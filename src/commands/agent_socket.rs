@@ -34,8 +34,16 @@ use crate::ops::pass::PassContext;
 /// The environment variable that sends an agent's `orch` calls to the socket.
 pub const SOCKET_ENV: &str = "ORCH_AGENT_SOCKET";
 
-/// The folder under the state dir holding the per-job request slots' lock files.
-const SLOTS_DIR: &str = "agent-socket";
+/// The folder under the state dir holding the per-job request slots' lock files
+/// (`job-<id>.<n>`); `reap` removes those of jobs no longer running.
+pub const SLOTS_DIR: &str = "agent-socket";
+
+/// The job id of a request slot's lock file name (`job-<id>.<n>`).
+pub fn slot_job(name: &str) -> Option<i64> {
+    let (id, n) = name.strip_prefix("job-")?.split_once('.')?;
+    n.parse::<u32>().ok()?;
+    id.parse().ok()
+}
 
 /// The most a served verb may run (a staging-check's checks, merge-guard's wait for the
 /// merge lease): past it the verb's process group is stopped and the answer is exit 2.
@@ -387,6 +395,14 @@ mod tests {
             work_item_id: "wi-3".into(),
             agent: "deployer".into(),
         }
+    }
+
+    #[test]
+    fn slot_file_names_name_their_job() {
+        assert_eq!(slot_job("job-12.0"), Some(12));
+        assert_eq!(slot_job("job-12.x"), None);
+        assert_eq!(slot_job("notes"), None);
+        assert_eq!(slot_job("job-.1"), None);
     }
 
     #[test]

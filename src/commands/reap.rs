@@ -141,6 +141,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         // The state dir's atomically written files (the merge lease, reconcile's
         // cursor): what a writer killed between its write and its rename left.
         crate::adapters::fs::sweep_temps(&s.state_dir, None, pass_started);
+        remove_ended_slots(db, &s.state_dir);
     }
     if s.lease_reclaim_enabled {
         reclaim_lease(ctx, now, dry_run, &mut t)?;
@@ -275,6 +276,28 @@ fn reap_one(
         }
     }
     Ok(())
+}
+
+/// Removes the agent socket's request-slot lock files of jobs no longer running (one
+/// per slot a job ever used; without this they would pile up, one set per job).
+fn remove_ended_slots(db: &Db, state_dir: &std::path::Path) {
+    use crate::commands::agent_socket::{slot_job, SLOTS_DIR};
+    let Ok(entries) = std::fs::read_dir(state_dir.join(SLOTS_DIR)) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let Some(id) = e.file_name().to_str().and_then(slot_job) else {
+            continue;
+        };
+        let ended = match db.job(id) {
+            Ok(Some(job)) => job.status != crate::core::job::JobStatus::Running,
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if ended {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Appends `line` to the job's log (where its agent's output goes), when it has one.

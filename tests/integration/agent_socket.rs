@@ -626,3 +626,34 @@ fn a_request_cap_that_is_not_a_positive_count_is_refused_by_name() {
         assert!(!out.stderr.contains("binding"), "nothing was bound");
     }
 }
+
+#[test]
+fn reap_removes_the_request_slots_of_jobs_no_longer_running() {
+    let env = env_with_analyst("true");
+    let jobs = seed_running(&env);
+    env.db()
+        .execute(
+            "UPDATE jobs SET status = 'succeeded', finished_at = ?2 WHERE id = ?1",
+            params![jobs[1], NOW_UNIX],
+        )
+        .unwrap();
+    let dir = env.path("state/agent-socket");
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = [
+        format!("job-{}.0", jobs[0]),
+        format!("job-{}.0", jobs[1]),
+        format!("job-{}.1", jobs[1]),
+        "job-999.0".to_string(),
+        "notes".to_string(),
+    ];
+    for n in &names {
+        std::fs::write(dir.join(n), "").unwrap();
+    }
+    env.run(&["reap"]).expect(0);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [format!("job-{}.0", jobs[0]), "notes".to_string()]);
+}
