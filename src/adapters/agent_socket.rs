@@ -83,9 +83,15 @@ pub fn ask(path: &Path, request: &AgentRequest) -> Result<AgentAnswer> {
 pub fn ask_raw(path: &Path, line: &str) -> Result<AgentAnswer> {
     let mut stream = UnixStream::connect(path)
         .with_context(|| format!("connecting to the agent socket {}", path.display()))?;
-    stream.write_all(line.trim_end().as_bytes())?;
-    stream.write_all(b"\n")?;
-    stream.shutdown(std::net::Shutdown::Write)?;
+    // A server that refuses at once (a job at its request cap) answers and closes
+    // before reading: a failed write still leaves its answer to read.
+    let sent = stream
+        .write_all(line.trim_end().as_bytes())
+        .and_then(|()| stream.write_all(b"\n"))
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    if let Err(e) = sent {
+        log::debug!("agent socket: the request was not sent whole ({e}); reading the answer");
+    }
     let mut text = String::new();
     BufReader::new(stream.take(MAX_ANSWER_BYTES))
         .read_line(&mut text)

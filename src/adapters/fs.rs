@@ -104,6 +104,10 @@ pub fn write_atomic_group_readable(path: &Path, contents: &[u8]) -> Result<()> {
 fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let (dir, tmp) = temp_beside(path)?;
+    // What an earlier writer of this same file left when it died mid-write.
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        sweep_temps(&dir, Some(name), std::time::SystemTime::now());
+    }
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         if let Some(mode) = mode {
@@ -120,27 +124,38 @@ fn write_atomic_mode(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-/// Removes the temporary files [`write_atomic`] left in `dir` when its process died
-/// between creating and renaming them (`kill -9`, a crash): `.<name>.tmp.<pid>` whose
-/// `<pid>` is no longer running. A live writer's file is left alone. Returns how many
-/// were removed; a folder that cannot be listed removes nothing.
+/// Removes the temporary files [`write_atomic`] (and [`temp_beside`]'s users) left in
+/// `dir` when their process died between creating and renaming them (`kill -9`, a
+/// crash): see [`sweep_temps`]. Returns how many were removed; a folder that cannot be
+/// listed removes nothing.
 pub fn remove_stale_temps(dir: &Path) -> usize {
+    sweep_temps(dir, None, std::time::SystemTime::now())
+}
+
+/// Removes stale temporary files of orch's pattern in `dir`, `.<name>.tmp.<pid>` (with
+/// SQLite's `-journal`, `-wal` or `-shm` after the pid for a backup's copy), of the
+/// target `only` when given: a file last written before `started` (the pass's or the
+/// write's start) whose writer is gone, its `<pid>` no longer running or running a
+/// process that started after the file was written (a reused pid). A live writer's file,
+/// a newer one and every other name are left alone.
+pub fn sweep_temps(dir: &Path, only: Option<&str>, started: std::time::SystemTime) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(pid) = name
-            .strip_prefix('.')
-            .and_then(|n| n.rsplit_once(".tmp."))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
+        let Some((target, pid)) = name.to_str().and_then(temp_of) else {
             continue;
         };
-        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
-        if !alive && std::fs::remove_file(e.path()).is_ok() {
+        if only.is_some_and(|o| o != target) {
+            continue;
+        }
+        let Ok(written) = e.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        if written < started && writer_gone(pid, written) && std::fs::remove_file(e.path()).is_ok()
+        {
             log::info!("removed {}, left by a writer that died", e.path().display());
             removed += 1;
         }
@@ -148,9 +163,90 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
     removed
 }
 
+/// The target name and writer pid of a temporary file name of orch's pattern.
+fn temp_of(name: &str) -> Option<(&str, u32)> {
+    let (target, tail) = name.strip_prefix('.')?.rsplit_once(".tmp.")?;
+    let digits = ["-journal", "-wal", "-shm"]
+        .iter()
+        .find_map(|s| tail.strip_suffix(s))
+        .unwrap_or(tail);
+    if target.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((target, digits.parse().ok()?))
+}
+
+/// Whether the process that wrote a temporary file at `written` is gone: `pid` is not
+/// running, or runs a process started after the write (the pid was reused).
+fn writer_gone(pid: u32, written: std::time::SystemTime) -> bool {
+    if pid == std::process::id() {
+        return false;
+    }
+    let Some(ticks) = crate::adapters::process::start_time(i64::from(pid)) else {
+        return true;
+    };
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|b| b.trim().parse::<u64>().ok())
+    });
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let (Some(boot), Ok(ticks)) = (boot, u64::try_from(ticks)) else {
+        return false;
+    };
+    let started = std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot + ticks / hz);
+    // Whole seconds on both sides: only a start clearly after the write is a reuse.
+    started > written + std::time::Duration::from_secs(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_of_orchs_pattern_only() {
+        assert_eq!(temp_of(".window.json.tmp.42"), Some(("window.json", 42)));
+        assert_eq!(temp_of(".orch.db.tmp.7-journal"), Some(("orch.db", 7)));
+        for other in [
+            ".notes.tmp.txt",
+            "window.json.tmp.42",
+            ".x.tmp.",
+            ".tmp.4",
+            ".a.tmp.4-x",
+        ] {
+            assert_eq!(temp_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_reused_pid_or_a_dead_one_is_a_gone_writer_and_a_newer_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        // pid 1 runs, but started long after 2001: the writer of a 2001 file is gone.
+        let reused = dir.path().join(".lease.json.tmp.1");
+        std::fs::write(&reused, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&reused)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        // Written after the sweep started: a writer of this pass, kept.
+        let fresh = dir.path().join(".lease.json.tmp.99999999");
+        std::fs::write(&fresh, b"x").unwrap();
+        assert_eq!(sweep_temps(dir.path(), Some("lease.json"), long_ago), 0);
+        assert_eq!(
+            sweep_temps(
+                dir.path(),
+                Some("other"),
+                std::time::SystemTime::now() + std::time::Duration::from_secs(5)
+            ),
+            0
+        );
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        assert_eq!(sweep_temps(dir.path(), Some("lease.json"), later), 2);
+        assert!(!reused.exists() && !fresh.exists());
+    }
 
     #[test]
     fn a_dead_writers_temporary_file_is_removed_and_a_live_ones_kept() {

@@ -468,7 +468,9 @@ pub fn terminate_group(pgid: i64, grace: Duration) -> Terminated {
     }
 }
 
-fn wait_gone(pgid: i64, within: Duration) -> bool {
+/// Waits until no live process belongs to group `pgid`, for at most `within` (read
+/// from `/proc` every 20 ms); `false` at the deadline.
+pub fn wait_gone(pgid: i64, within: Duration) -> bool {
     let gone = |_: poll::Attempt| {
         if group_alive(pgid) {
             Step::Again(POLL)

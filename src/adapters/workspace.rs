@@ -21,6 +21,12 @@
 //!
 //! Removal renames the folder to `<name>.removing` first, then deletes it: a crash
 //! mid-removal leaves a `.removing` folder that nothing uses and the next sweep deletes.
+//!
+//! With a separate agent user (`ORCH_AGENT_USER`) every git step, and every deletion of
+//! a workspace's files, runs as that user ([`Remover`]), so the workspace and whatever
+//! the agent makes in it belong to the agent, however it sets its modes; orch only
+//! creates, lists and renames entries of the workspaces root it owns (docs/jobs.md,
+//! "The workspace").
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -29,6 +35,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::adapters::spawn::AgentUser;
 use crate::adapters::windows::sanitise;
 use crate::config::{CloneKind, CloneUrl};
 
@@ -70,15 +77,76 @@ pub struct PreparedWorkspace {
     pub head: String,
 }
 
-/// Returns the workspace folder of a task.
-pub fn dir(state_dir: &Path, task_id: i64, task_key: &str) -> PathBuf {
-    state_dir
-        .join(WORKSPACES_DIR)
-        .join(format!("{task_id}-{}", sanitise(task_key)))
+/// The folder that holds every workspace: `ORCH_WORKSPACES_DIR` when set, else
+/// `<state dir>/workspaces`.
+pub fn root(state_dir: &Path, configured: Option<&str>) -> PathBuf {
+    configured
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map_or_else(|| state_dir.join(WORKSPACES_DIR), PathBuf::from)
+}
+
+/// Returns the workspace folder of a task under the workspaces `root`.
+pub fn dir(root: &Path, task_id: i64, task_key: &str) -> PathBuf {
+    root.join(format!("{task_id}-{}", sanitise(task_key)))
+}
+
+/// Who deletes a workspace's files.
+#[derive(Debug, Clone, Copy)]
+pub struct Remover<'a> {
+    /// Run the deletion as this user (the agent user, who owns the files); `None`: this
+    /// process deletes them itself.
+    pub user: Option<&'a AgentUser>,
+    /// A deletion this process is not allowed to finish (the agent user's files, and no
+    /// capability to switch to it) leaves the `.removing` folder for a process that may
+    /// (the next job's supervisor) instead of failing.
+    pub keep_on_failure: bool,
+}
+
+impl Remover<'_> {
+    /// Deletes the tree at `path` (nothing when there is none).
+    fn remove_tree(&self, path: &Path) -> Result<()> {
+        let Some(user) = self.user else {
+            return remove_tree(path);
+        };
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        // As the owner: folders the agent closed (0500, 0000) are opened first.
+        let _ = as_user(Command::new("chmod"), user)
+            .args(["-R", "u+rwx", "--"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let out = as_user(Command::new("rm"), user)
+            .args(["-rf", "--"])
+            .arg(path)
+            .output()
+            .context("starting rm as the agent user")?;
+        if std::fs::symlink_metadata(path).is_ok() {
+            bail!(
+                "removing {} as {}: {}",
+                path.display(),
+                user.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `command` set to run as `user` (uid and gid; the standard library drops the
+/// supplementary groups).
+fn as_user(mut command: Command, user: &AgentUser) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    command.uid(user.uid).gid(user.gid).stdin(Stdio::null());
+    command
 }
 
 /// Prepares the workspace at `ws` from `src`; git's output goes to `log`, and git runs
-/// with `env` (the agent's allowlisted environment) plus what it needs here.
+/// with `env` (the agent's allowlisted environment) plus what it needs here, as `user`
+/// when given (the agent user: the workspace is then its own).
 ///
 /// # Errors
 /// With the failing step and git's exit status (git's own words are in the log).
@@ -87,17 +155,34 @@ pub fn prepare(
     src: &WorkspaceSource<'_>,
     env: &[(String, OsString)],
     log: &File,
+    user: Option<&AgentUser>,
 ) -> Result<PreparedWorkspace> {
-    let git = Git { src, env, log };
-    let cloned = !ws.join(".git").is_dir();
+    let git = Git {
+        src,
+        env,
+        log,
+        user,
+    };
+    let remover = Remover {
+        user,
+        keep_on_failure: false,
+    };
+    let cloned = !match user {
+        None => ws.join(".git").is_dir(),
+        Some(u) => as_user(Command::new("test"), u)
+            .arg("-d")
+            .arg(ws.join(".git"))
+            .status()
+            .is_ok_and(|s| s.success()),
+    };
     if cloned {
         let parent = ws.parent().context("a workspace has a parent folder")?;
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
         // A folder without `.git` is a leftover, never a workspace.
-        remove_tree(ws)?;
+        remover.remove_tree(ws)?;
         let partial = with_suffix(ws, PARTIAL);
-        remove_tree(&partial)?;
+        remover.remove_tree(&partial)?;
         let dest = partial.display().to_string();
         git.run(
             None,
@@ -166,6 +251,17 @@ pub fn prepare(
         ],
         "checking out the branch",
     )?;
+    if let Some(u) = user {
+        // Folders the agent closed to itself (0500) would stop the clean.
+        let _ = as_user(Command::new("find"), u)
+            .arg(ws)
+            .args([
+                "-type", "d", "!", "-perm", "-u=rwx", "-exec", "chmod", "u+rwx", "{}", "+",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     git.run(Some(ws), &["clean", "-ffdxq"], "cleaning")?;
     let head = git.output(ws, &["rev-parse", "HEAD"])?;
     Ok(PreparedWorkspace {
@@ -176,21 +272,28 @@ pub fn prepare(
 }
 
 /// Removes a workspace (and a clone left half made beside it); `Ok(false)` when there
-/// was nothing. A crash part-way leaves a `.removing` folder for [`list`] to delete.
+/// was nothing. A crash part-way (or a deletion `remover` may not finish) leaves a
+/// `.removing` folder for [`finish_removals`].
 ///
 /// # Errors
 /// When the folder cannot be renamed or deleted.
-pub fn remove(ws: &Path) -> Result<bool> {
+pub fn remove(ws: &Path, remover: &Remover<'_>) -> Result<bool> {
     let mut removed = false;
     for path in [ws.to_path_buf(), with_suffix(ws, PARTIAL)] {
         if std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
         let doomed = with_suffix(&path, REMOVING);
-        remove_tree(&doomed)?;
+        remover.remove_tree(&doomed)?;
         std::fs::rename(&path, &doomed)
             .with_context(|| format!("renaming {} for removal", path.display()))?;
-        remove_tree(&doomed)?;
+        match remover.remove_tree(&doomed) {
+            Err(e) if remover.keep_on_failure => log::info!(
+                "{} left for the next job's supervisor (the agent user's files): {e:#}",
+                doomed.display()
+            ),
+            other => other?,
+        }
         removed = true;
     }
     Ok(removed)
@@ -205,27 +308,50 @@ pub struct FoundWorkspace {
     pub dir: PathBuf,
 }
 
-/// Lists the workspaces under `state_dir`, one per task, sorted; deletes the leftovers
-/// of an interrupted removal (`.removing` folders) on the way and returns how many.
+/// Deletes the leftovers of interrupted or deferred removals (`.removing` folders)
+/// under the workspaces `root`; returns how many went. One `remover` may not delete
+/// (`keep_on_failure`) stays for a process that may.
 ///
 /// # Errors
 /// When the folder exists but cannot be listed, or a leftover cannot be deleted.
-pub fn list(state_dir: &Path) -> Result<(Vec<FoundWorkspace>, usize)> {
-    let root = state_dir.join(WORKSPACES_DIR);
-    let entries = match std::fs::read_dir(&root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
-    };
+pub fn finish_removals(root: &Path, remover: &Remover<'_>) -> Result<usize> {
+    let mut removed = 0;
+    for entry in entries(root)? {
+        if !entry.file_name().to_string_lossy().ends_with(REMOVING) {
+            continue;
+        }
+        match remover.remove_tree(&entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if remover.keep_on_failure => log::info!(
+                "{} left for the next job's supervisor: {e:#}",
+                entry.path().display()
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+fn entries(root: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(root) {
+        Ok(e) => Ok(e.filter_map(std::result::Result::ok).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("listing {}", root.display())),
+    }
+}
+
+/// Lists the workspaces under the workspaces `root`, one per task, sorted (removals in
+/// progress are not listed).
+///
+/// # Errors
+/// When the folder exists but cannot be listed.
+pub fn list(root: &Path) -> Result<Vec<FoundWorkspace>> {
     let mut found = Vec::new();
-    let mut leftovers = 0;
-    for entry in entries.filter_map(std::result::Result::ok) {
+    for entry in entries(root)? {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
         if name.ends_with(REMOVING) {
-            remove_tree(&entry.path())?;
-            leftovers += 1;
             continue;
         }
         let base = name.strip_suffix(PARTIAL).unwrap_or(&name);
@@ -238,7 +364,7 @@ pub fn list(state_dir: &Path) -> Result<(Vec<FoundWorkspace>, usize)> {
         }
     }
     found.sort_by(|a, b| a.dir.cmp(&b.dir));
-    Ok((found, leftovers))
+    Ok(found)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -264,11 +390,16 @@ struct Git<'a> {
     src: &'a WorkspaceSource<'a>,
     env: &'a [(String, OsString)],
     log: &'a File,
+    /// The agent user git runs as, when there is one.
+    user: Option<&'a AgentUser>,
 }
 
 impl Git<'_> {
     fn command(&self, cwd: Option<&Path>, args: &[&str]) -> Command {
-        let mut c = Command::new("git");
+        let mut c = match self.user {
+            Some(u) => as_user(Command::new("git"), u),
+            None => Command::new("git"),
+        };
         c.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // Never wait for a human, never read a terminal.
@@ -335,9 +466,13 @@ mod tests {
 
     #[test]
     fn workspace_names_start_with_the_task_id() {
-        let d = dir(Path::new("/s"), 12, "SHOP-3");
+        let d = dir(&root(Path::new("/s"), None), 12, "SHOP-3");
         assert_eq!(d, Path::new("/s/workspaces/12-SHOP-3"));
-        let odd = dir(Path::new("/s"), 4, "../x");
+        assert_eq!(
+            dir(&root(Path::new("/s"), Some("/w")), 12, "SHOP-3"),
+            Path::new("/w/12-SHOP-3")
+        );
+        let odd = dir(&root(Path::new("/s"), Some(" ")), 4, "../x");
         assert_eq!(odd.parent(), Some(Path::new("/s/workspaces")));
         assert!(odd.file_name().unwrap().to_str().unwrap().starts_with("4-"));
     }

@@ -14,6 +14,9 @@
 //! craft, not only what `orch` sends) to `$ORCH_AGENT_SOCKET` and prints the answer's
 //! output and `answer exit N`; exits 0, 2 when the socket gave no answer.
 //!
+//! `orch-test-agent --socket-idle` connects to `$ORCH_AGENT_SOCKET`, sends nothing and
+//! holds the connection until killed (a request in flight, for the per-job cap).
+//!
 //! `orch-test-agent --wait-pid PID` only waits, on a pidfd, until process PID (not a
 //! child: a detached `run-job` supervisor) has exited, then exits 0; 1 if it still runs
 //! after 120 s. Scripts use it to wait for a job as an event, where `tail --pid` polls
@@ -24,6 +27,13 @@ use std::process::{Command, Stdio};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["--socket-idle"] {
+        let path = std::env::var("ORCH_AGENT_SOCKET").unwrap_or_default();
+        let _held = std::os::unix::net::UnixStream::connect(&path).expect("connect to the socket");
+        loop {
+            std::thread::park();
+        }
+    }
     if let [flag, request] = args.as_slice() {
         if flag == "--socket-request" {
             socket_request(request);

@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::adapters::agent_socket::{self as wire, AgentAnswer, AgentRequest, PeerJob};
+use crate::adapters::lock::{LockError, LockFile, LockGuard};
 use crate::adapters::spawn::{self, exit_code_of, GroupEnd, Output};
 use crate::cli::Command;
 use crate::commands::task::TaskCommand;
@@ -32,6 +33,17 @@ use crate::ops::pass::PassContext;
 
 /// The environment variable that sends an agent's `orch` calls to the socket.
 pub const SOCKET_ENV: &str = "ORCH_AGENT_SOCKET";
+
+/// The folder under the state dir holding the per-job request slots' lock files
+/// (`job-<id>.<n>`); `reap` removes those of jobs no longer running.
+pub const SLOTS_DIR: &str = "agent-socket";
+
+/// The job id of a request slot's lock file name (`job-<id>.<n>`).
+pub fn slot_job(name: &str) -> Option<i64> {
+    let (id, n) = name.strip_prefix("job-")?.split_once('.')?;
+    n.parse::<u32>().ok()?;
+    id.parse().ok()
+}
 
 /// The most a served verb may run (a staging-check's checks, merge-guard's wait for the
 /// merge lease): past it the verb's process group is stopped and the answer is exit 2.
@@ -65,6 +77,7 @@ pub fn run(args: &AgentSocketArgs, ctx: &PassContext) -> Result<ExitStatus> {
         db: ctx.config.settings.db.clone(),
         state_dir: ctx.config.settings.state_dir.clone(),
         exe: std::env::current_exe().context("finding the orch binary")?,
+        max_per_job: ctx.config.settings.agent_socket_max_per_job.0,
     };
     let Some(path) = &args.listen else {
         let fd = std::io::stdin()
@@ -97,6 +110,8 @@ struct Server {
     db: PathBuf,
     state_dir: PathBuf,
     exe: PathBuf,
+    /// `ORCH_AGENT_SOCKET_MAX_PER_JOB`.
+    max_per_job: u32,
 }
 
 impl Server {
@@ -110,13 +125,12 @@ impl Server {
         if let Err(e) = wire::write_answer(stream, &answer) {
             log::warn!("agent-socket: the caller left before the answer: {e:#}");
         }
+        // A request refused before it was read is still in the socket: closing over
+        // unread data would reset the connection under the caller's read of the answer.
+        drain(stream);
     }
 
     fn answer(&self, stream: &UnixStream, pid: i64) -> AgentAnswer {
-        let request = match wire::read_request(stream) {
-            Ok(r) => r,
-            Err(e) => return refuse(Some(pid), &format!("{e:#}")),
-        };
         let job = match wire::job_of_peer(&self.db, pid) {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -127,6 +141,16 @@ impl Server {
                     ),
                 )
             }
+            Err(e) => return refuse(Some(pid), &format!("{e:#}")),
+        };
+        // Held from here to the answer (a slow request line counts too); the kernel
+        // drops it when this process ends, however it ends.
+        let _slot = match self.take_slot(job.job_id) {
+            Ok(slot) => slot,
+            Err(why) => return refuse(Some(pid), &format!("job {}: {why}", job.job_id)),
+        };
+        let request = match wire::read_request(stream) {
+            Ok(r) => r,
             Err(e) => return refuse(Some(pid), &format!("{e:#}")),
         };
         let argv = match decide(&request, &job) {
@@ -140,6 +164,34 @@ impl Server {
             argv.join(" ")
         );
         self.run_verb(&argv, &job)
+    }
+
+    /// Takes one of the job's `max_per_job` request slots: a lock file per slot under
+    /// `<state dir>/agent-socket/`, so the count holds across the per-connection
+    /// processes of `orch-agent@.service` as well as the threads of `--listen`.
+    ///
+    /// # Errors
+    /// Every slot is held (the refusal's reason), or the lock files cannot be used.
+    fn take_slot(&self, job_id: i64) -> Result<LockGuard, String> {
+        let dir = self.state_dir.join(SLOTS_DIR);
+        for k in 0..self.max_per_job {
+            match LockFile::try_acquire(&dir.join(format!("job-{job_id}.{k}"))) {
+                Ok(guard) => {
+                    log::info!(
+                        "agent-socket: job {job_id}: request slot {} of {} taken",
+                        k + 1,
+                        self.max_per_job
+                    );
+                    return Ok(guard);
+                }
+                Err(LockError::Busy(_)) => {}
+                Err(e) => return Err(format!("{e}")),
+            }
+        }
+        Err(format!(
+            "already {} request(s) in flight for this job (ORCH_AGENT_SOCKET_MAX_PER_JOB); try again when one has been answered",
+            self.max_per_job
+        ))
     }
 
     /// Runs `orch ARGV` as this process, for the job (its id names it in the record).
@@ -185,6 +237,22 @@ impl Server {
                 stderr: format!("error: could not run orch {}: {e:?}\n", argv.join(" ")),
                 refused: None,
             },
+        }
+    }
+}
+
+/// Reads (and drops) what the peer already sent, without waiting.
+fn drain(mut stream: &UnixStream) {
+    use std::io::Read as _;
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 8192];
+    let mut left = wire::MAX_REQUEST_BYTES;
+    while left > 0 {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => left = left.saturating_sub(n as u64),
+            _ => break,
         }
     }
 }
@@ -327,6 +395,14 @@ mod tests {
             work_item_id: "wi-3".into(),
             agent: "deployer".into(),
         }
+    }
+
+    #[test]
+    fn slot_file_names_name_their_job() {
+        assert_eq!(slot_job("job-12.0"), Some(12));
+        assert_eq!(slot_job("job-12.x"), None);
+        assert_eq!(slot_job("notes"), None);
+        assert_eq!(slot_job("job-.1"), None);
     }
 
     #[test]

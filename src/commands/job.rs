@@ -3,7 +3,6 @@
 use anyhow::{bail, Context as _, Result};
 
 use crate::adapters::db::Created;
-use crate::adapters::spawn::terminate_group;
 use crate::core::job::JobStatus;
 use crate::core::reap::JobLiveness;
 use crate::core::stage::Agent;
@@ -11,6 +10,7 @@ use crate::exit::ExitStatus;
 use crate::ops::jobs::job_json;
 use crate::ops::observe::observe;
 use crate::ops::pass::PassContext;
+use crate::ops::stop::stop_agent;
 
 /// List, enqueue and cancel jobs
 #[derive(Debug, clap::Subcommand)]
@@ -28,7 +28,9 @@ pub enum JobCommand {
     /// Cancel a job: a queued one is dropped; a running one has its process group
     /// terminated (TERM, then KILL after ORCH_REAPER_KILL_GRACE_S), then is flipped
     ///
-    /// Exit codes: 0 cancelled, 1 the job had already ended, 2 unknown job.
+    /// An agent of another user (ORCH_AGENT_USER) is stopped through its supervisor;
+    /// one that cannot be stopped leaves the job running. Exit codes: 0 cancelled, 1 the
+    /// job had already ended, 2 unknown job, or its agent could not be stopped.
     Cancel(CancelArgs),
 }
 
@@ -183,10 +185,21 @@ fn cancel(args: &CancelArgs, ctx: &PassContext) -> Result<ExitStatus> {
         JobStatus::Running => {
             // Only a process that is still the one stamped (pids are reused).
             if observe(&job) == JobLiveness::Alive {
-                if let Some(pgid) = job.pid.or(job.supervisor_pid) {
-                    let how = terminate_group(pgid, ctx.config.settings.reaper_kill_grace_s.0);
-                    log::info!("job cancel: job {} process group {pgid}: {how:?}", job.id);
+                let stop = stop_agent(&job, ctx.config.settings.reaper_kill_grace_s.0);
+                let line = stop.describe(job.supervisor_pid);
+                crate::commands::reap::note_in_job_log(
+                    &job,
+                    &format!("== job cancel: agent {line}"),
+                );
+                if !stop.stopped() {
+                    log::error!("job cancel: job {} agent {line}", job.id);
+                    eprintln!(
+                        "error: job {} not cancelled: its agent {line}; the job stays running. Stop it as root (kill -KILL -- -{}) or with systemctl stop orch-job@{}.service",
+                        job.id, stop.pgid, job.id
+                    );
+                    return Ok(ExitStatus::Error);
                 }
+                log::info!("job cancel: job {} agent {line}", job.id);
             }
             // Its supervisor may have flipped it to failed first: it ended all the same.
             db.cancel_job(job.id, JobStatus::Running, job.attempt, now)?

@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::adapters::db::Db;
 use crate::adapters::windows::{self, rollback_output};
-use crate::adapters::{http, production_probe, rollback, workspace};
+use crate::adapters::{http, production_probe, rollback, spawn, workspace};
 use crate::clock::{format_unix, human_duration};
 use crate::core::job::JobStatus;
 use crate::core::post_deploy::{
@@ -459,8 +459,26 @@ fn finish_rollback(
 /// removals a crash interrupted; returns how many it removed. Idempotent: a removed workspace is not
 /// listed again.
 fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
-    let state_dir = &ctx.config.settings.state_dir;
-    let (found, leftovers) = workspace::list(state_dir)?;
+    let s = &ctx.config.settings;
+    let state_dir = &s.state_dir;
+    let root = workspace::root(state_dir, s.workspaces_dir.as_deref());
+    // With an agent user its files are its own: deleted as that user when this pass
+    // may switch to it, else left renamed for the next job's supervisor, which may.
+    let configured = s.agent_user.as_deref().filter(|u| !u.trim().is_empty());
+    let agent = configured.and_then(|spec| {
+        std::fs::read_to_string("/etc/passwd")
+            .map_err(anyhow::Error::from)
+            .and_then(|p| spawn::find_user(spec, &p))
+            .map_err(|e| log::warn!("post-deploy: workspaces: {e:#}"))
+            .ok()
+    });
+    let switch = agent.is_some() && spawn::may_switch_user();
+    let remover = workspace::Remover {
+        user: agent.as_ref().filter(|_| switch),
+        keep_on_failure: configured.is_some() && !switch,
+    };
+    let leftovers = workspace::finish_removals(&root, &remover)?;
+    let found = workspace::list(&root)?;
     let mut removed = i64::try_from(leftovers).unwrap_or(i64::MAX);
     for ws in found {
         let finished = match db.task(ws.task_id)? {
@@ -479,7 +497,7 @@ fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
                 .iter()
                 .any(|j| j.status == JobStatus::Running))
         };
-        if finished && !in_use()? && workspace::remove(&ws.dir)? {
+        if finished && !in_use()? && workspace::remove(&ws.dir, &remover)? {
             log::info!("post-deploy: removed workspace {}", ws.dir.display());
             removed += 1;
         }

@@ -15,7 +15,6 @@ use anyhow::Result;
 use crate::adapters::db::Db;
 use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
-use crate::adapters::spawn::{terminate_group, Terminated};
 use crate::core::job::Job;
 use crate::core::reap::{
     judge, JobLiveness, LogFacts, ReapAction, ReapSettings, RunningFacts, Tier,
@@ -23,6 +22,7 @@ use crate::core::reap::{
 use crate::exit::ExitStatus;
 use crate::ops::observe::{observe_with, ProcView};
 use crate::ops::pass::{PassContext, PassOutcome};
+use crate::ops::stop::stop_agent;
 
 /// Running jobs read per query.
 const PAGE: usize = 1000;
@@ -68,6 +68,7 @@ struct Tally {
     flips: [i64; 4],
     lost: i64,
     bad_rows: i64,
+    unstoppable: i64,
     leases_reclaimed: i64,
     lease_malformed: i64,
 }
@@ -79,6 +80,7 @@ struct Tally {
 /// When the database cannot be read.
 pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let s = &ctx.config.settings;
+    let pass_started = std::time::SystemTime::now();
     let now = ctx.now_secs();
     let settings = ReapSettings {
         dead_ticks: s.reaper_dead_ticks.0,
@@ -135,6 +137,12 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             }
         }
     }
+    if !dry_run {
+        // The state dir's atomically written files (the merge lease, reconcile's
+        // cursor): what a writer killed between its write and its rename left.
+        crate::adapters::fs::sweep_temps(&s.state_dir, None, pass_started);
+        remove_ended_slots(db, &s.state_dir);
+    }
     if s.lease_reclaim_enabled {
         reclaim_lease(ctx, now, dry_run, &mut t)?;
     } else {
@@ -152,11 +160,19 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("flipped_stalled", t.flips[3]),
         ("lost_race", t.lost),
         ("bad_rows", t.bad_rows),
+        ("unstoppable", t.unstoppable),
         ("leases_reclaimed", t.leases_reclaimed),
         ("lease_malformed", t.lease_malformed),
     ]);
     // A job it decided on but could not write (a read-only or locked database) was not
     // rescued: the pass says so with exit 2, so the unit fails instead of reading success.
+    if t.unstoppable > 0 {
+        log::error!(
+            "reap: {} job(s) past their limit could not be stopped (see above); exit 2",
+            t.unstoppable
+        );
+        outcome.status = ExitStatus::Error;
+    }
     if t.bad_rows > 0 {
         log::error!(
             "reap: {} job(s) could not be handled (see above); exit 2",
@@ -222,15 +238,22 @@ fn reap_one(
             why,
         } => {
             if kill {
-                let pgid = job.pid.or(job.supervisor_pid).unwrap_or(0);
-                let how = terminate_group(pgid, grace);
-                log::info!(
-                    "reap: job {} process group {pgid} terminated: {how:?}",
-                    job.id
-                );
-                if how == Terminated::Survived {
-                    log::warn!("reap: job {} process group {pgid} survived KILL", job.id);
+                let stop = stop_agent(job, grace);
+                let line = stop.describe(job.supervisor_pid);
+                note_in_job_log(job, &format!("== reap ({tier}): agent {line}"));
+                if !stop.stopped() {
+                    // Flipping now would free the slot while the agent works on: leave
+                    // the job running, say so loudly, and try again next pass.
+                    t.unstoppable += 1;
+                    log::error!(
+                        "reap: job {} ({tier}) NOT stopped: agent {line}; the job stays running. Stop it as root (kill -KILL -- -{}) or with systemctl stop orch-job@{}.service",
+                        job.id,
+                        stop.pgid,
+                        job.id
+                    );
+                    return Ok(());
                 }
+                log::info!("reap: job {} agent {line}", job.id);
             }
             if db.reap_flip(job.id, job.attempt, status, tier, now)? {
                 let i = Tier::ALL
@@ -253,6 +276,38 @@ fn reap_one(
         }
     }
     Ok(())
+}
+
+/// Removes the agent socket's request-slot lock files of jobs no longer running (one
+/// per slot a job ever used; without this they would pile up, one set per job).
+fn remove_ended_slots(db: &Db, state_dir: &std::path::Path) {
+    use crate::commands::agent_socket::{slot_job, SLOTS_DIR};
+    let Ok(entries) = std::fs::read_dir(state_dir.join(SLOTS_DIR)) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let Some(id) = e.file_name().to_str().and_then(slot_job) else {
+            continue;
+        };
+        let ended = match db.job(id) {
+            Ok(Some(job)) => job.status != crate::core::job::JobStatus::Running,
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if ended {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Appends `line` to the job's log (where its agent's output goes), when it has one.
+pub fn note_in_job_log(job: &Job, line: &str) {
+    use std::io::Write as _;
+    if let Some(path) = job.log_path.as_deref() {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 /// The job's log for stall detection: its size now (a `stat`, only when the stall check

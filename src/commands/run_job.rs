@@ -245,8 +245,14 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     }
     // An allowlist, never this process's whole environment (docs/security.md).
     let mut env = agent_env(std::env::vars_os(), &ctx.config, job.agent, &job_env);
+    // The agent's user first: with one, the workspace is prepared as that user (its
+    // HOME, its ssh keys) and is its own; without, git runs as orch with orch's HOME.
+    let user = match agent_user(ctx, &art_dir, &mut env) {
+        Ok(u) => u,
+        Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
+    };
     // Before the agent starts: a workspace that cannot be prepared fails the job here.
-    let workspace = match prepare_workspace(ctx, task, &env, &mut log) {
+    let workspace = match prepare_workspace(ctx, task, &env, &mut log, user.as_ref()) {
         Ok(ws) => ws,
         Err(e) => {
             let why = format!("workspace not prepared: {e:#}");
@@ -257,12 +263,6 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
     if let Some(w) = &ws_text {
         env.push(("ORCH_WORKSPACE".into(), w.into()));
     }
-    // After the workspace: git ran as orch, with orch's HOME (its ssh keys); the agent
-    // then gets its own user's HOME, USER and LOGNAME.
-    let user = match agent_user(ctx, &art_dir, &mut env) {
-        Ok(u) => u,
-        Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
-    };
     let placeholders = Placeholders {
         artefacts: &art_dir,
         workspace: ws_text.as_deref(),
@@ -305,7 +305,12 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
         job.id,
         job.agent
     );
+    // TERM or INT (systemd's stop, reap or job cancel asking because the agent is
+    // another user's) goes on to the agent's group; a group still there after
+    // ORCH_REAPER_KILL_GRACE_S is KILLed (reap reads /proc for the outcome).
+    let grace = ctx.config.settings.reaper_kill_grace_s.0;
     let forwarder = std::thread::spawn(move || {
+        let mut killer = None;
         for sig in signals.forever() {
             let signal = if sig == SIGINT {
                 rustix::process::Signal::Int
@@ -314,6 +319,20 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             };
             log::warn!("run-job: passing signal {sig} on to the agent's process group {pid}");
             spawn::signal_group(pid, signal);
+            killer.get_or_insert_with(|| {
+                std::thread::spawn(move || {
+                    if !spawn::wait_gone(pid, grace) {
+                        log::warn!(
+                            "run-job: the agent's process group {pid} is still running {} s after the signal; KILL",
+                            grace.as_secs()
+                        );
+                        spawn::signal_group(pid, rustix::process::Signal::Kill);
+                    }
+                })
+            });
+        }
+        if let Some(k) = killer {
+            let _ = k.join();
         }
     });
     let status = child.wait().context("waiting for the agent")?;
@@ -365,6 +384,10 @@ fn agent_user(
             user.uid
         );
     }
+    // Before any child runs as the user (git in the workspace, then the agent): a
+    // switch between two non-root users keeps ambient capabilities.
+    rustix::thread::clear_ambient_capability_set()
+        .context("clearing the ambient capabilities before running anything as the agent user")?;
     for (k, v) in [
         ("HOME", &user.home),
         ("USER", &user.name),
@@ -398,6 +421,7 @@ fn prepare_workspace(
     task: &Task,
     env: &[(String, std::ffi::OsString)],
     log: &mut std::fs::File,
+    user: Option<&spawn::AgentUser>,
 ) -> Result<Option<PathBuf>> {
     let pipeline = &ctx.config.pipeline;
     let (Some(url), Some(project)) = (
@@ -407,7 +431,17 @@ fn prepare_workspace(
         return Ok(None);
     };
     let s = &ctx.config.settings;
-    let dir = workspace::dir(&s.state_dir, task.id, &task.key);
+    let root = workspace::root(&s.state_dir, s.workspaces_dir.as_deref());
+    if let Some(u) = user {
+        open_workspaces_root(&root, &s.state_dir, u)?;
+        // Removals post-deploy-tick could not finish (the agent user's files).
+        let remover = workspace::Remover {
+            user: Some(u),
+            keep_on_failure: false,
+        };
+        workspace::finish_removals(&root, &remover)?;
+    }
+    let dir = workspace::dir(&root, task.id, &task.key);
     let _ = writeln!(
         log,
         "== preparing workspace {} ({} at {})",
@@ -421,7 +455,7 @@ fn prepare_workspace(
         default_branch: &project.default_branch,
         token: s.gitea_token.as_ref().map(|t| t.expose()),
     };
-    let p = workspace::prepare(&dir, &source, env, log)?;
+    let p = workspace::prepare(&dir, &source, env, log, user)?;
     let _ = writeln!(
         log,
         "== workspace {} at {} {}{}",
@@ -435,6 +469,41 @@ fn prepare_workspace(
         }
     );
     Ok(Some(dir))
+}
+
+/// Makes the workspaces root one the agent user can work in: outside the state dir
+/// (`0700`, which it cannot enter), owned by orch, the agent's group, `2770` (the agent
+/// creates its task's folder there; orch lists and renames entries).
+///
+/// # Errors
+/// A root inside the state dir, or one that cannot be created or handed over.
+fn open_workspaces_root(root: &Path, state_dir: &Path, user: &spawn::AgentUser) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inside = |a: &Path, b: &Path| {
+        let (a, b) = (std::path::absolute(a), std::path::absolute(b));
+        matches!((a, b), (Ok(a), Ok(b)) if a.starts_with(&b))
+    };
+    if inside(root, state_dir) {
+        bail!(
+            "ORCH_AGENT_USER={} cannot enter workspaces under the state dir {} (0700): set ORCH_WORKSPACES_DIR to a folder outside it (docs/jobs.md, \"The workspace\")",
+            user.name,
+            state_dir.display()
+        );
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let meta = std::fs::metadata(root).with_context(|| format!("reading {}", root.display()))?;
+    if meta.gid() != user.gid || meta.mode() & 0o070 != 0o070 {
+        std::os::unix::fs::chown(root, None, Some(user.gid)).with_context(|| {
+            format!(
+                "giving {} to group {} (run-job's user must be in the agent user's group)",
+                root.display(),
+                user.gid
+            )
+        })?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o2770))
+            .with_context(|| format!("opening {} to the agent", root.display()))?;
+    }
+    Ok(())
 }
 
 /// The per-job values of an agent argv template's placeholders beyond the task's own.

@@ -444,6 +444,10 @@ settings! {
     job_launcher: JobLauncher = "ORCH_JOB_LAUNCHER", "direct", false, "how dispatch starts run-job: direct (detached child) or systemd (orch-job@<id>.service)";
     /// The agent socket's path, given to every agent.
     agent_socket: Option<String> = "ORCH_AGENT_SOCKET", "", false, "Unix socket (orch-agent.socket) an agent's orch task show / staging-check / merge-guard ask instead of opening the database; run-job gives it to every agent";
+    /// Requests one job may have in flight on the agent socket.
+    agent_socket_max_per_job: Count = "ORCH_AGENT_SOCKET_MAX_PER_JOB", "4", false, "requests one job's agent may have in flight on the agent socket at once (from the connection to the answer); past it a connection is refused at once, so one job flooding the socket cannot starve the others";
+    /// Where the tasks' workspaces live.
+    workspaces_dir: Option<String> = "ORCH_WORKSPACES_DIR", "", false, "folder holding the tasks' git workspaces (default <state dir>/workspaces); with ORCH_AGENT_USER it must be outside the state dir, which the agent user cannot enter";
     /// The user agents run as.
     agent_user: Option<String> = "ORCH_AGENT_USER", "", false, "user (name or uid in /etc/passwd) run-job starts agents as; needs CAP_SETUID and CAP_SETGID, else the job fails before its agent starts";
     /// Developer retries before escalation.

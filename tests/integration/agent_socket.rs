@@ -348,3 +348,313 @@ fn a_supervisor_holding_ambient_capabilities_as_the_unit_grants_passes_none_to_i
     }
     assert!(log.contains("db read exit 1"), "{log}");
 }
+
+/// `command` run as `daemon` (uid 1, the test's "orch"): no capability at all, so no
+/// `CAP_KILL` to reach another user's process group, as `orch-reap.service` runs.
+fn as_orch_without_caps(command: &Command) -> Command {
+    setpriv(
+        command,
+        &[
+            "--reuid=1",
+            "--regid=1",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ],
+    )
+}
+
+fn at(secs_after_now: i64) -> String {
+    jiff::Timestamp::from_second(NOW_UNIX + secs_after_now)
+        .unwrap()
+        .to_string()
+}
+
+/// Kills a process group when the test ends, passed or failed.
+struct KillGroup(i64);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::Kill);
+        }
+    }
+}
+
+/// The job's status and stamped agent pid.
+fn status_and_pid(env: &TestEnv, job: i64) -> (String, Option<i64>) {
+    env.db()
+        .query_row("SELECT status, pid FROM jobs WHERE id = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+}
+
+#[test]
+fn reap_as_orch_stops_another_users_agent_through_its_supervisor() {
+    if !is_root() {
+        // Making the users and setting up the supervisor's capabilities needs root.
+        return;
+    }
+    // A FIFO the agent user can open: the agent says `ready <pid> <grandchild>` on it.
+    let fifo_dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(fifo_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let fifo = fifo_dir.path().join("ready");
+    assert!(Command::new("mkfifo")
+        .args(["-m", "0666"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // It and its grandchild shrug off TERM: only the supervisor's KILL ends them.
+    let mut env = env_with_analyst(&format!(
+        "exec {AGENT} --ready-fifo {} --fork --hold-forever --ignore-term",
+        fifo.display()
+    ));
+    let jobs = seed_running(&env);
+    env.set("ORCH_AGENT_USER", "nobody")
+        .set("ORCH_REAPER_MAX_RUNNING_S", "600")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1");
+    chown_tree(env.dir.path(), 1, 1);
+    // The supervisor as orch-job@.service runs it: daemon with the unit's capabilities.
+    let supervisor = setpriv(
+        &env.command(&["run-job", &jobs[0].to_string()]),
+        &[
+            "--reuid=1",
+            "--regid=1",
+            "--groups=65534",
+            "--inh-caps=+setuid,+setgid,+kill",
+            "--ambient-caps=+setuid,+setgid,+kill",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut ready = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::open(&fifo).unwrap(), &mut ready).unwrap();
+    let pids: Vec<i64> = ready
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let _guard = KillGroup(pids[0]);
+    // The pid is stamped right after the spawn: wait for that event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status_and_pid(&env, jobs[0]).1 != Some(pids[0]) {
+        assert!(std::time::Instant::now() < deadline, "pid never stamped");
+        std::thread::yield_now();
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{}", pids[0])).unwrap(),
+    );
+    assert_eq!(owner, 65534, "the agent runs as the agent user");
+    // Reap, as orch without CAP_KILL, past the backstop.
+    env.set("ORCH_NOW", &at(600));
+    let out: crate::common::Run = as_orch_without_caps(&env.command(&["reap"]))
+        .output()
+        .unwrap()
+        .into();
+    let out = out.expect(0);
+    for pid in &pids {
+        assert_eq!(
+            orch::adapters::process::start_time(*pid),
+            None,
+            "process {pid} is gone\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!(
+            "process group {} (user nobody) stopped by KILL, through its supervisor",
+            pids[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    let sup = supervisor.wait_with_output().unwrap();
+    assert_eq!(sup.status.code(), Some(1), "{sup:?}");
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "failed");
+    let log = job_log(&env, jobs[0]);
+    assert!(log.contains("== agent exited with code 137"), "{log}");
+    assert!(log.contains("through its supervisor"), "{log}");
+}
+
+#[test]
+fn another_users_agent_with_no_supervisor_is_reported_and_left_running() {
+    if !is_root() {
+        return;
+    }
+    let mut env = env_with_analyst("true");
+    let jobs = seed_running(&env);
+    env.set("ORCH_REAPER_MAX_RUNNING_S", "600")
+        .set("ORCH_REAPER_KILL_GRACE_S", "1")
+        .set("ORCH_NOW", &at(600));
+    // The agent user's process, its supervisor gone (none stamped).
+    let mut agent = Command::new(AGENT)
+        .arg("--hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .uid(65534)
+        .gid(65534)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = i64::from(agent.id());
+    let _guard = KillGroup(pid);
+    let start = orch::adapters::process::start_time(pid);
+    env.db()
+        .execute(
+            "UPDATE jobs SET pid = ?1, pid_start_time = ?2 WHERE id = ?3",
+            params![pid, start, jobs[0]],
+        )
+        .unwrap();
+    chown_tree(env.dir.path(), 1, 1);
+    let out: crate::common::Run = as_orch_without_caps(&env.command(&["reap"]))
+        .output()
+        .unwrap()
+        .into();
+    let out = out.expect(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "job {} (max-running) NOT stopped: agent process group {pid} (user nobody) STILL RUNNING, not reachable",
+            jobs[0]
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("unstoppable=1"), "{}", out.stderr);
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "running");
+    assert_eq!(
+        orch::adapters::process::start_time(pid),
+        start,
+        "still alive"
+    );
+    // job cancel says the same and flips nothing either.
+    let cancel: crate::common::Run =
+        as_orch_without_caps(&env.command(&["job", "cancel", &jobs[0].to_string()]))
+            .output()
+            .unwrap()
+            .into();
+    let cancel = cancel.expect(2);
+    assert!(
+        cancel
+            .stderr
+            .contains("not cancelled: its agent process group"),
+        "{}",
+        cancel.stderr
+    );
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "running");
+    // Root (the direct launcher's supervisor, or an operator) reaches it.
+    env.run(&["job", "cancel", &jobs[0].to_string()]).expect(0);
+    agent.wait().unwrap();
+    assert_eq!(status_and_pid(&env, jobs[0]).0, "cancelled");
+}
+
+#[test]
+fn a_job_at_its_request_cap_is_refused_while_another_job_is_served() {
+    let fifos = tempfile::tempdir().unwrap();
+    let (go1, go2) = (fifos.path().join("go1"), fifos.path().join("go2"));
+    for f in [&go1, &go2] {
+        assert!(Command::new("mkfifo").arg(f).status().unwrap().success());
+    }
+    // ORCH-1's agent holds both its slots with connections that send nothing, then asks
+    // once more; ORCH-2's agent just asks.
+    let script = format!(
+        "if [ \"$ORCH_TASK_KEY\" = ORCH-1 ]; then \
+           {AGENT} --socket-idle & a=$!; {AGENT} --socket-idle & b=$!; \
+           cat {g1} > /dev/null; {ORCH} task show \"$ORCH_TASK_KEY\" > /dev/null; echo \"third exit $?\"; \
+           cat {g2} > /dev/null; kill $a $b; \
+         else {ORCH} task show \"$ORCH_TASK_KEY\" > /dev/null; echo \"other job exit $?\"; fi",
+        g1 = go1.display(),
+        g2 = go2.display()
+    );
+    let mut env = env_with_analyst(&script);
+    let jobs = seed_running(&env);
+    env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", "2");
+    let mut server = SocketServer::start(&env);
+    env.set("ORCH_AGENT_SOCKET", &server.path.clone());
+    let mut first = env
+        .command(&["run-job", &jobs[0].to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both slots taken: the server says so (an event in its log, not a wait).
+    let mut server_log = BufReader::new(server.child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let taken = format!("job {}: request slot", jobs[0]);
+    while seen.matches(&taken).count() < 2 {
+        let mut line = String::new();
+        assert!(server_log.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    std::fs::write(&go1, "go\n").unwrap();
+    // While job 1 is at its cap, job 2 is served.
+    env.run(&["run-job", &jobs[1].to_string()]).expect(0);
+    assert!(job_log(&env, jobs[1]).contains("other job exit 0"));
+    std::fs::write(&go2, "go\n").unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    let log = job_log(&env, jobs[0]);
+    assert!(log.contains("third exit 2"), "{log}");
+    assert!(
+        log.contains("already 2 request(s) in flight for this job (ORCH_AGENT_SOCKET_MAX_PER_JOB)"),
+        "{log}"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server_log, &mut rest).unwrap();
+    assert!(
+        (seen + &rest).contains("request(s) in flight for this job"),
+        "the refusal is logged"
+    );
+}
+
+#[test]
+fn a_request_cap_that_is_not_a_positive_count_is_refused_by_name() {
+    let mut env = env_with_analyst("true");
+    env.run(&["init"]).expect(0);
+    for bad in ["0", "-1", "many", ""] {
+        env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", bad);
+        let out = env.run(&["agent-socket", "--listen", "/nonexistent/x.sock"]);
+        let out = out.expect(2);
+        assert!(
+            out.stderr.contains("ORCH_AGENT_SOCKET_MAX_PER_JOB"),
+            "{bad:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("binding"), "nothing was bound");
+    }
+}
+
+#[test]
+fn reap_removes_the_request_slots_of_jobs_no_longer_running() {
+    let env = env_with_analyst("true");
+    let jobs = seed_running(&env);
+    env.db()
+        .execute(
+            "UPDATE jobs SET status = 'succeeded', finished_at = ?2 WHERE id = ?1",
+            params![jobs[1], NOW_UNIX],
+        )
+        .unwrap();
+    let dir = env.path("state/agent-socket");
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = [
+        format!("job-{}.0", jobs[0]),
+        format!("job-{}.0", jobs[1]),
+        format!("job-{}.1", jobs[1]),
+        "job-999.0".to_string(),
+        "notes".to_string(),
+    ];
+    for n in &names {
+        std::fs::write(dir.join(n), "").unwrap();
+    }
+    env.run(&["reap"]).expect(0);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [format!("job-{}.0", jobs[0]), "notes".to_string()]);
+}

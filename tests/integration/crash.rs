@@ -487,3 +487,68 @@ fn a_developer_job_waits_in_dispatch_until_reconcile_made_its_branch() {
     assert!(pass.stderr.contains("started=1 "), "{}", pass.stderr);
     assert_eq!(developer_job(&w), 0, "started once its branch exists");
 }
+
+/// Runs `orch ARGS` of `env` under strace, which KILLs it at its first rename: an atomic
+/// write killed between writing its temporary file and renaming it into place.
+fn killed_at_first_rename(env: &TestEnv, args: &[&str]) -> Output {
+    let cmd = env.command(args);
+    std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(["-e", "trace=rename,renameat,renameat2"])
+        .args(["-e", "inject=rename,renameat,renameat2:signal=KILL:when=1"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(cmd.get_current_dir().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace is needed by this test (.ci/run installs it)")
+}
+
+/// The names in `dir` that look like temporary files.
+fn temps(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_write_killed_before_its_rename_leaves_a_temp_file_the_next_pass_removes() {
+    let env = TestEnv::builder().build();
+    let state = env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Not orch's pattern, or not a temp file at all: never touched.
+    std::fs::write(state.join(".notes.tmp.txt"), "mine").unwrap();
+    std::fs::write(state.join("report.tmp.1"), "mine").unwrap();
+    let prom = state.join("orch.prom");
+    let prom_text = prom.display().to_string();
+
+    // Killed mid-write: the temporary file stays, the target was never written.
+    let out = killed_at_first_rename(&env, &["status", "--prometheus", &prom_text]);
+    // strace ends the way its child ended: by the KILL.
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    let left = temps(&state);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left.iter().any(|n| n.starts_with(".orch.prom.tmp.")),
+        "{left:?}"
+    );
+    assert!(!prom.exists());
+
+    // The next reap pass removes it (the state dir's temp files), and only it.
+    env.run(&["reap"]).expect(0);
+    assert_eq!(temps(&state), [".notes.tmp.txt", "report.tmp.1"]);
+
+    // Killed again; this time the next write of the same file removes it.
+    let out = killed_at_first_rename(&env, &["status", "--prometheus", &prom_text]);
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert_eq!(temps(&state).len(), 3);
+    env.run(&["status", "--prometheus", &prom_text]).expect(0);
+    assert!(prom.exists());
+    assert_eq!(temps(&state), [".notes.tmp.txt", "report.tmp.1"]);
+}

@@ -541,3 +541,134 @@ fn an_http_clone_authenticates_with_the_token_and_never_writes_it_down() {
 fn workspace_gone(ws: &Path) {
     std::fs::remove_dir_all(ws).unwrap();
 }
+
+/// git as root in a repository another user owns (safe.directory on the command line).
+fn git_any_owner(dir: &Path, args: &[&str]) -> String {
+    git(dir, &[&["-c", "safe.directory=*"][..], args].concat())
+}
+
+/// Makes `name` under the workspace an agent's hostile leftover: a folder it closed to
+/// everyone else (0700) holding one closed to itself too (0500) with a file, all the
+/// agent user's.
+fn hostile_leftover(ws: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sub = ws.join("locked/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("f"), "x").unwrap();
+    for p in [ws.join("locked"), sub.clone(), sub.join("f")] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o500)).unwrap();
+    std::fs::set_permissions(ws.join("locked"), std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn with_an_agent_user_the_workspace_is_the_agents_and_orch_still_resets_and_removes_it() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !rustix::process::geteuid().is_root() {
+        // Switching to the agent user needs root (or CAP_SETUID).
+        return;
+    }
+    let open = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let remote = tempfile::tempdir().unwrap();
+    let (bare, main_head) = bare_remote(remote.path());
+    open(remote.path(), 0o755);
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut env = env_with(remote.path(), &bare.display().to_string());
+    // The agent reaches its artefact folder and the workspaces root, never the state dir.
+    open(env.dir.path(), 0o755);
+    std::fs::create_dir_all(env.path("artefacts")).unwrap();
+    open(&env.path("artefacts"), 0o711);
+    let root = env.path("workspaces");
+    env.set("ORCH_AGENT_USER", "nobody")
+        .set("ORCH_WORKSPACES_DIR", &root.display().to_string());
+    let task = seed_task(&env);
+    let ws = root.join("1-ORCH-1");
+
+    // Job 1: cloned as the agent user, which commits and pushes from it.
+    let job1 = running_job(&env, task);
+    env.run(&["run-job", &job1.to_string()]).expect(0);
+    let first = seen(&env, job1);
+    assert_eq!(first[3], format!("head={main_head}"), "{first:?}");
+    let pushed = git_any_owner(&bare, &["rev-parse", "refs/heads/orch-1"]);
+    assert_ne!(pushed, main_head, "the agent pushed");
+    for p in [
+        &ws,
+        &ws.join(".git"),
+        &ws.join("work.txt"),
+        &ws.join("junk.txt"),
+    ] {
+        assert_eq!(
+            std::fs::metadata(p).unwrap().uid(),
+            65534,
+            "{}",
+            p.display()
+        );
+    }
+    let r = std::fs::metadata(&root).unwrap();
+    assert_eq!((r.mode() & 0o7777, r.gid()), (0o2770, 65534));
+
+    // Job 2: what the agent left, closed to everyone but itself, is reset away.
+    hostile_leftover(&ws);
+    let job2 = running_job(&env, task);
+    env.run(&["run-job", &job2.to_string()]).expect(0);
+    let second = seen(&env, job2);
+    assert_eq!(second[3], format!("head={pushed}"), "{second:?}");
+    assert_eq!(second[5], "files=.git README work.txt ", "{second:?}");
+
+    // Cancelled: a pass that may not switch users (and has no root override) renames the
+    // workspace away and leaves its files for one that may.
+    hostile_leftover(&ws);
+    env.db()
+        .execute("UPDATE tasks SET stage = 'cancelled' WHERE id = ?1", [task])
+        .unwrap();
+    env.set("ORCH_POST_DEPLOY_ENABLED", "false");
+    let caps = "-setuid,-setgid,-dac_override,-dac_read_search,-fowner";
+    let tick = env.command(&["post-deploy-tick"]);
+    let mut limited = Command::new("setpriv");
+    limited
+        .args([
+            &format!("--bounding-set={caps}"),
+            &format!("--inh-caps={caps}"),
+        ])
+        .arg(tick.get_program())
+        .args(tick.get_args())
+        .env_clear()
+        .envs(tick.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(tick.get_current_dir().unwrap());
+    let out = limited.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!ws.exists(), "{stderr}");
+    let removing = root.join("1-ORCH-1.removing");
+    assert!(removing.exists(), "left for a process that may: {stderr}");
+    assert!(
+        stderr.contains("left for the next job's supervisor"),
+        "{stderr}"
+    );
+    // One that may (root here; a job's supervisor with the unit's capabilities) finishes it.
+    let done = env.run(&["post-deploy-tick"]).expect(0);
+    assert!(!removing.exists(), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("workspaces_removed=1"),
+        "{}",
+        done.stderr
+    );
+
+    // Workspaces under the state dir (0700) cannot work for the agent user: said clearly.
+    env.unset("ORCH_WORKSPACES_DIR");
+    let job3 = running_job(&env, task);
+    env.run(&["run-job", &job3.to_string()]).expect(1);
+    let log = job_log(&env, job3);
+    assert!(
+        log.contains("ORCH_AGENT_USER=nobody cannot enter workspaces under the state dir"),
+        "{log}"
+    );
+}

@@ -50,6 +50,10 @@ pub fn backup_database(src: &Path, dst: &Path) -> Result<BackupDone> {
     from.busy_timeout(BUSY_TIMEOUT)?;
     let (dir, tmp) = temp_beside(dst)?;
     let _ = std::fs::remove_file(&tmp);
+    // What an earlier backup to the same file left when it died mid-copy.
+    if let Some(name) = dst.file_name().and_then(|n| n.to_str()) {
+        crate::adapters::fs::sweep_temps(&dir, Some(name), std::time::SystemTime::now());
+    }
     let result = copy_checked(&from, &tmp).and_then(|done| {
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, dst)?;
