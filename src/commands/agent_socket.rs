@@ -177,7 +177,7 @@ impl Server {
         for k in 0..self.max_per_job {
             match LockFile::try_acquire(&dir.join(format!("job-{job_id}.{k}"))) {
                 Ok(guard) => {
-                    log::info!(
+                    log::debug!(
                         "agent-socket: job {job_id}: request slot {} of {} taken",
                         k + 1,
                         self.max_per_job

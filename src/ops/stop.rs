@@ -56,7 +56,7 @@ impl AgentStop {
     }
 
     /// One line for the logs: `process group 123 (user orch-agent) stopped through
-    /// its supervisor 120: ByTerm`.
+    /// its supervisor 120`.
     pub fn describe(&self, supervisor: Option<i64>) -> String {
         let user = self
             .user
@@ -73,6 +73,11 @@ impl AgentStop {
             }
         };
         let how = match self.how {
+            // Through the supervisor, the signal that ended it is the supervisor's to
+            // tell (the job's log has the agent's exit code).
+            Terminated::ByTerm | Terminated::ByKill if self.route == StopRoute::Supervisor => {
+                "stopped"
+            }
             Terminated::AlreadyGone => "already gone",
             Terminated::ByTerm => "stopped by TERM",
             Terminated::ByKill => "stopped by KILL",
@@ -110,11 +115,10 @@ pub fn stop_agent(job: &Job, grace: Duration) -> AgentStop {
     if kill_process(pid, Signal::Term).is_err() {
         return done(Terminated::Survived, StopRoute::NoRoute);
     }
-    let how = if wait_gone(pgid, grace) {
+    // The supervisor passes TERM on and KILLs after the same grace; which of the two
+    // ended the group only it knows (the job's log has the exit code), so one wait.
+    let how = if wait_gone(pgid, grace + AFTER_KILL + Duration::from_secs(1)) {
         Terminated::ByTerm
-    } else if wait_gone(pgid, AFTER_KILL + Duration::from_secs(1)) {
-        // The supervisor KILLs after the same grace.
-        Terminated::ByKill
     } else {
         Terminated::Survived
     };

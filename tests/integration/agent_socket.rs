@@ -467,7 +467,7 @@ fn reap_as_orch_stops_another_users_agent_through_its_supervisor() {
     }
     assert!(
         out.stderr.contains(&format!(
-            "process group {} (user nobody) stopped by KILL, through its supervisor",
+            "process group {} (user nobody) stopped, through its supervisor",
             pids[0]
         )),
         "{}",
@@ -572,7 +572,9 @@ fn a_job_at_its_request_cap_is_refused_while_another_job_is_served() {
     );
     let mut env = env_with_analyst(&script);
     let jobs = seed_running(&env);
-    env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", "2");
+    // The slot lines are debug lines.
+    env.set("ORCH_AGENT_SOCKET_MAX_PER_JOB", "2")
+        .set("ORCH_LOG", "debug");
     let mut server = SocketServer::start(&env);
     env.set("ORCH_AGENT_SOCKET", &server.path.clone());
     let mut first = env
