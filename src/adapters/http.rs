@@ -84,8 +84,19 @@ impl std::fmt::Display for BodyError {
 /// [`BodyError::TooLarge`] past the cap, [`BodyError::Read`] when reading fails.
 pub fn read_body(resp: reqwest::blocking::Response, cap: u64) -> Result<Vec<u8>, BodyError> {
     use std::io::Read;
-    if resp.content_length().is_some_and(|n| n > cap) {
-        return Err(BodyError::TooLarge(cap));
+    match resp.content_length() {
+        Some(n) if n > cap => return Err(BodyError::TooLarge(cap)),
+        // A declared length within the cap (the transport reads no more than it):
+        // the whole body in one hand-over from the client's runtime thread, not one
+        // per chunk of a few KiB (a Plane page of 100 work items is ~80 KiB).
+        Some(_) => {
+            return resp.bytes().map(Vec::from).map_err(|e| {
+                let m = e.to_string();
+                let timed_out = e.is_timeout() || m.to_ascii_lowercase().contains("timed out");
+                BodyError::Read(m, timed_out)
+            })
+        }
+        None => {}
     }
     let mut bytes = Vec::new();
     resp.take(cap + 1).read_to_end(&mut bytes).map_err(|e| {

@@ -173,7 +173,9 @@ fn send_capped(req: RequestBuilder, what: &str, cap: u64) -> Result<Answer, Http
     Ok(Answer {
         status,
         headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
+        // Valid UTF-8 (every JSON answer) is taken as it is, without a copy.
+        body: String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
     })
 }
 

@@ -19,7 +19,7 @@
 //! ([`GiteaStandin::set_push_permission`]). Test failures are scripted on the
 //! [`Server`]; [`GiteaStandin::merge_calls`] counts merge attempts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Deserialize;
@@ -156,9 +156,19 @@ struct Model {
     max_response_items: usize,
     /// What compare accepts.
     compare: CompareSupport,
+    /// Pull request list answers as rendered, by (repository, query string): served
+    /// again while nothing changed. Emptied by every change (see [`Model::changed`]).
+    pull_lists: HashMap<(String, String), Reply>,
 }
 
 impl Model {
+    /// Forgets every cached list answer: called on every way into the model that may
+    /// change it (the test-side handle, any request but a GET), so a change is on the
+    /// next list read.
+    fn changed(&mut self) {
+        self.pull_lists.clear();
+    }
+
     fn swagger(&self) -> String {
         format!("{}/api/swagger", self.url)
     }
@@ -303,6 +313,7 @@ impl GiteaStandin {
             seq: 100,
             max_response_items: 50,
             compare: CompareSupport::Full,
+            pull_lists: HashMap::new(),
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -327,8 +338,12 @@ impl GiteaStandin {
         self.server
     }
 
+    /// The model, for reading or changing it: its cached list answers are forgotten,
+    /// since the caller may change what they show.
     fn model(&self) -> MutexGuard<'_, Model> {
-        self.model.lock().expect("gitea model lock")
+        let mut m = self.model.lock().expect("gitea model lock");
+        m.changed();
+        m
     }
 
     fn with_repo<T>(&self, repo: &str, f: impl FnOnce(&mut Repo) -> T) -> T {
@@ -781,6 +796,9 @@ fn auth(m: &Model, r: &Recorded) -> Auth {
 }
 
 fn handle(m: &mut Model, r: &Recorded) -> Reply {
+    if r.method != "GET" {
+        m.changed();
+    }
     let auth = auth(m, r);
     if matches!(auth, Auth::Invalid) {
         let msg = match m.version {
@@ -824,7 +842,15 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
         ("POST", ["contents", path @ ..]) if !path.is_empty() => {
             create_file(m, &repo, &path.join("/"), r)
         }
-        ("GET", ["pulls"]) => list_pulls(m, &repo, r),
+        ("GET", ["pulls"]) => {
+            let key = (repo.clone(), r.query.clone());
+            if let Some(reply) = m.pull_lists.get(&key) {
+                return reply.clone();
+            }
+            let reply = list_pulls(m, &repo, r);
+            m.pull_lists.insert(key, reply.clone());
+            reply
+        }
         ("GET", ["pulls", n]) => with_pull(m, &repo, n, |m, repo, p| {
             Reply::json(200, &pull_json(m, repo, p))
         }),
@@ -1969,5 +1995,45 @@ mod tests {
         assert_eq!(decode("task%2FENG-1"), "task/ENG-1");
         assert_eq!(decode("a%zz"), "a%zz");
         assert_eq!(decode("%4"), "%4");
+    }
+
+    #[test]
+    fn a_cached_pull_list_shows_every_change_on_the_next_read() {
+        let api = Api::new();
+        let list = || -> Vec<(u64, bool)> {
+            let res = api
+                .c
+                .get(format!(
+                    "{}/api/v1/repos/acme/shop/pulls?state=open&limit=50&page=1",
+                    api.g.url()
+                ))
+                .header("Authorization", format!("token {DEFAULT_TOKEN}"))
+                .send()
+                .unwrap();
+            let v: Value = res.json().unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["number"].as_u64().unwrap(),
+                        p["mergeable"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        api.g
+            .add_pull("acme/shop", &PullSeed::open(1, "task/shop-1"));
+        assert_eq!(list(), [(1, true)]);
+        assert_eq!(api.g.model.lock().unwrap().pull_lists.len(), 1, "kept");
+        assert_eq!(list(), [(1, true)]);
+        // A change by the test is on the next read.
+        api.g.set_mergeable("acme/shop", 1, false);
+        assert_eq!(list(), [(1, false)]);
+        // A change over the API (a new PR) too.
+        api.g.push("acme/shop", "task/shop-2", &fake_sha("t2"));
+        let (status, _) = api.pr("task/shop-2", "main");
+        assert_eq!(status, 201);
+        assert_eq!(list(), [(2, true), (1, false)]);
     }
 }

@@ -12,7 +12,7 @@
 //! Routes need Plane's trailing slash. Test failures are scripted on the [`Server`].
 //! [`PlaneVersion::Legacy`] serves CE v1.0.x and older: `/issues/` paths only.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,9 +87,23 @@ struct Model {
     endless_listing: bool,
     /// How long each work-item listing page takes to answer (a slow upstream).
     listing_delay: Option<Duration>,
+    /// Work-item list pages as rendered, by (project, `expand=state`, per_page, page):
+    /// served again while nothing changed, so a big listing costs what orch does with
+    /// it, not the stand-in's rendering. Emptied by every change (see [`Model::changed`]).
+    pages: HashMap<PageKey, Arc<Vec<u8>>>,
 }
 
+/// Which list page a cached rendering is: (project, `expand=state`, per_page, page).
+type PageKey = (String, bool, usize, usize);
+
 impl Model {
+    /// Forgets every cached page: called on every way into the model that may change
+    /// it (the test-side handle, any request but a GET), so a change is on the next
+    /// page read.
+    fn changed(&mut self) {
+        self.pages.clear();
+    }
+
     fn stamp(&self) -> String {
         self.now.clone().unwrap_or_else(now_rfc3339)
     }
@@ -150,6 +164,7 @@ impl PlaneStandin {
             now: None,
             endless_listing: false,
             listing_delay: None,
+            pages: HashMap::new(),
         }));
         let m = model.clone();
         let server = Server::start(Arc::new(move |r: &Recorded| {
@@ -173,8 +188,12 @@ impl PlaneStandin {
         self.server
     }
 
+    /// The model, for reading or changing it: its cached pages are forgotten, since
+    /// the caller may change what they show.
     fn model(&self) -> std::sync::MutexGuard<'_, Model> {
-        self.model.lock().expect("plane model lock")
+        let mut m = self.model.lock().expect("plane model lock");
+        m.changed();
+        m
     }
 
     /// Adds a project with states `(id, name, group)` in display order.
@@ -487,6 +506,9 @@ fn handle(m: &mut Model, r: &Recorded) -> Reply {
 }
 
 fn route(m: &mut Model, r: &Recorded) -> Reply {
+    if r.method != "GET" {
+        m.changed();
+    }
     let Some(rest) = r.path.strip_prefix("/api/v1/workspaces/") else {
         return not_found();
     };
@@ -667,7 +689,48 @@ fn list_states(m: &Model, pid: &str, r: &Recorded) -> Reply {
     paginate(all, r)
 }
 
-fn list_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
+fn list_items(m: &mut Model, pid: &str, r: &Recorded) -> Reply {
+    let reply = match page_key(pid, r) {
+        Some(key) => match m.pages.get(&key) {
+            Some(body) => Reply::raw(200, "application/json", body.as_slice()),
+            None => {
+                let reply = render_items(m, pid, r);
+                if reply.status == 200 {
+                    m.pages.insert(key, Arc::new(reply.body.clone()));
+                }
+                reply
+            }
+        },
+        None => render_items(m, pid, r),
+    };
+    match m.listing_delay {
+        Some(d) => reply.delayed(d),
+        None => reply,
+    }
+}
+
+/// The cache key of a work-item list page, when the query is one the cache knows
+/// (`per_page`, `cursor`, `expand` only, each well formed): any other query is
+/// rendered every time.
+fn page_key(pid: &str, r: &Recorded) -> Option<PageKey> {
+    let mut per_page = MAX_PER_PAGE;
+    let mut page = 0usize;
+    for (k, v) in url::form_urlencoded::parse(r.query.as_bytes()) {
+        match k.as_ref() {
+            "per_page" => per_page = v.parse().ok().filter(|n| (1..=MAX_PER_PAGE).contains(n))?,
+            "cursor" => match v.split(':').collect::<Vec<_>>().as_slice() {
+                [_, p, _] => page = p.parse().ok()?,
+                _ => return None,
+            },
+            "expand" => {}
+            _ => return None,
+        }
+    }
+    Some((pid.to_string(), expands_state(r), per_page, page))
+}
+
+/// Renders a work-item list page from the model.
+fn render_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
     let Some(p) = m.projects.get(pid) else {
         return not_found();
     };
@@ -685,16 +748,12 @@ fn list_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
         },
         r,
     );
-    let reply = if m.endless_listing && reply.status == 200 {
+    if m.endless_listing && reply.status == 200 {
         let mut page: Value = serde_json::from_slice(&reply.body).expect("our own JSON");
         page["next_page_results"] = Value::Bool(true);
         Reply::json(200, &page)
     } else {
         reply
-    };
-    match m.listing_delay {
-        Some(d) => reply.delayed(d),
-        None => reply,
     }
 }
 
@@ -830,4 +889,85 @@ fn post_comment(m: &mut Model, pid: &str, id: &str, r: &Recorded) -> Reply {
         .comments
         .push(c);
     Reply::json(201, &reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = DEFAULT_API_KEY;
+    const PID: &str = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
+    const TODO: &str = "5a000000-0000-4000-8000-000000000001";
+    const DONE: &str = "5a000000-0000-4000-8000-000000000002";
+
+    fn page(s: &PlaneStandin, query: &str) -> (u16, Value) {
+        let url = format!(
+            "{}/api/v1/workspaces/acme/projects/{PID}/work-items/?{query}",
+            s.url()
+        );
+        let resp = reqwest::blocking::Client::new()
+            .get(url)
+            .header("X-API-Key", KEY)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap())
+    }
+
+    fn states(v: &Value) -> Vec<String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["state"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_cached_list_page_shows_every_change_on_the_next_read() {
+        let s = PlaneStandin::start("acme", KEY);
+        s.add_project(
+            PID,
+            &[(TODO, "Todo", "unstarted"), (DONE, "Done", "completed")],
+        );
+        for n in 1..=3 {
+            s.add_work_item(PID, &format!("item-{n}"), n, "Work", Some(TODO));
+        }
+        let q = "per_page=2&expand=state";
+        let (status, first) = page(&s, q);
+        assert_eq!(status, 200);
+        assert_eq!(states(&first), ["Todo", "Todo"]);
+        assert_eq!(s.model.lock().unwrap().pages.len(), 1, "the page is kept");
+        // Unchanged: the same bytes again, from the cache.
+        assert_eq!(page(&s, q).1, first);
+
+        // A change made by the test (as the web UI would) is on the next read.
+        s.set_item_state(PID, "item-3", DONE);
+        assert_eq!(states(&page(&s, q).1), ["Done", "Todo"]);
+
+        // A change made over the API (PATCH) too.
+        let patch = reqwest::blocking::Client::new()
+            .patch(format!(
+                "{}/api/v1/workspaces/acme/projects/{PID}/work-items/item-2/",
+                s.url()
+            ))
+            .header("X-API-Key", KEY)
+            .json(&json!({"state": DONE}))
+            .send()
+            .unwrap();
+        assert_eq!(patch.status().as_u16(), 200);
+        assert_eq!(states(&page(&s, q).1), ["Done", "Done"]);
+
+        // A new item, and the second page, whose cursor is another key.
+        s.add_work_item(PID, "item-4", 4, "Work", Some(TODO));
+        let (_, p1) = page(&s, q);
+        assert_eq!(states(&p1), ["Todo", "Done"]);
+        let next = p1["next_cursor"].as_str().unwrap().to_string();
+        let (_, p2) = page(&s, &format!("{q}&cursor={next}"));
+        assert_eq!(states(&p2), ["Done", "Todo"]);
+        assert_eq!(p2["next_page_results"], json!(false));
+
+        // A bad query is never cached, and still refused.
+        assert_eq!(page(&s, "per_page=0").0, 400);
+        assert_eq!(page(&s, "per_page=2&cursor=x").0, 400);
+    }
 }

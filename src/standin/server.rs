@@ -397,8 +397,12 @@ fn serve(
             let _ = events.answered.send(rec);
             continue;
         }
-        let mut response =
-            tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+        // With its length, never chunked (tiny_http chunks bodies over 32 KiB by
+        // default): a JSON API answers with `Content-Length`, and the client reads it
+        // in one piece.
+        let mut response = tiny_http::Response::from_data(reply.body)
+            .with_status_code(reply.status)
+            .with_chunked_threshold(usize::MAX);
         for (k, v) in reply.headers {
             if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
                 response.add_header(h);

@@ -66,7 +66,7 @@ pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
 pub use passes::{PassRecord, PlaneBudget};
 pub use plane_states::read_cached_states;
-pub use reconcile::ESCALATION_KIND;
+pub use reconcile::{ListedKnown, ListedTask, ESCALATION_KIND};
 pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
 pub use tasks::TASK_COUNTS_DRIFT;

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use crate::adapters::db::Db;
+use crate::adapters::db::{Db, ListedKnown};
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{PlaneClient, WorkItem};
 use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
@@ -77,8 +77,12 @@ impl Pass<'_> {
                     return Ok(l);
                 }
             };
-            self.note_listed_updates(db, &page.items)?;
-            self.refresh_listed_priorities(db, &page.items)?;
+            // What the store knows of this page's work items, in two reads: a steady
+            // page then writes nothing and reads nothing more per item.
+            let ids: Vec<&str> = page.items.iter().map(|i| i.id.as_str()).collect();
+            let known = db.listed_known(&ids)?;
+            self.note_listed_updates(db, &page.items, &known)?;
+            self.refresh_listed_priorities(db, &page.items, &known)?;
             for item in page.items {
                 let state = match &item.state {
                     Some(s) => Some(CachedState {
@@ -107,7 +111,9 @@ impl Pass<'_> {
                                 group: st.group.clone(),
                             },
                         );
-                        if replay && Pass::replay_candidate(db, project, &item, &st)? {
+                        if replay
+                            && Pass::replay_candidate(db, project, &st, known.tasks.get(&item.id))?
+                        {
                             l.resolved.push((item, st));
                         }
                     }
@@ -135,27 +141,58 @@ impl Pass<'_> {
     }
 
     /// Remembers each listed work item's `updated_at` as its newest seen update (one
-    /// transaction a page): a delivery older than what a listing showed is stale.
-    fn note_listed_updates(&mut self, db: &mut Db, items: &[WorkItem]) -> Result<()> {
+    /// transaction a page, only when one is newer than `known` says: a steady page
+    /// writes nothing): a delivery older than what a listing showed is stale.
+    fn note_listed_updates(
+        &mut self,
+        db: &mut Db,
+        items: &[WorkItem],
+        known: &ListedKnown,
+    ) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
         let updates: Vec<SeenUpdate> = items
             .iter()
             .filter_map(|i| SeenUpdate::new(&i.id, &i.updated_at, "listing"))
+            .filter(|u| {
+                known
+                    .newest_us
+                    .get(&u.work_item_id)
+                    .is_none_or(|k| u.micros > *k)
+            })
             .collect();
+        if updates.is_empty() {
+            return Ok(());
+        }
         db.note_updates(&updates, self.now)
     }
 
-    /// Records each listed work item's priority on its task (one transaction a page;
-    /// nothing written when none changed): the listing already carries it, so the
-    /// refresh costs no request.
-    fn refresh_listed_priorities(&mut self, db: &mut Db, items: &[WorkItem]) -> Result<()> {
+    /// Records each listed work item's priority on its task (one transaction a page,
+    /// only when a task's differs from what `known` read: a steady page writes
+    /// nothing): the listing already carries it, so the refresh costs no request.
+    fn refresh_listed_priorities(
+        &mut self,
+        db: &mut Db,
+        items: &[WorkItem],
+        known: &ListedKnown,
+    ) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
-        let listed: Vec<(&str, Priority)> =
-            items.iter().map(|i| (i.id.as_str(), i.priority)).collect();
+        let listed: Vec<(&str, Priority)> = items
+            .iter()
+            .filter(|i| {
+                known
+                    .tasks
+                    .get(&i.id)
+                    .is_some_and(|t| t.priority != i.priority)
+            })
+            .map(|i| (i.id.as_str(), i.priority))
+            .collect();
+        if listed.is_empty() {
+            return Ok(());
+        }
         for (key, old, new) in db.refresh_priorities(&listed, self.now)? {
             log::info!("task {key}: priority {old} -> {new} (as Plane lists it)");
             self.report.c.priorities += 1;

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use crate::adapters::db::Db;
+use crate::adapters::db::{Db, ListedTask};
 use crate::adapters::plane::WorkItem;
 use crate::core::intake;
 use crate::core::plane::Project;
 use crate::core::reconcile::{self, Replay};
 use crate::core::stage::{Actor, Agent, Stage};
-use crate::core::task::{NewTask, Task};
+use crate::core::task::NewTask;
 use crate::ops::moves::{self, MoveRequest};
 
 use super::listing::ProjectListing;
@@ -91,7 +91,7 @@ impl Pass<'_> {
                 };
                 let task = db.task_of_work_item(&item.id)?;
                 let task = task.as_ref();
-                let facts = task_facts(db, task)?;
+                let facts = task_facts(db, task.map(|t| (t.id, t.key.as_str(), t.stage)))?;
                 let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), done, cap);
                 let reason = format!(
                     "replayed: work item is in {:?} in Plane (its webhook was lost)",
@@ -177,19 +177,20 @@ impl Pass<'_> {
     /// meaning and the decision for its task as it stands is not to ignore it. The
     /// listing keeps only these (in a steady state, none), so a pass never holds every
     /// listed work item.
+    /// `task` is the work item's task as the page's read found it
+    /// (`Db::listed_known`).
     pub(super) fn replay_candidate(
         db: &Db,
         project: &Project,
-        item: &WorkItem,
         state: &intake::PlaneState,
+        task: Option<&ListedTask>,
     ) -> Result<bool> {
         let Some(meaning) =
             reconcile::replayable_meaning(&project.states, &state.name, &state.group)
         else {
             return Ok(false);
         };
-        let task = db.task_of_work_item(&item.id)?;
-        let facts = task_facts(db, task.as_ref())?;
+        let facts = task_facts(db, task.map(|t| (t.id, t.key.as_str(), t.stage)))?;
         let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), 0, usize::MAX);
         Ok(decision != Replay::Ignore)
     }
@@ -239,21 +240,22 @@ impl Pass<'_> {
 }
 
 /// What the replay decision knows of a work item's task.
-fn task_facts(db: &Db, task: Option<&Task>) -> Result<Option<intake::TaskFacts>> {
+/// The replay's facts of a task given as (id, key, stage).
+fn task_facts(db: &Db, task: Option<(i64, &str, Stage)>) -> Result<Option<intake::TaskFacts>> {
     Ok(match task {
-        Some(t) if t.stage == Stage::Analysis => {
-            let jobs = db.task_jobs(t.id)?;
+        Some((id, key, stage)) if stage == Stage::Analysis => {
+            let jobs = db.task_jobs(id)?;
             let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
             Some(intake::TaskFacts {
-                key: t.key.clone(),
-                stage: t.stage,
+                key: key.to_string(),
+                stage,
                 has_analyst_job: analyst().next().is_some(),
                 has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
             })
         }
-        Some(t) => Some(intake::TaskFacts {
-            key: t.key.clone(),
-            stage: t.stage,
+        Some((_, key, stage)) => Some(intake::TaskFacts {
+            key: key.to_string(),
+            stage,
             has_analyst_job: true,
             has_live_analyst_job: false,
         }),
