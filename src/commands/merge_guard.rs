@@ -133,6 +133,12 @@ fn guard(
         Ok(l) => l,
         Err(v) => return Ok((target, v)),
     };
+    // A hold set while the guard settled or waited for the lease still stops the merge:
+    // read again under the lease, right before the one call that cannot be taken back.
+    if let Some(hold) = hold_on(args, ctx, &target, db_slot)? {
+        drop(lease);
+        return Ok((target, MergeVerdict::Blocked(hold.describe())));
+    }
     let verdict = merge_under_lease(gitea, &target, stats);
     drop(lease);
     Ok((target, verdict))

@@ -415,7 +415,7 @@ fn serialize_source<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S
 
 settings! {
     /// SQLite database path.
-    db: PathBuf = "ORCH_DB", "orch.db", false, "SQLite database file (created on first use)";
+    db: PathBuf = "ORCH_DB", "orch.db", false, "SQLite database file (created by `orch init`; every other command refuses a missing one)";
     /// State directory: locks, the merge lease, post-deploy sentinels.
     state_dir: PathBuf = "ORCH_STATE_DIR", "state", false, "directory for pass locks, the merge lease and post-deploy sentinels";
     /// Artefacts root: `<dir>/<task key>/NN-*.md`.

@@ -585,10 +585,10 @@ pub enum DbFacts {
 pub fn database(path: &str, facts: &DbFacts) -> DoctorCheck {
     let id = "local.db";
     match facts {
-        DbFacts::Missing => DoctorCheck::warn(
+        DbFacts::Missing => DoctorCheck::fail(
             id,
-            format!("{path} does not exist yet"),
-            "run orch init (the first pass would create it too)",
+            format!("{path} does not exist"),
+            "run orch init: every other command refuses a missing database (check ORCH_DB)",
         ),
         DbFacts::Unusable(why) => DoctorCheck::fail(
             id,
@@ -919,7 +919,7 @@ mod tests {
         ] {
             assert_eq!(telegram(&f).level, level, "{f:?}");
         }
-        assert_eq!(database("d", &DbFacts::Missing).level, DoctorLevel::Warn);
+        assert_eq!(database("d", &DbFacts::Missing).level, DoctorLevel::Fail);
         assert_eq!(
             database("d", &DbFacts::Unusable("read-only".into())).level,
             DoctorLevel::Fail

@@ -970,3 +970,38 @@ fn a_hold_blocks_the_merge_with_its_reason_until_cleared() {
     expect_line(&guard(&env, &["--merge"]), 0, "MERGED");
     assert_eq!(g.merge_calls(REPO, 7), 1);
 }
+
+#[test]
+fn a_hold_set_while_the_guard_waits_still_stops_the_merge() {
+    // The conflict check is still running when the guard starts, so it waits; the
+    // operator sets the hold meanwhile.
+    let g = gitea_with(PullSeed::open(7, BRANCH).head_sha(HEAD).mergeable(false));
+    let mut env = env_with_task(&g, Some(HEAD), Some(7));
+    env.set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30");
+    let child = env
+        .command(&["merge-guard", "--task", "SHOP-1", "--merge"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        let r = g
+            .server()
+            .next_request(Duration::from_secs(30))
+            .expect("the guard reads the PR");
+        if r.method == "GET" && r.path == PULL_PATH {
+            break;
+        }
+    }
+    env.run(&["hold", "set", "--project", "shop", "--reason", "incident"])
+        .expect(0);
+    g.set_mergeable(REPO, 7, true);
+    let run: Run = child.wait_with_output().unwrap().into();
+    expect_line(&run, 1, "BLOCKED");
+    assert!(run.stdout.contains("on hold"), "{}", run.stdout);
+    assert_eq!(g.merge_calls(REPO, 7), 0, "no merge once the hold is on");
+    assert!(
+        !env.path("state/merge-lease.json").exists(),
+        "lease released"
+    );
+}
