@@ -249,10 +249,15 @@ impl PlaneClient {
 
     /// Notes the answer's `X-RateLimit-Remaining`, when it has one, and passes it on.
     fn noted(&self, answer: Result<Answer, HttpError>) -> Result<Answer, HttpError> {
-        if let Ok(a) = &answer {
-            if let Some(n) = remaining(a) {
-                self.budget.store(i64::from(n), Ordering::Relaxed);
+        match &answer {
+            Ok(a) => {
+                if let Some(n) = remaining(a) {
+                    self.budget.store(i64::from(n), Ordering::Relaxed);
+                }
             }
+            // A 429 is the budget spent, whatever headers came with it.
+            Err(HttpError::RateLimited { .. }) => self.budget.store(0, Ordering::Relaxed),
+            Err(_) => {}
         }
         answer
     }

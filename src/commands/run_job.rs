@@ -435,11 +435,17 @@ fn prepare_workspace(
     if let Some(u) = user {
         open_workspaces_root(&root, &s.state_dir, u)?;
         // Removals post-deploy-tick could not finish (the agent user's files).
+        // Housekeeping: a leftover that cannot go is said, never this job's failure.
         let remover = workspace::Remover {
             user: Some(u),
             keep_on_failure: false,
         };
-        workspace::finish_removals(&root, &remover)?;
+        if let Err(e) = workspace::finish_removals(&root, &remover) {
+            log::warn!(
+                "run-job: a deferred workspace removal under {} could not finish: {e:#}",
+                root.display()
+            );
+        }
     }
     let dir = workspace::dir(&root, task.id, &task.key);
     let _ = writeln!(

@@ -106,8 +106,13 @@ pub fn stop_agent(job: &Job, grace: Duration) -> AgentStop {
         return done(terminate_group(pgid, grace), StopRoute::Direct);
     }
     // Another user's group: its supervisor is orch's own user and may signal it.
+    // Only a supervisor whose start time was stamped: without it, the pid may by now
+    // be any process of orch's user.
     let supervisor = job.supervisor_pid.filter(|s| {
-        *s > 1 && liveness(*s, job.supervisor_start_time) == Liveness::Alive && *s != pgid
+        *s > 1
+            && *s != pgid
+            && job.supervisor_start_time.is_some()
+            && liveness(*s, job.supervisor_start_time) == Liveness::Alive
     });
     let Some(pid) = supervisor.and_then(|s| i32::try_from(s).ok().and_then(Pid::from_raw)) else {
         return done(Terminated::Survived, StopRoute::NoRoute);

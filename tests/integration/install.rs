@@ -535,6 +535,14 @@ fn the_last_plane_budget_seen_is_kept_and_exported() {
             one((NOW_UNIX + 3600).to_string())
         )
     );
+    // A 429 is the budget spent: 0, not the last positive reading.
+    env.set("ORCH_NOW", "2026-11-25T05:00:00Z");
+    env.plane().set_rate_limit(0, true);
+    env.run(&["reconcile"]);
+    assert_eq!(
+        metrics(&env),
+        (one("0".to_string()), one((NOW_UNIX + 7200).to_string()))
+    );
 }
 
 /// `promtool check metrics` (Prometheus's own parser and linter) accepts the whole
