@@ -51,6 +51,10 @@ impl Cli {
             config: self.config.clone(),
             db: self.db.clone(),
             state_dir: self.state_dir.clone(),
+            job_launcher: match &self.command {
+                Command::Dispatch(args) => args.launcher.clone(),
+                _ => None,
+            },
         }
     }
 }

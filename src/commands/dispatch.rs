@@ -37,6 +37,12 @@ pub struct DispatchArgs {
     /// Say which jobs would start and why the others wait; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// How to start run-job, over ORCH_JOB_LAUNCHER: `direct` or `systemd`.
+    /// `orch-dispatch.service` passes `systemd`, since a value in its EnvironmentFile
+    /// would otherwise win over the unit's own and start jobs inside the dispatch
+    /// unit, which stops them when it ends
+    #[arg(long, value_name = "direct|systemd")]
+    pub launcher: Option<String>,
 }
 
 /// Runs one `dispatch` pass.

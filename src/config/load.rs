@@ -125,6 +125,8 @@ pub struct Overrides {
     pub db: Option<PathBuf>,
     /// `--state-dir`.
     pub state_dir: Option<PathBuf>,
+    /// `dispatch --launcher`.
+    pub job_launcher: Option<String>,
 }
 
 impl Config {
@@ -172,6 +174,11 @@ impl Config {
             layers
                 .flags
                 .insert("ORCH_STATE_DIR".into(), dir.display().to_string());
+        }
+        if let Some(launcher) = &overrides.job_launcher {
+            layers
+                .flags
+                .insert("ORCH_JOB_LAUNCHER".into(), launcher.clone());
         }
         Config::from_parts(text.as_deref(), path, layers)
     }

@@ -1349,3 +1349,39 @@ fn a_hold_leaves_the_projects_deployer_jobs_queued_and_nothing_else() {
     );
     assert!(!dry.stdout.contains("on hold"), "{}", dry.stdout);
 }
+
+/// `orch-dispatch.service` runs `dispatch --launcher systemd`: the flag wins over an
+/// ORCH_JOB_LAUNCHER=direct from the settings file (which would otherwise start jobs
+/// inside the oneshot dispatch unit, stopped when it ends); a bad value starts nothing.
+#[test]
+fn the_launcher_flag_wins_over_the_settings_file_and_bad_values_start_nothing() {
+    let mut env = TestEnv::with_pipeline(&pipeline(""));
+    let calls = fake_systemctl(&mut env, 0);
+    env.set("ORCH_JOB_LAUNCHER", "direct");
+    let job = seed(&env, "orch", 1, "development", "queued")[0];
+    for bad in ["docker", "", "SYSTEMD"] {
+        let out = env.run(&["dispatch", "--launcher", bad]).expect(2);
+        assert!(
+            out.stderr.contains("ORCH_JOB_LAUNCHER"),
+            "{bad}: {}",
+            out.stderr
+        );
+        assert_eq!(job_row(&env, job).0, "queued", "{bad}");
+    }
+    assert!(!calls.exists(), "no launch on a bad value");
+    env.run(&["dispatch", "--launcher", "systemd"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        format!("start orch-job@{job}.service\n")
+    );
+    // The unit passes the flag.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/orch-dispatch.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecStart=/usr/bin/orch dispatch --launcher systemd"),
+        "{unit}"
+    );
+}
