@@ -22,20 +22,37 @@ pub fn private_umask() {
 /// # Errors
 /// When a mode cannot be read or set.
 pub fn make_private(path: &Path) -> Result<()> {
+    restrict(path, &|is_dir, _| if is_dir { 0o700 } else { 0o600 })
+}
+
+/// Takes every permission of other users (neither owner nor group) from `path` and
+/// everything under it, and keeps the rest: the owner's and the group's bits and a
+/// directory's setgid. `init` uses it on the artefacts when agents run as a user of their
+/// own (`ORCH_AGENT_USER`), whose group shares that tree by design (`2770`, run-job and
+/// the package's tmpfiles.d): [`make_private`] would lock the agents out of it. Symbolic
+/// links are neither changed nor followed; a missing path is nothing to do.
+///
+/// # Errors
+/// When a mode cannot be read or set.
+pub fn close_to_others(path: &Path) -> Result<()> {
+    restrict(path, &|_, mode| mode & !0o007)
+}
+
+/// Sets the mode `want(is_dir, current mode)` on `path` and, for a directory, on
+/// everything under it.
+fn restrict(path: &Path, want: &dyn Fn(bool, u32) -> u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mode = if meta.is_dir() {
-        0o700
-    } else if meta.is_file() {
-        0o600
-    } else {
+    if !meta.is_dir() && !meta.is_file() {
         return Ok(());
-    };
-    if meta.permissions().mode() & 0o7777 != mode {
+    }
+    let current = meta.permissions().mode() & 0o7777;
+    let mode = want(meta.is_dir(), current);
+    if current != mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("making {} private", path.display()))?;
     }
@@ -43,10 +60,11 @@ pub fn make_private(path: &Path) -> Result<()> {
         for entry in
             std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?
         {
-            make_private(
+            restrict(
                 &entry
                     .with_context(|| format!("listing {}", path.display()))?
                     .path(),
+                want,
             )?;
         }
     }

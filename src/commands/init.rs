@@ -1,10 +1,11 @@
 //! `orch init`: create or upgrade the database and the state directory, and make them
-//! (and the artefacts) private: files `0600`, directories `0700`.
+//! (and the artefacts) private: files `0600`, directories `0700`; with a separate agent
+//! user, the artefacts only closed to other users (their group shares them).
 
 use anyhow::{Context as _, Result};
 
 use crate::adapters::db::{Db, SCHEMA_VERSION};
-use crate::adapters::fs::make_private;
+use crate::adapters::fs::{close_to_others, make_private};
 use crate::exit::ExitStatus;
 use crate::ops::pass::PassContext;
 
@@ -32,7 +33,18 @@ pub fn run(args: &InitArgs, ctx: &PassContext) -> Result<ExitStatus> {
     }
     // What an earlier run under a looser umask left readable is made private too: the
     // database (raw Plane payloads) with its WAL files, the state dir, the artefacts.
-    let mut private = vec![settings.state_dir.clone(), settings.artefacts_dir.clone()];
+    // With a separate agent user the artefacts are shared with its group on purpose
+    // (`2770`): only other users lose access, or every agent would be locked out.
+    let mut private = vec![settings.state_dir.clone()];
+    if settings
+        .agent_user
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty())
+    {
+        close_to_others(&settings.artefacts_dir)?;
+    } else {
+        private.push(settings.artefacts_dir.clone());
+    }
     for suffix in ["", "-wal", "-shm"] {
         let mut p = settings.db.clone().into_os_string();
         p.push(suffix);

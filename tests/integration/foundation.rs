@@ -97,6 +97,48 @@ fn files_are_private_whatever_the_umask_and_init_fixes_old_ones() {
     }
 }
 
+/// With a separate agent user (the package's default) the artefacts tree is the agents'
+/// group's too (`2770`, docs/security.md): `init` takes only what other users could
+/// read, and keeps the group's access and the setgid bit, or every agent would be locked
+/// out of its own folder. The state dir is made private as ever.
+#[test]
+fn init_keeps_the_agent_groups_artefacts_and_closes_them_to_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = TestEnv::bare();
+    under_umask_022(&env, "init").expect(0);
+    std::fs::create_dir_all(env.path("artefacts/ORCH-1")).unwrap();
+    std::fs::write(env.path("artefacts/ORCH-1/01-analysis.md"), "x").unwrap();
+    for (p, m) in [
+        ("state", 0o755),
+        ("artefacts", 0o2775),
+        ("artefacts/ORCH-1", 0o2775),
+        ("artefacts/ORCH-1/01-analysis.md", 0o664),
+    ] {
+        std::fs::set_permissions(env.path(p), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let script = format!("umask 022; exec {} init", env!("CARGO_BIN_EXE_orch"));
+    let base = env.command(&[]);
+    let out: crate::common::Run = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("ORCH_AGENT_USER", "orch-agent")
+        .current_dir(base.get_current_dir().unwrap())
+        .output()
+        .unwrap()
+        .into();
+    out.expect(0);
+    for (p, want) in [
+        ("state", 0o700),
+        ("artefacts", 0o2770),
+        ("artefacts/ORCH-1", 0o2770),
+        ("artefacts/ORCH-1/01-analysis.md", 0o660),
+    ] {
+        let got = std::fs::metadata(env.path(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(got, want, "{p}: {got:o}");
+    }
+}
+
 #[test]
 fn a_fresh_checkout_runs_with_no_file_at_all() {
     let env = TestEnv::bare();

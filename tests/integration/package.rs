@@ -138,6 +138,11 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
         depends.contains("libc6") && depends.contains("systemd"),
         "{depends}"
     );
+    // polkit lets orch start the job units the package's settings launch jobs as.
+    assert!(
+        info.lines().any(|l| l.trim() == "Recommends: polkitd"),
+        "{info}"
+    );
     let control = tmp.path().join("control");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     let field = |name: &str| std::fs::read_to_string(control.join(name)).unwrap();
@@ -180,6 +185,10 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
         ("/etc/orch/orch.env".into(), "-rw-------"),
         ("/usr/lib/sysusers.d/orch.conf".into(), "-rw-r--r--"),
         ("/usr/lib/tmpfiles.d/orch.conf".into(), "-rw-r--r--"),
+        (
+            "/usr/share/polkit-1/rules.d/orch.rules".into(),
+            "-rw-r--r--",
+        ),
         ("/usr/share/lintian/overrides/orch".into(), "-rw-r--r--"),
         (
             "/usr/share/bash-completion/completions/orch".into(),
@@ -274,18 +283,67 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
     let state = std::fs::metadata(root.join("var/lib/orch")).unwrap();
     assert_eq!(state.uid().to_string(), orch[2]);
     assert_eq!(state.mode() & 0o777, 0o700);
-    // The settings: .env.example with the pipeline file in /etc/orch; root's only.
+    // The agents' artefacts and workspaces, from tmpfiles.d: outside /var/lib/orch,
+    // orch's, group orch-agent, setgid, nothing for others.
+    for dir in ["var/lib/orch-artefacts", "var/lib/orch-workspaces"] {
+        let meta = std::fs::metadata(root.join(dir)).unwrap();
+        assert_eq!(
+            (
+                meta.uid().to_string(),
+                meta.gid().to_string(),
+                meta.mode() & 0o7777
+            ),
+            (orch[2].clone(), group[2].clone(), 0o2770),
+            "{dir}"
+        );
+    }
+    // The settings: .env.example with the package's overrides (scripts/build-deb), the
+    // least-privileged setup; root's only.
     let env_file = root.join("etc/orch/orch.env");
     let meta = std::fs::metadata(&env_file).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
     let settings = std::fs::read_to_string(&env_file).unwrap();
     let example = std::fs::read_to_string(Path::new(ROOT).join(".env.example")).unwrap();
+    let overrides = [
+        ("ORCH_CONFIG", "", "/etc/orch/orch.yaml"),
+        ("ORCH_JOB_LAUNCHER", "direct", "systemd"),
+        ("ORCH_AGENT_USER", "", "orch-agent"),
+        ("ORCH_AGENT_SOCKET", "", "/run/orch/agent.sock"),
+        ("ORCH_ARTEFACTS_DIR", "artefacts", "/var/lib/orch-artefacts"),
+        ("ORCH_WORKSPACES_DIR", "", "/var/lib/orch-workspaces"),
+    ];
+    let values = |text: &str| -> std::collections::BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| !k.starts_with('#'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (installed, mut expected) = (values(&settings), values(&example));
+    for (key, from, to) in overrides {
+        assert_eq!(
+            expected.insert(key.into(), to.into()).as_deref(),
+            Some(from),
+            "{key}"
+        );
+    }
+    assert_eq!(installed, expected);
+    // Only those lines differ: the comments and the order are .env.example's.
+    let differ = settings
+        .lines()
+        .zip(example.lines())
+        .filter(|(a, b)| a != b)
+        .count();
     assert_eq!(
-        settings,
-        example.replace("\nORCH_CONFIG=\n", "\nORCH_CONFIG=/etc/orch/orch.yaml\n")
+        (differ, settings.lines().count()),
+        (overrides.len(), example.lines().count())
     );
-    assert_ne!(settings, example);
-    // The units as in the repository; the timers enabled, nothing else.
+    // The socket the settings name is the one orch-agent.socket listens on.
+    let socket_unit =
+        std::fs::read_to_string(Path::new(ROOT).join("systemd/orch-agent.socket")).unwrap();
+    assert!(socket_unit.contains("\nListenStream=/run/orch/agent.sock\n"));
+    // The units as in the repository; the timers and the agent socket enabled, nothing
+    // else.
     let unit_dir = root.join("usr/lib/systemd/system");
     for unit in repo_units() {
         assert_eq!(
@@ -305,7 +363,19 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
         let link = std::fs::read_link(etc.join("timers.target.wants").join(t)).unwrap();
         assert_eq!(link, Path::new("/usr/lib/systemd/system").join(t));
     }
-    assert_eq!(names(&etc), ["timers.target.wants".to_string()].into());
+    // …and the agent socket, which the settings point agents at.
+    let sockets = etc.join("sockets.target.wants");
+    assert_eq!(names(&sockets), ["orch-agent.socket".to_string()].into());
+    assert_eq!(
+        std::fs::read_link(sockets.join("orch-agent.socket")).unwrap(),
+        Path::new("/usr/lib/systemd/system/orch-agent.socket")
+    );
+    assert_eq!(
+        names(&etc),
+        ["sockets.target.wants", "timers.target.wants"]
+            .map(String::from)
+            .into()
+    );
 
     // systemd-analyze verify reads the installed units against the installed binary.
     // Their default dependencies (sysinit.target, timers.target…) are this machine's
@@ -365,6 +435,7 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
     assert_eq!(entry(&root, "passwd", "orch"), Some(orch.clone()));
     assert_eq!(entry(&root, "passwd", "orch-agent"), Some(agent));
     assert_eq!(names(&etc.join("timers.target.wants")), timers);
+    assert_eq!(names(&sockets), ["orch-agent.socket".to_string()].into());
 
     // Removed: the binary and units go, the edited settings stay (a conffile).
     std::fs::write(root.join("var/lib/orch/orch.db"), "data").unwrap();
