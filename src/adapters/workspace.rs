@@ -22,11 +22,19 @@
 //! Removal renames the folder to `<name>.removing` first, then deletes it: a crash
 //! mid-removal leaves a `.removing` folder that nothing uses and the next sweep deletes.
 //!
-//! With a separate agent user (`ORCH_AGENT_USER`) every git step, and every deletion of
-//! a workspace's files, runs as that user ([`Remover`]), so the workspace and whatever
-//! the agent makes in it belong to the agent, however it sets its modes; orch only
-//! creates, lists and renames entries of the workspaces root it owns (docs/jobs.md,
-//! "The workspace").
+//! With a separate agent user (`ORCH_AGENT_USER`) every git step in the workspace, and
+//! every deletion of a workspace's files, runs as that user ([`Remover`]), so the
+//! workspace and whatever the agent makes in it belong to the agent, however it sets its
+//! modes; orch only creates, lists and renames entries of the workspaces root it owns
+//! (docs/jobs.md, "The workspace"). The agent owns that `.git` and can edit it (hooks,
+//! `core.fsmonitor`, `url.*.insteadOf`, helpers), so orch's token never enters those
+//! steps: for an https URL with a token, orch itself (not switching user) fetches into a
+//! bare mirror it owns, `<workspaces root>/.mirrors/<url>.git` (its config orch's own,
+//! hooks off, readable by the agent's group, not writable by it), and the agent-user
+//! steps clone and fetch from the mirror's local path with no token in their
+//! environment, no user or system git configuration and hooks and fsmonitor off.
+//! `origin` still names the real URL, so an agent granted `gitea` pushes with its own
+//! granted token through the helper in its `.git/config`.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -44,9 +52,30 @@ pub const WORKSPACES_DIR: &str = "workspaces";
 /// The environment variable the credential helper reads the token from: set in the
 /// environment of orch's git commands, and in an agent's only when it is granted `gitea`.
 pub const TOKEN_ENV: &str = "ORCH_GITEA_TOKEN";
-/// The credential helper: answers `get` with the token when the variable is set,
-/// ignores `store` and `erase`. It names the variable, never the value.
-pub const HELPER: &str = "!f() { test \"$1\" = get && test -n \"${ORCH_GITEA_TOKEN}\" || exit 0; echo username=orch; echo \"password=${ORCH_GITEA_TOKEN}\"; }; f";
+/// The credential helper for `url`: answers `get` with the token when the variable is
+/// set and git asks for `url`'s host (and port), ignores `store`, `erase` and every other
+/// host (a redirect or a rewritten URL never gets the token). It names the variable,
+/// never the value.
+///
+/// # Errors
+/// When `url` has no host of plain characters (`A-Za-z0-9.-:[]`).
+pub fn helper(url: &str) -> Result<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        bail!("no host in {url} for the credential helper");
+    }
+    Ok(format!(
+        "!f() {{ test \"$1\" = get || exit 0; h=; while IFS= read -r l; do case \"$l\" in host=*) h=\"${{l#host=}}\";; esac; done; test \"$h\" = '{host}' && test -n \"${{ORCH_GITEA_TOKEN}}\" || exit 0; echo username=orch; echo \"password=${{ORCH_GITEA_TOKEN}}\"; }}; f"
+    ))
+}
+/// The folder, under the workspaces root, of orch's bare mirrors (agent user only).
+pub const MIRRORS_DIR: &str = ".mirrors";
 /// Suffix of a clone in progress.
 const PARTIAL: &str = ".partial";
 /// Suffix of a workspace being removed.
@@ -157,12 +186,37 @@ pub fn prepare(
     log: &File,
     user: Option<&AgentUser>,
 ) -> Result<PreparedWorkspace> {
+    let helper = match src.url.kind {
+        CloneKind::Https => Some(helper(&src.url.url)?),
+        _ => None,
+    };
+    // With an agent user and a token, orch fetches into its own mirror first; the agent
+    // user's steps then read the mirror, never the remote, and never get the token.
+    let mirror = match (user, src.url.kind, src.token) {
+        (Some(_), CloneKind::Https, Some(token)) => {
+            let root = ws.parent().context("a workspace has a parent folder")?;
+            Some(update_mirror(
+                root,
+                src,
+                token,
+                helper.as_deref(),
+                env,
+                log,
+            )?)
+        }
+        _ => None,
+    };
     let git = Git {
         src,
         env,
         log,
         user,
+        helper: helper.as_deref(),
+        mirror: mirror.as_deref(),
     };
+    // Where the agent-user steps read from: the mirror when there is one.
+    let mirror_text = mirror.as_ref().map(|m| m.display().to_string());
+    let from = mirror_text.as_deref().unwrap_or(&src.url.url);
     let remover = Remover {
         user,
         keep_on_failure: false,
@@ -184,33 +238,28 @@ pub fn prepare(
         let partial = with_suffix(ws, PARTIAL);
         remover.remove_tree(&partial)?;
         let dest = partial.display().to_string();
-        git.run(
-            None,
-            &[
-                "clone",
-                "--no-checkout",
-                "--origin",
-                "origin",
-                "--",
-                &src.url.url,
-                &dest,
-            ],
-            "cloning",
-        )?;
+        // From the mirror: through upload-pack (`--no-local`), so every file is the
+        // agent's own copy, never a hard link to orch's.
+        let mut args = vec!["clone", "--no-checkout"];
+        if mirror.is_some() {
+            args.push("--no-local");
+        }
+        args.extend(["--origin", "origin", "--", from, &dest]);
+        git.run(None, &args, "cloning")?;
         std::fs::rename(&partial, ws)
             .with_context(|| format!("moving the clone into {}", ws.display()))?;
-    } else {
-        git.run(
-            Some(ws),
-            &["remote", "set-url", "origin", &src.url.url],
-            "setting origin",
-        )?;
     }
+    // `origin` names the real remote (the agent pushes there), whatever it was cloned from.
+    git.run(
+        Some(ws),
+        &["config", "--replace-all", "remote.origin.url", &src.url.url],
+        "setting origin",
+    )?;
     if src.url.kind == CloneKind::Https {
         // For the agent's own pushes: the helper (a variable's name), an empty one first
         // so no helper from the user's or system configuration answers instead.
         let _ = git.ok(ws, &["config", "--unset-all", "credential.helper"]);
-        for value in ["", HELPER] {
+        for value in ["", helper.as_deref().unwrap_or_default()] {
             git.run(
                 Some(ws),
                 &["config", "--add", "credential.helper", value],
@@ -218,9 +267,16 @@ pub fn prepare(
             )?;
         }
     }
+    // An explicit source and refspec: not whatever the agent left in `remote.origin.*`.
     git.run(
         Some(ws),
-        &["fetch", "--prune", "--no-tags", "origin"],
+        &[
+            "fetch",
+            "--prune",
+            "--no-tags",
+            from,
+            "+refs/heads/*:refs/remotes/origin/*",
+        ],
         "fetching",
     )?;
     let remote_branch = format!("refs/remotes/origin/{}", src.branch);
@@ -385,6 +441,111 @@ fn remove_tree(path: &Path) -> Result<()> {
     }
 }
 
+/// Fetches `src`'s branches into orch's bare mirror of it under `root` (created, owned
+/// by this process, readable by the agent's group through the root's set-group-id bit
+/// and `core.sharedRepository=0640`, writable by orch alone); returns its path. git runs
+/// as this process with the token, no user or system configuration, hooks off and only
+/// `helper` (which answers for the URL's host alone).
+fn update_mirror(
+    root: &Path,
+    src: &WorkspaceSource<'_>,
+    token: &str,
+    helper: Option<&str>,
+    env: &[(String, OsString)],
+    log: &File,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = root.join(MIRRORS_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2750))
+        .with_context(|| format!("opening {} to the agent's group", dir.display()))?;
+    let mirror = dir.join(format!("{}.git", sanitise(&src.url.url)));
+    let git = |cwd: Option<&Path>, args: &[&str], step: &str| -> Result<()> {
+        let mut c = Command::new("git");
+        c.env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env(TOKEN_ENV, token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.fsmonitor=false",
+            ])
+            .args([
+                "-c",
+                "http.lowSpeedLimit=1000",
+                "-c",
+                "http.lowSpeedTime=120",
+            ])
+            .args(["-c", "credential.helper=", "-c"])
+            .arg(format!("credential.helper={}", helper.unwrap_or_default()));
+        if let Some(d) = cwd {
+            c.arg("-C").arg(d);
+        }
+        let status = c
+            .args(args)
+            .status()
+            .context("starting git (is it installed and on PATH?)")?;
+        if !status.success() {
+            bail!("git failed {step} ({status}; git's output is in the job's log)");
+        }
+        Ok(())
+    };
+    if !mirror.join("HEAD").is_file() {
+        let partial = with_suffix(&mirror, PARTIAL);
+        remove_tree(&partial)?;
+        git(
+            None,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "--shared=0640",
+                "--",
+                &partial.display().to_string(),
+            ],
+            "creating the mirror",
+        )?;
+        std::fs::rename(&partial, &mirror)
+            .with_context(|| format!("moving the mirror into {}", mirror.display()))?;
+    }
+    git(
+        Some(&mirror),
+        &[
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "--",
+            &src.url.url,
+            "+refs/heads/*:refs/heads/*",
+        ],
+        // The words of a failed first clone, whichever git step it is.
+        "cloning (into orch's mirror)",
+    )?;
+    // The agent-user steps' only git configuration (orch's file, read-only to them):
+    // the mirror is orch's, and the `upload-pack` a clone starts drops command-line
+    // configuration, so `safe.directory` is said here.
+    let config = with_suffix(&mirror, ".gitconfig");
+    let text = format!(
+        "[safe]\n\tdirectory = {}\n",
+        mirror
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    );
+    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640))
+        .with_context(|| format!("opening {} to the agent's group", config.display()))?;
+    Ok(mirror)
+}
+
 /// git, run the way every step of [`prepare`] runs it.
 struct Git<'a> {
     src: &'a WorkspaceSource<'a>,
@@ -392,6 +553,11 @@ struct Git<'a> {
     log: &'a File,
     /// The agent user git runs as, when there is one.
     user: Option<&'a AgentUser>,
+    /// The credential helper for an https URL.
+    helper: Option<&'a str>,
+    /// orch's mirror the steps read instead of the remote: then no token, no user or
+    /// system configuration, hooks and fsmonitor off.
+    mirror: Option<&'a Path>,
 }
 
 impl Git<'_> {
@@ -413,10 +579,23 @@ impl Git<'_> {
                 "-c",
                 "http.lowSpeedTime=120",
             ]);
-        if let (CloneKind::Https, Some(token)) = (self.src.url.kind, self.src.token) {
+        if let Some(mirror) = self.mirror {
+            // The agent's `.git` is its own: nothing in it runs during orch's steps, and
+            // they hold nothing to steal.
+            c.env("GIT_CONFIG_GLOBAL", with_suffix(mirror, ".gitconfig"))
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .args([
+                    "-c",
+                    "core.hooksPath=/dev/null",
+                    "-c",
+                    "core.fsmonitor=false",
+                ]);
+        } else if let (CloneKind::Https, Some(token), Some(helper)) =
+            (self.src.url.kind, self.src.token, self.helper)
+        {
             // An empty helper first drops any helper from the user's or system config.
             c.args(["-c", "credential.helper=", "-c"])
-                .arg(format!("credential.helper={HELPER}"));
+                .arg(format!("credential.helper={helper}"));
             c.env(TOKEN_ENV, token);
         }
         if let Some(dir) = cwd {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use orch::adapters::workspace::{HELPER, TOKEN_ENV};
+use orch::adapters::workspace::{helper, TOKEN_ENV};
 
 use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 
@@ -294,10 +294,11 @@ fn a_clone_url_of_a_bad_form_is_a_configuration_error() {
 /// variable, and nothing without it (asked through `git credential fill`).
 #[test]
 fn the_credential_helper_answers_with_the_token_from_its_variable() {
-    let fill = |token: Option<&str>| {
+    let ours = helper("https://orch@gitea.example.com/o/r.git").unwrap();
+    let fill = |token: Option<&str>, host: &str| {
         let mut git = Command::new("git");
         git.args(["-c", "credential.helper=", "-c"])
-            .arg(format!("credential.helper={HELPER}"))
+            .arg(format!("credential.helper={ours}"))
             .args(["credential", "fill"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -315,7 +316,7 @@ fn the_credential_helper_answers_with_the_token_from_its_variable() {
             .stdin
             .take()
             .unwrap()
-            .write_all(b"protocol=https\nhost=gitea.example.com\n\n")
+            .write_all(format!("protocol=https\nhost={host}\n\n").as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         (
@@ -323,14 +324,30 @@ fn the_credential_helper_answers_with_the_token_from_its_variable() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let (ok, text) = fill(Some("tok_123"));
+    let (ok, text) = fill(Some("tok_123"), "gitea.example.com");
     assert!(ok, "{text}");
     assert!(text.contains("username=orch\n"), "{text}");
     assert!(text.contains("password=tok_123\n"), "{text}");
-    assert!(!HELPER.contains("tok_123"));
+    assert!(!ours.contains("tok_123"));
     // Without the variable (an agent not granted gitea) it answers nothing.
-    let (ok, text) = fill(None);
+    let (ok, text) = fill(None, "gitea.example.com");
     assert!(!ok && !text.contains("password="), "{text}");
+    // Another host (a redirect, a rewritten URL) gets nothing, nor a look-alike.
+    for other in [
+        "evil.example.com",
+        "gitea.example.com.evil",
+        "gitea.example.com:8443",
+    ] {
+        let (ok, text) = fill(Some("tok_123"), other);
+        assert!(!ok && !text.contains("password="), "{other}: {text}");
+    }
+    // The port is part of the host git asks for.
+    let local = helper("http://127.0.0.1:3000/o/r.git").unwrap();
+    assert!(local.contains("'127.0.0.1:3000'"), "{local}");
+    // A URL with no plain host is refused rather than quoted into a shell.
+    for bad in ["https:///o/r.git", "https://gi'tea/o", "https://a;b/o"] {
+        assert!(helper(bad).is_err(), "{bad}");
+    }
 }
 
 /// What the loopback git server saw.
@@ -671,4 +688,155 @@ fn with_an_agent_user_the_workspace_is_the_agents_and_orch_still_resets_and_remo
         log.contains("ORCH_AGENT_USER=nobody cannot enter workspaces under the state dir"),
         "{log}"
     );
+}
+
+/// With an agent user and an https `clone_url`, orch fetches with its token into its own
+/// bare mirror and the agent-user git steps read only that mirror: whatever the agent
+/// plants in its `.git` between jobs (hooks, `core.fsmonitor`, a credential helper, a
+/// `url.*.insteadOf` sending the remote elsewhere) receives no token, and the other host
+/// sees none; the agent granted `gitea` still pushes to the real remote with its own.
+#[test]
+fn with_an_agent_user_the_token_stays_in_orchs_mirror_whatever_the_agent_plants() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    const TOKEN: &str = "gitea_token_never_on_disk_0123456789";
+    if !rustix::process::geteuid().is_root() {
+        // Switching to the agent user needs root (or CAP_SETUID).
+        return;
+    }
+    let open = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let remote = tempfile::tempdir().unwrap();
+    let (_, main_head) = bare_remote(remote.path());
+    open(remote.path(), 0o755);
+    let (base, server) = git_http_server(remote.path(), TOKEN);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (evil_base, evil) = git_http_server(elsewhere.path(), "some_other_token_0123456789");
+    let mut env = env_granting(
+        remote.path(),
+        &format!("{base}/remote.git"),
+        ", credentials: [gitea]",
+    );
+    open(env.dir.path(), 0o755);
+    std::fs::create_dir_all(env.path("artefacts")).unwrap();
+    open(&env.path("artefacts"), 0o711);
+    let root = env.path("workspaces");
+    env.set("ORCH_AGENT_USER", "nobody")
+        .set("ORCH_WORKSPACES_DIR", &root.display().to_string());
+    let task = seed_task(&env);
+    let ws = root.join("1-ORCH-1");
+
+    // Job 1: cloned from orch's mirror; the granted agent pushes to the real remote.
+    let job1 = running_job(&env, task);
+    let out = env.run(&["run-job", &job1.to_string()]);
+    assert_eq!(out.code, 0, "{}", job_log(&env, job1));
+    let first = seen(&env, job1);
+    assert_eq!(first[3], format!("head={main_head}"), "{first:?}");
+    assert_eq!(first[6], "1", "granted: the agent has the token");
+    let pushed = git(
+        &remote.path().join("remote.git"),
+        &["rev-parse", "refs/heads/orch-1"],
+    );
+    assert_ne!(
+        pushed, main_head,
+        "the agent pushed over http with its token"
+    );
+    assert_eq!(std::fs::metadata(ws.join(".git")).unwrap().uid(), 65534);
+    let mirrors: Vec<PathBuf> = std::fs::read_dir(root.join(".mirrors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "git"))
+        .collect();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+    for p in [
+        &mirrors[0],
+        &mirrors[0].join("config"),
+        &mirrors[0].join("refs"),
+    ] {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!(m.uid(), 0, "orch's: {}", p.display());
+        assert_eq!(m.mode() & 0o022, 0, "nobody else writes {}", p.display());
+    }
+    assert!(!std::fs::read_to_string(mirrors[0].join("config"))
+        .unwrap()
+        .contains(TOKEN));
+    assert_eq!(
+        git_any_owner(&ws, &["remote", "get-url", "--push", "origin"]),
+        format!("{base}/remote.git"),
+        "origin is the real remote"
+    );
+
+    // Between jobs the agent plants traps in its own .git.
+    let trap = tempfile::tempdir().unwrap();
+    open(trap.path(), 0o777);
+    let record = trap.path().join("record");
+    let script = format!(
+        "#!/bin/sh\n{{ echo \"$0 $*\"; env; cat 2>/dev/null; }} >> {} 2>&1\nexit 0\n",
+        record.display()
+    );
+    let hooks = ws.join(".git/hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    for name in [
+        "post-checkout",
+        "reference-transaction",
+        "pre-auto-gc",
+        "fsmonitor",
+    ] {
+        std::fs::write(hooks.join(name), &script).unwrap();
+        open(&hooks.join(name), 0o755);
+    }
+    let planted = [
+        (
+            "core.fsmonitor",
+            hooks.join("fsmonitor").display().to_string(),
+        ),
+        (
+            "credential.helper",
+            format!("!{}", hooks.join("fsmonitor").display()),
+        ),
+        (&format!("url.{evil_base}/.insteadOf"), format!("{base}/")),
+        ("remote.origin.url", format!("{evil_base}/remote.git")),
+    ];
+    for (key, value) in &planted {
+        git_any_owner(&ws, &["config", "--add", key, value]);
+    }
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(ws.join(".git"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+
+    // Job 2: reset to the pushed tip all the same; no trap and no other host got the token.
+    let job2 = running_job(&env, task);
+    let out = env.run(&["run-job", &job2.to_string()]);
+    assert_eq!(out.code, 0, "{}", job_log(&env, job2));
+    let second = seen(&env, job2);
+    assert_eq!(second[3], format!("head={pushed}"), "{second:?}");
+    assert_eq!(second[5], "files=.git README work.txt ", "{second:?}");
+    let caught = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(!caught.contains(TOKEN), "a trap got the token: {caught}");
+    let e = evil.lock().unwrap();
+    assert!(
+        !e.credentials.iter().any(|c| c.contains(TOKEN)),
+        "{:?}",
+        e.credentials
+    );
+    assert_eq!(e.token_in_argv, Vec::<String>::new());
+    let s = server.lock().unwrap();
+    assert_eq!(
+        s.token_in_argv,
+        Vec::<String>::new(),
+        "no argv holds the token"
+    );
+    drop((e, s));
+
+    // Removal still works; the mirror stays for the project's next task.
+    env.db()
+        .execute("UPDATE tasks SET stage = 'cancelled' WHERE id = ?1", [task])
+        .unwrap();
+    env.set("ORCH_POST_DEPLOY_ENABLED", "false");
+    let done = env.run(&["post-deploy-tick"]).expect(0);
+    assert!(!ws.exists(), "{}", done.stderr);
+    assert!(mirrors[0].join("HEAD").is_file());
 }
