@@ -69,11 +69,82 @@ struct RawWorkItem {
     sequence_id: u64,
     project: String,
     #[serde(default)]
-    state: Option<serde_json::Value>,
+    state: RawState,
     #[serde(default)]
     updated_at: Option<serde_json::Value>,
     #[serde(default)]
     priority: Option<serde_json::Value>,
+}
+
+/// A work item's `state` as read: an id, an expanded object (only the keys
+/// [`PlaneState`] reads are kept; the rest are skipped without building a JSON tree for
+/// them, which a listing page of 100 items would otherwise do 100 times), or anything
+/// else (kept whole for the error).
+#[derive(Default)]
+enum RawState {
+    #[default]
+    Null,
+    Id(String),
+    Object(serde_json::Map<String, serde_json::Value>),
+    Other(serde_json::Value),
+}
+
+impl<'de> Deserialize<'de> for RawState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawState, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawState;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a state id or object")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawState, E> {
+                Ok(RawState::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawState, E> {
+                Ok(RawState::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawState, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawState, E> {
+                Ok(RawState::Id(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawState, E> {
+                Ok(RawState::Id(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawState, E> {
+                Ok(RawState::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawState, E> {
+                Ok(RawState::Other(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawState, E> {
+                Ok(RawState::Other(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawState, E> {
+                Ok(RawState::Other(Value::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawState, A::Error> {
+                let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawState::Other(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawState, A::Error> {
+                let mut kept = serde_json::Map::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if matches!(key.as_ref(), "id" | "name" | "group") {
+                        let v: Value = map.next_value()?;
+                        kept.insert(key.into_owned(), v);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(RawState::Object(kept))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl TryFrom<RawWorkItem> for WorkItem {
@@ -81,14 +152,14 @@ impl TryFrom<RawWorkItem> for WorkItem {
 
     fn try_from(raw: RawWorkItem) -> Result<WorkItem, String> {
         let (state_id, state) = match raw.state {
-            None | Some(serde_json::Value::Null) => (None, None),
-            Some(serde_json::Value::String(id)) => (Some(id), None),
-            Some(v @ serde_json::Value::Object(_)) => {
-                let s: PlaneState = serde_json::from_value(v)
+            RawState::Null => (None, None),
+            RawState::Id(id) => (Some(id), None),
+            RawState::Object(v) => {
+                let s: PlaneState = serde_json::from_value(serde_json::Value::Object(v))
                     .map_err(|e| format!("work item {}: state: {e}", raw.id))?;
                 (Some(s.id.clone()), Some(s))
             }
-            Some(other) => {
+            RawState::Other(other) => {
                 return Err(format!(
                     "work item {}: state is neither an id nor an object: {other}",
                     raw.id
@@ -590,6 +661,55 @@ mod tests {
         assert_eq!((c.state_id, c.state), (None, None));
         assert!(item(serde_json::json!(7)).is_err());
         assert!(item(serde_json::json!({"id": "s"})).is_err());
+    }
+
+    #[test]
+    fn state_read_from_text_keeps_its_answers_and_errors() {
+        let parse = |state: &str| {
+            let text = format!(
+                r#"{{"id":"i","name":"n","sequence_id":4,"project":"p","state":{state},"x":{{"y":[1]}}}}"#
+            );
+            WorkItem::try_from(serde_json::from_str::<RawWorkItem>(&text).unwrap())
+        };
+        let full = parse(r##"{"color":"#fff","id":"s2","extra":{"a":[1,{"b":2}]},"name":"Done","group":"completed"}"##)
+            .unwrap();
+        let want = PlaneState {
+            id: "s2".into(),
+            name: "Done".into(),
+            group: "completed".into(),
+        };
+        assert_eq!(
+            (full.state_id.as_deref(), full.state),
+            (Some("s2"), Some(want))
+        );
+        let escaped = parse(r#"{"\u0069d":"s3","name":"N","group":"started"}"#).unwrap();
+        assert_eq!(escaped.state_id.as_deref(), Some("s3"));
+        assert_eq!(parse(r#""s1""#).unwrap().state_id.as_deref(), Some("s1"));
+        assert_eq!(parse("null").unwrap().state_id, None);
+        for (bad, want) in [
+            ("7", "work item i: state is neither an id nor an object: 7"),
+            (
+                "true",
+                "work item i: state is neither an id nor an object: true",
+            ),
+            (
+                r#"["a",1]"#,
+                r#"work item i: state is neither an id nor an object: ["a",1]"#,
+            ),
+            (
+                r#"{"id":"s","name":"N"}"#,
+                "work item i: state: missing field `group`",
+            ),
+            (
+                r#"{"id":"s","name":"N","group":3}"#,
+                "work item i: state: invalid type: integer `3`, expected a string",
+            ),
+        ] {
+            assert_eq!(parse(bad).unwrap_err(), want, "{bad}");
+        }
+        let none: RawWorkItem =
+            serde_json::from_str(r#"{"id":"i","name":"n","sequence_id":4,"project":"p"}"#).unwrap();
+        assert_eq!(WorkItem::try_from(none).unwrap().state, None);
     }
 
     #[test]
