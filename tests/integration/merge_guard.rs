@@ -819,22 +819,8 @@ fn mergeable_still_computing_is_read_again() {
     let g = gitea_with(PullSeed::open(7, BRANCH).head_sha(HEAD).mergeable(false));
     let mut env = env_with_task(&g, Some(HEAD), Some(7));
     env.set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30");
-    let child = env
-        .command(&["merge-guard", "--task", "SHOP-1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The first read sees the conflict check running; then it finishes.
-    loop {
-        let r = g
-            .server()
-            .next_request(Duration::from_secs(30))
-            .expect("the guard reads the PR");
-        if r.method == "GET" && r.path == PULL_PATH {
-            break;
-        }
-    }
+    let child = guard_reading_the_pr(&g, &env, &[]);
     g.set_mergeable(REPO, 7, true);
     let run: Run = child.wait_with_output().unwrap().into();
     expect_line(&run, 0, "PROCEED");
@@ -978,21 +964,7 @@ fn a_hold_set_while_the_guard_waits_still_stops_the_merge() {
     let g = gitea_with(PullSeed::open(7, BRANCH).head_sha(HEAD).mergeable(false));
     let mut env = env_with_task(&g, Some(HEAD), Some(7));
     env.set("ORCH_MERGE_GUARD_MERGEABLE_WAIT_S", "30");
-    let child = env
-        .command(&["merge-guard", "--task", "SHOP-1", "--merge"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    loop {
-        let r = g
-            .server()
-            .next_request(Duration::from_secs(30))
-            .expect("the guard reads the PR");
-        if r.method == "GET" && r.path == PULL_PATH {
-            break;
-        }
-    }
+    let child = guard_reading_the_pr(&g, &env, &["--merge"]);
     env.run(&["hold", "set", "--project", "shop", "--reason", "incident"])
         .expect(0);
     g.set_mergeable(REPO, 7, true);
@@ -1004,4 +976,25 @@ fn a_hold_set_while_the_guard_waits_still_stops_the_merge() {
         !env.path("state/merge-lease.json").exists(),
         "lease released"
     );
+}
+
+/// Starts `merge-guard --task SHOP-1` with `extra` flags and returns once it has read
+/// the PR (answered), while it waits for the conflict check.
+fn guard_reading_the_pr(g: &GiteaStandin, env: &TestEnv, extra: &[&str]) -> std::process::Child {
+    let mut child = env
+        .command(&[&["merge-guard", "--task", "SHOP-1"][..], extra].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        let Some(r) = g.server().next_request(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the guard never read the PR");
+        };
+        if r.method == "GET" && r.path == PULL_PATH {
+            return child;
+        }
+    }
 }

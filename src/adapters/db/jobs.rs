@@ -121,14 +121,7 @@ impl Db {
         record: Option<&Recorder<'_, Created>>,
     ) -> Result<Created> {
         let tx = self.immediate()?;
-        let out = match enqueue_in(&tx, task_id, agent, stage, now)? {
-            Some(id) => Created::New(id),
-            None => Created::Existing(tx.query_row(
-                "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2 AND status IN ('queued','running')",
-                params![task_id, stage.as_str()],
-                |r| r.get(0),
-            )?),
-        };
+        let out = enqueue_or_existing(&tx, task_id, agent, stage, now)?;
         if let Some(r) = record {
             r.record_in(&tx, &out)?;
         }
@@ -151,14 +144,7 @@ impl Db {
         now: i64,
     ) -> Result<(Created, Option<String>)> {
         let tx = self.immediate()?;
-        let out = match enqueue_in(&tx, task_id, agent, stage, now)? {
-            Some(id) => Created::New(id),
-            None => Created::Existing(tx.query_row(
-                "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2 AND status IN ('queued','running')",
-                params![task_id, stage.as_str()],
-                |r| r.get(0),
-            )?),
-        };
+        let out = enqueue_or_existing(&tx, task_id, agent, stage, now)?;
         let cleared: Option<Option<String>> = tx
             .query_row(
                 "SELECT escalation_reason FROM tasks WHERE id = ?1 AND escalated_at IS NOT NULL",
@@ -670,6 +656,25 @@ pub(super) fn enqueue_in(
         params![task_id, agent.as_str(), stage.as_str(), now],
     )?;
     Ok((n == 1).then(|| tx.last_insert_rowid()))
+}
+
+/// Enqueues the stage's job in `tx`, or names the live (queued or running) one the
+/// stage already has: one live job per task and stage.
+fn enqueue_or_existing(
+    tx: &Transaction<'_>,
+    task_id: i64,
+    agent: Agent,
+    stage: Stage,
+    now: i64,
+) -> Result<Created> {
+    Ok(match enqueue_in(tx, task_id, agent, stage, now)? {
+        Some(id) => Created::New(id),
+        None => Created::Existing(tx.query_row(
+            "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2 AND status IN ('queued','running')",
+            params![task_id, stage.as_str()],
+            |r| r.get(0),
+        )?),
+    })
 }
 
 #[cfg(test)]
