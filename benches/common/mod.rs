@@ -139,7 +139,7 @@ impl Home {
                     let (pid, pid_start) = stamps[k % stamps.len()];
                     assert_eq!(
                         start
-                            .execute(params![id, now_secs(), pid, pid_start])
+                            .execute(orch::sql_params![id, now_secs(), pid, pid_start])
                             .unwrap(),
                         1
                     );

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use rusqlite::OpenFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::process::parse_stat;
@@ -179,12 +178,7 @@ pub fn job_of_peer(db: &Path, pid: i64) -> Result<Option<PeerJob>> {
     let (Some(parent), Some(started)) = (stat_parent(&leader), parse_stat(&leader)) else {
         return Ok(None);
     };
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening database {} read-only", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    let conn = crate::adapters::db::open_read_only(db)?;
     // The job whose stamped agent leads the group; else, between spawn and stamp, the
     // one job without a pid whose supervisor is the leader's parent. Two such rows (a
     // dead supervisor's pid reused before reap flipped its job) name no one: refused.
@@ -208,7 +202,7 @@ pub fn job_of_peer(db: &Path, pid: i64) -> Result<Option<PeerJob>> {
                 },
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::adapters::db::sql::Result<Vec<_>>>()?;
     let stamped: Vec<_> = rows.iter().filter(|r| r.1).collect();
     let unstamped: Vec<_> = rows.iter().filter(|r| !r.1).collect();
     let chosen = match (stamped.as_slice(), unstamped.as_slice()) {

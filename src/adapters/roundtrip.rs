@@ -6,8 +6,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use crate::adapters::db::OptionalExtension as _;
+use anyhow::{Context as _, Result};
 
 use crate::adapters::http::client_with;
 use crate::core::roundtrip::StagingJob;
@@ -84,19 +84,13 @@ fn redacted(url: &str) -> String {
 /// # Errors
 /// When the file does not exist, cannot be opened, or is not an `orch` database.
 pub fn staging_jobs_from_db(path: &Path, work_item_id: &str) -> Result<Option<Vec<StagingJob>>> {
-    if !path.is_file() {
-        bail!("staging database {} does not exist", path.display());
-    }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening staging database {} read-only", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let read = || -> rusqlite::Result<Option<Vec<StagingJob>>> {
+    let shown = crate::adapters::db::display_location(path);
+    let conn = crate::adapters::db::open_read_only(path)
+        .with_context(|| format!("opening staging database {shown} read-only"))?;
+    let read = || -> crate::adapters::db::sql::Result<Option<Vec<StagingJob>>> {
         let task: Option<i64> = conn
             .query_row(
-                "SELECT id FROM tasks WHERE work_item_id = ?1 COLLATE NOCASE",
+                "SELECT id FROM tasks WHERE lower(work_item_id) = lower(?1)",
                 [work_item_id],
                 |r| r.get(0),
             )
@@ -112,10 +106,10 @@ pub fn staging_jobs_from_db(path: &Path, work_item_id: &str) -> Result<Option<Ve
                     status: r.get(2)?,
                 })
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::adapters::db::sql::Result<Vec<_>>>()?;
         Ok(Some(jobs))
     };
-    read().with_context(|| format!("reading staging database {}", path.display()))
+    read().with_context(|| format!("reading staging database {shown}"))
 }
 
 #[cfg(test)]

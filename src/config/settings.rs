@@ -150,7 +150,8 @@ impl SettingValue for PathBuf {
         Ok(PathBuf::from(text))
     }
     fn render(&self) -> String {
-        self.display().to_string()
+        // ORCH_DB may be a PostgreSQL URL with a password.
+        crate::adapters::db::display_location(self)
     }
 }
 
@@ -415,7 +416,7 @@ fn serialize_source<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S
 
 settings! {
     /// SQLite database path.
-    db: PathBuf = "ORCH_DB", "orch.db", false, "SQLite database file (created by `orch init`; every other command refuses a missing one)";
+    db: PathBuf = "ORCH_DB", "orch.db", false, "the database: a SQLite file, or a postgres:// URL for more than one host (docs/scale-out.md); created by `orch init`, every other command refuses a missing one";
     /// State directory: locks, the merge lease, post-deploy sentinels.
     state_dir: PathBuf = "ORCH_STATE_DIR", "state", false, "directory for pass locks, the merge lease and post-deploy sentinels";
     /// Artefacts root: `<dir>/<task key>/NN-*.md`.

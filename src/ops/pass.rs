@@ -350,8 +350,11 @@ impl PassContext {
 /// busy timeout, a read-only or full disk) rather than a remote or a decision: a pass
 /// that could not write what it decided exits 2 and says so (docs/architecture.md).
 pub fn is_database_failure(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<rusqlite::Error>().is_some())
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().is_some()
+            || c.downcast_ref::<crate::adapters::db::sql::Error>()
+                .is_some()
+    })
 }
 
 impl PassContext {

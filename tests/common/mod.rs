@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg_server;
 pub mod pipeline;
 pub mod seed;
 pub mod snapshot;
@@ -21,6 +22,27 @@ use orch::standin::telegram;
 
 pub use pipeline::Project;
 pub use seed::{seed_task, seed_tasks, SeedTask};
+
+/// The database engine a test binary runs its tests on: `integration` on SQLite,
+/// `postgres` (the same modules) on PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the env's directory.
+    Sqlite,
+    /// A database of its own on the test PostgreSQL server (`pg_server.rs`).
+    Postgres,
+}
+
+/// This test binary's engine.
+pub fn backend() -> Backend {
+    crate::BACKEND
+}
+
+/// Whether this binary runs on SQLite; for a test of what only a SQLite file has (its
+/// path, its permissions, the online backup), which returns early on PostgreSQL.
+pub fn sqlite_only() -> bool {
+    backend() == Backend::Sqlite
+}
 
 /// The instant every test pins `ORCH_NOW` to unless it says otherwise.
 pub const NOW: &str = "2026-11-25T03:00:00Z";
@@ -85,6 +107,16 @@ pub struct TestEnv {
     gitea: Option<GiteaStandin>,
     prod: Option<Prod>,
     telegram: Option<Server>,
+    /// The PostgreSQL database of this env, dropped with it.
+    pg_database: Option<String>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_database {
+            pg_server::drop_database(name);
+        }
+    }
 }
 
 /// A stand-in [`TestEnvBuilder::standins`] can start.
@@ -376,7 +408,17 @@ impl TestEnv {
         std::fs::write(dir.path().join("orch.yaml"), yaml).expect("write pipeline");
         let mut env = BTreeMap::new();
         let p = |name: &str| dir.path().join(name).display().to_string();
-        env.insert("ORCH_DB".into(), p("orch.db"));
+        let pg_database = match backend() {
+            Backend::Sqlite => {
+                env.insert("ORCH_DB".into(), p("orch.db"));
+                None
+            }
+            Backend::Postgres => {
+                let (name, url) = pg_server::fresh_database();
+                env.insert("ORCH_DB".into(), url);
+                Some(name)
+            }
+        };
         env.insert("ORCH_STATE_DIR".into(), p("state"));
         env.insert("ORCH_ARTEFACTS_DIR".into(), p("artefacts"));
         env.insert("ORCH_CONFIG".into(), p("orch.yaml"));
@@ -390,6 +432,7 @@ impl TestEnv {
             gitea: None,
             prod: None,
             telegram: None,
+            pg_database,
         }
     }
 
@@ -398,9 +441,9 @@ impl TestEnv {
         self.dir.path().join(name)
     }
 
-    /// Returns the database path.
+    /// Returns the database: `ORCH_DB` as set (a file path, or a PostgreSQL URL).
     pub fn db_path(&self) -> PathBuf {
-        self.path("orch.db")
+        PathBuf::from(&self.env["ORCH_DB"])
     }
 
     /// Sets (or replaces) an environment variable for later runs.
@@ -435,11 +478,9 @@ impl TestEnv {
         self.command(args).output().expect("run orch").into()
     }
 
-    /// Opens the database directly (for seeding and assertions).
-    pub fn db(&self) -> rusqlite::Connection {
-        let c = rusqlite::Connection::open(self.db_path()).expect("open db");
-        c.busy_timeout(std::time::Duration::from_secs(15)).unwrap();
-        c
+    /// Opens the database directly (for seeding and assertions), on either engine.
+    pub fn db(&self) -> orch::adapters::db::Conn {
+        orch::adapters::db::open_conn(&self.db_path()).expect("open db")
     }
 
     /// Returns one integer from a query.

@@ -251,22 +251,22 @@ pub fn claim_live_job(env: &TestEnv, task: i64, agent: &str, stage: &str) -> i64
         .query_row(
             "SELECT id FROM jobs WHERE task_id = ?1 AND stage = ?2
                AND status IN ('queued', 'running')",
-            rusqlite::params![task, stage],
+            orch::sql_params![task, stage],
             |r| r.get(0),
         )
         .ok();
     let job = live.unwrap_or_else(|| {
-        db.execute(
+        db.query_row(
             "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
-             VALUES (?1, ?2, ?3, 'queued', 1, ?4)",
-            rusqlite::params![task, agent, stage, NOW_UNIX],
+             VALUES (?1, ?2, ?3, 'queued', 1, ?4) RETURNING id",
+            orch::sql_params![task, agent, stage, NOW_UNIX],
+            |r| r.get::<_, i64>(0),
         )
-        .unwrap();
-        db.last_insert_rowid()
+        .unwrap()
     });
     db.execute(
         "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1",
-        rusqlite::params![job, NOW_UNIX],
+        orch::sql_params![job, NOW_UNIX],
     )
     .unwrap();
     job

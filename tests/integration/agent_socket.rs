@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 
-use rusqlite::params;
+use orch::sql_params as params;
 
 use crate::common::{pipeline, seed_tasks, Project, SeedTask, TestEnv, NOW_UNIX};
 
@@ -42,13 +42,13 @@ fn seed_running(env: &TestEnv) -> Vec<i64> {
     seed_tasks(env, &tasks)
         .into_iter()
         .map(|task| {
-            c.execute(
+            c.query_row(
                 "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
-                 VALUES (?1, 'analyst', 'analysis', 'running', 1, ?2, ?2)",
+                 VALUES (?1, 'analyst', 'analysis', 'running', 1, ?2, ?2) RETURNING id",
                 params![task, NOW_UNIX - 60],
+                |r| r.get::<_, i64>(0),
             )
-            .unwrap();
-            c.last_insert_rowid()
+            .unwrap()
         })
         .collect()
 }

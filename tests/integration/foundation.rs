@@ -195,7 +195,13 @@ fn every_command_but_init_refuses_a_missing_database_naming_the_path() {
 fn a_database_from_a_newer_orch_is_refused() {
     let env = TestEnv::new();
     env.run(&["init"]).expect(0);
-    env.db().pragma_update(None, "user_version", 999).unwrap();
+    match crate::common::backend() {
+        crate::common::Backend::Sqlite => env.db().execute_batch("PRAGMA user_version = 999"),
+        crate::common::Backend::Postgres => env
+            .db()
+            .execute_batch("UPDATE orch_schema SET version = 999"),
+    }
+    .unwrap();
     let run = env.run(&["status"]).expect(2);
     assert!(run.stderr.contains("newer orch"), "{}", run.stderr);
 }

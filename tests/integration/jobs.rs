@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rusqlite::params;
+use orch::sql_params as params;
 use rustix::process::Pid;
 
 use orch::adapters::lock::LockFile;
@@ -54,24 +54,26 @@ pub(crate) fn seed(env: &TestEnv, project: &str, n: usize, stage: &str, status: 
         })
         .collect();
     let task_ids = seed_tasks(env, &tasks);
-    let mut c = env.db();
+    let c = env.db();
     let tx = c.transaction().unwrap();
     let mut ids = Vec::new();
     for (task, k) in task_ids.into_iter().zip(base + 1..) {
-        tx.execute(
-            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
-            params![
-                task,
-                agent,
-                stage,
-                status,
-                NOW_UNIX - 100 + k,
-                (status == "running").then_some(NOW_UNIX - 60)
-            ],
-        )
-        .unwrap();
-        ids.push(tx.last_insert_rowid());
+        ids.push(
+            tx.query_row(
+                "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6) RETURNING id",
+                params![
+                    task,
+                    agent,
+                    stage,
+                    status,
+                    NOW_UNIX - 100 + k,
+                    (status == "running").then_some(NOW_UNIX - 60)
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap(),
+        );
     }
     tx.commit().unwrap();
     ids
@@ -347,7 +349,7 @@ fn a_reused_supervisor_pid_is_neither_alive_nor_signalled() {
     env.db()
         .execute(
             "UPDATE jobs SET supervisor_pid = ?2, supervisor_start_time = ?3 WHERE id = ?1",
-            rusqlite::params![job, me, start_time(me).unwrap() + 1],
+            orch::sql_params![job, me, start_time(me).unwrap() + 1],
         )
         .unwrap();
     env.set("ORCH_NOW", &at(100_000));

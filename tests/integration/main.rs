@@ -4,6 +4,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// This binary's engine (`tests/postgres/main.rs` runs the same modules on PostgreSQL).
+pub const BACKEND: common::Backend = common::Backend::Sqlite;
+
 mod agent_socket;
 mod backup;
 mod bounds;

@@ -199,7 +199,7 @@ fn fairness_across_projects_still_holds_with_priorities() {
         env.db()
             .execute(
                 "UPDATE tasks SET priority = ?2 WHERE id = (SELECT task_id FROM jobs WHERE id = ?1)",
-                rusqlite::params![job, p],
+                orch::sql_params![job, p],
             )
             .unwrap();
     };

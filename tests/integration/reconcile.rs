@@ -62,13 +62,13 @@ impl World {
     /// Seeds a job of a task.
     fn job(&self, task: i64, agent: &str, stage: &str, status: &str, attempt: u32) -> i64 {
         let db = self.env.db();
-        db.execute(
+        db.query_row(
             "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, exit_code)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
-            rusqlite::params![task, agent, stage, status, attempt],
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0) RETURNING id",
+            orch::sql_params![task, agent, stage, status, attempt],
+            |r| r.get::<_, i64>(0),
         )
-        .unwrap();
-        db.last_insert_rowid()
+        .unwrap()
     }
 
     /// Ends every queued job of a task successfully (what run-job does).
@@ -117,12 +117,12 @@ impl World {
             "SELECT project, state_id FROM plane_states ORDER BY 1, 2",
         ] {
             let mut stmt = db.prepare(sql).unwrap();
-            let n = stmt.column_count();
+            let n = stmt.column_count().unwrap();
             let rows = stmt
                 .query_map([], |r| {
                     let mut line = Vec::new();
                     for i in 0..n {
-                        let v: rusqlite::types::Value = r.get(i)?;
+                        let v: orch::adapters::db::sql::Value = r.get(i)?;
                         line.push(format!("{v:?}"));
                     }
                     Ok(line.join(","))
@@ -720,7 +720,7 @@ fn a_replay_the_database_refuses_exits_2_and_says_so() {
     env.db()
         .execute(
             "INSERT INTO deliveries (body_sha256, event, body, received_at) VALUES ('poison-free', 'issue', ?1, ?2)",
-            rusqlite::params![body.as_bytes(), NOW_UNIX],
+            orch::sql_params![body.as_bytes(), NOW_UNIX],
         )
         .unwrap();
     // A real write lock, held by another process (this one) past the busy timeout.
@@ -750,7 +750,7 @@ fn pending_delivery(env: &TestEnv, project: &str, item: u32, state: &str, receiv
     env.db()
         .execute(
             "INSERT INTO deliveries (body_sha256, event, body, received_at) VALUES (?1, 'issue', ?2, ?3)",
-            rusqlite::params![format!("sha-{item}"), body.as_bytes(), received_at],
+            orch::sql_params![format!("sha-{item}"), body.as_bytes(), received_at],
         )
         .unwrap();
 }

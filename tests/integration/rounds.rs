@@ -265,7 +265,7 @@ fn a_post_deploy_rollback_takes_a_round_name_when_the_old_branch_survived_the_me
         .execute(
             "UPDATE jobs SET status = 'succeeded', exit_code = 0, finished_at = ?2
              WHERE task_id = ?1",
-            rusqlite::params![id, NOW_UNIX + 60],
+            orch::sql_params![id, NOW_UNIX + 60],
         )
         .unwrap();
     w.env

@@ -3,7 +3,7 @@
 //! `ORCH_TASK_BUDGET` is escalated once by `dispatch` (its next job not started) and
 //! announced once by `reconcile`.
 
-use rusqlite::params;
+use orch::sql_params as params;
 
 use crate::common::{seed_tasks, Project, SeedTask, Standin, TestEnv, NOW_UNIX};
 
@@ -39,18 +39,18 @@ fn world_with(vars: &[(&str, &str)], standins: &[Standin]) -> (TestEnv, i64) {
 
 fn job(env: &TestEnv, task: i64, status: &str) -> i64 {
     let c = env.db();
-    c.execute(
+    c.query_row(
         "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
-         VALUES (?1, 'reviewer', 'review', ?2, 1, ?3, ?4)",
+         VALUES (?1, 'reviewer', 'review', ?2, 1, ?3, ?4) RETURNING id",
         params![
             task,
             status,
             NOW_UNIX - 50,
             (status == "running").then_some(NOW_UNIX - 10)
         ],
+        |r| r.get::<_, i64>(0),
     )
-    .unwrap();
-    c.last_insert_rowid()
+    .unwrap()
 }
 
 fn log_of(env: &TestEnv, job: i64) -> String {

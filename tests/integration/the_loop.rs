@@ -907,7 +907,7 @@ fn a_gitea_outage_during_staging_check_reruns_the_deployer_not_the_developer() {
         .db()
         .execute(
             "UPDATE tasks SET validated_revision = ?1 WHERE key = ?2",
-            rusqlite::params![head, key],
+            orch::sql_params![head, key],
         )
         .unwrap();
     // Gitea answers the deployer's own read of the PR, then fails staging-check's read

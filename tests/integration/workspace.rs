@@ -95,13 +95,13 @@ fn seed_task(env: &TestEnv) -> i64 {
 /// Inserts a running developer job of `task` (as dispatch's claim leaves it); its id.
 fn running_job(env: &TestEnv, task: i64) -> i64 {
     let db = env.db();
-    db.execute(
+    db.query_row(
         "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at, started_at)
-         VALUES (?1, 'developer', 'development', 'running', 1, ?2, ?2)",
-        rusqlite::params![task, NOW_UNIX],
+         VALUES (?1, 'developer', 'development', 'running', 1, ?2, ?2) RETURNING id",
+        orch::sql_params![task, NOW_UNIX],
+        |r| r.get::<_, i64>(0),
     )
-    .unwrap();
-    db.last_insert_rowid()
+    .unwrap()
 }
 
 fn seen(env: &TestEnv, job: i64) -> Vec<String> {

@@ -3,8 +3,8 @@
 //! (a CI re-run of the same commit can turn them green), pending and other verdicts are
 //! never stored ([`CiState::is_kept`]).
 
+use crate::adapters::db::sql::{params, OptionalExtension};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 
 use crate::adapters::db::Db;
 use crate::core::facts::CiState;

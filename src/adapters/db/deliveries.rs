@@ -5,8 +5,8 @@
 //! records its outcome in the write's own transaction (`recorder.rs`). No decisions
 //! here.
 
+use crate::adapters::db::sql::{params, OptionalExtension as _};
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::recorder::record_outcome_in;
 use crate::adapters::db::updates::note_update_in;
@@ -85,14 +85,16 @@ pub struct DeliveryRow {
 /// and diagnostics run it; no pass does.
 pub const DELIVERY_COUNTS_DRIFT: &str = "SELECT
     (SELECT count(*) FROM (SELECT outcome AS o, count(*) AS n FROM deliveries GROUP BY 1) x
-      LEFT JOIN delivery_counts c ON c.outcome = x.o WHERE c.n IS NOT x.n)
+      LEFT JOIN delivery_counts c ON c.outcome = x.o WHERE c.n IS DISTINCT FROM x.n)
   + (SELECT count(*) FROM delivery_counts c
       WHERE c.n <> (SELECT count(*) FROM deliveries d WHERE d.outcome = c.outcome))";
 
 const DELIVERY_COLUMNS: &str = "id, body_sha256, delivery_id, event, body, received_at, \
      outcome, detail, attempts, processed_at, error";
 
-fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+fn delivery_from_row(
+    r: &crate::adapters::db::sql::Row<'_>,
+) -> crate::adapters::db::sql::Result<DeliveryRow> {
     Ok(DeliveryRow {
         id: r.get(0)?,
         body_sha256: r.get(1)?,
@@ -116,14 +118,16 @@ impl Db {
     /// On SQL errors.
     pub fn insert_delivery(&mut self, d: &NewDelivery<'_>) -> Result<Stored> {
         let tx = self.immediate()?;
-        let inserted = tx.execute(
-            "INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (body_sha256) DO NOTHING",
-            params![d.body_sha256, d.delivery_id, d.event, d.body, d.received_at],
-        )?;
-        let out = if inserted == 1 {
-            let id = tx.last_insert_rowid();
+        let inserted: Option<i64> = tx
+            .query_row(
+                "INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (body_sha256) DO NOTHING RETURNING id",
+                params![d.body_sha256, d.delivery_id, d.event, d.body, d.received_at],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let out = if let Some(id) = inserted {
             if let Some(u) = d.update {
                 let source = format!("delivery {id}");
                 note_update_in(
@@ -160,9 +164,16 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn insert_delivery_durably(&mut self, d: &NewDelivery<'_>) -> Result<Stored> {
-        self.conn().pragma_update(None, "synchronous", "FULL")?;
+        // PostgreSQL's commits wait for its WAL's flush already (`synchronous_commit`
+        // on, its default).
+        let Some(conn) = self.conn().as_sqlite() else {
+            return self.insert_delivery(d);
+        };
+        conn.pragma_update(None, "synchronous", "FULL")?;
         let stored = self.insert_delivery(d);
-        self.conn().pragma_update(None, "synchronous", "NORMAL")?;
+        if let Some(conn) = self.conn().as_sqlite() {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         stored
     }
 

@@ -1,7 +1,7 @@
 //! The `hold_events` table: every `hold set` and `hold clear`, and the holds that stand.
 
+use crate::adapters::db::sql::{params, OptionalExtension, Row};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension, Row};
 
 use crate::adapters::db::Db;
 use crate::core::hold::Hold;
@@ -44,7 +44,7 @@ const STANDING: &str = "SELECT project, reason, until, at, by_name, os_user, age
      WHERE id = (SELECT max(id) FROM hold_events WHERE project = e.project)
        AND action = 'set' AND (until IS NULL OR until > ?1)";
 
-fn hold_row(r: &Row<'_>) -> rusqlite::Result<Hold> {
+fn hold_row(r: &Row<'_>) -> crate::adapters::db::sql::Result<Hold> {
     Ok(Hold {
         project: r.get(0)?,
         reason: r.get(1)?,

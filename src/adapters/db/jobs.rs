@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::db::sql::{params, Conn, OptionalExtension as _, Row};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension as _, Row, Transaction};
 
 use crate::adapters::db::recorder::Recorder;
-use crate::adapters::db::{parse_col, sql_limit, Created, Db};
+use crate::adapters::db::{parse_col, sql, sql_limit, Created, Db};
 use crate::core::dispatch::Queued;
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
@@ -46,18 +46,13 @@ const JOB_COLUMNS: &str = "id, task_id, agent, stage, status, attempt, pid, pid_
      rescue_count, log_path, supervisor_start_time, log_size, log_grew_at";
 
 /// Parses a job row selected with `JOB_COLUMNS`.
-fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+fn job_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Job> {
     let agent: String = row.get(2)?;
     Ok(Job {
         id: row.get(0)?,
         task_id: row.get(1)?,
-        agent: Agent::parse(&agent).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                format!("unknown agent {agent:?}").into(),
-            )
-        })?,
+        agent: Agent::parse(&agent)
+            .ok_or_else(|| sql::Error::conversion(2, format!("unknown agent {agent:?}")))?,
         stage: parse_col(row, 3)?,
         status: parse_col(row, 4)?,
         attempt: row.get(5)?,
@@ -85,7 +80,7 @@ pub const JOB_COUNTS_DRIFT: &str = "SELECT
     (SELECT count(*) FROM (SELECT t.project AS p, j.status AS s, count(*) AS n
                              FROM jobs j JOIN tasks t ON t.id = j.task_id GROUP BY 1, 2) x
       LEFT JOIN job_counts c ON c.project = x.p AND c.status = x.s
-      WHERE c.n IS NOT x.n)
+      WHERE c.n IS DISTINCT FROM x.n)
   + (SELECT count(*) FROM job_counts c
       WHERE c.n <> (SELECT count(*) FROM jobs j JOIN tasks t ON t.id = j.task_id
                      WHERE t.project = c.project AND j.status = c.status))";
@@ -227,7 +222,7 @@ impl Db {
             .prepare_cached("SELECT status, sum(n) FROM job_counts GROUP BY status")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let status: JobStatus = parse_col(row, 0)?;
+            let status: JobStatus = parse_col(&row, 0)?;
             out.insert(status, row.get(1)?);
         }
         Ok(out)
@@ -359,7 +354,7 @@ impl Db {
             "SELECT project, n FROM job_counts WHERE status = 'running' AND n > 0",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?)
+        Ok(rows.collect::<crate::adapters::db::sql::Result<BTreeMap<_, _>>>()?)
     }
 
     /// Returns the running `deploy-staging` jobs (the holders of the staging
@@ -552,11 +547,7 @@ impl Db {
                 [id],
                 |r| r.get(0),
             )?)),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.is_constraint_violation() => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -587,11 +578,7 @@ impl Db {
         match res {
             Ok(0) => return Ok(None),
             Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Ok(None)
-            }
+            Err(e) if e.is_constraint_violation() => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         tx.execute(
@@ -623,7 +610,7 @@ impl Db {
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let key: (i64, i64) = (row.get(10)?, row.get(0)?);
-            out.push((key, job_from_row(row).map_err(|e| e.to_string())));
+            out.push((key, job_from_row(&row).map_err(|e| e.to_string())));
         }
         Ok(out)
     }
@@ -643,25 +630,27 @@ impl Db {
 
 /// Inserts a queued job unless one is live for the task and stage.
 pub(super) fn enqueue_in(
-    tx: &Transaction<'_>,
+    tx: &Conn,
     task_id: i64,
     agent: Agent,
     stage: Stage,
     now: i64,
 ) -> Result<Option<i64>> {
-    let n = tx.execute(
-        "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
-         VALUES (?1, ?2, ?3, 'queued', 1, ?4)
-         ON CONFLICT DO NOTHING",
-        params![task_id, agent.as_str(), stage.as_str(), now],
-    )?;
-    Ok((n == 1).then(|| tx.last_insert_rowid()))
+    Ok(tx
+        .query_row(
+            "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
+             VALUES (?1, ?2, ?3, 'queued', 1, ?4)
+             ON CONFLICT DO NOTHING RETURNING id",
+            params![task_id, agent.as_str(), stage.as_str(), now],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// Enqueues the stage's job in `tx`, or names the live (queued or running) one the
 /// stage already has: one live job per task and stage.
 fn enqueue_or_existing(
-    tx: &Transaction<'_>,
+    tx: &Conn,
     task_id: i64,
     agent: Agent,
     stage: Stage,

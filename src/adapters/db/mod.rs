@@ -36,9 +36,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Params, Row, Transaction, TransactionBehavior,
-};
+use rusqlite::{Connection, OpenFlags};
+
+pub use sql::{Begin, Conn, Engine, OptionalExtension, Params, Row, Tx};
 
 mod backup;
 mod ci_verdicts;
@@ -48,12 +48,14 @@ mod jobs;
 mod moves;
 mod notifications;
 mod passes;
+mod pg;
 mod plane_states;
 mod priority;
 mod reconcile;
 mod recorder;
 mod rounds;
 mod spend;
+pub mod sql;
 mod start;
 mod tasks;
 mod updates;
@@ -71,7 +73,7 @@ pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
 pub use tasks::TASK_COUNTS_DRIFT;
 
-/// The numbered migrations; index + 1 is the `user_version` each one brings.
+/// The numbered SQLite migrations; index + 1 is the `user_version` each one brings.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_pipeline.sql"),
     include_str!("migrations/0002_intake_and_passes.sql"),
@@ -91,6 +93,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_plane_budget.sql"),
 ];
 
+/// The PostgreSQL migrations, each with the version it brings. PostgreSQL support began
+/// at version 16, so its first file creates that schema whole; a later migration gets
+/// one file per engine under the same number.
+const PG_MIGRATIONS: &[(i64, &str)] = &[(16, include_str!("migrations/postgres/0016_schema.sql"))];
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -99,7 +106,7 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The open database.
 pub struct Db {
-    conn: Connection,
+    conn: Conn,
     path: PathBuf,
     /// The job whose agent runs this process, recorded on every stage event it writes.
     agent_job: Option<i64>,
@@ -133,24 +140,86 @@ impl Created {
 }
 
 /// Reads a text column as a `core` type that parses from its name.
-fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> sql::Result<T> {
     let text: String = row.get(idx)?;
-    text.parse::<T>().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
-    })
+    text.parse::<T>()
+        .map_err(|e| sql::Error::conversion(idx, e))
 }
 
-/// Turns a count argument into SQLite's `LIMIT` (which is signed).
+/// Turns a count argument into SQL's `LIMIT` (which is signed).
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Whether `ORCH_DB` names a PostgreSQL server (`postgres://` or `postgresql://`)
+/// rather than a SQLite file.
+pub fn is_postgres_url(db: &Path) -> bool {
+    db.to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// `ORCH_DB` as it may be shown: a PostgreSQL URL without its password.
+pub fn display_location(db: &Path) -> String {
+    match db.to_str().filter(|_| is_postgres_url(db)) {
+        Some(s) => pg::redact(s),
+        None => db.display().to_string(),
+    }
+}
+
+/// Opens `ORCH_DB` (a file or a PostgreSQL URL) to read only: nothing is created,
+/// migrated or written (a SQLite file is opened read-only and must exist).
+///
+/// # Errors
+/// When the file does not exist or the server cannot be reached.
+pub fn open_read_only(db: &Path) -> Result<Conn> {
+    if is_postgres_url(db) {
+        return Ok(Conn::postgres(pg::connect(
+            db.to_str().context("ORCH_DB is not valid UTF-8")?,
+        )?));
+    }
+    if !db.is_file() {
+        bail!("database {} does not exist", db.display());
+    }
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening database {} read-only", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(Conn::sqlite(conn))
+}
+
+/// Opens `ORCH_DB` as a bare connection, read-write, without migrating or creating
+/// anything (a SQLite file must exist): for tests and benches that seed and inspect
+/// rows directly.
+///
+/// # Errors
+/// When the file does not exist or the server cannot be reached.
+pub fn open_conn(db: &Path) -> Result<Conn> {
+    if is_postgres_url(db) {
+        return open_read_only(db);
+    }
+    if !db.is_file() {
+        bail!("database {} does not exist", db.display());
+    }
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening database {}", db.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(Conn::sqlite(conn))
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and migrates it: for `init`'s
-    /// callers and tests; every command goes through [`Db::open_existing`].
+    /// callers and tests; every command goes through [`Db::open_existing`]. `path` may
+    /// be a PostgreSQL URL ([`is_postgres_url`]).
     ///
     /// # Errors
-    /// When the file cannot be opened, was written by a newer `orch`, or a migration fails.
+    /// When the database cannot be opened, was written by a newer `orch`, or a migration
+    /// fails.
     pub fn open(path: &Path) -> Result<Db> {
         let mut db = Db::open_unmigrated(path)?;
         db.migrate()?;
@@ -160,12 +229,24 @@ impl Db {
     /// Opens the database every command but `init` uses: it must already exist. A
     /// missing directory or file is refused with its path (never created: a typo in
     /// `ORCH_DB` or an unmounted `/var/lib/orch` must not become an empty database that
-    /// a pass reads as "no work" or a webhook delivery is stored in).
+    /// a pass reads as "no work" or a webhook delivery is stored in). On PostgreSQL, a
+    /// database without orch's schema is refused the same way.
     ///
     /// # Errors
     /// When the directory or file is missing, cannot be opened, was written by a newer
     /// `orch`, or a migration fails.
     pub fn open_existing(path: &Path) -> Result<Db> {
+        if is_postgres_url(path) {
+            let mut db = Db::connect_postgres(path)?;
+            if db.schema_version()? == 0 {
+                bail!(
+                    "the database {} has no orch schema: check ORCH_DB, or run `orch init` to create it",
+                    db.location()
+                );
+            }
+            db.migrate()?;
+            return Ok(db);
+        }
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -189,11 +270,15 @@ impl Db {
     }
 
     /// Opens the database without migrating (for `init`, which reports what it did),
-    /// creating its directory and file when missing.
+    /// creating its directory and file when missing (SQLite; a PostgreSQL database must
+    /// exist, its schema need not).
     ///
     /// # Errors
-    /// When the file cannot be opened or was written by a newer `orch`.
+    /// When the database cannot be opened or was written by a newer `orch`.
     pub fn open_unmigrated(path: &Path) -> Result<Db> {
+        if is_postgres_url(path) {
+            return Db::connect_postgres(path);
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| {
                 format!("creating the directory of database {}", path.display())
@@ -202,7 +287,7 @@ impl Db {
         Db::connect(path, OpenFlags::SQLITE_OPEN_CREATE)
     }
 
-    /// Opens the connection read-write (plus `extra` flags) and sets it up: busy
+    /// Opens the SQLite connection read-write (plus `extra` flags) and sets it up: busy
     /// timeout, the newer-schema refusal, WAL, foreign keys.
     fn connect(path: &Path, extra: OpenFlags) -> Result<Db> {
         let conn = Connection::open_with_flags(
@@ -214,23 +299,42 @@ impl Db {
         // Room for every point query a pass repeats per row (the default keeps 16).
         conn.set_prepared_statement_cache_capacity(64);
         let db = Db {
-            conn,
+            conn: Conn::sqlite(conn),
             path: path.to_path_buf(),
             agent_job: None,
         };
-        let version = db.schema_version()?;
+        db.refuse_newer()?;
+        let conn = db.sqlite()?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("enabling WAL on {}", path.display()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(db)
+    }
+
+    /// Connects to the PostgreSQL server `url` names and refuses a newer schema.
+    fn connect_postgres(url: &Path) -> Result<Db> {
+        let text = url.to_str().context("ORCH_DB is not valid UTF-8")?;
+        let client = pg::connect(text)?;
+        let db = Db {
+            conn: Conn::postgres(client),
+            path: url.to_path_buf(),
+            agent_job: None,
+        };
+        db.refuse_newer()?;
+        Ok(db)
+    }
+
+    /// Refuses a database written by a newer `orch`.
+    fn refuse_newer(&self) -> Result<()> {
+        let version = self.schema_version()?;
         if version > SCHEMA_VERSION {
             bail!(
-                "database {} has schema version {version}, written by a newer orch (this orch knows up to {SCHEMA_VERSION}); upgrade orch, or point --db at another file",
-                path.display()
+                "database {} has schema version {version}, written by a newer orch (this orch knows up to {SCHEMA_VERSION}); upgrade orch, or point --db at another database",
+                self.location()
             );
         }
-        db.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("enabling WAL on {}", path.display()))?;
-        db.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        db.conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(db)
+        Ok(())
     }
 
     /// Attributes every stage event this handle writes to `job`'s agent (the caller runs
@@ -246,41 +350,61 @@ impl Db {
 
     /// Closes this connection without checkpointing the WAL (nor deleting it): for a
     /// short process on the latency path, which leaves the checkpoint to the next pass
-    /// (SQLite still checkpoints every 1,000 pages as it commits).
+    /// (SQLite still checkpoints every 1,000 pages as it commits). Nothing on PostgreSQL.
     ///
     /// # Errors
     /// When SQLite refuses the setting.
     pub fn leave_wal_on_close(&self) -> Result<()> {
-        self.conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )?;
+        if let Some(c) = self.conn.as_sqlite() {
+            c.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )?;
+        }
         Ok(())
     }
 
-    /// Returns the file path.
+    /// Returns `ORCH_DB` as given: the file path, or the PostgreSQL URL (with its
+    /// password: show [`Db::location`] instead).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Returns the raw connection, for adapters that own their own SQL module.
-    pub fn conn(&self) -> &Connection {
+    /// Returns where the database is, as it may be shown (no password).
+    pub fn location(&self) -> String {
+        display_location(&self.path)
+    }
+
+    /// Returns the engine.
+    pub fn engine(&self) -> Engine {
+        self.conn.engine()
+    }
+
+    /// Returns the connection, for adapters that own their own SQL module.
+    pub fn conn(&self) -> &Conn {
         &self.conn
     }
 
-    /// Returns the raw connection mutably (transactions).
-    pub fn conn_mut(&mut self) -> &mut Connection {
+    /// Returns the connection mutably (tests and benches seeding in one transaction).
+    pub fn conn_mut(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
-    /// Returns `PRAGMA user_version`.
+    /// Returns the SQLite connection, or an error naming what needs SQLite.
+    fn sqlite(&self) -> Result<&Connection> {
+        self.conn
+            .as_sqlite()
+            .context("this needs a SQLite database (ORCH_DB is a PostgreSQL URL)")
+    }
+
+    /// Returns the schema version (`PRAGMA user_version` on SQLite, the `orch_schema`
+    /// row on PostgreSQL; 0 for an empty database).
     ///
     /// # Errors
-    /// When SQLite cannot read it (not a database, say).
+    /// When it cannot be read (not a database, say).
     pub fn schema_version(&self) -> Result<i64> {
-        self.conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .with_context(|| format!("reading the schema version of {}", self.path.display()))
+        schema_version_in(&self.conn)
+            .with_context(|| format!("reading the schema version of {}", self.location()))
     }
 
     /// Applies every migration above the current version, each in its own transaction.
@@ -302,22 +426,40 @@ impl Db {
         let from = self.schema_version()?;
         let mut version = from;
         while version < target {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            let tx = self.conn.begin(Begin::Exclusive)?;
             // Re-read inside the lock: another process may have migrated meanwhile.
-            let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let current = schema_version_in(&tx)?;
             if current > version {
                 version = current;
                 tx.commit()?;
                 continue;
             }
-            let sql = MIGRATIONS[usize::try_from(version).expect("versions are small")];
+            let (to, sql) = match tx.engine() {
+                Engine::Sqlite => (
+                    version + 1,
+                    MIGRATIONS[usize::try_from(version).expect("versions are small")],
+                ),
+                Engine::Postgres => *PG_MIGRATIONS
+                    .iter()
+                    .find(|(v, _)| *v > version)
+                    .filter(|(v, _)| *v <= target)
+                    .with_context(|| {
+                        format!(
+                            "PostgreSQL databases start at schema version {}; version {target} cannot be made on PostgreSQL",
+                            PG_MIGRATIONS[0].0
+                        )
+                    })?,
+            };
             tx.execute_batch(sql)
-                .with_context(|| format!("applying migration {}", version + 1))?;
-            tx.pragma_update(None, "user_version", version + 1)?;
+                .with_context(|| format!("applying migration {to}"))?;
+            match tx.engine() {
+                Engine::Sqlite => tx.execute_batch(&format!("PRAGMA user_version = {to}"))?,
+                Engine::Postgres => {
+                    tx.execute("UPDATE orch_schema SET version = ?1", [to])?;
+                }
+            }
             tx.commit()?;
-            version += 1;
+            version = to;
         }
         Ok(Migration {
             from,
@@ -333,12 +475,11 @@ impl Db {
         &self,
         sql: &str,
         params: P,
-        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+        map: impl FnOnce(&Row<'_>) -> sql::Result<T>,
     ) -> Result<Option<T>> {
         // Through the statement cache: the passes run the same point queries once per
         // task, and parsing the SQL each time was most of their cost.
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        Ok(stmt.query_row(params, map).optional()?)
+        Ok(self.conn.query_row(sql, params, map).optional()?)
     }
 
     /// Runs a query through the connection's statement cache and maps every row.
@@ -349,11 +490,9 @@ impl Db {
         &self,
         sql: &str,
         params: P,
-        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        map: impl FnMut(&Row<'_>) -> sql::Result<T>,
     ) -> Result<Vec<T>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, map)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        Ok(self.conn.query_all(sql, params, map)?)
     }
 
     /// Counts the rows of each key with `sql` (one `?1`, the key's name): one index
@@ -368,23 +507,40 @@ impl Db {
         keys: [K; N],
         name: fn(K) -> &'static str,
     ) -> Result<BTreeMap<K, i64>> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
         let mut out = BTreeMap::new();
         for k in keys {
-            let n: i64 = stmt.query_row([name(k)], |r| r.get(0))?;
+            let n: i64 = self.conn.query_row(sql, [name(k)], |r| r.get(0))?;
             out.insert(k, n);
         }
         Ok(out)
     }
 
-    /// Begins the `IMMEDIATE` transaction of one read-modify-write.
+    /// Begins the transaction of one read-modify-write (SQLite `IMMEDIATE`; on
+    /// PostgreSQL the writer lock: `sql.rs`).
     ///
     /// # Errors
-    /// When SQLite cannot take the write lock within the busy timeout.
-    fn immediate(&mut self) -> Result<Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// When the write lock is not obtained (SQLite: within the busy timeout).
+    fn immediate(&mut self) -> Result<Tx<'_>> {
+        Ok(self.conn.begin(Begin::Write)?)
+    }
+}
+
+/// The schema version on `conn` (0 for an empty database).
+fn schema_version_in(conn: &Conn) -> sql::Result<i64> {
+    match conn.engine() {
+        Engine::Sqlite => conn.query_row("PRAGMA user_version", [], |r| r.get(0)),
+        Engine::Postgres => {
+            let exists: bool =
+                conn.query_row("SELECT to_regclass('orch_schema') IS NOT NULL", [], |r| {
+                    r.get(0)
+                })?;
+            if !exists {
+                return Ok(0);
+            }
+            conn.query_row("SELECT version FROM orch_schema", [], |r| r.get(0))
+                .optional()
+                .map(Option::unwrap_or_default)
+        }
     }
 }
 
@@ -432,8 +588,7 @@ mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::params;
-
+    use super::sql::params;
     use super::test_support::db;
     use super::*;
 
@@ -501,7 +656,7 @@ mod tests {
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
-            .collect::<rusqlite::Result<_>>()
+            .collect::<sql::Result<_>>()
             .unwrap();
         let want = |s: &str, at: Option<i64>| (s.to_string(), at, 1);
         assert_eq!(

@@ -2,8 +2,8 @@
 //! the developer retry count and limit, a new round, the queued jobs and the next job,
 //! and (for a webhook delivery) the delivery's outcome, in one transaction.
 
+use crate::adapters::db::sql::{params, OptionalExtension};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 
 use crate::adapters::db::jobs::enqueue_in;
 use crate::adapters::db::recorder::Recorder;

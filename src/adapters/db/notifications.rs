@@ -1,8 +1,8 @@
 //! The `notifications` table: what was announced, keyed by a dedupe key so nothing is
 //! announced twice. SQL only; `notify` decides what to send.
 
+use crate::adapters::db::sql::{params, OptionalExtension as _};
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::Db;
 
@@ -43,12 +43,15 @@ impl Db {
         message: &str,
         now: i64,
     ) -> Result<Option<i64>> {
-        let n = self.conn().execute(
-            "INSERT INTO notifications (dedupe_key, kind, task_id, message, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dedupe_key) DO NOTHING",
-            params![dedupe_key, kind, task_id, message, now],
-        )?;
-        Ok((n == 1).then(|| self.conn().last_insert_rowid()))
+        Ok(self
+            .conn()
+            .query_row(
+                "INSERT INTO notifications (dedupe_key, kind, task_id, message, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                params![dedupe_key, kind, task_id, message, now],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Records the delivery of a notification: `sent_at` on success, `error` otherwise.

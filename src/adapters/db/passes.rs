@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::db::sql::params;
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::Db;
 
@@ -98,7 +98,7 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn plane_budget(&self) -> Result<Option<PlaneBudget>> {
-        use rusqlite::OptionalExtension as _;
+        use crate::adapters::db::sql::OptionalExtension as _;
         Ok(self
             .conn()
             .query_row(

@@ -2,14 +2,14 @@
 //! cache is keyed by the Plane project id: a state id is only ever resolved within its
 //! own project. No decisions here.
 
+use crate::adapters::db::sql::{params, Conn, Engine, Row};
 use anyhow::Result;
-use rusqlite::{params, Row};
 
-use crate::adapters::db::Db;
+use crate::adapters::db::{is_postgres_url, Db};
 use crate::core::intake::PlaneState;
 
 /// Reads a state from the columns `state_id, name, state_group` starting at `first`.
-fn state_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<PlaneState> {
+fn state_from_row(r: &Row<'_>, first: usize) -> crate::adapters::db::sql::Result<PlaneState> {
     Ok(PlaneState {
         id: r.get(first)?,
         name: r.get(first + 1)?,
@@ -29,7 +29,7 @@ impl Db {
     ) -> Result<Option<PlaneState>> {
         self.query_one(
             "SELECT state_id, name, state_group FROM plane_states
-             WHERE project = ?1 AND state_id = ?2 COLLATE NOCASE",
+             WHERE project = ?1 AND lower(state_id) = lower(?2)",
             params![plane_project_id, state_id],
             |r| state_from_row(r, 0),
         )
@@ -65,8 +65,10 @@ impl Db {
         )?;
         for s in states {
             tx.execute(
-                "INSERT OR REPLACE INTO plane_states (project, state_id, name, state_group, fetched_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO plane_states (project, state_id, name, state_group, fetched_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (project, state_id) DO UPDATE SET name = excluded.name,
+                     state_group = excluded.state_group, fetched_at = excluded.fetched_at",
                 params![plane_project_id, s.id, s.name, s.group, now],
             )?;
         }
@@ -104,18 +106,29 @@ impl Db {
 /// # Errors
 /// When the file exists but cannot be read as an `orch` database.
 pub fn read_cached_states(path: &std::path::Path) -> Result<Vec<(String, PlaneState)>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    let has_table: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'plane_states'",
-        [],
-        |r| r.get(0),
-    )?;
+    let conn = if is_postgres_url(path) {
+        Conn::postgres(super::pg::connect(path.to_str().unwrap_or_default())?)
+    } else {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        Conn::sqlite(rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?)
+    };
+    let has_table: bool = match conn.engine() {
+        Engine::Sqlite => conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'plane_states'",
+            [],
+            |r| r.get(0),
+        )?,
+        Engine::Postgres => {
+            conn.query_row("SELECT to_regclass('plane_states') IS NOT NULL", [], |r| {
+                r.get(0)
+            })?
+        }
+    };
     if !has_table {
         return Ok(Vec::new());
     }
@@ -123,7 +136,7 @@ pub fn read_cached_states(path: &std::path::Path) -> Result<Vec<(String, PlaneSt
         "SELECT project, state_id, name, state_group FROM plane_states ORDER BY project, name",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, state_from_row(r, 1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(rows.collect::<crate::adapters::db::sql::Result<Vec<_>>>()?)
 }
 
 #[cfg(test)]

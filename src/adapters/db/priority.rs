@@ -1,8 +1,8 @@
 //! The `tasks.priority` column's refresh from a reconcile listing (migration 13). The
 //! jobs' `priority_rank` follows by trigger in the same transaction.
 
+use crate::adapters::db::sql::params;
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::Db;
 use crate::core::priority::Priority;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
+use crate::adapters::db::sql::params;
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::{parse_col, Db};
 use crate::core::job::JobStatus;
@@ -60,7 +60,7 @@ impl Db {
             return Ok(known);
         }
         let marks = placeholders(work_item_ids.len());
-        let ids = rusqlite::params_from_iter(work_item_ids.iter());
+        let ids = crate::adapters::db::sql::params_from_iter(work_item_ids.iter());
         let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT work_item_id, updated_us FROM work_item_updates WHERE work_item_id IN ({marks})"
         ))?;
@@ -69,7 +69,7 @@ impl Db {
             known.newest_us.insert(r.get(0)?, r.get(1)?);
         }
         drop(rows);
-        let ids = rusqlite::params_from_iter(work_item_ids.iter());
+        let ids = crate::adapters::db::sql::params_from_iter(work_item_ids.iter());
         let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT work_item_id, id, key, stage, priority FROM tasks WHERE work_item_id IN ({marks})"
         ))?;
@@ -80,8 +80,8 @@ impl Db {
                 ListedTask {
                     id: r.get(1)?,
                     key: r.get(2)?,
-                    stage: parse_col(r, 3)?,
-                    priority: parse_col(r, 4)?,
+                    stage: parse_col(&r, 3)?,
+                    priority: parse_col(&r, 4)?,
                 },
             );
         }

@@ -3,8 +3,8 @@
 //! share, guarded by the newest update seen of the delivery's work item. Imports only
 //! `updates.rs` of the store.
 
+use crate::adapters::db::sql::{params, Conn};
 use anyhow::Result;
-use rusqlite::{params, Connection};
 
 use crate::adapters::db::updates::{newest_update_in, note_update_in};
 use crate::core::intake::{DeliveryOutcome, SeenUpdate};
@@ -70,7 +70,7 @@ impl<'a, T> Recorder<'a, T> {
     /// caller returns it, which rolls the whole transaction back; [`Superseded`] the
     /// same way when a strictly newer update of the work item is known. SQL errors
     /// otherwise.
-    pub(crate) fn record_in(&self, conn: &Connection, done: &T) -> Result<()> {
+    pub(crate) fn record_in(&self, conn: &Conn, done: &T) -> Result<()> {
         if let Some(u) = self.update {
             note_update_in(conn, u, self.now)?;
             if let Some(newest) = newest_update_in(conn, &u.work_item_id)? {
@@ -86,7 +86,7 @@ impl<'a, T> Recorder<'a, T> {
 
 /// Records a pending delivery's outcome; [`AlreadyRecorded`] when it is not pending.
 pub(super) fn record_outcome_in(
-    conn: &Connection,
+    conn: &Conn,
     id: i64,
     outcome: &DeliveryOutcome,
     now: i64,

@@ -3,8 +3,8 @@
 //! guarded by the round it was judged for, so a step that raced a newer round (or
 //! another pass) changes nothing.
 
+use crate::adapters::db::sql::params;
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::Db;
 

@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::db::sql::{params, OptionalExtension as _};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension as _};
 
 use crate::adapters::db::Db;
 use crate::core::spend::{SpendTotals, Usage};
 
 const TOTALS: &str = "jobs, tokens_in, tokens_out, cost_micros";
 
-fn totals_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<SpendTotals> {
+fn totals_from_row(
+    row: &crate::adapters::db::sql::Row<'_>,
+    at: usize,
+) -> crate::adapters::db::sql::Result<SpendTotals> {
     Ok(SpendTotals {
         jobs: row.get(at)?,
         tokens_in: row.get(at + 1)?,
@@ -112,7 +115,7 @@ impl Db {
                 },
             ))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<crate::adapters::db::sql::Result<_>>()?)
     }
 
     /// Spend per project, for the projects with any (one row each).
@@ -124,7 +127,7 @@ impl Db {
             .conn()
             .prepare(&format!("SELECT project, {TOTALS} FROM project_spend"))?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, totals_from_row(r, 1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<crate::adapters::db::sql::Result<_>>()?)
     }
 
     /// Escalates a task that reached its budget and cancels its queued jobs, in one
@@ -163,14 +166,15 @@ mod tests {
     #[test]
     fn usage_adds_to_the_job_task_and_project_in_one_go() {
         let (_dir, mut db, t) = db_with_task();
-        db.conn()
-            .execute(
+        let j: i64 = db
+            .conn()
+            .query_row(
                 "INSERT INTO jobs (task_id, agent, stage, status, attempt, enqueued_at)
-                 VALUES (?1, 'analyst', 'analysis', 'running', 1, 1)",
+                 VALUES (?1, 'analyst', 'analysis', 'running', 1, 1) RETURNING id",
                 [t],
+                |r| r.get(0),
             )
             .unwrap();
-        let j = db.conn().last_insert_rowid();
         let u = Usage {
             tokens_in: Some(100),
             tokens_out: Some(20),

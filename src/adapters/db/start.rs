@@ -3,8 +3,8 @@
 //! (`tasks.branch_ready_at`, migration 4). No decisions here beyond "the analyst runs
 //! once per task".
 
+use crate::adapters::db::sql::params;
 use anyhow::Result;
-use rusqlite::params;
 
 use crate::adapters::db::jobs::enqueue_in;
 use crate::adapters::db::recorder::Recorder;

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::db::sql::{params, Conn, OptionalExtension, Row};
 use anyhow::{bail, Result};
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::adapters::db::{parse_col, sql_limit, Created, Db};
 use crate::core::priority::Priority;
@@ -18,7 +18,7 @@ const TASK_COLUMNS: &str =
      stage_entered_at, validated_revision, developer_retries, escalated_at, escalation_reason, \
      created_at, updated_at, round, branch_ready_at, priority";
 
-fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+fn task_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Task> {
     Ok(Task {
         id: row.get(0)?,
         project: row.get(1)?,
@@ -84,7 +84,7 @@ impl Db {
         }
         self.query_one(
             &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE key = ?1 COLLATE NOCASE OR work_item_id = ?1 COLLATE NOCASE"
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE lower(key) = lower(?1) OR lower(work_item_id) = lower(?1)"
             ),
             [reference],
             task_from_row,
@@ -97,7 +97,7 @@ impl Db {
     /// On SQL errors.
     pub fn task_by_work_item(&self, work_item_id: &str) -> Result<Option<Task>> {
         self.query_one(
-            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE work_item_id = ?1 COLLATE NOCASE"),
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE lower(work_item_id) = lower(?1)"),
             [work_item_id],
             task_from_row,
         )
@@ -314,14 +314,14 @@ pub const TASK_COUNTS_DRIFT: &str = "SELECT
     (SELECT count(*) FROM (SELECT project AS p, stage AS s, escalated_at IS NOT NULL AS e,
                                   count(*) AS n FROM tasks GROUP BY 1, 2, 3) x
       LEFT JOIN task_counts c ON c.project = x.p AND c.stage = x.s AND c.escalated = x.e
-      WHERE c.n IS NOT x.n)
+      WHERE c.n IS DISTINCT FROM x.n)
   + (SELECT count(*) FROM task_counts c
       WHERE c.n <> (SELECT count(*) FROM tasks t WHERE t.project = c.project
                      AND t.stage = c.stage AND (t.escalated_at IS NOT NULL) = c.escalated))";
 
 /// Creates a task at `analysis` with its creation event unless the work item has one.
 pub(super) fn create_in(
-    tx: &Transaction<'_>,
+    tx: &Conn,
     t: &NewTask,
     actor: Actor,
     reason: &str,
@@ -347,10 +347,10 @@ pub(super) fn create_in(
     if let Some(other) = clash {
         bail!("task key {} already belongs to work item {other}", t.key);
     }
-    tx.execute(
+    let id: i64 = tx.query_row(
         "INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage,
                             stage_entered_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'analysis', ?7, ?7, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'analysis', ?7, ?7, ?7) RETURNING id",
         params![
             t.project,
             t.work_item_id,
@@ -360,8 +360,8 @@ pub(super) fn create_in(
             t.branch,
             now
         ],
+        |r| r.get(0),
     )?;
-    let id = tx.last_insert_rowid();
     // `none` is the column's default: written only when the work item has another (so
     // the insert is the same on every schema since 1).
     if t.priority != Priority::None {

@@ -4,15 +4,15 @@
 //! listing. A leaf: it imports nothing else of the store. No decisions here
 //! (`core::intake::freshness` decides).
 
+use crate::adapters::db::sql::{params, Conn, OptionalExtension};
 use anyhow::Result;
-use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::adapters::db::Db;
 use crate::core::intake::SeenUpdate;
 
 /// Raises the work item's newest seen update to `u` when `u` is strictly newer (or
 /// the first one seen).
-pub(super) fn note_update_in(conn: &Connection, u: &SeenUpdate, now: i64) -> Result<()> {
+pub(super) fn note_update_in(conn: &Conn, u: &SeenUpdate, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO work_item_updates (work_item_id, updated_us, updated_at, source, seen_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -26,10 +26,7 @@ pub(super) fn note_update_in(conn: &Connection, u: &SeenUpdate, now: i64) -> Res
 }
 
 /// Returns the newest update seen of a work item.
-pub(super) fn newest_update_in(
-    conn: &Connection,
-    work_item_id: &str,
-) -> Result<Option<SeenUpdate>> {
+pub(super) fn newest_update_in(conn: &Conn, work_item_id: &str) -> Result<Option<SeenUpdate>> {
     Ok(conn
         .query_row(
             "SELECT work_item_id, updated_us, updated_at, source FROM work_item_updates
