@@ -826,9 +826,22 @@ impl Drop for Tx<'_> {
     }
 }
 
-/// Rewrites the shared dialect's parameters for PostgreSQL: `?N` becomes `$N`, outside
-/// quoted text.
+/// Rewrites the shared dialect for PostgreSQL: `?N` becomes `$N` outside quoted text,
+/// and SQLite's planner hint `INDEXED BY name` is dropped (PostgreSQL plans alone).
 pub fn to_postgres(sql: &str) -> String {
+    let mut out = renumber(sql);
+    while let Some(at) = out.find("INDEXED BY ") {
+        let rest = &out[at + "INDEXED BY ".len()..];
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.replace_range(at..at + "INDEXED BY ".len() + name_len, "");
+    }
+    out
+}
+
+/// `?N` as `$N` (and bare `?` numbered in order), outside quoted text.
+fn renumber(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut quote: Option<char> = None;
     let mut next_bare = 1;
@@ -1023,6 +1036,10 @@ mod tests {
             "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d IN ($1, $2)"
         );
         assert_eq!(to_postgres("x = ?12"), "x = $12");
+        assert_eq!(
+            to_postgres("FROM jobs j INDEXED BY jobs_by_x JOIN t"),
+            "FROM jobs j  JOIN t"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ INSERT INTO orch_schema (version) VALUES (0);
 --   locking is needed. As in SQLite, a count that falls to 0 keeps its row.
 -- * `task_counts.escalated` is a BIGINT 0/1 (SQLite stores `escalated_at IS NOT NULL` as
 --   an integer); in PostgreSQL that expression is a boolean, so a query comparing it with
---   the column casts it: `(escalated_at IS NOT NULL)::int8`.
+--   the column casts it: `(escalated_at IS NOT NULL)::int` (there is no cast from boolean
+--   straight to bigint; int4 compares with int8 fine).
 -- * No column or index is declared `COLLATE NOCASE` in the SQLite schema; the queries that
 --   compare with `COLLATE NOCASE` (tasks.key, tasks.work_item_id, plane_states.state_id)
 --   are written with lower() on both sides for PostgreSQL. The columns here are plain TEXT.
@@ -325,11 +326,11 @@ BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         UPDATE task_counts SET n = n - 1
          WHERE project = OLD.project AND stage = OLD.stage
-           AND escalated = (OLD.escalated_at IS NOT NULL)::int8;
+           AND escalated = (OLD.escalated_at IS NOT NULL)::int::int8;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO task_counts AS c (project, stage, escalated, n)
-            VALUES (NEW.project, NEW.stage, (NEW.escalated_at IS NOT NULL)::int8, 1)
+            VALUES (NEW.project, NEW.stage, (NEW.escalated_at IS NOT NULL)::int::int8, 1)
             ON CONFLICT (project, stage, escalated) DO UPDATE SET n = c.n + 1;
     END IF;
     RETURN NULL;
