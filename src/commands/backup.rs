@@ -30,6 +30,12 @@ pub struct BackupArgs {
 /// When the database cannot be read or the copy written or checked.
 pub fn run(args: &BackupArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let src = &ctx.config.settings.db;
+    if crate::adapters::db::is_postgres_url(src) {
+        anyhow::bail!(
+            "orch backup copies a SQLite file; ORCH_DB is the PostgreSQL database {}: back it up with the server's tools (pg_dump --format=custom, or continuous archiving), docs/scale-out.md",
+            crate::adapters::db::display_location(src)
+        );
+    }
     let done = backup_database(src, &args.path)?;
     if args.json {
         let json = serde_json::json!({

@@ -214,7 +214,7 @@ fn telegram_check(ctx: &PassContext) -> Result<DoctorCheck> {
 
 fn local_checks(ctx: &PassContext) -> Vec<DoctorCheck> {
     let s = &ctx.config.settings;
-    let db = s.db.display().to_string();
+    let db = crate::adapters::db::display_location(&s.db);
     let state = s.state_dir.display().to_string();
     let locks_dir = s.state_dir.join("locks");
     let locks = locks_dir.display().to_string();
@@ -233,6 +233,9 @@ fn local_checks(ctx: &PassContext) -> Vec<DoctorCheck> {
 }
 
 fn db_facts(path: &Path) -> DbFacts {
+    if crate::adapters::db::is_postgres_url(path) {
+        return pg_facts(path);
+    }
     if !path.exists() {
         return DbFacts::Missing;
     }
@@ -252,6 +255,34 @@ fn db_facts(path: &Path) -> DbFacts {
             latest: SCHEMA_VERSION,
         },
         Err(e) => DbFacts::Unusable(format!("{e:#}")),
+    }
+}
+
+/// The PostgreSQL database's facts: reachable, orch's schema there, and the right to
+/// write orch's tables (asked of the server, nothing written).
+fn pg_facts(url: &Path) -> DbFacts {
+    let db = match Db::open_unmigrated(url) {
+        Ok(db) => db,
+        Err(e) => return DbFacts::Unusable(format!("{e:#}")),
+    };
+    let schema = match db.schema_version() {
+        Ok(0) => return DbFacts::Missing,
+        Ok(v) => v,
+        Err(e) => return DbFacts::Unusable(format!("{e:#}")),
+    };
+    let may_write: Result<bool, _> = db.conn().query_row(
+        "SELECT has_table_privilege('jobs', 'INSERT, UPDATE, DELETE')
+            AND has_table_privilege('tasks', 'INSERT, UPDATE, DELETE')",
+        [],
+        |r| r.get(0),
+    );
+    match may_write {
+        Ok(true) => DbFacts::Ready {
+            schema,
+            latest: SCHEMA_VERSION,
+        },
+        Ok(false) => DbFacts::Unusable("not writable: the user may not write orch's tables".into()),
+        Err(e) => DbFacts::Unusable(e.to_string()),
     }
 }
 

@@ -45,7 +45,12 @@ pub fn run(args: &InitArgs, ctx: &PassContext) -> Result<ExitStatus> {
     } else {
         private.push(settings.artefacts_dir.clone());
     }
-    for suffix in ["", "-wal", "-shm"] {
+    let suffixes: &[&str] = if crate::adapters::db::is_postgres_url(&settings.db) {
+        &[]
+    } else {
+        &["", "-wal", "-shm"]
+    };
+    for suffix in suffixes {
         let mut p = settings.db.clone().into_os_string();
         p.push(suffix);
         private.push(p.into());
@@ -65,14 +70,17 @@ pub fn run(args: &InitArgs, ctx: &PassContext) -> Result<ExitStatus> {
     };
     if args.json {
         let out = serde_json::json!({
-            "db": settings.db.display().to_string(),
+            "db": crate::adapters::db::display_location(&settings.db),
             "state_dir": settings.state_dir.display().to_string(),
             "schema_from": migration.from,
             "schema_version": migration.to,
         });
         println!("{out}");
     } else {
-        println!("database {}: {what}", settings.db.display());
+        println!(
+            "database {}: {what}",
+            crate::adapters::db::display_location(&settings.db)
+        );
         println!("state dir {}: ready", settings.state_dir.display());
     }
     log::info!(

@@ -587,7 +587,7 @@ pub fn database(path: &str, facts: &DbFacts) -> DoctorCheck {
     match facts {
         DbFacts::Missing => DoctorCheck::fail(
             id,
-            format!("{path} does not exist"),
+            format!("{path} does not exist (or, on PostgreSQL, has no orch schema)"),
             "run orch init: every other command refuses a missing database (check ORCH_DB)",
         ),
         DbFacts::Unusable(why) => DoctorCheck::fail(

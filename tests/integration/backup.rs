@@ -29,6 +29,9 @@ print(n, flush=True)
 
 #[test]
 fn a_backup_taken_while_another_process_writes_is_consistent_and_readable() {
+    if !crate::common::sqlite_only() {
+        return; // the online backup of a SQLite file
+    }
     let env = TestEnv::new();
     let db = env.path("orch.db");
     let mut writer = Command::new("python3")
@@ -96,9 +99,24 @@ fn a_backup_taken_while_another_process_writes_is_consistent_and_readable() {
 
 #[test]
 fn a_backup_of_no_database_is_exit_2_and_writes_nothing() {
+    if !crate::common::sqlite_only() {
+        return; // a missing file
+    }
     let env = TestEnv::new();
     let _ = std::fs::remove_file(env.path("orch.db"));
     let run = env.run(&["backup", "copy.db"]).expect(2);
     assert!(run.stderr.contains("no database at"), "{}", run.stderr);
     assert!(!env.path("copy.db").exists());
+}
+
+#[test]
+fn a_backup_of_a_postgresql_database_is_refused_naming_the_servers_tools() {
+    if crate::common::sqlite_only() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.run(&["init"]).expect(0);
+    let run = env.run(&["backup", "copy.db"]).expect(2);
+    run.stderr_has("pg_dump");
+    assert!(!env.path("copy.db").exists(), "nothing written");
 }

@@ -42,7 +42,7 @@ fn listing_requests(env: &TestEnv) -> usize {
 fn last_pass(env: &TestEnv) -> (String, serde_json::Value) {
     env.db()
         .query_row(
-            "SELECT outcome, counts FROM passes WHERE command='reconcile' ORDER BY rowid DESC LIMIT 1",
+            "SELECT outcome, counts FROM passes WHERE command='reconcile'",
             [],
             |r| {
                 let counts: String = r.get(1)?;

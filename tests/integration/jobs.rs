@@ -292,10 +292,18 @@ fn a_reap_that_could_not_write_what_it_decided_exits_2() {
     )
     .unwrap();
     // The database refuses every write to jobs (as a read-only or failing disk would).
-    db.execute_batch(
-        "CREATE TRIGGER jobs_frozen BEFORE UPDATE ON jobs
-         BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END;",
-    )
+    db.execute_batch(match crate::common::backend() {
+        crate::common::Backend::Sqlite => {
+            "CREATE TRIGGER jobs_frozen BEFORE UPDATE ON jobs
+             BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END;"
+        }
+        crate::common::Backend::Postgres => {
+            "CREATE FUNCTION jobs_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'attempt to write a readonly database'; END $$;
+             CREATE TRIGGER jobs_frozen BEFORE UPDATE ON jobs
+             FOR EACH ROW EXECUTE FUNCTION jobs_frozen();"
+        }
+    })
     .unwrap();
     let out = env.run(&["reap"]).expect(2);
     assert!(out.stderr.contains("readonly database"), "{}", out.stderr);
@@ -305,7 +313,11 @@ fn a_reap_that_could_not_write_what_it_decided_exits_2() {
         out.stderr
     );
     assert_eq!(job_row(&env, job).0, "running");
-    db.execute_batch("DROP TRIGGER jobs_frozen").unwrap();
+    db.execute_batch(match crate::common::backend() {
+        crate::common::Backend::Sqlite => "DROP TRIGGER jobs_frozen",
+        crate::common::Backend::Postgres => "DROP TRIGGER jobs_frozen ON jobs",
+    })
+    .unwrap();
     env.run(&["reap"]).expect(0);
     assert_eq!(job_row(&env, job).0, "succeeded");
 }

@@ -725,10 +725,10 @@ fn a_replay_the_database_refuses_exits_2_and_says_so() {
         .unwrap();
     // A real write lock, held by another process (this one) past the busy timeout.
     let holder = env.db();
-    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let lock = holder.begin(orch::adapters::db::Begin::Write).unwrap();
     let run = env.run(&["reconcile"]).expect(2);
     run.stderr_has("could not be written to the database");
-    holder.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
     env.run(&["reconcile"]).expect(0);
     assert_eq!(
         env.count("SELECT count(*) FROM deliveries WHERE outcome = 'pending'"),

@@ -172,7 +172,7 @@ impl Db {
             &format!(
                 "SELECT j.id, j.project FROM jobs j
                  WHERE j.status = 'queued' AND j.agent = 'deployer'
-                   AND j.project IN (SELECT project FROM ({STANDING}))
+                   AND j.project IN (SELECT project FROM ({STANDING}) AS standing)
                  ORDER BY j.id"
             ),
             [now],

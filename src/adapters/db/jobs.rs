@@ -177,7 +177,7 @@ impl Db {
     pub fn list_jobs(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<Job>> {
         self.query_all(
             &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (status = ?1 OR ?1 IS NULL) ORDER BY id DESC LIMIT ?2"
             ),
             params![status.map(JobStatus::as_str), sql_limit(limit)],
             job_from_row,

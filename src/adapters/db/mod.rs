@@ -91,12 +91,19 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0014_spend.sql"),
     include_str!("migrations/0015_ci_feedback.sql"),
     include_str!("migrations/0016_plane_budget.sql"),
+    include_str!("migrations/0017_hosts_and_leases.sql"),
 ];
 
 /// The PostgreSQL migrations, each with the version it brings. PostgreSQL support began
 /// at version 16, so its first file creates that schema whole; a later migration gets
 /// one file per engine under the same number.
-const PG_MIGRATIONS: &[(i64, &str)] = &[(16, include_str!("migrations/postgres/0016_schema.sql"))];
+const PG_MIGRATIONS: &[(i64, &str)] = &[
+    (16, include_str!("migrations/postgres/0016_schema.sql")),
+    (
+        17,
+        include_str!("migrations/postgres/0017_hosts_and_leases.sql"),
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -92,7 +92,8 @@ impl Db {
              ON CONFLICT (project, state_id) DO UPDATE
                SET name = excluded.name, state_group = excluded.state_group,
                    fetched_at = excluded.fetched_at
-             WHERE name <> excluded.name OR state_group <> excluded.state_group",
+             WHERE plane_states.name <> excluded.name
+                OR plane_states.state_group <> excluded.state_group",
             params![plane_project_id, s.id, s.name, s.group, now],
         )?;
         Ok(())

@@ -34,9 +34,9 @@ impl Db {
         let tx = self.immediate()?;
         let n = tx.execute(
             "UPDATE jobs SET
-                tokens_in = CASE WHEN ?3 IS NULL THEN tokens_in ELSE coalesce(tokens_in, 0) + ?3 END,
-                tokens_out = CASE WHEN ?4 IS NULL THEN tokens_out ELSE coalesce(tokens_out, 0) + ?4 END,
-                cost_micros = CASE WHEN ?5 IS NULL THEN cost_micros ELSE coalesce(cost_micros, 0) + ?5 END,
+                tokens_in = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN tokens_in ELSE coalesce(tokens_in, 0) + ?3 END,
+                tokens_out = CASE WHEN CAST(?4 AS BIGINT) IS NULL THEN tokens_out ELSE coalesce(tokens_out, 0) + ?4 END,
+                cost_micros = CASE WHEN CAST(?5 AS BIGINT) IS NULL THEN cost_micros ELSE coalesce(cost_micros, 0) + ?5 END,
                 currency = coalesce(?6, currency, 'USD')
              WHERE id = ?1 AND attempt = ?2",
             params![
@@ -59,18 +59,19 @@ impl Db {
         tx.execute(
             "INSERT INTO task_spend (task_id, jobs, tokens_in, tokens_out, cost_micros)
                  SELECT task_id, 1, ?2, ?3, ?4 FROM jobs WHERE id = ?1
-             ON CONFLICT (task_id) DO UPDATE SET jobs = jobs + 1,
-                 tokens_in = tokens_in + ?2, tokens_out = tokens_out + ?3,
-                 cost_micros = cost_micros + ?4",
+             ON CONFLICT (task_id) DO UPDATE SET jobs = task_spend.jobs + 1,
+                 tokens_in = task_spend.tokens_in + ?2, tokens_out = task_spend.tokens_out + ?3,
+                 cost_micros = task_spend.cost_micros + ?4",
             params![job_id, ti, to, c],
         )?;
         tx.execute(
             "INSERT INTO project_spend (project, jobs, tokens_in, tokens_out, cost_micros)
                  SELECT t.project, 1, ?2, ?3, ?4 FROM jobs AS j JOIN tasks AS t ON t.id = j.task_id
                  WHERE j.id = ?1
-             ON CONFLICT (project) DO UPDATE SET jobs = jobs + 1,
-                 tokens_in = tokens_in + ?2, tokens_out = tokens_out + ?3,
-                 cost_micros = cost_micros + ?4",
+             ON CONFLICT (project) DO UPDATE SET jobs = project_spend.jobs + 1,
+                 tokens_in = project_spend.tokens_in + ?2,
+                 tokens_out = project_spend.tokens_out + ?3,
+                 cost_micros = project_spend.cost_micros + ?4",
             params![job_id, ti, to, c],
         )?;
         tx.commit()?;

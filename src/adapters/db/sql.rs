@@ -86,6 +86,8 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Sqlite(e) => Some(e),
+            // Its message is already this error's (the server's, in full).
+            Error::Postgres(e) if e.as_db_error().is_some() => None,
             Error::Postgres(e) => Some(e),
             _ => None,
         }
@@ -640,8 +642,12 @@ impl Conn {
                 self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
             }
             (Inner::Postgres(_), Begin::Write | Begin::Exclusive) => {
+                // Waits for the writer lock as long as SQLite's busy timeout, then fails
+                // (SQLSTATE 55P03) as SQLite's "database is locked" does. `SET LOCAL`
+                // lasts this transaction only, so it holds behind PgBouncer too.
                 self.execute_batch(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})",
+                    super::BUSY_TIMEOUT.as_millis()
                 ))?;
             }
         }

@@ -125,7 +125,7 @@ impl Db {
     pub fn tasks_page(&self, after: i64, upto: Option<i64>, limit: usize) -> Result<Vec<Task>> {
         self.query_all(
             &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id > ?1 AND (id <= ?2 OR ?2 IS NULL)
                  ORDER BY id LIMIT ?3"
             ),
             params![after, upto, sql_limit(limit)],
@@ -164,7 +164,7 @@ impl Db {
     pub fn list_tasks(&self, stage: Option<Stage>, limit: usize) -> Result<Vec<Task>> {
         self.query_all(
             &format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR stage = ?1) ORDER BY id LIMIT ?2"
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE (stage = ?1 OR ?1 IS NULL) ORDER BY id LIMIT ?2"
             ),
             params![stage.map(Stage::as_str), sql_limit(limit)],
             task_from_row,
@@ -238,7 +238,7 @@ impl Db {
     pub fn set_pr_number(&self, task_id: i64, round: u32, pr: i64, now: i64) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE tasks SET pr_number = ?3,
-                    updated_at = CASE WHEN pr_number IS ?3 THEN updated_at ELSE ?4 END
+                    updated_at = CASE WHEN pr_number IS NOT DISTINCT FROM ?3 THEN updated_at ELSE ?4 END
              WHERE id = ?1 AND round = ?2",
             params![task_id, round, pr, now],
         )?;
@@ -311,13 +311,15 @@ impl Db {
 /// migration 9) that differ from counting the tasks, either way: 0 unless a trigger is
 /// wrong. Tests and diagnostics run it; no pass does.
 pub const TASK_COUNTS_DRIFT: &str = "SELECT
-    (SELECT count(*) FROM (SELECT project AS p, stage AS s, escalated_at IS NOT NULL AS e,
+    (SELECT count(*) FROM (SELECT project AS p, stage AS s,
+                                  CASE WHEN escalated_at IS NULL THEN 0 ELSE 1 END AS e,
                                   count(*) AS n FROM tasks GROUP BY 1, 2, 3) x
       LEFT JOIN task_counts c ON c.project = x.p AND c.stage = x.s AND c.escalated = x.e
       WHERE c.n IS DISTINCT FROM x.n)
   + (SELECT count(*) FROM task_counts c
       WHERE c.n <> (SELECT count(*) FROM tasks t WHERE t.project = c.project
-                     AND t.stage = c.stage AND (t.escalated_at IS NOT NULL) = c.escalated))";
+                     AND t.stage = c.stage
+                     AND CASE WHEN t.escalated_at IS NULL THEN 0 ELSE 1 END = c.escalated))";
 
 /// Creates a task at `analysis` with its creation event unless the work item has one.
 pub(super) fn create_in(
