@@ -441,6 +441,8 @@ settings! {
     telegram_api_url: Url = "ORCH_TELEGRAM_API_URL", "https://api.telegram.org", false, "Telegram Bot API base URL (tests point it at loopback)";
     /// Jobs running at once.
     max_concurrency: Count = "ORCH_MAX_CONCURRENCY", "1", false, "jobs that may run at once across all projects";
+    /// This host's name among the hosts sharing one PostgreSQL database.
+    host_id: Option<String> = "ORCH_HOST_ID", "", false, "this host's name among hosts sharing one PostgreSQL database (default: /etc/machine-id); recorded on each job it claims and each lease it holds";
     /// How dispatch launches jobs.
     job_launcher: JobLauncher = "ORCH_JOB_LAUNCHER", "direct", false, "how dispatch starts run-job: direct (detached child) or systemd (orch-job@<id>.service)";
     /// The agent socket's path, given to every agent.
@@ -588,5 +590,24 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len());
+    }
+}
+
+impl Settings {
+    /// This host's id: `ORCH_HOST_ID`, else the machine id (`/etc/machine-id`), else
+    /// the kernel's host name.
+    pub fn host_id(&self) -> String {
+        if let Some(id) = self.host_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            return id.to_string();
+        }
+        for path in ["/etc/machine-id", "/proc/sys/kernel/hostname"] {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let text = text.trim();
+                if !text.is_empty() {
+                    return text.to_string();
+                }
+            }
+        }
+        "localhost".to_string()
     }
 }
