@@ -565,6 +565,25 @@ pub fn env_example() -> String {
     out
 }
 
+impl Settings {
+    /// This host's id: `ORCH_HOST_ID`, else the machine id (`/etc/machine-id`), else
+    /// the kernel's host name.
+    pub fn host_id(&self) -> String {
+        if let Some(id) = self.host_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            return id.to_string();
+        }
+        for path in ["/etc/machine-id", "/proc/sys/kernel/hostname"] {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let text = text.trim();
+                if !text.is_empty() {
+                    return text.to_string();
+                }
+            }
+        }
+        "localhost".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,24 +609,5 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len());
-    }
-}
-
-impl Settings {
-    /// This host's id: `ORCH_HOST_ID`, else the machine id (`/etc/machine-id`), else
-    /// the kernel's host name.
-    pub fn host_id(&self) -> String {
-        if let Some(id) = self.host_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            return id.to_string();
-        }
-        for path in ["/etc/machine-id", "/proc/sys/kernel/hostname"] {
-            if let Ok(text) = std::fs::read_to_string(path) {
-                let text = text.trim();
-                if !text.is_empty() {
-                    return text.to_string();
-                }
-            }
-        }
-        "localhost".to_string()
     }
 }
