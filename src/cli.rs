@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use crate::cli_docs;
 use crate::commands::{
     agent_socket, backup, config_check, dispatch, doctor, hold, init, job, merge_guard,
-    post_deploy_tick, reap, reconcile, run_job, staging_check, status, task, webhook_handle,
+    migrate_store, post_deploy_tick, reap, reconcile, run_job, staging_check, status, task,
+    webhook_handle,
 };
 use crate::config::Overrides;
 use crate::exit::ExitStatus;
@@ -86,6 +87,7 @@ pub enum Command {
     // For agents under a separate user (docs/security.md).
     AgentSocket(agent_socket::AgentSocketArgs),
     Backup(backup::BackupArgs),
+    MigrateStore(migrate_store::MigrateStoreArgs),
     // For packagers.
     Man(cli_docs::ManArgs),
     Completions(cli_docs::CompletionsArgs),
@@ -101,6 +103,7 @@ pub fn dispatch(command: &Command, ctx: &PassContext) -> Result<ExitStatus> {
         Command::Config(cmd) => config_check::run(cmd, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
         Command::Backup(args) => backup::run(args, ctx),
+        Command::MigrateStore(args) => migrate_store::run(args, ctx),
         Command::Status(args) => status::run(args, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::StagingCheck(args) => staging_check::run(args, ctx),

@@ -9,6 +9,7 @@ pub mod hold;
 pub mod init;
 pub mod job;
 pub mod merge_guard;
+pub mod migrate_store;
 pub mod post_deploy_tick;
 pub mod reap;
 pub mod reconcile;

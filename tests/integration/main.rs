@@ -20,6 +20,7 @@ mod install;
 mod jobs;
 mod kit;
 mod merge_guard;
+mod migrate_store;
 mod package;
 mod post_deploy;
 mod priority;

@@ -35,6 +35,8 @@ mod jobs;
 mod kit;
 #[path = "../integration/merge_guard.rs"]
 mod merge_guard;
+#[path = "../integration/migrate_store.rs"]
+mod migrate_store;
 #[path = "../integration/package.rs"]
 mod package;
 #[path = "../integration/post_deploy.rs"]

@@ -452,6 +452,8 @@ pub enum Engine {
 struct PgConn {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// Whether a transaction is open ([`Conn::begin`] until commit or rollback).
+    in_tx: bool,
 }
 
 enum Inner {
@@ -478,6 +480,7 @@ impl Conn {
             inner: Inner::Postgres(Box::new(RefCell::new(PgConn {
                 client,
                 statements: HashMap::new(),
+                in_tx: false,
             }))),
         }
     }
@@ -511,9 +514,9 @@ impl Conn {
             }
             Inner::Postgres(pg) => {
                 let mut pg = pg.borrow_mut();
-                let stmt = pg.statement(sql)?;
-                let refs = pg_params(&values);
-                let n = pg.client.execute(&stmt, &refs)?;
+                let n = pg.run(sql, &values, |client, stmt, refs| {
+                    client.execute(stmt, refs)
+                })?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -614,10 +617,15 @@ impl Conn {
 
     /// Runs `sql` on PostgreSQL and returns every row.
     fn pg_query(pg: &RefCell<PgConn>, sql: &str, values: &[Value]) -> Result<Vec<postgres::Row>> {
-        let mut pg = pg.borrow_mut();
-        let stmt = pg.statement(sql)?;
-        let refs = pg_params(values);
-        Ok(pg.client.query(&stmt, &refs)?)
+        pg.borrow_mut()
+            .run(sql, values, |client, stmt, refs| client.query(stmt, refs))
+    }
+
+    /// Marks the transaction ended (before its `COMMIT` or `ROLLBACK` is sent).
+    fn end_tx(&self) {
+        if let Inner::Postgres(pg) = &self.inner {
+            pg.borrow_mut().in_tx = false;
+        }
     }
 
     /// Begins a write transaction ([`Begin::Write`]), as `rusqlite`'s `transaction`.
@@ -638,17 +646,16 @@ impl Conn {
             (Inner::Sqlite(_), Begin::Read) => self.execute_batch("BEGIN DEFERRED")?,
             (Inner::Sqlite(_), Begin::Write) => self.execute_batch("BEGIN IMMEDIATE")?,
             (Inner::Sqlite(_), Begin::Exclusive) => self.execute_batch("BEGIN EXCLUSIVE")?,
-            (Inner::Postgres(_), Begin::Read) => {
-                self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            (Inner::Postgres(pg), Begin::Read) => {
+                let mut pg = pg.borrow_mut();
+                pg.client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                pg.in_tx = true;
             }
-            (Inner::Postgres(_), Begin::Write | Begin::Exclusive) => {
-                // Waits for the writer lock as long as SQLite's busy timeout, then fails
-                // (SQLSTATE 55P03) as SQLite's "database is locked" does. `SET LOCAL`
-                // lasts this transaction only, so it holds behind PgBouncer too.
-                self.execute_batch(&format!(
-                    "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})",
-                    super::BUSY_TIMEOUT.as_millis()
-                ))?;
+            (Inner::Postgres(pg), Begin::Write | Begin::Exclusive) => {
+                let mut pg = pg.borrow_mut();
+                pg.begin_write()?;
+                pg.in_tx = true;
             }
         }
         Ok(Tx {
@@ -658,7 +665,70 @@ impl Conn {
     }
 }
 
+/// What begins a PostgreSQL write transaction: the writer lock, waited for as long as
+/// SQLite's busy timeout, then an error (SQLSTATE 55P03) as SQLite's "database is
+/// locked" is. `SET LOCAL` lasts this transaction only, so it holds behind PgBouncer.
+fn begin_write() -> String {
+    format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})",
+        super::BUSY_TIMEOUT.as_millis()
+    )
+}
+
+/// Whether `sql` writes (so, outside a transaction, it must take the writer lock as
+/// every SQLite write takes the database's).
+fn writes(sql: &str) -> bool {
+    let head: String = sql
+        .trim_start()
+        .chars()
+        .take(6)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(head.as_str(), "INSERT" | "UPDATE" | "DELETE")
+}
+
 impl PgConn {
+    /// Begins a write transaction; when the writer lock is not obtained the begun
+    /// transaction is rolled back, so the connection stays usable.
+    fn begin_write(&mut self) -> Result<()> {
+        if let Err(e) = self.client.batch_execute(&begin_write()) {
+            let _ = self.client.batch_execute("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` through `call`. A write outside a transaction runs in one of its own
+    /// that takes the writer lock first, so it waits for (and is ordered with) every
+    /// other write, as on SQLite.
+    fn run<T>(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+        call: impl FnOnce(
+            &mut postgres::Client,
+            &postgres::Statement,
+            &[&(dyn postgres::types::ToSql + Sync)],
+        ) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let stmt = self.statement(sql)?;
+        let refs = pg_params(values);
+        if self.in_tx || !writes(sql) {
+            return Ok(call(&mut self.client, &stmt, &refs)?);
+        }
+        self.begin_write()?;
+        match call(&mut self.client, &stmt, &refs) {
+            Ok(out) => {
+                self.client.batch_execute("COMMIT")?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
     /// The prepared statement of `sql` (prepared once per connection).
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
         if let Some(s) = self.statements.get(sql) {
@@ -811,6 +881,7 @@ impl Tx<'_> {
     /// When the engine refuses the commit (the transaction is rolled back then).
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
+        self.conn.end_tx();
         self.conn.execute_batch("COMMIT")
     }
 }
@@ -825,6 +896,7 @@ impl Deref for Tx<'_> {
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if self.open {
+            self.conn.end_tx();
             // Nothing to do with an error here: a failed rollback leaves the transaction
             // to die with the connection, which rolls it back too.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -1046,6 +1118,15 @@ mod tests {
             to_postgres("FROM jobs j INDEXED BY jobs_by_x JOIN t"),
             "FROM jobs j  JOIN t"
         );
+    }
+
+    #[test]
+    fn only_writes_take_the_writer_lock_on_their_own() {
+        assert!(writes("  insert into t values (1)"));
+        assert!(writes("UPDATE jobs SET x = 1"));
+        assert!(writes("\n DELETE FROM t"));
+        assert!(!writes("SELECT 1"));
+        assert!(!writes("WITH x AS (SELECT 1) SELECT * FROM x"));
     }
 
     #[test]
