@@ -71,9 +71,82 @@ struct RawWorkItem {
     #[serde(default)]
     state: RawState,
     #[serde(default)]
-    updated_at: Option<serde_json::Value>,
+    updated_at: RawScalar,
     #[serde(default)]
-    priority: Option<serde_json::Value>,
+    priority: RawScalar,
+}
+
+/// A scalar field read without building a JSON tree for the usual case: a string is
+/// kept as it is, `null` (or an absent field) as `Null`, anything else whole for the
+/// warning that names it. A listing page of 100 items would otherwise build a
+/// `serde_json::Value` per field and item.
+#[derive(Default)]
+enum RawScalar {
+    #[default]
+    Null,
+    Str(String),
+    Other(serde_json::Value),
+}
+
+impl RawScalar {
+    /// The value as `serde_json` would have read it (`None` for `null` or absent).
+    fn into_value(self) -> Option<serde_json::Value> {
+        match self {
+            RawScalar::Null => None,
+            RawScalar::Str(s) => Some(serde_json::Value::String(s)),
+            RawScalar::Other(v) => Some(v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawScalar, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawScalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawScalar, E> {
+                Ok(RawScalar::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawScalar, E> {
+                Ok(RawScalar::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawScalar, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar, E> {
+                Ok(RawScalar::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawScalar, E> {
+                Ok(RawScalar::Str(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawScalar, E> {
+                Ok(RawScalar::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Other(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Other(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawScalar, E> {
+                Ok(RawScalar::Other(Value::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawScalar, A::Error> {
+                let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawScalar::Other(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawScalar, A::Error> {
+                let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawScalar::Other(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A work item's `state` as read: an id, an expanded object (only the keys
@@ -85,6 +158,9 @@ enum RawState {
     #[default]
     Null,
     Id(String),
+    /// `id`, `name` and `group` all strings (every well-formed answer): read without
+    /// a JSON tree.
+    State(PlaneState),
     Object(serde_json::Map<String, serde_json::Value>),
     Other(serde_json::Value),
 }
@@ -131,16 +207,35 @@ impl<'de> Deserialize<'de> for RawState {
                 Ok(RawState::Other(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawState, A::Error> {
-                let mut kept = serde_json::Map::new();
+                // The three kept keys, in the order of `FIELDS` (the last of a repeated
+                // key wins, as in a JSON object read whole).
+                const FIELDS: [&str; 3] = ["id", "name", "group"];
+                let mut kept: [Option<RawScalar>; 3] = [None, None, None];
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if matches!(key.as_ref(), "id" | "name" | "group") {
-                        let v: Value = map.next_value()?;
-                        kept.insert(key.into_owned(), v);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match FIELDS.iter().position(|f| *f == key.as_ref()) {
+                        Some(i) => kept[i] = Some(map.next_value()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
-                Ok(RawState::Object(kept))
+                match kept {
+                    [Some(RawScalar::Str(id)), Some(RawScalar::Str(name)), Some(RawScalar::Str(group))] => {
+                        Ok(RawState::State(PlaneState { id, name, group }))
+                    }
+                    // Anything else is read as a JSON object, for `PlaneState`'s own
+                    // error (a `null` kept as `null`, an absent key left out).
+                    kept => {
+                        let mut object = serde_json::Map::new();
+                        for (field, value) in FIELDS.iter().zip(kept) {
+                            if let Some(v) = value {
+                                let v = v.into_value().unwrap_or(Value::Null);
+                                object.insert((*field).to_string(), v);
+                            }
+                        }
+                        Ok(RawState::Object(object))
+                    }
+                }
             }
         }
         d.deserialize_any(V)
@@ -154,6 +249,7 @@ impl TryFrom<RawWorkItem> for WorkItem {
         let (state_id, state) = match raw.state {
             RawState::Null => (None, None),
             RawState::Id(id) => (Some(id), None),
+            RawState::State(s) => (Some(s.id.clone()), Some(s)),
             RawState::Object(v) => {
                 let s: PlaneState = serde_json::from_value(serde_json::Value::Object(v))
                     .map_err(|e| format!("work item {}: state: {e}", raw.id))?;
@@ -166,11 +262,30 @@ impl TryFrom<RawWorkItem> for WorkItem {
                 ))
             }
         };
-        let (priority, warning) =
-            Priority::read(raw.priority.as_ref(), &format!("work item {}", raw.id));
-        if let Some(w) = warning {
-            log::warn!("{w}");
-        }
+        // One of the five strings reads without a warning (nothing to name the item
+        // for); anything else as `Priority::read` says.
+        let known = match &raw.priority {
+            RawScalar::Str(s) => s.parse::<Priority>().ok(),
+            _ => None,
+        };
+        let priority = match known {
+            Some(p) => p,
+            None => {
+                let other = raw.priority;
+                let (priority, warning) = Priority::read(
+                    other.into_value().as_ref(),
+                    &format!("work item {}", raw.id),
+                );
+                if let Some(w) = warning {
+                    log::warn!("{w}");
+                }
+                priority
+            }
+        };
+        let updated_at = match raw.updated_at {
+            RawScalar::Str(s) => crate::core::intake::WorkItemTime::parse(&s),
+            other => crate::core::intake::WorkItemTime::read(other.into_value().as_ref()),
+        };
         Ok(WorkItem {
             id: raw.id,
             name: raw.name,
@@ -178,7 +293,7 @@ impl TryFrom<RawWorkItem> for WorkItem {
             project: raw.project,
             state_id,
             state,
-            updated_at: crate::core::intake::WorkItemTime::read(raw.updated_at.as_ref()),
+            updated_at,
             priority,
         })
     }
@@ -710,6 +825,59 @@ mod tests {
         let none: RawWorkItem =
             serde_json::from_str(r#"{"id":"i","name":"n","sequence_id":4,"project":"p"}"#).unwrap();
         assert_eq!(WorkItem::try_from(none).unwrap().state, None);
+    }
+
+    #[test]
+    fn priority_and_updated_at_read_from_text_as_from_a_json_tree() {
+        let read = |fields: &str| {
+            let text = format!(r#"{{"id":"i","name":"n","sequence_id":4,"project":"p"{fields}}}"#);
+            WorkItem::try_from(serde_json::from_str::<RawWorkItem>(&text).unwrap()).unwrap()
+        };
+        for field in [
+            r#""high""#,
+            r#""none""#,
+            r#""Urgent""#,
+            r#""hi\u0067h""#,
+            r#""2026-05-01T09:00:00.100000Z""#,
+            r#"" 2026-05-01T09:00:00Z ""#,
+            r#""2026-05-01T09:00:00\u005a""#,
+            r#""yesterday""#,
+            "null",
+            "3",
+            "-3",
+            "1.5",
+            "true",
+            r#"["x"]"#,
+            r#"{"a":1}"#,
+        ] {
+            let item = read(&format!(r#","priority":{field},"updated_at":{field}"#));
+            let tree: serde_json::Value = serde_json::from_str(field).unwrap();
+            let tree = Some(&tree).filter(|v| !v.is_null());
+            assert_eq!(item.priority, Priority::read(tree, "x").0, "{field}");
+            assert_eq!(
+                item.updated_at,
+                crate::core::intake::WorkItemTime::read(tree),
+                "{field}"
+            );
+        }
+        let absent = read("");
+        assert_eq!(absent.priority, Priority::None);
+        assert_eq!(
+            absent.updated_at,
+            crate::core::intake::WorkItemTime::Missing
+        );
+        let escaped = read(r#","state":{"id":"s","name":"Do\u006ee","group":"completed"}"#);
+        assert_eq!(escaped.state.unwrap().name, "Done");
+        let null_name = WorkItem::try_from(
+            serde_json::from_str::<RawWorkItem>(
+                r#"{"id":"i","name":"n","sequence_id":4,"project":"p","state":{"id":"s","name":null,"group":"g"}}"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            null_name.unwrap_err(),
+            "work item i: state: invalid type: null, expected a string"
+        );
     }
 
     #[test]

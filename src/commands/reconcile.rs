@@ -25,7 +25,7 @@ use anyhow::Result;
 use crate::adapters::db::{Db, MoveError};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
-use crate::core::gate::{self, GateInputs};
+use crate::core::gate;
 use crate::core::job::{JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
@@ -409,14 +409,18 @@ impl Pass<'_> {
 
     /// Gathers what the stage's gate needs and decides.
     fn evaluate(&mut self, db: &mut Db, t: &Task) -> TaskVerdict {
-        let inputs = self.gate_inputs(db, t);
+        let (inputs, job_read) =
+            crate::ops::gate::gate_inputs_and_job(self.ctx, db, t, &mut self.forge, !self.dry_run);
         self.merged
             .insert(t.id, crate::core::round::merged(&inputs.pr));
         if let (Stage::Development, Some(failure)) = (t.stage, &inputs.ci_failure) {
             self.ci_failures.insert(t.id, failure.clone());
         }
         let decision = gate::evaluate(t.stage, &inputs);
-        let last = match db.latest_stage_job(t.id, t.stage) {
+        // The gate's own read of the job when it made one (the same query: nothing
+        // writes in between), else read now.
+        let job_read = job_read.unwrap_or_else(|| db.latest_stage_job(t.id, t.stage));
+        let last = match job_read {
             Ok(j) => j.map(|j| {
                 (
                     j.id,
@@ -438,10 +442,6 @@ impl Pass<'_> {
         };
         let action = decide(t.stage, &decision, last, t.developer_retries, &self.limits);
         TaskVerdict::Act { action }
-    }
-
-    fn gate_inputs(&mut self, db: &Db, t: &Task) -> GateInputs {
-        crate::ops::gate::gate_inputs_with(self.ctx, db, t, &mut self.forge, !self.dry_run)
     }
 
     /// Acts on a decision; returns a note when acting failed or lost a race.

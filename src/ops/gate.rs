@@ -14,7 +14,7 @@ use crate::adapters::db::{Db, Moved};
 use crate::adapters::forge::Forge;
 use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
 use crate::core::gate::{self, GateDecision, GateInputs, Need};
-use crate::core::job::JobOutcome;
+use crate::core::job::{Job, JobOutcome};
 use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::ops::moves::{self, MergeEvidence, MoveRequest};
@@ -49,7 +49,21 @@ pub fn gate_inputs_with(
     forge: &mut Forge<'_>,
     record: bool,
 ) -> GateInputs {
+    gate_inputs_and_job(ctx, db, task, forge, record).0
+}
+
+/// [`gate_inputs_with`], also handing back the stage's latest job as read for the gate
+/// (`None` when the stage's gate does not read one), so a caller that needs the job
+/// itself (its id, to re-run it) does not read it a second time.
+pub fn gate_inputs_and_job(
+    ctx: &PassContext,
+    db: &Db,
+    task: &Task,
+    forge: &mut Forge<'_>,
+    record: bool,
+) -> (GateInputs, Option<Result<Option<Job>>>) {
     let mut inputs = GateInputs::empty();
+    let mut job_read = None;
     let root = &ctx.config.settings.artefacts_dir;
     let read = |file: &str| -> Result<Option<String>, ArtefactError> {
         artefacts::read(root, &task.key, file).map_err(|e| ArtefactError::BadYaml {
@@ -60,8 +74,9 @@ pub fn gate_inputs_with(
     for need in gate::needs(task.stage) {
         match need {
             Need::Job => {
-                inputs.last_job = match db.latest_stage_job(task.id, task.stage) {
-                    Ok(j) => j.map(|j| JobOutcome {
+                let read = db.latest_stage_job(task.id, task.stage);
+                inputs.last_job = match &read {
+                    Ok(j) => j.as_ref().map(|j| JobOutcome {
                         status: j.status,
                         attempt: j.attempt,
                         exit_code: j.exit_code,
@@ -71,6 +86,7 @@ pub fn gate_inputs_with(
                         None
                     }
                 };
+                job_read = Some(read);
             }
             Need::Pr | Need::Ci => {}
             Need::Review => {
@@ -131,7 +147,7 @@ pub fn gate_inputs_with(
     );
     inputs.validated_revision = task.validated_revision.clone();
     inputs.recorded_pr = task.pr_number.and_then(|n| u64::try_from(n).ok());
-    inputs
+    (inputs, job_read)
 }
 
 /// What applying a gate did.

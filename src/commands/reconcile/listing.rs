@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::adapters::db::{Db, ListedKnown};
 use crate::adapters::http::HttpError;
-use crate::adapters::plane::{PlaneClient, WorkItem};
+use crate::adapters::plane::{PlaneClient, WorkItem, WorkItemPage};
 use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
 use crate::core::plane::Project;
 use crate::core::priority::Priority;
@@ -40,41 +40,61 @@ impl Pass<'_> {
         if self.rate_limited || self.report.stopped_early.is_some() {
             return Ok(l);
         }
+        let pid = project.plane_project_id.as_str();
+        let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
+        let bounds = self.ctx.bounds();
+        let what = format!("plane list work items of project {}", project.name);
+        // The pages are read (and parsed) by a thread of their own, at most two pages
+        // ahead of this one, which reads the store and decides per page: the requests,
+        // their order and where the listing stops are the same as one thread's (each
+        // follows only from the pages before it), and the next page is on its way while
+        // this one is judged.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || fetch_pages(plane, bounds, pid, floor, &what, &tx));
+            self.take_pages(db, project, plane, &rx, l)
+        })
+    }
+
+    /// Judges the pages [`fetch_pages`] sends, in order, into `l`.
+    fn take_pages(
+        &mut self,
+        db: &mut Db,
+        project: &Project,
+        plane: &PlaneClient,
+        pages: &std::sync::mpsc::Receiver<Fetched>,
+        mut l: ProjectListing,
+    ) -> Result<ProjectListing> {
         let pid = &project.plane_project_id;
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
-        let mut cursor: Option<String> = None;
         let mut states_refreshed = false;
-        let mut pages = 0usize;
         let replay = self.ctx.config.settings.reconcile_replay_enabled;
         loop {
-            // Bounded between pages: an upstream that keeps sending new cursors, or
-            // answers slowly, cannot hold the pass.
-            let stopped = if pages == plane.max_pages() {
-                let what = format!("plane list work items of project {}", project.name);
-                Some(plane.page_cap_hit(&what).to_string())
-            } else if self.ctx.bounds().stop_for_deadline("listing Plane") {
-                Some("the pass deadline ORCH_PASS_DEADLINE_S passed".into())
-            } else {
-                None
-            };
-            if let Some(why) = stopped {
-                l.listing.failed = Some(format!("listing stopped: {why}"));
-                self.report.stopped_early.get_or_insert(why);
-                return Ok(l);
-            }
-            pages += 1;
-            self.report.c.plane_requests += 1;
-            let page = match plane.list_work_items_page(pid, cursor.as_deref()) {
-                Ok(page) => page,
-                Err(HttpError::RateLimited { retry_after, .. }) => {
+            let page = match pages.recv() {
+                Ok(Fetched::Page(page)) => {
+                    self.report.c.plane_requests += 1;
+                    page
+                }
+                Ok(Fetched::Stopped(why)) => {
+                    l.listing.failed = Some(format!("listing stopped: {why}"));
+                    self.report.stopped_early.get_or_insert(why);
+                    return Ok(l);
+                }
+                Ok(Fetched::Failed(HttpError::RateLimited { retry_after, .. })) => {
+                    self.report.c.plane_requests += 1;
                     self.rate_limit(retry_after);
                     return Ok(l);
                 }
-                Err(e) => {
+                Ok(Fetched::Failed(e)) => {
+                    self.report.c.plane_requests += 1;
                     log::warn!("project {}: listing work items failed: {e}", project.name);
                     l.listing.failed =
                         Some(format!("listing the project's work items failed: {e}"));
                     return Ok(l);
+                }
+                Err(_) => {
+                    // The reader ends only after a message that ends the listing.
+                    anyhow::bail!("project {}: the listing's reader ended early", project.name)
                 }
             };
             // What the store knows of this page's work items, in two reads: a steady
@@ -83,13 +103,12 @@ impl Pass<'_> {
             let known = db.listed_known(&ids)?;
             self.note_listed_updates(db, &page.items, &known)?;
             self.refresh_listed_priorities(db, &page.items, &known)?;
-            for item in page.items {
-                let state = match &item.state {
-                    Some(s) => Some(CachedState {
-                        id: s.id.clone(),
-                        name: s.name.clone(),
-                        group: s.group.clone(),
-                    }),
+            for mut item in page.items {
+                // The expanded state is moved out, not copied: only a replay candidate
+                // (rare in a steady pass) keeps the item, with a copy of it.
+                let expanded = item.state.is_some();
+                let state = match item.state.take() {
+                    Some(s) => Some(s),
                     None => match &item.state_id {
                         None => None,
                         Some(id) => {
@@ -104,17 +123,20 @@ impl Pass<'_> {
                 };
                 match state {
                     Some(st) => {
-                        l.listing.items.insert(
-                            item.id.clone(),
-                            Listed::Seen {
-                                name: st.name.clone(),
-                                group: st.group.clone(),
-                            },
-                        );
-                        if replay
-                            && Pass::replay_candidate(db, project, &st, known.tasks.get(&item.id))?
-                        {
+                        let candidate = replay
+                            && Pass::replay_candidate(db, project, &st, known.tasks.get(&item.id))?;
+                        let seen = |st: CachedState| Listed::Seen {
+                            name: st.name,
+                            group: st.group,
+                        };
+                        if candidate {
+                            l.listing.items.insert(item.id.clone(), seen(st.clone()));
+                            if expanded {
+                                item.state = Some(st.clone());
+                            }
                             l.resolved.push((item, st));
+                        } else {
+                            l.listing.items.insert(item.id, seen(st));
                         }
                     }
                     None => {
@@ -136,7 +158,7 @@ impl Pass<'_> {
                 ));
                 return Ok(l);
             }
-            cursor = Some(next);
+            let _ = next;
         }
     }
 
@@ -242,6 +264,69 @@ impl Pass<'_> {
             Err(e) => {
                 log::warn!("project {}: refreshing states failed: {e}", project.name);
                 Ok(None)
+            }
+        }
+    }
+}
+
+/// What the page reader hands over, in order.
+enum Fetched {
+    /// A page read.
+    Page(WorkItemPage),
+    /// The request for the next page failed (a 429 included).
+    Failed(HttpError),
+    /// The listing stopped before the next request (page cap or pass deadline): why.
+    Stopped(String),
+}
+
+/// Reads a project's pages in order, following the cursors, and sends each: stops
+/// after the last page, a failed request, a page below the rate-limit floor, or (before
+/// a request) at the page cap or the pass deadline, exactly where the judging side
+/// stops; also when that side stopped listening.
+fn fetch_pages(
+    plane: &PlaneClient,
+    bounds: &crate::adapters::bounds::PassBounds,
+    pid: &str,
+    floor: u32,
+    what: &str,
+    out: &std::sync::mpsc::SyncSender<Fetched>,
+) {
+    let mut cursor: Option<String> = None;
+    let mut pages = 0usize;
+    loop {
+        // Bounded between pages: an upstream that keeps sending new cursors, or
+        // answers slowly, cannot hold the pass.
+        let stopped = if pages == plane.max_pages() {
+            Some(plane.page_cap_hit(what).to_string())
+        } else if bounds.stop_for_deadline("listing Plane") {
+            Some("the pass deadline ORCH_PASS_DEADLINE_S passed".into())
+        } else {
+            None
+        };
+        if let Some(why) = stopped {
+            let _ = out.send(Fetched::Stopped(why));
+            return;
+        }
+        pages += 1;
+        match plane.list_work_items_page(pid, cursor.as_deref()) {
+            Ok(page) => {
+                let next = match &page.next_cursor {
+                    Some(next) if !reconcile::below_floor(page.rate_limit_remaining, floor) => {
+                        Some(next.clone())
+                    }
+                    _ => None,
+                };
+                if out.send(Fetched::Page(page)).is_err() {
+                    return;
+                }
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => return,
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Fetched::Failed(e));
+                return;
             }
         }
     }
