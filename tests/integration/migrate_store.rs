@@ -70,7 +70,7 @@ fn a_sqlite_store_moves_to_postgresql_whole_and_keeps_working_there() {
         .run(&["task", "show", "ORCH-4", "--json"])
         .expect(0)
         .json();
-    assert_eq!(shown["task"]["id"], 4, "{shown}");
+    assert_eq!(shown["id"], 4, "{shown}");
     assert_eq!(
         env.count(orch::adapters::db::TASK_COUNTS_DRIFT)
             + env.count(orch::adapters::db::JOB_COUNTS_DRIFT),

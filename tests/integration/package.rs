@@ -84,6 +84,9 @@ fn repo_units() -> BTreeSet<String> {
 
 #[test]
 fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
+    if !crate::common::sqlite_only() {
+        return; // the package is the same whatever the engine: built and checked once
+    }
     let ci = std::env::var_os("CI").is_some();
     let tools = [
         "cargo-deb",
