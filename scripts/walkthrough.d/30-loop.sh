@@ -81,11 +81,14 @@ ci_green() {
   curl -fsS -o /dev/null -X POST -H "Authorization: token $ORCH_GITEA_TOKEN" -H 'Content-Type: application/json' \
     -d '{"state": "success", "context": "ci/test"}' "$ORCH_GITEA_URL/api/v1/repos/$1/statuses/$2"
 }
+# next_host: which host the next timer fires on; one host here (70-two-hosts.sh
+# alternates between two).
+next_host() { :; }
 # round KEY REPO N: one round from development to done, driven as the timers would.
 round() {
   local key=$1 repo=$2 n=$3
   step "round $n: dispatch starts the developer: it commits to the task's branch and opens a PR"
-  run_job
+  next_host; run_job
   open_pr "$key" "$repo"
   expect_stage "$key" development
   echo "(no CI result yet: the development gate waits)"
@@ -93,21 +96,21 @@ round() {
   step "round $n: CI goes green on the PR head; the reconcile timer (after its grace) re-drives the gate"
   ci_green "$repo" "$pr_head"
   advance 301
-  show orch reconcile
+  next_host; show orch reconcile
   expect_stage "$key" review
 
   step "round $n: the reviewer approves; run-job's gate moves the task on at once"
-  run_job
+  next_host; run_job
   expect_stage "$key" deploy-staging
 
   step "round $n: the deployer puts the PR head on staging and runs staging-check --task"
-  run_job
+  next_host; run_job
   show sed -n '1,/^---$/{/^---$/!p}' "$ORCH_ARTEFACTS_DIR/$key/10-staging-report.md"
   printf '$ curl %s/version\n' "$STUB_STAGING_URL"; curl -fsS "$STUB_STAGING_URL/version"; echo
   expect_stage "$key" deploy
 
   step "round $n: the deployer merges through merge-guard, deploys main to production, reports"
-  run_job
+  next_host; run_job
   printf '$ curl %s/version\n' "$STUB_PROD_URL"; curl -fsS "$STUB_PROD_URL/version"; echo
   expect_stage "$key" done
 }
