@@ -37,7 +37,7 @@ if [ -n "${ORCH_WALKTHROUGH_POSTGRES:-}" ]; then
   show orch task move SHOP-9 --to development --reason "approved (the walkthrough's human)"
 
   round SHOP-9 acme/shop 1
-  step "SHOP-9 went round on two hosts: which host ran each job"
-  show orch job list --task SHOP-9
+  step "SHOP-9 went round on two hosts, each job on the host whose dispatch claimed it"
+  show orch task show SHOP-9
   pg_drop
 fi
