@@ -4,6 +4,7 @@
 # stdout line is "KIND URL", read through a fifo (an event, not a sleep).
 SHOP_PROJECT=3f9a1c0e-8b7d-4c2a-a1e5-6d4b2c9f0a17
 SHOP_ITEM=3f9a1c0e-8b7d-4c2a-a1e5-0000000000a7
+SHOP_ITEM9=3f9a1c0e-8b7d-4c2a-a1e5-0000000000a9   # the two-host act's ticket (70-two-hosts.sh)
 ORCH_PROJECT=7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02
 ORCH_ITEM=7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e04
 cat > "$WALK/plane-seed.yaml" <<YAML
@@ -28,6 +29,7 @@ projects:
       - { id: 3f9a1c0e-8b7d-4c2a-a1e5-000000000b05, name: Cancelled, group: cancelled }
     work_items:
       - { id: $SHOP_ITEM, sequence_id: 7, name: Add a basket page, state: Todo }
+      - { id: $SHOP_ITEM9, sequence_id: 9, name: Two hosts, state: Todo }
 YAML
 cat > "$WALK/gitea-seed.yaml" <<'YAML'
 repos:

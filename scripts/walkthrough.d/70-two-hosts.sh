@@ -1,16 +1,16 @@
-# Optional (ORCH_WALKTHROUGH_POSTGRES=1): two hosts, one PostgreSQL. The walkthrough's
+# Optional (POSTGRES=1): two hosts, one PostgreSQL. The walkthrough's
 # SQLite store moves to a PostgreSQL database with migrate-store; then host-a and
 # host-b (each its own ORCH_HOST_ID, state dir and artefacts dir, the same ORCH_DB) take
 # turns at every timer through a whole round of a new ticket: what one host's agent
 # wrote, the other host's gate reads from the database (docs/scale-out.md).
-if [ -n "${ORCH_WALKTHROUGH_POSTGRES:-}" ]; then
+if [ -n "${POSTGRES:-}" ]; then
   step "two hosts, one PostgreSQL: a throwaway cluster on 127.0.0.1 and a database for orch"
   pg_admin=$(scripts/pg-cluster start)
   pg_db="orch_walk_$$"
   printf '$ psql %s -c "CREATE DATABASE %s"\n' "$pg_admin" "$pg_db"
   psql -X -q "$pg_admin" -c "CREATE DATABASE $pg_db"
   pg_url="${pg_admin%/*}/$pg_db"
-  pg_drop() { psql -X -q "$pg_admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" || true; }
+  pg_drop() { PGOPTIONS="-c client_min_messages=warning" psql -X -q "$pg_admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" || true; }
   trap 'pg_drop; cleanup' EXIT
 
   step "the store moves over: every row of the SQLite file, in one checked transaction"
@@ -29,12 +29,19 @@ if [ -n "${ORCH_WALKTHROUGH_POSTGRES:-}" ]; then
   on_host host-a
   show orch status
 
-  step "host-a takes a new ticket by hand; host-b's dispatch runs its analyst"
-  show orch task add --project shop --work-item 3f9a1c0e-8b7d-4c2a-a1e5-0000000000c9 --key SHOP-9 --title "Two hosts"
+  step "a human starts SHOP-9 in Plane; host-a's webhook socket takes the delivery"
+  plane_move "$SHOP_PROJECT" "$SHOP_ITEM9" "$SHOP_IN_PROGRESS"
+  deliver "$SHOP_PROJECT" "$SHOP_ITEM9" 9 "Two hosts" "$SHOP_IN_PROGRESS" "In Progress" started d-0901
+  step "host-b's dispatch runs the analyst"
   next_host; run_job
   expect_stage SHOP-9 analysis
+  step "the human approves SHOP-9; host-a takes the delivery"
+  advance 60
   on_host host-a
-  show orch task move SHOP-9 --to development --reason "approved (the walkthrough's human)"
+  plane_move "$SHOP_PROJECT" "$SHOP_ITEM9" "$SHOP_APPROVED"
+  deliver "$SHOP_PROJECT" "$SHOP_ITEM9" 9 "Two hosts" "$SHOP_APPROVED" Approved started d-0902
+  expect_stage SHOP-9 development
+  host_turn=0
 
   round SHOP-9 acme/shop 1
   step "SHOP-9 went round on two hosts, each job on the host whose dispatch claimed it"
