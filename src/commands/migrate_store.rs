@@ -40,7 +40,7 @@ pub fn run(args: &MigrateStoreArgs, ctx: &PassContext) -> Result<ExitStatus> {
     ensure!(
         is_postgres_url(&args.to),
         "--to must be a postgres:// URL, not {}",
-        args.to.display()
+        display_location(&args.to)
     );
     let from = Db::open_existing(src)?;
     let mut to = Db::open(&args.to)?;

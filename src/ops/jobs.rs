@@ -48,7 +48,17 @@ pub fn agent_env(
     job: &[(&str, String)],
 ) -> Vec<(String, OsString)> {
     let grants = config.pipeline.agent_grants(agent);
-    let secret = |k: &str| SETTINGS.iter().any(|s| s.secret && s.name == k);
+    // A PostgreSQL ORCH_DB carries the database's password: an agent under another user
+    // (which reaches orch only through the agent socket) never gets it, as it never gets
+    // write access to a SQLite file. An agent running as orch has that access anyway.
+    let other_user = config
+        .settings
+        .agent_user
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    let hide_db = other_user && crate::adapters::db::is_postgres_url(&config.settings.db);
+    let secret =
+        |k: &str| SETTINGS.iter().any(|s| s.secret && s.name == k) || (hide_db && k == "ORCH_DB");
     let passes = |k: &str| {
         AGENT_BASE_ENV.contains(&k)
             || k.starts_with("LC_")
@@ -161,5 +171,29 @@ mod tests {
                 "ORCH_TASK_ID=7"
             ]
         );
+    }
+
+    #[test]
+    fn an_agent_under_another_user_never_gets_a_postgresql_url() {
+        let url = "postgres://orch:pw@db/orch";
+        let env_of = |agent_user: Option<&str>| {
+            let mut vars = vec![("ORCH_DB".to_string(), url.to_string())];
+            if let Some(u) = agent_user {
+                vars.push(("ORCH_AGENT_USER".to_string(), u.to_string()));
+            }
+            let layers = Layers {
+                env: vars.iter().cloned().collect(),
+                ..Layers::default()
+            };
+            let config =
+                Config::from_parts(Some("agents:\n  analyst: [a]\n"), None, layers).unwrap();
+            let parent = vars.iter().map(|(k, v)| (k.into(), v.into()));
+            agent_env(parent, &config, Agent::Analyst, &[])
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert!(!env_of(Some("orch-agent")).contains(&"ORCH_DB".to_string()));
+        assert!(env_of(None).contains(&"ORCH_DB".to_string()));
     }
 }

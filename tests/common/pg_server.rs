@@ -39,8 +39,21 @@ fn client(url: &str) -> postgres::Client {
         .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL {url}: {e}"))
 }
 
-/// Drops the databases earlier test processes left behind (killed before their envs
-/// dropped): those whose process is gone.
+/// This machine's tag in test database names (a server may be shared by machines whose
+/// process ids overlap): the first 8 characters of the machine id.
+fn machine() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Drops the databases earlier test processes of this machine left behind (killed
+/// before their envs dropped): those whose process is gone.
 fn drop_leftovers(url: &str) {
     let mut c = client(url);
     let names: Vec<String> = c
@@ -52,8 +65,14 @@ fn drop_leftovers(url: &str) {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let ours = machine();
     for name in names {
-        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        // orch_t_<machine>_<pid>_<n>
+        let mut parts = name.split('_').skip(2);
+        if parts.next() != Some(ours.as_str()) {
+            continue;
+        }
+        let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
             let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
@@ -65,7 +84,8 @@ pub fn fresh_database() -> (String, String) {
     static N: AtomicU32 = AtomicU32::new(0);
     let admin = admin_url();
     let name = format!(
-        "orch_t_{}_{}",
+        "orch_t_{}_{}_{}",
+        machine(),
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
@@ -91,6 +111,9 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Drops database `name` (its connections too).
 pub fn drop_database(name: &str) {
-    let _ =
-        client(admin_url()).batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    // Never panics (it runs in Drop, maybe while a test unwinds): a database left here
+    // is dropped by the next run's clean-up.
+    if let Ok(mut c) = postgres::Client::connect(admin_url(), postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
 }

@@ -79,18 +79,17 @@ pub fn copy_store(from: &Db, to: &mut Db) -> Result<Vec<Copied>> {
         unknown.is_empty(),
         "the source has tables this orch does not know how to copy: {unknown:?}"
     );
+    let read = from.conn().begin(Begin::Read)?;
+    let write = to.conn().begin(Begin::Write)?;
+    // Checked under the writer lock: a host already pointed at the target waits.
     for t in COPIED {
-        let n: i64 = to
-            .conn()
-            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
+        let n: i64 = write.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
         if n > 0 {
             bail!(
                 "the target already holds {n} rows in {t}: migrate-store copies into an empty database only (a fresh one after orch init)"
             );
         }
     }
-    let read = from.conn().begin(Begin::Read)?;
-    let write = to.conn().begin(Begin::Write)?;
     let mut copied = Vec::new();
     for &table in COPIED {
         let columns: Vec<String> = read.query_all(
@@ -109,14 +108,22 @@ pub fn copy_store(from: &Db, to: &mut Db) -> Result<Vec<Copied>> {
             [],
             |r| (0..columns.len()).map(|i| r.get::<_, Value>(i)).collect(),
         )?;
-        for row in &rows {
+        let read_rows = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        for (n, row) in rows.into_iter().enumerate() {
+            // Named by its first column (the id, where there is one), never dumped: a
+            // row may hold a whole webhook body.
+            let key = match row.first() {
+                Some(Value::Int(i)) => i.to_string(),
+                Some(Value::Text(t)) => t.chars().take(80).collect(),
+                _ => format!("#{}", n + 1),
+            };
             write
-                .execute(&insert, row.clone())
-                .with_context(|| format!("copying a row of {table}: {row:?}"))?;
+                .execute(&insert, row)
+                .with_context(|| format!("copying row {key} of {table}"))?;
         }
         let on_target: i64 =
             write.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
-        let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let n = read_rows;
         ensure!(
             on_target == n,
             "{table}: {n} rows read but {on_target} on the target"

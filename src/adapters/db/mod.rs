@@ -169,9 +169,12 @@ pub fn is_postgres_url(db: &Path) -> bool {
 
 /// `ORCH_DB` as it may be shown: a PostgreSQL URL without its password.
 pub fn display_location(db: &Path) -> String {
-    match db.to_str().filter(|_| is_postgres_url(db)) {
-        Some(s) => pg::redact(s),
-        None => db.display().to_string(),
+    let text = db.display().to_string();
+    // Anything URL-like with user info is redacted, a mistyped scheme included.
+    if text.contains("://") && text.contains('@') {
+        pg::redact(&text)
+    } else {
+        text
     }
 }
 

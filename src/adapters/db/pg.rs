@@ -93,16 +93,26 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 /// `url` with its password (and a `password=` parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
+    // The client reads the user info up to the first '@', whatever the password holds
+    // ('/', '?', '#'), so the password is everything from the first ':' to there.
+    let (authority, tail) = match rest.split_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***@")
+            } else {
+                format!("{user}@")
+            };
+            let (host, tail) = match after.find(['/', '?']) {
+                Some(i) => after.split_at(i),
+                None => (after, ""),
+            };
+            (format!("{masked}{host}"), tail)
+        }
+        None => match rest.find(['/', '?']) {
+            Some(i) => (rest[..i].to_owned(), &rest[i..]),
+            None => (rest.to_owned(), ""),
         },
-        None => authority.to_owned(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -136,6 +146,11 @@ mod tests {
         );
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact("postgres://a:b@h"), "postgres://a:***@h");
+        assert_eq!(
+            redact("postgres://orch:ab/cd?e#f@db:5432/orch"),
+            "postgres://orch:***@db:5432/orch"
+        );
+        assert_eq!(redact("POSTGRES://u:pw@h/db"), "POSTGRES://u:***@h/db");
     }
 
     #[test]

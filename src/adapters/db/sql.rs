@@ -529,7 +529,24 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.inner {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Inner::Postgres(pg) => Ok(pg.borrow_mut().client.batch_execute(sql)?),
+            Inner::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                if pg.in_tx
+                    || !writes(sql)
+                    || sql.trim_start().to_ascii_uppercase().starts_with("BEGIN")
+                    || ["COMMIT", "ROLLBACK"].contains(&sql.trim())
+                {
+                    return Ok(pg.client.batch_execute(sql)?);
+                }
+                pg.begin_write()?;
+                match pg.client.batch_execute(sql) {
+                    Ok(()) => Ok(pg.client.batch_execute("COMMIT")?),
+                    Err(e) => {
+                        let _ = pg.client.batch_execute("ROLLBACK");
+                        Err(e.into())
+                    }
+                }
+            }
         }
     }
 
@@ -642,6 +659,14 @@ impl Conn {
     /// When the engine refuses, or the writer lock is not obtained (SQLite: within the
     /// busy timeout).
     pub fn begin(&self, how: Begin) -> Result<Tx<'_>> {
+        if let Inner::Postgres(pg) = &self.inner {
+            if pg.borrow().in_tx {
+                return Err(Error::conversion(
+                    0,
+                    "a transaction is already open on this connection (transactions do not nest)",
+                ));
+            }
+        }
         match (&self.inner, how) {
             (Inner::Sqlite(_), Begin::Read) => self.execute_batch("BEGIN DEFERRED")?,
             (Inner::Sqlite(_), Begin::Write) => self.execute_batch("BEGIN IMMEDIATE")?,
@@ -670,7 +695,8 @@ impl Conn {
 /// locked" is. `SET LOCAL` lasts this transaction only, so it holds behind PgBouncer.
 fn begin_write() -> String {
     format!(
-        "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})",
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'; \
+         SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})",
         super::BUSY_TIMEOUT.as_millis()
     )
 }
@@ -678,13 +704,13 @@ fn begin_write() -> String {
 /// Whether `sql` writes (so, outside a transaction, it must take the writer lock as
 /// every SQLite write takes the database's).
 fn writes(sql: &str) -> bool {
-    let head: String = sql
-        .trim_start()
-        .chars()
-        .take(6)
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(head.as_str(), "INSERT" | "UPDATE" | "DELETE")
+    let upper = sql.trim_start().to_ascii_uppercase();
+    // Only a plain SELECT that names no write (a CTE's UPDATE, setval) is a read: a
+    // needless lock costs a round trip, a missing one breaks a guard.
+    !upper.starts_with("SELECT")
+        || ["INSERT", "UPDATE", "DELETE", "SETVAL", "NEXTVAL"]
+            .iter()
+            .any(|w| upper.contains(w))
 }
 
 impl PgConn {
@@ -880,9 +906,10 @@ impl Tx<'_> {
     /// # Errors
     /// When the engine refuses the commit (the transaction is rolled back then).
     pub fn commit(mut self) -> Result<()> {
-        self.open = false;
         self.conn.end_tx();
-        self.conn.execute_batch("COMMIT")
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(())
     }
 }
 
@@ -983,6 +1010,10 @@ impl postgres::types::ToSql for Value {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let texty = matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+        );
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Int(i) => match *ty {
@@ -994,24 +1025,25 @@ impl postgres::types::ToSql for Value {
                 Type::FLOAT8 => (*i as f64).to_sql(ty, out),
                 #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
                 Type::FLOAT4 => (*i as f32).to_sql(ty, out),
-                _ => i.to_string().to_sql(&Type::TEXT, out),
+                _ if texty => i.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ => Err(format!("an integer cannot be bound as {ty}").into()),
             },
             Value::Real(f) => match *ty {
                 #[allow(clippy::cast_possible_truncation)]
                 Type::FLOAT4 => (*f as f32).to_sql(ty, out),
                 Type::FLOAT8 => f.to_sql(ty, out),
-                _ => f.to_string().to_sql(&Type::TEXT, out),
+                _ if texty => f.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ => Err(format!("a number with a fraction cannot be bound as {ty}").into()),
             },
             Value::Text(s) => match *ty {
                 Type::BYTEA => s.as_bytes().to_sql(ty, out),
-                Type::INT8 | Type::INT4 | Type::INT2 => {
-                    Value::Int(s.trim().parse::<i64>()?).to_sql(ty, out)
-                }
-                _ => s.as_str().to_sql(&Type::TEXT, out),
+                _ if texty => s.as_str().to_sql(&Type::TEXT, out),
+                _ => Err(format!("text cannot be bound as {ty}").into()),
             },
             Value::Blob(b) => match *ty {
                 Type::BYTEA => b.as_slice().to_sql(ty, out),
-                _ => std::str::from_utf8(b)?.to_sql(&Type::TEXT, out),
+                _ if texty => std::str::from_utf8(b)?.to_sql(&Type::TEXT, out),
+                _ => Err(format!("bytes cannot be bound as {ty}").into()),
             },
         }
     }
@@ -1078,12 +1110,12 @@ fn numeric(raw: &[u8]) -> std::result::Result<Value, Box<dyn std::error::Error +
         let d = i128::from(word(4 + k)?);
         let power = weight - i32::try_from(k)?;
         if power >= 0 {
-            int = int
-                .checked_add(
-                    d * 10_000_i128
-                        .checked_pow(u32::try_from(power)?)
-                        .ok_or("numeric out of range")?,
-                )
+            let scale = 10_000_i128
+                .checked_pow(u32::try_from(power)?)
+                .ok_or("numeric out of range")?;
+            int = d
+                .checked_mul(scale)
+                .and_then(|v| int.checked_add(v))
                 .ok_or("numeric out of range")?;
         } else {
             #[allow(clippy::cast_precision_loss)]
@@ -1126,7 +1158,11 @@ mod tests {
         assert!(writes("UPDATE jobs SET x = 1"));
         assert!(writes("\n DELETE FROM t"));
         assert!(!writes("SELECT 1"));
-        assert!(!writes("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(writes(
+            "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x"
+        ));
+        assert!(writes("/* note */ INSERT INTO t VALUES (1)"));
+        assert!(writes("SELECT setval('s', 1)"));
     }
 
     #[test]
