@@ -708,9 +708,9 @@ fn writes(sql: &str) -> bool {
     // Only a plain SELECT that names no write (a CTE's UPDATE, setval) is a read: a
     // needless lock costs a round trip, a missing one breaks a guard.
     !upper.starts_with("SELECT")
-        || ["INSERT", "UPDATE", "DELETE", "SETVAL", "NEXTVAL"]
-            .iter()
-            .any(|w| upper.contains(w))
+        || upper
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| matches!(w, "INSERT" | "UPDATE" | "DELETE" | "SETVAL" | "NEXTVAL"))
 }
 
 impl PgConn {
@@ -1158,6 +1158,7 @@ mod tests {
         assert!(writes("UPDATE jobs SET x = 1"));
         assert!(writes("\n DELETE FROM t"));
         assert!(!writes("SELECT 1"));
+        assert!(!writes("SELECT updated_at, deleted FROM tasks WHERE inserted_by = 1"));
         assert!(writes(
             "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x"
         ));
