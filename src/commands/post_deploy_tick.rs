@@ -516,6 +516,10 @@ fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
     Ok(removed)
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed down once"
+)]
 fn close(
     ctx: &PassContext,
     db: &Db,

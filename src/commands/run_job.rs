@@ -80,8 +80,26 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let code = supervise(ctx, &db, &job, &task, &log_path)?;
     // Under PostgreSQL the agent's files reach the other hosts' gates before the job
     // ends: a pass elsewhere that sees the job ended finds what its agent wrote.
+    // Only while the job is still this attempt's: a supervisor whose job was rescued
+    // meanwhile (re-run on another host, maybe) must not overwrite the newer files.
     let store = artefacts::ArtefactStore::new(&ctx.config.settings.artefacts_dir, &db);
-    match store.publish(&task.key, ctx.now_secs()) {
+    let ours = || -> Result<bool> {
+        Ok(db
+            .job(job.id)?
+            .is_some_and(|j| j.status == JobStatus::Running && j.attempt == job.attempt))
+    };
+    let published = match store.is_shared().then(ours) {
+        Some(Ok(false)) => {
+            log::warn!(
+                "run-job: job {} moved on (rescued or cancelled); its agent's artefacts are not stored",
+                job.id
+            );
+            Ok(0)
+        }
+        Some(Err(e)) => Err(e),
+        _ => store.publish(&task.key, ctx.now_secs()),
+    };
+    match published {
         Ok(0) => {}
         Ok(n) => log::info!("run-job: job {}: {n} artefact file(s) stored", job.id),
         Err(e) => log::warn!(

@@ -163,7 +163,7 @@ fn window_bytes(env: &TestEnv, dir: &Path) -> Vec<u8> {
             )
             .unwrap();
     }
-    window_bytes(&env, &dir)
+    std::fs::read(dir.join("window.json")).unwrap()
 }
 
 /// Replaces what `window.json` holds (or its stored copy on PostgreSQL).
