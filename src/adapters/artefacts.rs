@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
+pub use crate::adapters::artefact_store::ArtefactStore;
 pub use crate::adapters::fs::write_atomic;
-use crate::core::artefact::{history_name, stage_artefact, HISTORY_DIR};
-use crate::core::stage::{self, Stage};
+use crate::core::artefact::{history_name, HISTORY_DIR};
+use crate::core::stage::Stage;
 use crate::core::task::Task;
 
 /// How many names [`set_aside`] tries in `history/` before it gives up: one per move of
@@ -53,11 +54,20 @@ mod libc_flags {
 pub const MAX_ARTEFACT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads one artefact file, at most [`MAX_ARTEFACT_BYTES`]; `Ok(None)` when it does not
-/// exist.
+/// exist. Bytes that are not UTF-8 are replaced (the parsers then refuse what they
+/// cannot read).
 ///
 /// # Errors
 /// When it exists but cannot be read, or is larger than [`MAX_ARTEFACT_BYTES`].
 pub fn read(root: &Path, key: &str, file: &str) -> Result<Option<String>> {
+    Ok(read_bytes(root, key, file)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// [`read`] without the text conversion: the file's bytes.
+///
+/// # Errors
+/// As [`read`].
+pub fn read_bytes(root: &Path, key: &str, file: &str) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = task_dir(root, key)?.join(file);
@@ -92,54 +102,23 @@ pub fn read(root: &Path, key: &str, file: &str) -> Result<Option<String>> {
             path.display()
         );
     }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    Ok(Some(bytes))
 }
 
 /// Moves aside, before `task` enters `to`, the artefact `to`'s agent writes and its
-/// gate reads ([`stage_artefact`]), when an earlier visit left one; returns where it
-/// went. `None` when `to` has no such artefact, none is there, the table does not allow
-/// the move (the database refuses it; nothing is touched), or the key cannot name an
-/// artefact folder (nothing can be in one).
-///
-/// Called before the move's database commit: a crash in between leaves the task where
-/// it was with the file already in `history/`, and the pass that moves it again finds
-/// nothing to set aside. The other order could leave the task in `to` with the last
-/// visit's verdict in place for the gate to read (the crash point
-/// `artefact-set-aside` sits between the two).
+/// gate reads, in the local folder only: [`ArtefactStore::set_aside_on_entry`] with
+/// [`ArtefactStore::files`] (the store a move uses also mirrors it in the database
+/// under PostgreSQL).
 ///
 /// # Errors
-/// When the file is there but cannot be moved aside (see [`set_aside`]): the caller
-/// must then not commit the move, so the gate of `to` never reads a stale file.
+/// As [`ArtefactStore::set_aside_on_entry`].
 pub fn set_aside_on_entry(
     root: &Path,
     task: &Task,
     to: Stage,
     now: i64,
 ) -> Result<Option<PathBuf>> {
-    let Some(file) = stage_artefact(to) else {
-        return Ok(None);
-    };
-    if stage::transition(task.stage, to).is_none() {
-        return Ok(None);
-    }
-    let Ok(dir) = task_dir(root, &task.key) else {
-        return Ok(None);
-    };
-    let moved = set_aside(&dir, file, task.round, now).with_context(|| {
-        format!(
-            "task {} cannot enter {to}: moving aside the {file} of an earlier visit",
-            task.key
-        )
-    })?;
-    if let Some(path) = &moved {
-        log::info!(
-            "task {}: {file} of an earlier visit moved aside to {HISTORY_DIR}/{} before it enters {to}",
-            task.key,
-            path.file_name().unwrap_or_default().to_string_lossy()
-        );
-        crate::crash::point("artefact-set-aside");
-    }
-    Ok(moved)
+    ArtefactStore::files(root).set_aside_on_entry(task, to, now)
 }
 
 /// Moves `dir/file` into `dir/history/` under [`history_name`] (round `round`, time

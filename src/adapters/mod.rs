@@ -2,6 +2,7 @@
 //! types and make no pipeline decisions.
 
 pub mod agent_socket;
+pub mod artefact_store;
 pub mod artefacts;
 pub mod bounds;
 pub mod db;

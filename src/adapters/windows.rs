@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 
+use crate::adapters::db::shared_files::KIND_WINDOW;
+use crate::adapters::db::{Db, Engine};
 use crate::adapters::fs::write_atomic;
 use crate::core::post_deploy::WindowState;
 
@@ -146,6 +148,128 @@ pub fn list(state_dir: &Path) -> Result<Vec<Found>> {
         }
     }
     Ok(out)
+}
+
+/// Where post-deploy windows live, chosen by engine: the folders of the state dir under
+/// SQLite (one host), the table `shared_files` (kind `window`, key `<repo>/<work item>`
+/// as the two folder names [`window_dir`] gives, the same JSON `window.json` holds)
+/// under PostgreSQL, so a window armed on one host is ticked on any. A window is named
+/// by its folder either way; under PostgreSQL the folder holds only what the host that
+/// ran a rollback wrote there (its output, read by nobody else: the alert names it).
+#[derive(Clone, Copy)]
+pub struct WindowStore<'a> {
+    state_dir: &'a Path,
+    db: Option<&'a Db>,
+    now: i64,
+}
+
+impl<'a> WindowStore<'a> {
+    /// The store of `db`'s engine; `now` stamps what it writes.
+    pub fn new(state_dir: &'a Path, db: &'a Db, now: i64) -> Self {
+        let db = (db.engine() == Engine::Postgres).then_some(db);
+        WindowStore { state_dir, db, now }
+    }
+
+    /// The folders alone.
+    pub fn files(state_dir: &'a Path) -> Self {
+        WindowStore {
+            state_dir,
+            db: None,
+            now: 0,
+        }
+    }
+
+    /// The folder (the name) of one window: [`window_dir`].
+    ///
+    /// # Errors
+    /// As [`window_dir`].
+    pub fn dir(&self, repo: &str, work_item: &str) -> Result<PathBuf> {
+        window_dir(self.state_dir, repo, work_item)
+    }
+
+    /// Loads the window named by `dir`; `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    /// When it cannot be read or parsed.
+    pub fn load(&self, dir: &Path) -> Result<Option<WindowState>> {
+        let Some(db) = self.db else {
+            return load(dir);
+        };
+        let key = self.key_of(dir)?;
+        match db.shared_file(KIND_WINDOW, &key)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("parsing stored window {key}")),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves the window named by `dir` (a file written atomically, or one row).
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn save(&self, dir: &Path, state: &WindowState) -> Result<()> {
+        let Some(db) = self.db else {
+            return save(dir, state);
+        };
+        let key = self.key_of(dir)?;
+        let bytes = serde_json::to_vec_pretty(state).context("serialising the window")?;
+        db.put_shared_file(KIND_WINDOW, &key, &bytes, self.now)
+            .with_context(|| format!("storing window {key}"))
+    }
+
+    /// Lists every window, sorted by name (see [`list`]).
+    ///
+    /// # Errors
+    /// When the state dir cannot be listed or the database read.
+    pub fn list(&self) -> Result<Vec<Found>> {
+        let Some(db) = self.db else {
+            return list(self.state_dir);
+        };
+        let mut out = Vec::new();
+        for (key, bytes) in db.shared_files_under(KIND_WINDOW, "")? {
+            let Some(dir) = self.dir_of(&key) else {
+                log::warn!("stored post-deploy window {key:?} refused: not <repo>/<work item>");
+                continue;
+            };
+            let w = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing stored window {key}"));
+            out.push((dir, w));
+        }
+        Ok(out)
+    }
+
+    /// The stored key of the window folder `dir`: its two names under the state dir.
+    fn key_of(&self, dir: &Path) -> Result<String> {
+        let names: Option<Vec<&str>> = dir
+            .strip_prefix(self.state_dir)
+            .ok()
+            .map(|rest| rest.components().map(|c| c.as_os_str().to_str()).collect())
+            .and_then(|v: Vec<Option<&str>>| v.into_iter().collect());
+        match names.as_deref() {
+            Some([repo, item]) => match repo.strip_prefix(REPO_DIR_PREFIX) {
+                Some(repo) => Ok(format!("{repo}/{item}")),
+                None => bail!("{} is not a post-deploy window folder", dir.display()),
+            },
+            _ => bail!("{} is not a post-deploy window folder", dir.display()),
+        }
+    }
+
+    /// The folder a stored key names; `None` unless it is two safe names.
+    fn dir_of(&self, key: &str) -> Option<PathBuf> {
+        let (repo, item) = key.split_once('/')?;
+        let safe = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with('.')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+        };
+        (safe(repo) && safe(item)).then(|| {
+            self.state_dir
+                .join(format!("{REPO_DIR_PREFIX}{repo}"))
+                .join(item)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::adapters::db::Db;
-use crate::adapters::windows::{self, rollback_output};
+use crate::adapters::windows::{rollback_output, WindowStore};
 use crate::adapters::{http, production_probe, rollback, spawn, workspace};
 use crate::clock::{format_unix, human_duration};
 use crate::core::job::JobStatus;
@@ -149,7 +149,7 @@ fn arm_by_hand(args: &PostDeployTickArgs, ctx: &PassContext) -> Result<ExitStatu
         return Ok(ExitStatus::Error);
     };
     let armed = if task.stage == Stage::Done {
-        arm(ctx, &task, "operator", false)?
+        arm(ctx, &db, &task, "operator", false)?
     } else {
         Armed::Skipped {
             reason: format!("task is at {}, not done", task.stage),
@@ -200,7 +200,7 @@ fn tick(
         s.post_deploy_probe_timeout_s.0,
     )?;
     let mut tally = Tally::default();
-    let found = windows::list(&s.state_dir)?;
+    let found = store(ctx, db, now).list()?;
     if !dry_run {
         // What a tick killed mid-write left (`.window.json.tmp.<pid>`).
         for (dir, _) in &found {
@@ -315,7 +315,7 @@ fn one_window(
         NextStep::Close(verdict) => {
             let action = format!("window closed: {verdict}");
             if !dry_run {
-                close(ctx, dir, &mut w, now, verdict, "-", &action)?;
+                close(ctx, db, dir, &mut w, now, verdict, "-", &action)?;
                 tally.closed += 1;
             }
             return Ok(report(&w, verdict.as_str(), "CLOSE", &action));
@@ -373,8 +373,13 @@ fn one_window(
             // "Started" is on disk before the command runs: a crash from here on never
             // runs it again.
             w.start_rollback(now, &at, &summary, c, &argv);
-            windows::save(dir, &w)?;
+            store(ctx, db, now).save(dir, &w)?;
+            // The output stays on this host (the alert names its path); the window's
+            // folder holds nothing else under PostgreSQL, so it may not exist yet.
             let output = rollback_output(dir, w.armed_at);
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                log::warn!("post-deploy: creating {}: {e}", dir.display());
+            }
             let (key, command) = (&w.task_key, argv.join(" "));
             log::info!("post-deploy {key}: running rollback {command}");
             let env = [
@@ -388,21 +393,21 @@ fn one_window(
             // and what the pass records from here on happens then (the one re-read here).
             let ended_at = ctx.renew_now().as_second();
             w.end_rollback(now, ended_at, end.describe(), end.is_ok());
-            windows::save(dir, &w)?;
+            store(ctx, db, now).save(dir, &w)?;
             let action = finish_rollback(ctx, db, dir, &mut w, now, tally)?;
             return Ok(report(&w, c.as_str(), "ROLLBACK", &action));
         }
         TickDecision::Close => {
             let verdict = final_verdict(&w.samples, w.ever_degraded, &t);
             let action = format!("window closed: {verdict}");
-            close(ctx, dir, &mut w, now, verdict, &summary, &action)?;
+            close(ctx, db, dir, &mut w, now, verdict, &summary, &action)?;
             tally.closed += 1;
             return Ok(report(&w, c.as_str(), "CLOSE", &action));
         }
     };
     w.push_tick(&at, &summary, c.as_str(), decision.as_str(), &action);
-    windows::save(dir, &w)?;
-    write_log(ctx, &w);
+    store(ctx, db, now).save(dir, &w)?;
+    write_log(ctx, db, &w);
     Ok(report(&w, c.as_str(), decision.as_str(), &action))
 }
 
@@ -423,7 +428,7 @@ fn finish_rollback(
             w.task_key,
             format_unix(at)
         );
-        windows::save(dir, w)?;
+        store(ctx, db, now).save(dir, w)?;
     }
     let outcome = w.rollback_outcome().expect("the rollback has ended here");
     let evidence = w.last_evidence.clone().unwrap_or_else(|| "DEGRADED".into());
@@ -433,7 +438,7 @@ fn finish_rollback(
     if !w.reopened {
         // The log first, so the move's feedback copies every sample up to the one that
         // decided the rollback (its row is in the window state, not yet in the log).
-        write_log(ctx, w);
+        write_log(ctx, db, w);
         reopen = match db.task(w.task_id)? {
             Some(task) if task.stage == Stage::Done => {
                 let reason = format!("post-deploy DEGRADED and {outcome}: {evidence}");
@@ -446,10 +451,10 @@ fn finish_rollback(
             None => "task not found".into(),
         };
         w.reopened = true;
-        windows::save(dir, w)?;
+        store(ctx, db, now).save(dir, w)?;
     }
     let action = format!("{outcome}; {alerted}; {reopen}");
-    close(ctx, dir, w, now, Classification::Degraded, "-", &action)?;
+    close(ctx, db, dir, w, now, Classification::Degraded, "-", &action)?;
     tally.closed += 1;
     Ok(action)
 }
@@ -458,6 +463,11 @@ fn finish_rollback(
 /// post-deploy window (closed, or never armed), and has no running job, and finishes
 /// removals a crash interrupted; returns how many it removed. Idempotent: a removed workspace is not
 /// listed again.
+/// The window store of this pass (files, or the database under PostgreSQL).
+fn store<'a>(ctx: &'a PassContext, db: &'a Db, now: i64) -> WindowStore<'a> {
+    WindowStore::new(&ctx.config.settings.state_dir, db, now)
+}
+
 fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
     let s = &ctx.config.settings;
     let state_dir = &s.state_dir;
@@ -485,8 +495,9 @@ fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
             None => true,
             Some(t) if t.stage == Stage::Cancelled => true,
             Some(t) if t.stage == Stage::Done => {
-                let dir = windows::window_dir(state_dir, &t.repo, &t.work_item_id)?;
-                !windows::load(&dir)?.is_some_and(|w| w.is_open())
+                let windows = store(ctx, db, ctx.now_secs());
+                let dir = windows.dir(&t.repo, &t.work_item_id)?;
+                !windows.load(&dir)?.is_some_and(|w| w.is_open())
             }
             Some(_) => false,
         };
@@ -505,8 +516,13 @@ fn sweep_workspaces(ctx: &PassContext, db: &Db) -> Result<i64> {
     Ok(removed)
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed down once"
+)]
 fn close(
     ctx: &PassContext,
+    db: &Db,
     dir: &Path,
     w: &mut WindowState,
     now: i64,
@@ -515,8 +531,8 @@ fn close(
     action: &str,
 ) -> Result<()> {
     w.close(now, &format_unix(now), verdict, summary, action);
-    windows::save(dir, w)?;
-    write_log(ctx, w);
+    store(ctx, db, now).save(dir, w)?;
+    write_log(ctx, db, w);
     let key = &w.task_key;
     log::info!("post-deploy {key}: window closed with verdict {verdict}");
     Ok(())

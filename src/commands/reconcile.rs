@@ -22,7 +22,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::adapters::db::{Db, MoveError};
+use crate::adapters::db::shared_files::KIND_CURSOR;
+use crate::adapters::db::{Db, Engine, MoveError};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
 use crate::core::gate;
@@ -263,7 +264,7 @@ impl Pass<'_> {
     ) -> Result<()> {
         let skip_blocked = self.ctx.config.settings.reconcile_skip_blocked_enabled;
         let cursor_path = self.cursor_path();
-        let cursor = read_cursor(&cursor_path);
+        let cursor = read_cursor(db, &cursor_path);
         // Fairness under the cap: start after the last task the previous capped pass
         // reached, then wrap around (`reconcile::fair_order_key`'s order: the ids above
         // the cursor, then those up to it, each in id order).
@@ -313,12 +314,14 @@ impl Pass<'_> {
         if !self.dry_run && !keep_cursor {
             match reconcile::next_cursor(capped || out_of_time, last_handled) {
                 Some(id) => {
-                    if let Err(e) = write_cursor(&cursor_path, id) {
+                    if let Err(e) = write_cursor(db, &cursor_path, id, self.now) {
                         log::warn!("could not keep the reconcile cursor: {e:#}");
                     }
                 }
                 None => {
-                    let _ = std::fs::remove_file(&cursor_path);
+                    if let Err(e) = clear_cursor(db, &cursor_path) {
+                        log::warn!("could not clear the reconcile cursor: {e:#}");
+                    }
                 }
             }
         }
@@ -564,13 +567,40 @@ impl Pass<'_> {
     }
 }
 
-fn read_cursor(path: &std::path::Path) -> i64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+/// The reconcile cursor's stored key (kind `cursor`) under PostgreSQL, where any host
+/// may run the next pass; under SQLite it is the file `reconcile.cursor` of the state dir.
+const CURSOR_KEY: &str = "reconcile";
+
+/// Reads the cursor (the file's text, or the same text stored); 0 when there is none or
+/// it cannot be read.
+fn read_cursor(db: &Db, path: &std::path::Path) -> i64 {
+    let text = match db.engine() {
+        Engine::Postgres => match db.shared_file(KIND_CURSOR, CURSOR_KEY) {
+            Ok(body) => body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Err(e) => {
+                log::warn!("could not read the reconcile cursor: {e:#}");
+                None
+            }
+        },
+        Engine::Sqlite => std::fs::read_to_string(path).ok(),
+    };
+    text.and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
-fn write_cursor(path: &std::path::Path, id: i64) -> Result<()> {
-    crate::adapters::fs::write_atomic(path, format!("{id}\n").as_bytes())
+fn write_cursor(db: &Db, path: &std::path::Path, id: i64, now: i64) -> Result<()> {
+    let text = format!("{id}\n");
+    match db.engine() {
+        Engine::Postgres => db.put_shared_file(KIND_CURSOR, CURSOR_KEY, text.as_bytes(), now),
+        Engine::Sqlite => crate::adapters::fs::write_atomic(path, text.as_bytes()),
+    }
+}
+
+fn clear_cursor(db: &Db, path: &std::path::Path) -> Result<()> {
+    match db.engine() {
+        Engine::Postgres => db.delete_shared_file(KIND_CURSOR, CURSOR_KEY).map(|_| ()),
+        Engine::Sqlite => {
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+    }
 }

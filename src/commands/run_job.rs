@@ -78,6 +78,35 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
         );
     }
     let code = supervise(ctx, &db, &job, &task, &log_path)?;
+    // Under PostgreSQL the agent's files reach the other hosts' gates before the job
+    // ends: a pass elsewhere that sees the job ended finds what its agent wrote.
+    // Only while the job is still this attempt's: a supervisor whose job was rescued
+    // meanwhile (re-run on another host, maybe) must not overwrite the newer files.
+    let store = artefacts::ArtefactStore::new(&ctx.config.settings.artefacts_dir, &db);
+    let ours = || -> Result<bool> {
+        Ok(db
+            .job(job.id)?
+            .is_some_and(|j| j.status == JobStatus::Running && j.attempt == job.attempt))
+    };
+    let published = match store.is_shared().then(ours) {
+        Some(Ok(false)) => {
+            log::warn!(
+                "run-job: job {} moved on (rescued or cancelled); its agent's artefacts are not stored",
+                job.id
+            );
+            Ok(0)
+        }
+        Some(Err(e)) => Err(e),
+        _ => store.publish(&task.key, ctx.now_secs()),
+    };
+    match published {
+        Ok(0) => {}
+        Ok(n) => log::info!("run-job: job {}: {n} artefact file(s) stored", job.id),
+        Err(e) => log::warn!(
+            "run-job: job {}: artefacts not stored for the other hosts: {e:#}",
+            job.id
+        ),
+    }
     record_usage(ctx, &mut db, &job, &task, &log_path);
     let status = JobStatus::from_exit_code(code);
     // The agent ran for minutes or hours: the job's end and the gate after it happen now,
@@ -219,6 +248,24 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             Ok(d) => d,
             Err(e) => return not_started(db, job, &mut log, &format!("{e:#}")),
         };
+    // Under PostgreSQL what other hosts' agents and passes stored (artefacts, feedback)
+    // is written here first, so the agent reads files as on one host.
+    match artefacts::ArtefactStore::new(&ctx.config.settings.artefacts_dir, db)
+        .materialise(&task.key)
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            let _ = writeln!(
+                log,
+                "== {n} stored artefact file(s) written into {}",
+                art_dir.display()
+            );
+        }
+        Err(e) => {
+            let why = format!("stored artefacts not written: {e:#}");
+            return not_started(db, job, &mut log, &why);
+        }
+    }
     // The developer's next job after a rollback gets its newest feedback file; the
     // first round (and every other agent) gets none.
     let feedback = if job.agent == Agent::Developer {

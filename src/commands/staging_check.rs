@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::adapters::artefacts::{task_dir, write_atomic};
+use crate::adapters::artefacts::{task_dir, write_atomic, ArtefactStore};
 use crate::adapters::db::Db;
 use crate::adapters::gitea::GiteaClient;
 use crate::config::Settings;
@@ -306,6 +306,21 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
     // FAILED and the reports already written are rewritten to say so.
     let (written, errors) = write_reports(&targets, &run.render_report());
     internal.extend(errors);
+    // Under PostgreSQL the task's report is stored for the gate on any host, before the
+    // revision is recorded as validated.
+    let store_report = |task: &Option<Task>| -> Result<()> {
+        match (task, &db) {
+            (Some(t), Some(d)) => ArtefactStore::new(&settings.artefacts_dir, d).sync_file(
+                &t.key,
+                STAGING_REPORT_FILE,
+                now.as_second(),
+            ),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = store_report(&task) {
+        internal.push(format!("storing the report for the other hosts: {e:#}"));
+    }
     if internal.is_empty() && run.verdict.status == VerdictStatus::Success {
         if let (Some(t), Some(d), Some(rev)) = (&task, &db, &run.checked_revision) {
             match d.set_validated_revision(t.id, t.round, rev, now.as_second()) {
@@ -330,6 +345,9 @@ pub fn run(args: &StagingCheckArgs, ctx: &PassContext) -> Result<ExitStatus> {
                     path.display()
                 );
             }
+        }
+        if let Err(e) = store_report(&task) {
+            log::error!("staging-check: could not store the FAILED report: {e:#}");
         }
     }
     // A FAILED run for a task leaves it no validated revision: what staging runs now was
@@ -414,6 +432,10 @@ impl Unjudged<'_> {
         log::error!("staging-check: {}: no verdict", u.reason());
         remove_reports(self.targets);
         if let Some(db) = self.db {
+            let store = ArtefactStore::new(&settings.artefacts_dir, db);
+            if let Err(e) = store.sync_file(&self.task.key, STAGING_REPORT_FILE, self.now) {
+                log::error!("staging-check: could not remove the stored report: {e:#}");
+            }
             clear_validated(db, self.task, self.now, "this run has no verdict");
         }
         let run = NoVerdictRun {

@@ -51,8 +51,10 @@ fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>
 pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
     let db = ctx.open_db()?;
     let mut report = gather(&db, ctx.now_secs())?;
+    let state_dir = &ctx.config.settings.state_dir;
     report.post_deploy = crate::ops::post_deploy::armed_windows(
-        &ctx.config.settings.state_dir,
+        &crate::adapters::windows::WindowStore::new(state_dir, &db, report.generated_at_unix),
+        state_dir,
         report.generated_at_unix,
     );
     report.lease = lease_view(&ctx.config.settings.state_dir, report.generated_at_unix)?;

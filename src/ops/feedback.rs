@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::artefacts::{self, task_dir};
+use crate::adapters::artefact_store::FileMode;
+use crate::adapters::artefacts::{task_dir, ArtefactStore};
 use crate::adapters::db::Db;
-use crate::adapters::fs::write_atomic_group_readable;
 use crate::clock::format_unix;
 use crate::core::facts::CiFailure;
 use crate::core::feedback::{self, Feedback, Kind};
@@ -55,12 +55,13 @@ pub fn write_on_rollback(
         Some(current) if current.stage == task.stage => {}
         _ => return Ok(None),
     }
-    let Ok(dir) = task_dir(root, &task.key) else {
+    if task_dir(root, &task.key).is_err() {
         return Ok(None);
-    };
+    }
+    let store = ArtefactStore::new(root, db);
     let number = db.feedback_count(task.id)? + 1;
     let evidence = match kind.evidence_file() {
-        Some(file) => match artefacts::read(root, &task.key, file) {
+        Some(file) => match store.read(&task.key, file) {
             Ok(text) => text,
             Err(e) => Some(format!("(it could not be read: {e:#})\n")),
         },
@@ -78,16 +79,24 @@ pub fn write_on_rollback(
         evidence: evidence.as_deref(),
         ci_head: None,
     });
-    let path = dir.join(feedback::file_name(number));
+    let name = feedback::file_name(number);
     // The developer may run as the agent user: its group reads the file (the task's
-    // folder is setgid to that group).
-    write_atomic_group_readable(&path, text.as_bytes()).with_context(|| {
-        format!(
-            "task {} cannot go back to development: writing its feedback {}",
-            task.key,
-            path.display()
+    // folder is setgid to that group). Under PostgreSQL it is stored too: the
+    // developer may run on another host.
+    let path = store
+        .write(
+            &task.key,
+            &name,
+            text.as_bytes(),
+            FileMode::GroupReadable,
+            now,
         )
-    })?;
+        .with_context(|| {
+            format!(
+                "task {} cannot go back to development: writing its feedback {name}",
+                task.key
+            )
+        })?;
     log::info!(
         "task {}: feedback {} ({}) written for the developer's next job",
         task.key,
@@ -124,9 +133,9 @@ pub fn write_on_ci_rerun(
         Some(j) if j.attempt == attempt && j.status.is_terminal() => {}
         _ => return Ok(None),
     }
-    let Ok(dir) = task_dir(root, &task.key) else {
+    if task_dir(root, &task.key).is_err() {
         return Ok(None);
-    };
+    }
     let number = db.feedback_count(task.id)? + 1;
     let evidence = feedback::render_ci_failure(failure);
     let at = format_unix(now);
@@ -142,14 +151,15 @@ pub fn write_on_ci_rerun(
         evidence: Some(&evidence),
         ci_head: Some(&failure.head_sha),
     });
-    let path = dir.join(feedback::file_name(number));
-    write_atomic_group_readable(&path, text.as_bytes()).with_context(|| {
-        format!(
-            "task {}: developer job {job_id} not re-run for red CI: writing its feedback {}",
-            task.key,
-            path.display()
-        )
-    })?;
+    let name = feedback::file_name(number);
+    let path = ArtefactStore::new(root, db)
+        .write(&task.key, &name, text.as_bytes(), FileMode::GroupReadable, now)
+        .with_context(|| {
+            format!(
+                "task {}: developer job {job_id} not re-run for red CI: writing its feedback {name}",
+                task.key
+            )
+        })?;
     log::info!(
         "task {}: feedback {} (ci-failed, {} failing context(s)) written for the developer's re-run",
         task.key,

@@ -9,7 +9,7 @@
 
 use anyhow::Result;
 
-use crate::adapters::artefacts;
+use crate::adapters::artefacts::ArtefactStore;
 use crate::adapters::db::{Db, Moved};
 use crate::adapters::forge::Forge;
 use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
@@ -64,12 +64,15 @@ pub fn gate_inputs_and_job(
 ) -> (GateInputs, Option<Result<Option<Job>>>) {
     let mut inputs = GateInputs::empty();
     let mut job_read = None;
-    let root = &ctx.config.settings.artefacts_dir;
+    // Under PostgreSQL from the database: the agent may have run on another host.
+    let store = ArtefactStore::new(&ctx.config.settings.artefacts_dir, db);
     let read = |file: &str| -> Result<Option<String>, ArtefactError> {
-        artefacts::read(root, &task.key, file).map_err(|e| ArtefactError::BadYaml {
-            file: file.into(),
-            message: format!("{e:#}"),
-        })
+        store
+            .read(&task.key, file)
+            .map_err(|e| ArtefactError::BadYaml {
+                file: file.into(),
+                message: format!("{e:#}"),
+            })
     };
     for need in gate::needs(task.stage) {
         match need {

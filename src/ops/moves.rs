@@ -129,12 +129,8 @@ pub fn move_task(ctx: &PassContext, db: &mut Db, req: &MoveRequest<'_>) -> Resul
     // Before the commit, so the entered stage's gate never reads an earlier visit's
     // artefact: a crash in between leaves the task where it was, and an error here fails
     // the move with nothing committed (docs/architecture.md, "Moving a task").
-    crate::adapters::artefacts::set_aside_on_entry(
-        &ctx.config.settings.artefacts_dir,
-        task,
-        to,
-        ctx.now_secs(),
-    )?;
+    crate::adapters::artefacts::ArtefactStore::new(&ctx.config.settings.artefacts_dir, db)
+        .set_aside_on_entry(task, to, ctx.now_secs())?;
     let change = round::reopen(task.stage, to, merged);
     if let RoundChange::Undecided { why } = &change {
         // Either guess is wrong half the time: keeping the round sends the developer to
@@ -182,7 +178,7 @@ pub fn move_task(ctx: &PassContext, db: &mut Db, req: &MoveRequest<'_>) -> Resul
             .unwrap_or_default()
     );
     if moved.arms_post_deploy {
-        crate::ops::post_deploy::arm_after_deploy(ctx, task);
+        crate::ops::post_deploy::arm_after_deploy(ctx, db, task);
     }
     if let (RoundChange::New { because }, true) = (&change, moved.new_round) {
         log::info!(

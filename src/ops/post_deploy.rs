@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::artefacts::{task_dir, write_atomic};
-use crate::adapters::windows;
+use crate::adapters::artefact_store::{ArtefactStore, FileMode};
+use crate::adapters::db::Db;
+use crate::adapters::windows::WindowStore;
 use crate::clock::format_unix;
 use crate::core::artefact::POST_DEPLOY_LOG_FILE;
 use crate::core::post_deploy::{
@@ -45,7 +46,13 @@ pub enum Armed {
 ///
 /// # Errors
 /// When the window cannot be written.
-pub fn arm(ctx: &PassContext, task: &Task, armed_by: &str, check_repos: bool) -> Result<Armed> {
+pub fn arm(
+    ctx: &PassContext,
+    db: &Db,
+    task: &Task,
+    armed_by: &str,
+    check_repos: bool,
+) -> Result<Armed> {
     let s = &ctx.config.settings;
     let project = ctx.config.pipeline.project(&task.project);
     let facts = project.map(|p| WatchedProject {
@@ -62,23 +69,24 @@ pub fn arm(ctx: &PassContext, task: &Task, armed_by: &str, check_repos: bool) ->
     if let Applicability::Skipped(reason) = applicability(s.post_deploy_enabled, repos, facts) {
         return Ok(Armed::Skipped { reason });
     }
-    let dir = windows::window_dir(&s.state_dir, &task.repo, &task.work_item_id)?;
-    if let Some(w) = windows::load(&dir)? {
+    let now = ctx.now_secs();
+    let store = WindowStore::new(&s.state_dir, db, now);
+    let dir = store.dir(&task.repo, &task.work_item_id)?;
+    if let Some(w) = store.load(&dir)? {
         if w.is_open() {
             return Ok(Armed::AlreadyArmed { ends_at: w.ends_at });
         }
     }
-    let now = ctx.now_secs();
     let w = WindowState::arm(task, now, s.post_deploy_window_s.secs(), armed_by);
-    windows::save(&dir, &w)?;
-    write_log(ctx, &w);
+    store.save(&dir, &w)?;
+    write_log(ctx, db, &w);
     Ok(Armed::Armed { ends_at: w.ends_at })
 }
 
 /// Arms post-deploy after `task` moved deploy → done; logs the outcome. A failure to
 /// arm is logged as an error and does not undo the move (it is already committed).
-pub fn arm_after_deploy(ctx: &PassContext, task: &Task) {
-    match arm(ctx, task, "deploy -> done", true) {
+pub fn arm_after_deploy(ctx: &PassContext, db: &Db, task: &Task) {
+    match arm(ctx, db, task, "deploy -> done", true) {
         Ok(Armed::Armed { ends_at }) => log::info!(
             "task {}: post-deploy armed until {}",
             task.key,
@@ -97,8 +105,8 @@ pub fn arm_after_deploy(ctx: &PassContext, task: &Task) {
 }
 
 /// Returns the open windows for `status`, soonest end first.
-pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
-    let found = match windows::list(state_dir) {
+pub fn armed_windows(store: &WindowStore<'_>, state_dir: &Path, now: i64) -> Vec<WindowView> {
+    let found = match store.list() {
         Ok(found) => found,
         Err(e) => vec![(state_dir.to_path_buf(), Err(e))],
     };
@@ -140,7 +148,7 @@ pub fn armed_windows(state_dir: &Path, now: i64) -> Vec<WindowView> {
 
 /// Writes the task's `16-post-deploy-log.md`; a failure is logged (the window state
 /// holds the same lines and the next write catches up).
-pub fn write_log(ctx: &PassContext, w: &WindowState) {
+pub fn write_log(ctx: &PassContext, db: &Db, w: &WindowState) {
     let verdict = w.verdict.as_deref().and_then(|v| match v {
         "HEALTHY" => Some(Classification::Healthy.verdict()),
         "DEGRADED" => Some(Classification::Degraded.verdict()),
@@ -154,8 +162,14 @@ pub fn write_log(ctx: &PassContext, w: &WindowState) {
         verdict,
         &w.ticks,
     );
-    let result = task_dir(&ctx.config.settings.artefacts_dir, &w.task_key)
-        .and_then(|d| write_atomic(&d.join(POST_DEPLOY_LOG_FILE), text.as_bytes()))
+    let result = ArtefactStore::new(&ctx.config.settings.artefacts_dir, db)
+        .write(
+            &w.task_key,
+            POST_DEPLOY_LOG_FILE,
+            text.as_bytes(),
+            FileMode::Private,
+            ctx.now_secs(),
+        )
         .with_context(|| format!("writing {POST_DEPLOY_LOG_FILE} of {}", w.task_key));
     if let Err(e) = result {
         log::warn!("{e:#}");

@@ -488,11 +488,27 @@ impl TestEnv {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
-    /// Writes an artefact for a task key.
+    /// Writes an artefact for a task key, as an agent that ran here leaves it: the file,
+    /// and on PostgreSQL its stored copy too (what `run-job` stores when the agent
+    /// exits, and what the gates read there).
     pub fn artefact(&self, key: &str, file: &str, text: &str) {
         let dir = self.path("artefacts").join(key);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(file), text).unwrap();
+        if backend() == Backend::Postgres {
+            self.store_artefact(key, file, text.as_bytes());
+        }
+    }
+
+    /// Stores an artefact body in `shared_files` (PostgreSQL's copy every host reads).
+    pub fn store_artefact(&self, key: &str, file: &str, body: &[u8]) {
+        self.db()
+            .execute(
+                "INSERT INTO shared_files (kind, key, body, updated_at) VALUES ('artefact', ?1, ?2, 0)
+                 ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+                orch::sql_params![format!("{key}/{file}"), body.to_vec()],
+            )
+            .unwrap();
     }
 }
 

@@ -88,15 +88,40 @@ fn a_slow_upstream_is_stopped_by_the_pass_deadline_between_pages() {
     env.plane()
         .set_listing_delay(Some(Duration::from_millis(300)));
     // Where an earlier capped pass stopped: a pass that handles no task keeps it.
+    // (A file on SQLite; a stored row on PostgreSQL, where any host runs the next pass.)
     let cursor = env.path("state/reconcile.cursor");
-    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
-    std::fs::write(&cursor, "7\n").unwrap();
+    let postgres = crate::common::backend() == crate::common::Backend::Postgres;
+    if postgres {
+        env.db()
+            .execute(
+                "INSERT INTO shared_files (kind, key, body, updated_at) VALUES ('cursor', 'reconcile', ?1, 0)",
+                orch::sql_params![b"7\n".to_vec()],
+            )
+            .unwrap();
+    } else {
+        std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+        std::fs::write(&cursor, "7\n").unwrap();
+    }
+    let read_cursor = || -> Option<String> {
+        if postgres {
+            env.db()
+                .query_row(
+                    "SELECT body FROM shared_files WHERE kind = 'cursor' AND key = 'reconcile'",
+                    [],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .ok()
+                .map(|b| String::from_utf8(b).unwrap())
+        } else {
+            std::fs::read_to_string(&cursor).ok()
+        }
+    };
     let started = Instant::now();
     let events = env.count("SELECT count(*) FROM stage_events");
     let run = env.run(&["reconcile"]).expect(2);
     let took = started.elapsed();
     assert_eq!(
-        std::fs::read_to_string(&cursor).ok().as_deref(),
+        read_cursor().as_deref(),
         Some("7\n"),
         "the cursor survives a pass the deadline stopped before any task"
     );

@@ -27,6 +27,7 @@ mod priority;
 mod prompts;
 mod reconcile;
 mod rounds;
+mod shared_state;
 mod spend;
 mod staging_check;
 mod staging_roundtrip;

@@ -101,8 +101,29 @@ fn tick_json(env: &mut TestEnv, secs: i64) -> serde_json::Value {
     tick_at(env, secs, &["--json"]).expect(0).json()
 }
 
+/// The windows' folders (their names): the state dir's on SQLite, those the stored
+/// windows name on PostgreSQL (the state is in `shared_files` there).
 fn window_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
+    if crate::common::backend() == crate::common::Backend::Postgres {
+        let keys: Vec<String> = env
+            .db()
+            .prepare("SELECT key FROM shared_files WHERE kind = 'window' ORDER BY key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for key in keys {
+            let (repo, item) = key.split_once('/').unwrap();
+            out.push(
+                env.path("state")
+                    .join(format!("post-deploy-state-{repo}"))
+                    .join(item),
+            );
+        }
+        return out;
+    }
     let Ok(entries) = std::fs::read_dir(env.path("state")) else {
         return out;
     };
@@ -120,8 +141,49 @@ fn window_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn window_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("window.json")).unwrap()).unwrap()
+/// The stored key of a window folder (PostgreSQL).
+fn window_key(dir: &Path) -> String {
+    let item = dir.file_name().unwrap().to_string_lossy();
+    let repo = dir.parent().unwrap().file_name().unwrap().to_string_lossy();
+    format!(
+        "{}/{item}",
+        repo.strip_prefix("post-deploy-state-").unwrap()
+    )
+}
+
+/// What `window.json` holds (or its stored copy on PostgreSQL).
+fn window_bytes(env: &TestEnv, dir: &Path) -> Vec<u8> {
+    if crate::common::backend() == crate::common::Backend::Postgres {
+        return env
+            .db()
+            .query_row(
+                "SELECT body FROM shared_files WHERE kind = 'window' AND key = ?1",
+                [window_key(dir)],
+                |r| r.get(0),
+            )
+            .unwrap();
+    }
+    std::fs::read(dir.join("window.json")).unwrap()
+}
+
+/// Replaces what `window.json` holds (or its stored copy on PostgreSQL).
+fn put_window(env: &TestEnv, dir: &Path, body: &[u8]) {
+    if crate::common::backend() == crate::common::Backend::Postgres {
+        env.db()
+            .execute(
+                "INSERT INTO shared_files (kind, key, body, updated_at) VALUES ('window', ?1, ?2, 0)
+                 ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+                orch::sql_params![window_key(dir), body.to_vec()],
+            )
+            .unwrap();
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("window.json"), body).unwrap();
+}
+
+fn window_json(env: &TestEnv, dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&window_bytes(env, dir)).unwrap()
 }
 
 fn stage(env: &TestEnv, key: &str) -> String {
@@ -211,7 +273,7 @@ fn ordinary_repo_rolls_back_once_even_when_the_tick_is_killed_after_the_action()
     assert_eq!(killed.code, -1, "the tick died by signal: {killed:?}");
     assert_eq!(lines(&count), 1);
     let dir = &window_dirs(&env)[0];
-    assert_eq!(window_json(dir)["action"]["state"], "started");
+    assert_eq!(window_json(&env, dir)["action"]["state"], "started");
     assert_eq!(stage(&env, "SHOP-1"), "done");
     // The next ticks (same instant, then later) finish the window without running it again.
     let again = tick_json(&mut env, 120);
@@ -234,7 +296,7 @@ fn ordinary_repo_rolls_back_once_even_when_the_tick_is_killed_after_the_action()
         .unwrap();
     assert_eq!(actor, "post-deploy");
     assert!(reason.contains("health failure streak 2"), "{reason}");
-    let w = window_json(dir);
+    let w = window_json(&env, dir);
     assert_eq!(w["verdict"], "DEGRADED");
     assert!(w["closed_at"].is_i64());
     assert!(log_text(&env, "SHOP-1").contains("post_deploy_verdict: DEGRADED"));
@@ -354,12 +416,12 @@ fn healthy_production_continues_and_dry_run_changes_nothing() {
     let dir = window_dirs(&env)[0].clone();
     assert_eq!(tick_json(&mut env, 60)[0]["decision"], "CONTINUE");
     prod.set_health(503);
-    let before = std::fs::read(dir.join("window.json")).unwrap();
+    let before = window_bytes(&env, &dir);
     let dry = tick_at(&mut env, 120, &["--dry-run", "--json"])
         .expect(0)
         .json();
     assert_eq!(dry[0]["decision"], "ROLLBACK");
-    assert_eq!(std::fs::read(dir.join("window.json")).unwrap(), before);
+    assert_eq!(window_bytes(&env, &dir), before);
     assert!(!touched.exists());
     assert_eq!(stage(&env, "SHOP-5"), "done");
     assert_eq!(env.count("SELECT count(*) FROM notifications"), 0);
@@ -490,14 +552,14 @@ fn arming_by_hand_and_twice_is_harmless() {
         .expect(0);
     assert!(run.stdout.contains("armed until"), "{}", run.stdout);
     let dir = window_dirs(&env)[0].clone();
-    let first = std::fs::read(dir.join("window.json")).unwrap();
+    let first = window_bytes(&env, &dir);
     env.set("ORCH_NOW", &at(30));
     let again = env
         .run(&["post-deploy-tick", "--arm", "--task", "SHOP-8", "--json"])
         .expect(0)
         .json();
     assert_eq!(again["outcome"], "already-armed");
-    assert_eq!(std::fs::read(dir.join("window.json")).unwrap(), first);
+    assert_eq!(window_bytes(&env, &dir), first);
     env.run(&[
         "task",
         "add",
@@ -629,7 +691,7 @@ fn an_unreadable_window_is_shown_by_status_and_fails_the_tick() {
     env.run(&["post-deploy-tick", "--arm", "--task", "SHOP-8"])
         .expect(0);
     let dir = window_dirs(&env)[0].clone();
-    std::fs::write(dir.join("window.json"), "{ not json").unwrap();
+    put_window(&env, &dir, b"{ not json");
     let status = env.run(&["status", "--json"]).expect(0).json();
     let windows = status["post_deploy"].as_array().unwrap();
     assert_eq!(windows.len(), 1, "{status}");
@@ -676,8 +738,10 @@ fn the_tick_text_report_names_each_window_and_its_decision() {
 }
 
 /// The number of samples a window holds.
-fn samples(dir: &Path) -> usize {
-    window_json(dir)["samples"].as_array().map_or(0, Vec::len)
+fn samples(env: &TestEnv, dir: &Path) -> usize {
+    window_json(env, dir)["samples"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 #[test]
@@ -693,22 +757,31 @@ fn a_clock_stepping_back_neither_stalls_nor_storms_probes_and_dead_temps_go() {
     let dir = window_dirs(&env)[0].clone();
     // What a tick killed between creating and renaming its temporary file leaves.
     let left = dir.join(".window.json.tmp.99999999");
+    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(&left, b"{").unwrap();
     tick_at(&mut env, 120, &[]).expect(0);
-    assert_eq!(samples(&dir), 1);
+    assert_eq!(samples(&env, &dir), 1);
     assert!(
         !left.exists(),
         "the next tick removes a dead writer's temp file"
     );
     // The clock steps back 100 s: probed now, not paused until it catches up ...
     tick_at(&mut env, 20, &[]).expect(0);
-    assert_eq!(samples(&dir), 2, "a backwards step does not pause probing");
+    assert_eq!(
+        samples(&env, &dir),
+        2,
+        "a backwards step does not pause probing"
+    );
     // ... and ticks after it keep the half-interval spacing (no storm).
     tick_at(&mut env, 21, &[]).expect(0);
     tick_at(&mut env, 40, &[]).expect(0);
-    assert_eq!(samples(&dir), 2, "not due again within half an interval");
+    assert_eq!(
+        samples(&env, &dir),
+        2,
+        "not due again within half an interval"
+    );
     tick_at(&mut env, 50, &[]).expect(0);
-    assert_eq!(samples(&dir), 3);
+    assert_eq!(samples(&env, &dir), 3);
 }
 
 #[test]
@@ -723,7 +796,7 @@ fn fifteen_hundred_armed_windows_are_all_probed_over_successive_ticks() {
     env.set("ORCH_POST_DEPLOY_REPOS", "shop");
     deploy_to_done(&env, "shop", SHOP_ITEM, "SHOP-5");
     // One real window as the template of 1,499 more, each under its own work item.
-    let template = window_json(&window_dirs(&env)[0]);
+    let template = window_json(&env, &window_dirs(&env)[0]);
     let state = env.path("state");
     for n in 1..ARMED {
         let item = format!("5a5a5a5a-0000-4000-8000-{n:012x}");
@@ -731,7 +804,7 @@ fn fifteen_hundred_armed_windows_are_all_probed_over_successive_ticks() {
         w["work_item"] = serde_json::Value::String(item.clone());
         let dir = orch::adapters::windows::window_dir(&state, "acme/shop", &item).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("window.json"), serde_json::to_vec(&w).unwrap()).unwrap();
+        put_window(&env, &dir, &serde_json::to_vec(&w).unwrap());
     }
     assert_eq!(window_dirs(&env).len(), ARMED);
     let health = || prod.server.count(Some("GET"), "/health");
@@ -745,7 +818,7 @@ fn fifteen_hundred_armed_windows_are_all_probed_over_successive_ticks() {
     }
     let never: Vec<_> = window_dirs(&env)
         .into_iter()
-        .filter(|d| samples(d) == 0)
+        .filter(|d| samples(&env, d) == 0)
         .collect();
     assert!(never.is_empty(), "{} windows never probed", never.len());
     assert_eq!(health() - before, 200 * ticks, "one probe a window a tick");

@@ -49,6 +49,8 @@ mod prompts;
 mod reconcile;
 #[path = "../integration/rounds.rs"]
 mod rounds;
+#[path = "../integration/shared_state.rs"]
+mod shared_state;
 #[path = "../integration/spend.rs"]
 mod spend;
 #[path = "../integration/staging_check.rs"]

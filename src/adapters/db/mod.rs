@@ -55,6 +55,7 @@ mod priority;
 mod reconcile;
 mod recorder;
 mod rounds;
+pub mod shared_files;
 mod spend;
 pub mod sql;
 mod start;
