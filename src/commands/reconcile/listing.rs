@@ -52,7 +52,7 @@ impl Pass<'_> {
             let stopped = if pages == plane.max_pages() {
                 let what = format!("plane list work items of project {}", project.name);
                 Some(plane.page_cap_hit(&what).to_string())
-            } else if self.ctx.bounds().stop_for_deadline("listing Plane") {
+            } else if self.ctx.stop_between_items("listing Plane") {
                 Some("the pass deadline ORCH_PASS_DEADLINE_S passed".into())
             } else {
                 None
