@@ -129,8 +129,7 @@ fn guard(
     if !args.merge || !matches!(verdict, MergeVerdict::Proceed { .. }) {
         return Ok((target, verdict));
     }
-    let mut lease = match HeldLease::acquire(ctx, &target, job_id, settings.merge_lease_wait_s.0)
-    {
+    let mut lease = match HeldLease::acquire(ctx, &target, job_id, settings.merge_lease_wait_s.0) {
         Ok(l) => l,
         Err(v) => return Ok((target, v)),
     };

@@ -571,7 +571,12 @@ impl Settings {
     /// This host's id: `ORCH_HOST_ID`, else the machine id (`/etc/machine-id`), else
     /// the kernel's host name.
     pub fn host_id(&self) -> String {
-        if let Some(id) = self.host_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(id) = self
+            .host_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             return id.to_string();
         }
         for path in ["/etc/machine-id", "/proc/sys/kernel/hostname"] {

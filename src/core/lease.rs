@@ -215,7 +215,11 @@ mod tests {
             (Some(&r), 100, Some(Liveness::Reused), HolderGone),
         ];
         for (row, now, live, want) in cases {
-            assert_eq!(judge_row(*row, *now, *live), *want, "{row:?} at {now} {live:?}");
+            assert_eq!(
+                judge_row(*row, *now, *live),
+                *want,
+                "{row:?} at {now} {live:?}"
+            );
             assert_eq!(want.takeable(), *want != Held);
         }
         let released = LeaseRow {
@@ -223,7 +227,10 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(judge_row(Some(&released), 100, None), Released);
-        assert_eq!(judge_row(Some(&released), 100, Some(Liveness::Alive)), Released);
+        assert_eq!(
+            judge_row(Some(&released), 100, Some(Liveness::Alive)),
+            Released
+        );
         // Bad forms: a negative expiry is long past; a huge one is held.
         assert_eq!(judge_row(Some(&row(1, -5)), 0, None), Expired);
         assert_eq!(judge_row(Some(&row(1, i64::MAX)), i64::MAX - 1, None), Held);
@@ -262,7 +269,9 @@ mod tests {
             start_time: None,
         };
         assert_eq!(parse_holder(&holder_text(&none)), Some(none));
-        for bad in ["", "garbage", "h:x:1", ":1:2", "h:0:1", "h:-4:1", "h:1:x", "\u{0}:::"] {
+        for bad in [
+            "", "garbage", "h:x:1", ":1:2", "h:0:1", "h:-4:1", "h:1:x", "\u{0}:::",
+        ] {
             assert_eq!(parse_holder(bad), None, "{bad:?}");
         }
     }

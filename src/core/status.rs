@@ -254,10 +254,17 @@ impl LeaseView {
         if r.released_at.is_some() {
             return None;
         }
-        let detail: Option<serde_json::Value> =
-            r.detail.as_deref().and_then(|d| serde_json::from_str(d).ok());
+        let detail: Option<serde_json::Value> = r
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok());
         Some(LeaseView {
-            state: if r.expires_at <= now { "expired" } else { "held" }.into(),
+            state: if r.expires_at <= now {
+                "expired"
+            } else {
+                "held"
+            }
+            .into(),
             job_id: detail
                 .as_ref()
                 .and_then(|d| d.get("job_id"))

@@ -7,10 +7,12 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::adapters::db::is_postgres_url;
 use crate::adapters::gitea::{self, GiteaClient, MergeRequest, PullRequest};
 use crate::adapters::http::HttpError;
-use crate::adapters::db::is_postgres_url;
-use crate::adapters::lease::{this_process, Lease, LeaseFile, LeaseState, MergeLease, RowLease, RowTake};
+use crate::adapters::lease::{
+    this_process, Lease, LeaseFile, LeaseState, MergeLease, RowLease, RowTake,
+};
 use crate::adapters::lock::LockError;
 use crate::adapters::poll::{self, RealTime, Step, TimedOut};
 use crate::adapters::process::start_time;
@@ -252,7 +254,9 @@ fn acquire_row(
     let pinned = settings.now.0.map(jiff::Timestamp::as_second);
     let started = Instant::now();
     let mut db = Some(ctx.open_db().map_err(|e| {
-        MergeVerdict::Error(format!("opening the database for the merge lease: {e:#}; not merging"))
+        MergeVerdict::Error(format!(
+            "opening the database for the merge lease: {e:#}; not merging"
+        ))
     })?);
     let mut holder = String::from("another merge-guard");
     let taken = poll::until(&RealTime, started + wait, |_| {
@@ -301,8 +305,10 @@ fn acquire_row(
 
 /// Returns who holds a lease row, for the log and the messages.
 fn describe_row(r: &LeaseRow) -> String {
-    let detail: Option<serde_json::Value> =
-        r.detail.as_deref().and_then(|d| serde_json::from_str(d).ok());
+    let detail: Option<serde_json::Value> = r
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok());
     let field = |k: &str| detail.as_ref().and_then(|d| d.get(k).cloned());
     let task = field("task")
         .and_then(|t| t.as_str().map(|t| format!("{t}, ")))

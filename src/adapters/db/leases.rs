@@ -188,7 +188,12 @@ impl Db {
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn release_lease(&mut self, name: &str, generation: i64, pinned: Option<i64>) -> Result<bool> {
+    pub fn release_lease(
+        &mut self,
+        name: &str,
+        generation: i64,
+        pinned: Option<i64>,
+    ) -> Result<bool> {
         let tx = self.immediate()?;
         let now = now_in(&tx, pinned)?;
         let n = tx.execute(
@@ -248,7 +253,10 @@ mod tests {
         // The old holder can neither renew nor release what it lost.
         assert_eq!(db.renew_lease("merge", 1, 60, Some(170)).unwrap(), None);
         assert!(!db.release_lease("merge", 1, Some(170)).unwrap());
-        assert_eq!(db.renew_lease("merge", 2, 60, Some(170)).unwrap(), Some(230));
+        assert_eq!(
+            db.renew_lease("merge", 2, 60, Some(170)).unwrap(),
+            Some(230)
+        );
         assert!(matches!(take(&mut db, "c:3:-", 229), LeaseTake::Busy(_)));
         assert!(db.release_lease("merge", 2, Some(180)).unwrap());
         assert!(!db.release_lease("merge", 2, Some(181)).unwrap(), "once");
@@ -299,10 +307,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             take(&mut db, "a:1:-", 0),
-            LeaseTake::Taken {
-                generation: -2,
-                ..
-            }
+            LeaseTake::Taken { generation: -2, .. }
         ));
     }
 
