@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use jiff::Timestamp;
 
 use crate::adapters::bounds::{Bound, PassBounds};
@@ -322,7 +322,10 @@ impl PassContext {
             s.pass_lease_ttl_s.secs(),
             pinned,
             Some(&detail),
-        )? {
+        )
+        .with_context(|| {
+            format!("{name}: the pass lease could not be written to the database (nothing done)")
+        })? {
             RowTake::Held(lease, over) => {
                 if let Some((old, verdict)) = over {
                     log::info!(
