@@ -24,6 +24,9 @@ pub enum Bound {
     PageCap,
     /// The pass ran past `ORCH_PASS_DEADLINE_S` and stopped between items.
     Deadline,
+    /// The pass's lease across hosts was taken over (it outlived its TTL) and the pass
+    /// stopped between items.
+    LeaseLost,
 }
 
 impl Bound {
@@ -32,6 +35,7 @@ impl Bound {
         match self {
             Bound::PageCap => "page_cap_hit",
             Bound::Deadline => "deadline_hit",
+            Bound::LeaseLost => "lease_lost",
         }
     }
 }

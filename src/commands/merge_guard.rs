@@ -129,7 +129,7 @@ fn guard(
     if !args.merge || !matches!(verdict, MergeVerdict::Proceed { .. }) {
         return Ok((target, verdict));
     }
-    let lease = match HeldLease::acquire(ctx, &target, job_id, settings.merge_lease_wait_s.0) {
+    let mut lease = match HeldLease::acquire(ctx, &target, job_id, settings.merge_lease_wait_s.0) {
         Ok(l) => l,
         Err(v) => return Ok((target, v)),
     };
@@ -138,6 +138,18 @@ fn guard(
     if let Some(hold) = hold_on(args, ctx, &target, db_slot)? {
         drop(lease);
         return Ok((target, MergeVerdict::Blocked(hold.describe())));
+    }
+    // A row lease (PostgreSQL) renewed if half its TTL went by; one taken over by now
+    // (this guard stalled past its TTL) is no lease: never merge without it.
+    if !lease.keep() {
+        return Ok((
+            target,
+            MergeVerdict::Error(
+                "the merge lease was taken over by another holder (this guard outlived its \
+                 TTL, ORCH_MERGE_LEASE_TTL_S): not merging"
+                    .into(),
+            ),
+        ));
     }
     let verdict = merge_under_lease(gitea, &target, stats);
     drop(lease);

@@ -228,10 +228,7 @@ fn tick(
     open.sort_by_key(|(rank, _, _)| *rank);
     for (_, dir, window) in open.into_iter().take(MAX_WINDOWS) {
         // Between windows, never within one (a probe and its record, a rollback).
-        if ctx
-            .bounds()
-            .stop_for_deadline("between post-deploy windows")
-        {
+        if ctx.stop_between_items("between post-deploy windows") {
             break;
         }
         tally.windows += 1;

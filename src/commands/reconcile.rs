@@ -277,7 +277,7 @@ impl Pass<'_> {
             for_each_task(db, after, upto, |db, t| {
                 // Between tasks, never within one: the next pass starts after the last
                 // task this one handled.
-                if self.ctx.bounds().stop_for_deadline("judging tasks") {
+                if self.ctx.stop_between_items("judging tasks") {
                     walk.out_of_time = true;
                     return Ok(false);
                 }

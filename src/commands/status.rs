@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::db::{Db, Engine, PassRecord};
 use crate::adapters::fs::write_atomic_readable;
 use crate::adapters::lease::{LeaseFile, MergeLease};
 use crate::adapters::process::liveness;
@@ -16,6 +16,7 @@ use crate::core::status::{
     RunningJob, StagingHolderView, StagingView, StatusReport,
 };
 use crate::exit::ExitStatus;
+use crate::ops::merge::MERGE_LEASE_ROW;
 use crate::ops::pass::PassContext;
 
 /// How many running jobs and escalated tasks the report lists one by one.
@@ -35,8 +36,14 @@ pub struct StatusArgs {
     pub prometheus: Option<PathBuf>,
 }
 
-/// Reads the merge lease of `state_dir` for the report (without its lock: a snapshot).
-fn lease_view(state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>> {
+/// Reads the merge lease for the report (without its lock: a snapshot): the file of
+/// `state_dir` on SQLite, the `merge` row on PostgreSQL (where hosts share no state dir).
+fn lease_view(db: &Db, state_dir: &std::path::Path, now: i64) -> Result<Option<LeaseView>> {
+    if db.engine() == Engine::Postgres {
+        return Ok(db
+            .lease_row(MERGE_LEASE_ROW)?
+            .and_then(|r| LeaseView::of_row(&r, now)));
+    }
     Ok(match MergeLease::new(state_dir).read()? {
         LeaseFile::Free => None,
         LeaseFile::Malformed(why) => Some(LeaseView::malformed(why)),
@@ -57,7 +64,11 @@ pub fn run(args: &StatusArgs, ctx: &PassContext) -> Result<ExitStatus> {
         state_dir,
         report.generated_at_unix,
     );
-    report.lease = lease_view(&ctx.config.settings.state_dir, report.generated_at_unix)?;
+    report.lease = lease_view(
+        &db,
+        &ctx.config.settings.state_dir,
+        report.generated_at_unix,
+    )?;
     if let Some(path) = &args.prometheus {
         let extra = PrometheusExtras {
             running_not_alive: running_not_alive(&db, report.running_total)?,

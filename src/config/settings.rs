@@ -467,6 +467,8 @@ settings! {
     list_max_pages: Count = "ORCH_LIST_MAX_PAGES", "1000", false, "pages one listing (Plane work items or states, Gitea pull requests or CI statuses) reads at most; past it the listing stops and the pass exits 2";
     /// The deadline of every pass.
     pass_deadline_s: PositiveSeconds = "ORCH_PASS_DEADLINE_S", "240", false, "a pass stops between items after this many seconds, records what it did and exits 2 (below the units' TimeoutStartSec=)";
+    /// How long a pass's lease across hosts lasts unless renewed (PostgreSQL).
+    pass_lease_ttl_s: PositiveSeconds = "ORCH_PASS_LEASE_TTL_S", "300", false, "under PostgreSQL, reconcile and post-deploy-tick hold a lease row so one host runs each at a time; it lapses this long after its last renewal (renewed between items once half has passed), so a host that died frees it by then";
     /// Log filter.
     log: LogFilter = "ORCH_LOG", "info", false, "log filter in RUST_LOG syntax (error, warn, info, debug, trace)";
     /// Pinned clock.

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::core::hold::Hold;
 use crate::core::job::JobStatus;
-use crate::core::lease::{Lease, LeaseState};
+use crate::core::lease::{parse_holder, Lease, LeaseRow, LeaseState};
 use crate::core::priority::Priority;
 use crate::core::stage::Stage;
 use crate::core::when::{format_unix, human_duration};
@@ -218,7 +218,8 @@ pub struct StagingHolderView {
 /// The merge lease as shown.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LeaseView {
-    /// `held`, `holder-dead`, `expired` (the next reap reclaims it) or `malformed`.
+    /// `held`, `holder-dead`, `expired` (the next reap reclaims a file; the next
+    /// merge-guard takes a row over) or `malformed`.
     pub state: String,
     /// The holding job, if any.
     pub job_id: Option<i64>,
@@ -228,7 +229,8 @@ pub struct LeaseView {
     pub age_s: Option<i64>,
     /// Its TTL in seconds.
     pub ttl_s: Option<i64>,
-    /// Why the file is malformed.
+    /// Why the file is malformed; for a lease row (PostgreSQL), its holder
+    /// (`<host>:<pid>:<start time>`).
     pub detail: Option<String>,
 }
 
@@ -243,6 +245,35 @@ impl LeaseView {
             ttl_s: None,
             detail: Some(why),
         }
+    }
+
+    /// Returns the view of the merge lease's row (PostgreSQL) at `now`: `None` when it
+    /// was released (free); `held` until it expires, then `expired` (free for the next
+    /// merge-guard, which takes it over; nothing reaps a row).
+    pub fn of_row(r: &LeaseRow, now: i64) -> Option<LeaseView> {
+        if r.released_at.is_some() {
+            return None;
+        }
+        let detail: Option<serde_json::Value> = r
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok());
+        Some(LeaseView {
+            state: if r.expires_at <= now {
+                "expired"
+            } else {
+                "held"
+            }
+            .into(),
+            job_id: detail
+                .as_ref()
+                .and_then(|d| d.get("job_id"))
+                .and_then(serde_json::Value::as_i64),
+            pid: parse_holder(&r.holder).map(|h| h.pid),
+            age_s: Some(now.saturating_sub(r.acquired_at)),
+            ttl_s: Some(r.expires_at.saturating_sub(r.acquired_at)),
+            detail: Some(format!("holder {}", r.holder)),
+        })
     }
 
     /// Returns the view of a parsed lease judged `state` at `now`.
@@ -422,12 +453,16 @@ pub fn render_text(r: &StatusReport) -> String {
         Some(l) => {
             let _ = writeln!(
                 out,
-                "merge lease: {} by job {} pid {} for {} (ttl {}s)",
+                "merge lease: {} by job {} pid {} for {} (ttl {}s){}",
                 l.state,
                 l.job_id.map_or("-".into(), |j| j.to_string()),
                 l.pid.unwrap_or(0),
                 human_duration(l.age_s.unwrap_or(0)),
-                l.ttl_s.unwrap_or(0)
+                l.ttl_s.unwrap_or(0),
+                l.detail
+                    .as_deref()
+                    .map(|d| format!(", {d}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -626,7 +661,7 @@ pub fn render_prometheus(r: &StatusReport, extra: &PrometheusExtras) -> String {
     );
     family(
         "orch_merge_lease_held",
-        "1 while a merge lease file exists (whoever holds it, stale or malformed included).",
+        "1 while a merge lease file (or, on PostgreSQL, an unreleased lease row) exists (whoever holds it, stale or malformed included).",
         vec![(String::new(), u8::from(r.lease.is_some()).to_string())],
     );
     family(
@@ -954,6 +989,39 @@ mod tests {
         );
         assert!(none.contains("# TYPE orch_plane_ratelimit_remaining gauge\n"));
         assert!(!none.contains("\norch_plane_ratelimit_remaining "));
+    }
+
+    #[test]
+    fn a_lease_row_reads_as_held_expired_or_free() {
+        let row = LeaseRow {
+            name: "merge".into(),
+            holder: "h1:4242:7".into(),
+            generation: 3,
+            acquired_at: 100,
+            expires_at: 700,
+            detail: Some(r#"{"job_id":9,"task":"SHOP-1"}"#.into()),
+            released_at: None,
+        };
+        let v = LeaseView::of_row(&row, 160).unwrap();
+        assert_eq!(
+            (v.state.as_str(), v.job_id, v.pid, v.age_s, v.ttl_s),
+            ("held", Some(9), Some(4242), Some(60), Some(600))
+        );
+        assert_eq!(v.detail.as_deref(), Some("holder h1:4242:7"));
+        assert_eq!(LeaseView::of_row(&row, 700).unwrap().state, "expired");
+        let released = LeaseRow {
+            released_at: Some(150),
+            ..row.clone()
+        };
+        assert_eq!(LeaseView::of_row(&released, 160), None);
+        let garbage = LeaseRow {
+            holder: "?".into(),
+            detail: Some("not json".into()),
+            expires_at: -5,
+            ..row
+        };
+        let v = LeaseView::of_row(&garbage, 160).unwrap();
+        assert_eq!((v.state.as_str(), v.job_id, v.pid), ("expired", None, None));
     }
 
     #[test]

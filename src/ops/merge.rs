@@ -7,12 +7,16 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::adapters::db::is_postgres_url;
 use crate::adapters::gitea::{self, GiteaClient, MergeRequest, PullRequest};
 use crate::adapters::http::HttpError;
-use crate::adapters::lease::{Lease, LeaseFile, LeaseState, MergeLease};
+use crate::adapters::lease::{
+    this_process, Lease, LeaseFile, LeaseState, MergeLease, RowLease, RowTake,
+};
 use crate::adapters::lock::LockError;
 use crate::adapters::poll::{self, RealTime, Step, TimedOut};
 use crate::adapters::process::start_time;
+use crate::core::lease::{LeaseRow, RowVerdict};
 use crate::core::merge::{
     after_merge, compare_text, decide, needs_compare, pin_text, Compare, MergeAnswer, MergeVerdict,
     Pin, PrRead,
@@ -190,21 +194,142 @@ fn pr_read(pr: &PullRequest) -> PrRead {
     }
 }
 
-/// The merge lease while this guard holds it; released on drop, on every path.
+/// The name of the merge lease's row (PostgreSQL).
+pub const MERGE_LEASE_ROW: &str = "merge";
+
+/// The merge lease while this guard holds it; released on drop, on every path. On
+/// SQLite it is the file in the state dir; on PostgreSQL (hosts share no state dir)
+/// the `merge` row of `leases`.
 pub struct HeldLease {
-    lease: MergeLease,
-    ours: Lease,
+    held: Holding,
+}
+
+enum Holding {
+    File { lease: MergeLease, ours: Lease },
+    Row(RowLease),
 }
 
 impl HeldLease {
-    /// Takes the lease, waiting up to `wait`; a stale lease is taken over under the lock.
-    /// `Err` is the verdict to report (never merge without the lease).
+    /// Takes the lease, waiting up to `wait`; a stale lease is taken over (under the
+    /// file's lock, or in the row's write transaction). `Err` is the verdict to report
+    /// (never merge without the lease).
     pub fn acquire(
         ctx: &PassContext,
         target: &Target,
         job_id: Option<i64>,
         wait: Duration,
     ) -> Result<HeldLease, MergeVerdict> {
+        if is_postgres_url(&ctx.config.settings.db) {
+            acquire_row(ctx, target, job_id, wait).map(|r| HeldLease {
+                held: Holding::Row(r),
+            })
+        } else {
+            acquire_file(ctx, target, job_id, wait).map(|(lease, ours)| HeldLease {
+                held: Holding::File { lease, ours },
+            })
+        }
+    }
+
+    /// Renews a row lease once half its TTL has passed; `false` when it was taken over
+    /// (never merge then). A file lease has no renewal (its holder's liveness keeps it).
+    pub fn keep(&mut self) -> bool {
+        match &mut self.held {
+            Holding::File { .. } => true,
+            Holding::Row(r) => r.keep(),
+        }
+    }
+}
+
+/// Takes the `merge` row, trying every [`LEASE_POLL`] for up to `wait`.
+fn acquire_row(
+    ctx: &PassContext,
+    target: &Target,
+    job_id: Option<i64>,
+    wait: Duration,
+) -> Result<RowLease, MergeVerdict> {
+    let settings = &ctx.config.settings;
+    let me = this_process(&settings.host_id());
+    let detail = serde_json::json!({ "job_id": job_id, "task": target.label }).to_string();
+    let ttl_s = settings.merge_lease_ttl_s.secs();
+    let pinned = settings.now.0.map(jiff::Timestamp::as_second);
+    let started = Instant::now();
+    let mut db = Some(ctx.open_db().map_err(|e| {
+        MergeVerdict::Error(format!(
+            "opening the database for the merge lease: {e:#}; not merging"
+        ))
+    })?);
+    let mut holder = String::from("another merge-guard");
+    let taken = poll::until(&RealTime, started + wait, |_| {
+        let elapsed = i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
+        let Some(conn) = db.take() else {
+            return Step::Done(Err(MergeVerdict::Error(
+                "the merge lease's connection was lost; not merging".into(),
+            )));
+        };
+        let at = pinned.map(|p| p.saturating_add(elapsed));
+        match RowLease::take(conn, MERGE_LEASE_ROW, &me, ttl_s, at, Some(&detail)) {
+            Ok(RowTake::Held(lease, over)) => {
+                if let Some((old, verdict)) = over.filter(|(_, v)| *v != RowVerdict::Released) {
+                    log::warn!(
+                        "merge-guard: taking over a stale merge lease ({verdict:?}): {}",
+                        describe_row(&old)
+                    );
+                }
+                log::info!(
+                    "merge-guard: {target}: merge lease taken after {} ms (generation {}, holder {})",
+                    started.elapsed().as_millis(),
+                    lease.generation(),
+                    crate::core::lease::holder_text(&me)
+                );
+                Step::Done(Ok(lease))
+            }
+            Ok(RowTake::Busy(row, conn)) => {
+                holder = describe_row(&row);
+                db = Some(conn);
+                Step::Again(LEASE_POLL)
+            }
+            Err(e) => Step::Done(Err(MergeVerdict::Error(format!(
+                "taking the merge lease: {e:#}; not merging"
+            )))),
+        }
+    });
+    match taken {
+        Ok(r) => r,
+        Err(TimedOut) => Err(MergeVerdict::Error(format!(
+            "the merge lease is held by {holder} and did not come free within {} s \
+             (ORCH_MERGE_LEASE_WAIT_S): not merging",
+            wait.as_secs()
+        ))),
+    }
+}
+
+/// Returns who holds a lease row, for the log and the messages.
+fn describe_row(r: &LeaseRow) -> String {
+    let detail: Option<serde_json::Value> = r
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok());
+    let field = |k: &str| detail.as_ref().and_then(|d| d.get(k).cloned());
+    let task = field("task")
+        .and_then(|t| t.as_str().map(|t| format!("{t}, ")))
+        .unwrap_or_default();
+    let job = field("job_id")
+        .and_then(|j| j.as_i64().map(|j| format!("job {j}, ")))
+        .unwrap_or_default();
+    format!(
+        "{task}{job}holder {}, acquired at {}, expires at {}",
+        r.holder, r.acquired_at, r.expires_at
+    )
+}
+
+/// Takes the lease file, waiting up to `wait`; a stale lease is taken over under the lock.
+fn acquire_file(
+    ctx: &PassContext,
+    target: &Target,
+    job_id: Option<i64>,
+    wait: Duration,
+) -> Result<(MergeLease, Lease), MergeVerdict> {
+    {
         let lease = MergeLease::new(&ctx.config.settings.state_dir);
         let pid = i64::from(std::process::id());
         let started = Instant::now();
@@ -275,7 +400,7 @@ impl HeldLease {
             Step::Again(LEASE_POLL)
         });
         match taken {
-            Ok(Ok(ours)) => Ok(HeldLease { lease, ours }),
+            Ok(Ok(ours)) => Ok((lease, ours)),
             Ok(Err(verdict)) => Err(verdict),
             Err(TimedOut) => Err(MergeVerdict::Error(format!(
                 "the merge lease is held by {holder} and did not come free within {} s \
@@ -288,13 +413,23 @@ impl HeldLease {
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
+        // A row lease releases itself when dropped (with `self`).
+        if let Holding::File { lease, ours } = &self.held {
+            release_file(lease, ours);
+        }
+    }
+}
+
+/// Removes the lease file if it is still `ours`.
+fn release_file(lease: &MergeLease, ours: &Lease) {
+    {
         let mut busy = None;
         let released = poll::until(&RealTime, Instant::now() + RELEASE_WAIT, |_| {
-            match self.lease.lock() {
+            match lease.lock() {
                 Ok(guard) => {
-                    match self.lease.read() {
-                        Ok(LeaseFile::Held(l)) if l == self.ours => {
-                            match self.lease.remove(&guard) {
+                    match lease.read() {
+                        Ok(LeaseFile::Held(l)) if l == *ours => {
+                            match lease.remove(&guard) {
                                 Ok(_) => log::info!("merge-guard: merge lease released"),
                                 Err(e) => log::error!("merge-guard: releasing the merge lease: {e:#}"),
                             }

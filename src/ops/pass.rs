@@ -2,17 +2,18 @@
 //! the HTTP clients (built once, when first used), and the pass lifecycle (lock, open
 //! the database, run, record, summarise).
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use jiff::Timestamp;
 
-use crate::adapters::bounds::PassBounds;
-use crate::adapters::db::{Db, PassRecord};
+use crate::adapters::bounds::{Bound, PassBounds};
+use crate::adapters::db::{is_postgres_url, Db, PassRecord};
 use crate::adapters::gitea::GiteaClient;
+use crate::adapters::lease::{this_process, RowLease, RowTake};
 use crate::adapters::lock::{LockError, LockFile, LockGuard};
 use crate::adapters::plane::PlaneClient;
 use crate::adapters::telegram::Telegram;
@@ -37,6 +38,17 @@ pub struct PassContext {
     plane: OnceCell<PlaneClient>,
     telegram: OnceCell<Option<Telegram>>,
     bounds: Arc<PassBounds>,
+    /// The pass's lease across hosts while `run_pass` holds it (PostgreSQL).
+    pass_lease: RefCell<Option<RowLease>>,
+}
+
+/// The passes that must run on one host at a time when hosts share a PostgreSQL
+/// database: beside their local lock they hold the lease row `pass:<name>`.
+pub const ONCE_ACROSS_HOSTS: &[&str] = &["reconcile", "post-deploy-tick"];
+
+/// The lease row of pass `name`.
+pub fn pass_lease_name(name: &str) -> String {
+    format!("pass:{name}")
 }
 
 /// The counts a pass reports, in the order its summary line prints them.
@@ -139,6 +151,7 @@ impl PassContext {
             gitea: OnceCell::new(),
             plane: OnceCell::new(),
             telegram: OnceCell::new(),
+            pass_lease: RefCell::new(None),
         }
     }
 
@@ -274,9 +287,65 @@ impl PassContext {
         LockFile::try_acquire(&self.lock_path(pass))
     }
 
+    /// Between two items of a pass: renews the pass's lease across hosts once half its
+    /// TTL has passed, and says whether the pass must stop before its next item (the
+    /// deadline passed, or the lease was taken over: both noted as bounds hit).
+    pub fn stop_between_items(&self, what: &str) -> bool {
+        let lost = self
+            .pass_lease
+            .borrow_mut()
+            .as_mut()
+            .and_then(|l| (!l.keep()).then(|| l.name().to_string()));
+        if let Some(name) = lost {
+            self.bounds.hit(
+                Bound::LeaseLost,
+                format!("the lease {name} was taken over by another host; stopped {what}"),
+            );
+            return true;
+        }
+        self.bounds.stop_for_deadline(what)
+    }
+
+    /// Takes pass `name`'s lease row when the pass runs once across hosts and the
+    /// database is PostgreSQL; `Ok(Some(row))` is the row of another holder (busy).
+    fn take_pass_lease(&self, name: &str) -> Result<Option<crate::core::lease::LeaseRow>> {
+        let s = &self.config.settings;
+        if !ONCE_ACROSS_HOSTS.contains(&name) || !is_postgres_url(&s.db) {
+            return Ok(None);
+        }
+        let pinned = s.now.0.map(Timestamp::as_second);
+        let detail = serde_json::json!({ "pass": name }).to_string();
+        match RowLease::take(
+            self.open_db()?,
+            &pass_lease_name(name),
+            &this_process(&s.host_id()),
+            s.pass_lease_ttl_s.secs(),
+            pinned,
+            Some(&detail),
+        )
+        .with_context(|| {
+            format!("{name}: the pass lease could not be written to the database (nothing done)")
+        })? {
+            RowTake::Held(lease, over) => {
+                if let Some((old, verdict)) = over {
+                    log::info!(
+                        "{name}: took the pass lease ({verdict:?} from {}, generation {})",
+                        old.holder,
+                        lease.generation()
+                    );
+                }
+                *self.pass_lease.borrow_mut() = Some(lease);
+                Ok(None)
+            }
+            RowTake::Busy(row, _) => Ok(Some(row)),
+        }
+    }
+
     /// Runs one pass of `name` under its lock: exit 75 at once when another copy holds
-    /// the lock; otherwise opens the database, runs `body`, records the pass for `status`
-    /// (unless `dry_run`) and logs one summary line.
+    /// the lock (or, for a pass that runs once across hosts under PostgreSQL, when
+    /// another host holds its lease row); otherwise opens the database, runs `body`,
+    /// records the pass for `status` (unless `dry_run`), releases the lease row and logs
+    /// one summary line.
     ///
     /// The pass's deadline (`ORCH_PASS_DEADLINE_S`) starts here. A pass that hit a
     /// bound (a listing stopped at the page cap, the deadline passed: its loops stop
@@ -302,11 +371,21 @@ impl PassContext {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(held) = self.take_pass_lease(name)? {
+            log::warn!(
+                "{name}: skipped: another host's {name} pass holds its lease ({}, until {})",
+                held.holder,
+                held.expires_at
+            );
+            return Ok(ExitStatus::Busy);
+        }
         let mut db = self.open_db()?;
         let started_at = self.now_secs();
         let clock = Instant::now();
         self.bounds.start();
         let result = body(&mut db, &guard).map(|o| self.bounded(o));
+        // Released before the record: the pass's work is done.
+        drop(self.pass_lease.borrow_mut().take());
         let duration_ms = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (outcome, counts) = match &result {
             Ok(o) if o.status == ExitStatus::No => ("no", o.counts.clone()),

@@ -176,6 +176,8 @@ struct Script {
     times: usize,
     /// Run the handler first (its effects happen), then send the scripted reply.
     after_handler: bool,
+    /// Send the handler's own answer, held by the scripted reply's gate ([`Server::hold`]).
+    handler_answer: bool,
 }
 
 /// A running stand-in server; stops when dropped.
@@ -294,6 +296,20 @@ impl Server {
         self.push(method, path_prefix, reply, times, true);
     }
 
+    /// Holds the handler's own answer to the next `times` matching requests until
+    /// `gate` opens (the client waits mid-call, e.g. a pass paused mid-way; the server
+    /// answers nothing else meanwhile).
+    pub fn hold(&self, method: Option<&str>, path_prefix: &str, gate: &Gate, times: usize) {
+        self.scripts.lock().expect("scripts lock").push(Script {
+            method: method.map(str::to_string),
+            path_prefix: path_prefix.to_string(),
+            reply: Reply::empty(0).held(gate),
+            times,
+            after_handler: false,
+            handler_answer: true,
+        });
+    }
+
     fn push(
         &self,
         method: Option<&str>,
@@ -308,6 +324,7 @@ impl Server {
             reply,
             times,
             after_handler,
+            handler_answer: false,
         });
     }
 }
@@ -371,15 +388,19 @@ fn serve(
             pos.map(|i| {
                 scripts[i].times -= 1;
                 let s = &scripts[i];
-                (s.reply.clone(), s.after_handler)
+                (s.reply.clone(), s.after_handler, s.handler_answer)
             })
         };
         let reply = match scripted {
-            Some((reply, true)) => {
+            Some((held, _, true)) => Reply {
+                gate: held.gate,
+                ..handler(&rec)
+            },
+            Some((reply, true, _)) => {
                 let _ = handler(&rec);
                 reply
             }
-            Some((reply, false)) => reply,
+            Some((reply, false, _)) => reply,
             None => handler(&rec),
         };
         let _ = events.arrived.send(rec.clone());

@@ -19,6 +19,7 @@ mod holds;
 mod install;
 mod jobs;
 mod kit;
+mod leases;
 mod merge_guard;
 mod migrate_store;
 mod package;

@@ -180,17 +180,17 @@ use orch::standin::server::{Gate, Reply};
 
 use crate::common::{seed_task, snapshot, Project, Run, SeedTask, TestEnv, NOW_UNIX};
 
-const REPO: &str = "acme/shop";
+pub(crate) const REPO: &str = "acme/shop";
 const BRANCH: &str = "task/shop-1-basket";
 /// The head staging validated.
-const HEAD: &str = "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2";
+pub(crate) const HEAD: &str = "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2";
 /// A head pushed after validation.
 const MOVED: &str = "0123456789abcdef0123456789abcdef01234567";
-const MERGE_PATH: &str = "/api/v1/repos/acme/shop/pulls/7/merge";
+pub(crate) const MERGE_PATH: &str = "/api/v1/repos/acme/shop/pulls/7/merge";
 const PULL_PATH: &str = "/api/v1/repos/acme/shop/pulls/7";
 
 /// A Gitea with `acme/shop` and PR #7 from [`BRANCH`] at [`HEAD`], open and mergeable.
-fn gitea() -> GiteaStandin {
+pub(crate) fn gitea() -> GiteaStandin {
     gitea_with(
         PullSeed::open(7, BRANCH)
             .head_sha(HEAD)
@@ -206,7 +206,7 @@ fn gitea_with(seed: PullSeed) -> GiteaStandin {
 }
 
 /// An env pointed at `g`, with a task SHOP-1 at `deploy` validated at `validated`.
-fn env_with_task(g: &GiteaStandin, validated: Option<&str>, pr: Option<i64>) -> TestEnv {
+pub(crate) fn env_with_task(g: &GiteaStandin, validated: Option<&str>, pr: Option<i64>) -> TestEnv {
     let mut env = TestEnv::new();
     env.set("ORCH_GITEA_URL", g.url())
         .set("ORCH_GITEA_TOKEN", DEFAULT_TOKEN)
@@ -678,7 +678,28 @@ fn a_lost_answer_without_a_merge_is_an_error() {
     expect_line(&guard(&env, &["--merge"]), 0, "MERGED");
 }
 
-fn write_lease(env: &TestEnv, pid: i64, start: Option<i64>, acquired_at: i64, ttl_s: i64) {
+/// The host id the lease tests give the guard (a lease row names its holder's host).
+const HOST: &str = "guard-host";
+
+/// Writes someone else's merge lease: the file on SQLite, the `merge` row on PostgreSQL
+/// (held by `pid` on this env's host).
+fn write_lease(env: &mut TestEnv, pid: i64, start: Option<i64>, acquired_at: i64, ttl_s: i64) {
+    if !crate::common::sqlite_only() {
+        env.set("ORCH_HOST_ID", HOST);
+        let start = start.map_or("-".to_string(), |s| s.to_string());
+        env.db()
+            .execute(
+                "INSERT INTO leases (name, holder, generation, acquired_at, expires_at, detail)
+                 VALUES ('merge', ?1, 1, ?2, ?3, '{\"job_id\": 99, \"task\": \"OTHER-1\"}')",
+                orch::sql_params![
+                    format!("{HOST}:{pid}:{start}"),
+                    acquired_at,
+                    acquired_at + ttl_s
+                ],
+            )
+            .unwrap();
+        return;
+    }
     std::fs::create_dir_all(env.path("state")).unwrap();
     let lease = serde_json::json!({
         "job_id": 99, "task": "OTHER-1", "pid": pid, "pid_start_time": start,
@@ -695,7 +716,7 @@ fn a_lease_held_beyond_the_bound_is_an_error_without_merging() {
     // Held by this test process: alive, and well within its TTL.
     let me = i64::from(std::process::id());
     let start = orch::adapters::process::start_time(me);
-    write_lease(&env, me, start, NOW_UNIX, 3600);
+    write_lease(&mut env, me, start, NOW_UNIX, 3600);
     let run = guard(&env, &["--merge"]);
     expect_line(&run, 2, "ERROR");
     assert!(
@@ -704,6 +725,14 @@ fn a_lease_held_beyond_the_bound_is_an_error_without_merging() {
         run.stdout
     );
     assert_eq!(g.merge_calls(REPO, 7), 0);
+    if !crate::common::sqlite_only() {
+        assert_eq!(
+            env.count("SELECT generation FROM leases WHERE name = 'merge' AND released_at IS NULL"),
+            1,
+            "someone else's lease row is left alone"
+        );
+        return;
+    }
     assert!(
         env.path("state/merge-lease.json").exists(),
         "someone else's lease is left alone"
@@ -733,7 +762,7 @@ fn a_stale_lease_is_taken_over() {
         let g = gitea();
         let mut env = env_with_task(&g, Some(HEAD), Some(7));
         env.set("ORCH_MERGE_LEASE_WAIT_S", "0");
-        write_lease(&env, pid, None, acquired_at, ttl);
+        write_lease(&mut env, pid, None, acquired_at, ttl);
         let run = guard(&env, &["--merge"]);
         expect_line(&run, 0, "MERGED");
         assert!(
@@ -741,6 +770,16 @@ fn a_stale_lease_is_taken_over() {
             "{name}: {}",
             run.stderr
         );
+        if !crate::common::sqlite_only() {
+            assert_eq!(
+                env.count(
+                    "SELECT generation FROM leases WHERE name = 'merge' AND released_at IS NOT NULL"
+                ),
+                2,
+                "{name}: taken over once, then released"
+            );
+            continue;
+        }
         assert!(
             !env.path("state/merge-lease.json").exists(),
             "{name}: released"
@@ -750,6 +789,10 @@ fn a_stale_lease_is_taken_over() {
 
 #[test]
 fn a_malformed_lease_is_left_for_a_human() {
+    // A file only (PostgreSQL has the lease row: tests/integration/leases.rs).
+    if !crate::common::sqlite_only() {
+        return;
+    }
     let g = gitea();
     let env = env_with_task(&g, Some(HEAD), Some(7));
     std::fs::create_dir_all(env.path("state")).unwrap();
@@ -788,6 +831,31 @@ fn the_lease_names_the_job_while_the_merge_runs() {
         if r.method == "POST" && r.path == MERGE_PATH {
             break;
         }
+    }
+    if !crate::common::sqlite_only() {
+        let (holder, detail, acquired_at, expires_at): (String, String, i64, i64) = env
+            .db()
+            .query_row(
+                "SELECT holder, detail, acquired_at, expires_at FROM leases
+                 WHERE name = 'merge' AND released_at IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        gate.open();
+        let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(detail["job_id"], 42);
+        assert_eq!(detail["task"], "SHOP-1");
+        assert!(holder.contains(&format!(":{pid}:")), "{holder}");
+        assert_eq!((acquired_at, expires_at), (NOW_UNIX, NOW_UNIX + 600));
+        let run: Run = child.wait_with_output().unwrap().into();
+        expect_line(&run, 0, "MERGED");
+        assert_eq!(
+            env.count("SELECT count(*) FROM leases WHERE released_at IS NULL"),
+            0,
+            "released"
+        );
+        return;
     }
     let lease: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("state/merge-lease.json")).unwrap())

@@ -33,6 +33,8 @@ mod install;
 mod jobs;
 #[path = "../integration/kit.rs"]
 mod kit;
+#[path = "../integration/leases.rs"]
+mod leases;
 #[path = "../integration/merge_guard.rs"]
 mod merge_guard;
 #[path = "../integration/migrate_store.rs"]

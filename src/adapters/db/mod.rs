@@ -29,7 +29,8 @@
 //! - `notifications.rs`, `passes.rs`, `reconcile.rs`: what their names say;
 //!   `ci_verdicts.rs`: the final CI verdict of each PR head seen; `holds.rs`: human
 //!   holds (freezes) per project and their record; `backup.rs`: the online backup
-//!   (imports nothing of the store but the busy timeout).
+//!   (imports nothing of the store but the busy timeout); `leases.rs`: lease rows
+//!   across hosts (imports nothing of the store).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ mod ci_verdicts;
 mod deliveries;
 mod holds;
 mod jobs;
+mod leases;
 mod migrate_store;
 mod moves;
 mod notifications;
@@ -66,6 +68,7 @@ pub use backup::{backup_database, BackupDone};
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
 pub use holds::{HoldActor, HoldEvent};
 pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
+pub use leases::LeaseTake;
 pub use migrate_store::{copy_store, Copied};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;

@@ -70,6 +70,13 @@ impl Pass<'_> {
         let mut states_refreshed = false;
         let replay = self.ctx.config.settings.reconcile_replay_enabled;
         loop {
+            // Between pages: the pass lease renewed (a pass that lost it stops here).
+            if self.ctx.stop_between_items("listing Plane") {
+                let why = "the pass lease was lost or the pass deadline ORCH_PASS_DEADLINE_S passed";
+                l.listing.failed = Some(format!("listing stopped: {why}"));
+                self.report.stopped_early.get_or_insert(why.to_string());
+                return Ok(l);
+            }
             let page = match pages.recv() {
                 Ok(Fetched::Page(page)) => {
                     self.report.c.plane_requests += 1;

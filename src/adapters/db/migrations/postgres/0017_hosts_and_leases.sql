@@ -24,3 +24,7 @@ CREATE TABLE shared_files (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (kind, key)
 );
+
+-- When its holder released the lease (unix seconds; NULL while held or once lapsed):
+-- a released lease is free at once, and status tells a release from a lapse.
+ALTER TABLE leases ADD COLUMN released_at BIGINT;
