@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use crate::adapters::db::Db;
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
-use crate::core::dispatch::{plan, Wait};
+use crate::core::dispatch::{plan_slots, Caps, Wait};
 use crate::core::job::JobStatus;
 use crate::core::spend::{over_budget, Budget};
 use crate::exit::ExitStatus;
@@ -29,7 +29,9 @@ use crate::ops::pass::{PassContext, PassOutcome};
 /// priority (urgent, high, medium, low, none): the project with the fewest jobs running
 /// gets the next slot, its most urgent (then oldest) job. Each job runs under `orch run-job <id>`, launched as
 /// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
-/// orch-job@<id>.service`). A project on hold (`orch hold`) starts no deployer job: they
+/// orch-job@<id>.service`), on this host: the claim records ORCH_HOST_ID, and with
+/// ORCH_MAX_CONCURRENCY_PER_HOST set no more than that many run here. A project on
+/// hold (`orch hold`) starts no deployer job: they
 /// stay queued, counted as hold_waits. Exit codes: 0 done (or nothing to start), 2 error, 75
 /// another dispatch pass holds the lock.
 #[derive(Debug, clap::Args)]
@@ -62,9 +64,18 @@ pub fn run(args: &DispatchArgs, ctx: &PassContext) -> Result<ExitStatus> {
 pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let now = ctx.now_secs();
     let limit = ctx.config.settings.max_concurrency.0;
+    let caps = Caps {
+        limit,
+        per_host: ctx.config.settings.per_host_cap(),
+    };
+    let host = ctx.config.settings.host_id();
     let running = db.running_by_project()?;
     let running_total: u32 = running.values().sum();
-    let free = limit.saturating_sub(running_total);
+    let running_here = match caps.per_host {
+        Some(_) => db.running_on_host(&host)?,
+        None => 0,
+    };
+    let free = caps.free(running_total, running_here);
     // Only the first `free` jobs of each project (by priority, then age) can be picked
     // this pass. With Gitea
     // configured, a job whose task's branch is not confirmed there waits for reconcile.
@@ -84,7 +95,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let queued_total = db.queued_count()?;
     let holders = db.staging_holders()?;
     let holder = holders.first().map(|h| h.job_id);
-    let decided = plan(&queued, &running, limit, holder);
+    let decided = plan_slots(&queued, &running, free, holder);
     let picked = decided.start;
     let staging_waits = decided
         .waits
@@ -123,6 +134,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         }
         for (id, wait) in &decided.waits {
             let why = match wait {
+                Wait::NoSlot if caps.host_is_full(running_total, running_here) => format!(
+                    "no free slot on host {host} (ORCH_MAX_CONCURRENCY_PER_HOST {}, {running_here} running here)",
+                    caps.per_host.unwrap_or_default()
+                ),
                 Wait::NoSlot => format!("no free slot (limit {limit}, fair share across projects)"),
                 Wait::StagingHeld { by_job } => format!(
                     "staging is held by deploy-staging job {by_job}{} (one deploy-staging job at a time)",
@@ -188,10 +203,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             );
             continue;
         }
-        if !db.claim_job(id, now, limit)? {
+        if !db.claim_job(id, now, caps, &host)? {
             lost += 1;
             log::info!(
-                "dispatch: job {id} not claimed: another pass took it, no slot left, or staging was taken"
+                "dispatch: job {id} not claimed: another pass took it, no slot left (limit or this host's cap), or staging was taken"
             );
             continue;
         }
