@@ -12,7 +12,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::db::Db;
+use crate::adapters::db::{Claim, Db};
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
 use crate::core::dispatch::{plan_slots, Caps, Wait};
@@ -185,17 +185,42 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             held_why(db, project, now)?
         );
     }
+    // Passes on several hosts read the same queue heads at once, and all but one lose
+    // each claim: a lost claim goes on to the next job in the same order (fair across
+    // projects, then priority, then age), from a few more heads per project than there
+    // are slots, so every host fills its free slots in one pass.
+    let order: Vec<i64> = if picked.is_empty() {
+        Vec::new()
+    } else {
+        let extra = u32::try_from(on_hold.len()).unwrap_or(u32::MAX);
+        let spares: Vec<_> = db
+            .queued_heads(
+                free.saturating_mul(CLAIM_SPARES).saturating_add(extra),
+                hold_branchless,
+            )?
+            .into_iter()
+            .filter(|q| !on_hold.iter().any(|(id, _)| *id == q.id))
+            .collect();
+        let all = u32::try_from(spares.len()).unwrap_or(u32::MAX);
+        plan_slots(&spares, &running, all, holder).start
+    };
     let mut started = 0i64;
     let mut lost = 0i64;
     let mut failed = 0i64;
     let mut budget_stopped = 0i64;
-    for id in picked {
+    // The slots this pass used: claims (launched or not) and over-budget stops.
+    let mut used = 0u32;
+    for id in order {
+        if used >= free {
+            break;
+        }
         // Between jobs, never within one: the rest start on the next pass.
         if ctx.bounds().stop_for_deadline("starting jobs") {
             break;
         }
         if let Some((task_id, why)) = budget_stop(ctx, db, id)? {
             budget_stopped += 1;
+            used += 1;
             let (escalated, cancelled) = db.escalate_over_budget(task_id, &why, now)?;
             log::warn!(
                 "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
@@ -203,12 +228,22 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             );
             continue;
         }
-        if !db.claim_job(id, now, caps, &host)? {
-            lost += 1;
-            log::info!(
-                "dispatch: job {id} not claimed: another pass took it, no slot left (limit or this host's cap), or staging was taken"
-            );
-            continue;
+        match db.claim(id, now, caps, &host)? {
+            Claim::Claimed => used += 1,
+            Claim::Lost => {
+                lost += 1;
+                log::info!(
+                    "dispatch: job {id} not claimed: another pass took it, or staging was taken; trying the next"
+                );
+                continue;
+            }
+            Claim::Full => {
+                lost += 1;
+                log::info!(
+                    "dispatch: job {id} not claimed: no slot left (ORCH_MAX_CONCURRENCY, or this host's ORCH_MAX_CONCURRENCY_PER_HOST) since the pass counted"
+                );
+                break;
+            }
         }
         match launch(ctx, id) {
             Ok(how) => {
@@ -264,6 +299,9 @@ fn budget_stop(ctx: &PassContext, db: &Db, id: i64) -> Result<Option<(i64, Strin
     let totals = db.task_spend(job.task_id)?;
     Ok(over_budget(&totals, &budget).map(|why| (job.task_id, why)))
 }
+
+/// Queue heads read per free slot for a real pass (the spares a lost claim goes on to).
+const CLAIM_SPARES: u32 = 4;
 
 /// Why a job waits for its task's branch (dry run and log).
 const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";

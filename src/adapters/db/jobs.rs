@@ -28,6 +28,17 @@ pub type RunningRow = ((i64, i64), Result<Job, String>);
 /// The stage whose jobs use the one staging environment.
 const STAGING_STAGE: Stage = Stage::DeployStaging;
 
+/// How one claim went ([`Db::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The job runs now, on the claiming host.
+    Claimed,
+    /// No slot: the global limit or the host's cap is reached.
+    Full,
+    /// The job is not queued any more (another pass took it) or staging is held.
+    Lost,
+}
+
 /// A running `deploy-staging` job: who holds the staging environment.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StagingHolder {
@@ -393,6 +404,16 @@ impl Db {
     /// # Errors
     /// On SQL errors (the writer lock not obtained within the busy timeout among them).
     pub fn claim_job(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<bool> {
+        Ok(self.claim(id, now, caps, host)? == Claim::Claimed)
+    }
+
+    /// [`Db::claim_job`], saying why a claim failed: [`Claim::Full`] (no slot under the
+    /// caps: no other claim can succeed now either) or [`Claim::Lost`] (this job was
+    /// taken, or staging is held: another job may still be claimed).
+    ///
+    /// # Errors
+    /// On SQL errors (the writer lock not obtained within the busy timeout among them).
+    pub fn claim(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<Claim> {
         let tx = self.conn().begin(sql::Begin::Write)?;
         let (total, here): (i64, i64) = tx.query_row(
             "SELECT (SELECT count(*) FROM jobs WHERE status = 'running'),
@@ -402,7 +423,7 @@ impl Db {
         )?;
         let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
         if !caps.may_claim(count(total), count(here)) {
-            return Ok(false);
+            return Ok(Claim::Full);
         }
         let n = tx.execute(
             "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
@@ -418,7 +439,7 @@ impl Db {
             upsert_host(&tx, host, now)?;
         }
         tx.commit()?;
-        Ok(n == 1)
+        Ok(if n == 1 { Claim::Claimed } else { Claim::Lost })
     }
 
     /// Counts the running jobs claimed by `host` (the per-host cap's count).

@@ -63,7 +63,7 @@ mod updates;
 pub use backup::{backup_database, BackupDone};
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
 pub use holds::{HoldActor, HoldEvent};
-pub use jobs::{RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
+pub use jobs::{Claim, RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
 pub use passes::{PassRecord, PlaneBudget};
