@@ -454,7 +454,7 @@ mod tests {
             let got = judge_heartbeat(last, now, timeout);
             match (flipped, flip(&got)) {
                 (true, Some(f)) => {
-                    assert_eq!(f, (JobStatus::Failed, Tier::HeartbeatExpired, false))
+                    assert_eq!(f, (JobStatus::Failed, Tier::HeartbeatExpired, false));
                 }
                 (false, None) => assert_eq!(got, ReapAction::Leave),
                 _ => panic!("{last:?} {now} {timeout}: {got:?}"),
