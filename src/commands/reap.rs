@@ -97,6 +97,12 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     // Another host's jobs are judged by heartbeat, not by this host's /proc.
     let host = s.host_id();
     let heartbeat_timeout = s.heartbeat_timeout_s.secs();
+    // Heartbeats are stamped with the database's clock (ORCH_NOW when pinned): judged
+    // against the same clock, read once for the pass, so no host's clock skew counts.
+    let heartbeat_now = match s.now.0 {
+        Some(_) => now,
+        None => db.clock()?,
+    };
     let mut t = Tally::default();
     let mut after = (i64::MIN, i64::MIN);
     let mut procs: Option<ProcView> = None;
@@ -123,7 +129,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 Ok(job) if judged_by(job.host.as_deref(), &host) == Judged::ByHeartbeat => {
                     t.elsewhere += 1;
                     if let Err(e) =
-                        reap_elsewhere(db, &job, now, heartbeat_timeout, dry_run, &mut t)
+                        reap_elsewhere(db, &job, heartbeat_now, heartbeat_timeout, dry_run, &mut t)
                     {
                         t.bad_rows += 1;
                         log::error!("reap: job {id} skipped: {e:#}");

@@ -197,8 +197,10 @@ impl Heartbeat {
     fn start(ctx: &PassContext, db: &Db, job: &Job) -> Result<Heartbeat> {
         let s = &ctx.config.settings;
         let host = s.host_id();
-        let pinned = s.now.0;
-        let now = move || pinned.unwrap_or_else(jiff::Timestamp::now).as_second();
+        // The database's clock, unless ORCH_NOW pins it (tests): every host's
+        // heartbeats and reap's horizon then read one clock.
+        let pinned = s.now.0.map(jiff::Timestamp::as_second);
+        let now = move || pinned;
         if !db.heartbeat(job.id, job.attempt, &host, now())? {
             bail!(
                 "job {} attempt {} is no longer running (rescued, cancelled or re-run); not starting its agent",

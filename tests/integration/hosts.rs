@@ -465,3 +465,35 @@ fn bad_heartbeat_and_per_host_settings_are_refused_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn unpinned_reap_judges_heartbeats_by_the_database_clock() {
+    if crate::common::sqlite_only() {
+        return;
+    }
+    let env = TestEnv::with_pipeline(&pipeline(""));
+    // Unpinned, reap judges heartbeats by the database's clock: a job of another host
+    // that heartbeat just now is left alone, one silent for an hour is rescued.
+    let jobs = seed(&env, "orch", 2, "analysis", "running");
+    let wall = jiff::Timestamp::now().as_second();
+    for (job, beat) in jobs.iter().zip([wall, wall - 3600]) {
+        env.db()
+            .execute(
+                "UPDATE jobs SET host = 'elsewhere', heartbeat_at = ?2 WHERE id = ?1",
+                orch::sql_params![*job, beat],
+            )
+            .unwrap();
+    }
+    let out = env
+        .command(&["reap"])
+        .env_remove("ORCH_NOW")
+        .env("ORCH_HOST_ID", "here")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(count_in(&err, "other_hosts"), 2, "{err}");
+    assert_eq!(count_in(&err, "flipped_heartbeat_expired"), 1, "{err}");
+    assert_eq!(job_state(&env, jobs[0]).0, "running");
+    assert_eq!(job_state(&env, jobs[1]).0, "failed");
+}

@@ -455,15 +455,30 @@ impl Db {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    /// A running attempt's heartbeat: stamps `heartbeat_at = now` while the job is still
+    /// The database's clock, unix seconds: what heartbeats are stamped with and judged
+    /// against when the clock is not pinned, so the hosts' clocks never enter the
+    /// comparison on PostgreSQL (on SQLite, the one host's clock).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clock(&self) -> Result<i64> {
+        clock_in(self.conn())
+    }
+
+    /// A running attempt's heartbeat: stamps `heartbeat_at = now` (`None`: the
+    /// database's clock, [`Db::clock`]) while the job is still
     /// running at `attempt`, and its host's row, in one write transaction. `false` (and
     /// nothing written): the attempt is not running any more (rescued, cancelled, ended
     /// or re-run), and its supervisor must stop its agent.
     ///
     /// # Errors
     /// On SQL errors (an unreachable database among them).
-    pub fn heartbeat(&self, id: i64, attempt: u32, host: &str, now: i64) -> Result<bool> {
+    pub fn heartbeat(&self, id: i64, attempt: u32, host: &str, now: Option<i64>) -> Result<bool> {
         let tx = self.conn().begin(sql::Begin::Write)?;
+        let now = match now {
+            Some(n) => n,
+            None => clock_in(&tx)?,
+        };
         let n = tx.execute(
             "UPDATE jobs SET heartbeat_at = ?3
              WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
@@ -726,6 +741,17 @@ impl Db {
     }
 }
 
+/// The database's clock in unix seconds, on `conn`.
+fn clock_in(conn: &Conn) -> Result<i64> {
+    let sql = match conn.engine() {
+        sql::Engine::Sqlite => "SELECT CAST(strftime('%s', 'now') AS INTEGER)",
+        sql::Engine::Postgres => {
+            "SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)"
+        }
+    };
+    Ok(conn.query_row(sql, [], |r| r.get(0))?)
+}
+
 /// Records `host`'s last sign of life (`hosts`), in the caller's transaction.
 fn upsert_host(tx: &Conn, host: &str, now: i64) -> Result<()> {
     tx.execute(
@@ -875,7 +901,7 @@ mod tests {
         assert!(db.claim_job(j, 100, Caps::global(1), "a").unwrap());
         // Horizon 100: the claim's heartbeat (100) is not older than it.
         assert!(!db.reap_flip_expired(j, 1, 100, 200).unwrap());
-        assert!(db.heartbeat(j, 1, "a", 150).unwrap());
+        assert!(db.heartbeat(j, 1, "a", Some(150)).unwrap());
         // A reaper that read heartbeat 100 and judged with horizon 140 loses to the
         // heartbeat at 150 that landed meanwhile.
         assert!(!db.reap_flip_expired(j, 1, 140, 200).unwrap());
@@ -894,8 +920,14 @@ mod tests {
             (JobStatus::Failed, Some("heartbeat-expired"), 1)
         );
         assert!(
-            !db.heartbeat(j, 1, "a", 160).unwrap(),
+            !db.heartbeat(j, 1, "a", Some(160)).unwrap(),
             "the supervisor must fence"
+        );
+        let clock = db.clock().unwrap();
+        let wall = jiff::Timestamp::now().as_second();
+        assert!(
+            (clock - wall).abs() <= 2,
+            "the database's clock {clock} vs {wall}"
         );
         // A re-run clears the host and the heartbeat.
         assert_eq!(db.rerun_job(j, 300).unwrap(), Some(2));
