@@ -12,10 +12,10 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::db::Db;
+use crate::adapters::db::{Claim, Db};
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
-use crate::core::dispatch::{plan, Wait};
+use crate::core::dispatch::{plan_slots, Caps, Wait};
 use crate::core::job::JobStatus;
 use crate::core::spend::{over_budget, Budget};
 use crate::exit::ExitStatus;
@@ -29,7 +29,9 @@ use crate::ops::pass::{PassContext, PassOutcome};
 /// priority (urgent, high, medium, low, none): the project with the fewest jobs running
 /// gets the next slot, its most urgent (then oldest) job. Each job runs under `orch run-job <id>`, launched as
 /// ORCH_JOB_LAUNCHER says (direct: a detached child; systemd: `systemctl start
-/// orch-job@<id>.service`). A project on hold (`orch hold`) starts no deployer job: they
+/// orch-job@<id>.service`), on this host: the claim records ORCH_HOST_ID, and with
+/// ORCH_MAX_CONCURRENCY_PER_HOST set no more than that many run here. A project on
+/// hold (`orch hold`) starts no deployer job: they
 /// stay queued, counted as hold_waits. Exit codes: 0 done (or nothing to start), 2 error, 75
 /// another dispatch pass holds the lock.
 #[derive(Debug, clap::Args)]
@@ -62,9 +64,18 @@ pub fn run(args: &DispatchArgs, ctx: &PassContext) -> Result<ExitStatus> {
 pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome> {
     let now = ctx.now_secs();
     let limit = ctx.config.settings.max_concurrency.0;
+    let caps = Caps {
+        limit,
+        per_host: ctx.config.settings.per_host_cap(),
+    };
+    let host = ctx.config.settings.host_id();
     let running = db.running_by_project()?;
     let running_total: u32 = running.values().sum();
-    let free = limit.saturating_sub(running_total);
+    let running_here = match caps.per_host {
+        Some(_) => db.running_on_host(&host)?,
+        None => 0,
+    };
+    let free = caps.free(running_total, running_here);
     // Only the first `free` jobs of each project (by priority, then age) can be picked
     // this pass. With Gitea
     // configured, a job whose task's branch is not confirmed there waits for reconcile.
@@ -84,7 +95,7 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let queued_total = db.queued_count()?;
     let holders = db.staging_holders()?;
     let holder = holders.first().map(|h| h.job_id);
-    let decided = plan(&queued, &running, limit, holder);
+    let decided = plan_slots(&queued, &running, free, holder);
     let picked = decided.start;
     let staging_waits = decided
         .waits
@@ -123,6 +134,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         }
         for (id, wait) in &decided.waits {
             let why = match wait {
+                Wait::NoSlot if caps.host_is_full(running_total, running_here) => format!(
+                    "no free slot on host {host} (ORCH_MAX_CONCURRENCY_PER_HOST {}, {running_here} running here)",
+                    caps.per_host.unwrap_or_default()
+                ),
                 Wait::NoSlot => format!("no free slot (limit {limit}, fair share across projects)"),
                 Wait::StagingHeld { by_job } => format!(
                     "staging is held by deploy-staging job {by_job}{} (one deploy-staging job at a time)",
@@ -170,17 +185,42 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             held_why(db, project, now)?
         );
     }
+    // Passes on several hosts read the same queue heads at once, and all but one lose
+    // each claim: a lost claim goes on to the next job in the same order (fair across
+    // projects, then priority, then age), from a few more heads per project than there
+    // are slots, so every host fills its free slots in one pass.
+    let order: Vec<i64> = if picked.is_empty() {
+        Vec::new()
+    } else {
+        let extra = u32::try_from(on_hold.len()).unwrap_or(u32::MAX);
+        let spares: Vec<_> = db
+            .queued_heads(
+                free.saturating_mul(CLAIM_SPARES).saturating_add(extra),
+                hold_branchless,
+            )?
+            .into_iter()
+            .filter(|q| !on_hold.iter().any(|(id, _)| *id == q.id))
+            .collect();
+        let all = u32::try_from(spares.len()).unwrap_or(u32::MAX);
+        plan_slots(&spares, &running, all, holder).start
+    };
     let mut started = 0i64;
     let mut lost = 0i64;
     let mut failed = 0i64;
     let mut budget_stopped = 0i64;
-    for id in picked {
+    // The slots this pass used: claims (launched or not) and over-budget stops.
+    let mut used = 0u32;
+    for id in order {
+        if used >= free {
+            break;
+        }
         // Between jobs, never within one: the rest start on the next pass.
         if ctx.bounds().stop_for_deadline("starting jobs") {
             break;
         }
         if let Some((task_id, why)) = budget_stop(ctx, db, id)? {
             budget_stopped += 1;
+            used += 1;
             let (escalated, cancelled) = db.escalate_over_budget(task_id, &why, now)?;
             log::warn!(
                 "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
@@ -188,12 +228,22 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             );
             continue;
         }
-        if !db.claim_job(id, now, limit)? {
-            lost += 1;
-            log::info!(
-                "dispatch: job {id} not claimed: another pass took it, no slot left, or staging was taken"
-            );
-            continue;
+        match db.claim(id, now, caps, &host)? {
+            Claim::Claimed => used += 1,
+            Claim::Lost => {
+                lost += 1;
+                log::info!(
+                    "dispatch: job {id} not claimed: another pass took it, or staging was taken; trying the next"
+                );
+                continue;
+            }
+            Claim::Full => {
+                lost += 1;
+                log::info!(
+                    "dispatch: job {id} not claimed: no slot left (ORCH_MAX_CONCURRENCY, or this host's ORCH_MAX_CONCURRENCY_PER_HOST) since the pass counted"
+                );
+                break;
+            }
         }
         match launch(ctx, id) {
             Ok(how) => {
@@ -249,6 +299,9 @@ fn budget_stop(ctx: &PassContext, db: &Db, id: i64) -> Result<Option<(i64, Strin
     let totals = db.task_spend(job.task_id)?;
     Ok(over_budget(&totals, &budget).map(|why| (job.task_id, why)))
 }
+
+/// Queue heads read per free slot for a real pass (the spares a lost claim goes on to).
+const CLAIM_SPARES: u32 = 4;
 
 /// Why a job waits for its task's branch (dry run and log).
 const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";

@@ -6,7 +6,9 @@
 //! `core::reap::judge` decide, and acts: store or reset the dead-tick streak, or flip the
 //! job with the guarded UPDATE (terminating its process group first on the backstop). A
 //! flip never moves a task; reconcile re-drives the stage through its gate. One bad row is
-//! logged and skipped.
+//! logged and skipped. A job another host claimed is judged by its heartbeat
+//! (`core::reap::judge_heartbeat`) and flipped by the UPDATE guarded on the heartbeat
+//! horizon too.
 
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use crate::adapters::lease::{LeaseFile, LeaseState, MergeLease};
 use crate::adapters::lock::LockError;
 use crate::core::job::Job;
 use crate::core::reap::{
-    judge, JobLiveness, LogFacts, ReapAction, ReapSettings, RunningFacts, Tier,
+    heartbeat_horizon, judge, judge_heartbeat, judged_by, JobLiveness, Judged, LogFacts,
+    ReapAction, ReapSettings, RunningFacts, Tier,
 };
 use crate::exit::ExitStatus;
 use crate::ops::observe::{observe_with, ProcView};
@@ -35,7 +38,9 @@ const SNAPSHOT_ABOVE: usize = 64;
 /// Run by orch-reap.timer every ORCH_REAPER_INTERVAL_S. Tiers: a recorded exit code;
 /// a dead (or reused) pid for ORCH_REAPER_DEAD_TICKS consecutive passes; running past
 /// ORCH_REAPER_MAX_RUNNING_S, or alive with a log that has not grown for
-/// ORCH_AGENT_STALL_S (the process group is terminated first). Exit codes: 0
+/// ORCH_AGENT_STALL_S (the process group is terminated first). A job another host
+/// (ORCH_HOST_ID) claimed is judged by its heartbeat instead: failed as
+/// heartbeat-expired once older than ORCH_HEARTBEAT_TIMEOUT_S. Exit codes: 0
 /// done, 2 error, 75 another reap pass holds the lock.
 #[derive(Debug, clap::Args)]
 pub struct ReapArgs {
@@ -65,7 +70,8 @@ struct Tally {
     alive: i64,
     streak: i64,
     reset: i64,
-    flips: [i64; 4],
+    flips: [i64; 5],
+    elsewhere: i64,
     lost: i64,
     bad_rows: i64,
     unstoppable: i64,
@@ -88,6 +94,15 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         stall_s: s.agent_stall_s.secs(),
     };
     let grace = s.reaper_kill_grace_s.0;
+    // Another host's jobs are judged by heartbeat, not by this host's /proc.
+    let host = s.host_id();
+    let heartbeat_timeout = s.heartbeat_timeout_s.secs();
+    // Heartbeats are stamped with the database's clock (ORCH_NOW when pinned): judged
+    // against the same clock, read once for the pass, so no host's clock skew counts.
+    let heartbeat_now = match s.now.0 {
+        Some(_) => now,
+        None => db.clock()?,
+    };
     let mut t = Tally::default();
     let mut after = (i64::MIN, i64::MIN);
     let mut procs: Option<ProcView> = None;
@@ -111,6 +126,15 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             }
             t.scanned += 1;
             match row {
+                Ok(job) if judged_by(job.host.as_deref(), &host) == Judged::ByHeartbeat => {
+                    t.elsewhere += 1;
+                    if let Err(e) =
+                        reap_elsewhere(db, &job, heartbeat_now, heartbeat_timeout, dry_run, &mut t)
+                    {
+                        t.bad_rows += 1;
+                        log::error!("reap: job {id} skipped: {e:#}");
+                    }
+                }
                 Ok(job) => {
                     let observed = observe_with(&job, procs);
                     // The decision reads the supervisor only when an exit code is
@@ -158,6 +182,8 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("flipped_max_running", t.flips[1]),
         ("flipped_dead_pid", t.flips[2]),
         ("flipped_stalled", t.flips[3]),
+        ("flipped_heartbeat_expired", t.flips[4]),
+        ("other_hosts", t.elsewhere),
         ("lost_race", t.lost),
         ("bad_rows", t.bad_rows),
         ("unstoppable", t.unstoppable),
@@ -274,6 +300,64 @@ fn reap_one(
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Judges and, once its heartbeat expired, flips a job another host claimed: by the
+/// flip guarded on its attempt and the heartbeat horizon, so a heartbeat that lands
+/// after this pass read the job makes the flip change nothing, and among reaps on
+/// several hosts at once one flips it. Its processes are that host's: none is
+/// signalled from here (its supervisor stops its agent when its next heartbeat finds
+/// the job flipped).
+fn reap_elsewhere(
+    db: &Db,
+    job: &Job,
+    now: i64,
+    timeout_s: i64,
+    dry_run: bool,
+    t: &mut Tally,
+) -> Result<()> {
+    let action = judge_heartbeat(job.heartbeat_at.or(job.started_at), now, timeout_s);
+    if dry_run {
+        let what = match &action {
+            ReapAction::Flip {
+                status, tier, why, ..
+            } => {
+                format!("would flip to {status} ({tier}): {why}")
+            }
+            _ => format!(
+                "skip: runs on host {}, heartbeat within {timeout_s}s (ORCH_HEARTBEAT_TIMEOUT_S)",
+                job.host.as_deref().unwrap_or("?")
+            ),
+        };
+        println!("job {} attempt {}: {what}", job.id, job.attempt);
+        return Ok(());
+    }
+    let ReapAction::Flip {
+        status, tier, why, ..
+    } = action
+    else {
+        t.alive += 1;
+        return Ok(());
+    };
+    if db.reap_flip_expired(job.id, job.attempt, heartbeat_horizon(now, timeout_s), now)? {
+        t.flips[Tier::ALL
+            .iter()
+            .position(|x| *x == tier)
+            .expect("known tier")] += 1;
+        log::info!(
+            "reap: flipped job {} attempt {} of host {} to {status} ({tier}): {why}",
+            job.id,
+            job.attempt,
+            job.host.as_deref().unwrap_or("?")
+        );
+    } else {
+        t.lost += 1;
+        log::info!(
+            "reap: job {} heartbeat or state changed since it was judged; left as it is",
+            job.id
+        );
     }
     Ok(())
 }

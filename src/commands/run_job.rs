@@ -10,6 +10,10 @@
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -33,6 +37,9 @@ use crate::ops::pass::PassContext;
 /// Exit code recorded when the agent command cannot be started (the shell's "command
 /// not found").
 const EXIT_NOT_STARTED: i32 = 127;
+/// What `supervise` returns when the supervisor fenced itself before the agent's spawn
+/// (never recorded: a fenced supervisor leaves the job as it is).
+const EXIT_FENCED: i32 = 143;
 
 /// Supervise one claimed job: run its agent, record how it ended, then evaluate the gate
 ///
@@ -77,7 +84,20 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
             job.attempt
         );
     }
-    let code = supervise(ctx, &db, &job, &task, &log_path)?;
+    // Liveness across hosts: a first heartbeat now, then one every
+    // ORCH_HEARTBEAT_INTERVAL_S until the job is flipped below.
+    let heartbeat = Heartbeat::start(ctx, &db, &job)?;
+    let code = supervise(ctx, &db, &job, &task, &log_path, &heartbeat)?;
+    if let Some(why) = heartbeat.stop() {
+        if let Ok(mut log) = spawn::open_log(&log_path) {
+            let _ = writeln!(log, "== run-job stopped its agent: {why}");
+        }
+        bail!(
+            "job {} attempt {}: {why}; its agent was stopped, the job left as it is",
+            job.id,
+            job.attempt
+        );
+    }
     // Under PostgreSQL the agent's files reach the other hosts' gates before the job
     // ends: a pass elsewhere that sees the job ended finds what its agent wrote.
     // Only while the job is still this attempt's: a supervisor whose job was rescued
@@ -142,6 +162,173 @@ pub fn run(args: &RunJobArgs, ctx: &PassContext) -> Result<ExitStatus> {
     } else {
         ExitStatus::No
     })
+}
+
+/// The supervisor's heartbeat (docs/scale-out.md, "Liveness without pids"): a thread
+/// with its own connection stamps the job's `heartbeat_at` and its host's row every
+/// `ORCH_HEARTBEAT_INTERVAL_S` while the attempt runs. Self-fencing: when a heartbeat
+/// changes no row (the attempt was rescued, cancelled or re-run: it is not this
+/// supervisor's any more), or no heartbeat got through for `ORCH_HEARTBEAT_TIMEOUT_S`
+/// (the database unreachable: another host's reap may rescue the job meanwhile), the
+/// supervisor stops its agent the way a TERM from `job cancel` or systemd does (the
+/// signal forwarder: TERM to the agent's group, KILL after the grace) and exits
+/// without flipping the job.
+struct Heartbeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Fence>,
+}
+
+/// What the heartbeat thread and the supervisor share.
+#[derive(Default)]
+struct Fence {
+    /// The agent's pid (its process group), once spawned; 0 before.
+    agent: AtomicI64,
+    /// Why the supervisor fenced itself, once it did.
+    why: Mutex<Option<String>>,
+    /// Set with `why`, read without the lock.
+    fenced: AtomicBool,
+    /// ORCH_REAPER_KILL_GRACE_S: between TERM and KILL.
+    grace: Duration,
+}
+
+impl Fence {
+    /// Fences: records why, then stops the agent's group if it was spawned (else the
+    /// supervisor sees the fence before spawning, or right after: [`Heartbeat::agent_started`]).
+    fn fence(&self, why: String) {
+        *self.why.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        self.fenced.store(true, Ordering::SeqCst);
+        let pid = self.agent.load(Ordering::SeqCst);
+        if pid > 0 {
+            stop_group(pid, self.grace);
+        }
+    }
+}
+
+/// Stops an agent's process group as the signal forwarder does: TERM, then KILL when
+/// it is still there after `grace`.
+fn stop_group(pid: i64, grace: Duration) {
+    spawn::signal_group(pid, rustix::process::Signal::Term);
+    if !spawn::wait_gone(pid, grace) {
+        log::warn!(
+            "run-job: the agent's process group {pid} is still running {} s after the signal; KILL",
+            grace.as_secs()
+        );
+        spawn::signal_group(pid, rustix::process::Signal::Kill);
+    }
+}
+
+impl Heartbeat {
+    /// Writes the first heartbeat (on this connection) and starts the thread.
+    ///
+    /// # Errors
+    /// When the first heartbeat cannot be written, or finds the attempt gone.
+    fn start(ctx: &PassContext, db: &Db, job: &Job) -> Result<Heartbeat> {
+        let s = &ctx.config.settings;
+        let host = s.host_id();
+        // The database's clock, unless ORCH_NOW pins it (tests): every host's
+        // heartbeats and reap's horizon then read one clock.
+        let pinned = s.now.0.map(jiff::Timestamp::as_second);
+        let now = move || pinned;
+        if !db.heartbeat(job.id, job.attempt, &host, now())? {
+            bail!(
+                "job {} attempt {} is no longer running (rescued, cancelled or re-run); not starting its agent",
+                job.id,
+                job.attempt
+            );
+        }
+        let interval = s.heartbeat_interval_s.0;
+        let timeout = s.heartbeat_timeout_s.0;
+        let path = s.db.clone();
+        let (id, attempt) = (job.id, job.attempt);
+        let shared = Arc::new(Fence {
+            grace: s.reaper_kill_grace_s.0,
+            ..Fence::default()
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let fence = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conn: Option<Db> = None;
+            let mut last_ok = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                let beat = conn
+                    .take()
+                    .map_or_else(|| Db::open_existing(&path), Ok)
+                    .and_then(|db| {
+                        let ok = db.heartbeat(id, attempt, &host, now())?;
+                        conn = Some(db);
+                        Ok(ok)
+                    });
+                let why = match beat {
+                    Ok(true) => {
+                        last_ok = Instant::now();
+                        continue;
+                    }
+                    Ok(false) => "the job is no longer running at this attempt (rescued, cancelled or re-run)".to_string(),
+                    Err(e) if last_ok.elapsed() > timeout => format!(
+                        "no heartbeat got through for {} s, more than ORCH_HEARTBEAT_TIMEOUT_S ({} s): {e:#}",
+                        last_ok.elapsed().as_secs(),
+                        timeout.as_secs()
+                    ),
+                    Err(e) => {
+                        log::warn!(
+                            "run-job: job {id} heartbeat failed (tried again in {} s): {e:#}",
+                            interval.as_secs()
+                        );
+                        continue;
+                    }
+                };
+                log::warn!("run-job: job {id} attempt {attempt}: {why}; stopping its agent");
+                fence.fence(why);
+                return;
+            }
+        });
+        Ok(Heartbeat {
+            stop: Some(tx),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    /// Records the spawned agent; stops it at once when the supervisor fenced itself
+    /// meanwhile. Returns whether it did.
+    fn agent_started(&self, pid: i64) -> bool {
+        self.shared.agent.store(pid, Ordering::SeqCst);
+        if self.shared.fenced.load(Ordering::SeqCst) {
+            stop_group(pid, self.shared.grace);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the supervisor fenced itself (the agent must not start).
+    fn is_fenced(&self) -> bool {
+        self.shared.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Stops the thread and waits for it (a heartbeat under way ends first); returns
+    /// why the supervisor fenced itself, if it did.
+    fn stop(mut self) -> Option<String> {
+        self.end();
+        self.shared
+            .why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn end(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 /// Reads the usage the agent reported (`usage-<job id>.json` in the task's artefact
@@ -232,7 +419,14 @@ fn gate(ctx: &PassContext, db: &mut Db, task: &Task) {
 }
 
 /// Runs the agent and returns its exit code (or [`EXIT_NOT_STARTED`]).
-fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path) -> Result<i32> {
+fn supervise(
+    ctx: &PassContext,
+    db: &Db,
+    job: &Job,
+    task: &Task,
+    log_path: &Path,
+    heartbeat: &Heartbeat,
+) -> Result<i32> {
     let mut log = spawn::open_log(log_path)?;
     let _ = writeln!(
         log,
@@ -329,6 +523,9 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
             )
         }
     };
+    if heartbeat.is_fenced() {
+        return Ok(EXIT_FENCED);
+    }
     // Handlers go in before the spawn so a TERM in between is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let handle = signals.handle();
@@ -341,6 +538,7 @@ fn supervise(ctx: &PassContext, db: &Db, job: &Job, task: &Task, log_path: &Path
         }
     };
     let pid = i64::from(child.id());
+    heartbeat.agent_started(pid);
     if !db.stamp_pid(job.id, job.attempt, pid, start_time(pid))? {
         log::warn!(
             "run-job: job {} moved on before its pid was stamped",

@@ -209,6 +209,7 @@ impl Config {
             }
         }
         let (settings, resolved) = Settings::resolve(&layers)?;
+        settings.check_heartbeats()?;
         Ok(Config {
             settings,
             resolved,

@@ -443,6 +443,12 @@ settings! {
     max_concurrency: Count = "ORCH_MAX_CONCURRENCY", "1", false, "jobs that may run at once across all projects";
     /// This host's name among the hosts sharing one PostgreSQL database.
     host_id: Option<String> = "ORCH_HOST_ID", "", false, "this host's name among hosts sharing one PostgreSQL database (default: /etc/machine-id); recorded on each job it claims and each lease it holds";
+    /// Jobs running at once on this host.
+    max_concurrency_per_host: OptionalCount = "ORCH_MAX_CONCURRENCY_PER_HOST", "", false, "jobs that may run at once on this host (ORCH_HOST_ID), beside ORCH_MAX_CONCURRENCY across all hosts; dispatch never exceeds either; empty: no per-host cap; 0: this host starts no job";
+    /// How often run-job heartbeats its job.
+    heartbeat_interval_s: PositiveSeconds = "ORCH_HEARTBEAT_INTERVAL_S", "10", false, "seconds between a running job's heartbeats (run-job stamps jobs.heartbeat_at and its host's row); a heartbeat that finds its job no longer running stops the agent";
+    /// How old a heartbeat may be before another host's job counts as dead.
+    heartbeat_timeout_s: PositiveSeconds = "ORCH_HEARTBEAT_TIMEOUT_S", "60", false, "reap fails another host's running job whose last heartbeat is older than this (reason heartbeat-expired); run-job stops its agent when it could not heartbeat for this long; at least 3 x ORCH_HEARTBEAT_INTERVAL_S";
     /// How dispatch launches jobs.
     job_launcher: JobLauncher = "ORCH_JOB_LAUNCHER", "direct", false, "how dispatch starts run-job: direct (detached child) or systemd (orch-job@<id>.service)";
     /// The agent socket's path, given to every agent.
@@ -568,6 +574,36 @@ pub fn env_example() -> String {
 }
 
 impl Settings {
+    /// Checks what one setting's form cannot: `ORCH_HEARTBEAT_TIMEOUT_S` is at least 3
+    /// heartbeat intervals, so one or two heartbeats lost (a slow database, a pause)
+    /// never make a live job look dead.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `ORCH_HEARTBEAT_TIMEOUT_S`.
+    pub fn check_heartbeats(&self) -> Result<(), ConfigError> {
+        let (interval, timeout) = (
+            self.heartbeat_interval_s.secs(),
+            self.heartbeat_timeout_s.secs(),
+        );
+        if timeout < interval.saturating_mul(3) {
+            return Err(ConfigError::new(
+                "ORCH_HEARTBEAT_TIMEOUT_S",
+                format!(
+                    "{timeout} is less than 3 x ORCH_HEARTBEAT_INTERVAL_S ({interval}): expected at least {}",
+                    interval.saturating_mul(3)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ORCH_MAX_CONCURRENCY_PER_HOST`, if set.
+    pub fn per_host_cap(&self) -> Option<u32> {
+        self.max_concurrency_per_host
+            .0
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// This host's id: `ORCH_HOST_ID`, else the machine id (`/etc/machine-id`), else
     /// the kernel's host name.
     pub fn host_id(&self) -> String {

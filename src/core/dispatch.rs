@@ -84,6 +84,48 @@ pub struct Plan {
     pub waits: Vec<(i64, Wait)>,
 }
 
+/// The caps a claim must stay under: `ORCH_MAX_CONCURRENCY` across every host and, when
+/// set, `ORCH_MAX_CONCURRENCY_PER_HOST` on the claiming host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Jobs running at once across all hosts.
+    pub limit: u32,
+    /// Jobs running at once on this host; `None`: no per-host cap.
+    pub per_host: Option<u32>,
+}
+
+impl Caps {
+    /// Only the global limit (one host, or no per-host cap).
+    pub fn global(limit: u32) -> Caps {
+        Caps {
+            limit,
+            per_host: None,
+        }
+    }
+
+    /// How many more jobs this host may start now: the free slots under the global
+    /// limit (`running_total` jobs run on every host) and under the per-host cap
+    /// (`running_here` of them run on this host), whichever is fewer. Over-full is 0.
+    pub fn free(self, running_total: u32, running_here: u32) -> u32 {
+        let global = self.limit.saturating_sub(running_total);
+        match self.per_host {
+            Some(cap) => global.min(cap.saturating_sub(running_here)),
+            None => global,
+        }
+    }
+
+    /// Whether one more job may be claimed on this host: the rule the claim applies
+    /// inside its write transaction, on counts no other claimer can change meanwhile.
+    pub fn may_claim(self, running_total: u32, running_here: u32) -> bool {
+        self.free(running_total, running_here) > 0
+    }
+
+    /// Whether the per-host cap, not the global limit, is what leaves no slot.
+    pub fn host_is_full(self, running_total: u32, running_here: u32) -> bool {
+        self.free(running_total, running_here) < Caps::global(self.limit).free(running_total, 0)
+    }
+}
+
 /// Decides which queued jobs start.
 ///
 /// `queued` may come in any order; `running` counts running jobs per project; `limit` is
@@ -95,7 +137,23 @@ pub fn plan(
     staging_holder: Option<i64>,
 ) -> Plan {
     let total_running: u32 = running.values().sum();
-    let mut free = limit.saturating_sub(total_running);
+    plan_slots(
+        queued,
+        running,
+        Caps::global(limit).free(total_running, 0),
+        staging_holder,
+    )
+}
+
+/// [`plan`] with the number of jobs that may start given: `free`, from
+/// [`Caps::free`] (the global limit and this host's cap).
+pub fn plan_slots(
+    queued: &[Queued],
+    running: &BTreeMap<String, u32>,
+    free: u32,
+    staging_holder: Option<i64>,
+) -> Plan {
+    let mut free = free;
     // Per project, its queue in start order.
     let mut queues: BTreeMap<&str, Vec<&Queued>> = BTreeMap::new();
     let mut branchless: Vec<&Queued> = Vec::new();
@@ -266,6 +324,56 @@ mod tests {
             plan(&queued, &BTreeMap::new(), 5, None).start,
             vec![1, 9, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn free_slots_are_the_fewer_of_the_global_limit_and_the_host_cap() {
+        // (limit, per-host cap, running everywhere, running here, free)
+        let cases: &[(u32, Option<u32>, u32, u32, u32)] = &[
+            (4, None, 0, 0, 4),
+            (4, None, 3, 3, 1),
+            (4, None, 4, 0, 0),
+            (4, None, 9, 0, 0),
+            // The host cap binds before the limit.
+            (10, Some(2), 0, 0, 2),
+            (10, Some(2), 5, 1, 1),
+            (10, Some(2), 5, 2, 0),
+            (10, Some(2), 5, 7, 0),
+            // The limit binds before the host cap: other hosts took the slots.
+            (3, Some(2), 2, 0, 1),
+            (3, Some(2), 3, 0, 0),
+            // A cap of 0: this host starts nothing.
+            (10, Some(0), 0, 0, 0),
+        ];
+        for &(limit, per_host, total, here, want) in cases {
+            let caps = Caps { limit, per_host };
+            assert_eq!(caps.free(total, here), want, "{caps:?} {total} {here}");
+            assert_eq!(
+                caps.may_claim(total, here),
+                want > 0,
+                "{caps:?} {total} {here}"
+            );
+        }
+        assert!(Caps {
+            limit: 10,
+            per_host: Some(2)
+        }
+        .host_is_full(2, 2));
+        assert!(!Caps {
+            limit: 2,
+            per_host: Some(2)
+        }
+        .host_is_full(2, 2));
+        assert!(!Caps::global(2).host_is_full(1, 1));
+        // The plan starts no more than the free slots, whatever the limit.
+        let queued: Vec<Queued> = (1..=5).map(|i| q(i, "orch", i)).collect();
+        assert_eq!(
+            plan_slots(&queued, &BTreeMap::new(), 2, None).start,
+            vec![1, 2]
+        );
+        assert!(plan_slots(&queued, &BTreeMap::new(), 0, None)
+            .start
+            .is_empty());
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct Job {
     pub log_size: Option<i64>,
     /// The pass time `reap` last saw the log's size change (unix seconds), if seen.
     pub log_grew_at: Option<i64>,
+    /// The `ORCH_HOST_ID` of the host that claimed it (`None`: claimed before hosts were
+    /// recorded, judged as this host's).
+    pub host: Option<String>,
+    /// Its supervisor's last heartbeat (unix seconds; the claim time until the first).
+    pub heartbeat_at: Option<i64>,
 }
 
 /// The life of a job: `queued` → `running` → one terminal status.

@@ -14,6 +14,13 @@
 //!    by the log's size and the pass clock: each pass that sees a new size stores it
 //!    with the pass time.
 //!
+//!
+//! A job claimed by **another host** (`jobs.host` set and not this host's id) cannot be
+//! judged by pid: its processes are not in this host's `/proc`. It is judged by its
+//! supervisor's heartbeat instead ([`judge_heartbeat`]): failed (`heartbeat-expired`)
+//! once its last heartbeat (before the first one, its start) is older than
+//! `ORCH_HEARTBEAT_TIMEOUT_S`, never before; the flip is guarded by that same horizon.
+//!
 //! No I/O here: the command observes liveness and acts on the [`ReapAction`].
 
 use std::fmt;
@@ -32,15 +39,18 @@ pub enum Tier {
     MaxRunning,
     /// The job's log did not grow for `ORCH_AGENT_STALL_S`.
     Stalled,
+    /// Another host's job whose heartbeat is older than `ORCH_HEARTBEAT_TIMEOUT_S`.
+    HeartbeatExpired,
 }
 
 impl Tier {
     /// Every tier, in decision order.
-    pub const ALL: [Tier; 4] = [
+    pub const ALL: [Tier; 5] = [
         Tier::ExitCode,
         Tier::MaxRunning,
         Tier::DeadPid,
         Tier::Stalled,
+        Tier::HeartbeatExpired,
     ];
 
     /// Returns the stable name stored as `reap_reason`.
@@ -50,6 +60,7 @@ impl Tier {
             Tier::DeadPid => "dead-pid",
             Tier::MaxRunning => "max-running",
             Tier::Stalled => "stalled",
+            Tier::HeartbeatExpired => "heartbeat-expired",
         }
     }
 }
@@ -158,6 +169,51 @@ pub enum ReapAction {
         /// Why, for the log.
         why: String,
     },
+}
+
+/// How the reaper judges a running job's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// By its processes in this host's `/proc` ([`judge`]): a job this host claimed, or
+    /// one claimed before hosts were recorded (`host` NULL).
+    ByPid,
+    /// By its heartbeat ([`judge_heartbeat`]): a job another host claimed.
+    ByHeartbeat,
+}
+
+/// Whose job it is: `job_host` is the job's `host` column, `this_host` this host's id.
+pub fn judged_by(job_host: Option<&str>, this_host: &str) -> Judged {
+    match job_host {
+        Some(h) if h != this_host => Judged::ByHeartbeat,
+        _ => Judged::ByPid,
+    }
+}
+
+/// The instant before which another host's job counts as dead: `now` less the
+/// heartbeat timeout. The flip is guarded by the same value.
+pub fn heartbeat_horizon(now: i64, timeout_s: i64) -> i64 {
+    now.saturating_sub(timeout_s)
+}
+
+/// Decides for a job running on another host, from its last sign of life
+/// (`last_sign`: its last heartbeat, else its start; unix seconds): flip it to `failed`
+/// (`heartbeat-expired`) when that is older than [`heartbeat_horizon`], strictly; leave
+/// it otherwise (and when it has no sign at all, which the guarded flip could not
+/// judge either). Its processes are another host's: never signalled from here.
+pub fn judge_heartbeat(last_sign: Option<i64>, now: i64, timeout_s: i64) -> ReapAction {
+    let horizon = heartbeat_horizon(now, timeout_s);
+    match last_sign {
+        Some(at) if at < horizon => ReapAction::Flip {
+            status: JobStatus::Failed,
+            tier: Tier::HeartbeatExpired,
+            kill: false,
+            why: format!(
+                "another host's job, no heartbeat for {}s, limit {timeout_s}s (ORCH_HEARTBEAT_TIMEOUT_S)",
+                now - at
+            ),
+        },
+        _ => ReapAction::Leave,
+    }
 }
 
 /// Decides what to do with one running job, tiers in SPEC order:
@@ -369,10 +425,55 @@ mod tests {
     }
 
     #[test]
+    fn another_hosts_job_is_judged_by_heartbeat_and_rescued_only_after_the_timeout() {
+        use Judged::{ByHeartbeat, ByPid};
+        // (job's host, this host, judged by)
+        let whose: &[(Option<&str>, &str, Judged)] = &[
+            (None, "a", ByPid),
+            (Some("a"), "a", ByPid),
+            (Some("b"), "a", ByHeartbeat),
+            (Some(""), "a", ByHeartbeat),
+        ];
+        for (job, me, want) in whose {
+            assert_eq!(judged_by(*job, me), *want, "{job:?} {me}");
+        }
+        // (last sign, now, timeout, flipped)
+        let cases: &[(Option<i64>, i64, i64, bool)] = &[
+            (Some(1_000), 1_000, 60, false),
+            (Some(1_000), 1_059, 60, false),
+            // Exactly at the horizon: not older than it, left.
+            (Some(1_000), 1_060, 60, false),
+            (Some(1_000), 1_061, 60, true),
+            (Some(1_000), 9_999, 60, true),
+            // A heartbeat from the future (clock skew) is alive.
+            (Some(2_000), 1_061, 60, false),
+            // No sign at all: nothing the guarded flip could judge.
+            (None, 9_999, 60, false),
+        ];
+        for &(last, now, timeout, flipped) in cases {
+            let got = judge_heartbeat(last, now, timeout);
+            match (flipped, flip(&got)) {
+                (true, Some(f)) => {
+                    assert_eq!(f, (JobStatus::Failed, Tier::HeartbeatExpired, false));
+                }
+                (false, None) => assert_eq!(got, ReapAction::Leave),
+                _ => panic!("{last:?} {now} {timeout}: {got:?}"),
+            }
+        }
+        assert_eq!(heartbeat_horizon(1_061, 60), 1_001);
+    }
+
+    #[test]
     fn tier_names_are_stable() {
         assert_eq!(
             Tier::ALL.map(Tier::as_str),
-            ["exit-code", "max-running", "dead-pid", "stalled"]
+            [
+                "exit-code",
+                "max-running",
+                "dead-pid",
+                "stalled",
+                "heartbeat-expired"
+            ]
         );
     }
 

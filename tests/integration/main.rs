@@ -16,6 +16,7 @@ mod doctor;
 mod feedback;
 mod foundation;
 mod holds;
+mod hosts;
 mod install;
 mod jobs;
 mod kit;

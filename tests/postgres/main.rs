@@ -27,6 +27,8 @@ mod feedback;
 mod foundation;
 #[path = "../integration/holds.rs"]
 mod holds;
+#[path = "../integration/hosts.rs"]
+mod hosts;
 #[path = "../integration/install.rs"]
 mod install;
 #[path = "../integration/jobs.rs"]

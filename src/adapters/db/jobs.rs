@@ -14,7 +14,7 @@ use anyhow::Result;
 
 use crate::adapters::db::recorder::Recorder;
 use crate::adapters::db::{parse_col, sql, sql_limit, Created, Db};
-use crate::core::dispatch::Queued;
+use crate::core::dispatch::{Caps, Queued};
 use crate::core::job::Job;
 use crate::core::job::JobStatus;
 use crate::core::priority::Priority;
@@ -27,6 +27,17 @@ pub type RunningRow = ((i64, i64), Result<Job, String>);
 
 /// The stage whose jobs use the one staging environment.
 const STAGING_STAGE: Stage = Stage::DeployStaging;
+
+/// How one claim went ([`Db::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The job runs now, on the claiming host.
+    Claimed,
+    /// No slot: the global limit or the host's cap is reached.
+    Full,
+    /// The job is not queued any more (another pass took it) or staging is held.
+    Lost,
+}
 
 /// A running `deploy-staging` job: who holds the staging environment.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -43,7 +54,7 @@ pub struct StagingHolder {
 
 const JOB_COLUMNS: &str = "id, task_id, agent, stage, status, attempt, pid, pid_start_time, \
      supervisor_pid, exit_code, enqueued_at, started_at, finished_at, reap_reason, dead_ticks, \
-     rescue_count, log_path, supervisor_start_time, log_size, log_grew_at";
+     rescue_count, log_path, supervisor_start_time, log_size, log_grew_at, host, heartbeat_at";
 
 /// Parses a job row selected with `JOB_COLUMNS`.
 fn job_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Job> {
@@ -70,6 +81,8 @@ fn job_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Job> {
         supervisor_start_time: row.get(17)?,
         log_size: row.get(18)?,
         log_grew_at: row.get(19)?,
+        host: row.get(20)?,
+        heartbeat_at: row.get(21)?,
     })
 }
 
@@ -378,25 +391,103 @@ impl Db {
         )
     }
 
-    /// Claims a queued job for running: one statement, guarded by `status='queued'`, by
-    /// the running count staying under `limit`, and, for a `deploy-staging` job, by no
-    /// other `deploy-staging` job running (staging is one shared environment). So racing
-    /// passes never start a job twice, never exceed the limit, and never put two jobs on
-    /// staging, whatever each pass decided. Clears what a previous attempt left.
+    /// Claims a queued job for running on `host`, in one write transaction (the writer
+    /// lock: one claimer at a time on either engine): counts the running jobs, all and
+    /// `host`'s, lets [`Caps::may_claim`] decide, then flips the job with one UPDATE
+    /// guarded by `status='queued'` and, for a `deploy-staging` job, by no other
+    /// `deploy-staging` job running (staging is one shared environment). So racing
+    /// passes, on one host or several, never start a job twice, never exceed the limit
+    /// or a host's cap, and never put two jobs on staging, whatever each pass decided.
+    /// Stamps the host and the first heartbeat (the claim time) and clears what a
+    /// previous attempt left.
+    ///
+    /// # Errors
+    /// On SQL errors (the writer lock not obtained within the busy timeout among them).
+    pub fn claim_job(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<bool> {
+        Ok(self.claim(id, now, caps, host)? == Claim::Claimed)
+    }
+
+    /// [`Db::claim_job`], saying why a claim failed: [`Claim::Full`] (no slot under the
+    /// caps: no other claim can succeed now either) or [`Claim::Lost`] (this job was
+    /// taken, or staging is held: another job may still be claimed).
+    ///
+    /// # Errors
+    /// On SQL errors (the writer lock not obtained within the busy timeout among them).
+    pub fn claim(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<Claim> {
+        let tx = self.conn().begin(sql::Begin::Write)?;
+        let (total, here): (i64, i64) = tx.query_row(
+            "SELECT (SELECT count(*) FROM jobs WHERE status = 'running'),
+                    (SELECT count(*) FROM jobs WHERE status = 'running' AND host = ?1)",
+            [host],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        if !caps.may_claim(count(total), count(here)) {
+            return Ok(Claim::Full);
+        }
+        let n = tx.execute(
+            "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
+                    pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
+                    reap_reason = NULL, dead_ticks = 0, log_size = NULL, log_grew_at = NULL,
+                    host = ?4, heartbeat_at = ?2
+             WHERE id = ?1 AND status = 'queued'
+               AND (stage <> ?3 OR NOT EXISTS
+                      (SELECT 1 FROM jobs WHERE status = 'running' AND stage = ?3))",
+            params![id, now, STAGING_STAGE.as_str(), host],
+        )?;
+        if n == 1 {
+            upsert_host(&tx, host, now)?;
+        }
+        tx.commit()?;
+        Ok(if n == 1 { Claim::Claimed } else { Claim::Lost })
+    }
+
+    /// Counts the running jobs claimed by `host` (the per-host cap's count).
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn claim_job(&self, id: i64, now: i64, limit: u32) -> Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
-                    pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
-                    reap_reason = NULL, dead_ticks = 0, log_size = NULL, log_grew_at = NULL
-             WHERE id = ?1 AND status = 'queued'
-               AND (SELECT count(*) FROM jobs WHERE status = 'running') < ?3
-               AND (stage <> ?4 OR NOT EXISTS
-                      (SELECT 1 FROM jobs WHERE status = 'running' AND stage = ?4))",
-            params![id, now, limit, STAGING_STAGE.as_str()],
+    pub fn running_on_host(&self, host: &str) -> Result<u32> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE status = 'running' AND host = ?1",
+            [host],
+            |r| r.get(0),
         )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// The database's clock, unix seconds: what heartbeats are stamped with and judged
+    /// against when the clock is not pinned, so the hosts' clocks never enter the
+    /// comparison on PostgreSQL (on SQLite, the one host's clock).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn clock(&self) -> Result<i64> {
+        clock_in(self.conn())
+    }
+
+    /// A running attempt's heartbeat: stamps `heartbeat_at = now` (`None`: the
+    /// database's clock, [`Db::clock`]) while the job is still
+    /// running at `attempt`, and its host's row, in one write transaction. `false` (and
+    /// nothing written): the attempt is not running any more (rescued, cancelled, ended
+    /// or re-run), and its supervisor must stop its agent.
+    ///
+    /// # Errors
+    /// On SQL errors (an unreachable database among them).
+    pub fn heartbeat(&self, id: i64, attempt: u32, host: &str, now: Option<i64>) -> Result<bool> {
+        let tx = self.conn().begin(sql::Begin::Write)?;
+        let now = match now {
+            Some(n) => n,
+            None => clock_in(&tx)?,
+        };
+        let n = tx.execute(
+            "UPDATE jobs SET heartbeat_at = ?3
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            params![id, attempt, now],
+        )?;
+        if n == 1 {
+            upsert_host(&tx, host, now)?;
+        }
+        tx.commit()?;
         Ok(n == 1)
     }
 
@@ -485,6 +576,26 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// The reaper's flip of another host's job whose heartbeat expired: as
+    /// [`Db::reap_flip`] (to `failed`, reason `heartbeat-expired`, one more rescue), and
+    /// also guarded by the heartbeat horizon: the job's last heartbeat (before the first
+    /// one, its start) must still be older than `horizon`. A heartbeat that lands after
+    /// the reaper read the job makes this change nothing, so a live job is never rescued
+    /// on a stale read.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn reap_flip_expired(&self, id: i64, attempt: u32, horizon: i64, now: i64) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'failed', finished_at = ?4, reap_reason = ?5,
+                    rescue_count = rescue_count + 1
+             WHERE id = ?1 AND attempt = ?2 AND status = 'running'
+               AND coalesce(heartbeat_at, started_at) < ?3",
+            params![id, attempt, horizon, now, Tier::HeartbeatExpired.as_str()],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Moves a running attempt's dead-tick streak from `from` to `to` (compare and set).
     ///
     /// # Errors
@@ -536,7 +647,8 @@ impl Db {
         let res = self.conn().execute(
             "UPDATE jobs SET status = 'queued', attempt = attempt + 1, enqueued_at = ?2,
                     started_at = NULL, finished_at = NULL, pid = NULL, pid_start_time = NULL,
-                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0
+                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0,
+                    host = NULL, heartbeat_at = NULL
              WHERE id = ?1 AND status IN ('succeeded','failed','cancelled')",
             params![id, now],
         );
@@ -571,7 +683,8 @@ impl Db {
         let res = tx.execute(
             "UPDATE jobs SET status = 'queued', attempt = attempt + 1, enqueued_at = ?3,
                     started_at = NULL, finished_at = NULL, pid = NULL, pid_start_time = NULL,
-                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0
+                    supervisor_pid = NULL, exit_code = NULL, reap_reason = NULL, dead_ticks = 0,
+                    host = NULL, heartbeat_at = NULL
              WHERE id = ?1 AND attempt = ?2 AND status IN ('succeeded','failed','cancelled')",
             params![id, attempt, now],
         );
@@ -626,6 +739,28 @@ impl Db {
             })?
             .flatten())
     }
+}
+
+/// The database's clock in unix seconds, on `conn`.
+fn clock_in(conn: &Conn) -> Result<i64> {
+    let sql = match conn.engine() {
+        sql::Engine::Sqlite => "SELECT CAST(strftime('%s', 'now') AS INTEGER)",
+        sql::Engine::Postgres => {
+            "SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)"
+        }
+    };
+    Ok(conn.query_row(sql, [], |r| r.get(0))?)
+}
+
+/// Records `host`'s last sign of life (`hosts`), in the caller's transaction.
+fn upsert_host(tx: &Conn, host: &str, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO hosts (id, heartbeat_at) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+         WHERE hosts.heartbeat_at < excluded.heartbeat_at",
+        params![host, now],
+    )?;
+    Ok(())
 }
 
 /// Inserts a queued job unless one is live for the task and stage.
@@ -685,14 +820,17 @@ mod tests {
     #[test]
     fn a_new_attempt_is_not_flipped_by_a_pass_that_judged_the_old_one() {
         let (_d, db, j) = db_with_job();
-        assert!(db.claim_job(j, 10, 1).unwrap());
-        assert!(!db.claim_job(j, 10, 1).unwrap(), "claimed once");
+        assert!(db.claim_job(j, 10, Caps::global(1), "h").unwrap());
+        assert!(
+            !db.claim_job(j, 10, Caps::global(1), "h").unwrap(),
+            "claimed once"
+        );
         let judged = db.job(j).unwrap().unwrap();
         assert_eq!(judged.attempt, 1);
         // Meanwhile the job ends and is re-run as attempt 2, claimed again.
         assert!(db.finish_job(j, 1, JobStatus::Failed, 11).unwrap());
         assert_eq!(db.rerun_job(j, 12).unwrap(), Some(2));
-        assert!(db.claim_job(j, 13, 1).unwrap());
+        assert!(db.claim_job(j, 13, Caps::global(1), "h").unwrap());
         // The pass that judged attempt 1 loses every write.
         assert!(!db
             .reap_flip(j, judged.attempt, JobStatus::Failed, Tier::DeadPid, 14)
@@ -717,11 +855,95 @@ mod tests {
     }
 
     #[test]
+    fn claims_respect_the_host_cap_and_stamp_the_host_and_first_heartbeat() {
+        let (_d, mut db, t) = db_with_task();
+        let mut jobs = Vec::new();
+        for stage in [Stage::Analysis, Stage::Development, Stage::Review] {
+            let agent = if stage == Stage::Analysis {
+                Agent::Analyst
+            } else {
+                Agent::Developer
+            };
+            jobs.push(db.enqueue_job(t, agent, stage, 1).unwrap().id());
+        }
+        let caps = Caps {
+            limit: 10,
+            per_host: Some(1),
+        };
+        assert!(db.claim_job(jobs[0], 10, caps, "a").unwrap());
+        assert!(
+            !db.claim_job(jobs[1], 10, caps, "a").unwrap(),
+            "host a is full"
+        );
+        assert!(
+            db.claim_job(jobs[1], 11, caps, "b").unwrap(),
+            "host b is not"
+        );
+        assert_eq!(db.running_on_host("a").unwrap(), 1);
+        let j = db.job(jobs[1]).unwrap().unwrap();
+        assert_eq!((j.host.as_deref(), j.heartbeat_at), (Some("b"), Some(11)));
+        // The global limit binds before a host's cap.
+        let tight = Caps {
+            limit: 2,
+            per_host: Some(5),
+        };
+        assert!(!db.claim_job(jobs[2], 12, tight, "c").unwrap());
+        let hosts: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM hosts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(hosts, 2, "each claiming host is recorded");
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_flip_changes_nothing_and_the_expired_flip_needs_an_old_one() {
+        let (_d, db, j) = db_with_job();
+        assert!(db.claim_job(j, 100, Caps::global(1), "a").unwrap());
+        // Horizon 100: the claim's heartbeat (100) is not older than it.
+        assert!(!db.reap_flip_expired(j, 1, 100, 200).unwrap());
+        assert!(db.heartbeat(j, 1, "a", Some(150)).unwrap());
+        // A reaper that read heartbeat 100 and judged with horizon 140 loses to the
+        // heartbeat at 150 that landed meanwhile.
+        assert!(!db.reap_flip_expired(j, 1, 140, 200).unwrap());
+        assert!(
+            !db.reap_flip_expired(j, 2, 151, 200).unwrap(),
+            "other attempt"
+        );
+        assert!(db.reap_flip_expired(j, 1, 151, 200).unwrap());
+        assert!(
+            !db.reap_flip_expired(j, 1, 151, 200).unwrap(),
+            "rescued once"
+        );
+        let now = db.job(j).unwrap().unwrap();
+        assert_eq!(
+            (now.status, now.reap_reason.as_deref(), now.rescue_count),
+            (JobStatus::Failed, Some("heartbeat-expired"), 1)
+        );
+        assert!(
+            !db.heartbeat(j, 1, "a", Some(160)).unwrap(),
+            "the supervisor must fence"
+        );
+        let clock = db.clock().unwrap();
+        let wall = jiff::Timestamp::now().as_second();
+        assert!(
+            (clock - wall).abs() <= 2,
+            "the database's clock {clock} vs {wall}"
+        );
+        // A re-run clears the host and the heartbeat.
+        assert_eq!(db.rerun_job(j, 300).unwrap(), Some(2));
+        let j = db.job(j).unwrap().unwrap();
+        assert_eq!((j.host, j.heartbeat_at), (None, None));
+    }
+
+    #[test]
     fn claims_respect_the_limit_and_rerun_needs_an_ended_job() {
         let (_d, db, j) = db_with_job();
-        assert!(!db.claim_job(j, 10, 0).unwrap(), "limit 0 starts nothing");
+        assert!(
+            !db.claim_job(j, 10, Caps::global(0), "h").unwrap(),
+            "limit 0 starts nothing"
+        );
         assert_eq!(db.rerun_job(j, 10).unwrap(), None, "queued is not ended");
-        assert!(db.claim_job(j, 10, 1).unwrap());
+        assert!(db.claim_job(j, 10, Caps::global(1), "h").unwrap());
         assert_eq!(db.rerun_job(j, 10).unwrap(), None, "running is not ended");
         assert!(db.stamp_supervisor(j, 1, 42, "/x.log").unwrap());
         assert!(
@@ -793,14 +1015,14 @@ mod tests {
         db.enqueue_job(t, Agent::Analyst, Stage::Analysis, 2)
             .unwrap();
         assert_counts_match(&db, "an enqueue that found a live job");
-        assert!(db.claim_job(a, 3, 5).unwrap());
-        assert!(!db.claim_job(a, 3, 5).unwrap());
+        assert!(db.claim_job(a, 3, Caps::global(5), "h").unwrap());
+        assert!(!db.claim_job(a, 3, Caps::global(5), "h").unwrap());
         assert_counts_match(&db, "claim");
         assert!(db.finish_job(a, 1, JobStatus::Succeeded, 4).unwrap());
         assert_counts_match(&db, "finish");
         assert_eq!(db.rerun_job(a, 5).unwrap(), Some(2));
         assert_counts_match(&db, "re-run");
-        assert!(db.claim_job(a, 6, 5).unwrap());
+        assert!(db.claim_job(a, 6, Caps::global(5), "h").unwrap());
         assert!(db
             .reap_flip(a, 2, JobStatus::Failed, Tier::DeadPid, 7)
             .unwrap());
@@ -973,8 +1195,11 @@ mod tests {
         // limit of 5: the SQL guard lets one through.
         let a = Db::open(&path).unwrap();
         let b = Db::open(&path).unwrap();
-        assert!(a.claim_job(jobs[0], 10, 5).unwrap());
-        assert!(!b.claim_job(jobs[1], 10, 5).unwrap(), "staging is held");
+        assert!(a.claim_job(jobs[0], 10, Caps::global(5), "h").unwrap());
+        assert!(
+            !b.claim_job(jobs[1], 10, Caps::global(5), "h").unwrap(),
+            "staging is held"
+        );
         let holders = b.staging_holders().unwrap();
         assert_eq!(holders.len(), 1);
         assert_eq!(
@@ -984,7 +1209,7 @@ mod tests {
         // Once the holder ended, the other claims staging.
         assert!(a.finish_job(jobs[0], 1, JobStatus::Succeeded, 11).unwrap());
         assert!(b.staging_holders().unwrap().is_empty());
-        assert!(b.claim_job(jobs[1], 12, 5).unwrap());
+        assert!(b.claim_job(jobs[1], 12, Caps::global(5), "h").unwrap());
         // queued_heads marks the staging jobs.
         let (_d, path, jobs) = two_staging_jobs();
         let heads = Db::open(&path).unwrap().queued_heads(1, true).unwrap();
@@ -1005,7 +1230,7 @@ mod tests {
                         s.spawn(move || {
                             let db = Db::open(path).unwrap();
                             barrier.wait();
-                            db.claim_job(j, 10, 5).unwrap()
+                            db.claim_job(j, 10, Caps::global(5), "h").unwrap()
                         })
                     })
                     .collect();

@@ -1158,7 +1158,9 @@ mod tests {
         assert!(writes("UPDATE jobs SET x = 1"));
         assert!(writes("\n DELETE FROM t"));
         assert!(!writes("SELECT 1"));
-        assert!(!writes("SELECT updated_at, deleted FROM tasks WHERE inserted_by = 1"));
+        assert!(!writes(
+            "SELECT updated_at, deleted FROM tasks WHERE inserted_by = 1"
+        ));
         assert!(writes(
             "WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x"
         ));

@@ -72,7 +72,8 @@ impl Pass<'_> {
         loop {
             // Between pages: the pass lease renewed (a pass that lost it stops here).
             if self.ctx.stop_between_items("listing Plane") {
-                let why = "the pass lease was lost or the pass deadline ORCH_PASS_DEADLINE_S passed";
+                let why =
+                    "the pass lease was lost or the pass deadline ORCH_PASS_DEADLINE_S passed";
                 l.listing.failed = Some(format!("listing stopped: {why}"));
                 self.report.stopped_early.get_or_insert(why.to_string());
                 return Ok(l);
