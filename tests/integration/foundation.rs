@@ -504,7 +504,7 @@ fn status_text_json_and_prometheus() {
     # TYPE orch_pass_ok gauge
     # HELP orch_pass_counts Each numeric count of each subcommand's last pass (the summary line's name=value).
     # TYPE orch_pass_counts gauge
-    # HELP orch_merge_lease_held 1 while a merge lease file exists (whoever holds it, stale or malformed included).
+    # HELP orch_merge_lease_held 1 while a merge lease file (or, on PostgreSQL, an unreleased lease row) exists (whoever holds it, stale or malformed included).
     # TYPE orch_merge_lease_held gauge
     orch_merge_lease_held 0
     # HELP orch_merge_lease_expiry_timestamp_seconds When the merge lease held now expires (absent while none is held).
