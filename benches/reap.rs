@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{measure, report, report_growth, sqlite3, Home};
@@ -30,27 +29,7 @@ fn proc_walk() -> Duration {
 }
 
 fn main() {
-    // A few real live processes to stamp the jobs with (agents and supervisors).
-    let mut live: Vec<std::process::Child> = (0..8)
-        .map(|_| {
-            Command::new("/bin/sleep")
-                .arg("3600")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("sleep")
-        })
-        .collect();
-    let start = |c: &std::process::Child| {
-        let pid = i64::from(c.id());
-        (pid, orch::adapters::process::start_time(pid).expect("live"))
-    };
-    let stamps: Vec<[i64; 4]> = (0..4)
-        .map(|k| {
-            let (pid, st) = start(&live[k]);
-            let (sup, sup_st) = start(&live[k + 4]);
-            [pid, st, sup, sup_st]
-        })
-        .collect();
+    let (mut live, stamps) = common::live_stamps();
     let mut points = Vec::new();
     for n in [1_000usize, 10_000, 100_000] {
         let home = Home::with_projects(4);

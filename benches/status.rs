@@ -11,20 +11,6 @@
 
 mod common;
 
-use rusqlite::params;
-
-const STAGES: [&str; 7] = [
-    "analysis",
-    "development",
-    "review",
-    "deploy-staging",
-    "deploy",
-    "done",
-    "cancelled",
-];
-const AGENTS: [&str; 4] = ["analyst", "developer", "reviewer", "deployer"];
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 /// What status reads, as SQL: the kept counts (jobs, tasks by stage, escalated tasks,
 /// deliveries), the oldest running jobs and escalated tasks, the staging holders, the
 /// passes.
@@ -42,7 +28,6 @@ const ROW_BY_ROW_SQL: &str = "SELECT stage, count(*) FROM tasks GROUP BY stage;
 SELECT count(*) FROM tasks WHERE escalated_at IS NOT NULL;
 SELECT count(*) FROM deliveries WHERE outcome = 'pending';
 SELECT count(*) FROM deliveries WHERE outcome = 'stale';";
-const OUTCOMES: [&str; 4] = ["started", "moved", "ignored", "stale"];
 
 fn main() {
     let mut points = Vec::new();
@@ -54,75 +39,7 @@ fn main() {
 
 fn one_size(n_jobs: i64, n_tasks: i64) -> std::time::Duration {
     let home = common::Home::with_projects(3);
-    let mut conn = home.db();
-    let tx = conn.transaction().unwrap();
-    let now = 1_795_575_600_i64;
-    {
-        let mut t = tx
-            .prepare("INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage, stage_entered_at, created_at, updated_at, escalated_at, escalation_reason) VALUES (?1, ?2, ?3, 't', 'acme/x', ?4, ?5, ?6, ?6, ?6, ?7, ?8)")
-            .unwrap();
-        for i in 0..n_tasks {
-            let escalated = (i % 500 == 0).then_some(now - i);
-            t.execute(params![
-                format!("p{}", i % 3),
-                format!("wi-{i}"),
-                format!("K-{i}"),
-                format!("k-{i}"),
-                STAGES[(i % 7) as usize],
-                now - i,
-                escalated,
-                escalated.map(|_| "developer retries reached 3")
-            ])
-            .unwrap();
-        }
-        let mut j = tx
-            .prepare("INSERT INTO jobs (task_id, agent, stage, status, attempt, pid, enqueued_at, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7)")
-            .unwrap();
-        for i in 0..n_jobs {
-            // Only ~1% running (as in life) and never two live jobs per task and stage.
-            let status = if i % 100 == 0 {
-                "running"
-            } else {
-                STATUSES[[2, 3, 4][(i % 3) as usize]]
-            };
-            let task = if status == "running" {
-                (i / 100) % n_tasks + 1
-            } else {
-                i % n_tasks + 1
-            };
-            let stage = STAGES[(i % 5) as usize];
-            j.execute(params![
-                task,
-                AGENTS[(i % 4) as usize],
-                stage,
-                status,
-                100_000 + i,
-                now - 3600 + (i % 3600),
-                (status != "running").then_some(now)
-            ])
-            .unwrap();
-        }
-        let mut d = tx
-            .prepare("INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at, outcome, processed_at) VALUES (?1, ?1, 'issue', x'7b7d', ?2, ?3, ?2)")
-            .unwrap();
-        for i in 0..n_tasks {
-            // 1% still pending; the rest acted on, a quarter of those stale.
-            let outcome = if i % 100 == 0 {
-                "pending"
-            } else {
-                OUTCOMES[(i % 4) as usize]
-            };
-            d.execute(params![format!("sha-{i}"), now - i, outcome])
-                .unwrap();
-        }
-        tx.execute(
-            "INSERT INTO passes (command, started_at, duration_ms, outcome, counts) VALUES ('reap', ?1, 12, 'ok', '{\"flipped\":1}')",
-            [now - 60],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-    drop(conn);
+    common::seed_status(&home.conn(), n_jobs, n_tasks);
     let mut text = std::time::Duration::ZERO;
     for json in [false, true] {
         let args: &[&str] = if json {

@@ -8,6 +8,9 @@
 //! sequence of legal moves leaves, or sizes one transaction per task would take minutes
 //! to write. The schema's triggers (kept counts, a job's project) run either way.
 //!
+//! A home's database is its `orch.db` file, or a PostgreSQL URL ([`Home::new_on`]);
+//! [`Home::conn`] and the seeding through it work on both engines.
+//!
 //! Peak memory is the orch process's own: one extra run under `/usr/bin/time -f %M`
 //! (the harness's own memory and other children never count).
 
@@ -17,22 +20,31 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orch::adapters::db::{Db, Move};
+use orch::adapters::db::{Conn, Db, Move};
 use orch::core::stage::{Actor, Stage};
 use orch::core::task::NewTask;
-use rusqlite::params;
 
-/// A temporary orch home: `orch.yaml`, `orch.db` (initialised), `state/`, `artefacts/`.
+/// A temporary orch home: `orch.yaml`, its database (`orch.db` or a PostgreSQL URL,
+/// initialised), `state/`, `artefacts/`.
 pub struct Home {
     pub dir: tempfile::TempDir,
+    /// `ORCH_DB`: the file `orch.db` in `dir`, or a PostgreSQL URL.
+    pub db_name: std::ffi::OsString,
 }
 
 impl Home {
     /// A home with `pipeline` as its pipeline file and an initialised database.
     pub fn new(pipeline: &str) -> Home {
+        Home::new_on(pipeline, None)
+    }
+
+    /// [`Home::new`] with its database at `url` (PostgreSQL, an empty database) instead
+    /// of the file `orch.db`.
+    pub fn new_on(pipeline: &str, url: Option<&str>) -> Home {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("orch.yaml"), pipeline).unwrap();
-        let home = Home { dir };
+        let db_name = url.map_or_else(|| dir.path().join("orch.db").into(), Into::into);
+        let home = Home { dir, db_name };
         let out = home.orch(&["init"]).output().unwrap();
         assert!(
             out.status.success(),
@@ -45,6 +57,11 @@ impl Home {
     /// A home whose pipeline has `projects` projects `p0`, `p1`, ... (repo `acme/pN`) and
     /// a developer agent that does nothing.
     pub fn with_projects(projects: usize) -> Home {
+        Home::with_projects_on(projects, None)
+    }
+
+    /// [`Home::with_projects`] with its database at `url` ([`Home::new_on`]).
+    pub fn with_projects_on(projects: usize, url: Option<&str>) -> Home {
         let mut yaml = String::from("plane: { workspace: acme }\nprojects:\n");
         for p in 0..projects {
             yaml.push_str(&format!(
@@ -52,7 +69,7 @@ impl Home {
             ));
         }
         yaml.push_str("agents:\n  developer: [/bin/true, \"{task}\"]\n");
-        Home::new(&yaml)
+        Home::new_on(&yaml, url)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -65,7 +82,7 @@ impl Home {
         let mut c = Command::new(env!("CARGO_BIN_EXE_orch"));
         c.env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("ORCH_DB", self.path("orch.db"))
+            .env("ORCH_DB", &self.db_name)
             .env("ORCH_STATE_DIR", self.path("state"))
             .env("ORCH_ARTEFACTS_DIR", self.path("artefacts"))
             .env("ORCH_CONFIG", self.path("orch.yaml"))
@@ -75,7 +92,19 @@ impl Home {
         c
     }
 
-    /// A connection to the home's database, for seeding and counting.
+    /// A connection to the home's database on either engine, for seeding and counting.
+    pub fn conn(&self) -> Conn {
+        orch::adapters::db::open_conn(std::path::Path::new(&self.db_name)).expect("open db")
+    }
+
+    /// The single integer `sql` returns, on either engine.
+    pub fn count_on(&self, sql: &str) -> i64 {
+        self.conn()
+            .query_row(sql, orch::sql_params![], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A SQLite connection to the home's `orch.db`, for seeding and counting.
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.path("orch.db")).unwrap()
     }
@@ -156,8 +185,11 @@ impl Home {
     /// every job is queued (task `i` enqueued at instant `i`); with it every job runs,
     /// stamped round-robin with `stamps`: (pid, start time, supervisor pid, supervisor
     /// start time), as the supervisor and the agent stamp every real row.
+    ///
+    /// Works on either engine (one prepared statement per row: on PostgreSQL one round
+    /// trip each, about 10,000 rows a second on loopback).
     pub fn seed_fast(&self, n: usize, projects: usize, running: Option<&[[i64; 4]]>) {
-        let mut conn = self.db();
+        let conn = self.conn();
         let tx = conn.transaction().unwrap();
         {
             let mut task = tx
@@ -179,7 +211,7 @@ impl Home {
             for i in 0..n {
                 let id = i as i64 + 1;
                 let at = i as i64;
-                task.execute(params![
+                task.execute(orch::sql_params![
                     id,
                     format!("p{}", i % projects),
                     format!("wi-{i}"),
@@ -191,7 +223,7 @@ impl Home {
                 ])
                 .unwrap();
                 match running {
-                    None => job.execute(params![
+                    None => job.execute(orch::sql_params![
                         id,
                         "queued",
                         at,
@@ -204,7 +236,7 @@ impl Home {
                     ]),
                     Some(stamps) => {
                         let [pid, start, sup, sup_start] = stamps[i % stamps.len()];
-                        job.execute(params![
+                        job.execute(orch::sql_params![
                             id,
                             "running",
                             at,
@@ -222,6 +254,127 @@ impl Home {
         }
         tx.commit().unwrap();
     }
+}
+
+pub const STAGES: [&str; 7] = [
+    "analysis",
+    "development",
+    "review",
+    "deploy-staging",
+    "deploy",
+    "done",
+    "cancelled",
+];
+pub const AGENTS: [&str; 4] = ["analyst", "developer", "reviewer", "deployer"];
+pub const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+pub const OUTCOMES: [&str; 4] = ["started", "moved", "ignored", "stale"];
+
+/// The rows of the `status` benches: `n_tasks` tasks over 3 projects and every stage
+/// (one in 500 escalated), `n_jobs` jobs (a history of finished ones, ~1% running, never
+/// two live per task and stage) and as many deliveries as tasks (1% pending, the rest
+/// acted on, a quarter of those stale), one recorded pass; in one transaction with
+/// prepared statements, on either engine. The schema's triggers keep the counts.
+pub fn seed_status(conn: &Conn, n_jobs: i64, n_tasks: i64) {
+    let tx = conn.transaction().unwrap();
+    let now = 1_795_575_600_i64;
+    {
+        let mut t = tx
+            .prepare("INSERT INTO tasks (project, work_item_id, key, title, repo, branch, stage, stage_entered_at, created_at, updated_at, escalated_at, escalation_reason) VALUES (?1, ?2, ?3, 't', 'acme/x', ?4, ?5, ?6, ?6, ?6, ?7, ?8)")
+            .unwrap();
+        for i in 0..n_tasks {
+            let escalated = (i % 500 == 0).then_some(now - i);
+            t.execute(orch::sql_params![
+                format!("p{}", i % 3),
+                format!("wi-{i}"),
+                format!("K-{i}"),
+                format!("k-{i}"),
+                STAGES[(i % 7) as usize],
+                now - i,
+                escalated,
+                escalated.map(|_| "developer retries reached 3")
+            ])
+            .unwrap();
+        }
+        let mut j = tx
+            .prepare("INSERT INTO jobs (task_id, agent, stage, status, attempt, pid, enqueued_at, started_at, finished_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7)")
+            .unwrap();
+        for i in 0..n_jobs {
+            // Only ~1% running (as in life) and never two live jobs per task and stage.
+            let status = if i % 100 == 0 {
+                "running"
+            } else {
+                STATUSES[[2, 3, 4][(i % 3) as usize]]
+            };
+            let task = if status == "running" {
+                (i / 100) % n_tasks + 1
+            } else {
+                i % n_tasks + 1
+            };
+            let stage = STAGES[(i % 5) as usize];
+            j.execute(orch::sql_params![
+                task,
+                AGENTS[(i % 4) as usize],
+                stage,
+                status,
+                100_000 + i,
+                now - 3600 + (i % 3600),
+                (status != "running").then_some(now)
+            ])
+            .unwrap();
+        }
+        let mut d = tx
+            .prepare("INSERT INTO deliveries (body_sha256, delivery_id, event, body, received_at, outcome, processed_at) VALUES (?1, ?1, 'issue', ?4, ?2, ?3, ?2)")
+            .unwrap();
+        for i in 0..n_tasks {
+            // 1% still pending; the rest acted on, a quarter of those stale.
+            let outcome = if i % 100 == 0 {
+                "pending"
+            } else {
+                OUTCOMES[(i % 4) as usize]
+            };
+            d.execute(orch::sql_params![
+                format!("sha-{i}"),
+                now - i,
+                outcome,
+                b"{}".to_vec()
+            ])
+            .unwrap();
+        }
+        tx.execute(
+            "INSERT INTO passes (command, started_at, duration_ms, outcome, counts) VALUES ('reap', ?1, 12, 'ok', '{\"flipped\":1}')",
+            orch::sql_params![now - 60],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// A few real live processes to stamp running jobs with (`/bin/sleep`, killed by the
+/// caller): 4 stamps of (agent pid, its start time, supervisor pid, its start time), as
+/// the supervisor and the agent stamp every real row, so `reap` judges every job alive.
+pub fn live_stamps() -> (Vec<std::process::Child>, Vec<[i64; 4]>) {
+    let live: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new("/bin/sleep")
+                .arg("3600")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sleep")
+        })
+        .collect();
+    let start = |c: &std::process::Child| {
+        let pid = i64::from(c.id());
+        (pid, orch::adapters::process::start_time(pid).expect("live"))
+    };
+    let stamps = (0..4)
+        .map(|k| {
+            let (pid, st) = start(&live[k]);
+            let (sup, sup_st) = start(&live[k + 4]);
+            [pid, st, sup, sup_st]
+        })
+        .collect();
+    (live, stamps)
 }
 
 /// Runs `sql` with the `sqlite3` shell on `db` (output discarded): the floor of a pass
