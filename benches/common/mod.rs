@@ -187,7 +187,7 @@ impl Home {
     /// start time), as the supervisor and the agent stamp every real row.
     ///
     /// Works on either engine (one prepared statement per row: on PostgreSQL one round
-    /// trip each, about 10,000 rows a second on loopback).
+    /// trip each: 100,000 rows take minutes on a loaded machine).
     pub fn seed_fast(&self, n: usize, projects: usize, running: Option<&[[i64; 4]]>) {
         let conn = self.conn();
         let tx = conn.transaction().unwrap();
