@@ -531,11 +531,7 @@ impl Conn {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Inner::Postgres(pg) => {
                 let mut pg = pg.borrow_mut();
-                if pg.in_tx
-                    || !writes(sql)
-                    || sql.trim_start().to_ascii_uppercase().starts_with("BEGIN")
-                    || ["COMMIT", "ROLLBACK"].contains(&sql.trim())
-                {
+                if pg.in_tx || !writes(sql) {
                     return Ok(pg.client.batch_execute(sql)?);
                 }
                 pg.begin_write()?;
@@ -638,10 +634,16 @@ impl Conn {
             .run(sql, values, |client, stmt, refs| client.query(stmt, refs))
     }
 
-    /// Marks the transaction ended (before its `COMMIT` or `ROLLBACK` is sent).
-    fn end_tx(&self) {
-        if let Inner::Postgres(pg) = &self.inner {
-            pg.borrow_mut().in_tx = false;
+    /// Ends the open transaction with `verb` (`COMMIT` or `ROLLBACK`), sent to the engine
+    /// as it is: the end of a transaction is not a write of its own.
+    fn end_tx(&self, verb: &str) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(c) => Ok(c.execute_batch(verb)?),
+            Inner::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                pg.in_tx = false;
+                Ok(pg.client.batch_execute(verb)?)
+            }
         }
     }
 
@@ -906,8 +908,7 @@ impl Tx<'_> {
     /// # Errors
     /// When the engine refuses the commit (the transaction is rolled back then).
     pub fn commit(mut self) -> Result<()> {
-        self.conn.end_tx();
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.end_tx("COMMIT")?;
         self.open = false;
         Ok(())
     }
@@ -923,10 +924,9 @@ impl Deref for Tx<'_> {
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.conn.end_tx();
             // Nothing to do with an error here: a failed rollback leaves the transaction
             // to die with the connection, which rolls it back too.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn.end_tx("ROLLBACK");
         }
     }
 }
