@@ -12,7 +12,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 
-use crate::adapters::db::{Claim, Db};
+use crate::adapters::db::Db;
 use crate::adapters::spawn;
 use crate::config::JobLauncher;
 use crate::core::dispatch::{plan_slots, Caps, Wait};
@@ -210,52 +210,69 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let mut budget_stopped = 0i64;
     // The slots this pass used: claims (launched or not) and over-budget stops.
     let mut used = 0u32;
-    for id in order {
-        if used >= free {
-            break;
-        }
-        // Between jobs, never within one: the rest start on the next pass.
+    let mut rest = order.as_slice();
+    while used < free && !rest.is_empty() {
+        // Between batches, never within one: the rest start on the next pass.
         if ctx.bounds().stop_for_deadline("starting jobs") {
             break;
         }
-        if let Some((task_id, why)) = budget_stop(ctx, db, id)? {
-            budget_stopped += 1;
-            used += 1;
-            let (escalated, cancelled) = db.escalate_over_budget(task_id, &why, now)?;
-            log::warn!(
-                "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
-                if escalated { "escalated" } else { "already escalated" }
-            );
-            continue;
-        }
-        match db.claim(id, now, caps, &host)? {
-            Claim::Claimed => used += 1,
-            Claim::Lost => {
-                lost += 1;
-                log::info!(
-                    "dispatch: job {id} not claimed: another pass took it, or staging was taken; trying the next"
+        // The next batch: up to CLAIM_BATCH jobs of the free slots left, less the
+        // jobs whose task is over its budget (each uses a slot of this pass).
+        let want = (free - used).min(CLAIM_BATCH) as usize;
+        let mut batch = Vec::with_capacity(want);
+        while batch.len() < want {
+            let Some((&id, after)) = rest.split_first() else {
+                break;
+            };
+            rest = after;
+            if let Some((task_id, why)) = budget_stop(ctx, db, id)? {
+                budget_stopped += 1;
+                used += 1;
+                let (escalated, cancelled) = db.escalate_over_budget(task_id, &why, now)?;
+                log::warn!(
+                    "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
+                    if escalated { "escalated" } else { "already escalated" }
                 );
+                if used >= free {
+                    break;
+                }
                 continue;
             }
-            Claim::Full => {
-                lost += 1;
-                log::info!(
-                    "dispatch: job {id} not claimed: no slot left (ORCH_MAX_CONCURRENCY, or this host's ORCH_MAX_CONCURRENCY_PER_HOST) since the pass counted"
-                );
-                break;
+            batch.push(id);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let claims = db.claim_batch(&batch, now, caps, &host)?;
+        for id in &claims.lost {
+            lost += 1;
+            log::info!(
+                "dispatch: job {id} not claimed: another pass took it, or staging was taken; trying the next"
+            );
+        }
+        // Every claimed job is launched, deadline or not: a claimed job nobody
+        // launches would sit running until reap's dead-pid tier rescues it.
+        for &id in &claims.claimed {
+            used += 1;
+            match launch(ctx, id) {
+                Ok(how) => {
+                    started += 1;
+                    log::info!("dispatch: started job {id} ({how})");
+                }
+                Err(e) => {
+                    failed += 1;
+                    log::error!("dispatch: could not launch job {id}: {e:#}");
+                    let attempt = db.job(id)?.map(|j| j.attempt).unwrap_or(1);
+                    db.finish_job(id, attempt, JobStatus::Failed, now)?;
+                }
             }
         }
-        match launch(ctx, id) {
-            Ok(how) => {
-                started += 1;
-                log::info!("dispatch: started job {id} ({how})");
-            }
-            Err(e) => {
-                failed += 1;
-                log::error!("dispatch: could not launch job {id}: {e:#}");
-                let attempt = db.job(id)?.map(|j| j.attempt).unwrap_or(1);
-                db.finish_job(id, attempt, JobStatus::Failed, now)?;
-            }
+        if let Some(id) = claims.untried.first() {
+            lost += 1;
+            log::info!(
+                "dispatch: job {id} not claimed: no slot left (ORCH_MAX_CONCURRENCY, or this host's ORCH_MAX_CONCURRENCY_PER_HOST) since the pass counted"
+            );
+            break;
         }
     }
     Ok(PassOutcome::ok(vec![
@@ -302,6 +319,11 @@ fn budget_stop(ctx: &PassContext, db: &Db, id: i64) -> Result<Option<(i64, Strin
 
 /// Queue heads read per free slot for a real pass (the spares a lost claim goes on to).
 const CLAIM_SPARES: u32 = 4;
+
+/// Jobs claimed in one write transaction at most: one transaction (and one commit to
+/// disk) per batch rather than per job, and few enough that a dispatch killed between
+/// its claim and the launches leaves few jobs for reap to rescue.
+const CLAIM_BATCH: u32 = 32;
 
 /// Why a job waits for its task's branch (dry run and log).
 const BRANCH_MISSING: &str = "its task's branch is not on Gitea yet (a start or reopen found Gitea down or unconfigured); the next reconcile creates it, and the job starts on the pass after";

@@ -103,13 +103,16 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         Some(_) => now,
         None => db.clock()?,
     };
+    let horizon = heartbeat_horizon(heartbeat_now, heartbeat_timeout);
+    // Other hosts' jobs with a recent heartbeat are theirs: counted, never read.
+    let elsewhere = db.running_elsewhere(&host)?;
     let mut t = Tally::default();
     let mut after = (i64::MIN, i64::MIN);
     let mut procs: Option<ProcView> = None;
     // Between pages and jobs, never within one: past the pass deadline (a write lock
     // held elsewhere makes each write wait busy_timeout) the rest wait for the next pass.
     while !ctx.bounds().stop_for_deadline("reaping jobs") {
-        let page = db.running_page(after, PAGE)?;
+        let page = db.running_page(after, PAGE, &host, horizon)?;
         // Few jobs: read each pid directly; many: walk /proc once for the whole pass.
         let procs = procs.get_or_insert_with(|| {
             if page.len() > SNAPSHOT_ABOVE {
@@ -160,6 +163,15 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 }
             }
         }
+    }
+    // The other hosts' jobs not read: their heartbeat is within the timeout.
+    let fresh_elsewhere = (elsewhere - t.elsewhere).max(0);
+    t.alive += fresh_elsewhere;
+    t.elsewhere = t.elsewhere.max(elsewhere);
+    if dry_run && fresh_elsewhere > 0 {
+        println!(
+            "{fresh_elsewhere} job(s) of other hosts: skip: heartbeat within {heartbeat_timeout}s (ORCH_HEARTBEAT_TIMEOUT_S)"
+        );
     }
     if !dry_run {
         // The state dir's atomically written files (the merge lease, reconcile's

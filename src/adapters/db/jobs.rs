@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::adapters::db::sql::{params, Conn, OptionalExtension as _, Row};
+use crate::adapters::db::sql::{params, Conn, OptionalExtension as _, Row, Value};
 use anyhow::Result;
 
 use crate::adapters::db::recorder::Recorder;
@@ -37,6 +37,62 @@ pub enum Claim {
     Full,
     /// The job is not queued any more (another pass took it) or staging is held.
     Lost,
+}
+
+/// How a batch of claims went ([`Db::claim_batch`]); each id in exactly one list, each
+/// list in the order asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The jobs that run now, on the claiming host.
+    pub claimed: Vec<i64>,
+    /// Not queued any more (another pass took them) or staging was held.
+    pub lost: Vec<i64>,
+    /// Not tried: no slot was left under the caps (no other claim can succeed now).
+    pub untried: Vec<i64>,
+}
+
+/// Jobs one claim statement takes at most; shorter chunks are padded by repeating
+/// their first id, so each statement's text (and its prepared plan) is one.
+const CLAIM_CHUNK: usize = 32;
+
+/// What a claim sets: running on the host `?2` since `?1`, its first heartbeat the
+/// claim time, and nothing a previous attempt left.
+const CLAIM_SET: &str = "status = 'running', started_at = ?1, finished_at = NULL,
+    pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
+    reap_reason = NULL, dead_ticks = 0, log_size = NULL, log_grew_at = NULL,
+    host = ?2, heartbeat_at = ?1";
+
+/// The queued jobs among a chunk of ids, with their stage (`{IN}`: the ids).
+const CHUNK_QUEUED: &str = "SELECT id, stage FROM jobs WHERE id IN ({IN}) AND status = 'queued'";
+
+/// Claims the jobs of a chunk that are still queued (none of them a `deploy-staging`
+/// job), returning the ids it flipped (`{IN}`: the ids, after `?1` and `?2`).
+const CHUNK_CLAIM: &str =
+    "UPDATE jobs SET {SET} WHERE id IN ({IN}) AND status = 'queued' AND stage <> '{STAGING}' RETURNING id";
+
+/// `sql` with `{IN}` as [`CLAIM_CHUNK`] placeholders numbered after the fixed ones
+/// (`?1`, `?2` when `sql` uses them), `{SET}` as [`CLAIM_SET`] and `{STAGING}` the
+/// staging stage.
+fn in_chunk(sql: &str) -> String {
+    let first = if sql.contains("{SET}") { 3 } else { 1 };
+    let marks: Vec<String> = (first..first + CLAIM_CHUNK)
+        .map(|i| format!("?{i}"))
+        .collect();
+    sql.replace("{SET}", CLAIM_SET)
+        .replace("{STAGING}", STAGING_STAGE.as_str())
+        .replace("{IN}", &marks.join(", "))
+}
+
+/// `head`, then `ids` padded to [`CLAIM_CHUNK`] values by repeating the first (an id
+/// twice in `IN` is the same id).
+fn padded(ids: &[i64], head: &[Value]) -> Vec<Value> {
+    let mut v = head.to_vec();
+    v.extend(ids.iter().map(|id| Value::Int(*id)));
+    v.extend(std::iter::repeat_n(
+        Value::Int(ids[0]),
+        CLAIM_CHUNK - ids.len(),
+    ));
+    v
 }
 
 /// A running `deploy-staging` job: who holds the staging environment.
@@ -391,18 +447,10 @@ impl Db {
         )
     }
 
-    /// Claims a queued job for running on `host`, in one write transaction (the writer
-    /// lock: one claimer at a time on either engine): counts the running jobs, all and
-    /// `host`'s, lets [`Caps::may_claim`] decide, then flips the job with one UPDATE
-    /// guarded by `status='queued'` and, for a `deploy-staging` job, by no other
-    /// `deploy-staging` job running (staging is one shared environment). So racing
-    /// passes, on one host or several, never start a job twice, never exceed the limit
-    /// or a host's cap, and never put two jobs on staging, whatever each pass decided.
-    /// Stamps the host and the first heartbeat (the claim time) and clears what a
-    /// previous attempt left.
+    /// Claims a queued job for running on `host`: [`Db::claim_batch`] of one job.
     ///
     /// # Errors
-    /// On SQL errors (the writer lock not obtained within the busy timeout among them).
+    /// As [`Db::claim_batch`].
     pub fn claim_job(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<bool> {
         Ok(self.claim(id, now, caps, host)? == Claim::Claimed)
     }
@@ -412,34 +460,99 @@ impl Db {
     /// taken, or staging is held: another job may still be claimed).
     ///
     /// # Errors
-    /// On SQL errors (the writer lock not obtained within the busy timeout among them).
+    /// As [`Db::claim_batch`].
     pub fn claim(&self, id: i64, now: i64, caps: Caps, host: &str) -> Result<Claim> {
+        let b = self.claim_batch(&[id], now, caps, host)?;
+        Ok(if !b.claimed.is_empty() {
+            Claim::Claimed
+        } else if b.lost.is_empty() {
+            Claim::Full
+        } else {
+            Claim::Lost
+        })
+    }
+
+    /// Claims queued jobs for running on `host`, in `ids`' order, in one write
+    /// transaction (the writer lock: one claimer at a time on either engine). Reads the
+    /// running jobs, all (the kept `job_counts`) and, under a per-host cap, `host`'s,
+    /// and [`Caps::free`] says how many may start; then flips the ids still queued,
+    /// [`CLAIM_CHUNK`] at a time, by UPDATEs guarded by `status='queued'` and, for a
+    /// `deploy-staging` job, by no other `deploy-staging` job running (each of those has
+    /// its own statement: staging is one shared environment). So racing passes, on one
+    /// host or several, never start a job twice, never exceed the limit or a host's
+    /// cap, and never put two jobs on staging, whatever each pass decided; a batch
+    /// another pass took first costs one read. Stamps the host and the first heartbeat
+    /// (the claim time) and clears what a previous attempt left.
+    ///
+    /// # Errors
+    /// On SQL errors (the writer lock not obtained within the busy timeout among them);
+    /// nothing is claimed then.
+    pub fn claim_batch(&self, ids: &[i64], now: i64, caps: Caps, host: &str) -> Result<Claims> {
         let tx = self.conn().begin(sql::Begin::Write)?;
-        let (total, here): (i64, i64) = tx.query_row(
-            "SELECT (SELECT count(*) FROM jobs WHERE status = 'running'),
-                    (SELECT count(*) FROM jobs WHERE status = 'running' AND host = ?1)",
-            [host],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let total: i64 = tx.query_row(
+            "SELECT coalesce(sum(n), 0) FROM job_counts WHERE status = 'running'",
+            [],
+            |r| r.get(0),
         )?;
-        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        if !caps.may_claim(count(total), count(here)) {
-            return Ok(Claim::Full);
+        let here: i64 = match caps.per_host {
+            Some(_) => tx.query_row(
+                "SELECT count(*) FROM jobs WHERE status = 'running' AND host = ?1",
+                [host],
+                |r| r.get(0),
+            )?,
+            None => 0,
+        };
+        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        let mut room = caps.free(count(total), count(here)) as usize;
+        let mut out = Claims::default();
+        let mut rest = ids;
+        while room > 0 && !rest.is_empty() {
+            let (chunk, after) = rest.split_at(rest.len().min(room).min(CLAIM_CHUNK));
+            rest = after;
+            // Which of them are still queued, and which are staging jobs: stable until
+            // the commit, since every writer holds the writer lock.
+            let queued: Vec<(i64, String)> =
+                tx.query_all(&in_chunk(CHUNK_QUEUED), padded(chunk, &[]), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let (staging, others): (Vec<_>, Vec<_>) = queued
+                .iter()
+                .partition(|(_, stage)| stage == STAGING_STAGE.as_str());
+            let others: Vec<i64> = others.iter().map(|(id, _)| *id).collect();
+            let mut won: Vec<i64> = if others.is_empty() {
+                Vec::new()
+            } else {
+                let head = [Value::Int(now), Value::Text(host.to_owned())];
+                tx.query_all(&in_chunk(CHUNK_CLAIM), padded(&others, &head), |r| r.get(0))?
+            };
+            for (id, _) in staging {
+                let n = tx.execute(
+                    &format!(
+                        "UPDATE jobs SET {CLAIM_SET}
+                         WHERE id = ?3 AND status = 'queued'
+                           AND NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND stage = ?4)"
+                    ),
+                    params![now, host, *id, STAGING_STAGE.as_str()],
+                )?;
+                if n == 1 {
+                    won.push(*id);
+                }
+            }
+            room = room.saturating_sub(won.len());
+            for id in chunk {
+                if won.contains(id) {
+                    out.claimed.push(*id);
+                } else {
+                    out.lost.push(*id);
+                }
+            }
         }
-        let n = tx.execute(
-            "UPDATE jobs SET status = 'running', started_at = ?2, finished_at = NULL,
-                    pid = NULL, pid_start_time = NULL, supervisor_pid = NULL, exit_code = NULL,
-                    reap_reason = NULL, dead_ticks = 0, log_size = NULL, log_grew_at = NULL,
-                    host = ?4, heartbeat_at = ?2
-             WHERE id = ?1 AND status = 'queued'
-               AND (stage <> ?3 OR NOT EXISTS
-                      (SELECT 1 FROM jobs WHERE status = 'running' AND stage = ?3))",
-            params![id, now, STAGING_STAGE.as_str(), host],
-        )?;
-        if n == 1 {
+        out.untried = rest.to_vec();
+        if !out.claimed.is_empty() {
             upsert_host(&tx, host, now)?;
         }
         tx.commit()?;
-        Ok(if n == 1 { Claim::Claimed } else { Claim::Lost })
+        Ok(out)
     }
 
     /// Counts the running jobs claimed by `host` (the per-host cap's count).
@@ -704,28 +817,52 @@ impl Db {
     }
 
     /// Returns up to `limit` running jobs after the key `after` (`(enqueued_at, id)`), in
-    /// that order: keyset paging along the `jobs_by_status` index, so a pass over n
-    /// running jobs reads each index entry once, whatever the page size.
+    /// that order, that a reap on `host` judges: its own and those no host claimed (by
+    /// pid), and another host's only once its last sign of life (heartbeat, else start)
+    /// is older than `horizon` ([`crate::core::reap::heartbeat_horizon`]): the others'
+    /// live jobs are theirs to judge, counted by [`Db::running_elsewhere`] without being
+    /// read. Keyset paging along the `jobs_by_status` index, so a pass over n running
+    /// jobs reads each index entry once, whatever the page size.
     ///
     /// A row that cannot be parsed comes back as `Err` with its id, so the reaper logs it
     /// and goes on. Pass `(i64::MIN, i64::MIN)` for the first page.
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn running_page(&self, after: (i64, i64), limit: usize) -> Result<Vec<RunningRow>> {
+    pub fn running_page(
+        &self,
+        after: (i64, i64),
+        limit: usize,
+        host: &str,
+        horizon: i64,
+    ) -> Result<Vec<RunningRow>> {
         let limit = sql_limit(limit);
         let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE status = 'running' AND (enqueued_at, id) > (?1, ?2)
+               AND (host IS NULL OR host = ?4 OR coalesce(heartbeat_at, started_at) < ?5)
              ORDER BY enqueued_at, id LIMIT ?3"
         ))?;
-        let mut rows = stmt.query(params![after.0, after.1, limit])?;
+        let mut rows = stmt.query(params![after.0, after.1, limit, host, horizon])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let key: (i64, i64) = (row.get(10)?, row.get(0)?);
             out.push((key, job_from_row(&row).map_err(|e| e.to_string())));
         }
         Ok(out)
+    }
+
+    /// Counts the running jobs other hosts than `host` claimed (what a reap on `host`
+    /// judges by heartbeat), along the `jobs_running_by_host` index.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn running_elsewhere(&self, host: &str) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE status = 'running' AND host <> ?1",
+            [host],
+            |r| r.get(0),
+        )?)
     }
 
     /// Returns the log path of a job, if recorded.
@@ -1186,6 +1323,72 @@ mod tests {
             jobs.push(j);
         }
         (dir, path, jobs)
+    }
+
+    #[test]
+    fn a_batch_claims_in_order_under_the_limit_and_one_staging_job_at_most() {
+        let (_d, path, staging) = two_staging_jobs();
+        let mut db = Db::open(&path).unwrap();
+        let task = |j: i64| db.job(j).unwrap().unwrap().task_id;
+        let (t0, t1) = (task(staging[0]), task(staging[1]));
+        let mut enqueue =
+            |t: i64, agent: Agent, stage: Stage| db.enqueue_job(t, agent, stage, 1).unwrap().id();
+        let d0 = enqueue(t0, Agent::Developer, Stage::Development);
+        let d1 = enqueue(t1, Agent::Developer, Stage::Development);
+        let a0 = enqueue(t0, Agent::Analyst, Stage::Analysis);
+        let a1 = enqueue(t1, Agent::Analyst, Stage::Analysis);
+        assert!(db.claim_job(d0, 5, Caps::global(4), "a").unwrap());
+        // 1 running, limit 4: room for 3. d0 is taken; of the two staging jobs one runs.
+        let b = db
+            .claim_batch(
+                &[d0, staging[0], staging[1], d1, a0, a1],
+                10,
+                Caps::global(4),
+                "b",
+            )
+            .unwrap();
+        assert_eq!(b.claimed, vec![staging[0], d1, a0]);
+        assert_eq!(b.lost, vec![d0, staging[1]]);
+        assert_eq!(b.untried, vec![a1], "no slot left for it");
+        for j in &b.claimed {
+            let job = db.job(*j).unwrap().unwrap();
+            assert_eq!(
+                (job.status, job.host.as_deref(), job.heartbeat_at),
+                (JobStatus::Running, Some("b"), Some(10))
+            );
+        }
+        assert_eq!(db.job(a1).unwrap().unwrap().status, JobStatus::Queued);
+        assert_eq!(db.claim(a1, 11, Caps::global(4), "b").unwrap(), Claim::Full);
+        assert_eq!(db.claim(d0, 11, Caps::global(9), "b").unwrap(), Claim::Lost);
+        // More ids than one statement takes: every one claimed once.
+        let many: Vec<i64> = (0..2 * CLAIM_CHUNK + 3)
+            .map(|i| {
+                let t = db
+                    .create_task(
+                        &NewTask {
+                            project: "orch".into(),
+                            work_item_id: format!("m{i}"),
+                            key: format!("M-{i}"),
+                            title: "t".into(),
+                            repo: "acme/orch".into(),
+                            branch: format!("m-{i}"),
+                            priority: crate::core::priority::Priority::None,
+                        },
+                        Actor::Operator,
+                        "t",
+                        1,
+                    )
+                    .unwrap()
+                    .id();
+                db.enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+                    .unwrap()
+                    .id()
+            })
+            .collect();
+        let b = db.claim_batch(&many, 12, Caps::global(1000), "c").unwrap();
+        assert_eq!(b.claimed, many);
+        assert!(b.lost.is_empty() && b.untried.is_empty());
+        assert_eq!(db.running_on_host("c").unwrap() as usize, many.len());
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod updates;
 pub use backup::{backup_database, BackupDone};
 pub use deliveries::{DeliveryRow, NewDelivery, Stored, DELIVERY_COUNTS_DRIFT, PENDING};
 pub use holds::{HoldActor, HoldEvent};
-pub use jobs::{Claim, RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
+pub use jobs::{Claim, Claims, RunningRow, StagingHolder, JOB_COUNTS_DRIFT};
 pub use leases::LeaseTake;
 pub use migrate_store::{copy_store, Copied};
 pub use moves::{Move, MoveError, Moved};
