@@ -707,6 +707,10 @@ fn begin_write() -> String {
 /// every SQLite write takes the database's).
 fn writes(sql: &str) -> bool {
     let upper = sql.trim_start().to_ascii_uppercase();
+    // VACUUM changes no row and cannot run inside a transaction block.
+    if upper.starts_with("VACUUM") {
+        return false;
+    }
     // Only a plain SELECT that names no write (a CTE's UPDATE, setval) is a read: a
     // needless lock costs a round trip, a missing one breaks a guard.
     !upper.starts_with("SELECT")
@@ -1158,6 +1162,7 @@ mod tests {
         assert!(writes("UPDATE jobs SET x = 1"));
         assert!(writes("\n DELETE FROM t"));
         assert!(!writes("SELECT 1"));
+        assert!(!writes("VACUUM ANALYZE"), "cannot run in a transaction");
         assert!(!writes(
             "SELECT updated_at, deleted FROM tasks WHERE inserted_by = 1"
         ));
