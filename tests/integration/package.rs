@@ -213,6 +213,7 @@ fn the_debian_package_builds_installs_into_a_throwaway_root_and_uninstalls() {
         "copyright",
         "orch.example.yaml",
         "orch-alerts.yml",
+        "examples/postgres-network.conf",
     ] {
         want.push((format!("/usr/share/doc/orch/{doc}"), "-rw-r--r--"));
     }

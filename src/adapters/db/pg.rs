@@ -195,4 +195,27 @@ mod tests {
         );
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_or_with_a_broken_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (file, says) in [(&empty, "holds no PEM certificate"), (&broken, "")] {
+            let url = format!(
+                "postgres://u:pw@127.0.0.1:1/db?sslmode=require&sslrootcert={}",
+                file.display()
+            );
+            let err = format!("{:#}", connect(&url).err().unwrap());
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+    }
 }
