@@ -176,6 +176,12 @@ struct World {
     agent_socket: Option<String>,
     /// Holds the bare repository the project's workspaces clone.
     _remote: tempfile::TempDir,
+    /// With more than one host ([`World::on_hosts`], PostgreSQL only): the hosts the
+    /// timers take turns on, each with its own `ORCH_HOST_ID`, state and artefacts
+    /// directories, one database; empty: one host, the env's own directories.
+    hosts: Vec<&'static str>,
+    /// How many timer passes ran on the hosts so far (whose turn is next).
+    turns: usize,
 }
 
 fn world(project: &'static Project) -> World {
@@ -227,6 +233,8 @@ fn world(project: &'static Project) -> World {
         deliveries: 0,
         agent_socket: None,
         _remote: remote,
+        hosts: Vec::new(),
+        turns: 0,
     };
     w.run(&["init"]).expect(0);
     w
@@ -255,9 +263,52 @@ impl World {
         format!("{}-{}", self.project.identifier, self.project.sequence)
     }
 
+    /// From now on the timers (dispatch, reconcile, post-deploy-tick, reap) take turns
+    /// on `hosts`, as the same units on several hosts sharing one PostgreSQL would.
+    fn on_hosts(&mut self, hosts: &[&'static str]) {
+        self.hosts = hosts.to_vec();
+        self.turns = 0;
+        self.to_host(hosts[0]);
+    }
+
+    /// What runs next runs on `host`: its id, state and artefacts directories.
+    fn to_host(&mut self, host: &str) {
+        for (key, dir) in [
+            ("ORCH_STATE_DIR", "state"),
+            ("ORCH_ARTEFACTS_DIR", "artefacts"),
+        ] {
+            let path = self.env.path(&format!("{host}/{dir}"));
+            std::fs::create_dir_all(&path).unwrap();
+            self.env.set(key, &path.display().to_string());
+        }
+        self.env.set("ORCH_HOST_ID", host);
+    }
+
+    /// The host the last pass ran on (`None`: one host).
+    fn host(&self) -> Option<&'static str> {
+        (!self.hosts.is_empty()).then(|| self.hosts[self.turns % self.hosts.len()])
+    }
+
+    /// `rel` (under `state/` or `artefacts/`) on the host the last pass ran on.
+    fn local(&self, rel: &str) -> std::path::PathBuf {
+        match self.host() {
+            Some(host) => self.env.path(&format!("{host}/{rel}")),
+            None => self.env.path(rel),
+        }
+    }
+
     /// Runs a pass at the current clock.
     fn run(&mut self, args: &[&str]) -> Run {
         self.pin_clock();
+        let timer = matches!(
+            args.first(),
+            Some(&("dispatch" | "reconcile" | "post-deploy-tick" | "reap"))
+        );
+        if timer && !self.hosts.is_empty() {
+            self.turns += 1;
+            let host = self.hosts[self.turns % self.hosts.len()];
+            self.to_host(host);
+        }
         match (&self.agent_socket, args.first()) {
             (Some(socket), Some(&"dispatch")) => {
                 let socket = socket.clone();
@@ -440,7 +491,7 @@ impl World {
             .find(|j| j["id"] == job)
             .cloned()
             .unwrap();
-        let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{job}.log")))
+        let log = std::fs::read_to_string(self.local(&format!("state/jobs/{job}.log")))
             .unwrap_or_default();
         (row, log)
     }
@@ -450,19 +501,26 @@ impl World {
     /// task's branch; reused (fetched, reset): the analyst's job cloned it.
     fn assert_ran_in_the_workspace(&mut self, job: &Value, round: u32) {
         let task = self.task();
-        let ws = self
-            .env
-            .path(&format!("state/workspaces/{}-{}", task["id"], self.key()));
-        let log = std::fs::read_to_string(self.env.path(&format!("state/jobs/{}.log", job["id"])))
-            .unwrap();
+        let ws = self.local(&format!("state/workspaces/{}-{}", task["id"], self.key()));
+        let log =
+            std::fs::read_to_string(self.local(&format!("state/jobs/{}.log", job["id"]))).unwrap();
         let ws = ws.display();
         let branch = task["branch"].as_str().unwrap();
         assert!(
             log.contains(&format!("cwd {ws} workspace {ws} checked out {branch}")),
             "round {round}: the developer ran in its workspace\n{log}"
         );
+        // On one host the analyst's clone is reused; on several, the host that runs the
+        // developer has it only if it ran an earlier job of the task.
+        let how = if self.hosts.is_empty() {
+            "reused"
+        } else if log.contains(&format!("== workspace cloned at {branch}")) {
+            "cloned"
+        } else {
+            "reused"
+        };
         assert!(
-            log.contains(&format!("== workspace reused at {branch}")),
+            log.contains(&format!("== workspace {how} at {branch}")),
             "round {round}: the analyst's workspace reused\n{log}"
         );
     }
@@ -526,8 +584,7 @@ impl World {
             "the deployer put the PR head on staging"
         );
         let report = std::fs::read_to_string(
-            self.env
-                .path(&format!("artefacts/{}/10-staging-report.md", self.key())),
+            self.local(&format!("artefacts/{}/10-staging-report.md", self.key())),
         )
         .expect("the staging report");
         assert!(
@@ -623,8 +680,7 @@ impl World {
         );
         self.dispatch_and_wait("analyst", "analysis");
         let analysis = std::fs::read_to_string(
-            self.env
-                .path(&format!("artefacts/{}/01-analysis.md", self.key())),
+            self.local(&format!("artefacts/{}/01-analysis.md", self.key())),
         )
         .unwrap();
         assert!(analysis.contains("analysis_status: APPROVED"), "{analysis}");
@@ -821,6 +877,71 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
         .collect();
     want_jobs.sort();
     assert_eq!(jobs, want_jobs, "each stage's job once per round");
+    w.assert_no_human_but_the_approval();
+}
+
+/// Issue 14 in the loop: two hosts, one PostgreSQL, every timer taking turns between
+/// them (each its own `ORCH_HOST_ID`, state and artefacts directories). A ticket ships,
+/// production degrades, the rollback reopens it and round 2 ships, as on one host: the
+/// gates, the post-deploy watch and round 2's developer read what another host's agent
+/// or tick wrote, from the database.
+#[test]
+fn two_hosts_take_turns_at_every_timer_through_a_release_a_rollback_and_a_second_round() {
+    if crate::common::sqlite_only() {
+        return; // a SQLite file is one host's
+    }
+    let mut w = world(&SHOP);
+    w.on_hosts(&["host-a", "host-b"]);
+    w.start_and_approve();
+    w.round_from_development(1);
+    let ticks = w.degrade_and_tick(4);
+    let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
+    assert_eq!(w.prod().rollbacks(), 1, "{}", log.join("\n"));
+    w.reconcile_after_grace();
+    assert_eq!(w.stage(), "development", "reopened by the rollback");
+    w.round_from_development(2);
+
+    // Round 2's developer was handed the rollback's feedback, on whichever host.
+    let jobs = w.run(&["job", "list", "--json"]).expect(0).json();
+    let second = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["agent"] == "developer")
+        .max_by_key(|j| j["id"].as_i64())
+        .cloned()
+        .unwrap();
+    let log = std::fs::read_to_string(second["log_path"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("feedback-1.md: kind: post-deploy-degraded"),
+        "{log}"
+    );
+    assert_eq!(
+        w.gitea().all_merge_calls(SHOP.repo),
+        2,
+        "one merge call per round"
+    );
+
+    let mut want = vec![ev("", "analysis", "webhook")];
+    want.extend(round_one_events());
+    want.push(ev("done", "development", "post-deploy"));
+    want.extend(round_one_events().into_iter().skip(1));
+    assert_eq!(w.events(), want, "every stage change, by the pipeline");
+    assert_eq!(w.jobs().len(), 9, "each stage's job once per round");
+    // The jobs ran on both hosts, each on the host whose dispatch claimed it.
+    for host in ["host-a", "host-b"] {
+        assert!(
+            w.env.count(&format!(
+                "SELECT count(*) FROM jobs WHERE host = '{host}' AND status = 'succeeded'"
+            )) > 0,
+            "jobs ran on {host}"
+        );
+    }
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM jobs WHERE host IS NULL OR status <> 'succeeded'"),
+        0
+    );
     w.assert_no_human_but_the_approval();
 }
 
