@@ -20,6 +20,36 @@ fn init_twice_is_safe_and_reports_what_it_did() {
     assert!(env.path("state/locks").is_dir());
 }
 
+/// The read-only connection (the agent socket's, staging's round-trip check) cannot
+/// write on either engine: SQLite opens the file read-only, PostgreSQL makes the session
+/// read-only, and the write is refused with nothing changed.
+#[test]
+fn the_read_only_connection_refuses_writes_on_either_engine() {
+    let env = TestEnv::new();
+    let conn = orch::adapters::db::open_read_only(&env.db_path()).unwrap();
+    let passes = |c: &orch::adapters::db::Conn| -> i64 {
+        c.query_row("SELECT count(*) FROM passes", orch::sql_params![], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let before = passes(&conn);
+    let err = conn
+        .execute(
+            "INSERT INTO passes (command, started_at, duration_ms, outcome)
+             VALUES ('x', 1, 1, 'ok')",
+            orch::sql_params![],
+        )
+        .expect_err("a write on a read-only connection");
+    let text = err.to_string().to_lowercase();
+    assert!(
+        text.contains("read-only") || text.contains("readonly"),
+        "{text}"
+    );
+    assert_eq!(passes(&conn), before);
+    assert_eq!(passes(&env.db()), before, "nothing written");
+}
+
 /// Runs `orch ARGS` from a shell whose umask is 022 (a login shell's usual one).
 fn under_umask_022(env: &TestEnv, args: &str) -> crate::common::Run {
     let script = format!("umask 022; exec {} {args}", env!("CARGO_BIN_EXE_orch"));

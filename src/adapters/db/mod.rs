@@ -183,15 +183,18 @@ pub fn display_location(db: &Path) -> String {
 }
 
 /// Opens `ORCH_DB` (a file or a PostgreSQL URL) to read only: nothing is created,
-/// migrated or written (a SQLite file is opened read-only and must exist).
+/// migrated or written (a SQLite file is opened read-only and must exist; a PostgreSQL
+/// session is made read-only, so the server refuses any write on it).
 ///
 /// # Errors
 /// When the file does not exist or the server cannot be reached.
 pub fn open_read_only(db: &Path) -> Result<Conn> {
     if is_postgres_url(db) {
-        return Ok(Conn::postgres(pg::connect(
-            db.to_str().context("ORCH_DB is not valid UTF-8")?,
-        )?));
+        let mut client = pg::connect(db.to_str().context("ORCH_DB is not valid UTF-8")?)?;
+        client
+            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .context("making the database session read-only")?;
+        return Ok(Conn::postgres(client));
     }
     if !db.is_file() {
         bail!("database {} does not exist", db.display());
@@ -213,7 +216,9 @@ pub fn open_read_only(db: &Path) -> Result<Conn> {
 /// When the file does not exist or the server cannot be reached.
 pub fn open_conn(db: &Path) -> Result<Conn> {
     if is_postgres_url(db) {
-        return open_read_only(db);
+        return Ok(Conn::postgres(pg::connect(
+            db.to_str().context("ORCH_DB is not valid UTF-8")?,
+        )?));
     }
     if !db.is_file() {
         bail!("database {} does not exist", db.display());
