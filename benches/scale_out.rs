@@ -17,6 +17,7 @@
 //!   third of them on each host): 3 `orch reap` processes at once on 3 host ids, the
 //!   median wall time until the last exits (target: under 200 ms).
 //!
+//! `ORCH_BENCH_ONLY=status,dispatch,reap` (default: all three) picks measurements.
 //! `ORCH_BENCH_RUNS` (default 11) timed runs of status and reap after one warm-up;
 //! `ORCH_BENCH_REPEAT` (default 3) dispatch drains, each on a freshly seeded database.
 //! On PostgreSQL each database is `VACUUM ANALYZE`d after seeding, as autovacuum does
@@ -294,39 +295,52 @@ fn main() {
             .unwrap_or_default()
     );
     let engines = [Engine::Sqlite, Engine::Postgres];
+    let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| w.trim() == name);
     let mut rows = Vec::new();
+    let mut verdicts = Vec::new();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
 
-    println!("status over {STATUS_JOBS} jobs / {STATUS_TASKS} tasks:");
-    let s: Vec<_> = engines.iter().map(|e| status(*e, runs)).collect();
-    rows.push(Row {
-        what: format!("status, {STATUS_JOBS} jobs / {STATUS_TASKS} tasks (median)"),
-        target: "< 100 ms",
-        sqlite: s[0].0.clone(),
-        postgres: s[1].0.clone(),
-    });
-
-    println!("dispatch, {DISPATCH_JOBS} queued, {HOSTS} hosts at once:");
-    let d: Vec<_> = engines.iter().map(|e| dispatch(*e, repeat)).collect();
-    rows.push(Row {
-        what: format!("dispatch, {DISPATCH_JOBS} queued, {HOSTS} hosts (median of {repeat})"),
-        target: ">= 1,000 claims/s",
-        sqlite: d[0].0.clone(),
-        postgres: d[1].0.clone(),
-    });
-
-    println!("reap, {REAP_JOBS} running, {HOSTS} hosts at once:");
-    let (mut live, stamps) = common::live_stamps();
-    let r: Vec<_> = engines.iter().map(|e| reap(*e, runs, &stamps)).collect();
-    for c in &mut live {
-        let _ = c.kill();
-        let _ = c.wait();
+    if wanted("status") {
+        println!("status over {STATUS_JOBS} jobs / {STATUS_TASKS} tasks:");
+        let s: Vec<_> = engines.iter().map(|e| status(*e, runs)).collect();
+        rows.push(Row {
+            what: format!("status, {STATUS_JOBS} jobs / {STATUS_TASKS} tasks (median)"),
+            target: "< 100 ms",
+            sqlite: s[0].0.clone(),
+            postgres: s[1].0.clone(),
+        });
+        verdicts.push(format!("status {}", verdict(s[1].1 < 100.0)));
     }
-    rows.push(Row {
-        what: format!("reap, {REAP_JOBS} running, {HOSTS} hosts at once (median)"),
-        target: "< 200 ms",
-        sqlite: r[0].0.clone(),
-        postgres: r[1].0.clone(),
-    });
+
+    if wanted("dispatch") {
+        println!("dispatch, {DISPATCH_JOBS} queued, {HOSTS} hosts at once:");
+        let d: Vec<_> = engines.iter().map(|e| dispatch(*e, repeat)).collect();
+        rows.push(Row {
+            what: format!("dispatch, {DISPATCH_JOBS} queued, {HOSTS} hosts (median of {repeat})"),
+            target: ">= 1,000 claims/s",
+            sqlite: d[0].0.clone(),
+            postgres: d[1].0.clone(),
+        });
+        verdicts.push(format!("dispatch {}", verdict(d[1].1 >= 1000.0)));
+    }
+
+    if wanted("reap") {
+        println!("reap, {REAP_JOBS} running, {HOSTS} hosts at once:");
+        let (mut live, stamps) = common::live_stamps();
+        let r: Vec<_> = engines.iter().map(|e| reap(*e, runs, &stamps)).collect();
+        for c in &mut live {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        rows.push(Row {
+            what: format!("reap, {REAP_JOBS} running, {HOSTS} hosts at once (median)"),
+            target: "< 200 ms",
+            sqlite: r[0].0.clone(),
+            postgres: r[1].0.clone(),
+        });
+        verdicts.push(format!("reap {}", verdict(r[1].1 < 200.0)));
+    }
 
     println!();
     println!("| measurement | target | SQLite | PostgreSQL |");
@@ -337,11 +351,5 @@ fn main() {
             row.what, row.target, row.sqlite, row.postgres
         );
     }
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!(
-        "targets on PostgreSQL: status {}, dispatch {}, reap {}",
-        verdict(s[1].1 < 100.0),
-        verdict(d[1].1 >= 1000.0),
-        verdict(r[1].1 < 200.0)
-    );
+    println!("targets on PostgreSQL: {}", verdicts.join(", "));
 }

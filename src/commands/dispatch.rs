@@ -218,9 +218,8 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         }
         // The next batch: up to CLAIM_BATCH jobs of the free slots left, less the
         // jobs whose task is over its budget (each uses a slot of this pass).
-        let want = (free - used).min(CLAIM_BATCH) as usize;
-        let mut batch = Vec::with_capacity(want);
-        while batch.len() < want {
+        let mut batch = Vec::with_capacity(CLAIM_BATCH as usize);
+        while (batch.len() as u32) < CLAIM_BATCH.min(free - used) {
             let Some((&id, after)) = rest.split_first() else {
                 break;
             };
@@ -233,9 +232,6 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                     "dispatch: job {id} not started: task {task_id} {}: {why} ({cancelled} queued job(s) cancelled; reconcile announces it)",
                     if escalated { "escalated" } else { "already escalated" }
                 );
-                if used >= free {
-                    break;
-                }
                 continue;
             }
             batch.push(id);
@@ -250,8 +246,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 "dispatch: job {id} not claimed: another pass took it, or staging was taken; trying the next"
             );
         }
-        // Every claimed job is launched, deadline or not: a claimed job nobody
-        // launches would sit running until reap's dead-pid tier rescues it.
+        // Every claimed job is launched, deadline or not, and an error failing one job
+        // stops none of the others: a claimed job nobody launches would sit running
+        // until reap's dead-pid tier rescues it. The first such error ends the pass.
+        let mut error = None;
         for &id in &claims.claimed {
             used += 1;
             match launch(ctx, id) {
@@ -262,10 +260,17 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 Err(e) => {
                     failed += 1;
                     log::error!("dispatch: could not launch job {id}: {e:#}");
-                    let attempt = db.job(id)?.map(|j| j.attempt).unwrap_or(1);
-                    db.finish_job(id, attempt, JobStatus::Failed, now)?;
+                    if let Err(e) = fail_unlaunched(db, id, now) {
+                        log::error!(
+                            "dispatch: job {id} stays running until reap rescues it: {e:#}"
+                        );
+                        error.get_or_insert(e);
+                    }
                 }
             }
+        }
+        if let Some(e) = error {
+            return Err(e);
         }
         if let Some(id) = claims.untried.first() {
             lost += 1;
@@ -286,6 +291,14 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
         ("branch_waits", branch_waits.len() as i64),
         ("hold_waits", on_hold.len() as i64),
     ]))
+}
+
+/// Flips a claimed job that could not be launched to `failed`, so it never sits
+/// `running` with nothing behind it.
+fn fail_unlaunched(db: &Db, id: i64, now: i64) -> Result<()> {
+    let attempt = db.job(id)?.map(|j| j.attempt).unwrap_or(1);
+    db.finish_job(id, attempt, JobStatus::Failed, now)?;
+    Ok(())
 }
 
 /// Why a deployer job of a held project waits (dry run and log).

@@ -109,6 +109,8 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
     let mut t = Tally::default();
     let mut after = (i64::MIN, i64::MIN);
     let mut procs: Option<ProcView> = None;
+    // Whether every page was read (no deadline stop).
+    let mut read_all = false;
     // Between pages and jobs, never within one: past the pass deadline (a write lock
     // held elsewhere makes each write wait busy_timeout) the rest wait for the next pass.
     while !ctx.bounds().stop_for_deadline("reaping jobs") {
@@ -121,7 +123,10 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
                 ProcView::direct()
             }
         });
-        let Some((last, _)) = page.last() else { break };
+        let Some((last, _)) = page.last() else {
+            read_all = true;
+            break;
+        };
         after = *last;
         for ((_, id), row) in page {
             if ctx.bounds().past_deadline() {
@@ -164,14 +169,18 @@ pub fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool) -> Result<PassOutcome
             }
         }
     }
-    // The other hosts' jobs not read: their heartbeat is within the timeout.
+    // After every page: the other hosts' jobs not read had a heartbeat within the
+    // timeout (a pass stopped by its deadline cannot tell them from those not reached).
     let fresh_elsewhere = (elsewhere - t.elsewhere).max(0);
-    t.alive += fresh_elsewhere;
     t.elsewhere = t.elsewhere.max(elsewhere);
-    if dry_run && fresh_elsewhere > 0 {
-        println!(
-            "{fresh_elsewhere} job(s) of other hosts: skip: heartbeat within {heartbeat_timeout}s (ORCH_HEARTBEAT_TIMEOUT_S)"
-        );
+    if read_all && fresh_elsewhere > 0 {
+        if dry_run {
+            println!(
+                "{fresh_elsewhere} job(s) of other hosts: skip: heartbeat within {heartbeat_timeout}s (ORCH_HEARTBEAT_TIMEOUT_S)"
+            );
+        } else {
+            t.alive += fresh_elsewhere;
+        }
     }
     if !dry_run {
         // The state dir's atomically written files (the merge lease, reconcile's

@@ -494,6 +494,21 @@ fn unpinned_reap_judges_heartbeats_by_the_database_clock() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(count_in(&err, "other_hosts"), 2, "{err}");
     assert_eq!(count_in(&err, "flipped_heartbeat_expired"), 1, "{err}");
+    // Only the silent job was fetched; the live one was counted alive, not read.
+    assert_eq!(count_in(&err, "scanned"), 1, "{err}");
+    assert_eq!(count_in(&err, "alive"), 1, "{err}");
     assert_eq!(job_state(&env, jobs[0]).0, "running");
     assert_eq!(job_state(&env, jobs[1]).0, "failed");
+    // A dry run says what it left without reading it.
+    let out = env
+        .command(&["reap", "--dry-run"])
+        .env_remove("ORCH_NOW")
+        .env("ORCH_HOST_ID", "here")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 job(s) of other hosts: skip: heartbeat within"),
+        "{text}"
+    );
 }

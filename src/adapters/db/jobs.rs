@@ -821,7 +821,7 @@ impl Db {
     /// pid), and another host's only once its last sign of life (heartbeat, else start)
     /// is older than `horizon` ([`crate::core::reap::heartbeat_horizon`]): the others'
     /// live jobs are theirs to judge, counted by [`Db::running_elsewhere`] without being
-    /// read. Keyset paging along the `jobs_by_status` index, so a pass over n running
+    /// fetched (the database still walks their index entries). Keyset paging along the `jobs_by_status` index, so a pass over n running
     /// jobs reads each index entry once, whatever the page size.
     ///
     /// A row that cannot be parsed comes back as `Err` with its id, so the reaper logs it

@@ -184,17 +184,15 @@ pub fn display_location(db: &Path) -> String {
 
 /// Opens `ORCH_DB` (a file or a PostgreSQL URL) to read only: nothing is created,
 /// migrated or written (a SQLite file is opened read-only and must exist; a PostgreSQL
-/// session is made read-only, so the server refuses any write on it).
+/// connection refuses every write itself and begins its transactions `READ ONLY`).
 ///
 /// # Errors
 /// When the file does not exist or the server cannot be reached.
 pub fn open_read_only(db: &Path) -> Result<Conn> {
     if is_postgres_url(db) {
-        let mut client = pg::connect(db.to_str().context("ORCH_DB is not valid UTF-8")?)?;
-        client
-            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            .context("making the database session read-only")?;
-        return Ok(Conn::postgres(client));
+        return Ok(Conn::postgres_read_only(pg::connect(
+            db.to_str().context("ORCH_DB is not valid UTF-8")?,
+        )?));
     }
     if !db.is_file() {
         bail!("database {} does not exist", db.display());

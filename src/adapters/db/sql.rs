@@ -53,6 +53,9 @@ pub enum Error {
     Postgres(postgres::Error),
     /// `query_row` found no row ([`OptionalExtension::optional`] turns it into `None`).
     NoRows,
+    /// A write on a connection opened read-only ([`Conn::postgres_read_only`]), refused
+    /// before it reached the server.
+    ReadOnly,
     /// A column could not be read as the type asked for.
     Conversion {
         /// The column's index.
@@ -75,6 +78,7 @@ impl fmt::Display for Error {
                 None => write!(f, "{e}"),
             },
             Error::NoRows => f.write_str("the query returned no row"),
+            Error::ReadOnly => f.write_str("a write was refused: the connection is read-only"),
             Error::Conversion { index, message } => {
                 write!(f, "column {index} could not be read: {message}")
             }
@@ -454,6 +458,8 @@ struct PgConn {
     statements: HashMap<String, postgres::Statement>,
     /// Whether a transaction is open ([`Conn::begin`] until commit or rollback).
     in_tx: bool,
+    /// Opened read-only ([`Conn::postgres_read_only`]): every write refused here.
+    read_only: bool,
 }
 
 enum Inner {
@@ -476,11 +482,23 @@ impl Conn {
 
     /// Wraps an open PostgreSQL client.
     pub fn postgres(client: postgres::Client) -> Conn {
+        Conn::pg(client, false)
+    }
+
+    /// A PostgreSQL connection that refuses every write ([`Error::ReadOnly`]) and whose
+    /// transactions are `READ ONLY`: per statement and per transaction, never a session
+    /// setting, which a pooler (PgBouncer) would hand on to other clients.
+    pub fn postgres_read_only(client: postgres::Client) -> Conn {
+        Conn::pg(client, true)
+    }
+
+    fn pg(client: postgres::Client, read_only: bool) -> Conn {
         Conn {
             inner: Inner::Postgres(Box::new(RefCell::new(PgConn {
                 client,
                 statements: HashMap::new(),
                 in_tx: false,
+                read_only,
             }))),
         }
     }
@@ -531,6 +549,9 @@ impl Conn {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Inner::Postgres(pg) => {
                 let mut pg = pg.borrow_mut();
+                if pg.read_only && writes(sql) {
+                    return Err(Error::ReadOnly);
+                }
                 if pg.in_tx || !writes(sql) {
                     return Ok(pg.client.batch_execute(sql)?);
                 }
@@ -681,6 +702,9 @@ impl Conn {
             }
             (Inner::Postgres(pg), Begin::Write | Begin::Exclusive) => {
                 let mut pg = pg.borrow_mut();
+                if pg.read_only {
+                    return Err(Error::ReadOnly);
+                }
                 pg.begin_write()?;
                 pg.in_tx = true;
             }
@@ -743,6 +767,9 @@ impl PgConn {
             &[&(dyn postgres::types::ToSql + Sync)],
         ) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
+        if self.read_only && writes(sql) {
+            return Err(Error::ReadOnly);
+        }
         let stmt = self.statement(sql)?;
         let refs = pg_params(values);
         if self.in_tx || !writes(sql) {
