@@ -1369,3 +1369,36 @@ fn a_delivery_the_locked_database_cannot_store_gets_no_answer_and_exit_2() {
     assert_eq!((status, run.code), (200, 0), "{}", run.stderr);
     assert_eq!(w.env.count("SELECT count(*) FROM deliveries"), 1);
 }
+
+/// A work item whose name holds a NUL character (JSON `\u0000`, which PostgreSQL's text
+/// cannot store): the delivery is stored and acted on on either engine, the title kept
+/// with the NUL replaced, nothing left pending for reconcile to fail on every pass.
+#[test]
+fn a_nul_in_a_work_item_name_is_stored_and_acted_on_on_either_engine() {
+    let w = world();
+    let mut body: serde_json::Value = serde_json::from_slice(&start_delivery(7)).unwrap();
+    body["data"]["name"] = json!("Crash\u{0}on save");
+    let body = serde_json::to_vec(&body).unwrap();
+    assert!(body.windows(6).any(|x| x == b"\\u0000"), "escaped in JSON");
+    let (run, status) = stdio(&w.env, &signed(&body, "d-nul"));
+    assert_eq!(
+        (status, run.code),
+        (200, 0),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(
+        outcomes(&w.env),
+        vec![(
+            "started".to_string(),
+            "task ORCH-7 created, analyst job 1 queued".to_string()
+        )]
+    );
+    let title: String = w
+        .env
+        .db()
+        .query_row("SELECT title FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(title, "Crash\u{fffd}on save");
+}

@@ -197,13 +197,25 @@ impl ToSql for f64 {
 
 impl ToSql for str {
     fn to_value(&self) -> Value {
-        Value::Text(self.to_owned())
+        Value::Text(storable_text(self))
     }
 }
 
 impl ToSql for String {
     fn to_value(&self) -> Value {
-        Value::Text(self.clone())
+        Value::Text(storable_text(self))
+    }
+}
+
+/// `text` as both engines store it: PostgreSQL's text cannot hold NUL (an error that
+/// would fail the write every time it is retried, a work item's name with `\u0000`
+/// among them), so each NUL becomes U+FFFD on either engine, and a lookup by the same
+/// text finds the row. Bytes (`Blob`) are stored as they are.
+fn storable_text(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -1190,6 +1202,11 @@ mod tests {
         assert!(writes("\n DELETE FROM t"));
         assert!(!writes("SELECT 1"));
         assert!(!writes("VACUUM ANALYZE"), "cannot run in a transaction");
+        assert_eq!(
+            "a\0b".to_value(),
+            Value::Text("a\u{fffd}b".into()),
+            "no NUL reaches either engine"
+        );
         assert!(!writes(
             "SELECT updated_at, deleted FROM tasks WHERE inserted_by = 1"
         ));
