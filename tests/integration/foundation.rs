@@ -50,6 +50,30 @@ fn the_read_only_connection_refuses_writes_on_either_engine() {
     assert_eq!(passes(&env.db()), before, "nothing written");
 }
 
+/// A long-lived connection running SQL built at run time keeps a bounded number of
+/// prepared statements, and every statement still runs after the cache was emptied.
+#[test]
+fn the_statement_cache_of_a_connection_is_bounded() {
+    let env = TestEnv::new();
+    let conn = env.db();
+    let limit = orch::adapters::db::sql::STATEMENT_CACHE;
+    for n in 0..limit + 100 {
+        let got: i64 = conn
+            .query_row(&format!("SELECT {n} + 1"), orch::sql_params![], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(got, n as i64 + 1);
+        assert!(conn.cached_statements() <= limit);
+    }
+    if !crate::common::sqlite_only() {
+        assert!(
+            conn.cached_statements() > 0,
+            "PostgreSQL caches its statements"
+        );
+    }
+}
+
 /// Runs `orch ARGS` from a shell whose umask is 022 (a login shell's usual one).
 fn under_umask_022(env: &TestEnv, args: &str) -> crate::common::Run {
     let script = format!("umask 022; exec {} {args}", env!("CARGO_BIN_EXE_orch"));

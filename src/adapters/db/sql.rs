@@ -465,6 +465,10 @@ pub enum Engine {
 }
 
 /// A PostgreSQL client and the statements it has prepared (by SQL text as written).
+/// Prepared statements a PostgreSQL connection keeps at most (orch's fixed SQL is a few
+/// hundred texts).
+pub const STATEMENT_CACHE: usize = 1024;
+
 struct PgConn {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
@@ -512,6 +516,15 @@ impl Conn {
                 in_tx: false,
                 read_only,
             }))),
+        }
+    }
+
+    /// How many prepared statements this connection keeps: on PostgreSQL at most
+    /// [`STATEMENT_CACHE`]; on SQLite rusqlite's own cache, bounded too (reported as 0).
+    pub fn cached_statements(&self) -> usize {
+        match &self.inner {
+            Inner::Sqlite(_) => 0,
+            Inner::Postgres(pg) => pg.borrow().statements.len(),
         }
     }
 
@@ -800,10 +813,15 @@ impl PgConn {
         }
     }
 
-    /// The prepared statement of `sql` (prepared once per connection).
+    /// The prepared statement of `sql` (prepared once per connection; the cache is
+    /// emptied once it holds [`STATEMENT_CACHE`] texts, so a long-lived connection
+    /// running SQL built at run time does not grow without end).
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
+        }
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
         }
         let stmt = self.client.prepare(&to_postgres(sql))?;
         self.statements.insert(sql.to_owned(), stmt.clone());
