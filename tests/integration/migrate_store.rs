@@ -112,3 +112,36 @@ fn migrate_store_refuses_what_it_cannot_copy() {
     .expect(2)
     .stderr_has("connecting to the database postgres://orch:***@127.0.0.1:1/orch");
 }
+
+/// Text an older orch stored with a NUL in it (SQLite keeps it; PostgreSQL's text cannot)
+/// moves over with the NUL as U+FFFD instead of stopping the copy at that row.
+#[test]
+fn text_with_a_nul_moves_over_with_the_nul_replaced() {
+    if crate::common::sqlite_only() {
+        return; // needs the PostgreSQL target
+    }
+    let mut env = TestEnv::new();
+    let url = env.db_path().display().to_string();
+    let file = env.path("old.db").display().to_string();
+    env.set("ORCH_DB", &file);
+    env.run(&["init"]).expect(0);
+    add_task(&env, 1);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute(
+        "UPDATE tasks SET title = ?1 WHERE key = 'ORCH-1'",
+        ["Crash\0on save"],
+    )
+    .unwrap();
+    let nul: i64 = conn
+        .query_row("SELECT instr(title, char(0)) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(nul, 6, "the file holds the NUL");
+    drop(conn);
+    env.run(&["migrate-store", "--to", &url]).expect(0);
+    env.set("ORCH_DB", &url);
+    let shown = env
+        .run(&["task", "show", "ORCH-1", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["title"], "Crash\u{fffd}on save", "{shown}");
+}

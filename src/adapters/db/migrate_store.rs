@@ -103,19 +103,22 @@ pub fn copy_store(from: &Db, to: &mut Db) -> Result<Vec<Copied>> {
             columns.join(", "),
             marks.join(", ")
         );
-        let rows: Vec<Vec<Value>> = read.query_all(
-            &format!("SELECT {} FROM {table}", columns.join(", ")),
-            [],
-            |r| (0..columns.len()).map(|i| r.get::<_, Value>(i)).collect(),
-        )?;
-        let read_rows = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-        for (n, row) in rows.into_iter().enumerate() {
+        // Row by row from the source's cursor: a table of millions of rows (or of
+        // large webhook bodies) is never held in memory at once.
+        let mut select = read.prepare(&format!("SELECT {} FROM {table}", columns.join(", ")))?;
+        let mut rows = select.query([])?;
+        let mut read_rows = 0i64;
+        while let Some(r) = rows.next()? {
+            let row: Vec<Value> = (0..columns.len())
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<Result<_, _>>()?;
+            read_rows += 1;
             // Named by its first column (the id, where there is one), never dumped: a
             // row may hold a whole webhook body.
             let key = match row.first() {
                 Some(Value::Int(i)) => i.to_string(),
                 Some(Value::Text(t)) => t.chars().take(80).collect(),
-                _ => format!("#{}", n + 1),
+                _ => format!("#{read_rows}"),
             };
             write
                 .execute(&insert, row)

@@ -233,7 +233,10 @@ impl ToSql for Vec<u8> {
 
 impl ToSql for Value {
     fn to_value(&self) -> Value {
-        self.clone()
+        match self {
+            Value::Text(t) => Value::Text(storable_text(t)),
+            other => other.clone(),
+        }
     }
 }
 
@@ -269,7 +272,12 @@ impl Params for [&dyn ToSql; 0] {
 
 impl Params for Vec<Value> {
     fn values(self) -> Vec<Value> {
-        self
+        self.into_iter()
+            .map(|v| match v {
+                Value::Text(t) if t.contains('\0') => Value::Text(storable_text(&t)),
+                other => other,
+            })
+            .collect()
     }
 }
 
