@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::adapters::db::shared_files::KIND_CURSOR;
-use crate::adapters::db::{Db, Engine, MoveError};
+use crate::adapters::db::{Db, Engine, MoveError, PageTask, TaskHead};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
 use crate::core::gate;
@@ -119,28 +119,30 @@ struct Pass<'a> {
     ci_failures: std::collections::HashMap<i64, crate::core::facts::CiFailure>,
 }
 
-/// Tasks are read in pages of this many (`Db::tasks_page`): a pass holds one page of
-/// tasks at a time, never all of them.
+/// Tasks are read in pages of this many (`Db::task_heads_page`): a pass holds one page
+/// of tasks at a time, never all of them.
 const TASK_PAGE: usize = 512;
 
 /// Calls `each` on every task with `after < id <= upto`, page by page in id order,
-/// until it returns `false`.
+/// until it returns `false`. A task is read whole only when `full` says so of its head
+/// (the guards' columns); `each` gets the rest as a head.
 fn for_each_task(
     db: &mut Db,
     after: i64,
     upto: Option<i64>,
-    mut each: impl FnMut(&mut Db, &Task) -> Result<bool>,
+    mut full: impl FnMut(&TaskHead) -> bool,
+    mut each: impl FnMut(&mut Db, &PageTask) -> Result<bool>,
 ) -> Result<()> {
     let mut after = after;
     loop {
-        let page = db.tasks_page(after, upto, TASK_PAGE)?;
+        let page = db.task_heads_page(after, upto, TASK_PAGE, &mut full)?;
         for t in &page {
             if !each(db, t)? {
                 return Ok(());
             }
         }
         match page.last() {
-            Some(last) if page.len() == TASK_PAGE => after = last.id,
+            Some(last) if page.len() == TASK_PAGE => after = last.id(),
             _ => return Ok(()),
         }
     }
@@ -186,14 +188,20 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     if !replay && s.reconcile_skip_blocked_enabled {
         let live = db.live_jobs_by_task()?;
         let projects = ctx.config.pipeline.projects.len();
-        for_each_task(db, 0, None, |_, t| {
-            if !passing.contains(&t.project)
-                && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
-            {
-                passing.insert(t.project.clone());
-            }
-            Ok(passing.len() < projects)
-        })?;
+        for_each_task(
+            db,
+            0,
+            None,
+            |_| false,
+            |_, t| {
+                if !passing.contains(t.project())
+                    && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+                {
+                    passing.insert(t.project().to_string());
+                }
+                Ok(passing.len() < projects)
+            },
+        )?;
     }
     let mut to_list: Vec<&Project> = Vec::new();
     for project in &ctx.config.pipeline.projects {
@@ -203,8 +211,17 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
         }
     }
     let mut listings: HashMap<String, ProjectListing> = HashMap::new();
+    // What the store knows of the listed projects' tasks, in one read of each table;
+    // each project's part is dropped once it is listed.
+    let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
+    let known = if p.plane.is_some() && !to_list.is_empty() {
+        db.projects_known(&names)?
+    } else {
+        Vec::new()
+    };
+    let mut known = known.into_iter();
     for project in to_list {
-        let l = p.list_project(db, project)?;
+        let l = p.list_project(db, project, known.next().unwrap_or_default())?;
         listings.insert(project.name.clone(), l);
     }
 
@@ -236,14 +253,32 @@ struct Walk {
     lines: Vec<TaskLine>,
 }
 
-fn facts_of(t: &Task, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
+fn facts_of(t: &PageTask, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
     GuardFacts {
-        stage: t.stage,
-        stage_entered_at: t.stage_entered_at,
-        live_job: live.get(&t.id).map(|(id, s)| (*id, s.as_str())),
-        developer_retries: t.developer_retries,
-        escalated: t.escalated_at.is_some(),
+        stage: t.stage(),
+        stage_entered_at: t.stage_entered_at(),
+        live_job: live.get(&t.id()).map(|(id, s)| (*id, s.as_str())),
+        developer_retries: t.developer_retries(),
+        escalated: t.escalated_at().is_some(),
     }
+}
+
+/// Whether the local guards let a task through (`core::reconcile::local_guards` on its
+/// head): only such a task can be evaluated, so only it is read whole.
+fn passes_local_guards(
+    h: &TaskHead,
+    live: &HashMap<i64, (i64, JobStatus)>,
+    now: i64,
+    limits: &Limits,
+) -> bool {
+    let facts = GuardFacts {
+        stage: h.stage,
+        stage_entered_at: h.stage_entered_at,
+        live_job: live.get(&h.id).map(|(id, s)| (*id, s.as_str())),
+        developer_retries: h.developer_retries,
+        escalated: h.escalated_at.is_some(),
+    };
+    local_guards(&facts, now, limits).is_none()
 }
 
 impl Pass<'_> {
@@ -274,14 +309,16 @@ impl Pass<'_> {
             if upto.is_some_and(|u| u <= 0) {
                 continue;
             }
-            for_each_task(db, after, upto, |db, t| {
+            let (now, limits) = (self.now, self.limits);
+            let full = |h: &TaskHead| passes_local_guards(h, live, now, &limits);
+            for_each_task(db, after, upto, full, |db, t| {
                 // Between tasks, never within one: the next pass starts after the last
                 // task this one handled.
                 if self.ctx.stop_between_items("judging tasks") {
                     walk.out_of_time = true;
                     return Ok(false);
                 }
-                self.judge_one(db, t, live, listings, skip_blocked, cap, &mut walk);
+                self.judge_one(db, t, live, listings, skip_blocked, cap, &mut walk)?;
                 Ok(true)
             })?;
             if walk.out_of_time {
@@ -330,22 +367,26 @@ impl Pass<'_> {
 
     /// Judges one task, acts on the verdict, and keeps its report line when the report
     /// shows it.
+    ///
+    /// # Errors
+    /// Only when a task the page read as a head must be read whole and cannot be (never
+    /// in practice: the page reads whole every task its local guards let through).
     #[allow(clippy::too_many_arguments)]
     fn judge_one(
         &mut self,
         db: &mut Db,
-        t: &Task,
+        t: &PageTask,
         live: &HashMap<i64, (i64, JobStatus)>,
         listings: &HashMap<String, ProjectListing>,
         skip_blocked: bool,
         cap: usize,
         walk: &mut Walk,
-    ) {
+    ) -> Result<()> {
         self.report.c.scanned += 1;
         let listed = skip_blocked.then(|| {
             reconcile::listed(
-                listings.get(&t.project).map(|l| &l.listing),
-                &t.work_item_id,
+                listings.get(t.project()).map(|l| &l.listing),
+                t.work_item_id(),
             )
         });
         let progress = Progress {
@@ -357,9 +398,11 @@ impl Pass<'_> {
             .ctx
             .config
             .pipeline
-            .project(&t.project)
+            .project(t.project())
             .map(|p| &p.states);
         let facts = facts_of(t, live);
+        // The whole task, once it is evaluated.
+        let mut whole: Option<std::borrow::Cow<'_, Task>> = None;
         let verdict = match reconcile::judge(
             &facts,
             self.now,
@@ -377,12 +420,23 @@ impl Pass<'_> {
             }
             Judgement::Evaluate => {
                 walk.handled += 1;
-                walk.last_handled = Some(t.id);
-                self.evaluate(db, t)
+                walk.last_handled = Some(t.id());
+                let task = match t {
+                    PageTask::Full(task) => std::borrow::Cow::Borrowed(task),
+                    PageTask::Head(h) => match db.task(h.id)? {
+                        Some(task) => std::borrow::Cow::Owned(task),
+                        None => anyhow::bail!("task {} disappeared during the pass", h.key),
+                    },
+                };
+                let verdict = self.evaluate(db, &task);
+                whole = Some(task);
+                verdict
             }
         };
-        let note = match &verdict {
-            TaskVerdict::Act { action } if !self.dry_run => self.act(db, t, action),
+        let note = match (&verdict, &whole) {
+            (TaskVerdict::Act { action }, Some(task)) if !self.dry_run => {
+                self.act(db, task, action)
+            }
             _ => None,
         };
         match &verdict {
@@ -394,16 +448,17 @@ impl Pass<'_> {
             TaskVerdict::Act { .. } => {}
         }
         if !(self.every_line || report::shown(false, &verdict, note.as_ref())) {
-            return;
+            return Ok(());
         }
         walk.lines.push(TaskLine {
-            id: t.id,
-            key: t.key.clone(),
-            project: t.project.clone(),
-            stage: t.stage,
+            id: t.id(),
+            key: t.key().to_string(),
+            project: t.project().to_string(),
+            stage: t.stage(),
             verdict,
             note,
         });
+        Ok(())
     }
 
     fn cursor_path(&self) -> PathBuf {

@@ -74,10 +74,10 @@ pub use moves::{Move, MoveError, Moved};
 pub use notifications::Notification;
 pub use passes::{PassRecord, PlaneBudget};
 pub use plane_states::read_cached_states;
-pub use reconcile::{ListedKnown, ListedTask, ESCALATION_KIND};
+pub use reconcile::{ListedKnown, ListedTask, ProjectKnown, ESCALATION_KIND};
 pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
-pub use tasks::TASK_COUNTS_DRIFT;
+pub use tasks::{PageTask, TaskHead, TASK_COUNTS_DRIFT};
 
 /// The numbered SQLite migrations; index + 1 is the `user_version` each one brings.
 const MIGRATIONS: &[&str] = &[
@@ -154,8 +154,8 @@ impl Created {
 
 /// Reads a text column as a `core` type that parses from its name.
 fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> sql::Result<T> {
-    let text: String = row.get(idx)?;
-    text.parse::<T>()
+    // Parsed from the column's text in place: no `String` a column.
+    row.with_text(idx, str::parse::<T>)?
         .map_err(|e| sql::Error::conversion(idx, e))
 }
 

@@ -1,11 +1,11 @@
 //! The SQL reconcile needs beyond the shared task and job queries: the live jobs of
 //! every task in one query, parking an escalated
 //! task's queued jobs, what the escalation sweep reads, and what the store knows of a
-//! listed page's work items (read per page, not per item).
+//! listed project's work items (read once per project listed, not per page or item).
 
 use std::collections::HashMap;
 
-use crate::adapters::db::sql::params;
+use crate::adapters::db::sql::{params, Error};
 use anyhow::Result;
 
 use crate::adapters::db::{parse_col, Db};
@@ -36,6 +36,157 @@ pub struct ListedKnown {
     pub tasks: HashMap<String, ListedTask>,
 }
 
+/// What the store knows of one work item: its task (the key as a range of
+/// [`ProjectKnown`]'s `keys`) and the newest update seen of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    id: i64,
+    newest_us: Option<i64>,
+    key_at: u32,
+    key_len: u16,
+    stage: Stage,
+    priority: Priority,
+}
+
+/// What the store knows of the work items of one project's tasks, read before the
+/// listing starts ([`Db::projects_known`]), so each listed page is looked up in memory
+/// instead of read. Compact: a work item id that is a UUID as Plane
+/// writes them (36 characters, lowercase hex) is held as its 16 bytes, in a vector
+/// sorted for binary search, and the task keys in one string (~60 bytes a task: ~2 MiB
+/// for 33,000 tasks); any other id as its text.
+///
+/// A listed work item it does not hold (no task of this project: one not started, or a
+/// task filed under another project) is read from the store as before
+/// ([`ProjectKnown::page`]). What the listing writes meanwhile (a newer update, a
+/// priority) it notes here too ([`ProjectKnown::noted`], [`ProjectKnown::prioritised`]), so
+/// it answers as a read of the store would for a work item listed twice.
+#[derive(Debug, Default)]
+pub struct ProjectKnown {
+    by_uuid: Vec<([u64; 2], Known)>,
+    by_text: HashMap<String, Known>,
+    keys: String,
+}
+
+/// The 16 bytes of a work item id written as a lowercase hyphenated UUID (the only
+/// spelling accepted, so two different ids never share the bytes), as two words.
+fn uuid_words(id: &str) -> Option<[u64; 2]> {
+    let b = id.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    Some([(v >> 64) as u64, v as u64])
+}
+
+impl ProjectKnown {
+    fn get(&self, work_item_id: &str) -> Option<&Known> {
+        match uuid_words(work_item_id) {
+            Some(w) => self
+                .by_uuid
+                .binary_search_by(|(k, _)| k.cmp(&w))
+                .ok()
+                .map(|i| &self.by_uuid[i].1),
+            None => self.by_text.get(work_item_id),
+        }
+    }
+
+    fn by_words_mut(&mut self, w: [u64; 2]) -> Option<&mut Known> {
+        match self.by_uuid.binary_search_by(|(k, _)| k.cmp(&w)) {
+            Ok(i) => Some(&mut self.by_uuid[i].1),
+            Err(_) => None,
+        }
+    }
+
+    fn get_mut(&mut self, work_item_id: &str) -> Option<&mut Known> {
+        match uuid_words(work_item_id) {
+            Some(w) => self.by_words_mut(w),
+            None => self.by_text.get_mut(work_item_id),
+        }
+    }
+
+    /// How many tasks it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_uuid.len() + self.by_text.len()
+    }
+
+    /// Whether it holds no task.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the store knows of one listed page's work items: those it holds from
+    /// memory, the others (if any) read in [`Db::listed_known`]'s two queries.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn page(&self, db: &Db, work_item_ids: &[&str]) -> Result<ListedKnown> {
+        let mut misses: Vec<&str> = Vec::new();
+        let mut known = ListedKnown::default();
+        for id in work_item_ids {
+            match self.get(id) {
+                Some(k) => {
+                    let at = k.key_at as usize;
+                    let task = ListedTask {
+                        id: k.id,
+                        key: self.keys[at..at + usize::from(k.key_len)].to_string(),
+                        stage: k.stage,
+                        priority: k.priority,
+                    };
+                    known.tasks.insert((*id).to_string(), task);
+                    if let Some(us) = k.newest_us {
+                        known.newest_us.insert((*id).to_string(), us);
+                    }
+                }
+                None => misses.push(id),
+            }
+        }
+        if !misses.is_empty() {
+            let read = db.listed_known(&misses)?;
+            known.newest_us.extend(read.newest_us);
+            known.tasks.extend(read.tasks);
+        }
+        Ok(known)
+    }
+
+    /// Notes an update the listing wrote as the work item's newest (when newer).
+    pub fn noted(&mut self, work_item_id: &str, micros: i64) {
+        if let Some(k) = self.get_mut(work_item_id) {
+            if k.newest_us.is_none_or(|n| micros > n) {
+                k.newest_us = Some(micros);
+            }
+        }
+    }
+
+    /// Notes a priority the listing wrote on the work item's task.
+    pub fn prioritised(&mut self, work_item_id: &str, priority: Priority) {
+        if let Some(k) = self.get_mut(work_item_id) {
+            k.priority = priority;
+        }
+    }
+}
+
+/// A column that did not parse.
+fn conversion(idx: usize, message: String) -> Error {
+    Error::conversion(idx, message)
+}
+
 /// Returns `?1, ?2, ... ?n`.
 fn placeholders(n: usize) -> String {
     (1..=n)
@@ -48,6 +199,84 @@ fn placeholders(n: usize) -> String {
 pub const ESCALATION_KIND: &str = "escalation";
 
 impl Db {
+    /// Reads what the store knows of the work items of each of these projects' tasks
+    /// (each task's id, key, stage and priority, and the newest update seen of its work
+    /// item), for [`ProjectKnown::page`] to answer each listed page from: one pass over
+    /// `tasks` and one over `work_item_updates`, each read in storage order with no
+    /// index search per row. Returned in the order of `projects`; a pass drops each once
+    /// its project is listed.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn projects_known(&self, projects: &[&str]) -> Result<Vec<ProjectKnown>> {
+        let mut known: Vec<ProjectKnown> =
+            projects.iter().map(|_| ProjectKnown::default()).collect();
+        if projects.is_empty() {
+            return Ok(known);
+        }
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT project, work_item_id, id, key, stage, priority FROM tasks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(p) = r.with_text(0, |name| projects.iter().position(|q| *q == name))? else {
+                continue;
+            };
+            let known = &mut known[p];
+            let keys = &mut known.keys;
+            let Some((key_at, key_len)) = r.with_text(3, |key| {
+                let at = u32::try_from(keys.len()).ok()?;
+                let len = u16::try_from(key.len()).ok()?;
+                keys.push_str(key);
+                Some((at, len))
+            })?
+            else {
+                // Past 4 GiB of keys or a key over 64 KiB: read from the store instead.
+                continue;
+            };
+            let k = Known {
+                id: r.get(2)?,
+                newest_us: None,
+                key_at,
+                key_len,
+                stage: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
+                priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
+            };
+            match r.with_text(1, uuid_words)? {
+                Some(w) => known.by_uuid.push((w, k)),
+                None => {
+                    known.by_text.insert(r.get(1)?, k);
+                }
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        for k in &mut known {
+            k.by_uuid.sort_unstable_by_key(|a| a.0);
+            k.by_uuid.shrink_to_fit();
+            k.keys.shrink_to_fit();
+        }
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT work_item_id, updated_us FROM work_item_updates")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let us: i64 = r.get(1)?;
+            r.with_text(0, |id| {
+                // The id parsed once, then looked up in each project's part.
+                let words = uuid_words(id);
+                let found = known.iter_mut().find_map(|k| match words {
+                    Some(w) => k.by_words_mut(w),
+                    None => k.by_text.get_mut(id),
+                });
+                if let Some(k) = found {
+                    k.newest_us = Some(us);
+                }
+            })?;
+        }
+        Ok(known)
+    }
+
     /// Reads what the store knows of these work items (one listed page): the newest
     /// update seen of each and its task, in two queries, so a steady listing costs two
     /// reads a page instead of three a work item, and writes nothing.
@@ -175,6 +404,98 @@ mod tests {
         assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 1);
         assert_eq!(db.cancel_queued_jobs(t, 4).unwrap(), 0);
         assert_eq!(db.last_event_actor(t).unwrap().as_deref(), Some("operator"));
+    }
+
+    #[test]
+    fn a_work_item_id_is_held_as_bytes_only_when_spelled_as_plane_does() {
+        let id = "7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e02";
+        assert_eq!(
+            uuid_words(id),
+            Some([0x7b1e_4c2a_5d3f_4e8a, 0x9c61_2f0d_8b3a_1e02])
+        );
+        assert_eq!(uuid_words(&id.to_uppercase()), None, "one spelling only");
+        assert_eq!(uuid_words("7b1e4c2a5d3f-4e8a-9c61-2f0d8b3a1e02-"), None);
+        assert_eq!(uuid_words("7b1e4c2a-5d3f-4e8a-9c61-2f0d8b3a1e0g"), None);
+        assert_eq!(uuid_words("w1"), None);
+        assert_ne!(
+            uuid_words("00000000-0000-4000-8000-000000000001"),
+            uuid_words("00000000-0000-4000-8000-000000000010")
+        );
+    }
+
+    /// A project's read answers each page as [`Db::listed_known`]'s two queries do:
+    /// tasks of this project from memory, any other work item (another project's task,
+    /// none at all, an id spelled otherwise) from the store.
+    #[test]
+    fn a_projects_read_answers_a_page_as_the_store_does() {
+        use crate::adapters::db::test_support::new_task;
+        use crate::core::intake::SeenUpdate;
+        use crate::core::stage::Actor;
+        let (_d, mut db) = crate::adapters::db::test_support::db();
+        let mut ids = Vec::new();
+        for n in 1..=6u32 {
+            let mut t = new_task(n);
+            if n % 3 == 0 {
+                t.project = "shop".into();
+            }
+            if n == 2 {
+                t.work_item_id = "Plane-Item-2".into();
+            }
+            if n == 4 {
+                t.priority = Priority::High;
+            }
+            db.create_task(&t, Actor::Operator, "test", 1).unwrap();
+            ids.push(t.work_item_id);
+        }
+        let seen = |id: &str, micros: i64| SeenUpdate {
+            work_item_id: id.into(),
+            micros,
+            text: format!("t{micros}"),
+            source: "listing".into(),
+        };
+        db.note_updates(
+            &[seen(&ids[0], 10), seen(&ids[1], 20), seen(&ids[2], 30)],
+            1,
+        )
+        .unwrap();
+        db.note_updates(&[seen("no-task", 40)], 1).unwrap();
+        let known = db.projects_known(&["shop", "orch"]).unwrap().swap_remove(1);
+        assert_eq!(known.len(), 4, "the tasks of orch only");
+        let mut page: Vec<&str> = ids.iter().map(String::as_str).collect();
+        page.extend(["no-task", "never-seen", "plane-item-2"]);
+        let (a, b) = (
+            known.page(&db, &page).unwrap(),
+            db.listed_known(&page).unwrap(),
+        );
+        assert_eq!(a.tasks, b.tasks);
+        assert_eq!(a.newest_us, b.newest_us);
+        assert_eq!(a.tasks.len(), 6);
+        assert_eq!(a.newest_us.len(), 4);
+        assert_eq!(a.tasks[&ids[3]].priority, Priority::High);
+
+        // What the listing writes, noted: the page reads as the store does again.
+        let mut known = known;
+        db.note_updates(&[seen(&ids[0], 50), seen(&ids[1], 5)], 2)
+            .unwrap();
+        known.noted(&ids[0], 50);
+        known.noted(&ids[1], 5);
+        db.refresh_priorities(&[(ids[1].as_str(), Priority::Urgent)], 2)
+            .unwrap();
+        known.prioritised(&ids[1], Priority::Urgent);
+        let (a, b) = (
+            known.page(&db, &page).unwrap(),
+            db.listed_known(&page).unwrap(),
+        );
+        assert_eq!(a.tasks, b.tasks);
+        assert_eq!(a.newest_us, b.newest_us);
+        assert_eq!(a.newest_us[&ids[0]], 50);
+        assert_eq!(a.newest_us[&ids[1]], 20, "only ever raised");
+        assert_eq!(a.tasks[&ids[1]].priority, Priority::Urgent);
+        assert_eq!(a.tasks[&ids[0]].key, "ORCH-1");
+        assert_eq!(
+            a.tasks[&ids[2]].key, "ORCH-3",
+            "another project's task, read"
+        );
     }
 
     #[test]

@@ -430,6 +430,26 @@ impl Row<'_> {
         T::from_value(v).map_err(|m| Error::conversion(i, m))
     }
 
+    /// Hands column `idx`, which must be text, to `f` without copying it (SQLite), and
+    /// returns what `f` made of it: a column parsed into a small value (a stage, a work
+    /// item id's bytes) then costs no `String`.
+    ///
+    /// # Errors
+    /// When there is no such column or its value is not text.
+    pub fn with_text<T>(&self, idx: usize, f: impl FnOnce(&str) -> T) -> Result<T> {
+        match self {
+            Row::Sqlite(r) => match r.get_ref(idx)? {
+                rusqlite::types::ValueRef::Text(t) => Ok(f(&String::from_utf8_lossy(t))),
+                // Not text: the same error as reading it as a `String`.
+                _ => self.get::<_, String>(idx).map(|t| f(&t)),
+            },
+            Row::Postgres(_) => {
+                let text: String = self.get(idx)?;
+                Ok(f(&text))
+            }
+        }
+    }
+
     /// Reads column `idx` as it is.
     fn value(&self, i: usize) -> Result<Value> {
         match self {

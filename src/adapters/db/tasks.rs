@@ -42,6 +42,154 @@ fn task_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Task> {
     })
 }
 
+/// What a pass's walk over the tasks reads of every task: enough for the guards that
+/// skip most of them and for the report's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskHead {
+    /// The task id.
+    pub id: i64,
+    /// Its project.
+    pub project: String,
+    /// Its Plane work item.
+    pub work_item_id: String,
+    /// Its key.
+    pub key: String,
+    /// Its stage.
+    pub stage: Stage,
+    /// When it entered the stage.
+    pub stage_entered_at: i64,
+    /// Its developer retries.
+    pub developer_retries: u32,
+    /// When it was escalated, if it is.
+    pub escalated_at: Option<i64>,
+}
+
+/// One task of a page [`Db::task_heads_page`] read: the whole row, or only its head
+/// when the caller said it would not need the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageTask {
+    /// The whole row.
+    Full(Task),
+    /// The head only.
+    Head(TaskHead),
+}
+
+impl PageTask {
+    /// The task id.
+    #[must_use]
+    pub fn id(&self) -> i64 {
+        match self {
+            PageTask::Full(t) => t.id,
+            PageTask::Head(h) => h.id,
+        }
+    }
+
+    /// Its project.
+    #[must_use]
+    pub fn project(&self) -> &str {
+        match self {
+            PageTask::Full(t) => &t.project,
+            PageTask::Head(h) => &h.project,
+        }
+    }
+
+    /// Its Plane work item.
+    #[must_use]
+    pub fn work_item_id(&self) -> &str {
+        match self {
+            PageTask::Full(t) => &t.work_item_id,
+            PageTask::Head(h) => &h.work_item_id,
+        }
+    }
+
+    /// Its key.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        match self {
+            PageTask::Full(t) => &t.key,
+            PageTask::Head(h) => &h.key,
+        }
+    }
+
+    /// Its stage.
+    #[must_use]
+    pub fn stage(&self) -> Stage {
+        match self {
+            PageTask::Full(t) => t.stage,
+            PageTask::Head(h) => h.stage,
+        }
+    }
+
+    /// When it entered the stage.
+    #[must_use]
+    pub fn stage_entered_at(&self) -> i64 {
+        match self {
+            PageTask::Full(t) => t.stage_entered_at,
+            PageTask::Head(h) => h.stage_entered_at,
+        }
+    }
+
+    /// Its developer retries.
+    #[must_use]
+    pub fn developer_retries(&self) -> u32 {
+        match self {
+            PageTask::Full(t) => t.developer_retries,
+            PageTask::Head(h) => h.developer_retries,
+        }
+    }
+
+    /// When it was escalated, if it is.
+    #[must_use]
+    pub fn escalated_at(&self) -> Option<i64> {
+        match self {
+            PageTask::Full(t) => t.escalated_at,
+            PageTask::Head(h) => h.escalated_at,
+        }
+    }
+}
+
+/// Reads a row of [`TASK_COLUMNS`] as a head, and as a whole task when `full` says so
+/// of its head: the other columns of a task a guard skips are never decoded.
+fn page_task_from_row(
+    row: &Row<'_>,
+    full: &mut impl FnMut(&TaskHead) -> bool,
+) -> crate::adapters::db::sql::Result<PageTask> {
+    let head = TaskHead {
+        id: row.get(0)?,
+        project: row.get(1)?,
+        work_item_id: row.get(2)?,
+        key: row.get(3)?,
+        stage: parse_col(row, 8)?,
+        stage_entered_at: row.get(9)?,
+        developer_retries: row.get(11)?,
+        escalated_at: row.get(12)?,
+    };
+    if !full(&head) {
+        return Ok(PageTask::Head(head));
+    }
+    Ok(PageTask::Full(Task {
+        id: head.id,
+        project: head.project,
+        work_item_id: head.work_item_id,
+        key: head.key,
+        title: row.get(4)?,
+        repo: row.get(5)?,
+        branch: row.get(6)?,
+        pr_number: row.get(7)?,
+        stage: head.stage,
+        stage_entered_at: head.stage_entered_at,
+        validated_revision: row.get(10)?,
+        developer_retries: head.developer_retries,
+        escalated_at: head.escalated_at,
+        escalation_reason: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+        round: row.get(16)?,
+        branch_ready_at: row.get(17)?,
+        priority: parse_col(row, 18)?,
+    }))
+}
+
 impl Db {
     /// Creates a task at `analysis`, once per work item, with its creation event.
     ///
@@ -130,6 +278,28 @@ impl Db {
             ),
             params![after, upto, sql_limit(limit)],
             task_from_row,
+        )
+    }
+
+    /// [`Db::tasks_page`], each task read whole only when `full` says so of its head
+    /// ([`PageTask`]): a pass whose guards skip most tasks decodes only what they read.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn task_heads_page(
+        &self,
+        after: i64,
+        upto: Option<i64>,
+        limit: usize,
+        mut full: impl FnMut(&TaskHead) -> bool,
+    ) -> Result<Vec<PageTask>> {
+        self.query_all(
+            &format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id > ?1 AND (id <= ?2 OR ?2 IS NULL)
+                 ORDER BY id LIMIT ?3"
+            ),
+            params![after, upto, sql_limit(limit)],
+            |row| page_task_from_row(row, &mut full),
         )
     }
 
@@ -408,6 +578,67 @@ mod tests {
         let mut clash = new_task(2);
         clash.key = "ORCH-1".into();
         assert!(db.create_task(&clash, Actor::Operator, "t", 1).is_err());
+    }
+
+    /// A page reads whole exactly the tasks the caller asks for, each as the task read
+    /// alone; the others' heads carry the same values.
+    #[test]
+    fn a_page_reads_whole_only_the_tasks_asked_for() {
+        let (_d, mut db) = db();
+        for n in 1..=5 {
+            db.create_task(&new_task(n), Actor::Operator, "t", 1)
+                .unwrap();
+        }
+        db.conn()
+            .execute(
+                "UPDATE tasks SET escalated_at = 9, developer_retries = 2, stage = 'review' WHERE id = 2",
+                [],
+            )
+            .unwrap();
+        let mut asked = Vec::new();
+        let page = db
+            .task_heads_page(1, Some(4), 10, |h| {
+                asked.push(h.id);
+                h.id % 2 == 0
+            })
+            .unwrap();
+        assert_eq!(asked, vec![2, 3, 4]);
+        assert_eq!(
+            page.iter().map(PageTask::id).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        for t in &page {
+            let whole = db.task(t.id()).unwrap().unwrap();
+            match t {
+                PageTask::Full(task) => assert_eq!(task, &whole),
+                PageTask::Head(h) => assert_eq!(h.id % 2, 1, "only odd ids are heads"),
+            }
+            assert_eq!(
+                (t.project(), t.work_item_id(), t.key(), t.stage()),
+                (
+                    whole.project.as_str(),
+                    whole.work_item_id.as_str(),
+                    whole.key.as_str(),
+                    whole.stage
+                )
+            );
+            assert_eq!(
+                (
+                    t.stage_entered_at(),
+                    t.developer_retries(),
+                    t.escalated_at()
+                ),
+                (
+                    whole.stage_entered_at,
+                    whole.developer_retries,
+                    whole.escalated_at
+                )
+            );
+        }
+        assert!(matches!(&page[0], PageTask::Full(t) if t.escalated_at == Some(9)));
+        let all = db.task_heads_page(0, None, 10, |_| true).unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.iter().all(|t| matches!(t, PageTask::Full(_))));
     }
 
     #[test]

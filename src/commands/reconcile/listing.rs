@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use crate::adapters::db::{Db, ListedKnown};
+use crate::adapters::db::{Db, ListedKnown, ProjectKnown};
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{PlaneClient, WorkItem, WorkItemPage};
 use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
@@ -27,10 +27,13 @@ pub(super) struct ProjectListing {
 
 impl Pass<'_> {
     /// Lists one project's work items page by page, resolving each state.
+    /// `known` is what the store knows of the project's tasks, read before the listing
+    /// (`Db::projects_known`).
     pub(super) fn list_project(
         &mut self,
         db: &mut Db,
         project: &Project,
+        known: ProjectKnown,
     ) -> Result<ProjectListing> {
         let mut l = ProjectListing::default();
         let Some(plane) = self.plane else {
@@ -52,7 +55,7 @@ impl Pass<'_> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             scope.spawn(move || fetch_pages(plane, bounds, pid, floor, &what, &tx));
-            self.take_pages(db, project, plane, &rx, l)
+            self.take_pages(db, project, plane, &rx, l, known)
         })
     }
 
@@ -64,11 +67,14 @@ impl Pass<'_> {
         plane: &PlaneClient,
         pages: &std::sync::mpsc::Receiver<Fetched>,
         mut l: ProjectListing,
+        mut store: ProjectKnown,
     ) -> Result<ProjectListing> {
         let pid = &project.plane_project_id;
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let mut states_refreshed = false;
         let replay = self.ctx.config.settings.reconcile_replay_enabled;
+        // Each page is looked up in `store` (a work item without a task of this project
+        // is read from the store, page by page).
         loop {
             // Between pages: the pass lease renewed (a pass that lost it stops here).
             if self.ctx.stop_between_items("listing Plane") {
@@ -105,12 +111,12 @@ impl Pass<'_> {
                     anyhow::bail!("project {}: the listing's reader ended early", project.name)
                 }
             };
-            // What the store knows of this page's work items, in two reads: a steady
-            // page then writes nothing and reads nothing more per item.
+            // What the store knows of this page's work items, from the project's read:
+            // a steady page then writes nothing and reads nothing more per item.
             let ids: Vec<&str> = page.items.iter().map(|i| i.id.as_str()).collect();
-            let known = db.listed_known(&ids)?;
-            self.note_listed_updates(db, &page.items, &known)?;
-            self.refresh_listed_priorities(db, &page.items, &known)?;
+            let known = store.page(db, &ids)?;
+            self.note_listed_updates(db, &page.items, &known, &mut store)?;
+            self.refresh_listed_priorities(db, &page.items, &known, &mut store)?;
             for mut item in page.items {
                 // The expanded state is moved out, not copied: only a replay candidate
                 // (rare in a steady pass) keeps the item, with a copy of it.
@@ -178,6 +184,7 @@ impl Pass<'_> {
         db: &mut Db,
         items: &[WorkItem],
         known: &ListedKnown,
+        store: &mut ProjectKnown,
     ) -> Result<()> {
         if self.dry_run {
             return Ok(());
@@ -195,7 +202,11 @@ impl Pass<'_> {
         if updates.is_empty() {
             return Ok(());
         }
-        db.note_updates(&updates, self.now)
+        db.note_updates(&updates, self.now)?;
+        for u in &updates {
+            store.noted(&u.work_item_id, u.micros);
+        }
+        Ok(())
     }
 
     /// Records each listed work item's priority on its task (one transaction a page,
@@ -206,6 +217,7 @@ impl Pass<'_> {
         db: &mut Db,
         items: &[WorkItem],
         known: &ListedKnown,
+        store: &mut ProjectKnown,
     ) -> Result<()> {
         if self.dry_run {
             return Ok(());
@@ -223,7 +235,11 @@ impl Pass<'_> {
         if listed.is_empty() {
             return Ok(());
         }
-        for (key, old, new) in db.refresh_priorities(&listed, self.now)? {
+        let changed = db.refresh_priorities(&listed, self.now)?;
+        for (work_item, priority) in &listed {
+            store.prioritised(work_item, *priority);
+        }
+        for (key, old, new) in changed {
             log::info!("task {key}: priority {old} -> {new} (as Plane lists it)");
             self.report.c.priorities += 1;
         }
