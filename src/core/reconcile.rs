@@ -232,12 +232,13 @@ pub fn decide(
 /// What a pass learned about one work item from the project's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listed {
-    /// Seen, with its state's name and group.
+    /// Seen, with its state's name and group (shared: a listing of 100,000 work items
+    /// holds each of its project's few states once, not once per item).
     Seen {
         /// The state's name.
-        name: String,
+        name: std::sync::Arc<str>,
         /// The state's group.
-        group: String,
+        group: std::sync::Arc<str>,
     },
     /// Seen, but its state id is neither expanded nor cached nor known to the States API.
     UnknownState(String),
@@ -256,8 +257,8 @@ pub enum Listed {
 pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> WorkItemState {
     match listed {
         Listed::Seen { name, group } => match meaning_of(meanings, name, group) {
-            Ok(Some(Meaning::Blocked)) => WorkItemState::Blocked(name.clone()),
-            Ok(_) => WorkItemState::Clear(name.clone()),
+            Ok(Some(Meaning::Blocked)) => WorkItemState::Blocked(name.to_string()),
+            Ok(_) => WorkItemState::Clear(name.to_string()),
             Err(_) => WorkItemState::Unknown(format!("state {name:?} matches two meanings")),
         },
         Listed::UnknownState(id) => WorkItemState::Unknown(format!("unknown state id {id}")),

@@ -25,6 +25,30 @@ pub(super) struct ProjectListing {
     pub(super) resolved: Vec<(WorkItem, CachedState)>,
 }
 
+/// States shared per listing at most ([`States`]).
+const MAX_SHARED_STATES: usize = 256;
+
+/// The states a listing saw, each name and group held once and shared by every listed
+/// item in it (a project has a few states; its listing, up to ~100,000 items).
+#[derive(Default)]
+struct States(Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>);
+
+impl States {
+    /// The shared name and group of a state.
+    fn intern(&mut self, name: &str, group: &str) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+        if let Some((n, g)) = self.0.iter().find(|(n, g)| **n == *name && **g == *group) {
+            return (n.clone(), g.clone());
+        }
+        let pair: (std::sync::Arc<str>, std::sync::Arc<str>) = (name.into(), group.into());
+        // A project has tens of states; past that (a Plane answering nonsense) each item
+        // keeps its own, so the search never grows with the listing.
+        if self.0.len() < MAX_SHARED_STATES {
+            self.0.push(pair.clone());
+        }
+        pair
+    }
+}
+
 impl Pass<'_> {
     /// Lists one project's work items page by page, resolving each state.
     /// `known` is what the store knows of the project's tasks, read before the listing
@@ -72,6 +96,7 @@ impl Pass<'_> {
         let pid = &project.plane_project_id;
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let mut states_refreshed = false;
+        let mut states = States::default();
         let replay = self.ctx.config.settings.reconcile_replay_enabled;
         // Each page is looked up in `store` (a work item without a task of this project
         // is read from the store, page by page).
@@ -139,9 +164,9 @@ impl Pass<'_> {
                     Some(st) => {
                         let candidate = replay
                             && Pass::replay_candidate(db, project, &st, known.tasks.get(&item.id))?;
-                        let seen = |st: CachedState| Listed::Seen {
-                            name: st.name,
-                            group: st.group,
+                        let mut seen = |st: CachedState| {
+                            let (name, group) = states.intern(&st.name, &st.group);
+                            Listed::Seen { name, group }
                         };
                         if candidate {
                             l.listing.items.insert(item.id.clone(), seen(st.clone()));
