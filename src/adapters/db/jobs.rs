@@ -476,7 +476,7 @@ impl Db {
     /// transaction (the writer lock: one claimer at a time on either engine). Reads the
     /// running jobs, all (the kept `job_counts`) and, under a per-host cap, `host`'s,
     /// and [`Caps::free`] says how many may start; then flips the ids still queued,
-    /// [`CLAIM_CHUNK`] at a time, by UPDATEs guarded by `status='queued'` and, for a
+    /// `CLAIM_CHUNK` (32) at a time, by UPDATEs guarded by `status='queued'` and, for a
     /// `deploy-staging` job, by no other `deploy-staging` job running (each of those has
     /// its own statement: staging is one shared environment). So racing passes, on one
     /// host or several, never start a job twice, never exceed the limit or a host's
