@@ -59,7 +59,12 @@ struct Known {
 /// task filed under another project) is read from the store as before
 /// ([`ProjectKnown::page`]). What the listing writes meanwhile (a newer update, a
 /// priority) it notes here too ([`ProjectKnown::noted`], [`ProjectKnown::prioritised`]), so
-/// it answers as a read of the store would for a work item listed twice.
+/// it answers as a read of the store would for a work item listed twice. What other
+/// processes write during the listing (a webhook moving a task's stage) is not here: a
+/// replay the listing's pre-filter passes over for a stage read before the move is
+/// made by the next pass (every write stays guarded in SQL, so nothing is written
+/// wrongly, only later). Read in keyset pages, so memory stays at the compact form on
+/// PostgreSQL too, which hands over a query's rows all at once.
 #[derive(Debug, Default)]
 pub struct ProjectKnown {
     by_uuid: Vec<([u64; 2], Known)>,
@@ -195,6 +200,13 @@ fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
+/// Rows read per query by [`Db::projects_known`] (2 in unit tests, so theirs read
+/// several pages).
+#[cfg(not(test))]
+const KNOWN_PAGE: usize = 5000;
+#[cfg(test)]
+const KNOWN_PAGE: usize = 2;
+
 /// The notification kind of an escalation.
 pub const ESCALATION_KIND: &str = "escalation";
 
@@ -214,65 +226,98 @@ impl Db {
         if projects.is_empty() {
             return Ok(known);
         }
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT project, work_item_id, id, key, stage, priority FROM tasks")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let Some(p) = r.with_text(0, |name| projects.iter().position(|q| *q == name))? else {
-                continue;
-            };
-            let known = &mut known[p];
-            let keys = &mut known.keys;
-            let Some((key_at, key_len)) = r.with_text(3, |key| {
-                let at = u32::try_from(keys.len()).ok()?;
-                let len = u16::try_from(key.len()).ok()?;
-                keys.push_str(key);
-                Some((at, len))
-            })?
-            else {
-                // Past 4 GiB of keys or a key over 64 KiB: read from the store instead.
-                continue;
-            };
-            let k = Known {
-                id: r.get(2)?,
-                newest_us: None,
-                key_at,
-                key_len,
-                stage: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
-                priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
-            };
-            match r.with_text(1, uuid_words)? {
-                Some(w) => known.by_uuid.push((w, k)),
-                None => {
-                    known.by_text.insert(r.get(1)?, k);
+        // Both tables in keyset pages of KNOWN_PAGE rows: PostgreSQL hands over a
+        // query's rows all at once, so one query over a whole table would hold every
+        // row in memory (the work item updates grow with every item ever listed).
+        let mut after = i64::MIN;
+        loop {
+            let mut stmt = self.conn().prepare_cached(
+                "SELECT id, project, work_item_id, key, stage, priority FROM tasks
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
+            let mut read = 0usize;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                after = r.get(0)?;
+                let Some(p) = r.with_text(1, |name| projects.iter().position(|q| *q == name))?
+                else {
+                    continue;
+                };
+                let known = &mut known[p];
+                let keys = &mut known.keys;
+                let Some((key_at, key_len)) = r.with_text(3, |key| {
+                    let at = u32::try_from(keys.len()).ok()?;
+                    let len = u16::try_from(key.len()).ok()?;
+                    keys.push_str(key);
+                    Some((at, len))
+                })?
+                else {
+                    // Past 4 GiB of keys or a key over 64 KiB: read from the store instead.
+                    continue;
+                };
+                let k = Known {
+                    id: after,
+                    newest_us: None,
+                    key_at,
+                    key_len,
+                    stage: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
+                    priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
+                };
+                match r.with_text(2, uuid_words)? {
+                    Some(w) => known.by_uuid.push((w, k)),
+                    None => {
+                        known.by_text.insert(r.get(2)?, k);
+                    }
                 }
             }
+            if read < KNOWN_PAGE {
+                break;
+            }
         }
-        drop(rows);
-        drop(stmt);
         for k in &mut known {
             k.by_uuid.sort_unstable_by_key(|a| a.0);
             k.by_uuid.shrink_to_fit();
             k.keys.shrink_to_fit();
         }
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT work_item_id, updated_us FROM work_item_updates")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let us: i64 = r.get(1)?;
-            r.with_text(0, |id| {
-                // The id parsed once, then looked up in each project's part.
-                let words = uuid_words(id);
-                let found = known.iter_mut().find_map(|k| match words {
-                    Some(w) => k.by_words_mut(w),
-                    None => k.by_text.get_mut(id),
-                });
-                if let Some(k) = found {
-                    k.newest_us = Some(us);
-                }
+        // The updates by work item id: the first page from the start, each next one
+        // after the last id read.
+        let mut last: Option<String> = None;
+        loop {
+            let mut stmt = self.conn().prepare_cached(if last.is_none() {
+                "SELECT work_item_id, updated_us FROM work_item_updates
+                 ORDER BY work_item_id LIMIT ?1"
+            } else {
+                "SELECT work_item_id, updated_us FROM work_item_updates
+                 WHERE work_item_id > ?1 ORDER BY work_item_id LIMIT ?2"
             })?;
+            let mut rows = match &last {
+                None => stmt.query(params![KNOWN_PAGE])?,
+                Some(id) => stmt.query(params![id.as_str(), KNOWN_PAGE])?,
+            };
+            let mut read = 0usize;
+            let mut cursor = last.take().unwrap_or_default();
+            while let Some(r) = rows.next()? {
+                read += 1;
+                let us: i64 = r.get(1)?;
+                r.with_text(0, |id| {
+                    cursor.clear();
+                    cursor.push_str(id);
+                    // The id parsed once, then looked up in each project's part.
+                    let words = uuid_words(id);
+                    let found = known.iter_mut().find_map(|k| match words {
+                        Some(w) => k.by_words_mut(w),
+                        None => k.by_text.get_mut(id),
+                    });
+                    if let Some(k) = found {
+                        k.newest_us = Some(us);
+                    }
+                })?;
+            }
+            if read < KNOWN_PAGE {
+                break;
+            }
+            last = Some(cursor);
         }
         Ok(known)
     }
