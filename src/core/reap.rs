@@ -195,6 +195,22 @@ pub fn heartbeat_horizon(now: i64, timeout_s: i64) -> i64 {
     now.saturating_sub(timeout_s)
 }
 
+/// Whether a reap on `this_host` must read a running job at all: its own jobs and those
+/// no host claimed (judged by pid), and another host's only once [`judge_heartbeat`]
+/// could flip it (its last sign older than `horizon`, strictly). The others' live jobs
+/// are theirs; `Db::running_page` filters by the same rule in SQL.
+pub fn reap_reads(
+    job_host: Option<&str>,
+    this_host: &str,
+    last_sign: Option<i64>,
+    horizon: i64,
+) -> bool {
+    match judged_by(job_host, this_host) {
+        Judged::ByPid => true,
+        Judged::ByHeartbeat => last_sign.is_some_and(|at| at < horizon),
+    }
+}
+
 /// Decides for a job running on another host, from its last sign of life
 /// (`last_sign`: its last heartbeat, else its start; unix seconds): flip it to `failed`
 /// (`heartbeat-expired`) when that is older than [`heartbeat_horizon`], strictly; leave
@@ -422,6 +438,28 @@ mod tests {
             judge(&no_start, JobLiveness::Alive, i64::MAX, &S),
             ReapAction::Leave
         );
+    }
+
+    #[test]
+    fn a_reap_reads_its_own_jobs_and_only_the_expired_of_other_hosts() {
+        // (job's host, its last sign of life, read by a reap on "a" at horizon 100)
+        let table: [(Option<&str>, Option<i64>, bool); 8] = [
+            (Some("a"), Some(500), true),
+            (Some("a"), None, true),
+            (None, Some(500), true),
+            (None, None, true),
+            (Some("b"), Some(99), true),
+            (Some("b"), Some(100), false),
+            (Some("b"), Some(500), false),
+            (Some("b"), None, false),
+        ];
+        for (host, last, read) in table {
+            assert_eq!(reap_reads(host, "a", last, 100), read, "{host:?} {last:?}");
+            // Whatever it skips, judge_heartbeat would have left.
+            if !read {
+                assert_eq!(judge_heartbeat(last, 100 + 8, 8), ReapAction::Leave);
+            }
+        }
     }
 
     #[test]

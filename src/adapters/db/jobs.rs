@@ -819,7 +819,8 @@ impl Db {
     /// Returns up to `limit` running jobs after the key `after` (`(enqueued_at, id)`), in
     /// that order, that a reap on `host` judges: its own and those no host claimed (by
     /// pid), and another host's only once its last sign of life (heartbeat, else start)
-    /// is older than `horizon` ([`crate::core::reap::heartbeat_horizon`]): the others'
+    /// is older than `horizon` ([`crate::core::reap::heartbeat_horizon`]; the rule is
+    /// [`crate::core::reap::reap_reads`], which a test holds this SQL to): the others'
     /// live jobs are theirs to judge, counted by [`Db::running_elsewhere`] without being
     /// fetched (the database still walks their index entries). Keyset paging along the `jobs_by_status` index, so a pass over n running
     /// jobs reads each index entry once, whatever the page size.
@@ -1361,19 +1362,11 @@ mod tests {
         assert_eq!(db.claim(a1, 11, Caps::global(4), "b").unwrap(), Claim::Full);
         assert_eq!(db.claim(d0, 11, Caps::global(9), "b").unwrap(), Claim::Lost);
         // More ids than one statement takes: every one claimed once.
-        let many: Vec<i64> = (0..2 * CLAIM_CHUNK + 3)
+        let many: Vec<i64> = (0..2 * CLAIM_CHUNK as u32 + 3)
             .map(|i| {
                 let t = db
                     .create_task(
-                        &NewTask {
-                            project: "orch".into(),
-                            work_item_id: format!("m{i}"),
-                            key: format!("M-{i}"),
-                            title: "t".into(),
-                            repo: "acme/orch".into(),
-                            branch: format!("m-{i}"),
-                            priority: crate::core::priority::Priority::None,
-                        },
+                        &crate::adapters::db::test_support::new_task(100 + i),
                         Actor::Operator,
                         "t",
                         1,
@@ -1389,6 +1382,59 @@ mod tests {
         assert_eq!(b.claimed, many);
         assert!(b.lost.is_empty() && b.untried.is_empty());
         assert_eq!(db.running_on_host("c").unwrap() as usize, many.len());
+    }
+
+    #[test]
+    fn the_reap_page_fetches_exactly_what_the_core_rule_says_a_reap_reads() {
+        use crate::core::reap::reap_reads;
+        let (_d, mut db) = crate::adapters::db::test_support::db();
+        // (host, heartbeat_at, started_at) of running jobs; a reap on "a", horizon 100.
+        let rows: [(Option<&str>, Option<i64>, Option<i64>); 9] = [
+            (Some("a"), Some(500), Some(1)),
+            (None, None, None),
+            (None, Some(500), Some(500)),
+            (Some("b"), Some(99), Some(1)),
+            (Some("b"), Some(100), Some(1)),
+            (Some("b"), Some(500), Some(1)),
+            (Some("b"), None, Some(99)),
+            (Some("b"), None, Some(100)),
+            (Some("b"), None, None),
+        ];
+        let mut want = Vec::new();
+        for (n, (host, beat, started)) in rows.iter().enumerate() {
+            let t = db
+                .create_task(
+                    &crate::adapters::db::test_support::new_task(n as u32 + 1),
+                    Actor::Operator,
+                    "t",
+                    1,
+                )
+                .unwrap()
+                .id();
+            let j = db
+                .enqueue_job(t, Agent::Analyst, Stage::Analysis, 1)
+                .unwrap()
+                .id();
+            db.conn()
+                .execute(
+                    "UPDATE jobs SET status = 'running', host = ?2, heartbeat_at = ?3,
+                            started_at = ?4 WHERE id = ?1",
+                    params![j, *host, *beat, *started],
+                )
+                .unwrap();
+            if reap_reads(*host, "a", beat.or(*started), 100) {
+                want.push(j);
+            }
+        }
+        let got: Vec<i64> = db
+            .running_page((i64::MIN, i64::MIN), 100, "a", 100)
+            .unwrap()
+            .into_iter()
+            .map(|((_, id), _)| id)
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(want.len(), 5, "3 by pid, 2 of b's expired");
+        assert_eq!(db.running_elsewhere("a").unwrap(), 6);
     }
 
     #[test]
