@@ -690,6 +690,22 @@ impl World {
         assert_eq!(self.stage(), "development");
     }
 
+    /// Production degrades after a release: the post-deploy watch rolls back once (part
+    /// B), then a reconcile pass (which also completes a round's branch if the reopen
+    /// could not make it) runs before the next dispatch, and the task is in development.
+    fn roll_back_and_reopen(&mut self) {
+        let ticks = self.degrade_and_tick(4);
+        let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
+        assert_eq!(
+            self.prod().rollbacks(),
+            1,
+            "one rollback ran (part B):\n{}",
+            log.join("\n")
+        );
+        self.reconcile_after_grace();
+        assert_eq!(self.stage(), "development", "reopened by the rollback");
+    }
+
     /// Nothing but the pipeline moved the task, and nobody but Plane's two deliveries
     /// (start, approval) came from a human.
     fn assert_no_human_but_the_approval(&mut self) {
@@ -746,20 +762,9 @@ fn an_ordinary_repo_ships_is_rolled_back_and_ships_again() {
 
     // Production degrades in the window: DEGRADED → rollback → reopened (part B: the
     // default post-deploy repos are every project with a health_url).
-    let ticks = w.degrade_and_tick(4);
-    let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
-    assert_eq!(
-        w.prod().rollbacks(),
-        1,
-        "one rollback ran (part B):\n{}",
-        log.join("\n")
-    );
+    w.roll_back_and_reopen();
     assert_eq!(w.prod().health(), 200, "the previous release is healthy");
-    // The timers go on: a reconcile pass (which also completes a round's branch if the
-    // reopen could not make it) before the next dispatch.
-    w.reconcile_after_grace();
     let task = w.task();
-    assert_eq!(task["stage"], "development", "reopened by the rollback");
     // Part B: a new round, with no PR, no pin and a branch from the current main.
     assert_eq!(
         w.env.count(&format!(
@@ -904,11 +909,7 @@ fn two_hosts_take_turns_at_every_timer_through_a_release_a_rollback_and_a_second
     w.on_hosts(&["host-a", "host-b"]);
     w.start_and_approve();
     w.round_from_development(1);
-    let ticks = w.degrade_and_tick(4);
-    let log: Vec<&str> = ticks.iter().map(|r| r.stderr.as_str()).collect();
-    assert_eq!(w.prod().rollbacks(), 1, "{}", log.join("\n"));
-    w.reconcile_after_grace();
-    assert_eq!(w.stage(), "development", "reopened by the rollback");
+    w.roll_back_and_reopen();
     w.round_from_development(2);
 
     // Round 2's developer was handed the rollback's feedback, on whichever host.
