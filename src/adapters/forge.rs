@@ -51,9 +51,82 @@ pub struct Forge<'a> {
     /// Whether a recorded PR is answered from the repo's open pulls listing (a pass over
     /// many tasks) rather than read by number (one task).
     from_listing: bool,
-    open_pulls: HashMap<String, Result<Vec<PullRequest>, String>>,
+    open_pulls: HashMap<String, Result<OpenPulls, String>>,
     /// Gitea calls made (a listing counts one per page read).
     pub requests: i64,
+}
+
+/// A repo's open pulls as listed (newest first), looked up by number and by head branch
+/// in constant time: a pass asks once per gated task, and a big repo lists thousands.
+#[derive(Debug, Default)]
+struct OpenPulls {
+    listed: Vec<PullRequest>,
+    /// Index in `listed` of each number.
+    by_number: HashMap<u64, usize>,
+    /// Index in `listed` of each head branch's first (newest) PR, as a walk of the
+    /// listing would find it.
+    by_branch: HashMap<String, usize>,
+}
+
+impl OpenPulls {
+    fn new(listed: Vec<PullRequest>) -> OpenPulls {
+        let mut by_number = HashMap::with_capacity(listed.len());
+        let mut by_branch = HashMap::with_capacity(listed.len());
+        for (i, pr) in listed.iter().enumerate() {
+            by_number.entry(pr.number).or_insert(i);
+            by_branch.entry(pr.head.ref_name.clone()).or_insert(i);
+        }
+        OpenPulls {
+            listed,
+            by_number,
+            by_branch,
+        }
+    }
+
+    /// The listed PR numbered `n`.
+    fn numbered(&self, n: u64) -> Option<&PullRequest> {
+        self.by_number.get(&n).map(|&i| &self.listed[i])
+    }
+
+    /// The newest listed PR whose head is `branch`.
+    fn of_branch(&self, branch: &str) -> Option<&PullRequest> {
+        self.by_branch.get(branch).map(|&i| &self.listed[i])
+    }
+}
+
+/// A repo's open pulls as [`list_open_pulls`] read them, and the requests that took.
+#[derive(Debug)]
+pub struct ListedPulls {
+    pulls: Result<OpenPulls, String>,
+    requests: i64,
+}
+
+/// Lists `repo`'s open pulls, every page (at most 1,000), for a [`Forge`] to adopt: an
+/// error on any page makes the whole listing the error.
+pub fn list_open_pulls(client: &GiteaClient, repo: &str) -> ListedPulls {
+    let mut all = Vec::new();
+    let mut requests = 0;
+    for page in 1..=1000 {
+        requests += 1;
+        match client.list_open_pulls_page(repo, page, all.len()) {
+            Ok(p) => {
+                all.extend(p.pulls);
+                if !p.more {
+                    break;
+                }
+            }
+            Err(e) => {
+                return ListedPulls {
+                    pulls: Err(e.to_string()),
+                    requests,
+                }
+            }
+        }
+    }
+    ListedPulls {
+        pulls: Ok(OpenPulls::new(all)),
+        requests,
+    }
 }
 
 /// What the forge told about one task.
@@ -208,10 +281,9 @@ impl<'a> Forge<'a> {
             }
             // Closed or merged: never the current PR here; the branch's open PR is.
         }
-        let listed = self.open_pulls(&task.repo)?;
-        let found = listed
-            .iter()
-            .find(|pr| pr.head.ref_name == task.branch)
+        let found = self
+            .open_pulls(&task.repo)?
+            .of_branch(&task.branch)
             .cloned();
         let new = found.as_ref().map(|pr| pr.number);
         Ok((found, new))
@@ -231,48 +303,39 @@ impl<'a> Forge<'a> {
             return None;
         }
         let listed = self.open_pulls(&task.repo).ok()?;
-        if let Some(pr) = listed.iter().find(|pr| pr.number == n) {
+        if let Some(pr) = listed.numbered(n) {
             return Some((Some(pr.clone()), None));
         }
         if recorded_pr_is_current(stage, false) {
             return None;
         }
-        let found = listed
-            .iter()
-            .find(|pr| pr.head.ref_name == task.branch)
-            .cloned();
+        let found = listed.of_branch(&task.branch).cloned();
         let new = found.as_ref().map(|pr| pr.number);
         Some((found, new))
     }
 
-    /// The repo's open pulls, listed once per pass.
-    fn open_pulls(&mut self, repo: &str) -> Result<&Vec<PullRequest>, String> {
+    /// The repo's open pulls, listed once per pass (or handed over by [`Forge::adopt`]).
+    fn open_pulls(&mut self, repo: &str) -> Result<&OpenPulls, String> {
         if !self.open_pulls.contains_key(repo) {
-            let client = self.client();
-            let mut all = Vec::new();
-            let mut result = Ok(());
-            for page in 1..=1000 {
-                self.requests += 1;
-                match client.list_open_pulls_page(repo, page, all.len()) {
-                    Ok(p) => {
-                        all.extend(p.pulls);
-                        if !p.more {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e.to_string());
-                        break;
-                    }
-                }
-            }
-            let entry = result.map(|()| all);
-            self.open_pulls.insert(repo.to_string(), entry);
+            let listed = list_open_pulls(self.client(), repo);
+            self.adopt(repo, listed);
         }
         match self.open_pulls.get(repo).expect("just inserted") {
             Ok(v) => Ok(v),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    /// Takes a repo's open pulls listed by [`list_open_pulls`] elsewhere (a pass lists
+    /// them on a thread of its own while it lists Plane), with the requests it made,
+    /// as if this forge had listed them itself. A repo this forge listed meanwhile
+    /// keeps that listing (the decisions made from it stay consistent); the requests
+    /// count either way.
+    pub fn adopt(&mut self, repo: &str, listed: ListedPulls) {
+        self.requests += listed.requests;
+        self.open_pulls
+            .entry(repo.to_string())
+            .or_insert(listed.pulls);
     }
 
     fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {
@@ -302,5 +365,46 @@ impl<'a> Forge<'a> {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::gitea::PrRef;
+
+    fn pr(number: u64, branch: &str) -> PullRequest {
+        let side = |name: &str| PrRef {
+            ref_name: name.into(),
+            sha: format!("sha{number}"),
+        };
+        PullRequest {
+            number,
+            state: "open".into(),
+            merged: false,
+            mergeable: None,
+            merged_at: None,
+            merge_commit_sha: None,
+            head: side(branch),
+            base: side("main"),
+            draft: false,
+            title: String::new(),
+        }
+    }
+
+    #[test]
+    fn open_pulls_answer_as_a_walk_of_the_listing_would() {
+        // Newest first, as Gitea lists: two open PRs from one branch, the newer wins.
+        let listed = vec![pr(9, "task/a"), pr(7, "task/b"), pr(4, "task/a")];
+        let pulls = OpenPulls::new(listed.clone());
+        for branch in ["task/a", "task/b", "task/c"] {
+            let walked = listed.iter().find(|p| p.head.ref_name == branch);
+            assert_eq!(pulls.of_branch(branch), walked, "{branch}");
+        }
+        for n in [4, 7, 9, 5] {
+            let walked = listed.iter().find(|p| p.number == n);
+            assert_eq!(pulls.numbered(n), walked, "#{n}");
+        }
+        assert_eq!(pulls.of_branch("task/a").map(|p| p.number), Some(9));
     }
 }

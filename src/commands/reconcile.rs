@@ -27,7 +27,7 @@ use crate::adapters::db::{Db, Engine, MoveError, PageTask, TaskHead};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
 use crate::core::gate;
-use crate::core::job::{JobOutcome, JobStatus};
+use crate::core::job::{Job, JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
     self, decide, local_guards, Action, Deferral, GuardFacts, Judgement, Limits, Progress,
@@ -125,19 +125,22 @@ const TASK_PAGE: usize = 512;
 
 /// Calls `each` on every task with `after < id <= upto`, page by page in id order,
 /// until it returns `false`. A task is read whole only when `full` says so of its head
-/// (the guards' columns); `each` gets the rest as a head.
-fn for_each_task(
+/// (the guards' columns); `each` gets the rest as a head, and what `on_page` read for
+/// the task's page before.
+fn for_each_task<S>(
     db: &mut Db,
     after: i64,
     upto: Option<i64>,
     mut full: impl FnMut(&TaskHead) -> bool,
-    mut each: impl FnMut(&mut Db, &PageTask) -> Result<bool>,
+    mut on_page: impl FnMut(&mut Db, &[PageTask]) -> Result<S>,
+    mut each: impl FnMut(&mut Db, &PageTask, &mut S) -> Result<bool>,
 ) -> Result<()> {
     let mut after = after;
     loop {
         let page = db.task_heads_page(after, upto, TASK_PAGE, &mut full)?;
+        let mut read = on_page(db, &page)?;
         for t in &page {
-            if !each(db, t)? {
+            if !each(db, t, &mut read)? {
                 return Ok(());
             }
         }
@@ -150,6 +153,7 @@ fn for_each_task(
 
 fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Report> {
     let s = &ctx.config.settings;
+    let gitea = ctx.gitea()?;
     let mut p = Pass {
         ctx,
         dry_run,
@@ -160,7 +164,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             job_max_attempts: s.job_max_attempts.0,
         },
         plane: ctx.plane()?,
-        forge: Forge::for_pass(ctx.gitea()?),
+        forge: Forge::for_pass(gitea),
         merged: std::collections::HashMap::new(),
         ci_failures: std::collections::HashMap::new(),
         report: Report {
@@ -193,7 +197,8 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             0,
             None,
             |_| false,
-            |_, t| {
+            |_, _| Ok(()),
+            |_, t, ()| {
                 if !passing.contains(t.project())
                     && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
                 {
@@ -210,32 +215,128 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             to_list.push(project);
         }
     }
-    let mut listings: HashMap<String, ProjectListing> = HashMap::new();
-    // What the store knows of the listed projects' tasks, in one read of each table;
-    // each project's part is dropped once it is listed.
-    let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
-    let known = if p.plane.is_some() && !to_list.is_empty() {
-        db.projects_known(&names)?
-    } else {
-        Vec::new()
-    };
-    let mut known = known.into_iter();
-    for project in to_list {
-        let l = p.list_project(db, project, known.next().unwrap_or_default())?;
-        listings.insert(project.name.clone(), l);
-    }
-
-    if replay && !p.rate_limited {
-        p.replay_work_items(db, &listings, cap)?;
-    }
-    if !p.rate_limited {
-        p.escalation_sweep(db)?;
-    }
+    // The repos whose open pulls the judging will ask for are listed on a thread of
+    // their own while Plane is listed: the same requests, off the pass's path. Which
+    // repos is read once the Plane listing is under way (or, with nothing to list,
+    // right after).
+    let (now, limits) = (p.now, p.limits);
+    let listings = std::thread::scope(|scope| -> Result<HashMap<String, ProjectListing>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefetch = gitea.map(|client| scope.spawn(move || prefetch_pulls(client, &rx)));
+        let mut tx = prefetch.as_ref().map(|_| tx);
+        let mut send_repos = |db: &mut Db| -> Result<()> {
+            if let Some(tx) = tx.take() {
+                // A reader that is gone (it panicked) is found at the join below.
+                let _ = tx.send(repos_to_judge(db, now, &limits)?);
+            }
+            Ok(())
+        };
+        let listings = p.list_and_sweep(db, to_list, replay, cap, &mut send_repos)?;
+        send_repos(db)?;
+        if let Some(prefetch) = prefetch {
+            let listed = prefetch
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (repo, pulls) in listed {
+                p.forge.adopt(&repo, pulls);
+            }
+        }
+        Ok(listings)
+    })?;
     // Judged from the rows as the replays and the sweep left them, read page by page.
     let live = db.live_jobs_by_task()?;
     p.judge_tasks(db, &live, &listings, cap)?;
     p.report.c.gitea_requests = p.forge.requests;
     Ok(p.report)
+}
+
+/// The repos with a task the judging will evaluate at a stage whose gate reads the PR
+/// or its CI (the local guards pass), as the store holds them now.
+fn repos_to_judge(
+    db: &Db,
+    now: i64,
+    limits: &Limits,
+) -> Result<std::collections::BTreeSet<String>> {
+    let stages: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| {
+            let needs = gate::needs(*s);
+            needs.contains(&gate::Need::Pr) || needs.contains(&gate::Need::Ci)
+        })
+        .collect();
+    let live = db.live_jobs_by_task()?;
+    db.repos_of_tasks(&stages, TASK_PAGE, |h| {
+        passes_local_guards(h, &live, now, limits)
+    })
+}
+
+/// Lists the open pulls of each repo `repos` hands over (nothing when it hands over
+/// none), for the pass's forge to adopt.
+fn prefetch_pulls(
+    client: &crate::adapters::gitea::GiteaClient,
+    repos: &std::sync::mpsc::Receiver<std::collections::BTreeSet<String>>,
+) -> Vec<(String, crate::adapters::forge::ListedPulls)> {
+    let Ok(repos) = repos.recv() else {
+        return Vec::new();
+    };
+    repos
+        .into_iter()
+        .map(|repo| {
+            let listed = crate::adapters::forge::list_open_pulls(client, &repo);
+            (repo, listed)
+        })
+        .collect()
+}
+
+impl<'a> Pass<'a> {
+    /// Lists the projects of `to_list` in Plane, replays what the listings call for,
+    /// and sweeps escalations: everything a pass does before it judges. `started` runs
+    /// once the first page is on its way, before the store is read for the listing.
+    fn list_and_sweep(
+        &mut self,
+        db: &mut Db,
+        to_list: Vec<&'a Project>,
+        replay: bool,
+        cap: usize,
+        started: &mut impl FnMut(&mut Db) -> Result<()>,
+    ) -> Result<HashMap<String, ProjectListing>> {
+        // What the store knows of the listed projects' tasks, in one read of each table
+        // while the first pages are on their way; each project's part is dropped once
+        // it is listed.
+        let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
+        let listed = self.list_projects(db, &to_list, |db| {
+            started(db)?;
+            db.projects_known(&names)
+        })?;
+        let listings: HashMap<String, ProjectListing> =
+            to_list.iter().map(|p| p.name.clone()).zip(listed).collect();
+
+        if replay && !self.rate_limited {
+            self.replay_work_items(db, &listings, cap)?;
+        }
+        if !self.rate_limited {
+            self.escalation_sweep(db)?;
+        }
+        Ok(listings)
+    }
+}
+
+/// The latest job at its stage of each task of `page` read whole (each is evaluated
+/// unless its work item is blocked or the cap is reached), in one read per 32 tasks: an
+/// entry for each, `None` when it has no job at its stage.
+fn page_jobs(db: &mut Db, page: &[PageTask]) -> Result<HashMap<i64, Option<Job>>> {
+    let whole: Vec<(i64, Stage)> = page
+        .iter()
+        .filter_map(|t| match t {
+            PageTask::Full(t) => Some((t.id, t.stage)),
+            PageTask::Head(_) => None,
+        })
+        .collect();
+    let mut found = db.latest_stage_jobs(&whole)?;
+    Ok(whole
+        .into_iter()
+        .map(|(id, _)| (id, found.remove(&id)))
+        .collect())
 }
 
 /// Where the walk over the tasks stands.
@@ -311,14 +412,15 @@ impl Pass<'_> {
             }
             let (now, limits) = (self.now, self.limits);
             let full = |h: &TaskHead| passes_local_guards(h, live, now, &limits);
-            for_each_task(db, after, upto, full, |db, t| {
+            for_each_task(db, after, upto, full, page_jobs, |db, t, jobs| {
                 // Between tasks, never within one: the next pass starts after the last
                 // task this one handled.
                 if self.ctx.stop_between_items("judging tasks") {
                     walk.out_of_time = true;
                     return Ok(false);
                 }
-                self.judge_one(db, t, live, listings, skip_blocked, cap, &mut walk)?;
+                let job = jobs.remove(&t.id());
+                self.judge_one(db, t, job, live, listings, skip_blocked, cap, &mut walk)?;
                 Ok(true)
             })?;
             if walk.out_of_time {
@@ -376,6 +478,7 @@ impl Pass<'_> {
         &mut self,
         db: &mut Db,
         t: &PageTask,
+        job: Option<Option<Job>>,
         live: &HashMap<i64, (i64, JobStatus)>,
         listings: &HashMap<String, ProjectListing>,
         skip_blocked: bool,
@@ -428,7 +531,7 @@ impl Pass<'_> {
                         None => anyhow::bail!("task {} disappeared during the pass", h.key),
                     },
                 };
-                let verdict = self.evaluate(db, &task);
+                let verdict = self.evaluate(db, &task, job);
                 whole = Some(task);
                 verdict
             }
@@ -466,9 +569,16 @@ impl Pass<'_> {
     }
 
     /// Gathers what the stage's gate needs and decides.
-    fn evaluate(&mut self, db: &mut Db, t: &Task) -> TaskVerdict {
-        let (inputs, job_read) =
-            crate::ops::gate::gate_inputs_and_job(self.ctx, db, t, &mut self.forge, !self.dry_run);
+    /// `job`: the stage's latest job when the page's read found it (or found none).
+    fn evaluate(&mut self, db: &mut Db, t: &Task, job: Option<Option<Job>>) -> TaskVerdict {
+        let (inputs, job_read) = crate::ops::gate::gate_inputs_and_job(
+            self.ctx,
+            db,
+            t,
+            &mut self.forge,
+            !self.dry_run,
+            job.clone(),
+        );
         self.merged
             .insert(t.id, crate::core::round::merged(&inputs.pr));
         if let (Stage::Development, Some(failure)) = (t.stage, &inputs.ci_failure) {
@@ -476,8 +586,10 @@ impl Pass<'_> {
         }
         let decision = gate::evaluate(t.stage, &inputs);
         // The gate's own read of the job when it made one (the same query: nothing
-        // writes in between), else read now.
-        let job_read = job_read.unwrap_or_else(|| db.latest_stage_job(t.id, t.stage));
+        // writes in between), else the page's, else read now.
+        let job_read = job_read
+            .or(job.map(Ok))
+            .unwrap_or_else(|| db.latest_stage_job(t.id, t.stage));
         let last = match job_read {
             Ok(j) => j.map(|j| {
                 (

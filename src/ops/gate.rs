@@ -49,18 +49,20 @@ pub fn gate_inputs_with(
     forge: &mut Forge<'_>,
     record: bool,
 ) -> GateInputs {
-    gate_inputs_and_job(ctx, db, task, forge, record).0
+    gate_inputs_and_job(ctx, db, task, forge, record, None).0
 }
 
 /// [`gate_inputs_with`], also handing back the stage's latest job as read for the gate
 /// (`None` when the stage's gate does not read one), so a caller that needs the job
-/// itself (its id, to re-run it) does not read it a second time.
+/// itself (its id, to re-run it) does not read it a second time. `latest`: that job
+/// when the caller already read it (a pass reads a page of tasks' jobs at once).
 pub fn gate_inputs_and_job(
     ctx: &PassContext,
     db: &Db,
     task: &Task,
     forge: &mut Forge<'_>,
     record: bool,
+    mut latest: Option<Option<Job>>,
 ) -> (GateInputs, Option<Result<Option<Job>>>) {
     let mut inputs = GateInputs::empty();
     let mut job_read = None;
@@ -77,7 +79,10 @@ pub fn gate_inputs_and_job(
     for need in gate::needs(task.stage) {
         match need {
             Need::Job => {
-                let read = db.latest_stage_job(task.id, task.stage);
+                let read = match latest.take() {
+                    Some(job) => Ok(job),
+                    None => db.latest_stage_job(task.id, task.stage),
+                };
                 inputs.last_job = match &read {
                     Ok(j) => j.as_ref().map(|j| JobOutcome {
                         status: j.status,

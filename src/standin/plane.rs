@@ -4,6 +4,9 @@
 //!
 //! What it models (plane.md §3-§5): `X-API-Key` auth (none → 401, wrong → 403), the
 //! paginated envelope (`per_page` + `cursor`, `next_page_results`), `expand=state`,
+//! `fields=` on the work-item list (each item keeps only the keys named: split on
+//! commas, nothing trimmed, unknown names ignored, `id` only when named, `state`
+//! expanded only when named too, as Plane's `BaseSerializer` does on every CE version),
 //! state PATCH (`state` key only; another project's state → 400), comments with
 //! `external_source`/`external_id` (duplicate → 409 with the existing id), unknown
 //! objects → 404, and the per-key rate limit: every allowed answer carries
@@ -87,14 +90,16 @@ struct Model {
     endless_listing: bool,
     /// How long each work-item listing page takes to answer (a slow upstream).
     listing_delay: Option<Duration>,
-    /// Work-item list pages as rendered, by (project, `expand=state`, per_page, page):
+    /// Work-item list pages as rendered, by (project, `expand=state`, `fields`,
+    /// per_page, page):
     /// served again while nothing changed, so a big listing costs what orch does with
     /// it, not the stand-in's rendering. Emptied by every change (see [`Model::changed`]).
     pages: HashMap<PageKey, Arc<Vec<u8>>>,
 }
 
-/// Which list page a cached rendering is: (project, `expand=state`, per_page, page).
-type PageKey = (String, bool, usize, usize);
+/// Which list page a cached rendering is: (project, `expand=state`, `fields` as asked,
+/// per_page, page).
+type PageKey = (String, bool, Option<String>, usize, usize);
 
 impl Model {
     /// Forgets every cached page: called on every way into the model that may change
@@ -669,6 +674,26 @@ fn item_json(m: &Model, pid: &str, i: &Item, expand_state: bool) -> Value {
     item
 }
 
+/// The keys a request's `fields=` names, split as Plane splits them (on commas, nothing
+/// trimmed, empty names dropped); `None` when it names none (every key is kept).
+fn named_fields(r: &Recorded) -> Option<Vec<String>> {
+    let named: Vec<String> = r
+        .param("fields")?
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!named.is_empty()).then_some(named)
+}
+
+/// `item` with only the keys `fields` names (all of them without `fields`).
+fn only_fields(mut item: Value, fields: Option<&[String]>) -> Value {
+    if let (Some(fields), Some(o)) = (fields, item.as_object_mut()) {
+        o.retain(|k, _| fields.iter().any(|f| f == k));
+    }
+    item
+}
+
 fn expands_state(r: &Recorded) -> bool {
     r.param("expand")
         .is_some_and(|e| e.split(',').any(|x| x.trim() == "state"))
@@ -722,11 +747,12 @@ fn page_key(pid: &str, r: &Recorded) -> Option<PageKey> {
                 [_, p, _] => page = p.parse().ok()?,
                 _ => return None,
             },
-            "expand" => {}
+            "expand" | "fields" => {}
             _ => return None,
         }
     }
-    Some((pid.to_string(), expands_state(r), per_page, page))
+    let fields = r.param("fields");
+    Some((pid.to_string(), expands_state(r), fields, per_page, page))
 }
 
 /// Renders a work-item list page from the model.
@@ -735,6 +761,7 @@ fn render_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
         return not_found();
     };
     let expand = expands_state(r);
+    let fields = named_fields(r);
     let reply = paginate_with(
         p.items.len(),
         |range| {
@@ -743,7 +770,7 @@ fn render_items(m: &Model, pid: &str, r: &Recorded) -> Reply {
                 .rev()
                 .skip(range.start)
                 .take(range.len())
-                .map(|i| item_json(m, pid, i, expand))
+                .map(|i| only_fields(item_json(m, pid, i, expand), fields.as_deref()))
                 .collect()
         },
         r,

@@ -238,6 +238,36 @@ fn plane_standin_answers_in_the_sample_shapes() {
     assert_eq!(page["next_page_results"], true);
     assert_eq!(page["total_results"], 3);
 
+    // `fields=` keeps only the keys named, as Plane's BaseSerializer does: split on
+    // commas with nothing trimmed, unknown names ignored, `id` only when named, `state`
+    // expanded only when named too; the envelope is untouched.
+    let list = |query: &str| {
+        let (st, _, page) = raw("GET", &format!("{base}/work-items/?{query}"), &key, None);
+        assert_eq!(st, 200, "{query}");
+        assert_eq!(page["total_results"], 3, "{query}: the envelope is whole");
+        let first = page["results"][0].as_object().unwrap().clone();
+        let mut keys: Vec<String> = first.keys().cloned().collect();
+        keys.sort();
+        (keys, first)
+    };
+    let (keys, item) = list("per_page=2&expand=state&fields=id,state,name,nonsense");
+    assert_eq!(keys, ["id", "name", "state"]);
+    assert!(
+        item["state"]["group"].is_string(),
+        "named and expanded: {item:?}"
+    );
+    let (keys, _) = list("per_page=2&expand=state&fields=name,%20id");
+    assert_eq!(
+        keys,
+        ["name"],
+        "` id` is not `id`; `state` not named is left out"
+    );
+    let (keys, item) = list("per_page=2&fields=id,state");
+    assert_eq!(keys, ["id", "state"]);
+    assert!(item["state"].is_string(), "not expanded unless asked");
+    let (keys, _) = list("per_page=2&expand=state&fields=,,");
+    assert!(keys.len() > 20, "no name at all keeps every key: {keys:?}");
+
     let patch = sample("plane/issue-patch-state-request.json");
     let (st, _, patched) = raw(
         "PATCH",
@@ -374,7 +404,7 @@ fn plane_client_reads_states_and_items_and_writes_idempotently() {
 #[test]
 fn plane_client_follows_cursors_one_page_per_call() {
     let p = plane();
-    for n in 0..230u64 {
+    for n in 0..2300u64 {
         p.add_work_item(
             PROJECT,
             &format!("00000000-0000-4000-8000-{n:012}"),
@@ -398,14 +428,19 @@ fn plane_client_follows_cursors_one_page_per_call() {
             None => break,
         }
     }
-    assert_eq!((seen, calls), (231, 3));
+    assert_eq!((seen, calls), (2301, 3));
     let route = format!("projects/{PROJECT}/work-items/");
     assert_eq!(p.count(Some("GET"), &route), 3);
     let reqs = p.server().requests();
     assert!(reqs
         .iter()
-        .all(|r| r.param("per_page").as_deref() == Some("100")));
-    assert_eq!(reqs[2].param("cursor").as_deref(), Some("100:2:0"));
+        .all(|r| r.param("per_page").as_deref() == Some("1000")));
+    assert_eq!(reqs[2].param("cursor").as_deref(), Some("1000:2:0"));
+    // Only the keys a work item is read from are asked for, and each item is read
+    // whole from them.
+    assert!(reqs
+        .iter()
+        .all(|r| r.param("fields").as_deref() == Some(orch::adapters::plane::LISTED_FIELDS)));
     // Remaining drops by one per call: a caller can stop early.
     let last = c.list_work_items_page(PROJECT, None).unwrap();
     assert_eq!(last.rate_limit_remaining, Some(60 - 4));

@@ -443,12 +443,12 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
         w.env
             .artefact(&format!("{ident}-{n}"), "05-review.md", &review("APPROVE"));
     }
-    // 334 + 333 + 333 items: 4 pages of 100 per project, whatever the task count.
+    // 334 + 333 + 333 items: one page of 1,000 per project, whatever the task count.
     w.plane().set_rate_limit(1000, false);
     let before = w.plane_requests();
     let events = w.env.count("SELECT count(*) FROM stage_events");
     let r = w.reconcile(&["--dry-run", "--json"]).json();
-    assert_eq!(w.plane_requests() - before, 12, "{}", r["counts"]);
+    assert_eq!(w.plane_requests() - before, 3, "{}", r["counts"]);
     assert_eq!(r["counts"]["scanned"], 1000);
     assert_eq!(r["tasks"].as_array().unwrap().len(), 1000);
     assert_eq!(
@@ -479,11 +479,7 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
     assert!(run.stderr.contains("stopped early"), "{}", run.stderr);
     assert_eq!(r["counts"]["advanced"], 0);
     assert!(r["stopped_early"].as_str().unwrap().contains("42s"));
-    assert_eq!(
-        w.plane_requests() - before,
-        12 + 5,
-        "four pages, then the 429"
-    );
+    assert_eq!(w.plane_requests() - before, 3 + 2, "one page, then the 429");
     assert_eq!(r["counts"]["deferred"], 1000);
 
     // The next pass (a fresh window) finishes the work.
@@ -491,11 +487,17 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
     let r = w.json();
     assert_eq!(r["stopped_early"], Value::Null, "{}", r["counts"]);
     assert_eq!(r["counts"]["advanced"], 500);
-    assert_eq!(r["counts"]["plane_requests"], 12);
+    assert_eq!(r["counts"]["plane_requests"], 3);
 
-    // A low X-RateLimit-Remaining stops listing early and says so.
-    w.env.set("ORCH_RECONCILE_RATE_LIMIT_FLOOR", "995");
+    // A low X-RateLimit-Remaining stops listing early and says so: the first project
+    // now takes two pages (1,000 more items, blocked, without tasks), and the first
+    // page's 999 is under the floor.
+    for n in 5001..=6000u64 {
+        w.item(P1, n, BLOCKED);
+    }
+    w.env.set("ORCH_RECONCILE_RATE_LIMIT_FLOOR", "1000");
     w.plane().set_rate_limit(1000, false);
+    let before = w.plane_requests();
     let r = w.json();
     assert!(
         r["stopped_early"]
@@ -506,6 +508,10 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
         r["stopped_early"]
     );
     assert!(r["counts"]["deferred"].as_i64().unwrap() > 0);
+    // No request after the page below the floor (the page reader does not read
+    // ahead past it): neither the first project's second page nor another project's.
+    assert_eq!(r["counts"]["plane_requests"], 1, "{}", r["counts"]);
+    assert_eq!(w.plane_requests() - before, 1, "Plane saw one request");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! changed by a pass that judged the old one. Each method reports whether its row was
 //! written (`false`: another pass won the race). No decisions here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::adapters::db::sql::{params, Conn, OptionalExtension as _, Row, Value};
 use anyhow::Result;
@@ -277,6 +277,30 @@ impl Db {
             params![task_id, stage.as_str()],
             job_from_row,
         )
+    }
+
+    /// The latest job of each task at the stage given with it (what
+    /// [`Db::latest_stage_job`] reads for one), for many tasks at once: one query per
+    /// 32 tasks. A task with no job at its stage is absent from the answer.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn latest_stage_jobs(&self, tasks: &[(i64, Stage)]) -> Result<HashMap<i64, Job>> {
+        let sql = in_chunk(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (
+                 SELECT max(id) FROM jobs WHERE task_id IN ({{IN}}) GROUP BY task_id, stage)"
+        ));
+        let wanted: HashMap<i64, Stage> = tasks.iter().copied().collect();
+        let ids: Vec<i64> = wanted.keys().copied().collect();
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(CLAIM_CHUNK) {
+            for job in self.query_all(&sql, padded(chunk, &[]), job_from_row)? {
+                if wanted.get(&job.task_id) == Some(&job.stage) {
+                    out.insert(job.task_id, job);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Counts jobs by status (every status present, zeros included), from the counts
@@ -942,7 +966,7 @@ fn enqueue_or_existing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::db::test_support::db_with_task;
+    use crate::adapters::db::test_support::{db, db_with_task, new_task};
     use crate::core::stage::Actor;
     use crate::core::task::NewTask;
 
@@ -953,6 +977,48 @@ mod tests {
             .unwrap();
         let Created::New(j) = j else { panic!() };
         (dir, db, j)
+    }
+
+    /// Read for many tasks at once, each task's latest job at its stage is the one
+    /// `latest_stage_job` reads alone (past one chunk of 32, with jobs at other stages
+    /// and tasks with none).
+    #[test]
+    fn latest_stage_jobs_read_as_one_task_at_a_time() {
+        let (_d, mut db) = db();
+        let mut asked = Vec::new();
+        for n in 1..=40u32 {
+            let id = db
+                .create_task(&new_task(n), Actor::Operator, "t", 1)
+                .unwrap()
+                .id();
+            // Task n: n % 3 finished development jobs, then one review job when n is even.
+            for _ in 0..n % 3 {
+                let j = db
+                    .enqueue_job(id, Agent::Developer, Stage::Development, 1)
+                    .unwrap()
+                    .id();
+                db.conn()
+                    .execute("UPDATE jobs SET status = 'succeeded' WHERE id = ?1", [j])
+                    .unwrap();
+            }
+            if n % 2 == 0 {
+                db.enqueue_job(id, Agent::Reviewer, Stage::Review, 1)
+                    .unwrap();
+            }
+            let stage = if n % 4 == 0 {
+                Stage::Review
+            } else {
+                Stage::Development
+            };
+            asked.push((id, stage));
+        }
+        let many = db.latest_stage_jobs(&asked).unwrap();
+        for (id, stage) in &asked {
+            let alone = db.latest_stage_job(*id, *stage).unwrap();
+            assert_eq!(many.get(id), alone.as_ref(), "task {id} at {stage}");
+        }
+        assert!(many.len() > 20 && many.len() < 40, "{}", many.len());
+        assert!(db.latest_stage_jobs(&[]).unwrap().is_empty());
     }
 
     #[test]

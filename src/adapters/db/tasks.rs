@@ -303,6 +303,60 @@ impl Db {
         )
     }
 
+    /// The repos of the tasks at one of `stages` whose head `wanted` accepts (the head
+    /// it is handed carries no project, work item or key), read in keyset pages of
+    /// `page` rows: what a reconcile pass reads, before its listing, to know which repos'
+    /// open pulls its judging will ask for.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn repos_of_tasks(
+        &self,
+        stages: &[Stage],
+        page: usize,
+        mut wanted: impl FnMut(&TaskHead) -> bool,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let mut repos = std::collections::BTreeSet::new();
+        if stages.is_empty() {
+            return Ok(repos);
+        }
+        let listed: Vec<String> = stages.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let sql = format!(
+            "SELECT id, repo, stage, stage_entered_at, developer_retries, escalated_at FROM tasks
+             WHERE id > ?1 AND stage IN ({}) ORDER BY id LIMIT ?2",
+            listed.join(", ")
+        );
+        let mut after = i64::MIN;
+        loop {
+            let mut stmt = self.conn().prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![after, sql_limit(page)])?;
+            let mut read = 0usize;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                after = r.get(0)?;
+                if r.with_text(1, |repo| repos.contains(repo))? {
+                    continue;
+                }
+                let head = TaskHead {
+                    id: after,
+                    project: String::new(),
+                    work_item_id: String::new(),
+                    key: String::new(),
+                    stage: parse_col(&r, 2)?,
+                    stage_entered_at: r.get(3)?,
+                    developer_retries: r.get(4)?,
+                    escalated_at: r.get(5)?,
+                };
+                if wanted(&head) {
+                    repos.insert(r.get(1)?);
+                }
+            }
+            if read < page {
+                return Ok(repos);
+            }
+        }
+    }
+
     /// Returns, in id order, the live tasks the escalation sweep acts on: escalated ones
     /// whose escalation has no notification at or after it (announcement unfinished),
     /// and not-escalated ones with at least `max_retries` developer retries. One query
@@ -578,6 +632,54 @@ mod tests {
         let mut clash = new_task(2);
         clash.key = "ORCH-1".into();
         assert!(db.create_task(&clash, Actor::Operator, "t", 1).is_err());
+    }
+
+    /// The repos are those of the tasks at the stages asked for that `wanted` accepts,
+    /// read across keyset pages; `wanted` sees each task's guard columns.
+    #[test]
+    fn repos_of_tasks_are_the_wanted_tasks_repos_at_the_stages() {
+        let (_d, mut db) = db();
+        // (repo, stage, escalated): a repo with only an escalated task, one at a stage
+        // not asked for, two with wanted tasks (one of them twice).
+        let rows = [
+            ("acme/a", "development", false),
+            ("acme/b", "review", true),
+            ("acme/c", "analysis", false),
+            ("acme/d", "review", false),
+            ("acme/a", "review", false),
+            ("acme/d", "development", false),
+        ];
+        for (n, (repo, stage, escalated)) in rows.iter().enumerate() {
+            let mut t = new_task(n as u32 + 1);
+            t.repo = (*repo).into();
+            let id = db.create_task(&t, Actor::Operator, "t", 1).unwrap().id();
+            db.conn()
+                .execute(
+                    "UPDATE tasks SET stage = ?2, escalated_at = ?3 WHERE id = ?1",
+                    params![id, *stage, escalated.then_some(5_i64)],
+                )
+                .unwrap();
+        }
+        let stages = [Stage::Development, Stage::Review];
+        let mut seen = Vec::new();
+        let repos = db
+            .repos_of_tasks(&stages, 2, |h| {
+                seen.push((h.id, h.stage));
+                h.escalated_at.is_none()
+            })
+            .unwrap();
+        assert_eq!(repos.into_iter().collect::<Vec<_>>(), ["acme/a", "acme/d"]);
+        // Each task at those stages is judged once, except where its repo is already
+        // in (the second acme/a and acme/d tasks are not asked about).
+        assert_eq!(
+            seen,
+            [
+                (1, Stage::Development),
+                (2, Stage::Review),
+                (4, Stage::Review)
+            ]
+        );
+        assert!(db.repos_of_tasks(&[], 2, |_| true).unwrap().is_empty());
     }
 
     /// A page reads whole exactly the tasks the caller asks for, each as the task read

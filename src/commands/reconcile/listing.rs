@@ -50,36 +50,64 @@ impl States {
 }
 
 impl Pass<'_> {
-    /// Lists one project's work items page by page, resolving each state.
-    /// `known` is what the store knows of the project's tasks, read before the listing
-    /// (`Db::projects_known`).
-    pub(super) fn list_project(
+    /// Lists the work items of each project of `to_list`, in order, page by page,
+    /// resolving each state. The pages are read (and parsed) by a thread of their own,
+    /// started before the store is read, at most two pages ahead of this one, which
+    /// looks up the store and decides per page: the requests, their order and where the
+    /// listing stops are the same as one thread's (each follows only from the pages
+    /// before it), and the next page is on its way while this one is judged.
+    /// `known` reads what the store knows of the projects' tasks
+    /// (`Db::projects_known`), one [`ProjectKnown`] per project of `to_list`.
+    pub(super) fn list_projects(
         &mut self,
         db: &mut Db,
-        project: &Project,
-        known: ProjectKnown,
-    ) -> Result<ProjectListing> {
-        let mut l = ProjectListing::default();
+        to_list: &[&Project],
+        known: impl FnOnce(&mut Db) -> Result<Vec<ProjectKnown>>,
+    ) -> Result<Vec<ProjectListing>> {
         let Some(plane) = self.plane else {
-            l.listing.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
-            return Ok(l);
+            let failed = |_| {
+                let mut l = ProjectListing::default();
+                l.listing.failed = Some("plane is not configured (ORCH_PLANE_URL)".into());
+                l
+            };
+            return Ok(to_list.iter().map(failed).collect());
         };
-        if self.rate_limited || self.report.stopped_early.is_some() {
-            return Ok(l);
+        if to_list.is_empty() || self.rate_limited || self.report.stopped_early.is_some() {
+            return Ok(to_list.iter().map(|_| ProjectListing::default()).collect());
         }
-        let pid = project.plane_project_id.as_str();
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let bounds = self.ctx.bounds();
-        let what = format!("plane list work items of project {}", project.name);
-        // The pages are read (and parsed) by a thread of their own, at most two pages
-        // ahead of this one, which reads the store and decides per page: the requests,
-        // their order and where the listing stops are the same as one thread's (each
-        // follows only from the pages before it), and the next page is on its way while
-        // this one is judged.
+        let reads: Vec<(&str, String)> = to_list
+            .iter()
+            .map(|p| {
+                let what = format!("plane list work items of project {}", p.name);
+                (p.plane_project_id.as_str(), what)
+            })
+            .collect();
+        // Set when this side stops listing: the reader makes no request after it.
+        let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || fetch_pages(plane, bounds, pid, floor, &what, &tx));
-            self.take_pages(db, project, plane, &rx, l, known)
+            let (reads, stop) = (&reads, &stop);
+            scope.spawn(move || fetch_projects(plane, bounds, reads, floor, stop, &tx));
+            let listed = (|| {
+                let mut out = Vec::with_capacity(to_list.len());
+                let mut known = known(db)?.into_iter();
+                for project in to_list {
+                    let store = known.next().unwrap_or_default();
+                    let l = ProjectListing::default();
+                    if self.rate_limited || self.report.stopped_early.is_some() {
+                        out.push(l);
+                        continue;
+                    }
+                    out.push(self.take_pages(db, project, plane, &rx, l, store)?);
+                }
+                Ok(out)
+            })();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            // The reader, blocked on a page no one will take, ends when this goes.
+            drop(rx);
+            listed
         })
     }
 
@@ -328,18 +356,39 @@ enum Fetched {
     Stopped(String),
 }
 
+/// Reads each project's pages ([`fetch_pages`]), project after project, as long as
+/// the judging side would list the next one: after a project listed to its last page
+/// or whose listing failed, but not after a 429, a stop (page cap, deadline) or a page
+/// below the rate-limit floor. Makes no request once `stop` is set.
+fn fetch_projects(
+    plane: &PlaneClient,
+    bounds: &crate::adapters::bounds::PassBounds,
+    reads: &[(&str, String)],
+    floor: u32,
+    stop: &std::sync::atomic::AtomicBool,
+    out: &std::sync::mpsc::SyncSender<Fetched>,
+) {
+    for (pid, what) in reads {
+        if !fetch_pages(plane, bounds, pid, floor, what, stop, out) {
+            return;
+        }
+    }
+}
+
 /// Reads a project's pages in order, following the cursors, and sends each: stops
 /// after the last page, a failed request, a page below the rate-limit floor, or (before
 /// a request) at the page cap or the pass deadline, exactly where the judging side
-/// stops; also when that side stopped listening.
+/// stops; also when that side stopped listening. Returns whether the next project may
+/// be listed.
 fn fetch_pages(
     plane: &PlaneClient,
     bounds: &crate::adapters::bounds::PassBounds,
     pid: &str,
     floor: u32,
     what: &str,
+    stop: &std::sync::atomic::AtomicBool,
     out: &std::sync::mpsc::SyncSender<Fetched>,
-) {
+) -> bool {
     let mut cursor: Option<String> = None;
     let mut pages = 0usize;
     loop {
@@ -354,28 +403,34 @@ fn fetch_pages(
         };
         if let Some(why) = stopped {
             let _ = out.send(Fetched::Stopped(why));
-            return;
+            return false;
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
         pages += 1;
         match plane.list_work_items_page(pid, cursor.as_deref()) {
             Ok(page) => {
+                // The last page lets the next project be listed; a page below the
+                // floor ends the listing (the judging side stops there too).
                 let next = match &page.next_cursor {
-                    Some(next) if !reconcile::below_floor(page.rate_limit_remaining, floor) => {
-                        Some(next.clone())
+                    None => Err(true),
+                    Some(_) if reconcile::below_floor(page.rate_limit_remaining, floor) => {
+                        Err(false)
                     }
-                    _ => None,
+                    Some(next) => Ok(next.clone()),
                 };
                 if out.send(Fetched::Page(page)).is_err() {
-                    return;
+                    return false;
                 }
                 match next {
-                    Some(next) => cursor = Some(next),
-                    None => return,
+                    Ok(next) => cursor = Some(next),
+                    Err(go_on) => return go_on,
                 }
             }
             Err(e) => {
-                let _ = out.send(Fetched::Failed(e));
-                return;
+                let go_on = !matches!(e, HttpError::RateLimited { .. });
+                return out.send(Fetched::Failed(e)).is_ok() && go_on;
             }
         }
     }
