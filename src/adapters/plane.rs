@@ -224,13 +224,20 @@ impl<'de> Deserialize<'de> for RawState {
                 // key wins, as in a JSON object read whole).
                 const FIELDS: [&str; 3] = ["id", "name", "group"];
                 let mut kept: [Option<RawScalar>; 3] = [None, None, None];
+                let mut keys = 0usize;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    keys += 1;
                     match FIELDS.iter().position(|f| *f == key.as_ref()) {
                         Some(i) => kept[i] = Some(map.next_value()?),
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
+                }
+                if keys == 0 {
+                    // How Plane expands a work item without a state (`StateLiteSerializer`
+                    // of nothing, on every CE version): no state, as `null`.
+                    return Ok(RawState::Null);
                 }
                 match kept {
                     [Some(RawScalar::Str(id)), Some(RawScalar::Str(name)), Some(RawScalar::Str(group))] => {
@@ -818,6 +825,14 @@ mod tests {
         assert_eq!(escaped.state_id.as_deref(), Some("s3"));
         assert_eq!(parse(r#""s1""#).unwrap().state_id.as_deref(), Some("s1"));
         assert_eq!(parse("null").unwrap().state_id, None);
+        // Plane's expansion of a missing state is an empty object, not `null`.
+        let empty = parse("{}").unwrap();
+        assert_eq!((empty.state_id, empty.state), (None, None));
+        assert_eq!(
+            parse(r##"{"color":"#fff"}"##).unwrap_err(),
+            "work item i: state: missing field `id`",
+            "an object with keys but no id is still an error"
+        );
         for (bad, want) in [
             ("7", "work item i: state is neither an id nor an object: 7"),
             (

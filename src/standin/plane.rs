@@ -627,7 +627,9 @@ fn state_json(pid: &str, s: &State, index: usize, default: bool) -> Value {
 
 fn item_json(m: &Model, pid: &str, i: &Item, expand_state: bool) -> Value {
     let state = match (&i.state, expand_state) {
-        (None, _) => Value::Null,
+        // Plane expands a missing state as `StateLiteSerializer(None).data`: `{}`.
+        (None, true) => json!({}),
+        (None, false) => Value::Null,
         (Some(id), false) => json!(id),
         (Some(id), true) => match m.state(id) {
             Some((_, s)) => json!({"id": s.id, "name": s.name, "color": s.color, "group": s.group}),

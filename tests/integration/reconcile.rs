@@ -892,3 +892,22 @@ fn a_delivery_failing_only_on_an_outage_is_never_given_up() {
         "nothing announced"
     );
 }
+
+/// Plane expands a work item without a state as `{}`: that item alone cannot be told,
+/// and the rest of its project's listing is judged as usual.
+#[test]
+fn a_work_item_without_a_state_spoils_only_itself() {
+    let w = world();
+    let a = w.task("orch", 1, "review", 0, 0);
+    let b = w.task("orch", 2, "review", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.plane()
+        .add_work_item(P1, &item_id(P1, 2), 2, "Work", None);
+    w.env.artefact("ORCH-1", "05-review.md", &review("APPROVE"));
+    w.env.artefact("ORCH-2", "05-review.md", &review("APPROVE"));
+    let r = w.json();
+    assert_eq!(r["counts"]["advanced"], 1, "{r:#}");
+    assert_eq!(w.stage(a), "deploy-staging", "{r:#}");
+    assert_eq!(w.stage(b), "review", "{r:#}");
+    assert_eq!(verdict_of(&r, "ORCH-2")["guard"], "blocked", "{r:#}");
+}
