@@ -217,22 +217,32 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     }
     // The repos whose open pulls the judging will ask for are listed on a thread of
     // their own while Plane is listed: the same requests, off the pass's path. Which
-    // repos is read once the Plane listing is under way (or, with nothing to list,
-    // right after).
+    // repos is read once Plane answered the first page (so a pass that meets a 429
+    // first lists none), or, with nothing to list in Plane, right after. None when the
+    // judging will skip every task (rate limited; Plane unset and the blocked check on).
     let (now, limits) = (p.now, p.limits);
+    let skip_blocked = s.reconcile_skip_blocked_enabled;
     let listings = std::thread::scope(|scope| -> Result<HashMap<String, ProjectListing>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let prefetch = gitea.map(|client| scope.spawn(move || prefetch_pulls(client, &rx)));
         let mut tx = prefetch.as_ref().map(|_| tx);
-        let mut send_repos = |db: &mut Db| -> Result<()> {
+        // Owns the sender: dropped unsent, it lets the reader end with nothing to list.
+        let mut send_repos = move |db: &mut Db| -> Result<()> {
             if let Some(tx) = tx.take() {
-                // A reader that is gone (it panicked) is found at the join below.
-                let _ = tx.send(repos_to_judge(db, now, &limits)?);
+                match repos_to_judge(db, now, &limits) {
+                    // A reader that is gone (it panicked) is found at the join below.
+                    Ok(repos) => drop(tx.send(repos)),
+                    // Only a head start lost: the judging lists each repo when it asks.
+                    Err(e) => log::warn!("reading which repos to list ahead: {e:#}"),
+                }
             }
             Ok(())
         };
         let listings = p.list_and_sweep(db, to_list, replay, cap, &mut send_repos)?;
-        send_repos(db)?;
+        if !p.rate_limited && (p.plane.is_some() || !skip_blocked) {
+            send_repos(db)?;
+        }
+        drop(send_repos);
         if let Some(prefetch) = prefetch {
             let listed = prefetch
                 .join()
@@ -290,24 +300,22 @@ fn prefetch_pulls(
 
 impl<'a> Pass<'a> {
     /// Lists the projects of `to_list` in Plane, replays what the listings call for,
-    /// and sweeps escalations: everything a pass does before it judges. `started` runs
-    /// once the first page is on its way, before the store is read for the listing.
+    /// and sweeps escalations: everything a pass does before it judges. `first_page`
+    /// runs once Plane answered the first page.
     fn list_and_sweep(
         &mut self,
         db: &mut Db,
         to_list: Vec<&'a Project>,
         replay: bool,
         cap: usize,
-        started: &mut impl FnMut(&mut Db) -> Result<()>,
+        first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
     ) -> Result<HashMap<String, ProjectListing>> {
         // What the store knows of the listed projects' tasks, in one read of each table
         // while the first pages are on their way; each project's part is dropped once
         // it is listed.
         let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
-        let listed = self.list_projects(db, &to_list, |db| {
-            started(db)?;
-            db.projects_known(&names)
-        })?;
+        let listed =
+            self.list_projects(db, &to_list, |db| db.projects_known(&names), first_page)?;
         let listings: HashMap<String, ProjectListing> =
             to_list.iter().map(|p| p.name.clone()).zip(listed).collect();
 
@@ -332,11 +340,28 @@ fn page_jobs(db: &mut Db, page: &[PageTask]) -> Result<HashMap<i64, Option<Job>>
             PageTask::Head(_) => None,
         })
         .collect();
-    let mut found = db.latest_stage_jobs(&whole)?;
+    let mut found = match db.latest_stage_jobs(&whole) {
+        Ok(found) => found,
+        Err(e) => {
+            // Each task's job is then read alone, and a failure there waits that task.
+            log::warn!("reading a page of tasks' latest jobs: {e:#}");
+            return Ok(HashMap::new());
+        }
+    };
     Ok(whole
         .into_iter()
         .map(|(id, _)| (id, found.remove(&id)))
         .collect())
+}
+
+/// A task's verdict when its stage's latest job cannot be read: wait.
+fn cannot_read_job(t: &Task, e: &anyhow::Error) -> TaskVerdict {
+    log::warn!("task {}: reading its latest job: {e:#}", t.key);
+    TaskVerdict::Act {
+        action: Action::Wait {
+            because: format!("could not read the stage's job: {e:#}"),
+        },
+    }
 }
 
 /// Where the walk over the tasks stands.
@@ -571,7 +596,8 @@ impl Pass<'_> {
     /// Gathers what the stage's gate needs and decides.
     /// `job`: the stage's latest job when the page's read found it (or found none).
     fn evaluate(&mut self, db: &mut Db, t: &Task, job: Option<Option<Job>>) -> TaskVerdict {
-        let (inputs, job_read) = crate::ops::gate::gate_inputs_and_job(
+        let from_page = job.is_some();
+        let (mut inputs, job_read) = crate::ops::gate::gate_inputs_and_job(
             self.ctx,
             db,
             t,
@@ -584,34 +610,51 @@ impl Pass<'_> {
         if let (Stage::Development, Some(failure)) = (t.stage, &inputs.ci_failure) {
             self.ci_failures.insert(t.id, failure.clone());
         }
-        let decision = gate::evaluate(t.stage, &inputs);
         // The gate's own read of the job when it made one (the same query: nothing
         // writes in between), else the page's, else read now.
         let job_read = job_read
             .or(job.map(Ok))
             .unwrap_or_else(|| db.latest_stage_job(t.id, t.stage));
-        let last = match job_read {
-            Ok(j) => j.map(|j| {
-                (
-                    j.id,
-                    JobOutcome {
-                        status: j.status,
-                        attempt: j.attempt,
-                        exit_code: j.exit_code,
-                    },
-                )
-            }),
-            Err(e) => {
-                log::warn!("task {}: reading its latest job: {e:#}", t.key);
-                return TaskVerdict::Act {
-                    action: Action::Wait {
-                        because: format!("could not read the stage's job: {e:#}"),
-                    },
-                };
-            }
+        let mut latest = match job_read {
+            Ok(j) => j,
+            Err(e) => return cannot_read_job(t, &e),
         };
-        let action = decide(t.stage, &decision, last, t.developer_retries, &self.limits);
+        let mut action = self.decide_with(t, &mut inputs, latest.as_ref());
+        // The page's read may be seconds old by now (the tasks before this one had
+        // their CI read): an action is taken on the job as it is now, and decided again
+        // when it changed meanwhile (a re-run queued, an attempt ended).
+        if from_page && !matches!(action, Action::Wait { .. }) {
+            match db.latest_stage_job(t.id, t.stage) {
+                Ok(now) if now != latest => {
+                    latest = now;
+                    action = self.decide_with(t, &mut inputs, latest.as_ref());
+                }
+                Ok(_) => {}
+                Err(e) => return cannot_read_job(t, &e),
+            }
+        }
         TaskVerdict::Act { action }
+    }
+
+    /// Decides from the gate's inputs with `latest` as the stage's latest job (also
+    /// the gate's, when its stage reads the job).
+    fn decide_with(
+        &self,
+        t: &Task,
+        inputs: &mut crate::core::gate::GateInputs,
+        latest: Option<&Job>,
+    ) -> Action {
+        let outcome = |j: &Job| JobOutcome {
+            status: j.status,
+            attempt: j.attempt,
+            exit_code: j.exit_code,
+        };
+        if gate::needs(t.stage).contains(&gate::Need::Job) {
+            inputs.last_job = latest.map(outcome);
+        }
+        let decision = gate::evaluate(t.stage, inputs);
+        let last = latest.map(|j| (j.id, outcome(j)));
+        decide(t.stage, &decision, last, t.developer_retries, &self.limits)
     }
 
     /// Acts on a decision; returns a note when acting failed or lost a race.

@@ -911,3 +911,33 @@ fn a_work_item_without_a_state_spoils_only_itself() {
     assert_eq!(w.stage(b), "review", "{r:#}");
     assert_eq!(verdict_of(&r, "ORCH-2")["guard"], "blocked", "{r:#}");
 }
+
+/// A pass whose first Plane page meets a 429 defers every task; the open pulls it
+/// would have listed ahead on Gitea are not asked for either.
+#[test]
+fn a_429_on_the_first_page_lists_nothing_on_gitea() {
+    let w = world();
+    w.task("orch", 1, "development", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.plane().server().script(
+        Some("GET"),
+        &format!("/api/v1/workspaces/acme/projects/{P1}/work-items/"),
+        Reply::json(
+            429,
+            &json!({"error_code": 5900, "error_message": "RATE_LIMIT_EXCEEDED"}),
+        )
+        .with_header("Retry-After", "42"),
+        1,
+    );
+    let r = w.json();
+    assert!(
+        r["stopped_early"].as_str().unwrap().contains("429"),
+        "{r:#}"
+    );
+    assert_eq!(r["counts"]["deferred"], 1, "{r:#}");
+    assert_eq!(w.gitea_requests(), 0, "{r:#}");
+    // The next pass lists the repo's open pulls as the judging needs them.
+    let r = w.json();
+    assert_eq!(r["stopped_early"], Value::Null, "{r:#}");
+    assert!(w.gitea_requests() > 0, "{r:#}");
+}

@@ -25,6 +25,9 @@ pub(super) struct ProjectListing {
     pub(super) resolved: Vec<(WorkItem, CachedState)>,
 }
 
+/// What runs once, when a listing's first page arrived.
+type FirstPage<'f> = Option<&'f mut dyn FnMut(&mut Db) -> Result<()>>;
+
 /// States shared per listing at most ([`States`]).
 const MAX_SHARED_STATES: usize = 256;
 
@@ -57,12 +60,14 @@ impl Pass<'_> {
     /// listing stops are the same as one thread's (each follows only from the pages
     /// before it), and the next page is on its way while this one is judged.
     /// `known` reads what the store knows of the projects' tasks
-    /// (`Db::projects_known`), one [`ProjectKnown`] per project of `to_list`.
+    /// (`Db::projects_known`), one [`ProjectKnown`] per project of `to_list`;
+    /// `first_page` runs once, when the first page arrived (Plane answers: not a 429).
     pub(super) fn list_projects(
         &mut self,
         db: &mut Db,
         to_list: &[&Project],
         known: impl FnOnce(&mut Db) -> Result<Vec<ProjectKnown>>,
+        first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
     ) -> Result<Vec<ProjectListing>> {
         let Some(plane) = self.plane else {
             let failed = |_| {
@@ -88,24 +93,36 @@ impl Pass<'_> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            // One go-ahead per project, sent when this side starts taking its pages: the
+            // reader never starts a project this side would not list (after a 429 of
+            // the States API, a lost lease), as one thread would not.
+            let (go, may_start) = std::sync::mpsc::channel::<()>();
             let (reads, stop) = (&reads, &stop);
-            scope.spawn(move || fetch_projects(plane, bounds, reads, floor, stop, &tx));
+            scope.spawn(move || fetch_projects(plane, bounds, reads, floor, stop, &may_start, &tx));
+            let mut first_page = Some(first_page);
             let listed = (|| {
                 let mut out = Vec::with_capacity(to_list.len());
+                // The first project's pages are on their way while the store is read.
+                let _ = go.send(());
                 let mut known = known(db)?.into_iter();
-                for project in to_list {
+                for (i, project) in to_list.iter().enumerate() {
                     let store = known.next().unwrap_or_default();
-                    let l = ProjectListing::default();
                     if self.rate_limited || self.report.stopped_early.is_some() {
-                        out.push(l);
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        out.push(ProjectListing::default());
                         continue;
                     }
-                    out.push(self.take_pages(db, project, plane, &rx, l, store)?);
+                    if i > 0 {
+                        let _ = go.send(());
+                    }
+                    out.push(self.take_pages(db, project, plane, &rx, store, &mut first_page)?);
                 }
                 Ok(out)
             })();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            // The reader, blocked on a page no one will take, ends when this goes.
+            // The reader, blocked on a page no one will take or on a go-ahead no one will
+            // send, ends when these go.
+            drop(go);
             drop(rx);
             listed
         })
@@ -118,9 +135,10 @@ impl Pass<'_> {
         project: &Project,
         plane: &PlaneClient,
         pages: &std::sync::mpsc::Receiver<Fetched>,
-        mut l: ProjectListing,
         mut store: ProjectKnown,
+        first_page: &mut FirstPage<'_>,
     ) -> Result<ProjectListing> {
+        let mut l = ProjectListing::default();
         let pid = &project.plane_project_id;
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
         let mut states_refreshed = false;
@@ -129,6 +147,11 @@ impl Pass<'_> {
         // Each page is looked up in `store` (a work item without a task of this project
         // is read from the store, page by page).
         loop {
+            // A 429 (of the States API, while this page was judged) ends the pass's
+            // Plane calls: no more pages are taken, and the reader is stopped.
+            if self.rate_limited {
+                return Ok(l);
+            }
             // Between pages: the pass lease renewed (a pass that lost it stops here).
             if self.ctx.stop_between_items("listing Plane") {
                 let why =
@@ -140,6 +163,9 @@ impl Pass<'_> {
             let page = match pages.recv() {
                 Ok(Fetched::Page(page)) => {
                     self.report.c.plane_requests += 1;
+                    if let Some(f) = first_page.take() {
+                        f(db)?;
+                    }
                     page
                 }
                 Ok(Fetched::Stopped(why)) => {
@@ -359,17 +385,21 @@ enum Fetched {
 /// Reads each project's pages ([`fetch_pages`]), project after project, as long as
 /// the judging side would list the next one: after a project listed to its last page
 /// or whose listing failed, but not after a 429, a stop (page cap, deadline) or a page
-/// below the rate-limit floor. Makes no request once `stop` is set.
+/// below the rate-limit floor. Each project starts on the judging side's go-ahead
+/// (`may_start`); no request is made once `stop` is set.
 fn fetch_projects(
     plane: &PlaneClient,
     bounds: &crate::adapters::bounds::PassBounds,
     reads: &[(&str, String)],
     floor: u32,
     stop: &std::sync::atomic::AtomicBool,
+    may_start: &std::sync::mpsc::Receiver<()>,
     out: &std::sync::mpsc::SyncSender<Fetched>,
 ) {
     for (pid, what) in reads {
-        if !fetch_pages(plane, bounds, pid, floor, what, stop, out) {
+        // Each project waits for the judging side's go-ahead (none comes once it
+        // stopped listing).
+        if may_start.recv().is_err() || !fetch_pages(plane, bounds, pid, floor, what, stop, out) {
             return;
         }
     }
