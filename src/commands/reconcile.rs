@@ -217,11 +217,13 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     }
     // The repos whose open pulls the judging will ask for are listed on a thread of
     // their own while Plane is listed: the same requests, off the pass's path. Which
-    // repos is read once Plane answered the first page (so a pass that meets a 429
-    // first lists none), or, with nothing to list in Plane, right after. None when the
-    // judging will skip every task (rate limited; Plane unset and the blocked check on).
+    // repos is read once Plane answered the first page (so a pass that meets a 429, an
+    // outage or no Plane at all lists none), or, when the listing decides nothing (the
+    // blocked check off, nothing to list), after the listing.
     let (now, limits) = (p.now, p.limits);
-    let skip_blocked = s.reconcile_skip_blocked_enabled;
+    // With the blocked check on, a task is judged only where its project's listing
+    // answered: the repos are then sent from the first page or not at all.
+    let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
     let listings = std::thread::scope(|scope| -> Result<HashMap<String, ProjectListing>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let prefetch = gitea.map(|client| scope.spawn(move || prefetch_pulls(client, &rx)));
@@ -239,7 +241,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             Ok(())
         };
         let listings = p.list_and_sweep(db, to_list, replay, cap, &mut send_repos)?;
-        if !p.rate_limited && (p.plane.is_some() || !skip_blocked) {
+        if !p.rate_limited && !listing_decides {
             send_repos(db)?;
         }
         drop(send_repos);

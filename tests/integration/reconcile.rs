@@ -941,3 +941,24 @@ fn a_429_on_the_first_page_lists_nothing_on_gitea() {
     assert_eq!(r["stopped_early"], Value::Null, "{r:#}");
     assert!(w.gitea_requests() > 0, "{r:#}");
 }
+
+/// With Plane down every task is skipped as "could not tell": nothing is listed on
+/// Gitea ahead of the judging either.
+#[test]
+fn plane_down_lists_nothing_on_gitea() {
+    let w = world();
+    w.task("orch", 1, "development", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    for project in ["orch", "shop", "web"] {
+        let pid = w.env.project(project).plane_project_id;
+        w.plane().server().script(
+            Some("GET"),
+            &format!("/api/v1/workspaces/acme/projects/{pid}/work-items/"),
+            Reply::json(502, &json!({"error": "bad gateway"})),
+            10,
+        );
+    }
+    let r = w.json();
+    assert_eq!(verdict_of(&r, "ORCH-1")["guard"], "blocked", "{r:#}");
+    assert_eq!(w.gitea_requests(), 0, "{r:#}");
+}

@@ -25,6 +25,13 @@ pub(super) struct ProjectListing {
     pub(super) resolved: Vec<(WorkItem, CachedState)>,
 }
 
+/// The judging side's ends of the page reader: its pages, and (for a project after the
+/// first) the go-ahead to send before the project's first page is waited for.
+struct Reader<'r> {
+    pages: &'r std::sync::mpsc::Receiver<Fetched>,
+    go: Option<&'r std::sync::mpsc::Sender<()>>,
+}
+
 /// What runs once, when a listing's first page arrived.
 type FirstPage<'f> = Option<&'f mut dyn FnMut(&mut Db) -> Result<()>>;
 
@@ -112,10 +119,19 @@ impl Pass<'_> {
                         out.push(ProjectListing::default());
                         continue;
                     }
-                    if i > 0 {
-                        let _ = go.send(());
-                    }
-                    out.push(self.take_pages(db, project, plane, &rx, store, &mut first_page)?);
+                    // The first project's go-ahead went before the store was read.
+                    let reader = Reader {
+                        pages: &rx,
+                        go: (i > 0).then_some(&go),
+                    };
+                    out.push(self.take_pages(
+                        db,
+                        project,
+                        plane,
+                        reader,
+                        store,
+                        &mut first_page,
+                    )?);
                 }
                 Ok(out)
             })();
@@ -134,10 +150,11 @@ impl Pass<'_> {
         db: &mut Db,
         project: &Project,
         plane: &PlaneClient,
-        pages: &std::sync::mpsc::Receiver<Fetched>,
+        reader: Reader<'_>,
         mut store: ProjectKnown,
         first_page: &mut FirstPage<'_>,
     ) -> Result<ProjectListing> {
+        let Reader { pages, mut go } = reader;
         let mut l = ProjectListing::default();
         let pid = &project.plane_project_id;
         let floor = self.ctx.config.settings.reconcile_rate_limit_floor.0;
@@ -159,6 +176,10 @@ impl Pass<'_> {
                 l.listing.failed = Some(format!("listing stopped: {why}"));
                 self.report.stopped_early.get_or_insert(why.to_string());
                 return Ok(l);
+            }
+            // The project's first page is asked for only now, past the lease check.
+            if let Some(go) = go.take() {
+                let _ = go.send(());
             }
             let page = match pages.recv() {
                 Ok(Fetched::Page(page)) => {
