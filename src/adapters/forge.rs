@@ -189,8 +189,7 @@ impl<'a> Forge<'a> {
             final_ci: None,
             ci_failure: None,
         };
-        let wants_pr = needs.contains(&Need::Pr) || needs.contains(&Need::Ci);
-        if !wants_pr {
+        if !crate::core::gate::reads_pr(needs) {
             return out;
         }
         if self.client.is_none() {

@@ -271,10 +271,7 @@ fn repos_to_judge(
 ) -> Result<std::collections::BTreeSet<String>> {
     let stages: Vec<Stage> = Stage::ALL
         .into_iter()
-        .filter(|s| {
-            let needs = gate::needs(*s);
-            needs.contains(&gate::Need::Pr) || needs.contains(&gate::Need::Ci)
-        })
+        .filter(|s| gate::reads_pr(&gate::needs(*s)))
         .collect();
     let live = db.live_jobs_by_task()?;
     db.repos_of_tasks(&stages, TASK_PAGE, |h| {

@@ -92,6 +92,13 @@ pub enum Need {
     Deploy,
 }
 
+/// Whether a gate that needs `needs` reads the task's PR from the forge (its CI
+/// included): what a pass lists a repo's open pulls for.
+#[must_use]
+pub fn reads_pr(needs: &[Need]) -> bool {
+    needs.iter().any(|n| matches!(n, Need::Pr | Need::Ci))
+}
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", content = "reason", rename_all = "lowercase")]
@@ -643,6 +650,24 @@ fn merge_known(i: &GateInputs) -> CheckResult {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn which_stages_read_the_pr() {
+        use crate::core::stage::Stage;
+        for (stage, reads) in [
+            (Stage::Analysis, false),
+            (Stage::Development, true),
+            (Stage::Review, false),
+            (Stage::DeployStaging, true),
+            (Stage::Deploy, true),
+            (Stage::Done, false),
+            (Stage::Cancelled, false),
+        ] {
+            assert_eq!(super::reads_pr(&super::needs(stage)), reads, "{stage}");
+        }
+        assert!(super::reads_pr(&[super::Need::Ci]));
+        assert!(!super::reads_pr(&[super::Need::Job, super::Need::Review]));
+    }
+
     use super::*;
     use crate::core::job::JobStatus;
 
