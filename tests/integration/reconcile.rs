@@ -144,6 +144,21 @@ impl World {
     fn gitea_requests(&self) -> usize {
         self.gitea().server().requests().len()
     }
+
+    /// Plane's answer when throttled (429, `Retry-After: 42`) to the next listing
+    /// request of project `pid`.
+    fn throttle_listing(&self, pid: &str) {
+        self.plane().server().script(
+            Some("GET"),
+            &format!("/api/v1/workspaces/acme/projects/{pid}/work-items/"),
+            Reply::json(
+                429,
+                &json!({"error_code": 5900, "error_message": "RATE_LIMIT_EXCEEDED"}),
+            )
+            .with_header("Retry-After", "42"),
+            1,
+        );
+    }
 }
 
 fn item_id(pid: &str, n: u64) -> String {
@@ -459,16 +474,7 @@ fn a_thousand_tasks_cost_pages_not_tasks_and_a_429_ends_the_pass_cleanly() {
 
     // A budget that runs out mid-listing: 429 ends the pass cleanly (exit 0).
     // (Plane's answer when throttled, on the second project's first page.)
-    w.plane().server().script(
-        Some("GET"),
-        &format!("/api/v1/workspaces/acme/projects/{P2}/work-items/"),
-        Reply::json(
-            429,
-            &json!({"error_code": 5900, "error_message": "RATE_LIMIT_EXCEEDED"}),
-        )
-        .with_header("Retry-After", "42"),
-        1,
-    );
+    w.throttle_listing(P2);
     let run = w.reconcile(&["--json"]);
     let r = run.json();
     assert!(
@@ -919,16 +925,7 @@ fn a_429_on_the_first_page_lists_nothing_on_gitea() {
     let w = world();
     w.task("orch", 1, "development", 0, 0);
     w.item(P1, 1, IN_PROGRESS);
-    w.plane().server().script(
-        Some("GET"),
-        &format!("/api/v1/workspaces/acme/projects/{P1}/work-items/"),
-        Reply::json(
-            429,
-            &json!({"error_code": 5900, "error_message": "RATE_LIMIT_EXCEEDED"}),
-        )
-        .with_header("Retry-After", "42"),
-        1,
-    );
+    w.throttle_listing(P1);
     let r = w.json();
     assert!(
         r["stopped_early"].as_str().unwrap().contains("429"),
