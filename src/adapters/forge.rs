@@ -29,7 +29,7 @@
 //! Only what `gate::needs(stage)` lists is fetched. Errors become the fact's `Err`, so
 //! the checks that read it say `Unknown` and the gate waits; nothing here fails a pass.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::adapters::db::Db;
 use crate::adapters::gitea::{GiteaClient, PullRequest};
@@ -52,6 +52,9 @@ pub struct Forge<'a> {
     /// many tasks) rather than read by number (one task).
     from_listing: bool,
     open_pulls: HashMap<String, Result<OpenPulls, String>>,
+    /// Per repo, the listed heads whose green verdict the store held when the listing
+    /// was adopted ([`Forge::note_green`]): answered without a read of the store.
+    green: HashMap<String, HashSet<String>>,
     /// Gitea calls made (a listing counts one per page read).
     pub requests: i64,
 }
@@ -154,6 +157,7 @@ impl<'a> Forge<'a> {
             client,
             from_listing: false,
             open_pulls: HashMap::new(),
+            green: HashMap::new(),
             requests: 0,
         }
     }
@@ -225,11 +229,21 @@ impl<'a> Forge<'a> {
             }
         }
         if needs.contains(&Need::Ci) {
-            let known = ci_cache.and_then(|db| match db.ci_verdict(&task.repo, &facts.head_sha) {
-                Ok(v) => v,
-                Err(e) => {
-                    log::warn!("task {}: reading the CI verdict cache: {e:#}", task.key);
-                    None
+            let noted = |f: &Forge<'_>| {
+                f.green
+                    .get(&task.repo)
+                    .is_some_and(|g| g.contains(&facts.head_sha))
+            };
+            let known = ci_cache.and_then(|db| {
+                if noted(self) {
+                    return Some(CiState::Success);
+                }
+                match db.ci_verdict(&task.repo, &facts.head_sha) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        log::warn!("task {}: reading the CI verdict cache: {e:#}", task.key);
+                        None
+                    }
                 }
             });
             out.ci = match known {
@@ -335,6 +349,31 @@ impl<'a> Forge<'a> {
         self.open_pulls
             .entry(repo.to_string())
             .or_insert(listed.pulls);
+    }
+
+    /// The head SHAs of each repo's open pulls listed so far (repos whose listing
+    /// failed have none).
+    #[must_use]
+    pub fn listed_heads(&self) -> Vec<(String, Vec<String>)> {
+        self.open_pulls
+            .iter()
+            .filter_map(|(repo, listed)| {
+                let listed = listed.as_ref().ok()?;
+                let heads = listed.listed.iter().map(|pr| pr.head.sha.clone());
+                Some((repo.clone(), heads.collect()))
+            })
+            .collect()
+    }
+
+    /// Notes `heads` of `repo` as green in the store's CI verdicts (`Db::green_heads`,
+    /// read once for a listing): a gate reading one of them answers from here. A
+    /// green verdict is final, so a note never goes out of date; a head not noted is
+    /// read from the store as before.
+    pub fn note_green(&mut self, repo: &str, heads: HashSet<String>) {
+        self.green
+            .entry(repo.to_string())
+            .or_default()
+            .extend(heads);
     }
 
     fn contained_in_base(&mut self, task: &Task, pr: &PullRequest) -> Result<bool, String> {

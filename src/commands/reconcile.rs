@@ -30,8 +30,7 @@ use crate::core::gate;
 use crate::core::job::{Job, JobOutcome, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
-    self, decide, local_guards, Action, Deferral, GuardFacts, Judgement, Limits, Progress,
-    TaskVerdict,
+    self, decide, Action, Deferral, GuardFacts, Judgement, Limits, Progress, TaskVerdict,
 };
 use crate::core::stage::{Actor, Stage};
 use crate::core::task::Task;
@@ -189,8 +188,14 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     // costs no request at all.
     // Replaying lists every project whatever the tasks: no walk over them then.
     let mut passing: HashSet<String> = HashSet::new();
+    // The live jobs the guards read before the listing (which projects to list, which
+    // repos to list ahead); the judging reads them again, after the replays.
+    let live = if s.reconcile_skip_blocked_enabled {
+        db.live_jobs_by_task()?
+    } else {
+        HashMap::new()
+    };
     if !replay && s.reconcile_skip_blocked_enabled {
-        let live = db.live_jobs_by_task()?;
         let projects = ctx.config.pipeline.projects.len();
         for_each_task(
             db,
@@ -200,7 +205,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             |_, _| Ok(()),
             |_, t, ()| {
                 if !passing.contains(t.project())
-                    && local_guards(&facts_of(t, &live), p.now, &p.limits).is_none()
+                    && reconcile::passes_local_guards(&facts_of(t, &live), p.now, &p.limits)
                 {
                     passing.insert(t.project().to_string());
                 }
@@ -217,21 +222,41 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     }
     // The repos whose open pulls the judging will ask for are listed on a thread of
     // their own while Plane is listed: the same requests, off the pass's path. Which
-    // repos is read once Plane answered the first page (so a pass that meets a 429, an
+    // repos is sent once Plane answered the first page (so a pass that meets a 429, an
     // outage or no Plane at all lists none), or, when the listing decides nothing (the
     // blocked check off, nothing to list), after the listing.
     let (now, limits) = (p.now, p.limits);
     // With the blocked check on, a task is judged only where its project's listing
-    // answered: the repos are then sent from the first page or not at all.
+    // answered: the repos are then sent from the first page or not at all, and are
+    // gathered by the read of the listed projects' tasks the listing makes anyway (a
+    // project left unlisted has no task past the guards).
     let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
+    let ahead = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let pr_stages = stages_reading_pr();
+    let mut gather = |h: &TaskHead, repo: &str| {
+        if listing_decides
+            && gitea.is_some()
+            && pr_stages.contains(&h.stage)
+            && !ahead.borrow().contains(repo)
+            && passes_local_guards(h, &live, now, &limits)
+        {
+            ahead.borrow_mut().insert(repo.to_string());
+        }
+    };
     let listings = std::thread::scope(|scope| -> Result<HashMap<String, ProjectListing>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let prefetch = gitea.map(|client| scope.spawn(move || prefetch_pulls(client, &rx)));
         let mut tx = prefetch.as_ref().map(|_| tx);
         // Owns the sender: dropped unsent, it lets the reader end with nothing to list.
+        let ahead = &ahead;
         let mut send_repos = move |db: &mut Db| -> Result<()> {
             if let Some(tx) = tx.take() {
-                match repos_to_judge(db, now, &limits) {
+                let repos = if listing_decides {
+                    Ok(ahead.take())
+                } else {
+                    repos_to_judge(db, now, &limits)
+                };
+                match repos {
                     // A reader that is gone (it panicked) is found at the join below.
                     Ok(repos) => drop(tx.send(repos)),
                     // Only a head start lost: the judging lists each repo when it asks.
@@ -240,7 +265,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             }
             Ok(())
         };
-        let listings = p.list_and_sweep(db, to_list, replay, cap, &mut send_repos)?;
+        let listings = p.list_and_sweep(db, to_list, replay, cap, &mut gather, &mut send_repos)?;
         if !p.rate_limited && !listing_decides {
             send_repos(db)?;
         }
@@ -251,6 +276,15 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             for (repo, pulls) in listed {
                 p.forge.adopt(&repo, pulls);
+            }
+            // The listed heads' green verdicts, read per listing instead of per task.
+            for (repo, heads) in p.forge.listed_heads() {
+                let heads: Vec<&str> = heads.iter().map(String::as_str).collect();
+                match db.green_heads(&repo, &heads) {
+                    Ok(green) => p.forge.note_green(&repo, green),
+                    // Each gated task's verdict is then read alone, as before.
+                    Err(e) => log::warn!("reading the CI verdicts of {repo}'s open pulls: {e:#}"),
+                }
             }
         }
         Ok(listings)
@@ -269,14 +303,18 @@ fn repos_to_judge(
     now: i64,
     limits: &Limits,
 ) -> Result<std::collections::BTreeSet<String>> {
-    let stages: Vec<Stage> = Stage::ALL
-        .into_iter()
-        .filter(|s| gate::reads_pr(&gate::needs(*s)))
-        .collect();
     let live = db.live_jobs_by_task()?;
-    db.repos_of_tasks(&stages, TASK_PAGE, |h| {
+    db.repos_of_tasks(&stages_reading_pr(), TASK_PAGE, |h| {
         passes_local_guards(h, &live, now, limits)
     })
+}
+
+/// The stages whose gate reads the PR or its CI.
+fn stages_reading_pr() -> Vec<Stage> {
+    Stage::ALL
+        .into_iter()
+        .filter(|s| gate::reads_pr(&gate::needs(*s)))
+        .collect()
 }
 
 /// Lists the open pulls of each repo `repos` hands over (nothing when it hands over
@@ -299,22 +337,24 @@ fn prefetch_pulls(
 
 impl<'a> Pass<'a> {
     /// Lists the projects of `to_list` in Plane, replays what the listings call for,
-    /// and sweeps escalations: everything a pass does before it judges. `first_page`
-    /// runs once Plane answered the first page.
+    /// and sweeps escalations: everything a pass does before it judges. `also` sees
+    /// each listed project's task as the store is read for the listing
+    /// (`Db::projects_known`); `first_page` runs once Plane answered the first page.
     fn list_and_sweep(
         &mut self,
         db: &mut Db,
         to_list: Vec<&'a Project>,
         replay: bool,
         cap: usize,
+        also: &mut dyn FnMut(&TaskHead, &str),
         first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
     ) -> Result<HashMap<String, ProjectListing>> {
         // What the store knows of the listed projects' tasks, in one read of each table
         // while the first pages are on their way; each project's part is dropped once
         // it is listed.
         let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
-        let listed =
-            self.list_projects(db, &to_list, |db| db.projects_known(&names), first_page)?;
+        let known = |db: &mut Db| db.projects_known(&names, also);
+        let listed = self.list_projects(db, &to_list, known, first_page)?;
         let listings: HashMap<String, ProjectListing> =
             to_list.iter().map(|p| p.name.clone()).zip(listed).collect();
 
@@ -403,7 +443,7 @@ fn passes_local_guards(
         developer_retries: h.developer_retries,
         escalated: h.escalated_at.is_some(),
     };
-    local_guards(&facts, now, limits).is_none()
+    reconcile::passes_local_guards(&facts, now, limits)
 }
 
 impl Pass<'_> {
@@ -510,7 +550,9 @@ impl Pass<'_> {
         walk: &mut Walk,
     ) -> Result<()> {
         self.report.c.scanned += 1;
-        let listed = skip_blocked.then(|| {
+        // Only a task past the local guards (one the page read whole) reaches the
+        // blocked guard: a head is skipped before its listing is looked at.
+        let listed = (skip_blocked && matches!(t, PageTask::Full(_))).then(|| {
             reconcile::listed(
                 listings.get(t.project()).map(|l| &l.listing),
                 t.work_item_id(),

@@ -70,35 +70,64 @@ impl Skip {
     }
 }
 
-/// Applies the local guards, in order: analysis, no gate, live job, grace, escalated.
-/// `None` means the task goes on to the blocked check and then its gate.
-pub fn local_guards(t: &GuardFacts, now: i64, limits: &Limits) -> Option<Skip> {
+/// The first local guard a task fails, told without its reason: what
+/// [`local_guards`] words, and what [`passes_local_guards`] asks without wording it.
+enum Guard {
+    Analysis,
+    NoGate,
+    JobLive(i64, &'static str),
+    Grace(i64),
+    Retries,
+    Escalated,
+}
+
+fn first_guard(t: &GuardFacts, now: i64, limits: &Limits) -> Option<Guard> {
     if t.stage == Stage::Analysis {
-        return Some(Skip::Analysis);
+        return Some(Guard::Analysis);
     }
     if crate::core::gate::gate(t.stage).is_none() {
-        return Some(Skip::NoGate(format!("{} has no gate", t.stage)));
+        return Some(Guard::NoGate);
     }
     if let Some((id, status)) = t.live_job {
-        return Some(Skip::JobLive(format!("job {id} is {status}")));
+        return Some(Guard::JobLive(id, status));
     }
     let age = now - t.stage_entered_at;
     if age < limits.grace_s {
-        return Some(Skip::Grace(format!(
-            "entered {} {}s ago (grace {}s)",
-            t.stage, age, limits.grace_s
-        )));
+        return Some(Guard::Grace(age));
     }
     if t.developer_retries >= limits.max_developer_retries {
-        return Some(Skip::Escalated(format!(
-            "developer retries {} reached the limit {}",
-            t.developer_retries, limits.max_developer_retries
-        )));
+        return Some(Guard::Retries);
     }
     if t.escalated {
-        return Some(Skip::Escalated("escalated to a human".into()));
+        return Some(Guard::Escalated);
     }
     None
+}
+
+/// Applies the local guards, in order: analysis, no gate, live job, grace, escalated.
+/// `None` means the task goes on to the blocked check and then its gate.
+pub fn local_guards(t: &GuardFacts, now: i64, limits: &Limits) -> Option<Skip> {
+    Some(match first_guard(t, now, limits)? {
+        Guard::Analysis => Skip::Analysis,
+        Guard::NoGate => Skip::NoGate(format!("{} has no gate", t.stage)),
+        Guard::JobLive(id, status) => Skip::JobLive(format!("job {id} is {status}")),
+        Guard::Grace(age) => Skip::Grace(format!(
+            "entered {} {}s ago (grace {}s)",
+            t.stage, age, limits.grace_s
+        )),
+        Guard::Retries => Skip::Escalated(format!(
+            "developer retries {} reached the limit {}",
+            t.developer_retries, limits.max_developer_retries
+        )),
+        Guard::Escalated => Skip::Escalated("escalated to a human".into()),
+    })
+}
+
+/// Whether the local guards let the task through (`local_guards` is `None`), without
+/// wording the reason of the one that stops it: what a pass asks of every task to
+/// know which to read whole.
+pub fn passes_local_guards(t: &GuardFacts, now: i64, limits: &Limits) -> bool {
+    first_guard(t, now, limits).is_none()
 }
 
 /// What Plane said about the work item's state, for the blocked guard.
@@ -595,6 +624,34 @@ mod tests {
             ..t
         };
         assert_eq!(local_guards(&t, now, &LIMITS), None);
+    }
+
+    /// The check that words no reason lets through exactly what `local_guards` does,
+    /// over every stage and each guard's boundary.
+    #[test]
+    fn passing_the_guards_agrees_with_their_verdict() {
+        let mut seen = [false; 2];
+        for stage in Stage::ALL {
+            for entered in [699, 700, 701] {
+                for live_job in [None, Some((7, "queued"))] {
+                    for developer_retries in [0, LIMITS.max_developer_retries - 1, 9] {
+                        for escalated in [false, true] {
+                            let t = GuardFacts {
+                                stage,
+                                stage_entered_at: entered,
+                                live_job,
+                                developer_retries,
+                                escalated,
+                            };
+                            let passes = passes_local_guards(&t, 1_000, &LIMITS);
+                            assert_eq!(passes, local_guards(&t, 1_000, &LIMITS).is_none(), "{t:?}");
+                            seen[usize::from(passes)] = true;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, [true, true], "both answers were met");
     }
 
     #[test]

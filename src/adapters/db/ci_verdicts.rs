@@ -3,8 +3,13 @@
 //! (a CI re-run of the same commit can turn them green), pending and other verdicts are
 //! never stored ([`CiState::is_kept`]).
 
-use crate::adapters::db::sql::{params, OptionalExtension};
+use std::collections::HashSet;
+
+use crate::adapters::db::sql::{params, OptionalExtension, Value};
 use anyhow::Result;
+
+/// Heads asked about per query by [`Db::green_heads`].
+const GREEN_CHUNK: usize = 32;
 
 use crate::adapters::db::Db;
 use crate::core::facts::CiState;
@@ -21,6 +26,33 @@ impl Db {
             .query_row(params![repo, head_sha], |r| r.get(0))
             .optional()?;
         Ok(name.as_deref().and_then(CiState::from_kept_name))
+    }
+
+    /// Returns which of `heads` have a green verdict recorded in `repo`, in one query
+    /// per [`GREEN_CHUNK`] heads: what a pass reads once for a repo's listed open pulls
+    /// instead of once per gated task.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn green_heads(&self, repo: &str, heads: &[&str]) -> Result<HashSet<String>> {
+        let marks: Vec<String> = (2..2 + GREEN_CHUNK).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT head_sha FROM ci_verdicts WHERE repo = ?1 AND head_sha IN ({})",
+            marks.join(", ")
+        );
+        let mut green = HashSet::new();
+        for chunk in heads.chunks(GREEN_CHUNK) {
+            // Padded to the chunk by repeating the first head (twice in `IN` is once).
+            let mut values = vec![Value::Text(repo.to_string())];
+            values.extend(
+                chunk
+                    .iter()
+                    .chain(std::iter::repeat_n(&chunk[0], GREEN_CHUNK - chunk.len()))
+                    .map(|h| Value::Text((*h).to_string())),
+            );
+            green.extend(self.query_all(&sql, values, |r| r.get::<_, String>(0))?);
+        }
+        Ok(green)
     }
 
     /// Records `verdict` for `head_sha` in `repo` when it is kept (success); returns
@@ -54,6 +86,28 @@ impl Db {
 mod tests {
     use crate::adapters::db::test_support::db;
     use crate::core::facts::CiState;
+
+    /// The read per listing answers as the read per head does: past one chunk, with
+    /// heads green only in another repo, and heads never seen.
+    #[test]
+    fn green_heads_read_as_one_head_at_a_time() {
+        let (_dir, db) = db();
+        let heads: Vec<String> = (0..70).map(|n| format!("h{n}")).collect();
+        for (n, h) in heads.iter().enumerate() {
+            let repo = if n % 3 == 0 { "acme/b" } else { "acme/a" };
+            if n % 5 != 0 {
+                db.record_ci_verdict(repo, h, &CiState::Success, 1).unwrap();
+            }
+        }
+        let asked: Vec<&str> = heads.iter().map(String::as_str).collect();
+        let green = db.green_heads("acme/a", &asked).unwrap();
+        for h in &heads {
+            let one = db.ci_verdict("acme/a", h).unwrap() == Some(CiState::Success);
+            assert_eq!(green.contains(h), one, "{h}");
+        }
+        assert_eq!(green.len(), 37);
+        assert!(db.green_heads("acme/a", &[]).unwrap().is_empty());
+    }
 
     #[test]
     fn only_green_verdicts_are_kept_per_repo_and_head() {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::adapters::db::sql::{params, Error};
 use anyhow::Result;
 
-use crate::adapters::db::{parse_col, Db};
+use crate::adapters::db::{parse_col, Db, TaskHead};
 use crate::core::job::JobStatus;
 use crate::core::priority::Priority;
 use crate::core::stage::Stage;
@@ -26,14 +26,14 @@ pub struct ListedTask {
     pub priority: Priority,
 }
 
-/// What the store knows of the work items of one listed page, read in two queries
-/// (see [`Db::listed_known`]).
+/// What the store knows of the work items of one listed page, each at its item's
+/// place in the page (see [`Db::listed_known`] and [`ProjectKnown::page`]).
 #[derive(Debug, Default)]
 pub struct ListedKnown {
-    /// Work item id → the newest update seen of it (microseconds), when one was.
-    pub newest_us: HashMap<String, i64>,
-    /// Work item id → its task, when it has one.
-    pub tasks: HashMap<String, ListedTask>,
+    /// The newest update seen of each work item (microseconds), when one was.
+    pub newest_us: Vec<Option<i64>>,
+    /// Each work item's task, when it has one.
+    pub tasks: Vec<Option<ListedTask>>,
 }
 
 /// What the store knows of one work item: its task (the key as a range of
@@ -142,30 +142,38 @@ impl ProjectKnown {
     /// # Errors
     /// On SQL errors.
     pub fn page(&self, db: &Db, work_item_ids: &[&str]) -> Result<ListedKnown> {
-        let mut misses: Vec<&str> = Vec::new();
-        let mut known = ListedKnown::default();
-        for id in work_item_ids {
+        let mut misses: Vec<(usize, &str)> = Vec::new();
+        let mut known = ListedKnown {
+            newest_us: Vec::with_capacity(work_item_ids.len()),
+            tasks: Vec::with_capacity(work_item_ids.len()),
+        };
+        for (i, id) in work_item_ids.iter().enumerate() {
             match self.get(id) {
                 Some(k) => {
                     let at = k.key_at as usize;
-                    let task = ListedTask {
+                    known.tasks.push(Some(ListedTask {
                         id: k.id,
                         key: self.keys[at..at + usize::from(k.key_len)].to_string(),
                         stage: k.stage,
                         priority: k.priority,
-                    };
-                    known.tasks.insert((*id).to_string(), task);
-                    if let Some(us) = k.newest_us {
-                        known.newest_us.insert((*id).to_string(), us);
-                    }
+                    }));
+                    known.newest_us.push(k.newest_us);
                 }
-                None => misses.push(id),
+                None => {
+                    known.tasks.push(None);
+                    known.newest_us.push(None);
+                    misses.push((i, id));
+                }
             }
         }
         if !misses.is_empty() {
-            let read = db.listed_known(&misses)?;
-            known.newest_us.extend(read.newest_us);
-            known.tasks.extend(read.tasks);
+            let ids: Vec<&str> = misses.iter().map(|(_, id)| *id).collect();
+            let read = db.listed_known(&ids)?;
+            let read = read.newest_us.into_iter().zip(read.tasks);
+            for ((i, _), (us, task)) in misses.iter().zip(read) {
+                known.newest_us[*i] = us;
+                known.tasks[*i] = task;
+            }
         }
         Ok(known)
     }
@@ -216,11 +224,17 @@ impl Db {
     /// item), for [`ProjectKnown::page`] to answer each listed page from: one pass over
     /// `tasks` and one over `work_item_updates`, each read in storage order with no
     /// index search per row. Returned in the order of `projects`; a pass drops each once
-    /// its project is listed.
+    /// its project is listed. `also` sees each of these tasks' head (without its
+    /// project, work item or key) and repo as the read goes: what else the pass needs
+    /// to know of them, in the same read (which repos its judging will ask Gitea about).
     ///
     /// # Errors
     /// On SQL errors.
-    pub fn projects_known(&self, projects: &[&str]) -> Result<Vec<ProjectKnown>> {
+    pub fn projects_known(
+        &self,
+        projects: &[&str],
+        mut also: impl FnMut(&TaskHead, &str),
+    ) -> Result<Vec<ProjectKnown>> {
         let mut known: Vec<ProjectKnown> =
             projects.iter().map(|_| ProjectKnown::default()).collect();
         if projects.is_empty() {
@@ -232,7 +246,8 @@ impl Db {
         let mut after = i64::MIN;
         loop {
             let mut stmt = self.conn().prepare_cached(
-                "SELECT id, project, work_item_id, key, stage, priority FROM tasks
+                "SELECT id, project, work_item_id, key, stage, priority, repo, stage_entered_at,
+                     developer_retries, escalated_at FROM tasks
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
@@ -264,6 +279,17 @@ impl Db {
                     stage: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
                     priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
                 };
+                let head = TaskHead {
+                    id: after,
+                    project: String::new(),
+                    work_item_id: String::new(),
+                    key: String::new(),
+                    stage: k.stage,
+                    stage_entered_at: r.get(7)?,
+                    developer_retries: r.get(8)?,
+                    escalated_at: r.get(9)?,
+                };
+                r.with_text(6, |repo| also(&head, repo))?;
                 match r.with_text(2, uuid_words)? {
                     Some(w) => known.by_uuid.push((w, k)),
                     None => {
@@ -329,10 +355,11 @@ impl Db {
     /// # Errors
     /// On SQL errors.
     pub fn listed_known(&self, work_item_ids: &[&str]) -> Result<ListedKnown> {
-        let mut known = ListedKnown::default();
         if work_item_ids.is_empty() {
-            return Ok(known);
+            return Ok(ListedKnown::default());
         }
+        let mut newest_us: HashMap<String, i64> = HashMap::new();
+        let mut tasks: HashMap<String, ListedTask> = HashMap::new();
         let marks = placeholders(work_item_ids.len());
         let ids = crate::adapters::db::sql::params_from_iter(work_item_ids.iter());
         let mut stmt = self.conn().prepare_cached(&format!(
@@ -340,7 +367,7 @@ impl Db {
         ))?;
         let mut rows = stmt.query(ids)?;
         while let Some(r) = rows.next()? {
-            known.newest_us.insert(r.get(0)?, r.get(1)?);
+            newest_us.insert(r.get(0)?, r.get(1)?);
         }
         drop(rows);
         let ids = crate::adapters::db::sql::params_from_iter(work_item_ids.iter());
@@ -349,7 +376,7 @@ impl Db {
         ))?;
         let mut rows = stmt.query(ids)?;
         while let Some(r) = rows.next()? {
-            known.tasks.insert(
+            tasks.insert(
                 r.get(0)?,
                 ListedTask {
                     id: r.get(1)?,
@@ -359,7 +386,16 @@ impl Db {
                 },
             );
         }
-        Ok(known)
+        Ok(ListedKnown {
+            newest_us: work_item_ids
+                .iter()
+                .map(|id| newest_us.get(*id).copied())
+                .collect(),
+            tasks: work_item_ids
+                .iter()
+                .map(|id| tasks.get(*id).cloned())
+                .collect(),
+        })
     }
 
     /// Returns the queued or running job of every task that has one (task id → job id
@@ -504,7 +540,41 @@ mod tests {
         )
         .unwrap();
         db.note_updates(&[seen("no-task", 40)], 1).unwrap();
-        let known = db.projects_known(&["shop", "orch"]).unwrap().swap_remove(1);
+        // What the read hands over besides: each listed project's task's head and repo.
+        db.escalate(3, "stuck", 5).unwrap();
+        let mut heads = Vec::new();
+        db.projects_known(&["shop"], |h, repo| {
+            let h = (
+                h.id,
+                h.stage,
+                h.stage_entered_at,
+                h.developer_retries,
+                h.escalated_at,
+            );
+            heads.push((h, repo.to_string()));
+        })
+        .unwrap();
+        let shop: Vec<_> = (1..=6)
+            .filter_map(|id| db.task(id).unwrap())
+            .filter(|t| t.project == "shop")
+            .map(|t| {
+                let h = (
+                    t.id,
+                    t.stage,
+                    t.stage_entered_at,
+                    t.developer_retries,
+                    t.escalated_at,
+                );
+                (h, t.repo)
+            })
+            .collect();
+        assert_eq!(heads, shop);
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0].0 .4, Some(5), "task 3 escalated, as read");
+        let known = db
+            .projects_known(&["shop", "orch"], |_, _| {})
+            .unwrap()
+            .swap_remove(1);
         assert_eq!(known.len(), 4, "the tasks of orch only");
         let mut page: Vec<&str> = ids.iter().map(String::as_str).collect();
         page.extend(["no-task", "never-seen", "plane-item-2"]);
@@ -514,9 +584,11 @@ mod tests {
         );
         assert_eq!(a.tasks, b.tasks);
         assert_eq!(a.newest_us, b.newest_us);
-        assert_eq!(a.tasks.len(), 6);
-        assert_eq!(a.newest_us.len(), 4);
-        assert_eq!(a.tasks[&ids[3]].priority, Priority::High);
+        assert_eq!(a.tasks.iter().flatten().count(), 6);
+        assert_eq!(a.newest_us.iter().flatten().count(), 4);
+        // Each answer at its item's place in the page: `ids[k]` is the page's k-th.
+        let task = |k: &ListedKnown, i: usize| k.tasks[i].clone().unwrap();
+        assert_eq!(task(&a, 3).priority, Priority::High);
 
         // What the listing writes, noted: the page reads as the store does again.
         let mut known = known;
@@ -533,14 +605,11 @@ mod tests {
         );
         assert_eq!(a.tasks, b.tasks);
         assert_eq!(a.newest_us, b.newest_us);
-        assert_eq!(a.newest_us[&ids[0]], 50);
-        assert_eq!(a.newest_us[&ids[1]], 20, "only ever raised");
-        assert_eq!(a.tasks[&ids[1]].priority, Priority::Urgent);
-        assert_eq!(a.tasks[&ids[0]].key, "ORCH-1");
-        assert_eq!(
-            a.tasks[&ids[2]].key, "ORCH-3",
-            "another project's task, read"
-        );
+        assert_eq!(a.newest_us[0], Some(50));
+        assert_eq!(a.newest_us[1], Some(20), "only ever raised");
+        assert_eq!(task(&a, 1).priority, Priority::Urgent);
+        assert_eq!(task(&a, 0).key, "ORCH-1");
+        assert_eq!(task(&a, 2).key, "ORCH-3", "another project's task, read");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::adapters::db::{Db, ListedKnown, ProjectKnown};
 use crate::adapters::http::HttpError;
 use crate::adapters::plane::{PlaneClient, WorkItem, WorkItemPage};
-use crate::core::intake::{PlaneState as CachedState, SeenUpdate};
+use crate::core::intake::{PlaneState as CachedState, SeenUpdate, WorkItemTime};
 use crate::core::plane::Project;
 use crate::core::priority::Priority;
 use crate::core::reconcile::{self, Listed};
@@ -217,7 +217,7 @@ impl Pass<'_> {
             let known = store.page(db, &ids)?;
             self.note_listed_updates(db, &page.items, &known, &mut store)?;
             self.refresh_listed_priorities(db, &page.items, &known, &mut store)?;
-            for mut item in page.items {
+            for (mut item, task) in page.items.into_iter().zip(&known.tasks) {
                 // The expanded state is moved out, not copied: only a replay candidate
                 // (rare in a steady pass) keeps the item, with a copy of it.
                 let expanded = item.state.is_some();
@@ -237,8 +237,8 @@ impl Pass<'_> {
                 };
                 match state {
                     Some(st) => {
-                        let candidate = replay
-                            && Pass::replay_candidate(db, project, &st, known.tasks.get(&item.id))?;
+                        let candidate =
+                            replay && Pass::replay_candidate(db, project, &st, task.as_ref())?;
                         let mut seen = |st: CachedState| {
                             let (name, group) = states.intern(&st.name, &st.group);
                             Listed::Seen { name, group }
@@ -289,15 +289,16 @@ impl Pass<'_> {
         if self.dry_run {
             return Ok(());
         }
+        // Only a newer update is copied out of its item (a steady page copies nothing).
+        let newer = |(i, known): &(&WorkItem, &Option<i64>)| match &i.updated_at {
+            WorkItemTime::At { micros, .. } => known.is_none_or(|k| *micros > k),
+            WorkItemTime::Missing | WorkItemTime::Unparseable(_) => false,
+        };
         let updates: Vec<SeenUpdate> = items
             .iter()
-            .filter_map(|i| SeenUpdate::new(&i.id, &i.updated_at, "listing"))
-            .filter(|u| {
-                known
-                    .newest_us
-                    .get(&u.work_item_id)
-                    .is_none_or(|k| u.micros > *k)
-            })
+            .zip(&known.newest_us)
+            .filter(newer)
+            .filter_map(|(i, _)| SeenUpdate::new(&i.id, &i.updated_at, "listing"))
             .collect();
         if updates.is_empty() {
             return Ok(());
@@ -324,13 +325,9 @@ impl Pass<'_> {
         }
         let listed: Vec<(&str, Priority)> = items
             .iter()
-            .filter(|i| {
-                known
-                    .tasks
-                    .get(&i.id)
-                    .is_some_and(|t| t.priority != i.priority)
-            })
-            .map(|i| (i.id.as_str(), i.priority))
+            .zip(&known.tasks)
+            .filter(|(i, t)| t.as_ref().is_some_and(|t| t.priority != i.priority))
+            .map(|(i, _)| (i.id.as_str(), i.priority))
             .collect();
         if listed.is_empty() {
             return Ok(());
