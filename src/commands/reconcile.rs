@@ -150,6 +150,76 @@ fn for_each_task<S>(
     }
 }
 
+/// The page cache of the connection the judging's pages are read on, in KiB (SQLite's
+/// default is 2,000: a scan reads each page once, so only the tree's inner pages gain).
+const READER_CACHE_KIB: u32 = 256;
+
+/// What the judging's reader hands over: a page of tasks and what `on_page` read for
+/// it, or the error that ended the reading.
+type ReadPage<S> = Result<(Vec<PageTask>, S)>;
+
+/// [`for_each_task`] over each segment `(after, upto)` in turn until `each` says stop,
+/// with the pages read (and `on_page` run) on a thread of its own over `reader`, a
+/// second connection, at most one page ahead of `each`: the store's reads of the next
+/// page overlap the judging of this one. A page holds only rows of its own tasks, and
+/// what `each` writes touches only its task's rows, so a page read ahead reads as it
+/// would have after the tasks before it.
+fn for_each_task_ahead<S: Send>(
+    mut reader: Db,
+    db: &mut Db,
+    segments: &[(i64, Option<i64>)],
+    mut full: impl FnMut(&TaskHead) -> bool + Send,
+    mut on_page: impl FnMut(&mut Db, &[PageTask]) -> Result<S> + Send,
+    mut each: impl FnMut(&mut Db, &PageTask, &mut S) -> Result<bool>,
+) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadPage<S>>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for &(after, upto) in segments {
+                let mut after = after;
+                loop {
+                    let read = reader
+                        .task_heads_page(after, upto, TASK_PAGE, &mut full)
+                        .and_then(|page| Ok((on_page(&mut reader, &page)?, page)));
+                    let (read, page) = match read {
+                        Ok(read) => read,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let next = match page.last() {
+                        Some(last) if page.len() == TASK_PAGE => Some(last.id()),
+                        _ => None,
+                    };
+                    // Gone: the walk stopped (or failed) and wants no more pages.
+                    if tx.send(Ok((page, read))).is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(id) => after = id,
+                        None => break,
+                    }
+                }
+            }
+        });
+        let walked = (|| {
+            for read in &rx {
+                let (page, mut read) = read?;
+                for t in &page {
+                    if !each(db, t, &mut read)? {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // The reader, blocked on a page no one will take, ends when this goes.
+        drop(rx);
+        walked
+    })
+}
+
 fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Report> {
     let s = &ctx.config.settings;
     let gitea = ctx.gitea()?;
@@ -469,26 +539,44 @@ impl Pass<'_> {
         // reached, then wrap around (`reconcile::fair_order_key`'s order: the ids above
         // the cursor, then those up to it, each in id order).
         let mut walk = Walk::default();
-        let segments = [(cursor.max(0), None), (0, Some(cursor))];
-        for (after, upto) in segments {
-            if upto.is_some_and(|u| u <= 0) {
-                continue;
+        let segments: Vec<(i64, Option<i64>)> = [(cursor.max(0), None), (0, Some(cursor))]
+            .into_iter()
+            .filter(|(_, upto)| upto.is_none_or(|u| u > 0))
+            .collect();
+        let (now, limits) = (self.now, self.limits);
+        let full = |h: &TaskHead| passes_local_guards(h, live, now, &limits);
+        // The pages are read on a second connection, ahead of the judging; without one,
+        // on the pass's own, between its tasks.
+        // It scans each page once: a small page cache keeps a pass's memory where it was.
+        let reader = self
+            .ctx
+            .open_db()
+            .and_then(|r| r.cap_page_cache(READER_CACHE_KIB).map(|()| r));
+        let mut each = |db: &mut Db, t: &PageTask, jobs: &mut HashMap<i64, Option<Job>>| {
+            // Between tasks, never within one: the next pass starts after the last
+            // task this one handled.
+            if self.ctx.stop_between_items("judging tasks") {
+                walk.out_of_time = true;
+                return Ok(false);
             }
-            let (now, limits) = (self.now, self.limits);
-            let full = |h: &TaskHead| passes_local_guards(h, live, now, &limits);
-            for_each_task(db, after, upto, full, page_jobs, |db, t, jobs| {
-                // Between tasks, never within one: the next pass starts after the last
-                // task this one handled.
-                if self.ctx.stop_between_items("judging tasks") {
-                    walk.out_of_time = true;
-                    return Ok(false);
+            let job = jobs.remove(&t.id());
+            self.judge_one(db, t, job, live, listings, skip_blocked, cap, &mut walk)?;
+            Ok(true)
+        };
+        match reader {
+            Ok(reader) => for_each_task_ahead(reader, db, &segments, full, page_jobs, each)?,
+            Err(e) => {
+                log::debug!("reading the tasks on the pass's own connection: {e:#}");
+                let (mut full, mut go_on) = (full, true);
+                for &(after, upto) in &segments {
+                    for_each_task(db, after, upto, &mut full, page_jobs, |db, t, jobs| {
+                        go_on = each(db, t, jobs)?;
+                        Ok(go_on)
+                    })?;
+                    if !go_on {
+                        break;
+                    }
                 }
-                let job = jobs.remove(&t.id());
-                self.judge_one(db, t, job, live, listings, skip_blocked, cap, &mut walk)?;
-                Ok(true)
-            })?;
-            if walk.out_of_time {
-                break;
             }
         }
         let Walk {

@@ -308,11 +308,77 @@ pub fn below_floor(remaining: Option<u32>, floor: u32) -> bool {
     remaining.is_some_and(|r| r < floor)
 }
 
+/// The 128 bits of a work item id written as a lowercase hyphenated UUID, as Plane
+/// writes them (the only spelling accepted, so two different ids never share bits).
+pub fn uuid_bits(id: &str) -> Option<u128> {
+    let b = id.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    Some(v)
+}
+
+/// Work item id → what a listing saw of it. An id that is a UUID as Plane writes it is
+/// held as its 128 bits, any other as its text: a project's listing holds up to
+/// ~100,000 items, and a pass holds every listed project's at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListedItems {
+    by_uuid: std::collections::BTreeMap<u128, Listed>,
+    by_text: HashMap<String, Listed>,
+}
+
+impl ListedItems {
+    /// Notes what was seen of `id` (the later of two sightings wins).
+    pub fn insert(&mut self, id: String, seen: Listed) {
+        match uuid_bits(&id) {
+            Some(bits) => {
+                self.by_uuid.insert(bits, seen);
+            }
+            None => {
+                self.by_text.insert(id, seen);
+            }
+        }
+    }
+
+    /// What was seen of `id`, if it was listed.
+    pub fn get(&self, id: &str) -> Option<&Listed> {
+        match uuid_bits(id) {
+            Some(bits) => self.by_uuid.get(&bits),
+            None => self.by_text.get(id),
+        }
+    }
+
+    /// How many items were listed.
+    pub fn len(&self) -> usize {
+        self.by_uuid.len() + self.by_text.len()
+    }
+
+    /// Whether no item was listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What one project's listing told the pass, for the blocked guard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     /// Work item id → what was seen.
-    pub items: HashMap<String, Listed>,
+    pub items: ListedItems,
     /// Whether every page was read.
     pub complete: bool,
     /// Why listing failed, if it did.
@@ -1016,6 +1082,25 @@ mod tests {
         let mut l = Listing::default();
         l.items.insert("wi-1".into(), seen.clone());
         assert_eq!(listed(Some(&l), "wi-1"), seen);
+        // A UUID is held as its bits: found by its spelling, and only by it.
+        let uuid = "0a1b2c3d-0000-4000-8000-00000000000f";
+        l.items.insert(uuid.into(), seen.clone());
+        assert_eq!(listed(Some(&l), uuid), seen);
+        assert_eq!(l.items.len(), 2);
+        assert_eq!(
+            listed(Some(&l), &uuid.to_uppercase()),
+            Listed::NotSeen { complete: false }
+        );
+        assert_eq!(
+            uuid_bits(uuid),
+            Some(0x0a1b_2c3d_0000_4000_8000_0000_0000_000f)
+        );
+        for not in [
+            "0a1b2c3d-0000-4000-8000-00000000000",
+            "0a1b2c3d+0000-4000-8000-00000000000f",
+        ] {
+            assert_eq!(uuid_bits(not), None, "{not}");
+        }
         assert_eq!(
             listed(Some(&l), "wi-2"),
             Listed::NotSeen { complete: false }

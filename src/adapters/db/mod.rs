@@ -394,6 +394,19 @@ impl Db {
         display_location(&self.path)
     }
 
+    /// Caps this connection's page cache at `kib` KiB (SQLite; PostgreSQL caches on the
+    /// server): for a connection that only scans, whose pages are read once each.
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn cap_page_cache(&self, kib: u32) -> Result<()> {
+        if self.engine() == Engine::Sqlite {
+            self.conn
+                .execute_batch(&format!("PRAGMA cache_size = -{kib}"))?;
+        }
+        Ok(())
+    }
+
     /// Returns the engine.
     pub fn engine(&self) -> Engine {
         self.conn.engine()

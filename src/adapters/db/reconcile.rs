@@ -75,25 +75,7 @@ pub struct ProjectKnown {
 /// The 16 bytes of a work item id written as a lowercase hyphenated UUID (the only
 /// spelling accepted, so two different ids never share the bytes), as two words.
 fn uuid_words(id: &str) -> Option<[u64; 2]> {
-    let b = id.as_bytes();
-    if b.len() != 36 {
-        return None;
-    }
-    let mut v: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u128::from(d);
-    }
+    let v = crate::core::reconcile::uuid_bits(id)?;
     #[allow(clippy::cast_possible_truncation)]
     Some([(v >> 64) as u64, v as u64])
 }
