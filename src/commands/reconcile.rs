@@ -172,7 +172,8 @@ fn for_each_task_ahead<S: Send>(
     mut on_page: impl FnMut(&mut Db, &[PageTask]) -> Result<S> + Send,
     mut each: impl FnMut(&mut Db, &PageTask, &mut S) -> Result<bool>,
 ) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadPage<S>>(1);
+    // A rendezvous: the next page is read while this one is judged, and waits for it.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadPage<S>>(0);
     std::thread::scope(|scope| {
         scope.spawn(move || {
             for &(after, upto) in segments {
@@ -260,12 +261,17 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     let mut passing: HashSet<String> = HashSet::new();
     // The live jobs the guards read before the listing (which projects to list, which
     // repos to list ahead); the judging reads them again, after the replays.
-    let live = if s.reconcile_skip_blocked_enabled {
-        db.live_jobs_by_task()?
+    let live = if !replay && s.reconcile_skip_blocked_enabled {
+        Some(db.live_jobs_by_task()?)
+    } else if s.reconcile_skip_blocked_enabled {
+        // Read only to list Gitea ahead: unread, the judging lists each repo it asks for.
+        db.live_jobs_by_task()
+            .inspect_err(|e| log::warn!("reading the live jobs to list Gitea ahead: {e:#}"))
+            .ok()
     } else {
-        HashMap::new()
+        None
     };
-    if !replay && s.reconcile_skip_blocked_enabled {
+    if let (false, true, Some(live)) = (replay, s.reconcile_skip_blocked_enabled, &live) {
         let projects = ctx.config.pipeline.projects.len();
         for_each_task(
             db,
@@ -275,7 +281,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
             |_, _| Ok(()),
             |_, t, ()| {
                 if !passing.contains(t.project())
-                    && reconcile::passes_local_guards(&facts_of(t, &live), p.now, &p.limits)
+                    && reconcile::passes_local_guards(&facts_of(t, live), p.now, &p.limits)
                 {
                     passing.insert(t.project().to_string());
                 }
@@ -299,16 +305,18 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     // With the blocked check on, a task is judged only where its project's listing
     // answered: the repos are then sent from the first page or not at all, and are
     // gathered by the read of the listed projects' tasks the listing makes anyway (a
-    // project left unlisted has no task past the guards).
+    // project of the pipeline left unlisted has no task past the guards, and a task of
+    // a project no longer in it is skipped as blocked: neither is evaluated).
     let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
     let ahead = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let pr_stages = stages_reading_pr();
     let mut gather = |h: &TaskHead, repo: &str| {
-        if listing_decides
-            && gitea.is_some()
-            && pr_stages.contains(&h.stage)
+        let Some(live) = live.as_ref().filter(|_| listing_decides && gitea.is_some()) else {
+            return;
+        };
+        if pr_stages.contains(&h.stage)
             && !ahead.borrow().contains(repo)
-            && passes_local_guards(h, &live, now, &limits)
+            && passes_local_guards(h, live, now, &limits)
         {
             ahead.borrow_mut().insert(repo.to_string());
         }

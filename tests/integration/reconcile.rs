@@ -959,3 +959,26 @@ fn plane_down_lists_nothing_on_gitea() {
     assert_eq!(verdict_of(&r, "ORCH-1")["guard"], "blocked", "{r:#}");
     assert_eq!(w.gitea_requests(), 0, "{r:#}");
 }
+
+/// A task of a project no longer in the pipeline is skipped as blocked (its project is
+/// not listed), so its repo is not listed ahead on Gitea: only the repos of tasks the
+/// judging evaluates are.
+#[test]
+fn a_task_of_a_project_gone_from_the_pipeline_lists_nothing_ahead() {
+    let w = world();
+    w.task("orch", 1, "development", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    let gone = w.task("orch", 2, "development", 0, 0);
+    w.env
+        .db()
+        .execute(
+            "UPDATE tasks SET project = 'legacy', repo = 'acme/legacy' WHERE id = ?1",
+            [gone],
+        )
+        .unwrap();
+    let r = w.json();
+    assert_eq!(verdict_of(&r, "ORCH-2")["guard"], "blocked", "{r:#}");
+    let gitea = w.gitea().server();
+    assert_eq!(gitea.count(None, "/api/v1/repos/acme/legacy"), 0, "{r:#}");
+    assert!(gitea.count(None, "/api/v1/repos/") > 0, "{r:#}");
+}

@@ -241,6 +241,18 @@ impl Db {
                 else {
                     continue;
                 };
+                let stage: Stage = r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?;
+                let head = TaskHead {
+                    id: after,
+                    project: String::new(),
+                    work_item_id: String::new(),
+                    key: String::new(),
+                    stage,
+                    stage_entered_at: r.get(7)?,
+                    developer_retries: r.get(8)?,
+                    escalated_at: r.get(9)?,
+                };
+                r.with_text(6, |repo| also(&head, repo))?;
                 let known = &mut known[p];
                 let keys = &mut known.keys;
                 let Some((key_at, key_len)) = r.with_text(3, |key| {
@@ -258,20 +270,9 @@ impl Db {
                     newest_us: None,
                     key_at,
                     key_len,
-                    stage: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
+                    stage,
                     priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
                 };
-                let head = TaskHead {
-                    id: after,
-                    project: String::new(),
-                    work_item_id: String::new(),
-                    key: String::new(),
-                    stage: k.stage,
-                    stage_entered_at: r.get(7)?,
-                    developer_retries: r.get(8)?,
-                    escalated_at: r.get(9)?,
-                };
-                r.with_text(6, |repo| also(&head, repo))?;
                 match r.with_text(2, uuid_words)? {
                     Some(w) => known.by_uuid.push((w, k)),
                     None => {
