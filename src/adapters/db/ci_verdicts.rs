@@ -29,7 +29,7 @@ impl Db {
     }
 
     /// Returns which of `heads` have a green verdict recorded in `repo`, in one query
-    /// per [`GREEN_CHUNK`] heads: what a pass reads once for a repo's listed open pulls
+    /// per 32 heads (`GREEN_CHUNK`): what a pass reads once for a repo's listed open pulls
     /// instead of once per gated task.
     ///
     /// # Errors
