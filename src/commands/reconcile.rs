@@ -27,7 +27,7 @@ use crate::adapters::db::{Db, Engine, MoveError, PageTask, TaskHead};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
 use crate::core::gate;
-use crate::core::job::{Job, JobOutcome, JobStatus};
+use crate::core::job::{Job, JobStatus};
 use crate::core::plane::Project;
 use crate::core::reconcile::{
     self, decide, Action, Deferral, GuardFacts, Judgement, Limits, Progress, TaskVerdict,
@@ -309,14 +309,12 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     // a project no longer in it is skipped as blocked: neither is evaluated).
     let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
     let ahead = std::cell::RefCell::new(std::collections::BTreeSet::new());
-    let pr_stages = stages_reading_pr();
     let mut gather = |h: &TaskHead, repo: &str| {
         let Some(live) = live.as_ref().filter(|_| listing_decides && gitea.is_some()) else {
             return;
         };
-        if pr_stages.contains(&h.stage)
-            && !ahead.borrow().contains(repo)
-            && passes_local_guards(h, live, now, &limits)
+        if !ahead.borrow().contains(repo)
+            && reconcile::reads_open_pulls(&head_facts(h, live), now, &limits)
         {
             ahead.borrow_mut().insert(repo.to_string());
         }
@@ -382,17 +380,9 @@ fn repos_to_judge(
     limits: &Limits,
 ) -> Result<std::collections::BTreeSet<String>> {
     let live = db.live_jobs_by_task()?;
-    db.repos_of_tasks(&stages_reading_pr(), TASK_PAGE, |h| {
-        passes_local_guards(h, &live, now, limits)
+    db.repos_of_tasks(&gate::stages_reading_pr(), TASK_PAGE, |h| {
+        reconcile::reads_open_pulls(&head_facts(h, &live), now, limits)
     })
-}
-
-/// The stages whose gate reads the PR or its CI.
-fn stages_reading_pr() -> Vec<Stage> {
-    Stage::ALL
-        .into_iter()
-        .filter(|s| gate::reads_pr(&gate::needs(*s)))
-        .collect()
 }
 
 /// Lists the open pulls of each repo `repos` hands over (nothing when it hands over
@@ -506,6 +496,17 @@ fn facts_of(t: &PageTask, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
     }
 }
 
+/// What the guards read of a task's head (with its live job, if any).
+fn head_facts(h: &TaskHead, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
+    GuardFacts {
+        stage: h.stage,
+        stage_entered_at: h.stage_entered_at,
+        live_job: live.get(&h.id).map(|(id, s)| (*id, s.as_str())),
+        developer_retries: h.developer_retries,
+        escalated: h.escalated_at.is_some(),
+    }
+}
+
 /// Whether the local guards let a task through (`core::reconcile::local_guards` on its
 /// head): only such a task can be evaluated, so only it is read whole.
 fn passes_local_guards(
@@ -514,14 +515,7 @@ fn passes_local_guards(
     now: i64,
     limits: &Limits,
 ) -> bool {
-    let facts = GuardFacts {
-        stage: h.stage,
-        stage_entered_at: h.stage_entered_at,
-        live_job: live.get(&h.id).map(|(id, s)| (*id, s.as_str())),
-        developer_retries: h.developer_retries,
-        escalated: h.escalated_at.is_some(),
-    };
-    reconcile::passes_local_guards(&facts, now, limits)
+    reconcile::passes_local_guards(&head_facts(h, live), now, limits)
 }
 
 impl Pass<'_> {
@@ -781,16 +775,11 @@ impl Pass<'_> {
         inputs: &mut crate::core::gate::GateInputs,
         latest: Option<&Job>,
     ) -> Action {
-        let outcome = |j: &Job| JobOutcome {
-            status: j.status,
-            attempt: j.attempt,
-            exit_code: j.exit_code,
-        };
         if gate::needs(t.stage).contains(&gate::Need::Job) {
-            inputs.last_job = latest.map(outcome);
+            inputs.last_job = latest.map(Job::outcome);
         }
         let decision = gate::evaluate(t.stage, inputs);
-        let last = latest.map(|j| (j.id, outcome(j)));
+        let last = latest.map(|j| (j.id, j.outcome()));
         decide(t.stage, &decision, last, t.developer_retries, &self.limits)
     }
 

@@ -99,6 +99,15 @@ pub fn reads_pr(needs: &[Need]) -> bool {
     needs.iter().any(|n| matches!(n, Need::Pr | Need::Ci))
 }
 
+/// The stages whose gate reads the task's PR (its CI included).
+#[must_use]
+pub fn stages_reading_pr() -> Vec<Stage> {
+    Stage::ALL
+        .into_iter()
+        .filter(|s| reads_pr(&needs(*s)))
+        .collect()
+}
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", content = "reason", rename_all = "lowercase")]
@@ -664,6 +673,10 @@ mod tests {
         ] {
             assert_eq!(super::reads_pr(&super::needs(stage)), reads, "{stage}");
         }
+        assert_eq!(
+            super::stages_reading_pr(),
+            [Stage::Development, Stage::DeployStaging, Stage::Deploy]
+        );
         assert!(super::reads_pr(&[super::Need::Ci]));
         assert!(!super::reads_pr(&[super::Need::Job, super::Need::Review]));
     }

@@ -133,6 +133,18 @@ impl FromStr for JobStatus {
     }
 }
 
+impl Job {
+    /// How it ended (or that it has not), as a gate and a decision read it.
+    #[must_use]
+    pub fn outcome(&self) -> JobOutcome {
+        JobOutcome {
+            status: self.status,
+            attempt: self.attempt,
+            exit_code: self.exit_code,
+        }
+    }
+}
+
 /// How a stage's latest job ended (or that it has not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct JobOutcome {

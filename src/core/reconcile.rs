@@ -130,6 +130,14 @@ pub fn passes_local_guards(t: &GuardFacts, now: i64, limits: &Limits) -> bool {
     first_guard(t, now, limits).is_none()
 }
 
+/// Whether judging the task will read its PR, so its repo's open pulls: its stage's
+/// gate reads the PR and the local guards let it through. What a pass lists on Gitea
+/// ahead of the judging.
+pub fn reads_open_pulls(t: &GuardFacts, now: i64, limits: &Limits) -> bool {
+    crate::core::gate::reads_pr(&crate::core::gate::needs(t.stage))
+        && passes_local_guards(t, now, limits)
+}
+
 /// What Plane said about the work item's state, for the blocked guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkItemState {
@@ -298,6 +306,28 @@ pub fn plane_state_of(meanings: &StateMeanings, listed: &Listed) -> WorkItemStat
             "the project's listing stopped early (rate limit); next pass".into(),
         ),
         Listed::Failed(why) => WorkItemState::Unknown(why.clone()),
+    }
+}
+
+/// Where a project's listing goes after a page Plane answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterPage<'a> {
+    /// Read the next page, at this cursor.
+    Next(&'a str),
+    /// That was the last page: the listing is complete (the next project may be listed).
+    Last,
+    /// Plane's remaining budget is below the floor: the pass's listing stops here.
+    BelowFloor,
+}
+
+/// Where the listing goes after a page with `next_cursor` and Plane's
+/// `X-RateLimit-Remaining` (`remaining`): the one rule the page reader and the pass
+/// that judges the pages both follow, so they stop at the same page.
+pub fn after_page(next_cursor: Option<&str>, remaining: Option<u32>, floor: u32) -> AfterPage<'_> {
+    match next_cursor {
+        None => AfterPage::Last,
+        Some(_) if below_floor(remaining, floor) => AfterPage::BelowFloor,
+        Some(next) => AfterPage::Next(next),
     }
 }
 
@@ -718,6 +748,53 @@ mod tests {
             }
         }
         assert_eq!(seen, [true, true], "both answers were met");
+    }
+
+    /// Only a task past the guards at a stage whose gate reads the PR has its repo's
+    /// open pulls read.
+    #[test]
+    fn which_tasks_read_open_pulls() {
+        let at = |stage, live_job, escalated| GuardFacts {
+            stage,
+            stage_entered_at: 0,
+            live_job,
+            developer_retries: 0,
+            escalated,
+        };
+        for (facts, reads) in [
+            (at(Stage::Development, None, false), true),
+            (at(Stage::DeployStaging, None, false), true),
+            (at(Stage::Deploy, None, false), true),
+            (at(Stage::Review, None, false), false),
+            (at(Stage::Analysis, None, false), false),
+            (at(Stage::Done, None, false), false),
+            (at(Stage::Development, Some((1, "running")), false), false),
+            (at(Stage::Development, None, true), false),
+        ] {
+            assert_eq!(reads_open_pulls(&facts, 1_000, &LIMITS), reads, "{facts:?}");
+        }
+        let fresh = GuardFacts {
+            stage_entered_at: 900,
+            ..at(Stage::Development, None, false)
+        };
+        assert!(!reads_open_pulls(&fresh, 1_000, &LIMITS), "in its grace");
+    }
+
+    #[test]
+    fn after_a_page_the_last_ends_the_floor_stops_else_next() {
+        for (cursor, remaining, want) in [
+            (None, Some(0), AfterPage::Last),
+            (None, None, AfterPage::Last),
+            (Some("c"), Some(9), AfterPage::BelowFloor),
+            (Some("c"), Some(10), AfterPage::Next("c")),
+            (Some("c"), None, AfterPage::Next("c")),
+        ] {
+            assert_eq!(
+                after_page(cursor, remaining, 10),
+                want,
+                "{cursor:?} {remaining:?}"
+            );
+        }
     }
 
     #[test]

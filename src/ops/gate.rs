@@ -14,7 +14,7 @@ use crate::adapters::db::{Db, Moved};
 use crate::adapters::forge::Forge;
 use crate::core::artefact::{self, ArtefactError, DeployStatus, ReviewVerdict};
 use crate::core::gate::{self, GateDecision, GateInputs, Need};
-use crate::core::job::{Job, JobOutcome};
+use crate::core::job::Job;
 use crate::core::stage::Actor;
 use crate::core::task::Task;
 use crate::ops::moves::{self, MergeEvidence, MoveRequest};
@@ -84,11 +84,7 @@ pub fn gate_inputs_and_job(
                     None => db.latest_stage_job(task.id, task.stage),
                 };
                 inputs.last_job = match &read {
-                    Ok(j) => j.as_ref().map(|j| JobOutcome {
-                        status: j.status,
-                        attempt: j.attempt,
-                        exit_code: j.exit_code,
-                    }),
+                    Ok(j) => j.as_ref().map(Job::outcome),
                     Err(e) => {
                         log::warn!("task {}: reading its latest job: {e:#}", task.key);
                         None

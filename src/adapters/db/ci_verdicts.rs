@@ -8,9 +8,6 @@ use std::collections::HashSet;
 use crate::adapters::db::sql::{params, OptionalExtension, Value};
 use anyhow::Result;
 
-/// Heads asked about per query by [`Db::green_heads`].
-const GREEN_CHUNK: usize = 32;
-
 use crate::adapters::db::Db;
 use crate::core::facts::CiState;
 
@@ -29,27 +26,23 @@ impl Db {
     }
 
     /// Returns which of `heads` have a green verdict recorded in `repo`, in one query
-    /// per 32 heads (`GREEN_CHUNK`): what a pass reads once for a repo's listed open pulls
+    /// per 32 heads (one chunked `IN`): what a pass reads once for a repo's listed open pulls
     /// instead of once per gated task.
     ///
     /// # Errors
     /// On SQL errors.
     pub fn green_heads(&self, repo: &str, heads: &[&str]) -> Result<HashSet<String>> {
-        let marks: Vec<String> = (2..2 + GREEN_CHUNK).map(|i| format!("?{i}")).collect();
         let sql = format!(
             "SELECT head_sha FROM ci_verdicts WHERE repo = ?1 AND head_sha IN ({})",
-            marks.join(", ")
+            super::in_marks(2)
         );
         let mut green = HashSet::new();
-        for chunk in heads.chunks(GREEN_CHUNK) {
-            // Padded to the chunk by repeating the first head (twice in `IN` is once).
-            let mut values = vec![Value::Text(repo.to_string())];
-            values.extend(
-                chunk
-                    .iter()
-                    .chain(std::iter::repeat_n(&chunk[0], GREEN_CHUNK - chunk.len()))
-                    .map(|h| Value::Text((*h).to_string())),
-            );
+        for chunk in heads.chunks(super::IN_CHUNK) {
+            let chunk = chunk
+                .iter()
+                .map(|h| Value::Text((*h).to_string()))
+                .collect();
+            let values = super::padded_in(vec![Value::Text(repo.to_string())], chunk);
             green.extend(self.query_all(&sql, values, |r| r.get::<_, String>(0))?);
         }
         Ok(green)

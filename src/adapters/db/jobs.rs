@@ -51,9 +51,8 @@ pub struct Claims {
     pub untried: Vec<i64>,
 }
 
-/// Jobs one claim statement takes at most; shorter chunks are padded by repeating
-/// their first id, so each statement's text (and its prepared plan) is one.
-const CLAIM_CHUNK: usize = 32;
+/// Jobs one claim statement takes at most (one chunked `IN`, `super::IN_CHUNK`).
+const CLAIM_CHUNK: usize = super::IN_CHUNK;
 
 /// What a claim sets: running on the host `?2` since `?1`, its first heartbeat the
 /// claim time, and nothing a previous attempt left.
@@ -75,24 +74,16 @@ const CHUNK_CLAIM: &str =
 /// staging stage.
 fn in_chunk(sql: &str) -> String {
     let first = if sql.contains("{SET}") { 3 } else { 1 };
-    let marks: Vec<String> = (first..first + CLAIM_CHUNK)
-        .map(|i| format!("?{i}"))
-        .collect();
     sql.replace("{SET}", CLAIM_SET)
         .replace("{STAGING}", STAGING_STAGE.as_str())
-        .replace("{IN}", &marks.join(", "))
+        .replace("{IN}", &super::in_marks(first))
 }
 
 /// `head`, then `ids` padded to [`CLAIM_CHUNK`] values by repeating the first (an id
 /// twice in `IN` is the same id).
 fn padded(ids: &[i64], head: &[Value]) -> Vec<Value> {
-    let mut v = head.to_vec();
-    v.extend(ids.iter().map(|id| Value::Int(*id)));
-    v.extend(std::iter::repeat_n(
-        Value::Int(ids[0]),
-        CLAIM_CHUNK - ids.len(),
-    ));
-    v
+    let ids = ids.iter().map(|id| Value::Int(*id)).collect();
+    super::padded_in(head.to_vec(), ids)
 }
 
 /// A running `deploy-staging` job: who holds the staging environment.

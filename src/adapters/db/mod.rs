@@ -159,6 +159,26 @@ fn parse_col<T: std::str::FromStr<Err = String>>(row: &Row<'_>, idx: usize) -> s
         .map_err(|e| sql::Error::conversion(idx, e))
 }
 
+/// Values one chunked `IN (…)` statement takes; a shorter chunk is padded by repeating
+/// its first value ([`padded_in`]: twice in `IN` is once), so each statement's text (and
+/// its prepared plan) is one.
+const IN_CHUNK: usize = 32;
+
+/// [`IN_CHUNK`] placeholders numbered from `?first`: `?first, ?first+1, …`.
+fn in_marks(first: usize) -> String {
+    let marks: Vec<String> = (first..first + IN_CHUNK).map(|i| format!("?{i}")).collect();
+    marks.join(", ")
+}
+
+/// `head`, then `chunk` (at most [`IN_CHUNK`] values, at least one) padded to
+/// [`IN_CHUNK`] by repeating its first value.
+fn padded_in(mut head: Vec<sql::Value>, chunk: Vec<sql::Value>) -> Vec<sql::Value> {
+    let pad = std::iter::repeat_n(chunk[0].clone(), IN_CHUNK - chunk.len());
+    head.extend(chunk);
+    head.extend(pad);
+    head
+}
+
 /// Turns a count argument into SQL's `LIMIT` (which is signed).
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)

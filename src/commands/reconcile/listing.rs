@@ -11,7 +11,7 @@ use crate::adapters::plane::{PlaneClient, WorkItem, WorkItemPage};
 use crate::core::intake::{PlaneState as CachedState, SeenUpdate, WorkItemTime};
 use crate::core::plane::Project;
 use crate::core::priority::Priority;
-use crate::core::reconcile::{self, Listed};
+use crate::core::reconcile::{self, AfterPage, Listed};
 
 use super::Pass;
 
@@ -261,18 +261,25 @@ impl Pass<'_> {
                     }
                 }
             }
-            let Some(next) = page.next_cursor else {
-                l.listing.complete = true;
-                return Ok(l);
-            };
-            if reconcile::below_floor(page.rate_limit_remaining, floor) {
-                self.report.stopped_early = Some(format!(
-                    "plane X-RateLimit-Remaining {} is below ORCH_RECONCILE_RATE_LIMIT_FLOOR {floor}",
-                    page.rate_limit_remaining.unwrap_or(0)
-                ));
-                return Ok(l);
+            // The reader follows the same rule to the same page.
+            match reconcile::after_page(
+                page.next_cursor.as_deref(),
+                page.rate_limit_remaining,
+                floor,
+            ) {
+                AfterPage::Next(_) => {}
+                AfterPage::Last => {
+                    l.listing.complete = true;
+                    return Ok(l);
+                }
+                AfterPage::BelowFloor => {
+                    self.report.stopped_early = Some(format!(
+                        "plane X-RateLimit-Remaining {} is below ORCH_RECONCILE_RATE_LIMIT_FLOOR {floor}",
+                        page.rate_limit_remaining.unwrap_or(0)
+                    ));
+                    return Ok(l);
+                }
             }
-            let _ = next;
         }
     }
 
@@ -461,12 +468,16 @@ fn fetch_pages(
             Ok(page) => {
                 // The last page lets the next project be listed; a page below the
                 // floor ends the listing (the judging side stops there too).
-                let next = match &page.next_cursor {
-                    None => Err(true),
-                    Some(_) if reconcile::below_floor(page.rate_limit_remaining, floor) => {
-                        Err(false)
-                    }
-                    Some(next) => Ok(next.clone()),
+                let next = match reconcile::after_page(
+                    page.next_cursor.as_deref(),
+                    page.rate_limit_remaining,
+                    floor,
+                ) {
+                    AfterPage::Next(next) => Ok(next.to_string()),
+                    // The last page lets the next project be listed; below the floor
+                    // the listing ends (the judging side stops there too).
+                    AfterPage::Last => Err(true),
+                    AfterPage::BelowFloor => Err(false),
                 };
                 if out.send(Fetched::Page(page)).is_err() {
                     return false;
