@@ -104,32 +104,16 @@ pub struct ListedPulls {
     requests: i64,
 }
 
-/// Lists `repo`'s open pulls, every page (at most 1,000), for a [`Forge`] to adopt: an
-/// error on any page makes the whole listing the error.
+/// Lists `repo`'s open pulls, every page up to the page cap (`ORCH_LIST_MAX_PAGES`, as
+/// every listing), for a [`Forge`] to adopt: an error on any page, or the cap, makes
+/// the whole listing the error.
 pub fn list_open_pulls(client: &GiteaClient, repo: &str) -> ListedPulls {
-    let mut all = Vec::new();
     let mut requests = 0;
-    for page in 1..=1000 {
-        requests += 1;
-        match client.list_open_pulls_page(repo, page, all.len()) {
-            Ok(p) => {
-                all.extend(p.pulls);
-                if !p.more {
-                    break;
-                }
-            }
-            Err(e) => {
-                return ListedPulls {
-                    pulls: Err(e.to_string()),
-                    requests,
-                }
-            }
-        }
-    }
-    ListedPulls {
-        pulls: Ok(OpenPulls::new(all)),
-        requests,
-    }
+    let pulls = client
+        .list_open_pulls_counting(repo, &mut requests)
+        .map(OpenPulls::new)
+        .map_err(|e| e.to_string());
+    ListedPulls { pulls, requests }
 }
 
 /// What the forge told about one task.

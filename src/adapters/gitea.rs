@@ -452,8 +452,23 @@ impl GiteaClient {
     /// # Errors
     /// As [`GiteaClient::list_open_pulls_page`].
     pub fn list_open_pulls(&self, repo: &str) -> Result<Vec<PullRequest>, HttpError> {
+        self.list_open_pulls_counting(repo, &mut 0)
+    }
+
+    /// [`GiteaClient::list_open_pulls`], adding each page asked for (answered or not) to
+    /// `requests`.
+    ///
+    /// # Errors
+    /// As [`GiteaClient::list_open_pulls_page`]; past the page cap
+    /// (`ORCH_LIST_MAX_PAGES`), the cap's error.
+    pub fn list_open_pulls_counting(
+        &self,
+        repo: &str,
+        requests: &mut i64,
+    ) -> Result<Vec<PullRequest>, HttpError> {
         let mut all = Vec::new();
         for page in 1..=self.bounds.max_pages {
+            *requests += 1;
             let p = self.list_open_pulls_page(repo, page, all.len())?;
             all.extend(p.pulls);
             if !p.more {

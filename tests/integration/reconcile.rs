@@ -982,3 +982,34 @@ fn a_task_of_a_project_gone_from_the_pipeline_lists_nothing_ahead() {
     assert_eq!(gitea.count(None, "/api/v1/repos/acme/legacy"), 0, "{r:#}");
     assert!(gitea.count(None, "/api/v1/repos/") > 0, "{r:#}");
 }
+
+/// A repo's open pulls are listed under the page cap like every listing
+/// (`ORCH_LIST_MAX_PAGES`): past it the pass stops reading, counts `page_cap_hit` and
+/// exits 2, and the task whose PR it could not find moves nowhere.
+#[test]
+fn the_open_pulls_listing_stops_at_the_page_cap() {
+    let mut w = world();
+    w.env.set("ORCH_LIST_MAX_PAGES", "1");
+    let t = w.task("orch", 1, "development", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    // 60 open pulls: two pages of Gitea's 50, the task's own the oldest, on page 2.
+    w.gitea()
+        .add_pull("acme/orch", &PullSeed::open(1, "task/orch-1"));
+    for n in 2..=60 {
+        w.gitea()
+            .add_pull("acme/orch", &PullSeed::open(n, &format!("task/other-{n}")));
+    }
+    let run = w.env.run(&["reconcile", "--json"]).expect(2);
+    assert!(
+        run.stderr
+            .contains("page cap of 1 pages (ORCH_LIST_MAX_PAGES)"),
+        "{}",
+        run.stderr
+    );
+    let pulls = w
+        .gitea()
+        .server()
+        .count(Some("GET"), "/api/v1/repos/acme/orch/pulls");
+    assert_eq!(pulls, 1, "one page, then the cap");
+    assert_eq!(w.stage(t), "development");
+}
