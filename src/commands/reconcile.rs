@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::adapters::db::shared_files::KIND_CURSOR;
-use crate::adapters::db::{Db, Engine, MoveError, PageTask, TaskHead};
+use crate::adapters::db::{Db, Engine, GuardColumns, MoveError, PageTask, TaskHead};
 use crate::adapters::forge::Forge;
 use crate::adapters::plane::PlaneClient;
 use crate::core::gate;
@@ -309,7 +309,7 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
     // a project no longer in it is skipped as blocked: neither is evaluated).
     let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
     let ahead = std::cell::RefCell::new(std::collections::BTreeSet::new());
-    let mut gather = |h: &TaskHead, repo: &str| {
+    let mut gather = |h: &GuardColumns, repo: &str| {
         let Some(live) = live.as_ref().filter(|_| listing_decides && gitea.is_some()) else {
             return;
         };
@@ -414,7 +414,7 @@ impl<'a> Pass<'a> {
         to_list: Vec<&'a Project>,
         replay: bool,
         cap: usize,
-        also: &mut dyn FnMut(&TaskHead, &str),
+        also: &mut dyn FnMut(&GuardColumns, &str),
         first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
     ) -> Result<HashMap<String, ProjectListing>> {
         // What the store knows of the listed projects' tasks, in one read of each table
@@ -487,17 +487,11 @@ struct Walk {
 }
 
 fn facts_of(t: &PageTask, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
-    GuardFacts {
-        stage: t.stage(),
-        stage_entered_at: t.stage_entered_at(),
-        live_job: live.get(&t.id()).map(|(id, s)| (*id, s.as_str())),
-        developer_retries: t.developer_retries(),
-        escalated: t.escalated_at().is_some(),
-    }
+    head_facts(&t.guards(), live)
 }
 
-/// What the guards read of a task's head (with its live job, if any).
-fn head_facts(h: &TaskHead, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
+/// What the guards read of a task (with its live job, if any).
+fn head_facts(h: &GuardColumns, live: &HashMap<i64, (i64, JobStatus)>) -> GuardFacts {
     GuardFacts {
         stage: h.stage,
         stage_entered_at: h.stage_entered_at,
@@ -515,7 +509,7 @@ fn passes_local_guards(
     now: i64,
     limits: &Limits,
 ) -> bool {
-    reconcile::passes_local_guards(&head_facts(h, live), now, limits)
+    reconcile::passes_local_guards(&head_facts(&h.guards(), live), now, limits)
 }
 
 impl Pass<'_> {

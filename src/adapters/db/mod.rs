@@ -77,7 +77,7 @@ pub use plane_states::read_cached_states;
 pub use reconcile::{ListedKnown, ListedTask, ProjectKnown, ESCALATION_KIND};
 pub use recorder::{AlreadyRecorded, Recorder, Superseded};
 pub use start::TaskStart;
-pub use tasks::{PageTask, TaskHead, TASK_COUNTS_DRIFT};
+pub use tasks::{GuardColumns, PageTask, TaskHead, TASK_COUNTS_DRIFT};
 
 /// The numbered SQLite migrations; index + 1 is the `user_version` each one brings.
 const MIGRATIONS: &[&str] = &[

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::adapters::db::sql::{params, Error};
 use anyhow::Result;
 
-use crate::adapters::db::{parse_col, Db, TaskHead};
+use crate::adapters::db::{parse_col, Db, GuardColumns};
 use crate::core::job::JobStatus;
 use crate::core::priority::Priority;
 use crate::core::stage::Stage;
@@ -206,8 +206,8 @@ impl Db {
     /// item), for [`ProjectKnown::page`] to answer each listed page from: one pass over
     /// `tasks` and one over `work_item_updates`, each read in storage order with no
     /// index search per row. Returned in the order of `projects`; a pass drops each once
-    /// its project is listed. `also` sees each of these tasks' head (without its
-    /// project, work item or key) and repo as the read goes: what else the pass needs
+    /// its project is listed. `also` sees each of these tasks' guard columns and
+    /// repo as the read goes: what else the pass needs
     /// to know of them, in the same read (which repos its judging will ask Gitea about).
     ///
     /// # Errors
@@ -215,7 +215,7 @@ impl Db {
     pub fn projects_known(
         &self,
         projects: &[&str],
-        mut also: impl FnMut(&TaskHead, &str),
+        mut also: impl FnMut(&GuardColumns, &str),
     ) -> Result<Vec<ProjectKnown>> {
         let mut known: Vec<ProjectKnown> =
             projects.iter().map(|_| ProjectKnown::default()).collect();
@@ -242,11 +242,8 @@ impl Db {
                     continue;
                 };
                 let stage: Stage = r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?;
-                let head = TaskHead {
+                let head = GuardColumns {
                     id: after,
-                    project: String::new(),
-                    work_item_id: String::new(),
-                    key: String::new(),
                     stage,
                     stage_entered_at: r.get(7)?,
                     developer_retries: r.get(8)?,

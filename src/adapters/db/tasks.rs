@@ -42,6 +42,36 @@ fn task_from_row(row: &Row<'_>) -> crate::adapters::db::sql::Result<Task> {
     })
 }
 
+/// What the local guards read of a task (with its live job, looked up by id): what a
+/// read that needs only them hands over, rather than a head with empty names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardColumns {
+    /// The task id.
+    pub id: i64,
+    /// Its stage.
+    pub stage: Stage,
+    /// When it entered the stage.
+    pub stage_entered_at: i64,
+    /// Its developer retries.
+    pub developer_retries: u32,
+    /// When it was escalated, if it is.
+    pub escalated_at: Option<i64>,
+}
+
+impl TaskHead {
+    /// What the guards read of it.
+    #[must_use]
+    pub fn guards(&self) -> GuardColumns {
+        GuardColumns {
+            id: self.id,
+            stage: self.stage,
+            stage_entered_at: self.stage_entered_at,
+            developer_retries: self.developer_retries,
+            escalated_at: self.escalated_at,
+        }
+    }
+}
+
 /// What a pass's walk over the tasks reads of every task: enough for the guards that
 /// skip most of them and for the report's line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +105,18 @@ pub enum PageTask {
 }
 
 impl PageTask {
+    /// What the guards read of it.
+    #[must_use]
+    pub fn guards(&self) -> GuardColumns {
+        GuardColumns {
+            id: self.id(),
+            stage: self.stage(),
+            stage_entered_at: self.stage_entered_at(),
+            developer_retries: self.developer_retries(),
+            escalated_at: self.escalated_at(),
+        }
+    }
+
     /// The task id.
     #[must_use]
     pub fn id(&self) -> i64 {
@@ -303,8 +345,8 @@ impl Db {
         )
     }
 
-    /// The repos of the tasks at one of `stages` whose head `wanted` accepts (the head
-    /// it is handed carries no project, work item or key), read in keyset pages of
+    /// The repos of the tasks at one of `stages` whose guard columns `wanted` accepts,
+    /// read in keyset pages of
     /// `page` rows: what a reconcile pass reads, before its listing, to know which repos'
     /// open pulls its judging will ask for.
     ///
@@ -314,7 +356,7 @@ impl Db {
         &self,
         stages: &[Stage],
         page: usize,
-        mut wanted: impl FnMut(&TaskHead) -> bool,
+        mut wanted: impl FnMut(&GuardColumns) -> bool,
     ) -> Result<std::collections::BTreeSet<String>> {
         let mut repos = std::collections::BTreeSet::new();
         if stages.is_empty() {
@@ -337,11 +379,8 @@ impl Db {
                 if r.with_text(1, |repo| repos.contains(repo))? {
                     continue;
                 }
-                let head = TaskHead {
+                let head = GuardColumns {
                     id: after,
-                    project: String::new(),
-                    work_item_id: String::new(),
-                    key: String::new(),
                     stage: parse_col(&r, 2)?,
                     stage_entered_at: r.get(3)?,
                     developer_retries: r.get(4)?,
