@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench reconcile` (sizes: `ORCH_BENCH_SIZES=1000,10000`). The
 //! seeded state is steady (every pass makes the same decisions and writes nothing but
 //! its pass record and, on a first pass, the CI verdicts it learned): every work item
-//! listed in pages of 100, a tenth of the tasks in development whose job has not run
+//! listed (Plane pages of 1,000, Gitea pages of 50 pulls), a tenth of the tasks in development whose job has not run
 //! yet (the gate waits), each with a recorded open PR whose head's CI is green (the
 //! verdict orch keeps per head), three tenths in review with no verdict yet, three
 //! tenths escalated (each with its announcement) and three tenths with a live job.
@@ -12,7 +12,10 @@
 //! Per size: the **second pass** (nothing changed since the last pass: only the list
 //! pages are read), the **floor** of the same requests (`curl` replaying, in one
 //! process, exactly the requests one second pass made: the limit of a client that does
-//! nothing else), and up to 10,000 tasks the **first pass** (the CI verdict cache
+//! nothing else), the floor of the **same work** (that replay, the `sqlite3` shell
+//! reading the rows a steady pass reads, and the replayed answers parsed into nothing
+//! by `serde_json` in process, one after the other: the least one thread doing the
+//! pass's work spends), and up to 10,000 tasks the **first pass** (the CI verdict cache
 //! emptied before each run: every head's CI is read) with the speed-up. Each prints the
 //! median and p99 wall time, the CPU time and peak RSS of the measured process alone
 //! (never the bench's nor its stand-ins' threads), the requests per pass, and a
@@ -35,6 +38,38 @@ const PROJECTS: [(&str, &str, &str); 3] = [
     ("web", "WEB", "3e4f5a6b-0000-4000-8000-000000000003"),
 ];
 const IN_PROGRESS: &str = "5a000000-0000-4000-8000-000000000001";
+
+/// The rows a steady pass reads, read by the `sqlite3` shell: what the listing knows of
+/// each task and work item, the live jobs (read twice), every task's row for the
+/// judging, the latest job at its stage of each task the judging reads whole (not
+/// escalated, no live job), and the escalation sweep. Summed over the columns a pass
+/// reads, so the shell reads every value but prints one line a query (printing 100,000
+/// rows as text would cost it more than orch spends on them). The shell's own start
+/// (`SELECT 1` on the same file) is taken off: orch's is counted once, in the pass.
+const FLOOR_SQL: &str = "
+SELECT count(*), total(length(project) + length(work_item_id) + length(key) + length(stage)
+    + length(priority) + length(repo) + stage_entered_at + developer_retries
+    + ifnull(escalated_at, 0)) FROM tasks;
+SELECT count(*), total(length(work_item_id) + updated_us) FROM work_item_updates;
+SELECT count(*), total(task_id + id + length(status)) FROM jobs WHERE status IN ('queued','running');
+SELECT count(*), total(task_id + id + length(status)) FROM jobs WHERE status IN ('queued','running');
+SELECT count(*), total(id + length(project) + length(work_item_id) + length(key) + length(title)
+    + length(repo) + length(branch) + ifnull(pr_number, 0) + length(stage) + stage_entered_at
+    + length(ifnull(validated_revision, '')) + developer_retries + ifnull(escalated_at, 0)
+    + length(ifnull(escalation_reason, '')) + created_at + updated_at + round
+    + ifnull(branch_ready_at, 0) + length(priority)) FROM tasks;
+SELECT count(*), total(ifnull(j.id + j.task_id + length(j.stage) + length(j.status)
+    + j.attempt, 0))
+    FROM tasks AS t LEFT JOIN jobs AS j
+      ON j.id = (SELECT max(id) FROM jobs WHERE task_id = t.id AND stage = t.stage)
+    WHERE t.escalated_at IS NULL
+      AND t.id NOT IN (SELECT task_id FROM jobs WHERE status IN ('queued','running'));
+SELECT count(*) FROM tasks AS t WHERE t.stage NOT IN ('cancelled', 'done')
+    AND ((t.escalated_at IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM notifications AS n WHERE n.task_id = t.id AND n.kind = 'escalation'
+              AND n.created_at >= t.escalated_at))
+         OR (t.escalated_at IS NULL AND t.developer_retries >= 3));
+";
 
 fn pipeline() -> String {
     let mut s = String::from("plane: { workspace: acme }\nprojects:\n");
@@ -63,6 +98,13 @@ struct Row {
     tasks: u64,
     second: common::Measured,
     floor: common::Measured,
+    /// The `sqlite3` shell reading the rows a steady pass reads.
+    sql_floor: common::Measured,
+    /// The `sqlite3` shell starting on the same file and reading nothing (`SELECT 1`).
+    sql_start: common::Measured,
+    /// The answers of `floor`'s requests parsed into nothing (`serde_json`, in process):
+    /// median over the runs, and the bytes parsed.
+    parse_floor: (std::time::Duration, usize),
     first: Option<common::Measured>,
     requests: (f64, f64, f64),
 }
@@ -119,6 +161,29 @@ fn print_row(r: &Row) {
         "floor, {n} tasks (curl replaying the second pass's requests): {} orch/floor wall x{:.2}",
         r.floor,
         r.second.median.as_secs_f64() / r.floor.median.as_secs_f64()
+    );
+    println!(
+        "  sql floor (sqlite3 reading the rows a steady pass reads): {}",
+        r.sql_floor
+    );
+    // The shell's start taken off: the pass's own is in orch's time once.
+    let rows = r.sql_floor.median.saturating_sub(r.sql_start.median);
+    println!(
+        "  sqlite3 start alone (SELECT 1): median={:.2}ms, rows alone: {:.2}ms",
+        r.sql_start.median.as_secs_f64() * 1e3,
+        rows.as_secs_f64() * 1e3
+    );
+    let (parse, bytes) = r.parse_floor;
+    println!(
+        "  parse floor (the replayed answers, {:.1} MB, parsed into nothing by serde_json): median={:.2}ms",
+        bytes as f64 / 1e6,
+        parse.as_secs_f64() * 1e3
+    );
+    let same_work = r.floor.median + rows + parse;
+    println!(
+        "floor of the same work, {n} tasks (requests + rows + parse, one after the other): {:.2}ms orch/floor wall x{:.2}",
+        same_work.as_secs_f64() * 1e3,
+        r.second.median.as_secs_f64() / same_work.as_secs_f64()
     );
     if let Some(first) = &r.first {
         println!("reconcile over {n} tasks in 3 projects, first pass: {first}");
@@ -312,12 +377,60 @@ fn run_size(tasks: u64) -> Row {
         c
     });
 
+    // The answers themselves, saved once, then parsed into nothing: the least any
+    // client that reads them (and checks they are JSON) must spend on them.
+    let bodies_dir = home.path("bodies");
+    std::fs::create_dir_all(&bodies_dir).unwrap();
+    let saving = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .split("output = \"/dev/null\"")
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_string()
+            } else {
+                format!("output = \"{}/{i}.json\"{part}", bodies_dir.display())
+            }
+        })
+        .collect::<String>();
+    let saving_path = home.path("save.curl");
+    std::fs::write(&saving_path, saving).unwrap();
+    let saved = std::process::Command::new("curl")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg("--config")
+        .arg(&saving_path)
+        .status()
+        .unwrap();
+    assert!(saved.success(), "saving the answers");
+    let bodies: Vec<Vec<u8>> = std::fs::read_dir(&bodies_dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), per.0 + per.1, "one answer per request");
+    let mut parses: Vec<std::time::Duration> = (0..runs + 2)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            for b in &bodies {
+                let _: serde::de::IgnoredAny = serde_json::from_slice(b).expect("JSON");
+            }
+            start.elapsed()
+        })
+        .collect();
+    parses.sort();
+    let parse_floor = (parses[parses.len() / 2], bodies.iter().map(Vec::len).sum());
+    let sql_floor = common::measure(runs, || common::sqlite3(&home.path("orch.db"), FLOOR_SQL));
+    let sql_start = common::measure(runs, || common::sqlite3(&home.path("orch.db"), "SELECT 1"));
+
     let stuck = home.count("SELECT count(*) FROM stage_events");
     assert_eq!(stuck, 0, "the seeded state is steady: no pass moved a task");
     Row {
         tasks,
         second,
         floor,
+        sql_floor,
+        sql_start,
+        parse_floor,
         first,
         requests,
     }
