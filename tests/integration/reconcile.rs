@@ -339,9 +339,12 @@ fn each_guard_alone_writes_nothing_and_calls_only_what_it_may() {
     }
 }
 
+/// Plane failing, slow, or answering what orch did not ask for (a page whose items lack
+/// a key `fields=` named, a proxy's login page): the task is skipped as "could not
+/// tell", never advanced, and nothing is written.
 #[test]
 fn plane_failures_and_unknown_states_skip_and_never_advance() {
-    for case in ["500", "timeout", "unknown-state"] {
+    for case in ["500", "timeout", "missing-key", "html", "unknown-state"] {
         let mut w = world();
         w.env.set("ORCH_HTTP_TIMEOUT_S", "1");
         let t = w.task("orch", 1, "review", 0, 0);
@@ -367,12 +370,48 @@ fn plane_failures_and_unknown_states_skip_and_never_advance() {
                     2,
                 );
             }
+            "missing-key" => {
+                w.item(P1, 1, IN_PROGRESS);
+                // The item as a listing with `fields=` shows it, without its `id`.
+                let item = json!({"name": "Work", "sequence_id": 1, "project": P1,
+                    "state": IN_PROGRESS, "updated_at": "2026-11-25T03:00:00Z",
+                    "priority": "none"});
+                w.plane().server().script(
+                    Some("GET"),
+                    &list,
+                    Reply::json(
+                        200,
+                        &json!({"results": [item], "next_cursor": "1000:1:0",
+                        "next_page_results": false, "total_results": 1}),
+                    ),
+                    1,
+                );
+            }
+            "html" => {
+                w.item(P1, 1, IN_PROGRESS);
+                w.plane().server().script(
+                    Some("GET"),
+                    &list,
+                    Reply::raw(200, "text/html", "<html>sign in</html>"),
+                    1,
+                );
+            }
             _ => w.item(P1, 1, "5a000000-0000-4000-8000-00000000dead"),
         }
         let before = w.snapshot();
         let r = w.json();
         let v = verdict_of(&r, "ORCH-1");
         assert_eq!(v["guard"], "blocked", "{case}: {r:#}");
+        let cause = match case {
+            "500" => "HTTP 500",
+            "timeout" => "timed out",
+            "missing-key" => "missing field `id`",
+            "html" => "unexpected answer (HTTP 200)",
+            _ => "unknown state id",
+        };
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.starts_with("could not tell"), "{case}: {detail}");
+        assert!(detail.contains(cause), "{case}: {detail}");
         assert_eq!(w.stage(t), "review", "{case}: never advanced");
         if case != "unknown-state" {
             assert_eq!(w.snapshot(), before, "{case}: nothing written");
