@@ -1052,3 +1052,61 @@ fn the_open_pulls_listing_stops_at_the_page_cap() {
     assert_eq!(pulls, 1, "one page, then the cap");
     assert_eq!(w.stage(t), "development");
 }
+
+/// The judging reads a page of tasks and their latest jobs before deciding them. A job
+/// that changed after that read (here another host's pass re-queued a reviewer while
+/// this pass waited on Gitea for an earlier task's CI) is read again before acting on
+/// it: the task waits for the queued job, and no second re-run is queued.
+#[test]
+fn a_job_changed_after_its_page_was_read_is_read_again_before_acting() {
+    let w = world();
+    // ORCH-1: development, its PR open; the gate reads the head's CI from Gitea.
+    w.task("orch", 1, "development", 0, 0);
+    w.item(P1, 1, IN_PROGRESS);
+    w.gitea()
+        .add_pull("acme/orch", &PullSeed::open(1, "task/orch-1"));
+    // ORCH-2: its reviewer ended without a verdict, so the page's job says "re-run".
+    let b = w.task("orch", 2, "review", 0, 0);
+    w.item(P1, 2, IN_PROGRESS);
+    let ended = w.job(b, "reviewer", "review", "succeeded", 1);
+
+    let gitea = w.gitea().server();
+    while gitea.next_arrival(std::time::Duration::ZERO).is_some() {}
+    let gate = orch::standin::server::Gate::new();
+    gitea.hold(Some("GET"), "/api/v1/repos/acme/orch/commits/", &gate, 1);
+    let child = w
+        .env
+        .command(&["reconcile", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn orch");
+    // Held on ORCH-1's CI: ORCH-2's page (with its job) was read before this call.
+    loop {
+        let r = gitea
+            .next_arrival(std::time::Duration::from_secs(60))
+            .expect("the pass reads ORCH-1's CI");
+        if r.path.contains("/commits/") {
+            break;
+        }
+    }
+    let requeued = w.job(b, "reviewer", "review", "queued", 2);
+    gate.open();
+    let run: Run = child.wait_with_output().expect("orch").into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = run.json();
+    let v = verdict_of(&r, "ORCH-2");
+    assert_eq!(v["action"], "wait", "{v:#}");
+    assert_eq!(v["because"], "the stage's job has not ended", "{v:#}");
+    let jobs: Vec<i64> = w
+        .env
+        .db()
+        .prepare("SELECT id FROM jobs WHERE task_id = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([b], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(jobs, vec![ended, requeued], "no second re-run queued");
+    assert_eq!(r["counts"]["rerun"], 0, "{r:#}");
+}
