@@ -399,6 +399,13 @@ fn plane_failures_and_unknown_states_skip_and_never_advance() {
             _ => w.item(P1, 1, "5a000000-0000-4000-8000-00000000dead"),
         }
         let before = w.snapshot();
+        // What a listed page writes, which the snapshot does not hold.
+        let page_writes = |w: &World| {
+            w.env.count("SELECT count(*) FROM work_item_updates")
+                + w.env
+                    .count("SELECT count(*) FROM tasks WHERE priority <> 'none'")
+        };
+        let written_before = page_writes(&w);
         let r = w.json();
         let v = verdict_of(&r, "ORCH-1");
         assert_eq!(v["guard"], "blocked", "{case}: {r:#}");
@@ -415,6 +422,7 @@ fn plane_failures_and_unknown_states_skip_and_never_advance() {
         assert_eq!(w.stage(t), "review", "{case}: never advanced");
         if case != "unknown-state" {
             assert_eq!(w.snapshot(), before, "{case}: nothing written");
+            assert_eq!(page_writes(&w), written_before, "{case}: nothing written");
         }
         assert_eq!(
             w.env
@@ -1054,9 +1062,11 @@ fn the_open_pulls_listing_stops_at_the_page_cap() {
 }
 
 /// The judging reads a page of tasks and their latest jobs before deciding them. A job
-/// that changed after that read (here another host's pass re-queued a reviewer while
-/// this pass waited on Gitea for an earlier task's CI) is read again before acting on
-/// it: the task waits for the queued job, and no second re-run is queued.
+/// that changed after that read (here another host's pass re-ran a reviewer while this
+/// pass waited on Gitea for an earlier task's CI) is read again before acting on it:
+/// the task waits for the re-run, instead of a re-run of its own that loses the race
+/// (the store's guard would refuse it; a developer's red-CI re-run would have written
+/// its feedback file first).
 #[test]
 fn a_job_changed_after_its_page_was_read_is_read_again_before_acting() {
     let w = world();
@@ -1090,7 +1100,15 @@ fn a_job_changed_after_its_page_was_read_is_read_again_before_acting() {
             break;
         }
     }
-    let requeued = w.job(b, "reviewer", "review", "queued", 2);
+    // Re-run as `Db::rerun_job` does: the same row, queued again as attempt 2.
+    w.env
+        .db()
+        .execute(
+            "UPDATE jobs SET status = 'queued', attempt = 2, finished_at = NULL, exit_code = NULL
+             WHERE id = ?1",
+            [ended],
+        )
+        .unwrap();
     gate.open();
     let run: Run = child.wait_with_output().expect("orch").into();
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -1098,15 +1116,18 @@ fn a_job_changed_after_its_page_was_read_is_read_again_before_acting() {
     let v = verdict_of(&r, "ORCH-2");
     assert_eq!(v["action"], "wait", "{v:#}");
     assert_eq!(v["because"], "the stage's job has not ended", "{v:#}");
-    let jobs: Vec<i64> = w
+    // Decided on the job as it is now, not a re-run that lost its race ("was re-run or
+    // is live meanwhile").
+    assert_eq!(v["note"], Value::Null, "{v:#}");
+    assert_eq!(r["counts"]["rerun"], 0, "{r:#}");
+    let jobs: Vec<(i64, String, i64)> = w
         .env
         .db()
-        .prepare("SELECT id FROM jobs WHERE task_id = ?1 ORDER BY id")
+        .prepare("SELECT id, status, attempt FROM jobs WHERE task_id = ?1 ORDER BY id")
         .unwrap()
-        .query_map([b], |r| r.get(0))
+        .query_map([b], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(jobs, vec![ended, requeued], "no second re-run queued");
-    assert_eq!(r["counts"]["rerun"], 0, "{r:#}");
+    assert_eq!(jobs, vec![(ended, "queued".to_string(), 2)]);
 }
