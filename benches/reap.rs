@@ -46,13 +46,12 @@ fn main() {
                 "SELECT * FROM jobs WHERE status = 'running' ORDER BY enqueued_at, id",
             )
         });
-        let mut walks: Vec<Duration> = (0..runs).map(|_| proc_walk()).collect();
-        walks.sort();
-        let floor = sql.median + walks[walks.len() / 2];
+        let walk = common::median_in_process(runs, proc_walk);
+        let floor = sql.median + walk;
         println!(
             "  floor, {n} rows: sqlite3 {:.2}ms + /proc walk {:.2}ms = {:.2}ms; orch/floor ×{:.1}",
             sql.median.as_secs_f64() * 1e3,
-            walks[walks.len() / 2].as_secs_f64() * 1e3,
+            walk.as_secs_f64() * 1e3,
             floor.as_secs_f64() * 1e3,
             m.median.as_secs_f64() / floor.as_secs_f64()
         );

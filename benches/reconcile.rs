@@ -408,17 +408,14 @@ fn run_size(tasks: u64) -> Row {
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
     assert_eq!(bodies.len(), per.0 + per.1, "one answer per request");
-    let mut parses: Vec<std::time::Duration> = (0..runs + 2)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            for b in &bodies {
-                let _: serde::de::IgnoredAny = serde_json::from_slice(b).expect("JSON");
-            }
-            start.elapsed()
-        })
-        .collect();
-    parses.sort();
-    let parse_floor = (parses[parses.len() / 2], bodies.iter().map(Vec::len).sum());
+    let parse = common::median_in_process(runs + 2, || {
+        let start = std::time::Instant::now();
+        for b in &bodies {
+            let _: serde::de::IgnoredAny = serde_json::from_slice(b).expect("JSON");
+        }
+        start.elapsed()
+    });
+    let parse_floor = (parse, bodies.iter().map(Vec::len).sum());
     let sql_floor = common::measure(runs, || common::sqlite3(&home.path("orch.db"), FLOOR_SQL));
     let sql_start = common::measure(runs, || common::sqlite3(&home.path("orch.db"), "SELECT 1"));
 

@@ -431,6 +431,14 @@ pub fn strace_total_calls(summary: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The median of `runs` timings of `once`, work done in the bench's own process (a
+/// floor with no process of its own: a `/proc` walk, a parse), each run timing itself.
+pub fn median_in_process(runs: usize, mut once: impl FnMut() -> Duration) -> Duration {
+    let mut times: Vec<Duration> = (0..runs.max(1)).map(|_| once()).collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
 /// Prints how a series of sizes grew: `name growth: 1000→10000 ×9.8, ...`.
 pub fn report_growth(name: &str, points: &[(usize, Duration)]) {
     let steps: Vec<String> = points
