@@ -14,6 +14,7 @@
 //! not, the workspace is an older Plane and every later call of this client (and its
 //! clones) goes to `/issues/` directly. A 404 on both is the item's own 404.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -62,10 +63,11 @@ pub struct WorkItem {
     pub sequence_id: u64,
     /// The project id (UUID).
     pub project: String,
-    /// The state id; `None` only when the item has no state.
-    pub state_id: Option<String>,
-    /// The expanded state, when the answer carried it.
-    pub state: Option<PlaneState>,
+    /// The state id; `None` only when the item has no state. Shared, as `state` is.
+    pub state_id: Option<Arc<str>>,
+    /// The expanded state, when the answer carried it: shared by the items of a page in
+    /// the same state (a page of 1,000 items holds a project's few states once each).
+    pub state: Option<Arc<PlaneState>>,
     /// Its `updated_at` (the newest update this listing shows; `Missing` or
     /// `Unparseable` when the time cannot be told).
     #[serde(skip)]
@@ -75,18 +77,20 @@ pub struct WorkItem {
     pub priority: Priority,
 }
 
+/// A work item as read, its scalars borrowed from the answer where they need no
+/// unescaping: only what the item keeps is copied out.
 #[derive(Deserialize)]
-struct RawWorkItem {
+struct RawWorkItem<'a> {
     id: String,
     name: String,
     sequence_id: u64,
     project: String,
-    #[serde(default)]
-    state: RawState,
-    #[serde(default)]
-    updated_at: RawScalar,
-    #[serde(default)]
-    priority: RawScalar,
+    #[serde(default, borrow)]
+    state: RawState<'a>,
+    #[serde(default, borrow)]
+    updated_at: RawScalar<'a>,
+    #[serde(default, borrow)]
+    priority: RawScalar<'a>,
 }
 
 /// A scalar field read without building a JSON tree for the usual case: a string is
@@ -94,138 +98,151 @@ struct RawWorkItem {
 /// warning that names it. A listing page of 100 items would otherwise build a
 /// `serde_json::Value` per field and item.
 #[derive(Default)]
-enum RawScalar {
+enum RawScalar<'a> {
     #[default]
     Null,
-    Str(String),
+    /// Borrowed from the answer unless it had escapes.
+    Str(Cow<'a, str>),
     Other(serde_json::Value),
 }
 
-impl RawScalar {
+impl RawScalar<'_> {
     /// The value as `serde_json` would have read it (`None` for `null` or absent).
     fn into_value(self) -> Option<serde_json::Value> {
         match self {
             RawScalar::Null => None,
-            RawScalar::Str(s) => Some(serde_json::Value::String(s)),
+            RawScalar::Str(s) => Some(serde_json::Value::String(s.into_owned())),
             RawScalar::Other(v) => Some(v),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for RawScalar {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawScalar, D::Error> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawScalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawScalar<'a>, D::Error> {
         use serde::de::{self, MapAccess, SeqAccess, Visitor};
         use serde_json::Value;
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawScalar;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawScalar<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_unit<E: de::Error>(self) -> Result<RawScalar, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Null)
             }
-            fn visit_none<E: de::Error>(self) -> Result<RawScalar, E> {
+            fn visit_none<E: de::Error>(self) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Null)
             }
-            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawScalar, D::Error> {
-                d.deserialize_any(V)
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<RawScalar<'a>, D::Error> {
+                d.deserialize_any(V(std::marker::PhantomData))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar, E> {
-                Ok(RawScalar::Str(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<RawScalar<'a>, E> {
+                Ok(RawScalar::Str(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<RawScalar, E> {
-                Ok(RawScalar::Str(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawScalar<'a>, E> {
+                Ok(RawScalar::Str(Cow::Owned(v.to_owned())))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawScalar, E> {
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawScalar<'a>, E> {
+                Ok(RawScalar::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Other(Value::Bool(v)))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawScalar, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Other(Value::from(v)))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawScalar, E> {
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Other(Value::from(v)))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawScalar, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawScalar<'a>, E> {
                 Ok(RawScalar::Other(Value::from(v)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawScalar, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawScalar<'a>, A::Error> {
                 let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
                 Ok(RawScalar::Other(v))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawScalar, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawScalar<'a>, A::Error> {
                 let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawScalar::Other(v))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
 /// A work item's `state` as read: an id, an expanded object (only the keys
-/// [`PlaneState`] reads are kept; the rest are skipped without building a JSON tree for
-/// them, which a listing page of 100 items would otherwise do 100 times), or anything
-/// else (kept whole for the error).
+/// [`PlaneState`] reads are kept, borrowed from the answer; the rest are skipped without
+/// building a JSON tree for them, which a listing page of 1,000 items would otherwise
+/// do 1,000 times), or anything else (kept whole for the error).
 #[derive(Default)]
-enum RawState {
+enum RawState<'a> {
     #[default]
     Null,
-    Id(String),
+    Id(Cow<'a, str>),
     /// `id`, `name` and `group` all strings (every well-formed answer): read without
-    /// a JSON tree.
-    State(PlaneState),
+    /// a JSON tree or a copy.
+    State([Cow<'a, str>; 3]),
     Object(serde_json::Map<String, serde_json::Value>),
     Other(serde_json::Value),
 }
 
-impl<'de> Deserialize<'de> for RawState {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawState, D::Error> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawState<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawState<'a>, D::Error> {
         use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
         use serde_json::Value;
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawState;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawState<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a state id or object")
             }
-            fn visit_unit<E: de::Error>(self) -> Result<RawState, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<RawState<'a>, E> {
                 Ok(RawState::Null)
             }
-            fn visit_none<E: de::Error>(self) -> Result<RawState, E> {
+            fn visit_none<E: de::Error>(self) -> Result<RawState<'a>, E> {
                 Ok(RawState::Null)
             }
-            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawState, D::Error> {
-                d.deserialize_any(V)
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<RawState<'a>, D::Error> {
+                d.deserialize_any(V(std::marker::PhantomData))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawState, E> {
-                Ok(RawState::Id(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<RawState<'a>, E> {
+                Ok(RawState::Id(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<RawState, E> {
-                Ok(RawState::Id(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawState<'a>, E> {
+                Ok(RawState::Id(Cow::Owned(v.to_owned())))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawState, E> {
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawState<'a>, E> {
+                Ok(RawState::Id(Cow::Owned(v)))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawState<'a>, E> {
                 Ok(RawState::Other(Value::Bool(v)))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawState, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawState<'a>, E> {
                 Ok(RawState::Other(Value::from(v)))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawState, E> {
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawState<'a>, E> {
                 Ok(RawState::Other(Value::from(v)))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawState, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawState<'a>, E> {
                 Ok(RawState::Other(Value::from(v)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawState, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawState<'a>, A::Error> {
                 let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
                 Ok(RawState::Other(v))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawState, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawState<'a>, A::Error> {
                 // The three kept keys, in the order of `FIELDS` (the last of a repeated
                 // key wins, as in a JSON object read whole).
                 const FIELDS: [&str; 3] = ["id", "name", "group"];
-                let mut kept: [Option<RawScalar>; 3] = [None, None, None];
+                let mut kept: [Option<RawScalar<'a>>; 3] = [None, None, None];
                 let mut keys = 0usize;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     keys += 1;
                     match FIELDS.iter().position(|f| *f == key.as_ref()) {
                         Some(i) => kept[i] = Some(map.next_value()?),
@@ -241,7 +258,7 @@ impl<'de> Deserialize<'de> for RawState {
                 }
                 match kept {
                     [Some(RawScalar::Str(id)), Some(RawScalar::Str(name)), Some(RawScalar::Str(group))] => {
-                        Ok(RawState::State(PlaneState { id, name, group }))
+                        Ok(RawState::State([id, name, group]))
                     }
                     // Anything else is read as a JSON object, for `PlaneState`'s own
                     // error (a `null` kept as `null`, an absent key left out).
@@ -258,22 +275,58 @@ impl<'de> Deserialize<'de> for RawState {
                 }
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
-impl TryFrom<RawWorkItem> for WorkItem {
-    type Error = String;
+/// States shared per page at most ([`PageStates`]).
+const MAX_PAGE_STATES: usize = 64;
 
-    fn try_from(raw: RawWorkItem) -> Result<WorkItem, String> {
+/// The expanded states of one page, each held once and shared by the page's items in
+/// it. Past [`MAX_PAGE_STATES`] (a Plane answering nonsense) each item keeps its own,
+/// so the search never grows with the page.
+#[derive(Default)]
+struct PageStates(Vec<(Arc<str>, Arc<PlaneState>)>);
+
+impl PageStates {
+    /// The state, and its id, as the page's items in it share them.
+    fn share(&mut self, [id, name, group]: [Cow<'_, str>; 3]) -> (Arc<str>, Arc<PlaneState>) {
+        if let Some((i, s)) = self
+            .0
+            .iter()
+            .find(|(_, s)| s.id == *id && s.name == *name && s.group == *group)
+        {
+            return (Arc::clone(i), Arc::clone(s));
+        }
+        let shared = (
+            Arc::from(id.as_ref()),
+            Arc::new(PlaneState {
+                id: id.into_owned(),
+                name: name.into_owned(),
+                group: group.into_owned(),
+            }),
+        );
+        if self.0.len() < MAX_PAGE_STATES {
+            self.0.push((Arc::clone(&shared.0), Arc::clone(&shared.1)));
+        }
+        shared
+    }
+}
+
+impl WorkItem {
+    /// The item `raw` reads as, its expanded state shared through `states`.
+    fn from_raw(raw: RawWorkItem<'_>, states: &mut PageStates) -> Result<WorkItem, String> {
         let (state_id, state) = match raw.state {
             RawState::Null => (None, None),
-            RawState::Id(id) => (Some(id), None),
-            RawState::State(s) => (Some(s.id.clone()), Some(s)),
+            RawState::Id(id) => (Some(Arc::from(id.as_ref())), None),
+            RawState::State(s) => {
+                let (id, state) = states.share(s);
+                (Some(id), Some(state))
+            }
             RawState::Object(v) => {
                 let s: PlaneState = serde_json::from_value(serde_json::Value::Object(v))
                     .map_err(|e| format!("work item {}: state: {e}", raw.id))?;
-                (Some(s.id.clone()), Some(s))
+                (Some(Arc::from(s.id.as_str())), Some(Arc::new(s)))
             }
             RawState::Other(other) => {
                 return Err(format!(
@@ -316,6 +369,14 @@ impl TryFrom<RawWorkItem> for WorkItem {
             updated_at,
             priority,
         })
+    }
+}
+
+impl TryFrom<RawWorkItem<'_>> for WorkItem {
+    type Error = String;
+
+    fn try_from(raw: RawWorkItem<'_>) -> Result<WorkItem, String> {
+        WorkItem::from_raw(raw, &mut PageStates::default())
     }
 }
 
@@ -649,9 +710,8 @@ impl PlaneClient {
     /// The call's [`HttpError`] class (404 is fatal); a wrong-shaped answer is fatal.
     pub fn get_work_item(&self, project_id: &str, id: &str) -> Result<WorkItem, HttpError> {
         let what = format!("plane get work item {id}");
-        let raw: RawWorkItem = self
-            .get_work_items(project_id, &[id], &[("expand", "state")], &what)?
-            .parse(&what)?;
+        let answer = self.get_work_items(project_id, &[id], &[("expand", "state")], &what)?;
+        let raw: RawWorkItem = answer.parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
     }
 
@@ -677,10 +737,11 @@ impl PlaneClient {
         }
         let answer = self.get_work_items(project_id, &[], &query, &what)?;
         let page: Envelope<RawWorkItem> = answer.parse(&what)?;
+        let mut states = PageStates::default();
         let items = page
             .results
             .into_iter()
-            .map(WorkItem::try_from)
+            .map(|raw| WorkItem::from_raw(raw, &mut states))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| HttpError::Fatal(format!("{what}: {e}")))?;
         Ok(WorkItemPage {
@@ -703,10 +764,10 @@ impl PlaneClient {
     ) -> Result<WorkItem, HttpError> {
         let what = format!("plane set state of work item {work_item_id}");
         let body = serde_json::json!({ "state": state_id });
-        let raw: RawWorkItem = self
+        let answer = self
             .write_work_items(Method::PATCH, project_id, &[work_item_id], &body, &what)?
-            .expect(&[200], &what)?
-            .parse(&what)?;
+            .expect(&[200], &what)?;
+        let raw: RawWorkItem = answer.parse(&what)?;
         WorkItem::try_from(raw).map_err(|e| HttpError::Fatal(format!("{what}: {e}")))
     }
 
@@ -778,11 +839,12 @@ mod tests {
     use super::*;
 
     fn item(state: serde_json::Value) -> Result<WorkItem, String> {
-        let raw: RawWorkItem = serde_json::from_value(serde_json::json!({
+        let text = serde_json::json!({
             "id": "i", "name": "n", "sequence_id": 4, "project": "p", "state": state,
             "unknown_field": [1, 2]
-        }))
-        .unwrap();
+        })
+        .to_string();
+        let raw: RawWorkItem = serde_json::from_str(&text).unwrap();
         WorkItem::try_from(raw)
     }
 
@@ -818,8 +880,8 @@ mod tests {
             group: "completed".into(),
         };
         assert_eq!(
-            (full.state_id.as_deref(), full.state),
-            (Some("s2"), Some(want))
+            (full.state_id.as_deref(), full.state.as_deref()),
+            (Some("s2"), Some(&want))
         );
         let escaped = parse(r#"{"\u0069d":"s3","name":"N","group":"started"}"#).unwrap();
         assert_eq!(escaped.state_id.as_deref(), Some("s3"));
@@ -857,6 +919,49 @@ mod tests {
         let none: RawWorkItem =
             serde_json::from_str(r#"{"id":"i","name":"n","sequence_id":4,"project":"p"}"#).unwrap();
         assert_eq!(WorkItem::try_from(none).unwrap().state, None);
+    }
+
+    #[test]
+    fn a_pages_items_in_one_state_share_it() {
+        let mut states = PageStates::default();
+        let read = |text: &str, states: &mut PageStates| {
+            let raw: RawWorkItem = serde_json::from_str(text).unwrap();
+            WorkItem::from_raw(raw, states).unwrap()
+        };
+        let at = |id: &str, state: &str| {
+            format!(r#"{{"id":"{id}","name":"n","sequence_id":1,"project":"p","state":{state}}}"#)
+        };
+        let done = r#"{"id":"s1","name":"Done","group":"completed"}"#;
+        let a = read(&at("a", done), &mut states);
+        // The same state written with an escape is still the same state.
+        let b = read(
+            &at("b", r#"{"id":"s1","name":"D\u006fne","group":"completed"}"#),
+            &mut states,
+        );
+        let c = read(
+            &at("c", r#"{"id":"s1","name":"Done!","group":"completed"}"#),
+            &mut states,
+        );
+        assert!(Arc::ptr_eq(
+            a.state_id.as_ref().unwrap(),
+            b.state_id.as_ref().unwrap()
+        ));
+        let (a, b, c) = (a.state.unwrap(), b.state.unwrap(), c.state.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one state, held once");
+        assert!(!Arc::ptr_eq(&a, &c), "another name is another state");
+        assert_eq!((c.id.as_str(), c.name.as_str()), ("s1", "Done!"));
+        // Past the cap each item keeps its own, read as before.
+        for i in 0..MAX_PAGE_STATES + 2 {
+            let item = read(
+                &at(
+                    "x",
+                    &format!(r#"{{"id":"s{i}","name":"N","group":"started"}}"#),
+                ),
+                &mut states,
+            );
+            assert_eq!(item.state_id.as_deref(), Some(format!("s{i}").as_str()));
+        }
+        assert_eq!(states.0.len(), MAX_PAGE_STATES);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::HeaderMap;
-use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::adapters::http::{
@@ -50,7 +49,7 @@ impl Answer {
     }
 
     /// Parses the body as `T`; a non-JSON or wrong-shaped body is fatal, never a panic.
-    pub fn parse<T: DeserializeOwned>(&self, what: &str) -> Result<T, HttpError> {
+    pub fn parse<'a, T: serde::Deserialize<'a>>(&'a self, what: &str) -> Result<T, HttpError> {
         serde_json::from_str(&self.body).map_err(|e| {
             let excerpt: String = self.body.chars().take(120).collect();
             HttpError::Fatal(format!(

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 
@@ -297,55 +298,81 @@ fn pass(ctx: &PassContext, db: &mut Db, dry_run: bool, json: bool) -> Result<Rep
         }
     }
     // The repos whose open pulls the judging will ask for are listed on a thread of
-    // their own while Plane is listed: the same requests, off the pass's path. Which
-    // repos is sent once Plane answered the first page (so a pass that meets a 429, an
-    // outage or no Plane at all lists none), or, when the listing decides nothing (the
-    // blocked check off, nothing to list), after the listing.
+    // their own while Plane is listed: the same requests, off the pass's path. Each repo
+    // is sent once Plane answered a page (so a pass that meets a 429, an outage or no
+    // Plane at all lists none), as soon as the read of the store found it: the repos
+    // are listed while the store is read, on the core that read leaves idle. When the
+    // listing decides nothing (the blocked check off, nothing to list), they are sent
+    // after the listing.
     let (now, limits) = (p.now, p.limits);
     // With the blocked check on, a task is judged only where its project's listing
-    // answered: the repos are then sent from the first page or not at all, and are
+    // answered: the repos are then sent once a page answered or not at all, and are
     // gathered by the read of the listed projects' tasks the listing makes anyway (a
     // project of the pipeline left unlisted has no task past the guards, and a task of
     // a project no longer in it is skipped as blocked: neither is evaluated).
     let listing_decides = s.reconcile_skip_blocked_enabled && !to_list.is_empty();
-    let ahead = std::cell::RefCell::new(std::collections::BTreeSet::new());
-    let mut gather = |h: &GuardColumns, repo: &str| {
-        let Some(live) = live.as_ref().filter(|_| listing_decides && gitea.is_some()) else {
-            return;
-        };
-        if !ahead.borrow().contains(repo)
-            && reconcile::reads_open_pulls(&head_facts(h, live), now, &limits)
-        {
-            ahead.borrow_mut().insert(repo.to_string());
-        }
-    };
+    let answered = std::sync::atomic::AtomicBool::new(false);
     let listings = std::thread::scope(|scope| -> Result<HashMap<String, ProjectListing>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let prefetch = gitea.map(|client| scope.spawn(move || prefetch_pulls(client, &rx)));
-        let mut tx = prefetch.as_ref().map(|_| tx);
-        // Owns the sender: dropped unsent, it lets the reader end with nothing to list.
+        // Owns the sender: dropped, it lets the reader end once it listed what it got.
+        let ahead = std::cell::RefCell::new(Ahead {
+            found: std::collections::BTreeSet::new(),
+            unsent: Vec::new(),
+            to: prefetch.as_ref().map(|_| tx),
+        });
         let ahead = &ahead;
+        let answered = &answered;
+        let mut gather = |h: &GuardColumns, repo: &str| {
+            let Some(live) = live.as_ref().filter(|_| listing_decides) else {
+                return;
+            };
+            let mut ahead = ahead.borrow_mut();
+            if ahead.to.is_none() {
+                return;
+            }
+            if !ahead.found.contains(repo)
+                && reconcile::reads_open_pulls(&head_facts(h, live), now, &limits)
+            {
+                ahead.found.insert(repo.to_string());
+                ahead.unsent.push(repo.to_string());
+            }
+            // Checked at every row: Plane's first page usually answers after the rows
+            // that name every repo were read.
+            if !ahead.unsent.is_empty() && answered.load(std::sync::atomic::Ordering::Acquire) {
+                ahead.send();
+            }
+        };
         let mut send_repos = move |db: &mut Db| -> Result<()> {
-            if let Some(tx) = tx.take() {
-                let repos = if listing_decides {
-                    Ok(ahead.take())
-                } else {
-                    repos_to_judge(db, now, &limits)
-                };
-                match repos {
-                    // A reader that is gone (it panicked) is found at the join below.
-                    Ok(repos) => drop(tx.send(repos)),
+            let mut ahead = ahead.borrow_mut();
+            if listing_decides {
+                ahead.send();
+            } else if ahead.to.is_some() {
+                match repos_to_judge(db, now, &limits) {
+                    Ok(repos) => {
+                        ahead.unsent.extend(repos);
+                        ahead.send();
+                    }
                     // Only a head start lost: the judging lists each repo when it asks.
                     Err(e) => log::warn!("reading which repos to list ahead: {e:#}"),
                 }
+                ahead.to = None;
             }
             Ok(())
         };
-        let listings = p.list_and_sweep(db, to_list, replay, cap, &mut gather, &mut send_repos)?;
+        let listings = p.list_and_sweep(
+            db,
+            to_list,
+            (replay, cap),
+            &mut gather,
+            &mut send_repos,
+            answered,
+        )?;
         if !p.rate_limited && !listing_decides {
             send_repos(db)?;
         }
-        drop(send_repos);
+        // Nothing more to list: the reader ends once it listed what it got.
+        ahead.borrow_mut().to = None;
         if let Some(prefetch) = prefetch {
             let listed = prefetch
                 .join()
@@ -385,17 +412,34 @@ fn repos_to_judge(
     })
 }
 
-/// Lists the open pulls of each repo `repos` hands over (nothing when it hands over
-/// none), for the pass's forge to adopt.
+/// The repos to list ahead: those found, those not yet sent, and where they go (none
+/// once nothing more will be sent, or when Gitea is not configured).
+struct Ahead {
+    found: std::collections::BTreeSet<String>,
+    unsent: Vec<String>,
+    to: Option<std::sync::mpsc::Sender<String>>,
+}
+
+impl Ahead {
+    /// Sends the repos not sent yet.
+    fn send(&mut self) {
+        if let Some(to) = &self.to {
+            // A reader that is gone (it panicked) is found at the join.
+            for repo in self.unsent.drain(..) {
+                let _ = to.send(repo);
+            }
+        }
+    }
+}
+
+/// Lists the open pulls of each repo `repos` hands over, in order, until its sender is
+/// dropped, for the pass's forge to adopt.
 fn prefetch_pulls(
     client: &crate::adapters::gitea::GiteaClient,
-    repos: &std::sync::mpsc::Receiver<std::collections::BTreeSet<String>>,
+    repos: &std::sync::mpsc::Receiver<String>,
 ) -> Vec<(String, crate::adapters::forge::ListedPulls)> {
-    let Ok(repos) = repos.recv() else {
-        return Vec::new();
-    };
     repos
-        .into_iter()
+        .iter()
         .map(|repo| {
             let listed = crate::adapters::forge::list_open_pulls(client, &repo);
             (repo, listed)
@@ -407,22 +451,23 @@ impl<'a> Pass<'a> {
     /// Lists the projects of `to_list` in Plane, replays what the listings call for,
     /// and sweeps escalations: everything a pass does before it judges. `also` sees
     /// each listed project's task as the store is read for the listing
-    /// (`Db::projects_known`); `first_page` runs once Plane answered the first page.
+    /// (`Db::projects_known`); `first_page` runs once the pass takes Plane's first
+    /// page; `answered` is raised as soon as the page reader has read one.
     fn list_and_sweep(
         &mut self,
         db: &mut Db,
         to_list: Vec<&'a Project>,
-        replay: bool,
-        cap: usize,
+        (replay, cap): (bool, usize),
         also: &mut dyn FnMut(&GuardColumns, &str),
         first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
+        answered: &AtomicBool,
     ) -> Result<HashMap<String, ProjectListing>> {
         // What the store knows of the listed projects' tasks, in one read of each table
         // while the first pages are on their way; each project's part is dropped once
         // it is listed.
         let names: Vec<&str> = to_list.iter().map(|p| p.name.as_str()).collect();
         let known = |db: &mut Db| db.projects_known(&names, also);
-        let listed = self.list_projects(db, &to_list, known, first_page)?;
+        let listed = self.list_projects(db, &to_list, known, first_page, answered)?;
         let listings: HashMap<String, ProjectListing> =
             to_list.iter().map(|p| p.name.clone()).zip(listed).collect();
 

@@ -585,6 +585,27 @@ pub fn replay(
     }
 }
 
+/// Whether [`replay`] would do anything but ignore the work item (start, move, or stop
+/// at the cap): the listing's pre-filter, asked of every listed item in a replayable
+/// state, without the reason `intake::decide` formats for doing nothing (one `format!`
+/// a listed item). Held equal to `replay(..) != Replay::Ignore` by a table test; the
+/// facts' key is not read.
+pub fn would_replay(meaning: Meaning, task: Option<&intake::TaskFacts>) -> bool {
+    let Some(t) = task else {
+        return meaning == Meaning::Start;
+    };
+    match meaning {
+        Meaning::Start => t.stage == Stage::Analysis && !t.has_analyst_job,
+        Meaning::Approved => t.stage == Stage::Analysis,
+        // Re-queueing the analysis is an event, never replayed from a listing.
+        Meaning::Rejected | Meaning::Blocked => false,
+        Meaning::Cancel => {
+            !matches!(t.stage, Stage::Cancelled | Stage::Done)
+                && transition(t.stage, Stage::Cancelled).is_some()
+        }
+    }
+}
+
 /// The idempotency key of one escalation: the Plane comment's `external_id` and the
 /// notification's dedupe key. Derived from the task and the moment it was escalated,
 /// so a re-announcement after a crash reuses it and a later, new escalation does not.
@@ -1279,6 +1300,47 @@ mod tests {
                 1
             ),
             Replay::Ignore
+        );
+    }
+
+    #[test]
+    fn the_pre_filter_agrees_with_the_replay_decision() {
+        let meanings = [
+            Meaning::Start,
+            Meaning::Approved,
+            Meaning::Rejected,
+            Meaning::Cancel,
+            Meaning::Blocked,
+        ];
+        let mut tasks = vec![None];
+        for stage in Stage::ALL {
+            for (has_analyst_job, has_live_analyst_job) in
+                [(false, false), (true, false), (true, true)]
+            {
+                tasks.push(Some(intake::TaskFacts {
+                    key: "T-1".into(),
+                    stage,
+                    has_analyst_job,
+                    has_live_analyst_job,
+                }));
+            }
+        }
+        let mut acting = 0;
+        for meaning in meanings {
+            for task in &tasks {
+                let decided = replay(meaning, "State", task.as_ref(), 0, usize::MAX);
+                let asked = would_replay(meaning, task.as_ref());
+                assert_eq!(asked, decided != Replay::Ignore, "{meaning:?} {task:?}");
+                // Capped wherever it would act.
+                let capped = replay(meaning, "State", task.as_ref(), 1, 1);
+                assert_eq!(asked, capped == Replay::Capped, "{meaning:?} {task:?}");
+                acting += usize::from(asked);
+            }
+        }
+        // Start without a task or before the analyst job, approval and cancellation.
+        assert!(
+            acting > 5,
+            "the table reaches the acting branches: {acting}"
         );
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::adapters::db::sql::{params, Error};
+use crate::adapters::db::sql::{params, Engine, Error};
 use anyhow::Result;
 
 use crate::adapters::db::{parse_col, Db, GuardColumns};
@@ -18,8 +18,6 @@ use crate::core::stage::Stage;
 pub struct ListedTask {
     /// The task id.
     pub id: i64,
-    /// Its key.
-    pub key: String,
     /// Its stage.
     pub stage: Stage,
     /// Its priority.
@@ -36,14 +34,11 @@ pub struct ListedKnown {
     pub tasks: Vec<Option<ListedTask>>,
 }
 
-/// What the store knows of one work item: its task (the key as a range of
-/// [`ProjectKnown`]'s `keys`) and the newest update seen of it.
+/// What the store knows of one work item: its task and the newest update seen of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Known {
     id: i64,
     newest_us: Option<i64>,
-    key_at: u32,
-    key_len: u16,
     stage: Stage,
     priority: Priority,
 }
@@ -52,8 +47,8 @@ struct Known {
 /// listing starts ([`Db::projects_known`]), so each listed page is looked up in memory
 /// instead of read. Compact: a work item id that is a UUID as Plane
 /// writes them (36 characters, lowercase hex) is held as its 16 bytes, in a vector
-/// sorted for binary search, and the task keys in one string (~60 bytes a task: ~2 MiB
-/// for 33,000 tasks); any other id as its text.
+/// sorted for binary search (~40 bytes a task: ~1.3 MiB for 33,000 tasks); any other
+/// id as its text.
 ///
 /// A listed work item it does not hold (no task of this project: one not started, or a
 /// task filed under another project) is read from the store as before
@@ -69,7 +64,6 @@ struct Known {
 pub struct ProjectKnown {
     by_uuid: Vec<([u64; 2], Known)>,
     by_text: HashMap<String, Known>,
-    keys: String,
 }
 
 /// The 16 bytes of a work item id written as a lowercase hyphenated UUID (the only
@@ -132,10 +126,8 @@ impl ProjectKnown {
         for (i, id) in work_item_ids.iter().enumerate() {
             match self.get(id) {
                 Some(k) => {
-                    let at = k.key_at as usize;
                     known.tasks.push(Some(ListedTask {
                         id: k.id,
-                        key: self.keys[at..at + usize::from(k.key_len)].to_string(),
                         stage: k.stage,
                         priority: k.priority,
                     }));
@@ -228,7 +220,7 @@ impl Db {
         let mut after = i64::MIN;
         loop {
             let mut stmt = self.conn().prepare_cached(
-                "SELECT id, project, work_item_id, key, stage, priority, repo, stage_entered_at,
+                "SELECT id, project, work_item_id, stage, priority, repo, stage_entered_at,
                      developer_retries, escalated_at FROM tasks
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
@@ -241,34 +233,21 @@ impl Db {
                 else {
                     continue;
                 };
-                let stage: Stage = r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?;
+                let stage: Stage = r.with_text(3, str::parse)?.map_err(|e| conversion(3, e))?;
                 let head = GuardColumns {
                     id: after,
                     stage,
-                    stage_entered_at: r.get(7)?,
-                    developer_retries: r.get(8)?,
-                    escalated_at: r.get(9)?,
+                    stage_entered_at: r.get(6)?,
+                    developer_retries: r.get(7)?,
+                    escalated_at: r.get(8)?,
                 };
-                r.with_text(6, |repo| also(&head, repo))?;
+                r.with_text(5, |repo| also(&head, repo))?;
                 let known = &mut known[p];
-                let keys = &mut known.keys;
-                let Some((key_at, key_len)) = r.with_text(3, |key| {
-                    let at = u32::try_from(keys.len()).ok()?;
-                    let len = u16::try_from(key.len()).ok()?;
-                    keys.push_str(key);
-                    Some((at, len))
-                })?
-                else {
-                    // Past 4 GiB of keys or a key over 64 KiB: read from the store instead.
-                    continue;
-                };
                 let k = Known {
                     id: after,
                     newest_us: None,
-                    key_at,
-                    key_len,
                     stage,
-                    priority: r.with_text(5, str::parse)?.map_err(|e| conversion(5, e))?,
+                    priority: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
                 };
                 match r.with_text(2, uuid_words)? {
                     Some(w) => known.by_uuid.push((w, k)),
@@ -284,10 +263,42 @@ impl Db {
         for k in &mut known {
             k.by_uuid.sort_unstable_by_key(|a| a.0);
             k.by_uuid.shrink_to_fit();
-            k.keys.shrink_to_fit();
         }
-        // The updates by work item id: the first page from the start, each next one
-        // after the last id read.
+        // The updates, each noted on its task's work item: on SQLite in storage order,
+        // by rowid (ordered by work item id, each row would be found through the
+        // primary key's index: one more tree search per row); on PostgreSQL, which
+        // has no rowid, by work item id. Each page starts after the last row read.
+        let note = |known: &mut [ProjectKnown], id: &str, us: i64| {
+            // The id parsed once, then looked up in each project's part.
+            let words = uuid_words(id);
+            let found = known.iter_mut().find_map(|k| match words {
+                Some(w) => k.by_words_mut(w),
+                None => k.by_text.get_mut(id),
+            });
+            if let Some(k) = found {
+                k.newest_us = Some(us);
+            }
+        };
+        if self.engine() == Engine::Sqlite {
+            let mut after = i64::MIN;
+            loop {
+                let mut stmt = self.conn().prepare_cached(
+                    "SELECT rowid, work_item_id, updated_us FROM work_item_updates
+                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )?;
+                let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
+                let mut read = 0usize;
+                while let Some(r) = rows.next()? {
+                    read += 1;
+                    after = r.get(0)?;
+                    let us: i64 = r.get(2)?;
+                    r.with_text(1, |id| note(&mut known, id, us))?;
+                }
+                if read < KNOWN_PAGE {
+                    return Ok(known);
+                }
+            }
+        }
         let mut last: Option<String> = None;
         loop {
             let mut stmt = self.conn().prepare_cached(if last.is_none() {
@@ -309,15 +320,7 @@ impl Db {
                 r.with_text(0, |id| {
                     cursor.clear();
                     cursor.push_str(id);
-                    // The id parsed once, then looked up in each project's part.
-                    let words = uuid_words(id);
-                    let found = known.iter_mut().find_map(|k| match words {
-                        Some(w) => k.by_words_mut(w),
-                        None => k.by_text.get_mut(id),
-                    });
-                    if let Some(k) = found {
-                        k.newest_us = Some(us);
-                    }
+                    note(&mut known, id, us);
                 })?;
             }
             if read < KNOWN_PAGE {
@@ -352,7 +355,7 @@ impl Db {
         drop(rows);
         let ids = crate::adapters::db::sql::params_from_iter(work_item_ids.iter());
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT work_item_id, id, key, stage, priority FROM tasks WHERE work_item_id IN ({marks})"
+            "SELECT work_item_id, id, stage, priority FROM tasks WHERE work_item_id IN ({marks})"
         ))?;
         let mut rows = stmt.query(ids)?;
         while let Some(r) = rows.next()? {
@@ -360,9 +363,8 @@ impl Db {
                 r.get(0)?,
                 ListedTask {
                     id: r.get(1)?,
-                    key: r.get(2)?,
-                    stage: parse_col(&r, 3)?,
-                    priority: parse_col(&r, 4)?,
+                    stage: parse_col(&r, 2)?,
+                    priority: parse_col(&r, 3)?,
                 },
             );
         }
@@ -588,8 +590,9 @@ mod tests {
         assert_eq!(a.newest_us[0], Some(50));
         assert_eq!(a.newest_us[1], Some(20), "only ever raised");
         assert_eq!(task(&a, 1).priority, Priority::Urgent);
-        assert_eq!(task(&a, 0).key, "ORCH-1");
-        assert_eq!(task(&a, 2).key, "ORCH-3", "another project's task, read");
+        let key = |i| db.task(task(&a, i).id).unwrap().unwrap().key;
+        assert_eq!(key(0), "ORCH-1");
+        assert_eq!(key(2), "ORCH-3", "another project's task, read");
     }
 
     #[test]

@@ -439,7 +439,7 @@ impl Row<'_> {
     pub fn with_text<T>(&self, idx: usize, f: impl FnOnce(&str) -> T) -> Result<T> {
         match self {
             Row::Sqlite(r) => match r.get_ref(idx)? {
-                rusqlite::types::ValueRef::Text(t) => Ok(f(&String::from_utf8_lossy(t))),
+                rusqlite::types::ValueRef::Text(t) => Ok(f(&utf8(t))),
                 // Not text: the same error as reading it as a `String`.
                 _ => self.get::<_, String>(idx).map(|t| f(&t)),
             },
@@ -457,9 +457,7 @@ impl Row<'_> {
                 rusqlite::types::ValueRef::Null => Value::Null,
                 rusqlite::types::ValueRef::Integer(n) => Value::Int(n),
                 rusqlite::types::ValueRef::Real(f) => Value::Real(f),
-                rusqlite::types::ValueRef::Text(t) => {
-                    Value::Text(String::from_utf8_lossy(t).into_owned())
-                }
+                rusqlite::types::ValueRef::Text(t) => Value::Text(utf8(t).into_owned()),
                 rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
             }),
             Row::Postgres(r) => {
@@ -469,6 +467,17 @@ impl Row<'_> {
                 Ok(r.try_get::<_, PgValue>(i)?.0)
             }
         }
+    }
+}
+
+/// A text column's bytes as text: checked, not copied, when valid UTF-8 (always, as
+/// orch writes them; `std::str::from_utf8` checks ASCII a word at a time, where
+/// `String::from_utf8_lossy` goes chunk by chunk), else each invalid sequence
+/// replaced by U+FFFD.
+fn utf8(t: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(t) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(t),
     }
 }
 

@@ -3,6 +3,8 @@
 //! rate-limit floor and ending the pass's Plane calls on a 429. Each page also refreshes
 //! the listed work items' tasks' priorities.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Result;
 
 use crate::adapters::db::{Db, ListedKnown, ProjectKnown};
@@ -68,13 +70,16 @@ impl Pass<'_> {
     /// before it), and the next page is on its way while this one is judged.
     /// `known` reads what the store knows of the projects' tasks
     /// (`Db::projects_known`), one [`ProjectKnown`] per project of `to_list`;
-    /// `first_page` runs once, when the first page arrived (Plane answers: not a 429).
+    /// `first_page` runs once, when the first page arrived (Plane answers: not a 429);
+    /// `answered` is raised by the reader as soon as it read a page, which may be while
+    /// `known` still reads the store.
     pub(super) fn list_projects(
         &mut self,
         db: &mut Db,
         to_list: &[&Project],
         known: impl FnOnce(&mut Db) -> Result<Vec<ProjectKnown>>,
         first_page: &mut dyn FnMut(&mut Db) -> Result<()>,
+        answered: &AtomicBool,
     ) -> Result<Vec<ProjectListing>> {
         let Some(plane) = self.plane else {
             let failed = |_| {
@@ -97,7 +102,7 @@ impl Pass<'_> {
             })
             .collect();
         // Set when this side stops listing: the reader makes no request after it.
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             // One go-ahead per project, sent when this side starts taking its pages: the
@@ -105,7 +110,9 @@ impl Pass<'_> {
             // the States API, a lost lease), as one thread would not.
             let (go, may_start) = std::sync::mpsc::channel::<()>();
             let (reads, stop) = (&reads, &stop);
-            scope.spawn(move || fetch_projects(plane, bounds, reads, floor, stop, &may_start, &tx));
+            let flags = (stop, answered);
+            scope
+                .spawn(move || fetch_projects(plane, bounds, reads, floor, flags, (may_start, tx)));
             let mut first_page = Some(first_page);
             let listed = (|| {
                 let mut out = Vec::with_capacity(to_list.len());
@@ -115,7 +122,7 @@ impl Pass<'_> {
                 for (i, project) in to_list.iter().enumerate() {
                     let store = known.next().unwrap_or_default();
                     if self.rate_limited || self.report.stopped_early.is_some() {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
                         out.push(ProjectListing::default());
                         continue;
                     }
@@ -135,7 +142,7 @@ impl Pass<'_> {
                 }
                 Ok(out)
             })();
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
             // The reader, blocked on a page no one will take or on a go-ahead no one will
             // send, ends when these go.
             drop(go);
@@ -218,8 +225,9 @@ impl Pass<'_> {
             self.note_listed_updates(db, &page.items, &known, &mut store)?;
             self.refresh_listed_priorities(db, &page.items, &known, &mut store)?;
             for (mut item, task) in page.items.into_iter().zip(&known.tasks) {
-                // The expanded state is moved out, not copied: only a replay candidate
-                // (rare in a steady pass) keeps the item, with a copy of it.
+                // The expanded state is shared with the page's other items in it, not
+                // copied: only a replay candidate (rare in a steady pass) keeps the
+                // item, with a copy of its state.
                 let expanded = item.state.is_some();
                 let state = match item.state.take() {
                     Some(s) => Some(s),
@@ -231,7 +239,7 @@ impl Pass<'_> {
                                 states_refreshed = true;
                                 found = self.refresh_states(db, plane, project, id)?;
                             }
-                            found
+                            found.map(std::sync::Arc::new)
                         }
                     },
                 };
@@ -239,22 +247,21 @@ impl Pass<'_> {
                     Some(st) => {
                         let candidate =
                             replay && Pass::replay_candidate(db, project, &st, task.as_ref())?;
-                        let mut seen = |st: CachedState| {
-                            let (name, group) = states.intern(&st.name, &st.group);
-                            Listed::Seen { name, group }
-                        };
+                        let (name, group) = states.intern(&st.name, &st.group);
+                        let seen = Listed::Seen { name, group };
                         if candidate {
-                            l.listing.items.insert(item.id.clone(), seen(st.clone()));
+                            l.listing.items.insert(item.id.clone(), seen);
+                            let resolved = CachedState::clone(&st);
                             if expanded {
-                                item.state = Some(st.clone());
+                                item.state = Some(st);
                             }
-                            l.resolved.push((item, st));
+                            l.resolved.push((item, resolved));
                         } else {
-                            l.listing.items.insert(item.id, seen(st));
+                            l.listing.items.insert(item.id, seen);
                         }
                     }
                     None => {
-                        let id = item.state_id.clone().unwrap_or_else(|| "(none)".into());
+                        let id = item.state_id.as_deref().unwrap_or("(none)").to_string();
                         l.listing
                             .items
                             .insert(item.id.clone(), Listed::UnknownState(id));
@@ -411,20 +418,25 @@ enum Fetched {
 /// the judging side would list the next one: after a project listed to its last page
 /// or whose listing failed, but not after a 429, a stop (page cap, deadline) or a page
 /// below the rate-limit floor. Each project starts on the judging side's go-ahead
-/// (`may_start`); no request is made once `stop` is set.
+/// (`may_start`); no request is made once `stop` is set; `answered` is raised when a
+/// page was read.
 fn fetch_projects(
     plane: &PlaneClient,
     bounds: &crate::adapters::bounds::PassBounds,
     reads: &[(&str, String)],
     floor: u32,
-    stop: &std::sync::atomic::AtomicBool,
-    may_start: &std::sync::mpsc::Receiver<()>,
-    out: &std::sync::mpsc::SyncSender<Fetched>,
+    (stop, answered): (&AtomicBool, &AtomicBool),
+    (may_start, out): (
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::SyncSender<Fetched>,
+    ),
 ) {
     for (pid, what) in reads {
         // Each project waits for the judging side's go-ahead (none comes once it
         // stopped listing).
-        if may_start.recv().is_err() || !fetch_pages(plane, bounds, pid, floor, what, stop, out) {
+        if may_start.recv().is_err()
+            || !fetch_pages(plane, bounds, pid, floor, what, (stop, answered), &out)
+        {
             return;
         }
     }
@@ -441,7 +453,7 @@ fn fetch_pages(
     pid: &str,
     floor: u32,
     what: &str,
-    stop: &std::sync::atomic::AtomicBool,
+    (stop, answered): (&AtomicBool, &AtomicBool),
     out: &std::sync::mpsc::SyncSender<Fetched>,
 ) -> bool {
     let mut cursor: Option<String> = None;
@@ -460,12 +472,13 @@ fn fetch_pages(
             let _ = out.send(Fetched::Stopped(why));
             return false;
         }
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
             return false;
         }
         pages += 1;
         match plane.list_work_items_page(pid, cursor.as_deref()) {
             Ok(page) => {
+                answered.store(true, Ordering::Release);
                 // The last page lets the next project be listed; a page below the
                 // floor ends the listing (the judging side stops there too).
                 let next = match reconcile::after_page(

@@ -190,9 +190,9 @@ impl Pass<'_> {
         else {
             return Ok(false);
         };
-        let facts = task_facts(db, task.map(|t| (t.id, t.key.as_str(), t.stage)))?;
-        let decision = reconcile::replay(meaning, &state.name, facts.as_ref(), 0, usize::MAX);
-        Ok(decision != Replay::Ignore)
+        // The key words only the reasons for doing nothing, which are not asked for.
+        let facts = task_facts(db, task.map(|t| (t.id, "", t.stage)))?;
+        Ok(reconcile::would_replay(meaning, facts.as_ref()))
     }
 
     fn replay_start(
