@@ -61,8 +61,8 @@ pub struct WorkItem {
     pub name: String,
     /// The number in `PROJ-42`.
     pub sequence_id: u64,
-    /// The project id (UUID).
-    pub project: String,
+    /// The project id (UUID); shared by a page's items, all of one project.
+    pub project: Arc<str>,
     /// The state id; `None` only when the item has no state. Shared, as `state` is.
     pub state_id: Option<Arc<str>>,
     /// The expanded state, when the answer carried it: shared by the items of a page in
@@ -84,7 +84,8 @@ struct RawWorkItem<'a> {
     id: String,
     name: String,
     sequence_id: u64,
-    project: String,
+    #[serde(borrow)]
+    project: Cow<'a, str>,
     #[serde(default, borrow)]
     state: RawState<'a>,
     #[serde(default, borrow)]
@@ -283,12 +284,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawState<'a> {
 const MAX_PAGE_STATES: usize = 64;
 
 /// The expanded states of one page, each held once and shared by the page's items in
-/// it. Past [`MAX_PAGE_STATES`] (a Plane answering nonsense) each item keeps its own,
-/// so the search never grows with the page.
+/// it, and the project id they share. Past [`MAX_PAGE_STATES`] (a Plane answering
+/// nonsense) each item keeps its own state, so the search never grows with the page.
 #[derive(Default)]
-struct PageStates(Vec<(Arc<str>, Arc<PlaneState>)>);
+struct PageStates(Vec<(Arc<str>, Arc<PlaneState>)>, Option<Arc<str>>);
 
 impl PageStates {
+    /// The project id, as the page's items share it (the last one read, if the same).
+    fn project(&mut self, id: &str) -> Arc<str> {
+        match &self.1 {
+            Some(p) if **p == *id => Arc::clone(p),
+            _ => Arc::clone(self.1.insert(Arc::from(id))),
+        }
+    }
+
     /// The state, and its id, as the page's items in it share them.
     fn share(&mut self, [id, name, group]: [Cow<'_, str>; 3]) -> (Arc<str>, Arc<PlaneState>) {
         if let Some((i, s)) = self
@@ -363,7 +372,7 @@ impl WorkItem {
             id: raw.id,
             name: raw.name,
             sequence_id: raw.sequence_id,
-            project: raw.project,
+            project: states.project(&raw.project),
             state_id,
             state,
             updated_at,

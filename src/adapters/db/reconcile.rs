@@ -47,7 +47,7 @@ struct Known {
 /// listing starts ([`Db::projects_known`]), so each listed page is looked up in memory
 /// instead of read. Compact: a work item id that is a UUID as Plane
 /// writes them (36 characters, lowercase hex) is held as its 16 bytes, in a vector
-/// sorted for binary search (~40 bytes a task: ~1.3 MiB for 33,000 tasks); any other
+/// sorted for binary search (48 bytes a task: ~1.5 MiB for 33,000 tasks); any other
 /// id as its text.
 ///
 /// A listed work item it does not hold (no task of this project: one not started, or a
@@ -194,7 +194,7 @@ pub const ESCALATION_KIND: &str = "escalation";
 
 impl Db {
     /// Reads what the store knows of the work items of each of these projects' tasks
-    /// (each task's id, key, stage and priority, and the newest update seen of its work
+    /// (each task's id, stage and priority, and the newest update seen of its work
     /// item), for [`ProjectKnown::page`] to answer each listed page from: one pass over
     /// `tasks` and one over `work_item_updates`, each read in storage order with no
     /// index search per row. Returned in the order of `projects`; a pass drops each once

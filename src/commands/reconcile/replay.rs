@@ -190,8 +190,18 @@ impl Pass<'_> {
         else {
             return Ok(false);
         };
-        // The key words only the reasons for doing nothing, which are not asked for.
-        let facts = task_facts(db, task.map(|t| (t.id, "", t.stage)))?;
+        // The key words only the reasons for doing nothing, which are not asked for;
+        // only a start asks whether the analyst job was ever enqueued (any other
+        // meaning is decided by the stage alone, without reading the task's jobs).
+        let facts = match task {
+            Some(t) if meaning != intake::Meaning::Start => Some(intake::TaskFacts {
+                key: String::new(),
+                stage: t.stage,
+                has_analyst_job: true,
+                has_live_analyst_job: false,
+            }),
+            _ => task_facts(db, task.map(|t| (t.id, "", t.stage)))?,
+        };
         Ok(reconcile::would_replay(meaning, facts.as_ref()))
     }
 
