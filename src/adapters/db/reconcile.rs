@@ -217,25 +217,18 @@ impl Db {
         // Both tables in keyset pages of KNOWN_PAGE rows: PostgreSQL hands over a
         // query's rows all at once, so one query over a whole table would hold every
         // row in memory (the work item updates grow with every item ever listed).
-        let mut after = i64::MIN;
-        loop {
-            let mut stmt = self.conn().prepare_cached(
-                "SELECT id, project, work_item_id, stage, priority, repo, stage_entered_at,
-                     developer_retries, escalated_at FROM tasks
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
-            let mut read = 0usize;
-            while let Some(r) = rows.next()? {
-                read += 1;
-                after = r.get(0)?;
+        self.keyset_pages(
+            "SELECT id, project, work_item_id, stage, priority, repo, stage_entered_at,
+                 developer_retries, escalated_at FROM tasks
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+            |r, id| {
                 let Some(p) = r.with_text(1, |name| projects.iter().position(|q| *q == name))?
                 else {
-                    continue;
+                    return Ok(());
                 };
                 let stage: Stage = r.with_text(3, str::parse)?.map_err(|e| conversion(3, e))?;
                 let head = GuardColumns {
-                    id: after,
+                    id,
                     stage,
                     stage_entered_at: r.get(6)?,
                     developer_retries: r.get(7)?,
@@ -244,7 +237,7 @@ impl Db {
                 r.with_text(5, |repo| also(&head, repo))?;
                 let known = &mut known[p];
                 let k = Known {
-                    id: after,
+                    id,
                     newest_us: None,
                     stage,
                     priority: r.with_text(4, str::parse)?.map_err(|e| conversion(4, e))?,
@@ -255,11 +248,9 @@ impl Db {
                         known.by_text.insert(r.get(2)?, k);
                     }
                 }
-            }
-            if read < KNOWN_PAGE {
-                break;
-            }
-        }
+                Ok(())
+            },
+        )?;
         for k in &mut known {
             k.by_uuid.sort_unstable_by_key(|a| a.0);
             k.by_uuid.shrink_to_fit();
@@ -280,24 +271,16 @@ impl Db {
             }
         };
         if self.engine() == Engine::Sqlite {
-            let mut after = i64::MIN;
-            loop {
-                let mut stmt = self.conn().prepare_cached(
-                    "SELECT rowid, work_item_id, updated_us FROM work_item_updates
-                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                )?;
-                let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
-                let mut read = 0usize;
-                while let Some(r) = rows.next()? {
-                    read += 1;
-                    after = r.get(0)?;
+            self.keyset_pages(
+                "SELECT rowid, work_item_id, updated_us FROM work_item_updates
+                 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                |r, _| {
                     let us: i64 = r.get(2)?;
                     r.with_text(1, |id| note(&mut known, id, us))?;
-                }
-                if read < KNOWN_PAGE {
-                    return Ok(known);
-                }
-            }
+                    Ok(())
+                },
+            )?;
+            return Ok(known);
         }
         let mut last: Option<String> = None;
         loop {
@@ -329,6 +312,30 @@ impl Db {
             last = Some(cursor);
         }
         Ok(known)
+    }
+
+    /// Runs `sql` (`... WHERE <key> > ?1 ORDER BY <key> LIMIT ?2`, its first column
+    /// the integer key) in pages of [`KNOWN_PAGE`] rows, each after the last key read,
+    /// handing `each` every row and its key.
+    fn keyset_pages(
+        &self,
+        sql: &str,
+        mut each: impl FnMut(&crate::adapters::db::sql::Row<'_>, i64) -> Result<()>,
+    ) -> Result<()> {
+        let mut after = i64::MIN;
+        loop {
+            let mut stmt = self.conn().prepare_cached(sql)?;
+            let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
+            let mut read = 0usize;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                after = r.get(0)?;
+                each(&r, after)?;
+            }
+            if read < KNOWN_PAGE {
+                return Ok(());
+            }
+        }
     }
 
     /// Reads what the store knows of these work items (one listed page): the newest
