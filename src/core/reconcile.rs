@@ -588,22 +588,31 @@ pub fn replay(
 /// Whether [`replay`] would do anything but ignore the work item (start, move, or stop
 /// at the cap): the listing's pre-filter, asked of every listed item in a replayable
 /// state, without the reason `intake::decide` formats for doing nothing (one `format!`
-/// a listed item). Held equal to `replay(..) != Replay::Ignore` by a table test; the
-/// facts' key is not read.
-pub fn would_replay(meaning: Meaning, task: Option<&intake::TaskFacts>) -> bool {
-    let Some(t) = task else {
-        return meaning == Meaning::Start;
+/// a listed item). `stage` is the task's (`None`: the item has no task);
+/// `has_analyst_job` is asked only where the decision reads it, a start at analysis
+/// (it costs a read of the task's jobs), so no other listed item's jobs are read. Held
+/// equal to `replay(..) != Replay::Ignore` by a table test, which counts the asks too.
+///
+/// # Errors
+/// `has_analyst_job`'s.
+pub fn would_replay<E>(
+    meaning: Meaning,
+    stage: Option<Stage>,
+    has_analyst_job: impl FnOnce() -> Result<bool, E>,
+) -> Result<bool, E> {
+    let Some(stage) = stage else {
+        return Ok(meaning == Meaning::Start);
     };
-    match meaning {
-        Meaning::Start => t.stage == Stage::Analysis && !t.has_analyst_job,
-        Meaning::Approved => t.stage == Stage::Analysis,
+    Ok(match meaning {
+        Meaning::Start => stage == Stage::Analysis && !has_analyst_job()?,
+        Meaning::Approved => stage == Stage::Analysis,
         // Re-queueing the analysis is an event, never replayed from a listing.
         Meaning::Rejected | Meaning::Blocked => false,
         Meaning::Cancel => {
-            !matches!(t.stage, Stage::Cancelled | Stage::Done)
-                && transition(t.stage, Stage::Cancelled).is_some()
+            !matches!(stage, Stage::Cancelled | Stage::Done)
+                && transition(stage, Stage::Cancelled).is_some()
         }
-    }
+    })
 }
 
 /// The idempotency key of one escalation: the Plane comment's `external_id` and the
@@ -1329,8 +1338,17 @@ mod tests {
         for meaning in meanings {
             for task in &tasks {
                 let decided = replay(meaning, "State", task.as_ref(), 0, usize::MAX);
-                let asked = would_replay(meaning, task.as_ref());
+                let mut reads = 0;
+                let asked = would_replay(meaning, task.as_ref().map(|t| t.stage), || {
+                    reads += 1;
+                    Ok::<_, ()>(task.as_ref().is_some_and(|t| t.has_analyst_job))
+                })
+                .unwrap();
                 assert_eq!(asked, decided != Replay::Ignore, "{meaning:?} {task:?}");
+                // The jobs are read only for a start at analysis.
+                let reads_jobs = meaning == Meaning::Start
+                    && task.as_ref().is_some_and(|t| t.stage == Stage::Analysis);
+                assert_eq!(reads, usize::from(reads_jobs), "{meaning:?} {task:?}");
                 // Capped wherever it would act.
                 let capped = replay(meaning, "State", task.as_ref(), 1, 1);
                 assert_eq!(asked, capped == Replay::Capped, "{meaning:?} {task:?}");

@@ -190,19 +190,9 @@ impl Pass<'_> {
         else {
             return Ok(false);
         };
-        // The key words only the reasons for doing nothing, which are not asked for;
-        // only a start asks whether the analyst job was ever enqueued (any other
-        // meaning is decided by the stage alone, without reading the task's jobs).
-        let facts = match task {
-            Some(t) if meaning != intake::Meaning::Start => Some(intake::TaskFacts {
-                key: String::new(),
-                stage: t.stage,
-                has_analyst_job: true,
-                has_live_analyst_job: false,
-            }),
-            _ => task_facts(db, task.map(|t| (t.id, "", t.stage)))?,
-        };
-        Ok(reconcile::would_replay(meaning, facts.as_ref()))
+        reconcile::would_replay(meaning, task.map(|t| t.stage), || {
+            task.map_or(Ok(false), |t| Ok(analyst_jobs(db, t.id)?.0))
+        })
     }
 
     fn replay_start(
@@ -249,18 +239,26 @@ impl Pass<'_> {
     }
 }
 
-/// What the replay decision knows of a work item's task.
+/// Whether the task ever had an analyst job, and whether one is queued or running now.
+fn analyst_jobs(db: &Db, task_id: i64) -> Result<(bool, bool)> {
+    let jobs = db.task_jobs(task_id)?;
+    let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+    Ok((
+        analyst().next().is_some(),
+        analyst().any(|j| !j.status.is_terminal()),
+    ))
+}
+
 /// The replay's facts of a task given as (id, key, stage).
 fn task_facts(db: &Db, task: Option<(i64, &str, Stage)>) -> Result<Option<intake::TaskFacts>> {
     Ok(match task {
         Some((id, key, stage)) if stage == Stage::Analysis => {
-            let jobs = db.task_jobs(id)?;
-            let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+            let (has_analyst_job, has_live_analyst_job) = analyst_jobs(db, id)?;
             Some(intake::TaskFacts {
                 key: key.to_string(),
                 stage,
-                has_analyst_job: analyst().next().is_some(),
-                has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
+                has_analyst_job,
+                has_live_analyst_job,
             })
         }
         Some((_, key, stage)) => Some(intake::TaskFacts {
