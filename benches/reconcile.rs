@@ -47,7 +47,7 @@ const IN_PROGRESS: &str = "5a000000-0000-4000-8000-000000000001";
 /// rows as text would cost it more than orch spends on them). The shell's own start
 /// (`SELECT 1` on the same file) is taken off: orch's is counted once, in the pass.
 const FLOOR_SQL: &str = "
-SELECT count(*), total(length(project) + length(work_item_id) + length(key) + length(stage)
+SELECT count(*), total(length(project) + length(work_item_id) + length(stage)
     + length(priority) + length(repo) + stage_entered_at + developer_retries
     + ifnull(escalated_at, 0)) FROM tasks;
 SELECT count(*), total(length(work_item_id) + updated_us) FROM work_item_updates;

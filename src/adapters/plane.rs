@@ -53,7 +53,7 @@ pub const LISTED_FIELDS: &str = "id,name,sequence_id,project,state,updated_at,pr
 pub use crate::core::intake::PlaneState;
 
 /// A work item, with its state id and, when `expand=state` was asked, the state itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkItem {
     /// The work item id (UUID).
     pub id: String,
@@ -61,8 +61,6 @@ pub struct WorkItem {
     pub name: String,
     /// The number in `PROJ-42`.
     pub sequence_id: u64,
-    /// The project id (UUID); shared by a page's items, all of one project.
-    pub project: Arc<str>,
     /// The state id; `None` only when the item has no state. Shared, as `state` is.
     pub state_id: Option<Arc<str>>,
     /// The expanded state, when the answer carried it: shared by the items of a page in
@@ -70,7 +68,6 @@ pub struct WorkItem {
     pub state: Option<Arc<PlaneState>>,
     /// Its `updated_at` (the newest update this listing shows; `Missing` or
     /// `Unparseable` when the time cannot be told).
-    #[serde(skip)]
     pub updated_at: crate::core::intake::WorkItemTime,
     /// Its priority; `none` when the answer had none or an unknown one (logged as a
     /// warning when read).
@@ -84,8 +81,10 @@ struct RawWorkItem<'a> {
     id: String,
     name: String,
     sequence_id: u64,
-    #[serde(borrow)]
-    project: Cow<'a, str>,
+    /// Required, as it always was (an item without it is not what the listing asked
+    /// for), but not kept: a listing asks for one project's items.
+    #[serde(borrow, rename = "project")]
+    _project: Cow<'a, str>,
     #[serde(default, borrow)]
     state: RawState<'a>,
     #[serde(default, borrow)]
@@ -284,20 +283,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawState<'a> {
 const MAX_PAGE_STATES: usize = 64;
 
 /// The expanded states of one page, each held once and shared by the page's items in
-/// it, and the project id they share. Past [`MAX_PAGE_STATES`] (a Plane answering
-/// nonsense) each item keeps its own state, so the search never grows with the page.
+/// it. Past [`MAX_PAGE_STATES`] (a Plane answering nonsense) each item keeps its own
+/// state, so the search never grows with the page.
 #[derive(Default)]
-struct PageStates(Vec<(Arc<str>, Arc<PlaneState>)>, Option<Arc<str>>);
+struct PageStates(Vec<(Arc<str>, Arc<PlaneState>)>);
 
 impl PageStates {
-    /// The project id, as the page's items share it (the last one read, if the same).
-    fn project(&mut self, id: &str) -> Arc<str> {
-        match &self.1 {
-            Some(p) if **p == *id => Arc::clone(p),
-            _ => Arc::clone(self.1.insert(Arc::from(id))),
-        }
-    }
-
     /// The state, and its id, as the page's items in it share them.
     fn share(&mut self, [id, name, group]: [Cow<'_, str>; 3]) -> (Arc<str>, Arc<PlaneState>) {
         if let Some((i, s)) = self
@@ -372,7 +363,6 @@ impl WorkItem {
             id: raw.id,
             name: raw.name,
             sequence_id: raw.sequence_id,
-            project: states.project(&raw.project),
             state_id,
             state,
             updated_at,
@@ -895,6 +885,16 @@ mod tests {
         let escaped = parse(r#"{"\u0069d":"s3","name":"N","group":"started"}"#).unwrap();
         assert_eq!(escaped.state_id.as_deref(), Some("s3"));
         assert_eq!(parse(r#""s1""#).unwrap().state_id.as_deref(), Some("s1"));
+        assert_eq!(
+            parse(r#""s\u0031""#).unwrap().state_id.as_deref(),
+            Some("s1"),
+            "a bare id with an escape is copied, not borrowed"
+        );
+        // The project is required, as any key `fields=` names, even though not kept.
+        let text = r#"{"id":"i","name":"n","sequence_id":4,"state":"s1"}"#;
+        assert!(serde_json::from_str::<RawWorkItem>(text).is_err());
+        let text = r#"{"id":"i","name":"n","sequence_id":4,"project":"p\u0031","state":"s1"}"#;
+        assert!(serde_json::from_str::<RawWorkItem>(text).is_ok());
         assert_eq!(parse("null").unwrap().state_id, None);
         // Plane's expansion of a missing state is an empty object, not `null`.
         let empty = parse("{}").unwrap();

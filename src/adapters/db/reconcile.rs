@@ -197,7 +197,8 @@ impl Db {
     /// (each task's id, stage and priority, and the newest update seen of its work
     /// item), for [`ProjectKnown::page`] to answer each listed page from: one pass over
     /// `tasks` and one over `work_item_updates`, each read in storage order with no
-    /// index search per row. Returned in the order of `projects`; a pass drops each once
+    /// index search per row (on PostgreSQL, which has no rowid, `work_item_updates` by
+    /// its primary key). Returned in the order of `projects`; a pass drops each once
     /// its project is listed. `also` sees each of these tasks' guard columns and
     /// repo as the read goes: what else the pass needs
     /// to know of them, in the same read (which repos its judging will ask Gitea about).

@@ -1279,6 +1279,21 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_utf8_reads_with_replacements() {
+        let c = Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+        // Bytes no orch writes, as another program could have stored them.
+        let mut stmt = c
+            .prepare("SELECT CAST(x'61ff62' AS TEXT), 'a\u{e9}b'")
+            .unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        let r = rows.next().unwrap().unwrap();
+        assert_eq!(r.with_text(0, str::to_string).unwrap(), "a\u{fffd}b");
+        assert_eq!(r.get::<_, String>(0).unwrap(), "a\u{fffd}b");
+        assert_eq!(r.with_text(1, str::to_string).unwrap(), "a\u{e9}b");
+        assert_eq!(r.get::<_, String>(1).unwrap(), "a\u{e9}b");
+    }
+
+    #[test]
     fn sqlite_round_trips_every_kind_of_value() {
         let c = Conn::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         c.execute_batch("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n INTEGER)")

@@ -4,6 +4,7 @@
 //! the listed work items' tasks' priorities.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -23,8 +24,8 @@ pub(super) struct ProjectListing {
     /// What the blocked guard reads.
     pub(super) listing: reconcile::Listing,
     /// Work items seen that may need a replay (`Pass::replay_candidate`), with their
-    /// resolved state.
-    pub(super) resolved: Vec<(WorkItem, CachedState)>,
+    /// resolved state (the item's own `state` is not read again).
+    pub(super) resolved: Vec<(WorkItem, Arc<CachedState>)>,
 }
 
 /// The judging side's ends of the page reader: its pages, and (for a project after the
@@ -43,15 +44,15 @@ const MAX_SHARED_STATES: usize = 256;
 /// The states a listing saw, each name and group held once and shared by every listed
 /// item in it (a project has a few states; its listing, up to ~100,000 items).
 #[derive(Default)]
-struct States(Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>);
+struct States(Vec<(Arc<str>, Arc<str>)>);
 
 impl States {
     /// The shared name and group of a state.
-    fn intern(&mut self, name: &str, group: &str) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+    fn intern(&mut self, name: &str, group: &str) -> (Arc<str>, Arc<str>) {
         if let Some((n, g)) = self.0.iter().find(|(n, g)| **n == *name && **g == *group) {
             return (n.clone(), g.clone());
         }
-        let pair: (std::sync::Arc<str>, std::sync::Arc<str>) = (name.into(), group.into());
+        let pair: (Arc<str>, Arc<str>) = (name.into(), group.into());
         // A project has tens of states; past that (a Plane answering nonsense) each item
         // keeps its own, so the search never grows with the listing.
         if self.0.len() < MAX_SHARED_STATES {
@@ -227,8 +228,7 @@ impl Pass<'_> {
             for (mut item, task) in page.items.into_iter().zip(&known.tasks) {
                 // The expanded state is shared with the page's other items in it, not
                 // copied: only a replay candidate (rare in a steady pass) keeps the
-                // item, with a copy of its state.
-                let expanded = item.state.is_some();
+                // item, with its state beside it.
                 let state = match item.state.take() {
                     Some(s) => Some(s),
                     None => match &item.state_id {
@@ -239,7 +239,7 @@ impl Pass<'_> {
                                 states_refreshed = true;
                                 found = self.refresh_states(db, plane, project, id)?;
                             }
-                            found.map(std::sync::Arc::new)
+                            found.map(Arc::new)
                         }
                     },
                 };
@@ -251,11 +251,7 @@ impl Pass<'_> {
                         let seen = Listed::Seen { name, group };
                         if candidate {
                             l.listing.items.insert(item.id.clone(), seen);
-                            let resolved = CachedState::clone(&st);
-                            if expanded {
-                                item.state = Some(st);
-                            }
-                            l.resolved.push((item, resolved));
+                            l.resolved.push((item, st));
                         } else {
                             l.listing.items.insert(item.id, seen);
                         }
