@@ -335,13 +335,12 @@ fn plan<'a>(ctx: &'a PassContext, db: &mut Db, body: &[u8]) -> Result<Plan<'a>> 
     let task = db.task_by_work_item(&change.work_item_id)?;
     let facts = match &task {
         Some(t) => {
-            let jobs = db.task_jobs(t.id)?;
-            let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+            let (has_analyst_job, has_live_analyst_job) = db.analyst_jobs(t.id)?;
             Some(TaskFacts {
                 key: t.key.clone(),
                 stage: t.stage,
-                has_analyst_job: analyst().next().is_some(),
-                has_live_analyst_job: analyst().any(|j| !j.status.is_terminal()),
+                has_analyst_job,
+                has_live_analyst_job,
             })
         }
         None => None,

@@ -256,6 +256,20 @@ impl Db {
         )
     }
 
+    /// Whether a task ever had an analyst job, and whether one is queued or running now
+    /// (what `intake::decide` asks of a task at analysis).
+    ///
+    /// # Errors
+    /// On SQL errors.
+    pub fn analyst_jobs(&self, task_id: i64) -> Result<(bool, bool)> {
+        let jobs = self.task_jobs(task_id)?;
+        let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
+        Ok((
+            analyst().next().is_some(),
+            analyst().any(|j| !j.status.is_terminal()),
+        ))
+    }
+
     /// Returns the latest job of a task at a stage.
     ///
     /// # Errors

@@ -252,6 +252,36 @@ pub fn open_conn(db: &Path) -> Result<Conn> {
 }
 
 impl Db {
+    /// Runs `sql` (`... WHERE <key> > ?1 ORDER BY <key> LIMIT ?2`, its first column
+    /// the integer key) in pages of `page` rows (at least one), each after the last key
+    /// read, handing `each` every row and its key: a whole table read without holding
+    /// it (PostgreSQL hands over a query's rows all at once).
+    ///
+    /// # Errors
+    /// On SQL errors, and `each`'s.
+    pub(crate) fn keyset_pages(
+        &self,
+        sql: &str,
+        page: usize,
+        mut each: impl FnMut(&sql::Row<'_>, i64) -> Result<()>,
+    ) -> Result<()> {
+        let page = page.max(1);
+        let mut after = i64::MIN;
+        loop {
+            let mut stmt = self.conn().prepare_cached(sql)?;
+            let mut rows = stmt.query(sql::params![after, sql_limit(page)])?;
+            let mut read = 0usize;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                after = r.get(0)?;
+                each(&r, after)?;
+            }
+            if read < page {
+                return Ok(());
+            }
+        }
+    }
+
     /// Opens (creating if needed) the database at `path` and migrates it: for `init`'s
     /// callers and tests; every command goes through [`Db::open_existing`]. `path` may
     /// be a PostgreSQL URL ([`is_postgres_url`]).

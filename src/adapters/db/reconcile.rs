@@ -222,6 +222,7 @@ impl Db {
             "SELECT id, project, work_item_id, stage, priority, repo, stage_entered_at,
                  developer_retries, escalated_at FROM tasks
              WHERE id > ?1 ORDER BY id LIMIT ?2",
+            KNOWN_PAGE,
             |r, id| {
                 let Some(p) = r.with_text(1, |name| projects.iter().position(|q| *q == name))?
                 else {
@@ -275,6 +276,7 @@ impl Db {
             self.keyset_pages(
                 "SELECT rowid, work_item_id, updated_us FROM work_item_updates
                  WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                KNOWN_PAGE,
                 |r, _| {
                     let us: i64 = r.get(2)?;
                     r.with_text(1, |id| note(&mut known, id, us))?;
@@ -313,30 +315,6 @@ impl Db {
             last = Some(cursor);
         }
         Ok(known)
-    }
-
-    /// Runs `sql` (`... WHERE <key> > ?1 ORDER BY <key> LIMIT ?2`, its first column
-    /// the integer key) in pages of [`KNOWN_PAGE`] rows, each after the last key read,
-    /// handing `each` every row and its key.
-    fn keyset_pages(
-        &self,
-        sql: &str,
-        mut each: impl FnMut(&crate::adapters::db::sql::Row<'_>, i64) -> Result<()>,
-    ) -> Result<()> {
-        let mut after = i64::MIN;
-        loop {
-            let mut stmt = self.conn().prepare_cached(sql)?;
-            let mut rows = stmt.query(params![after, KNOWN_PAGE])?;
-            let mut read = 0usize;
-            while let Some(r) = rows.next()? {
-                read += 1;
-                after = r.get(0)?;
-                each(&r, after)?;
-            }
-            if read < KNOWN_PAGE {
-                return Ok(());
-            }
-        }
     }
 
     /// Reads what the store knows of these work items (one listed page): the newest

@@ -368,32 +368,23 @@ impl Db {
              WHERE id > ?1 AND stage IN ({}) ORDER BY id LIMIT ?2",
             listed.join(", ")
         );
-        let mut after = i64::MIN;
-        loop {
-            let mut stmt = self.conn().prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![after, sql_limit(page)])?;
-            let mut read = 0usize;
-            while let Some(r) = rows.next()? {
-                read += 1;
-                after = r.get(0)?;
-                if r.with_text(1, |repo| repos.contains(repo))? {
-                    continue;
-                }
-                let head = GuardColumns {
-                    id: after,
-                    stage: parse_col(&r, 2)?,
-                    stage_entered_at: r.get(3)?,
-                    developer_retries: r.get(4)?,
-                    escalated_at: r.get(5)?,
-                };
-                if wanted(&head) {
-                    repos.insert(r.get(1)?);
-                }
+        self.keyset_pages(&sql, page, |r, id| {
+            if r.with_text(1, |repo| repos.contains(repo))? {
+                return Ok(());
             }
-            if read < page {
-                return Ok(repos);
+            let head = GuardColumns {
+                id,
+                stage: parse_col(r, 2)?,
+                stage_entered_at: r.get(3)?,
+                developer_retries: r.get(4)?,
+                escalated_at: r.get(5)?,
+            };
+            if wanted(&head) {
+                repos.insert(r.get(1)?);
             }
-        }
+            Ok(())
+        })?;
+        Ok(repos)
     }
 
     /// Returns, in id order, the live tasks the escalation sweep acts on: escalated ones

@@ -11,7 +11,7 @@ use crate::adapters::plane::WorkItem;
 use crate::core::intake;
 use crate::core::plane::Project;
 use crate::core::reconcile::{self, Replay};
-use crate::core::stage::{Actor, Agent, Stage};
+use crate::core::stage::{Actor, Stage};
 use crate::core::task::NewTask;
 use crate::ops::moves::{self, MoveRequest};
 
@@ -191,7 +191,7 @@ impl Pass<'_> {
             return Ok(false);
         };
         reconcile::would_replay(meaning, task.map(|t| t.stage), || {
-            task.map_or(Ok(false), |t| Ok(analyst_jobs(db, t.id)?.0))
+            task.map_or(Ok(false), |t| Ok(db.analyst_jobs(t.id)?.0))
         })
     }
 
@@ -239,21 +239,11 @@ impl Pass<'_> {
     }
 }
 
-/// Whether the task ever had an analyst job, and whether one is queued or running now.
-fn analyst_jobs(db: &Db, task_id: i64) -> Result<(bool, bool)> {
-    let jobs = db.task_jobs(task_id)?;
-    let analyst = || jobs.iter().filter(|j| j.agent == Agent::Analyst);
-    Ok((
-        analyst().next().is_some(),
-        analyst().any(|j| !j.status.is_terminal()),
-    ))
-}
-
 /// The replay's facts of a task given as (id, key, stage).
 fn task_facts(db: &Db, task: Option<(i64, &str, Stage)>) -> Result<Option<intake::TaskFacts>> {
     Ok(match task {
         Some((id, key, stage)) if stage == Stage::Analysis => {
-            let (has_analyst_job, has_live_analyst_job) = analyst_jobs(db, id)?;
+            let (has_analyst_job, has_live_analyst_job) = db.analyst_jobs(id)?;
             Some(intake::TaskFacts {
                 key: key.to_string(),
                 stage,
